@@ -1,0 +1,80 @@
+// Latent stage: ε ~ N(0, I) from Philox, the reparameterization z = μ + exp(½ log σ²) ⊙ ε,
+// the analytic KL(q(z|x) || N(0, I)) per row, and the backward pass of all three.
+#include "kernels/philox.cuh"
+
+namespace vae::VAE_NS {
+
+// heads is (B, 2J): μ in columns [0, J), log σ² in [J, 2J). z is (L*B, J), sample-major
+// (row ℓ*B + r is sample ℓ of datapoint r). kl is (B).
+__global__ void latent_forward_kernel(const float* __restrict__ heads, float* __restrict__ z, float* __restrict__ kl,
+                                      int batch, int latent, int samples, uint64_t seed, RandomStream rs,
+                                      uint64_t step) {
+  const long long n = static_cast<long long>(batch) * samples;
+  VAE_ELEMENT_LOOP(t, n) {
+    const int s = static_cast<int>(t / batch);
+    const int r = static_cast<int>(t % batch);
+    const float* mu = heads + static_cast<long long>(r) * 2 * latent;
+    const float* logvar = mu + latent;
+    float* zr = z + t * latent;
+    curandStatePhilox4_32_10_t state;
+    philox_init(seed, rs, step, (static_cast<uint64_t>(r) * samples + s) * round_up4(latent), &state);
+    for (int j = 0; j < latent; j += 4) {
+      const float4 eps = curand_normal4(&state);
+      const float e[4] = {eps.x, eps.y, eps.z, eps.w};
+      for (int q = 0; q < 4 && j + q < latent; ++q) zr[j + q] = mu[j + q] + expf(0.5f * logvar[j + q]) * e[q];
+    }
+    if (s == 0) {
+      // KL = -½ Σ_j (1 + log σ² - μ² - σ²)
+      float sum = 0.f;
+      for (int j = 0; j < latent; ++j) sum += 1.f + logvar[j] - mu[j] * mu[j] - expf(logvar[j]);
+      kl[r] = -0.5f * sum;
+    }
+  }
+}
+
+// grad_z is (L*B, J) = dLoss/dz; grad_heads (B, 2J) receives dLoss/dμ | dLoss/dlog σ², with the
+// KL term weighted by kl_scale (1/B for a batch mean, times any KL weight):
+//   dμ      = Σ_ℓ dz + kl_scale μ
+//   dlog σ² = Σ_ℓ dz ⊙ ½ σ ε + kl_scale ½ (σ² − 1),   with σ ε = z − μ.
+__global__ void latent_backward_kernel(const float* __restrict__ heads, const float* __restrict__ z,
+                                       const float* __restrict__ grad_z, float* __restrict__ grad_heads, int batch,
+                                       int latent, int samples, float kl_scale) {
+  const long long n = static_cast<long long>(batch) * latent;
+  VAE_ELEMENT_LOOP(i, n) {
+    const int r = static_cast<int>(i / latent);
+    const int j = static_cast<int>(i % latent);
+    const float mu = heads[static_cast<long long>(r) * 2 * latent + j];
+    const float logvar = heads[static_cast<long long>(r) * 2 * latent + latent + j];
+    float dmu = 0.f, dlogvar = 0.f;
+    for (int s = 0; s < samples; ++s) {
+      const long long zi = (static_cast<long long>(s) * batch + r) * latent + j;
+      dmu += grad_z[zi];
+      dlogvar += grad_z[zi] * 0.5f * (z[zi] - mu);
+    }
+    grad_heads[static_cast<long long>(r) * 2 * latent + j] = dmu + kl_scale * mu;
+    grad_heads[static_cast<long long>(r) * 2 * latent + latent + j] =
+        dlogvar + kl_scale * 0.5f * (expf(logvar) - 1.f);
+  }
+}
+
+void latent_forward(const float* heads, float* z, float* kl, int batch, int latent, int samples, uint64_t seed,
+                    RandomStream rs, uint64_t step, cudaStream_t stream) {
+  VAE_REQUIRE(batch >= 0 && latent > 0 && samples > 0, "latent_forward: bad shape");
+  const long long n = static_cast<long long>(batch) * samples;
+  if (n == 0) return;
+  constexpr int kBlock = 128;
+  VAE_LAUNCH(latent_forward_kernel, elementwise_grid(n, kBlock), kBlock, 0, stream, heads, z, kl, batch,
+             latent, samples, seed, rs, step);
+}
+
+void latent_backward(const float* heads, const float* z, const float* grad_z, float* grad_heads, int batch,
+                     int latent, int samples, float kl_scale, cudaStream_t stream) {
+  VAE_REQUIRE(batch >= 0 && latent > 0 && samples > 0, "latent_backward: bad shape");
+  const long long n = static_cast<long long>(batch) * latent;
+  if (n == 0) return;
+  constexpr int kBlock = 256;
+  VAE_LAUNCH(latent_backward_kernel, elementwise_grid(n, kBlock), kBlock, 0, stream, heads, z, grad_z,
+             grad_heads, batch, latent, samples, kl_scale);
+}
+
+}  // namespace vae::VAE_NS

@@ -1,0 +1,51 @@
+// One optimizer launch over the flat parameter buffer: Adam (default), Adagrad (the paper's
+// choice) or SGD with momentum, each with an L2 weight-decay term added to the gradient.
+#include "runtime/compat.cuh"
+
+namespace vae::VAE_NS {
+
+// params, grads, state1, state2 are (n). Adam: state1 = m, state2 = v. Adagrad: state1 = Σ g².
+// SGD: state1 = velocity. step counts from 1 (Adam's bias correction).
+__global__ void optimizer_step_kernel(OptimizerKind kind, OptimizerHyper h, float* __restrict__ params,
+                                      const float* __restrict__ grads, float* __restrict__ state1,
+                                      float* __restrict__ state2, long long n, float bias1, float bias2) {
+  VAE_ELEMENT_LOOP(i, n) {
+    const float g = grads[i] + h.weight_decay * params[i];
+    switch (kind) {
+      case OptimizerKind::adam: {
+        const float m = h.beta1 * state1[i] + (1.f - h.beta1) * g;
+        const float v = h.beta2 * state2[i] + (1.f - h.beta2) * g * g;
+        state1[i] = m;
+        state2[i] = v;
+        params[i] -= h.lr * (m / bias1) / (sqrtf(v / bias2) + h.eps);
+        break;
+      }
+      case OptimizerKind::adagrad: {
+        const float acc = state1[i] + g * g;
+        state1[i] = acc;
+        params[i] -= h.lr * g / (sqrtf(acc) + h.eps);
+        break;
+      }
+      case OptimizerKind::sgd: {
+        const float vel = h.momentum * state1[i] + g;
+        state1[i] = vel;
+        params[i] -= h.lr * vel;
+        break;
+      }
+    }
+  }
+}
+
+void optimizer_step(OptimizerKind kind, const OptimizerHyper& hyper, float* params, const float* grads, float* state1,
+                    float* state2, long long n, long long step, cudaStream_t stream) {
+  VAE_REQUIRE(step >= 1, "optimizer_step: steps count from 1");
+  if (n == 0) return;
+  // Bias corrections in double on the host: 1 − β^t underflows float precision late in training.
+  const float bias1 = static_cast<float>(1.0 - std::pow(static_cast<double>(hyper.beta1), static_cast<double>(step)));
+  const float bias2 = static_cast<float>(1.0 - std::pow(static_cast<double>(hyper.beta2), static_cast<double>(step)));
+  constexpr int kBlock = 256;
+  VAE_LAUNCH(optimizer_step_kernel, elementwise_grid(n, kBlock), kBlock, 0, stream, kind, hyper, params, grads,
+             state1, state2, n, bias1, bias2);
+}
+
+}  // namespace vae::VAE_NS

@@ -1,0 +1,38 @@
+// Plain types shared by kernels, launchers and host code.
+#pragma once
+
+#include <cstdint>
+
+namespace vae {
+
+enum class Activation : int { identity = 0, relu = 1, tanh = 2 };
+
+enum class OptimizerKind : int { adam = 0, adagrad = 1, sgd = 2 };
+
+struct OptimizerHyper {
+  float lr = 1e-3f;
+  float beta1 = 0.9f;      // Adam
+  float beta2 = 0.999f;    // Adam
+  float eps = 1e-8f;       // Adam, Adagrad
+  float momentum = 0.9f;   // SGD
+  float weight_decay = 0;  // L2 term added to the gradient, as torch.optim does
+};
+
+// Independent Philox streams, so that no two uses of the seed share numbers.
+enum class RandomStream : uint64_t { latent_noise = 0, binarize = 1, eval_noise = 2, prior = 3 };
+
+// Row-major GEMM: C[m,n] = alpha * op(A)[m,k] * op(B)[k,n] + beta * C.
+struct GemmOp {
+  bool trans_a = false, trans_b = false;
+  int m = 0, n = 0, k = 0;
+  float alpha = 1.f;
+  const float* a = nullptr;
+  int lda = 0;
+  const float* b = nullptr;
+  int ldb = 0;
+  float beta = 0.f;
+  float* c = nullptr;
+  int ldc = 0;
+};
+
+}  // namespace vae

@@ -1,0 +1,89 @@
+// The per-target API: memory, GEMM and the kernel launchers, compiled once per target
+// (vae::cpu by the host compiler, vae::gpu by nvcc) and reached by host code through a table.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "kernels/types.h"
+
+namespace vae {
+struct LaunchPolicy {
+  int max_blocks;      // cap on blocks of elementwise kernels
+  int min_block_work;  // elements per block below which fewer blocks are used
+  int row_lanes;       // threads cooperating on one row in row kernels (1..32, a power of 2)
+};
+struct GemmHandle;  // per target: cuBLAS handle and workspace on the GPU, nothing on the CPU
+}  // namespace vae
+
+#define VAE_DECLARE_TARGET_API                                                                      \
+  /* memory */                                                                                      \
+  void* device_alloc(size_t bytes);                                                                 \
+  void device_free(void* p) noexcept;                                                               \
+  void copy_to_device(void* dst, const void* src, size_t bytes, cudaStream_t stream);               \
+  void copy_to_host(void* dst, const void* src, size_t bytes, cudaStream_t stream);                 \
+  void copy_on_device(void* dst, const void* src, size_t bytes, cudaStream_t stream);               \
+  void fill_zero(void* p, size_t bytes, cudaStream_t stream);                                       \
+  void synchronize(cudaStream_t stream);                                                            \
+  cudaStream_t create_stream();                                                                     \
+  void destroy_stream(cudaStream_t stream) noexcept;                                                \
+  LaunchPolicy& launch_policy();                                                                    \
+  /* GEMM (cuda/runtime/gemm.cu) */                                                                 \
+  GemmHandle* gemm_create(cudaStream_t stream, bool tf32);                                          \
+  void gemm_destroy(GemmHandle* h) noexcept;                                                        \
+  void gemm(GemmHandle* h, const GemmOp& op);                                                       \
+  /* dense epilogue (cuda/kernels/dense.cu) */                                                      \
+  /* y[rows,cols] = act(y + bias) in place */                                                       \
+  void dense_bias_activation_forward(float* y, const float* bias, int rows, int cols, Activation act, \
+                                     cudaStream_t stream);                                          \
+  /* grad[rows,cols]: dL/dh in, dL/d(pre-activation) out; h is the post-activation output; */      \
+  /* grad_bias[cols] = column sums of the result (no atomics) */                                    \
+  void dense_activation_backward(float* grad, const float* h, float* grad_bias, int rows, int cols, \
+                                 Activation act, cudaStream_t stream);                              \
+  /* latent (cuda/kernels/latent.cu) */                                                             \
+  void latent_forward(const float* heads, float* z, float* kl, int batch, int latent, int samples, \
+                      uint64_t seed, RandomStream rs, uint64_t step, cudaStream_t stream);          \
+  void latent_backward(const float* heads, const float* z, const float* grad_z, float* grad_heads, \
+                       int batch, int latent, int samples, float kl_scale, cudaStream_t stream);    \
+  /* reconstruction (cuda/kernels/reconstruction.cu) */                                             \
+  void bernoulli_reconstruction(const float* logits, const float* x, float* log_prob, float* grad_logits, \
+                                int batch, int dim, int samples, float grad_scale, cudaStream_t stream); \
+  void gaussian_reconstruction(const float* out, const float* x, float* log_prob, float* grad_out, \
+                               int batch, int dim, int samples, float grad_scale, cudaStream_t stream); \
+  void decoder_mean(const float* out, int out_stride, float* mean, int rows, int dim, cudaStream_t stream); \
+  void elbo_totals(const float* log_prob, const float* kl, int batch, int samples, double* totals, \
+                   cudaStream_t stream);                                                            \
+  /* optimizer (cuda/kernels/optimizer.cu) */                                                       \
+  void optimizer_step(OptimizerKind kind, const OptimizerHyper& hyper, float* params, const float* grads, \
+                      float* state1, float* state2, long long n, long long step, cudaStream_t stream); \
+  /* batch (cuda/kernels/batch.cu) */                                                               \
+  void gather_batch(const uint8_t* data, const int* perm, long long offset, int batch, int dim, float* x, \
+                    bool binarize, uint64_t seed, uint64_t step, cudaStream_t stream);              \
+  void shuffle_permutation(int* perm, int n, uint64_t seed, cudaStream_t stream);
+
+namespace vae::cpu {
+VAE_DECLARE_TARGET_API
+}
+#if VAE_WITH_CUDA
+namespace vae::gpu {
+VAE_DECLARE_TARGET_API
+}
+#endif
+
+namespace vae {
+
+// The table host code calls through; one instance per target.
+struct TargetOps {
+#define VAE_OP(name) decltype(&cpu::name) name;
+#include "ops_list.inc"
+#undef VAE_OP
+};
+
+namespace cpu { const TargetOps& target_ops(); }
+#if VAE_WITH_CUDA
+namespace gpu { const TargetOps& target_ops(); }
+#endif
+
+}  // namespace vae

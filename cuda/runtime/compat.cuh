@@ -1,0 +1,100 @@
+// The one include of every kernel file. The same source is compiled twice: by nvcc for the
+// GPU (namespace vae::gpu) and by the host compiler for the CPU (namespace vae::cpu), where
+// the host execution layer provides the CUDA keywords, built-ins and launch.
+#pragma once
+
+#include <cuda_runtime.h>
+#include <curand_kernel.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <tuple>
+#include <utility>
+
+#if defined(__CUDACC__)
+#define VAE_NS gpu
+#define VAE_HOST_EXEC 0
+#else
+#include "runtime/hostexec.h"
+#define VAE_NS cpu
+#define VAE_HOST_EXEC 1
+#endif
+
+#include "ops.h"
+#include "runtime/check.h"
+
+// Dynamic shared memory: `extern __shared__ T s[]` does not link on the host.
+#if VAE_HOST_EXEC
+#define VAE_DYNAMIC_SHARED(T, name) T* name = reinterpret_cast<T*>(::vae::hx::dynamic_shared())
+#else
+#define VAE_DYNAMIC_SHARED(T, name) \
+  extern __shared__ __align__(16) unsigned char vae_dynamic_smem_[]; \
+  T* name = reinterpret_cast<T*>(vae_dynamic_smem_)
+#endif
+
+// Element loop of elementwise kernels. On the GPU a grid-stride loop (coalesced); under host
+// execution each thread takes one contiguous chunk, which the host compiler vectorizes.
+#if VAE_HOST_EXEC
+#define VAE_ELEMENT_LOOP(i, n)                                                              \
+  for (long long i##_total_ = (long long)gridDim.x * blockDim.x,                            \
+                 i##_chunk_ = (((long long)(n) + i##_total_ - 1) / i##_total_ + 15) / 16 * 16, \
+                 i = ((long long)blockIdx.x * blockDim.x + threadIdx.x) * i##_chunk_,         \
+                 i##_end_ = i + i##_chunk_ < (long long)(n) ? i + i##_chunk_ : (long long)(n); \
+       i < i##_end_; ++i)
+#else
+#define VAE_ELEMENT_LOOP(i, n)                                                             \
+  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (long long)(n); \
+       i += (long long)blockDim.x * gridDim.x)
+#endif
+
+namespace vae::VAE_NS {
+
+inline long long ceil_div(long long a, long long b) { return (a + b - 1) / b; }
+
+// Blocks of `block` threads for an elementwise kernel over n elements.
+inline int elementwise_grid(long long n, int block) {
+  const LaunchPolicy& p = launch_policy();
+  long long blocks = ceil_div(n, block);
+  const long long by_work = ceil_div(n, p.min_block_work > 0 ? p.min_block_work : 1);
+  if (blocks > by_work) blocks = by_work;
+  if (blocks > p.max_blocks) blocks = p.max_blocks;
+  return blocks < 1 ? 1 : static_cast<int>(blocks);
+}
+
+// Launches kernel<<<grid, block, smem, stream>>>(args...) and returns the launch status.
+template <typename... Params, typename... Args>
+cudaError_t launch_kernel(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block,
+                          size_t smem, cudaStream_t stream, Args&&... args) {
+  static_assert(sizeof...(Params) == sizeof...(Args), "kernel argument count");
+  using Bound = std::tuple<std::decay_t<Params>...>;
+  Bound bound(std::forward<Args>(args)...);
+#if VAE_HOST_EXEC
+  (void)stream;
+  struct Call {
+    void (*kernel)(Params...);
+    Bound* bound;
+  } call{kernel, &bound};
+  ::vae::hx::KernelThunk thunk{
+      [](const void* p) {
+        const Call* c = static_cast<const Call*>(p);
+        std::apply(c->kernel, *c->bound);
+      },
+      &call, name};
+  return ::vae::hx::launch(thunk, grid, block, smem);
+#else
+  (void)name;
+  void* ptrs[sizeof...(Params) > 0 ? sizeof...(Params) : 1];
+  std::apply([&](auto&... v) {
+    int i = 0;
+    ((ptrs[i++] = static_cast<void*>(&v)), ...);
+  }, bound);
+  cudaError_t err = cudaLaunchKernel(reinterpret_cast<const void*>(kernel), grid, block, ptrs, smem, stream);
+  return err != cudaSuccess ? err : cudaGetLastError();
+#endif
+}
+
+}  // namespace vae::VAE_NS
+
+// Launch with a check that names the kernel, file and line.
+#define VAE_LAUNCH(kernel, grid, block, smem, stream, ...) \
+  VAE_CUDA_CHECK(::vae::VAE_NS::launch_kernel(#kernel, kernel, grid, block, smem, stream, __VA_ARGS__))

@@ -1,0 +1,41 @@
+#include "runtime/device.h"
+
+#include <cuda_runtime.h>
+
+#include "runtime/check.h"
+
+namespace vae {
+
+std::string cuda_unavailable_reason() {
+#if !VAE_WITH_CUDA
+  return "this build has no CUDA kernels (VAE_WITH_CUDA=OFF)";
+#else
+  int count = 0;  // left unset when the call fails
+  const cudaError_t err = cudaGetDeviceCount(&count);
+  if (err != cudaSuccess) {
+    cudaGetLastError();
+    return std::string("cudaGetDeviceCount: ") + cudaGetErrorName(err) + " (" + cudaGetErrorString(err) + ")";
+  }
+  if (count <= 0) return "cudaGetDeviceCount reports no device";
+  return "";
+#endif
+}
+
+bool cuda_device_available() {
+  static const bool available = cuda_unavailable_reason().empty();
+  return available;
+}
+
+Target resolve_target(const std::string& name) {
+  if (name == "cpu") return Target::cpu;
+  if (name == "cuda") {
+    if (!cuda_device_available()) throw Error("--device cuda: no usable GPU: " + cuda_unavailable_reason());
+    return Target::cuda;
+  }
+  if (name == "auto") return cuda_device_available() ? Target::cuda : Target::cpu;
+  throw Error("--device: expected auto, cpu or cuda, got '" + name + "'");
+}
+
+const char* target_name(Target t) { return t == Target::cuda ? "cuda" : "cpu"; }
+
+}  // namespace vae

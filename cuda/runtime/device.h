@@ -1,0 +1,19 @@
+// Target selection: one binary holds the CPU and the GPU build of every kernel.
+#pragma once
+
+#include <string>
+
+namespace vae {
+
+enum class Target { cpu, cuda };
+
+// True when the CUDA build is present and cudaGetDeviceCount reports a device. Never links
+// libcuda: without a driver the runtime just returns an error.
+bool cuda_device_available();
+// Why no GPU is usable (for skip messages); empty when one is.
+std::string cuda_unavailable_reason();
+// "auto" | "cpu" | "cuda"; throws vae::Error for another name or an unavailable GPU.
+Target resolve_target(const std::string& name);
+const char* target_name(Target t);
+
+}  // namespace vae

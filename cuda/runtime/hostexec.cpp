@@ -1,0 +1,500 @@
+// Host execution layer: fibers, block scheduler, barriers, warp exchange and worker pool.
+#include "runtime/hostexec.h"
+
+#include <boost/context/detail/fcontext.hpp>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#if defined(__SANITIZE_ADDRESS__)
+#define VAE_HX_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define VAE_HX_ASAN 1
+#endif
+#endif
+#ifdef VAE_HX_ASAN
+#include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
+#endif
+#if __has_include(<valgrind/valgrind.h>)
+#include <valgrind/valgrind.h>
+#define VAE_HX_VALGRIND 1
+#endif
+
+namespace vae::hx {
+
+thread_local uint3 tls_thread_idx;
+thread_local uint3 tls_block_idx;
+thread_local dim3 tls_block_dim;
+thread_local dim3 tls_grid_dim;
+
+namespace fc = boost::context::detail;
+
+namespace {
+
+#ifdef VAE_HX_ASAN
+constexpr size_t kStackBytes = 1u << 20;  // ASan frames carry redzones
+#else
+constexpr size_t kStackBytes = 256u << 10;
+#endif
+
+[[noreturn]] void die(const std::string& msg) {
+  std::fprintf(stderr, "host execution: %s\n", msg.c_str());
+  std::fflush(stderr);
+  std::abort();
+}
+
+enum class FiberState { running, finished, at_block_barrier, at_warp_barrier };
+
+// One stack that runs CUDA threads of the current block one after another; it is parked
+// (kept by its thread) when that thread waits at a barrier.
+struct Fiber {
+  fc::fcontext_t ctx = nullptr;
+  char* map = nullptr;  // mmap base: guard page, then the stack
+  size_t map_bytes = 0;
+  void* asan_fake_stack = nullptr;
+  unsigned valgrind_id = 0;
+  unsigned tid = 0;
+  FiberState state = FiberState::running;
+  const char* site_file = nullptr;
+  int site_line = 0;
+  unsigned warp_mask = 0;
+
+  Fiber() {
+    const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+    map_bytes = kStackBytes + page;
+    void* p = mmap(nullptr, map_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED) die("cannot map a fiber stack");
+    map = static_cast<char*>(p);
+    mprotect(map, page, PROT_NONE);  // overflow faults instead of corrupting a neighbour
+#ifdef VAE_HX_ASAN
+    ASAN_UNPOISON_MEMORY_REGION(map + page, kStackBytes);
+#endif
+#ifdef VAE_HX_VALGRIND
+    valgrind_id = VALGRIND_STACK_REGISTER(map + page, map + map_bytes);
+#endif
+  }
+  ~Fiber() {
+#ifdef VAE_HX_VALGRIND
+    VALGRIND_STACK_DEREGISTER(valgrind_id);
+#endif
+    munmap(map, map_bytes);
+  }
+  Fiber(const Fiber&) = delete;
+  Fiber& operator=(const Fiber&) = delete;
+  char* stack_bottom() const { return map + (map_bytes - kStackBytes); }
+  char* stack_top() const { return map + map_bytes; }
+};
+
+// Per OS thread: the scheduler of the block it is running.
+struct Worker {
+  fc::fcontext_t scheduler = nullptr;
+  void* asan_fake_stack = nullptr;
+  const void* main_stack_bottom = nullptr;
+  size_t main_stack_size = 0;
+  Fiber* current = nullptr;
+  std::vector<std::unique_ptr<Fiber>> fibers;
+  std::vector<Fiber*> idle;
+
+  const KernelThunk* thunk = nullptr;
+  unsigned nthreads = 0;
+  unsigned next_unstarted = 0;
+  unsigned exited = 0;
+  std::deque<Fiber*> ready;
+  std::vector<Fiber*> block_waiting;
+  std::vector<std::vector<Fiber*>> warp_waiting;
+  std::vector<unsigned char> thread_exited;
+  std::vector<unsigned> warp_ops;       // per thread: warp exchanges done (buffer parity)
+  std::vector<uint64_t> warp_values[2];  // per thread: value offered to the warp
+  std::vector<unsigned char> smem;
+};
+
+thread_local Worker tls_worker;
+
+inline void set_thread(Worker& w, unsigned tid) {
+  const dim3& b = tls_block_dim;
+  tls_thread_idx.x = tid % b.x;
+  tls_thread_idx.y = (tid / b.x) % b.y;
+  tls_thread_idx.z = tid / (b.x * b.y);
+  (void)w;
+}
+
+std::string block_name(const Worker& w) {
+  char buf[160];
+  std::snprintf(buf, sizeof buf, "kernel %s, block (%u,%u,%u)", w.thunk ? w.thunk->name : "?", tls_block_idx.x,
+                tls_block_idx.y, tls_block_idx.z);
+  return buf;
+}
+
+// Switches from a fiber back to its worker's scheduler; returns when resumed.
+void switch_to_scheduler(Worker& w, Fiber* self) {
+#ifdef VAE_HX_ASAN
+  __sanitizer_start_switch_fiber(&self->asan_fake_stack, w.main_stack_bottom, w.main_stack_size);
+#endif
+  fc::transfer_t t = fc::jump_fcontext(w.scheduler, nullptr);
+  w.scheduler = t.fctx;
+#ifdef VAE_HX_ASAN
+  __sanitizer_finish_switch_fiber(self->asan_fake_stack, nullptr, nullptr);
+#endif
+}
+
+void fiber_main(fc::transfer_t t) {
+  Worker& w = *static_cast<Worker*>(t.data);
+  w.scheduler = t.fctx;
+#ifdef VAE_HX_ASAN
+  __sanitizer_finish_switch_fiber(nullptr, &w.main_stack_bottom, &w.main_stack_size);
+#endif
+  Fiber* self = w.current;
+  for (;;) {
+    // Lazy: run not-yet-started threads to completion on this stack until one waits.
+    while (w.next_unstarted < w.nthreads) {
+      const unsigned tid = w.next_unstarted++;
+      self->tid = tid;
+      set_thread(w, tid);
+      w.thunk->fn(w.thunk->args);
+      w.thread_exited[tid] = 1;
+      ++w.exited;
+    }
+    self->state = FiberState::finished;
+    switch_to_scheduler(w, self);
+  }
+}
+
+void resume(Worker& w, Fiber* f) {
+  w.current = f;
+  f->state = FiberState::running;
+#ifdef VAE_HX_ASAN
+  __sanitizer_start_switch_fiber(&w.asan_fake_stack, f->stack_bottom(), kStackBytes);
+#endif
+  fc::transfer_t t = fc::jump_fcontext(f->ctx, &w);
+#ifdef VAE_HX_ASAN
+  __sanitizer_finish_switch_fiber(w.asan_fake_stack, nullptr, nullptr);
+#endif
+  f->ctx = t.fctx;
+  w.current = nullptr;
+}
+
+Fiber* idle_fiber(Worker& w) {
+  if (!w.idle.empty()) {
+    Fiber* f = w.idle.back();
+    w.idle.pop_back();
+    return f;
+  }
+  w.fibers.push_back(std::make_unique<Fiber>());
+  Fiber* f = w.fibers.back().get();
+  f->ctx = fc::make_fcontext(f->stack_top(), kStackBytes, fiber_main);
+  return f;
+}
+
+unsigned warp_lanes_present(const Worker& w, unsigned warp) {
+  const unsigned lanes = std::min(32u, w.nthreads - warp * 32u);
+  return lanes == 32u ? 0xffffffffu : ((1u << lanes) - 1u);
+}
+
+// A fiber arrived at a warp barrier: release the lanes of its mask once all are there.
+void warp_arrive(Worker& w, Fiber* f) {
+  const unsigned warp = f->tid / 32u;
+  auto& waiting = w.warp_waiting[warp];
+  waiting.push_back(f);
+  const unsigned need = f->warp_mask & warp_lanes_present(w, warp);
+  unsigned have = 0;
+  for (Fiber* g : waiting)
+    if (g->warp_mask == f->warp_mask) have |= 1u << (g->tid % 32u);
+  if ((have & need) != need) {
+    for (unsigned lane = 0; lane < 32; ++lane) {
+      const unsigned tid = warp * 32u + lane;
+      if ((need >> lane & 1u) && w.thread_exited[tid]) {
+        die(block_name(w) + ": warp operation with mask 0x" + std::to_string(f->warp_mask) + " waits for thread " +
+            std::to_string(tid) + ", which has exited");
+      }
+    }
+    return;
+  }
+  std::vector<Fiber*> rest;
+  for (Fiber* g : waiting) {
+    if (g->warp_mask == f->warp_mask) w.ready.push_back(g);
+    else rest.push_back(g);
+  }
+  waiting.swap(rest);
+}
+
+void release_block_barrier(Worker& w) {
+  const Fiber* first = w.block_waiting.front();
+  for (const Fiber* f : w.block_waiting) {
+    if (f->site_line != first->site_line || std::strcmp(f->site_file, first->site_file) != 0) {
+      die(block_name(w) + ": divergent __syncthreads: thread " + std::to_string(first->tid) + " waits at " +
+          first->site_file + ":" + std::to_string(first->site_line) + ", thread " + std::to_string(f->tid) +
+          " at " + f->site_file + ":" + std::to_string(f->site_line));
+    }
+  }
+  for (Fiber* f : w.block_waiting) w.ready.push_back(f);
+  w.block_waiting.clear();
+}
+
+[[noreturn]] void deadlock(Worker& w) {
+  std::string msg = block_name(w) + ": deadlock (divergent barrier): ";
+  msg += std::to_string(w.block_waiting.size()) + " thread(s) wait at __syncthreads";
+  if (!w.block_waiting.empty()) {
+    msg += std::string(" (") + w.block_waiting.front()->site_file + ":" +
+           std::to_string(w.block_waiting.front()->site_line) + ")";
+  }
+  size_t at_warp = 0;
+  for (auto& v : w.warp_waiting) at_warp += v.size();
+  msg += ", " + std::to_string(at_warp) + " at warp operations, " + std::to_string(w.exited) + " of " +
+         std::to_string(w.nthreads) + " exited";
+  die(msg);
+}
+
+void run_block(Worker& w, const KernelThunk& thunk, unsigned nthreads, size_t smem_bytes) {
+  w.thunk = &thunk;
+  w.nthreads = nthreads;
+  w.next_unstarted = 0;
+  w.exited = 0;
+  w.ready.clear();
+  w.block_waiting.clear();
+  w.warp_waiting.assign((nthreads + 31) / 32, {});
+  w.thread_exited.assign(nthreads, 0);
+  w.warp_ops.assign(nthreads, 0);
+  w.warp_values[0].resize(nthreads);
+  w.warp_values[1].resize(nthreads);
+  if (smem_bytes) {
+    if (w.smem.size() < smem_bytes) w.smem.resize(smem_bytes);
+    std::memset(w.smem.data(), 0xff, smem_bytes);  // NaN in every float: reads before writes show
+  }
+  for (;;) {
+    Fiber* f = nullptr;
+    if (!w.ready.empty()) {
+      f = w.ready.front();
+      w.ready.pop_front();
+      set_thread(w, f->tid);
+    } else if (w.next_unstarted < w.nthreads) {
+      f = idle_fiber(w);
+    } else if (!w.block_waiting.empty() && w.block_waiting.size() == w.nthreads - w.exited) {
+      release_block_barrier(w);
+      continue;
+    } else {
+      bool waiting = !w.block_waiting.empty();
+      for (auto& v : w.warp_waiting) waiting = waiting || !v.empty();
+      if (waiting) deadlock(w);
+      break;
+    }
+    resume(w, f);
+    switch (f->state) {
+      case FiberState::finished: w.idle.push_back(f); break;
+      case FiberState::at_block_barrier: w.block_waiting.push_back(f); break;
+      case FiberState::at_warp_barrier: warp_arrive(w, f); break;
+      case FiberState::running: die("fiber returned while running");
+    }
+  }
+  w.thunk = nullptr;
+}
+
+// ---- worker pool ----------------------------------------------------------------------------
+
+struct Job {
+  int n = 0;
+  void (*fn)(int, void*) = nullptr;
+  void* ctx = nullptr;
+};
+
+class Pool {
+ public:
+  explicit Pool(int workers) : workers_(workers < 1 ? 1 : workers) {
+    for (int i = 1; i < workers_; ++i) threads_.emplace_back([this] { helper(); });
+  }
+  ~Pool() {
+    {
+      std::lock_guard<std::mutex> lk(m_);
+      stop_ = true;
+      generation_.fetch_add(1, std::memory_order_release);
+    }
+    cv_.notify_all();
+    for (auto& t : threads_) t.join();
+  }
+  int workers() const { return workers_; }
+
+  void run(int n, void (*fn)(int, void*), void* ctx) {
+    if (n <= 1 || workers_ == 1) {
+      for (int i = 0; i < n; ++i) fn(i, ctx);
+      return;
+    }
+    std::lock_guard<std::mutex> serial(launch_m_);
+    job_ = Job{n, fn, ctx};
+    next_.store(0, std::memory_order_relaxed);
+    pending_.store(workers_ - 1, std::memory_order_relaxed);
+    {
+      std::lock_guard<std::mutex> lk(m_);
+      generation_.fetch_add(1, std::memory_order_release);
+    }
+    cv_.notify_all();
+    work();
+    for (int spins = 0; pending_.load(std::memory_order_acquire) > 0; ++spins) {
+      if (spins > 4096) std::this_thread::yield();
+    }
+  }
+
+ private:
+  void work() {
+    for (int i; (i = next_.fetch_add(1, std::memory_order_relaxed)) < job_.n;) job_.fn(i, job_.ctx);
+  }
+  void helper() {
+    uint64_t seen = 0;
+    for (;;) {
+      // Spin briefly (launches come in bursts), then sleep.
+      for (int spins = 0; generation_.load(std::memory_order_acquire) == seen; ++spins) {
+        if (spins < 20000) {
+#if defined(__x86_64__)
+          __builtin_ia32_pause();
+#endif
+          continue;
+        }
+        std::unique_lock<std::mutex> lk(m_);
+        cv_.wait(lk, [&] { return generation_.load(std::memory_order_acquire) != seen; });
+      }
+      seen = generation_.load(std::memory_order_acquire);
+      if (stop_) return;
+      work();
+      pending_.fetch_sub(1, std::memory_order_release);
+    }
+  }
+
+  int workers_;
+  std::vector<std::thread> threads_;
+  std::mutex m_, launch_m_;
+  std::condition_variable cv_;
+  std::atomic<uint64_t> generation_{0};
+  std::atomic<int> next_{0};
+  std::atomic<int> pending_{0};
+  Job job_;
+  bool stop_ = false;
+};
+
+int default_workers() {
+  if (const char* env = std::getenv("VAE_CPU_WORKERS")) {
+    const int n = std::atoi(env);
+    if (n >= 1) return n;
+  }
+  const unsigned hc = std::thread::hardware_concurrency();
+  return hc ? static_cast<int>(hc) : 1;
+}
+
+std::unique_ptr<Pool>& pool() {
+  static std::unique_ptr<Pool> p = std::make_unique<Pool>(default_workers());
+  return p;
+}
+
+struct LaunchJob {
+  const KernelThunk* thunk;
+  dim3 grid, block;
+  size_t smem;
+};
+
+void run_block_job(int index, void* ctx) {
+  const LaunchJob& job = *static_cast<const LaunchJob*>(ctx);
+  const unsigned i = static_cast<unsigned>(index);
+  tls_grid_dim = job.grid;
+  tls_block_dim = job.block;
+  tls_block_idx.x = i % job.grid.x;
+  tls_block_idx.y = (i / job.grid.x) % job.grid.y;
+  tls_block_idx.z = i / (job.grid.x * job.grid.y);
+  run_block(tls_worker, *job.thunk, job.block.x * job.block.y * job.block.z, job.smem);
+}
+
+Fiber* current_fiber(const char* what) {
+  Fiber* f = tls_worker.current;
+  if (!f) die(std::string(what) + " called outside a kernel");
+  return f;
+}
+
+void wait_warp(Worker& w, Fiber* self, unsigned mask) {
+  const unsigned lane = self->tid % 32u;
+  const unsigned need = mask & warp_lanes_present(w, self->tid / 32u);
+  if (need == (1u << lane)) return;  // alone in its mask: nothing to wait for
+  self->warp_mask = mask;
+  self->state = FiberState::at_warp_barrier;
+  switch_to_scheduler(w, self);
+}
+
+}  // namespace
+
+cudaError_t launch(const KernelThunk& thunk, dim3 grid, dim3 block, size_t dynamic_smem_bytes) {
+  const unsigned long long threads = 1ull * block.x * block.y * block.z;
+  if (threads == 0 || threads > 1024 || block.z > 64 || grid.x == 0 || grid.y == 0 || grid.z == 0 ||
+      grid.y > 65535 || grid.z > 65535) {
+    return cudaErrorInvalidConfiguration;
+  }
+  if (dynamic_smem_bytes > (227u << 10)) return cudaErrorInvalidValue;
+  if (tls_worker.thunk) die("kernel launch from inside a kernel is not supported");
+  LaunchJob job{&thunk, grid, block, dynamic_smem_bytes};
+  const unsigned long long blocks = 1ull * grid.x * grid.y * grid.z;
+  pool()->run(static_cast<int>(blocks), run_block_job, &job);
+  return cudaSuccess;
+}
+
+int workers() { return pool()->workers(); }
+
+void set_workers(int n) {
+  auto& p = pool();
+  if (p->workers() == n) return;
+  p.reset();
+  p = std::make_unique<Pool>(n);
+}
+
+void parallel_for(int n, void (*fn)(int, void*), void* ctx) { pool()->run(n, fn, ctx); }
+
+void* dynamic_shared() { return tls_worker.smem.data(); }
+
+void sync_block(const char* file, int line) {
+  Worker& w = tls_worker;
+  Fiber* self = current_fiber("__syncthreads");
+  if (w.nthreads == 1) return;
+  self->site_file = file;
+  self->site_line = line;
+  self->state = FiberState::at_block_barrier;
+  switch_to_scheduler(w, self);
+}
+
+void sync_warp(unsigned mask) {
+  Worker& w = tls_worker;
+  wait_warp(w, current_fiber("__syncwarp"), mask);
+}
+
+uint64_t warp_exchange(unsigned mask, uint64_t value, int src_lane) {
+  Worker& w = tls_worker;
+  Fiber* self = current_fiber("warp shuffle");
+  const unsigned tid = self->tid;
+  const unsigned parity = w.warp_ops[tid]++ & 1u;
+  w.warp_values[parity][tid] = value;
+  wait_warp(w, self, mask);
+  const unsigned src = (tid & ~31u) + static_cast<unsigned>(src_lane & 31);
+  return src < w.nthreads ? w.warp_values[parity][src] : value;
+}
+
+unsigned warp_ballot(unsigned mask, bool predicate) {
+  Worker& w = tls_worker;
+  Fiber* self = current_fiber("__ballot_sync");
+  const unsigned tid = self->tid;
+  const unsigned parity = w.warp_ops[tid]++ & 1u;
+  w.warp_values[parity][tid] = predicate ? 1u : 0u;
+  wait_warp(w, self, mask);
+  const unsigned base = tid & ~31u;
+  unsigned bits = 0;
+  for (unsigned lane = 0; lane < 32; ++lane) {
+    if ((mask >> lane & 1u) && base + lane < w.nthreads && w.warp_values[parity][base + lane]) bits |= 1u << lane;
+  }
+  return bits;
+}
+
+}  // namespace vae::hx

@@ -1,0 +1,170 @@
+// Host execution layer: runs CUDA kernel source on the CPU.
+//
+// Each CUDA thread runs on a fiber; the fibers of one block share one OS thread; blocks are
+// spread over a small worker pool. Fibers are lazy: a thread runs on the current fiber until
+// it meets a barrier, so kernels without barriers run with no context switch at all.
+// Included only by the host compiler, through compat.cuh.
+#pragma once
+
+#if defined(__CUDACC__)
+#error "hostexec.h is for the host compiler; nvcc builds use the CUDA runtime directly"
+#endif
+
+// CUDA headers first: curand_mtgp32_kernel.h declares `extern const uint3 threadIdx`, which
+// the macros below would otherwise rewrite.
+#include <cuda_runtime.h>
+#include <curand_kernel.h>
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+namespace vae::hx {
+
+// Built-in variables of the CUDA thread now running on this OS thread.
+extern thread_local uint3 tls_thread_idx;
+extern thread_local uint3 tls_block_idx;
+extern thread_local dim3 tls_block_dim;
+extern thread_local dim3 tls_grid_dim;
+
+// A kernel invocation with its arguments bound: fn(args) runs one CUDA thread.
+struct KernelThunk {
+  void (*fn)(const void* args);
+  const void* args;
+  const char* name;
+};
+
+// Runs grid x block threads of `thunk`; returns when all blocks are done (the CPU target
+// executes streams synchronously, so stream order holds trivially).
+cudaError_t launch(const KernelThunk& thunk, dim3 grid, dim3 block, size_t dynamic_smem_bytes);
+
+// Worker pool. workers() >= 1 counts the calling thread; 1 means deterministic sequential
+// execution of blocks in index order.
+int workers();
+void set_workers(int n);
+// Runs fn(i) for i in [0, n) on the pool (the caller takes part). Used for CPU GEMM panels.
+void parallel_for(int n, void (*fn)(int i, void* ctx), void* ctx);
+
+// Dynamic shared memory of the running block (poisoned with NaN bytes at block start).
+void* dynamic_shared();
+
+// Barriers and warp exchange, called from kernels through the CUDA-named wrappers below.
+void sync_block(const char* file, int line);
+void sync_warp(unsigned mask);
+uint64_t warp_exchange(unsigned mask, uint64_t value, int src_lane);  // value of src_lane
+unsigned warp_ballot(unsigned mask, bool predicate);
+
+inline unsigned linear_thread() {
+  return tls_thread_idx.x + tls_block_dim.x * (tls_thread_idx.y + tls_block_dim.y * tls_thread_idx.z);
+}
+inline int lane_id() { return static_cast<int>(linear_thread() & 31u); }
+
+template <typename T>
+inline T shfl_to(unsigned mask, T v, int src) {
+  static_assert(sizeof(T) <= 8, "warp shuffle of types up to 8 bytes");
+  uint64_t bits = 0;
+  std::memcpy(&bits, &v, sizeof(T));
+  bits = warp_exchange(mask, bits, src);
+  T out;
+  std::memcpy(&out, &bits, sizeof(T));
+  return out;
+}
+
+// Read-modify-write as a compare-and-swap loop: blocks run in parallel on the worker pool.
+template <typename T, typename F>
+inline T atomic_update(T* p, F f) {
+  T old;
+  __atomic_load(p, &old, __ATOMIC_RELAXED);
+  T desired = f(old);
+  while (!__atomic_compare_exchange(p, &old, &desired, true, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) desired = f(old);
+  return old;
+}
+template <typename T>
+inline T atomic_add(T* p, T v) {
+  if constexpr (std::is_integral_v<T>) return __atomic_fetch_add(p, v, __ATOMIC_RELAXED);
+  else return atomic_update(p, [v](T o) { return o + v; });
+}
+
+}  // namespace vae::hx
+
+// ---- CUDA keywords and built-ins under the host compiler -----------------------------------
+#undef __shared__
+#define __shared__ static thread_local
+#ifndef __launch_bounds__
+#define __launch_bounds__(...)
+#endif
+#define threadIdx (::vae::hx::tls_thread_idx)
+#define blockIdx (::vae::hx::tls_block_idx)
+#define blockDim (::vae::hx::tls_block_dim)
+#define gridDim (::vae::hx::tls_grid_dim)
+#ifndef warpSize
+#define warpSize 32
+#endif
+
+#define __syncthreads() ::vae::hx::sync_block(__FILE__, __LINE__)
+inline void __syncwarp(unsigned mask = 0xffffffffu) { ::vae::hx::sync_warp(mask); }
+inline void __threadfence() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+inline void __threadfence_block() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+
+template <typename T>
+inline T __shfl_sync(unsigned mask, T v, int src_lane, int width = 32) {
+  const int lane = ::vae::hx::lane_id();
+  return ::vae::hx::shfl_to(mask, v, (lane & ~(width - 1)) + (src_lane & (width - 1)));
+}
+template <typename T>
+inline T __shfl_down_sync(unsigned mask, T v, unsigned delta, int width = 32) {
+  const int lane = ::vae::hx::lane_id();
+  const int seg = lane & (width - 1);
+  const int src = seg + static_cast<int>(delta) < width ? lane + static_cast<int>(delta) : lane;
+  return ::vae::hx::shfl_to(mask, v, src);
+}
+template <typename T>
+inline T __shfl_up_sync(unsigned mask, T v, unsigned delta, int width = 32) {
+  const int lane = ::vae::hx::lane_id();
+  const int seg = lane & (width - 1);
+  const int src = seg - static_cast<int>(delta) >= 0 ? lane - static_cast<int>(delta) : lane;
+  return ::vae::hx::shfl_to(mask, v, src);
+}
+template <typename T>
+inline T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
+  const int lane = ::vae::hx::lane_id();
+  const int src = lane ^ lane_mask;
+  return ::vae::hx::shfl_to(mask, v, ((src & ~(width - 1)) == (lane & ~(width - 1))) ? src : lane);
+}
+inline unsigned __ballot_sync(unsigned mask, int pred) { return ::vae::hx::warp_ballot(mask, pred != 0); }
+inline int __any_sync(unsigned mask, int pred) { return ::vae::hx::warp_ballot(mask, pred != 0) != 0; }
+inline int __all_sync(unsigned mask, int pred) {
+  return ::vae::hx::warp_ballot(mask, pred != 0) == ::vae::hx::warp_ballot(mask, true);
+}
+
+inline int atomicAdd(int* p, int v) { return ::vae::hx::atomic_add(p, v); }
+inline unsigned atomicAdd(unsigned* p, unsigned v) { return ::vae::hx::atomic_add(p, v); }
+inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v) {
+  return ::vae::hx::atomic_add(p, v);
+}
+inline float atomicAdd(float* p, float v) { return ::vae::hx::atomic_add(p, v); }
+inline double atomicAdd(double* p, double v) { return ::vae::hx::atomic_add(p, v); }
+inline int atomicMax(int* p, int v) { return ::vae::hx::atomic_update(p, [v](int o) { return o > v ? o : v; }); }
+inline int atomicMin(int* p, int v) { return ::vae::hx::atomic_update(p, [v](int o) { return o < v ? o : v; }); }
+inline int atomicExch(int* p, int v) { return __atomic_exchange_n(p, v, __ATOMIC_RELAXED); }
+inline int atomicCAS(int* p, int expected, int desired) {
+  __atomic_compare_exchange_n(p, &expected, desired, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
+  return expected;
+}
+inline unsigned atomicCAS(unsigned* p, unsigned expected, unsigned desired) {
+  __atomic_compare_exchange_n(p, &expected, desired, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
+  return expected;
+}
+
+inline int __clz(unsigned x) { return x ? __builtin_clz(x) : 32; }
+inline int __popc(unsigned x) { return __builtin_popcount(x); }
+inline int __ffs(unsigned x) { return __builtin_ffs(static_cast<int>(x)); }
+
+template <typename T>
+inline T __ldg(const T* p) { return *p; }
+inline float __expf(float x) { return std::exp(x); }
+inline float __logf(float x) { return std::log(x); }
+inline float __fdividef(float a, float b) { return a / b; }
+inline float __saturatef(float x) { return x < 0.f ? 0.f : (x > 1.f ? 1.f : x); }

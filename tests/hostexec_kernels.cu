@@ -1,0 +1,223 @@
+#include "runtime/compat.cuh"
+
+#include <vector>
+
+#include "hostexec_kernels.h"
+
+namespace vae::VAE_NS {
+
+namespace {
+
+// Device buffer of the current target holding a copy of a host vector.
+template <typename T>
+struct Buffer {
+  T* p = nullptr;
+  size_t n = 0;
+  explicit Buffer(size_t count) : n(count) {
+    p = static_cast<T*>(device_alloc(n * sizeof(T)));
+    fill_zero(p, n * sizeof(T), nullptr);
+  }
+  explicit Buffer(const std::vector<T>& v) : Buffer(v.size()) { copy_to_device(p, v.data(), n * sizeof(T), nullptr); }
+  ~Buffer() { device_free(p); }
+  std::vector<T> host() const {
+    synchronize(nullptr);
+    std::vector<T> v(n);
+    copy_to_host(v.data(), p, n * sizeof(T), nullptr);
+    return v;
+  }
+};
+
+__device__ unsigned warp_mask_of_block() {
+  const unsigned warp_first = threadIdx.x & ~31u;
+  const unsigned lanes = blockDim.x - warp_first < 32u ? blockDim.x - warp_first : 32u;
+  return lanes == 32u ? 0xffffffffu : (1u << lanes) - 1u;
+}
+
+}  // namespace
+
+__global__ void block_sums_kernel(const float* x, int n, float* sums) {
+  __shared__ float s[1024];
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  s[threadIdx.x] = i < n ? x[i] : 0.f;
+  __syncthreads();
+  int width = 1;
+  while (width < static_cast<int>(blockDim.x)) width *= 2;
+  for (int stride = width / 2; stride > 0; stride /= 2) {
+    if (threadIdx.x < static_cast<unsigned>(stride) && threadIdx.x + stride < blockDim.x) s[threadIdx.x] += s[threadIdx.x + stride];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) sums[blockIdx.x] = s[0];
+}
+
+__global__ void warp_sum_and_scan_kernel(const float* x, float* warp_sums, float* scan) {
+  const unsigned mask = warp_mask_of_block();
+  const int lane = threadIdx.x & 31;
+  const int lanes = 32 - __clz(mask);
+  const long long i = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const float v = x[i];
+  float sum = v;
+  for (int off = 16; off > 0; off /= 2) {
+    const float other = __shfl_down_sync(mask, sum, off);
+    if (lane + off < lanes) sum += other;
+  }
+  float inc = v;
+  for (int off = 1; off < 32; off *= 2) {
+    const float other = __shfl_up_sync(mask, inc, off);
+    if (lane >= off) inc += other;
+  }
+  scan[i] = inc;
+  const float total = __shfl_sync(mask, sum, 0);
+  if (lane == lanes - 1) warp_sums[blockIdx.x * ((blockDim.x + 31) / 32) + threadIdx.x / 32] = total;
+}
+
+__global__ void warp_ballots_kernel(const float* x, unsigned* out) {
+  const unsigned bits = __ballot_sync(warp_mask_of_block(), x[static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x] > 0.f);
+  if ((threadIdx.x & 31) == 0) out[blockIdx.x * ((blockDim.x + 31) / 32) + threadIdx.x / 32] = bits;
+}
+
+__global__ void atomic_counts_kernel(int* count, int* max_tid, float* sum) {
+  const int tid = blockIdx.x * blockDim.x + threadIdx.x;
+  atomicAdd(count, 1);
+  atomicMax(max_tid, tid);
+  atomicAdd(sum, static_cast<float>(tid % 7));
+}
+
+__global__ void mirror_in_block_kernel(const float* x, float* out) {
+  VAE_DYNAMIC_SHARED(float, s);
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  s[threadIdx.x] = x[i];
+  __syncthreads();
+  out[i] = s[blockDim.x - 1 - threadIdx.x];
+}
+
+__global__ void shared_memory_poisoned_kernel(int* out) {
+  VAE_DYNAMIC_SHARED(float, s);
+  const float before = s[threadIdx.x];
+  __syncthreads();
+  s[threadIdx.x] = 1.f;
+  if (threadIdx.x == 0) out[blockIdx.x] = before != before;
+}
+
+__global__ void barrier_rounds_kernel(int* counters, int barriers) {
+  __shared__ int turn[1024];
+  const int t = threadIdx.x;
+  int count = 0;
+  for (int b = 0; b < barriers; ++b) {
+    turn[t] = b;
+    __syncthreads();
+    // Every thread must see its neighbour in the same round: a barrier that lets one through
+    // early shows here.
+    count += turn[(t + 1) % blockDim.x] == b;
+    __syncthreads();
+  }
+  counters[blockIdx.x * blockDim.x + t] = count;
+}
+
+__global__ void philox_normals_kernel(uint64_t seed, int rows, int per_row, uint64_t offset, float* out) {
+  const int r = blockIdx.x * blockDim.x + threadIdx.x;
+  if (r >= rows) return;
+  curandStatePhilox4_32_10_t state;
+  curand_init(seed, r, offset, &state);
+  for (int j = 0; j < per_row; j += 4) {
+    const float4 v = curand_normal4(&state);
+    const float e[4] = {v.x, v.y, v.z, v.w};
+    for (int q = 0; q < 4 && j + q < per_row; ++q) out[static_cast<long long>(r) * per_row + j + q] = e[q];
+  }
+}
+
+__global__ void philox_bits_kernel(uint64_t seed, int rows, int per_row, uint64_t offset, uint32_t* out) {
+  const int r = blockIdx.x * blockDim.x + threadIdx.x;
+  if (r >= rows) return;
+  curandStatePhilox4_32_10_t state;
+  curand_init(seed, r, offset, &state);
+  for (int j = 0; j < per_row; ++j) out[static_cast<long long>(r) * per_row + j] = curand(&state);
+}
+
+__global__ void divergent_barrier_kernel(int split) {
+  if (static_cast<int>(threadIdx.x) < split) {
+    __syncthreads();
+  } else {
+    __syncthreads();
+  }
+}
+
+__global__ void warp_op_with_exited_lane_kernel(int exiting_lane) {
+  if (static_cast<int>(threadIdx.x) == exiting_lane) return;
+  __syncwarp(0xffffffffu);
+}
+
+std::vector<float> block_sums(const std::vector<float>& x, int block) {
+  const int grid = static_cast<int>(ceil_div(static_cast<long long>(x.size()), block));
+  Buffer<float> in(x), sums(grid);
+  VAE_LAUNCH(block_sums_kernel, grid, block, 0, nullptr, in.p, static_cast<int>(x.size()), sums.p);
+  return sums.host();
+}
+
+void warp_sum_and_scan(const std::vector<float>& x, int block, std::vector<float>& warp_sums,
+                       std::vector<float>& scan) {
+  const int grid = static_cast<int>(x.size() / block);
+  Buffer<float> in(x), sums(static_cast<size_t>(grid) * ((block + 31) / 32)), sc(x.size());
+  VAE_LAUNCH(warp_sum_and_scan_kernel, grid, block, 0, nullptr, in.p, sums.p, sc.p);
+  warp_sums = sums.host();
+  scan = sc.host();
+}
+
+std::vector<unsigned> warp_ballots(const std::vector<float>& x, int block) {
+  const int grid = static_cast<int>(x.size() / block);
+  Buffer<float> in(x);
+  Buffer<unsigned> out(static_cast<size_t>(grid) * ((block + 31) / 32));
+  VAE_LAUNCH(warp_ballots_kernel, grid, block, 0, nullptr, in.p, out.p);
+  return out.host();
+}
+
+std::vector<long long> atomic_counts(int grid, int block) {
+  Buffer<int> count(1), max_tid(1);
+  Buffer<float> sum(1);
+  VAE_LAUNCH(atomic_counts_kernel, grid, block, 0, nullptr, count.p, max_tid.p, sum.p);
+  return {count.host()[0], max_tid.host()[0], static_cast<long long>(sum.host()[0])};
+}
+
+std::vector<float> mirror_in_block(const std::vector<float>& x, int block) {
+  const int grid = static_cast<int>(x.size() / block);
+  Buffer<float> in(x), out(x.size());
+  VAE_LAUNCH(mirror_in_block_kernel, grid, block, block * sizeof(float), nullptr, in.p, out.p);
+  return out.host();
+}
+
+std::vector<int> shared_memory_poisoned(int grid, int block) {
+  Buffer<int> out(grid);
+  VAE_LAUNCH(shared_memory_poisoned_kernel, grid, block, block * sizeof(float), nullptr, out.p);
+  return out.host();
+}
+
+std::vector<int> barrier_rounds(int grid, int block, int barriers) {
+  Buffer<int> counters(static_cast<size_t>(grid) * block);
+  VAE_LAUNCH(barrier_rounds_kernel, grid, block, 0, nullptr, counters.p, barriers);
+  return counters.host();
+}
+
+std::vector<float> philox_normals(uint64_t seed, int rows, int per_row, uint64_t offset) {
+  Buffer<float> out(static_cast<size_t>(rows) * per_row);
+  VAE_LAUNCH(philox_normals_kernel, static_cast<int>(ceil_div(rows, 64)), 64, 0, nullptr, seed, rows, per_row, offset,
+             out.p);
+  return out.host();
+}
+
+std::vector<uint32_t> philox_bits(uint64_t seed, int rows, int per_row, uint64_t offset) {
+  Buffer<uint32_t> out(static_cast<size_t>(rows) * per_row);
+  VAE_LAUNCH(philox_bits_kernel, static_cast<int>(ceil_div(rows, 64)), 64, 0, nullptr, seed, rows, per_row, offset,
+             out.p);
+  return out.host();
+}
+
+void divergent_barrier(int block) {
+  VAE_LAUNCH(divergent_barrier_kernel, 1, block, 0, nullptr, 3);
+  synchronize(nullptr);
+}
+
+void warp_op_with_exited_lane() {
+  VAE_LAUNCH(warp_op_with_exited_lane_kernel, 1, 32, 0, nullptr, 5);
+  synchronize(nullptr);
+}
+
+}  // namespace vae::VAE_NS

@@ -1,0 +1,53 @@
+#include "support.h"
+
+#include <cmath>
+#include <sstream>
+
+namespace vae::test {
+
+std::vector<Target> all_targets() {
+#if VAE_WITH_CUDA
+  return {Target::cpu, Target::cuda};
+#else
+  return {Target::cpu};
+#endif
+}
+
+std::string target_param_name(const ::testing::TestParamInfo<Target>& info) { return target_name(info.param); }
+
+std::vector<float> random_uniform(size_t n, uint64_t seed, float lo, float hi) {
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<float> dist(lo, hi);
+  std::vector<float> v(n);
+  for (auto& x : v) x = dist(rng);
+  return v;
+}
+
+::testing::AssertionResult all_near(const std::vector<float>& got, const std::vector<double>& want, double abs_tol,
+                                    double rel_tol) {
+  if (got.size() != want.size()) {
+    return ::testing::AssertionFailure() << "size " << got.size() << " != " << want.size();
+  }
+  size_t bad = 0, first = 0;
+  double worst = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const double err = std::fabs(static_cast<double>(got[i]) - want[i]);
+    const double tol = abs_tol + rel_tol * std::fabs(want[i]);
+    if (!(err <= tol)) {
+      if (bad++ == 0) first = i;
+      worst = std::max(worst, err);
+    }
+  }
+  if (bad == 0) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure() << bad << " of " << got.size() << " elements differ; first at " << first
+                                       << ": got " << got[first] << ", want " << want[first] << " (worst error "
+                                       << worst << ")";
+}
+
+::testing::AssertionResult not_all_zero(const std::vector<double>& v) {
+  for (double x : v)
+    if (x != 0) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure() << "reference is all zeros";
+}
+
+}  // namespace vae::test

@@ -1,0 +1,41 @@
+// Shared helpers of the test suite: targets, GPU skips, seeded random data, tolerances.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "runtime/device.h"
+
+namespace vae::test {
+
+// Every target this build has; tests are instantiated for each, and GPU instances skip with
+// the reason when no device is present.
+std::vector<Target> all_targets();
+std::string target_param_name(const ::testing::TestParamInfo<Target>& info);
+
+#define VAE_SKIP_WITHOUT_DEVICE(target)                                              \
+  do {                                                                               \
+    if ((target) == ::vae::Target::cuda && !::vae::cuda_device_available())          \
+      GTEST_SKIP() << "no GPU: " << ::vae::cuda_unavailable_reason();               \
+  } while (0)
+
+// Picks the cpu:: or gpu:: version of a function compiled for both targets.
+#if VAE_WITH_CUDA
+#define VAE_ON_TARGET(target, fn) ((target) == ::vae::Target::cuda ? &::vae::gpu::fn : &::vae::cpu::fn)
+#else
+#define VAE_ON_TARGET(target, fn) (&::vae::cpu::fn)
+#endif
+
+std::vector<float> random_uniform(size_t n, uint64_t seed, float lo = -1.f, float hi = 1.f);
+
+// |a − b| <= abs + rel·|b| elementwise, with a message naming the first failing index.
+::testing::AssertionResult all_near(const std::vector<float>& got, const std::vector<double>& want, double abs_tol,
+                                    double rel_tol);
+// Guards a comparison against a trivial reference (all zeros would let a broken kernel pass).
+::testing::AssertionResult not_all_zero(const std::vector<double>& v);
+
+}  // namespace vae::test

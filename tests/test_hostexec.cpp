@@ -1,0 +1,170 @@
+// The host execution layer against plain loops, on odd block sizes and partial grids; the
+// same kernels on the GPU when there is one.
+#include <curand.h>
+
+#include <cmath>
+#include <numeric>
+
+#include "hostexec_kernels.h"
+#include "runtime/hostexec.h"
+#include "support.h"
+
+namespace vae {
+namespace {
+
+using test::random_uniform;
+
+class HostExec : public ::testing::TestWithParam<Target> {
+ protected:
+  void SetUp() override { VAE_SKIP_WITHOUT_DEVICE(GetParam()); }
+};
+
+const int kBlockSizes[] = {1, 7, 33, 65, 256};
+
+TEST_P(HostExec, BlockReductionWithBarriers) {
+  for (int block : kBlockSizes) {
+    const size_t n = static_cast<size_t>(block) * 5 + block / 2 + 1;  // partial last block
+    const auto x = random_uniform(n, 11 + block);
+    const auto sums = VAE_ON_TARGET(GetParam(), block_sums)(x, block);
+    ASSERT_EQ(sums.size(), (n + block - 1) / block);
+    for (size_t b = 0; b < sums.size(); ++b) {
+      double want = 0;
+      for (size_t i = b * block; i < std::min(n, (b + 1) * block); ++i) want += x[i];
+      EXPECT_NEAR(sums[b], want, 1e-5 * block) << "block size " << block << ", block " << b;
+    }
+  }
+}
+
+TEST_P(HostExec, WarpShuffleReductionAndScan) {
+  for (int block : kBlockSizes) {
+    const size_t n = static_cast<size_t>(block) * 3;
+    const auto x = random_uniform(n, 21 + block);
+    std::vector<float> warp_sums, scan;
+    VAE_ON_TARGET(GetParam(), warp_sum_and_scan)(x, block, warp_sums, scan);
+    for (size_t b = 0; b < 3; ++b) {
+      for (int w0 = 0; w0 < block; w0 += 32) {
+        const int lanes = std::min(32, block - w0);
+        double run = 0;
+        for (int l = 0; l < lanes; ++l) {
+          const size_t i = b * block + w0 + l;
+          run += x[i];
+          EXPECT_NEAR(scan[i], run, 1e-5) << "block size " << block << ", element " << i;
+        }
+        EXPECT_NEAR(warp_sums[b * ((block + 31) / 32) + w0 / 32], run, 1e-5) << "block size " << block;
+      }
+    }
+  }
+}
+
+TEST_P(HostExec, WarpBallot) {
+  for (int block : {32, 65, 256}) {
+    const auto x = random_uniform(static_cast<size_t>(block) * 2, 31 + block);
+    const auto bits = VAE_ON_TARGET(GetParam(), warp_ballots)(x, block);
+    for (size_t b = 0; b < 2; ++b) {
+      for (int w0 = 0; w0 < block; w0 += 32) {
+        unsigned want = 0;
+        for (int l = 0; l < std::min(32, block - w0); ++l) want |= (x[b * block + w0 + l] > 0.f ? 1u : 0u) << l;
+        EXPECT_EQ(bits[b * ((block + 31) / 32) + w0 / 32], want) << "block size " << block;
+      }
+    }
+  }
+}
+
+TEST_P(HostExec, AtomicsFromManyBlocks) {
+  for (int block : kBlockSizes) {
+    const int grid = 37;
+    const auto got = VAE_ON_TARGET(GetParam(), atomic_counts)(grid, block);
+    const long long threads = 1ll * grid * block;
+    long long sum = 0;
+    for (long long t = 0; t < threads; ++t) sum += t % 7;
+    EXPECT_EQ(got[0], threads);
+    EXPECT_EQ(got[1], threads - 1);
+    EXPECT_EQ(got[2], sum);  // small integers: exact in float whatever the order
+  }
+}
+
+TEST_P(HostExec, DynamicSharedMemory) {
+  for (int block : kBlockSizes) {
+    const auto x = random_uniform(static_cast<size_t>(block) * 4, 41 + block);
+    const auto out = VAE_ON_TARGET(GetParam(), mirror_in_block)(x, block);
+    for (size_t i = 0; i < x.size(); ++i) {
+      const size_t b = i / block, t = i % block;
+      EXPECT_EQ(out[i], x[b * block + (block - 1 - t)]);
+    }
+  }
+}
+
+TEST_P(HostExec, ManyBarriersKeepThreadsInStep) {
+  const auto counters = VAE_ON_TARGET(GetParam(), barrier_rounds)(9, 65, 10);
+  for (size_t i = 0; i < counters.size(); ++i) ASSERT_EQ(counters[i], 10) << "thread " << i;
+}
+
+// Philox from a kernel against cuRAND's host generator. The host generator lays out 65536
+// subsequences side by side: word (4 * 65536) * c + 4 * s + q is word q of counter c of
+// subsequence s, which the device API reaches with curand_init(seed, s, 4 * c + q). Raw bits are
+// identical; normals too on the CPU (same Box-Muller code), while a GPU's fast intrinsics
+// differ in the last bits.
+TEST_P(HostExec, PhiloxMatchesCurandHostGenerator) {
+  const uint64_t seed = 1234567;
+  const int rows = 65, per_row = 10;  // 10: not a multiple of 4
+  const uint64_t offset = 8;
+  constexpr size_t kStride = 4u * 65536u;
+  const size_t words = kStride * ((offset + per_row + 3) / 4 + 1);
+  curandGenerator_t gen;
+  ASSERT_EQ(curandCreateGeneratorHost(&gen, CURAND_RNG_PSEUDO_PHILOX4_32_10), CURAND_STATUS_SUCCESS);
+  ASSERT_EQ(curandSetPseudoRandomGeneratorSeed(gen, seed), CURAND_STATUS_SUCCESS);
+  std::vector<unsigned> want_bits(words);
+  ASSERT_EQ(curandGenerate(gen, want_bits.data(), words), CURAND_STATUS_SUCCESS);
+  std::vector<float> want_normals(words);
+  ASSERT_EQ(curandSetGeneratorOffset(gen, 0), CURAND_STATUS_SUCCESS);
+  ASSERT_EQ(curandGenerateNormal(gen, want_normals.data(), words, 0.f, 1.f), CURAND_STATUS_SUCCESS);
+  curandDestroyGenerator(gen);
+  auto host_index = [&](int r, uint64_t word) { return (word / 4) * kStride + 4u * r + word % 4; };
+
+  const auto bits = VAE_ON_TARGET(GetParam(), philox_bits)(seed, rows, per_row, offset);
+  for (int r = 0; r < rows; ++r)
+    for (int j = 0; j < per_row; ++j)
+      ASSERT_EQ(bits[r * per_row + j], want_bits[host_index(r, offset + j)]) << "row " << r << ", word " << j;
+
+  // Normals come four per counter: start on a counter boundary (offset 8).
+  const auto normals = VAE_ON_TARGET(GetParam(), philox_normals)(seed, rows, per_row, offset);
+  const double tol = GetParam() == Target::cuda ? 1e-5 : 0.0;
+  for (int r = 0; r < rows; ++r)
+    for (int j = 0; j < per_row; ++j)
+      ASSERT_NEAR(normals[r * per_row + j], want_normals[host_index(r, offset + j)], tol) << "row " << r << ", normal " << j;
+}
+
+INSTANTIATE_TEST_SUITE_P(Targets, HostExec, ::testing::ValuesIn(test::all_targets()), test::target_param_name);
+
+// ---- host execution only --------------------------------------------------------------------
+
+TEST(HostExecOnly, DynamicSharedMemoryIsPoisoned) {
+  const auto poisoned = cpu::shared_memory_poisoned(5, 33);
+  for (int p : poisoned) EXPECT_EQ(p, 1);
+}
+
+TEST(HostExecOnly, OneWorkerIsDeterministicAndAgreesWithMany) {
+  const int before = hx::workers();
+  const auto x = random_uniform(33 * 101, 5);
+  hx::set_workers(1);
+  const auto one = cpu::block_sums(x, 33);
+  EXPECT_EQ(cpu::block_sums(x, 33), one);
+  hx::set_workers(3);
+  EXPECT_EQ(cpu::block_sums(x, 33), one);  // blocks are independent: same bits
+  hx::set_workers(before);
+}
+
+using HostExecDeathTest = ::testing::Test;
+
+TEST(HostExecDeathTest, DivergentBarrierAborts) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_DEATH(cpu::divergent_barrier(8), "divergent __syncthreads");
+}
+
+TEST(HostExecDeathTest, WarpOperationWaitingForExitedLaneAborts) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_DEATH(cpu::warp_op_with_exited_lane(), "has exited");
+}
+
+}  // namespace
+}  // namespace vae
