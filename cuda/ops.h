@@ -59,8 +59,9 @@ struct GemmHandle;  // per target: cuBLAS handle and workspace on the GPU, nothi
   void optimizer_step(OptimizerKind kind, const OptimizerHyper& hyper, float* params, const float* grads, \
                       float* state1, float* state2, long long n, long long step, cudaStream_t stream); \
   /* batch (cuda/kernels/batch.cu) */                                                               \
-  void gather_batch(const uint8_t* data, const int* perm, long long offset, int batch, int dim, float* x, \
-                    bool binarize, uint64_t seed, uint64_t step, cudaStream_t stream);              \
+  /* data (N, D) of uint8 (scaled by 1/255) or float32 in [0, 1] */                                \
+  void gather_batch(const void* data, PixelType type, const int* perm, long long offset, int batch, int dim, \
+                    float* x, bool binarize, uint64_t seed, uint64_t step, cudaStream_t stream);    \
   void shuffle_permutation(int* perm, int n, uint64_t seed, cudaStream_t stream);
 
 namespace vae::cpu {

@@ -7,6 +7,8 @@ namespace vae {
 
 enum class Activation : int { identity = 0, relu = 1, tanh = 2 };
 
+enum class PixelType : int { u8 = 0, f32 = 1 };
+
 enum class OptimizerKind : int { adam = 0, adagrad = 1, sgd = 2 };
 
 struct OptimizerHyper {

@@ -21,6 +21,8 @@
 #include <cstring>
 #include <type_traits>
 
+#include "runtime/workers.h"
+
 namespace vae::hx {
 
 // Built-in variables of the CUDA thread now running on this OS thread.
@@ -39,13 +41,6 @@ struct KernelThunk {
 // Runs grid x block threads of `thunk`; returns when all blocks are done (the CPU target
 // executes streams synchronously, so stream order holds trivially).
 cudaError_t launch(const KernelThunk& thunk, dim3 grid, dim3 block, size_t dynamic_smem_bytes);
-
-// Worker pool. workers() >= 1 counts the calling thread; 1 means deterministic sequential
-// execution of blocks in index order.
-int workers();
-void set_workers(int n);
-// Runs fn(i) for i in [0, n) on the pool (the caller takes part). Used for CPU GEMM panels.
-void parallel_for(int n, void (*fn)(int i, void* ctx), void* ctx);
 
 // Dynamic shared memory of the running block (poisoned with NaN bytes at block start).
 void* dynamic_shared();

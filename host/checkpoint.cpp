@@ -1,0 +1,178 @@
+#include "checkpoint.h"
+
+#include <nlohmann/json.hpp>
+
+#include "runtime/check.h"
+#include "safetensors.h"
+#include "vae.h"
+
+namespace vae {
+
+using nlohmann::json;
+
+const char* binarize_name(Binarize b) {
+  switch (b) {
+    case Binarize::static_threshold: return "static";
+    case Binarize::dynamic: return "dynamic";
+    default: return "none";
+  }
+}
+
+Binarize parse_binarize(const std::string& s) {
+  if (s == "none") return Binarize::none;
+  if (s == "static") return Binarize::static_threshold;
+  if (s == "dynamic") return Binarize::dynamic;
+  throw Error("--binarize: expected none, static or dynamic, got '" + s + "'");
+}
+
+std::string config_to_json(const TrainConfig& c) {
+  json j = {
+      {"input_dim", c.model.input_dim},
+      {"image_height", c.model.image_height},
+      {"image_width", c.model.image_width},
+      {"hidden", c.model.hidden},
+      {"latent", c.model.latent},
+      {"activation", activation_name(c.model.activation)},
+      {"decoder", decoder_name(c.model.decoder)},
+      {"samples", c.samples},
+      {"optimizer", optimizer_name(c.optimizer)},
+      {"lr", c.hyper.lr},
+      {"beta1", c.hyper.beta1},
+      {"beta2", c.hyper.beta2},
+      {"eps", c.hyper.eps},
+      {"momentum", c.hyper.momentum},
+      {"weight_decay", c.hyper.weight_decay},
+      {"batch_size", c.batch_size},
+      {"epochs", c.epochs},
+      {"seed", c.seed},
+      {"binarize", binarize_name(c.binarize)},
+      {"tf32", c.tf32},
+      {"data", c.data},
+  };
+  return j.dump();
+}
+
+TrainConfig config_from_json(const std::string& text, const std::string& source) {
+  json j;
+  try {
+    j = json::parse(text);
+  } catch (const json::exception& e) {
+    throw Error(source + ": config is not valid JSON (" + e.what() + ")");
+  }
+  TrainConfig c;
+  try {
+    c.model.input_dim = j.at("input_dim").get<int>();
+    c.model.image_height = j.at("image_height").get<int>();
+    c.model.image_width = j.at("image_width").get<int>();
+    c.model.hidden = j.at("hidden").get<std::vector<int>>();
+    c.model.latent = j.at("latent").get<int>();
+    c.model.activation = parse_activation(j.at("activation").get<std::string>());
+    c.model.decoder = parse_decoder(j.at("decoder").get<std::string>());
+    c.samples = j.at("samples").get<int>();
+    c.optimizer = parse_optimizer(j.at("optimizer").get<std::string>());
+    c.hyper.lr = j.at("lr").get<float>();
+    c.hyper.beta1 = j.at("beta1").get<float>();
+    c.hyper.beta2 = j.at("beta2").get<float>();
+    c.hyper.eps = j.at("eps").get<float>();
+    c.hyper.momentum = j.at("momentum").get<float>();
+    c.hyper.weight_decay = j.at("weight_decay").get<float>();
+    c.batch_size = j.at("batch_size").get<int>();
+    c.epochs = j.at("epochs").get<int>();
+    c.seed = j.at("seed").get<uint64_t>();
+    c.binarize = parse_binarize(j.at("binarize").get<std::string>());
+    c.tf32 = j.value("tf32", false);
+    c.data = j.value("data", std::string());
+  } catch (const json::exception& e) {
+    throw Error(source + ": config: " + e.what());
+  } catch (const Error& e) {
+    throw Error(source + ": config: " + e.what());
+  }
+  if (c.model.input_dim <= 0 || c.model.latent <= 0 || c.samples <= 0 || c.batch_size <= 0 ||
+      static_cast<int64_t>(c.model.image_height) * c.model.image_width != c.model.input_dim) {
+    throw Error(source + ": config has inconsistent sizes");
+  }
+  for (int h : c.model.hidden)
+    if (h <= 0) throw Error(source + ": config has a non-positive hidden size");
+  return c;
+}
+
+void save_checkpoint(const std::string& path, const Checkpoint& ckpt) {
+  const ParamLayout layout = make_layout(ckpt.config.model);
+  VAE_REQUIRE(ckpt.params.size() == layout.total, "checkpoint: parameter count");
+  const auto names = optimizer_state_names(ckpt.config.optimizer);
+  VAE_REQUIRE(ckpt.optimizer_state.size() == names.size(), "checkpoint: optimizer state count");
+  SafeTensorsFile f;
+  f.metadata = {{"format", "vae-trainer"},
+                {"format_version", std::to_string(kCheckpointFormatVersion)},
+                {"config", config_to_json(ckpt.config)},
+                {"step", std::to_string(ckpt.step)},
+                {"epoch", std::to_string(ckpt.epoch)},
+                {"seed", std::to_string(ckpt.config.seed)}};
+  auto slice = [](const std::vector<float>& flat, const NamedTensor& t) {
+    return SafeTensor{t.shape, std::vector<float>(flat.begin() + t.offset, flat.begin() + t.offset + t.count())};
+  };
+  for (const auto& t : layout.tensors) f.tensors.emplace_back(t.name, slice(ckpt.params, t));
+  for (size_t s = 0; s < names.size(); ++s) {
+    VAE_REQUIRE(ckpt.optimizer_state[s].size() == layout.total, "checkpoint: optimizer state size");
+    for (const auto& t : layout.tensors) {
+      f.tensors.emplace_back("optimizer." + names[s] + "." + t.name, slice(ckpt.optimizer_state[s], t));
+    }
+  }
+  write_safetensors(path, f);
+}
+
+Checkpoint load_checkpoint(const std::string& path) {
+  const SafeTensorsFile f = read_safetensors(path);
+  auto meta = [&](const char* key) -> const std::string& {
+    auto it = f.metadata.find(key);
+    if (it == f.metadata.end()) throw Error(path + ": not a vae-trainer checkpoint (no '" + key + "' in __metadata__)");
+    return it->second;
+  };
+  if (meta("format") != "vae-trainer") throw Error(path + ": __metadata__ format is not vae-trainer");
+  if (meta("format_version") != std::to_string(kCheckpointFormatVersion)) {
+    throw Error(path + ": checkpoint format version " + meta("format_version") + " is not supported (expected " +
+                std::to_string(kCheckpointFormatVersion) + ")");
+  }
+  Checkpoint ckpt;
+  ckpt.config = config_from_json(meta("config"), path);
+  try {
+    ckpt.step = std::stoll(meta("step"));
+    ckpt.epoch = std::stoi(meta("epoch"));
+  } catch (const std::logic_error&) {
+    throw Error(path + ": __metadata__ step or epoch is not a number");
+  }
+  const ParamLayout layout = make_layout(ckpt.config.model);
+  auto read_flat = [&](const std::string& prefix) {
+    std::vector<float> flat(layout.total);
+    for (const auto& t : layout.tensors) {
+      const std::string name = prefix + t.name;
+      const SafeTensor* st = f.find(name);
+      if (!st) throw Error(path + ": missing tensor '" + name + "'");
+      if (st->shape != t.shape) {
+        std::string want, got;
+        for (auto d : t.shape) want += (want.empty() ? "" : ",") + std::to_string(d);
+        for (auto d : st->shape) got += (got.empty() ? "" : ",") + std::to_string(d);
+        throw Error(path + ": tensor '" + name + "' has shape [" + got + "], expected [" + want + "]");
+      }
+      std::copy(st->data.begin(), st->data.end(), flat.begin() + t.offset);
+    }
+    return flat;
+  };
+  ckpt.params = read_flat("");
+  const auto names = optimizer_state_names(ckpt.config.optimizer);
+  for (const auto& n : names) ckpt.optimizer_state.push_back(read_flat("optimizer." + n + "."));
+  const size_t expected = layout.tensors.size() * (1 + names.size());
+  if (f.tensors.size() != expected) {
+    for (const auto& [name, t] : f.tensors) {
+      bool known = false;
+      for (const auto& lt : layout.tensors) {
+        known = known || name == lt.name;
+        for (const auto& n : names) known = known || name == "optimizer." + n + "." + lt.name;
+      }
+      if (!known) throw Error(path + ": unexpected tensor '" + name + "'");
+    }
+  }
+  return ckpt;
+}
+
+}  // namespace vae

@@ -1,0 +1,49 @@
+// Training configuration and checkpoints (safetensors): parameters under nn.Linear-style names,
+// optimizer state as optimizer.<state>.<parameter> tensors, and the configuration, step,
+// epoch and seed in __metadata__.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "model.h"
+#include "vae.h"
+
+namespace vae {
+
+enum class Binarize { none, static_threshold, dynamic };
+const char* binarize_name(Binarize b);
+Binarize parse_binarize(const std::string& s);
+
+struct TrainConfig {
+  ModelConfig model;
+  int samples = 1;  // L
+  OptimizerKind optimizer = OptimizerKind::adam;
+  OptimizerHyper hyper;
+  int batch_size = 128;
+  int epochs = 10;
+  uint64_t seed = 1;
+  Binarize binarize = Binarize::none;
+  bool tf32 = false;
+  std::string data = "fashion-mnist";  // where the data came from, for the record
+};
+
+std::string config_to_json(const TrainConfig& c);
+TrainConfig config_from_json(const std::string& json_text, const std::string& source);
+
+constexpr int kCheckpointFormatVersion = 1;
+
+struct Checkpoint {
+  TrainConfig config;
+  int64_t step = 0;  // optimizer steps taken
+  int epoch = 0;     // epochs completed
+  std::vector<float> params;                      // flat, in make_layout(config.model) order
+  std::vector<std::vector<float>> optimizer_state;  // flat, one per state name
+};
+
+void save_checkpoint(const std::string& path, const Checkpoint& ckpt);
+// Validates names, shapes and dtypes against the configuration it carries; throws vae::Error.
+Checkpoint load_checkpoint(const std::string& path);
+
+}  // namespace vae

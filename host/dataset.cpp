@@ -1,0 +1,197 @@
+#include "dataset.h"
+
+#include <zlib.h>
+
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <regex>
+
+#include "atomic_file.h"
+#include "runtime/check.h"
+
+namespace vae {
+
+namespace {
+
+[[noreturn]] void fail(const std::string& path, const std::string& what) { throw Error(path + ": " + what); }
+
+uint32_t read_be32(const uint8_t* p) {
+  return (uint32_t{p[0]} << 24) | (uint32_t{p[1]} << 16) | (uint32_t{p[2]} << 8) | uint32_t{p[3]};
+}
+
+void put_be32(std::string& out, uint32_t v) {
+  for (int s = 24; s >= 0; s -= 8) out.push_back(static_cast<char>((v >> s) & 0xff));
+}
+
+}  // namespace
+
+void Dataset::truncate(int64_t n) {
+  if (n >= count) return;
+  count = n;
+  if (type == PixelType::u8) u8.resize(static_cast<size_t>(n) * dim());
+  else f32.resize(static_cast<size_t>(n) * dim());
+}
+
+void Dataset::binarize_threshold() {
+  for (auto& v : u8) v = v >= 128 ? 255 : 0;
+  for (auto& v : f32) v = v >= 0.5f ? 1.f : 0.f;
+}
+
+std::vector<uint8_t> read_file_maybe_gz(const std::string& path) {
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(path, ec)) fail(path, "no such file");
+  gzFile f = gzopen(path.c_str(), "rb");  // reads plain files unchanged
+  if (!f) fail(path, std::string("cannot open: ") + std::strerror(errno));
+  std::vector<uint8_t> out;
+  std::vector<uint8_t> chunk(1 << 20);
+  for (;;) {
+    const int n = gzread(f, chunk.data(), static_cast<unsigned>(chunk.size()));
+    if (n < 0) {
+      int err = 0;
+      const std::string msg = gzerror(f, &err);
+      gzclose(f);
+      fail(path, "corrupt gzip data (" + msg + ")");
+    }
+    if (n == 0) break;
+    out.insert(out.end(), chunk.begin(), chunk.begin() + n);
+  }
+  // A truncated .gz ends without its trailer: zlib reports it at close.
+  if (gzclose(f) != Z_OK) fail(path, "truncated or corrupt gzip data");
+  return out;
+}
+
+Dataset read_idx_images(const std::string& path) {
+  const std::vector<uint8_t> bytes = read_file_maybe_gz(path);
+  if (bytes.size() < 4) fail(path, "too short for an IDX file (" + std::to_string(bytes.size()) + " bytes)");
+  if (bytes[0] != 0 || bytes[1] != 0) fail(path, "bad IDX magic (expected 0x0000 then type and rank)");
+  if (bytes[2] != 0x08) fail(path, "IDX element type 0x" + std::to_string(bytes[2]) + " is not uint8 (0x08)");
+  const int rank = bytes[3];
+  if (rank != 3) fail(path, "IDX rank " + std::to_string(rank) + " is not 3 (images: count, rows, columns)");
+  if (bytes.size() < 16) fail(path, "truncated IDX header");
+  const uint64_t n = read_be32(&bytes[4]), h = read_be32(&bytes[8]), w = read_be32(&bytes[12]);
+  if (h == 0 || w == 0 || h > 4096 || w > 4096) fail(path, "implausible image size " + std::to_string(h) + "x" + std::to_string(w));
+  const uint64_t want = 16 + n * h * w;
+  if (bytes.size() != want) {
+    fail(path, "size mismatch: header says " + std::to_string(n) + " images of " + std::to_string(h) + "x" +
+                   std::to_string(w) + " (" + std::to_string(want) + " bytes), file has " + std::to_string(bytes.size()));
+  }
+  if (n == 0) fail(path, "no images");
+  Dataset d;
+  d.source = path;
+  d.type = PixelType::u8;
+  d.count = static_cast<int64_t>(n);
+  d.height = static_cast<int>(h);
+  d.width = static_cast<int>(w);
+  d.u8.assign(bytes.begin() + 16, bytes.end());
+  return d;
+}
+
+void write_idx_images(const std::string& path, const Dataset& d) {
+  VAE_REQUIRE(d.type == PixelType::u8, "IDX images are uint8");
+  std::string out;
+  out.append({0, 0, 0x08, 3});
+  put_be32(out, static_cast<uint32_t>(d.count));
+  put_be32(out, static_cast<uint32_t>(d.height));
+  put_be32(out, static_cast<uint32_t>(d.width));
+  out.append(reinterpret_cast<const char*>(d.u8.data()), d.u8.size());
+  write_file_atomically(path, out);
+}
+
+Dataset read_npy(const std::string& path) {
+  const std::vector<uint8_t> bytes = read_file_maybe_gz(path);
+  static const char kMagic[] = "\x93NUMPY";
+  if (bytes.size() < 10 || std::memcmp(bytes.data(), kMagic, 6) != 0) fail(path, "bad NPY magic");
+  const int major = bytes[6];
+  size_t header_len = 0, header_at = 0;
+  if (major == 1) {
+    header_len = bytes[8] | (size_t{bytes[9]} << 8);
+    header_at = 10;
+  } else if (major == 2 || major == 3) {
+    if (bytes.size() < 12) fail(path, "truncated NPY header");
+    header_len = bytes[8] | (size_t{bytes[9]} << 8) | (size_t{bytes[10]} << 16) | (size_t{bytes[11]} << 24);
+    header_at = 12;
+  } else {
+    fail(path, "unsupported NPY version " + std::to_string(major));
+  }
+  if (header_at + header_len > bytes.size()) fail(path, "truncated NPY header");
+  const std::string header(bytes.begin() + header_at, bytes.begin() + header_at + header_len);
+  std::smatch m;
+  if (!std::regex_search(header, m, std::regex(R"('descr'\s*:\s*'([^']*)')"))) fail(path, "NPY header has no descr");
+  const std::string descr = m[1];
+  PixelType type;
+  if (descr == "|u1" || descr == "<u1") type = PixelType::u8;
+  else if (descr == "<f4") type = PixelType::f32;
+  else fail(path, "NPY dtype '" + descr + "' is not uint8 (|u1) or float32 (<f4)");
+  if (std::regex_search(header, std::regex(R"('fortran_order'\s*:\s*True)"))) fail(path, "Fortran-order NPY is not supported");
+  if (!std::regex_search(header, m, std::regex(R"('shape'\s*:\s*\(([^)]*)\))"))) fail(path, "NPY header has no shape");
+  std::vector<int64_t> shape;
+  const std::string dims = m[1];
+  const std::regex number(R"(\d+)");
+  for (std::sregex_iterator it(dims.begin(), dims.end(), number), end; it != end; ++it) {
+    shape.push_back(std::stoll(it->str()));
+  }
+  if (shape.size() != 2 && shape.size() != 3) fail(path, "NPY array has rank " + std::to_string(shape.size()) + ", expected 2 (N, D) or 3 (N, H, W)");
+  Dataset d;
+  d.source = path;
+  d.type = type;
+  d.count = shape[0];
+  if (shape.size() == 3) {
+    d.height = static_cast<int>(shape[1]);
+    d.width = static_cast<int>(shape[2]);
+  } else {
+    // (N, D): a square image when D is a square, else one row of D pixels.
+    const int D = static_cast<int>(shape[1]);
+    const int side = static_cast<int>(std::lround(std::sqrt(static_cast<double>(D))));
+    d.height = side * side == D ? side : 1;
+    d.width = side * side == D ? side : D;
+  }
+  if (d.count <= 0 || d.dim() <= 0) fail(path, "NPY array is empty");
+  const size_t elem = type == PixelType::u8 ? 1 : 4;
+  const size_t body = static_cast<size_t>(d.count) * d.dim() * elem;
+  const size_t at = header_at + header_len;
+  if (bytes.size() - at != body) {
+    fail(path, "size mismatch: shape needs " + std::to_string(body) + " data bytes, file has " + std::to_string(bytes.size() - at));
+  }
+  if (type == PixelType::u8) {
+    d.u8.assign(bytes.begin() + at, bytes.end());
+  } else {
+    d.f32.resize(static_cast<size_t>(d.count) * d.dim());
+    std::memcpy(d.f32.data(), bytes.data() + at, body);
+    for (size_t i = 0; i < d.f32.size(); ++i) {
+      if (!(d.f32[i] >= 0.f && d.f32[i] <= 1.f)) {
+        fail(path, "float32 value " + std::to_string(d.f32[i]) + " at element " + std::to_string(i) + " is outside [0, 1]");
+      }
+    }
+  }
+  return d;
+}
+
+void write_npy(const std::string& path, const Dataset& d) {
+  std::string header = std::string("{'descr': '") + (d.type == PixelType::u8 ? "|u1" : "<f4") +
+                       "', 'fortran_order': False, 'shape': (" + std::to_string(d.count) + ", " +
+                       std::to_string(d.height) + ", " + std::to_string(d.width) + "), }";
+  while ((10 + header.size() + 1) % 64 != 0) header.push_back(' ');
+  header.push_back('\n');
+  std::string out = "\x93NUMPY";
+  out.push_back(1);
+  out.push_back(0);
+  out.push_back(static_cast<char>(header.size() & 0xff));
+  out.push_back(static_cast<char>(header.size() >> 8));
+  out += header;
+  out.append(static_cast<const char*>(d.data()), d.bytes());
+  write_file_atomically(path, out);
+}
+
+std::string find_idx_file(const std::string& dir, const std::string& stem) {
+  namespace fs = std::filesystem;
+  for (const std::string& name : {stem, stem + ".gz"}) {
+    const fs::path p = fs::path(dir) / name;
+    std::error_code ec;
+    if (fs::is_regular_file(p, ec)) return p.string();
+  }
+  throw Error(dir + ": no " + stem + " or " + stem + ".gz in this folder");
+}
+
+}  // namespace vae

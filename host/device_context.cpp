@@ -1,0 +1,43 @@
+#include "device_context.h"
+
+#include "runtime/check.h"
+#include "runtime/workers.h"
+
+namespace vae {
+
+namespace {
+const TargetOps& ops_for(Target target) {
+#if VAE_WITH_CUDA
+  if (target == Target::cuda) return gpu::target_ops();
+#else
+  if (target == Target::cuda) throw Error("this build has no CUDA kernels (configured with VAE_WITH_CUDA=OFF)");
+#endif
+  return cpu::target_ops();
+}
+}  // namespace
+
+DeviceContext::DeviceContext(Target target, bool tf32) : target_(target), ops_(&ops_for(target)), tf32_(tf32) {
+  if (target == Target::cuda) {
+    int dev = 0;
+    cudaDeviceProp prop{};
+    VAE_CUDA_CHECK(cudaGetDevice(&dev));
+    VAE_CUDA_CHECK(cudaGetDeviceProperties(&prop, dev));
+    description_ = std::string(prop.name) + " (sm_" + std::to_string(prop.major) + std::to_string(prop.minor) + ")";
+  } else {
+    description_ = "cpu (" + std::to_string(hx::workers()) + " workers)";
+  }
+  stream_ = ops_->create_stream();
+  try {
+    gemm_ = ops_->gemm_create(stream_, tf32);
+  } catch (...) {
+    ops_->destroy_stream(stream_);
+    throw;
+  }
+}
+
+DeviceContext::~DeviceContext() {
+  ops_->gemm_destroy(gemm_);
+  ops_->destroy_stream(stream_);
+}
+
+}  // namespace vae

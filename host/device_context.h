@@ -1,0 +1,92 @@
+// A target chosen at run time: its ops table, one compute stream and a GEMM handle, and
+// device buffers that free themselves.
+#pragma once
+
+#include <cstddef>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "ops.h"
+#include "runtime/device.h"
+
+namespace vae {
+
+class DeviceContext {
+ public:
+  DeviceContext(Target target, bool tf32);
+  ~DeviceContext();
+  DeviceContext(const DeviceContext&) = delete;
+  DeviceContext& operator=(const DeviceContext&) = delete;
+
+  Target target() const { return target_; }
+  const TargetOps& ops() const { return *ops_; }
+  cudaStream_t stream() const { return stream_; }
+  GemmHandle* gemm() const { return gemm_; }
+  bool tf32() const { return tf32_; }
+  // "cpu (2 workers)" or the GPU's name.
+  const std::string& description() const { return description_; }
+  void synchronize() const { ops_->synchronize(stream_); }
+
+ private:
+  Target target_;
+  const TargetOps* ops_;
+  cudaStream_t stream_ = nullptr;
+  GemmHandle* gemm_ = nullptr;
+  bool tf32_;
+  std::string description_;
+};
+
+// Owns count elements of T in the target's memory.
+template <typename T>
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  DeviceBuffer(const DeviceContext& ctx, size_t count) : ctx_(&ctx), count_(count) {
+    data_ = static_cast<T*>(ctx.ops().device_alloc(count * sizeof(T)));
+    if (count) ctx.ops().fill_zero(data_, count * sizeof(T), ctx.stream());
+  }
+  DeviceBuffer(const DeviceContext& ctx, const std::vector<T>& host) : DeviceBuffer(ctx, host.size()) {
+    upload(host);
+  }
+  ~DeviceBuffer() { reset(); }
+  DeviceBuffer(DeviceBuffer&& o) noexcept { *this = std::move(o); }
+  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
+    if (this != &o) {
+      reset();
+      ctx_ = o.ctx_;
+      data_ = o.data_;
+      count_ = o.count_;
+      o.data_ = nullptr;
+      o.count_ = 0;
+    }
+    return *this;
+  }
+
+  T* data() const { return data_; }
+  size_t size() const { return count_; }
+  void upload(const std::vector<T>& host) { upload(host.data(), host.size()); }
+  void upload(const T* host, size_t count) {
+    if (count > count_) throw std::length_error("DeviceBuffer::upload: too many elements");
+    ctx_->ops().copy_to_device(data_, host, count * sizeof(T), ctx_->stream());
+  }
+  std::vector<T> download() const {
+    std::vector<T> host(count_);
+    ctx_->ops().copy_to_host(host.data(), data_, count_ * sizeof(T), ctx_->stream());
+    return host;
+  }
+  void zero() { ctx_->ops().fill_zero(data_, count_ * sizeof(T), ctx_->stream()); }
+
+ private:
+  void reset() {
+    if (data_) ctx_->ops().device_free(data_);
+    data_ = nullptr;
+    count_ = 0;
+  }
+  const DeviceContext* ctx_ = nullptr;
+  T* data_ = nullptr;
+  size_t count_ = 0;
+};
+
+}  // namespace vae

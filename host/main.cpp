@@ -1,0 +1,223 @@
+// The `vae` command line: train, eval, sample, reconstruct.
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <sstream>
+
+#include "png_image.h"
+#include "runtime/check.h"
+#include "trainer.h"
+
+namespace {
+
+using namespace vae;
+
+std::vector<int> parse_hidden(const std::string& s) {
+  std::vector<int> out;
+  if (s.empty() || s == "none") return out;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    size_t used = 0;
+    int v = 0;
+    try {
+      v = std::stoi(item, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used != item.size() || v <= 0) throw CLI::ValidationError("--hidden", "expected positive sizes like 400 or 500,500, got '" + s + "'");
+    out.push_back(v);
+  }
+  return out;
+}
+
+struct Common {
+  std::string device = "auto";
+};
+
+void add_device(CLI::App* app, Common& c) {
+  app->add_option("--device", c.device, "auto (GPU when present), cpu or cuda")
+      ->check(CLI::IsMember({"auto", "cpu", "cuda"}))
+      ->capture_default_str();
+}
+
+void add_data(CLI::App* app, DataOptions& d, bool with_train) {
+  app->add_option("--data", d.data, "fashion-mnist (Debian's dataset-fashion-mnist) or a folder of MNIST-format IDX files");
+  if (with_train) {
+    app->add_option("--train", d.train_npy, "training images as .npy (uint8 or float32 in [0,1]; (N,D) or (N,H,W))");
+    app->add_option("--train-limit", d.train_limit, "use only the first N training images")->check(CLI::PositiveNumber);
+  }
+  app->add_option("--test", d.test_npy, "test images as .npy");
+  app->add_option("--test-limit", d.test_limit, "use only the first N test images")->check(CLI::PositiveNumber);
+}
+
+struct Loaded {
+  Checkpoint ckpt;
+  std::unique_ptr<DeviceContext> ctx;
+  std::unique_ptr<Trainer> trainer;
+};
+
+Loaded load_for_inference(const std::string& path, const std::string& device) {
+  Loaded l;
+  l.ckpt = load_checkpoint(path);
+  l.ctx = std::make_unique<DeviceContext>(resolve_target(device), l.ckpt.config.tf32);
+  l.trainer = std::make_unique<Trainer>(*l.ctx, l.ckpt.config);
+  l.trainer->restore(l.ckpt);
+  return l;
+}
+
+DataOptions eval_data(const DataOptions& flags, bool data_given, const TrainConfig& config) {
+  DataOptions d = data_given || !flags.test_npy.empty() ? flags : data_options_from_record(config.data);
+  if (!flags.test_npy.empty()) d.train_npy = "-";  // test split only
+  d.test_limit = flags.test_limit;
+  return d;
+}
+
+Dataset load_eval_set(const DataOptions& d, const TrainConfig& config) {
+  Dataset test = d.test_npy.empty() ? load_test_data(d) : read_npy(d.test_npy);
+  if (d.test_limit > 0) test.truncate(d.test_limit);
+  if (test.dim() != config.model.input_dim) {
+    throw Error(test.source + ": images have " + std::to_string(test.dim()) + " pixels but the model takes " +
+                std::to_string(config.model.input_dim));
+  }
+  if (config.binarize == Binarize::static_threshold) test.binarize_threshold();
+  return test;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"vae: a CUDA-accelerated trainer for variational autoencoders (Kingma & Welling, 2013)"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "vae 0.1.0");
+
+  // train
+  TrainRun run;
+  Common train_common;
+  std::string hidden = "400", activation = "relu", decoder = "bernoulli", optimizer = "adam", binarize = "none";
+  CLI::App* train = app.add_subcommand("train", "train a VAE by minibatch SGVB; writes metrics, checkpoints and images");
+  add_data(train, run.data, true);
+  train->add_option("--out", run.out_dir, "output folder (default runs/<timestamp>; on --resume, the checkpoint's folder)");
+  train->add_option("--epochs", run.config.epochs, "epochs to train in all")->check(CLI::PositiveNumber)->capture_default_str();
+  train->add_option("--batch-size", run.config.batch_size, "datapoints per minibatch")->check(CLI::Range(1, 1 << 16))->capture_default_str();
+  train->add_option("--lr", run.config.hyper.lr, "learning rate")->check(CLI::PositiveNumber)->capture_default_str();
+  train->add_option("--optimizer", optimizer, "adam, adagrad (the paper's) or sgd (with momentum)")
+      ->check(CLI::IsMember({"adam", "adagrad", "sgd"}))->capture_default_str();
+  train->add_option("--momentum", run.config.hyper.momentum, "SGD momentum")->check(CLI::Range(0.0, 1.0))->capture_default_str();
+  train->add_option("--weight-decay", run.config.hyper.weight_decay, "L2 weight decay added to the gradient")
+      ->check(CLI::NonNegativeNumber)->capture_default_str();
+  train->add_option("--seed", run.config.seed, "seed of initialisation, shuffling and noise")->capture_default_str();
+  train->add_option("--hidden", hidden, "hidden layer sizes of the encoder (the decoder mirrors them), e.g. 400 or 500,500")
+      ->capture_default_str();
+  train->add_option("--activation", activation, "relu or tanh")->check(CLI::IsMember({"relu", "tanh"}))->capture_default_str();
+  train->add_option("--latent", run.config.model.latent, "latent dimensions")->check(CLI::Range(1, 4096))->capture_default_str();
+  train->add_option("--decoder", decoder, "bernoulli or gaussian")->check(CLI::IsMember({"bernoulli", "gaussian"}))->capture_default_str();
+  train->add_option("--samples", run.config.samples, "L, samples of z per datapoint")->check(CLI::Range(1, 1024))->capture_default_str();
+  train->add_option("--binarize", binarize, "none, static (threshold at 0.5) or dynamic (resampled every step)")
+      ->check(CLI::IsMember({"none", "static", "dynamic"}))->capture_default_str();
+  train->add_flag("--tf32", run.config.tf32, "let cuBLAS use TF32 tensor cores (GPU only)");
+  train->add_option("--resume", run.resume, "continue from a checkpoint.safetensors")->check(CLI::ExistingFile);
+  train->add_flag("--quiet", run.quiet, "print nothing but errors");
+  add_device(train, train_common);
+
+  // eval
+  std::string eval_ckpt;
+  DataOptions eval_flags;
+  Common eval_common;
+  CLI::App* eval = app.add_subcommand("eval", "test-set ELBO of a checkpoint, printed as one JSON object");
+  eval->add_option("--checkpoint", eval_ckpt, "checkpoint.safetensors")->required()->check(CLI::ExistingFile);
+  add_data(eval, eval_flags, false);
+  add_device(eval, eval_common);
+
+  // sample
+  std::string sample_ckpt, sample_out;
+  int sample_n = 64;
+  uint64_t sample_seed = 0;
+  Common sample_common;
+  CLI::App* sample = app.add_subcommand("sample", "decoder means of samples from the prior, as a PNG grid");
+  sample->add_option("--checkpoint", sample_ckpt, "checkpoint.safetensors")->required()->check(CLI::ExistingFile);
+  sample->add_option("--n", sample_n, "number of samples")->check(CLI::Range(1, 4096))->capture_default_str();
+  sample->add_option("--out", sample_out, "output .png")->required();
+  sample->add_option("--seed", sample_seed, "noise seed (default: the checkpoint's)");
+  add_device(sample, sample_common);
+
+  // reconstruct
+  std::string rec_ckpt, rec_out;
+  int rec_n = 8;
+  DataOptions rec_flags;
+  Common rec_common;
+  CLI::App* rec = app.add_subcommand("reconstruct", "the first test images above their reconstructions, as a PNG");
+  rec->add_option("--checkpoint", rec_ckpt, "checkpoint.safetensors")->required()->check(CLI::ExistingFile);
+  rec->add_option("--out", rec_out, "output .png")->required();
+  rec->add_option("--n", rec_n, "number of test images")->check(CLI::Range(1, 64))->capture_default_str();
+  add_data(rec, rec_flags, false);
+  add_device(rec, rec_common);
+
+  try {
+    app.parse(argc, argv);
+    if (train->parsed()) {
+      run.config.model.hidden = parse_hidden(hidden);
+    }
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::string msg = e.what();
+    std::fprintf(stderr, "vae: %s (see --help)\n", msg.c_str());
+    return 2;
+  }
+
+  try {
+    if (train->parsed()) {
+      run.device = train_common.device;
+      run.config.model.activation = parse_activation(activation);
+      run.config.model.decoder = parse_decoder(decoder);
+      run.config.optimizer = parse_optimizer(optimizer);
+      run.config.binarize = parse_binarize(binarize);
+      if (!run.data.test_npy.empty() && run.data.train_npy.empty()) throw Error("--test: needs --train as well");
+      if (!run.data.train_npy.empty() && run.data.test_npy.empty()) throw Error("--train: needs --test as well");
+      return run_train(run);
+    }
+    if (eval->parsed()) {
+      Loaded l = load_for_inference(eval_ckpt, eval_common.device);
+      const Dataset test = load_eval_set(eval_data(eval_flags, eval->count("--data") > 0, l.ckpt.config), l.ckpt.config);
+      const DeviceDataset test_dev(*l.ctx, test);
+      const ElboTotals t = l.trainer->evaluate(test_dev);
+      nlohmann::json out = {{"test_elbo", t.elbo()}, {"test_recon", t.recon}, {"test_kl", t.kl}, {"n", t.n},
+                            {"epoch", l.ckpt.epoch}, {"step", l.ckpt.step}, {"device", l.ctx->description()}};
+      std::printf("%s\n", out.dump().c_str());
+      return 0;
+    }
+    if (sample->parsed()) {
+      Checkpoint ckpt = load_checkpoint(sample_ckpt);
+      if (sample->count("--seed")) ckpt.config.seed = sample_seed;
+      ckpt.config.batch_size = std::max(ckpt.config.batch_size, sample_n);
+      DeviceContext ctx(resolve_target(sample_common.device), ckpt.config.tf32);
+      Trainer trainer(ctx, ckpt.config);
+      trainer.restore(ckpt);
+      const int cols = static_cast<int>(std::ceil(std::sqrt(static_cast<double>(sample_n))));
+      write_png_grid(sample_out, trainer.prior_samples(sample_n), sample_n, ckpt.config.model.image_height,
+                     ckpt.config.model.image_width, cols);
+      std::printf("wrote %s\n", sample_out.c_str());
+      return 0;
+    }
+    if (rec->parsed()) {
+      Loaded l = load_for_inference(rec_ckpt, rec_common.device);
+      const Dataset test = load_eval_set(eval_data(rec_flags, rec->count("--data") > 0, l.ckpt.config), l.ckpt.config);
+      const DeviceDataset test_dev(*l.ctx, test);
+      const int n = static_cast<int>(std::min<int64_t>(rec_n, test.count));
+      write_png_grid(rec_out, l.trainer->reconstructions(test_dev, n), 2 * n, l.ckpt.config.model.image_height,
+                     l.ckpt.config.model.image_width, n);
+      std::printf("wrote %s\n", rec_out.c_str());
+      return 0;
+    }
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "vae: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,100 @@
+#include "model.h"
+
+#include <cmath>
+#include <random>
+
+#include "runtime/check.h"
+
+namespace vae {
+
+const char* activation_name(Activation a) {
+  switch (a) {
+    case Activation::relu: return "relu";
+    case Activation::tanh: return "tanh";
+    default: return "identity";
+  }
+}
+
+Activation parse_activation(const std::string& s) {
+  if (s == "relu") return Activation::relu;
+  if (s == "tanh") return Activation::tanh;
+  throw Error("--activation: expected relu or tanh, got '" + s + "'");
+}
+
+const char* decoder_name(DecoderKind d) { return d == DecoderKind::gaussian ? "gaussian" : "bernoulli"; }
+
+DecoderKind parse_decoder(const std::string& s) {
+  if (s == "bernoulli") return DecoderKind::bernoulli;
+  if (s == "gaussian") return DecoderKind::gaussian;
+  throw Error("--decoder: expected bernoulli or gaussian, got '" + s + "'");
+}
+
+size_t NamedTensor::count() const {
+  size_t n = 1;
+  for (int64_t d : shape) n *= static_cast<size_t>(d);
+  return n;
+}
+
+ParamLayout make_layout(const ModelConfig& c) {
+  VAE_REQUIRE(c.input_dim > 0 && c.latent > 0, "model: input and latent sizes must be positive");
+  for (int h : c.hidden) VAE_REQUIRE(h > 0, "model: hidden sizes must be positive");
+  ParamLayout L;
+  auto linear = [&](int out, int in) {
+    LinearSlot s{L.total, L.total + static_cast<size_t>(out) * in, out, in};
+    L.total += static_cast<size_t>(out) * in + out;
+    return s;
+  };
+  auto add = [&](const std::string& name, std::vector<int64_t> shape, size_t offset) {
+    L.tensors.push_back({name, std::move(shape), offset});
+  };
+  int in = c.input_dim;
+  for (size_t i = 0; i < c.hidden.size(); ++i) {
+    L.encoder.push_back(linear(c.hidden[i], in));
+    add("encoder.layers." + std::to_string(i) + ".weight", {c.hidden[i], in}, L.encoder.back().weight);
+    add("encoder.layers." + std::to_string(i) + ".bias", {c.hidden[i]}, L.encoder.back().bias);
+    in = c.hidden[i];
+  }
+  const int J = c.latent;
+  L.heads = linear(2 * J, in);
+  add("encoder.mu.weight", {J, in}, L.heads.weight);
+  add("encoder.mu.bias", {J}, L.heads.bias);
+  add("encoder.logvar.weight", {J, in}, L.heads.weight + static_cast<size_t>(J) * in);
+  add("encoder.logvar.bias", {J}, L.heads.bias + J);
+  in = J;
+  for (size_t i = 0; i < c.hidden.size(); ++i) {
+    const int h = c.hidden[c.hidden.size() - 1 - i];
+    L.decoder.push_back(linear(h, in));
+    add("decoder.layers." + std::to_string(i) + ".weight", {h, in}, L.decoder.back().weight);
+    add("decoder.layers." + std::to_string(i) + ".bias", {h}, L.decoder.back().bias);
+    in = h;
+  }
+  const int D = c.input_dim;
+  const bool gaussian = c.decoder == DecoderKind::gaussian;
+  L.output = linear(gaussian ? 2 * D : D, in);
+  add("decoder.out.weight", {D, in}, L.output.weight);
+  add("decoder.out.bias", {D}, L.output.bias);
+  if (gaussian) {
+    add("decoder.out_logvar.weight", {D, in}, L.output.weight + static_cast<size_t>(D) * in);
+    add("decoder.out_logvar.bias", {D}, L.output.bias + D);
+  }
+  return L;
+}
+
+std::vector<float> init_parameters(const ModelConfig& c, const ParamLayout& layout, uint64_t seed) {
+  std::vector<float> p(layout.total);
+  std::mt19937_64 rng(seed);
+  auto fill = [&](const LinearSlot& s) {
+    const float bound = 1.f / std::sqrt(static_cast<float>(s.in));
+    std::uniform_real_distribution<float> u(-bound, bound);
+    for (size_t i = 0; i < static_cast<size_t>(s.out) * s.in; ++i) p[s.weight + i] = u(rng);
+    for (int i = 0; i < s.out; ++i) p[s.bias + i] = u(rng);
+  };
+  for (const auto& s : layout.encoder) fill(s);
+  fill(layout.heads);
+  for (const auto& s : layout.decoder) fill(s);
+  fill(layout.output);
+  (void)c;
+  return p;
+}
+
+}  // namespace vae

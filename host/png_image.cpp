@@ -1,0 +1,59 @@
+#include "png_image.h"
+
+#include <png.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+
+#include "atomic_file.h"
+#include "runtime/check.h"
+
+namespace vae {
+
+namespace {
+void append_bytes(png_structp png, png_bytep data, png_size_t n) {
+  static_cast<std::string*>(png_get_io_ptr(png))->append(reinterpret_cast<const char*>(data), n);
+}
+void flush_nothing(png_structp) {}
+}  // namespace
+
+void write_png_grid(const std::string& path, const std::vector<float>& images, int count, int height, int width,
+                    int columns) {
+  VAE_REQUIRE(count > 0 && columns > 0, "png grid: empty");
+  VAE_REQUIRE(images.size() >= static_cast<size_t>(count) * height * width, "png grid: too few pixels");
+  const int rows = (count + columns - 1) / columns, gap = 1;
+  const int W = columns * (width + gap) + gap, H = rows * (height + gap) + gap;
+  std::vector<png_byte> pixels(static_cast<size_t>(W) * H, 64);  // dark grey frame
+  for (int i = 0; i < count; ++i) {
+    const int oy = gap + (i / columns) * (height + gap), ox = gap + (i % columns) * (width + gap);
+    for (int y = 0; y < height; ++y)
+      for (int x = 0; x < width; ++x) {
+        const float v = std::clamp(images[(static_cast<size_t>(i) * height + y) * width + x], 0.f, 1.f);
+        pixels[static_cast<size_t>(oy + y) * W + ox + x] = static_cast<png_byte>(std::lround(v * 255.f));
+      }
+  }
+  png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, nullptr, nullptr, nullptr);
+  png_infop info = png ? png_create_info_struct(png) : nullptr;
+  if (!png || !info) {
+    png_destroy_write_struct(&png, &info);
+    throw Error(path + ": libpng could not start");
+  }
+  std::string out;
+  std::vector<png_bytep> row_ptrs(H);
+  for (int y = 0; y < H; ++y) row_ptrs[y] = pixels.data() + static_cast<size_t>(y) * W;
+  if (setjmp(png_jmpbuf(png))) {
+    png_destroy_write_struct(&png, &info);
+    throw Error(path + ": libpng failed to encode the image");
+  }
+  png_set_write_fn(png, &out, append_bytes, flush_nothing);
+  png_set_IHDR(png, info, W, H, 8, PNG_COLOR_TYPE_GRAY, PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT,
+               PNG_FILTER_TYPE_DEFAULT);
+  png_write_info(png, info);
+  png_write_image(png, row_ptrs.data());
+  png_write_end(png, nullptr);
+  png_destroy_write_struct(&png, &info);
+  write_file_atomically(path, out);
+}
+
+}  // namespace vae

@@ -1,0 +1,344 @@
+#include "trainer.h"
+
+#include <unistd.h>
+
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+
+#include "png_image.h"
+#include "runtime/check.h"
+
+namespace vae {
+
+namespace fs = std::filesystem;
+
+// Eval draws (binarization) use steps far above any training step.
+constexpr uint64_t kEvalStepBase = uint64_t{1} << 48;
+
+std::string DataOptions::describe() const {
+  if (!train_npy.empty() || !test_npy.empty()) return "npy:" + train_npy + "," + test_npy;
+  return data;
+}
+
+DataOptions data_options_from_record(const std::string& recorded) {
+  DataOptions o;
+  if (recorded.rfind("npy:", 0) == 0) {
+    const std::string rest = recorded.substr(4);
+    const size_t comma = rest.find(',');
+    o.train_npy = rest.substr(0, comma);
+    o.test_npy = comma == std::string::npos ? "" : rest.substr(comma + 1);
+  } else if (!recorded.empty()) {
+    o.data = recorded;
+  }
+  return o;
+}
+
+namespace {
+
+std::string data_dir(const DataOptions& o) {
+  if (o.data == "fashion-mnist") {
+    std::error_code ec;
+    if (!fs::is_directory(kFashionMnistDir, ec)) {
+      throw Error(std::string("--data fashion-mnist: ") + kFashionMnistDir +
+                  " is missing (install Debian's dataset-fashion-mnist, or run cmake/setup.sh)");
+    }
+    return kFashionMnistDir;
+  }
+  std::error_code ec;
+  if (!fs::is_directory(o.data, ec)) throw Error("--data: '" + o.data + "' is not a folder (or 'fashion-mnist')");
+  return o.data;
+}
+
+Dataset load_split(const DataOptions& o, bool train) {
+  const std::string npy = train ? o.train_npy : o.test_npy;
+  Dataset d;
+  if (!o.train_npy.empty() || !o.test_npy.empty()) {
+    if (npy.empty()) throw Error(train ? "--train: needed with --test" : "--test: needed with --train");
+    d = read_npy(npy);
+  } else {
+    d = read_idx_images(find_idx_file(data_dir(o), train ? "train-images-idx3-ubyte" : "t10k-images-idx3-ubyte"));
+  }
+  const int64_t limit = train ? o.train_limit : o.test_limit;
+  if (limit > 0) d.truncate(limit);
+  return d;
+}
+
+}  // namespace
+
+Dataset load_train_data(const DataOptions& o) { return load_split(o, true); }
+Dataset load_test_data(const DataOptions& o) { return load_split(o, false); }
+
+DeviceDataset::DeviceDataset(const DeviceContext& ctx, const Dataset& d)
+    : type(d.type), count(d.count), dim(d.dim()), bytes(ctx, d.bytes()) {
+  bytes.upload(static_cast<const uint8_t*>(d.data()), d.bytes());
+}
+
+Trainer::Trainer(const DeviceContext& ctx, const TrainConfig& config)
+    : ctx_(ctx),
+      config_(config),
+      vae_(ctx, config.model, std::max(config.batch_size, 64), config.samples),
+      optimizer_(ctx, vae_.layout().total, config.optimizer, config.hyper),
+      totals_(ctx, 3) {
+  vae_.params().upload(init_parameters(config.model, vae_.layout(), config.seed));
+}
+
+void Trainer::restore(const Checkpoint& ckpt) {
+  VAE_REQUIRE(ckpt.params.size() == vae_.layout().total, "restore: parameter count");
+  vae_.params().upload(ckpt.params);
+  for (size_t s = 0; s < ckpt.optimizer_state.size(); ++s) optimizer_.state(s).upload(ckpt.optimizer_state[s]);
+  optimizer_.set_steps(ckpt.step);
+  epoch_ = ckpt.epoch;
+}
+
+Checkpoint Trainer::checkpoint() const {
+  Checkpoint c;
+  c.config = config_;
+  c.step = optimizer_.steps();
+  c.epoch = epoch_;
+  c.params = vae_.params().download();
+  for (size_t s = 0; s < optimizer_state_names(config_.optimizer).size(); ++s) {
+    c.optimizer_state.push_back(optimizer_.state(s).download());
+  }
+  return c;
+}
+
+ElboTotals Trainer::train_epoch(const DeviceDataset& train, const std::function<void(int64_t, int64_t)>& on_batch) {
+  VAE_REQUIRE(train.dim == config_.model.input_dim, "train: data dimension differs from the model's");
+  const auto& ops = ctx_.ops();
+  const int B = config_.batch_size;
+  const int64_t batches = (train.count + B - 1) / B;
+  // The order of an epoch depends on (seed, epoch) only, so a resumed run sees the same order.
+  if (perm_.size() != static_cast<size_t>(train.count)) perm_ = DeviceBuffer<int>(ctx_, train.count);
+  ops.shuffle_permutation(perm_.data(), static_cast<int>(train.count), config_.seed * 0x9E3779B97F4A7C15ull + epoch_,
+                          ctx_.stream());
+  totals_.zero();
+  const bool dynamic = config_.binarize == Binarize::dynamic;
+  for (int64_t b = 0; b < batches; ++b) {
+    const int batch = static_cast<int>(std::min<int64_t>(B, train.count - b * B));
+    const uint64_t step = static_cast<uint64_t>(optimizer_.steps());
+    ops.gather_batch(train.bytes.data(), train.type, perm_.data(), b * B, batch, train.dim, vae_.input(), dynamic,
+                     config_.seed, step, ctx_.stream());
+    vae_.forward(batch, {config_.seed, RandomStream::latent_noise, step}, true);
+    vae_.accumulate_totals(batch, totals_.data());
+    vae_.backward(batch);
+    // A data-parallel run all-reduces grads() here, between backward and the optimizer.
+    optimizer_.step(vae_.params().data(), vae_.grads().data());
+    if (on_batch) on_batch(b + 1, batches);
+  }
+  ++epoch_;
+  const std::vector<double> t = totals_.download();  // the epoch's one host synchronisation
+  return {t[0] / t[2], t[1] / t[2], static_cast<int64_t>(t[2])};
+}
+
+ElboTotals Trainer::evaluate(const DeviceDataset& test) {
+  VAE_REQUIRE(test.dim == config_.model.input_dim, "eval: data dimension differs from the model's");
+  const auto& ops = ctx_.ops();
+  const int B = config_.batch_size;
+  totals_.zero();
+  for (int64_t b = 0; b * B < test.count; ++b) {
+    const int batch = static_cast<int>(std::min<int64_t>(B, test.count - b * B));
+    ops.gather_batch(test.bytes.data(), test.type, nullptr, b * B, batch, test.dim, vae_.input(),
+                     config_.binarize == Binarize::dynamic, config_.seed, kEvalStepBase + b, ctx_.stream());
+    vae_.forward(batch, {config_.seed, RandomStream::eval_noise, static_cast<uint64_t>(b)}, false);
+    vae_.accumulate_totals(batch, totals_.data());
+  }
+  const std::vector<double> t = totals_.download();
+  return {t[0] / t[2], t[1] / t[2], static_cast<int64_t>(t[2])};
+}
+
+std::vector<float> Trainer::prior_samples(int n) {
+  VAE_REQUIRE(n > 0 && n <= vae_.max_batch(), "prior_samples: count out of range");
+  const int J = config_.model.latent;
+  DeviceBuffer<float> zero_heads(ctx_, static_cast<size_t>(n) * 2 * J), z(ctx_, static_cast<size_t>(n) * J),
+      kl(ctx_, n), mean(ctx_, static_cast<size_t>(n) * config_.model.input_dim);
+  // μ = 0, log σ² = 0: the latent kernel then draws z ~ N(0, I), the prior.
+  ctx_.ops().latent_forward(zero_heads.data(), z.data(), kl.data(), n, J, 1, config_.seed, RandomStream::prior, 0,
+                            ctx_.stream());
+  vae_.decode_mean(z.data(), n, mean.data());
+  return mean.download();
+}
+
+std::vector<float> Trainer::reconstructions(const DeviceDataset& test, int n) {
+  n = static_cast<int>(std::min<int64_t>(n, test.count));
+  VAE_REQUIRE(n > 0 && n <= vae_.max_batch(), "reconstructions: count out of range");
+  const size_t D = config_.model.input_dim;
+  ctx_.ops().gather_batch(test.bytes.data(), test.type, nullptr, 0, n, test.dim, vae_.input(),
+                          config_.binarize == Binarize::dynamic, config_.seed, kEvalStepBase, ctx_.stream());
+  vae_.forward(n, {config_.seed, RandomStream::eval_noise, 0}, false);
+  std::vector<float> images(2 * n * D);
+  ctx_.ops().copy_to_host(images.data(), vae_.input(), n * D * sizeof(float), ctx_.stream());
+  DeviceBuffer<float> mean(ctx_, n * D);
+  vae_.reconstruction_mean(n, mean.data());
+  const std::vector<float> rec = mean.download();
+  std::copy(rec.begin(), rec.end(), images.begin() + n * D);
+  return images;
+}
+
+// ---- the train command ----------------------------------------------------------------------
+
+namespace {
+
+std::string timestamp() {
+  const std::time_t t = std::time(nullptr);
+  std::tm tm{};
+  localtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y%m%d-%H%M%S", &tm);
+  return buf;
+}
+
+void append_line_durably(const std::string& path, const std::string& line) {
+  FILE* f = std::fopen(path.c_str(), "a");
+  if (!f) throw Error(path + ": cannot append");
+  const bool ok = std::fputs((line + "\n").c_str(), f) >= 0 && std::fflush(f) == 0 && fsync(fileno(f)) == 0;
+  if (std::fclose(f) != 0 || !ok) throw Error(path + ": write failed");
+}
+
+class Progress {
+ public:
+  explicit Progress(bool enabled) : enabled_(enabled && isatty(fileno(stderr))) {}
+  void update(int epoch, int epochs, int64_t done, int64_t total, int64_t samples) {
+    if (!enabled_) return;
+    const auto now = std::chrono::steady_clock::now();
+    if (done != total && now - last_ < std::chrono::milliseconds(200)) return;
+    last_ = now;
+    const double secs = std::chrono::duration<double>(now - start_).count();
+    const int width = 30, filled = static_cast<int>(width * done / std::max<int64_t>(total, 1));
+    std::fprintf(stderr, "\repoch %d/%d [%s%s] %lld/%lld  %.0f samples/s ", epoch, epochs,
+                 std::string(filled, '=').c_str(), std::string(width - filled, ' ').c_str(),
+                 static_cast<long long>(done), static_cast<long long>(total), samples / std::max(secs, 1e-9));
+    std::fflush(stderr);
+  }
+  void start() { start_ = last_ = std::chrono::steady_clock::now(); }
+  void clear() {
+    if (enabled_) std::fprintf(stderr, "\r%*s\r", 90, "");
+  }
+
+ private:
+  bool enabled_;
+  std::chrono::steady_clock::time_point start_, last_;
+};
+
+}  // namespace
+
+int run_train(const TrainRun& run) {
+  TrainConfig config = run.config;
+  Checkpoint resumed;
+  std::string out_dir = run.out_dir;
+  if (!run.resume.empty()) {
+    resumed = load_checkpoint(run.resume);
+    // The run continues as it was configured; only the epoch target comes from the flags.
+    const int epochs = config.epochs;
+    config = resumed.config;
+    config.epochs = epochs;
+    if (out_dir.empty()) out_dir = fs::path(run.resume).parent_path().string();
+    if (out_dir.empty()) out_dir = ".";
+    if (resumed.epoch >= config.epochs) {
+      throw Error("--resume: " + run.resume + " has already completed " + std::to_string(resumed.epoch) +
+                  " epochs; pass --epochs above that");
+    }
+  }
+  DataOptions data = run.resume.empty() ? run.data : data_options_from_record(config.data);
+  if (!run.resume.empty() && (run.data.data != "fashion-mnist" || !run.data.train_npy.empty())) data = run.data;
+  data.train_limit = run.data.train_limit;
+  data.test_limit = run.data.test_limit;
+
+  Dataset train = load_train_data(data);
+  Dataset test = load_test_data(data);
+  if (train.dim() != test.dim()) {
+    throw Error("data: train images are " + std::to_string(train.height) + "x" + std::to_string(train.width) +
+                " but test images are " + std::to_string(test.height) + "x" + std::to_string(test.width));
+  }
+  if (run.resume.empty()) {
+    config.model.input_dim = train.dim();
+    config.model.image_height = train.height;
+    config.model.image_width = train.width;
+    config.data = data.describe();
+  } else if (config.model.input_dim != train.dim()) {
+    throw Error("--resume: the checkpoint's model takes " + std::to_string(config.model.input_dim) +
+                " inputs but the data has " + std::to_string(train.dim()));
+  }
+  if (config.binarize == Binarize::static_threshold) {
+    train.binarize_threshold();
+    test.binarize_threshold();
+  }
+
+  if (out_dir.empty()) out_dir = "runs/" + timestamp();
+  std::error_code ec;
+  fs::create_directories(out_dir, ec);
+  if (ec || !fs::is_directory(out_dir)) throw Error("--out: cannot create folder '" + out_dir + "'");
+
+  const Target target = resolve_target(run.device);
+  DeviceContext ctx(target, config.tf32);
+  Trainer trainer(ctx, config);
+  if (!run.resume.empty()) trainer.restore(resumed);
+  const DeviceDataset train_dev(ctx, train), test_dev(ctx, test);
+
+  if (!run.quiet) {
+    std::printf("training %d-%s-%d VAE (%s, %s decoder, L=%d) on %lld images from %s; device %s\n",
+                config.model.input_dim, [&] {
+                  std::string h;
+                  for (int x : config.model.hidden) h += (h.empty() ? "" : "-") + std::to_string(x);
+                  return h.empty() ? std::string("0") : h;
+                }().c_str(),
+                config.model.latent, activation_name(config.model.activation), decoder_name(config.model.decoder),
+                config.samples, static_cast<long long>(train.count), data.describe().c_str(),
+                ctx.description().c_str());
+    std::fflush(stdout);
+  }
+  const std::string metrics_path = (fs::path(out_dir) / "metrics.jsonl").string();
+  const std::string ckpt_path = (fs::path(out_dir) / "checkpoint.safetensors").string();
+  Progress progress(!run.quiet);
+  while (trainer.epoch() < config.epochs) {
+    const int epoch = trainer.epoch() + 1;
+    progress.start();
+    const auto t0 = std::chrono::steady_clock::now();
+    const ElboTotals tr = trainer.train_epoch(train_dev, [&](int64_t done, int64_t total) {
+      progress.update(epoch, config.epochs, done, total, std::min<int64_t>(done * config.batch_size, train.count));
+    });
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const ElboTotals te = trainer.evaluate(test_dev);
+    progress.clear();
+    if (!std::isfinite(tr.elbo()) || !std::isfinite(te.elbo())) {
+      throw Error("training diverged at epoch " + std::to_string(epoch) + " (ELBO is not finite); try a lower --lr");
+    }
+    nlohmann::json m = {{"epoch", epoch},
+                        {"step", trainer.step()},
+                        {"train_elbo", tr.elbo()},
+                        {"train_recon", tr.recon},
+                        {"train_kl", tr.kl},
+                        {"test_elbo", te.elbo()},
+                        {"test_recon", te.recon},
+                        {"test_kl", te.kl},
+                        {"epoch_seconds", seconds},
+                        {"samples_per_second", tr.n / seconds},
+                        {"device", ctx.description()},
+                        {"tf32", ctx.tf32()}};
+    save_checkpoint(ckpt_path, trainer.checkpoint());
+    const int H = config.model.image_height, W = config.model.image_width;
+    write_png_grid((fs::path(out_dir) / ("samples_" + std::to_string(epoch) + ".png")).string(),
+                   trainer.prior_samples(64), 64, H, W, 8);
+    const int n = static_cast<int>(std::min<int64_t>(8, test.count));
+    write_png_grid((fs::path(out_dir) / ("reconstructions_" + std::to_string(epoch) + ".png")).string(),
+                   trainer.reconstructions(test_dev, n), 2 * n, H, W, n);
+    append_line_durably(metrics_path, m.dump());
+    if (!run.quiet) {
+      std::printf("epoch %d/%d  train ELBO %.2f  test ELBO %.2f (recon %.2f, KL %.2f)  %.2f s  %.0f samples/s\n", epoch,
+                  config.epochs, tr.elbo(), te.elbo(), te.recon, te.kl, seconds, tr.n / seconds);
+      std::fflush(stdout);
+    }
+  }
+  if (!run.quiet) {
+    std::printf("outputs in %s: metrics.jsonl, checkpoint.safetensors, samples_<epoch>.png, reconstructions_<epoch>.png\n",
+                out_dir.c_str());
+  }
+  return 0;
+}
+
+}  // namespace vae

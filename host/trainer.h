@@ -1,0 +1,86 @@
+// Minibatch SGVB training and evaluation on a target, with the run's outputs.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "checkpoint.h"
+#include "dataset.h"
+#include "device_context.h"
+#include "vae.h"
+
+namespace vae {
+
+// Where data comes from: --data fashion-mnist|DIR, or --train X.npy --test Y.npy.
+struct DataOptions {
+  std::string data = "fashion-mnist";
+  std::string train_npy, test_npy;
+  int64_t train_limit = 0, test_limit = 0;  // keep only the first N rows (0: all)
+  std::string describe() const;             // recorded in the checkpoint's config
+};
+constexpr const char* kFashionMnistDir = "/usr/share/datasets/fashion-mnist";
+Dataset load_train_data(const DataOptions& o);
+Dataset load_test_data(const DataOptions& o);
+// The data options recorded in a checkpoint (its config's "data"), for eval without --data.
+DataOptions data_options_from_record(const std::string& recorded);
+
+struct ElboTotals {
+  double recon = 0, kl = 0;  // mean per datapoint, nats
+  int64_t n = 0;
+  double elbo() const { return recon - kl; }
+};
+
+// A dataset resident in target memory.
+struct DeviceDataset {
+  DeviceDataset(const DeviceContext& ctx, const Dataset& d);
+  PixelType type;
+  int64_t count;
+  int dim;
+  DeviceBuffer<uint8_t> bytes;
+};
+
+class Trainer {
+ public:
+  Trainer(const DeviceContext& ctx, const TrainConfig& config);
+  // Continues from a checkpoint of the same configuration.
+  void restore(const Checkpoint& ckpt);
+  Checkpoint checkpoint() const;
+
+  // One epoch over `train` (shuffled by seed and epoch); `on_batch(done, total)` after each step.
+  ElboTotals train_epoch(const DeviceDataset& train, const std::function<void(int64_t, int64_t)>& on_batch = {});
+  // Test-set ELBO with fixed noise: the same checkpoint gives the same number every time.
+  ElboTotals evaluate(const DeviceDataset& test);
+  // Images as values in [0, 1]: 64 decoder means of prior samples; the first n test images
+  // followed by their reconstructions.
+  std::vector<float> prior_samples(int n);
+  std::vector<float> reconstructions(const DeviceDataset& test, int n);
+
+  int epoch() const { return epoch_; }
+  int64_t step() const { return optimizer_.steps(); }
+  const TrainConfig& config() const { return config_; }
+  Vae& model() { return vae_; }
+
+ private:
+  const DeviceContext& ctx_;
+  TrainConfig config_;
+  Vae vae_;
+  Optimizer optimizer_;
+  DeviceBuffer<double> totals_;
+  DeviceBuffer<int> perm_;
+  int epoch_ = 0;
+};
+
+// The `vae train` command: everything a run writes goes under options.out_dir.
+struct TrainRun {
+  TrainConfig config;
+  DataOptions data;
+  std::string out_dir;  // empty: runs/<timestamp>, or the checkpoint's folder on --resume
+  std::string resume;
+  std::string device = "auto";
+  bool quiet = false;
+};
+int run_train(const TrainRun& run);
+
+}  // namespace vae

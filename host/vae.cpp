@@ -1,0 +1,178 @@
+#include "vae.h"
+
+#include "runtime/check.h"
+
+namespace vae {
+
+Vae::Vae(const DeviceContext& ctx, const ModelConfig& config, int max_batch, int samples)
+    : ctx_(ctx), config_(config), layout_(make_layout(config)), max_batch_(max_batch), samples_(samples) {
+  VAE_REQUIRE(max_batch > 0, "Vae: max_batch must be positive");
+  VAE_REQUIRE(samples > 0, "Vae: samples must be positive");
+  const size_t B = max_batch, LB = static_cast<size_t>(samples) * max_batch, J = config.latent;
+  const size_t D = config.input_dim;
+  out_cols_ = static_cast<int>(config.decoder == DecoderKind::gaussian ? 2 * D : D);
+  params_ = DeviceBuffer<float>(ctx, layout_.total);
+  grads_ = DeviceBuffer<float>(ctx, layout_.total);
+  x_ = DeviceBuffer<float>(ctx, B * D);
+  heads_ = DeviceBuffer<float>(ctx, B * 2 * J);
+  d_heads_ = DeviceBuffer<float>(ctx, B * 2 * J);
+  z_ = DeviceBuffer<float>(ctx, LB * J);
+  d_z_ = DeviceBuffer<float>(ctx, LB * J);
+  kl_ = DeviceBuffer<float>(ctx, B);
+  out_ = DeviceBuffer<float>(ctx, LB * out_cols_);
+  log_prob_ = DeviceBuffer<float>(ctx, LB);
+  for (const auto& s : layout_.encoder) {
+    enc_h_.emplace_back(ctx, B * s.out);
+    d_enc_h_.emplace_back(ctx, B * s.out);
+  }
+  for (const auto& s : layout_.decoder) {
+    dec_h_.emplace_back(ctx, LB * s.out);
+    d_dec_h_.emplace_back(ctx, LB * s.out);
+  }
+}
+
+// out (rows, s.out) = act(in (rows, s.in) Wᵀ + b)
+void Vae::linear_forward(const LinearSlot& s, const float* in, int rows, float* out, Activation act) {
+  GemmOp op;
+  op.trans_b = true;
+  op.m = rows, op.n = s.out, op.k = s.in;
+  op.a = in, op.lda = s.in;
+  op.b = params_.data() + s.weight, op.ldb = s.in;
+  op.c = out, op.ldc = s.out;
+  ctx_.ops().gemm(ctx_.gemm(), op);
+  ctx_.ops().dense_bias_activation_forward(out, params_.data() + s.bias, rows, s.out, act, ctx_.stream());
+}
+
+// grad_out (rows, s.out): dL/d(output) in, dL/d(pre-activation) out. Writes dW, db into
+// grads() and, when grad_in is given, dL/d(in) (rows, s.in).
+void Vae::linear_backward(const LinearSlot& s, const float* in, int rows, float* grad_out, const float* out,
+                          Activation act, float* grad_in) {
+  const auto& ops = ctx_.ops();
+  ops.dense_activation_backward(grad_out, out, grads_.data() + s.bias, rows, s.out, act, ctx_.stream());
+  GemmOp dw;  // dW (out, in) = gradᵀ (out, rows) · in (rows, in)
+  dw.trans_a = true;
+  dw.m = s.out, dw.n = s.in, dw.k = rows;
+  dw.a = grad_out, dw.lda = s.out;
+  dw.b = in, dw.ldb = s.in;
+  dw.c = grads_.data() + s.weight, dw.ldc = s.in;
+  ops.gemm(ctx_.gemm(), dw);
+  if (grad_in) {
+    GemmOp dx;  // dX (rows, in) = grad (rows, out) · W (out, in)
+    dx.m = rows, dx.n = s.in, dx.k = s.out;
+    dx.a = grad_out, dx.lda = s.out;
+    dx.b = params_.data() + s.weight, dx.ldb = s.in;
+    dx.c = grad_in, dx.ldc = s.in;
+    ops.gemm(ctx_.gemm(), dx);
+  }
+}
+
+void Vae::decode(const float* z, int rows) {
+  const float* h = z;
+  for (size_t i = 0; i < layout_.decoder.size(); ++i) {
+    linear_forward(layout_.decoder[i], h, rows, dec_h_[i].data(), config_.activation);
+    h = dec_h_[i].data();
+  }
+  linear_forward(layout_.output, h, rows, out_.data(), Activation::identity);
+}
+
+void Vae::forward(int batch, const NoiseKey& key, bool with_gradients) {
+  VAE_REQUIRE(batch > 0 && batch <= max_batch_, "Vae::forward: batch out of range");
+  const auto& ops = ctx_.ops();
+  const float* h = x_.data();
+  for (size_t i = 0; i < layout_.encoder.size(); ++i) {
+    linear_forward(layout_.encoder[i], h, batch, enc_h_[i].data(), config_.activation);
+    h = enc_h_[i].data();
+  }
+  linear_forward(layout_.heads, h, batch, heads_.data(), Activation::identity);
+  ops.latent_forward(heads_.data(), z_.data(), kl_.data(), batch, config_.latent, samples_, key.seed, key.stream,
+                     key.step, ctx_.stream());
+  const int rows = batch * samples_;
+  decode(z_.data(), rows);
+  // The gradient overwrites the decoder output in place: only log p is needed afterwards.
+  float* grad_out = with_gradients ? out_.data() : nullptr;
+  const float grad_scale = 1.f / static_cast<float>(rows);
+  if (config_.decoder == DecoderKind::bernoulli) {
+    ops.bernoulli_reconstruction(out_.data(), x_.data(), log_prob_.data(), grad_out, batch, config_.input_dim,
+                                 samples_, grad_scale, ctx_.stream());
+  } else {
+    ops.gaussian_reconstruction(out_.data(), x_.data(), log_prob_.data(), grad_out, batch, config_.input_dim,
+                                samples_, grad_scale, ctx_.stream());
+  }
+}
+
+void Vae::backward(int batch) {
+  const int rows = batch * samples_;
+  const size_t nd = layout_.decoder.size(), ne = layout_.encoder.size();
+  // Decoder, from the output layer down to dL/dz.
+  const float* last_dec = nd ? dec_h_[nd - 1].data() : z_.data();
+  float* d_last_dec = nd ? d_dec_h_[nd - 1].data() : d_z_.data();
+  linear_backward(layout_.output, last_dec, rows, out_.data(), nullptr, Activation::identity, d_last_dec);
+  for (size_t i = nd; i-- > 0;) {
+    const float* in = i ? dec_h_[i - 1].data() : z_.data();
+    float* d_in = i ? d_dec_h_[i - 1].data() : d_z_.data();
+    linear_backward(layout_.decoder[i], in, rows, d_dec_h_[i].data(), dec_h_[i].data(), config_.activation, d_in);
+  }
+  // Latent stage: reparameterization and KL.
+  ctx_.ops().latent_backward(heads_.data(), z_.data(), d_z_.data(), d_heads_.data(), batch, config_.latent, samples_,
+                             1.f / static_cast<float>(batch), ctx_.stream());
+  // Encoder, from the heads down to the first layer (dL/dx is not needed).
+  const float* last_enc = ne ? enc_h_[ne - 1].data() : x_.data();
+  linear_backward(layout_.heads, last_enc, batch, d_heads_.data(), nullptr, Activation::identity,
+                  ne ? d_enc_h_[ne - 1].data() : nullptr);
+  for (size_t i = ne; i-- > 0;) {
+    const float* in = i ? enc_h_[i - 1].data() : x_.data();
+    linear_backward(layout_.encoder[i], in, batch, d_enc_h_[i].data(), enc_h_[i].data(), config_.activation,
+                    i ? d_enc_h_[i - 1].data() : nullptr);
+  }
+}
+
+void Vae::accumulate_totals(int batch, double* totals) {
+  ctx_.ops().elbo_totals(log_prob_.data(), kl_.data(), batch, samples_, totals, ctx_.stream());
+}
+
+void Vae::decode_mean(const float* z, int rows, float* mean) {
+  VAE_REQUIRE(rows > 0 && rows <= max_batch_, "Vae::decode_mean: rows out of range");
+  decode(z, rows);
+  ctx_.ops().decoder_mean(out_.data(), out_cols_, mean, rows, config_.input_dim, ctx_.stream());
+}
+
+void Vae::reconstruction_mean(int batch, float* mean) {
+  decode(z_.data(), batch);  // sample 0 of each row: the first `batch` rows of z
+  ctx_.ops().decoder_mean(out_.data(), out_cols_, mean, batch, config_.input_dim, ctx_.stream());
+}
+
+// ---- optimizer ------------------------------------------------------------------------------
+
+const char* optimizer_name(OptimizerKind k) {
+  switch (k) {
+    case OptimizerKind::adagrad: return "adagrad";
+    case OptimizerKind::sgd: return "sgd";
+    default: return "adam";
+  }
+}
+
+OptimizerKind parse_optimizer(const std::string& s) {
+  if (s == "adam") return OptimizerKind::adam;
+  if (s == "adagrad") return OptimizerKind::adagrad;
+  if (s == "sgd") return OptimizerKind::sgd;
+  throw Error("--optimizer: expected adam, adagrad or sgd, got '" + s + "'");
+}
+
+Optimizer::Optimizer(const DeviceContext& ctx, size_t n, OptimizerKind kind, const OptimizerHyper& hyper)
+    : ctx_(ctx), n_(n), kind_(kind), hyper_(hyper), state1_(ctx, n), state2_(ctx, kind == OptimizerKind::adam ? n : 0) {}
+
+void Optimizer::step(float* params, const float* grads) {
+  ++steps_;
+  ctx_.ops().optimizer_step(kind_, hyper_, params, grads, state1_.data(), state2_.data(),
+                            static_cast<long long>(n_), steps_, ctx_.stream());
+}
+
+std::vector<std::string> optimizer_state_names(OptimizerKind kind) {
+  switch (kind) {
+    case OptimizerKind::adam: return {"exp_avg", "exp_avg_sq"};
+    case OptimizerKind::adagrad: return {"sum"};
+    default: return {"momentum_buffer"};
+  }
+}
+
+}  // namespace vae

@@ -1,0 +1,97 @@
+// The VAE's forward and backward passes on a target: GEMMs through the GEMM interface, the
+// stages between them through the fused kernels. Parameters and gradients in flat buffers.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "device_context.h"
+#include "model.h"
+
+namespace vae {
+
+// Which Philox numbers a pass draws: (seed, stream, step) keys them, nothing is stored.
+struct NoiseKey {
+  uint64_t seed = 1;
+  RandomStream stream = RandomStream::latent_noise;
+  uint64_t step = 0;
+};
+
+class Vae {
+ public:
+  // max_batch: most datapoints per pass; samples: L, the ε draws per datapoint.
+  Vae(const DeviceContext& ctx, const ModelConfig& config, int max_batch, int samples);
+
+  const ModelConfig& config() const { return config_; }
+  const ParamLayout& layout() const { return layout_; }
+  int samples() const { return samples_; }
+  int max_batch() const { return max_batch_; }
+  DeviceBuffer<float>& params() { return params_; }
+  const DeviceBuffer<float>& params() const { return params_; }
+  DeviceBuffer<float>& grads() { return grads_; }
+  // (max_batch, D): the batch kernel writes the pass's input here.
+  float* input() { return x_.data(); }
+
+  // Forward over the first `batch` rows of input(): log p(x|z) per (sample, row), KL per row.
+  // With gradients, also dLoss/d(decoder output) for loss = −(1/B) Σ_r ELBO_r.
+  void forward(int batch, const NoiseKey& key, bool with_gradients);
+  // Backward after forward(…, true): fills grads() (every element is overwritten).
+  void backward(int batch);
+  // totals[0..2] += (Σ_r reconstruction, Σ_r KL, B) of the last forward pass (device memory).
+  void accumulate_totals(int batch, double* totals);
+
+  // Decoder mean (rows, D) for latent codes z (rows, J), both in device memory; rows <= max_batch.
+  void decode_mean(const float* z, int rows, float* mean);
+  // Decoder mean of the reconstruction of input() rows (the first sample of the last forward).
+  void reconstruction_mean(int batch, float* mean);
+
+  // Device buffers of the last pass, for tests: log p per (sample, row) and KL per row.
+  const DeviceBuffer<float>& log_prob() const { return log_prob_; }
+  const DeviceBuffer<float>& kl() const { return kl_; }
+
+ private:
+  void linear_forward(const LinearSlot& s, const float* in, int rows, float* out, Activation act);
+  void linear_backward(const LinearSlot& s, const float* in, int rows, float* grad_out, const float* out,
+                       Activation act, float* grad_in);
+  void decode(const float* z, int rows);
+
+  const DeviceContext& ctx_;
+  ModelConfig config_;
+  ParamLayout layout_;
+  int max_batch_, samples_;
+  int out_cols_;  // D or 2D
+  DeviceBuffer<float> params_, grads_;
+  DeviceBuffer<float> x_, heads_, z_, kl_, out_, log_prob_;
+  std::vector<DeviceBuffer<float>> enc_h_, dec_h_;        // activations per hidden layer
+  DeviceBuffer<float> d_heads_, d_z_;
+  std::vector<DeviceBuffer<float>> d_enc_h_, d_dec_h_;    // their gradients
+};
+
+// Adam, Adagrad or SGD with momentum over the flat parameter buffer.
+class Optimizer {
+ public:
+  Optimizer(const DeviceContext& ctx, size_t n, OptimizerKind kind, const OptimizerHyper& hyper);
+  void step(float* params, const float* grads);
+  long long steps() const { return steps_; }
+  void set_steps(long long s) { steps_ = s; }
+  OptimizerKind kind() const { return kind_; }
+  // State buffers, in the order of optimizer_state_names(kind()).
+  DeviceBuffer<float>& state(size_t i) { return i == 0 ? state1_ : state2_; }
+  const DeviceBuffer<float>& state(size_t i) const { return i == 0 ? state1_ : state2_; }
+
+ private:
+  const DeviceContext& ctx_;
+  size_t n_;
+  OptimizerKind kind_;
+  OptimizerHyper hyper_;
+  long long steps_ = 0;
+  DeviceBuffer<float> state1_, state2_;
+};
+
+const char* optimizer_name(OptimizerKind k);
+OptimizerKind parse_optimizer(const std::string& s);
+// State tensor names, as PyTorch's optimizers name them: exp_avg, exp_avg_sq / sum / momentum_buffer.
+std::vector<std::string> optimizer_state_names(OptimizerKind k);
+
+}  // namespace vae
