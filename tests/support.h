@@ -39,3 +39,29 @@ std::vector<float> random_uniform(size_t n, uint64_t seed, float lo = -1.f, floa
 ::testing::AssertionResult not_all_zero(const std::vector<double>& v);
 
 }  // namespace vae::test
+
+#include "ops.h"
+
+namespace vae::test {
+
+const TargetOps& ops_of(Target t);
+
+// Launch shapes the kernel tests run under: the target's default, and on the CPU also the
+// GPU's shape (many blocks, 32 lanes per row) and an odd one (4 lanes per row, tiny blocks).
+struct Shape {
+  const char* name;
+  LaunchPolicy policy;  // ignored (target default) when max_blocks == 0
+};
+std::vector<Shape> shapes_for(Target t);
+
+class ScopedLaunchPolicy {
+ public:
+  ScopedLaunchPolicy(Target t, const Shape& s);
+  ~ScopedLaunchPolicy();
+
+ private:
+  LaunchPolicy* policy_;
+  LaunchPolicy saved_;
+};
+
+}  // namespace vae::test

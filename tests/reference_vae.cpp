@@ -1,0 +1,213 @@
+#include "reference_vae.h"
+
+#include <cuda_runtime.h>
+#include <curand_kernel.h>
+
+#include <cmath>
+#include <map>
+#include <stdexcept>
+#include <string>
+
+namespace vae::test {
+
+namespace {
+
+struct Linear {
+  const double* w;  // (out, in)
+  const double* b;  // (out)
+  double* gw;
+  double* gb;
+  int out, in;
+};
+
+struct Params {
+  const ModelConfig& c;
+  const std::vector<double>& p;
+  std::vector<double>& g;
+  std::map<std::string, NamedTensor> by_name;
+  Params(const ModelConfig& config, const std::vector<double>& params, std::vector<double>& grad)
+      : c(config), p(params), g(grad) {
+    for (const auto& t : make_layout(config).tensors) by_name[t.name] = t;
+  }
+  Linear get(const std::string& prefix) {
+    const NamedTensor& w = by_name.at(prefix + ".weight");
+    const NamedTensor& b = by_name.at(prefix + ".bias");
+    return {p.data() + w.offset, p.data() + b.offset, g.data() + w.offset, g.data() + b.offset,
+            static_cast<int>(w.shape[0]), static_cast<int>(w.shape[1])};
+  }
+};
+
+using Mat = std::vector<double>;
+
+Mat forward(const Linear& l, const Mat& in, int rows) {
+  Mat out(static_cast<size_t>(rows) * l.out);
+  for (int r = 0; r < rows; ++r)
+    for (int o = 0; o < l.out; ++o) {
+      double s = l.b[o];
+      for (int i = 0; i < l.in; ++i) s += in[static_cast<size_t>(r) * l.in + i] * l.w[static_cast<size_t>(o) * l.in + i];
+      out[static_cast<size_t>(r) * l.out + o] = s;
+    }
+  return out;
+}
+
+// Accumulates dW, db from d_out and returns d_in.
+Mat backward(const Linear& l, const Mat& in, const Mat& d_out, int rows) {
+  Mat d_in(static_cast<size_t>(rows) * l.in, 0.0);
+  for (int r = 0; r < rows; ++r)
+    for (int o = 0; o < l.out; ++o) {
+      const double d = d_out[static_cast<size_t>(r) * l.out + o];
+      l.gb[o] += d;
+      for (int i = 0; i < l.in; ++i) {
+        l.gw[static_cast<size_t>(o) * l.in + i] += d * in[static_cast<size_t>(r) * l.in + i];
+        d_in[static_cast<size_t>(r) * l.in + i] += d * l.w[static_cast<size_t>(o) * l.in + i];
+      }
+    }
+  return d_in;
+}
+
+double act(double a, Activation f) { return f == Activation::relu ? (a > 0 ? a : 0) : std::tanh(a); }
+double act_grad(double a, Activation f) {
+  if (f == Activation::relu) return a > 0 ? 1 : 0;
+  const double t = std::tanh(a);
+  return 1 - t * t;
+}
+double sigmoid(double y) { return 1 / (1 + std::exp(-y)); }
+double softplus(double y) { return y > 0 ? y + std::log1p(std::exp(-y)) : std::log1p(std::exp(y)); }
+
+}  // namespace
+
+std::vector<double> to_double(const std::vector<float>& v) { return std::vector<double>(v.begin(), v.end()); }
+
+ReferenceResult reference_vae(const ModelConfig& c, const std::vector<double>& params, const std::vector<double>& x,
+                              int B, int L, const std::vector<double>& eps, bool with_grad) {
+  ReferenceResult res;
+  res.grad.assign(params.size(), 0.0);
+  Params P(c, params, res.grad);
+  const int D = c.input_dim, J = c.latent, nh = static_cast<int>(c.hidden.size()), LB = L * B;
+  const bool gaussian = c.decoder == DecoderKind::gaussian;
+
+  // Encoder.
+  std::vector<Mat> enc_in{x}, enc_pre;
+  for (int i = 0; i < nh; ++i) {
+    Mat a = forward(P.get("encoder.layers." + std::to_string(i)), enc_in.back(), B);
+    enc_pre.push_back(a);
+    for (double& v : a) v = act(v, c.activation);
+    enc_in.push_back(a);
+  }
+  const Linear mu_l = P.get("encoder.mu"), lv_l = P.get("encoder.logvar");
+  const Mat mu = forward(mu_l, enc_in.back(), B), lv = forward(lv_l, enc_in.back(), B);
+
+  // Latent.
+  Mat z(static_cast<size_t>(LB) * J);
+  res.kl.assign(B, 0.0);
+  for (int r = 0; r < B; ++r) {
+    double s = 0;
+    for (int j = 0; j < J; ++j) {
+      const double m = mu[r * J + j], v = lv[r * J + j];
+      s += 1 + v - m * m - std::exp(v);
+      for (int l = 0; l < L; ++l) {
+        const size_t zi = (static_cast<size_t>(l) * B + r) * J + j;
+        z[zi] = m + std::exp(0.5 * v) * eps[zi];
+      }
+    }
+    res.kl[r] = -0.5 * s;
+  }
+
+  // Decoder.
+  std::vector<Mat> dec_in{z}, dec_pre;
+  for (int i = 0; i < nh; ++i) {
+    Mat a = forward(P.get("decoder.layers." + std::to_string(i)), dec_in.back(), LB);
+    dec_pre.push_back(a);
+    for (double& v : a) v = act(v, c.activation);
+    dec_in.push_back(a);
+  }
+  const Linear out_l = P.get("decoder.out");
+  const Mat y = forward(out_l, dec_in.back(), LB);
+  Mat yv;
+  if (gaussian) yv = forward(P.get("decoder.out_logvar"), dec_in.back(), LB);
+
+  // Reconstruction and ELBO.
+  const double half_log_2pi = 0.5 * std::log(2 * M_PI);
+  res.log_prob.assign(LB, 0.0);
+  Mat dy(static_cast<size_t>(LB) * D), dyv(gaussian ? static_cast<size_t>(LB) * D : 0);
+  const double scale = 1.0 / LB;  // d loss / d log p
+  for (int l = 0; l < L; ++l)
+    for (int r = 0; r < B; ++r) {
+      const int row = l * B + r;
+      double s = 0;
+      for (int d = 0; d < D; ++d) {
+        const double xd = x[static_cast<size_t>(r) * D + d], yd = y[static_cast<size_t>(row) * D + d];
+        if (!gaussian) {
+          s += xd * yd - softplus(yd);
+          dy[static_cast<size_t>(row) * D + d] = -scale * (xd - sigmoid(yd));
+        } else {
+          const double m = sigmoid(yd), v = yv[static_cast<size_t>(row) * D + d], diff = xd - m;
+          s += -half_log_2pi - 0.5 * v - 0.5 * diff * diff * std::exp(-v);
+          dy[static_cast<size_t>(row) * D + d] = -scale * diff * std::exp(-v) * m * (1 - m);
+          dyv[static_cast<size_t>(row) * D + d] = -scale * (-0.5 + 0.5 * diff * diff * std::exp(-v));
+        }
+      }
+      res.log_prob[row] = s;
+    }
+  res.elbo.assign(B, 0.0);
+  for (int r = 0; r < B; ++r) {
+    double m = 0;
+    for (int l = 0; l < L; ++l) m += res.log_prob[l * B + r];
+    res.elbo[r] = m / L - res.kl[r];
+    res.loss -= res.elbo[r] / B;
+  }
+  if (!with_grad) return res;
+
+  // Backward through the decoder.
+  Mat dg = backward(out_l, dec_in.back(), dy, LB);
+  if (gaussian) {
+    const Mat dg2 = backward(P.get("decoder.out_logvar"), dec_in.back(), dyv, LB);
+    for (size_t i = 0; i < dg.size(); ++i) dg[i] += dg2[i];
+  }
+  for (int i = nh - 1; i >= 0; --i) {
+    for (size_t k = 0; k < dg.size(); ++k) dg[k] *= act_grad(dec_pre[i][k], c.activation);
+    dg = backward(P.get("decoder.layers." + std::to_string(i)), dec_in[i], dg, LB);
+  }
+  // Latent: z = μ + exp(½ v) ε, KL/B in the loss.
+  Mat dmu(static_cast<size_t>(B) * J, 0.0), dlv(static_cast<size_t>(B) * J, 0.0);
+  for (int r = 0; r < B; ++r)
+    for (int j = 0; j < J; ++j) {
+      const double m = mu[r * J + j], v = lv[r * J + j];
+      double a = m / B, b = 0.5 * (std::exp(v) - 1) / B;
+      for (int l = 0; l < L; ++l) {
+        const size_t zi = (static_cast<size_t>(l) * B + r) * J + j;
+        a += dg[zi];
+        b += dg[zi] * 0.5 * std::exp(0.5 * v) * eps[zi];
+      }
+      dmu[r * J + j] = a;
+      dlv[r * J + j] = b;
+    }
+  Mat dh = backward(mu_l, enc_in.back(), dmu, B);
+  const Mat dh2 = backward(lv_l, enc_in.back(), dlv, B);
+  for (size_t i = 0; i < dh.size(); ++i) dh[i] += dh2[i];
+  for (int i = nh - 1; i >= 0; --i) {
+    for (size_t k = 0; k < dh.size(); ++k) dh[k] *= act_grad(enc_pre[i][k], c.activation);
+    dh = backward(P.get("encoder.layers." + std::to_string(i)), enc_in[i], dh, B);
+  }
+  return res;
+}
+
+std::vector<double> reference_noise(uint64_t seed, RandomStream stream, uint64_t step, int batch, int samples,
+                                    int latent) {
+  std::vector<double> eps(static_cast<size_t>(batch) * samples * latent);
+  const int padded = (latent + 3) / 4 * 4;
+  for (int r = 0; r < batch; ++r)
+    for (int l = 0; l < samples; ++l) {
+      curandStatePhilox4_32_10_t st;
+      curand_init(seed, (step << 2) | static_cast<uint64_t>(stream), static_cast<uint64_t>(r * samples + l) * padded,
+                  &st);
+      for (int j = 0; j < latent; j += 4) {
+        const float4 v = curand_normal4(&st);
+        const float e[4] = {v.x, v.y, v.z, v.w};
+        for (int q = 0; q < 4 && j + q < latent; ++q) eps[(static_cast<size_t>(l) * batch + r) * latent + j + q] = e[q];
+      }
+    }
+  return eps;
+}
+
+}  // namespace vae::test

@@ -1,0 +1,345 @@
+// Each kernel against float64 loops on random odd sizes, under every launch shape.
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <set>
+
+#include <curand_kernel.h>
+
+#include "device_context.h"
+#include "vae.h"
+#include "reference_vae.h"
+#include "support.h"
+
+namespace vae {
+namespace {
+
+using test::all_near;
+using test::random_uniform;
+using test::to_double;
+
+class Kernels : public ::testing::TestWithParam<Target> {
+ protected:
+  void SetUp() override {
+    VAE_SKIP_WITHOUT_DEVICE(GetParam());
+    ctx_ = std::make_unique<DeviceContext>(GetParam(), false);
+  }
+  const TargetOps& ops() const { return ctx_->ops(); }
+  cudaStream_t stream() const { return ctx_->stream(); }
+  template <typename T>
+  DeviceBuffer<T> upload(const std::vector<T>& v) { return DeviceBuffer<T>(*ctx_, v); }
+  template <typename T>
+  std::vector<T> download(const DeviceBuffer<T>& b) {
+    ctx_->synchronize();
+    return b.download();
+  }
+  std::unique_ptr<DeviceContext> ctx_;
+};
+
+// Runs the body once per launch shape of the target, with the shape in failure messages.
+#define FOR_EACH_SHAPE(target)                                      \
+  for (const auto& shape : test::shapes_for(target))                \
+    if (test::ScopedLaunchPolicy scoped_policy_(target, shape); true) \
+      if (::testing::ScopedTrace scoped_trace_(__FILE__, __LINE__, shape.name); true)
+
+TEST_P(Kernels, DenseBiasActivationForward) {
+  FOR_EACH_SHAPE(GetParam()) {
+    for (int rows : {1, 7, 129})
+      for (int cols : {5, 33})
+        for (Activation act : {Activation::identity, Activation::relu, Activation::tanh}) {
+          const auto y0 = random_uniform(static_cast<size_t>(rows) * cols, rows * 100 + cols, -2, 2);
+          const auto bias = random_uniform(cols, cols + 7, -1, 1);
+          auto y = upload(y0);
+          auto b = upload(bias);
+          ops().dense_bias_activation_forward(y.data(), b.data(), rows, cols, act, stream());
+          std::vector<double> want(y0.size());
+          for (size_t i = 0; i < y0.size(); ++i) {
+            const double a = static_cast<double>(y0[i]) + bias[i % cols];
+            want[i] = act == Activation::relu ? std::max(a, 0.0) : act == Activation::tanh ? std::tanh(a) : a;
+          }
+          ASSERT_TRUE(test::not_all_zero(want));
+          EXPECT_TRUE(all_near(download(y), want, 1e-6, 1e-6)) << rows << "x" << cols << " act " << int(act);
+        }
+  }
+}
+
+TEST_P(Kernels, DenseActivationBackward) {
+  FOR_EACH_SHAPE(GetParam()) {
+    for (int rows : {1, 7, 129})
+      for (int cols : {5, 33})
+        for (Activation act : {Activation::identity, Activation::relu, Activation::tanh}) {
+          auto h0 = random_uniform(static_cast<size_t>(rows) * cols, rows + cols, -1, 1);
+          if (act == Activation::relu)
+            for (auto& v : h0) v = std::max(v, 0.f);  // a ReLU output
+          const auto g0 = random_uniform(h0.size(), 3 * rows + cols, -1, 1);
+          auto g = upload(g0);
+          auto h = upload(h0);
+          DeviceBuffer<float> gb(*ctx_, cols);
+          ops().dense_activation_backward(g.data(), h.data(), gb.data(), rows, cols, act, stream());
+          std::vector<double> want(g0.size()), want_bias(cols, 0.0);
+          for (size_t i = 0; i < g0.size(); ++i) {
+            const double d = act == Activation::relu ? (h0[i] > 0) : act == Activation::tanh ? 1.0 - double(h0[i]) * h0[i] : 1.0;
+            want[i] = g0[i] * d;
+            want_bias[i % cols] += want[i];
+          }
+          EXPECT_TRUE(all_near(download(g), want, 1e-6, 1e-6));
+          EXPECT_TRUE(all_near(download(gb), want_bias, 1e-5, 1e-5));
+        }
+  }
+}
+
+TEST_P(Kernels, LatentForwardMatchesPhiloxContractAndClosedFormKl) {
+  FOR_EACH_SHAPE(GetParam()) {
+    for (int batch : {1, 7, 129})
+      for (int latent : {1, 3, 20})
+        for (int samples : {1, 3}) {
+          const auto heads0 = random_uniform(static_cast<size_t>(batch) * 2 * latent, batch * latent + samples, -1.5, 1.5);
+          auto heads = upload(heads0);
+          DeviceBuffer<float> z(*ctx_, static_cast<size_t>(samples) * batch * latent), kl(*ctx_, batch);
+          const uint64_t seed = 77, step = 12345;
+          ops().latent_forward(heads.data(), z.data(), kl.data(), batch, latent, samples, seed,
+                               RandomStream::latent_noise, step, stream());
+          const auto eps = test::reference_noise(seed, RandomStream::latent_noise, step, batch, samples, latent);
+          std::vector<double> want_z(z.size()), want_kl(batch);
+          for (int r = 0; r < batch; ++r) {
+            double s = 0;
+            for (int j = 0; j < latent; ++j) {
+              const double mu = heads0[r * 2 * latent + j], lv = heads0[r * 2 * latent + latent + j];
+              s += 1 + lv - mu * mu - std::exp(lv);
+              for (int l = 0; l < samples; ++l) {
+                const size_t zi = (static_cast<size_t>(l) * batch + r) * latent + j;
+                want_z[zi] = mu + std::exp(0.5 * lv) * eps[zi];
+              }
+            }
+            want_kl[r] = -0.5 * s;
+          }
+          // On a GPU the normals differ from the host's in the last bits.
+          EXPECT_TRUE(all_near(download(z), want_z, 2e-5, 2e-5)) << batch << " " << latent << " " << samples;
+          EXPECT_TRUE(all_near(download(kl), want_kl, 1e-5, 1e-5));
+        }
+  }
+}
+
+TEST_P(Kernels, LatentBackward) {
+  FOR_EACH_SHAPE(GetParam()) {
+    for (int batch : {1, 7, 129})
+      for (int latent : {1, 3, 20})
+        for (int samples : {1, 3}) {
+          const size_t nz = static_cast<size_t>(samples) * batch * latent;
+          const auto heads0 = random_uniform(static_cast<size_t>(batch) * 2 * latent, 5 + batch + latent, -1, 1);
+          const auto z0 = random_uniform(nz, 6 + samples, -2, 2);
+          const auto gz0 = random_uniform(nz, 7 + latent, -1, 1);
+          auto heads = upload(heads0), z = upload(z0), gz = upload(gz0);
+          DeviceBuffer<float> gh(*ctx_, heads0.size());
+          const float kl_scale = 1.f / batch;
+          ops().latent_backward(heads.data(), z.data(), gz.data(), gh.data(), batch, latent, samples, kl_scale, stream());
+          std::vector<double> want(heads0.size());
+          for (int r = 0; r < batch; ++r)
+            for (int j = 0; j < latent; ++j) {
+              const double mu = heads0[r * 2 * latent + j], lv = heads0[r * 2 * latent + latent + j];
+              double a = kl_scale * mu, b = kl_scale * 0.5 * (std::exp(lv) - 1);
+              for (int l = 0; l < samples; ++l) {
+                const size_t zi = (static_cast<size_t>(l) * batch + r) * latent + j;
+                a += gz0[zi];
+                b += gz0[zi] * 0.5 * (z0[zi] - mu);
+              }
+              want[r * 2 * latent + j] = a;
+              want[r * 2 * latent + latent + j] = b;
+            }
+          EXPECT_TRUE(all_near(download(gh), want, 1e-5, 1e-5));
+        }
+  }
+}
+
+TEST_P(Kernels, BernoulliReconstruction) {
+  FOR_EACH_SHAPE(GetParam()) {
+    for (int batch : {1, 7, 129})
+      for (int dim : {5, 33, 784})
+        for (int samples : {1, 3}) {
+          if (batch == 129 && dim == 784 && samples == 3) continue;  // keep the test quick
+          const size_t rows = static_cast<size_t>(samples) * batch;
+          // Large |logits| as well: the stable form must not overflow.
+          const auto y0 = random_uniform(rows * dim, batch + dim + samples, -40, 40);
+          const auto x0 = random_uniform(static_cast<size_t>(batch) * dim, dim, 0, 1);
+          auto y = upload(y0), x = upload(x0);
+          DeviceBuffer<float> lp(*ctx_, rows), g(*ctx_, rows * dim);
+          const float scale = 1.f / rows;
+          ops().bernoulli_reconstruction(y.data(), x.data(), lp.data(), g.data(), batch, dim, samples, scale, stream());
+          std::vector<double> want_lp(rows, 0.0), want_g(rows * dim);
+          for (size_t r = 0; r < rows; ++r)
+            for (int d = 0; d < dim; ++d) {
+              const double yd = y0[r * dim + d], xd = x0[(r % batch) * dim + d];
+              want_lp[r] += xd * yd - (std::max(yd, 0.0) + std::log1p(std::exp(-std::fabs(yd))));
+              want_g[r * dim + d] = scale * (1 / (1 + std::exp(-yd)) - xd);
+            }
+          EXPECT_TRUE(all_near(download(lp), want_lp, 1e-4, 1e-5)) << batch << " " << dim << " " << samples;
+          EXPECT_TRUE(all_near(download(g), want_g, 1e-7, 1e-5));
+          // In place (gradient over the logits) gives the same, and no gradient means log p only.
+          ops().bernoulli_reconstruction(y.data(), x.data(), lp.data(), y.data(), batch, dim, samples, scale, stream());
+          EXPECT_TRUE(all_near(download(y), want_g, 1e-7, 1e-5));
+        }
+  }
+}
+
+TEST_P(Kernels, GaussianReconstruction) {
+  FOR_EACH_SHAPE(GetParam()) {
+    for (int batch : {1, 7, 129})
+      for (int dim : {5, 33})
+        for (int samples : {1, 3}) {
+          const size_t rows = static_cast<size_t>(samples) * batch;
+          const auto o0 = random_uniform(rows * 2 * dim, batch * dim + samples, -3, 3);
+          const auto x0 = random_uniform(static_cast<size_t>(batch) * dim, dim + 1, 0, 1);
+          auto o = upload(o0), x = upload(x0);
+          DeviceBuffer<float> lp(*ctx_, rows), g(*ctx_, rows * 2 * dim), mean(*ctx_, rows * dim);
+          const float scale = 1.f / rows;
+          ops().gaussian_reconstruction(o.data(), x.data(), lp.data(), g.data(), batch, dim, samples, scale, stream());
+          ops().decoder_mean(o.data(), 2 * dim, mean.data(), static_cast<int>(rows), dim, stream());
+          std::vector<double> want_lp(rows, 0.0), want_g(rows * 2 * dim), want_mean(rows * dim);
+          for (size_t r = 0; r < rows; ++r)
+            for (int d = 0; d < dim; ++d) {
+              const double m = 1 / (1 + std::exp(-double(o0[r * 2 * dim + d]))), v = o0[r * 2 * dim + dim + d];
+              const double diff = x0[(r % batch) * dim + d] - m;
+              want_lp[r] += -0.5 * std::log(2 * M_PI) - 0.5 * v - 0.5 * diff * diff * std::exp(-v);
+              want_g[r * 2 * dim + d] = -scale * diff * std::exp(-v) * m * (1 - m);
+              want_g[r * 2 * dim + dim + d] = scale * 0.5 * (1 - diff * diff * std::exp(-v));
+              want_mean[r * dim + d] = m;
+            }
+          EXPECT_TRUE(all_near(download(lp), want_lp, 1e-4, 1e-5));
+          EXPECT_TRUE(all_near(download(g), want_g, 1e-7, 1e-5));
+          EXPECT_TRUE(all_near(download(mean), want_mean, 1e-7, 1e-6));
+        }
+  }
+}
+
+TEST_P(Kernels, ElboTotalsAccumulateInFloat64) {
+  FOR_EACH_SHAPE(GetParam()) {
+    for (int batch : {1, 7, 129, 300})
+      for (int samples : {1, 3}) {
+        const auto lp0 = random_uniform(static_cast<size_t>(samples) * batch, batch + samples, -300, -100);
+        const auto kl0 = random_uniform(batch, batch + 1, 0, 30);
+        auto lp = upload(lp0), kl = upload(kl0);
+        auto totals = upload(std::vector<double>{1.5, 2.5, 3});  // accumulates onto what is there
+        ops().elbo_totals(lp.data(), kl.data(), batch, samples, totals.data(), stream());
+        ops().elbo_totals(lp.data(), kl.data(), batch, samples, totals.data(), stream());
+        double recon = 0, kls = 0;
+        for (int r = 0; r < batch; ++r) {
+          double m = 0;
+          for (int l = 0; l < samples; ++l) m += lp0[l * batch + r];
+          recon += m / samples;
+          kls += kl0[r];
+        }
+        const auto got = download(totals);
+        EXPECT_NEAR(got[0], 1.5 + 2 * recon, 1e-9 * std::fabs(recon));
+        EXPECT_NEAR(got[1], 2.5 + 2 * kls, 1e-9 * kls);
+        EXPECT_EQ(got[2], 3 + 2 * batch);
+      }
+  }
+}
+
+TEST_P(Kernels, OptimizerSteps) {
+  FOR_EACH_SHAPE(GetParam()) {
+    for (OptimizerKind kind : {OptimizerKind::adam, OptimizerKind::adagrad, OptimizerKind::sgd}) {
+      const long long n = 1001;
+      OptimizerHyper h;
+      h.lr = 0.01f;
+      h.weight_decay = 0.1f;
+      std::vector<double> p = to_double(random_uniform(n, 1, -1, 1)), s1(n, 0), s2(n, 0);
+      std::vector<float> pf(p.begin(), p.end());
+      auto dp = upload(pf);
+      DeviceBuffer<float> d1(*ctx_, n), d2(*ctx_, n);
+      for (int step = 1; step <= 4; ++step) {
+        const auto g = random_uniform(n, 10 + step, -1, 1);
+        auto dg = upload(g);
+        ops().optimizer_step(kind, h, dp.data(), dg.data(), d1.data(), d2.data(), n, step, stream());
+        for (long long i = 0; i < n; ++i) {
+          const double gi = g[i] + h.weight_decay * p[i];
+          if (kind == OptimizerKind::adam) {
+            s1[i] = h.beta1 * s1[i] + (1 - h.beta1) * gi;
+            s2[i] = h.beta2 * s2[i] + (1 - h.beta2) * gi * gi;
+            const double mh = s1[i] / (1 - std::pow(double(h.beta1), step)), vh = s2[i] / (1 - std::pow(double(h.beta2), step));
+            p[i] -= h.lr * mh / (std::sqrt(vh) + h.eps);
+          } else if (kind == OptimizerKind::adagrad) {
+            s1[i] += gi * gi;
+            p[i] -= h.lr * gi / (std::sqrt(s1[i]) + h.eps);
+          } else {
+            s1[i] = h.momentum * s1[i] + gi;
+            p[i] -= h.lr * s1[i];
+          }
+        }
+      }
+      EXPECT_TRUE(all_near(download(dp), p, 1e-5, 1e-5)) << optimizer_name(kind);
+      EXPECT_TRUE(all_near(download(d1), s1, 1e-5, 1e-5)) << optimizer_name(kind);
+    }
+  }
+}
+
+TEST_P(Kernels, GatherBatch) {
+  FOR_EACH_SHAPE(GetParam()) {
+    const int n = 301, dim = 37, batch = 29;
+    const long long offset = 250;  // a partial batch at the end: rows 250..278
+    std::vector<uint8_t> u8(static_cast<size_t>(n) * dim);
+    std::vector<float> f32(u8.size());
+    std::mt19937 rng(3);
+    for (size_t i = 0; i < u8.size(); ++i) {
+      u8[i] = static_cast<uint8_t>(rng() % 256);
+      f32[i] = u8[i] / 255.f;
+    }
+    std::vector<int> perm(n);
+    std::iota(perm.begin(), perm.end(), 0);
+    std::shuffle(perm.begin(), perm.end(), rng);
+    auto du8 = upload(u8);
+    auto df32 = upload(f32);
+    auto dperm = upload(perm);
+    DeviceBuffer<float> x(*ctx_, static_cast<size_t>(batch) * dim);
+    std::vector<double> want(x.size());
+    for (int r = 0; r < batch; ++r)
+      for (int d = 0; d < dim; ++d) want[r * dim + d] = u8[static_cast<size_t>(perm[offset + r]) * dim + d] / 255.0;
+    ops().gather_batch(du8.data(), PixelType::u8, dperm.data(), offset, batch, dim, x.data(), false, 1, 0, stream());
+    EXPECT_TRUE(all_near(download(x), want, 1e-7, 0));
+    ops().gather_batch(df32.data(), PixelType::f32, dperm.data(), offset, batch, dim, x.data(), false, 1, 0, stream());
+    EXPECT_TRUE(all_near(download(x), want, 1e-7, 0));
+
+    // Dynamic binarization: x = [u <= p] with u from Philox keyed by (seed, binarize, step, group).
+    const uint64_t seed = 9, step = 4;
+    ops().gather_batch(du8.data(), PixelType::u8, dperm.data(), offset, batch, dim, x.data(), true, seed, step, stream());
+    const int groups = (dim + 3) / 4;
+    for (int r = 0; r < batch; ++r)
+      for (int gidx = 0; gidx < groups; ++gidx) {
+        curandStatePhilox4_32_10_t st;
+        curand_init(seed, (step << 2) | static_cast<uint64_t>(RandomStream::binarize),
+                    (static_cast<uint64_t>(r) * groups + gidx) * 4, &st);
+        const float4 u = curand_uniform4(&st);
+        const float uq[4] = {u.x, u.y, u.z, u.w};
+        for (int q = 0; q < 4 && gidx * 4 + q < dim; ++q) {
+          const int d = gidx * 4 + q;
+          want[r * dim + d] = uq[q] <= u8[static_cast<size_t>(perm[offset + r]) * dim + d] / 255.f ? 1.0 : 0.0;
+        }
+      }
+    EXPECT_TRUE(all_near(download(x), want, 0, 0));
+  }
+}
+
+TEST_P(Kernels, ShufflePermutation) {
+  for (int n : {1, 7, 1000, 60001}) {
+    DeviceBuffer<int> a(*ctx_, n), b(*ctx_, n), c(*ctx_, n);
+    ops().shuffle_permutation(a.data(), n, 42, stream());
+    ops().shuffle_permutation(b.data(), n, 42, stream());
+    ops().shuffle_permutation(c.data(), n, 43, stream());
+    const auto pa = download(a), pb = download(b), pc = download(c);
+    std::vector<int> sorted = pa;
+    std::sort(sorted.begin(), sorted.end());
+    for (int i = 0; i < n; ++i) ASSERT_EQ(sorted[i], i) << "not a permutation of 0.." << n - 1;
+    EXPECT_EQ(pa, pb) << "same seed, same order";
+    if (n >= 1000) {
+      EXPECT_NE(pa, pc) << "another seed, another order";
+      int fixed = 0;
+      for (int i = 0; i < n; ++i) fixed += pa[i] == i;
+      EXPECT_LT(fixed, n / 50) << "hardly shuffled";
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Targets, Kernels, ::testing::ValuesIn(test::all_targets()), test::target_param_name);
+
+}  // namespace
+}  // namespace vae
