@@ -65,15 +65,16 @@ int main() {
   const long long n = 1 << 22;
   std::vector<float> x(n, 1.f);
   {
-    const double ms = median_ms([&] {
-      VAE_LAUNCH(one_thread_per_element_kernel, static_cast<int>(ceil_div(n, 256)), 256, 0, nullptr, x.data(), n);
-    }, 9);
+    const double ms = median_ms(
+        [&] {
+          VAE_LAUNCH(one_thread_per_element_kernel, static_cast<int>(ceil_div(n, 256)), 256, 0, nullptr, x.data(), n);
+        },
+        9);
     std::printf("%-52s %12.3f %11.2f ns\n", "elementwise, one thread per element (4 Mi)", ms, ms * 1e6 / n);
   }
   {
-    const double ms = median_ms([&] {
-      VAE_LAUNCH(element_loop_kernel, elementwise_grid(n, 256), 256, 0, nullptr, x.data(), n);
-    }, 9);
+    const double ms =
+        median_ms([&] { VAE_LAUNCH(element_loop_kernel, elementwise_grid(n, 256), 256, 0, nullptr, x.data(), n); }, 9);
     std::printf("%-52s %12.3f %11.2f ns\n", "elementwise, VAE_ELEMENT_LOOP launch shape (4 Mi)", ms, ms * 1e6 / n);
   }
   return 0;

@@ -18,50 +18,50 @@ struct LaunchPolicy {
 struct GemmHandle;  // per target: cuBLAS handle and workspace on the GPU, nothing on the CPU
 }  // namespace vae
 
-#define VAE_DECLARE_TARGET_API                                                                      \
-  /* memory */                                                                                      \
-  void* device_alloc(size_t bytes);                                                                 \
-  void device_free(void* p) noexcept;                                                               \
-  void copy_to_device(void* dst, const void* src, size_t bytes, cudaStream_t stream);               \
-  void copy_to_host(void* dst, const void* src, size_t bytes, cudaStream_t stream);                 \
-  void copy_on_device(void* dst, const void* src, size_t bytes, cudaStream_t stream);               \
-  void fill_zero(void* p, size_t bytes, cudaStream_t stream);                                       \
-  void synchronize(cudaStream_t stream);                                                            \
-  cudaStream_t create_stream();                                                                     \
-  void destroy_stream(cudaStream_t stream) noexcept;                                                \
-  LaunchPolicy& launch_policy();                                                                    \
-  /* GEMM (cuda/runtime/gemm.cu) */                                                                 \
-  GemmHandle* gemm_create(cudaStream_t stream, bool tf32);                                          \
-  void gemm_destroy(GemmHandle* h) noexcept;                                                        \
-  void gemm(GemmHandle* h, const GemmOp& op);                                                       \
-  /* dense epilogue (cuda/kernels/dense.cu) */                                                      \
-  /* y[rows,cols] = act(y + bias) in place */                                                       \
-  void dense_bias_activation_forward(float* y, const float* bias, int rows, int cols, Activation act, \
-                                     cudaStream_t stream);                                          \
-  /* grad[rows,cols]: dL/dh in, dL/d(pre-activation) out; h is the post-activation output; */      \
-  /* grad_bias[cols] = column sums of the result (no atomics) */                                    \
-  void dense_activation_backward(float* grad, const float* h, float* grad_bias, int rows, int cols, \
-                                 Activation act, cudaStream_t stream);                              \
-  /* latent (cuda/kernels/latent.cu) */                                                             \
-  void latent_forward(const float* heads, float* z, float* kl, int batch, int latent, int samples, \
-                      uint64_t seed, RandomStream rs, uint64_t step, cudaStream_t stream);          \
-  void latent_backward(const float* heads, const float* z, const float* grad_z, float* grad_heads, \
-                       int batch, int latent, int samples, float kl_scale, cudaStream_t stream);    \
-  /* reconstruction (cuda/kernels/reconstruction.cu) */                                             \
-  void bernoulli_reconstruction(const float* logits, const float* x, float* log_prob, float* grad_logits, \
-                                int batch, int dim, int samples, float grad_scale, cudaStream_t stream); \
-  void gaussian_reconstruction(const float* out, const float* x, float* log_prob, float* grad_out, \
-                               int batch, int dim, int samples, float grad_scale, cudaStream_t stream); \
-  void decoder_mean(const float* out, int out_stride, float* mean, int rows, int dim, cudaStream_t stream); \
-  void elbo_totals(const float* log_prob, const float* kl, int batch, int samples, double* totals, \
-                   cudaStream_t stream);                                                            \
-  /* optimizer (cuda/kernels/optimizer.cu) */                                                       \
-  void optimizer_step(OptimizerKind kind, const OptimizerHyper& hyper, float* params, const float* grads, \
-                      float* state1, float* state2, long long n, long long step, cudaStream_t stream); \
-  /* batch (cuda/kernels/batch.cu) */                                                               \
-  /* data (N, D) of uint8 (scaled by 1/255) or float32 in [0, 1] */                                \
-  void gather_batch(const void* data, PixelType type, const int* perm, long long offset, int batch, int dim, \
-                    float* x, bool binarize, uint64_t seed, uint64_t step, cudaStream_t stream);    \
+#define VAE_DECLARE_TARGET_API                                                                                         \
+  /* memory */                                                                                                         \
+  void* device_alloc(size_t bytes);                                                                                    \
+  void device_free(void* p) noexcept;                                                                                  \
+  void copy_to_device(void* dst, const void* src, size_t bytes, cudaStream_t stream);                                  \
+  void copy_to_host(void* dst, const void* src, size_t bytes, cudaStream_t stream);                                    \
+  void copy_on_device(void* dst, const void* src, size_t bytes, cudaStream_t stream);                                  \
+  void fill_zero(void* p, size_t bytes, cudaStream_t stream);                                                          \
+  void synchronize(cudaStream_t stream);                                                                               \
+  cudaStream_t create_stream();                                                                                        \
+  void destroy_stream(cudaStream_t stream) noexcept;                                                                   \
+  LaunchPolicy& launch_policy();                                                                                       \
+  /* GEMM (cuda/runtime/gemm.cu) */                                                                                    \
+  GemmHandle* gemm_create(cudaStream_t stream, bool tf32);                                                             \
+  void gemm_destroy(GemmHandle* h) noexcept;                                                                           \
+  void gemm(GemmHandle* h, const GemmOp& op);                                                                          \
+  /* dense epilogue (cuda/kernels/dense.cu) */                                                                         \
+  /* y[rows,cols] = act(y + bias) in place */                                                                          \
+  void dense_bias_activation_forward(float* y, const float* bias, int rows, int cols, Activation act,                  \
+                                     cudaStream_t stream);                                                             \
+  /* grad[rows,cols]: dL/dh in, dL/d(pre-activation) out; h is the post-activation output; */                          \
+  /* grad_bias[cols] = column sums of the result (no atomics) */                                                       \
+  void dense_activation_backward(float* grad, const float* h, float* grad_bias, int rows, int cols, Activation act,    \
+                                 cudaStream_t stream);                                                                 \
+  /* latent (cuda/kernels/latent.cu) */                                                                                \
+  void latent_forward(const float* heads, float* z, float* kl, int batch, int latent, int samples, uint64_t seed,      \
+                      RandomStream rs, uint64_t step, cudaStream_t stream);                                            \
+  void latent_backward(const float* heads, const float* z, const float* grad_z, float* grad_heads, int batch,          \
+                       int latent, int samples, float kl_scale, cudaStream_t stream);                                  \
+  /* reconstruction (cuda/kernels/reconstruction.cu) */                                                                \
+  void bernoulli_reconstruction(const float* logits, const float* x, float* log_prob, float* grad_logits, int batch,   \
+                                int dim, int samples, float grad_scale, cudaStream_t stream);                          \
+  void gaussian_reconstruction(const float* out, const float* x, float* log_prob, float* grad_out, int batch, int dim, \
+                               int samples, float grad_scale, cudaStream_t stream);                                    \
+  void decoder_mean(const float* out, int out_stride, float* mean, int rows, int dim, cudaStream_t stream);            \
+  void elbo_totals(const float* log_prob, const float* kl, int batch, int samples, double* totals,                     \
+                   cudaStream_t stream);                                                                               \
+  /* optimizer (cuda/kernels/optimizer.cu) */                                                                          \
+  void optimizer_step(OptimizerKind kind, const OptimizerHyper& hyper, float* params, const float* grads,              \
+                      float* state1, float* state2, long long n, long long step, cudaStream_t stream);                 \
+  /* batch (cuda/kernels/batch.cu) */                                                                                  \
+  /* data (N, D) of uint8 (scaled by 1/255) or float32 in [0, 1] */                                                    \
+  void gather_batch(const void* data, PixelType type, const int* perm, long long offset, int batch, int dim, float* x, \
+                    bool binarize, uint64_t seed, uint64_t step, cudaStream_t stream);                                 \
   void shuffle_permutation(int* perm, int n, uint64_t seed, cudaStream_t stream);
 
 namespace vae::cpu {
@@ -82,9 +82,13 @@ struct TargetOps {
 #undef VAE_OP
 };
 
-namespace cpu { const TargetOps& target_ops(); }
+namespace cpu {
+const TargetOps& target_ops();
+}
 #if VAE_WITH_CUDA
-namespace gpu { const TargetOps& target_ops(); }
+namespace gpu {
+const TargetOps& target_ops();
+}
 #endif
 
 }  // namespace vae

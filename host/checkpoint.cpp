@@ -12,9 +12,12 @@ using nlohmann::json;
 
 const char* binarize_name(Binarize b) {
   switch (b) {
-    case Binarize::static_threshold: return "static";
-    case Binarize::dynamic: return "dynamic";
-    default: return "none";
+    case Binarize::static_threshold:
+      return "static";
+    case Binarize::dynamic:
+      return "dynamic";
+    default:
+      return "none";
   }
 }
 

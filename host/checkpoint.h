@@ -36,9 +36,9 @@ constexpr int kCheckpointFormatVersion = 1;
 
 struct Checkpoint {
   TrainConfig config;
-  int64_t step = 0;  // optimizer steps taken
-  int epoch = 0;     // epochs completed
-  std::vector<float> params;                      // flat, in make_layout(config.model) order
+  int64_t step = 0;                                 // optimizer steps taken
+  int epoch = 0;                                    // epochs completed
+  std::vector<float> params;                        // flat, in make_layout(config.model) order
   std::vector<std::vector<float>> optimizer_state;  // flat, one per state name
 };
 

@@ -30,8 +30,10 @@ void put_be32(std::string& out, uint32_t v) {
 void Dataset::truncate(int64_t n) {
   if (n >= count) return;
   count = n;
-  if (type == PixelType::u8) u8.resize(static_cast<size_t>(n) * dim());
-  else f32.resize(static_cast<size_t>(n) * dim());
+  if (type == PixelType::u8)
+    u8.resize(static_cast<size_t>(n) * dim());
+  else
+    f32.resize(static_cast<size_t>(n) * dim());
 }
 
 void Dataset::binarize_threshold() {
@@ -71,11 +73,13 @@ Dataset read_idx_images(const std::string& path) {
   if (rank != 3) fail(path, "IDX rank " + std::to_string(rank) + " is not 3 (images: count, rows, columns)");
   if (bytes.size() < 16) fail(path, "truncated IDX header");
   const uint64_t n = read_be32(&bytes[4]), h = read_be32(&bytes[8]), w = read_be32(&bytes[12]);
-  if (h == 0 || w == 0 || h > 4096 || w > 4096) fail(path, "implausible image size " + std::to_string(h) + "x" + std::to_string(w));
+  if (h == 0 || w == 0 || h > 4096 || w > 4096)
+    fail(path, "implausible image size " + std::to_string(h) + "x" + std::to_string(w));
   const uint64_t want = 16 + n * h * w;
   if (bytes.size() != want) {
     fail(path, "size mismatch: header says " + std::to_string(n) + " images of " + std::to_string(h) + "x" +
-                   std::to_string(w) + " (" + std::to_string(want) + " bytes), file has " + std::to_string(bytes.size()));
+                   std::to_string(w) + " (" + std::to_string(want) + " bytes), file has " +
+                   std::to_string(bytes.size()));
   }
   if (n == 0) fail(path, "no images");
   Dataset d;
@@ -121,10 +125,14 @@ Dataset read_npy(const std::string& path) {
   if (!std::regex_search(header, m, std::regex(R"('descr'\s*:\s*'([^']*)')"))) fail(path, "NPY header has no descr");
   const std::string descr = m[1];
   PixelType type;
-  if (descr == "|u1" || descr == "<u1") type = PixelType::u8;
-  else if (descr == "<f4") type = PixelType::f32;
-  else fail(path, "NPY dtype '" + descr + "' is not uint8 (|u1) or float32 (<f4)");
-  if (std::regex_search(header, std::regex(R"('fortran_order'\s*:\s*True)"))) fail(path, "Fortran-order NPY is not supported");
+  if (descr == "|u1" || descr == "<u1")
+    type = PixelType::u8;
+  else if (descr == "<f4")
+    type = PixelType::f32;
+  else
+    fail(path, "NPY dtype '" + descr + "' is not uint8 (|u1) or float32 (<f4)");
+  if (std::regex_search(header, std::regex(R"('fortran_order'\s*:\s*True)")))
+    fail(path, "Fortran-order NPY is not supported");
   if (!std::regex_search(header, m, std::regex(R"('shape'\s*:\s*\(([^)]*)\))"))) fail(path, "NPY header has no shape");
   std::vector<int64_t> shape;
   const std::string dims = m[1];
@@ -132,7 +140,8 @@ Dataset read_npy(const std::string& path) {
   for (std::sregex_iterator it(dims.begin(), dims.end(), number), end; it != end; ++it) {
     shape.push_back(std::stoll(it->str()));
   }
-  if (shape.size() != 2 && shape.size() != 3) fail(path, "NPY array has rank " + std::to_string(shape.size()) + ", expected 2 (N, D) or 3 (N, H, W)");
+  if (shape.size() != 2 && shape.size() != 3)
+    fail(path, "NPY array has rank " + std::to_string(shape.size()) + ", expected 2 (N, D) or 3 (N, H, W)");
   Dataset d;
   d.source = path;
   d.type = type;
@@ -152,7 +161,8 @@ Dataset read_npy(const std::string& path) {
   const size_t body = static_cast<size_t>(d.count) * d.dim() * elem;
   const size_t at = header_at + header_len;
   if (bytes.size() - at != body) {
-    fail(path, "size mismatch: shape needs " + std::to_string(body) + " data bytes, file has " + std::to_string(bytes.size() - at));
+    fail(path, "size mismatch: shape needs " + std::to_string(body) + " data bytes, file has " +
+                   std::to_string(bytes.size() - at));
   }
   if (type == PixelType::u8) {
     d.u8.assign(bytes.begin() + at, bytes.end());
@@ -161,7 +171,8 @@ Dataset read_npy(const std::string& path) {
     std::memcpy(d.f32.data(), bytes.data() + at, body);
     for (size_t i = 0; i < d.f32.size(); ++i) {
       if (!(d.f32[i] >= 0.f && d.f32[i] <= 1.f)) {
-        fail(path, "float32 value " + std::to_string(d.f32[i]) + " at element " + std::to_string(i) + " is outside [0, 1]");
+        fail(path,
+             "float32 value " + std::to_string(d.f32[i]) + " at element " + std::to_string(i) + " is outside [0, 1]");
       }
     }
   }

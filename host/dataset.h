@@ -11,12 +11,12 @@
 namespace vae {
 
 struct Dataset {
-  std::string source;       // file it came from, for messages
+  std::string source;  // file it came from, for messages
   PixelType type = PixelType::u8;
-  int64_t count = 0;        // N
+  int64_t count = 0;          // N
   int height = 0, width = 0;  // image shape; D = height * width
-  std::vector<uint8_t> u8;  // (N, D) when type == u8
-  std::vector<float> f32;   // (N, D) when type == f32, values in [0, 1]
+  std::vector<uint8_t> u8;    // (N, D) when type == u8
+  std::vector<float> f32;     // (N, D) when type == f32, values in [0, 1]
   int dim() const { return height * width; }
   const void* data() const { return type == PixelType::u8 ? static_cast<const void*>(u8.data()) : f32.data(); }
   size_t bytes() const { return type == PixelType::u8 ? u8.size() : f32.size() * sizeof(float); }

@@ -47,9 +47,7 @@ class DeviceBuffer {
     data_ = static_cast<T*>(ctx.ops().device_alloc(count * sizeof(T)));
     if (count) ctx.ops().fill_zero(data_, count * sizeof(T), ctx.stream());
   }
-  DeviceBuffer(const DeviceContext& ctx, const std::vector<T>& host) : DeviceBuffer(ctx, host.size()) {
-    upload(host);
-  }
+  DeviceBuffer(const DeviceContext& ctx, const std::vector<T>& host) : DeviceBuffer(ctx, host.size()) { upload(host); }
   ~DeviceBuffer() { reset(); }
   DeviceBuffer(DeviceBuffer&& o) noexcept { *this = std::move(o); }
   DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {

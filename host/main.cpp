@@ -28,7 +28,8 @@ std::vector<int> parse_hidden(const std::string& s) {
     } catch (const std::exception&) {
       used = 0;
     }
-    if (used != item.size() || v <= 0) throw CLI::ValidationError("--hidden", "expected positive sizes like 400 or 500,500, got '" + s + "'");
+    if (used != item.size() || v <= 0)
+      throw CLI::ValidationError("--hidden", "expected positive sizes like 400 or 500,500, got '" + s + "'");
     out.push_back(v);
   }
   return out;
@@ -45,7 +46,8 @@ void add_device(CLI::App* app, Common& c) {
 }
 
 void add_data(CLI::App* app, DataOptions& d, bool with_train) {
-  app->add_option("--data", d.data, "fashion-mnist (Debian's dataset-fashion-mnist) or a folder of MNIST-format IDX files");
+  app->add_option("--data", d.data,
+                  "fashion-mnist (Debian's dataset-fashion-mnist) or a folder of MNIST-format IDX files");
   if (with_train) {
     app->add_option("--train", d.train_npy, "training images as .npy (uint8 or float32 in [0,1]; (N,D) or (N,H,W))");
     app->add_option("--train-limit", d.train_limit, "use only the first N training images")->check(CLI::PositiveNumber);
@@ -98,26 +100,47 @@ int main(int argc, char** argv) {
   TrainRun run;
   Common train_common;
   std::string hidden = "400", activation = "relu", decoder = "bernoulli", optimizer = "adam", binarize = "none";
-  CLI::App* train = app.add_subcommand("train", "train a VAE by minibatch SGVB; writes metrics, checkpoints and images");
+  CLI::App* train =
+      app.add_subcommand("train", "train a VAE by minibatch SGVB; writes metrics, checkpoints and images");
   add_data(train, run.data, true);
-  train->add_option("--out", run.out_dir, "output folder (default runs/<timestamp>; on --resume, the checkpoint's folder)");
-  train->add_option("--epochs", run.config.epochs, "epochs to train in all")->check(CLI::PositiveNumber)->capture_default_str();
-  train->add_option("--batch-size", run.config.batch_size, "datapoints per minibatch")->check(CLI::Range(1, 1 << 16))->capture_default_str();
+  train->add_option("--out", run.out_dir,
+                    "output folder (default runs/<timestamp>; on --resume, the checkpoint's folder)");
+  train->add_option("--epochs", run.config.epochs, "epochs to train in all")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  train->add_option("--batch-size", run.config.batch_size, "datapoints per minibatch")
+      ->check(CLI::Range(1, 1 << 16))
+      ->capture_default_str();
   train->add_option("--lr", run.config.hyper.lr, "learning rate")->check(CLI::PositiveNumber)->capture_default_str();
   train->add_option("--optimizer", optimizer, "adam, adagrad (the paper's) or sgd (with momentum)")
-      ->check(CLI::IsMember({"adam", "adagrad", "sgd"}))->capture_default_str();
-  train->add_option("--momentum", run.config.hyper.momentum, "SGD momentum")->check(CLI::Range(0.0, 1.0))->capture_default_str();
-  train->add_option("--weight-decay", run.config.hyper.weight_decay, "L2 weight decay added to the gradient")
-      ->check(CLI::NonNegativeNumber)->capture_default_str();
-  train->add_option("--seed", run.config.seed, "seed of initialisation, shuffling and noise")->capture_default_str();
-  train->add_option("--hidden", hidden, "hidden layer sizes of the encoder (the decoder mirrors them), e.g. 400 or 500,500")
+      ->check(CLI::IsMember({"adam", "adagrad", "sgd"}))
       ->capture_default_str();
-  train->add_option("--activation", activation, "relu or tanh")->check(CLI::IsMember({"relu", "tanh"}))->capture_default_str();
-  train->add_option("--latent", run.config.model.latent, "latent dimensions")->check(CLI::Range(1, 4096))->capture_default_str();
-  train->add_option("--decoder", decoder, "bernoulli or gaussian")->check(CLI::IsMember({"bernoulli", "gaussian"}))->capture_default_str();
-  train->add_option("--samples", run.config.samples, "L, samples of z per datapoint")->check(CLI::Range(1, 1024))->capture_default_str();
+  train->add_option("--momentum", run.config.hyper.momentum, "SGD momentum")
+      ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str();
+  train->add_option("--weight-decay", run.config.hyper.weight_decay, "L2 weight decay added to the gradient")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  train->add_option("--seed", run.config.seed, "seed of initialisation, shuffling and noise")->capture_default_str();
+  train
+      ->add_option("--hidden", hidden,
+                   "hidden layer sizes of the encoder (the decoder mirrors them), e.g. 400 or 500,500")
+      ->capture_default_str();
+  train->add_option("--activation", activation, "relu or tanh")
+      ->check(CLI::IsMember({"relu", "tanh"}))
+      ->capture_default_str();
+  train->add_option("--latent", run.config.model.latent, "latent dimensions")
+      ->check(CLI::Range(1, 4096))
+      ->capture_default_str();
+  train->add_option("--decoder", decoder, "bernoulli or gaussian")
+      ->check(CLI::IsMember({"bernoulli", "gaussian"}))
+      ->capture_default_str();
+  train->add_option("--samples", run.config.samples, "L, samples of z per datapoint")
+      ->check(CLI::Range(1, 1024))
+      ->capture_default_str();
   train->add_option("--binarize", binarize, "none, static (threshold at 0.5) or dynamic (resampled every step)")
-      ->check(CLI::IsMember({"none", "static", "dynamic"}))->capture_default_str();
+      ->check(CLI::IsMember({"none", "static", "dynamic"}))
+      ->capture_default_str();
   train->add_flag("--tf32", run.config.tf32, "let cuBLAS use TF32 tensor cores (GPU only)");
   train->add_option("--resume", run.resume, "continue from a checkpoint.safetensors")->check(CLI::ExistingFile);
   train->add_flag("--quiet", run.quiet, "print nothing but errors");
@@ -184,11 +207,17 @@ int main(int argc, char** argv) {
     }
     if (eval->parsed()) {
       Loaded l = load_for_inference(eval_ckpt, eval_common.device);
-      const Dataset test = load_eval_set(eval_data(eval_flags, eval->count("--data") > 0, l.ckpt.config), l.ckpt.config);
+      const Dataset test =
+          load_eval_set(eval_data(eval_flags, eval->count("--data") > 0, l.ckpt.config), l.ckpt.config);
       const DeviceDataset test_dev(*l.ctx, test);
       const ElboTotals t = l.trainer->evaluate(test_dev);
-      nlohmann::json out = {{"test_elbo", t.elbo()}, {"test_recon", t.recon}, {"test_kl", t.kl}, {"n", t.n},
-                            {"epoch", l.ckpt.epoch}, {"step", l.ckpt.step}, {"device", l.ctx->description()}};
+      nlohmann::json out = {{"test_elbo", t.elbo()},
+                            {"test_recon", t.recon},
+                            {"test_kl", t.kl},
+                            {"n", t.n},
+                            {"epoch", l.ckpt.epoch},
+                            {"step", l.ckpt.step},
+                            {"device", l.ctx->description()}};
       std::printf("%s\n", out.dump().c_str());
       return 0;
     }

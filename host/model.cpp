@@ -9,9 +9,12 @@ namespace vae {
 
 const char* activation_name(Activation a) {
   switch (a) {
-    case Activation::relu: return "relu";
-    case Activation::tanh: return "tanh";
-    default: return "identity";
+    case Activation::relu:
+      return "relu";
+    case Activation::tanh:
+      return "tanh";
+    default:
+      return "identity";
   }
 }
 

@@ -43,11 +43,11 @@ struct NamedTensor {
 // Layers in data-flow order. The μ and log σ² heads are one [2J, H] GEMM (their rows sit
 // side by side in the buffer), as are the Gaussian decoder's mean and log-variance outputs.
 struct ParamLayout {
-  std::vector<LinearSlot> encoder;  // hidden layers
-  LinearSlot heads;                 // out = 2 * latent
-  std::vector<LinearSlot> decoder;  // hidden layers
-  LinearSlot output;                // out = D (Bernoulli) or 2D (Gaussian)
-  std::vector<NamedTensor> tensors; // checkpoint names, in checkpoint order
+  std::vector<LinearSlot> encoder;   // hidden layers
+  LinearSlot heads;                  // out = 2 * latent
+  std::vector<LinearSlot> decoder;   // hidden layers
+  LinearSlot output;                 // out = D (Bernoulli) or 2D (Gaussian)
+  std::vector<NamedTensor> tensors;  // checkpoint names, in checkpoint order
   size_t total = 0;
 };
 

@@ -26,8 +26,8 @@ void write_safetensors(const std::string& path, const SafeTensorsFile& f) {
   for (const auto& [name, t] : f.tensors) {
     size_t count = 1;
     for (int64_t d : t.shape) count *= static_cast<size_t>(d);
-    VAE_REQUIRE(count == t.data.size(), "safetensors: tensor " + name + " has " + std::to_string(t.data.size()) +
-                                            " values for its shape");
+    VAE_REQUIRE(count == t.data.size(),
+                "safetensors: tensor " + name + " has " + std::to_string(t.data.size()) + " values for its shape");
     header[name] = {{"dtype", "F32"}, {"shape", t.shape}, {"data_offsets", {offset, offset + 4 * count}}};
     offset += 4 * count;
   }

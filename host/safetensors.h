@@ -15,7 +15,7 @@ struct SafeTensor {
 };
 
 struct SafeTensorsFile {
-  std::map<std::string, std::string> metadata;  // "__metadata__": string to string
+  std::map<std::string, std::string> metadata;              // "__metadata__": string to string
   std::vector<std::pair<std::string, SafeTensor>> tensors;  // in file order
   const SafeTensor* find(const std::string& name) const;
 };

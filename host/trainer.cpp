@@ -281,15 +281,16 @@ int run_train(const TrainRun& run) {
   const DeviceDataset train_dev(ctx, train), test_dev(ctx, test);
 
   if (!run.quiet) {
-    std::printf("training %d-%s-%d VAE (%s, %s decoder, L=%d) on %lld images from %s; device %s\n",
-                config.model.input_dim, [&] {
-                  std::string h;
-                  for (int x : config.model.hidden) h += (h.empty() ? "" : "-") + std::to_string(x);
-                  return h.empty() ? std::string("0") : h;
-                }().c_str(),
-                config.model.latent, activation_name(config.model.activation), decoder_name(config.model.decoder),
-                config.samples, static_cast<long long>(train.count), data.describe().c_str(),
-                ctx.description().c_str());
+    std::printf(
+        "training %d-%s-%d VAE (%s, %s decoder, L=%d) on %lld images from %s; device %s\n", config.model.input_dim,
+        [&] {
+          std::string h;
+          for (int x : config.model.hidden) h += (h.empty() ? "" : "-") + std::to_string(x);
+          return h.empty() ? std::string("0") : h;
+        }()
+            .c_str(),
+        config.model.latent, activation_name(config.model.activation), decoder_name(config.model.decoder),
+        config.samples, static_cast<long long>(train.count), data.describe().c_str(), ctx.description().c_str());
     std::fflush(stdout);
   }
   const std::string metrics_path = (fs::path(out_dir) / "metrics.jsonl").string();
@@ -335,8 +336,9 @@ int run_train(const TrainRun& run) {
     }
   }
   if (!run.quiet) {
-    std::printf("outputs in %s: metrics.jsonl, checkpoint.safetensors, samples_<epoch>.png, reconstructions_<epoch>.png\n",
-                out_dir.c_str());
+    std::printf(
+        "outputs in %s: metrics.jsonl, checkpoint.safetensors, samples_<epoch>.png, reconstructions_<epoch>.png\n",
+        out_dir.c_str());
   }
   return 0;
 }

@@ -92,11 +92,11 @@ void Vae::forward(int batch, const NoiseKey& key, bool with_gradients) {
   float* grad_out = with_gradients ? out_.data() : nullptr;
   const float grad_scale = 1.f / static_cast<float>(rows);
   if (config_.decoder == DecoderKind::bernoulli) {
-    ops.bernoulli_reconstruction(out_.data(), x_.data(), log_prob_.data(), grad_out, batch, config_.input_dim,
-                                 samples_, grad_scale, ctx_.stream());
+    ops.bernoulli_reconstruction(out_.data(), x_.data(), log_prob_.data(), grad_out, batch, config_.input_dim, samples_,
+                                 grad_scale, ctx_.stream());
   } else {
-    ops.gaussian_reconstruction(out_.data(), x_.data(), log_prob_.data(), grad_out, batch, config_.input_dim,
-                                samples_, grad_scale, ctx_.stream());
+    ops.gaussian_reconstruction(out_.data(), x_.data(), log_prob_.data(), grad_out, batch, config_.input_dim, samples_,
+                                grad_scale, ctx_.stream());
   }
 }
 
@@ -145,9 +145,12 @@ void Vae::reconstruction_mean(int batch, float* mean) {
 
 const char* optimizer_name(OptimizerKind k) {
   switch (k) {
-    case OptimizerKind::adagrad: return "adagrad";
-    case OptimizerKind::sgd: return "sgd";
-    default: return "adam";
+    case OptimizerKind::adagrad:
+      return "adagrad";
+    case OptimizerKind::sgd:
+      return "sgd";
+    default:
+      return "adam";
   }
 }
 
@@ -159,19 +162,27 @@ OptimizerKind parse_optimizer(const std::string& s) {
 }
 
 Optimizer::Optimizer(const DeviceContext& ctx, size_t n, OptimizerKind kind, const OptimizerHyper& hyper)
-    : ctx_(ctx), n_(n), kind_(kind), hyper_(hyper), state1_(ctx, n), state2_(ctx, kind == OptimizerKind::adam ? n : 0) {}
+    : ctx_(ctx),
+      n_(n),
+      kind_(kind),
+      hyper_(hyper),
+      state1_(ctx, n),
+      state2_(ctx, kind == OptimizerKind::adam ? n : 0) {}
 
 void Optimizer::step(float* params, const float* grads) {
   ++steps_;
-  ctx_.ops().optimizer_step(kind_, hyper_, params, grads, state1_.data(), state2_.data(),
-                            static_cast<long long>(n_), steps_, ctx_.stream());
+  ctx_.ops().optimizer_step(kind_, hyper_, params, grads, state1_.data(), state2_.data(), static_cast<long long>(n_),
+                            steps_, ctx_.stream());
 }
 
 std::vector<std::string> optimizer_state_names(OptimizerKind kind) {
   switch (kind) {
-    case OptimizerKind::adam: return {"exp_avg", "exp_avg_sq"};
-    case OptimizerKind::adagrad: return {"sum"};
-    default: return {"momentum_buffer"};
+    case OptimizerKind::adam:
+      return {"exp_avg", "exp_avg_sq"};
+    case OptimizerKind::adagrad:
+      return {"sum"};
+    default:
+      return {"momentum_buffer"};
   }
 }
 

@@ -43,7 +43,8 @@ __global__ void block_sums_kernel(const float* x, int n, float* sums) {
   int width = 1;
   while (width < static_cast<int>(blockDim.x)) width *= 2;
   for (int stride = width / 2; stride > 0; stride /= 2) {
-    if (threadIdx.x < static_cast<unsigned>(stride) && threadIdx.x + stride < blockDim.x) s[threadIdx.x] += s[threadIdx.x + stride];
+    if (threadIdx.x < static_cast<unsigned>(stride) && threadIdx.x + stride < blockDim.x)
+      s[threadIdx.x] += s[threadIdx.x + stride];
     __syncthreads();
   }
   if (threadIdx.x == 0) sums[blockIdx.x] = s[0];
@@ -71,7 +72,8 @@ __global__ void warp_sum_and_scan_kernel(const float* x, float* warp_sums, float
 }
 
 __global__ void warp_ballots_kernel(const float* x, unsigned* out) {
-  const unsigned bits = __ballot_sync(warp_mask_of_block(), x[static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x] > 0.f);
+  const unsigned bits =
+      __ballot_sync(warp_mask_of_block(), x[static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x] > 0.f);
   if ((threadIdx.x & 31) == 0) out[blockIdx.x * ((blockDim.x + 31) / 32) + threadIdx.x / 32] = bits;
 }
 

@@ -32,8 +32,8 @@ struct Params {
   Linear get(const std::string& prefix) {
     const NamedTensor& w = by_name.at(prefix + ".weight");
     const NamedTensor& b = by_name.at(prefix + ".bias");
-    return {p.data() + w.offset, p.data() + b.offset, g.data() + w.offset, g.data() + b.offset,
-            static_cast<int>(w.shape[0]), static_cast<int>(w.shape[1])};
+    return {p.data() + w.offset, p.data() + b.offset,          g.data() + w.offset,
+            g.data() + b.offset, static_cast<int>(w.shape[0]), static_cast<int>(w.shape[1])};
   }
 };
 
@@ -44,7 +44,8 @@ Mat forward(const Linear& l, const Mat& in, int rows) {
   for (int r = 0; r < rows; ++r)
     for (int o = 0; o < l.out; ++o) {
       double s = l.b[o];
-      for (int i = 0; i < l.in; ++i) s += in[static_cast<size_t>(r) * l.in + i] * l.w[static_cast<size_t>(o) * l.in + i];
+      for (int i = 0; i < l.in; ++i)
+        s += in[static_cast<size_t>(r) * l.in + i] * l.w[static_cast<size_t>(o) * l.in + i];
       out[static_cast<size_t>(r) * l.out + o] = s;
     }
   return out;

@@ -17,10 +17,10 @@ namespace vae::test {
 std::vector<Target> all_targets();
 std::string target_param_name(const ::testing::TestParamInfo<Target>& info);
 
-#define VAE_SKIP_WITHOUT_DEVICE(target)                                              \
-  do {                                                                               \
-    if ((target) == ::vae::Target::cuda && !::vae::cuda_device_available())          \
-      GTEST_SKIP() << "no GPU: " << ::vae::cuda_unavailable_reason();               \
+#define VAE_SKIP_WITHOUT_DEVICE(target)                                     \
+  do {                                                                      \
+    if ((target) == ::vae::Target::cuda && !::vae::cuda_device_available()) \
+      GTEST_SKIP() << "no GPU: " << ::vae::cuda_unavailable_reason();       \
   } while (0)
 
 // Picks the cpu:: or gpu:: version of a function compiled for both targets.

@@ -43,7 +43,8 @@ TEST_P(Gemm, MatchesFloat64Loop) {
             want[static_cast<size_t>(i) * ldc + j] = alpha * s + beta * c0[static_cast<size_t>(i) * ldc + j];
           }
         ASSERT_TRUE(test::not_all_zero(want));
-        float *da = static_cast<float*>(ops.device_alloc(a.size() * 4)), *db = static_cast<float*>(ops.device_alloc(b.size() * 4)),
+        float *da = static_cast<float*>(ops.device_alloc(a.size() * 4)),
+              *db = static_cast<float*>(ops.device_alloc(b.size() * 4)),
               *dc = static_cast<float*>(ops.device_alloc(c0.size() * 4));
         ops.copy_to_device(da, a.data(), a.size() * 4, stream);
         ops.copy_to_device(db, b.data(), b.size() * 4, stream);

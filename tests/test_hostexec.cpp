@@ -131,7 +131,8 @@ TEST_P(HostExec, PhiloxMatchesCurandHostGenerator) {
   const double tol = GetParam() == Target::cuda ? 1e-5 : 0.0;
   for (int r = 0; r < rows; ++r)
     for (int j = 0; j < per_row; ++j)
-      ASSERT_NEAR(normals[r * per_row + j], want_normals[host_index(r, offset + j)], tol) << "row " << r << ", normal " << j;
+      ASSERT_NEAR(normals[r * per_row + j], want_normals[host_index(r, offset + j)], tol)
+          << "row " << r << ", normal " << j;
 }
 
 INSTANTIATE_TEST_SUITE_P(Targets, HostExec, ::testing::ValuesIn(test::all_targets()), test::target_param_name);

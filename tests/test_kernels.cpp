@@ -27,7 +27,9 @@ class Kernels : public ::testing::TestWithParam<Target> {
   const TargetOps& ops() const { return ctx_->ops(); }
   cudaStream_t stream() const { return ctx_->stream(); }
   template <typename T>
-  DeviceBuffer<T> upload(const std::vector<T>& v) { return DeviceBuffer<T>(*ctx_, v); }
+  DeviceBuffer<T> upload(const std::vector<T>& v) {
+    return DeviceBuffer<T>(*ctx_, v);
+  }
   template <typename T>
   std::vector<T> download(const DeviceBuffer<T>& b) {
     ctx_->synchronize();
@@ -37,8 +39,8 @@ class Kernels : public ::testing::TestWithParam<Target> {
 };
 
 // Runs the body once per launch shape of the target, with the shape in failure messages.
-#define FOR_EACH_SHAPE(target)                                      \
-  for (const auto& shape : test::shapes_for(target))                \
+#define FOR_EACH_SHAPE(target)                                        \
+  for (const auto& shape : test::shapes_for(target))                  \
     if (test::ScopedLaunchPolicy scoped_policy_(target, shape); true) \
       if (::testing::ScopedTrace scoped_trace_(__FILE__, __LINE__, shape.name); true)
 
@@ -78,7 +80,9 @@ TEST_P(Kernels, DenseActivationBackward) {
           ops().dense_activation_backward(g.data(), h.data(), gb.data(), rows, cols, act, stream());
           std::vector<double> want(g0.size()), want_bias(cols, 0.0);
           for (size_t i = 0; i < g0.size(); ++i) {
-            const double d = act == Activation::relu ? (h0[i] > 0) : act == Activation::tanh ? 1.0 - double(h0[i]) * h0[i] : 1.0;
+            const double d = act == Activation::relu   ? (h0[i] > 0)
+                             : act == Activation::tanh ? 1.0 - double(h0[i]) * h0[i]
+                                                       : 1.0;
             want[i] = g0[i] * d;
             want_bias[i % cols] += want[i];
           }
@@ -93,7 +97,8 @@ TEST_P(Kernels, LatentForwardMatchesPhiloxContractAndClosedFormKl) {
     for (int batch : {1, 7, 129})
       for (int latent : {1, 3, 20})
         for (int samples : {1, 3}) {
-          const auto heads0 = random_uniform(static_cast<size_t>(batch) * 2 * latent, batch * latent + samples, -1.5, 1.5);
+          const auto heads0 =
+              random_uniform(static_cast<size_t>(batch) * 2 * latent, batch * latent + samples, -1.5, 1.5);
           auto heads = upload(heads0);
           DeviceBuffer<float> z(*ctx_, static_cast<size_t>(samples) * batch * latent), kl(*ctx_, batch);
           const uint64_t seed = 77, step = 12345;
@@ -132,7 +137,8 @@ TEST_P(Kernels, LatentBackward) {
           auto heads = upload(heads0), z = upload(z0), gz = upload(gz0);
           DeviceBuffer<float> gh(*ctx_, heads0.size());
           const float kl_scale = 1.f / batch;
-          ops().latent_backward(heads.data(), z.data(), gz.data(), gh.data(), batch, latent, samples, kl_scale, stream());
+          ops().latent_backward(heads.data(), z.data(), gz.data(), gh.data(), batch, latent, samples, kl_scale,
+                                stream());
           std::vector<double> want(heads0.size());
           for (int r = 0; r < batch; ++r)
             for (int j = 0; j < latent; ++j) {
@@ -256,7 +262,8 @@ TEST_P(Kernels, OptimizerSteps) {
           if (kind == OptimizerKind::adam) {
             s1[i] = h.beta1 * s1[i] + (1 - h.beta1) * gi;
             s2[i] = h.beta2 * s2[i] + (1 - h.beta2) * gi * gi;
-            const double mh = s1[i] / (1 - std::pow(double(h.beta1), step)), vh = s2[i] / (1 - std::pow(double(h.beta2), step));
+            const double mh = s1[i] / (1 - std::pow(double(h.beta1), step)),
+                         vh = s2[i] / (1 - std::pow(double(h.beta2), step));
             p[i] -= h.lr * mh / (std::sqrt(vh) + h.eps);
           } else if (kind == OptimizerKind::adagrad) {
             s1[i] += gi * gi;
@@ -301,7 +308,8 @@ TEST_P(Kernels, GatherBatch) {
 
     // Dynamic binarization: x = [u <= p] with u from Philox keyed by (seed, binarize, step, group).
     const uint64_t seed = 9, step = 4;
-    ops().gather_batch(du8.data(), PixelType::u8, dperm.data(), offset, batch, dim, x.data(), true, seed, step, stream());
+    ops().gather_batch(du8.data(), PixelType::u8, dperm.data(), offset, batch, dim, x.data(), true, seed, step,
+                       stream());
     const int groups = (dim + 3) / 4;
     for (int r = 0; r < batch; ++r)
       for (int gidx = 0; gidx < groups; ++gidx) {

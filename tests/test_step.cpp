@@ -46,7 +46,8 @@ TEST(ReferenceVae, GradientMatchesFiniteDifferences) {
           p[i] = keep;
           const double fd = (up - down) / (2 * h);
           ASSERT_NEAR(res.grad[i], fd, 1e-6 + 1e-5 * std::fabs(fd))
-              << "parameter " << i << ", decoder " << decoder_name(dec) << ", " << activation_name(act) << ", L=" << samples;
+              << "parameter " << i << ", decoder " << decoder_name(dec) << ", " << activation_name(act)
+              << ", L=" << samples;
         }
       }
 }
@@ -66,8 +67,10 @@ TEST_P(WholeStep, LossAndEveryGradientMatchReference) {
   for (const auto& shape : test::shapes_for(target)) {
     test::ScopedLaunchPolicy policy(target, shape);
     SCOPED_TRACE(shape.name);
-    for (auto [batch, hidden, latent] : {std::tuple{1, std::vector<int>{5}, 1}, {7, std::vector<int>{33}, 3},
-                                         {129, std::vector<int>{33, 5}, 20}, {7, std::vector<int>{}, 3}}) {
+    for (auto [batch, hidden, latent] : {std::tuple{1, std::vector<int>{5}, 1},
+                                         {7, std::vector<int>{33}, 3},
+                                         {129, std::vector<int>{33, 5}, 20},
+                                         {7, std::vector<int>{}, 3}}) {
       const ModelConfig c = small_config(sc.decoder, sc.activation, hidden, latent, 37);
       Vae vae(ctx, c, batch + 3, sc.samples);  // capacity above the batch: offsets must not matter
       const auto params = init_parameters(c, vae.layout(), 100 + batch);

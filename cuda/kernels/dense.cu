@@ -6,32 +6,37 @@ namespace vae::VAE_NS {
 
 __device__ __forceinline__ float activate(float a, Activation act) {
   switch (act) {
-    case Activation::relu: return a > 0.f ? a : 0.f;
-    case Activation::tanh: return tanhf(a);
-    default: return a;
+    case Activation::relu:
+      return a > 0.f ? a : 0.f;
+    case Activation::tanh:
+      return tanhf(a);
+    default:
+      return a;
   }
 }
 
 // Derivative expressed through the output h = act(a), so the pre-activation need not be kept.
 __device__ __forceinline__ float activation_grad(float h, Activation act) {
   switch (act) {
-    case Activation::relu: return h > 0.f ? 1.f : 0.f;
-    case Activation::tanh: return 1.f - h * h;
-    default: return 1.f;
+    case Activation::relu:
+      return h > 0.f ? 1.f : 0.f;
+    case Activation::tanh:
+      return 1.f - h * h;
+    default:
+      return 1.f;
   }
 }
 
 // y is (rows, cols), bias is (cols).
-__global__ void dense_bias_activation_forward_kernel(float* __restrict__ y, const float* __restrict__ bias,
-                                                     long long n, int cols, Activation act) {
+__global__ void dense_bias_activation_forward_kernel(float* __restrict__ y, const float* __restrict__ bias, long long n,
+                                                     int cols, Activation act) {
   VAE_ELEMENT_LOOP(i, n) { y[i] = activate(y[i] + bias[i % cols], act); }
 }
 
 // grad and h are (rows, cols). One thread per column walks the rows in order: a
 // deterministic bias gradient without atomics, and coalesced across the threads of a warp.
 __global__ void dense_activation_backward_kernel(float* __restrict__ grad, const float* __restrict__ h,
-                                                 float* __restrict__ grad_bias, int rows, int cols,
-                                                 Activation act) {
+                                                 float* __restrict__ grad_bias, int rows, int cols, Activation act) {
   const int c = blockIdx.x * blockDim.x + threadIdx.x;
   if (c >= cols) return;
   float sum = 0.f;

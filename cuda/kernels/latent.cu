@@ -52,8 +52,7 @@ __global__ void latent_backward_kernel(const float* __restrict__ heads, const fl
       dlogvar += grad_z[zi] * 0.5f * (z[zi] - mu);
     }
     grad_heads[static_cast<long long>(r) * 2 * latent + j] = dmu + kl_scale * mu;
-    grad_heads[static_cast<long long>(r) * 2 * latent + latent + j] =
-        dlogvar + kl_scale * 0.5f * (expf(logvar) - 1.f);
+    grad_heads[static_cast<long long>(r) * 2 * latent + latent + j] = dlogvar + kl_scale * 0.5f * (expf(logvar) - 1.f);
   }
 }
 
@@ -63,18 +62,18 @@ void latent_forward(const float* heads, float* z, float* kl, int batch, int late
   const long long n = static_cast<long long>(batch) * samples;
   if (n == 0) return;
   constexpr int kBlock = 128;
-  VAE_LAUNCH(latent_forward_kernel, elementwise_grid(n, kBlock), kBlock, 0, stream, heads, z, kl, batch,
-             latent, samples, seed, rs, step);
+  VAE_LAUNCH(latent_forward_kernel, elementwise_grid(n, kBlock), kBlock, 0, stream, heads, z, kl, batch, latent,
+             samples, seed, rs, step);
 }
 
-void latent_backward(const float* heads, const float* z, const float* grad_z, float* grad_heads, int batch,
-                     int latent, int samples, float kl_scale, cudaStream_t stream) {
+void latent_backward(const float* heads, const float* z, const float* grad_z, float* grad_heads, int batch, int latent,
+                     int samples, float kl_scale, cudaStream_t stream) {
   VAE_REQUIRE(batch >= 0 && latent > 0 && samples > 0, "latent_backward: bad shape");
   const long long n = static_cast<long long>(batch) * latent;
   if (n == 0) return;
   constexpr int kBlock = 256;
-  VAE_LAUNCH(latent_backward_kernel, elementwise_grid(n, kBlock), kBlock, 0, stream, heads, z, grad_z,
-             grad_heads, batch, latent, samples, kl_scale);
+  VAE_LAUNCH(latent_backward_kernel, elementwise_grid(n, kBlock), kBlock, 0, stream, heads, z, grad_z, grad_heads,
+             batch, latent, samples, kl_scale);
 }
 
 }  // namespace vae::VAE_NS

@@ -44,8 +44,8 @@ void optimizer_step(OptimizerKind kind, const OptimizerHyper& hyper, float* para
   const float bias1 = static_cast<float>(1.0 - std::pow(static_cast<double>(hyper.beta1), static_cast<double>(step)));
   const float bias2 = static_cast<float>(1.0 - std::pow(static_cast<double>(hyper.beta2), static_cast<double>(step)));
   constexpr int kBlock = 256;
-  VAE_LAUNCH(optimizer_step_kernel, elementwise_grid(n, kBlock), kBlock, 0, stream, kind, hyper, params, grads,
-             state1, state2, n, bias1, bias2);
+  VAE_LAUNCH(optimizer_step_kernel, elementwise_grid(n, kBlock), kBlock, 0, stream, kind, hyper, params, grads, state1,
+             state2, n, bias1, bias2);
 }
 
 }  // namespace vae::VAE_NS

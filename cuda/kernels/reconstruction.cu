@@ -25,8 +25,8 @@ __device__ __forceinline__ float sigmoid(float y) {
 // logits and grad_logits are (L*B, D), x is (B, D): row ℓ*B + r reconstructs x row r.
 // log p = Σ_d x y − softplus(y); dLoss/dy = grad_scale (sigmoid(y) − x). grad may alias logits.
 __global__ void bernoulli_reconstruction_kernel(const float* logits, const float* __restrict__ x,
-                                                float* __restrict__ log_prob, float* grad, int batch, int dim,
-                                                int rows, float grad_scale) {
+                                                float* __restrict__ log_prob, float* grad, int batch, int dim, int rows,
+                                                float grad_scale) {
   const long long row = static_cast<long long>(blockIdx.x) * blockDim.y + threadIdx.y;
   const bool active = row < rows;
   float sum = 0.f;
@@ -48,8 +48,8 @@ __global__ void bernoulli_reconstruction_kernel(const float* logits, const float
 // out and grad_out are (L*B, 2D): mean logits in [0, D), log variance in [D, 2D).
 // log p = −½ Σ_d (log 2π + v + (x − m)² e^{−v}),  m = sigmoid(out_mean), v = out_logvar.
 __global__ void gaussian_reconstruction_kernel(const float* out, const float* __restrict__ x,
-                                               float* __restrict__ log_prob, float* grad, int batch, int dim,
-                                               int rows, float grad_scale) {
+                                               float* __restrict__ log_prob, float* grad, int batch, int dim, int rows,
+                                               float grad_scale) {
   const long long row = static_cast<long long>(blockIdx.x) * blockDim.y + threadIdx.y;
   const bool active = row < rows;
   float sum = 0.f;
@@ -139,12 +139,10 @@ void decoder_mean(const float* out, int out_stride, float* mean, int rows, int d
   VAE_LAUNCH(decoder_mean_kernel, elementwise_grid(n, kBlock), kBlock, 0, stream, out, out_stride, mean, n, dim);
 }
 
-void elbo_totals(const float* log_prob, const float* kl, int batch, int samples, double* totals,
-                 cudaStream_t stream) {
+void elbo_totals(const float* log_prob, const float* kl, int batch, int samples, double* totals, cudaStream_t stream) {
   if (batch == 0) return;
   constexpr int kBlock = 256;
-  VAE_LAUNCH(elbo_totals_kernel, 1, kBlock, 2 * kBlock * sizeof(double), stream, log_prob, kl, batch, samples,
-             totals);
+  VAE_LAUNCH(elbo_totals_kernel, 1, kBlock, 2 * kBlock * sizeof(double), stream, log_prob, kl, batch, samples, totals);
 }
 
 }  // namespace vae::VAE_NS

@@ -17,8 +17,8 @@ void throw_error(const char* file, int line, const std::string& what) {
 }
 
 void throw_cuda_error(const char* file, int line, const char* expr, cudaError_t err) {
-  throw Error(std::string("CUDA error ") + cudaGetErrorName(err) + " (" + cudaGetErrorString(err) +
-              ") in " + expr + " [" + where(file, line) + "]");
+  throw Error(std::string("CUDA error ") + cudaGetErrorName(err) + " (" + cudaGetErrorString(err) + ") in " + expr +
+              " [" + where(file, line) + "]");
 }
 
 void throw_cublas_error(const char* file, int line, const char* expr, int status) {

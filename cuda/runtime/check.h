@@ -21,26 +21,26 @@ class Error : public std::runtime_error {
 
 }  // namespace vae
 
-#define VAE_CUDA_CHECK(expr)                                                        \
-  do {                                                                              \
-    cudaError_t vae_err_ = (expr);                                                  \
+#define VAE_CUDA_CHECK(expr)                                                                   \
+  do {                                                                                         \
+    cudaError_t vae_err_ = (expr);                                                             \
     if (vae_err_ != cudaSuccess) ::vae::throw_cuda_error(__FILE__, __LINE__, #expr, vae_err_); \
   } while (0)
 
-#define VAE_CUBLAS_CHECK(expr)                                                          \
-  do {                                                                                  \
-    int vae_status_ = static_cast<int>(expr);                                           \
+#define VAE_CUBLAS_CHECK(expr)                                                               \
+  do {                                                                                       \
+    int vae_status_ = static_cast<int>(expr);                                                \
     if (vae_status_ != 0) ::vae::throw_cublas_error(__FILE__, __LINE__, #expr, vae_status_); \
   } while (0)
 
-#define VAE_CURAND_CHECK(expr)                                                          \
-  do {                                                                                  \
-    int vae_status_ = static_cast<int>(expr);                                           \
+#define VAE_CURAND_CHECK(expr)                                                               \
+  do {                                                                                       \
+    int vae_status_ = static_cast<int>(expr);                                                \
     if (vae_status_ != 0) ::vae::throw_curand_error(__FILE__, __LINE__, #expr, vae_status_); \
   } while (0)
 
 // Precondition of a library call: throws with the condition's text.
-#define VAE_REQUIRE(cond, msg)                                                               \
-  do {                                                                                       \
+#define VAE_REQUIRE(cond, msg)                                                              \
+  do {                                                                                      \
     if (!(cond)) ::vae::throw_error(__FILE__, __LINE__, std::string(msg) + " (" #cond ")"); \
   } while (0)

@@ -27,7 +27,7 @@
 #if VAE_HOST_EXEC
 #define VAE_DYNAMIC_SHARED(T, name) T* name = reinterpret_cast<T*>(::vae::hx::dynamic_shared())
 #else
-#define VAE_DYNAMIC_SHARED(T, name) \
+#define VAE_DYNAMIC_SHARED(T, name)                                  \
   extern __shared__ __align__(16) unsigned char vae_dynamic_smem_[]; \
   T* name = reinterpret_cast<T*>(vae_dynamic_smem_)
 #endif
@@ -35,10 +35,10 @@
 // Element loop of elementwise kernels. On the GPU a grid-stride loop (coalesced); under host
 // execution each thread takes one contiguous chunk, which the host compiler vectorizes.
 #if VAE_HOST_EXEC
-#define VAE_ELEMENT_LOOP(i, n)                                                              \
-  for (long long i##_total_ = (long long)gridDim.x * blockDim.x,                            \
+#define VAE_ELEMENT_LOOP(i, n)                                                                 \
+  for (long long i##_total_ = (long long)gridDim.x * blockDim.x,                               \
                  i##_chunk_ = (((long long)(n) + i##_total_ - 1) / i##_total_ + 15) / 16 * 16, \
-                 i = ((long long)blockIdx.x * blockDim.x + threadIdx.x) * i##_chunk_,         \
+                 i = ((long long)blockIdx.x * blockDim.x + threadIdx.x) * i##_chunk_,          \
                  i##_end_ = i + i##_chunk_ < (long long)(n) ? i + i##_chunk_ : (long long)(n); \
        i < i##_end_; ++i)
 #else
@@ -63,8 +63,8 @@ inline int elementwise_grid(long long n, int block) {
 
 // Launches kernel<<<grid, block, smem, stream>>>(args...) and returns the launch status.
 template <typename... Params, typename... Args>
-cudaError_t launch_kernel(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block,
-                          size_t smem, cudaStream_t stream, Args&&... args) {
+cudaError_t launch_kernel(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
+                          cudaStream_t stream, Args&&... args) {
   static_assert(sizeof...(Params) == sizeof...(Args), "kernel argument count");
   using Bound = std::tuple<std::decay_t<Params>...>;
   Bound bound(std::forward<Args>(args)...);
@@ -74,20 +74,21 @@ cudaError_t launch_kernel(const char* name, void (*kernel)(Params...), dim3 grid
     void (*kernel)(Params...);
     Bound* bound;
   } call{kernel, &bound};
-  ::vae::hx::KernelThunk thunk{
-      [](const void* p) {
-        const Call* c = static_cast<const Call*>(p);
-        std::apply(c->kernel, *c->bound);
-      },
-      &call, name};
+  ::vae::hx::KernelThunk thunk{[](const void* p) {
+                                 const Call* c = static_cast<const Call*>(p);
+                                 std::apply(c->kernel, *c->bound);
+                               },
+                               &call, name};
   return ::vae::hx::launch(thunk, grid, block, smem);
 #else
   (void)name;
   void* ptrs[sizeof...(Params) > 0 ? sizeof...(Params) : 1];
-  std::apply([&](auto&... v) {
-    int i = 0;
-    ((ptrs[i++] = static_cast<void*>(&v)), ...);
-  }, bound);
+  std::apply(
+      [&](auto&... v) {
+        int i = 0;
+        ((ptrs[i++] = static_cast<void*>(&v)), ...);
+      },
+      bound);
   cudaError_t err = cudaLaunchKernel(reinterpret_cast<const void*>(kernel), grid, block, ptrs, smem, stream);
   return err != cudaSuccess ? err : cudaGetLastError();
 #endif

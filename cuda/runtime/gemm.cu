@@ -53,9 +53,8 @@ void gemm_panel(int i, void* ctx) {
   const int m = std::min(p.rows_per_panel, op.m - m0);
   // Rows m0.. of op(A): row offset in A, or column offset when A is transposed.
   const float* a = op.trans_a ? op.a + m0 : op.a + static_cast<size_t>(m0) * op.lda;
-  cblas_sgemm(CblasRowMajor, op.trans_a ? CblasTrans : CblasNoTrans, op.trans_b ? CblasTrans : CblasNoTrans, m,
-              op.n, op.k, op.alpha, a, op.lda, op.b, op.ldb, op.beta, op.c + static_cast<size_t>(m0) * op.ldc,
-              op.ldc);
+  cblas_sgemm(CblasRowMajor, op.trans_a ? CblasTrans : CblasNoTrans, op.trans_b ? CblasTrans : CblasNoTrans, m, op.n,
+              op.k, op.alpha, a, op.lda, op.b, op.ldb, op.beta, op.c + static_cast<size_t>(m0) * op.ldc, op.ldc);
 }
 }  // namespace
 
@@ -99,8 +98,9 @@ void gemm(GemmHandle* h, const GemmOp& op) {
   check_gemm(op);
   if (op.m == 0 || op.n == 0) return;
   // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the operands.
-  VAE_CUBLAS_CHECK(cublasSgemm(h->cublas, op.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, op.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N,
-                               op.n, op.m, op.k, &op.alpha, op.b, op.ldb, op.a, op.lda, &op.beta, op.c, op.ldc));
+  VAE_CUBLAS_CHECK(cublasSgemm(h->cublas, op.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
+                               op.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, op.n, op.m, op.k, &op.alpha, op.b, op.ldb, op.a,
+                               op.lda, &op.beta, op.c, op.ldc));
 }
 
 #endif

@@ -116,7 +116,7 @@ struct Worker {
   std::vector<Fiber*> block_waiting;
   std::vector<std::vector<Fiber*>> warp_waiting;
   std::vector<unsigned char> thread_exited;
-  std::vector<unsigned> warp_ops;       // per thread: warp exchanges done (buffer parity)
+  std::vector<unsigned> warp_ops;        // per thread: warp exchanges done (buffer parity)
   std::vector<uint64_t> warp_values[2];  // per thread: value offered to the warp
   std::vector<unsigned char> smem;
 };
@@ -224,8 +224,10 @@ void warp_arrive(Worker& w, Fiber* f) {
   }
   std::vector<Fiber*> rest;
   for (Fiber* g : waiting) {
-    if (g->warp_mask == f->warp_mask) w.ready.push_back(g);
-    else rest.push_back(g);
+    if (g->warp_mask == f->warp_mask)
+      w.ready.push_back(g);
+    else
+      rest.push_back(g);
   }
   waiting.swap(rest);
 }
@@ -235,8 +237,8 @@ void release_block_barrier(Worker& w) {
   for (const Fiber* f : w.block_waiting) {
     if (f->site_line != first->site_line || std::strcmp(f->site_file, first->site_file) != 0) {
       die(block_name(w) + ": divergent __syncthreads: thread " + std::to_string(first->tid) + " waits at " +
-          first->site_file + ":" + std::to_string(first->site_line) + ", thread " + std::to_string(f->tid) +
-          " at " + f->site_file + ":" + std::to_string(f->site_line));
+          first->site_file + ":" + std::to_string(first->site_line) + ", thread " + std::to_string(f->tid) + " at " +
+          f->site_file + ":" + std::to_string(f->site_line));
     }
   }
   for (Fiber* f : w.block_waiting) w.ready.push_back(f);
@@ -292,10 +294,17 @@ void run_block(Worker& w, const KernelThunk& thunk, unsigned nthreads, size_t sm
     }
     resume(w, f);
     switch (f->state) {
-      case FiberState::finished: w.idle.push_back(f); break;
-      case FiberState::at_block_barrier: w.block_waiting.push_back(f); break;
-      case FiberState::at_warp_barrier: warp_arrive(w, f); break;
-      case FiberState::running: die("fiber returned while running");
+      case FiberState::finished:
+        w.idle.push_back(f);
+        break;
+      case FiberState::at_block_barrier:
+        w.block_waiting.push_back(f);
+        break;
+      case FiberState::at_warp_barrier:
+        warp_arrive(w, f);
+        break;
+      case FiberState::running:
+        die("fiber returned while running");
     }
   }
   w.thunk = nullptr;
@@ -431,8 +440,8 @@ void wait_warp(Worker& w, Fiber* self, unsigned mask) {
 
 cudaError_t launch(const KernelThunk& thunk, dim3 grid, dim3 block, size_t dynamic_smem_bytes) {
   const unsigned long long threads = 1ull * block.x * block.y * block.z;
-  if (threads == 0 || threads > 1024 || block.z > 64 || grid.x == 0 || grid.y == 0 || grid.z == 0 ||
-      grid.y > 65535 || grid.z > 65535) {
+  if (threads == 0 || threads > 1024 || block.z > 64 || grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.y > 65535 ||
+      grid.z > 65535) {
     return cudaErrorInvalidConfiguration;
   }
   if (dynamic_smem_bytes > (227u << 10)) return cudaErrorInvalidValue;

@@ -78,8 +78,10 @@ inline T atomic_update(T* p, F f) {
 }
 template <typename T>
 inline T atomic_add(T* p, T v) {
-  if constexpr (std::is_integral_v<T>) return __atomic_fetch_add(p, v, __ATOMIC_RELAXED);
-  else return atomic_update(p, [v](T o) { return o + v; });
+  if constexpr (std::is_integral_v<T>)
+    return __atomic_fetch_add(p, v, __ATOMIC_RELAXED);
+  else
+    return atomic_update(p, [v](T o) { return o + v; });
 }
 
 }  // namespace vae::hx
@@ -136,13 +138,15 @@ inline int __all_sync(unsigned mask, int pred) {
 
 inline int atomicAdd(int* p, int v) { return ::vae::hx::atomic_add(p, v); }
 inline unsigned atomicAdd(unsigned* p, unsigned v) { return ::vae::hx::atomic_add(p, v); }
-inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v) {
-  return ::vae::hx::atomic_add(p, v);
-}
+inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v) { return ::vae::hx::atomic_add(p, v); }
 inline float atomicAdd(float* p, float v) { return ::vae::hx::atomic_add(p, v); }
 inline double atomicAdd(double* p, double v) { return ::vae::hx::atomic_add(p, v); }
-inline int atomicMax(int* p, int v) { return ::vae::hx::atomic_update(p, [v](int o) { return o > v ? o : v; }); }
-inline int atomicMin(int* p, int v) { return ::vae::hx::atomic_update(p, [v](int o) { return o < v ? o : v; }); }
+inline int atomicMax(int* p, int v) {
+  return ::vae::hx::atomic_update(p, [v](int o) { return o > v ? o : v; });
+}
+inline int atomicMin(int* p, int v) {
+  return ::vae::hx::atomic_update(p, [v](int o) { return o < v ? o : v; });
+}
 inline int atomicExch(int* p, int v) { return __atomic_exchange_n(p, v, __ATOMIC_RELAXED); }
 inline int atomicCAS(int* p, int expected, int desired) {
   __atomic_compare_exchange_n(p, &expected, desired, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
@@ -158,7 +162,9 @@ inline int __popc(unsigned x) { return __builtin_popcount(x); }
 inline int __ffs(unsigned x) { return __builtin_ffs(static_cast<int>(x)); }
 
 template <typename T>
-inline T __ldg(const T* p) { return *p; }
+inline T __ldg(const T* p) {
+  return *p;
+}
 inline float __expf(float x) { return std::exp(x); }
 inline float __logf(float x) { return std::log(x); }
 inline float __fdividef(float a, float b) { return a / b; }

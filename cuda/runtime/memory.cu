@@ -16,10 +16,18 @@ void* device_alloc(size_t bytes) {
   return p;
 }
 void device_free(void* p) noexcept { std::free(p); }
-void copy_to_device(void* dst, const void* src, size_t bytes, cudaStream_t) { if (bytes) std::memcpy(dst, src, bytes); }
-void copy_to_host(void* dst, const void* src, size_t bytes, cudaStream_t) { if (bytes) std::memcpy(dst, src, bytes); }
-void copy_on_device(void* dst, const void* src, size_t bytes, cudaStream_t) { if (bytes) std::memmove(dst, src, bytes); }
-void fill_zero(void* p, size_t bytes, cudaStream_t) { if (bytes) std::memset(p, 0, bytes); }
+void copy_to_device(void* dst, const void* src, size_t bytes, cudaStream_t) {
+  if (bytes) std::memcpy(dst, src, bytes);
+}
+void copy_to_host(void* dst, const void* src, size_t bytes, cudaStream_t) {
+  if (bytes) std::memcpy(dst, src, bytes);
+}
+void copy_on_device(void* dst, const void* src, size_t bytes, cudaStream_t) {
+  if (bytes) std::memmove(dst, src, bytes);
+}
+void fill_zero(void* p, size_t bytes, cudaStream_t) {
+  if (bytes) std::memset(p, 0, bytes);
+}
 void synchronize(cudaStream_t) {}
 cudaStream_t create_stream() { return nullptr; }
 void destroy_stream(cudaStream_t) noexcept {}
@@ -38,7 +46,9 @@ void* device_alloc(size_t bytes) {
   VAE_CUDA_CHECK(cudaMalloc(&p, bytes));
   return p;
 }
-void device_free(void* p) noexcept { if (p) cudaFree(p); }
+void device_free(void* p) noexcept {
+  if (p) cudaFree(p);
+}
 void copy_to_device(void* dst, const void* src, size_t bytes, cudaStream_t s) {
   VAE_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, s));
   VAE_CUDA_CHECK(cudaStreamSynchronize(s));  // the host buffer may go away when we return
@@ -57,7 +67,9 @@ cudaStream_t create_stream() {
   VAE_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
   return s;
 }
-void destroy_stream(cudaStream_t s) noexcept { if (s) cudaStreamDestroy(s); }
+void destroy_stream(cudaStream_t s) noexcept {
+  if (s) cudaStreamDestroy(s);
+}
 
 LaunchPolicy& launch_policy() {
   static LaunchPolicy p = [] {

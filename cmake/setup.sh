@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the project needs, when any is missing. Safe to run again.
+# The CUDA toolkit itself (nvcc, cuBLAS, cuRAND, Thrust) is expected under /usr/local/cuda.
+set -euo pipefail
+
+packages=(
+  cmake g++ make pkg-config
+  libboost-context-dev   # fibers of the host execution layer
+  libopenblas-dev        # CPU GEMM
+  libgtest-dev           # tests
+  libcli11-dev nlohmann-json3-dev
+  zlib1g-dev libpng-dev
+  clang-format
+  dataset-fashion-mnist  # the default data: /usr/share/datasets/fashion-mnist
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v nvcc >/dev/null 2>&1 && [ ! -x /usr/local/cuda/bin/nvcc ]; then
+  echo "setup: nvcc not found; install the CUDA toolkit, or configure with -DVAE_WITH_CUDA=OFF for a CPU-only build" >&2
+fi

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: installs what is missing, builds with warnings as errors
+# (CPU and GPU halves of every kernel), runs ctest, checks formatting, then builds and runs the
+# suite again under AddressSanitizer + UndefinedBehaviorSanitizer.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PATH:/usr/local/cuda/bin"
+jobs=$(nproc)
+
+cmake/setup.sh
+
+with_cuda=ON
+command -v nvcc >/dev/null 2>&1 || with_cuda=OFF
+
+echo "== build (VAE_WITH_CUDA=$with_cuda)"
+cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DVAE_WERROR=ON -DVAE_WITH_CUDA=$with_cuda >/dev/null
+cmake --build build -j "$jobs"
+echo "== tests"
+ctest --test-dir build --output-on-failure -j "$jobs"
+
+echo "== format"
+git ls-files '*.cpp' '*.h' '*.cu' '*.cuh' | xargs clang-format --dry-run --Werror
+
+echo "== tests under ASan + UBSan (CPU half)"
+cmake -S . -B build-sanitize -DCMAKE_BUILD_TYPE=RelWithDebInfo -DVAE_SANITIZE=ON -DVAE_WITH_CUDA=OFF \
+  -DVAE_BUILD_BENCH=OFF >/dev/null
+cmake --build build-sanitize -j "$jobs"
+ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+  ctest --test-dir build-sanitize --output-on-failure -j "$jobs"
+echo "== all tests passed"

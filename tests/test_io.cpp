@@ -1,0 +1,298 @@
+// IDX, NPY and safetensors round trips; malformed files give a clear error and write nothing.
+#include <zlib.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "checkpoint.h"
+#include "dataset.h"
+#include "png_image.h"
+#include "runtime/check.h"
+#include "safetensors.h"
+#include "support.h"
+
+namespace vae {
+namespace {
+
+namespace fs = std::filesystem;
+
+class Io : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() / ("vae_io_" + std::to_string(::getpid()) + "_" +
+                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+  std::string path(const std::string& name) const { return (dir_ / name).string(); }
+  static std::string read(const std::string& p) {
+    std::ifstream f(p, std::ios::binary);
+    return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  }
+  static void write(const std::string& p, const std::string& bytes) {
+    std::ofstream f(p, std::ios::binary);
+    f << bytes;
+  }
+  fs::path dir_;
+};
+
+Dataset random_images(int n, int h, int w, PixelType type) {
+  Dataset d;
+  d.type = type;
+  d.count = n;
+  d.height = h;
+  d.width = w;
+  const auto v = test::random_uniform(static_cast<size_t>(n) * h * w, n + h + w, 0, 1);
+  if (type == PixelType::u8) {
+    for (float x : v) d.u8.push_back(static_cast<uint8_t>(x * 255.f));
+  } else {
+    d.f32 = v;
+  }
+  return d;
+}
+
+// Expects fn to throw vae::Error whose message contains every fragment.
+template <typename F>
+void expect_error(F fn, std::initializer_list<const char*> fragments) {
+  try {
+    fn();
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    for (const char* f : fragments) EXPECT_NE(msg.find(f), std::string::npos) << "message: " << msg;
+    EXPECT_EQ(msg.find('\n'), std::string::npos) << "one line: " << msg;
+  }
+}
+
+TEST_F(Io, IdxRoundTripPlainAndGzip) {
+  const Dataset d = random_images(13, 5, 7, PixelType::u8);
+  write_idx_images(path("a-idx3-ubyte"), d);
+  const Dataset back = read_idx_images(path("a-idx3-ubyte"));
+  EXPECT_EQ(back.count, 13);
+  EXPECT_EQ(back.height, 5);
+  EXPECT_EQ(back.width, 7);
+  EXPECT_EQ(back.u8, d.u8);
+  // The same bytes gzip-compressed read the same.
+  const std::string raw = read(path("a-idx3-ubyte"));
+  gzFile gz = gzopen(path("b.gz").c_str(), "wb");
+  gzwrite(gz, raw.data(), static_cast<unsigned>(raw.size()));
+  gzclose(gz);
+  EXPECT_EQ(read_idx_images(path("b.gz")).u8, d.u8);
+}
+
+TEST_F(Io, IdxMalformed) {
+  const Dataset d = random_images(4, 3, 3, PixelType::u8);
+  write_idx_images(path("good"), d);
+  std::string raw = read(path("good"));
+  std::string bad = raw;
+  bad[2] = 0x0d;  // float elements
+  write(path("type"), bad);
+  expect_error([&] { read_idx_images(path("type")); }, {"type", "not uint8"});
+  bad = raw;
+  bad[0] = 1;
+  write(path("magic"), bad);
+  expect_error([&] { read_idx_images(path("magic")); }, {"magic", "magic"});
+  write(path("truncated"), raw.substr(0, raw.size() - 5));
+  expect_error([&] { read_idx_images(path("truncated")); }, {"truncated", "size mismatch"});
+  bad = raw;
+  bad[3] = 1;
+  write(path("rank"), bad);
+  expect_error([&] { read_idx_images(path("rank")); }, {"rank"});
+  expect_error([&] { read_idx_images(path("missing")); }, {"missing", "no such file"});
+  // A truncated gzip stream.
+  gzFile gz = gzopen(path("c.gz").c_str(), "wb");
+  gzwrite(gz, raw.data(), static_cast<unsigned>(raw.size()));
+  gzclose(gz);
+  const std::string z = read(path("c.gz"));
+  write(path("cut.gz"), z.substr(0, z.size() / 2));
+  expect_error([&] { read_idx_images(path("cut.gz")); }, {"cut.gz"});
+}
+
+TEST_F(Io, NpyRoundTripBothTypes) {
+  for (PixelType t : {PixelType::u8, PixelType::f32}) {
+    const Dataset d = random_images(9, 4, 6, t);
+    write_npy(path("x.npy"), d);
+    const Dataset back = read_npy(path("x.npy"));
+    EXPECT_EQ(back.type, t);
+    EXPECT_EQ(back.count, 9);
+    EXPECT_EQ(back.height, 4);
+    EXPECT_EQ(back.width, 6);
+    EXPECT_EQ(back.u8, d.u8);
+    EXPECT_EQ(back.f32, d.f32);
+  }
+}
+
+TEST_F(Io, NpyTwoDimensionalAndMalformed) {
+  // A hand-written 2-D header: (3, 16) becomes 4x4 images.
+  std::string header = "{'descr': '|u1', 'fortran_order': False, 'shape': (3, 16), }";
+  while ((10 + header.size() + 1) % 64) header.push_back(' ');
+  header.push_back('\n');
+  std::string file = std::string("\x93NUMPY\x01\x00", 8);
+  file.push_back(static_cast<char>(header.size()));
+  file.push_back(0);
+  file += header + std::string(48, '\x07');
+  write(path("two.npy"), file);
+  const Dataset d = read_npy(path("two.npy"));
+  EXPECT_EQ(d.count, 3);
+  EXPECT_EQ(d.height, 4);
+  EXPECT_EQ(d.width, 4);
+  write(path("short.npy"), file.substr(0, file.size() - 1));
+  expect_error([&] { read_npy(path("short.npy")); }, {"short.npy", "size mismatch"});
+  std::string f64 = file;
+  f64.replace(f64.find("|u1"), 3, "<f8");
+  write(path("f64.npy"), f64);
+  expect_error([&] { read_npy(path("f64.npy")); }, {"f64.npy", "<f8"});
+  write(path("magic.npy"), "NUMPY" + file);
+  expect_error([&] { read_npy(path("magic.npy")); }, {"magic"});
+  Dataset out_of_range = random_images(2, 2, 2, PixelType::f32);
+  out_of_range.f32[3] = 1.5f;
+  write_npy(path("range.npy"), out_of_range);
+  expect_error([&] { read_npy(path("range.npy")); }, {"range.npy", "outside [0, 1]"});
+}
+
+TEST_F(Io, SafetensorsRoundTripAndMalformed) {
+  SafeTensorsFile f;
+  f.metadata = {{"k", "v"}};
+  f.tensors.emplace_back("a", SafeTensor{{3, 5}, test::random_uniform(15, 1)});
+  f.tensors.emplace_back("b", SafeTensor{{7}, test::random_uniform(7, 2)});
+  write_safetensors(path("t.safetensors"), f);
+  const SafeTensorsFile back = read_safetensors(path("t.safetensors"));
+  EXPECT_EQ(back.metadata, f.metadata);
+  ASSERT_NE(back.find("a"), nullptr);
+  EXPECT_EQ(back.find("a")->data, f.tensors[0].second.data);
+  EXPECT_EQ(back.find("b")->shape, std::vector<int64_t>{7});
+
+  const std::string raw = read(path("t.safetensors"));
+  write(path("cut.safetensors"), raw.substr(0, raw.size() - 4));
+  expect_error([&] { read_safetensors(path("cut.safetensors")); }, {"cut.safetensors"});
+  write(path("tiny.safetensors"), raw.substr(0, 5));
+  expect_error([&] { read_safetensors(path("tiny.safetensors")); }, {"too short"});
+  std::string bad_dtype = raw;
+  bad_dtype.replace(bad_dtype.find("F32"), 3, "F16");
+  write(path("dtype.safetensors"), bad_dtype);
+  expect_error([&] { read_safetensors(path("dtype.safetensors")); }, {"dtype", "F16"});
+  std::string bad_len = raw;
+  bad_len[0] = static_cast<char>(0xff);
+  bad_len[1] = static_cast<char>(0xff);
+  write(path("len.safetensors"), bad_len);
+  expect_error([&] { read_safetensors(path("len.safetensors")); }, {"header length"});
+}
+
+TrainConfig tiny_config() {
+  TrainConfig c;
+  c.model.input_dim = 12;
+  c.model.image_height = 3;
+  c.model.image_width = 4;
+  c.model.hidden = {5, 3};
+  c.model.latent = 2;
+  c.model.decoder = DecoderKind::gaussian;
+  c.model.activation = Activation::tanh;
+  c.samples = 2;
+  c.seed = 99;
+  return c;
+}
+
+Checkpoint tiny_checkpoint() {
+  Checkpoint ck;
+  ck.config = tiny_config();
+  const ParamLayout layout = make_layout(ck.config.model);
+  ck.params = init_parameters(ck.config.model, layout, 3);
+  ck.optimizer_state = {test::random_uniform(layout.total, 4), test::random_uniform(layout.total, 5, 0, 1)};
+  ck.step = 1234;
+  ck.epoch = 3;
+  return ck;
+}
+
+TEST_F(Io, CheckpointRoundTripWithPyTorchNames) {
+  const Checkpoint ck = tiny_checkpoint();
+  save_checkpoint(path("c.safetensors"), ck);
+  const Checkpoint back = load_checkpoint(path("c.safetensors"));
+  EXPECT_EQ(back.params, ck.params);
+  EXPECT_EQ(back.optimizer_state, ck.optimizer_state);
+  EXPECT_EQ(back.step, 1234);
+  EXPECT_EQ(back.epoch, 3);
+  EXPECT_EQ(config_to_json(back.config), config_to_json(ck.config));
+
+  const SafeTensorsFile f = read_safetensors(path("c.safetensors"));
+  for (const char* name :
+       {"encoder.layers.0.weight", "encoder.layers.1.bias", "encoder.mu.weight", "encoder.logvar.bias",
+        "decoder.layers.0.weight", "decoder.layers.1.weight", "decoder.out.weight", "decoder.out_logvar.bias",
+        "optimizer.exp_avg.encoder.mu.weight", "optimizer.exp_avg_sq.decoder.out.bias"}) {
+    EXPECT_NE(f.find(name), nullptr) << name;
+  }
+  // nn.Linear layout: weight [out, in].
+  EXPECT_EQ(f.find("encoder.layers.0.weight")->shape, (std::vector<int64_t>{5, 12}));
+  EXPECT_EQ(f.find("decoder.layers.0.weight")->shape, (std::vector<int64_t>{3, 2}));
+  EXPECT_EQ(f.find("decoder.out_logvar.weight")->shape, (std::vector<int64_t>{12, 5}));
+  EXPECT_NE(f.metadata.at("config").find("\"activation\":\"tanh\""), std::string::npos);
+}
+
+TEST_F(Io, CheckpointWrongNamesShapesAndTruncation) {
+  const Checkpoint ck = tiny_checkpoint();
+  save_checkpoint(path("c.safetensors"), ck);
+  SafeTensorsFile f = read_safetensors(path("c.safetensors"));
+
+  auto named = [](SafeTensorsFile& file, const std::string& name) -> std::pair<std::string, SafeTensor>& {
+    for (auto& t : file.tensors)
+      if (t.first == name) return t;
+    throw std::runtime_error("no tensor " + name);
+  };
+  SafeTensorsFile renamed = f;
+  named(renamed, "encoder.layers.0.weight").first = "encoder.layer.0.weight";
+  write_safetensors(path("renamed.safetensors"), renamed);
+  expect_error([&] { load_checkpoint(path("renamed.safetensors")); }, {"renamed.safetensors", "missing tensor"});
+
+  SafeTensorsFile reshaped = f;
+  named(reshaped, "encoder.layers.0.weight").second.shape = {12, 5};
+  write_safetensors(path("reshaped.safetensors"), reshaped);
+  expect_error([&] { load_checkpoint(path("reshaped.safetensors")); }, {"shape [12,5]", "expected [5,12]"});
+
+  SafeTensorsFile no_meta = f;
+  no_meta.metadata.erase("config");
+  write_safetensors(path("nometa.safetensors"), no_meta);
+  expect_error([&] { load_checkpoint(path("nometa.safetensors")); }, {"config"});
+
+  SafeTensorsFile extra = f;
+  extra.tensors.emplace_back("stray", SafeTensor{{1}, {1.f}});
+  write_safetensors(path("extra.safetensors"), extra);
+  expect_error([&] { load_checkpoint(path("extra.safetensors")); }, {"unexpected tensor 'stray'"});
+
+  const std::string raw = read(path("c.safetensors"));
+  write(path("cut.safetensors"), raw.substr(0, raw.size() / 2));
+  expect_error([&] { load_checkpoint(path("cut.safetensors")); }, {"cut.safetensors", "truncated"});
+}
+
+TEST_F(Io, FailedWriteLeavesTheGoodFile) {
+  const Checkpoint ck = tiny_checkpoint();
+  save_checkpoint(path("c.safetensors"), ck);
+  const std::string before = read(path("c.safetensors"));
+  // A tensor whose data does not fit its shape fails before anything is written.
+  SafeTensorsFile bad;
+  bad.tensors.emplace_back("a", SafeTensor{{4}, {1.f, 2.f}});
+  EXPECT_THROW(write_safetensors(path("c.safetensors"), bad), Error);
+  EXPECT_EQ(read(path("c.safetensors")), before);
+  // A write into a folder that does not exist fails without a stray temp file.
+  EXPECT_THROW(save_checkpoint(path("no/such/dir/c.safetensors"), ck), Error);
+  size_t files = 0;
+  for (auto& e : fs::directory_iterator(dir_)) files += e.is_regular_file();
+  EXPECT_EQ(files, 1u);
+}
+
+TEST_F(Io, PngGridIsAValidPng) {
+  const auto images = test::random_uniform(6 * 3 * 4, 8, 0, 1);
+  write_png_grid(path("g.png"), images, 6, 3, 4, 4);
+  const std::string png = read(path("g.png"));
+  ASSERT_GT(png.size(), 33u);
+  EXPECT_EQ(png.substr(0, 8), std::string("\x89PNG\r\n\x1a\n", 8));
+  // IHDR width and height: 4 columns of 4+1 pixels + 1, 2 rows of 3+1 + 1.
+  auto be32 = [&](size_t at) {
+    return (uint32_t(uint8_t(png[at])) << 24) | (uint32_t(uint8_t(png[at + 1])) << 16) |
+           (uint32_t(uint8_t(png[at + 2])) << 8) | uint32_t(uint8_t(png[at + 3]));
+  };
+  EXPECT_EQ(be32(16), 21u);
+  EXPECT_EQ(be32(20), 9u);
+}
+
+}  // namespace
+}  // namespace vae
