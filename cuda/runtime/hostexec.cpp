@@ -35,11 +35,6 @@
 
 namespace vae::hx {
 
-thread_local uint3 tls_thread_idx;
-thread_local uint3 tls_block_idx;
-thread_local dim3 tls_block_dim;
-thread_local dim3 tls_grid_dim;
-
 namespace fc = boost::context::detail;
 
 namespace {

@@ -25,11 +25,13 @@
 
 namespace vae::hx {
 
-// Built-in variables of the CUDA thread now running on this OS thread.
-extern thread_local uint3 tls_thread_idx;
-extern thread_local uint3 tls_block_idx;
-extern thread_local dim3 tls_block_dim;
-extern thread_local dim3 tls_grid_dim;
+// Built-in variables of the CUDA thread now running on this OS thread. Inline and constant-
+// initialised, so that access needs no TLS wrapper call (cheaper, and GCC 12's UBSan null check
+// misreads the wrapper's flags as a null address).
+inline thread_local uint3 tls_thread_idx{};
+inline thread_local uint3 tls_block_idx{};
+inline thread_local dim3 tls_block_dim{};
+inline thread_local dim3 tls_grid_dim{};
 
 // A kernel invocation with its arguments bound: fn(args) runs one CUDA thread.
 struct KernelThunk {
