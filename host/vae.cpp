@@ -20,6 +20,7 @@ Vae::Vae(const DeviceContext& ctx, const ModelConfig& config, int max_batch, int
   d_z_ = DeviceBuffer<float>(ctx, LB * J);
   kl_ = DeviceBuffer<float>(ctx, B);
   out_ = DeviceBuffer<float>(ctx, LB * out_cols_);
+  d_out_ = DeviceBuffer<float>(ctx, LB * out_cols_);
   log_prob_ = DeviceBuffer<float>(ctx, LB);
   for (const auto& s : layout_.encoder) {
     enc_h_.emplace_back(ctx, B * s.out);
@@ -88,8 +89,7 @@ void Vae::forward(int batch, const NoiseKey& key, bool with_gradients) {
                      key.step, ctx_.stream());
   const int rows = batch * samples_;
   decode(z_.data(), rows);
-  // The gradient overwrites the decoder output in place: only log p is needed afterwards.
-  float* grad_out = with_gradients ? out_.data() : nullptr;
+  float* grad_out = with_gradients ? d_out_.data() : nullptr;
   const float grad_scale = 1.f / static_cast<float>(rows);
   if (config_.decoder == DecoderKind::bernoulli) {
     ops.bernoulli_reconstruction(out_.data(), x_.data(), log_prob_.data(), grad_out, batch, config_.input_dim, samples_,
@@ -106,7 +106,7 @@ void Vae::backward(int batch) {
   // Decoder, from the output layer down to dL/dz.
   const float* last_dec = nd ? dec_h_[nd - 1].data() : z_.data();
   float* d_last_dec = nd ? d_dec_h_[nd - 1].data() : d_z_.data();
-  linear_backward(layout_.output, last_dec, rows, out_.data(), nullptr, Activation::identity, d_last_dec);
+  linear_backward(layout_.output, last_dec, rows, d_out_.data(), nullptr, Activation::identity, d_last_dec);
   for (size_t i = nd; i-- > 0;) {
     const float* in = i ? dec_h_[i - 1].data() : z_.data();
     float* d_in = i ? d_dec_h_[i - 1].data() : d_z_.data();

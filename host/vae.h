@@ -64,7 +64,7 @@ class Vae {
   DeviceBuffer<float> params_, grads_;
   DeviceBuffer<float> x_, heads_, z_, kl_, out_, log_prob_;
   std::vector<DeviceBuffer<float>> enc_h_, dec_h_;  // activations per hidden layer
-  DeviceBuffer<float> d_heads_, d_z_;
+  DeviceBuffer<float> d_out_, d_heads_, d_z_;
   std::vector<DeviceBuffer<float>> d_enc_h_, d_dec_h_;  // their gradients
 };
 

@@ -28,9 +28,12 @@ __device__ __forceinline__ float activation_grad(float h, Activation act) {
 }
 
 // y is (rows, cols), bias is (cols).
-__global__ void dense_bias_activation_forward_kernel(float* __restrict__ y, const float* __restrict__ bias, long long n,
+__global__ void dense_bias_activation_forward_kernel(float* __restrict__ y, const float* __restrict__ bias, int rows,
                                                      int cols, Activation act) {
-  VAE_ELEMENT_LOOP(i, n) { y[i] = activate(y[i] + bias[i % cols], act); }
+  VAE_ROW_COL_LOOP(r, c, rows, cols) {
+    float* yr = y + r * cols;
+    yr[c] = activate(yr[c] + bias[c], act);
+  }
 }
 
 // grad and h are (rows, cols). One thread per column walks the rows in order: a
@@ -54,7 +57,7 @@ void dense_bias_activation_forward(float* y, const float* bias, int rows, int co
   const long long n = static_cast<long long>(rows) * cols;
   if (n == 0) return;
   constexpr int kBlock = 256;
-  VAE_LAUNCH(dense_bias_activation_forward_kernel, elementwise_grid(n, kBlock), kBlock, 0, stream, y, bias, n, cols,
+  VAE_LAUNCH(dense_bias_activation_forward_kernel, elementwise_grid(n, kBlock), kBlock, 0, stream, y, bias, rows, cols,
              act);
 }
 

@@ -22,47 +22,49 @@ __device__ __forceinline__ float sigmoid(float y) {
 }
 }  // namespace
 
-// logits and grad_logits are (L*B, D), x is (B, D): row ℓ*B + r reconstructs x row r.
-// log p = Σ_d x y − softplus(y); dLoss/dy = grad_scale (sigmoid(y) − x). grad may alias logits.
-__global__ void bernoulli_reconstruction_kernel(const float* logits, const float* __restrict__ x,
-                                                float* __restrict__ log_prob, float* grad, int batch, int dim, int rows,
-                                                float grad_scale) {
+// logits and grad are (L*B, D) and must not alias; x is (B, D): row ℓ*B + r reconstructs x row r.
+// log p = Σ_d x y − softplus(y); dLoss/dy = grad_scale (sigmoid(y) − x). kGrad: write grad.
+template <bool kGrad>
+__global__ void bernoulli_reconstruction_kernel(const float* __restrict__ logits, const float* __restrict__ x,
+                                                float* __restrict__ log_prob, float* __restrict__ grad, int batch,
+                                                int dim, int rows, float grad_scale) {
   const long long row = static_cast<long long>(blockIdx.x) * blockDim.y + threadIdx.y;
   const bool active = row < rows;
   float sum = 0.f;
   if (active) {
     const float* y = logits + row * dim;
     const float* xr = x + (row % batch) * dim;
-    float* g = grad ? grad + row * dim : nullptr;
-    for (int d = static_cast<int>(threadIdx.x); d < dim; d += static_cast<int>(blockDim.x)) {
+    float* g = grad + row * dim;
+    VAE_LANE_LOOP(d, dim) {
       const float yd = y[d], xd = xr[d];
       const float e = expf(-fabsf(yd));
-      sum += xd * yd - (fmaxf(yd, 0.f) + log1pf(e));
-      if (g) g[d] = grad_scale * ((yd >= 0.f ? 1.f / (1.f + e) : e / (1.f + e)) - xd);
+      sum += xd * yd - (fmaxf(yd, 0.f) + logf(1.f + e));  // logf vectorizes; log1pf does not
+      if constexpr (kGrad) g[d] = grad_scale * ((yd >= 0.f ? 1.f : e) / (1.f + e) - xd);
     }
   }
   sum = lanes_sum(sum);
   if (active && threadIdx.x == 0) log_prob[row] = sum;
 }
 
-// out and grad_out are (L*B, 2D): mean logits in [0, D), log variance in [D, 2D).
+// out and grad are (L*B, 2D): mean logits in [0, D), log variance in [D, 2D); grad must not alias out.
 // log p = −½ Σ_d (log 2π + v + (x − m)² e^{−v}),  m = sigmoid(out_mean), v = out_logvar.
-__global__ void gaussian_reconstruction_kernel(const float* out, const float* __restrict__ x,
-                                               float* __restrict__ log_prob, float* grad, int batch, int dim, int rows,
-                                               float grad_scale) {
+template <bool kGrad>
+__global__ void gaussian_reconstruction_kernel(const float* __restrict__ out, const float* __restrict__ x,
+                                               float* __restrict__ log_prob, float* __restrict__ grad, int batch,
+                                               int dim, int rows, float grad_scale) {
   const long long row = static_cast<long long>(blockIdx.x) * blockDim.y + threadIdx.y;
   const bool active = row < rows;
   float sum = 0.f;
   if (active) {
     const float* o = out + row * 2 * dim;
     const float* xr = x + (row % batch) * dim;
-    float* g = grad ? grad + row * 2 * dim : nullptr;
-    for (int d = static_cast<int>(threadIdx.x); d < dim; d += static_cast<int>(blockDim.x)) {
+    float* g = grad + row * 2 * dim;
+    VAE_LANE_LOOP(d, dim) {
       const float m = sigmoid(o[d]), v = o[dim + d];
       const float diff = xr[d] - m, inv_var = expf(-v);
       const float sq = diff * diff * inv_var;
       sum -= kHalfLog2Pi + 0.5f * (v + sq);
-      if (g) {
+      if constexpr (kGrad) {
         g[d] = -grad_scale * diff * inv_var * m * (1.f - m);
         g[dim + d] = grad_scale * 0.5f * (1.f - sq);
       }
@@ -108,9 +110,13 @@ __global__ void elbo_totals_kernel(const float* __restrict__ log_prob, const flo
 }
 
 namespace {
-dim3 row_block() {
-  const int lanes = launch_policy().row_lanes;
-  return dim3(lanes, lanes >= 128 ? 1 : 128 / lanes);
+// Up to 128 threads per block, and rows spread over at least max_blocks blocks when there are
+// enough (on the CPU: every worker gets rows).
+dim3 row_block(int rows) {
+  const LaunchPolicy& p = launch_policy();
+  const int most = p.row_lanes >= 128 ? 1 : 128 / p.row_lanes;
+  const int share = static_cast<int>(ceil_div(rows, p.max_blocks));
+  return dim3(p.row_lanes, share < 1 ? 1 : (share < most ? share : most));
 }
 }  // namespace
 
@@ -118,18 +124,30 @@ void bernoulli_reconstruction(const float* logits, const float* x, float* log_pr
                               int dim, int samples, float grad_scale, cudaStream_t stream) {
   const int rows = batch * samples;
   if (rows == 0) return;
-  const dim3 block = row_block();
-  VAE_LAUNCH(bernoulli_reconstruction_kernel, static_cast<int>(ceil_div(rows, block.y)), block, 0, stream, logits, x,
-             log_prob, grad_logits, batch, dim, rows, grad_scale);
+  const dim3 block = row_block(rows);
+  const int grid = static_cast<int>(ceil_div(rows, block.y));
+  if (grad_logits) {
+    VAE_LAUNCH(bernoulli_reconstruction_kernel<true>, grid, block, 0, stream, logits, x, log_prob, grad_logits, batch,
+               dim, rows, grad_scale);
+  } else {
+    VAE_LAUNCH(bernoulli_reconstruction_kernel<false>, grid, block, 0, stream, logits, x, log_prob, nullptr, batch, dim,
+               rows, grad_scale);
+  }
 }
 
 void gaussian_reconstruction(const float* out, const float* x, float* log_prob, float* grad_out, int batch, int dim,
                              int samples, float grad_scale, cudaStream_t stream) {
   const int rows = batch * samples;
   if (rows == 0) return;
-  const dim3 block = row_block();
-  VAE_LAUNCH(gaussian_reconstruction_kernel, static_cast<int>(ceil_div(rows, block.y)), block, 0, stream, out, x,
-             log_prob, grad_out, batch, dim, rows, grad_scale);
+  const dim3 block = row_block(rows);
+  const int grid = static_cast<int>(ceil_div(rows, block.y));
+  if (grad_out) {
+    VAE_LAUNCH(gaussian_reconstruction_kernel<true>, grid, block, 0, stream, out, x, log_prob, grad_out, batch, dim,
+               rows, grad_scale);
+  } else {
+    VAE_LAUNCH(gaussian_reconstruction_kernel<false>, grid, block, 0, stream, out, x, log_prob, nullptr, batch, dim,
+               rows, grad_scale);
+  }
 }
 
 void decoder_mean(const float* out, int out_stride, float* mean, int rows, int dim, cudaStream_t stream) {

@@ -32,19 +32,36 @@
   T* name = reinterpret_cast<T*>(vae_dynamic_smem_)
 #endif
 
-// Element loop of elementwise kernels. On the GPU a grid-stride loop (coalesced); under host
-// execution each thread takes one contiguous chunk, which the host compiler vectorizes.
+// Element loops of elementwise kernels. On the GPU a grid-stride loop (coalesced); under host
+// execution each block takes an equal share and each of its threads one contiguous chunk
+// (a multiple of 16 elements), which the host compiler vectorizes.
+// Columns of a row shared by blockDim.x lanes: strided on the GPU (coalesced), a contiguous
+// chunk per lane under host execution (vectorizes; one lane per row is the CPU's shape).
 #if VAE_HOST_EXEC
-#define VAE_ELEMENT_LOOP(i, n)                                                                 \
-  for (long long i##_total_ = (long long)gridDim.x * blockDim.x,                               \
-                 i##_chunk_ = (((long long)(n) + i##_total_ - 1) / i##_total_ + 15) / 16 * 16, \
-                 i = ((long long)blockIdx.x * blockDim.x + threadIdx.x) * i##_chunk_,          \
-                 i##_end_ = i + i##_chunk_ < (long long)(n) ? i + i##_chunk_ : (long long)(n); \
-       i < i##_end_; ++i)
+#define VAE_LANE_LOOP(d, n)                                                                               \
+  for (int d##_chunk_ = ((n) + (int)blockDim.x - 1) / (int)blockDim.x, d = (int)threadIdx.x * d##_chunk_, \
+           d##_end_ = d + d##_chunk_ < (n) ? d + d##_chunk_ : (n);                                        \
+       d < d##_end_; ++d)
+#else
+#define VAE_LANE_LOOP(d, n) for (int d = (int)threadIdx.x; d < (n); d += (int)blockDim.x)
+#endif
+
+#if VAE_HOST_EXEC
+#define VAE_ELEMENT_LOOP(i, n) \
+  for (long long i##_end_ = 0, i = ::vae::hx::thread_chunk((long long)(n), 16, &i##_end_); i < i##_end_; ++i)
+// (rows, cols) elements, row-major: whole rows per thread, so no division per element.
+#define VAE_ROW_COL_LOOP(r, c, rows, cols)                                                                      \
+  for (long long r##_end_ = 0, r = ::vae::hx::thread_chunk((long long)(rows), 1, &r##_end_); r < r##_end_; ++r) \
+    for (int c = 0; c < (cols); ++c)
 #else
 #define VAE_ELEMENT_LOOP(i, n)                                                             \
   for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (long long)(n); \
        i += (long long)blockDim.x * gridDim.x)
+#define VAE_ROW_COL_LOOP(r, c, rows, cols)                                                                       \
+  for (long long r##_i_ = (long long)blockIdx.x * blockDim.x + threadIdx.x; r##_i_ < (long long)(rows) * (cols); \
+       r##_i_ += (long long)blockDim.x * gridDim.x)                                                              \
+    for (long long r = r##_i_ / (cols), r##_once_ = 1; r##_once_; r##_once_ = 0)                                 \
+      for (int c = (int)(r##_i_ - r * (cols)), c##_once_ = 1; c##_once_; c##_once_ = 0)
 #endif
 
 namespace vae::VAE_NS {

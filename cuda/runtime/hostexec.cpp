@@ -28,6 +28,9 @@
 #include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
 #endif
+#if defined(__x86_64__)
+#include <xmmintrin.h>
+#endif
 #if __has_include(<valgrind/valgrind.h>)
 #include <valgrind/valgrind.h>
 #define VAE_HX_VALGRIND 1
@@ -307,6 +310,23 @@ void run_block(Worker& w, const KernelThunk& thunk, unsigned nthreads, size_t sm
 
 // ---- worker pool ----------------------------------------------------------------------------
 
+// Launches come in bursts: a helper spins this many pauses (tens of µs) before it sleeps.
+constexpr int kSpinBeforeSleep = 20000;
+
+// Denormal floats cost ~100 cycles each on x86 (Adam's second moments drift into that range and
+// slowed epochs by a third); GPUs handle them at full speed. Kernels and CPU GEMMs run with
+// flush-to-zero and denormals-are-zero, the calling thread's mode restored afterwards.
+class FlushDenormals {
+ public:
+#if defined(__x86_64__)
+  FlushDenormals() : saved_(_mm_getcsr()) { _mm_setcsr(saved_ | 0x8040u); }
+  ~FlushDenormals() { _mm_setcsr(saved_); }
+
+ private:
+  unsigned saved_;
+#endif
+};
+
 struct Job {
   int n = 0;
   void (*fn)(int, void*) = nullptr;
@@ -330,6 +350,7 @@ class Pool {
   int workers() const { return workers_; }
 
   void run(int n, void (*fn)(int, void*), void* ctx) {
+    FlushDenormals ftz;
     if (n <= 1 || workers_ == 1) {
       for (int i = 0; i < n; ++i) fn(i, ctx);
       return;
@@ -354,11 +375,12 @@ class Pool {
     for (int i; (i = next_.fetch_add(1, std::memory_order_relaxed)) < job_.n;) job_.fn(i, job_.ctx);
   }
   void helper() {
+    FlushDenormals ftz;
     uint64_t seen = 0;
     for (;;) {
       // Spin briefly (launches come in bursts), then sleep.
       for (int spins = 0; generation_.load(std::memory_order_acquire) == seen; ++spins) {
-        if (spins < 20000) {
+        if (spins < kSpinBeforeSleep) {
 #if defined(__x86_64__)
           __builtin_ia32_pause();
 #endif

@@ -44,6 +44,18 @@ struct KernelThunk {
 // executes streams synchronously, so stream order holds trivially).
 cudaError_t launch(const KernelThunk& thunk, dim3 grid, dim3 block, size_t dynamic_smem_bytes);
 
+// This thread's share [begin, *end) of n elements: an equal share per block, then chunks of a
+// multiple of `granule` per thread (the element loops of compat.cuh).
+inline long long thread_chunk(long long n, long long granule, long long* end) {
+  const long long blocks = tls_grid_dim.x, b = tls_block_idx.x;
+  const long long block_begin = n * b / blocks, block_end = n * (b + 1) / blocks;
+  const long long per_thread = (block_end - block_begin + tls_block_dim.x - 1) / tls_block_dim.x;
+  const long long chunk = (per_thread + granule - 1) / granule * granule;
+  const long long begin = block_begin + chunk * tls_thread_idx.x;
+  *end = begin + chunk < block_end ? begin + chunk : block_end;
+  return begin;
+}
+
 // Dynamic shared memory of the running block (poisoned with NaN bytes at block start).
 void* dynamic_shared();
 
@@ -91,6 +103,13 @@ inline T atomic_add(T* p, T v) {
 // ---- CUDA keywords and built-ins under the host compiler -----------------------------------
 #undef __shared__
 #define __shared__ static thread_local
+// Kernels are built for AVX-512, AVX2 and baseline x86-64; the loader picks the best the CPU has.
+#undef __global__
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(VAE_NO_TARGET_CLONES)
+#define __global__ __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define __global__
+#endif
 #ifndef __launch_bounds__
 #define __launch_bounds__(...)
 #endif
