@@ -6,6 +6,8 @@
 #include <cstdlib>
 #include <vector>
 
+#include "runtime/blas_core.h"
+
 #include "runtime/compat.cuh"
 
 namespace vae::cpu {
@@ -50,7 +52,8 @@ double median_ms(F f, int reps) {
 
 }  // namespace
 
-int main() {
+int main(int, char** argv) {
+  vae::reexec_with_better_openblas_core(argv);
   using namespace vae::cpu;
   std::printf("host execution on %d worker(s)\n", vae::hx::workers());
   std::printf("%-52s %12s %14s\n", "case", "median ms", "per unit");

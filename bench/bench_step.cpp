@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "runtime/blas_core.h"
+
 #include "device_context.h"
 #include "trainer.h"
 #include "vae.h"
@@ -15,6 +17,7 @@
 using namespace vae;
 
 int main(int argc, char** argv) {
+  vae::reexec_with_better_openblas_core(argv);
   std::string device = "auto";
   int batch = 128, hidden = 400, latent = 20, steps = 200, dim = 784;
   for (int i = 1; i + 1 < argc; i += 2) {

@@ -7,8 +7,6 @@
 #include <filesystem>
 #include <sstream>
 
-#include <unistd.h>
-
 #include "png_image.h"
 #include "runtime/blas_core.h"
 #include "runtime/check.h"
@@ -97,10 +95,7 @@ Dataset load_eval_set(const DataOptions& d, const TrainConfig& config) {
 int main(int argc, char** argv) {
   // OpenBLAS chose its kernels when it loaded; if it fell back to slow generic ones on a CPU it
   // does not recognise, start again with the kernel set the CPU's features allow.
-  if (const char* core = better_openblas_coretype()) {
-    setenv("OPENBLAS_CORETYPE", core, 1);
-    execv("/proc/self/exe", argv);  // returns only on failure: then carry on as we are
-  }
+  reexec_with_better_openblas_core(argv);
   CLI::App app{"vae: a CUDA-accelerated trainer for variational autoencoders (Kingma & Welling, 2013)"};
   app.require_subcommand(1);
   app.set_version_flag("--version", "vae 0.1.0");

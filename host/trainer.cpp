@@ -270,6 +270,14 @@ int run_train(const TrainRun& run) {
   }
 
   if (out_dir.empty()) out_dir = "runs/" + timestamp();
+  if (run.resume.empty()) {
+    for (const char* f : {"checkpoint.safetensors", "metrics.jsonl"}) {
+      if (fs::exists(fs::path(out_dir) / f)) {
+        throw Error("--out: '" + out_dir + "' already holds a run (" + f +
+                    "); continue it with --resume or choose another --out");
+      }
+    }
+  }
   std::error_code ec;
   fs::create_directories(out_dir, ec);
   if (ec || !fs::is_directory(out_dir)) throw Error("--out: cannot create folder '" + out_dir + "'");

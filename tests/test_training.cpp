@@ -189,6 +189,13 @@ TEST(Cli, TrainEvalSampleReconstruct) {
                         "samples_per_second", "device"}) {
     EXPECT_TRUE(m.contains(k)) << k;
   }
+  // A new run into a folder that holds one is refused: the checkpoint is not overwritten.
+  const auto ck_size = fs::file_size(dir / "checkpoint.safetensors");
+  r = run_cli("train --quiet --epochs 1 --out " + dir.string() + common);
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("already holds a run"), std::string::npos) << r.err;
+  EXPECT_EQ(fs::file_size(dir / "checkpoint.safetensors"), ck_size);
+
   // eval reproduces the last epoch's test ELBO (the same noise, the same data).
   const std::string ck = (dir / "checkpoint.safetensors").string();
   r = run_cli("eval --device cpu --test-limit 200 --checkpoint " + ck);

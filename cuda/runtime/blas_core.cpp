@@ -3,6 +3,8 @@
 #include <cstdlib>
 #include <cstring>
 
+#include <unistd.h>
+
 extern "C" char* openblas_get_corename(void);
 
 namespace vae {
@@ -22,6 +24,13 @@ const char* better_openblas_coretype() {
   }
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return "Haswell";
   return nullptr;
+}
+
+void reexec_with_better_openblas_core(char** argv) {
+  if (const char* core = better_openblas_coretype()) {
+    setenv("OPENBLAS_CORETYPE", core, 1);
+    execv("/proc/self/exe", argv);
+  }
 }
 
 }  // namespace vae

@@ -9,4 +9,9 @@ namespace vae {
 // uses a fitting kernel set or OPENBLAS_CORETYPE is set by the user.
 const char* better_openblas_coretype();
 
+// For a program's main(): when better_openblas_coretype() names one, re-executes the program with
+// OPENBLAS_CORETYPE set (OpenBLAS reads it only when it loads). Returns if there is nothing to do
+// or the exec fails.
+void reexec_with_better_openblas_core(char** argv);
+
 }  // namespace vae
