@@ -23,11 +23,16 @@ int main(int argc, char** argv) {
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string k = argv[i];
     const char* v = argv[i + 1];
-    if (k == "--device") device = v;
-    else if (k == "--batch") batch = std::atoi(v);
-    else if (k == "--hidden") hidden = std::atoi(v);
-    else if (k == "--latent") latent = std::atoi(v);
-    else if (k == "--steps") steps = std::atoi(v);
+    if (k == "--device")
+      device = v;
+    else if (k == "--batch")
+      batch = std::atoi(v);
+    else if (k == "--hidden")
+      hidden = std::atoi(v);
+    else if (k == "--latent")
+      latent = std::atoi(v);
+    else if (k == "--steps")
+      steps = std::atoi(v);
     else {
       std::fprintf(stderr, "bench_step: unknown flag %s\n", argv[i]);
       return 2;
@@ -73,11 +78,13 @@ int main(int argc, char** argv) {
     }
   }
   const double total = t_gather + t_fwd + t_bwd + t_opt;
-  const double flops = 2.0 * 3 * batch * (static_cast<double>(dim) * hidden * 2 + hidden * 2.0 * latent + latent * hidden);
+  const double flops =
+      2.0 * 3 * batch * (static_cast<double>(dim) * hidden * 2 + hidden * 2.0 * latent + latent * hidden);
   std::printf("bench_step: %d-%d-%d, batch %d, Adam, %d steps on %s\n", dim, hidden, latent, batch, steps,
               ctx.description().c_str());
   std::printf("%-12s %10s %8s\n", "phase", "ms/step", "share");
-  for (auto [name, t] : {std::pair{"gather", t_gather}, {"forward", t_fwd}, {"backward", t_bwd}, {"optimizer", t_opt}}) {
+  for (auto [name, t] :
+       {std::pair{"gather", t_gather}, {"forward", t_fwd}, {"backward", t_bwd}, {"optimizer", t_opt}}) {
     std::printf("%-12s %10.4f %7.1f%%\n", name, t / steps, 100 * t / total);
   }
   std::printf("%-12s %10.4f  (%.0f samples/s, GEMM work %.1f GFLOP/s, 60000-image epoch %.2f s)\n", "step",

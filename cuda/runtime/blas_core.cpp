@@ -13,8 +13,8 @@ const char* better_openblas_coretype() {
   if (std::getenv("OPENBLAS_CORETYPE")) return nullptr;
   const char* core = openblas_get_corename();
   if (!core) return nullptr;
-  static const char* const kFallbacks[] = {"prescott", "core2", "nehalem", "unknown", "katmai", "coppermine",
-                                           "northwood", "banias", "atom", "dunnington", "penryn"};
+  static const char* const kFallbacks[] = {"prescott",  "core2",  "nehalem", "unknown",    "katmai", "coppermine",
+                                           "northwood", "banias", "atom",    "dunnington", "penryn"};
   bool fallback = false;
   for (const char* f : kFallbacks) fallback = fallback || strcasecmp(core, f) == 0;
   if (!fallback) return nullptr;
