@@ -46,11 +46,12 @@ int main(int argc, char** argv) {
   Vae model(ctx, mc, batch, 1);
   Optimizer opt(ctx, model.layout().total, OptimizerKind::adam, OptimizerHyper{});
   model.params().upload(init_parameters(mc, model.layout(), 1));
-  const int n = 4096;
+  const long long n = static_cast<long long>(batch) * (steps + 10);  // every step its own rows
   std::vector<uint8_t> pixels(static_cast<size_t>(n) * dim);
   for (size_t i = 0; i < pixels.size(); ++i) pixels[i] = static_cast<uint8_t>((i * 2654435761u) >> 24);
   DeviceBuffer<uint8_t> data(ctx, pixels);
   DeviceBuffer<double> totals(ctx, 3);
+  DeviceBuffer<StepState> at(ctx, std::vector<StepState>{{0, 0}});
 
   double t_gather = 0, t_fwd = 0, t_bwd = 0, t_opt = 0;
   auto now = [&] {
@@ -60,15 +61,16 @@ int main(int argc, char** argv) {
   auto ms = [](auto a, auto b) { return std::chrono::duration<double, std::milli>(b - a).count(); };
   for (int s = -10; s < steps; ++s) {  // 10 warm-up steps
     const auto t0 = now();
-    ctx.ops().gather_batch(data.data(), PixelType::u8, nullptr, (static_cast<long long>(s + 10) * batch) % (n - batch),
-                           batch, dim, model.input(), false, 1, s + 10, ctx.stream());
+    ctx.ops().gather_batch(data.data(), PixelType::u8, nullptr, batch, dim, model.input(), false, 1,
+                           RandomStream::binarize, at.data(), ctx.stream());
     const auto t1 = now();
-    model.forward(batch, {1, RandomStream::latent_noise, static_cast<uint64_t>(s + 10)}, true);
+    model.forward(batch, {1, RandomStream::latent_noise, at.data()}, true);
     model.accumulate_totals(batch, totals.data());
     const auto t2 = now();
     model.backward(batch);
     const auto t3 = now();
-    opt.step(model.params().data(), model.grads().data());
+    opt.step(model.params().data(), model.grads().data(), at.data());
+    ctx.ops().advance_step(at.data(), batch, ctx.stream());
     const auto t4 = now();
     if (s >= 0) {
       t_gather += ms(t0, t1);

@@ -16,6 +16,7 @@ struct LaunchPolicy {
   int row_lanes;       // threads cooperating on one row in row kernels (1..32, a power of 2)
 };
 struct GemmHandle;  // per target: cuBLAS handle and workspace on the GPU, nothing on the CPU
+struct StepGraph;   // an instantiated CUDA graph (GPU only)
 }  // namespace vae
 
 #define VAE_DECLARE_TARGET_API                                                                                         \
@@ -34,6 +35,11 @@ struct GemmHandle;  // per target: cuBLAS handle and workspace on the GPU, nothi
   GemmHandle* gemm_create(cudaStream_t stream, bool tf32);                                                             \
   void gemm_destroy(GemmHandle* h) noexcept;                                                                           \
   void gemm(GemmHandle* h, const GemmOp& op);                                                                          \
+  /* CUDA graphs (cuda/runtime/graph.cu): begin returns false where the target has none (CPU) */                       \
+  bool graph_begin_capture(cudaStream_t stream);                                                                       \
+  StepGraph* graph_end_capture(cudaStream_t stream);                                                                   \
+  void graph_launch(StepGraph* g, cudaStream_t stream);                                                                \
+  void graph_destroy(StepGraph* g) noexcept;                                                                           \
   /* dense epilogue (cuda/kernels/dense.cu) */                                                                         \
   /* y[rows,cols] = act(y + bias) in place */                                                                          \
   void dense_bias_activation_forward(float* y, const float* bias, int rows, int cols, Activation act,                  \
@@ -44,7 +50,7 @@ struct GemmHandle;  // per target: cuBLAS handle and workspace on the GPU, nothi
                                  cudaStream_t stream);                                                                 \
   /* latent (cuda/kernels/latent.cu) */                                                                                \
   void latent_forward(const float* heads, float* z, float* kl, int batch, int latent, int samples, uint64_t seed,      \
-                      RandomStream rs, uint64_t step, cudaStream_t stream);                                            \
+                      RandomStream rs, const StepState* at, cudaStream_t stream);                                      \
   void latent_backward(const float* heads, const float* z, const float* grad_z, float* grad_heads, int batch,          \
                        int latent, int samples, float kl_scale, cudaStream_t stream);                                  \
   /* reconstruction (cuda/kernels/reconstruction.cu) */                                                                \
@@ -57,11 +63,13 @@ struct GemmHandle;  // per target: cuBLAS handle and workspace on the GPU, nothi
                    cudaStream_t stream);                                                                               \
   /* optimizer (cuda/kernels/optimizer.cu) */                                                                          \
   void optimizer_step(OptimizerKind kind, const OptimizerHyper& hyper, float* params, const float* grads,              \
-                      float* state1, float* state2, long long n, long long step, cudaStream_t stream);                 \
+                      float* state1, float* state2, long long n, const StepState* at, cudaStream_t stream);            \
   /* batch (cuda/kernels/batch.cu) */                                                                                  \
   /* data (N, D) of uint8 (scaled by 1/255) or float32 in [0, 1] */                                                    \
-  void gather_batch(const void* data, PixelType type, const int* perm, long long offset, int batch, int dim, float* x, \
-                    bool binarize, uint64_t seed, uint64_t step, cudaStream_t stream);                                 \
+  void gather_batch(const void* data, PixelType type, const int* perm, int batch, int dim, float* x, bool binarize,    \
+                    uint64_t seed, RandomStream rs, const StepState* at, cudaStream_t stream);                         \
+  /* at->step += 1, at->offset += batch: the last node of a training step */                                           \
+  void advance_step(StepState* at, int batch, cudaStream_t stream);                                                    \
   void shuffle_permutation(int* perm, int n, uint64_t seed, cudaStream_t stream);
 
 namespace vae::cpu {

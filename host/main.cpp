@@ -146,6 +146,8 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"none", "static", "dynamic"}))
       ->capture_default_str();
   train->add_flag("--tf32", run.config.tf32, "let cuBLAS use TF32 tensor cores (GPU only)");
+  bool no_graph = false;
+  train->add_flag("--no-graph", no_graph, "launch the step's kernels one by one instead of replaying a CUDA graph");
   train->add_option("--resume", run.resume, "continue from a checkpoint.safetensors")->check(CLI::ExistingFile);
   train->add_flag("--quiet", run.quiet, "print nothing but errors");
   add_device(train, train_common);
@@ -201,6 +203,7 @@ int main(int argc, char** argv) {
   try {
     if (train->parsed()) {
       run.device = train_common.device;
+      run.cuda_graph = !no_graph;
       run.config.model.activation = parse_activation(activation);
       run.config.model.decoder = parse_decoder(decoder);
       run.config.optimizer = parse_optimizer(optimizer);

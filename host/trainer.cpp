@@ -18,9 +18,6 @@ namespace vae {
 
 namespace fs = std::filesystem;
 
-// Eval draws (binarization) use steps far above any training step.
-constexpr uint64_t kEvalStepBase = uint64_t{1} << 48;
-
 std::string DataOptions::describe() const {
   if (!train_npy.empty() || !test_npy.empty()) return "npy:" + train_npy + "," + test_npy;
   return data;
@@ -84,22 +81,25 @@ Trainer::Trainer(const DeviceContext& ctx, const TrainConfig& config)
       config_(config),
       vae_(ctx, config.model, std::max(config.batch_size, 64), config.samples),
       optimizer_(ctx, vae_.layout().total, config.optimizer, config.hyper),
-      totals_(ctx, 3) {
+      totals_(ctx, 3),
+      train_at_(ctx, 1) {
   vae_.params().upload(init_parameters(config.model, vae_.layout(), config.seed));
 }
+
+Trainer::~Trainer() { ctx_.ops().graph_destroy(graph_); }
 
 void Trainer::restore(const Checkpoint& ckpt) {
   VAE_REQUIRE(ckpt.params.size() == vae_.layout().total, "restore: parameter count");
   vae_.params().upload(ckpt.params);
   for (size_t s = 0; s < ckpt.optimizer_state.size(); ++s) optimizer_.state(s).upload(ckpt.optimizer_state[s]);
-  optimizer_.set_steps(ckpt.step);
+  step_ = ckpt.step;
   epoch_ = ckpt.epoch;
 }
 
 Checkpoint Trainer::checkpoint() const {
   Checkpoint c;
   c.config = config_;
-  c.step = optimizer_.steps();
+  c.step = step_;
   c.epoch = epoch_;
   c.params = vae_.params().download();
   for (size_t s = 0; s < optimizer_state_names(config_.optimizer).size(); ++s) {
@@ -108,27 +108,57 @@ Checkpoint Trainer::checkpoint() const {
   return c;
 }
 
+const StepState* Trainer::fixed_steps(int64_t count) {
+  if (fixed_at_.size() < static_cast<size_t>(count)) {
+    std::vector<StepState> steps(count);
+    for (int64_t b = 0; b < count; ++b) steps[b] = {static_cast<uint64_t>(b), b * config_.batch_size};
+    fixed_at_ = DeviceBuffer<StepState>(ctx_, steps);
+  }
+  return fixed_at_.data();
+}
+
+void Trainer::queue_step(const DeviceDataset& train, int batch) {
+  const auto& ops = ctx_.ops();
+  const uint64_t seed = config_.seed;
+  ops.gather_batch(train.bytes.data(), train.type, perm_.data(), batch, train.dim, vae_.input(),
+                   config_.binarize == Binarize::dynamic, seed, RandomStream::binarize, train_at_.data(),
+                   ctx_.stream());
+  vae_.forward(batch, {seed, RandomStream::latent_noise, train_at_.data()}, true);
+  vae_.accumulate_totals(batch, totals_.data());
+  vae_.backward(batch);
+  // A data-parallel run all-reduces grads() here, between backward and the optimizer.
+  optimizer_.step(vae_.params().data(), vae_.grads().data(), train_at_.data());
+  ops.advance_step(train_at_.data(), batch, ctx_.stream());
+}
+
 ElboTotals Trainer::train_epoch(const DeviceDataset& train, const std::function<void(int64_t, int64_t)>& on_batch) {
   VAE_REQUIRE(train.dim == config_.model.input_dim, "train: data dimension differs from the model's");
   const auto& ops = ctx_.ops();
   const int B = config_.batch_size;
   const int64_t batches = (train.count + B - 1) / B;
-  // The order of an epoch depends on (seed, epoch) only, so a resumed run sees the same order.
   if (perm_.size() != static_cast<size_t>(train.count)) perm_ = DeviceBuffer<int>(ctx_, train.count);
+  if (graph_ && graph_data_ != train.bytes.data()) {  // captured for other buffers
+    ops.graph_destroy(graph_);
+    graph_ = nullptr;
+  }
+  // The order of an epoch depends on (seed, epoch) only, so a resumed run sees the same order.
   ops.shuffle_permutation(perm_.data(), static_cast<int>(train.count), config_.seed * 0x9E3779B97F4A7C15ull + epoch_,
                           ctx_.stream());
   totals_.zero();
-  const bool dynamic = config_.binarize == Binarize::dynamic;
+  train_at_.upload({StepState{static_cast<uint64_t>(step_), 0}});
   for (int64_t b = 0; b < batches; ++b) {
     const int batch = static_cast<int>(std::min<int64_t>(B, train.count - b * B));
-    const uint64_t step = static_cast<uint64_t>(optimizer_.steps());
-    ops.gather_batch(train.bytes.data(), train.type, perm_.data(), b * B, batch, train.dim, vae_.input(), dynamic,
-                     config_.seed, step, ctx_.stream());
-    vae_.forward(batch, {config_.seed, RandomStream::latent_noise, step}, true);
-    vae_.accumulate_totals(batch, totals_.data());
-    vae_.backward(batch);
-    // A data-parallel run all-reduces grads() here, between backward and the optimizer.
-    optimizer_.step(vae_.params().data(), vae_.grads().data());
+    if (batch == B && use_graph_ && !graph_ && ops.graph_begin_capture(ctx_.stream())) {
+      queue_step(train, B);
+      graph_ = ops.graph_end_capture(ctx_.stream());
+      graph_data_ = train.bytes.data();
+    }
+    if (batch == B && graph_) {
+      ops.graph_launch(graph_, ctx_.stream());
+    } else {
+      queue_step(train, batch);  // the partial last batch, and targets without graphs
+    }
+    ++step_;
     if (on_batch) on_batch(b + 1, batches);
   }
   ++epoch_;
@@ -140,12 +170,15 @@ ElboTotals Trainer::evaluate(const DeviceDataset& test) {
   VAE_REQUIRE(test.dim == config_.model.input_dim, "eval: data dimension differs from the model's");
   const auto& ops = ctx_.ops();
   const int B = config_.batch_size;
+  const int64_t batches = (test.count + B - 1) / B;
+  const StepState* at = fixed_steps(batches);
   totals_.zero();
-  for (int64_t b = 0; b * B < test.count; ++b) {
+  for (int64_t b = 0; b < batches; ++b) {
     const int batch = static_cast<int>(std::min<int64_t>(B, test.count - b * B));
-    ops.gather_batch(test.bytes.data(), test.type, nullptr, b * B, batch, test.dim, vae_.input(),
-                     config_.binarize == Binarize::dynamic, config_.seed, kEvalStepBase + b, ctx_.stream());
-    vae_.forward(batch, {config_.seed, RandomStream::eval_noise, static_cast<uint64_t>(b)}, false);
+    ops.gather_batch(test.bytes.data(), test.type, nullptr, batch, test.dim, vae_.input(),
+                     config_.binarize == Binarize::dynamic, config_.seed, RandomStream::eval_binarize, at + b,
+                     ctx_.stream());
+    vae_.forward(batch, {config_.seed, RandomStream::eval_noise, at + b}, false);
     vae_.accumulate_totals(batch, totals_.data());
   }
   const std::vector<double> t = totals_.download();
@@ -158,8 +191,8 @@ std::vector<float> Trainer::prior_samples(int n) {
   DeviceBuffer<float> zero_heads(ctx_, static_cast<size_t>(n) * 2 * J), z(ctx_, static_cast<size_t>(n) * J),
       kl(ctx_, n), mean(ctx_, static_cast<size_t>(n) * config_.model.input_dim);
   // μ = 0, log σ² = 0: the latent kernel then draws z ~ N(0, I), the prior.
-  ctx_.ops().latent_forward(zero_heads.data(), z.data(), kl.data(), n, J, 1, config_.seed, RandomStream::prior, 0,
-                            ctx_.stream());
+  ctx_.ops().latent_forward(zero_heads.data(), z.data(), kl.data(), n, J, 1, config_.seed, RandomStream::prior,
+                            fixed_steps(1), ctx_.stream());
   vae_.decode_mean(z.data(), n, mean.data());
   return mean.download();
 }
@@ -168,9 +201,11 @@ std::vector<float> Trainer::reconstructions(const DeviceDataset& test, int n) {
   n = static_cast<int>(std::min<int64_t>(n, test.count));
   VAE_REQUIRE(n > 0 && n <= vae_.max_batch(), "reconstructions: count out of range");
   const size_t D = config_.model.input_dim;
-  ctx_.ops().gather_batch(test.bytes.data(), test.type, nullptr, 0, n, test.dim, vae_.input(),
-                          config_.binarize == Binarize::dynamic, config_.seed, kEvalStepBase, ctx_.stream());
-  vae_.forward(n, {config_.seed, RandomStream::eval_noise, 0}, false);
+  const StepState* at = fixed_steps(1);  // the first test batch, drawn as evaluate() draws it
+  ctx_.ops().gather_batch(test.bytes.data(), test.type, nullptr, n, test.dim, vae_.input(),
+                          config_.binarize == Binarize::dynamic, config_.seed, RandomStream::eval_binarize, at,
+                          ctx_.stream());
+  vae_.forward(n, {config_.seed, RandomStream::eval_noise, at}, false);
   std::vector<float> images(2 * n * D);
   ctx_.ops().copy_to_host(images.data(), vae_.input(), n * D * sizeof(float), ctx_.stream());
   DeviceBuffer<float> mean(ctx_, n * D);
@@ -285,6 +320,7 @@ int run_train(const TrainRun& run) {
   const Target target = resolve_target(run.device);
   DeviceContext ctx(target, config.tf32);
   Trainer trainer(ctx, config);
+  trainer.set_use_graph(run.cuda_graph);
   if (!run.resume.empty()) trainer.restore(resumed);
   const DeviceDataset train_dev(ctx, train), test_dev(ctx, test);
 
@@ -328,7 +364,8 @@ int run_train(const TrainRun& run) {
                         {"epoch_seconds", seconds},
                         {"samples_per_second", tr.n / seconds},
                         {"device", ctx.description()},
-                        {"tf32", ctx.tf32()}};
+                        {"tf32", ctx.tf32()},
+                        {"cuda_graph", trainer.graph_in_use()}};
     save_checkpoint(ckpt_path, trainer.checkpoint());
     const int H = config.model.image_height, W = config.model.image_width;
     write_png_grid((fs::path(out_dir) / ("samples_" + std::to_string(epoch) + ".png")).string(),

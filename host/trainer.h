@@ -44,6 +44,13 @@ struct DeviceDataset {
 class Trainer {
  public:
   Trainer(const DeviceContext& ctx, const TrainConfig& config);
+  ~Trainer();
+  Trainer(const Trainer&) = delete;
+  Trainer& operator=(const Trainer&) = delete;
+  // Full batches replay one captured CUDA graph of the whole step where the target has graphs
+  // (the GPU); off, the same kernels are launched one by one.
+  void set_use_graph(bool on) { use_graph_ = on; }
+  bool graph_in_use() const { return graph_ != nullptr; }
   // Continues from a checkpoint of the same configuration.
   void restore(const Checkpoint& ckpt);
   Checkpoint checkpoint() const;
@@ -58,7 +65,7 @@ class Trainer {
   std::vector<float> reconstructions(const DeviceDataset& test, int n);
 
   int epoch() const { return epoch_; }
-  int64_t step() const { return optimizer_.steps(); }
+  int64_t step() const { return step_; }
   const TrainConfig& config() const { return config_; }
   Vae& model() { return vae_; }
 
@@ -67,9 +74,19 @@ class Trainer {
   TrainConfig config_;
   Vae vae_;
   Optimizer optimizer_;
+  // Queues one whole training step of `batch` rows at train_at_ (no host synchronisation).
+  void queue_step(const DeviceDataset& train, int batch);
+  // A StepState array in device memory: entry b is {b, b * batch_size}, for fixed-noise passes.
+  const StepState* fixed_steps(int64_t count);
+
   DeviceBuffer<double> totals_;
   DeviceBuffer<int> perm_;
+  DeviceBuffer<StepState> train_at_, fixed_at_;
+  int64_t step_ = 0;
   int epoch_ = 0;
+  bool use_graph_ = true;
+  StepGraph* graph_ = nullptr;
+  const void* graph_data_ = nullptr;  // the data set the graph was captured for
 };
 
 // The `vae train` command: everything a run writes goes under options.out_dir.
@@ -80,6 +97,7 @@ struct TrainRun {
   std::string resume;
   std::string device = "auto";
   bool quiet = false;
+  bool cuda_graph = true;  // --no-graph turns it off
 };
 int run_train(const TrainRun& run);
 

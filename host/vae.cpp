@@ -86,7 +86,7 @@ void Vae::forward(int batch, const NoiseKey& key, bool with_gradients) {
   }
   linear_forward(layout_.heads, h, batch, heads_.data(), Activation::identity);
   ops.latent_forward(heads_.data(), z_.data(), kl_.data(), batch, config_.latent, samples_, key.seed, key.stream,
-                     key.step, ctx_.stream());
+                     key.at, ctx_.stream());
   const int rows = batch * samples_;
   decode(z_.data(), rows);
   float* grad_out = with_gradients ? d_out_.data() : nullptr;
@@ -169,10 +169,9 @@ Optimizer::Optimizer(const DeviceContext& ctx, size_t n, OptimizerKind kind, con
       state1_(ctx, n),
       state2_(ctx, kind == OptimizerKind::adam ? n : 0) {}
 
-void Optimizer::step(float* params, const float* grads) {
-  ++steps_;
+void Optimizer::step(float* params, const float* grads, const StepState* at) {
   ctx_.ops().optimizer_step(kind_, hyper_, params, grads, state1_.data(), state2_.data(), static_cast<long long>(n_),
-                            steps_, ctx_.stream());
+                            at, ctx_.stream());
 }
 
 std::vector<std::string> optimizer_state_names(OptimizerKind kind) {

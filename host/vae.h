@@ -11,11 +11,11 @@
 
 namespace vae {
 
-// Which Philox numbers a pass draws: (seed, stream, step) keys them, nothing is stored.
+// Which Philox numbers a pass draws: (seed, stream, at->step) keys them, nothing is stored.
 struct NoiseKey {
   uint64_t seed = 1;
   RandomStream stream = RandomStream::latent_noise;
-  uint64_t step = 0;
+  const StepState* at = nullptr;  // device memory
 };
 
 class Vae {
@@ -72,9 +72,8 @@ class Vae {
 class Optimizer {
  public:
   Optimizer(const DeviceContext& ctx, size_t n, OptimizerKind kind, const OptimizerHyper& hyper);
-  void step(float* params, const float* grads);
-  long long steps() const { return steps_; }
-  void set_steps(long long s) { steps_ = s; }
+  // Queues one update; the step t = at->step + 1 is read on the device.
+  void step(float* params, const float* grads, const StepState* at);
   OptimizerKind kind() const { return kind_; }
   // State buffers, in the order of optimizer_state_names(kind()).
   DeviceBuffer<float>& state(size_t i) { return i == 0 ? state1_ : state2_; }
@@ -85,7 +84,6 @@ class Optimizer {
   size_t n_;
   OptimizerKind kind_;
   OptimizerHyper hyper_;
-  long long steps_ = 0;
   DeviceBuffer<float> state1_, state2_;
 };
 

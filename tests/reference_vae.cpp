@@ -200,7 +200,7 @@ std::vector<double> reference_noise(uint64_t seed, RandomStream stream, uint64_t
   for (int r = 0; r < batch; ++r)
     for (int l = 0; l < samples; ++l) {
       curandStatePhilox4_32_10_t st;
-      curand_init(seed, (step << 2) | static_cast<uint64_t>(stream), static_cast<uint64_t>(r * samples + l) * padded,
+      curand_init(seed, (step << 3) | static_cast<uint64_t>(stream), static_cast<uint64_t>(r * samples + l) * padded,
                   &st);
       for (int j = 0; j < latent; j += 4) {
         const float4 v = curand_normal4(&st);

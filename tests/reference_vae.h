@@ -23,7 +23,7 @@ struct ReferenceResult {
 ReferenceResult reference_vae(const ModelConfig& c, const std::vector<double>& params, const std::vector<double>& x,
                               int batch, int samples, const std::vector<double>& eps, bool with_grad = true);
 
-// ε as the latent kernel draws it: Philox4x32-10 keyed by curand_init(seed, (step << 2) | stream,
+// ε as the latent kernel draws it: Philox4x32-10 keyed by curand_init(seed, (step << 3) | stream,
 // (r * L + ℓ) * round_up(J, 4)), four normals per draw. The contract, written out independently.
 std::vector<double> reference_noise(uint64_t seed, RandomStream stream, uint64_t step, int batch, int samples,
                                     int latent);

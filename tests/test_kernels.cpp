@@ -30,6 +30,9 @@ class Kernels : public ::testing::TestWithParam<Target> {
   DeviceBuffer<T> upload(const std::vector<T>& v) {
     return DeviceBuffer<T>(*ctx_, v);
   }
+  DeviceBuffer<StepState> at(uint64_t step, int64_t offset = 0) {
+    return upload(std::vector<StepState>{{step, offset}});
+  }
   template <typename T>
   std::vector<T> download(const DeviceBuffer<T>& b) {
     ctx_->synchronize();
@@ -102,8 +105,9 @@ TEST_P(Kernels, LatentForwardMatchesPhiloxContractAndClosedFormKl) {
           auto heads = upload(heads0);
           DeviceBuffer<float> z(*ctx_, static_cast<size_t>(samples) * batch * latent), kl(*ctx_, batch);
           const uint64_t seed = 77, step = 12345;
+          auto step_at = at(step);
           ops().latent_forward(heads.data(), z.data(), kl.data(), batch, latent, samples, seed,
-                               RandomStream::latent_noise, step, stream());
+                               RandomStream::latent_noise, step_at.data(), stream());
           const auto eps = test::reference_noise(seed, RandomStream::latent_noise, step, batch, samples, latent);
           std::vector<double> want_z(z.size()), want_kl(batch);
           for (int r = 0; r < batch; ++r) {
@@ -257,7 +261,8 @@ TEST_P(Kernels, OptimizerSteps) {
       for (int step = 1; step <= 4; ++step) {
         const auto g = random_uniform(n, 10 + step, -1, 1);
         auto dg = upload(g);
-        ops().optimizer_step(kind, h, dp.data(), dg.data(), d1.data(), d2.data(), n, step, stream());
+        auto step_at = at(step - 1);  // t = at->step + 1
+        ops().optimizer_step(kind, h, dp.data(), dg.data(), d1.data(), d2.data(), n, step_at.data(), stream());
         for (long long i = 0; i < n; ++i) {
           const double gi = g[i] + h.weight_decay * p[i];
           if (kind == OptimizerKind::adam) {
@@ -302,20 +307,24 @@ TEST_P(Kernels, GatherBatch) {
     std::vector<double> want(x.size());
     for (int r = 0; r < batch; ++r)
       for (int d = 0; d < dim; ++d) want[r * dim + d] = u8[static_cast<size_t>(perm[offset + r]) * dim + d] / 255.0;
-    ops().gather_batch(du8.data(), PixelType::u8, dperm.data(), offset, batch, dim, x.data(), false, 1, 0, stream());
+    auto rows_at = at(0, offset);
+    ops().gather_batch(du8.data(), PixelType::u8, dperm.data(), batch, dim, x.data(), false, 1, RandomStream::binarize,
+                       rows_at.data(), stream());
     EXPECT_TRUE(all_near(download(x), want, 1e-7, 0));
-    ops().gather_batch(df32.data(), PixelType::f32, dperm.data(), offset, batch, dim, x.data(), false, 1, 0, stream());
+    ops().gather_batch(df32.data(), PixelType::f32, dperm.data(), batch, dim, x.data(), false, 1,
+                       RandomStream::binarize, rows_at.data(), stream());
     EXPECT_TRUE(all_near(download(x), want, 1e-7, 0));
 
     // Dynamic binarization: x = [u <= p] with u from Philox keyed by (seed, binarize, step, group).
     const uint64_t seed = 9, step = 4;
-    ops().gather_batch(du8.data(), PixelType::u8, dperm.data(), offset, batch, dim, x.data(), true, seed, step,
-                       stream());
+    auto binarize_at = at(step, offset);
+    ops().gather_batch(du8.data(), PixelType::u8, dperm.data(), batch, dim, x.data(), true, seed,
+                       RandomStream::binarize, binarize_at.data(), stream());
     const int groups = (dim + 3) / 4;
     for (int r = 0; r < batch; ++r)
       for (int gidx = 0; gidx < groups; ++gidx) {
         curandStatePhilox4_32_10_t st;
-        curand_init(seed, (step << 2) | static_cast<uint64_t>(RandomStream::binarize),
+        curand_init(seed, (step << 3) | static_cast<uint64_t>(RandomStream::binarize),
                     (static_cast<uint64_t>(r) * groups + gidx) * 4, &st);
         const float4 u = curand_uniform4(&st);
         const float uq[4] = {u.x, u.y, u.z, u.w};
@@ -326,6 +335,15 @@ TEST_P(Kernels, GatherBatch) {
       }
     EXPECT_TRUE(all_near(download(x), want, 0, 0));
   }
+}
+
+TEST_P(Kernels, AdvanceStep) {
+  auto state = at(41, 300);
+  ops().advance_step(state.data(), 129, stream());
+  ops().advance_step(state.data(), 7, stream());
+  const StepState got = download(state)[0];
+  EXPECT_EQ(got.step, 43u);
+  EXPECT_EQ(got.offset, 436);
 }
 
 TEST_P(Kernels, ShufflePermutation) {

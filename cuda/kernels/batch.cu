@@ -7,14 +7,16 @@ namespace vae::VAE_NS {
 __device__ __forceinline__ float pixel_value(uint8_t v) { return v * (1.f / 255.f); }
 __device__ __forceinline__ float pixel_value(float v) { return v; }
 
-// data is (N, D), perm is (N) or null for the identity, x is (B, D): rows offset .. offset+B−1
-// of the permuted order. Items are groups of 4 columns, so that one Philox draw serves a group.
+// data is (N, D), perm is (N) or null for the identity, x is (B, D): rows at->offset ..
+// at->offset + B − 1 of the permuted order. Items are groups of 4 columns, so that one Philox
+// draw serves a group.
 template <typename T>
-__global__ void gather_batch_kernel(const T* __restrict__ data, const int* __restrict__ perm, long long offset,
-                                    int batch, int dim, float* __restrict__ x, bool binarize, uint64_t seed,
-                                    uint64_t step) {
+__global__ void gather_batch_kernel(const T* __restrict__ data, const int* __restrict__ perm, int batch, int dim,
+                                    float* __restrict__ x, bool binarize, uint64_t seed, RandomStream rs,
+                                    const StepState* __restrict__ at) {
   const int groups = (dim + 3) / 4;
   const long long n = static_cast<long long>(batch) * groups;
+  const long long offset = at->offset;
   VAE_ELEMENT_LOOP(i, n) {
     const int r = static_cast<int>(i / groups);
     const int d0 = static_cast<int>(i % groups) * 4;
@@ -23,7 +25,7 @@ __global__ void gather_batch_kernel(const T* __restrict__ data, const int* __res
     float* out = x + static_cast<long long>(r) * dim;
     if (binarize) {
       curandStatePhilox4_32_10_t state;
-      philox_init(seed, RandomStream::binarize, step, static_cast<uint64_t>(i) * 4, &state);
+      philox_init(seed, rs, at->step, static_cast<uint64_t>(i) * 4, &state);
       const float4 u = curand_uniform4(&state);  // in (0, 1]: pixel 0 never fires, 1 always
       const float uq[4] = {u.x, u.y, u.z, u.w};
       for (int q = 0; q < 4 && d0 + q < dim; ++q) out[d0 + q] = uq[q] <= pixel_value(in[d0 + q]) ? 1.f : 0.f;
@@ -33,19 +35,28 @@ __global__ void gather_batch_kernel(const T* __restrict__ data, const int* __res
   }
 }
 
-void gather_batch(const void* data, PixelType type, const int* perm, long long offset, int batch, int dim, float* x,
-                  bool binarize, uint64_t seed, uint64_t step, cudaStream_t stream) {
+__global__ void advance_step_kernel(StepState* at, int batch) {
+  at->step += 1;
+  at->offset += batch;
+}
+
+void gather_batch(const void* data, PixelType type, const int* perm, int batch, int dim, float* x, bool binarize,
+                  uint64_t seed, RandomStream rs, const StepState* at, cudaStream_t stream) {
   const long long n = static_cast<long long>(batch) * ((dim + 3) / 4);
   if (n == 0) return;
   constexpr int kBlock = 256;
   const int grid = elementwise_grid(n, kBlock);
   if (type == PixelType::u8) {
-    VAE_LAUNCH(gather_batch_kernel<uint8_t>, grid, kBlock, 0, stream, static_cast<const uint8_t*>(data), perm, offset,
-               batch, dim, x, binarize, seed, step);
+    VAE_LAUNCH(gather_batch_kernel<uint8_t>, grid, kBlock, 0, stream, static_cast<const uint8_t*>(data), perm, batch,
+               dim, x, binarize, seed, rs, at);
   } else {
-    VAE_LAUNCH(gather_batch_kernel<float>, grid, kBlock, 0, stream, static_cast<const float*>(data), perm, offset,
-               batch, dim, x, binarize, seed, step);
+    VAE_LAUNCH(gather_batch_kernel<float>, grid, kBlock, 0, stream, static_cast<const float*>(data), perm, batch, dim,
+               x, binarize, seed, rs, at);
   }
+}
+
+void advance_step(StepState* at, int batch, cudaStream_t stream) {
+  VAE_LAUNCH(advance_step_kernel, 1, 1, 0, stream, at, batch);
 }
 
 }  // namespace vae::VAE_NS

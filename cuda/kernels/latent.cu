@@ -8,7 +8,8 @@ namespace vae::VAE_NS {
 // (row ℓ*B + r is sample ℓ of datapoint r). kl is (B).
 __global__ void latent_forward_kernel(const float* __restrict__ heads, float* __restrict__ z, float* __restrict__ kl,
                                       int batch, int latent, int samples, uint64_t seed, RandomStream rs,
-                                      uint64_t step) {
+                                      const StepState* __restrict__ at) {
+  const uint64_t step = at->step;
   const long long n = static_cast<long long>(batch) * samples;
   VAE_ELEMENT_LOOP(t, n) {
     const int s = static_cast<int>(t / batch);
@@ -57,13 +58,13 @@ __global__ void latent_backward_kernel(const float* __restrict__ heads, const fl
 }
 
 void latent_forward(const float* heads, float* z, float* kl, int batch, int latent, int samples, uint64_t seed,
-                    RandomStream rs, uint64_t step, cudaStream_t stream) {
+                    RandomStream rs, const StepState* at, cudaStream_t stream) {
   VAE_REQUIRE(batch >= 0 && latent > 0 && samples > 0, "latent_forward: bad shape");
   const long long n = static_cast<long long>(batch) * samples;
   if (n == 0) return;
   constexpr int kBlock = 128;
   VAE_LAUNCH(latent_forward_kernel, elementwise_grid(n, kBlock), kBlock, 0, stream, heads, z, kl, batch, latent,
-             samples, seed, rs, step);
+             samples, seed, rs, at);
 }
 
 void latent_backward(const float* heads, const float* z, const float* grad_z, float* grad_heads, int batch, int latent,

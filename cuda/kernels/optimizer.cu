@@ -5,11 +5,17 @@
 namespace vae::VAE_NS {
 
 // params, grads, state1, state2 are (n). Adam: state1 = m, state2 = v. Adagrad: state1 = Σ g².
-// SGD: state1 = velocity. A template per kind keeps the element loop free of branches.
+// SGD: state1 = velocity. A template per kind keeps the element loop free of branches. The step
+// t = at->step + 1 counts from 1.
 template <OptimizerKind kind>
 __global__ void optimizer_step_kernel(OptimizerHyper h, float* __restrict__ params, const float* __restrict__ grads,
-                                      float* __restrict__ state1, float* __restrict__ state2, long long n, float bias1,
-                                      float bias2) {
+                                      float* __restrict__ state1, float* __restrict__ state2, long long n,
+                                      const StepState* __restrict__ at) {
+  // Adam's bias corrections for step t = at->step + 1, in double: 1 − β^t loses float precision
+  // late in training.
+  const double t = static_cast<double>(at->step + 1);
+  const float bias1 = static_cast<float>(1.0 - pow(static_cast<double>(h.beta1), t));
+  const float bias2 = static_cast<float>(1.0 - pow(static_cast<double>(h.beta2), t));
   VAE_ELEMENT_LOOP(i, n) {
     const float g = grads[i] + h.weight_decay * params[i];
     if constexpr (kind == OptimizerKind::adam) {
@@ -31,26 +37,22 @@ __global__ void optimizer_step_kernel(OptimizerHyper h, float* __restrict__ para
 }
 
 void optimizer_step(OptimizerKind kind, const OptimizerHyper& hyper, float* params, const float* grads, float* state1,
-                    float* state2, long long n, long long step, cudaStream_t stream) {
-  VAE_REQUIRE(step >= 1, "optimizer_step: steps count from 1");
+                    float* state2, long long n, const StepState* at, cudaStream_t stream) {
   if (n == 0) return;
-  // Bias corrections in double on the host: 1 − β^t underflows float precision late in training.
-  const float bias1 = static_cast<float>(1.0 - std::pow(static_cast<double>(hyper.beta1), static_cast<double>(step)));
-  const float bias2 = static_cast<float>(1.0 - std::pow(static_cast<double>(hyper.beta2), static_cast<double>(step)));
   constexpr int kBlock = 256;
   const int grid = elementwise_grid(n, kBlock);
   switch (kind) {
     case OptimizerKind::adam:
       VAE_LAUNCH(optimizer_step_kernel<OptimizerKind::adam>, grid, kBlock, 0, stream, hyper, params, grads, state1,
-                 state2, n, bias1, bias2);
+                 state2, n, at);
       break;
     case OptimizerKind::adagrad:
       VAE_LAUNCH(optimizer_step_kernel<OptimizerKind::adagrad>, grid, kBlock, 0, stream, hyper, params, grads, state1,
-                 state2, n, bias1, bias2);
+                 state2, n, at);
       break;
     case OptimizerKind::sgd:
       VAE_LAUNCH(optimizer_step_kernel<OptimizerKind::sgd>, grid, kBlock, 0, stream, hyper, params, grads, state1,
-                 state2, n, bias1, bias2);
+                 state2, n, at);
       break;
   }
 }

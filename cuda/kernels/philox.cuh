@@ -10,7 +10,7 @@ namespace vae::VAE_NS {
 // (rounded up to a multiple of 4, as curand's 4-wide draws consume whole counters).
 __device__ __forceinline__ void philox_init(uint64_t seed, RandomStream stream, uint64_t step, uint64_t index,
                                             curandStatePhilox4_32_10_t* state) {
-  curand_init(seed, (step << 2) | static_cast<uint64_t>(stream), index, state);
+  curand_init(seed, (step << 3) | static_cast<uint64_t>(stream), index, state);
 }
 
 __host__ __device__ __forceinline__ int round_up4(int n) { return (n + 3) & ~3; }

@@ -20,8 +20,16 @@ struct OptimizerHyper {
   float weight_decay = 0;  // L2 term added to the gradient, as torch.optim does
 };
 
-// Independent Philox streams, so that no two uses of the seed share numbers.
-enum class RandomStream : uint64_t { latent_noise = 0, binarize = 1, eval_noise = 2, prior = 3 };
+// Independent Philox streams, so that no two uses of the seed share numbers (at most 8).
+enum class RandomStream : uint64_t { latent_noise = 0, binarize = 1, eval_noise = 2, eval_binarize = 3, prior = 4 };
+
+// Where a pass stands, in device memory: kernels read the step (random-number key, Adam's bias
+// correction) and the batch offset from here, so one captured CUDA graph serves every step;
+// advance_step moves it on at the end of a training step.
+struct StepState {
+  uint64_t step = 0;   // optimizer steps taken before this one
+  int64_t offset = 0;  // first row of this batch in the (permuted) data set
+};
 
 // Row-major GEMM: C[m,n] = alpha * op(A)[m,k] * op(B)[k,n] + beta * C.
 struct GemmOp {
