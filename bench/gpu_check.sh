@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# One call on a machine with a GPU: build for the card, run the whole test suite on it (GPU tests
+# must run, not skip), compare GPU and CPU training, run the benchmarks, print a summary table
+# last. Full logs go into the report folder (at most 7 files, for the device tool's $OUT).
+#
+#   bench/gpu_check.sh REPORT_DIR
+#
+# Where the machine lacks the Debian packages the build needs and cannot fetch them, prepare
+# .gpu-deps/ here with bench/gpu_deps.sh and carry it along: this script unpacks it under /tmp
+# (never into /) and points the build at it. Meant to finish in under 9 minutes on 16 cores.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+report=${1:?usage: bench/gpu_check.sh REPORT_DIR}
+mkdir -p "$report"
+report=$(cd "$report" && pwd)
+export PATH="$PATH:/usr/local/cuda/bin"
+jobs=$(nproc)
+t_start=$(date +%s)
+rows=()
+failed=0
+
+# record NAME STATUS DETAIL
+record() {
+  rows+=("$1|$2|$3")
+  [ "$2" = ok ] || failed=1
+}
+
+elapsed() { echo $(($(date +%s) - $1)); }
+
+# ---- machine --------------------------------------------------------------------------------
+{
+  date -u
+  nvidia-smi || true
+  nvcc --version || true
+  "${CXX:-g++}" --version | head -1 || true
+  cmake --version | head -1 || true
+  git rev-parse HEAD 2>/dev/null || true
+} >"$report/machine.log" 2>&1
+gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
+cc=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d .)
+arch=${VAE_CUDA_ARCH:-${cc:-90}}
+record machine "$([ -n "$gpu" ] && echo ok || echo FAIL)" "${gpu:-no GPU found} (sm_$arch)"
+
+# ---- carried dependencies -------------------------------------------------------------------
+cmake_deps=()
+if [ -d .gpu-deps/debs ]; then
+  deps=/tmp/vae-gpu-deps
+  rm -rf "$deps" && mkdir -p "$deps"
+    for f in .gpu-deps/debs/*.deb; do
+    if command -v dpkg-deb >/dev/null; then
+      dpkg-deb -x "$f" "$deps"
+    else  # a .deb is an ar archive holding data.tar.{xz,zst,gz}
+      member=$(ar t "$f" | grep '^data.tar')
+      ar p "$f" "$member" | tar -x -a -f - -C "$deps" 2>/dev/null || ar p "$f" "$member" | tar -xJ -C "$deps"
+    fi
+  done
+  inc=$deps/usr/include
+  lib=$deps/usr/lib/x86_64-linux-gnu
+  # Debian's alternatives would link these; dpkg-deb -x does not.
+  ln -sf openblas-pthread/cblas.h "$inc/x86_64-linux-gnu/cblas.h"
+  export CPATH="$inc:$inc/x86_64-linux-gnu${CPATH:+:$CPATH}"
+  export LIBRARY_PATH="$lib:$lib/openblas-pthread${LIBRARY_PATH:+:$LIBRARY_PATH}"
+  export LD_LIBRARY_PATH="$lib:$lib/openblas-pthread${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  cmake_deps=(-DCMAKE_PREFIX_PATH="$deps/usr;$deps/usr/lib/x86_64-linux-gnu/cmake"
+    -DBLAS_LIBRARIES="$lib/openblas-pthread/libopenblas.so.0")
+  record deps ok "unpacked $(ls .gpu-deps/debs | wc -l) packages under $deps"
+fi
+if [ ! -d /usr/share/datasets/fashion-mnist ] && [ -d .gpu-deps/fashion-mnist ]; then
+  mkdir -p /usr/share/datasets && cp -r .gpu-deps/fashion-mnist /usr/share/datasets/
+fi
+
+# ---- build ----------------------------------------------------------------------------------
+t=$(date +%s)
+if cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DVAE_WITH_CUDA=ON -DVAE_CUDA_ARCHITECTURES="$arch" \
+  "${cmake_deps[@]}" >"$report/build.log" 2>&1 && cmake --build build-gpu -j "$jobs" >>"$report/build.log" 2>&1; then
+  record build ok "sm_$arch, $(elapsed "$t") s"
+else
+  record build FAIL "see build.log"
+  tail -30 "$report/build.log"
+fi
+
+# ---- the whole test suite on the GPU --------------------------------------------------------
+if [ -x build-gpu/host/vae ]; then
+  t=$(date +%s)
+  ctest --test-dir build-gpu --output-on-failure -j 4 --timeout 300 >"$report/tests.log" 2>&1
+  rc=$?
+  total=$(grep -oE 'out of [0-9]+' "$report/tests.log" | tail -1 | grep -oE '[0-9]+')
+  skipped=$(grep -cE '\(Skipped\)$' "$report/tests.log")
+  failed_tests=$(grep -cE '\((Failed|Timeout|SEGFAULT|Child aborted|Subprocess aborted)\)' "$report/tests.log")
+  if [ "$rc" -eq 0 ] && [ "$skipped" -eq 0 ]; then
+    record tests ok "${total:-?} tests, none skipped, $(elapsed "$t") s"
+  else
+    record tests FAIL "${total:-?} tests: $failed_tests failed, $skipped skipped (GPU tests must run)"
+    grep -E '\((Failed|Skipped|Timeout)' "$report/tests.log" | head -20
+  fi
+
+  # ---- GPU against CPU: 200 steps of the default model, same seed ----------------------------
+  t=$(date +%s)
+  {
+    for dev in cuda cpu; do
+      rm -rf "/tmp/vae-200-$dev"
+      build-gpu/host/vae train --device "$dev" --train-limit 25600 --test-limit 10000 --epochs 1 --quiet \
+        --out "/tmp/vae-200-$dev" && cat "/tmp/vae-200-$dev/metrics.jsonl"
+    done
+  } >"$report/train.log" 2>&1
+  read -r gpu_elbo cpu_elbo < <(python3 - <<'PY' 2>>"$report/train.log"
+import json
+g = json.loads(open("/tmp/vae-200-cuda/metrics.jsonl").readline())
+c = json.loads(open("/tmp/vae-200-cpu/metrics.jsonl").readline())
+print(g["test_elbo"], c["test_elbo"])
+PY
+  )
+  if [ -n "${gpu_elbo:-}" ] && python3 -c "import sys; sys.exit(0 if abs($gpu_elbo - $cpu_elbo) < 1.0 else 1)"; then
+    record gpu_vs_cpu ok "200 steps: test ELBO GPU $gpu_elbo, CPU $cpu_elbo (tolerance 1 nat)"
+  else
+    record gpu_vs_cpu FAIL "200 steps: test ELBO GPU ${gpu_elbo:-?}, CPU ${cpu_elbo:-?} (tolerance 1 nat)"
+  fi
+
+  # ---- benchmarks -----------------------------------------------------------------------------
+  t=$(date +%s)
+  {
+    build-gpu/bench/bench_hostexec
+    for args in "--batch 128" "--batch 512" "--batch 128 --hidden 100"; do
+      build-gpu/bench/bench_step --device cuda $args --steps 300
+    done
+    build-gpu/bench/bench_step --device cpu --batch 128 --steps 100
+    for graph in "" "--no-graph"; do
+      rm -rf /tmp/vae-bench
+      echo "vae train --device cuda --epochs 3 $graph (30000 images)"
+      build-gpu/host/vae train --device cuda --epochs 3 --quiet --out /tmp/vae-bench $graph &&
+        cat /tmp/vae-bench/metrics.jsonl
+    done
+  } >"$report/bench.log" 2>&1
+  brc=$?
+  graph_sps=$(grep -m1 '"cuda_graph":true' "$report/bench.log" | python3 -c "import json,sys; print(round(json.loads(sys.stdin.read())['samples_per_second']))" 2>/dev/null)
+  record bench "$([ $brc -eq 0 ] && echo ok || echo FAIL)" "see bench.log; default model with graph: ${graph_sps:-?} samples/s"
+fi
+
+# ---- summary (last) -------------------------------------------------------------------------
+{
+  echo "gpu_check on ${gpu:-?}, commit $(git rev-parse --short HEAD 2>/dev/null || echo ?), $(date -u +%F), $(elapsed "$t_start") s"
+  printf '%-12s %-6s %s\n' step status detail
+  for r in "${rows[@]}"; do
+    IFS='|' read -r name status detail <<<"$r"
+    printf '%-12s %-6s %s\n' "$name" "$status" "$detail"
+  done
+  grep -E '^(phase|gather|forward|backward|optimizer|step|bench_step|barriers|elementwise)' "$report/bench.log" 2>/dev/null
+} | tee "$report/summary.txt"
+exit $failed

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Prepares .gpu-deps/ (git-ignored) for bench/gpu_check.sh on a GPU machine that cannot reach a
+# package registry: the Debian packages the build needs beyond the CUDA image, as .deb files,
+# and a slice of Fashion-MNIST (30000 training images, the whole test set). Run it here, where
+# apt works, then name .gpu-deps in the device tool's `carry`. About 40 MiB.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=.gpu-deps
+rm -rf "$out"
+mkdir -p "$out/debs" "$out/fashion-mnist"
+packages=(
+  libboost-context1.74-dev libboost-context1.74.0 libboost1.74-dev
+  libopenblas0-pthread libopenblas-pthread-dev libopenblas-dev libopenblas0 libgfortran5
+  libgtest-dev googletest libcli11-dev nlohmann-json3-dev
+  libpng-dev libpng16-16 zlib1g-dev
+)
+(cd "$out/debs" && apt-get download "${packages[@]}" >/dev/null 2>&1) || {
+  echo "gpu_deps: apt-get download failed (run apt-get update?)" >&2
+  exit 1
+}
+src=/usr/share/datasets/fashion-mnist
+[ -d "$src" ] || { echo "gpu_deps: $src missing: run cmake/setup.sh first" >&2; exit 1; }
+cp "$src/t10k-images-idx3-ubyte.gz" "$out/fashion-mnist/"
+python3 - "$src/train-images-idx3-ubyte.gz" "$out/fashion-mnist/train-images-idx3-ubyte.gz" 30000 <<'PY'
+import gzip, struct, sys
+src, dst, keep = sys.argv[1], sys.argv[2], int(sys.argv[3])
+data = gzip.open(src).read()
+magic, n, h, w = struct.unpack(">IIII", data[:16])
+keep = min(keep, n)
+with gzip.open(dst, "wb") as f:
+    f.write(struct.pack(">IIII", magic, keep, h, w) + data[16:16 + keep * h * w])
+PY
+du -sh "$out"
