@@ -321,6 +321,7 @@ int run_train(const TrainRun& run) {
   DeviceContext ctx(target, config.tf32);
   Trainer trainer(ctx, config);
   trainer.set_use_graph(run.cuda_graph);
+  trainer.set_fused_encoder(run.fused_encoder);
   if (!run.resume.empty()) trainer.restore(resumed);
   const DeviceDataset train_dev(ctx, train), test_dev(ctx, test);
 
@@ -365,7 +366,8 @@ int run_train(const TrainRun& run) {
                         {"samples_per_second", tr.n / seconds},
                         {"device", ctx.description()},
                         {"tf32", ctx.tf32()},
-                        {"cuda_graph", trainer.graph_in_use()}};
+                        {"cuda_graph", trainer.graph_in_use()},
+                        {"fused_encoder", trainer.model().fused_encoder()}};
     save_checkpoint(ckpt_path, trainer.checkpoint());
     const int H = config.model.image_height, W = config.model.image_width;
     write_png_grid((fs::path(out_dir) / ("samples_" + std::to_string(epoch) + ".png")).string(),

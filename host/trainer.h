@@ -50,6 +50,8 @@ class Trainer {
   // Full batches replay one captured CUDA graph of the whole step where the target has graphs
   // (the GPU); off, the same kernels are launched one by one.
   void set_use_graph(bool on) { use_graph_ = on; }
+  // The encoder through the fused kernel (see Vae::set_fused_encoder).
+  void set_fused_encoder(bool on) { vae_.set_fused_encoder(on); }
   bool graph_in_use() const { return graph_ != nullptr; }
   // Continues from a checkpoint of the same configuration.
   void restore(const Checkpoint& ckpt);
@@ -98,6 +100,7 @@ struct TrainRun {
   std::string device = "auto";
   bool quiet = false;
   bool cuda_graph = true;  // --no-graph turns it off
+  bool fused_encoder = false;
 };
 int run_train(const TrainRun& run);
 

@@ -79,14 +79,40 @@ void Vae::decode(const float* z, int rows) {
 void Vae::forward(int batch, const NoiseKey& key, bool with_gradients) {
   VAE_REQUIRE(batch > 0 && batch <= max_batch_, "Vae::forward: batch out of range");
   const auto& ops = ctx_.ops();
-  const float* h = x_.data();
-  for (size_t i = 0; i < layout_.encoder.size(); ++i) {
-    linear_forward(layout_.encoder[i], h, batch, enc_h_[i].data(), config_.activation);
-    h = enc_h_[i].data();
+  if (fused_encoder_) {
+    FusedEncoderArgs a;
+    a.x = x_.data();
+    a.batch = batch;
+    a.input_dim = config_.input_dim;
+    a.hidden_layers = static_cast<int>(layout_.encoder.size());
+    for (int l = 0; l < a.hidden_layers; ++l) {
+      a.width[l] = layout_.encoder[l].out;
+      a.weight[l] = params_.data() + layout_.encoder[l].weight;
+      a.bias[l] = params_.data() + layout_.encoder[l].bias;
+      a.hidden[l] = enc_h_[l].data();
+    }
+    a.activation = config_.activation;
+    a.heads_weight = params_.data() + layout_.heads.weight;
+    a.heads_bias = params_.data() + layout_.heads.bias;
+    a.heads = heads_.data();
+    a.latent = config_.latent;
+    a.samples = samples_;
+    a.z = z_.data();
+    a.kl = kl_.data();
+    a.seed = key.seed;
+    a.stream = key.stream;
+    a.at = key.at;
+    ops.fused_encoder_forward(a, ctx_.stream());
+  } else {
+    const float* h = x_.data();
+    for (size_t i = 0; i < layout_.encoder.size(); ++i) {
+      linear_forward(layout_.encoder[i], h, batch, enc_h_[i].data(), config_.activation);
+      h = enc_h_[i].data();
+    }
+    linear_forward(layout_.heads, h, batch, heads_.data(), Activation::identity);
+    ops.latent_forward(heads_.data(), z_.data(), kl_.data(), batch, config_.latent, samples_, key.seed, key.stream,
+                       key.at, ctx_.stream());
   }
-  linear_forward(layout_.heads, h, batch, heads_.data(), Activation::identity);
-  ops.latent_forward(heads_.data(), z_.data(), kl_.data(), batch, config_.latent, samples_, key.seed, key.stream,
-                     key.at, ctx_.stream());
   const int rows = batch * samples_;
   decode(z_.data(), rows);
   float* grad_out = with_gradients ? d_out_.data() : nullptr;

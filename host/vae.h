@@ -33,6 +33,11 @@ class Vae {
   // (max_batch, D): the batch kernel writes the pass's input here.
   float* input() { return x_.data(); }
 
+  // Encoder forward through the fused kernel (hidden layers, heads and latent stage in one
+  // launch) instead of GEMMs + epilogues + the latent kernel. The same function either way.
+  void set_fused_encoder(bool on) { fused_encoder_ = on && layout_.encoder.size() <= kMaxFusedLayers; }
+  bool fused_encoder() const { return fused_encoder_; }
+
   // Forward over the first `batch` rows of input(): log p(x|z) per (sample, row), KL per row.
   // With gradients, also dLoss/d(decoder output) for loss = −(1/B) Σ_r ELBO_r.
   void forward(int batch, const NoiseKey& key, bool with_gradients);
@@ -61,6 +66,7 @@ class Vae {
   ParamLayout layout_;
   int max_batch_, samples_;
   int out_cols_;  // D or 2D
+  bool fused_encoder_ = false;
   DeviceBuffer<float> params_, grads_;
   DeviceBuffer<float> x_, heads_, z_, kl_, out_, log_prob_;
   std::vector<DeviceBuffer<float>> enc_h_, dec_h_;  // activations per hidden layer

@@ -34,7 +34,8 @@ struct EpochRun {
   bool graph;
 };
 
-EpochRun train_one_epoch(Target target, const TrainConfig& config, const Dataset& train, const Dataset& test, bool graph) {
+EpochRun train_one_epoch(Target target, const TrainConfig& config, const Dataset& train, const Dataset& test,
+                         bool graph) {
   DeviceContext ctx(target, false);
   Trainer t(ctx, config);
   t.set_use_graph(graph);

@@ -337,6 +337,98 @@ TEST_P(Kernels, GatherBatch) {
   }
 }
 
+TEST_P(Kernels, FusedEncoderForward) {
+  FOR_EACH_SHAPE(GetParam()) {
+    for (auto [batch, hidden, latent, samples] : {std::tuple{1, std::vector<int>{5}, 1, 1},
+                                                  {7, std::vector<int>{33}, 3, 3},
+                                                  {129, std::vector<int>{33, 5}, 20, 1},
+                                                  {9, std::vector<int>{}, 3, 2},
+                                                  {17, std::vector<int>{7, 6, 5, 4}, 2, 1}}) {
+      for (Activation act : {Activation::relu, Activation::tanh}) {
+        const int D = 37;
+        std::vector<int> widths = hidden;
+        widths.push_back(2 * latent);
+        // Weights and biases of each layer, nn.Linear layout.
+        std::vector<std::vector<float>> w, b;
+        int in = D;
+        for (size_t l = 0; l < widths.size(); ++l) {
+          w.push_back(random_uniform(static_cast<size_t>(widths[l]) * in, 50 + l, -0.4f, 0.4f));
+          b.push_back(random_uniform(widths[l], 60 + l, -0.2f, 0.2f));
+          in = widths[l];
+        }
+        const auto x0 = random_uniform(static_cast<size_t>(batch) * D, batch, 0, 1);
+        std::vector<DeviceBuffer<float>> dw, db, dh;
+        for (size_t l = 0; l < widths.size(); ++l) {
+          dw.push_back(upload(w[l]));
+          db.push_back(upload(b[l]));
+          dh.push_back(DeviceBuffer<float>(*ctx_, static_cast<size_t>(batch) * widths[l]));
+        }
+        auto x = upload(x0);
+        DeviceBuffer<float> z(*ctx_, static_cast<size_t>(samples) * batch * latent), kl(*ctx_, batch);
+        auto step_at = at(3);
+        FusedEncoderArgs a;
+        a.x = x.data();
+        a.batch = batch;
+        a.input_dim = D;
+        a.hidden_layers = static_cast<int>(hidden.size());
+        for (int l = 0; l < a.hidden_layers; ++l) {
+          a.width[l] = widths[l];
+          a.weight[l] = dw[l].data();
+          a.bias[l] = db[l].data();
+          a.hidden[l] = dh[l].data();
+        }
+        a.activation = act;
+        a.heads_weight = dw.back().data();
+        a.heads_bias = db.back().data();
+        a.heads = dh.back().data();
+        a.latent = latent;
+        a.samples = samples;
+        a.z = z.data();
+        a.kl = kl.data();
+        a.seed = 21;
+        a.at = step_at.data();
+        ops().fused_encoder_forward(a, stream());
+
+        // float64 reference, layer by layer.
+        std::vector<double> h(x0.begin(), x0.end());
+        in = D;
+        for (size_t l = 0; l < widths.size(); ++l) {
+          const bool heads = l + 1 == widths.size();
+          std::vector<double> out(static_cast<size_t>(batch) * widths[l]);
+          for (int r = 0; r < batch; ++r)
+            for (int n = 0; n < widths[l]; ++n) {
+              double s = b[l][n];
+              for (int k = 0; k < in; ++k)
+                s += h[static_cast<size_t>(r) * in + k] * w[l][static_cast<size_t>(n) * in + k];
+              out[static_cast<size_t>(r) * widths[l] + n] = heads                     ? s
+                                                            : act == Activation::relu ? std::max(s, 0.0)
+                                                                                      : std::tanh(s);
+            }
+          EXPECT_TRUE(all_near(download(dh[l]), out, 1e-5, 1e-5)) << "layer " << l << ", batch " << batch;
+          h = out;
+          in = widths[l];
+        }
+        const auto eps = test::reference_noise(21, RandomStream::latent_noise, 3, batch, samples, latent);
+        std::vector<double> want_z(z.size()), want_kl(batch);
+        for (int r = 0; r < batch; ++r) {
+          double s = 0;
+          for (int j = 0; j < latent; ++j) {
+            const double mu = h[r * 2 * latent + j], lv = h[r * 2 * latent + latent + j];
+            s += 1 + lv - mu * mu - std::exp(lv);
+            for (int l = 0; l < samples; ++l) {
+              const size_t zi = (static_cast<size_t>(l) * batch + r) * latent + j;
+              want_z[zi] = mu + std::exp(0.5 * lv) * eps[zi];
+            }
+          }
+          want_kl[r] = -0.5 * s;
+        }
+        EXPECT_TRUE(all_near(download(z), want_z, 2e-5, 2e-5)) << "z, batch " << batch;
+        EXPECT_TRUE(all_near(download(kl), want_kl, 1e-4, 1e-5)) << "KL, batch " << batch;
+      }
+    }
+  }
+}
+
 TEST_P(Kernels, AdvanceStep) {
   auto state = at(41, 300);
   ops().advance_step(state.data(), 129, stream());

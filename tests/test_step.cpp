@@ -56,6 +56,7 @@ struct StepCase {
   DecoderKind decoder;
   Activation activation;
   int samples;
+  bool fused_encoder = false;
 };
 
 class WholeStep : public ::testing::TestWithParam<std::tuple<Target, StepCase>> {};
@@ -73,6 +74,7 @@ TEST_P(WholeStep, LossAndEveryGradientMatchReference) {
                                          {7, std::vector<int>{}, 3}}) {
       const ModelConfig c = small_config(sc.decoder, sc.activation, hidden, latent, 37);
       Vae vae(ctx, c, batch + 3, sc.samples);  // capacity above the batch: offsets must not matter
+      vae.set_fused_encoder(sc.fused_encoder);
       const auto params = init_parameters(c, vae.layout(), 100 + batch);
       vae.params().upload(params);
       // Random pixels in [0, 1] and a small perturbation of the biases, away from zero.
@@ -104,16 +106,17 @@ TEST_P(WholeStep, LossAndEveryGradientMatchReference) {
 }
 
 const StepCase kCases[] = {
-    {DecoderKind::bernoulli, Activation::relu, 1}, {DecoderKind::bernoulli, Activation::tanh, 3},
-    {DecoderKind::gaussian, Activation::relu, 3},  {DecoderKind::gaussian, Activation::tanh, 1},
-    {DecoderKind::bernoulli, Activation::relu, 3}, {DecoderKind::gaussian, Activation::tanh, 3},
+    {DecoderKind::bernoulli, Activation::relu, 1},       {DecoderKind::bernoulli, Activation::tanh, 3},
+    {DecoderKind::gaussian, Activation::relu, 3},        {DecoderKind::gaussian, Activation::tanh, 1},
+    {DecoderKind::bernoulli, Activation::relu, 3},       {DecoderKind::gaussian, Activation::tanh, 3},
+    {DecoderKind::bernoulli, Activation::relu, 1, true}, {DecoderKind::gaussian, Activation::tanh, 3, true},
 };
 
 std::string step_case_name(const ::testing::TestParamInfo<std::tuple<Target, StepCase>>& info) {
   const Target t = std::get<0>(info.param);
   const StepCase& sc = std::get<1>(info.param);
   return std::string(target_name(t)) + "_" + decoder_name(sc.decoder) + "_" + activation_name(sc.activation) + "_L" +
-         std::to_string(sc.samples);
+         std::to_string(sc.samples) + (sc.fused_encoder ? "_fused" : "");
 }
 
 INSTANTIATE_TEST_SUITE_P(Cases, WholeStep,

@@ -1,31 +1,8 @@
 // Dense layer epilogue: bias + activation forward, and its backward (activation derivative
 // and the bias gradient). The GEMMs around it go through the GEMM interface.
-#include "runtime/compat.cuh"
+#include "kernels/activation.cuh"
 
 namespace vae::VAE_NS {
-
-__device__ __forceinline__ float activate(float a, Activation act) {
-  switch (act) {
-    case Activation::relu:
-      return a > 0.f ? a : 0.f;
-    case Activation::tanh:
-      return tanhf(a);
-    default:
-      return a;
-  }
-}
-
-// Derivative expressed through the output h = act(a), so the pre-activation need not be kept.
-__device__ __forceinline__ float activation_grad(float h, Activation act) {
-  switch (act) {
-    case Activation::relu:
-      return h > 0.f ? 1.f : 0.f;
-    case Activation::tanh:
-      return 1.f - h * h;
-    default:
-      return 1.f;
-  }
-}
 
 // y is (rows, cols), bias is (cols).
 __global__ void dense_bias_activation_forward_kernel(float* __restrict__ y, const float* __restrict__ bias, int rows,

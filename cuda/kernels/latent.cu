@@ -1,6 +1,6 @@
 // Latent stage: ε ~ N(0, I) from Philox, the reparameterization z = μ + exp(½ log σ²) ⊙ ε,
 // the analytic KL(q(z|x) || N(0, I)) per row, and the backward pass of all three.
-#include "kernels/philox.cuh"
+#include "kernels/latent_sample.cuh"
 
 namespace vae::VAE_NS {
 
@@ -15,21 +15,7 @@ __global__ void latent_forward_kernel(const float* __restrict__ heads, float* __
     const int s = static_cast<int>(t / batch);
     const int r = static_cast<int>(t % batch);
     const float* mu = heads + static_cast<long long>(r) * 2 * latent;
-    const float* logvar = mu + latent;
-    float* zr = z + t * latent;
-    curandStatePhilox4_32_10_t state;
-    philox_init(seed, rs, step, (static_cast<uint64_t>(r) * samples + s) * round_up4(latent), &state);
-    for (int j = 0; j < latent; j += 4) {
-      const float4 eps = curand_normal4(&state);
-      const float e[4] = {eps.x, eps.y, eps.z, eps.w};
-      for (int q = 0; q < 4 && j + q < latent; ++q) zr[j + q] = mu[j + q] + expf(0.5f * logvar[j + q]) * e[q];
-    }
-    if (s == 0) {
-      // KL = -½ Σ_j (1 + log σ² - μ² - σ²)
-      float sum = 0.f;
-      for (int j = 0; j < latent; ++j) sum += 1.f + logvar[j] - mu[j] * mu[j] - expf(logvar[j]);
-      kl[r] = -0.5f * sum;
-    }
+    sample_latent(mu, mu + latent, latent, r, s, samples, seed, rs, step, z + t * latent, kl + r);
   }
 }
 

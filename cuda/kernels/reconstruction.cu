@@ -1,20 +1,12 @@
 // Reconstruction stage: log p(x|z) per row and its gradient w.r.t. the decoder output in one
 // pass, for the Bernoulli decoder (logits) and the Gaussian decoder (sigmoid mean, log
 // variance: the paper's Frey Face model); the decoder mean for images; and the batch totals.
-#include "runtime/compat.cuh"
+#include "kernels/lanes.cuh"
 
 namespace vae::VAE_NS {
 
 namespace {
 constexpr float kHalfLog2Pi = 0.91893853320467274f;
-
-// Row kernels: blockDim.x lanes share one row (strided over its columns, then a shuffle
-// reduction), blockDim.y rows per block. Lanes whose row is past the end still take part in
-// the shuffles, so masks stay full.
-__device__ __forceinline__ float lanes_sum(float v) {
-  for (int offset = blockDim.x / 2; offset > 0; offset /= 2) v += __shfl_down_sync(0xffffffffu, v, offset, blockDim.x);
-  return v;
-}
 
 __device__ __forceinline__ float sigmoid(float y) {
   const float e = expf(-fabsf(y));

@@ -31,6 +31,28 @@ struct StepState {
   int64_t offset = 0;  // first row of this batch in the (permuted) data set
 };
 
+// The fused encoder's inputs and outputs (cuda/kernels/encoder_fused.cu); device pointers.
+constexpr int kMaxFusedLayers = 4;
+struct FusedEncoderArgs {
+  const float* x = nullptr;  // (B, D)
+  int batch = 0, input_dim = 0;
+  int hidden_layers = 0;  // at most kMaxFusedLayers
+  int width[kMaxFusedLayers] = {};
+  const float* weight[kMaxFusedLayers] = {};  // (width[l], previous width), nn.Linear layout
+  const float* bias[kMaxFusedLayers] = {};
+  float* hidden[kMaxFusedLayers] = {};  // (B, width[l]) post-activation, for the backward pass
+  Activation activation = Activation::relu;
+  const float* heads_weight = nullptr;  // (2J, last width): μ rows, then log σ² rows
+  const float* heads_bias = nullptr;    // (2J)
+  float* heads = nullptr;               // (B, 2J)
+  int latent = 0, samples = 1;
+  float* z = nullptr;   // (L*B, J)
+  float* kl = nullptr;  // (B)
+  uint64_t seed = 0;
+  RandomStream stream = RandomStream::latent_noise;
+  const StepState* at = nullptr;
+};
+
 // Row-major GEMM: C[m,n] = alpha * op(A)[m,k] * op(B)[k,n] + beta * C.
 struct GemmOp {
   bool trans_a = false, trans_b = false;
