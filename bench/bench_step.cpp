@@ -1,6 +1,6 @@
 // Time of one SGVB training step by phase (batch gather, forward, backward, optimizer) for a
 // model shape, on the CPU or the GPU. Prints a table; `--device cuda` on a machine with a GPU.
-//   bench_step [--device cpu|cuda] [--batch 128] [--hidden 400] [--latent 20] [--steps 200]
+//   bench_step [--device cpu|cuda] [--batch 128] [--hidden 400] [--latent 20] [--steps 200] [--fused-encoder 0|1]
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -19,7 +19,7 @@ using namespace vae;
 int main(int argc, char** argv) {
   vae::reexec_with_better_openblas_core(argv);
   std::string device = "auto";
-  int batch = 128, hidden = 400, latent = 20, steps = 200, dim = 784;
+  int batch = 128, hidden = 400, latent = 20, steps = 200, dim = 784, fused = 0;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string k = argv[i];
     const char* v = argv[i + 1];
@@ -33,6 +33,8 @@ int main(int argc, char** argv) {
       latent = std::atoi(v);
     else if (k == "--steps")
       steps = std::atoi(v);
+    else if (k == "--fused-encoder")
+      fused = std::atoi(v);
     else {
       std::fprintf(stderr, "bench_step: unknown flag %s\n", argv[i]);
       return 2;
@@ -44,6 +46,7 @@ int main(int argc, char** argv) {
   mc.hidden = {hidden};
   mc.latent = latent;
   Vae model(ctx, mc, batch, 1);
+  model.set_fused_encoder(fused != 0);
   Optimizer opt(ctx, model.layout().total, OptimizerKind::adam, OptimizerHyper{});
   model.params().upload(init_parameters(mc, model.layout(), 1));
   const long long n = static_cast<long long>(batch) * (steps + 10);  // every step its own rows
@@ -82,8 +85,8 @@ int main(int argc, char** argv) {
   const double total = t_gather + t_fwd + t_bwd + t_opt;
   const double flops =
       2.0 * 3 * batch * (static_cast<double>(dim) * hidden * 2 + hidden * 2.0 * latent + latent * hidden);
-  std::printf("bench_step: %d-%d-%d, batch %d, Adam, %d steps on %s\n", dim, hidden, latent, batch, steps,
-              ctx.description().c_str());
+  std::printf("bench_step: %d-%d-%d, batch %d, Adam, %s encoder, %d steps on %s\n", dim, hidden, latent, batch,
+              fused ? "fused" : "cuBLAS", steps, ctx.description().c_str());
   std::printf("%-12s %10s %8s\n", "phase", "ms/step", "share");
   for (auto [name, t] :
        {std::pair{"gather", t_gather}, {"forward", t_fwd}, {"backward", t_bwd}, {"optimizer", t_opt}}) {

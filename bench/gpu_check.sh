@@ -120,14 +120,16 @@ PY
   t=$(date +%s)
   {
     build-gpu/bench/bench_hostexec
-    for args in "--batch 128" "--batch 512" "--batch 128 --hidden 100"; do
-      build-gpu/bench/bench_step --device cuda $args --steps 300
+        for args in "--batch 128" "--batch 512" "--batch 128 --hidden 100"; do
+      for fused in 0 1; do
+        build-gpu/bench/bench_step --device cuda $args --steps 300 --fused-encoder $fused
+      done
     done
     build-gpu/bench/bench_step --device cpu --batch 128 --steps 100
-    for graph in "" "--no-graph"; do
+        for variant in "" "--no-graph" "--fused-encoder"; do
       rm -rf /tmp/vae-bench
-      echo "vae train --device cuda --epochs 3 $graph (30000 images)"
-      build-gpu/host/vae train --device cuda --epochs 3 --quiet --out /tmp/vae-bench $graph &&
+      echo "vae train --device cuda --epochs 3 $variant"
+      build-gpu/host/vae train --device cuda --epochs 3 --quiet --out /tmp/vae-bench $variant &&
         cat /tmp/vae-bench/metrics.jsonl
     done
   } >"$report/bench.log" 2>&1

@@ -149,7 +149,8 @@ int main(int argc, char** argv) {
   bool no_graph = false;
   train->add_flag("--no-graph", no_graph, "launch the step's kernels one by one instead of replaying a CUDA graph");
   train->add_flag("--fused-encoder", run.fused_encoder,
-                  "run the encoder (hidden layers, heads, sampling, KL) as one fused kernel instead of cuBLAS GEMMs");
+                  "run the encoder (hidden layers, heads, sampling, KL) as one fused kernel instead of GEMMs (for the "
+                  "GPU; slow on the CPU)");
   train->add_option("--resume", run.resume, "continue from a checkpoint.safetensors")->check(CLI::ExistingFile);
   train->add_flag("--quiet", run.quiet, "print nothing but errors");
   add_device(train, train_common);
