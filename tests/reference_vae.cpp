@@ -79,6 +79,24 @@ double softplus(double y) { return y > 0 ? y + std::log1p(std::exp(-y)) : std::l
 
 std::vector<double> to_double(const std::vector<float>& v) { return std::vector<double>(v.begin(), v.end()); }
 
+void reference_latent(const std::vector<double>& heads, const std::vector<double>& eps, int B, int L, int J,
+                      std::vector<double>& z, std::vector<double>& kl) {
+  z.assign(static_cast<size_t>(L) * B * J, 0.0);
+  kl.assign(B, 0.0);
+  for (int r = 0; r < B; ++r) {
+    double s = 0;
+    for (int j = 0; j < J; ++j) {
+      const double m = heads[static_cast<size_t>(r) * 2 * J + j], v = heads[static_cast<size_t>(r) * 2 * J + J + j];
+      s += 1 + v - m * m - std::exp(v);
+      for (int l = 0; l < L; ++l) {
+        const size_t zi = (static_cast<size_t>(l) * B + r) * J + j;
+        z[zi] = m + std::exp(0.5 * v) * eps[zi];
+      }
+    }
+    kl[r] = -0.5 * s;  // KL = −½ Σ_j (1 + log σ² − μ² − σ²)
+  }
+}
+
 ReferenceResult reference_vae(const ModelConfig& c, const std::vector<double>& params, const std::vector<double>& x,
                               int B, int L, const std::vector<double>& eps, bool with_grad) {
   ReferenceResult res;
@@ -99,20 +117,13 @@ ReferenceResult reference_vae(const ModelConfig& c, const std::vector<double>& p
   const Mat mu = forward(mu_l, enc_in.back(), B), lv = forward(lv_l, enc_in.back(), B);
 
   // Latent.
-  Mat z(static_cast<size_t>(LB) * J);
-  res.kl.assign(B, 0.0);
-  for (int r = 0; r < B; ++r) {
-    double s = 0;
+  Mat heads(static_cast<size_t>(B) * 2 * J), z;
+  for (int r = 0; r < B; ++r)
     for (int j = 0; j < J; ++j) {
-      const double m = mu[r * J + j], v = lv[r * J + j];
-      s += 1 + v - m * m - std::exp(v);
-      for (int l = 0; l < L; ++l) {
-        const size_t zi = (static_cast<size_t>(l) * B + r) * J + j;
-        z[zi] = m + std::exp(0.5 * v) * eps[zi];
-      }
+      heads[static_cast<size_t>(r) * 2 * J + j] = mu[static_cast<size_t>(r) * J + j];
+      heads[static_cast<size_t>(r) * 2 * J + J + j] = lv[static_cast<size_t>(r) * J + j];
     }
-    res.kl[r] = -0.5 * s;
-  }
+  reference_latent(heads, eps, B, L, J, z, res.kl);
 
   // Decoder.
   std::vector<Mat> dec_in{z}, dec_pre;

@@ -28,6 +28,10 @@ ReferenceResult reference_vae(const ModelConfig& c, const std::vector<double>& p
 std::vector<double> reference_noise(uint64_t seed, RandomStream stream, uint64_t step, int batch, int samples,
                                     int latent);
 
+// The latent stage alone: heads (B, 2J) = μ | log σ², eps (L*B, J) → z (L*B, J), KL (B).
+void reference_latent(const std::vector<double>& heads, const std::vector<double>& eps, int batch, int samples,
+                      int latent, std::vector<double>& z, std::vector<double>& kl);
+
 std::vector<double> to_double(const std::vector<float>& v);
 
 }  // namespace vae::test

@@ -47,6 +47,7 @@ class Kernels : public ::testing::TestWithParam<Target> {
     if (test::ScopedLaunchPolicy scoped_policy_(target, shape); true) \
       if (::testing::ScopedTrace scoped_trace_(__FILE__, __LINE__, shape.name); true)
 
+// dense_bias_activation_forward_kernel, through its launcher.
 TEST_P(Kernels, DenseBiasActivationForward) {
   FOR_EACH_SHAPE(GetParam()) {
     for (int rows : {1, 7, 129})
@@ -68,6 +69,7 @@ TEST_P(Kernels, DenseBiasActivationForward) {
   }
 }
 
+// dense_activation_backward_kernel, through its launcher.
 TEST_P(Kernels, DenseActivationBackward) {
   FOR_EACH_SHAPE(GetParam()) {
     for (int rows : {1, 7, 129})
@@ -95,6 +97,7 @@ TEST_P(Kernels, DenseActivationBackward) {
   }
 }
 
+// latent_forward_kernel, through its launcher.
 TEST_P(Kernels, LatentForwardMatchesPhiloxContractAndClosedFormKl) {
   FOR_EACH_SHAPE(GetParam()) {
     for (int batch : {1, 7, 129})
@@ -109,19 +112,8 @@ TEST_P(Kernels, LatentForwardMatchesPhiloxContractAndClosedFormKl) {
           ops().latent_forward(heads.data(), z.data(), kl.data(), batch, latent, samples, seed,
                                RandomStream::latent_noise, step_at.data(), stream());
           const auto eps = test::reference_noise(seed, RandomStream::latent_noise, step, batch, samples, latent);
-          std::vector<double> want_z(z.size()), want_kl(batch);
-          for (int r = 0; r < batch; ++r) {
-            double s = 0;
-            for (int j = 0; j < latent; ++j) {
-              const double mu = heads0[r * 2 * latent + j], lv = heads0[r * 2 * latent + latent + j];
-              s += 1 + lv - mu * mu - std::exp(lv);
-              for (int l = 0; l < samples; ++l) {
-                const size_t zi = (static_cast<size_t>(l) * batch + r) * latent + j;
-                want_z[zi] = mu + std::exp(0.5 * lv) * eps[zi];
-              }
-            }
-            want_kl[r] = -0.5 * s;
-          }
+          std::vector<double> want_z, want_kl;
+          test::reference_latent(to_double(heads0), eps, batch, samples, latent, want_z, want_kl);
           // On a GPU the normals differ from the host's in the last bits.
           EXPECT_TRUE(all_near(download(z), want_z, 2e-5, 2e-5)) << batch << " " << latent << " " << samples;
           EXPECT_TRUE(all_near(download(kl), want_kl, 1e-5, 1e-5));
@@ -129,6 +121,7 @@ TEST_P(Kernels, LatentForwardMatchesPhiloxContractAndClosedFormKl) {
   }
 }
 
+// latent_backward_kernel, through its launcher.
 TEST_P(Kernels, LatentBackward) {
   FOR_EACH_SHAPE(GetParam()) {
     for (int batch : {1, 7, 129})
@@ -161,6 +154,7 @@ TEST_P(Kernels, LatentBackward) {
   }
 }
 
+// bernoulli_reconstruction_kernel (with and without the gradient), through its launcher.
 TEST_P(Kernels, BernoulliReconstruction) {
   FOR_EACH_SHAPE(GetParam()) {
     for (int batch : {1, 7, 129})
@@ -192,6 +186,7 @@ TEST_P(Kernels, BernoulliReconstruction) {
   }
 }
 
+// gaussian_reconstruction_kernel and decoder_mean_kernel, through its launcher.
 TEST_P(Kernels, GaussianReconstruction) {
   FOR_EACH_SHAPE(GetParam()) {
     for (int batch : {1, 7, 129})
@@ -222,6 +217,7 @@ TEST_P(Kernels, GaussianReconstruction) {
   }
 }
 
+// elbo_totals_kernel, through its launcher.
 TEST_P(Kernels, ElboTotalsAccumulateInFloat64) {
   FOR_EACH_SHAPE(GetParam()) {
     for (int batch : {1, 7, 129, 300})
@@ -247,6 +243,7 @@ TEST_P(Kernels, ElboTotalsAccumulateInFloat64) {
   }
 }
 
+// optimizer_step_kernel (Adam, Adagrad, SGD), through its launcher.
 TEST_P(Kernels, OptimizerSteps) {
   FOR_EACH_SHAPE(GetParam()) {
     for (OptimizerKind kind : {OptimizerKind::adam, OptimizerKind::adagrad, OptimizerKind::sgd}) {
@@ -286,6 +283,7 @@ TEST_P(Kernels, OptimizerSteps) {
   }
 }
 
+// gather_batch_kernel (uint8, float32, dynamic binarization), through its launcher.
 TEST_P(Kernels, GatherBatch) {
   FOR_EACH_SHAPE(GetParam()) {
     const int n = 301, dim = 37, batch = 29;
@@ -337,6 +335,7 @@ TEST_P(Kernels, GatherBatch) {
   }
 }
 
+// fused_encoder_forward_kernel, through its launcher.
 TEST_P(Kernels, FusedEncoderForward) {
   FOR_EACH_SHAPE(GetParam()) {
     for (auto [batch, hidden, latent, samples] : {std::tuple{1, std::vector<int>{5}, 1, 1},
@@ -409,19 +408,8 @@ TEST_P(Kernels, FusedEncoderForward) {
           in = widths[l];
         }
         const auto eps = test::reference_noise(21, RandomStream::latent_noise, 3, batch, samples, latent);
-        std::vector<double> want_z(z.size()), want_kl(batch);
-        for (int r = 0; r < batch; ++r) {
-          double s = 0;
-          for (int j = 0; j < latent; ++j) {
-            const double mu = h[r * 2 * latent + j], lv = h[r * 2 * latent + latent + j];
-            s += 1 + lv - mu * mu - std::exp(lv);
-            for (int l = 0; l < samples; ++l) {
-              const size_t zi = (static_cast<size_t>(l) * batch + r) * latent + j;
-              want_z[zi] = mu + std::exp(0.5 * lv) * eps[zi];
-            }
-          }
-          want_kl[r] = -0.5 * s;
-        }
+        std::vector<double> want_z, want_kl;
+        test::reference_latent(h, eps, batch, samples, latent, want_z, want_kl);
         EXPECT_TRUE(all_near(download(z), want_z, 2e-5, 2e-5)) << "z, batch " << batch;
         EXPECT_TRUE(all_near(download(kl), want_kl, 1e-4, 1e-5)) << "KL, batch " << batch;
       }
@@ -429,6 +417,7 @@ TEST_P(Kernels, FusedEncoderForward) {
   }
 }
 
+// advance_step_kernel, through its launcher.
 TEST_P(Kernels, AdvanceStep) {
   auto state = at(41, 300);
   ops().advance_step(state.data(), 129, stream());
@@ -438,6 +427,7 @@ TEST_P(Kernels, AdvanceStep) {
   EXPECT_EQ(got.offset, 436);
 }
 
+// shuffle_permutation (Thrust), through its launcher.
 TEST_P(Kernels, ShufflePermutation) {
   for (int n : {1, 7, 1000, 60001}) {
     DeviceBuffer<int> a(*ctx_, n), b(*ctx_, n), c(*ctx_, n);
