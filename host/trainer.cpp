@@ -137,7 +137,7 @@ ElboTotals Trainer::train_epoch(const DeviceDataset& train, const std::function<
   const int B = config_.batch_size;
   const int64_t batches = (train.count + B - 1) / B;
   if (perm_.size() != static_cast<size_t>(train.count)) perm_ = DeviceBuffer<int>(ctx_, train.count);
-  if (graph_ && graph_data_ != train.bytes.data()) {  // captured for other buffers
+  if (graph_ && (graph_data_ != train.bytes.data() || graph_perm_ != perm_.data())) {  // captured for other buffers
     ops.graph_destroy(graph_);
     graph_ = nullptr;
   }
@@ -148,10 +148,13 @@ ElboTotals Trainer::train_epoch(const DeviceDataset& train, const std::function<
   train_at_.upload({StepState{static_cast<uint64_t>(step_), 0}});
   for (int64_t b = 0; b < batches; ++b) {
     const int batch = static_cast<int>(std::min<int64_t>(B, train.count - b * B));
-    if (batch == B && use_graph_ && !graph_ && ops.graph_begin_capture(ctx_.stream())) {
+    // Capture from the second full batch on: the first runs eagerly, so that module loading,
+    // kernel attributes and cuBLAS's first-call set-up happen outside the capture.
+    if (batch == B && b > 0 && use_graph_ && !graph_ && ops.graph_begin_capture(ctx_.stream())) {
       queue_step(train, B);
       graph_ = ops.graph_end_capture(ctx_.stream());
       graph_data_ = train.bytes.data();
+      graph_perm_ = perm_.data();
     }
     if (batch == B && graph_) {
       ops.graph_launch(graph_, ctx_.stream());

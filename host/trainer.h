@@ -88,7 +88,8 @@ class Trainer {
   int epoch_ = 0;
   bool use_graph_ = true;
   StepGraph* graph_ = nullptr;
-  const void* graph_data_ = nullptr;  // the data set the graph was captured for
+  const void* graph_data_ = nullptr;  // the buffers the graph was captured for
+  const int* graph_perm_ = nullptr;
 };
 
 // The `vae train` command: everything a run writes goes under options.out_dir.

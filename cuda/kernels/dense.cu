@@ -23,7 +23,7 @@ __global__ void dense_activation_backward_kernel(float* __restrict__ grad, const
   for (int r = 0; r < rows; ++r) {
     const long long i = static_cast<long long>(r) * cols + c;
     const float g = grad[i] * activation_grad(h ? h[i] : 0.f, act);
-    grad[i] = g;
+    if (act != Activation::identity) grad[i] = g;  // identity: the gradient passes through as it is
     sum += g;
   }
   if (grad_bias) grad_bias[c] = sum;
