@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One call on a machine with a GPU: build for the card, run the whole test suite on it (GPU tests
 # must run, not skip), compare GPU and CPU training, run the benchmarks, print a summary table
-# last. Full logs go into the report folder (at most 7 files, for the device tool's $OUT).
+# last. Full logs go into the report folder (at most 8 files, for the device tool's $OUT).
 #
 #   bench/gpu_check.sh REPORT_DIR
 #
@@ -93,6 +93,21 @@ if [ -x build-gpu/host/vae ]; then
     record tests FAIL "${total:-?} tests: $failed_tests failed, $skipped skipped (GPU tests must run)"
     grep -E '\((Failed|Skipped|Timeout)' "$report/tests.log" | head -20
   fi
+
+    # ---- compute-sanitizer on the GPU instances of the kernel tests -----------------------------
+  t=$(date +%s)
+  san_ok=ok
+  {
+    for tool in memcheck racecheck; do
+      for bin in test_kernels test_hostexec; do
+        echo "== compute-sanitizer --tool $tool $bin"
+        compute-sanitizer --tool "$tool" --error-exitcode 99 "build-gpu/tests/$bin" --gtest_filter='*cuda*' ||
+          echo "SANITIZER_FAILED $tool $bin"
+      done
+    done
+  } >"$report/sanitizer.log" 2>&1
+  grep -q SANITIZER_FAILED "$report/sanitizer.log" && san_ok=FAIL
+  record sanitizer "$san_ok" "memcheck + racecheck on the GPU kernel tests, $(elapsed "$t") s"
 
   # ---- GPU against CPU: 200 steps of the default model, same seed ----------------------------
   t=$(date +%s)
