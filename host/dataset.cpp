@@ -6,7 +6,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <regex>
+#include <cctype>
 
 #include "atomic_file.h"
 #include "runtime/check.h"
@@ -23,6 +23,23 @@ uint32_t read_be32(const uint8_t* p) {
 
 void put_be32(std::string& out, uint32_t v) {
   for (int s = 24; s >= 0; s -= 8) out.push_back(static_cast<char>((v >> s) & 0xff));
+}
+
+// The text between `open` and `close` after 'key': in an NPY header (a Python dict literal);
+// open == ' ' means right after the colon and spaces. Empty when the key is missing.
+std::string npy_header_value(const std::string& header, const std::string& key, char open, char close) {
+  size_t at = header.find("'" + key + "'");
+  if (at == std::string::npos) return "";
+  at = header.find(':', at);
+  if (at == std::string::npos) return "";
+  ++at;
+  while (at < header.size() && header[at] == ' ') ++at;
+  if (open != ' ') {
+    if (at >= header.size() || header[at] != open) return "";
+    ++at;
+  }
+  const size_t end = header.find(close, at);
+  return end == std::string::npos ? "" : header.substr(at, end - at);
 }
 
 }  // namespace
@@ -121,9 +138,8 @@ Dataset read_npy(const std::string& path) {
   }
   if (header_at + header_len > bytes.size()) fail(path, "truncated NPY header");
   const std::string header(bytes.begin() + header_at, bytes.begin() + header_at + header_len);
-  std::smatch m;
-  if (!std::regex_search(header, m, std::regex(R"('descr'\s*:\s*'([^']*)')"))) fail(path, "NPY header has no descr");
-  const std::string descr = m[1];
+  const std::string descr = npy_header_value(header, "descr", '\'', '\'');
+  if (descr.empty()) fail(path, "NPY header has no descr");
   PixelType type;
   if (descr == "|u1" || descr == "<u1")
     type = PixelType::u8;
@@ -131,14 +147,18 @@ Dataset read_npy(const std::string& path) {
     type = PixelType::f32;
   else
     fail(path, "NPY dtype '" + descr + "' is not uint8 (|u1) or float32 (<f4)");
-  if (std::regex_search(header, std::regex(R"('fortran_order'\s*:\s*True)")))
-    fail(path, "Fortran-order NPY is not supported");
-  if (!std::regex_search(header, m, std::regex(R"('shape'\s*:\s*\(([^)]*)\))"))) fail(path, "NPY header has no shape");
+  if (npy_header_value(header, "fortran_order", ' ', ',') == "True") fail(path, "Fortran-order NPY is not supported");
+  const std::string dims = npy_header_value(header, "shape", '(', ')');
+  if (dims.empty()) fail(path, "NPY header has no shape");
   std::vector<int64_t> shape;
-  const std::string dims = m[1];
-  const std::regex number(R"(\d+)");
-  for (std::sregex_iterator it(dims.begin(), dims.end(), number), end; it != end; ++it) {
-    shape.push_back(std::stoll(it->str()));
+  for (size_t i = 0; i < dims.size();) {
+    if (!std::isdigit(static_cast<unsigned char>(dims[i]))) {
+      ++i;
+      continue;
+    }
+    size_t used = 0;
+    shape.push_back(std::stoll(dims.substr(i), &used));
+    i += used;
   }
   if (shape.size() != 2 && shape.size() != 3)
     fail(path, "NPY array has rank " + std::to_string(shape.size()) + ", expected 2 (N, D) or 3 (N, H, W)");
