@@ -151,8 +151,9 @@ void decoder_mean(const float* out, int out_stride, float* mean, int rows, int d
 
 void elbo_totals(const float* log_prob, const float* kl, int batch, int samples, double* totals, cudaStream_t stream) {
   if (batch == 0) return;
-  constexpr int kBlock = 256;
-  VAE_LAUNCH(elbo_totals_kernel, 1, kBlock, 2 * kBlock * sizeof(double), stream, log_prob, kl, batch, samples, totals);
+  const int threads = launch_policy().reduce_threads;
+  VAE_LAUNCH(elbo_totals_kernel, 1, threads, 2 * threads * sizeof(double), stream, log_prob, kl, batch, samples,
+             totals);
 }
 
 }  // namespace vae::VAE_NS
