@@ -10,7 +10,6 @@
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
-#include <deque>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -110,7 +109,8 @@ struct Worker {
   unsigned nthreads = 0;
   unsigned next_unstarted = 0;
   unsigned exited = 0;
-  std::deque<Fiber*> ready;
+  std::vector<Fiber*> ready;  // FIFO: ready[ready_head..]
+  size_t ready_head = 0;
   std::vector<Fiber*> block_waiting;
   std::vector<std::vector<Fiber*>> warp_waiting;
   std::vector<unsigned char> thread_exited;
@@ -121,12 +121,15 @@ struct Worker {
 
 thread_local Worker tls_worker;
 
-inline void set_thread(Worker& w, unsigned tid) {
+inline void set_thread(unsigned tid) {
   const dim3& b = tls_block_dim;
+  if (b.y == 1 && b.z == 1) {  // the common 1-D block: no divisions
+    tls_thread_idx.x = tid;
+    return;
+  }
   tls_thread_idx.x = tid % b.x;
   tls_thread_idx.y = (tid / b.x) % b.y;
   tls_thread_idx.z = tid / (b.x * b.y);
-  (void)w;
 }
 
 std::string block_name(const Worker& w) {
@@ -160,7 +163,7 @@ void fiber_main(fc::transfer_t t) {
     while (w.next_unstarted < w.nthreads) {
       const unsigned tid = w.next_unstarted++;
       self->tid = tid;
-      set_thread(w, tid);
+      set_thread(tid);
       w.thunk->fn(w.thunk->args);
       w.thread_exited[tid] = 1;
       ++w.exited;
@@ -233,7 +236,8 @@ void warp_arrive(Worker& w, Fiber* f) {
 void release_block_barrier(Worker& w) {
   const Fiber* first = w.block_waiting.front();
   for (const Fiber* f : w.block_waiting) {
-    if (f->site_line != first->site_line || std::strcmp(f->site_file, first->site_file) != 0) {
+    if (f->site_line != first->site_line ||
+        (f->site_file != first->site_file && std::strcmp(f->site_file, first->site_file) != 0)) {
       die(block_name(w) + ": divergent __syncthreads: thread " + std::to_string(first->tid) + " waits at " +
           first->site_file + ":" + std::to_string(first->site_line) + ", thread " + std::to_string(f->tid) + " at " +
           f->site_file + ":" + std::to_string(f->site_line));
@@ -263,6 +267,7 @@ void run_block(Worker& w, const KernelThunk& thunk, unsigned nthreads, size_t sm
   w.next_unstarted = 0;
   w.exited = 0;
   w.ready.clear();
+  w.ready_head = 0;
   w.block_waiting.clear();
   w.warp_waiting.assign((nthreads + 31) / 32, {});
   w.thread_exited.assign(nthreads, 0);
@@ -275,10 +280,13 @@ void run_block(Worker& w, const KernelThunk& thunk, unsigned nthreads, size_t sm
   }
   for (;;) {
     Fiber* f = nullptr;
-    if (!w.ready.empty()) {
-      f = w.ready.front();
-      w.ready.pop_front();
-      set_thread(w, f->tid);
+    if (w.ready_head < w.ready.size()) {
+      f = w.ready[w.ready_head++];
+      if (w.ready_head == w.ready.size()) {
+        w.ready.clear();
+        w.ready_head = 0;
+      }
+      set_thread(f->tid);
     } else if (w.next_unstarted < w.nthreads) {
       f = idle_fiber(w);
     } else if (!w.block_waiting.empty() && w.block_waiting.size() == w.nthreads - w.exited) {
