@@ -124,7 +124,7 @@ thread_local Worker tls_worker;
 inline void set_thread(unsigned tid) {
   const dim3& b = tls_block_dim;
   if (b.y == 1 && b.z == 1) {  // the common 1-D block: no divisions
-    tls_thread_idx.x = tid;
+    tls_thread_idx = {tid, 0, 0};
     return;
   }
   tls_thread_idx.x = tid % b.x;
