@@ -11,10 +11,11 @@
 
 namespace vae {
 struct LaunchPolicy {
-  int max_blocks;      // cap on blocks of elementwise kernels
-  int min_block_work;  // elements per block below which fewer blocks are used
-  int row_lanes;       // threads cooperating on one row in row kernels (1..32, a power of 2)
-  int reduce_threads;  // threads of a one-block reduction (a power of 2; 1 on the CPU: no barriers)
+  int max_blocks;         // cap on blocks of elementwise kernels
+  int min_block_work;     // elements per block below which fewer blocks are used
+  int row_lanes;          // threads cooperating on one row in row kernels (1..32, a power of 2)
+  int reduce_threads;     // threads of a one-block reduction (a power of 2; 1 on the CPU: no barriers)
+  int column_row_groups;  // threads summing one column in column reductions (1 on the CPU: no barriers)
 };
 struct GemmHandle;  // per target: cuBLAS handle and workspace on the GPU, nothing on the CPU
 struct StepGraph;   // an instantiated CUDA graph (GPU only)
