@@ -192,6 +192,19 @@ int main(int argc, char** argv) {
     app.parse(argc, argv);
     if (train->parsed()) {
       run.config.model.hidden = parse_hidden(hidden);
+      if (!run.data.test_npy.empty() && run.data.train_npy.empty())
+        throw CLI::ValidationError("--test", "needs --train as well");
+      if (!run.data.train_npy.empty() && run.data.test_npy.empty())
+        throw CLI::ValidationError("--train", "needs --test as well");
+      // A resumed run continues as its checkpoint was configured: refuse flags that would be ignored.
+      if (!run.resume.empty()) {
+        for (const char* flag :
+             {"--hidden", "--activation", "--latent", "--decoder", "--samples", "--optimizer", "--lr", "--momentum",
+              "--weight-decay", "--batch-size", "--seed", "--binarize", "--tf32"}) {
+          if (train->count(flag) > 0)
+            throw CLI::ValidationError(flag, "is fixed by the checkpoint; not allowed with --resume");
+        }
+      }
     }
   } catch (const CLI::CallForHelp& e) {
     return app.exit(e);
@@ -211,8 +224,6 @@ int main(int argc, char** argv) {
       run.config.model.decoder = parse_decoder(decoder);
       run.config.optimizer = parse_optimizer(optimizer);
       run.config.binarize = parse_binarize(binarize);
-      if (!run.data.test_npy.empty() && run.data.train_npy.empty()) throw Error("--test: needs --train as well");
-      if (!run.data.train_npy.empty() && run.data.test_npy.empty()) throw Error("--train: needs --test as well");
       return run_train(run);
     }
     if (eval->parsed()) {

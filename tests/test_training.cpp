@@ -152,8 +152,9 @@ Result run_cli(const std::string& args) {
 size_t lines(const std::string& s) { return static_cast<size_t>(std::count(s.begin(), s.end(), '\n')); }
 
 TEST(Cli, BadFlagsGetOneLineAndExitTwo) {
-  for (const char* args : {"train --epochs -3", "train --activation sigmoid", "train --bogus 1", "train --hidden 4x,5",
-                           "train --device tpu", "eval", "frobnicate"}) {
+  for (const char* args :
+       {"train --epochs -3", "train --activation sigmoid", "train --bogus 1", "train --hidden 4x,5",
+        "train --device tpu", "eval", "frobnicate", "train --test y.npy", "train --resume /dev/null --lr 0.1"}) {
     const Result r = run_cli(args);
     EXPECT_EQ(r.code, 2) << args << ": " << r.err;
     EXPECT_EQ(lines(r.err), 1u) << args << ": " << r.err;
