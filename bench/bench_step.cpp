@@ -86,7 +86,7 @@ int main(int argc, char** argv) {
   const double flops =
       2.0 * 3 * batch * (static_cast<double>(dim) * hidden * 2 + hidden * 2.0 * latent + latent * hidden);
   std::printf("bench_step: %d-%d-%d, batch %d, Adam, %s encoder, %d steps on %s\n", dim, hidden, latent, batch,
-              fused ? "fused" : "cuBLAS", steps, ctx.description().c_str());
+              fused ? "fused" : "GEMM", steps, ctx.description().c_str());
   std::printf("%-12s %10s %8s\n", "phase", "ms/step", "share");
   for (auto [name, t] :
        {std::pair{"gather", t_gather}, {"forward", t_fwd}, {"backward", t_bwd}, {"optimizer", t_opt}}) {
