@@ -134,7 +134,9 @@ PY
   # ---- benchmarks -----------------------------------------------------------------------------
   t=$(date +%s)
   {
-    build-gpu/bench/bench_hostexec
+        build-gpu/bench/bench_hostexec
+    for batch in 128 512; do build-gpu/bench/bench_kernels --device cuda --batch $batch; done
+
         for args in "--batch 128" "--batch 512" "--batch 128 --hidden 100"; do
       for fused in 0 1; do
         build-gpu/bench/bench_step --device cuda $args --steps 300 --fused-encoder $fused
