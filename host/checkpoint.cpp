@@ -28,6 +28,15 @@ Binarize parse_binarize(const std::string& s) {
   throw Error("--binarize: expected none, static or dynamic, got '" + s + "'");
 }
 
+std::string DataOptions::describe() const {
+  std::string s = train_npy.empty() && test_npy.empty() ? data : train_npy + ", " + test_npy;
+  if (train_limit > 0 || test_limit > 0) {
+    s += " (first " + (train_limit > 0 ? std::to_string(train_limit) : std::string("all")) + " / " +
+         (test_limit > 0 ? std::to_string(test_limit) : std::string("all")) + " images)";
+  }
+  return s;
+}
+
 std::string config_to_json(const TrainConfig& c) {
   json j = {
       {"input_dim", c.model.input_dim},
@@ -50,7 +59,12 @@ std::string config_to_json(const TrainConfig& c) {
       {"seed", c.seed},
       {"binarize", binarize_name(c.binarize)},
       {"tf32", c.tf32},
-      {"data", c.data},
+      {"data",
+       {{"source", c.data.data},
+        {"train_npy", c.data.train_npy},
+        {"test_npy", c.data.test_npy},
+        {"train_limit", c.data.train_limit},
+        {"test_limit", c.data.test_limit}}},
   };
   return j.dump();
 }
@@ -84,7 +98,12 @@ TrainConfig config_from_json(const std::string& text, const std::string& source)
     c.seed = j.at("seed").get<uint64_t>();
     c.binarize = parse_binarize(j.at("binarize").get<std::string>());
     c.tf32 = j.value("tf32", false);
-    c.data = j.value("data", std::string());
+    const auto& d = j.at("data");
+    c.data.data = d.at("source").get<std::string>();
+    c.data.train_npy = d.at("train_npy").get<std::string>();
+    c.data.test_npy = d.at("test_npy").get<std::string>();
+    c.data.train_limit = d.at("train_limit").get<int64_t>();
+    c.data.test_limit = d.at("test_limit").get<int64_t>();
   } catch (const json::exception& e) {
     throw Error(source + ": config: " + e.what());
   } catch (const Error& e) {

@@ -16,6 +16,15 @@ enum class Binarize { none, static_threshold, dynamic };
 const char* binarize_name(Binarize b);
 Binarize parse_binarize(const std::string& s);
 
+// Where data comes from: --data fashion-mnist|DIR, or --train X.npy --test Y.npy; recorded in
+// the checkpoint, so that a resumed run and `vae eval` see the same data.
+struct DataOptions {
+  std::string data = "fashion-mnist";
+  std::string train_npy, test_npy;
+  int64_t train_limit = 0, test_limit = 0;  // keep only the first N rows (0: all)
+  std::string describe() const;             // for messages
+};
+
 struct TrainConfig {
   ModelConfig model;
   int samples = 1;  // L
@@ -26,7 +35,7 @@ struct TrainConfig {
   uint64_t seed = 1;
   Binarize binarize = Binarize::none;
   bool tf32 = false;
-  std::string data = "fashion-mnist";  // where the data came from, for the record
+  DataOptions data;
 };
 
 std::string config_to_json(const TrainConfig& c);

@@ -72,10 +72,15 @@ Loaded load_for_inference(const std::string& path, const std::string& device) {
   return l;
 }
 
-DataOptions eval_data(const DataOptions& flags, bool data_given, const TrainConfig& config) {
-  DataOptions d = data_given || !flags.test_npy.empty() ? flags : data_options_from_record(config.data);
-  if (!flags.test_npy.empty()) d.train_npy = "-";  // test split only
-  d.test_limit = flags.test_limit;
+// The test data of eval and reconstruct: what the checkpoint recorded, unless flags say otherwise.
+DataOptions eval_data(const CLI::App* cmd, const DataOptions& flags, const TrainConfig& config) {
+  DataOptions d = config.data;
+  if (cmd->count("--data") > 0) {
+    d.data = flags.data;
+    d.train_npy = d.test_npy = "";
+  }
+  if (cmd->count("--test") > 0) d.test_npy = flags.test_npy;
+  if (cmd->count("--test-limit") > 0) d.test_limit = flags.test_limit;
   return d;
 }
 
@@ -198,9 +203,9 @@ int main(int argc, char** argv) {
         throw CLI::ValidationError("--train", "needs --test as well");
       // A resumed run continues as its checkpoint was configured: refuse flags that would be ignored.
       if (!run.resume.empty()) {
-        for (const char* flag :
-             {"--hidden", "--activation", "--latent", "--decoder", "--samples", "--optimizer", "--lr", "--momentum",
-              "--weight-decay", "--batch-size", "--seed", "--binarize", "--tf32"}) {
+        for (const char* flag : {"--hidden", "--activation", "--latent", "--decoder", "--samples", "--optimizer",
+                                 "--lr", "--momentum", "--weight-decay", "--batch-size", "--seed", "--binarize",
+                                 "--tf32", "--data", "--train", "--test", "--train-limit", "--test-limit"}) {
           if (train->count(flag) > 0)
             throw CLI::ValidationError(flag, "is fixed by the checkpoint; not allowed with --resume");
         }
@@ -228,8 +233,7 @@ int main(int argc, char** argv) {
     }
     if (eval->parsed()) {
       Loaded l = load_for_inference(eval_ckpt, eval_common.device);
-      const Dataset test =
-          load_eval_set(eval_data(eval_flags, eval->count("--data") > 0, l.ckpt.config), l.ckpt.config);
+      const Dataset test = load_eval_set(eval_data(eval, eval_flags, l.ckpt.config), l.ckpt.config);
       const DeviceDataset test_dev(*l.ctx, test);
       const ElboTotals t = l.trainer->evaluate(test_dev);
       nlohmann::json out = {{"test_elbo", t.elbo()},
@@ -257,7 +261,7 @@ int main(int argc, char** argv) {
     }
     if (rec->parsed()) {
       Loaded l = load_for_inference(rec_ckpt, rec_common.device);
-      const Dataset test = load_eval_set(eval_data(rec_flags, rec->count("--data") > 0, l.ckpt.config), l.ckpt.config);
+      const Dataset test = load_eval_set(eval_data(rec, rec_flags, l.ckpt.config), l.ckpt.config);
       const DeviceDataset test_dev(*l.ctx, test);
       const int n = static_cast<int>(std::min<int64_t>(rec_n, test.count));
       write_png_grid(rec_out, l.trainer->reconstructions(test_dev, n), 2 * n, l.ckpt.config.model.image_height,

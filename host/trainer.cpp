@@ -18,24 +18,6 @@ namespace vae {
 
 namespace fs = std::filesystem;
 
-std::string DataOptions::describe() const {
-  if (!train_npy.empty() || !test_npy.empty()) return "npy:" + train_npy + "," + test_npy;
-  return data;
-}
-
-DataOptions data_options_from_record(const std::string& recorded) {
-  DataOptions o;
-  if (recorded.rfind("npy:", 0) == 0) {
-    const std::string rest = recorded.substr(4);
-    const size_t comma = rest.find(',');
-    o.train_npy = rest.substr(0, comma);
-    o.test_npy = comma == std::string::npos ? "" : rest.substr(comma + 1);
-  } else if (!recorded.empty()) {
-    o.data = recorded;
-  }
-  return o;
-}
-
 namespace {
 
 std::string data_dir(const DataOptions& o) {
@@ -282,10 +264,8 @@ int run_train(const TrainRun& run) {
                   " epochs; pass --epochs above that");
     }
   }
-  DataOptions data = run.resume.empty() ? run.data : data_options_from_record(config.data);
-  if (!run.resume.empty() && (run.data.data != "fashion-mnist" || !run.data.train_npy.empty())) data = run.data;
-  data.train_limit = run.data.train_limit;
-  data.test_limit = run.data.test_limit;
+  // A resumed run reads the data its checkpoint recorded (the CLI refuses data flags with --resume).
+  const DataOptions data = run.resume.empty() ? run.data : config.data;
 
   Dataset train = load_train_data(data);
   Dataset test = load_test_data(data);
@@ -297,7 +277,7 @@ int run_train(const TrainRun& run) {
     config.model.input_dim = train.dim();
     config.model.image_height = train.height;
     config.model.image_width = train.width;
-    config.data = data.describe();
+    config.data = data;
   } else if (config.model.input_dim != train.dim()) {
     throw Error("--resume: the checkpoint's model takes " + std::to_string(config.model.input_dim) +
                 " inputs but the data has " + std::to_string(train.dim()));

@@ -13,18 +13,9 @@
 
 namespace vae {
 
-// Where data comes from: --data fashion-mnist|DIR, or --train X.npy --test Y.npy.
-struct DataOptions {
-  std::string data = "fashion-mnist";
-  std::string train_npy, test_npy;
-  int64_t train_limit = 0, test_limit = 0;  // keep only the first N rows (0: all)
-  std::string describe() const;             // recorded in the checkpoint's config
-};
 constexpr const char* kFashionMnistDir = "/usr/share/datasets/fashion-mnist";
 Dataset load_train_data(const DataOptions& o);
 Dataset load_test_data(const DataOptions& o);
-// The data options recorded in a checkpoint (its config's "data"), for eval without --data.
-DataOptions data_options_from_record(const std::string& recorded);
 
 struct ElboTotals {
   double recon = 0, kl = 0;  // mean per datapoint, nats

@@ -197,18 +197,25 @@ TEST(Cli, TrainEvalSampleReconstruct) {
   EXPECT_NE(r.err.find("already holds a run"), std::string::npos) << r.err;
   EXPECT_EQ(fs::file_size(dir / "checkpoint.safetensors"), ck_size);
 
-  // eval reproduces the last epoch's test ELBO (the same noise, the same data).
+  // eval reproduces the last epoch's test ELBO (the same noise, the same data: the checkpoint
+  // recorded the data and its 200-image limit).
   const std::string ck = (dir / "checkpoint.safetensors").string();
-  r = run_cli("eval --device cpu --test-limit 200 --checkpoint " + ck);
+  r = run_cli("eval --device cpu --checkpoint " + ck);
   ASSERT_EQ(r.code, 0) << r.err;
   const auto e = nlohmann::json::parse(r.out);
   EXPECT_NEAR(e["test_elbo"].get<double>(), m["test_elbo"].get<double>(), 1e-3);
   EXPECT_EQ(e["n"].get<int>(), 200);
 
-  // Resume to epoch 3 appends to the same folder.
-  r = run_cli("train --quiet --epochs 3 --device cpu --train-limit 600 --test-limit 200 --resume " + ck);
+  // eval on other data: the first 50 test images.
+  r = run_cli("eval --device cpu --test-limit 50 --checkpoint " + ck);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(nlohmann::json::parse(r.out)["n"].get<int>(), 50);
+
+  // Resume to epoch 3 appends to the same folder, with the recorded data.
+  r = run_cli("train --quiet --epochs 3 --device cpu --resume " + ck);
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_TRUE(fs::exists(dir / "samples_3.png"));
+  EXPECT_EQ(nlohmann::json::parse(run_cli("eval --device cpu --checkpoint " + ck).out)["n"].get<int>(), 200);
 
   r = run_cli("sample --device cpu --n 10 --checkpoint " + ck + " --out " + (dir / "s.png").string());
   EXPECT_EQ(r.code, 0) << r.err;
