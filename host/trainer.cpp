@@ -133,7 +133,15 @@ ElboTotals Trainer::train_epoch(const DeviceDataset& train, const std::function<
     // Capture from the second full batch on: the first runs eagerly, so that module loading,
     // kernel attributes and cuBLAS's first-call set-up happen outside the capture.
     if (batch == B && b > 0 && use_graph_ && !graph_ && ops.graph_begin_capture(ctx_.stream())) {
-      queue_step(train, B);
+      try {
+        queue_step(train, B);
+      } catch (...) {  // leave the stream out of capture mode before reporting
+        try {
+          ops.graph_destroy(ops.graph_end_capture(ctx_.stream()));
+        } catch (...) {
+        }
+        throw;
+      }
       graph_ = ops.graph_end_capture(ctx_.stream());
       graph_data_ = train.bytes.data();
       graph_perm_ = perm_.data();

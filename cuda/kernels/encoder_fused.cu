@@ -78,8 +78,14 @@ void fused_encoder_forward(const FusedEncoderArgs& a, cudaStream_t stream) {
   const int lanes = launch_policy().row_lanes >= 32 ? 32 : 1;
   const dim3 block(lanes, 256 / lanes);
 #if !VAE_HOST_EXEC
-  VAE_CUDA_CHECK(cudaFuncSetAttribute(fused_encoder_forward_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      static_cast<int>(smem)));
+  // Above 48 KiB the kernel must opt in; set once per size increase (and so outside graph capture,
+  // where the trainer's first step runs eagerly).
+  static size_t opted_in = 48u << 10;
+  if (smem > opted_in) {
+    VAE_CUDA_CHECK(cudaFuncSetAttribute(fused_encoder_forward_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(smem)));
+    opted_in = smem;
+  }
 #endif
   VAE_LAUNCH(fused_encoder_forward_kernel, static_cast<int>(ceil_div(a.batch, kEncoderTile)), block, smem, stream, a,
              width_max);
