@@ -139,23 +139,51 @@ std::string block_name(const Worker& w) {
   return buf;
 }
 
-// Switches from a fiber back to its worker's scheduler; returns when resumed.
-void switch_to_scheduler(Worker& w, Fiber* self) {
+// Every jump passes the fiber it leaves (nullptr: the scheduler), so that where it lands can
+// store the context to resume that one with.
+inline void landed(Worker& w, const fc::transfer_t& t) {
+  if (Fiber* from = static_cast<Fiber*>(t.data)) {
+    from->ctx = t.fctx;
+  } else {
+    w.scheduler = t.fctx;
+  }
+}
+
+// Makes `next` the running fiber; a fiber resumed at a barrier gets its thread's indices back
+// (a fiber starting a new thread sets them itself).
+inline void prepare_resume(Worker& w, Fiber* next) {
+  w.current = next;
+  if (next->state != FiberState::finished && next->state != FiberState::running) set_thread(next->tid);
+  next->state = FiberState::running;
+}
+
+// Switches from fiber `self` to fiber `to`, or to the scheduler when `to` is null; returns when
+// `self` is resumed.
+void switch_from(Worker& w, Fiber* self, Fiber* to) {
 #ifdef VAE_HX_ASAN
-  __sanitizer_start_switch_fiber(&self->asan_fake_stack, w.main_stack_bottom, w.main_stack_size);
+  if (to) {
+    __sanitizer_start_switch_fiber(&self->asan_fake_stack, to->stack_bottom(), kStackBytes);
+  } else {
+    __sanitizer_start_switch_fiber(&self->asan_fake_stack, w.main_stack_bottom, w.main_stack_size);
+  }
 #endif
-  fc::transfer_t t = fc::jump_fcontext(w.scheduler, nullptr);
-  w.scheduler = t.fctx;
+  fc::transfer_t t = fc::jump_fcontext(to ? to->ctx : w.scheduler, self);
 #ifdef VAE_HX_ASAN
   __sanitizer_finish_switch_fiber(self->asan_fake_stack, nullptr, nullptr);
 #endif
+  landed(w, t);
 }
 
+void switch_to_scheduler(Worker& w, Fiber* self) { switch_from(w, self, nullptr); }
+
 void fiber_main(fc::transfer_t t) {
-  Worker& w = *static_cast<Worker*>(t.data);
-  w.scheduler = t.fctx;
+  Worker& w = tls_worker;
+  landed(w, t);
 #ifdef VAE_HX_ASAN
-  __sanitizer_finish_switch_fiber(nullptr, &w.main_stack_bottom, &w.main_stack_size);
+  // The first fiber a worker enters comes from the scheduler: learn the main stack's bounds.
+  const bool learn = w.main_stack_bottom == nullptr;
+  __sanitizer_finish_switch_fiber(nullptr, learn ? &w.main_stack_bottom : nullptr,
+                                  learn ? &w.main_stack_size : nullptr);
 #endif
   Fiber* self = w.current;
   for (;;) {
@@ -173,18 +201,21 @@ void fiber_main(fc::transfer_t t) {
   }
 }
 
-void resume(Worker& w, Fiber* f) {
-  w.current = f;
-  f->state = FiberState::running;
+// Runs fiber f (and whatever it switches to) until a fiber comes back to the scheduler; returns
+// that fiber, whose state says why.
+Fiber* resume(Worker& w, Fiber* f) {
+  prepare_resume(w, f);
 #ifdef VAE_HX_ASAN
   __sanitizer_start_switch_fiber(&w.asan_fake_stack, f->stack_bottom(), kStackBytes);
 #endif
-  fc::transfer_t t = fc::jump_fcontext(f->ctx, &w);
+  fc::transfer_t t = fc::jump_fcontext(f->ctx, nullptr);
 #ifdef VAE_HX_ASAN
   __sanitizer_finish_switch_fiber(w.asan_fake_stack, nullptr, nullptr);
 #endif
-  f->ctx = t.fctx;
+  Fiber* back = static_cast<Fiber*>(t.data);
+  back->ctx = t.fctx;
   w.current = nullptr;
+  return back;
 }
 
 Fiber* idle_fiber(Worker& w) {
@@ -196,6 +227,15 @@ Fiber* idle_fiber(Worker& w) {
   w.fibers.push_back(std::make_unique<Fiber>());
   Fiber* f = w.fibers.back().get();
   f->ctx = fc::make_fcontext(f->stack_top(), kStackBytes, fiber_main);
+  return f;
+}
+
+Fiber* pop_ready(Worker& w) {
+  Fiber* f = w.ready[w.ready_head++];
+  if (w.ready_head == w.ready.size()) {
+    w.ready.clear();
+    w.ready_head = 0;
+  }
   return f;
 }
 
@@ -281,12 +321,7 @@ void run_block(Worker& w, const KernelThunk& thunk, unsigned nthreads, size_t sm
   for (;;) {
     Fiber* f = nullptr;
     if (w.ready_head < w.ready.size()) {
-      f = w.ready[w.ready_head++];
-      if (w.ready_head == w.ready.size()) {
-        w.ready.clear();
-        w.ready_head = 0;
-      }
-      set_thread(f->tid);
+      f = pop_ready(w);
     } else if (w.next_unstarted < w.nthreads) {
       f = idle_fiber(w);
     } else if (!w.block_waiting.empty() && w.block_waiting.size() == w.nthreads - w.exited) {
@@ -298,7 +333,7 @@ void run_block(Worker& w, const KernelThunk& thunk, unsigned nthreads, size_t sm
       if (waiting) deadlock(w);
       break;
     }
-    resume(w, f);
+    f = resume(w, f);
     switch (f->state) {
       case FiberState::finished:
         w.idle.push_back(f);
@@ -497,7 +532,19 @@ void sync_block(const char* file, int line) {
   self->site_file = file;
   self->site_line = line;
   self->state = FiberState::at_block_barrier;
-  switch_to_scheduler(w, self);
+  // Straight on to the next fiber when one is ready or a thread has yet to start; the scheduler
+  // (which also releases barriers and finds deadlocks) only when neither.
+  Fiber* next = nullptr;
+  if (w.ready_head < w.ready.size()) {
+    next = pop_ready(w);
+  } else if (w.next_unstarted < w.nthreads) {
+    next = idle_fiber(w);
+  }
+  if (next) {
+    w.block_waiting.push_back(self);
+    prepare_resume(w, next);
+  }
+  switch_from(w, self, next);
 }
 
 void sync_warp(unsigned mask) {
