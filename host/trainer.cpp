@@ -343,7 +343,10 @@ int run_train(const TrainRun& run) {
     const ElboTotals te = trainer.evaluate(test_dev);
     progress.clear();
     if (!std::isfinite(tr.elbo()) || !std::isfinite(te.elbo())) {
-      throw Error("training diverged at epoch " + std::to_string(epoch) + " (ELBO is not finite); try a lower --lr");
+      throw Error("training diverged at epoch " + std::to_string(epoch) + " (ELBO is not finite); try a lower --lr" +
+                  (config.model.decoder == DecoderKind::gaussian
+                       ? ", or --decoder bernoulli: a Gaussian density grows without bound on pixels that are constant"
+                       : ""));
     }
     nlohmann::json m = {{"epoch", epoch},
                         {"step", trainer.step()},

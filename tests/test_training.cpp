@@ -166,6 +166,44 @@ TEST(Cli, BadFlagsGetOneLineAndExitTwo) {
   EXPECT_NE(help.out.find("--binarize"), std::string::npos);
 }
 
+TEST(Cli, TrainsOnNpyFilesOfBothTypes) {
+  const fs::path dir = fs::temp_directory_path() / ("vae_cli_npy_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  // Smooth random 6x5 images: uint8 for training, float32 for testing.
+  Dataset train, test;
+  train.type = PixelType::u8;
+  test.type = PixelType::f32;
+  train.count = 300;
+  test.count = 57;
+  train.height = test.height = 6;
+  train.width = test.width = 5;
+  const auto a = test::random_uniform(300 * 30, 1, 0, 1), b = test::random_uniform(57 * 30, 2, 0, 1);
+  for (float v : a) train.u8.push_back(static_cast<uint8_t>(v * 255));
+  test.f32 = b;
+  write_npy((dir / "train.npy").string(), train);
+  write_npy((dir / "test.npy").string(), test);
+  const std::string out = (dir / "run").string();
+  Result r = run_cli("train --quiet --device cpu --epochs 2 --hidden 16 --latent 3 --batch-size 32 --train " +
+                     (dir / "train.npy").string() + " --test " + (dir / "test.npy").string() + " --out " + out);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(fs::exists(fs::path(out) / "samples_2.png"));
+  // eval finds the recorded NPY test set by itself.
+  r = run_cli("eval --device cpu --checkpoint " + out + "/checkpoint.safetensors");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(nlohmann::json::parse(r.out)["n"].get<int>(), 57);
+  // Mismatched image sizes between the two files are refused, naming both shapes.
+  test.width = 6;
+  test.count = 47;
+  test.f32.resize(47 * 6 * 6);
+  write_npy((dir / "test6.npy").string(), test);
+  r = run_cli("train --quiet --device cpu --epochs 1 --train " + (dir / "train.npy").string() + " --test " +
+              (dir / "test6.npy").string() + " --out " + (dir / "bad").string());
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("6x5"), std::string::npos) << r.err;
+  fs::remove_all(dir);
+}
+
 TEST(Cli, TrainEvalSampleReconstruct) {
   if (!fs::is_directory(kFashionMnistDir)) FAIL() << kFashionMnistDir << " is missing: run cmake/setup.sh";
   const fs::path dir = fs::temp_directory_path() / ("vae_cli_run_" + std::to_string(::getpid()));
