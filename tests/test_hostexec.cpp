@@ -128,10 +128,12 @@ TEST_P(HostExec, PhiloxMatchesCurandHostGenerator) {
 
   // Normals come four per counter: start on a counter boundary (offset 8).
   const auto normals = VAE_ON_TARGET(GetParam(), philox_normals)(seed, rows, per_row, offset);
+  // __sincosf's error (~4e-7) times the Box-Muller radius (up to ~5) on a GPU; FMA rounding on the CPU.
+  const double tol = GetParam() == Target::cuda ? 1e-5 : 2e-6;
   for (int r = 0; r < rows; ++r)
     for (int j = 0; j < per_row; ++j) {
       const float want = want_normals[host_index(r, offset + j)];
-      ASSERT_NEAR(normals[r * per_row + j], want, 2e-6 * (1 + std::fabs(want))) << "row " << r << ", normal " << j;
+      ASSERT_NEAR(normals[r * per_row + j], want, tol * (1 + std::fabs(want))) << "row " << r << ", normal " << j;
     }
 }
 
