@@ -75,6 +75,32 @@ double act_grad(double a, Activation f) {
 double sigmoid(double y) { return 1 / (1 + std::exp(-y)); }
 double softplus(double y) { return y > 0 ? y + std::log1p(std::exp(-y)) : std::log1p(std::exp(y)); }
 
+// The hidden layers "<prefix>.layers.{i}": inputs[i] is layer i's input (inputs.back() the
+// stack's output), pre[i] its pre-activation.
+struct HiddenStack {
+  std::vector<Mat> inputs, pre;
+};
+
+HiddenStack hidden_forward(Params& P, const std::string& prefix, const Mat& in, int rows) {
+  HiddenStack s{{in}, {}};
+  for (size_t i = 0; i < P.c.hidden.size(); ++i) {
+    Mat a = forward(P.get(prefix + ".layers." + std::to_string(i)), s.inputs.back(), rows);
+    s.pre.push_back(a);
+    for (double& v : a) v = act(v, P.c.activation);
+    s.inputs.push_back(a);
+  }
+  return s;
+}
+
+// From dL/d(stack output) to dL/d(stack input), accumulating the layers' gradients.
+Mat hidden_backward(Params& P, const std::string& prefix, const HiddenStack& s, Mat grad, int rows) {
+  for (size_t i = P.c.hidden.size(); i-- > 0;) {
+    for (size_t k = 0; k < grad.size(); ++k) grad[k] *= act_grad(s.pre[i][k], P.c.activation);
+    grad = backward(P.get(prefix + ".layers." + std::to_string(i)), s.inputs[i], grad, rows);
+  }
+  return grad;
+}
+
 }  // namespace
 
 std::vector<double> to_double(const std::vector<float>& v) { return std::vector<double>(v.begin(), v.end()); }
@@ -102,19 +128,13 @@ ReferenceResult reference_vae(const ModelConfig& c, const std::vector<double>& p
   ReferenceResult res;
   res.grad.assign(params.size(), 0.0);
   Params P(c, params, res.grad);
-  const int D = c.input_dim, J = c.latent, nh = static_cast<int>(c.hidden.size()), LB = L * B;
+  const int D = c.input_dim, J = c.latent, LB = L * B;
   const bool gaussian = c.decoder == DecoderKind::gaussian;
 
   // Encoder.
-  std::vector<Mat> enc_in{x}, enc_pre;
-  for (int i = 0; i < nh; ++i) {
-    Mat a = forward(P.get("encoder.layers." + std::to_string(i)), enc_in.back(), B);
-    enc_pre.push_back(a);
-    for (double& v : a) v = act(v, c.activation);
-    enc_in.push_back(a);
-  }
+  const HiddenStack enc = hidden_forward(P, "encoder", x, B);
   const Linear mu_l = P.get("encoder.mu"), lv_l = P.get("encoder.logvar");
-  const Mat mu = forward(mu_l, enc_in.back(), B), lv = forward(lv_l, enc_in.back(), B);
+  const Mat mu = forward(mu_l, enc.inputs.back(), B), lv = forward(lv_l, enc.inputs.back(), B);
 
   // Latent.
   Mat heads(static_cast<size_t>(B) * 2 * J), z;
@@ -126,17 +146,11 @@ ReferenceResult reference_vae(const ModelConfig& c, const std::vector<double>& p
   reference_latent(heads, eps, B, L, J, z, res.kl);
 
   // Decoder.
-  std::vector<Mat> dec_in{z}, dec_pre;
-  for (int i = 0; i < nh; ++i) {
-    Mat a = forward(P.get("decoder.layers." + std::to_string(i)), dec_in.back(), LB);
-    dec_pre.push_back(a);
-    for (double& v : a) v = act(v, c.activation);
-    dec_in.push_back(a);
-  }
+  const HiddenStack dec = hidden_forward(P, "decoder", z, LB);
   const Linear out_l = P.get("decoder.out");
-  const Mat y = forward(out_l, dec_in.back(), LB);
+  const Mat y = forward(out_l, dec.inputs.back(), LB);
   Mat yv;
-  if (gaussian) yv = forward(P.get("decoder.out_logvar"), dec_in.back(), LB);
+  if (gaussian) yv = forward(P.get("decoder.out_logvar"), dec.inputs.back(), LB);
 
   // Reconstruction and ELBO.
   const double half_log_2pi = 0.5 * std::log(2 * M_PI);
@@ -171,15 +185,12 @@ ReferenceResult reference_vae(const ModelConfig& c, const std::vector<double>& p
   if (!with_grad) return res;
 
   // Backward through the decoder.
-  Mat dg = backward(out_l, dec_in.back(), dy, LB);
+  Mat dg = backward(out_l, dec.inputs.back(), dy, LB);
   if (gaussian) {
-    const Mat dg2 = backward(P.get("decoder.out_logvar"), dec_in.back(), dyv, LB);
+    const Mat dg2 = backward(P.get("decoder.out_logvar"), dec.inputs.back(), dyv, LB);
     for (size_t i = 0; i < dg.size(); ++i) dg[i] += dg2[i];
   }
-  for (int i = nh - 1; i >= 0; --i) {
-    for (size_t k = 0; k < dg.size(); ++k) dg[k] *= act_grad(dec_pre[i][k], c.activation);
-    dg = backward(P.get("decoder.layers." + std::to_string(i)), dec_in[i], dg, LB);
-  }
+  dg = hidden_backward(P, "decoder", dec, dg, LB);
   // Latent: z = μ + exp(½ v) ε, KL/B in the loss.
   Mat dmu(static_cast<size_t>(B) * J, 0.0), dlv(static_cast<size_t>(B) * J, 0.0);
   for (int r = 0; r < B; ++r)
@@ -194,13 +205,10 @@ ReferenceResult reference_vae(const ModelConfig& c, const std::vector<double>& p
       dmu[r * J + j] = a;
       dlv[r * J + j] = b;
     }
-  Mat dh = backward(mu_l, enc_in.back(), dmu, B);
-  const Mat dh2 = backward(lv_l, enc_in.back(), dlv, B);
+  Mat dh = backward(mu_l, enc.inputs.back(), dmu, B);
+  const Mat dh2 = backward(lv_l, enc.inputs.back(), dlv, B);
   for (size_t i = 0; i < dh.size(); ++i) dh[i] += dh2[i];
-  for (int i = nh - 1; i >= 0; --i) {
-    for (size_t k = 0; k < dh.size(); ++k) dh[k] *= act_grad(enc_pre[i][k], c.activation);
-    dh = backward(P.get("encoder.layers." + std::to_string(i)), enc_in[i], dh, B);
-  }
+  hidden_backward(P, "encoder", enc, dh, B);
   return res;
 }
 

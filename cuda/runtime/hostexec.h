@@ -106,10 +106,11 @@ inline T atomic_add(T* p, T v) {
 // Kernels are built for AVX-512, AVX2 and baseline x86-64; the loader picks the best the CPU has.
 #undef __global__
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(VAE_NO_TARGET_CLONES)
-#define __global__ __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#define VAE_KERNEL_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
-#define __global__
+#define VAE_KERNEL_CLONES
 #endif
+#define __global__ VAE_KERNEL_CLONES
 #ifndef __launch_bounds__
 #define __launch_bounds__(...)
 #endif
