@@ -1,108 +1,210 @@
-// Each kernel alone at the default model's shapes (784-400-20, batch 128): time per launch and
-// the bytes it must move per second; and the fused encoder against the composition it replaces
-// (GEMM + epilogue, GEMM + epilogue, latent kernel). On a GPU, compare GB/s with the card's
-// memory bandwidth (H100 SXM: 3.35 TB/s) — these shapes are small, so launch latency dominates.
-//   bench_kernels [--device cpu|cuda] [--batch 128] [--reps 500]
-#include <chrono>
+// Each fused kernel against the unfused composition it replaces (bench/unfused.cu: cuRAND plus
+// one elementwise kernel per stage; for the encoder, the product's own cuBLAS GEMMs + epilogue +
+// latent kernel), over a sweep of batch sizes, next to this machine's ceilings measured in the
+// same run (device copy, SGEMM, TF32 GEMM). Each figure is the median of many repeats timed
+// with CUDA events (steady clock on the CPU), the last-level cache overwritten before each.
+// GB/s counts the bytes the operation must move at least (inputs read once, outputs written
+// once), the same for both variants; GFLOP/s counts the encoder's multiply-adds.
+//
+//   bench_kernels [--device cpu|cuda] [--batches 128,1024,8192] [--reps N] [--cache cold|warm]
+//
+// --cache warm leaves the inputs in cache between repeats, as a training step does.
+//
+// Without a GPU (or with --device cpu) it runs the same kernels under host execution at small
+// batches, so that the program is known to work; its timings are then CPU timings.
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
+#include <sstream>
 #include <string>
 #include <vector>
 
+#include "bench_timer.h"
 #include "device_context.h"
 #include "runtime/blas_core.h"
+#include "unfused.h"
 #include "vae.h"
 
 using namespace vae;
 
+namespace {
+
+std::vector<int> parse_list(const std::string& s) {
+  std::vector<int> v;
+  std::stringstream in(s);
+  for (std::string item; std::getline(in, item, ',');) {
+    const int x = std::atoi(item.c_str());
+    if (x <= 0) {
+      std::fprintf(stderr, "bench_kernels: --batches: '%s' is not a positive integer\n", item.c_str());
+      std::exit(2);
+    }
+    v.push_back(x);
+  }
+  return v;
+}
+
+std::vector<float> random_values(size_t n, uint32_t seed, float lo, float hi) {
+  std::vector<float> v(n);
+  uint64_t s = seed * 0x9E3779B97F4A7C15ull + 1;
+  for (auto& x : v) {
+    s = s * 6364136223846793005ull + 1442695040888963407ull;
+    x = lo + (hi - lo) * static_cast<float>(s >> 40) / static_cast<float>(1ull << 24);
+  }
+  return v;
+}
+
+const UnfusedOps& unfused_ops(Target t) {
+#if VAE_WITH_CUDA
+  if (t == Target::cuda) return gpu::unfused::ops();
+#endif
+  (void)t;
+  return cpu::unfused::ops();
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
   reexec_with_better_openblas_core(argv);
-  std::string device = "auto";
-  int B = 128, reps = 500;
-  for (int i = 1; i + 1 < argc; i += 2) {
+  std::string device = "auto", batches_arg, cache = "cold";
+  int reps = 0;
+  for (int i = 1; i < argc; i += 2) {
     const std::string k = argv[i];
+    if (i + 1 >= argc) {
+      std::fprintf(stderr, "bench_kernels: %s needs a value\n", argv[i]);
+      return 2;
+    }
     if (k == "--device")
       device = argv[i + 1];
-    else if (k == "--batch")
-      B = std::atoi(argv[i + 1]);
+    else if (k == "--batches")
+      batches_arg = argv[i + 1];
     else if (k == "--reps")
       reps = std::atoi(argv[i + 1]);
+    else if (k == "--cache")
+      cache = argv[i + 1];
     else {
       std::fprintf(stderr, "bench_kernels: unknown flag %s\n", argv[i]);
       return 2;
     }
   }
   DeviceContext ctx(resolve_target(device), false);
+  const bool gpu = ctx.target() == Target::cuda;
+  const std::vector<int> batches = parse_list(batches_arg.empty() ? (gpu ? "128,1024,8192" : "32,128") : batches_arg);
+  if (reps <= 0) reps = gpu ? 200 : 9;
   const auto& ops = ctx.ops();
+  const auto& unf = unfused_ops(ctx.target());
   const cudaStream_t s = ctx.stream();
-  const int D = 784, H = 400, J = 20;
-  ModelConfig mc;
-  Vae model(ctx, mc, B, 1);
-  model.params().upload(init_parameters(mc, model.layout(), 1));
-  std::vector<float> noise(static_cast<size_t>(B) * D);
-  for (size_t i = 0; i < noise.size(); ++i) noise[i] = static_cast<float>((i * 2654435761u) % 1000) / 1000.f;
-  DeviceBuffer<float> x(ctx, noise), y(ctx, static_cast<size_t>(B) * D), g(ctx, static_cast<size_t>(B) * D),
-      h(ctx, static_cast<size_t>(B) * H), bias(ctx, D), heads(ctx, static_cast<size_t>(B) * 2 * J),
-      gheads(ctx, static_cast<size_t>(B) * 2 * J), z(ctx, static_cast<size_t>(B) * J),
-      gz(ctx, static_cast<size_t>(B) * J), kl(ctx, B), lp(ctx, B), mean(ctx, static_cast<size_t>(B) * D);
-  const size_t P = model.layout().total;
-  DeviceBuffer<float> grads(ctx, P), s1(ctx, P), s2(ctx, P);
-  DeviceBuffer<double> totals(ctx, 3);
-  DeviceBuffer<StepState> at(ctx, std::vector<StepState>{{0, 0}});
-  std::vector<uint8_t> pixels(static_cast<size_t>(B) * D, 77);
-  DeviceBuffer<uint8_t> data(ctx, pixels);
-  y.upload(noise);
-  h.upload(std::vector<float>(noise.begin(), noise.begin() + static_cast<size_t>(B) * H));
+  if (cache != "cold" && cache != "warm") {
+    std::fprintf(stderr, "bench_kernels: --cache must be cold or warm, not '%s'\n", cache.c_str());
+    return 2;
+  }
+  bench::Timer timer(ctx);
+  const bench::Peaks peak = bench::measure_peaks(ctx, timer);
+  timer.set_flush(cache == "cold");
 
-  auto time_us = [&](const std::function<void()>& f) {
-    for (int i = 0; i < 10; ++i) f();
-    ctx.synchronize();
-    const auto t0 = std::chrono::steady_clock::now();
-    for (int i = 0; i < reps; ++i) f();
-    ctx.synchronize();
-    return std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count() / reps;
+  std::printf("bench_kernels on %s: median of %d repeats, ", ctx.description().c_str(), reps);
+  if (timer.flush_on())
+    std::printf("%.0f MiB overwritten before each (cold cache)\n", timer.flush_bytes() / 1048576.0);
+  else
+    std::printf("inputs left in cache (warm)\n");
+  if (!gpu) std::printf("(no GPU in use: these are CPU timings of the kernels under host execution)\n");
+  std::printf("ceilings: device copy %.1f GB/s (%zu MiB, read + write); SGEMM %d^3 %.0f GFLOP/s", peak.copy_gbps,
+              peak.copy_bytes >> 20, peak.gemm_side, peak.sgemm_gflops);
+  if (gpu) std::printf("; TF32 %.0f GFLOP/s", peak.tf32_gflops);
+  std::printf("\n\n%-34s %6s %-8s %10s %9s %7s %9s %7s %8s\n", "operation", "batch", "variant", "us", "GB/s", "%copy",
+              "GFLOP/s", "%SGEMM", "speedup");
+
+  auto pair = [&](const char* op, int batch, double bytes, double flops, const std::function<void()>& fused,
+                  const std::function<void()>& unfused, const char* unfused_name) {
+    const double tf = timer.median_us(fused, reps), tu = timer.median_us(unfused, reps);
+    for (int v = 0; v < 2; ++v) {
+      const double us = v ? tu : tf;
+      const double gbps = bytes / (us * 1e3), gflops = flops / (us * 1e3);
+      std::printf("%-34s %6d %-8s %10.2f %9.1f %6.1f%%", v ? "" : op, batch, v ? unfused_name : "fused", us, gbps,
+                  100 * gbps / peak.copy_gbps);
+      if (flops > 0)
+        std::printf(" %9.1f %6.1f%%", gflops, 100 * gflops / peak.sgemm_gflops);
+      else
+        std::printf(" %9s %7s", "", "");
+      if (!v) std::printf(" %7.2fx", tu / tf);
+      std::printf("\n");
+    }
   };
-  std::printf("bench_kernels: batch %d, 784-400-20, %d launches each, %s\n", B, reps, ctx.description().c_str());
-  std::printf("%-40s %12s %12s\n", "kernel", "us/launch", "GB/s");
-  auto row = [&](const char* name, double bytes, const std::function<void()>& f) {
-    const double us = time_us(f);
-    std::printf("%-40s %12.2f %12.1f\n", name, us, bytes / (us * 1e3));
-  };
+
+  const int D = 784, H = 400, J = 20;
   const double f4 = sizeof(float);
-  row("gather_batch (uint8 -> float)", B * D * (1 + f4), [&] {
-    ops.gather_batch(data.data(), PixelType::u8, nullptr, B, D, x.data(), false, 1, RandomStream::binarize, at.data(),
-                     s);
-  });
-  row("gather_batch, dynamic binarization", B * D * (1 + f4), [&] {
-    ops.gather_batch(data.data(), PixelType::u8, nullptr, B, D, x.data(), true, 1, RandomStream::binarize, at.data(),
-                     s);
-  });
-  row("dense_bias_activation_forward 128x400", 2.0 * B * H * f4,
-      [&] { ops.dense_bias_activation_forward(h.data(), bias.data(), B, H, Activation::relu, s); });
-  row("dense_activation_backward 128x784", 3.0 * B * D * f4,
-      [&] { ops.dense_activation_backward(g.data(), y.data(), bias.data(), B, D, Activation::relu, s); });
-  row("latent_forward (J=20, L=1)", B * J * 4 * f4, [&] {
-    ops.latent_forward(heads.data(), z.data(), kl.data(), B, J, 1, 1, RandomStream::latent_noise, at.data(), s);
-  });
-  row("latent_backward", B * J * 6 * f4,
-      [&] { ops.latent_backward(heads.data(), z.data(), gz.data(), gheads.data(), B, J, 1, 1.f / B, s); });
-  row("bernoulli_reconstruction (with grad)", 3.0 * B * D * f4,
-      [&] { ops.bernoulli_reconstruction(y.data(), x.data(), lp.data(), g.data(), B, D, 1, 1.f / B, s); });
-  row("elbo_totals", 2.0 * B * f4, [&] { ops.elbo_totals(lp.data(), kl.data(), B, 1, totals.data(), s); });
-  row("optimizer_step (Adam, 652k params)", 7.0 * P * f4, [&] {
-    ops.optimizer_step(OptimizerKind::adam, OptimizerHyper{}, model.params().data(), grads.data(), s1.data(), s2.data(),
-                       static_cast<long long>(P), at.data(), s);
-  });
-  // The encoder forward both ways (inputs in model.input()).
-  ops.copy_on_device(model.input(), x.data(), static_cast<size_t>(B) * D * sizeof(float), s);
-  const double enc_bytes = (static_cast<double>(H) * D + 2.0 * J * H + B * D + B * H + 3.0 * B * J) * f4;
-  for (bool fused : {false, true}) {
-    model.set_fused_encoder(fused);
-    // forward() also decodes; time the whole forward and subtract nothing: both variants decode alike.
-    row(fused ? "forward pass, fused encoder" : "forward pass, GEMM encoder", enc_bytes, [&] {
-      model.forward(B, {1, RandomStream::latent_noise, at.data()}, false);
-    });
+  for (const int B : batches) {
+    ModelConfig mc;  // 784-400-20, ReLU, Bernoulli
+    Vae model(ctx, mc, B, 1);
+    model.params().upload(init_parameters(mc, model.layout(), 1));
+    const size_t bd = static_cast<size_t>(B) * D, bh = static_cast<size_t>(B) * H, bj = static_cast<size_t>(B) * J;
+    DeviceBuffer<float> x(ctx, random_values(bd, 1, 0.f, 1.f)), logits(ctx, random_values(bd, 2, -6.f, 6.f)),
+        grad(ctx, bd), lp_elements(ctx, bd), log_prob(ctx, B), heads(ctx, random_values(2 * bj, 3, -2.f, 2.f)),
+        z(ctx, bj), eps(ctx, bj + 1), kl(ctx, B), h(ctx, random_values(bh, 4, -1.f, 1.f)),
+        dh(ctx, random_values(bh, 5, -1.f, 1.f)), grad_bias(ctx, H);
+    DeviceBuffer<StepState> at(ctx, std::vector<StepState>{{3, 0}});
+    ops.copy_on_device(model.input(), x.data(), bd * sizeof(float), s);
+
+    // Encoder: layer GEMM + bias/ReLU, heads GEMM + bias, latent stage.
+    const double enc_flops = 2.0 * B * (static_cast<double>(D) * H + static_cast<double>(H) * 2 * J);
+    const double enc_bytes = (static_cast<double>(H) * D + 2.0 * J * H + H + 2 * J) * f4 +  // parameters
+                             (bd + bh + 2 * bj + bj + B) * f4;  // x in; hidden, heads, z, KL out
+    const NoiseKey key{1, RandomStream::latent_noise, at.data()};
+    pair(
+        "encoder forward 784-400-20", B, enc_bytes, enc_flops,
+        [&] {
+          model.set_fused_encoder(true);
+          model.encode(B, key);
+        },
+        [&] {
+          model.set_fused_encoder(false);
+          model.encode(B, key);
+        },
+        "cuBLAS");
+
+    // Latent stage alone: ε, z = μ + σ ε, KL per row.
+    NormalGenerator* gen = unf.normal_generator_create(7, s);
+    pair(
+        "latent: eps, reparam, KL (J=20)", B, (2.0 * bj + bj + B) * f4, 0,
+        [&] {
+          ops.latent_forward(heads.data(), z.data(), kl.data(), B, J, 1, 1, RandomStream::latent_noise, at.data(), s);
+        },
+        [&] { unf.latent_forward(gen, heads.data(), eps.data(), z.data(), kl.data(), B, J, s); }, "cuRAND+2");
+    unf.normal_generator_destroy(gen);
+
+    // Bernoulli log-likelihood per row and its gradient.
+    pair(
+        "Bernoulli recon + gradient (D=784)", B, (3.0 * bd + B) * f4, 0,
+        [&] {
+          ops.bernoulli_reconstruction(logits.data(), x.data(), log_prob.data(), grad.data(), B, D, 1, 1.f / B, s);
+        },
+        [&] {
+          unf.bernoulli_reconstruction(logits.data(), x.data(), lp_elements.data(), log_prob.data(), grad.data(), B, D,
+                                       1.f / B, s);
+        },
+        "3 kernels");
+
+    // Dense backward: ReLU derivative in place and the bias gradient (column sums).
+    pair(
+        "dense backward, ReLU (400 cols)", B, (3.0 * bh + H) * f4, 0,
+        [&] { ops.dense_activation_backward(dh.data(), h.data(), grad_bias.data(), B, H, Activation::relu, s); },
+        [&] { unf.dense_relu_backward(dh.data(), h.data(), grad_bias.data(), B, H, s); }, "2 kernels");
+  }
+
+  // Adam over the default model's parameters, and over a large model's on the GPU.
+  const OptimizerHyper hyper;
+  for (const long long P : gpu ? std::vector<long long>{652824, 16 << 20} : std::vector<long long>{652824}) {
+    const size_t n = static_cast<size_t>(P);
+    DeviceBuffer<float> p(ctx, random_values(n, 6, -0.1f, 0.1f)), g(ctx, random_values(n, 7, -1.f, 1.f)),
+        m(ctx, random_values(n, 8, -0.01f, 0.01f)), v(ctx, random_values(n, 9, 0.f, 0.01f));
+    DeviceBuffer<StepState> at(ctx, std::vector<StepState>{{100, 0}});
+    char name[64];
+    std::snprintf(name, sizeof name, "Adam step (%.2fM params)", P / 1e6);
+    pair(
+        name, 0, 7.0 * P * f4, 0,
+        [&] {
+          ops.optimizer_step(OptimizerKind::adam, hyper, p.data(), g.data(), m.data(), v.data(), P, at.data(), s);
+        },
+        [&] { unf.adam_step(hyper, p.data(), g.data(), m.data(), v.data(), P, 100, s); }, "3 kernels");
   }
   return 0;
 }

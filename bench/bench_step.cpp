@@ -1,25 +1,72 @@
 // Time of one SGVB training step by phase (batch gather, forward, backward, optimizer) for a
-// model shape, on the CPU or the GPU. Prints a table; `--device cuda` on a machine with a GPU.
-//   bench_step [--device cpu|cuda] [--batch 128] [--hidden 400] [--latent 20] [--steps 200] [--fused-encoder 0|1]
+// model shape, on the CPU or the GPU, and the floor under it: the step's GEMMs (the same shapes
+// and transposes the step issues) timed alone, and its GEMM work at the rate of a large square
+// SGEMM measured in the same run. Prints a table; `--json 1` adds one JSON line.
+//   bench_step [--device cpu|cuda] [--batch 128] [--hidden 400] [--latent 20] [--steps 200]
+//              [--fused-encoder 0|1] [--json 0|1]
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <string>
 #include <vector>
 
-#include "runtime/blas_core.h"
-
+#include "bench_timer.h"
 #include "device_context.h"
+#include "runtime/blas_core.h"
 #include "trainer.h"
 #include "vae.h"
 
 using namespace vae;
 
+namespace {
+
+// The GEMMs of one step of Vae::forward + Vae::backward (host/vae.cpp), on scratch buffers:
+// per layer the forward product, dW, and dX for every layer but the first encoder layer (the
+// data needs no gradient). rows: B for the encoder and heads, L*B for the decoder.
+struct StepGemms {
+  std::vector<GemmOp> ops;
+  double flops = 0;
+  std::deque<DeviceBuffer<float>> scratch;  // a deque: references stay valid as it grows
+};
+
+StepGemms step_gemms(const DeviceContext& ctx, const ParamLayout& layout, int batch, int samples) {
+  StepGemms g;
+  auto add = [&](const LinearSlot& s, int rows, bool grad_in) {
+    auto& in = g.scratch.emplace_back(ctx, static_cast<size_t>(rows) * s.in);
+    auto& w = g.scratch.emplace_back(ctx, static_cast<size_t>(s.out) * s.in);
+    auto& out = g.scratch.emplace_back(ctx, static_cast<size_t>(rows) * s.out);
+    auto& dw = g.scratch.emplace_back(ctx, static_cast<size_t>(s.out) * s.in);
+    GemmOp f;  // out = in Wᵀ
+    f.trans_b = true, f.m = rows, f.n = s.out, f.k = s.in;
+    f.a = in.data(), f.lda = s.in, f.b = w.data(), f.ldb = s.in, f.c = out.data(), f.ldc = s.out;
+    GemmOp d;  // dW = gradᵀ in
+    d.trans_a = true, d.m = s.out, d.n = s.in, d.k = rows;
+    d.a = out.data(), d.lda = s.out, d.b = in.data(), d.ldb = s.in, d.c = dw.data(), d.ldc = s.in;
+    g.ops.push_back(f);
+    g.ops.push_back(d);
+    if (grad_in) {
+      GemmOp x;  // dX = grad W
+      x.m = rows, x.n = s.in, x.k = s.out;
+      x.a = out.data(), x.lda = s.out, x.b = w.data(), x.ldb = s.in, x.c = in.data(), x.ldc = s.in;
+      g.ops.push_back(x);
+    }
+    g.flops += 2.0 * rows * s.out * s.in * (grad_in ? 3 : 2);
+  };
+  for (size_t i = 0; i < layout.encoder.size(); ++i) add(layout.encoder[i], batch, i > 0);
+  add(layout.heads, batch, !layout.encoder.empty());
+  for (const auto& s : layout.decoder) add(s, batch * samples, true);
+  add(layout.output, batch * samples, true);
+  return g;
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
   vae::reexec_with_better_openblas_core(argv);
   std::string device = "auto";
-  int batch = 128, hidden = 400, latent = 20, steps = 200, dim = 784, fused = 0;
+  int batch = 128, hidden = 400, latent = 20, steps = 200, dim = 784, fused = 0, json = 0;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string k = argv[i];
     const char* v = argv[i + 1];
@@ -35,6 +82,8 @@ int main(int argc, char** argv) {
       steps = std::atoi(v);
     else if (k == "--fused-encoder")
       fused = std::atoi(v);
+    else if (k == "--json")
+      json = std::atoi(v);
     else {
       std::fprintf(stderr, "bench_step: unknown flag %s\n", argv[i]);
       return 2;
@@ -83,8 +132,28 @@ int main(int argc, char** argv) {
     }
   }
   const double total = t_gather + t_fwd + t_bwd + t_opt;
-  const double flops =
-      2.0 * 3 * batch * (static_cast<double>(dim) * hidden * 2 + hidden * 2.0 * latent + latent * hidden);
+  const double step_ms = total / steps;
+  const double epoch_steps = 60000.0 / batch;
+
+  // The floor: the step's GEMMs alone, and its GEMM work at the large-SGEMM rate.
+  bench::Timer timer(ctx);
+  const bench::Peaks peak = bench::measure_peaks(ctx, timer);
+  StepGemms gemms = step_gemms(ctx, model.layout(), batch, 1);
+  const bool gpu = ctx.target() == Target::cuda;
+  const double gemm_ms = 1e-3 * timer.median_us(
+                                    [&] {
+                                      for (const GemmOp& op : gemms.ops) ctx.ops().gemm(ctx.gemm(), op);
+                                    },
+                                    gpu ? 200 : 50);
+  const double step_gemm_gflops = gemms.flops / (gemm_ms * 1e6);
+  std::vector<double> cold_us, warm_us;  // each GEMM alone, from a cold and from a warm cache
+  for (const bool cold : {true, false}) {
+    timer.set_flush(cold);
+    for (const GemmOp& op : gemms.ops) {
+      (cold ? cold_us : warm_us).push_back(timer.median_us([&] { ctx.ops().gemm(ctx.gemm(), op); }, gpu ? 200 : 30));
+    }
+  }
+
   std::printf("bench_step: %d-%d-%d, batch %d, Adam, %s encoder, %d steps on %s\n", dim, hidden, latent, batch,
               fused ? "fused" : "GEMM", steps, ctx.description().c_str());
   std::printf("%-12s %10s %8s\n", "phase", "ms/step", "share");
@@ -92,8 +161,35 @@ int main(int argc, char** argv) {
        {std::pair{"gather", t_gather}, {"forward", t_fwd}, {"backward", t_bwd}, {"optimizer", t_opt}}) {
     std::printf("%-12s %10.4f %7.1f%%\n", name, t / steps, 100 * t / total);
   }
-  std::printf("%-12s %10.4f  (%.0f samples/s, GEMM work %.1f GFLOP/s, 60000-image epoch %.2f s)\n", "step",
-              total / steps, batch * steps / (total / 1e3), flops * steps / (total / 1e3) / 1e9,
-              60000.0 / batch * total / steps / 1e3);
+  std::printf("%-12s %10.4f  (%.0f samples/s, GEMM work %.1f GFLOP/s, 60000-image epoch %.2f s)\n", "step", step_ms,
+              batch / (step_ms / 1e3), gemms.flops / (step_ms * 1e6), epoch_steps * step_ms / 1e3);
+  std::printf("%-12s %10.4f  (the step's %zu GEMMs alone, %.1f GFLOP/s: epoch floor %.2f s, the step is %.2fx)\n",
+              "gemm floor", gemm_ms, gemms.ops.size(), step_gemm_gflops, epoch_steps * gemm_ms / 1e3,
+              step_ms / gemm_ms);
+  std::printf(
+      "%-12s %10.4f  (its GEMM work at the %d^3 SGEMM rate, %.1f GFLOP/s: epoch floor %.2f s, the step is "
+      "%.2fx)\n",
+      "peak floor", gemms.flops / (peak.sgemm_gflops * 1e6), peak.gemm_side, peak.sgemm_gflops,
+      epoch_steps * gemms.flops / (peak.sgemm_gflops * 1e9), step_ms * peak.sgemm_gflops * 1e6 / gemms.flops);
+  std::printf("\nthe step's GEMMs, each alone:\n%-28s %10s %10s %10s %10s\n", "m x n x k (op)", "cold us", "GFLOP/s",
+              "warm us", "GFLOP/s");
+  for (size_t i = 0; i < gemms.ops.size(); ++i) {
+    const GemmOp& op = gemms.ops[i];
+    char shape[64];
+    std::snprintf(shape, sizeof shape, "%d x %d x %d (%s)", op.m, op.n, op.k,
+                  op.trans_a ? "AT B" : (op.trans_b ? "A BT" : "A B"));
+    const double flop = 2.0 * op.m * op.n * op.k;
+    std::printf("%-28s %10.1f %10.1f %10.1f %10.1f\n", shape, cold_us[i], flop / (cold_us[i] * 1e3), warm_us[i],
+                flop / (warm_us[i] * 1e3));
+  }
+  if (json) {
+    std::printf(
+        "{\"device\":\"%s\",\"batch\":%d,\"step_ms\":%.6f,\"epoch_s\":%.6f,\"step_gemm_gflop\":%.6f,"
+        "\"floor_step_gemms_s\":%.6f,\"floor_step_gemms_gflops\":%.3f,\"floor_peak_gemm_s\":%.6f,"
+        "\"floor_peak_gemm_gflops\":%.3f}\n",
+        ctx.description().c_str(), batch, step_ms, epoch_steps * step_ms / 1e3, gemms.flops / 1e9,
+        epoch_steps * gemm_ms / 1e3, step_gemm_gflops, epoch_steps * gemms.flops / (peak.sgemm_gflops * 1e9),
+        peak.sgemm_gflops);
+  }
   return 0;
 }

@@ -76,8 +76,8 @@ void Vae::decode(const float* z, int rows) {
   linear_forward(layout_.output, h, rows, out_.data(), Activation::identity);
 }
 
-void Vae::forward(int batch, const NoiseKey& key, bool with_gradients) {
-  VAE_REQUIRE(batch > 0 && batch <= max_batch_, "Vae::forward: batch out of range");
+void Vae::encode(int batch, const NoiseKey& key) {
+  VAE_REQUIRE(batch > 0 && batch <= max_batch_, "Vae::encode: batch out of range");
   const auto& ops = ctx_.ops();
   if (fused_encoder_) {
     FusedEncoderArgs a;
@@ -113,6 +113,11 @@ void Vae::forward(int batch, const NoiseKey& key, bool with_gradients) {
     ops.latent_forward(heads_.data(), z_.data(), kl_.data(), batch, config_.latent, samples_, key.seed, key.stream,
                        key.at, ctx_.stream());
   }
+}
+
+void Vae::forward(int batch, const NoiseKey& key, bool with_gradients) {
+  encode(batch, key);
+  const auto& ops = ctx_.ops();
   const int rows = batch * samples_;
   decode(z_.data(), rows);
   float* grad_out = with_gradients ? d_out_.data() : nullptr;

@@ -38,6 +38,8 @@ class Vae {
   void set_fused_encoder(bool on) { fused_encoder_ = on && layout_.encoder.size() <= kMaxFusedLayers; }
   bool fused_encoder() const { return fused_encoder_; }
 
+  // The encoder alone over the first `batch` rows of input(): heads (μ, log σ²), z and KL per row.
+  void encode(int batch, const NoiseKey& key);
   // Forward over the first `batch` rows of input(): log p(x|z) per (sample, row), KL per row.
   // With gradients, also dLoss/d(decoder output) for loss = −(1/B) Σ_r ELBO_r.
   void forward(int batch, const NoiseKey& key, bool with_gradients);

@@ -25,7 +25,14 @@ TEST_P(Gemm, MatchesFloat64Loop) {
   GemmHandle* handle = ops.gemm_create(stream, false);
   for (bool ta : {false, true}) {
     for (bool tb : {false, true}) {
-      for (auto [m, n, k] : {std::tuple{1, 1, 1}, {7, 5, 3}, {33, 65, 17}, {129, 20, 400}, {300, 784, 5}}) {
+      // The last three are cut into panels on the CPU: by columns (m < n) and by rows, with ragged ends.
+      for (auto [m, n, k] : {std::tuple{1, 1, 1},
+                             {7, 5, 3},
+                             {33, 65, 17},
+                             {129, 20, 400},
+                             {300, 784, 5},
+                             {130, 517, 40},
+                             {517, 130, 40}}) {
         const int lda = (ta ? m : k) + 3, ldb = (tb ? k : n) + 1, ldc = n + 2;  // padded strides
         const auto a = test::random_uniform(static_cast<size_t>(ta ? k : m) * lda, 1 + m);
         const auto b = test::random_uniform(static_cast<size_t>(tb ? n : k) * ldb, 2 + n);

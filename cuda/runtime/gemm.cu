@@ -42,19 +42,37 @@ GemmHandle* gemm_create(cudaStream_t, bool) {
 void gemm_destroy(GemmHandle* h) noexcept { delete h; }
 
 namespace {
+// C is cut into panels, one per worker: by rows (panels of op(A)) or by columns (panels of
+// op(B)). Each panel's OpenBLAS call packs the whole of the operand that is not cut, so the cut
+// goes through the dimension that leaves the smaller operand to be packed twice: rows when
+// op(B) (k x n) is the smaller, columns when op(A) (m x k) is.
 struct Panels {
   const GemmOp* op;
-  int rows_per_panel;
+  bool by_columns;
+  int per_panel;
 };
+
 void gemm_panel(int i, void* ctx) {
   const Panels& p = *static_cast<const Panels*>(ctx);
   const GemmOp& op = *p.op;
-  const int m0 = i * p.rows_per_panel;
-  const int m = std::min(p.rows_per_panel, op.m - m0);
-  // Rows m0.. of op(A): row offset in A, or column offset when A is transposed.
-  const float* a = op.trans_a ? op.a + m0 : op.a + static_cast<size_t>(m0) * op.lda;
-  cblas_sgemm(CblasRowMajor, op.trans_a ? CblasTrans : CblasNoTrans, op.trans_b ? CblasTrans : CblasNoTrans, m, op.n,
-              op.k, op.alpha, a, op.lda, op.b, op.ldb, op.beta, op.c + static_cast<size_t>(m0) * op.ldc, op.ldc);
+  const int start = i * p.per_panel;
+  const float* a = op.a;
+  const float* b = op.b;
+  float* c = op.c;
+  int m = op.m, n = op.n;
+  if (p.by_columns) {
+    n = std::min(p.per_panel, op.n - start);
+    // Columns start.. of op(B): rows of B when it is transposed, columns otherwise.
+    b = op.trans_b ? op.b + static_cast<size_t>(start) * op.ldb : op.b + start;
+    c = op.c + start;
+  } else {
+    m = std::min(p.per_panel, op.m - start);
+    // Rows start.. of op(A): columns of A when it is transposed, rows otherwise.
+    a = op.trans_a ? op.a + start : op.a + static_cast<size_t>(start) * op.lda;
+    c = op.c + static_cast<size_t>(start) * op.ldc;
+  }
+  cblas_sgemm(CblasRowMajor, op.trans_a ? CblasTrans : CblasNoTrans, op.trans_b ? CblasTrans : CblasNoTrans, m, n, op.k,
+              op.alpha, a, op.lda, b, op.ldb, op.beta, c, op.ldc);
 }
 }  // namespace
 
@@ -62,10 +80,15 @@ void gemm(GemmHandle*, const GemmOp& op) {
   check_gemm(op);
   if (op.m == 0 || op.n == 0) return;
   const long long flops = 2ll * op.m * op.n * op.k;
-  int panels = std::min<long long>(hx::workers(), std::max<long long>(1, flops / (1 << 20)));
-  panels = std::min(panels, std::max(1, op.m / 16));
-  Panels p{&op, static_cast<int>((op.m + panels - 1) / panels)};
-  panels = (op.m + p.rows_per_panel - 1) / p.rows_per_panel;
+  const bool by_columns = op.m < op.n;
+  const int extent = by_columns ? op.n : op.m;
+  // At least a megaflop and 16 rows or columns (a vector width) per panel.
+  int panels = static_cast<int>(std::min<long long>(hx::workers(), std::max<long long>(1, flops / (1 << 20))));
+  panels = std::min(panels, std::max(1, extent / 16));
+  int per_panel = (extent + panels - 1) / panels;
+  if (by_columns) per_panel = (per_panel + 15) / 16 * 16;  // whole vectors of C's rows per panel
+  Panels p{&op, by_columns, per_panel};
+  panels = (extent + per_panel - 1) / per_panel;
   hx::parallel_for(panels, gemm_panel, &p);
 }
 

@@ -1,0 +1,201 @@
+#!/usr/bin/env python3
+"""Our trainer against the peers on one machine, in one call: the same model (784-400-20, ReLU,
+Bernoulli decoder, Adam 1e-3, batch 128, L = 1) for the same epochs on Fashion-MNIST, runs
+alternating between implementations, then one table: seconds per epoch (median of every epoch
+after the first, over all rounds), samples/s, test ELBO after the last epoch (mean over rounds)
+and each peer's time per epoch over ours.
+
+  compare.py --device cpu   # vae --device cpu against PyTorch eager at each thread split
+  compare.py --device cuda  # vae (CUDA graph) against PyTorch eager, torch.compile and JAX jit
+
+On the CPU the peers get this machine's best OpenBLAS kernels (the same OPENBLAS_CORETYPE that
+`vae` picks for itself where OpenBLAS does not know the CPU) and flush denormals, as `vae` does.
+Also prints the floor: the epoch's GEMM work at the GEMM rates `bench_step` measures in the
+same call. Writes the table and every run's lines to --out (default bench-peers-<device>/)."""
+
+import argparse
+import ctypes
+import ctypes.util
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+
+
+def openblas_core_env():
+    """OPENBLAS_CORETYPE for the peers where OpenBLAS falls back to a generic core on this CPU."""
+    if "OPENBLAS_CORETYPE" in os.environ:
+        return {}
+    try:
+        lib = ctypes.CDLL("libopenblas.so.0")
+        lib.openblas_get_corename.restype = ctypes.c_char_p
+        core = lib.openblas_get_corename().decode().lower()
+    except (OSError, AttributeError):
+        return {}
+    flags = open("/proc/cpuinfo").read()
+    if core not in ("prescott", "nehalem", "core2", "unknown"):
+        return {}
+    if " avx512f" in flags and " avx512bw" in flags:
+        return {"OPENBLAS_CORETYPE": "SkylakeX"}
+    if " avx2" in flags:
+        return {"OPENBLAS_CORETYPE": "Haswell"}
+    return {}
+
+
+class Config:
+    def __init__(self, impl, label, argv, env=None, ours=False):
+        self.impl, self.label, self.argv, self.env, self.ours = impl, label, argv, env or {}, ours
+        self.epochs = []  # (round, epoch record)
+        self.failure = None
+
+
+def run_ours(cfg, args, rnd, log):
+    with tempfile.TemporaryDirectory(prefix="vae-peers-") as out:
+        cmd = cfg.argv + ["--out", os.path.join(out, "run")]
+        log.write(f"$ {' '.join(cmd)}\n")
+        r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **cfg.env})
+        log.write(r.stdout + r.stderr)
+        if r.returncode != 0:
+            raise RuntimeError(f"exit {r.returncode}: {(r.stderr or r.stdout).strip().splitlines()[-1:]}")
+        with open(os.path.join(out, "run", "metrics.jsonl")) as f:
+            lines = [json.loads(x) for x in f if x.strip()]
+    for m in lines:
+        log.write(json.dumps(m) + "\n")
+    return lines
+
+
+def run_peer(cfg, args, rnd, log):
+    log.write(f"$ {' '.join(f'{k}={v}' for k, v in cfg.env.items())} {' '.join(cfg.argv)}\n")
+    r = subprocess.run(cfg.argv, capture_output=True, text=True, env={**os.environ, **cfg.env}, cwd=HERE)
+    log.write(r.stdout + r.stderr)
+    if r.returncode != 0:
+        tail = (r.stderr or r.stdout).strip().splitlines()
+        raise RuntimeError(f"exit {r.returncode}: {tail[-1] if tail else ''}")
+    return [json.loads(x) for x in r.stdout.splitlines() if x.startswith("{")]
+
+
+def floor(args, log):
+    """bench_step's GEMM floor for the default model at the benchmark's batch size."""
+    exe = os.path.join(args.build, "bench", "bench_step")
+    cmd = [exe, "--device", args.device, "--batch", str(args.batch_size), "--steps", "200", "--json", "1"]
+    log.write(f"$ {' '.join(cmd)}\n")
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    log.write(r.stdout + r.stderr)
+    if r.returncode != 0:
+        return None
+    return [json.loads(x) for x in r.stdout.splitlines() if x.startswith("{")][-1]
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", choices=["cpu", "cuda"], required=True)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=2, help="alternating rounds over all implementations")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--build", default=os.path.join(ROOT, "build"), help="the CMake build folder holding host/vae")
+    p.add_argument("--python", default=sys.executable, help="the Python that has torch (and jax) for the peers")
+    p.add_argument("--data", default="/usr/share/datasets/fashion-mnist")
+    p.add_argument("--train-limit", type=int, default=None)
+    p.add_argument("--test-limit", type=int, default=None)
+    p.add_argument("--skip", default="", help="comma-separated peers to leave out: torch-compile, jax, ...")
+    p.add_argument("--out", default=None)
+    args = p.parse_args()
+    out = args.out or f"bench-peers-{args.device}"
+    os.makedirs(out, exist_ok=True)
+    vae = os.path.join(args.build, "host", "vae")
+    if not os.access(vae, os.X_OK):
+        sys.exit(f"compare.py: --build {args.build}: no host/vae there (build the project first)")
+
+    common = ["--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--data", args.data]
+    limits = []
+    if args.train_limit:
+        limits += ["--train-limit", str(args.train_limit)]
+    if args.test_limit:
+        limits += ["--test-limit", str(args.test_limit)]
+    ours = [vae, "train", "--device", args.device, "--quiet"] + common + limits
+    peer = lambda script, *extra: [args.python, os.path.join(HERE, script), "--device", args.device, *common, *limits,
+                                   *extra]
+    skip = set(filter(None, args.skip.split(",")))
+    configs = []
+    if args.device == "cpu":
+        configs.append(Config("vae", "cpu, 2 workers" if os.cpu_count() == 2 else "cpu", ours, ours=True))
+        core = openblas_core_env()
+        n = os.cpu_count() or 1
+        splits = sorted({(1, 1), (1, n), (n, 1), (n, n)})
+        for t, b in splits:
+            env = {**core, "OMP_NUM_THREADS": str(t), "OPENBLAS_NUM_THREADS": str(b)}
+            label = f"{t} torch thread{'s' if t > 1 else ''}, {b} OpenBLAS" + (
+                f", {core['OPENBLAS_CORETYPE']}" if core else "")
+            configs.append(Config("pytorch eager", label, peer("torch_vae.py", "--threads", str(t)), env))
+    else:
+        configs.append(Config("vae", "CUDA graph", ours, ours=True))
+        configs.append(Config("vae", "no graph", ours + ["--no-graph"], ours=True))
+        configs.append(Config("pytorch eager", "fused Adam", peer("torch_vae.py", "--mode", "eager")))
+        if "torch-compile" not in skip:
+            for mode in ("default", "reduce-overhead"):
+                configs.append(Config("torch.compile", mode, peer("torch_vae.py", "--mode", "compile",
+                                                                   "--compile-mode", mode)))
+        if "jax" not in skip:
+            configs.append(Config("jax jit", "", peer("jax_vae.py")))
+    configs = [c for c in configs if c.impl.replace(" ", "-") not in skip]
+
+    with open(os.path.join(out, "runs.log"), "w") as log:
+        log.write(f"compare.py {' '.join(sys.argv[1:])}  {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        for rnd in range(args.rounds):
+            for c in configs:
+                if c.failure:
+                    continue
+                print(f"round {rnd + 1}/{args.rounds}: {c.impl} {c.label}", file=sys.stderr, flush=True)
+                try:
+                    lines = (run_ours if c.ours else run_peer)(c, args, rnd, log)
+                    if len(lines) != args.epochs:
+                        raise RuntimeError(f"reported {len(lines)} epochs of {args.epochs}")
+                    c.epochs += [(rnd, m) for m in lines]
+                except (RuntimeError, OSError, ValueError) as e:
+                    c.failure = str(e)
+                    print(f"  failed: {e}", file=sys.stderr)
+                log.flush()
+        fl = floor(args, log)
+
+    def summary(c):
+        timed = [m["epoch_seconds"] for _, m in c.epochs if m["epoch"] > 1 or args.epochs == 1]
+        last = [m["test_elbo"] for _, m in c.epochs if m["epoch"] == args.epochs]
+        return statistics.median(timed), statistics.mean(last)
+
+    done = [c for c in configs if c.epochs]
+    ours_s = min(summary(c)[0] for c in done if c.ours) if any(c.ours for c in done) else None
+    rows = []
+    for c in done:
+        s, elbo = summary(c)
+        rows.append((c.impl, c.label, f"{s:.3f}", f"{60000 / s if not args.train_limit else args.train_limit / s:,.0f}",
+                     f"{elbo:.2f}", f"{s / ours_s:.2f}" if ours_s else "-"))
+    for c in configs:
+        if c.failure:
+            rows.append((c.impl, c.label, "failed", "", "", c.failure[:60]))
+    if fl and ours_s:
+        for key, what in (("floor_step_gemms_s", "the step's GEMMs alone"), ("floor_peak_gemm_s", "peak SGEMM rate")):
+            if key in fl:
+                rows.append(("GEMM floor", f"{what} ({fl[key.replace('_s', '_gflops')]:.0f} GFLOP/s)",
+                             f"{fl[key]:.3f}", "", "", f"{fl[key] / ours_s:.2f}"))
+    head = ("implementation", "configuration", "s/epoch", "samples/s", f"test ELBO @{args.epochs}", "÷ ours")
+    widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
+    fmt = lambda r: "| " + " | ".join(str(x).ljust(w) for x, w in zip(r, widths)) + " |"
+    commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    title = (f"compare.py --device {args.device}: {args.epochs} epochs x {args.rounds} rounds, batch "
+             f"{args.batch_size}, commit {commit.stdout.strip() or '?'}, {time.strftime('%Y-%m-%d')}")
+    table = "\n".join([title, "", fmt(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] +
+                      [fmt(r) for r in rows])
+    print(table)
+    with open(os.path.join(out, "table.md"), "w") as f:
+        f.write(table + "\n")
+    return 0 if all(not c.failure for c in configs) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
