@@ -12,6 +12,8 @@
 //
 // Without a GPU (or with --device cpu) it runs the same kernels under host execution at small
 // batches, so that the program is known to work; its timings are then CPU timings.
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
@@ -52,6 +54,26 @@ std::vector<float> random_values(size_t n, uint32_t seed, float lo, float hi) {
   }
   return v;
 }
+
+// Before it is timed, each pair must agree: the fused kernel's outputs against the unfused
+// composition's on the same inputs (float sums in another order: a relative tolerance).
+struct Agreement {
+  int passed = 0, failed = 0;
+  void expect(const char* what, int batch, const std::vector<float>& fused, const std::vector<float>& unfused,
+              double tol = 2e-4) {
+    double worst = 0;
+    for (size_t i = 0; i < fused.size(); ++i) {
+      const double a = fused[i], b = unfused[i];
+      worst = std::max(worst, std::fabs(a - b) / (1e-3 + std::max(std::fabs(a), std::fabs(b))));
+      if (!(std::fabs(a - b) <= tol * (1e-3 + std::max(std::fabs(a), std::fabs(b))))) {
+        std::printf("MISMATCH %s (batch %d) at %zu: fused %.7g, unfused %.7g\n", what, batch, i, a, b);
+        ++failed;
+        return;
+      }
+    }
+    ++passed;
+  }
+};
 
 const UnfusedOps& unfused_ops(Target t) {
 #if VAE_WITH_CUDA
@@ -132,6 +154,7 @@ int main(int argc, char** argv) {
 
   const int D = 784, H = 400, J = 20;
   const double f4 = sizeof(float);
+  Agreement agree;
   for (const int B : batches) {
     ModelConfig mc;  // 784-400-20, ReLU, Bernoulli
     Vae model(ctx, mc, B, 1);
@@ -149,6 +172,12 @@ int main(int argc, char** argv) {
     const double enc_bytes = (static_cast<double>(H) * D + 2.0 * J * H + H + 2 * J) * f4 +  // parameters
                              (bd + bh + 2 * bj + bj + B) * f4;  // x in; hidden, heads, z, KL out
     const NoiseKey key{1, RandomStream::latent_noise, at.data()};
+    model.set_fused_encoder(true);
+    model.encode(B, key);
+    const std::vector<float> fused_kl = model.kl().download();
+    model.set_fused_encoder(false);
+    model.encode(B, key);
+    agree.expect("encoder KL", B, fused_kl, model.kl().download(), 1e-3);
     pair(
         "encoder forward 784-400-20", B, enc_bytes, enc_flops,
         [&] {
@@ -159,10 +188,23 @@ int main(int argc, char** argv) {
           model.set_fused_encoder(false);
           model.encode(B, key);
         },
-        "cuBLAS");
+        gpu ? "cuBLAS" : "OpenBLAS");
 
     // Latent stage alone: ε, z = μ + σ ε, KL per row.
     NormalGenerator* gen = unf.normal_generator_create(7, s);
+    {
+      ops.latent_forward(heads.data(), z.data(), kl.data(), B, J, 1, 1, RandomStream::latent_noise, at.data(), s);
+      const std::vector<float> fused_latent_kl = kl.download();
+      unf.latent_forward(gen, heads.data(), eps.data(), z.data(), kl.data(), B, J, s);
+      agree.expect("latent KL", B, fused_latent_kl, kl.download());
+      const auto hd = heads.download(), e = eps.download(), zz = z.download();
+      std::vector<float> want(bj);  // z = μ + exp(½ log σ²) ε from the cuRAND draws
+      for (size_t i = 0; i < bj; ++i) {
+        const size_t r = i / J, j = i % J;
+        want[i] = static_cast<float>(hd[r * 2 * J + j] + std::exp(0.5 * hd[r * 2 * J + J + j]) * e[i]);
+      }
+      agree.expect("unfused z", B, want, zz);
+    }
     pair(
         "latent: eps, reparam, KL (J=20)", B, (2.0 * bj + bj + B) * f4, 0,
         [&] {
@@ -172,6 +214,12 @@ int main(int argc, char** argv) {
     unf.normal_generator_destroy(gen);
 
     // Bernoulli log-likelihood per row and its gradient.
+    ops.bernoulli_reconstruction(logits.data(), x.data(), log_prob.data(), grad.data(), B, D, 1, 1.f / B, s);
+    const std::vector<float> fused_lp = log_prob.download(), fused_grad = grad.download();
+    unf.bernoulli_reconstruction(logits.data(), x.data(), lp_elements.data(), log_prob.data(), grad.data(), B, D,
+                                 1.f / B, s);
+    agree.expect("Bernoulli log p", B, fused_lp, log_prob.download());
+    agree.expect("Bernoulli gradient", B, fused_grad, grad.download());
     pair(
         "Bernoulli recon + gradient (D=784)", B, (3.0 * bd + B) * f4, 0,
         [&] {
@@ -184,6 +232,15 @@ int main(int argc, char** argv) {
         "3 kernels");
 
     // Dense backward: ReLU derivative in place and the bias gradient (column sums).
+    {
+      const std::vector<float> dh0 = dh.download();
+      ops.dense_activation_backward(dh.data(), h.data(), grad_bias.data(), B, H, Activation::relu, s);
+      const std::vector<float> fused_dh = dh.download(), fused_db = grad_bias.download();
+      dh.upload(dh0);
+      unf.dense_relu_backward(dh.data(), h.data(), grad_bias.data(), B, H, s);
+      agree.expect("dense backward gradient", B, fused_dh, dh.download());
+      agree.expect("dense backward bias gradient", B, fused_db, grad_bias.download());
+    }
     pair(
         "dense backward, ReLU (400 cols)", B, (3.0 * bh + H) * f4, 0,
         [&] { ops.dense_activation_backward(dh.data(), h.data(), grad_bias.data(), B, H, Activation::relu, s); },
@@ -197,6 +254,16 @@ int main(int argc, char** argv) {
     DeviceBuffer<float> p(ctx, random_values(n, 6, -0.1f, 0.1f)), g(ctx, random_values(n, 7, -1.f, 1.f)),
         m(ctx, random_values(n, 8, -0.01f, 0.01f)), v(ctx, random_values(n, 9, 0.f, 0.01f));
     DeviceBuffer<StepState> at(ctx, std::vector<StepState>{{100, 0}});
+    {
+      const auto p0 = p.download(), m0 = m.download(), v0 = v.download();
+      ops.optimizer_step(OptimizerKind::adam, hyper, p.data(), g.data(), m.data(), v.data(), P, at.data(), s);
+      const auto fp = p.download(), fm = m.download(), fv = v.download();
+      p.upload(p0), m.upload(m0), v.upload(v0);
+      unf.adam_step(hyper, p.data(), g.data(), m.data(), v.data(), P, 100, s);
+      agree.expect("Adam parameters", 0, fp, p.download(), 1e-5);
+      agree.expect("Adam first moments", 0, fm, m.download(), 1e-5);
+      agree.expect("Adam second moments", 0, fv, v.download(), 1e-5);
+    }
     char name[64];
     std::snprintf(name, sizeof name, "Adam step (%.2fM params)", P / 1e6);
     pair(
@@ -206,5 +273,6 @@ int main(int argc, char** argv) {
         },
         [&] { unf.adam_step(hyper, p.data(), g.data(), m.data(), v.data(), P, 100, s); }, "3 kernels");
   }
-  return 0;
+  std::printf("\nfused against unfused outputs: %d agree, %d differ\n", agree.passed, agree.failed);
+  return agree.failed ? 1 : 0;
 }

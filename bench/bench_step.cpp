@@ -3,7 +3,8 @@
 // and transposes the step issues) timed alone, and its GEMM work at the rate of a large square
 // SGEMM measured in the same run. Prints a table; `--json 1` adds one JSON line.
 //   bench_step [--device cpu|cuda] [--batch 128] [--hidden 400] [--latent 20] [--steps 200]
-//              [--fused-encoder 0|1] [--json 0|1]
+//              [--fused-encoder 0|1] [--tf32 0|1] [--json 0|1]
+// With --tf32 1 (GPU) the GEMMs use TF32 tensor cores and the peak is the TF32 rate.
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -66,7 +67,7 @@ StepGemms step_gemms(const DeviceContext& ctx, const ParamLayout& layout, int ba
 int main(int argc, char** argv) {
   vae::reexec_with_better_openblas_core(argv);
   std::string device = "auto";
-  int batch = 128, hidden = 400, latent = 20, steps = 200, dim = 784, fused = 0, json = 0;
+  int batch = 128, hidden = 400, latent = 20, steps = 200, dim = 784, fused = 0, json = 0, tf32 = 0;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string k = argv[i];
     const char* v = argv[i + 1];
@@ -84,12 +85,14 @@ int main(int argc, char** argv) {
       fused = std::atoi(v);
     else if (k == "--json")
       json = std::atoi(v);
+    else if (k == "--tf32")
+      tf32 = std::atoi(v);
     else {
       std::fprintf(stderr, "bench_step: unknown flag %s\n", argv[i]);
       return 2;
     }
   }
-  DeviceContext ctx(resolve_target(device), false);
+  DeviceContext ctx(resolve_target(device), tf32 != 0);
   ModelConfig mc;
   mc.input_dim = dim;
   mc.hidden = {hidden};
@@ -138,6 +141,7 @@ int main(int argc, char** argv) {
   // The floor: the step's GEMMs alone, and its GEMM work at the large-SGEMM rate.
   bench::Timer timer(ctx);
   const bench::Peaks peak = bench::measure_peaks(ctx, timer);
+  const double peak_gflops = ctx.tf32() ? peak.tf32_gflops : peak.sgemm_gflops;  // same precision as the step
   StepGemms gemms = step_gemms(ctx, model.layout(), batch, 1);
   const bool gpu = ctx.target() == Target::cuda;
   const double gemm_ms = 1e-3 * timer.median_us(
@@ -167,10 +171,10 @@ int main(int argc, char** argv) {
               "gemm floor", gemm_ms, gemms.ops.size(), step_gemm_gflops, epoch_steps * gemm_ms / 1e3,
               step_ms / gemm_ms);
   std::printf(
-      "%-12s %10.4f  (its GEMM work at the %d^3 SGEMM rate, %.1f GFLOP/s: epoch floor %.2f s, the step is "
+      "%-12s %10.4f  (its GEMM work at the %d^3 GEMM rate, %.1f GFLOP/s: epoch floor %.2f s, the step is "
       "%.2fx)\n",
-      "peak floor", gemms.flops / (peak.sgemm_gflops * 1e6), peak.gemm_side, peak.sgemm_gflops,
-      epoch_steps * gemms.flops / (peak.sgemm_gflops * 1e9), step_ms * peak.sgemm_gflops * 1e6 / gemms.flops);
+      "peak floor", gemms.flops / (peak_gflops * 1e6), peak.gemm_side, peak_gflops,
+      epoch_steps * gemms.flops / (peak_gflops * 1e9), step_ms * peak_gflops * 1e6 / gemms.flops);
   std::printf("\nthe step's GEMMs, each alone:\n%-28s %10s %10s %10s %10s\n", "m x n x k (op)", "cold us", "GFLOP/s",
               "warm us", "GFLOP/s");
   for (size_t i = 0; i < gemms.ops.size(); ++i) {
@@ -188,8 +192,7 @@ int main(int argc, char** argv) {
         "\"floor_step_gemms_s\":%.6f,\"floor_step_gemms_gflops\":%.3f,\"floor_peak_gemm_s\":%.6f,"
         "\"floor_peak_gemm_gflops\":%.3f}\n",
         ctx.description().c_str(), batch, step_ms, epoch_steps * step_ms / 1e3, gemms.flops / 1e9,
-        epoch_steps * gemm_ms / 1e3, step_gemm_gflops, epoch_steps * gemms.flops / (peak.sgemm_gflops * 1e9),
-        peak.sgemm_gflops);
+        epoch_steps * gemm_ms / 1e3, step_gemm_gflops, epoch_steps * gemms.flops / (peak_gflops * 1e9), peak_gflops);
   }
   return 0;
 }

@@ -1,16 +1,32 @@
 #!/usr/bin/env bash
-# One call on a machine with a GPU: build for the card, run the whole test suite on it (GPU tests
-# must run, not skip), compare GPU and CPU training, run the benchmarks, print a summary table
-# last. Full logs go into the report folder (at most 8 files, for the device tool's $OUT).
+# On a machine with a GPU: build for the card, run the whole test suite on it (GPU tests must
+# run, not skip), compare GPU and CPU training, run the benchmarks and the peers, print a
+# summary table last. Full logs go into the report folder (at most 8 files, for the device
+# tool's $OUT).
 #
-#   bench/gpu_check.sh REPORT_DIR
+#   bench/gpu_check.sh REPORT_DIR [STAGE ...]
+#
+# Stages: check (build, tests, compute-sanitizer, GPU against CPU), bench (bench_kernels,
+# bench_step, throughput.py), peers (bench/peers/compare.py: PyTorch eager, torch.compile and
+# JAX on the same card). Default: all three. Each stage fits a 10-minute call on its own; a
+# later call reuses build-gpu/ when the machine is still warm (the build step is then quick).
 #
 # Where the machine lacks the Debian packages the build needs and cannot fetch them, prepare
 # .gpu-deps/ here with bench/gpu_deps.sh and carry it along: this script unpacks it under /tmp
 # (never into /) and points the build at it. Meant to finish in under 9 minutes on 16 cores.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-report=${1:?usage: bench/gpu_check.sh REPORT_DIR}
+report=${1:?usage: bench/gpu_check.sh REPORT_DIR [check|bench|peers ...]}
+shift
+stages=" ${*:-check bench peers} "
+for st in $stages; do
+  case $st in check | bench | peers) ;; *)
+    echo "gpu_check.sh: unknown stage '$st' (check, bench or peers)" >&2
+    exit 2
+    ;;
+  esac
+done
+want() { [[ $stages == *" $1 "* ]]; }
 mkdir -p "$report"
 report=$(cd "$report" && pwd)
 export PATH="$PATH:/usr/local/cuda/bin"
@@ -35,7 +51,7 @@ elapsed() { echo $(($(date +%s) - $1)); }
   "${CXX:-g++}" --version | head -1 || true
   cmake --version | head -1 || true
   git rev-parse HEAD 2>/dev/null || true
-} >"$report/machine.log" 2>&1
+} >"$report/build.log" 2>&1
 gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
 cc=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d .)
 arch=${VAE_CUDA_ARCH:-${cc:-90}}
@@ -72,7 +88,7 @@ fi
 # ---- build ----------------------------------------------------------------------------------
 t=$(date +%s)
 if cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DVAE_WITH_CUDA=ON -DVAE_CUDA_ARCHITECTURES="$arch" \
-  "${cmake_deps[@]}" >"$report/build.log" 2>&1 && cmake --build build-gpu -j "$jobs" >>"$report/build.log" 2>&1; then
+  "${cmake_deps[@]}" >>"$report/build.log" 2>&1 && cmake --build build-gpu -j "$jobs" >>"$report/build.log" 2>&1; then
   record build ok "sm_$arch, $(elapsed "$t") s"
 else
   record build FAIL "see build.log"
@@ -80,7 +96,7 @@ else
 fi
 
 # ---- the whole test suite on the GPU --------------------------------------------------------
-if [ -x build-gpu/host/vae ]; then
+if [ -x build-gpu/host/vae ] && want check; then
   t=$(date +%s)
   ctest --test-dir build-gpu --output-on-failure -j 4 --timeout 300 >"$report/tests.log" 2>&1
   rc=$?
@@ -131,28 +147,41 @@ PY
     record gpu_vs_cpu FAIL "200 steps: test ELBO GPU ${gpu_elbo:-?}, CPU ${cpu_elbo:-?} (tolerance 1 nat)"
   fi
 
-  # ---- benchmarks -----------------------------------------------------------------------------
+fi
+
+# ---- benchmarks -------------------------------------------------------------------------------
+if [ -x build-gpu/host/vae ] && want bench; then
   t=$(date +%s)
   {
-        build-gpu/bench/bench_hostexec
-    for batch in 128 512; do build-gpu/bench/bench_kernels --device cuda --batch $batch; done
-
-        for args in "--batch 128" "--batch 512" "--batch 128 --hidden 100"; do
+    build-gpu/bench/bench_kernels --device cuda
+    build-gpu/bench/bench_kernels --device cuda --cache warm --reps 500
+    for args in "--batch 128" "--batch 512" "--batch 4096" "--batch 128 --hidden 100"; do
       for fused in 0 1; do
         build-gpu/bench/bench_step --device cuda $args --steps 300 --fused-encoder $fused
       done
     done
-    build-gpu/bench/bench_step --device cpu --batch 128 --steps 100
-        for variant in "" "--no-graph" "--fused-encoder"; do
+    for variant in "" "--fused-encoder"; do
       rm -rf /tmp/vae-bench
       echo "vae train --device cuda --epochs 3 $variant"
       build-gpu/host/vae train --device cuda --epochs 3 --quiet --out /tmp/vae-bench $variant &&
         cat /tmp/vae-bench/metrics.jsonl
     done
+    python3 bench/throughput.py --device cuda --build build-gpu --out /tmp/vae-throughput
   } >"$report/bench.log" 2>&1
   brc=$?
-  graph_sps=$(grep -m1 '"cuda_graph":true' "$report/bench.log" | python3 -c "import json,sys; print(round(json.loads(sys.stdin.read())['samples_per_second']))" 2>/dev/null)
-  record bench "$([ $brc -eq 0 ] && echo ok || echo FAIL)" "see bench.log; default model with graph: ${graph_sps:-?} samples/s"
+  record bench "$([ $brc -eq 0 ] && echo ok || echo FAIL)" "bench.log, $(elapsed "$t") s"
+fi
+
+# ---- peers: PyTorch eager, torch.compile, JAX on this card ------------------------------------
+if [ -x build-gpu/host/vae ] && want peers; then
+  t=$(date +%s)
+  rm -rf /tmp/vae-peers
+  python3 bench/peers/compare.py --device cuda --build build-gpu --epochs 3 --rounds 1 --out /tmp/vae-peers \
+    >"$report/peers.log" 2>&1
+  prc=$?
+  cat /tmp/vae-peers/runs.log >>"$report/peers.log" 2>/dev/null
+  cp /tmp/vae-peers/table.md "$report/peers.md" 2>/dev/null
+  record peers "$([ $prc -eq 0 ] && echo ok || echo FAIL)" "peers.log, $(elapsed "$t") s"
 fi
 
 # ---- summary (last) -------------------------------------------------------------------------
@@ -163,6 +192,7 @@ fi
     IFS='|' read -r name status detail <<<"$r"
     printf '%-12s %-6s %s\n' "$name" "$status" "$detail"
   done
-  grep -E '^(phase|gather|forward|backward|optimizer|step|bench_step|barriers|elementwise)' "$report/bench.log" 2>/dev/null
+  [ -f "$report/bench.log" ] && sed -n '/^throughput.py/,$p' "$report/bench.log"
+  [ -f "$report/peers.md" ] && cat "$report/peers.md"
 } | tee "$report/summary.txt"
 exit $failed

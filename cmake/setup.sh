@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the project needs, when any is missing. Safe to run again.
+# Installs the Debian packages the project needs, when any is missing, and any further packages
+# named as arguments (bench/peers/cpu_compare.sh names PyTorch's). Safe to run again.
 # The CUDA toolkit itself (nvcc, cuBLAS, cuRAND, Thrust) is expected under /usr/local/cuda.
 set -euo pipefail
 
@@ -12,6 +13,7 @@ packages=(
   zlib1g-dev libpng-dev
   clang-format
   dataset-fashion-mnist  # the default data: /usr/share/datasets/fashion-mnist
+  "$@"
 )
 
 missing=()

@@ -25,7 +25,10 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.dirname(HERE))
+import report  # noqa: E402  (bench/report.py)
+
+ROOT = report.ROOT
 
 
 def openblas_core_env():
@@ -100,6 +103,7 @@ def main():
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--build", default=os.path.join(ROOT, "build"), help="the CMake build folder holding host/vae")
     p.add_argument("--python", default=sys.executable, help="the Python that has torch (and jax) for the peers")
+    p.add_argument("--jax-python", default=None, help="a Python that has jax, where --python lacks it")
     p.add_argument("--data", default="/usr/share/datasets/fashion-mnist")
     p.add_argument("--train-limit", type=int, default=None)
     p.add_argument("--test-limit", type=int, default=None)
@@ -119,8 +123,10 @@ def main():
     if args.test_limit:
         limits += ["--test-limit", str(args.test_limit)]
     ours = [vae, "train", "--device", args.device, "--quiet"] + common + limits
-    peer = lambda script, *extra: [args.python, os.path.join(HERE, script), "--device", args.device, *common, *limits,
-                                   *extra]
+    peer = lambda script, *extra, python=args.python: [python, os.path.join(HERE, script), "--device", args.device,
+                                                       *common, *limits, *extra]
+    jax_python = args.jax_python or args.python
+    has_jax = subprocess.run([jax_python, "-c", "import jax"], capture_output=True).returncode == 0
     skip = set(filter(None, args.skip.split(",")))
     configs = []
     if args.device == "cpu":
@@ -133,6 +139,8 @@ def main():
             label = f"{t} torch thread{'s' if t > 1 else ''}, {b} OpenBLAS" + (
                 f", {core['OPENBLAS_CORETYPE']}" if core else "")
             configs.append(Config("pytorch eager", label, peer("torch_vae.py", "--threads", str(t)), env))
+        if "jax" not in skip and has_jax:
+            configs.append(Config("jax jit", "XLA CPU", peer("jax_vae.py", python=jax_python)))
     else:
         configs.append(Config("vae", "CUDA graph", ours, ours=True))
         configs.append(Config("vae", "no graph", ours + ["--no-graph"], ours=True))
@@ -142,7 +150,7 @@ def main():
                 configs.append(Config("torch.compile", mode, peer("torch_vae.py", "--mode", "compile",
                                                                    "--compile-mode", mode)))
         if "jax" not in skip:
-            configs.append(Config("jax jit", "", peer("jax_vae.py")))
+            configs.append(Config("jax jit", "XLA GPU", peer("jax_vae.py", python=jax_python)))
     configs = [c for c in configs if c.impl.replace(" ", "-") not in skip]
 
     with open(os.path.join(out, "runs.log"), "w") as log:
@@ -163,37 +171,35 @@ def main():
                 log.flush()
         fl = floor(args, log)
 
-    def summary(c):
-        timed = [m["epoch_seconds"] for _, m in c.epochs if m["epoch"] > 1 or args.epochs == 1]
-        last = [m["test_elbo"] for _, m in c.epochs if m["epoch"] == args.epochs]
-        return statistics.median(timed), statistics.mean(last)
-
     done = [c for c in configs if c.epochs]
-    ours_s = min(summary(c)[0] for c in done if c.ours) if any(c.ours for c in done) else None
+    n_train = args.train_limit or 60000
+    ours_s = min((report.median_epoch_seconds([m for _, m in c.epochs]) for c in done if c.ours), default=None)
     rows = []
     for c in done:
-        s, elbo = summary(c)
-        rows.append((c.impl, c.label, f"{s:.3f}", f"{60000 / s if not args.train_limit else args.train_limit / s:,.0f}",
-                     f"{elbo:.2f}", f"{s / ours_s:.2f}" if ours_s else "-"))
+        s = report.median_epoch_seconds([m for _, m in c.epochs])
+        elbo = statistics.mean(m["test_elbo"] for _, m in c.epochs if m["epoch"] == args.epochs)
+        rows.append((c.impl, c.label, f"{s:.3f}", f"{n_train / s:,.0f}", f"{elbo:.2f}",
+                     f"{s / ours_s:.2f}" if ours_s else "-"))
     for c in configs:
         if c.failure:
             rows.append((c.impl, c.label, "failed", "", "", c.failure[:60]))
     if fl and ours_s:
-        for key, what in (("floor_step_gemms_s", "the step's GEMMs alone"), ("floor_peak_gemm_s", "peak SGEMM rate")):
-            if key in fl:
-                rows.append(("GEMM floor", f"{what} ({fl[key.replace('_s', '_gflops')]:.0f} GFLOP/s)",
-                             f"{fl[key]:.3f}", "", "", f"{fl[key] / ours_s:.2f}"))
+        for seconds, rate, what in (("floor_step_gemms_s", "floor_step_gemms_gflops", "the step's GEMMs alone"),
+                                    ("floor_peak_gemm_s", "floor_peak_gemm_gflops", "at the peak SGEMM rate")):
+            floor_s = fl[seconds] * n_train / 60000  # bench_step's floors are for 60000 images
+            rows.append(("GEMM floor", f"{what}, {fl[rate]:.0f} GFLOP/s", f"{floor_s:.3f}", "", "",
+                         f"{floor_s / ours_s:.2f}"))
     head = ("implementation", "configuration", "s/epoch", "samples/s", f"test ELBO @{args.epochs}", "÷ ours")
-    widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
-    fmt = lambda r: "| " + " | ".join(str(x).ljust(w) for x, w in zip(r, widths)) + " |"
-    commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     title = (f"compare.py --device {args.device}: {args.epochs} epochs x {args.rounds} rounds, batch "
-             f"{args.batch_size}, commit {commit.stdout.strip() or '?'}, {time.strftime('%Y-%m-%d')}")
-    table = "\n".join([title, "", fmt(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] +
-                      [fmt(r) for r in rows])
+             f"{args.batch_size}, commit {report.commit()}, {report.today()}")
+    table = title + "\n\n" + report.markdown_table(head, rows)
     print(table)
     with open(os.path.join(out, "table.md"), "w") as f:
         f.write(table + "\n")
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump({"args": vars(args), "floor": fl, "runs": [
+            {"impl": c.impl, "label": c.label, "failure": c.failure, "epochs": [m for _, m in c.epochs]}
+            for c in configs]}, f, indent=1)
     return 0 if all(not c.failure for c in configs) else 1
 
 

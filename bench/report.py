@@ -1,0 +1,33 @@
+"""What the Python benchmark drivers share: the commit under test and a Markdown table."""
+
+import os
+import subprocess
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def commit():
+    r = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                           text=True)
+    return (r.stdout.strip() or "?") + ("+changes" if dirty.stdout.strip() else "")
+
+
+def today():
+    return time.strftime("%Y-%m-%d")
+
+
+def markdown_table(head, rows):
+    widths = [max(len(str(r[i])) for r in list(rows) + [head]) for i in range(len(head))]
+    line = lambda r: "| " + " | ".join(str(x).ljust(w) for x, w in zip(r, widths)) + " |"
+    return "\n".join([line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(r) for r in rows])
+
+
+def median_epoch_seconds(epochs):
+    """Median epoch time of the epochs after the first (the first pays for warm-up), or of all
+    of them when there is only one."""
+    import statistics
+
+    timed = [m["epoch_seconds"] for m in epochs if m["epoch"] > 1] or [m["epoch_seconds"] for m in epochs]
+    return statistics.median(timed)

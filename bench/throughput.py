@@ -1,0 +1,97 @@
+#!/usr/bin/env python3
+"""End-to-end training throughput of `vae train` on Fashion-MNIST: seconds per epoch (median
+of the epochs after the first) and samples/s at batch 128 and 4096, with and without the CUDA
+graph, in fp32 and TF32 (on the CPU: the batch sizes only). Then the GEMM share at each batch
+size from bench_step: the step's GEMMs alone against a large square GEMM of the same precision
+measured in the same call.
+
+  throughput.py --device cuda|cpu [--epochs 3] [--build build] [--out DIR]"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import report
+
+
+def train(vae, device, batch, epochs, extra, log):
+    with tempfile.TemporaryDirectory(prefix="vae-throughput-") as tmp:
+        out = os.path.join(tmp, "run")
+        cmd = [vae, "train", "--device", device, "--batch-size", str(batch), "--epochs", str(epochs), "--quiet",
+               "--out", out] + extra
+        log.write("$ " + " ".join(cmd) + "\n")
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        log.write(r.stdout + r.stderr)
+        if r.returncode != 0:
+            return None, (r.stderr or r.stdout).strip().splitlines()[-1:]
+        with open(os.path.join(out, "metrics.jsonl")) as f:
+            lines = [json.loads(x) for x in f if x.strip()]
+        log.write("".join(json.dumps(m) + "\n" for m in lines))
+        return lines, None
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", choices=["cpu", "cuda"], required=True)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--batches", default="128,4096")
+    p.add_argument("--build", default=os.path.join(report.ROOT, "build"))
+    p.add_argument("--out", default=None)
+    a = p.parse_args()
+    out = a.out or f"bench-throughput-{a.device}"
+    os.makedirs(out, exist_ok=True)
+    vae = os.path.join(a.build, "host", "vae")
+    bench_step = os.path.join(a.build, "bench", "bench_step")
+    if not os.access(vae, os.X_OK):
+        sys.exit(f"throughput.py: --build {a.build}: no host/vae there (build the project first)")
+    batches = [int(b) for b in a.batches.split(",")]
+    gpu = a.device == "cuda"
+    variants = [(g, t) for g in (True, False) for t in (False, True)] if gpu else [(False, False)]
+    rows, gemm_rows, failed = [], [], False
+    with open(os.path.join(out, "runs.log"), "w") as log:
+        for b in batches:
+            for graph, tf32 in variants:
+                extra = ([] if graph or not gpu else ["--no-graph"]) + (["--tf32"] if tf32 else [])
+                print(f"batch {b} {' '.join(extra)}", file=sys.stderr, flush=True)
+                lines, err = train(vae, a.device, b, a.epochs, extra, log)
+                if lines is None:
+                    rows.append((b, "-", "-", "failed", "", str(err)))
+                    failed = True
+                    continue
+                s = report.median_epoch_seconds(lines)
+                n = lines[-1]["samples_per_second"] * lines[-1]["epoch_seconds"]
+                rows.append((b, "yes" if lines[-1]["cuda_graph"] else "no", "TF32" if tf32 else "fp32", f"{s:.3f}",
+                             f"{n / s:,.0f}", f"{lines[-1]['test_elbo']:.2f}"))
+            for tf32 in (False, True) if gpu else (False,):
+                cmd = [bench_step, "--device", a.device, "--batch", str(b), "--steps", "100" if gpu else "20",
+                       "--tf32", str(int(tf32)), "--json", "1"]
+                log.write("$ " + " ".join(cmd) + "\n")
+                r = subprocess.run(cmd, capture_output=True, text=True)
+                log.write(r.stdout + r.stderr)
+                js = [json.loads(x) for x in r.stdout.splitlines() if x.startswith("{")]
+                if r.returncode != 0 or not js:
+                    gemm_rows.append((b, "TF32" if tf32 else "fp32", "failed", "", "", ""))
+                    failed = True
+                    continue
+                j = js[-1]
+                gemm_rows.append((b, "TF32" if tf32 else "fp32", f"{j['step_gemm_gflop'] / (j['step_ms'] * 1e-3):.0f}",
+                                  f"{j['floor_step_gemms_gflops']:.0f}", f"{j['floor_peak_gemm_gflops']:.0f}",
+                                  f"{100 * j['floor_step_gemms_gflops'] / j['floor_peak_gemm_gflops']:.0f}%"))
+    title = (f"throughput.py --device {a.device}: `vae train`, {a.epochs} epochs each, commit {report.commit()}, "
+             f"{report.today()}")
+    table = (title + "\n\n" + report.markdown_table(
+        ("batch", "CUDA graph", "GEMMs", "s/epoch", "samples/s", f"test ELBO @{a.epochs}"), rows) + "\n\n" +
+        "GEMM rates from bench_step (GFLOP/s): the whole step's GEMM work over its time, the step's GEMMs alone, "
+        "a large square GEMM of the same precision, and the step's GEMMs as a share of it\n\n" +
+        report.markdown_table(("batch", "GEMMs", "in the step", "GEMMs alone", "large GEMM", "share"), gemm_rows))
+    print(table)
+    with open(os.path.join(out, "table.md"), "w") as f:
+        f.write(table + "\n")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
