@@ -283,7 +283,8 @@ TEST_P(Kernels, OptimizerSteps) {
   }
 }
 
-// gather_batch_kernel (uint8, float32, dynamic binarization), through its launcher.
+// gather_batch_kernel (uint8, float32) and gather_binarized_batch_kernel (dynamic binarization),
+// through their launcher.
 TEST_P(Kernels, GatherBatch) {
   FOR_EACH_SHAPE(GetParam()) {
     const int n = 301, dim = 37, batch = 29;

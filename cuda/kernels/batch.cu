@@ -8,30 +8,38 @@ __device__ __forceinline__ float pixel_value(uint8_t v) { return v * (1.f / 255.
 __device__ __forceinline__ float pixel_value(float v) { return v; }
 
 // data is (N, D), perm is (N) or null for the identity, x is (B, D): rows at->offset ..
-// at->offset + B − 1 of the permuted order. Items are groups of 4 columns, so that one Philox
-// draw serves a group.
+// at->offset + B − 1 of the permuted order.
+__device__ __forceinline__ long long source_row(const int* __restrict__ perm, long long offset, long long r) {
+  return perm ? perm[offset + r] : offset + r;
+}
+
+// Pixels scaled to [0, 1]. On the CPU whole rows per thread: the conversion vectorizes.
 template <typename T>
 __global__ void gather_batch_kernel(const T* __restrict__ data, const int* __restrict__ perm, int batch, int dim,
-                                    float* __restrict__ x, bool binarize, uint64_t seed, RandomStream rs,
-                                    const StepState* __restrict__ at) {
+                                    float* __restrict__ x, const StepState* __restrict__ at) {
+  const long long offset = at->offset;
+  VAE_ROW_COL_LOOP(r, d, batch, dim) { x[r * dim + d] = pixel_value(data[source_row(perm, offset, r) * dim + d]); }
+}
+
+// Dynamic binarization, x ~ Bernoulli(pixel): items are groups of 4 columns, so that one Philox
+// draw serves a group.
+template <typename T>
+__global__ void gather_binarized_batch_kernel(const T* __restrict__ data, const int* __restrict__ perm, int batch,
+                                              int dim, float* __restrict__ x, uint64_t seed, RandomStream rs,
+                                              const StepState* __restrict__ at) {
   const int groups = (dim + 3) / 4;
   const long long n = static_cast<long long>(batch) * groups;
   const long long offset = at->offset;
   VAE_ELEMENT_LOOP(i, n) {
     const int r = static_cast<int>(i / groups);
     const int d0 = static_cast<int>(i % groups) * 4;
-    const long long src = perm ? perm[offset + r] : offset + r;
-    const T* in = data + src * dim;
+    const T* in = data + source_row(perm, offset, r) * dim;
     float* out = x + static_cast<long long>(r) * dim;
-    if (binarize) {
-      curandStatePhilox4_32_10_t state;
-      philox_init(seed, rs, at->step, static_cast<uint64_t>(i) * 4, &state);
-      const float4 u = curand_uniform4(&state);  // in (0, 1]: pixel 0 never fires, 1 always
-      const float uq[4] = {u.x, u.y, u.z, u.w};
-      for (int q = 0; q < 4 && d0 + q < dim; ++q) out[d0 + q] = uq[q] <= pixel_value(in[d0 + q]) ? 1.f : 0.f;
-    } else {
-      for (int q = 0; q < 4 && d0 + q < dim; ++q) out[d0 + q] = pixel_value(in[d0 + q]);
-    }
+    curandStatePhilox4_32_10_t state;
+    philox_init(seed, rs, at->step, static_cast<uint64_t>(i) * 4, &state);
+    const float4 u = curand_uniform4(&state);  // in (0, 1]: pixel 0 never fires, 1 always
+    const float uq[4] = {u.x, u.y, u.z, u.w};
+    for (int q = 0; q < 4 && d0 + q < dim; ++q) out[d0 + q] = uq[q] <= pixel_value(in[d0 + q]) ? 1.f : 0.f;
   }
 }
 
@@ -42,16 +50,20 @@ __global__ void advance_step_kernel(StepState* at, int batch) {
 
 void gather_batch(const void* data, PixelType type, const int* perm, int batch, int dim, float* x, bool binarize,
                   uint64_t seed, RandomStream rs, const StepState* at, cudaStream_t stream) {
-  const long long n = static_cast<long long>(batch) * ((dim + 3) / 4);
+  const long long n = static_cast<long long>(batch) * (binarize ? (dim + 3) / 4 : dim);
   if (n == 0) return;
   constexpr int kBlock = 256;
   const int grid = elementwise_grid(n, kBlock);
-  if (type == PixelType::u8) {
-    VAE_LAUNCH(gather_batch_kernel<uint8_t>, grid, kBlock, 0, stream, static_cast<const uint8_t*>(data), perm, batch,
-               dim, x, binarize, seed, rs, at);
+  const auto* u8 = static_cast<const uint8_t*>(data);
+  const auto* f32 = static_cast<const float*>(data);
+  if (binarize && type == PixelType::u8) {
+    VAE_LAUNCH(gather_binarized_batch_kernel<uint8_t>, grid, kBlock, 0, stream, u8, perm, batch, dim, x, seed, rs, at);
+  } else if (binarize) {
+    VAE_LAUNCH(gather_binarized_batch_kernel<float>, grid, kBlock, 0, stream, f32, perm, batch, dim, x, seed, rs, at);
+  } else if (type == PixelType::u8) {
+    VAE_LAUNCH(gather_batch_kernel<uint8_t>, grid, kBlock, 0, stream, u8, perm, batch, dim, x, at);
   } else {
-    VAE_LAUNCH(gather_batch_kernel<float>, grid, kBlock, 0, stream, static_cast<const float*>(data), perm, batch, dim,
-               x, binarize, seed, rs, at);
+    VAE_LAUNCH(gather_batch_kernel<float>, grid, kBlock, 0, stream, f32, perm, batch, dim, x, at);
   }
 }
 

@@ -47,6 +47,7 @@ __global__ void dense_activation_backward_kernel(float* __restrict__ grad, const
       float* __restrict__ g = grad + static_cast<long long>(r) * cols + c0;
       const float* __restrict__ hr = act == Activation::identity ? nullptr : h + static_cast<long long>(r) * cols + c0;
       if (n == K) {  // a whole chunk: a fixed trip count, which the host compiler vectorizes
+        VAE_HOST_VECTOR_LOOP
         for (int k = 0; k < K; ++k) sum[k] += backward_element<act>(g, hr, k);
       } else {
         for (int k = 0; k < n; ++k) sum[k] += backward_element<act>(g, hr, k);
