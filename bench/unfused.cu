@@ -101,8 +101,8 @@ __global__ void moment_kernel(float* __restrict__ m, const float* __restrict__ g
 }
 
 __global__ void adam_update_kernel(float* __restrict__ p, const float* __restrict__ m, const float* __restrict__ v,
-                                   long long n, float lr, float bias1, float bias2, float eps) {
-  VAE_ELEMENT_LOOP(i, n) p[i] -= lr * (m[i] / bias1) / (sqrtf(v[i] / bias2) + eps);
+                                   long long n, float step_size, float inv_sqrt_bias2, float eps) {
+  VAE_ELEMENT_LOOP(i, n) p[i] -= step_size * m[i] / (sqrtf(v[i]) * inv_sqrt_bias2 + eps);
 }
 
 void adam_step(const OptimizerHyper& h, float* params, const float* grads, float* m, float* v, long long n,
@@ -110,11 +110,12 @@ void adam_step(const OptimizerHyper& h, float* params, const float* grads, float
   constexpr int kBlock = 256;
   const int grid = elementwise_grid(n, kBlock);
   const double t = static_cast<double>(step + 1);
-  const float bias1 = static_cast<float>(1.0 - pow(static_cast<double>(h.beta1), t));
-  const float bias2 = static_cast<float>(1.0 - pow(static_cast<double>(h.beta2), t));
+  const double bias1 = 1.0 - pow(static_cast<double>(h.beta1), t);
+  const double bias2 = 1.0 - pow(static_cast<double>(h.beta2), t);
+  const float step_size = static_cast<float>(h.lr / bias1), inv_sqrt_bias2 = static_cast<float>(1.0 / sqrt(bias2));
   VAE_LAUNCH(moment_kernel, grid, kBlock, 0, stream, m, grads, n, h.beta1, false);
   VAE_LAUNCH(moment_kernel, grid, kBlock, 0, stream, v, grads, n, h.beta2, true);
-  VAE_LAUNCH(adam_update_kernel, grid, kBlock, 0, stream, params, m, v, n, h.lr, bias1, bias2, h.eps);
+  VAE_LAUNCH(adam_update_kernel, grid, kBlock, 0, stream, params, m, v, n, step_size, inv_sqrt_bias2, h.eps);
 }
 
 // ---- dense backward: ReLU derivative, then column sums ----------------------------------------

@@ -12,10 +12,14 @@ __global__ void optimizer_step_kernel(OptimizerHyper h, float* __restrict__ para
                                       float* __restrict__ state1, float* __restrict__ state2, long long n,
                                       const StepState* __restrict__ at) {
   // Adam's bias corrections for step t = at->step + 1, in double: 1 − β^t loses float precision
-  // late in training.
+  // late in training. (Adagrad and SGD do not use them.)
+  // As PyTorch's Adam: p −= (lr / (1 − β₁ᵗ)) m / (√v / √(1 − β₂ᵗ) + ε), with the scalar factors
+  // formed once, so that each element costs one square root and one division.
   const double t = static_cast<double>(at->step + 1);
-  const float bias1 = static_cast<float>(1.0 - pow(static_cast<double>(h.beta1), t));
-  const float bias2 = static_cast<float>(1.0 - pow(static_cast<double>(h.beta2), t));
+  const double bias1 = 1.0 - pow(static_cast<double>(h.beta1), t);
+  const double bias2 = 1.0 - pow(static_cast<double>(h.beta2), t);
+  const float step_size = static_cast<float>(h.lr / bias1);
+  const float inv_sqrt_bias2 = static_cast<float>(1.0 / sqrt(bias2));
   VAE_ELEMENT_LOOP(i, n) {
     const float g = grads[i] + h.weight_decay * params[i];
     if constexpr (kind == OptimizerKind::adam) {
@@ -23,7 +27,7 @@ __global__ void optimizer_step_kernel(OptimizerHyper h, float* __restrict__ para
       const float v = h.beta2 * state2[i] + (1.f - h.beta2) * g * g;
       state1[i] = m;
       state2[i] = v;
-      params[i] -= h.lr * (m / bias1) / (sqrtf(v / bias2) + h.eps);
+      params[i] -= step_size * m / (sqrtf(v) * inv_sqrt_bias2 + h.eps);
     } else if constexpr (kind == OptimizerKind::adagrad) {
       const float acc = state1[i] + g * g;
       state1[i] = acc;
