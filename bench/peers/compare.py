@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Our trainer against the peers on one machine, in one call: the same model (784-400-20, ReLU,
 Bernoulli decoder, Adam 1e-3, batch 128, L = 1) for the same epochs on Fashion-MNIST, runs
-alternating between implementations, then one table: seconds per epoch (median of every epoch
-after the first, over all rounds), samples/s, test ELBO after the last epoch (mean over rounds)
-and each peer's time per epoch over ours.
+alternating between implementations (round r uses seed r for every implementation), then one
+table: seconds per epoch (median of every epoch after the first, over all rounds), samples/s,
+test ELBO after the last epoch (mean ± standard deviation over the rounds' seeds) and each
+peer's time per epoch over ours.
 
   compare.py --device cpu   # vae --device cpu against PyTorch eager at each thread split
   compare.py --device cuda  # vae (CUDA graph) against PyTorch eager, torch.compile and JAX jit
@@ -60,7 +61,7 @@ class Config:
 
 def run_ours(cfg, args, rnd, log):
     with tempfile.TemporaryDirectory(prefix="vae-peers-") as out:
-        cmd = cfg.argv + ["--out", os.path.join(out, "run")]
+        cmd = cfg.argv + ["--seed", str(1 + rnd), "--out", os.path.join(out, "run")]
         log.write(f"$ {' '.join(cmd)}\n")
         r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **cfg.env})
         log.write(r.stdout + r.stderr)
@@ -74,8 +75,9 @@ def run_ours(cfg, args, rnd, log):
 
 
 def run_peer(cfg, args, rnd, log):
-    log.write(f"$ {' '.join(f'{k}={v}' for k, v in cfg.env.items())} {' '.join(cfg.argv)}\n")
-    r = subprocess.run(cfg.argv, capture_output=True, text=True, env={**os.environ, **cfg.env}, cwd=HERE)
+    cmd = cfg.argv + ["--seed", str(1 + rnd)]
+    log.write(f"$ {' '.join(f'{k}={v}' for k, v in cfg.env.items())} {' '.join(cmd)}\n")
+    r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **cfg.env}, cwd=HERE)
     log.write(r.stdout + r.stderr)
     if r.returncode != 0:
         tail = (r.stderr or r.stdout).strip().splitlines()
@@ -99,7 +101,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", choices=["cpu", "cuda"], required=True)
     p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--rounds", type=int, default=2, help="alternating rounds over all implementations")
+    p.add_argument("--rounds", type=int, default=3, help="alternating rounds over all implementations, seeds 1..")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--build", default=os.path.join(ROOT, "build"), help="the CMake build folder holding host/vae")
     p.add_argument("--python", default=sys.executable, help="the Python that has torch (and jax) for the peers")
@@ -177,8 +179,9 @@ def main():
     rows = []
     for c in done:
         s = report.median_epoch_seconds([m for _, m in c.epochs])
-        elbo = statistics.mean(m["test_elbo"] for _, m in c.epochs if m["epoch"] == args.epochs)
-        rows.append((c.impl, c.label, f"{s:.3f}", f"{n_train / s:,.0f}", f"{elbo:.2f}",
+        last = [m["test_elbo"] for _, m in c.epochs if m["epoch"] == args.epochs]
+        elbo = f"{statistics.mean(last):.2f}" + (f" ± {statistics.stdev(last):.2f}" if len(last) > 1 else "")
+        rows.append((c.impl, c.label, f"{s:.3f}", f"{n_train / s:,.0f}", elbo,
                      f"{s / ours_s:.2f}" if ours_s else "-"))
     for c in configs:
         if c.failure:
