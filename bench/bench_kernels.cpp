@@ -128,7 +128,11 @@ int main(int argc, char** argv) {
     std::printf("%.0f MiB overwritten before each (cold cache)\n", timer.flush_bytes() / 1048576.0);
   else
     std::printf("inputs left in cache (warm)\n");
-  if (!gpu) std::printf("(no GPU in use: these are CPU timings of the kernels under host execution)\n");
+  if (!gpu) {
+    std::printf(
+        "(no GPU in use: these are CPU timings of the kernels under host execution; the copy ceiling is one\n"
+        " thread's memmove from memory, which kernels on every worker, from cache, can exceed)\n");
+  }
   std::printf("ceilings: device copy %.1f GB/s (%zu MiB, read + write); SGEMM %d^3 %.0f GFLOP/s", peak.copy_gbps,
               peak.copy_bytes >> 20, peak.gemm_side, peak.sgemm_gflops);
   if (gpu) std::printf("; TF32 %.0f GFLOP/s", peak.tf32_gflops);
