@@ -15,7 +15,7 @@
 # .gpu-deps/ here with bench/gpu_deps.sh and carry it along: this script unpacks it under /tmp
 # (never into /) and points the build at it. Meant to finish in under 9 minutes on 16 cores.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 2
 report=${1:?usage: bench/gpu_check.sh REPORT_DIR [check|bench|peers ...]}
 shift
 stages=" ${*:-check bench peers} "
