@@ -174,7 +174,10 @@ def main():
         fl = floor(args, log)
 
     done = [c for c in configs if c.epochs]
-    n_train = args.train_limit or 60000
+    # Images per epoch as the runs report them (the data may be a slice: --train-limit, or the
+    # smaller Fashion-MNIST copy a GPU machine carries).
+    first = done[0].epochs[0][1] if done else None
+    n_train = round(first["samples_per_second"] * first["epoch_seconds"]) if first else (args.train_limit or 60000)
     ours_s = min((report.median_epoch_seconds([m for _, m in c.epochs]) for c in done if c.ours), default=None)
     rows = []
     for c in done:
@@ -195,6 +198,7 @@ def main():
     head = ("implementation", "configuration", "s/epoch", "samples/s", f"test ELBO @{args.epochs}", "÷ ours")
     title = (f"compare.py --device {args.device}: {args.epochs} epochs x {args.rounds} rounds, batch "
              f"{args.batch_size}, commit {report.commit()}, {report.today()}")
+    title += f", {n_train} training images"
     table = title + "\n\n" + report.markdown_table(head, rows)
     print(table)
     with open(os.path.join(out, "table.md"), "w") as f:
