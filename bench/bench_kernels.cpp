@@ -167,7 +167,8 @@ int main(int argc, char** argv) {
     DeviceBuffer<float> x(ctx, random_values(bd, 1, 0.f, 1.f)), logits(ctx, random_values(bd, 2, -6.f, 6.f)),
         grad(ctx, bd), lp_elements(ctx, bd), log_prob(ctx, B), heads(ctx, random_values(2 * bj, 3, -2.f, 2.f)),
         z(ctx, bj), eps(ctx, bj + 1), kl(ctx, B), h(ctx, random_values(bh, 4, -1.f, 1.f)),
-        dh(ctx, random_values(bh, 5, -1.f, 1.f)), grad_bias(ctx, H);
+        dh(ctx, random_values(bh, 5, -1.f, 1.f)), grad_bias(ctx, H), grad_z(ctx, random_values(bj, 10, -1.f, 1.f)),
+        grad_heads(ctx, 2 * bj), gauss_out(ctx, random_values(2 * bd, 11, -3.f, 3.f)), gauss_grad(ctx, 2 * bd);
     DeviceBuffer<StepState> at(ctx, std::vector<StepState>{{3, 0}});
     ops.copy_on_device(model.input(), x.data(), bd * sizeof(float), s);
 
@@ -217,6 +218,17 @@ int main(int argc, char** argv) {
         [&] { unf.latent_forward(gen, heads.data(), eps.data(), z.data(), kl.data(), B, J, s); }, "cuRAND+2");
     unf.normal_generator_destroy(gen);
 
+    // Latent backward: dμ and dlog σ² with the KL terms (z from the fused forward above).
+    ops.latent_backward(heads.data(), z.data(), grad_z.data(), grad_heads.data(), B, J, 1, 1.f / B, s);
+    const std::vector<float> fused_gheads = grad_heads.download();
+    unf.latent_backward(heads.data(), z.data(), grad_z.data(), grad_heads.data(), B, J, 1.f / B, s);
+    agree.expect("latent backward", B, fused_gheads, grad_heads.download());
+    pair(
+        "latent backward (J=20)", B, (2.0 * bj + 2 * bj + 2 * bj) * f4, 0,
+        [&] { ops.latent_backward(heads.data(), z.data(), grad_z.data(), grad_heads.data(), B, J, 1, 1.f / B, s); },
+        [&] { unf.latent_backward(heads.data(), z.data(), grad_z.data(), grad_heads.data(), B, J, 1.f / B, s); },
+        "2 kernels");
+
     // Bernoulli log-likelihood per row and its gradient.
     ops.bernoulli_reconstruction(logits.data(), x.data(), log_prob.data(), grad.data(), B, D, 1, 1.f / B, s);
     const std::vector<float> fused_lp = log_prob.download(), fused_grad = grad.download();
@@ -232,6 +244,25 @@ int main(int argc, char** argv) {
         [&] {
           unf.bernoulli_reconstruction(logits.data(), x.data(), lp_elements.data(), log_prob.data(), grad.data(), B, D,
                                        1.f / B, s);
+        },
+        "3 kernels");
+
+    // Gaussian log-likelihood per row and both halves of its gradient.
+    ops.gaussian_reconstruction(gauss_out.data(), x.data(), log_prob.data(), gauss_grad.data(), B, D, 1, 1.f / B, s);
+    const std::vector<float> fused_glp = log_prob.download(), fused_ggrad = gauss_grad.download();
+    unf.gaussian_reconstruction(gauss_out.data(), x.data(), lp_elements.data(), log_prob.data(), gauss_grad.data(), B,
+                                D, 1.f / B, s);
+    agree.expect("Gaussian log p", B, fused_glp, log_prob.download());
+    agree.expect("Gaussian gradient", B, fused_ggrad, gauss_grad.download());
+    pair(
+        "Gaussian recon + gradient (D=784)", B, (2.0 * bd + bd + 2.0 * bd + B) * f4, 0,
+        [&] {
+          ops.gaussian_reconstruction(gauss_out.data(), x.data(), log_prob.data(), gauss_grad.data(), B, D, 1, 1.f / B,
+                                      s);
+        },
+        [&] {
+          unf.gaussian_reconstruction(gauss_out.data(), x.data(), lp_elements.data(), log_prob.data(),
+                                      gauss_grad.data(), B, D, 1.f / B, s);
         },
         "3 kernels");
 

@@ -93,6 +93,68 @@ void bernoulli_reconstruction(const float* logits, const float* x, float* lp, fl
   VAE_LAUNCH(bernoulli_grad_kernel, elementwise_grid(n, kBlock), kBlock, 0, stream, logits, x, grad, n, grad_scale);
 }
 
+// ---- latent backward (L = 1): one kernel per half of grad_heads --------------------------------
+
+__global__ void mu_grad_kernel(const float* __restrict__ heads, const float* __restrict__ grad_z,
+                               float* __restrict__ grad_heads, int batch, int latent, float kl_scale) {
+  VAE_ROW_COL_LOOP(r, j, batch, latent) {
+    grad_heads[r * 2 * latent + j] = grad_z[r * latent + j] + kl_scale * heads[r * 2 * latent + j];
+  }
+}
+
+__global__ void logvar_grad_kernel(const float* __restrict__ heads, const float* __restrict__ z,
+                                   const float* __restrict__ grad_z, float* __restrict__ grad_heads, int batch,
+                                   int latent, float kl_scale) {
+  VAE_ROW_COL_LOOP(r, j, batch, latent) {
+    const float* h = heads + r * 2 * latent;
+    grad_heads[r * 2 * latent + latent + j] =
+        grad_z[r * latent + j] * 0.5f * (z[r * latent + j] - h[j]) + kl_scale * 0.5f * (expf(h[latent + j]) - 1.f);
+  }
+}
+
+void latent_backward(const float* heads, const float* z, const float* grad_z, float* grad_heads, int batch, int latent,
+                     float kl_scale, cudaStream_t stream) {
+  const long long n = static_cast<long long>(batch) * latent;
+  constexpr int kBlock = 256;
+  VAE_LAUNCH(mu_grad_kernel, elementwise_grid(n, kBlock), kBlock, 0, stream, heads, grad_z, grad_heads, batch, latent,
+             kl_scale);
+  VAE_LAUNCH(logvar_grad_kernel, elementwise_grid(n, kBlock), kBlock, 0, stream, heads, z, grad_z, grad_heads, batch,
+             latent, kl_scale);
+}
+
+// ---- Gaussian reconstruction: per-element log p, row sums, gradient ----------------------------
+
+// out (rows, 2D) = [mean logits | log variance].
+__global__ void gaussian_log_prob_elements_kernel(const float* __restrict__ out, const float* __restrict__ x,
+                                                  float* __restrict__ lp, int rows, int dim) {
+  VAE_ROW_COL_LOOP(r, d, rows, dim) {
+    const float m = 1.f / (1.f + expf(-out[r * 2 * dim + d])), v = out[r * 2 * dim + dim + d];
+    const float diff = x[r * dim + d] - m;
+    lp[r * dim + d] = -(0.91893853320467274f + 0.5f * (v + diff * diff * expf(-v)));  // ½ log 2π
+  }
+}
+
+__global__ void gaussian_grad_kernel(const float* __restrict__ out, const float* __restrict__ x,
+                                     float* __restrict__ grad, int rows, int dim, float scale) {
+  VAE_ROW_COL_LOOP(r, d, rows, dim) {
+    const float m = 1.f / (1.f + expf(-out[r * 2 * dim + d])), v = out[r * 2 * dim + dim + d];
+    const float diff = x[r * dim + d] - m, inv_var = expf(-v);
+    grad[r * 2 * dim + d] = -scale * diff * inv_var * m * (1.f - m);
+    grad[r * 2 * dim + dim + d] = scale * 0.5f * (1.f - diff * diff * inv_var);
+  }
+}
+
+void gaussian_reconstruction(const float* out, const float* x, float* lp, float* log_prob, float* grad, int rows,
+                             int dim, float grad_scale, cudaStream_t stream) {
+  const long long n = static_cast<long long>(rows) * dim;
+  constexpr int kBlock = 256;
+  VAE_LAUNCH(gaussian_log_prob_elements_kernel, elementwise_grid(n, kBlock), kBlock, 0, stream, out, x, lp, rows, dim);
+  const LaunchPolicy& p = launch_policy();
+  const dim3 block(p.row_lanes, p.row_lanes >= 128 ? 1 : 128 / p.row_lanes);
+  VAE_LAUNCH(row_sums_kernel, static_cast<int>(ceil_div(rows, block.y)), block, 0, stream, lp, log_prob, rows, dim);
+  VAE_LAUNCH(gaussian_grad_kernel, elementwise_grid(n, kBlock), kBlock, 0, stream, out, x, grad, rows, dim, grad_scale);
+}
+
 // ---- Adam in three passes -------------------------------------------------------------------
 
 __global__ void moment_kernel(float* __restrict__ m, const float* __restrict__ g, long long n, float beta,
@@ -133,9 +195,18 @@ void dense_relu_backward(float* grad, const float* h, float* grad_bias, int rows
 }
 
 const UnfusedOps& ops() {
-  static const UnfusedOps t{
-      &normal_generator_create, &normal_generator_destroy, &latent_forward, &bernoulli_reconstruction, &adam_step,
-      &dense_relu_backward};
+  static const UnfusedOps t = [] {
+    UnfusedOps u{};
+    u.normal_generator_create = &normal_generator_create;
+    u.normal_generator_destroy = &normal_generator_destroy;
+    u.latent_forward = &latent_forward;
+    u.bernoulli_reconstruction = &bernoulli_reconstruction;
+    u.latent_backward = &latent_backward;
+    u.gaussian_reconstruction = &gaussian_reconstruction;
+    u.adam_step = &adam_step;
+    u.dense_relu_backward = &dense_relu_backward;
+    return u;
+  }();
   return t;
 }
 

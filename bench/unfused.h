@@ -27,6 +27,12 @@ struct NormalGenerator {
   /* Bernoulli reconstruction: per-element log p into lp (rows, D), row sums, then the gradient */                    \
   void bernoulli_reconstruction(const float* logits, const float* x, float* lp, float* log_prob, float* grad,         \
                                 int rows, int dim, float grad_scale, cudaStream_t stream);                            \
+  /* latent backward (L = 1): dμ and dlog σ² in two kernels, one per half of grad_heads */                         \
+  void latent_backward(const float* heads, const float* z, const float* grad_z, float* grad_heads, int batch,         \
+                       int latent, float kl_scale, cudaStream_t stream);                                              \
+  /* Gaussian reconstruction: per-element log p into lp (rows, D), row sums, then both gradient halves */             \
+  void gaussian_reconstruction(const float* out, const float* x, float* lp, float* log_prob, float* grad, int rows,   \
+                               int dim, float grad_scale, cudaStream_t stream);                                       \
   /* Adam: first moment, second moment, parameter update: three passes */                                             \
   void adam_step(const OptimizerHyper& h, float* params, const float* grads, float* m, float* v, long long n,         \
                  long long step, cudaStream_t stream);                                                                \
@@ -40,6 +46,8 @@ struct UnfusedOps {
   void (*normal_generator_destroy)(NormalGenerator*) noexcept;
   void (*latent_forward)(NormalGenerator*, const float*, float*, float*, float*, int, int, cudaStream_t);
   void (*bernoulli_reconstruction)(const float*, const float*, float*, float*, float*, int, int, float, cudaStream_t);
+  void (*latent_backward)(const float*, const float*, const float*, float*, int, int, float, cudaStream_t);
+  void (*gaussian_reconstruction)(const float*, const float*, float*, float*, float*, int, int, float, cudaStream_t);
   void (*adam_step)(const OptimizerHyper&, float*, const float*, float*, float*, long long, long long, cudaStream_t);
   void (*dense_relu_backward)(float*, const float*, float*, int, int, cudaStream_t);
 };
