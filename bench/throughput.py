@@ -26,7 +26,8 @@ def train(vae, device, batch, epochs, extra, log):
         r = subprocess.run(cmd, capture_output=True, text=True)
         log.write(r.stdout + r.stderr)
         if r.returncode != 0:
-            return None, (r.stderr or r.stdout).strip().splitlines()[-1:]
+            tail = (r.stderr or r.stdout).strip().splitlines()
+            return None, tail[-1] if tail else f"exit {r.returncode}"
         with open(os.path.join(out, "metrics.jsonl")) as f:
             lines = [json.loads(x) for x in f if x.strip()]
         log.write("".join(json.dumps(m) + "\n" for m in lines))
@@ -58,7 +59,7 @@ def main():
                 print(f"batch {b} {' '.join(extra)}", file=sys.stderr, flush=True)
                 lines, err = train(vae, a.device, b, a.epochs, extra, log)
                 if lines is None:
-                    rows.append((b, "-", "-", "failed", "", str(err)))
+                    rows.append((b, "-", "-", "failed", "", err))
                     failed = True
                     continue
                 s = report.median_epoch_seconds(lines)
