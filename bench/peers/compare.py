@@ -112,6 +112,11 @@ def main():
     p.add_argument("--skip", default="", help="comma-separated peers to leave out: torch-compile, jax, ...")
     p.add_argument("--out", default=None)
     args = p.parse_args()
+    # The peers run from this folder: a Python given by a relative path must not depend on it.
+    for attr in ("python", "jax_python"):
+        v = getattr(args, attr)
+        if v and os.sep in v:
+            setattr(args, attr, os.path.abspath(v))
     out = args.out or f"bench-peers-{args.device}"
     os.makedirs(out, exist_ok=True)
     vae = os.path.join(args.build, "host", "vae")
