@@ -6,7 +6,8 @@ table: seconds per epoch (median of every epoch after the first, over all rounds
 test ELBO after the last epoch (mean ± standard deviation over the rounds' seeds) and each
 peer's time per epoch over ours.
 
-  compare.py --device cpu   # vae --device cpu against PyTorch eager at each thread split
+  compare.py --device cpu   # vae --device cpu against PyTorch eager at each thread split, JAX
+                            # where a Python has it, and any --torch-python eager and compiled
   compare.py --device cuda  # vae (CUDA graph) against PyTorch eager, torch.compile and JAX jit
 
 On the CPU the peers get this machine's best OpenBLAS kernels (the same OPENBLAS_CORETYPE that
@@ -106,6 +107,9 @@ def main():
     p.add_argument("--build", default=os.path.join(ROOT, "build"), help="the CMake build folder holding host/vae")
     p.add_argument("--python", default=sys.executable, help="the Python that has torch (and jax) for the peers")
     p.add_argument("--jax-python", default=None, help="a Python that has jax, where --python lacks it")
+    p.add_argument("--torch-python", action="append", default=[],
+                   help="CPU: another Python with another PyTorch (say PyPI's, with MKL and torch.compile), "
+                        "run eager and compiled at 1 and all threads; may be repeated")
     p.add_argument("--data", default="/usr/share/datasets/fashion-mnist")
     p.add_argument("--train-limit", type=int, default=None)
     p.add_argument("--test-limit", type=int, default=None)
@@ -117,6 +121,7 @@ def main():
         v = getattr(args, attr)
         if v and os.sep in v:
             setattr(args, attr, os.path.abspath(v))
+    args.torch_python = [os.path.abspath(v) if os.sep in v else v for v in args.torch_python]
     out = args.out or f"bench-peers-{args.device}"
     os.makedirs(out, exist_ok=True)
     vae = os.path.join(args.build, "host", "vae")
@@ -146,6 +151,17 @@ def main():
             label = f"{t} torch thread{'s' if t > 1 else ''}, {b} OpenBLAS" + (
                 f", {core['OPENBLAS_CORETYPE']}" if core else "")
             configs.append(Config("pytorch eager", label, peer("torch_vae.py", "--threads", str(t)), env))
+        for py in args.torch_python:
+            r = subprocess.run([py, "-c", "import torch; print(torch.__version__)"], capture_output=True, text=True)
+            if r.returncode != 0:
+                sys.exit(f"compare.py: --torch-python {py}: cannot import torch")
+            version = r.stdout.strip()
+            for t in sorted({1, n}):
+                env = {"OMP_NUM_THREADS": str(t), "MKL_NUM_THREADS": str(t), "OPENBLAS_NUM_THREADS": str(t)}
+                label = f"{t} thread{'s' if t > 1 else ''}, torch {version}"
+                configs.append(Config("pytorch eager", label, peer("torch_vae.py", "--threads", str(t), python=py), env))
+                configs.append(Config("torch.compile", label, peer("torch_vae.py", "--threads", str(t), "--mode",
+                                                                   "compile", python=py), env))
         if "jax" not in skip and has_jax:
             configs.append(Config("jax jit", "XLA CPU", peer("jax_vae.py", python=jax_python)))
     else:
