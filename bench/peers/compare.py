@@ -78,7 +78,11 @@ def run_ours(cfg, args, rnd, log):
 def run_peer(cfg, args, rnd, log):
     cmd = cfg.argv + ["--seed", str(1 + rnd)]
     log.write(f"$ {' '.join(f'{k}={v}' for k, v in cfg.env.items())} {' '.join(cmd)}\n")
-    r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **cfg.env}, cwd=HERE)
+    # torch.compile's kernels are compiled afresh for every run (in epoch 1, which is not timed):
+    # a shared cache serves one PyTorch installation's binaries to another, which fails to load.
+    with tempfile.TemporaryDirectory(prefix="vae-peers-inductor-") as cache:
+        env = {**os.environ, **cfg.env, "TORCHINDUCTOR_CACHE_DIR": cache}
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=HERE)
     log.write(r.stdout + r.stderr)
     if r.returncode != 0:
         tail = (r.stderr or r.stdout).strip().splitlines()
