@@ -61,10 +61,8 @@ struct Agreement {
   int passed = 0, failed = 0;
   void expect(const char* what, int batch, const std::vector<float>& fused, const std::vector<float>& unfused,
               double tol = 2e-4) {
-    double worst = 0;
     for (size_t i = 0; i < fused.size(); ++i) {
       const double a = fused[i], b = unfused[i];
-      worst = std::max(worst, std::fabs(a - b) / (1e-3 + std::max(std::fabs(a), std::fabs(b))));
       if (!(std::fabs(a - b) <= tol * (1e-3 + std::max(std::fabs(a), std::fabs(b))))) {
         std::printf("MISMATCH %s (batch %d) at %zu: fused %.7g, unfused %.7g\n", what, batch, i, a, b);
         ++failed;

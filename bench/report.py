@@ -1,6 +1,7 @@
 """What the Python benchmark drivers share: the commit under test and a Markdown table."""
 
 import os
+import statistics
 import subprocess
 import time
 
@@ -27,7 +28,5 @@ def markdown_table(head, rows):
 def median_epoch_seconds(epochs):
     """Median epoch time of the epochs after the first (the first pays for warm-up), or of all
     of them when there is only one."""
-    import statistics
-
     timed = [m["epoch_seconds"] for m in epochs if m["epoch"] > 1] or [m["epoch_seconds"] for m in epochs]
     return statistics.median(timed)

@@ -2,6 +2,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "named_enum.h"
 #include "runtime/check.h"
 #include "safetensors.h"
 #include "vae.h"
@@ -10,23 +11,11 @@ namespace vae {
 
 using nlohmann::json;
 
-const char* binarize_name(Binarize b) {
-  switch (b) {
-    case Binarize::static_threshold:
-      return "static";
-    case Binarize::dynamic:
-      return "dynamic";
-    default:
-      return "none";
-  }
-}
+constexpr Named<Binarize> kBinarizeNames[] = {
+    {Binarize::none, "none"}, {Binarize::static_threshold, "static"}, {Binarize::dynamic, "dynamic"}};
 
-Binarize parse_binarize(const std::string& s) {
-  if (s == "none") return Binarize::none;
-  if (s == "static") return Binarize::static_threshold;
-  if (s == "dynamic") return Binarize::dynamic;
-  throw Error("--binarize: expected none, static or dynamic, got '" + s + "'");
-}
+const char* binarize_name(Binarize b) { return name_of(kBinarizeNames, b); }
+Binarize parse_binarize(const std::string& s) { return parse_named(kBinarizeNames, s, "--binarize"); }
 
 std::string DataOptions::describe() const {
   std::string s = train_npy.empty() && test_npy.empty() ? data : train_npy + ", " + test_npy;

@@ -3,34 +3,23 @@
 #include <cmath>
 #include <random>
 
+#include "named_enum.h"
 #include "runtime/check.h"
 
 namespace vae {
 
+// The hidden layers' activations a model may name (the identity serves only the output layers).
+constexpr Named<Activation> kActivationNames[] = {{Activation::relu, "relu"}, {Activation::tanh, "tanh"}};
+constexpr Named<DecoderKind> kDecoderNames[] = {{DecoderKind::bernoulli, "bernoulli"},
+                                                {DecoderKind::gaussian, "gaussian"}};
+
 const char* activation_name(Activation a) {
-  switch (a) {
-    case Activation::relu:
-      return "relu";
-    case Activation::tanh:
-      return "tanh";
-    default:
-      return "identity";
-  }
+  return a == Activation::identity ? "identity" : name_of(kActivationNames, a);
 }
+Activation parse_activation(const std::string& s) { return parse_named(kActivationNames, s, "--activation"); }
 
-Activation parse_activation(const std::string& s) {
-  if (s == "relu") return Activation::relu;
-  if (s == "tanh") return Activation::tanh;
-  throw Error("--activation: expected relu or tanh, got '" + s + "'");
-}
-
-const char* decoder_name(DecoderKind d) { return d == DecoderKind::gaussian ? "gaussian" : "bernoulli"; }
-
-DecoderKind parse_decoder(const std::string& s) {
-  if (s == "bernoulli") return DecoderKind::bernoulli;
-  if (s == "gaussian") return DecoderKind::gaussian;
-  throw Error("--decoder: expected bernoulli or gaussian, got '" + s + "'");
-}
+const char* decoder_name(DecoderKind d) { return name_of(kDecoderNames, d); }
+DecoderKind parse_decoder(const std::string& s) { return parse_named(kDecoderNames, s, "--decoder"); }
 
 size_t NamedTensor::count() const {
   size_t n = 1;

@@ -1,5 +1,6 @@
 #include "vae.h"
 
+#include "named_enum.h"
 #include "runtime/check.h"
 
 namespace vae {
@@ -174,23 +175,11 @@ void Vae::reconstruction_mean(int batch, float* mean) {
 
 // ---- optimizer ------------------------------------------------------------------------------
 
-const char* optimizer_name(OptimizerKind k) {
-  switch (k) {
-    case OptimizerKind::adagrad:
-      return "adagrad";
-    case OptimizerKind::sgd:
-      return "sgd";
-    default:
-      return "adam";
-  }
-}
+constexpr Named<OptimizerKind> kOptimizerNames[] = {
+    {OptimizerKind::adam, "adam"}, {OptimizerKind::adagrad, "adagrad"}, {OptimizerKind::sgd, "sgd"}};
 
-OptimizerKind parse_optimizer(const std::string& s) {
-  if (s == "adam") return OptimizerKind::adam;
-  if (s == "adagrad") return OptimizerKind::adagrad;
-  if (s == "sgd") return OptimizerKind::sgd;
-  throw Error("--optimizer: expected adam, adagrad or sgd, got '" + s + "'");
-}
+const char* optimizer_name(OptimizerKind k) { return name_of(kOptimizerNames, k); }
+OptimizerKind parse_optimizer(const std::string& s) { return parse_named(kOptimizerNames, s, "--optimizer"); }
 
 Optimizer::Optimizer(const DeviceContext& ctx, size_t n, OptimizerKind kind, const OptimizerHyper& hyper)
     : ctx_(ctx),
