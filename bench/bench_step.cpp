@@ -23,7 +23,8 @@ using namespace vae;
 
 namespace {
 
-// The GEMMs of one step of Vae::forward + Vae::backward (host/vae.cpp), on scratch buffers:
+// The GEMMs of one step of Vae::forward + Vae::backward (host/vae.cpp: the same dense_*_gemm
+// builders), on scratch buffers:
 // per layer the forward product, dW, and dX for every layer but the first encoder layer (the
 // data needs no gradient). rows: B for the encoder and heads, L*B for the decoder.
 struct StepGemms {
@@ -39,20 +40,9 @@ StepGemms step_gemms(const DeviceContext& ctx, const ParamLayout& layout, int ba
     auto& w = g.scratch.emplace_back(ctx, static_cast<size_t>(s.out) * s.in);
     auto& out = g.scratch.emplace_back(ctx, static_cast<size_t>(rows) * s.out);
     auto& dw = g.scratch.emplace_back(ctx, static_cast<size_t>(s.out) * s.in);
-    GemmOp f;  // out = in Wᵀ
-    f.trans_b = true, f.m = rows, f.n = s.out, f.k = s.in;
-    f.a = in.data(), f.lda = s.in, f.b = w.data(), f.ldb = s.in, f.c = out.data(), f.ldc = s.out;
-    GemmOp d;  // dW = gradᵀ in
-    d.trans_a = true, d.m = s.out, d.n = s.in, d.k = rows;
-    d.a = out.data(), d.lda = s.out, d.b = in.data(), d.ldb = s.in, d.c = dw.data(), d.ldc = s.in;
-    g.ops.push_back(f);
-    g.ops.push_back(d);
-    if (grad_in) {
-      GemmOp x;  // dX = grad W
-      x.m = rows, x.n = s.in, x.k = s.out;
-      x.a = out.data(), x.lda = s.out, x.b = w.data(), x.ldb = s.in, x.c = in.data(), x.ldc = s.in;
-      g.ops.push_back(x);
-    }
+    g.ops.push_back(dense_forward_gemm(s, in.data(), w.data(), out.data(), rows));
+    g.ops.push_back(dense_weight_grad_gemm(s, out.data(), in.data(), dw.data(), rows));
+    if (grad_in) g.ops.push_back(dense_input_grad_gemm(s, out.data(), w.data(), in.data(), rows));
     g.flops += 2.0 * rows * s.out * s.in * (grad_in ? 3 : 2);
   };
   for (size_t i = 0; i < layout.encoder.size(); ++i) add(layout.encoder[i], batch, i > 0);

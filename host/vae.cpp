@@ -33,15 +33,38 @@ Vae::Vae(const DeviceContext& ctx, const ModelConfig& config, int max_batch, int
   }
 }
 
-// out (rows, s.out) = act(in (rows, s.in) Wᵀ + b)
-void Vae::linear_forward(const LinearSlot& s, const float* in, int rows, float* out, Activation act) {
+GemmOp dense_forward_gemm(const LinearSlot& s, const float* in, const float* w, float* out, int rows) {
   GemmOp op;
   op.trans_b = true;
   op.m = rows, op.n = s.out, op.k = s.in;
   op.a = in, op.lda = s.in;
-  op.b = params_.data() + s.weight, op.ldb = s.in;
+  op.b = w, op.ldb = s.in;
   op.c = out, op.ldc = s.out;
-  ctx_.ops().gemm(ctx_.gemm(), op);
+  return op;
+}
+
+GemmOp dense_weight_grad_gemm(const LinearSlot& s, const float* grad_out, const float* in, float* dw, int rows) {
+  GemmOp op;
+  op.trans_a = true;
+  op.m = s.out, op.n = s.in, op.k = rows;
+  op.a = grad_out, op.lda = s.out;
+  op.b = in, op.ldb = s.in;
+  op.c = dw, op.ldc = s.in;
+  return op;
+}
+
+GemmOp dense_input_grad_gemm(const LinearSlot& s, const float* grad_out, const float* w, float* dx, int rows) {
+  GemmOp op;
+  op.m = rows, op.n = s.in, op.k = s.out;
+  op.a = grad_out, op.lda = s.out;
+  op.b = w, op.ldb = s.in;
+  op.c = dx, op.ldc = s.in;
+  return op;
+}
+
+// out (rows, s.out) = act(in (rows, s.in) Wᵀ + b)
+void Vae::linear_forward(const LinearSlot& s, const float* in, int rows, float* out, Activation act) {
+  ctx_.ops().gemm(ctx_.gemm(), dense_forward_gemm(s, in, params_.data() + s.weight, out, rows));
   ctx_.ops().dense_bias_activation_forward(out, params_.data() + s.bias, rows, s.out, act, ctx_.stream());
 }
 
@@ -51,21 +74,8 @@ void Vae::linear_backward(const LinearSlot& s, const float* in, int rows, float*
                           Activation act, float* grad_in) {
   const auto& ops = ctx_.ops();
   ops.dense_activation_backward(grad_out, out, grads_.data() + s.bias, rows, s.out, act, ctx_.stream());
-  GemmOp dw;  // dW (out, in) = gradᵀ (out, rows) · in (rows, in)
-  dw.trans_a = true;
-  dw.m = s.out, dw.n = s.in, dw.k = rows;
-  dw.a = grad_out, dw.lda = s.out;
-  dw.b = in, dw.ldb = s.in;
-  dw.c = grads_.data() + s.weight, dw.ldc = s.in;
-  ops.gemm(ctx_.gemm(), dw);
-  if (grad_in) {
-    GemmOp dx;  // dX (rows, in) = grad (rows, out) · W (out, in)
-    dx.m = rows, dx.n = s.in, dx.k = s.out;
-    dx.a = grad_out, dx.lda = s.out;
-    dx.b = params_.data() + s.weight, dx.ldb = s.in;
-    dx.c = grad_in, dx.ldc = s.in;
-    ops.gemm(ctx_.gemm(), dx);
-  }
+  ops.gemm(ctx_.gemm(), dense_weight_grad_gemm(s, grad_out, in, grads_.data() + s.weight, rows));
+  if (grad_in) ops.gemm(ctx_.gemm(), dense_input_grad_gemm(s, grad_out, params_.data() + s.weight, grad_in, rows));
 }
 
 void Vae::decode(const float* z, int rows) {

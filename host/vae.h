@@ -18,6 +18,14 @@ struct NoiseKey {
   const StepState* at = nullptr;  // device memory
 };
 
+// The three GEMMs of a dense layer s (row-major; W is (s.out, s.in) as in nn.Linear):
+//   forward       out (rows, out) = in (rows, in) · Wᵀ
+//   weight grad   dW (out, in)    = grad_outᵀ (out, rows) · in (rows, in)
+//   input grad    dX (rows, in)   = grad_out (rows, out) · W (out, in)
+GemmOp dense_forward_gemm(const LinearSlot& s, const float* in, const float* w, float* out, int rows);
+GemmOp dense_weight_grad_gemm(const LinearSlot& s, const float* grad_out, const float* in, float* dw, int rows);
+GemmOp dense_input_grad_gemm(const LinearSlot& s, const float* grad_out, const float* w, float* dx, int rows);
+
 class Vae {
  public:
   // max_batch: most datapoints per pass; samples: L, the ε draws per datapoint.
