@@ -168,6 +168,9 @@ int main(int argc, char** argv) {
         dh(ctx, random_values(bh, 5, -1.f, 1.f)), grad_bias(ctx, H), grad_z(ctx, random_values(bj, 10, -1.f, 1.f)),
         grad_heads(ctx, 2 * bj), gauss_out(ctx, random_values(2 * bd, 11, -3.f, 3.f)), gauss_grad(ctx, 2 * bd);
     DeviceBuffer<StepState> at(ctx, std::vector<StepState>{{3, 0}});
+    DeviceBuffer<unsigned> tickets(ctx, kReduceTickets);  // zero, as the two-stage reductions need
+    DeviceBuffer<float> partial(ctx, kReducePartialFloats);
+    const ReduceScratch scratch{tickets.data(), partial.data()};
     ops.copy_on_device(model.input(), x.data(), bd * sizeof(float), s);
 
     // Encoder: layer GEMM + bias/ReLU, heads GEMM + bias, latent stage.
@@ -267,17 +270,19 @@ int main(int argc, char** argv) {
     // Dense backward: ReLU derivative in place and the bias gradient (column sums).
     {
       const std::vector<float> dh0 = dh.download();
-      ops.dense_activation_backward(dh.data(), h.data(), grad_bias.data(), B, H, Activation::relu, s);
+      ops.dense_activation_backward(dh.data(), h.data(), grad_bias.data(), B, H, Activation::relu, scratch, s);
       const std::vector<float> fused_dh = dh.download(), fused_db = grad_bias.download();
       dh.upload(dh0);
-      unf.dense_relu_backward(dh.data(), h.data(), grad_bias.data(), B, H, s);
+      unf.dense_relu_backward(dh.data(), h.data(), grad_bias.data(), B, H, scratch, s);
       agree.expect("dense backward gradient", B, fused_dh, dh.download());
       agree.expect("dense backward bias gradient", B, fused_db, grad_bias.download());
     }
     pair(
         "dense backward, ReLU (400 cols)", B, (3.0 * bh + H) * f4, 0,
-        [&] { ops.dense_activation_backward(dh.data(), h.data(), grad_bias.data(), B, H, Activation::relu, s); },
-        [&] { unf.dense_relu_backward(dh.data(), h.data(), grad_bias.data(), B, H, s); }, "2 kernels");
+        [&] {
+          ops.dense_activation_backward(dh.data(), h.data(), grad_bias.data(), B, H, Activation::relu, scratch, s);
+        },
+        [&] { unf.dense_relu_backward(dh.data(), h.data(), grad_bias.data(), B, H, scratch, s); }, "2 kernels");
   }
 
   // Adam over the default model's parameters, and over a large model's on the GPU.

@@ -24,7 +24,7 @@ using namespace vae;
 namespace {
 
 // The GEMMs of one step of Vae::forward + Vae::backward (host/vae.cpp: the same dense_*_gemm
-// builders), on scratch buffers:
+// builders, without their epilogues), on scratch buffers:
 // per layer the forward product, dW, and dX for every layer but the first encoder layer (the
 // data needs no gradient). rows: B for the encoder and heads, L*B for the decoder.
 struct StepGemms {
@@ -40,9 +40,18 @@ StepGemms step_gemms(const DeviceContext& ctx, const ParamLayout& layout, int ba
     auto& w = g.scratch.emplace_back(ctx, static_cast<size_t>(s.out) * s.in);
     auto& out = g.scratch.emplace_back(ctx, static_cast<size_t>(rows) * s.out);
     auto& dw = g.scratch.emplace_back(ctx, static_cast<size_t>(s.out) * s.in);
-    g.ops.push_back(dense_forward_gemm(s, in.data(), w.data(), out.data(), rows));
-    g.ops.push_back(dense_weight_grad_gemm(s, out.data(), in.data(), dw.data(), rows));
-    if (grad_in) g.ops.push_back(dense_input_grad_gemm(s, out.data(), w.data(), in.data(), rows));
+    // The products alone: no epilogues (the floor is the GEMM work).
+    auto plain = [](GemmOp op) {
+      op.epilogue = Epilogue::none;
+      op.bias_grad = nullptr;
+      return op;
+    };
+    g.ops.push_back(plain(dense_forward_gemm(s, in.data(), w.data(), nullptr, out.data(), rows, Activation::identity)));
+    g.ops.push_back(plain(dense_weight_grad_gemm(s, out.data(), in.data(), dw.data(), nullptr, rows)));
+    if (grad_in) {
+      g.ops.push_back(
+          plain(dense_input_grad_gemm(s, out.data(), w.data(), in.data(), rows, nullptr, Activation::identity)));
+    }
     g.flops += 2.0 * rows * s.out * s.in * (grad_in ? 3 : 2);
   };
   for (size_t i = 0; i < layout.encoder.size(); ++i) add(layout.encoder[i], batch, i > 0);

@@ -186,12 +186,13 @@ __global__ void relu_grad_kernel(float* __restrict__ grad, const float* __restri
   VAE_ELEMENT_LOOP(i, n) grad[i] = h[i] > 0.f ? grad[i] : 0.f;
 }
 
-void dense_relu_backward(float* grad, const float* h, float* grad_bias, int rows, int cols, cudaStream_t stream) {
+void dense_relu_backward(float* grad, const float* h, float* grad_bias, int rows, int cols, ReduceScratch scratch,
+                         cudaStream_t stream) {
   const long long n = static_cast<long long>(rows) * cols;
   constexpr int kBlock = 256;
   VAE_LAUNCH(relu_grad_kernel, elementwise_grid(n, kBlock), kBlock, 0, stream, grad, h, n);
   // The product's column sum alone: with the identity activation it only sums.
-  VAE_NS::dense_activation_backward(grad, nullptr, grad_bias, rows, cols, Activation::identity, stream);
+  VAE_NS::dense_activation_backward(grad, nullptr, grad_bias, rows, cols, Activation::identity, scratch, stream);
 }
 
 const UnfusedOps& ops() {

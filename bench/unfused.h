@@ -37,7 +37,8 @@ struct NormalGenerator {
   void adam_step(const OptimizerHyper& h, float* params, const float* grads, float* m, float* v, long long n,         \
                  long long step, cudaStream_t stream);                                                                \
   /* dense backward: the activation's derivative, then the bias gradient as column sums */                            \
-  void dense_relu_backward(float* grad, const float* h, float* grad_bias, int rows, int cols, cudaStream_t stream);
+  void dense_relu_backward(float* grad, const float* h, float* grad_bias, int rows, int cols, ReduceScratch scratch,  \
+                           cudaStream_t stream);
 
 namespace vae {
 // One target's unfused compositions (unfused.cu fills it).
@@ -49,7 +50,7 @@ struct UnfusedOps {
   void (*latent_backward)(const float*, const float*, const float*, float*, int, int, float, cudaStream_t);
   void (*gaussian_reconstruction)(const float*, const float*, float*, float*, float*, int, int, float, cudaStream_t);
   void (*adam_step)(const OptimizerHyper&, float*, const float*, float*, float*, long long, long long, cudaStream_t);
-  void (*dense_relu_backward)(float*, const float*, float*, int, int, cudaStream_t);
+  void (*dense_relu_backward)(float*, const float*, float*, int, int, ReduceScratch, cudaStream_t);
 };
 }  // namespace vae
 

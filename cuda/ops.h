@@ -47,9 +47,9 @@ struct StepGraph;   // an instantiated CUDA graph (GPU only)
   void dense_bias_activation_forward(float* y, const float* bias, int rows, int cols, Activation act,                  \
                                      cudaStream_t stream);                                                             \
   /* grad[rows,cols]: dL/dh in, dL/d(pre-activation) out; h is the post-activation output; */                          \
-  /* grad_bias[cols] = column sums of the result (no atomics) */                                                       \
+  /* grad_bias[cols] (or null) = column sums of the result, deterministic (two stages in scratch) */                   \
   void dense_activation_backward(float* grad, const float* h, float* grad_bias, int rows, int cols, Activation act,    \
-                                 cudaStream_t stream);                                                                 \
+                                 ReduceScratch scratch, cudaStream_t stream);                                          \
   /* latent (cuda/kernels/latent.cu) */                                                                                \
   void latent_forward(const float* heads, float* z, float* kl, int batch, int latent, int samples, uint64_t seed,      \
                       RandomStream rs, const StepState* at, cudaStream_t stream);                                      \
@@ -64,7 +64,7 @@ struct StepGraph;   // an instantiated CUDA graph (GPU only)
                                int samples, float grad_scale, cudaStream_t stream);                                    \
   void decoder_mean(const float* out, int out_stride, float* mean, int rows, int dim, cudaStream_t stream);            \
   void elbo_totals(const float* log_prob, const float* kl, int batch, int samples, double* totals,                     \
-                   cudaStream_t stream);                                                                               \
+                   ReduceScratch scratch, cudaStream_t stream);                                                        \
   /* optimizer (cuda/kernels/optimizer.cu) */                                                                          \
   void optimizer_step(OptimizerKind kind, const OptimizerHyper& hyper, float* params, const float* grads,              \
                       float* state1, float* state2, long long n, const StepState* at, cudaStream_t stream);            \

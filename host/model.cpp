@@ -31,10 +31,14 @@ ParamLayout make_layout(const ModelConfig& c) {
   VAE_REQUIRE(c.input_dim > 0 && c.latent > 0, "model: input and latent sizes must be positive");
   for (int h : c.hidden) VAE_REQUIRE(h > 0, "model: hidden sizes must be positive");
   ParamLayout L;
+  // Every weight and bias starts on a 256-byte boundary (the zero padding between them is never
+  // read): GEMM kernels with epilogues and vector loads want aligned operands.
+  constexpr size_t kAlign = 64;
+  auto aligned = [&](size_t n) { return (n + kAlign - 1) / kAlign * kAlign; };
   auto linear = [&](int out, int in) {
-    LinearSlot s{L.total, L.total + static_cast<size_t>(out) * in, out, in};
-    L.total += static_cast<size_t>(out) * in + out;
-    return s;
+    const size_t weight = aligned(L.total), bias = aligned(weight + static_cast<size_t>(out) * in);
+    L.total = bias + out;
+    return LinearSlot{weight, bias, out, in};
   };
   auto add = [&](const std::string& name, std::vector<int64_t> shape, size_t offset) {
     L.tensors.push_back({name, std::move(shape), offset});

@@ -31,51 +31,66 @@ Vae::Vae(const DeviceContext& ctx, const ModelConfig& config, int max_batch, int
     dec_h_.emplace_back(ctx, LB * s.out);
     d_dec_h_.emplace_back(ctx, LB * s.out);
   }
+  reduce_tickets_ = DeviceBuffer<unsigned>(ctx, kReduceTickets);  // zero, as the reductions need
+  reduce_partial_ = DeviceBuffer<float>(ctx, kReducePartialFloats);
 }
 
-GemmOp dense_forward_gemm(const LinearSlot& s, const float* in, const float* w, float* out, int rows) {
+GemmOp dense_forward_gemm(const LinearSlot& s, const float* in, const float* w, const float* b, float* out, int rows,
+                          Activation act) {
   GemmOp op;
   op.trans_b = true;
   op.m = rows, op.n = s.out, op.k = s.in;
   op.a = in, op.lda = s.in;
   op.b = w, op.ldb = s.in;
   op.c = out, op.ldc = s.out;
+  op.epilogue = Epilogue::bias_activation;
+  op.bias = b;
+  op.activation = act;
   return op;
 }
 
-GemmOp dense_weight_grad_gemm(const LinearSlot& s, const float* grad_out, const float* in, float* dw, int rows) {
+GemmOp dense_weight_grad_gemm(const LinearSlot& s, const float* g, const float* in, float* dw, float* db, int rows) {
   GemmOp op;
   op.trans_a = true;
   op.m = s.out, op.n = s.in, op.k = rows;
-  op.a = grad_out, op.lda = s.out;
+  op.a = g, op.lda = s.out;
   op.b = in, op.ldb = s.in;
   op.c = dw, op.ldc = s.in;
+  op.bias_grad = db;
   return op;
 }
 
-GemmOp dense_input_grad_gemm(const LinearSlot& s, const float* grad_out, const float* w, float* dx, int rows) {
+GemmOp dense_input_grad_gemm(const LinearSlot& s, const float* g, const float* w, float* dx, int rows,
+                             const float* h_in, Activation act_in) {
   GemmOp op;
   op.m = rows, op.n = s.in, op.k = s.out;
-  op.a = grad_out, op.lda = s.out;
+  op.a = g, op.lda = s.out;
   op.b = w, op.ldb = s.in;
   op.c = dx, op.ldc = s.in;
+  if (h_in && act_in != Activation::identity) {
+    op.epilogue = Epilogue::activation_grad;
+    op.activation = act_in;
+    op.activation_output = h_in;
+  }
   return op;
 }
 
-// out (rows, s.out) = act(in (rows, s.in) Wᵀ + b)
+// out (rows, s.out) = act(in (rows, s.in) Wᵀ + b): one GEMM with its epilogue.
 void Vae::linear_forward(const LinearSlot& s, const float* in, int rows, float* out, Activation act) {
-  ctx_.ops().gemm(ctx_.gemm(), dense_forward_gemm(s, in, params_.data() + s.weight, out, rows));
-  ctx_.ops().dense_bias_activation_forward(out, params_.data() + s.bias, rows, s.out, act, ctx_.stream());
+  ctx_.ops().gemm(ctx_.gemm(),
+                  dense_forward_gemm(s, in, params_.data() + s.weight, params_.data() + s.bias, out, rows, act));
 }
 
-// grad_out (rows, s.out): dL/d(output) in, dL/d(pre-activation) out. Writes dW, db into
-// grads() and, when grad_in is given, dL/d(in) (rows, s.in).
-void Vae::linear_backward(const LinearSlot& s, const float* in, int rows, float* grad_out, const float* out,
-                          Activation act, float* grad_in) {
+// Writes dW, db into grads() and, when grad_in is given, dL/d(in) (rows, s.in) — through the
+// activation of the layer below when h_in is given.
+void Vae::linear_backward(const LinearSlot& s, const float* in, int rows, const float* g, const float* h_in,
+                          float* grad_in) {
   const auto& ops = ctx_.ops();
-  ops.dense_activation_backward(grad_out, out, grads_.data() + s.bias, rows, s.out, act, ctx_.stream());
-  ops.gemm(ctx_.gemm(), dense_weight_grad_gemm(s, grad_out, in, grads_.data() + s.weight, rows));
-  if (grad_in) ops.gemm(ctx_.gemm(), dense_input_grad_gemm(s, grad_out, params_.data() + s.weight, grad_in, rows));
+  ops.gemm(ctx_.gemm(), dense_weight_grad_gemm(s, g, in, grads_.data() + s.weight, grads_.data() + s.bias, rows));
+  if (grad_in) {
+    ops.gemm(ctx_.gemm(),
+             dense_input_grad_gemm(s, g, params_.data() + s.weight, grad_in, rows, h_in, config_.activation));
+  }
 }
 
 void Vae::decode(const float* z, int rows) {
@@ -145,31 +160,33 @@ void Vae::forward(int batch, const NoiseKey& key, bool with_gradients) {
 void Vae::backward(int batch) {
   const int rows = batch * samples_;
   const size_t nd = layout_.decoder.size(), ne = layout_.encoder.size();
-  // Decoder, from the output layer down to dL/dz.
+  // Decoder, from the output layer down to dL/dz. Each input-grad GEMM into a hidden layer also
+  // applies that layer's activation derivative, so every g below is w.r.t. a pre-activation.
   const float* last_dec = nd ? dec_h_[nd - 1].data() : z_.data();
-  float* d_last_dec = nd ? d_dec_h_[nd - 1].data() : d_z_.data();
-  linear_backward(layout_.output, last_dec, rows, d_out_.data(), nullptr, Activation::identity, d_last_dec);
+  linear_backward(layout_.output, last_dec, rows, d_out_.data(), nd ? last_dec : nullptr,
+                  nd ? d_dec_h_[nd - 1].data() : d_z_.data());
   for (size_t i = nd; i-- > 0;) {
     const float* in = i ? dec_h_[i - 1].data() : z_.data();
-    float* d_in = i ? d_dec_h_[i - 1].data() : d_z_.data();
-    linear_backward(layout_.decoder[i], in, rows, d_dec_h_[i].data(), dec_h_[i].data(), config_.activation, d_in);
+    linear_backward(layout_.decoder[i], in, rows, d_dec_h_[i].data(), i ? in : nullptr,
+                    i ? d_dec_h_[i - 1].data() : d_z_.data());
   }
   // Latent stage: reparameterization and KL.
   ctx_.ops().latent_backward(heads_.data(), z_.data(), d_z_.data(), d_heads_.data(), batch, config_.latent, samples_,
                              1.f / static_cast<float>(batch), ctx_.stream());
   // Encoder, from the heads down to the first layer (dL/dx is not needed).
   const float* last_enc = ne ? enc_h_[ne - 1].data() : x_.data();
-  linear_backward(layout_.heads, last_enc, batch, d_heads_.data(), nullptr, Activation::identity,
+  linear_backward(layout_.heads, last_enc, batch, d_heads_.data(), ne ? last_enc : nullptr,
                   ne ? d_enc_h_[ne - 1].data() : nullptr);
   for (size_t i = ne; i-- > 0;) {
     const float* in = i ? enc_h_[i - 1].data() : x_.data();
-    linear_backward(layout_.encoder[i], in, batch, d_enc_h_[i].data(), enc_h_[i].data(), config_.activation,
+    linear_backward(layout_.encoder[i], in, batch, d_enc_h_[i].data(), i ? in : nullptr,
                     i ? d_enc_h_[i - 1].data() : nullptr);
   }
 }
 
 void Vae::accumulate_totals(int batch, double* totals) {
-  ctx_.ops().elbo_totals(log_prob_.data(), kl_.data(), batch, samples_, totals, ctx_.stream());
+  ctx_.ops().elbo_totals(log_prob_.data(), kl_.data(), batch, samples_, totals,
+                         ReduceScratch{reduce_tickets_.data(), reduce_partial_.data()}, ctx_.stream());
 }
 
 void Vae::decode_mean(const float* z, int rows, float* mean) {

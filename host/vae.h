@@ -18,13 +18,19 @@ struct NoiseKey {
   const StepState* at = nullptr;  // device memory
 };
 
-// The three GEMMs of a dense layer s (row-major; W is (s.out, s.in) as in nn.Linear):
-//   forward       out (rows, out) = in (rows, in) · Wᵀ
-//   weight grad   dW (out, in)    = grad_outᵀ (out, rows) · in (rows, in)
-//   input grad    dX (rows, in)   = grad_out (rows, out) · W (out, in)
-GemmOp dense_forward_gemm(const LinearSlot& s, const float* in, const float* w, float* out, int rows);
-GemmOp dense_weight_grad_gemm(const LinearSlot& s, const float* grad_out, const float* in, float* dw, int rows);
-GemmOp dense_input_grad_gemm(const LinearSlot& s, const float* grad_out, const float* w, float* dx, int rows);
+// The three GEMMs of a dense layer s (row-major; W is (s.out, s.in) as in nn.Linear), each with
+// its epilogue (cuda/kernels/types.h):
+//   forward       out (rows, out) = act(in (rows, in) · Wᵀ + b)
+//   weight grad   dW (out, in)    = gᵀ (out, rows) · in (rows, in),   db = Σ_rows g
+//   input grad    dX (rows, in)   = g (rows, out) · W (out, in) ⊙ act'(h_in)
+// g (rows, out) is dL/d(pre-activation) of the layer. h_in (rows, in) is the output of the layer
+// below when it is a hidden layer with activation act_in (its input-grad GEMM then yields that
+// layer's g); null for the identity (z, x).
+GemmOp dense_forward_gemm(const LinearSlot& s, const float* in, const float* w, const float* b, float* out, int rows,
+                          Activation act);
+GemmOp dense_weight_grad_gemm(const LinearSlot& s, const float* g, const float* in, float* dw, float* db, int rows);
+GemmOp dense_input_grad_gemm(const LinearSlot& s, const float* g, const float* w, float* dx, int rows,
+                             const float* h_in, Activation act_in);
 
 class Vae {
  public:
@@ -67,8 +73,10 @@ class Vae {
 
  private:
   void linear_forward(const LinearSlot& s, const float* in, int rows, float* out, Activation act);
-  void linear_backward(const LinearSlot& s, const float* in, int rows, float* grad_out, const float* out,
-                       Activation act, float* grad_in);
+  // g: dL/d(pre-activation) of layer s. h_in: the output of the layer below when it is hidden
+  // (then grad_in receives that layer's dL/d(pre-activation)), else null.
+  void linear_backward(const LinearSlot& s, const float* in, int rows, const float* g, const float* h_in,
+                       float* grad_in);
   void decode(const float* z, int rows);
 
   const DeviceContext& ctx_;
@@ -81,7 +89,9 @@ class Vae {
   DeviceBuffer<float> x_, heads_, z_, kl_, out_, log_prob_;
   std::vector<DeviceBuffer<float>> enc_h_, dec_h_;  // activations per hidden layer
   DeviceBuffer<float> d_out_, d_heads_, d_z_;
-  std::vector<DeviceBuffer<float>> d_enc_h_, d_dec_h_;  // their gradients
+  std::vector<DeviceBuffer<float>> d_enc_h_, d_dec_h_;  // their gradients (w.r.t. the pre-activations)
+  DeviceBuffer<unsigned> reduce_tickets_;               // scratch of the two-stage reductions
+  DeviceBuffer<float> reduce_partial_;
 };
 
 // Adam, Adagrad or SGD with momentum over the flat parameter buffer.

@@ -1,6 +1,7 @@
 // IDX, NPY and safetensors round trips; malformed files give a clear error and write nothing.
 #include <zlib.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 
@@ -198,7 +199,16 @@ Checkpoint tiny_checkpoint() {
   ck.config = tiny_config();
   const ParamLayout layout = make_layout(ck.config.model);
   ck.params = init_parameters(ck.config.model, layout, 3);
-  ck.optimizer_state = {test::random_uniform(layout.total, 4), test::random_uniform(layout.total, 5, 0, 1)};
+  // Random state on the tensors; the padding between them is zero, as a real optimizer's is.
+  auto on_tensors = [&](const std::vector<float>& v) {
+    std::vector<float> out(v.size(), 0.f);
+    for (const auto& t : layout.tensors) {
+      std::copy(v.begin() + t.offset, v.begin() + t.offset + t.count(), out.begin() + t.offset);
+    }
+    return out;
+  };
+  ck.optimizer_state = {on_tensors(test::random_uniform(layout.total, 4)),
+                        on_tensors(test::random_uniform(layout.total, 5, 0, 1))};
   ck.step = 1234;
   ck.epoch = 3;
   return ck;

@@ -38,7 +38,18 @@ class Kernels : public ::testing::TestWithParam<Target> {
     ctx_->synchronize();
     return b.download();
   }
+  // Scratch of the two-stage reductions, shared by every call of a test: each call must leave
+  // its tickets at zero for the next.
+  ReduceScratch scratch() {
+    if (!tickets_.data()) {
+      tickets_ = DeviceBuffer<unsigned>(*ctx_, kReduceTickets);
+      partial_ = DeviceBuffer<float>(*ctx_, kReducePartialFloats);
+    }
+    return {tickets_.data(), partial_.data()};
+  }
   std::unique_ptr<DeviceContext> ctx_;
+  DeviceBuffer<unsigned> tickets_;
+  DeviceBuffer<float> partial_;
 };
 
 // Runs the body once per launch shape of the target, with the shape in failure messages.
@@ -72,35 +83,43 @@ TEST_P(Kernels, DenseBiasActivationForward) {
 // dense_activation_backward_kernel, through its launcher.
 TEST_P(Kernels, DenseActivationBackward) {
   FOR_EACH_SHAPE(GetParam()) {
-    for (int rows : {1, 7, 129})
-      for (int cols : {5, 33})
-        for (Activation act : {Activation::identity, Activation::relu, Activation::tanh}) {
-          auto h0 = random_uniform(static_cast<size_t>(rows) * cols, rows + cols, -1, 1);
-          if (act == Activation::relu)
-            for (auto& v : h0) v = std::max(v, 0.f);  // a ReLU output
-          const auto g0 = random_uniform(h0.size(), 3 * rows + cols, -1, 1);
-          auto g = upload(g0);
-          auto h = upload(h0);
-          DeviceBuffer<float> gb(*ctx_, cols);
-          ops().dense_activation_backward(g.data(), h.data(), gb.data(), rows, cols, act, stream());
-          std::vector<double> want(g0.size()), want_bias(cols, 0.0);
-          for (size_t i = 0; i < g0.size(); ++i) {
-            const double d = act == Activation::relu   ? (h0[i] > 0)
-                             : act == Activation::tanh ? 1.0 - double(h0[i]) * h0[i]
-                                                       : 1.0;
-            want[i] = g0[i] * d;
-            want_bias[i % cols] += want[i];
+    // Up to thousands of rows: the grid then has many row slabs, whose partial sums the last
+    // slab of each column group adds; with_bias off: the derivative alone.
+    for (int rows : {1, 7, 129, 1031, 4099})
+      for (int cols : {5, 33, 400})
+        for (Activation act : {Activation::identity, Activation::relu, Activation::tanh})
+          for (bool with_bias : {true, false}) {
+            if (!with_bias && act == Activation::identity) continue;
+            if (cols == 400 && rows < 1031) continue;
+            auto h0 = random_uniform(static_cast<size_t>(rows) * cols, rows + cols, -1, 1);
+            if (act == Activation::relu)
+              for (auto& v : h0) v = std::max(v, 0.f);  // a ReLU output
+            const auto g0 = random_uniform(h0.size(), 3 * rows + cols, -1, 1);
+            auto g = upload(g0);
+            auto h = upload(h0);
+            auto gb = upload(std::vector<float>(cols, 7.f));  // untouched without a bias gradient
+            ops().dense_activation_backward(g.data(), h.data(), with_bias ? gb.data() : nullptr, rows, cols, act,
+                                            scratch(), stream());
+            std::vector<double> want(g0.size()), want_bias(cols, 0.0);
+            for (size_t i = 0; i < g0.size(); ++i) {
+              const double d = act == Activation::relu   ? (h0[i] > 0)
+                               : act == Activation::tanh ? 1.0 - double(h0[i]) * h0[i]
+                                                         : 1.0;
+              want[i] = g0[i] * d;
+              want_bias[i % cols] += want[i];
+            }
+            if (!with_bias) want_bias.assign(cols, 7.0);
+            EXPECT_TRUE(all_near(download(g), want, 1e-6, 1e-6)) << rows << "x" << cols << " act " << int(act);
+            EXPECT_TRUE(all_near(download(gb), want_bias, 1e-5 * std::sqrt(rows), 1e-5))
+                << rows << "x" << cols << " act " << int(act);
           }
-          EXPECT_TRUE(all_near(download(g), want, 1e-6, 1e-6));
-          EXPECT_TRUE(all_near(download(gb), want_bias, 1e-5, 1e-5));
-        }
   }
 }
 
 // latent_forward_kernel, through its launcher.
 TEST_P(Kernels, LatentForwardMatchesPhiloxContractAndClosedFormKl) {
   FOR_EACH_SHAPE(GetParam()) {
-    for (int batch : {1, 7, 129})
+    for (int batch : {1, 7, 129, 1031})
       for (int latent : {1, 3, 20})
         for (int samples : {1, 3}) {
           const auto heads0 =
@@ -220,14 +239,14 @@ TEST_P(Kernels, GaussianReconstruction) {
 // elbo_totals_kernel, through its launcher.
 TEST_P(Kernels, ElboTotalsAccumulateInFloat64) {
   FOR_EACH_SHAPE(GetParam()) {
-    for (int batch : {1, 7, 129, 300})
+    for (int batch : {1, 7, 129, 300, 5001})
       for (int samples : {1, 3}) {
         const auto lp0 = random_uniform(static_cast<size_t>(samples) * batch, batch + samples, -300, -100);
         const auto kl0 = random_uniform(batch, batch + 1, 0, 30);
         auto lp = upload(lp0), kl = upload(kl0);
         auto totals = upload(std::vector<double>{1.5, 2.5, 3});  // accumulates onto what is there
-        ops().elbo_totals(lp.data(), kl.data(), batch, samples, totals.data(), stream());
-        ops().elbo_totals(lp.data(), kl.data(), batch, samples, totals.data(), stream());
+        ops().elbo_totals(lp.data(), kl.data(), batch, samples, totals.data(), scratch(), stream());
+        ops().elbo_totals(lp.data(), kl.data(), batch, samples, totals.data(), scratch(), stream());
         double recon = 0, kls = 0;
         for (int r = 0; r < batch; ++r) {
           double m = 0;

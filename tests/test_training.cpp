@@ -9,6 +9,7 @@
 #include <fstream>
 
 #include "checkpoint.h"
+#include "runtime/workers.h"
 #include "support.h"
 #include "trainer.h"
 
@@ -50,6 +51,33 @@ class Training : public ::testing::Test {
   Dataset train_, test_;
   TrainConfig config_;
 };
+
+// The kernel launches and GEMM calls of one training step of the default model (784-400-20,
+// ReLU, Bernoulli, Adam), counted under host execution as an epoch of two steps minus an epoch
+// of one. Pinned, so that a change that adds kernels to the step shows up here: the step is
+// the batch gather, the latent forward, the reconstruction, the ELBO totals, the latent
+// backward, the optimizer and the step counter, around 11 GEMMs whose epilogues carry the
+// biases, activations, their derivatives and the bias gradients.
+TEST_F(Training, KernelsPerStepOfTheDefaultModelArePinned) {
+  DeviceContext ctx(Target::cpu, false);
+  TrainConfig c;
+  c.model.input_dim = train_.dim();
+  c.model.image_height = train_.height;
+  c.model.image_width = train_.width;
+  auto count = [&](int64_t rows) {
+    Dataset d = train_;
+    d.truncate(rows);
+    const DeviceDataset tr(ctx, d);
+    Trainer t(ctx, c);
+    const hx::WorkCounts before = hx::work_counts();
+    t.train_epoch(tr);
+    const hx::WorkCounts after = hx::work_counts();
+    return std::pair{after.kernel_launches - before.kernel_launches, after.gemm_calls - before.gemm_calls};
+  };
+  const auto one = count(c.batch_size), two = count(2 * c.batch_size);
+  EXPECT_EQ(two.first - one.first, 7u) << "kernel launches per training step";
+  EXPECT_EQ(two.second - one.second, 11u) << "GEMM calls per training step";
+}
 
 TEST_F(Training, TestElboRisesOnFashionMnistSlice) {
   DeviceContext ctx(Target::cpu, false);

@@ -1,5 +1,7 @@
 // Dense layer epilogue: bias + activation forward, and its backward (activation derivative
 // and the bias gradient). The GEMMs around it go through the GEMM interface.
+#include <algorithm>
+
 #include "kernels/activation.cuh"
 
 namespace vae::VAE_NS {
@@ -33,40 +35,67 @@ __device__ __forceinline__ float backward_element(float* __restrict__ g, const f
   }
 }
 
-// grad and h are (rows, cols). Block (column groups, row groups): a thread takes columns
-// [c0, c0 + kBackwardColumns) and every blockDim.y-th row of them; the row groups' partial sums
-// are then added in a fixed order. A deterministic bias gradient without atomics.
+// grad and h are (rows, cols). The grid is (column groups, row slabs): a thread takes columns
+// [c0, c0 + kBackwardColumns) and every blockDim.y-th row of its block's slab, so that a few
+// hundred columns still fill every SM at large batch. The bias gradient is a two-stage sum in a
+// fixed order: the row groups of a block add up in shared memory, each slab writes its partial
+// sums to scratch.partial (slabs, cols), and the slab that finishes last (its column group's
+// ticket) adds the partials in slab order. Deterministic, without float atomics, one launch.
 template <Activation act>
 __global__ void dense_activation_backward_kernel(float* __restrict__ grad, const float* __restrict__ h,
-                                                 float* __restrict__ grad_bias, int rows, int cols) {
+                                                 float* __restrict__ grad_bias, int rows, int cols, int slab_rows,
+                                                 ReduceScratch scratch) {
   constexpr int K = kBackwardColumns;
   VAE_DYNAMIC_SHARED(float, partial);  // (blockDim.y, blockDim.x * K) when blockDim.y > 1
+  __shared__ bool last_slab;
   const int c0 = (blockIdx.x * blockDim.x + threadIdx.x) * K;
+  const int n = c0 < cols ? (cols - c0 < K ? cols - c0 : K) : 0;
+  const int slab_end = static_cast<int>(blockIdx.y + 1) * slab_rows;
+  const int r_end = slab_end < rows ? slab_end : rows;
   float sum[K] = {};
-  if (c0 < cols) {
-    const int n = cols - c0 < K ? cols - c0 : K;
-    for (int r = threadIdx.y; r < rows; r += blockDim.y) {
-      float* __restrict__ g = grad + static_cast<long long>(r) * cols + c0;
-      const float* __restrict__ hr = act == Activation::identity ? nullptr : h + static_cast<long long>(r) * cols + c0;
-      if (n == K) {  // a whole chunk: a fixed trip count, which the host compiler vectorizes
-        VAE_HOST_VECTOR_LOOP
-        for (int k = 0; k < K; ++k) sum[k] += backward_element<act>(g, hr, k);
-      } else {
-        for (int k = 0; k < n; ++k) sum[k] += backward_element<act>(g, hr, k);
+  for (int r = static_cast<int>(blockIdx.y) * slab_rows + threadIdx.y; r < r_end && n > 0; r += blockDim.y) {
+    float* __restrict__ g = grad + static_cast<long long>(r) * cols + c0;
+    const float* __restrict__ hr = act == Activation::identity ? nullptr : h + static_cast<long long>(r) * cols + c0;
+    if (n == K) {  // a whole chunk: a fixed trip count, which the host compiler vectorizes
+      VAE_HOST_VECTOR_LOOP
+      for (int k = 0; k < K; ++k) sum[k] += backward_element<act>(g, hr, k);
+    } else {
+      for (int k = 0; k < n; ++k) sum[k] += backward_element<act>(g, hr, k);
+    }
+  }
+  if (!grad_bias) return;  // uniform over the grid
+  if (blockDim.y > 1) {    // uniform over the block: the barrier is safe
+    for (int k = 0; k < K; ++k) partial[(threadIdx.y * blockDim.x + threadIdx.x) * K + k] = sum[k];
+    __syncthreads();
+    if (threadIdx.y == 0) {
+      for (unsigned y = 1; y < blockDim.y; ++y) {
+        for (int k = 0; k < K; ++k) sum[k] += partial[(y * blockDim.x + threadIdx.x) * K + k];
       }
     }
   }
-  if (blockDim.y > 1) {  // uniform over the block: the barrier is safe
-    for (int k = 0; k < K; ++k) partial[(threadIdx.y * blockDim.x + threadIdx.x) * K + k] = sum[k];
-    __syncthreads();
-    if (threadIdx.y != 0) return;
-    for (unsigned y = 1; y < blockDim.y; ++y) {
-      for (int k = 0; k < K; ++k) sum[k] += partial[(y * blockDim.x + threadIdx.x) * K + k];
+  if (gridDim.y == 1) {  // one slab: its sums are the column sums
+    if (threadIdx.y == 0) {
+      for (int k = 0; k < n; ++k) grad_bias[c0 + k] = sum[k];
     }
+    return;
   }
-  if (grad_bias) {
-    for (int k = 0; k < K && c0 + k < cols; ++k) grad_bias[c0 + k] = sum[k];
+  if (threadIdx.y == 0) {
+    for (int k = 0; k < n; ++k) scratch.partial[static_cast<long long>(blockIdx.y) * cols + c0 + k] = sum[k];
   }
+  __threadfence();  // the partials are visible to every block before this block's ticket is
+  __syncthreads();
+  if (threadIdx.x == 0 && threadIdx.y == 0) {
+    last_slab = atomicAdd(&scratch.tickets[blockIdx.x], 1u) == gridDim.y - 1;
+  }
+  __syncthreads();
+  if (!last_slab || threadIdx.y != 0) return;
+  for (int k = 0; k < n; ++k) {
+    const volatile float* col = scratch.partial + c0 + k;  // written by other blocks: no cached copies
+    float total = 0.f;
+    for (unsigned s = 0; s < gridDim.y; ++s) total += col[static_cast<long long>(s) * cols];
+    grad_bias[c0 + k] = total;
+  }
+  if (threadIdx.x == 0) scratch.tickets[blockIdx.x] = 0;  // ready for the next launch
 }
 
 void dense_bias_activation_forward(float* y, const float* bias, int rows, int cols, Activation act,
@@ -90,27 +119,38 @@ void dense_bias_activation_forward(float* y, const float* bias, int rows, int co
 }
 
 void dense_activation_backward(float* grad, const float* h, float* grad_bias, int rows, int cols, Activation act,
-                               cudaStream_t stream) {
-  if (cols == 0) return;
+                               ReduceScratch scratch, cudaStream_t stream) {
+  if (cols == 0 || rows == 0) return;
   VAE_REQUIRE(h != nullptr || act == Activation::identity, "dense_activation_backward needs the layer output");
-  // GPU: 32 columns × row groups per block, so that a few hundred columns still fill the SMs;
-  // CPU: one row group (no barrier), 8 threads of 16 columns per block.
-  const int groups = launch_policy().column_row_groups;
+  // GPU: 32 columns × row groups per block; CPU: one row group (no barrier), 8 threads of 16
+  // columns per block. Then row slabs until the grid fills the target (the launch policy's
+  // block count), each slab at least two rows per row group.
+  const LaunchPolicy& p = launch_policy();
+  const int groups = p.column_row_groups;
   const dim3 block(groups > 1 ? 32 : 8, groups);
   const size_t smem = groups > 1 ? sizeof(float) * block.x * block.y * kBackwardColumns : 0;
-  const int grid = static_cast<int>(ceil_div(cols, static_cast<long long>(block.x) * kBackwardColumns));
+  const int column_blocks = static_cast<int>(ceil_div(cols, static_cast<long long>(block.x) * kBackwardColumns));
+  long long slabs = std::min(ceil_div(p.max_blocks, column_blocks), ceil_div(rows, 2ll * block.y));
+  if (grad_bias) {  // the partial sums must fit the scratch, one ticket per column group
+    slabs = std::min<long long>(slabs, kReducePartialFloats / cols);
+    if (column_blocks > kReduceTickets) slabs = 1;
+  }
+  slabs = std::max(slabs, 1ll);
+  if (slabs > 1 && grad_bias) VAE_REQUIRE(scratch.tickets && scratch.partial, "dense_activation_backward: no scratch");
+  const int slab_rows = static_cast<int>(ceil_div(rows, slabs));
+  const dim3 grid(column_blocks, static_cast<unsigned>(ceil_div(rows, slab_rows)));
   switch (act) {
     case Activation::relu:
       VAE_LAUNCH(dense_activation_backward_kernel<Activation::relu>, grid, block, smem, stream, grad, h, grad_bias,
-                 rows, cols);
+                 rows, cols, slab_rows, scratch);
       break;
     case Activation::tanh:
       VAE_LAUNCH(dense_activation_backward_kernel<Activation::tanh>, grid, block, smem, stream, grad, h, grad_bias,
-                 rows, cols);
+                 rows, cols, slab_rows, scratch);
       break;
     default:
       VAE_LAUNCH(dense_activation_backward_kernel<Activation::identity>, grid, block, smem, stream, grad, h, grad_bias,
-                 rows, cols);
+                 rows, cols, slab_rows, scratch);
       break;
   }
 }

@@ -13,4 +13,17 @@ __device__ __forceinline__ float lanes_sum(float v) {
   return v;
 }
 
+// Block of a row kernel: blockDim.x lanes per row (the launch policy's lanes, fewer for rows of
+// fewer items: the smallest power of 2 that covers them), blockDim.y rows, up to 128 threads,
+// and rows spread over at least max_blocks blocks when there are enough (so that the GPU's
+// SMs all get rows, and on the CPU every worker). The grid is ceil(rows / blockDim.y).
+inline dim3 row_block(long long rows, int items_per_row) {
+  const LaunchPolicy& p = launch_policy();
+  int lanes = 1;
+  while (lanes < p.row_lanes && lanes < items_per_row) lanes *= 2;
+  const int most = lanes >= 128 ? 1 : 128 / lanes;
+  const long long share = ceil_div(rows, p.max_blocks);
+  return dim3(lanes, static_cast<unsigned>(share < 1 ? 1 : (share < most ? share : most)));
+}
+
 }  // namespace vae::VAE_NS

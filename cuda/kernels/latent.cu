@@ -1,22 +1,37 @@
 // Latent stage: ε ~ N(0, I) from Philox, the reparameterization z = μ + exp(½ log σ²) ⊙ ε,
 // the analytic KL(q(z|x) || N(0, I)) per row, and the backward pass of all three.
+#include "kernels/lanes.cuh"
 #include "kernels/latent_sample.cuh"
 
 namespace vae::VAE_NS {
 
 // heads is (B, 2J): μ in columns [0, J), log σ² in [J, 2J). z is (L*B, J), sample-major
-// (row ℓ*B + r is sample ℓ of datapoint r). kl is (B).
+// (row ℓ*B + r is sample ℓ of datapoint r). kl is (B). blockDim.x lanes share a (row, sample)
+// item, each taking groups of 4 latent columns (one Philox draw each), so that batch × ⌈J/4⌉
+// threads fill the GPU at large batch; blockDim.y items per block.
 __global__ void latent_forward_kernel(const float* __restrict__ heads, float* __restrict__ z, float* __restrict__ kl,
                                       int batch, int latent, int samples, uint64_t seed, RandomStream rs,
                                       const StepState* __restrict__ at) {
   const uint64_t step = at->step;
   const long long n = static_cast<long long>(batch) * samples;
-  VAE_ELEMENT_LOOP(t, n) {
-    const int s = static_cast<int>(t / batch);
-    const int r = static_cast<int>(t % batch);
-    const float* mu = heads + static_cast<long long>(r) * 2 * latent;
-    sample_latent(mu, mu + latent, latent, r, s, samples, seed, rs, step, z + t * latent, kl + r);
+  const long long t = static_cast<long long>(blockIdx.x) * blockDim.y + threadIdx.y;
+  const bool active = t < n;
+  const int s = active ? static_cast<int>(t / batch) : 0;
+  const int r = active ? static_cast<int>(t % batch) : 0;
+  const float* mu = heads + static_cast<long long>(r) * 2 * latent;
+  const float* logvar = mu + latent;
+  const int groups = (latent + 3) / 4;
+  float sum = 0.f;
+  if (active) {
+    for (int g = static_cast<int>(threadIdx.x); g < groups; g += static_cast<int>(blockDim.x)) {
+      sample_latent_group(mu, logvar, latent, r, s, samples, seed, rs, step, g, z + t * latent);
+      if (s == 0) {
+        for (int j = 4 * g; j < 4 * g + 4 && j < latent; ++j) sum += kl_term(mu, logvar, j);
+      }
+    }
   }
+  sum = lanes_sum(sum);  // every lane calls it, past the end too: the shuffle masks stay full
+  if (active && s == 0 && threadIdx.x == 0) kl[r] = -0.5f * sum;
 }
 
 // grad_z is (L*B, J) = dLoss/dz; grad_heads (B, 2J) receives dLoss/dμ | dLoss/dlog σ², with the
@@ -46,9 +61,9 @@ void latent_forward(const float* heads, float* z, float* kl, int batch, int late
   VAE_REQUIRE(batch >= 0 && latent > 0 && samples > 0, "latent_forward: bad shape");
   const long long n = static_cast<long long>(batch) * samples;
   if (n == 0) return;
-  constexpr int kBlock = 128;
-  VAE_LAUNCH(latent_forward_kernel, elementwise_grid(n, kBlock), kBlock, 0, stream, heads, z, kl, batch, latent,
-             samples, seed, rs, at);
+  const dim3 block = row_block(n, (latent + 3) / 4);
+  VAE_LAUNCH(latent_forward_kernel, static_cast<int>(ceil_div(n, block.y)), block, 0, stream, heads, z, kl, batch,
+             latent, samples, seed, rs, at);
 }
 
 void latent_backward(const float* heads, const float* z, const float* grad_z, float* grad_heads, int batch, int latent,

@@ -6,22 +6,37 @@
 
 namespace vae::VAE_NS {
 
-// mu, logvar: the row's heads (J each). Writes z (J) = μ + exp(½ log σ²) ⊙ ε with ε from Philox
-// keyed by (seed, stream, step, (row·L + sample)·⌈J⌉₄), and for sample 0 the row's
+// Latent columns [4g, 4g + 4) of one (row, sample): z = μ + exp(½ log σ²) ⊙ ε with the four ε
+// of one Philox draw keyed by (seed, stream, step, (row·L + sample)·⌈J⌉₄ + 4g). A row's groups
+// are independent, so lanes can share a row; drawn in sequence they are curand's stream from
+// (row·L + sample)·⌈J⌉₄ on.
+__device__ __forceinline__ void sample_latent_group(const float* mu, const float* logvar, int latent, int row,
+                                                    int sample, int samples, uint64_t seed, RandomStream rs,
+                                                    uint64_t step, int group, float* z) {
+  curandStatePhilox4_32_10_t state;
+  philox_init(seed, rs, step, (static_cast<uint64_t>(row) * samples + sample) * round_up4(latent) + 4ull * group,
+              &state);
+  const float4 eps = curand_normal4(&state);
+  const float e[4] = {eps.x, eps.y, eps.z, eps.w};
+  const int j0 = 4 * group;
+  for (int q = 0; q < 4 && j0 + q < latent; ++q) z[j0 + q] = mu[j0 + q] + expf(0.5f * logvar[j0 + q]) * e[q];
+}
+
+// Column j's term of −2 KL: 1 + log σ² − μ² − σ².
+__device__ __forceinline__ float kl_term(const float* mu, const float* logvar, int j) {
+  return 1.f + logvar[j] - mu[j] * mu[j] - expf(logvar[j]);
+}
+
+// mu, logvar: the row's heads (J each). Writes z (J), and for sample 0 the row's
 // KL = −½ Σ_j (1 + log σ² − μ² − σ²) into *kl.
 __device__ __forceinline__ void sample_latent(const float* mu, const float* logvar, int latent, int row, int sample,
                                               int samples, uint64_t seed, RandomStream rs, uint64_t step, float* z,
                                               float* kl) {
-  curandStatePhilox4_32_10_t state;
-  philox_init(seed, rs, step, (static_cast<uint64_t>(row) * samples + sample) * round_up4(latent), &state);
-  for (int j = 0; j < latent; j += 4) {
-    const float4 eps = curand_normal4(&state);
-    const float e[4] = {eps.x, eps.y, eps.z, eps.w};
-    for (int q = 0; q < 4 && j + q < latent; ++q) z[j + q] = mu[j + q] + expf(0.5f * logvar[j + q]) * e[q];
-  }
+  for (int g = 0; 4 * g < latent; ++g)
+    sample_latent_group(mu, logvar, latent, row, sample, samples, seed, rs, step, g, z);
   if (sample == 0) {
     float sum = 0.f;
-    for (int j = 0; j < latent; ++j) sum += 1.f + logvar[j] - mu[j] * mu[j] - expf(logvar[j]);
+    for (int j = 0; j < latent; ++j) sum += kl_term(mu, logvar, j);
     *kl = -0.5f * sum;
   }
 }

@@ -1,6 +1,8 @@
 // Reconstruction stage: log p(x|z) per row and its gradient w.r.t. the decoder output in one
 // pass, for the Bernoulli decoder (logits) and the Gaussian decoder (sigmoid mean, log
 // variance: the paper's Frey Face model); the decoder mean for images; and the batch totals.
+#include <algorithm>
+
 #include "kernels/lanes.cuh"
 
 namespace vae::VAE_NS {
@@ -72,13 +74,16 @@ __global__ void decoder_mean_kernel(const float* __restrict__ out, int out_strid
   VAE_ELEMENT_LOOP(i, n) { mean[i] = sigmoid(out[(i / dim) * out_stride + i % dim]); }
 }
 
-// totals[0] += Σ_r (1/L) Σ_ℓ log p(x_r|z_ℓr), totals[1] += Σ_r KL_r, totals[2] += B. One block,
-// a fixed reduction order in float64: the same inputs give the same bits on every run.
+// totals[0] += Σ_r (1/L) Σ_ℓ log p(x_r|z_ℓr), totals[1] += Σ_r KL_r, totals[2] += B, in float64.
+// Two stages in a fixed order: each block reduces its rows in shared memory and writes its two
+// sums to scratch; the block that finishes last (the ticket) adds them in block order. The same
+// inputs and grid give the same bits on every run.
 __global__ void elbo_totals_kernel(const float* __restrict__ log_prob, const float* __restrict__ kl, int batch,
-                                   int samples, double* __restrict__ totals) {
+                                   int samples, double* __restrict__ totals, ReduceScratch scratch) {
   VAE_DYNAMIC_SHARED(double, partial);  // (2, blockDim.x)
   double recon = 0, kl_sum = 0;
-  for (int r = static_cast<int>(threadIdx.x); r < batch; r += static_cast<int>(blockDim.x)) {
+  const int stride = static_cast<int>(gridDim.x * blockDim.x);
+  for (int r = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x); r < batch; r += stride) {
     double row = 0;
     for (int s = 0; s < samples; ++s) row += log_prob[static_cast<long long>(s) * batch + r];
     recon += row / samples;
@@ -87,36 +92,41 @@ __global__ void elbo_totals_kernel(const float* __restrict__ log_prob, const flo
   partial[threadIdx.x] = recon;
   partial[blockDim.x + threadIdx.x] = kl_sum;
   __syncthreads();
-  for (unsigned stride = blockDim.x / 2; stride > 0; stride /= 2) {
-    if (threadIdx.x < stride) {
-      partial[threadIdx.x] += partial[threadIdx.x + stride];
-      partial[blockDim.x + threadIdx.x] += partial[blockDim.x + threadIdx.x + stride];
+  for (unsigned half = blockDim.x / 2; half > 0; half /= 2) {
+    if (threadIdx.x < half) {
+      partial[threadIdx.x] += partial[threadIdx.x + half];
+      partial[blockDim.x + threadIdx.x] += partial[blockDim.x + threadIdx.x + half];
     }
     __syncthreads();
   }
-  if (threadIdx.x == 0) {
+  if (threadIdx.x != 0) return;
+  if (gridDim.x == 1) {
     totals[0] += partial[0];
     totals[1] += partial[blockDim.x];
     totals[2] += batch;
+    return;
   }
+  volatile double* block_sums = reinterpret_cast<double*>(scratch.partial);  // (gridDim.x, 2)
+  block_sums[2 * blockIdx.x] = partial[0];
+  block_sums[2 * blockIdx.x + 1] = partial[blockDim.x];
+  __threadfence();  // the sums are visible to every block before this block's ticket is
+  if (atomicAdd(&scratch.tickets[0], 1u) != gridDim.x - 1) return;  // not the last block
+  double recon_total = 0, kl_total = 0;
+  for (unsigned b = 0; b < gridDim.x; ++b) {
+    recon_total += block_sums[2 * b];
+    kl_total += block_sums[2 * b + 1];
+  }
+  totals[0] += recon_total;
+  totals[1] += kl_total;
+  totals[2] += batch;
+  scratch.tickets[0] = 0;  // ready for the next launch
 }
-
-namespace {
-// Up to 128 threads per block, and rows spread over at least max_blocks blocks when there are
-// enough (on the CPU: every worker gets rows).
-dim3 row_block(int rows) {
-  const LaunchPolicy& p = launch_policy();
-  const int most = p.row_lanes >= 128 ? 1 : 128 / p.row_lanes;
-  const int share = static_cast<int>(ceil_div(rows, p.max_blocks));
-  return dim3(p.row_lanes, share < 1 ? 1 : (share < most ? share : most));
-}
-}  // namespace
 
 void bernoulli_reconstruction(const float* logits, const float* x, float* log_prob, float* grad_logits, int batch,
                               int dim, int samples, float grad_scale, cudaStream_t stream) {
   const int rows = batch * samples;
   if (rows == 0) return;
-  const dim3 block = row_block(rows);
+  const dim3 block = row_block(rows, dim);
   const int grid = static_cast<int>(ceil_div(rows, block.y));
   if (grad_logits) {
     VAE_LAUNCH(bernoulli_reconstruction_kernel<true>, grid, block, 0, stream, logits, x, log_prob, grad_logits, batch,
@@ -131,7 +141,7 @@ void gaussian_reconstruction(const float* out, const float* x, float* log_prob, 
                              int samples, float grad_scale, cudaStream_t stream) {
   const int rows = batch * samples;
   if (rows == 0) return;
-  const dim3 block = row_block(rows);
+  const dim3 block = row_block(rows, dim);
   const int grid = static_cast<int>(ceil_div(rows, block.y));
   if (grad_out) {
     VAE_LAUNCH(gaussian_reconstruction_kernel<true>, grid, block, 0, stream, out, x, log_prob, grad_out, batch, dim,
@@ -149,11 +159,18 @@ void decoder_mean(const float* out, int out_stride, float* mean, int rows, int d
   VAE_LAUNCH(decoder_mean_kernel, elementwise_grid(n, kBlock), kBlock, 0, stream, out, out_stride, mean, n, dim);
 }
 
-void elbo_totals(const float* log_prob, const float* kl, int batch, int samples, double* totals, cudaStream_t stream) {
+void elbo_totals(const float* log_prob, const float* kl, int batch, int samples, double* totals, ReduceScratch scratch,
+                 cudaStream_t stream) {
   if (batch == 0) return;
-  const int threads = launch_policy().reduce_threads;
-  VAE_LAUNCH(elbo_totals_kernel, 1, threads, 2 * threads * sizeof(double), stream, log_prob, kl, batch, samples,
-             totals);
+  // At least 4 rows per thread; at most as many blocks as the launch policy's cap and the
+  // scratch (two doubles per block) allow.
+  const LaunchPolicy& p = launch_policy();
+  const int threads = p.reduce_threads;
+  const int most = std::min(p.max_blocks, kReducePartialFloats / 4);
+  const int blocks = static_cast<int>(std::clamp<long long>(ceil_div(batch, 4ll * threads), 1, most));
+  if (blocks > 1) VAE_REQUIRE(scratch.tickets && scratch.partial, "elbo_totals: no scratch");
+  VAE_LAUNCH(elbo_totals_kernel, blocks, threads, 2 * threads * sizeof(double), stream, log_prob, kl, batch, samples,
+             totals, scratch);
 }
 
 }  // namespace vae::VAE_NS

@@ -53,7 +53,28 @@ struct FusedEncoderArgs {
   const StepState* at = nullptr;
 };
 
-// Row-major GEMM: C[m,n] = alpha * op(A)[m,k] * op(B)[k,n] + beta * C.
+// Scratch of the two-stage reductions (the column sums of the dense backward, the ELBO totals):
+// blocks write partial sums, and a ticket per reduction elects the block that finishes last,
+// which adds the partials in a fixed order. The sums are deterministic (no float atomics) and a
+// reduction needs one launch. Tickets are zero between launches (the last block resets its own);
+// the owner allocates the scratch zeroed, once, and one stream uses it at a time.
+constexpr int kReduceTickets = 1024;
+constexpr int kReducePartialFloats = 1 << 17;
+struct ReduceScratch {
+  unsigned* tickets = nullptr;  // (kReduceTickets), zero
+  float* partial = nullptr;     // (kReducePartialFloats), 16-byte aligned
+};
+
+// What a GEMM does to its product P = alpha op(A) op(B) before C is written (beta must be 0
+// with any but none):
+//   bias_activation   C = act(P + bias), bias (n)                 the forward of a dense layer
+//   activation_grad   C = P ⊙ act'(h), h (m, n) with stride ldc   the backward into a hidden
+//                     layer: dL/d(pre-activation) from dL/d(output) and the output h = act(a)
+enum class Epilogue : int { none = 0, bias_activation = 1, activation_grad = 2 };
+
+// Row-major GEMM: C[m,n] = alpha * op(A)[m,k] * op(B)[k,n] + beta * C, then the epilogue; and,
+// independently of it, bias_grad (m) = Σ_p op(A)[i, p]: the bias gradient that rides on the
+// weight-gradient GEMM dW = gᵀ X (op(A) = gᵀ; A = g must be stored (k, m) densely).
 struct GemmOp {
   bool trans_a = false, trans_b = false;
   int m = 0, n = 0, k = 0;
@@ -65,6 +86,11 @@ struct GemmOp {
   float beta = 0.f;
   float* c = nullptr;
   int ldc = 0;
+  Epilogue epilogue = Epilogue::none;
+  Activation activation = Activation::identity;
+  const float* bias = nullptr;               // bias_activation: (n), or null for none
+  const float* activation_output = nullptr;  // activation_grad: h (m, n), stride ldc
+  float* bias_grad = nullptr;                // (m), or null
 };
 
 }  // namespace vae

@@ -1,12 +1,20 @@
-// The GEMM interface: cuBLAS on the GPU, OpenBLAS on the CPU. Row-major, as PyTorch stores
-// nn.Linear weights ([out, in]).
-#include "runtime/compat.cuh"
+// The GEMM interface: cuBLASLt on the GPU, OpenBLAS on the CPU. Row-major, as PyTorch stores
+// nn.Linear weights ([out, in]). The epilogues of a dense layer ride on its GEMMs (types.h):
+// bias + activation on the forward GEMM, the activation derivative on the input-gradient GEMM,
+// the bias gradient on the weight-gradient GEMM. On the CPU each panel of C applies them while
+// it is in cache; on the GPU cuBLASLt's epilogues do what they can (bias, ReLU, the bias
+// gradient) and our kernels the rest (tanh, the activation derivative).
+#include <algorithm>
+#include <map>
+#include <tuple>
+
+#include "kernels/activation.cuh"
 
 #if VAE_HOST_EXEC
 #include <cblas.h>
 extern "C" void openblas_set_num_threads(int);
 #else
-#include <cublas_v2.h>
+#include <cublasLt.h>
 #endif
 
 namespace vae {
@@ -14,9 +22,23 @@ namespace vae {
 #if VAE_HOST_EXEC
 struct GemmHandle {};
 #else
+// A cuBLASLt call prepared for one shape, epilogue and operand alignment: the descriptors and the
+// algorithm, chosen once by the heuristics (deterministic: the same algorithm every run, so the
+// same bits) and reused by every later call, CUDA-graph capture included.
+struct GemmPlan {
+  cublasLtMatmulDesc_t desc = nullptr;
+  cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+  cublasLtMatmulAlgo_t algo{};
+  cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_DEFAULT;
+};
 struct GemmHandle {
-  cublasHandle_t cublas = nullptr;
+  cublasLtHandle_t lt = nullptr;
+  cudaStream_t stream = nullptr;
+  bool tf32 = false;
   void* workspace = nullptr;
+  size_t workspace_bytes = 0;
+  ReduceScratch scratch;  // for the epilogue kernels' bias sums
+  std::map<std::tuple<int, int, int, int, int, int, int, int, int, int, int, int, int>, GemmPlan> plans;
 };
 #endif
 
@@ -28,6 +50,11 @@ void check_gemm(const GemmOp& op) {
   VAE_REQUIRE(op.lda >= (op.trans_a ? op.m : op.k) || op.m == 0, "gemm: lda too small");
   VAE_REQUIRE(op.ldb >= (op.trans_b ? op.k : op.n) || op.k == 0, "gemm: ldb too small");
   VAE_REQUIRE(op.ldc >= op.n || op.m == 0, "gemm: ldc too small");
+  VAE_REQUIRE(op.epilogue == Epilogue::none || op.beta == 0.f, "gemm: an epilogue needs beta = 0");
+  VAE_REQUIRE(op.epilogue != Epilogue::bias_activation || op.bias, "gemm: bias_activation needs a bias");
+  VAE_REQUIRE(!op.bias_grad || (op.trans_a && op.lda == op.m), "gemm: bias_grad needs A stored (k, m) densely");
+  VAE_REQUIRE(op.epilogue != Epilogue::activation_grad || op.activation_output || op.activation == Activation::identity,
+              "gemm: activation_grad needs the layer output");
 }
 }  // namespace
 
@@ -50,34 +77,90 @@ struct Panels {
   const GemmOp* op;
   bool by_columns;
   int per_panel;
+  int count;
 };
 
-void gemm_panel(int i, void* ctx) {
+// The epilogue over the block C[r0 .. r0 + rows) x [c0 .. c0 + cols) of one panel, while it is
+// in cache. One instance per activation keeps the inner loops free of branches (they vectorize).
+template <Activation act>
+void panel_epilogue(const GemmOp& op, int r0, int rows, int c0, int cols) {
+  for (int i = r0; i < r0 + rows; ++i) {
+    float* __restrict__ c = op.c + static_cast<size_t>(i) * op.ldc + c0;
+    if (op.epilogue == Epilogue::bias_activation) {
+      const float* __restrict__ bias = op.bias + c0;
+      for (int j = 0; j < cols; ++j) c[j] = activate(c[j] + bias[j], act);
+    } else if constexpr (act != Activation::identity) {
+      const float* __restrict__ h = op.activation_output + static_cast<size_t>(i) * op.ldc + c0;
+      if constexpr (act == Activation::relu) {
+        for (int j = 0; j < cols; ++j) c[j] = h[j] > 0.f ? c[j] : 0.f;
+      } else {
+        for (int j = 0; j < cols; ++j) c[j] *= activation_grad(h[j], act);
+      }
+    }
+  }
+}
+
+// bias_grad[i] = Σ_p A[p, i] for i in [i0, i1), each a sum in the order p = 0, 1, ...: rows of
+// A added a vector of [i0, i1) at a time.
+void panel_bias_grad(const GemmOp& op, int i0, int i1) {
+  float* __restrict__ out = op.bias_grad;
+  for (int i = i0; i < i1; ++i) out[i] = 0.f;
+  for (int p = 0; p < op.k; ++p) {
+    const float* __restrict__ a = op.a + static_cast<size_t>(p) * op.lda;
+    for (int i = i0; i < i1; ++i) out[i] += a[i];
+  }
+}
+
+void gemm_panel(int panel, void* ctx) {
   const Panels& p = *static_cast<const Panels*>(ctx);
   const GemmOp& op = *p.op;
-  const int start = i * p.per_panel;
+  const int start = panel * p.per_panel;
   const float* a = op.a;
   const float* b = op.b;
   float* c = op.c;
-  int m = op.m, n = op.n;
+  int m = op.m, n = op.n, r0 = 0, c0 = 0;
   if (p.by_columns) {
     n = std::min(p.per_panel, op.n - start);
+    c0 = start;
     // Columns start.. of op(B): rows of B when it is transposed, columns otherwise.
     b = op.trans_b ? op.b + static_cast<size_t>(start) * op.ldb : op.b + start;
     c = op.c + start;
   } else {
     m = std::min(p.per_panel, op.m - start);
+    r0 = start;
     // Rows start.. of op(A): columns of A when it is transposed, rows otherwise.
     a = op.trans_a ? op.a + start : op.a + static_cast<size_t>(start) * op.lda;
     c = op.c + static_cast<size_t>(start) * op.ldc;
   }
   cblas_sgemm(CblasRowMajor, op.trans_a ? CblasTrans : CblasNoTrans, op.trans_b ? CblasTrans : CblasNoTrans, m, n, op.k,
               op.alpha, a, op.lda, b, op.ldb, op.beta, c, op.ldc);
+  if (op.epilogue != Epilogue::none) {
+    switch (op.activation) {
+      case Activation::relu:
+        panel_epilogue<Activation::relu>(op, r0, m, c0, n);
+        break;
+      case Activation::tanh:
+        panel_epilogue<Activation::tanh>(op, r0, m, c0, n);
+        break;
+      default:
+        panel_epilogue<Activation::identity>(op, r0, m, c0, n);
+        break;
+    }
+  }
+  if (op.bias_grad) {  // the panel's rows of C; with column panels, an equal share of the rows
+    if (p.by_columns) {
+      panel_bias_grad(op, static_cast<int>(static_cast<long long>(op.m) * panel / p.count),
+                      static_cast<int>(static_cast<long long>(op.m) * (panel + 1) / p.count));
+    } else {
+      panel_bias_grad(op, r0, r0 + m);
+    }
+  }
 }
 }  // namespace
 
 void gemm(GemmHandle*, const GemmOp& op) {
   check_gemm(op);
+  hx::count_gemm_call();
   if (op.m == 0 || op.n == 0) return;
   const long long flops = 2ll * op.m * op.n * op.k;
   const bool by_columns = op.m < op.n;
@@ -87,43 +170,182 @@ void gemm(GemmHandle*, const GemmOp& op) {
   panels = std::min(panels, std::max(1, extent / 16));
   int per_panel = (extent + panels - 1) / panels;
   if (by_columns) per_panel = (per_panel + 15) / 16 * 16;  // whole vectors of C's rows per panel
-  Panels p{&op, by_columns, per_panel};
   panels = (extent + per_panel - 1) / per_panel;
+  Panels p{&op, by_columns, per_panel, panels};
   hx::parallel_for(panels, gemm_panel, &p);
 }
 
 #else
 
+namespace {
+
+void set_attribute(cublasLtMatmulDesc_t d, cublasLtMatmulDescAttributes_t attr, const void* v, size_t size) {
+  VAE_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, attr, v, size));
+}
+
+// The largest power of 2 (up to 256) that divides the address: the plan's alignment class.
+int alignment(const void* p) {
+  const auto a = reinterpret_cast<uintptr_t>(p);
+  int bytes = 256;
+  while (bytes > 4 && a % bytes != 0) bytes /= 2;
+  return bytes;
+}
+
+// What cuBLASLt does of the op's epilogue; the rest is left to our kernels.
+cublasLtEpilogue_t lt_epilogue(const GemmOp& op) {
+  if (op.bias_grad) return op.epilogue == Epilogue::none ? CUBLASLT_EPILOGUE_BGRADB : CUBLASLT_EPILOGUE_DEFAULT;
+  if (op.epilogue == Epilogue::bias_activation) {
+    if (op.activation == Activation::relu) return CUBLASLT_EPILOGUE_RELU_BIAS;
+    if (op.activation == Activation::identity) return CUBLASLT_EPILOGUE_BIAS;
+  }
+  return CUBLASLT_EPILOGUE_DEFAULT;
+}
+
+const void* lt_vector(const GemmOp& op, cublasLtEpilogue_t e) {
+  if (e == CUBLASLT_EPILOGUE_BGRADB) return op.bias_grad;
+  if (e == CUBLASLT_EPILOGUE_BIAS || e == CUBLASLT_EPILOGUE_RELU_BIAS) return op.bias;
+  return nullptr;
+}
+
+void destroy_plan(GemmPlan& p) noexcept {
+  if (p.desc) cublasLtMatmulDescDestroy(p.desc);
+  if (p.a) cublasLtMatrixLayoutDestroy(p.a);
+  if (p.b) cublasLtMatrixLayoutDestroy(p.b);
+  if (p.c) cublasLtMatrixLayoutDestroy(p.c);
+  p = GemmPlan{};
+}
+
+// Row-major C = op(A) op(B) is column-major Cᵀ = op(B)ᵀ op(A)ᵀ: cuBLASLt's A is our B and its B
+// our A; its (m, n) our (n, m). Our bias (n) is then its bias over D's rows, and our bias
+// gradient (m, a sum of op(A) over k) its BGRADB (a sum of its B over k, one per column of D).
+// Returns false when the heuristics offer no algorithm for the epilogue.
+bool make_plan(GemmHandle* h, const GemmOp& op, cublasLtEpilogue_t epilogue, GemmPlan& plan) {
+  VAE_CUBLAS_CHECK(
+      cublasLtMatmulDescCreate(&plan.desc, h->tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  const cublasOperation_t ta = op.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, tb = op.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+  set_attribute(plan.desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta));
+  set_attribute(plan.desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb));
+  set_attribute(plan.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof(epilogue));
+  const void* vec = lt_vector(op, epilogue);  // the heuristics read its alignment
+  set_attribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &vec, sizeof(vec));
+  plan.epilogue = epilogue;
+  // Column-major shapes: its A is (n x k) or, transposed, (k x n); its B (k x m) or (m x k).
+  VAE_CUBLAS_CHECK(
+      cublasLtMatrixLayoutCreate(&plan.a, CUDA_R_32F, op.trans_b ? op.k : op.n, op.trans_b ? op.n : op.k, op.ldb));
+  VAE_CUBLAS_CHECK(
+      cublasLtMatrixLayoutCreate(&plan.b, CUDA_R_32F, op.trans_a ? op.m : op.k, op.trans_a ? op.k : op.m, op.lda));
+  VAE_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan.c, CUDA_R_32F, op.n, op.m, op.ldc));
+
+  cublasLtMatmulPreference_t pref = nullptr;
+  VAE_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+  cublasLtMatmulHeuristicResult_t result{};
+  int found = 0;
+  try {
+    const uint64_t ws = h->workspace_bytes;
+    VAE_CUBLAS_CHECK(
+        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
+    // Split-K only where the parts are added in place, in order, by the same kernel: no separate
+    // reduce kernel, and the same bits every run.
+    const uint32_t schemes = CUBLASLT_REDUCTION_SCHEME_NONE | CUBLASLT_REDUCTION_SCHEME_INPLACE;
+    VAE_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &schemes,
+                                                          sizeof(schemes)));
+    const uint32_t align_a = alignment(op.b), align_b = alignment(op.a), align_c = alignment(op.c);
+    VAE_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align_a,
+                                                          sizeof(align_a)));
+    VAE_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align_b,
+                                                          sizeof(align_b)));
+    VAE_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align_c,
+                                                          sizeof(align_c)));
+    VAE_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_c,
+                                                          sizeof(align_c)));
+    const cublasStatus_t st =
+        cublasLtMatmulAlgoGetHeuristic(h->lt, plan.desc, plan.a, plan.b, plan.c, plan.c, pref, 1, &result, &found);
+    if (st != CUBLAS_STATUS_SUCCESS && st != CUBLAS_STATUS_NOT_SUPPORTED) VAE_CUBLAS_CHECK(st);
+  } catch (...) {
+    cublasLtMatmulPreferenceDestroy(pref);
+    destroy_plan(plan);
+    throw;
+  }
+  cublasLtMatmulPreferenceDestroy(pref);
+  if (found < 1 || result.state != CUBLAS_STATUS_SUCCESS) {
+    destroy_plan(plan);
+    return false;
+  }
+  plan.algo = result.algo;
+  return true;
+}
+
+GemmPlan& plan_for(GemmHandle* h, const GemmOp& op) {
+  const cublasLtEpilogue_t wanted = lt_epilogue(op);
+  const auto key = std::make_tuple(int(op.trans_a), int(op.trans_b), op.m, op.n, op.k, op.lda, op.ldb, op.ldc,
+                                   int(wanted), alignment(op.a), alignment(op.b), alignment(op.c),
+                                   lt_vector(op, wanted) ? alignment(lt_vector(op, wanted)) : 0);
+  auto it = h->plans.find(key);
+  if (it != h->plans.end()) return it->second;
+  GemmPlan plan;
+  // Where cuBLASLt has no algorithm for the epilogue, a plain GEMM and our kernels do it all.
+  if (!make_plan(h, op, wanted, plan) && !make_plan(h, op, CUBLASLT_EPILOGUE_DEFAULT, plan)) {
+    throw Error("gemm: cuBLASLt offers no algorithm for a " + std::to_string(op.m) + "x" + std::to_string(op.n) + "x" +
+                std::to_string(op.k) + " fp32 GEMM");
+  }
+  return h->plans.emplace(key, plan).first->second;
+}
+
+}  // namespace
+
 GemmHandle* gemm_create(cudaStream_t stream, bool tf32) {
   auto* h = new GemmHandle{};
   try {
-    VAE_CUBLAS_CHECK(cublasCreate(&h->cublas));
-    VAE_CUBLAS_CHECK(cublasSetStream(h->cublas, stream));
-    // A workspace of our own keeps cuBLAS from allocating during CUDA-graph capture.
-    constexpr size_t kWorkspace = 32u << 20;
-    VAE_CUDA_CHECK(cudaMalloc(&h->workspace, kWorkspace));
-    VAE_CUBLAS_CHECK(cublasSetWorkspace(h->cublas, h->workspace, kWorkspace));
-    VAE_CUBLAS_CHECK(cublasSetMathMode(h->cublas, tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
+    h->stream = stream;
+    h->tf32 = tf32;
+    VAE_CUBLAS_CHECK(cublasLtCreate(&h->lt));
+    // A workspace of our own keeps cuBLASLt from allocating during CUDA-graph capture.
+    h->workspace_bytes = 32u << 20;
+    VAE_CUDA_CHECK(cudaMalloc(&h->workspace, h->workspace_bytes));
+    VAE_CUDA_CHECK(cudaMalloc(&h->scratch.tickets, kReduceTickets * sizeof(unsigned)));
+    VAE_CUDA_CHECK(cudaMemset(h->scratch.tickets, 0, kReduceTickets * sizeof(unsigned)));
+    VAE_CUDA_CHECK(cudaMalloc(&h->scratch.partial, kReducePartialFloats * sizeof(float)));
   } catch (...) {
     gemm_destroy(h);
     throw;
   }
   return h;
 }
+
 void gemm_destroy(GemmHandle* h) noexcept {
   if (!h) return;
-  if (h->cublas) cublasDestroy(h->cublas);
+  for (auto& [key, plan] : h->plans) destroy_plan(plan);
+  if (h->lt) cublasLtDestroy(h->lt);
   if (h->workspace) cudaFree(h->workspace);
+  if (h->scratch.tickets) cudaFree(h->scratch.tickets);
+  if (h->scratch.partial) cudaFree(h->scratch.partial);
   delete h;
 }
 
 void gemm(GemmHandle* h, const GemmOp& op) {
   check_gemm(op);
   if (op.m == 0 || op.n == 0) return;
-  // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the operands.
-  VAE_CUBLAS_CHECK(cublasSgemm(h->cublas, op.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
-                               op.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, op.n, op.m, op.k, &op.alpha, op.b, op.ldb, op.a,
-                               op.lda, &op.beta, op.c, op.ldc));
+  VAE_REQUIRE(op.k > 0, "gemm: k must be positive on the GPU");
+  GemmPlan& plan = plan_for(h, op);
+  const void* vec = lt_vector(op, plan.epilogue);
+  set_attribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &vec, sizeof(vec));
+  VAE_CUBLAS_CHECK(cublasLtMatmul(h->lt, plan.desc, &op.alpha, op.b, plan.a, op.a, plan.b, &op.beta, op.c, plan.c, op.c,
+                                  plan.c, &plan.algo, h->workspace, h->workspace_bytes, h->stream));
+  // What cuBLASLt left of the epilogue: our kernels, over C as a whole.
+  const bool lt_forward = plan.epilogue == CUBLASLT_EPILOGUE_BIAS || plan.epilogue == CUBLASLT_EPILOGUE_RELU_BIAS;
+  if (op.epilogue == Epilogue::bias_activation && !lt_forward) {
+    VAE_REQUIRE(op.ldc == op.n, "gemm: the bias_activation kernel needs ldc == n");
+    dense_bias_activation_forward(op.c, op.bias, op.m, op.n, op.activation, h->stream);
+  }
+  if (op.epilogue == Epilogue::activation_grad && op.activation != Activation::identity) {
+    VAE_REQUIRE(op.ldc == op.n, "gemm: the activation_grad kernel needs ldc == n");
+    dense_activation_backward(op.c, op.activation_output, nullptr, op.m, op.n, op.activation, h->scratch, h->stream);
+  }
+  if (op.bias_grad && plan.epilogue != CUBLASLT_EPILOGUE_BGRADB) {
+    // The identity's backward only reads its gradient: the column sums of A (k, m).
+    dense_activation_backward(const_cast<float*>(op.a), nullptr, op.bias_grad, op.k, op.m, Activation::identity,
+                              h->scratch, h->stream);
+  }
 }
 
 #endif

@@ -496,9 +496,15 @@ void wait_warp(Worker& w, Fiber* self, unsigned mask) {
   switch_to_scheduler(w, self);
 }
 
+std::atomic<unsigned long long> kernel_launches{0}, gemm_calls{0};
+
 }  // namespace
 
+WorkCounts work_counts() { return {kernel_launches.load(), gemm_calls.load()}; }
+void count_gemm_call() { gemm_calls.fetch_add(1, std::memory_order_relaxed); }
+
 cudaError_t launch(const KernelThunk& thunk, dim3 grid, dim3 block, size_t dynamic_smem_bytes) {
+  kernel_launches.fetch_add(1, std::memory_order_relaxed);
   const unsigned long long threads = 1ull * block.x * block.y * block.z;
   if (threads == 0 || threads > 1024 || block.z > 64 || grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.y > 65535 ||
       grid.z > 65535) {

@@ -10,4 +10,12 @@ void set_workers(int n);
 // Runs fn(i, ctx) for i in [0, n) on the pool (the caller takes part).
 void parallel_for(int n, void (*fn)(int i, void* ctx), void* ctx);
 
+// What the CPU target has run since the process started: kernel launches and GEMM calls (a test
+// pins the counts of one training step, so that a change that adds kernels shows up in CI).
+struct WorkCounts {
+  unsigned long long kernel_launches = 0, gemm_calls = 0;
+};
+WorkCounts work_counts();
+void count_gemm_call();
+
 }  // namespace vae::hx
