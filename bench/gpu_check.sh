@@ -7,8 +7,9 @@
 #   bench/gpu_check.sh REPORT_DIR [STAGE ...]
 #
 # Stages: check (build, tests, compute-sanitizer, GPU against CPU), bench (bench_kernels,
-# bench_step, throughput.py), peers (bench/peers/compare.py: PyTorch eager, torch.compile and
-# JAX on the same card). Default: all three. Each stage fits a 10-minute call on its own; a
+# bench_step, throughput.py), profile (ncu: per-kernel GPU times of one training step at batch
+# 128 and 4096, as a table in the summary), peers (bench/peers/compare.py: PyTorch eager,
+# torch.compile and JAX, jitted per step and scanned per epoch, on the same card). Default: all. Each stage fits a 10-minute call on its own; a
 # later call reuses build-gpu/ when the machine is still warm (the build step is then quick).
 #
 # Where the machine lacks the Debian packages the build needs and cannot fetch them, prepare
@@ -17,12 +18,12 @@
 # 16 cores (the build, a few minutes, is shared by the stages of one warm machine).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
-report=${1:?usage: bench/gpu_check.sh REPORT_DIR [check|bench|peers ...]}
+report=${1:?usage: bench/gpu_check.sh REPORT_DIR [check|bench|profile|peers ...]}
 shift
-stages=" ${*:-check bench peers} "
+stages=" ${*:-check bench profile peers} "
 for st in $stages; do
-  case $st in check | bench | peers) ;; *)
-    echo "gpu_check.sh: unknown stage '$st' (check, bench or peers)" >&2
+  case $st in check | bench | profile | peers) ;; *)
+    echo "gpu_check.sh: unknown stage '$st' (check, bench, profile or peers)" >&2
     exit 2
     ;;
   esac
@@ -184,15 +185,45 @@ if [ -x build-gpu/host/vae ] && want bench; then
     "bench.log: $bench_failures failed, $(elapsed "$t") s"
 fi
 
+# ---- profile: per-kernel GPU times of one training step ---------------------------------------
+# ncu's gpu__time_duration.sum of every kernel of a --no-graph run of 6 steps (one epoch of 6B
+# images), unlocked clocks; bench/ncu_profile.py cuts it into steps at advance_step_kernel and
+# sums the steps after the first by kernel. Raw CSVs and tables go into profile.log.
+if [ -x build-gpu/host/vae ] && want profile; then
+  t=$(date +%s)
+  prof_ok=ok
+  : >"$report/profile.log"
+  for b in 128 4096; do
+    rm -rf "/tmp/vae-profile-$b"
+    csv="/tmp/vae-profile-$b.csv"
+    if ncu --clock-control none --cache-control none --csv --print-units base \
+      --metrics gpu__time_duration.sum,device__attribute_multiprocessor_count \
+      build-gpu/host/vae train --device cuda --no-graph --batch-size "$b" --train-limit $((6 * b)) --test-limit 64 \
+      --epochs 1 --quiet --out "/tmp/vae-profile-$b" >"$csv" 2>&1 &&
+      python3 bench/ncu_profile.py --batch "$b" "$csv" >"/tmp/vae-profile-$b.md"; then
+      cat "/tmp/vae-profile-$b.md" >>"$report/profile.log"
+    else
+      prof_ok=FAIL
+      echo "profile at batch $b failed" >>"$report/profile.log"
+    fi
+    { echo; echo "== raw ncu CSV, batch $b"; cat "$csv"; echo; } >>"$report/profile.log"
+  done
+  record profile "$prof_ok" "profile.log, $(elapsed "$t") s"
+fi
+
 # ---- peers: PyTorch eager, torch.compile, JAX on this card ------------------------------------
 if [ -x build-gpu/host/vae ] && want peers; then
   t=$(date +%s)
-  rm -rf /tmp/vae-peers
-  python3 bench/peers/compare.py --device cuda --build build-gpu --epochs 3 --rounds 1 --out /tmp/vae-peers \
-    >"$report/peers.log" 2>&1
-  prc=$?
-  cat /tmp/vae-peers/runs.log >>"$report/peers.log" 2>/dev/null
-  cp /tmp/vae-peers/table.md "$report/peers.md" 2>/dev/null
+  prc=0
+  : >"$report/peers.log"
+  # Batch 128: 3 epochs (2 timed); batch 4096 takes ~10-30 ms an epoch: 10 epochs (9 timed).
+  for run in "128 3" "4096 10"; do
+    read -r b epochs <<<"$run"
+    rm -rf "/tmp/vae-peers-$b"
+    python3 bench/peers/compare.py --device cuda --build build-gpu --epochs "$epochs" --rounds 1 --batch-size "$b" \
+      --out "/tmp/vae-peers-$b" >>"$report/peers.log" 2>&1 || prc=1
+    cat "/tmp/vae-peers-$b/runs.log" >>"$report/peers.log" 2>/dev/null
+  done
   record peers "$([ $prc -eq 0 ] && echo ok || echo FAIL)" "peers.log, $(elapsed "$t") s"
 fi
 
@@ -205,6 +236,11 @@ fi
     printf '%-12s %-6s %s\n' "$name" "$status" "$detail"
   done
   [ -f "$report/bench.log" ] && sed -n '/^throughput.py/,$p' "$report/bench.log"
-  [ -f "$report/peers.md" ] && cat "$report/peers.md"
+  for b in 128 4096; do
+    want profile && [ -f "/tmp/vae-profile-$b.md" ] && { echo; cat "/tmp/vae-profile-$b.md"; }
+  done
+  for b in 128 4096; do
+    [ -f "/tmp/vae-peers-$b/table.md" ] && want peers && { echo; cat "/tmp/vae-peers-$b/table.md"; }
+  done
 } | tee "$report/summary.txt"
 exit $failed

@@ -5,7 +5,7 @@
 set -euo pipefail
 
 packages=(
-  cmake g++ make pkg-config
+  cmake g++ make pkg-config python3 python3-venv
   libboost-context-dev   # fibers of the host execution layer
   libopenblas-dev        # CPU GEMM
   libgtest-dev           # tests

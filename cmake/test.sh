@@ -8,6 +8,7 @@ export PATH="$PATH:/usr/local/cuda/bin"
 jobs=$(nproc)
 
 cmake/setup.sh
+bench/peers/jax_venv.sh >/dev/null  # JAX for the CPU, for the test of the JAX peer
 
 with_cuda=ON
 command -v nvcc >/dev/null 2>&1 || with_cuda=OFF

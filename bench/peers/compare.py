@@ -8,7 +8,9 @@ peer's time per epoch over ours.
 
   compare.py --device cpu   # vae --device cpu against PyTorch eager at each thread split, JAX
                             # where a Python has it, and any --torch-python eager and compiled
-  compare.py --device cuda  # vae (CUDA graph) against PyTorch eager, torch.compile and JAX jit
+  compare.py --device cuda  # vae (CUDA graph, fp32 and --tf32) against PyTorch eager, torch.compile,
+                            # JAX jitted per step, and JAX with the epoch in one jitted lax.scan
+                            # (fp32 and TF32)
 
 On the CPU the peers get this machine's best OpenBLAS kernels (the same OPENBLAS_CORETYPE that
 `vae` picks for itself where OpenBLAS does not know the CPU) and flush denormals, as `vae` does.
@@ -54,8 +56,12 @@ def openblas_core_env():
 
 
 class Config:
-    def __init__(self, impl, label, argv, env=None, ours=False):
+    """One implementation in one configuration. precision: the GEMMs' (fp32 or tf32); each peer's
+    time is divided by our fastest time at the same precision."""
+
+    def __init__(self, impl, label, argv, env=None, ours=False, precision="fp32"):
         self.impl, self.label, self.argv, self.env, self.ours = impl, label, argv, env or {}, ours
+        self.precision = precision
         self.epochs = []  # (round, epoch record)
         self.failure = None
 
@@ -167,17 +173,26 @@ def main():
                 configs.append(Config("torch.compile", label, peer("torch_vae.py", "--threads", str(t), "--mode",
                                                                    "compile", python=py), env))
         if "jax" not in skip and has_jax:
-            configs.append(Config("jax jit", "XLA CPU", peer("jax_vae.py", python=jax_python)))
+            configs.append(Config("jax jit", "XLA CPU, a dispatch per step", peer("jax_vae.py", python=jax_python)))
+            configs.append(Config("jax scan", "XLA CPU, the epoch in one lax.scan",
+                                  peer("jax_vae.py", "--mode", "scan", python=jax_python)))
     else:
-        configs.append(Config("vae", "CUDA graph", ours, ours=True))
-        configs.append(Config("vae", "no graph", ours + ["--no-graph"], ours=True))
+        configs.append(Config("vae", "CUDA graph, fp32", ours, ours=True))
+        configs.append(Config("vae", "CUDA graph, --tf32", ours + ["--tf32"], ours=True, precision="tf32"))
+        configs.append(Config("vae", "no graph, fp32", ours + ["--no-graph"], ours=True))
         configs.append(Config("pytorch eager", "fused Adam", peer("torch_vae.py", "--mode", "eager")))
         if "torch-compile" not in skip:
             for mode in ("default", "reduce-overhead"):
                 configs.append(Config("torch.compile", mode, peer("torch_vae.py", "--mode", "compile",
                                                                    "--compile-mode", mode)))
         if "jax" not in skip:
-            configs.append(Config("jax jit", "XLA GPU", peer("jax_vae.py", python=jax_python)))
+            # JAX's default matmul precision on recent NVIDIA cards is TF32.
+            configs.append(Config("jax jit", "XLA GPU, a dispatch per step, default (TF32)",
+                                  peer("jax_vae.py", python=jax_python), precision="tf32"))
+            for precision, label in (("highest", "fp32"), ("tensorfloat32", "tf32")):
+                configs.append(Config("jax scan", f"XLA GPU, the epoch in one lax.scan, {label}",
+                                      peer("jax_vae.py", "--mode", "scan", "--precision", precision,
+                                           python=jax_python), precision=label))
     configs = [c for c in configs if c.impl.replace(" ", "-") not in skip]
 
     with open(os.path.join(out, "runs.log"), "w") as log:
@@ -203,14 +218,19 @@ def main():
     # smaller Fashion-MNIST copy a GPU machine carries).
     first = done[0].epochs[0][1] if done else None
     n_train = round(first["samples_per_second"] * first["epoch_seconds"]) if first else (args.train_limit or 60000)
-    ours_s = min((report.median_epoch_seconds([m for _, m in c.epochs]) for c in done if c.ours), default=None)
+    ours_by_precision = {}
+    for c in done:
+        if c.ours:
+            s = report.median_epoch_seconds([m for _, m in c.epochs])
+            ours_by_precision[c.precision] = min(s, ours_by_precision.get(c.precision, s))
+    ours_s = ours_by_precision.get("fp32")
     rows = []
     for c in done:
         s = report.median_epoch_seconds([m for _, m in c.epochs])
         last = [m["test_elbo"] for _, m in c.epochs if m["epoch"] == args.epochs]
         elbo = f"{statistics.mean(last):.2f}" + (f" ± {statistics.stdev(last):.2f}" if len(last) > 1 else "")
-        rows.append((c.impl, c.label, f"{s:.3f}", f"{n_train / s:,.0f}", elbo,
-                     f"{s / ours_s:.2f}" if ours_s else "-"))
+        mine = ours_by_precision.get(c.precision, ours_s)
+        rows.append((c.impl, c.label, f"{s:.3f}", f"{n_train / s:,.0f}", elbo, f"{s / mine:.2f}" if mine else "-"))
     for c in configs:
         if c.failure:
             rows.append((c.impl, c.label, "failed", "", "", c.failure[:60]))
@@ -220,7 +240,8 @@ def main():
             floor_s = fl[seconds] * n_train / 60000  # bench_step's floors are for 60000 images
             rows.append(("GEMM floor", f"{what}, {fl[rate]:.0f} GFLOP/s", f"{floor_s:.3f}", "", "",
                          f"{floor_s / ours_s:.2f}"))
-    head = ("implementation", "configuration", "s/epoch", "samples/s", f"test ELBO @{args.epochs}", "÷ ours")
+    head = ("implementation", "configuration", "s/epoch", "samples/s", f"test ELBO @{args.epochs}",
+            "÷ ours (same precision)")
     title = (f"compare.py --device {args.device}: {args.epochs} epochs x {args.rounds} rounds, batch "
              f"{args.batch_size}, commit {report.commit()}, {report.today()}")
     title += f", {n_train} training images"

@@ -17,10 +17,7 @@ for a in "$@"; do
 done
 cmake/setup.sh python3-torch python3-numpy python3-venv
 venvs=build-peers
-if [ ! -x "$venvs/jax-venv/bin/python" ]; then
-  /usr/bin/python3 -m venv "$venvs/jax-venv"
-  "$venvs/jax-venv/bin/pip" install -q "jax[cpu]" numpy
-fi
+jax_python=$(bench/peers/jax_venv.sh)
 extra=()
 if [ "$pypi_torch" = 1 ]; then
   if [ ! -x "$venvs/torch-venv/bin/python" ]; then
@@ -32,4 +29,4 @@ fi
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build -j"$(nproc)" --target vae bench_step >/dev/null
 exec /usr/bin/python3 bench/peers/compare.py --device cpu --build build --python /usr/bin/python3 \
-  --jax-python "$venvs/jax-venv/bin/python" "${extra[@]}" "${args[@]}"
+  --jax-python "$jax_python" "${extra[@]}" "${args[@]}"

@@ -1,12 +1,21 @@
 #!/usr/bin/env python3
-"""The benchmark's VAE in JAX with jit, as a JAX user would write it at their best: the data set
-on the device, the whole step (batch gather, ε, forward, backward, Adam) in one jitted function
-with its buffers donated. Same model, hyperparameters, initialisation scheme and estimator as
-`vae train`'s defaults (see common.py).
+"""The benchmark's VAE in JAX, as a JAX user would write it at their best: the data set on the
+device, the whole step (batch gather, ε, forward, backward, Adam) in one jitted function with
+its buffers donated. Same model, hyperparameters, initialisation scheme and estimator as
+`vae train`'s defaults (see common.py). Two ways to run an epoch:
 
-  jax_vae.py [--device gpu|cpu] [--epochs 3] [--batch-size 128]
+  --mode step   one dispatch of the jitted step per minibatch
+  --mode scan   the whole epoch in one jitted function: the permuted epoch reshaped to (steps,
+                B, D) and the step scanned over it with lax.scan, parameters and Adam's state
+                carried and donated (the fastest JAX there is); the partial last batch, if
+                any, is one more dispatch of the step, as the trainer takes it
 
-Prints one JSON line per epoch, as torch_vae.py does."""
+  jax_vae.py [--device gpu|cpu] [--mode step|scan] [--precision default|highest|tensorfloat32]
+             [--epochs 3] [--batch-size 128]
+
+--precision sets jax_default_matmul_precision: `highest` is fp32 on a GPU, `tensorfloat32` TF32
+(JAX's default on recent NVIDIA cards is TF32 too). Prints one JSON line per epoch, as
+torch_vae.py does."""
 
 import functools
 import time
@@ -46,10 +55,12 @@ def elbo(p, x, eps):
 
 @functools.partial(jax.jit, static_argnames=("size",), donate_argnums=(0, 1, 2))
 def step(p, m, v, t, data, perm, start, key, size):
-    idx = jax.lax.dynamic_slice(perm, (start,), (size,))
-    x = data[idx]
-    eps = jax.random.normal(jax.random.fold_in(key, t), (size, common.LATENT), jnp.float32)
-    grads = jax.grad(lambda q: -jnp.mean(elbo(q, x, eps)))(p)
+    x = data[jax.lax.dynamic_slice(perm, (start,), (size,))]
+    return train_step(p, m, v, t, x, key)
+
+
+def adam(p, m, v, grads, t):
+    """torch.optim.Adam's update at step t + 1 (t counts from 0)."""
     b1, b2 = common.BETAS
     t1 = t + 1
     m = jax.tree_util.tree_map(lambda a, g: b1 * a + (1 - b1) * g, m, grads)
@@ -59,17 +70,43 @@ def step(p, m, v, t, data, perm, start, key, size):
     return p, m, v
 
 
+def train_step(p, m, v, t, x, key):
+    eps = jax.random.normal(jax.random.fold_in(key, t), (x.shape[0], common.LATENT), jnp.float32)
+    grads = jax.grad(lambda q: -jnp.mean(elbo(q, x, eps)))(p)
+    return adam(p, m, v, grads, t)
+
+
+@functools.partial(jax.jit, static_argnames=("steps", "size"), donate_argnums=(0, 1, 2))
+def scan_epoch(p, m, v, t, data, perm, key, steps, size):
+    """`steps` full batches of `size` rows, in the order of perm, in one jitted scan."""
+    batches = data[perm[: steps * size]].reshape(steps, size, data.shape[1])
+
+    def body(carry, x):
+        p, m, v, t = carry
+        p, m, v = train_step(p, m, v, t, x, key)
+        return (p, m, v, t + 1), None
+
+    (p, m, v, _), _ = jax.lax.scan(body, (p, m, v, t), batches)
+    return p, m, v
+
+
 def main():
     p = common.parser(__doc__)
+    p.add_argument("--mode", choices=["step", "scan"], default="step")
+    p.add_argument("--precision", choices=["default", "highest", "tensorfloat32"], default="default")
     a = p.parse_args()
+    if a.precision != "default":
+        jax.config.update("jax_default_matmul_precision", a.precision)
     platform = {"cuda": "gpu"}.get(a.device, a.device)
     dev = jax.devices(platform)[0]
     train_np, test_np = common.load(a.data, a.train_limit, a.test_limit)
     with jax.default_device(dev):
         rng = np.random.default_rng(a.seed)
-        params = init(rng, train_np.shape[1])
-        m = jax.tree_util.tree_map(jnp.zeros_like, params)
-        v = jax.tree_util.tree_map(jnp.zeros_like, params)
+        # Committed to the device from the start, as the step's outputs are: otherwise the first
+        # call with the outputs compiles the epoch's function again (in a timed epoch).
+        params = jax.device_put(init(rng, train_np.shape[1]), dev)
+        m = jax.device_put(jax.tree_util.tree_map(jnp.zeros_like, params), dev)
+        v = jax.device_put(jax.tree_util.tree_map(jnp.zeros_like, params), dev)
         train = jax.device_put(train_np, dev)
         test = jax.device_put(test_np, dev)
         test_eps = jax.device_put(rng.standard_normal((test_np.shape[0], common.LATENT)).astype(np.float32), dev)
@@ -81,14 +118,18 @@ def main():
             perm = jax.device_put(rng.permutation(n).astype(np.int32), dev)
             jax.block_until_ready(params)
             t0 = time.perf_counter()
-            for start in range(0, n, B):  # the partial last batch too, as the trainer does
+            start = 0
+            if a.mode == "scan" and n // B > 0:
+                params, m, v = scan_epoch(params, m, v, t, train, perm, key, steps=n // B, size=B)
+                t, start = t + n // B, n // B * B
+            for start in range(start, n, B):  # the partial last batch too, as the trainer does
                 params, m, v = step(params, m, v, t, train, perm, start, key, size=min(B, n - start))
                 t += 1
             jax.block_until_ready(params)
             seconds = time.perf_counter() - t0
-            common.report(peer="jax-jit", epoch=epoch, epoch_seconds=seconds, samples_per_second=n / seconds,
-                          test_elbo=float(eval_elbo(params, test, test_eps)), jax=jax.__version__,
-                          device=str(dev))
+            common.report(peer=f"jax-{a.mode}", precision=a.precision, epoch=epoch, epoch_seconds=seconds,
+                          samples_per_second=n / seconds, test_elbo=float(eval_elbo(params, test, test_eps)),
+                          jax=jax.__version__, device=str(dev))
 
 
 if __name__ == "__main__":
