@@ -285,6 +285,53 @@ int main(int argc, char** argv) {
         [&] { unf.dense_relu_backward(dh.data(), h.data(), grad_bias.data(), B, H, scratch, s); }, "2 kernels");
   }
 
+  // A dense layer's GEMMs with their epilogues riding on them (the step's way: cuBLASLt's
+  // epilogues on the GPU where it has them, panel epilogues on the CPU) against plain GEMMs and
+  // separate kernels: the hidden layer's forward (784 -> 400, bias + ReLU) and the output layer's
+  // backward (400 -> 784: dW and the bias gradient, dh through the ReLU derivative).
+  for (const int B : batches) {
+    const LinearSlot hidden{0, 0, H, D}, output{0, 0, D, H};
+    DeviceBuffer<float> x(ctx, random_values(static_cast<size_t>(B) * D, 21, 0.f, 1.f)),
+        w1(ctx, random_values(static_cast<size_t>(H) * D, 22, -0.05f, 0.05f)),
+        b1(ctx, random_values(H, 23, -0.1f, 0.1f)),
+        w2(ctx, random_values(static_cast<size_t>(D) * H, 24, -0.05f, 0.05f)),
+        g(ctx, random_values(static_cast<size_t>(B) * D, 25, -1.f, 1.f)), y(ctx, static_cast<size_t>(B) * H),
+        dw(ctx, static_cast<size_t>(D) * H), db(ctx, D), dh(ctx, static_cast<size_t>(B) * H);
+    DeviceBuffer<unsigned> tickets(ctx, kReduceTickets);
+    DeviceBuffer<float> partial(ctx, kReducePartialFloats);
+    const ReduceScratch scratch{tickets.data(), partial.data()};
+    auto plain = [](GemmOp op) {
+      op.epilogue = Epilogue::none;
+      op.bias_grad = nullptr;
+      return op;
+    };
+    const GemmOp forward = dense_forward_gemm(hidden, x.data(), w1.data(), b1.data(), y.data(), B, Activation::relu);
+    const GemmOp weight_grad = dense_weight_grad_gemm(output, g.data(), y.data(), dw.data(), db.data(), B);
+    const GemmOp input_grad =
+        dense_input_grad_gemm(output, g.data(), w2.data(), dh.data(), B, y.data(), Activation::relu);
+    auto with_epilogues = [&] {
+      ops.gemm(ctx.gemm(), forward);
+      ops.gemm(ctx.gemm(), weight_grad);
+      ops.gemm(ctx.gemm(), input_grad);
+    };
+    auto separate = [&] {
+      ops.gemm(ctx.gemm(), plain(forward));
+      ops.dense_bias_activation_forward(y.data(), b1.data(), B, H, Activation::relu, s);
+      ops.gemm(ctx.gemm(), plain(weight_grad));
+      ops.dense_activation_backward(g.data(), nullptr, db.data(), B, D, Activation::identity, scratch, s);
+      ops.gemm(ctx.gemm(), plain(input_grad));
+      ops.dense_activation_backward(dh.data(), y.data(), nullptr, B, H, Activation::relu, scratch, s);
+    };
+    with_epilogues();
+    const auto fy = y.download(), fdw = dw.download(), fdb = db.download(), fdh = dh.download();
+    separate();
+    agree.expect("dense layer output", B, fy, y.download());
+    agree.expect("dense layer weight gradient", B, fdw, dw.download());
+    agree.expect("dense layer bias gradient", B, fdb, db.download());
+    agree.expect("dense layer input gradient", B, fdh, dh.download());
+    pair("dense layer, 3 GEMMs + epilogues", B, 0, 3 * 2.0 * B * D * H, with_epilogues, separate, "+3 kern");
+  }
+
   // Adam over the default model's parameters, and over a large model's on the GPU.
   const OptimizerHyper hyper;
   for (const long long P : gpu ? std::vector<long long>{652824, 16 << 20} : std::vector<long long>{652824}) {

@@ -14,7 +14,8 @@ __device__ __forceinline__ float lanes_sum(float v) {
 }
 
 // Block of a row kernel: blockDim.x lanes per row (the launch policy's lanes, fewer for rows of
-// fewer items: the smallest power of 2 that covers them), blockDim.y rows, up to 128 threads,
+// fewer items: the smallest power of 2 that covers them), blockDim.y rows, whole warps when
+// lanes shuffle, up to 128 threads,
 // and rows spread over at least max_blocks blocks when there are enough (so that the GPU's
 // SMs all get rows, and on the CPU every worker). The grid is ceil(rows / blockDim.y).
 inline dim3 row_block(long long rows, int items_per_row) {
@@ -22,8 +23,11 @@ inline dim3 row_block(long long rows, int items_per_row) {
   int lanes = 1;
   while (lanes < p.row_lanes && lanes < items_per_row) lanes *= 2;
   const int most = lanes >= 128 ? 1 : 128 / lanes;
-  const long long share = ceil_div(rows, p.max_blocks);
-  return dim3(lanes, static_cast<unsigned>(share < 1 ? 1 : (share < most ? share : most)));
+  // Whole warps where lanes shuffle: a shuffle's full mask must not name threads the block lacks.
+  const long long least = lanes > 1 && lanes < 32 ? 32 / lanes : 1;
+  long long share = ceil_div(rows, p.max_blocks);
+  share = share < least ? least : share;
+  return dim3(lanes, static_cast<unsigned>(share < most ? share : most));
 }
 
 }  // namespace vae::VAE_NS
