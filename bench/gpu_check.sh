@@ -117,7 +117,7 @@ if [ -x build-gpu/host/vae ] && want check; then
   san_ok=ok
   {
     for tool in memcheck racecheck; do
-      for bin in test_kernels test_hostexec; do
+      for bin in test_kernels test_hostexec test_gemm; do
         echo "== compute-sanitizer --tool $tool $bin"
         compute-sanitizer --tool "$tool" --error-exitcode 99 "build-gpu/tests/$bin" --gtest_filter='*cuda*' ||
           echo "SANITIZER_FAILED $tool $bin"
@@ -125,7 +125,7 @@ if [ -x build-gpu/host/vae ] && want check; then
     done
   } >"$report/sanitizer.log" 2>&1
   grep -q SANITIZER_FAILED "$report/sanitizer.log" && san_ok=FAIL
-  record sanitizer "$san_ok" "memcheck + racecheck on the GPU kernel tests, $(elapsed "$t") s"
+  record sanitizer "$san_ok" "memcheck + racecheck on the GPU kernel and GEMM tests, $(elapsed "$t") s"
 
   # ---- GPU against CPU: 200 steps of the default model, same seed ----------------------------
   t=$(date +%s)
