@@ -135,6 +135,25 @@ __global__ void philox_bits_kernel(uint64_t seed, int rows, int per_row, uint64_
   for (int j = 0; j < per_row; ++j) out[static_cast<long long>(r) * per_row + j] = curand(&state);
 }
 
+// Double-buffered rounds through global memory: a grid barrier that lets a block through early
+// shows as a value from the wrong round.
+__global__ void grid_barrier_rounds_kernel(float* a, float* b, int rounds) {
+  const int n = static_cast<int>(gridDim.x * blockDim.x);
+  const int t = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
+  const int from = (t + static_cast<int>(blockDim.x) + 1) % n;
+  for (int r = 0; r < rounds; ++r) {
+    const float* in = r % 2 ? b : a;
+    float* out = r % 2 ? a : b;
+    out[t] = in[from] + 1.f;
+    VAE_GRID_SYNC();
+  }
+}
+
+__global__ void grid_barrier_with_exited_block_kernel(unsigned exiting_block) {
+  if (blockIdx.x == exiting_block) return;
+  VAE_GRID_SYNC();
+}
+
 __global__ void divergent_barrier_kernel(int split) {
   if (static_cast<int>(threadIdx.x) < split) {
     __syncthreads();
@@ -210,6 +229,24 @@ std::vector<uint32_t> philox_bits(uint64_t seed, int rows, int per_row, uint64_t
   VAE_LAUNCH(philox_bits_kernel, static_cast<int>(ceil_div(rows, 64)), 64, 0, nullptr, seed, rows, per_row, offset,
              out.p);
   return out.host();
+}
+
+std::vector<float> grid_barrier_rounds(const std::vector<float>& x, int grid, int block, int rounds) {
+  Buffer<float> a(x), b(x);
+  VAE_LAUNCH_COOPERATIVE(grid_barrier_rounds_kernel, grid, block, 0, nullptr, a.p, b.p, rounds);
+  return rounds % 2 ? b.host() : a.host();
+}
+
+int grid_barrier_max_blocks(int block) { return cooperative_max_blocks(grid_barrier_rounds_kernel, block, 0); }
+
+void grid_barrier_with_exited_block() {
+  VAE_LAUNCH_COOPERATIVE(grid_barrier_with_exited_block_kernel, 2, 7, 0, nullptr, 1u);
+  synchronize(nullptr);
+}
+
+void grid_sync_without_cooperative_launch() {
+  VAE_LAUNCH(grid_barrier_with_exited_block_kernel, 1, 4, 0, nullptr, 5u);
+  synchronize(nullptr);
 }
 
 void divergent_barrier(int block) {

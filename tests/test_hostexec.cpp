@@ -2,6 +2,7 @@
 // same kernels on the GPU when there is one.
 #include <curand.h>
 
+#include <algorithm>
 #include <cmath>
 #include <numeric>
 
@@ -94,6 +95,27 @@ TEST_P(HostExec, DynamicSharedMemory) {
   }
 }
 
+// Rounds through global memory with a grid barrier between them, for a grid of one block and of
+// as many as can be resident (on the CPU, one per worker), blocks of odd sizes.
+void expect_grid_barrier_rounds(Target t, int grid, int block) {
+  const int rounds = 5, n = grid * block;
+  const auto x = random_uniform(n, 11 + n);
+  const auto got = VAE_ON_TARGET(t, grid_barrier_rounds)(x, grid, block, rounds);
+  for (int i = 0; i < n; ++i) {
+    float want = x[(i + static_cast<long long>(rounds) * (block + 1)) % n];
+    for (int r = 0; r < rounds; ++r) want += 1.f;  // as the kernel adds, in float
+    ASSERT_EQ(got[i], want) << "grid " << grid << " block " << block << " thread " << i;
+  }
+}
+
+TEST_P(HostExec, GridBarrierKeepsBlocksInStep) {
+  for (int block : {1, 7, 65, 128}) {
+    const int most = VAE_ON_TARGET(GetParam(), grid_barrier_max_blocks)(block);
+    ASSERT_GE(most, 1);
+    for (int grid : {1, std::min(most, 3), std::min(most, 40)}) expect_grid_barrier_rounds(GetParam(), grid, block);
+  }
+}
+
 TEST_P(HostExec, ManyBarriersKeepThreadsInStep) {
   const auto counters = VAE_ON_TARGET(GetParam(), barrier_rounds)(9, 65, 10);
   for (size_t i = 0; i < counters.size(); ++i) ASSERT_EQ(counters[i], 10) << "thread " << i;
@@ -157,7 +179,31 @@ TEST(HostExecOnly, OneWorkerIsDeterministicAndAgreesWithMany) {
   hx::set_workers(before);
 }
 
+TEST(HostExecOnly, GridBarrierWithSeveralWorkers) {
+  const int before = hx::workers();
+  hx::set_workers(3);
+  EXPECT_EQ(cpu::grid_barrier_max_blocks(33), 3);
+  expect_grid_barrier_rounds(Target::cpu, 3, 33);
+  expect_grid_barrier_rounds(Target::cpu, 2, 1);
+  hx::set_workers(before);
+}
+
 using HostExecDeathTest = ::testing::Test;
+
+TEST(HostExecDeathTest, GridBarrierWithAnExitedBlockAborts) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_DEATH(
+      {
+        hx::set_workers(2);
+        cpu::grid_barrier_with_exited_block();
+      },
+      "deadlock at the grid barrier at .*hostexec_kernels.cu:[0-9]+: 1 of 2 blocks arrived, 1 exited");
+}
+
+TEST(HostExecDeathTest, GridSyncWithoutCooperativeLaunchAborts) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_DEATH(cpu::grid_sync_without_cooperative_launch(), "not launched cooperatively");
+}
 
 TEST(HostExecDeathTest, DivergentBarrierAborts) {
   GTEST_FLAG_SET(death_test_style, "threadsafe");

@@ -12,6 +12,7 @@
 #include <utility>
 
 #if defined(__CUDACC__)
+#include <cooperative_groups.h>
 #define VAE_NS gpu
 #define VAE_HOST_EXEC 0
 #else
@@ -86,8 +87,9 @@ inline int elementwise_grid(long long n, int block) {
   return blocks < 1 ? 1 : static_cast<int>(blocks);
 }
 
-// Launches kernel<<<grid, block, smem, stream>>>(args...) and returns the launch status.
-template <typename... Params, typename... Args>
+// Launches kernel<<<grid, block, smem, stream>>>(args...) and returns the launch status; with
+// kCooperative, a cooperative launch (every block resident at once: grid barriers allowed).
+template <bool kCooperative = false, typename... Params, typename... Args>
 cudaError_t launch_kernel(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
                           cudaStream_t stream, Args&&... args) {
   static_assert(sizeof...(Params) == sizeof...(Args), "kernel argument count");
@@ -104,7 +106,8 @@ cudaError_t launch_kernel(const char* name, void (*kernel)(Params...), dim3 grid
                                  std::apply(c->kernel, *c->bound);
                                },
                                &call, name};
-  return ::vae::hx::launch(thunk, grid, block, smem);
+  return kCooperative ? ::vae::hx::launch_cooperative(thunk, grid, block, smem)
+                      : ::vae::hx::launch(thunk, grid, block, smem);
 #else
   (void)name;
   void* ptrs[sizeof...(Params) > 0 ? sizeof...(Params) : 1];
@@ -114,8 +117,28 @@ cudaError_t launch_kernel(const char* name, void (*kernel)(Params...), dim3 grid
         ((ptrs[i++] = static_cast<void*>(&v)), ...);
       },
       bound);
-  cudaError_t err = cudaLaunchKernel(reinterpret_cast<const void*>(kernel), grid, block, ptrs, smem, stream);
+  cudaError_t err =
+      kCooperative ? cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), grid, block, ptrs, smem, stream)
+                   : cudaLaunchKernel(reinterpret_cast<const void*>(kernel), grid, block, ptrs, smem, stream);
   return err != cudaSuccess ? err : cudaGetLastError();
+#endif
+}
+
+// The most blocks of `block_threads` threads and `smem` bytes of dynamic shared memory that can be
+// resident at once: the grid of a cooperative launch. GPU: the occupancy times the SMs; CPU: one
+// block per worker.
+template <typename... Params>
+int cooperative_max_blocks(void (*kernel)(Params...), int block_threads, size_t smem) {
+#if VAE_HOST_EXEC
+  (void)kernel, (void)block_threads, (void)smem;
+  return ::vae::hx::workers();
+#else
+  int dev = 0, sms = 0, per_sm = 0;
+  VAE_CUDA_CHECK(cudaGetDevice(&dev));
+  VAE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  VAE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, reinterpret_cast<const void*>(kernel),
+                                                               block_threads, smem));
+  return per_sm * sms;
 #endif
 }
 
@@ -124,3 +147,12 @@ cudaError_t launch_kernel(const char* name, void (*kernel)(Params...), dim3 grid
 // Launch with a check that names the kernel, file and line.
 #define VAE_LAUNCH(kernel, grid, block, smem, stream, ...) \
   VAE_CUDA_CHECK(::vae::VAE_NS::launch_kernel(#kernel, kernel, grid, block, smem, stream, __VA_ARGS__))
+#define VAE_LAUNCH_COOPERATIVE(kernel, grid, block, smem, stream, ...) \
+  VAE_CUDA_CHECK(::vae::VAE_NS::launch_kernel<true>(#kernel, kernel, grid, block, smem, stream, __VA_ARGS__))
+
+// A grid-wide barrier in a kernel launched with VAE_LAUNCH_COOPERATIVE.
+#if VAE_HOST_EXEC
+#define VAE_GRID_SYNC() ::vae::hx::sync_grid(__FILE__, __LINE__)
+#else
+#define VAE_GRID_SYNC() ::cooperative_groups::this_grid().sync()
+#endif

@@ -117,6 +117,21 @@ struct Worker {
   std::vector<unsigned> warp_ops;        // per thread: warp exchanges done (buffer parity)
   std::vector<uint64_t> warp_values[2];  // per thread: value offered to the warp
   std::vector<unsigned char> smem;
+  struct CooperativeLaunch* cooperative = nullptr;  // set while running a block of one
+};
+
+// The blocks of a cooperative launch, all resident at once (each on its own worker), and the
+// grid barrier they share: blocks arrive, the last releases the generation. A block that exits
+// while others wait at a barrier is a deadlock, reported with the barrier's file and line.
+struct CooperativeLaunch {
+  unsigned blocks = 0;
+  std::mutex m;  // guards the barrier's site while blocks arrive
+  unsigned arrived = 0;
+  const char* site_file = nullptr;
+  int site_line = 0;
+  std::atomic<unsigned> generation{0};
+  std::atomic<unsigned> exited{0};
+  std::atomic<unsigned> waiting{0};  // blocks arrived at the current barrier (for the deadlock check)
 };
 
 thread_local Worker tls_worker;
@@ -468,6 +483,7 @@ struct LaunchJob {
   const KernelThunk* thunk;
   dim3 grid, block;
   size_t smem;
+  CooperativeLaunch* cooperative = nullptr;
 };
 
 void run_block_job(int index, void* ctx) {
@@ -478,7 +494,49 @@ void run_block_job(int index, void* ctx) {
   tls_block_idx.x = i % job.grid.x;
   tls_block_idx.y = (i / job.grid.x) % job.grid.y;
   tls_block_idx.z = i / (job.grid.x * job.grid.y);
+  tls_worker.cooperative = job.cooperative;
   run_block(tls_worker, *job.thunk, job.block.x * job.block.y * job.block.z, job.smem);
+  tls_worker.cooperative = nullptr;
+  if (job.cooperative) job.cooperative->exited.fetch_add(1, std::memory_order_acq_rel);
+}
+
+// Thread 0 of a block at a grid barrier, its block's other threads parked at the block barrier
+// that follows: arrive, then wait (spinning, then yielding the core) for the last block.
+void grid_arrive_and_wait(CooperativeLaunch& c, const char* file, int line) {
+  const unsigned gen = c.generation.load(std::memory_order_acquire);
+  {
+    std::lock_guard<std::mutex> lk(c.m);
+    if (c.arrived == 0) {
+      c.site_file = file;
+      c.site_line = line;
+    } else if (c.site_line != line || std::strcmp(c.site_file, file) != 0) {
+      die(block_name(tls_worker) + ": divergent grid barrier: this block waits at " + file + ":" +
+          std::to_string(line) + ", another at " + c.site_file + ":" + std::to_string(c.site_line));
+    }
+    if (++c.arrived == c.blocks) {
+      c.arrived = 0;
+      c.waiting.store(0, std::memory_order_relaxed);
+      c.generation.fetch_add(1, std::memory_order_acq_rel);
+      return;
+    }
+    c.waiting.fetch_add(1, std::memory_order_relaxed);
+  }
+  for (int spins = 0; c.generation.load(std::memory_order_acquire) == gen; ++spins) {
+    if (spins < 4096) {
+#if defined(__x86_64__)
+      __builtin_ia32_pause();
+#endif
+      continue;
+    }
+    std::this_thread::yield();
+    const unsigned exited = c.exited.load(std::memory_order_acquire);
+    std::lock_guard<std::mutex> lk(c.m);
+    if (c.generation.load(std::memory_order_acquire) == gen && exited > 0 && c.arrived + exited >= c.blocks) {
+      die(block_name(tls_worker) + ": deadlock at the grid barrier at " + file + ":" + std::to_string(line) + ": " +
+          std::to_string(c.arrived) + " of " + std::to_string(c.blocks) + " blocks arrived, " + std::to_string(exited) +
+          " exited without reaching it");
+    }
+  }
 }
 
 Fiber* current_fiber(const char* what) {
@@ -518,6 +576,21 @@ cudaError_t launch(const KernelThunk& thunk, dim3 grid, dim3 block, size_t dynam
   return cudaSuccess;
 }
 
+cudaError_t launch_cooperative(const KernelThunk& thunk, dim3 grid, dim3 block, size_t dynamic_smem_bytes) {
+  const unsigned long long blocks = 1ull * grid.x * grid.y * grid.z;
+  if (blocks > static_cast<unsigned long long>(pool()->workers())) return cudaErrorCooperativeLaunchTooLarge;
+  const unsigned long long threads = 1ull * block.x * block.y * block.z;
+  if (threads == 0 || threads > 1024 || block.z > 64 || blocks == 0) return cudaErrorInvalidConfiguration;
+  if (dynamic_smem_bytes > (227u << 10)) return cudaErrorInvalidValue;
+  if (tls_worker.thunk) die("kernel launch from inside a kernel is not supported");
+  kernel_launches.fetch_add(1, std::memory_order_relaxed);
+  CooperativeLaunch c;
+  c.blocks = static_cast<unsigned>(blocks);
+  LaunchJob job{&thunk, grid, block, dynamic_smem_bytes, &c};
+  pool()->run(static_cast<int>(blocks), run_block_job, &job);
+  return cudaSuccess;
+}
+
 int workers() { return pool()->workers(); }
 
 void set_workers(int n) {
@@ -551,6 +624,18 @@ void sync_block(const char* file, int line) {
     prepare_resume(w, next);
   }
   switch_from(w, self, next);
+}
+
+void sync_grid(const char* file, int line) {
+  Worker& w = tls_worker;
+  Fiber* self = current_fiber("grid sync");
+  if (!w.cooperative) {
+    die(block_name(w) + ": grid sync at " + file + ":" + std::to_string(line) +
+        " in a kernel not launched cooperatively");
+  }
+  sync_block(file, line);  // the whole block is here
+  if (self->tid == 0) grid_arrive_and_wait(*w.cooperative, file, line);
+  sync_block(file, line);  // and leaves when thread 0 has seen every block arrive
 }
 
 void sync_warp(unsigned mask) {

@@ -43,6 +43,10 @@ struct KernelThunk {
 // Runs grid x block threads of `thunk`; returns when all blocks are done (the CPU target
 // executes streams synchronously, so stream order holds trivially).
 cudaError_t launch(const KernelThunk& thunk, dim3 grid, dim3 block, size_t dynamic_smem_bytes);
+// A cooperative launch: every block resident at once, each on its own worker, so that the
+// blocks can wait for each other at grid barriers (sync_grid). At most workers() blocks
+// (cudaErrorCooperativeLaunchTooLarge otherwise).
+cudaError_t launch_cooperative(const KernelThunk& thunk, dim3 grid, dim3 block, size_t dynamic_smem_bytes);
 
 // This thread's share [begin, *end) of n elements: an equal share per block, then chunks of a
 // multiple of `granule` per thread (the element loops of compat.cuh).
@@ -61,6 +65,9 @@ void* dynamic_shared();
 
 // Barriers and warp exchange, called from kernels through the CUDA-named wrappers below.
 void sync_block(const char* file, int line);
+// A grid barrier of a cooperative launch: the block's threads, then every block. A block that
+// exits while others wait, or blocks at different barriers, abort with the file and line.
+void sync_grid(const char* file, int line);
 void sync_warp(unsigned mask);
 uint64_t warp_exchange(unsigned mask, uint64_t value, int src_lane);  // value of src_lane
 unsigned warp_ballot(unsigned mask, bool predicate);
