@@ -158,9 +158,6 @@ int main(int argc, char** argv) {
   const double f4 = sizeof(float);
   Agreement agree;
   for (const int B : batches) {
-    ModelConfig mc;  // 784-400-20, ReLU, Bernoulli
-    Vae model(ctx, mc, B, 1);
-    model.params().upload(init_parameters(mc, model.layout(), 1));
     const size_t bd = static_cast<size_t>(B) * D, bh = static_cast<size_t>(B) * H, bj = static_cast<size_t>(B) * J;
     DeviceBuffer<float> x(ctx, random_values(bd, 1, 0.f, 1.f)), logits(ctx, random_values(bd, 2, -6.f, 6.f)),
         grad(ctx, bd), lp_elements(ctx, bd), log_prob(ctx, B), heads(ctx, random_values(2 * bj, 3, -2.f, 2.f)),
@@ -171,30 +168,6 @@ int main(int argc, char** argv) {
     DeviceBuffer<unsigned> tickets(ctx, kReduceTickets);  // zero, as the two-stage reductions need
     DeviceBuffer<float> partial(ctx, kReducePartialFloats);
     const ReduceScratch scratch{tickets.data(), partial.data()};
-    ops.copy_on_device(model.input(), x.data(), bd * sizeof(float), s);
-
-    // Encoder: layer GEMM + bias/ReLU, heads GEMM + bias, latent stage.
-    const double enc_flops = 2.0 * B * (static_cast<double>(D) * H + static_cast<double>(H) * 2 * J);
-    const double enc_bytes = (static_cast<double>(H) * D + 2.0 * J * H + H + 2 * J) * f4 +  // parameters
-                             (bd + bh + 2 * bj + bj + B) * f4;  // x in; hidden, heads, z, KL out
-    const NoiseKey key{1, RandomStream::latent_noise, at.data()};
-    model.set_fused_encoder(true);
-    model.encode(B, key);
-    const std::vector<float> fused_kl = model.kl().download();
-    model.set_fused_encoder(false);
-    model.encode(B, key);
-    agree.expect("encoder KL", B, fused_kl, model.kl().download(), 1e-3);
-    pair(
-        "encoder forward 784-400-20", B, enc_bytes, enc_flops,
-        [&] {
-          model.set_fused_encoder(true);
-          model.encode(B, key);
-        },
-        [&] {
-          model.set_fused_encoder(false);
-          model.encode(B, key);
-        },
-        gpu ? "cuBLAS" : "OpenBLAS");
 
     // Latent stage alone: ε, z = μ + σ ε, KL per row.
     NormalGenerator* gen = unf.normal_generator_create(7, s);

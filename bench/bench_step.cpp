@@ -3,7 +3,8 @@
 // and transposes the step issues) timed alone, and its GEMM work at the rate of a large square
 // SGEMM measured in the same run. Prints a table; `--json 1` adds one JSON line.
 //   bench_step [--device cpu|cuda] [--batch 128] [--hidden 400] [--latent 20] [--steps 200]
-//              [--fused-encoder 0|1] [--tf32 0|1] [--json 0|1]
+//              [--step composed|fused] [--tf32 0|1] [--json 0|1]
+// --step fused times the whole step as the one cooperative kernel (one phase: "fused step").
 // With --tf32 1 (GPU) the GEMMs use TF32 tensor cores and the peak is the TF32 rate.
 #include <chrono>
 #include <cstdio>
@@ -65,8 +66,8 @@ StepGemms step_gemms(const DeviceContext& ctx, const ParamLayout& layout, int ba
 
 int main(int argc, char** argv) {
   vae::reexec_with_better_openblas_core(argv);
-  std::string device = "auto";
-  int batch = 128, hidden = 400, latent = 20, steps = 200, dim = 784, fused = 0, json = 0, tf32 = 0;
+  std::string device = "auto", step_kind = "composed";
+  int batch = 128, hidden = 400, latent = 20, steps = 200, dim = 784, json = 0, tf32 = 0;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string k = argv[i];
     const char* v = argv[i + 1];
@@ -80,8 +81,8 @@ int main(int argc, char** argv) {
       latent = std::atoi(v);
     else if (k == "--steps")
       steps = std::atoi(v);
-    else if (k == "--fused-encoder")
-      fused = std::atoi(v);
+    else if (k == "--step")
+      step_kind = v;
     else if (k == "--json")
       json = std::atoi(v);
     else if (k == "--tf32")
@@ -91,13 +92,17 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
+  if (step_kind != "composed" && step_kind != "fused") {
+    std::fprintf(stderr, "bench_step: --step must be composed or fused, not '%s'\n", step_kind.c_str());
+    return 2;
+  }
+  const bool fused = step_kind == "fused";
   DeviceContext ctx(resolve_target(device), tf32 != 0);
   ModelConfig mc;
   mc.input_dim = dim;
   mc.hidden = {hidden};
   mc.latent = latent;
   Vae model(ctx, mc, batch, 1);
-  model.set_fused_encoder(fused != 0);
   Optimizer opt(ctx, model.layout().total, OptimizerKind::adam, OptimizerHyper{});
   model.params().upload(init_parameters(mc, model.layout(), 1));
   const long long n = static_cast<long long>(batch) * (steps + 10);  // every step its own rows
@@ -107,13 +112,29 @@ int main(int argc, char** argv) {
   DeviceBuffer<double> totals(ctx, 3);
   DeviceBuffer<StepState> at(ctx, std::vector<StepState>{{0, 0}});
 
-  double t_gather = 0, t_fwd = 0, t_bwd = 0, t_opt = 0;
+  double t_gather = 0, t_fwd = 0, t_bwd = 0, t_opt = 0, t_fused = 0;
   auto now = [&] {
     ctx.synchronize();
     return std::chrono::steady_clock::now();
   };
   auto ms = [](auto a, auto b) { return std::chrono::duration<double, std::milli>(b - a).count(); };
-  for (int s = -10; s < steps; ++s) {  // 10 warm-up steps
+  for (int s = -10; s < steps && fused; ++s) {  // 10 warm-up steps; the step as one kernel
+    FusedStepArgs a = model.fused_step_args(batch);
+    a.data = data.data();
+    a.type = PixelType::u8;
+    a.seed = 1;
+    a.at = at.data();
+    a.totals = totals.data();
+    a.optimizer = opt.kind();
+    a.hyper = opt.hyper();
+    a.state1 = opt.state(0).data();
+    a.state2 = opt.state(1).data();
+    a.parameters = static_cast<long long>(opt.size());
+    const auto t0 = now();
+    ctx.ops().fused_step(a, ctx.stream());
+    if (s >= 0) t_fused += ms(t0, now());
+  }
+  for (int s = -10; s < steps && !fused; ++s) {  // 10 warm-up steps
     const auto t0 = now();
     ctx.ops().gather_batch(data.data(), PixelType::u8, nullptr, batch, dim, model.input(), false, 1,
                            RandomStream::binarize, at.data(), ctx.stream());
@@ -133,7 +154,7 @@ int main(int argc, char** argv) {
       t_opt += ms(t3, t4);
     }
   }
-  const double total = t_gather + t_fwd + t_bwd + t_opt;
+  const double total = t_gather + t_fwd + t_bwd + t_opt + t_fused;
   const double step_ms = total / steps;
   const double epoch_steps = 60000.0 / batch;
 
@@ -157,12 +178,15 @@ int main(int argc, char** argv) {
     }
   }
 
-  std::printf("bench_step: %d-%d-%d, batch %d, Adam, %s encoder, %d steps on %s\n", dim, hidden, latent, batch,
-              fused ? "fused" : "GEMM", steps, ctx.description().c_str());
+  std::printf("bench_step: %d-%d-%d, batch %d, Adam, %s step, %d steps on %s\n", dim, hidden, latent, batch,
+              step_kind.c_str(), steps, ctx.description().c_str());
   std::printf("%-12s %10s %8s\n", "phase", "ms/step", "share");
-  for (auto [name, t] :
-       {std::pair{"gather", t_gather}, {"forward", t_fwd}, {"backward", t_bwd}, {"optimizer", t_opt}}) {
-    std::printf("%-12s %10.4f %7.1f%%\n", name, t / steps, 100 * t / total);
+  for (auto [name, t] : {std::pair{"gather", t_gather},
+                         {"forward", t_fwd},
+                         {"backward", t_bwd},
+                         {"optimizer", t_opt},
+                         {"fused step", t_fused}}) {
+    if (t > 0) std::printf("%-12s %10.4f %7.1f%%\n", name, t / steps, 100 * t / total);
   }
   std::printf("%-12s %10.4f  (%.0f samples/s, GEMM work %.1f GFLOP/s, 60000-image epoch %.2f s)\n", "step", step_ms,
               batch / (step_ms / 1e3), gemms.flops / (step_ms * 1e6), epoch_steps * step_ms / 1e3);
@@ -187,10 +211,10 @@ int main(int argc, char** argv) {
   }
   if (json) {
     std::printf(
-        "{\"device\":\"%s\",\"batch\":%d,\"step_ms\":%.6f,\"epoch_s\":%.6f,\"step_gemm_gflop\":%.6f,"
+        "{\"device\":\"%s\",\"step\":\"%s\",\"batch\":%d,\"step_ms\":%.6f,\"epoch_s\":%.6f,\"step_gemm_gflop\":%.6f,"
         "\"floor_step_gemms_s\":%.6f,\"floor_step_gemms_gflops\":%.3f,\"floor_peak_gemm_s\":%.6f,"
         "\"floor_peak_gemm_gflops\":%.3f}\n",
-        ctx.description().c_str(), batch, step_ms, epoch_steps * step_ms / 1e3, gemms.flops / 1e9,
+        ctx.description().c_str(), step_kind.c_str(), batch, step_ms, epoch_steps * step_ms / 1e3, gemms.flops / 1e9,
         epoch_steps * gemm_ms / 1e3, step_gemm_gflops, epoch_steps * gemms.flops / (peak_gflops * 1e9), peak_gflops);
   }
   return 0;

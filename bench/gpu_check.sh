@@ -167,13 +167,18 @@ if [ -x build-gpu/host/vae ] && want bench; then
   {
     bench build-gpu/bench/bench_kernels --device cuda
     bench build-gpu/bench/bench_kernels --device cuda --cache warm --reps 500
-    for args in "--batch 128" "--batch 512" "--batch 4096" "--batch 128 --hidden 100"; do
-      for fused in 0 1; do
-        # shellcheck disable=SC2086 # $args is several flags
-        bench build-gpu/bench/bench_step --device cuda $args --steps 300 --fused-encoder $fused
+    # The fused step (one cooperative kernel) against the composed step: the rule of `--step auto`.
+    for b in 32 64 128 256 512 1024; do
+      for kind in composed fused; do
+        bench build-gpu/bench/bench_step --device cuda --batch "$b" --steps 300 --step "$kind" --json 1
+        bench build-gpu/bench/bench_step --device cuda --batch "$b" --steps 300 --step "$kind" --tf32 1 --json 1
       done
     done
-    for variant in "" "--fused-encoder"; do
+    for args in "--batch 4096" "--batch 128 --hidden 100"; do
+      # shellcheck disable=SC2086 # $args is several flags
+      bench build-gpu/bench/bench_step --device cuda $args --steps 300
+    done
+    for variant in "" "--step fused"; do
       rm -rf /tmp/vae-bench
       # shellcheck disable=SC2086
       bench build-gpu/host/vae train --device cuda --epochs 3 --quiet --out /tmp/vae-bench $variant &&

@@ -55,8 +55,8 @@ struct StepGraph;   // an instantiated CUDA graph (GPU only)
                       RandomStream rs, const StepState* at, cudaStream_t stream);                                      \
   void latent_backward(const float* heads, const float* z, const float* grad_z, float* grad_heads, int batch,          \
                        int latent, int samples, float kl_scale, cudaStream_t stream);                                  \
-  /* fused encoder (cuda/kernels/encoder_fused.cu): hidden layers, heads and latent stage in one kernel */             \
-  void fused_encoder_forward(const FusedEncoderArgs& args, cudaStream_t stream);                                       \
+  /* the whole training step as one cooperative kernel (cuda/kernels/fused_step.cu) */                                 \
+  void fused_step(const FusedStepArgs& args, cudaStream_t stream);                                                     \
   /* reconstruction (cuda/kernels/reconstruction.cu) */                                                                \
   void bernoulli_reconstruction(const float* logits, const float* x, float* log_prob, float* grad_logits, int batch,   \
                                 int dim, int samples, float grad_scale, cudaStream_t stream);                          \

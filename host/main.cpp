@@ -153,9 +153,12 @@ int main(int argc, char** argv) {
   train->add_flag("--tf32", run.config.tf32, "let cuBLAS use TF32 tensor cores (GPU only)");
   bool no_graph = false;
   train->add_flag("--no-graph", no_graph, "launch the step's kernels one by one instead of replaying a CUDA graph");
-  train->add_flag("--fused-encoder", run.fused_encoder,
-                  "run the encoder (hidden layers, heads, sampling, KL) as one fused kernel instead of GEMMs (for the "
-                  "GPU; slow on the CPU)");
+  train
+      ->add_option("--step", run.step,
+                   "fused: each training step as one cooperative kernel; composed: GEMMs and kernels; auto: the "
+                   "trainer's rule")
+      ->check(CLI::IsMember({"auto", "fused", "composed"}))
+      ->capture_default_str();
   train->add_option("--resume", run.resume, "continue from a checkpoint.safetensors")->check(CLI::ExistingFile);
   train->add_flag("--quiet", run.quiet, "print nothing but errors");
   add_device(train, train_common);

@@ -99,9 +99,35 @@ const StepState* Trainer::fixed_steps(int64_t count) {
   return fixed_at_.data();
 }
 
+// Provisional, 2026-11-26: composed everywhere. On the CPU the composed step is the faster
+// (OpenBLAS GEMMs against the fused kernel's plain tiles under host execution: bench_step
+// --device cpu --step fused|composed). On the GPU the fused step has not yet been measured; the
+// shared H200 figures (gpu-runs/2026-11-26-h200) put a persistent forward pass with plain tiles at
+// 80-91 µs against the composed step's ~60 µs of forward kernels, so plain tiles alone are not
+// expected to win. Set the rule from `bench_step --step fused|composed` at batch 32-1024 on a GPU
+// (gpu_check.sh's bench stage runs it).
+bool fused_step_by_rule(Target, int, const ModelConfig&) { return false; }
+
 void Trainer::queue_step(const DeviceDataset& train, int batch) {
   const auto& ops = ctx_.ops();
   const uint64_t seed = config_.seed;
+  if (fused_step_) {  // the same step in one launch (a data-parallel run could not all-reduce inside it)
+    FusedStepArgs a = vae_.fused_step_args(batch);
+    a.data = train.bytes.data();
+    a.type = train.type;
+    a.perm = perm_.data();
+    a.binarize = config_.binarize == Binarize::dynamic;
+    a.seed = seed;
+    a.at = train_at_.data();
+    a.totals = totals_.data();
+    a.optimizer = optimizer_.kind();
+    a.hyper = optimizer_.hyper();
+    a.state1 = optimizer_.state(0).data();
+    a.state2 = optimizer_.state(1).data();
+    a.parameters = static_cast<long long>(optimizer_.size());
+    ops.fused_step(a, ctx_.stream());
+    return;
+  }
   ops.gather_batch(train.bytes.data(), train.type, perm_.data(), batch, train.dim, vae_.input(),
                    config_.binarize == Binarize::dynamic, seed, RandomStream::binarize, train_at_.data(),
                    ctx_.stream());
@@ -312,7 +338,11 @@ int run_train(const TrainRun& run) {
   DeviceContext ctx(target, config.tf32);
   Trainer trainer(ctx, config);
   trainer.set_use_graph(run.cuda_graph);
-  trainer.set_fused_encoder(run.fused_encoder);
+  if (run.step != "auto" && run.step != "fused" && run.step != "composed") {
+    throw Error("--step: expected auto, fused or composed, got '" + run.step + "'");
+  }
+  trainer.set_fused_step(run.step == "fused" ||
+                         (run.step == "auto" && fused_step_by_rule(target, config.batch_size, config.model)));
   if (!run.resume.empty()) trainer.restore(resumed);
   const DeviceDataset train_dev(ctx, train), test_dev(ctx, test);
 
@@ -361,7 +391,7 @@ int run_train(const TrainRun& run) {
                         {"device", ctx.description()},
                         {"tf32", ctx.tf32()},
                         {"cuda_graph", trainer.graph_in_use()},
-                        {"fused_encoder", trainer.model().fused_encoder()}};
+                        {"step_kernel", trainer.fused_step() ? "fused" : "composed"}};
     save_checkpoint(ckpt_path, trainer.checkpoint());
     const int H = config.model.image_height, W = config.model.image_width;
     write_png_grid((fs::path(out_dir) / ("samples_" + std::to_string(epoch) + ".png")).string(),

@@ -32,6 +32,11 @@ struct DeviceDataset {
   DeviceBuffer<uint8_t> bytes;
 };
 
+// The rule `--step auto` follows: whether a training step of this model at this batch size runs
+// as the fused step kernel (one cooperative launch) rather than the composed step (GEMMs and
+// kernels). See trainer.cpp for the measurements it rests on.
+bool fused_step_by_rule(Target target, int batch_size, const ModelConfig& model);
+
 class Trainer {
  public:
   Trainer(const DeviceContext& ctx, const TrainConfig& config);
@@ -41,8 +46,10 @@ class Trainer {
   // Full batches replay one captured CUDA graph of the whole step where the target has graphs
   // (the GPU); off, the same kernels are launched one by one.
   void set_use_graph(bool on) { use_graph_ = on; }
-  // The encoder through the fused kernel (see Vae::set_fused_encoder).
-  void set_fused_encoder(bool on) { vae_.set_fused_encoder(on); }
+  // Full training steps as one cooperative kernel (fused) or as the composed string of GEMMs and
+  // kernels; the fused step where the model fits it (Vae::fused_step_fits), else composed.
+  void set_fused_step(bool on) { fused_step_ = on && vae_.fused_step_fits(); }
+  bool fused_step() const { return fused_step_; }
   bool graph_in_use() const { return graph_ != nullptr; }
   // Continues from a checkpoint of the same configuration.
   void restore(const Checkpoint& ckpt);
@@ -78,6 +85,7 @@ class Trainer {
   int64_t step_ = 0;
   int epoch_ = 0;
   bool use_graph_ = true;
+  bool fused_step_ = false;
   StepGraph* graph_ = nullptr;
   const void* graph_data_ = nullptr;  // the buffers the graph was captured for
   const int* graph_perm_ = nullptr;
@@ -91,8 +99,8 @@ struct TrainRun {
   std::string resume;
   std::string device = "auto";
   bool quiet = false;
-  bool cuda_graph = true;  // --no-graph turns it off
-  bool fused_encoder = false;
+  bool cuda_graph = true;     // --no-graph turns it off
+  std::string step = "auto";  // --step: auto, fused or composed
 };
 int run_train(const TrainRun& run);
 

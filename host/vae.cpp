@@ -35,46 +35,6 @@ Vae::Vae(const DeviceContext& ctx, const ModelConfig& config, int max_batch, int
   reduce_partial_ = DeviceBuffer<float>(ctx, kReducePartialFloats);
 }
 
-GemmOp dense_forward_gemm(const LinearSlot& s, const float* in, const float* w, const float* b, float* out, int rows,
-                          Activation act) {
-  GemmOp op;
-  op.trans_b = true;
-  op.m = rows, op.n = s.out, op.k = s.in;
-  op.a = in, op.lda = s.in;
-  op.b = w, op.ldb = s.in;
-  op.c = out, op.ldc = s.out;
-  op.epilogue = Epilogue::bias_activation;
-  op.bias = b;
-  op.activation = act;
-  return op;
-}
-
-GemmOp dense_weight_grad_gemm(const LinearSlot& s, const float* g, const float* in, float* dw, float* db, int rows) {
-  GemmOp op;
-  op.trans_a = true;
-  op.m = s.out, op.n = s.in, op.k = rows;
-  op.a = g, op.lda = s.out;
-  op.b = in, op.ldb = s.in;
-  op.c = dw, op.ldc = s.in;
-  op.bias_grad = db;
-  return op;
-}
-
-GemmOp dense_input_grad_gemm(const LinearSlot& s, const float* g, const float* w, float* dx, int rows,
-                             const float* h_in, Activation act_in) {
-  GemmOp op;
-  op.m = rows, op.n = s.in, op.k = s.out;
-  op.a = g, op.lda = s.out;
-  op.b = w, op.ldb = s.in;
-  op.c = dx, op.ldc = s.in;
-  if (h_in && act_in != Activation::identity) {
-    op.epilogue = Epilogue::activation_grad;
-    op.activation = act_in;
-    op.activation_output = h_in;
-  }
-  return op;
-}
-
 // out (rows, s.out) = act(in (rows, s.in) Wᵀ + b): one GEMM with its epilogue.
 void Vae::linear_forward(const LinearSlot& s, const float* in, int rows, float* out, Activation act) {
   ctx_.ops().gemm(ctx_.gemm(),
@@ -105,40 +65,14 @@ void Vae::decode(const float* z, int rows) {
 void Vae::encode(int batch, const NoiseKey& key) {
   VAE_REQUIRE(batch > 0 && batch <= max_batch_, "Vae::encode: batch out of range");
   const auto& ops = ctx_.ops();
-  if (fused_encoder_) {
-    FusedEncoderArgs a;
-    a.x = x_.data();
-    a.batch = batch;
-    a.input_dim = config_.input_dim;
-    a.hidden_layers = static_cast<int>(layout_.encoder.size());
-    for (int l = 0; l < a.hidden_layers; ++l) {
-      a.width[l] = layout_.encoder[l].out;
-      a.weight[l] = params_.data() + layout_.encoder[l].weight;
-      a.bias[l] = params_.data() + layout_.encoder[l].bias;
-      a.hidden[l] = enc_h_[l].data();
-    }
-    a.activation = config_.activation;
-    a.heads_weight = params_.data() + layout_.heads.weight;
-    a.heads_bias = params_.data() + layout_.heads.bias;
-    a.heads = heads_.data();
-    a.latent = config_.latent;
-    a.samples = samples_;
-    a.z = z_.data();
-    a.kl = kl_.data();
-    a.seed = key.seed;
-    a.stream = key.stream;
-    a.at = key.at;
-    ops.fused_encoder_forward(a, ctx_.stream());
-  } else {
-    const float* h = x_.data();
-    for (size_t i = 0; i < layout_.encoder.size(); ++i) {
-      linear_forward(layout_.encoder[i], h, batch, enc_h_[i].data(), config_.activation);
-      h = enc_h_[i].data();
-    }
-    linear_forward(layout_.heads, h, batch, heads_.data(), Activation::identity);
-    ops.latent_forward(heads_.data(), z_.data(), kl_.data(), batch, config_.latent, samples_, key.seed, key.stream,
-                       key.at, ctx_.stream());
+  const float* h = x_.data();
+  for (size_t i = 0; i < layout_.encoder.size(); ++i) {
+    linear_forward(layout_.encoder[i], h, batch, enc_h_[i].data(), config_.activation);
+    h = enc_h_[i].data();
   }
+  linear_forward(layout_.heads, h, batch, heads_.data(), Activation::identity);
+  ops.latent_forward(heads_.data(), z_.data(), kl_.data(), batch, config_.latent, samples_, key.seed, key.stream,
+                     key.at, ctx_.stream());
 }
 
 void Vae::forward(int batch, const NoiseKey& key, bool with_gradients) {
@@ -182,6 +116,47 @@ void Vae::backward(int batch) {
     linear_backward(layout_.encoder[i], in, batch, d_enc_h_[i].data(), i ? in : nullptr,
                     i ? d_enc_h_[i - 1].data() : nullptr);
   }
+}
+
+bool Vae::fused_step_fits() const {
+  return layout_.encoder.size() <= static_cast<size_t>(kMaxStepLayers) &&
+         layout_.decoder.size() <= static_cast<size_t>(kMaxStepLayers);
+}
+
+FusedStepArgs Vae::fused_step_args(int batch) {
+  VAE_REQUIRE(fused_step_fits(), "Vae::fused_step_args: more hidden layers than the fused step takes");
+  VAE_REQUIRE(batch > 0 && batch <= max_batch_, "Vae::fused_step_args: batch out of range");
+  auto layer = [](const LinearSlot& s, float* h, float* dh) {
+    FusedLayer l;
+    l.in = s.in, l.out = s.out;
+    l.weight = static_cast<long long>(s.weight), l.bias = static_cast<long long>(s.bias);
+    l.h = h, l.dh = dh;
+    return l;
+  };
+  FusedStepArgs a;
+  a.batch = batch;
+  a.dim = config_.input_dim;
+  a.latent = config_.latent;
+  a.samples = samples_;
+  a.gaussian = config_.decoder == DecoderKind::gaussian;
+  a.activation = config_.activation;
+  a.encoder_layers = static_cast<int>(layout_.encoder.size());
+  a.decoder_layers = static_cast<int>(layout_.decoder.size());
+  for (int l = 0; l < a.encoder_layers; ++l)
+    a.encoder[l] = layer(layout_.encoder[l], enc_h_[l].data(), d_enc_h_[l].data());
+  for (int l = 0; l < a.decoder_layers; ++l)
+    a.decoder[l] = layer(layout_.decoder[l], dec_h_[l].data(), d_dec_h_[l].data());
+  a.heads = layer(layout_.heads, heads_.data(), d_heads_.data());
+  a.output = layer(layout_.output, out_.data(), d_out_.data());
+  a.params = params_.data();
+  a.grads = grads_.data();
+  a.x = x_.data();
+  a.d_heads = d_heads_.data();
+  a.z = z_.data();
+  a.d_z = d_z_.data();
+  a.kl = kl_.data();
+  a.log_prob = log_prob_.data();
+  return a;
 }
 
 void Vae::accumulate_totals(int batch, double* totals) {

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "device_context.h"
+#include "kernels/dense_gemm.h"
 #include "model.h"
 
 namespace vae {
@@ -18,19 +19,19 @@ struct NoiseKey {
   const StepState* at = nullptr;  // device memory
 };
 
-// The three GEMMs of a dense layer s (row-major; W is (s.out, s.in) as in nn.Linear), each with
-// its epilogue (cuda/kernels/types.h):
-//   forward       out (rows, out) = act(in (rows, in) · Wᵀ + b)
-//   weight grad   dW (out, in)    = gᵀ (out, rows) · in (rows, in),   db = Σ_rows g
-//   input grad    dX (rows, in)   = g (rows, out) · W (out, in) ⊙ act'(h_in)
-// g (rows, out) is dL/d(pre-activation) of the layer. h_in (rows, in) is the output of the layer
-// below when it is a hidden layer with activation act_in (its input-grad GEMM then yields that
-// layer's g); null for the identity (z, x).
-GemmOp dense_forward_gemm(const LinearSlot& s, const float* in, const float* w, const float* b, float* out, int rows,
-                          Activation act);
-GemmOp dense_weight_grad_gemm(const LinearSlot& s, const float* g, const float* in, float* dw, float* db, int rows);
-GemmOp dense_input_grad_gemm(const LinearSlot& s, const float* g, const float* w, float* dx, int rows,
-                             const float* h_in, Activation act_in);
+// The three GEMMs of a dense layer s with their epilogues (cuda/kernels/dense_gemm.h).
+inline GemmOp dense_forward_gemm(const LinearSlot& s, const float* in, const float* w, const float* b, float* out,
+                                 int rows, Activation act) {
+  return dense_forward_gemm(s.out, s.in, in, w, b, out, rows, act);
+}
+inline GemmOp dense_weight_grad_gemm(const LinearSlot& s, const float* g, const float* in, float* dw, float* db,
+                                     int rows) {
+  return dense_weight_grad_gemm(s.out, s.in, g, in, dw, db, rows);
+}
+inline GemmOp dense_input_grad_gemm(const LinearSlot& s, const float* g, const float* w, float* dx, int rows,
+                                    const float* h_in, Activation act_in) {
+  return dense_input_grad_gemm(s.out, s.in, g, w, dx, rows, h_in, act_in);
+}
 
 class Vae {
  public:
@@ -47,10 +48,11 @@ class Vae {
   // (max_batch, D): the batch kernel writes the pass's input here.
   float* input() { return x_.data(); }
 
-  // Encoder forward through the fused kernel (hidden layers, heads and latent stage in one
-  // launch) instead of GEMMs + epilogues + the latent kernel. The same function either way.
-  void set_fused_encoder(bool on) { fused_encoder_ = on && layout_.encoder.size() <= kMaxFusedLayers; }
-  bool fused_encoder() const { return fused_encoder_; }
+  // The fused step kernel's view of this model and its buffers for `batch` rows (the data, the
+  // optimizer, the step state and the totals are the caller's to fill in). fused_step_fits: the
+  // model has no more hidden layers than the fused step takes (kMaxStepLayers per side).
+  bool fused_step_fits() const;
+  FusedStepArgs fused_step_args(int batch);
 
   // The encoder alone over the first `batch` rows of input(): heads (μ, log σ²), z and KL per row.
   void encode(int batch, const NoiseKey& key);
@@ -84,7 +86,6 @@ class Vae {
   ParamLayout layout_;
   int max_batch_, samples_;
   int out_cols_;  // D or 2D
-  bool fused_encoder_ = false;
   DeviceBuffer<float> params_, grads_;
   DeviceBuffer<float> x_, heads_, z_, kl_, out_, log_prob_;
   std::vector<DeviceBuffer<float>> enc_h_, dec_h_;  // activations per hidden layer
@@ -101,6 +102,8 @@ class Optimizer {
   // Queues one update; the step t = at->step + 1 is read on the device.
   void step(float* params, const float* grads, const StepState* at);
   OptimizerKind kind() const { return kind_; }
+  const OptimizerHyper& hyper() const { return hyper_; }
+  size_t size() const { return n_; }
   // State buffers, in the order of optimizer_state_names(kind()).
   DeviceBuffer<float>& state(size_t i) { return i == 0 ? state1_ : state2_; }
   const DeviceBuffer<float>& state(size_t i) const { return i == 0 ? state1_ : state2_; }

@@ -4,7 +4,10 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
+#include <tuple>
 #include <filesystem>
 #include <fstream>
 
@@ -64,11 +67,13 @@ TEST_F(Training, KernelsPerStepOfTheDefaultModelArePinned) {
   c.model.input_dim = train_.dim();
   c.model.image_height = train_.height;
   c.model.image_width = train_.width;
+  bool fused = false;
   auto count = [&](int64_t rows) {
     Dataset d = train_;
     d.truncate(rows);
     const DeviceDataset tr(ctx, d);
     Trainer t(ctx, c);
+    t.set_fused_step(fused);
     const hx::WorkCounts before = hx::work_counts();
     t.train_epoch(tr);
     const hx::WorkCounts after = hx::work_counts();
@@ -77,6 +82,10 @@ TEST_F(Training, KernelsPerStepOfTheDefaultModelArePinned) {
   const auto one = count(c.batch_size), two = count(2 * c.batch_size);
   EXPECT_EQ(two.first - one.first, 7u) << "kernel launches per training step";
   EXPECT_EQ(two.second - one.second, 11u) << "GEMM calls per training step";
+  fused = true;  // the fused step: the whole step is one launch
+  const auto fused_one = count(c.batch_size), fused_two = count(2 * c.batch_size);
+  EXPECT_EQ(fused_two.first - fused_one.first, 1u) << "kernel launches per fused training step";
+  EXPECT_EQ(fused_two.second - fused_one.second, 0u) << "GEMM calls per fused training step";
 }
 
 TEST_F(Training, TestElboRisesOnFashionMnistSlice) {
@@ -125,6 +134,41 @@ TEST_F(Training, SameSeedSameParametersAndResumeContinuesExactly) {
   EXPECT_EQ(b.params, a.params) << "resumed run diverged from the uninterrupted one";
   EXPECT_EQ(b.optimizer_state, a.optimizer_state);
   EXPECT_EQ(resumed.evaluate(te).elbo(), straight.evaluate(te).elbo());
+}
+
+// The fused step (one cooperative kernel per step) trains as the composed step does: an epoch
+// of Adam on the Fashion-MNIST slice (with the partial last batch, dynamic binarization and L = 2)
+// ends at the same test ELBO and close parameters, and the same seed gives the same bits.
+TEST_F(Training, FusedStepTrainsAsTheComposedStepAndIsDeterministic) {
+  DeviceContext ctx(Target::cpu, false);
+  Dataset train = train_;
+  train.truncate(420);  // 8 full batches of 50 and one of 20
+  const DeviceDataset tr(ctx, train), te(ctx, test_);
+  TrainConfig c = config_;
+  c.samples = 2;
+  c.binarize = Binarize::dynamic;
+  c.model.hidden = {64, 32};
+  auto run = [&](bool fused) {
+    Trainer t(ctx, c);
+    t.set_fused_step(fused);
+    EXPECT_EQ(t.fused_step(), fused);
+    const ElboTotals train_elbo = t.train_epoch(tr);
+    return std::tuple{t.checkpoint(), train_elbo, t.evaluate(te)};
+  };
+  const auto [composed, composed_train, composed_test] = run(false);
+  const auto [fused, fused_train, fused_test] = run(true);
+  const auto [again, again_train, again_test] = run(true);
+  EXPECT_EQ(again.params, fused.params) << "same seed, different parameters";
+  EXPECT_EQ(again_train.elbo(), fused_train.elbo());
+  EXPECT_EQ(fused.step, composed.step);
+  EXPECT_NEAR(fused_train.elbo(), composed_train.elbo(), 1e-3 * std::fabs(composed_train.elbo()));
+  EXPECT_NEAR(fused_test.elbo(), composed_test.elbo(), 1e-3 * std::fabs(composed_test.elbo()));
+  double worst = 0;
+  for (size_t i = 0; i < fused.params.size(); ++i) {
+    worst = std::max(worst, std::fabs(static_cast<double>(fused.params[i]) - composed.params[i]));
+  }
+  EXPECT_LT(worst, 2e-3) << "largest parameter difference after an epoch of Adam";  // lr 1e-3, 9 steps
+  EXPECT_GT(worst, 0.0) << "the two paths cannot agree to the bit: is the fused step running?";
 }
 
 TEST_F(Training, EveryOptimizerDecoderAndBinarizationTrains) {

@@ -1,4 +1,5 @@
-// Activations and their derivatives, shared by the dense epilogue and the fused encoder.
+// Activations and their derivatives, shared by the dense epilogues (kernels, CPU GEMM panels) and the
+// fused step.
 #pragma once
 
 #include "runtime/compat.cuh"

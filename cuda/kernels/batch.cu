@@ -1,17 +1,8 @@
 // Batch stage: gather rows of the resident data set by a permutation, scale to [0, 1],
 // optionally binarize dynamically (x ~ Bernoulli(pixel), fresh every step).
-#include "kernels/philox.cuh"
+#include "kernels/batch.cuh"
 
 namespace vae::VAE_NS {
-
-__device__ __forceinline__ float pixel_value(uint8_t v) { return v * (1.f / 255.f); }
-__device__ __forceinline__ float pixel_value(float v) { return v; }
-
-// data is (N, D), perm is (N) or null for the identity, x is (B, D): rows at->offset ..
-// at->offset + B − 1 of the permuted order.
-__device__ __forceinline__ long long source_row(const int* __restrict__ perm, long long offset, long long r) {
-  return perm ? perm[offset + r] : offset + r;
-}
 
 // Pixels scaled to [0, 1]. On the CPU whole rows per thread: the conversion vectorizes.
 template <typename T>
@@ -30,17 +21,7 @@ __global__ void gather_binarized_batch_kernel(const T* __restrict__ data, const 
   const int groups = (dim + 3) / 4;
   const long long n = static_cast<long long>(batch) * groups;
   const long long offset = at->offset;
-  VAE_ELEMENT_LOOP(i, n) {
-    const int r = static_cast<int>(i / groups);
-    const int d0 = static_cast<int>(i % groups) * 4;
-    const T* in = data + source_row(perm, offset, r) * dim;
-    float* out = x + static_cast<long long>(r) * dim;
-    curandStatePhilox4_32_10_t state;
-    philox_init(seed, rs, at->step, static_cast<uint64_t>(i) * 4, &state);
-    const float4 u = curand_uniform4(&state);  // in (0, 1]: pixel 0 never fires, 1 always
-    const float uq[4] = {u.x, u.y, u.z, u.w};
-    for (int q = 0; q < 4 && d0 + q < dim; ++q) out[d0 + q] = uq[q] <= pixel_value(in[d0 + q]) ? 1.f : 0.f;
-  }
+  VAE_ELEMENT_LOOP(i, n) { binarized_group(data, perm, offset, dim, groups, i, x, seed, rs, at->step); }
 }
 
 __global__ void advance_step_kernel(StepState* at, int batch) {

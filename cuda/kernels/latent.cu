@@ -43,16 +43,7 @@ __global__ void latent_backward_kernel(const float* __restrict__ heads, const fl
                                        int latent, int samples, float kl_scale) {
   // Row by row (whole rows per thread on the CPU: no division per element, and it vectorizes).
   VAE_ROW_COL_LOOP(r, j, batch, latent) {
-    const float mu = heads[r * 2 * latent + j];
-    const float logvar = heads[r * 2 * latent + latent + j];
-    float dmu = 0.f, dlogvar = 0.f;
-    for (int s = 0; s < samples; ++s) {
-      const long long zi = (static_cast<long long>(s) * batch + r) * latent + j;
-      dmu += grad_z[zi];
-      dlogvar += grad_z[zi] * 0.5f * (z[zi] - mu);
-    }
-    grad_heads[r * 2 * latent + j] = dmu + kl_scale * mu;
-    grad_heads[r * 2 * latent + latent + j] = dlogvar + kl_scale * 0.5f * (expf(logvar) - 1.f);
+    latent_backward_element(heads, z, grad_z, grad_heads, static_cast<int>(r), j, batch, latent, samples, kl_scale);
   }
 }
 

@@ -41,4 +41,22 @@ __device__ __forceinline__ void sample_latent(const float* mu, const float* logv
   }
 }
 
+// Column j of row r of the latent backward (see latent_backward_kernel): grad_heads from grad_z.
+__device__ __forceinline__ void latent_backward_element(const float* __restrict__ heads, const float* __restrict__ z,
+                                                        const float* __restrict__ grad_z,
+                                                        float* __restrict__ grad_heads, int r, int j, int batch,
+                                                        int latent, int samples, float kl_scale) {
+  const long long row = static_cast<long long>(r) * 2 * latent;
+  const float mu = heads[row + j];
+  const float logvar = heads[row + latent + j];
+  float dmu = 0.f, dlogvar = 0.f;
+  for (int s = 0; s < samples; ++s) {
+    const long long zi = (static_cast<long long>(s) * batch + r) * latent + j;
+    dmu += grad_z[zi];
+    dlogvar += grad_z[zi] * 0.5f * (z[zi] - mu);
+  }
+  grad_heads[row + j] = dmu + kl_scale * mu;
+  grad_heads[row + latent + j] = dlogvar + kl_scale * 0.5f * (expf(logvar) - 1.f);
+}
+
 }  // namespace vae::VAE_NS

@@ -1,6 +1,6 @@
 // One optimizer launch over the flat parameter buffer: Adam (default), Adagrad (the paper's
 // choice) or SGD with momentum, each with an L2 weight-decay term added to the gradient.
-#include "runtime/compat.cuh"
+#include "kernels/optimizer.cuh"
 
 namespace vae::VAE_NS {
 
@@ -11,33 +11,8 @@ template <OptimizerKind kind>
 __global__ void optimizer_step_kernel(OptimizerHyper h, float* __restrict__ params, const float* __restrict__ grads,
                                       float* __restrict__ state1, float* __restrict__ state2, long long n,
                                       const StepState* __restrict__ at) {
-  // Adam's bias corrections for step t = at->step + 1, in double: 1 − β^t loses float precision
-  // late in training. (Adagrad and SGD do not use them.)
-  // As PyTorch's Adam: p −= (lr / (1 − β₁ᵗ)) m / (√v / √(1 − β₂ᵗ) + ε), with the scalar factors
-  // formed once, so that each element costs one square root and one division.
-  const double t = static_cast<double>(at->step + 1);
-  const double bias1 = 1.0 - pow(static_cast<double>(h.beta1), t);
-  const double bias2 = 1.0 - pow(static_cast<double>(h.beta2), t);
-  const float step_size = static_cast<float>(h.lr / bias1);
-  const float inv_sqrt_bias2 = static_cast<float>(1.0 / sqrt(bias2));
-  VAE_ELEMENT_LOOP(i, n) {
-    const float g = grads[i] + h.weight_decay * params[i];
-    if constexpr (kind == OptimizerKind::adam) {
-      const float m = h.beta1 * state1[i] + (1.f - h.beta1) * g;
-      const float v = h.beta2 * state2[i] + (1.f - h.beta2) * g * g;
-      state1[i] = m;
-      state2[i] = v;
-      params[i] -= step_size * m / (sqrtf(v) * inv_sqrt_bias2 + h.eps);
-    } else if constexpr (kind == OptimizerKind::adagrad) {
-      const float acc = state1[i] + g * g;
-      state1[i] = acc;
-      params[i] -= h.lr * g / (sqrtf(acc) + h.eps);
-    } else {
-      const float vel = h.momentum * state1[i] + g;
-      state1[i] = vel;
-      params[i] -= h.lr * vel;
-    }
-  }
+  const OptimizerScalars k = optimizer_scalars(h, at->step);
+  VAE_ELEMENT_LOOP(i, n) { optimizer_element<kind>(h, k, params, grads, state1, state2, i); }
 }
 
 void optimizer_step(OptimizerKind kind, const OptimizerHyper& hyper, float* params, const float* grads, float* state1,

@@ -4,17 +4,9 @@
 #include <algorithm>
 
 #include "kernels/lanes.cuh"
+#include "kernels/reconstruction.cuh"
 
 namespace vae::VAE_NS {
-
-namespace {
-constexpr float kHalfLog2Pi = 0.91893853320467274f;
-
-__device__ __forceinline__ float sigmoid(float y) {
-  const float e = expf(-fabsf(y));
-  return y >= 0.f ? 1.f / (1.f + e) : e / (1.f + e);
-}
-}  // namespace
 
 // logits and grad are (L*B, D) and must not alias; x is (B, D): row ℓ*B + r reconstructs x row r.
 // log p = Σ_d x y − softplus(y); dLoss/dy = grad_scale (sigmoid(y) − x). kGrad: write grad.
@@ -29,12 +21,7 @@ __global__ void bernoulli_reconstruction_kernel(const float* __restrict__ logits
     const float* y = logits + row * dim;
     const float* xr = x + (row % batch) * dim;
     float* g = grad + row * dim;
-    VAE_LANE_LOOP(d, dim) {
-      const float yd = y[d], xd = xr[d];
-      const float e = expf(-fabsf(yd));
-      sum += xd * yd - (fmaxf(yd, 0.f) + logf(1.f + e));  // logf vectorizes; log1pf does not
-      if constexpr (kGrad) g[d] = grad_scale * ((yd >= 0.f ? 1.f : e) / (1.f + e) - xd);
-    }
+    VAE_LANE_LOOP(d, dim) { sum += bernoulli_term<kGrad>(y, xr, g, d, grad_scale); }
   }
   sum = lanes_sum(sum);
   if (active && threadIdx.x == 0) log_prob[row] = sum;
@@ -53,16 +40,7 @@ __global__ void gaussian_reconstruction_kernel(const float* __restrict__ out, co
     const float* o = out + row * 2 * dim;
     const float* xr = x + (row % batch) * dim;
     float* g = grad + row * 2 * dim;
-    VAE_LANE_LOOP(d, dim) {
-      const float m = sigmoid(o[d]), v = o[dim + d];
-      const float diff = xr[d] - m, inv_var = expf(-v);
-      const float sq = diff * diff * inv_var;
-      sum -= kHalfLog2Pi + 0.5f * (v + sq);
-      if constexpr (kGrad) {
-        g[d] = -grad_scale * diff * inv_var * m * (1.f - m);
-        g[dim + d] = grad_scale * 0.5f * (1.f - sq);
-      }
-    }
+    VAE_LANE_LOOP(d, dim) { sum += gaussian_term<kGrad>(o, xr, g, d, dim, grad_scale); }
   }
   sum = lanes_sum(sum);
   if (active && threadIdx.x == 0) log_prob[row] = sum;

@@ -31,26 +31,46 @@ struct StepState {
   int64_t offset = 0;  // first row of this batch in the (permuted) data set
 };
 
-// The fused encoder's inputs and outputs (cuda/kernels/encoder_fused.cu); device pointers.
-constexpr int kMaxFusedLayers = 4;
-struct FusedEncoderArgs {
-  const float* x = nullptr;  // (B, D)
-  int batch = 0, input_dim = 0;
-  int hidden_layers = 0;  // at most kMaxFusedLayers
-  int width[kMaxFusedLayers] = {};
-  const float* weight[kMaxFusedLayers] = {};  // (width[l], previous width), nn.Linear layout
-  const float* bias[kMaxFusedLayers] = {};
-  float* hidden[kMaxFusedLayers] = {};  // (B, width[l]) post-activation, for the backward pass
-  Activation activation = Activation::relu;
-  const float* heads_weight = nullptr;  // (2J, last width): μ rows, then log σ² rows
-  const float* heads_bias = nullptr;    // (2J)
-  float* heads = nullptr;               // (B, 2J)
-  int latent = 0, samples = 1;
-  float* z = nullptr;   // (L*B, J)
-  float* kl = nullptr;  // (B)
+// The whole training step as one cooperative kernel (cuda/kernels/fused_step.cu): the model's
+// layers, buffers and optimizer, all in device memory. Layer l's parameters are at
+// params + weight (out, in) and params + bias (out); its gradients at the same offsets of grads.
+constexpr int kMaxStepLayers = 4;  // hidden layers per side
+struct FusedLayer {
+  int in = 0, out = 0;
+  long long weight = 0, bias = 0;
+  float* h = nullptr;   // (rows, out): the output (post-activation)
+  float* dh = nullptr;  // (rows, out): dL/d(pre-activation)
+};
+struct FusedStepArgs {
+  // Data: (N, dim) pixels, the permutation (or null), rows at->offset .. of it; dynamic
+  // binarization keyed like gather_batch's.
+  const void* data = nullptr;
+  PixelType type = PixelType::u8;
+  const int* perm = nullptr;
+  bool binarize = false;
   uint64_t seed = 0;
-  RandomStream stream = RandomStream::latent_noise;
-  const StepState* at = nullptr;
+  StepState* at = nullptr;  // read at the start, advanced at the end
+  // Model.
+  int batch = 0, dim = 0, latent = 0, samples = 1;
+  bool gaussian = false;  // decoder: Gaussian (out has 2D columns) or Bernoulli
+  Activation activation = Activation::relu;
+  int encoder_layers = 0, decoder_layers = 0;
+  FusedLayer encoder[kMaxStepLayers], heads, decoder[kMaxStepLayers], output;
+  float* params = nullptr;
+  float* grads = nullptr;
+  float* x = nullptr;         // (B, dim)
+  float* d_heads = nullptr;   // (B, 2J); heads.h holds μ | log σ²
+  float* z = nullptr;         // (L·B, J)
+  float* d_z = nullptr;       // (L·B, J)
+  float* kl = nullptr;        // (B)
+  float* log_prob = nullptr;  // (L·B); output.h holds the decoder output, output.dh its gradient
+  double* totals = nullptr;   // += (Σ recon, Σ KL, B), as elbo_totals
+  // Optimizer over the whole flat buffer.
+  OptimizerKind optimizer = OptimizerKind::adam;
+  OptimizerHyper hyper;
+  float* state1 = nullptr;
+  float* state2 = nullptr;
+  long long parameters = 0;
 };
 
 // Scratch of the two-stage reductions (the column sums of the dense backward, the ELBO totals):

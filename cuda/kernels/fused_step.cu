@@ -1,0 +1,336 @@
+// The whole training step as one cooperative kernel: batch gather → encoder → heads → ε, z, KL →
+// decoder → output layer with log p(x|z) and its gradient → backward through the decoder, the
+// latent stage and the encoder → the optimizer update, with a grid-wide barrier only where data
+// dependence demands one (2·(encoder + decoder layers) + 8 of them). Every block takes part in
+// every phase: GEMM phases hand out 32×32 output tiles (a layer's weight- and input-gradient
+// GEMMs share one phase), row and element phases stride over the grid's threads. Each output is
+// summed by one thread in a fixed order, and the ELBO totals by one block: the same seed gives
+// the same bits. The element math is the composed step's (the headers it shares), and so are
+// the random numbers. For the latency-bound regime (small batches), where the composed step is
+// a string of small kernels; one launch per step, captured in the trainer's CUDA graph.
+#include <algorithm>
+
+#include "kernels/activation.cuh"
+#include "kernels/batch.cuh"
+#include "kernels/dense_gemm.h"
+#include "kernels/latent_sample.cuh"
+#include "kernels/optimizer.cuh"
+#include "kernels/reconstruction.cuh"
+
+namespace vae::VAE_NS {
+
+namespace {
+
+constexpr int kStepThreads = 256;  // 8 warps; the GEMM tile's 16 × 16 threads
+constexpr int kTile = 32;          // output tiles of kTile × kTile
+constexpr int kTileK = 32;         // the K slice staged in shared memory at a time
+
+struct TileShared {
+  float a[kTileK][kTile + 1];  // op(A) slice, transposed: a[p][i]
+  float b[kTileK][kTile + 1];  // op(B) slice: b[p][j]
+};
+
+// C's columns, and one more for a bias gradient: a column of ones in op(B), whose output column
+// is Σ_p op(A)[i, p], taken from the tile's own sums.
+__device__ __forceinline__ int gemm_columns(const GemmOp& op) { return op.n + (op.bias_grad ? 1 : 0); }
+__device__ __forceinline__ int gemm_tiles(const GemmOp& op) {
+  return ((op.m + kTile - 1) / kTile) * ((gemm_columns(op) + kTile - 1) / kTile);
+}
+
+// One kTile × kTile tile of C: thread (ty, tx) of 16 × 16 owns rows i0 + ty + {0, 16} and
+// columns j0 + tx + {0, 16}; K in slices through shared memory; then the epilogue.
+__device__ void gemm_tile(const GemmOp& op, int tile, TileShared& sh) {
+  const int cols = gemm_columns(op);
+  const int tiles_n = (cols + kTile - 1) / kTile;
+  const int i0 = (tile / tiles_n) * kTile, j0 = (tile % tiles_n) * kTile;
+  const int tid = static_cast<int>(threadIdx.x);
+  const int ty = tid / 16, tx = tid % 16;
+  float acc[2][2] = {};
+  for (int k0 = 0; k0 < op.k; k0 += kTileK) {
+    for (int e = tid; e < kTile * kTileK; e += kStepThreads) {
+      // Consecutive threads along K where A is not transposed (contiguous), along i where it is.
+      const int r = op.trans_a ? e % kTile : e / kTileK, kk = op.trans_a ? e / kTile : e % kTileK;
+      const int i = i0 + r, p = k0 + kk;
+      float av = 0.f;
+      if (i < op.m && p < op.k) av = op.trans_a ? op.a[static_cast<long long>(p) * op.lda + i] : op.a[i * op.lda + p];
+      sh.a[kk][r] = av;
+      const int c = op.trans_b ? e / kTileK : e % kTile, q = op.trans_b ? e % kTileK : e / kTile;
+      const int j = j0 + c, pb = k0 + q;
+      float bv = 0.f;
+      if (pb < op.k) {
+        if (j < op.n) {
+          bv = op.trans_b ? op.b[static_cast<long long>(j) * op.ldb + pb]
+                          : op.b[static_cast<long long>(pb) * op.ldb + j];
+        } else if (j == op.n && op.bias_grad) {
+          bv = 1.f;
+        }
+      }
+      sh.b[q][c] = bv;
+    }
+    __syncthreads();
+    for (int kk = 0; kk < kTileK; ++kk) {
+      const float a0 = sh.a[kk][ty], a1 = sh.a[kk][ty + 16];
+      const float b0 = sh.b[kk][tx], b1 = sh.b[kk][tx + 16];
+      acc[0][0] += a0 * b0;
+      acc[0][1] += a0 * b1;
+      acc[1][0] += a1 * b0;
+      acc[1][1] += a1 * b1;
+    }
+    __syncthreads();
+  }
+  for (int u = 0; u < 2; ++u) {
+    const int i = i0 + ty + 16 * u;
+    if (i >= op.m) continue;
+    for (int w = 0; w < 2; ++w) {
+      const int j = j0 + tx + 16 * w;
+      if (j < op.n) {
+        float v = op.alpha * acc[u][w];
+        const long long at = static_cast<long long>(i) * op.ldc + j;
+        if (op.epilogue == Epilogue::bias_activation) {
+          v = activate(v + op.bias[j], op.activation);
+        } else if (op.epilogue == Epilogue::activation_grad) {
+          const float h = op.activation_output[at];
+          v = op.activation == Activation::relu ? (h > 0.f ? v : 0.f) : v * activation_grad(h, op.activation);
+        }
+        op.c[at] = v;
+      } else if (j == op.n && op.bias_grad) {
+        op.bias_grad[i] = acc[u][w];
+      }
+    }
+  }
+}
+
+// The tiles of `count` independent GEMMs, handed out over the grid's blocks.
+__device__ void gemm_phase(const GemmOp* ops, int count, TileShared& sh) {
+  int total = 0;
+  for (int o = 0; o < count; ++o) total += gemm_tiles(ops[o]);
+  for (int t = static_cast<int>(blockIdx.x); t < total; t += static_cast<int>(gridDim.x)) {
+    int o = 0, local = t;
+    while (local >= gemm_tiles(ops[o])) local -= gemm_tiles(ops[o++]);
+    gemm_tile(ops[o], local, sh);
+  }
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+__device__ __forceinline__ const float* weight(const FusedStepArgs& a, const FusedLayer& l) {
+  return a.params + l.weight;
+}
+__device__ __forceinline__ const float* bias(const FusedStepArgs& a, const FusedLayer& l) { return a.params + l.bias; }
+
+// A layer's backward phase: dW and db, and (with grad_in) dL/d(its input), through the
+// activation of the layer below when h_in is given.
+__device__ void layer_backward(const FusedStepArgs& a, const FusedLayer& l, const float* in, int rows,
+                               const float* h_in, float* grad_in, TileShared& sh) {
+  GemmOp ops[2];
+  ops[0] = dense_weight_grad_gemm(l.out, l.in, l.dh, in, a.grads + l.weight, a.grads + l.bias, rows);
+  int count = 1;
+  if (grad_in) ops[count++] = dense_input_grad_gemm(l.out, l.in, l.dh, weight(a, l), grad_in, rows, h_in, a.activation);
+  gemm_phase(ops, count, sh);
+}
+
+// Block 0: totals += (Σ_r (1/L) Σ_ℓ log p, Σ_r KL, B) in float64, a fixed order (elbo_totals').
+__device__ void block_totals(const FusedStepArgs& a) {
+  __shared__ double partial[2][kStepThreads];
+  double recon = 0, kl_sum = 0;
+  for (int r = static_cast<int>(threadIdx.x); r < a.batch; r += kStepThreads) {
+    double row = 0;
+    for (int s = 0; s < a.samples; ++s) row += a.log_prob[static_cast<long long>(s) * a.batch + r];
+    recon += row / a.samples;
+    kl_sum += a.kl[r];
+  }
+  partial[0][threadIdx.x] = recon;
+  partial[1][threadIdx.x] = kl_sum;
+  __syncthreads();
+  for (int half = kStepThreads / 2; half > 0; half /= 2) {
+    if (static_cast<int>(threadIdx.x) < half) {
+      partial[0][threadIdx.x] += partial[0][threadIdx.x + half];
+      partial[1][threadIdx.x] += partial[1][threadIdx.x + half];
+    }
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) {
+    a.totals[0] += partial[0][0];
+    a.totals[1] += partial[1][0];
+    a.totals[2] += a.batch;
+  }
+}
+
+template <OptimizerKind kind>
+__device__ void optimizer_phase(const FusedStepArgs& a, uint64_t step, long long first, long long stride) {
+  const OptimizerScalars k = optimizer_scalars(a.hyper, step);
+  for (long long i = first; i < a.parameters; i += stride) {
+    optimizer_element<kind>(a.hyper, k, a.params, a.grads, a.state1, a.state2, i);
+  }
+}
+
+}  // namespace
+
+__global__ void __launch_bounds__(kStepThreads) fused_step_kernel(FusedStepArgs a) {
+  __shared__ TileShared sh;
+  const StepState at = *a.at;  // every block reads it before the first barrier; block 0 moves it on last
+  const long long first = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const long long stride = static_cast<long long>(gridDim.x) * blockDim.x;
+  const int B = a.batch, rows = a.batch * a.samples, J = a.latent;
+
+  // Batch gather (and dynamic binarization), as gather_batch.
+  if (a.binarize) {
+    const int groups = (a.dim + 3) / 4;
+    for (long long i = first; i < static_cast<long long>(B) * groups; i += stride) {
+      if (a.type == PixelType::u8) {
+        binarized_group(static_cast<const uint8_t*>(a.data), a.perm, at.offset, a.dim, groups, i, a.x, a.seed,
+                        RandomStream::binarize, at.step);
+      } else {
+        binarized_group(static_cast<const float*>(a.data), a.perm, at.offset, a.dim, groups, i, a.x, a.seed,
+                        RandomStream::binarize, at.step);
+      }
+    }
+  } else {
+    for (long long i = first; i < static_cast<long long>(B) * a.dim; i += stride) {
+      const long long r = i / a.dim, d = i - r * a.dim;
+      const long long src = source_row(a.perm, at.offset, r) * a.dim + d;
+      a.x[i] = a.type == PixelType::u8 ? pixel_value(static_cast<const uint8_t*>(a.data)[src])
+                                       : pixel_value(static_cast<const float*>(a.data)[src]);
+    }
+  }
+  VAE_GRID_SYNC();
+
+  // Encoder and heads.
+  const float* in = a.x;
+  for (int l = 0; l < a.encoder_layers; ++l) {
+    const FusedLayer& L = a.encoder[l];
+    const GemmOp op = dense_forward_gemm(L.out, L.in, in, weight(a, L), bias(a, L), L.h, B, a.activation);
+    gemm_phase(&op, 1, sh);
+    VAE_GRID_SYNC();
+    in = L.h;
+  }
+  {
+    const GemmOp op = dense_forward_gemm(a.heads.out, a.heads.in, in, weight(a, a.heads), bias(a, a.heads), a.heads.h,
+                                         B, Activation::identity);
+    gemm_phase(&op, 1, sh);
+  }
+  VAE_GRID_SYNC();
+
+  // ε, z = μ + σ ε and the KL, one (row, sample) item per thread.
+  for (long long t = first; t < rows; t += stride) {
+    const int s = static_cast<int>(t / B), r = static_cast<int>(t % B);
+    const float* mu = a.heads.h + static_cast<long long>(r) * 2 * J;
+    sample_latent(mu, mu + J, J, r, s, a.samples, a.seed, RandomStream::latent_noise, at.step, a.z + t * J, a.kl + r);
+  }
+  VAE_GRID_SYNC();
+
+  // Decoder and output layer.
+  in = a.z;
+  for (int l = 0; l < a.decoder_layers; ++l) {
+    const FusedLayer& L = a.decoder[l];
+    const GemmOp op = dense_forward_gemm(L.out, L.in, in, weight(a, L), bias(a, L), L.h, rows, a.activation);
+    gemm_phase(&op, 1, sh);
+    VAE_GRID_SYNC();
+    in = L.h;
+  }
+  {
+    const GemmOp op = dense_forward_gemm(a.output.out, a.output.in, in, weight(a, a.output), bias(a, a.output),
+                                         a.output.h, rows, Activation::identity);
+    gemm_phase(&op, 1, sh);
+  }
+  VAE_GRID_SYNC();
+
+  // log p(x|z) and its gradient, a warp per (sample, row).
+  {
+    const float grad_scale = 1.f / static_cast<float>(rows);
+    const int lane = static_cast<int>(threadIdx.x % 32);
+    const long long warps = stride / 32;
+    // Every lane of a warp runs the same rows: the shuffles see full warps.
+    for (long long row = first / 32; row < rows; row += warps) {
+      const float* xr = a.x + (row % B) * a.dim;
+      const int width = a.gaussian ? 2 * a.dim : a.dim;
+      const float* o = a.output.h + row * width;
+      float* g = a.output.dh + row * width;
+      float sum = 0.f;
+      for (int d = lane; d < a.dim; d += 32) {
+        sum += a.gaussian ? gaussian_term<true>(o, xr, g, d, a.dim, grad_scale)
+                          : bernoulli_term<true>(o, xr, g, d, grad_scale);
+      }
+      sum = warp_sum(sum);
+      if (lane == 0) a.log_prob[row] = sum;
+    }
+  }
+  VAE_GRID_SYNC();
+
+  // The ELBO totals (block 0), then the output layer's backward.
+  if (blockIdx.x == 0) block_totals(a);
+  const int nd = a.decoder_layers, ne = a.encoder_layers;
+  {
+    const float* last = nd ? a.decoder[nd - 1].h : a.z;
+    layer_backward(a, a.output, last, rows, nd ? last : nullptr, nd ? a.decoder[nd - 1].dh : a.d_z, sh);
+  }
+  VAE_GRID_SYNC();
+  for (int l = nd - 1; l >= 0; --l) {
+    const float* below = l ? a.decoder[l - 1].h : a.z;
+    layer_backward(a, a.decoder[l], below, rows, l ? below : nullptr, l ? a.decoder[l - 1].dh : a.d_z, sh);
+    VAE_GRID_SYNC();
+  }
+
+  // Latent stage backward, an element per thread.
+  for (long long i = first; i < static_cast<long long>(B) * J; i += stride) {
+    latent_backward_element(a.heads.h, a.z, a.d_z, a.d_heads, static_cast<int>(i / J), static_cast<int>(i % J), B, J,
+                            a.samples, 1.f / static_cast<float>(B));
+  }
+  VAE_GRID_SYNC();
+
+  // Heads and encoder backward (dL/dx is not needed).
+  {
+    FusedLayer heads = a.heads;
+    heads.dh = a.d_heads;
+    const float* last = ne ? a.encoder[ne - 1].h : a.x;
+    layer_backward(a, heads, last, B, ne ? last : nullptr, ne ? a.encoder[ne - 1].dh : nullptr, sh);
+  }
+  VAE_GRID_SYNC();
+  for (int l = ne - 1; l >= 0; --l) {
+    const float* below = l ? a.encoder[l - 1].h : a.x;
+    layer_backward(a, a.encoder[l], below, B, l ? below : nullptr, l ? a.encoder[l - 1].dh : nullptr, sh);
+    VAE_GRID_SYNC();
+  }
+
+  // The optimizer over the flat buffer; then block 0 moves the step on (every block has read it).
+  switch (a.optimizer) {
+    case OptimizerKind::adam:
+      optimizer_phase<OptimizerKind::adam>(a, at.step, first, stride);
+      break;
+    case OptimizerKind::adagrad:
+      optimizer_phase<OptimizerKind::adagrad>(a, at.step, first, stride);
+      break;
+    case OptimizerKind::sgd:
+      optimizer_phase<OptimizerKind::sgd>(a, at.step, first, stride);
+      break;
+  }
+  if (first == 0) {
+    a.at->step = at.step + 1;
+    a.at->offset = at.offset + B;
+  }
+}
+
+void fused_step(const FusedStepArgs& args, cudaStream_t stream) {
+  VAE_REQUIRE(args.encoder_layers <= kMaxStepLayers && args.decoder_layers <= kMaxStepLayers,
+              "fused_step: too many hidden layers");
+  VAE_REQUIRE(args.batch > 0 && args.samples > 0 && args.latent > 0, "fused_step: bad shape");
+  // Every block resident at once: on the GPU up to two per SM (a batch-128 phase has tens of
+  // tiles; more blocks would only make the barriers dearer), on the CPU one per worker.
+  int grid = cooperative_max_blocks(fused_step_kernel, kStepThreads, 0);
+#if !VAE_HOST_EXEC
+  static const int sms = [] {
+    int dev = 0, n = 1;
+    VAE_CUDA_CHECK(cudaGetDevice(&dev));
+    VAE_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
+    return n;
+  }();
+  grid = std::min(grid, 2 * sms);
+#endif
+  grid = std::max(1, std::min(grid, launch_policy().max_blocks));
+  VAE_LAUNCH_COOPERATIVE(fused_step_kernel, grid, kStepThreads, 0, stream, args);
+}
+
+}  // namespace vae::VAE_NS

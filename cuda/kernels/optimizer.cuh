@@ -1,0 +1,45 @@
+// One parameter's optimizer update, shared by the optimizer kernel and the fused step kernel.
+#pragma once
+
+#include "runtime/compat.cuh"
+
+namespace vae::VAE_NS {
+
+// Adam's scalar factors for step t = step + 1 (t counts from 1), in double: 1 − β^t loses float
+// precision late in training. As PyTorch's Adam: p −= (lr / (1 − β₁ᵗ)) m / (√v / √(1 − β₂ᵗ) + ε),
+// with the scalar factors formed once, so that each element costs one square root and one
+// division. (Adagrad and SGD do not use them.)
+struct OptimizerScalars {
+  float step_size, inv_sqrt_bias2;
+};
+__device__ __forceinline__ OptimizerScalars optimizer_scalars(const OptimizerHyper& h, uint64_t step) {
+  const double t = static_cast<double>(step + 1);
+  const double bias1 = 1.0 - pow(static_cast<double>(h.beta1), t);
+  const double bias2 = 1.0 - pow(static_cast<double>(h.beta2), t);
+  return {static_cast<float>(h.lr / bias1), static_cast<float>(1.0 / sqrt(bias2))};
+}
+
+// Element i. Adam: state1 = m, state2 = v. Adagrad: state1 = Σ g². SGD: state1 = velocity.
+template <OptimizerKind kind>
+__device__ __forceinline__ void optimizer_element(const OptimizerHyper& h, const OptimizerScalars& k,
+                                                  float* __restrict__ params, const float* __restrict__ grads,
+                                                  float* __restrict__ state1, float* __restrict__ state2, long long i) {
+  const float g = grads[i] + h.weight_decay * params[i];
+  if constexpr (kind == OptimizerKind::adam) {
+    const float m = h.beta1 * state1[i] + (1.f - h.beta1) * g;
+    const float v = h.beta2 * state2[i] + (1.f - h.beta2) * g * g;
+    state1[i] = m;
+    state2[i] = v;
+    params[i] -= k.step_size * m / (sqrtf(v) * k.inv_sqrt_bias2 + h.eps);
+  } else if constexpr (kind == OptimizerKind::adagrad) {
+    const float acc = state1[i] + g * g;
+    state1[i] = acc;
+    params[i] -= h.lr * g / (sqrtf(acc) + h.eps);
+  } else {
+    const float vel = h.momentum * state1[i] + g;
+    state1[i] = vel;
+    params[i] -= h.lr * vel;
+  }
+}
+
+}  // namespace vae::VAE_NS
