@@ -57,6 +57,8 @@ struct StepGraph;   // an instantiated CUDA graph (GPU only)
                        int latent, int samples, float kl_scale, cudaStream_t stream);                                  \
   /* the whole training step as one cooperative kernel (cuda/kernels/fused_step.cu) */                                 \
   void fused_step(const FusedStepArgs& args, cudaStream_t stream);                                                     \
+  /* the blocks fused_step launches: its workspace depends on them */                                                  \
+  int fused_step_grid();                                                                                               \
   /* reconstruction (cuda/kernels/reconstruction.cu) */                                                                \
   void bernoulli_reconstruction(const float* logits, const float* x, float* log_prob, float* grad_logits, int batch,   \
                                 int dim, int samples, float grad_scale, cudaStream_t stream);                          \

@@ -156,6 +156,11 @@ FusedStepArgs Vae::fused_step_args(int batch) {
   a.d_z = d_z_.data();
   a.kl = kl_.data();
   a.log_prob = log_prob_.data();
+  if (fused_workspace_.size() == 0) {  // on first use (the trainer's first step runs outside graph capture)
+    fused_workspace_ = DeviceBuffer<float>(ctx_, fused_step_workspace_floats(ctx_.ops().fused_step_grid()));
+  }
+  a.workspace = fused_workspace_.data();
+  a.workspace_floats = static_cast<long long>(fused_workspace_.size());
   return a;
 }
 

@@ -91,6 +91,7 @@ class Vae {
   std::vector<DeviceBuffer<float>> enc_h_, dec_h_;  // activations per hidden layer
   DeviceBuffer<float> d_out_, d_heads_, d_z_;
   std::vector<DeviceBuffer<float>> d_enc_h_, d_dec_h_;  // their gradients (w.r.t. the pre-activations)
+  DeviceBuffer<float> fused_workspace_;                 // the fused step's split-K partial sums (on first use)
   DeviceBuffer<unsigned> reduce_tickets_;               // scratch of the two-stage reductions
   DeviceBuffer<float> reduce_partial_;
 };

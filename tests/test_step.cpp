@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "device_context.h"
+#include "runtime/workers.h"
 #include "reference_vae.h"
 #include "support.h"
 #include "vae.h"
@@ -114,89 +115,95 @@ TEST_P(FusedStep, ThreeStepsMatchReference) {
   const auto [target, sc] = GetParam();
   VAE_SKIP_WITHOUT_DEVICE(target);
   DeviceContext ctx(target, false);
-  for (auto [batch, hidden, latent] : {std::tuple{1, std::vector<int>{5}, 1},
-                                       {7, std::vector<int>{}, 3},
-                                       {129, std::vector<int>{33, 5}, 20},
-                                       {7, std::vector<int>{33}, 3}}) {
-    SCOPED_TRACE("batch " + std::to_string(batch) + ", " + std::to_string(hidden.size()) + " hidden layers");
-    const ModelConfig c = small_config(sc.decoder, sc.activation, hidden, latent, 37);
-    Vae vae(ctx, c, batch + 3, sc.samples);
-    ASSERT_TRUE(vae.fused_step_fits());
-    const auto params0 = init_parameters(c, vae.layout(), 200 + batch);
-    vae.params().upload(params0);
-    OptimizerHyper hyper;
-    hyper.lr = 0.05f;
-    hyper.momentum = 0.9f;
-    hyper.weight_decay = 0.01f;
-    Optimizer opt(ctx, vae.layout().total, OptimizerKind::sgd, hyper);
-    const int steps = 3;
-    const auto data = test::random_uniform(static_cast<size_t>(steps) * batch * c.input_dim, 9 + batch, 0, 1);
-    const DeviceBuffer<float> data_dev(ctx, data);
-    DeviceBuffer<StepState> at(ctx, std::vector<StepState>{{17, 0}});
-    DeviceBuffer<double> totals(ctx, std::vector<double>{0, 0, 0});
+  // On the CPU also a grid of 7 blocks (7 workers): phases with fewer tiles than blocks split K.
+  const int workers_before = hx::workers();
+  for (int workers : target == Target::cpu ? std::vector<int>{workers_before, 7} : std::vector<int>{0})
+    for (auto [batch, hidden, latent] : {std::tuple{1, std::vector<int>{5}, 1},
+                                         {7, std::vector<int>{}, 3},
+                                         {129, std::vector<int>{33, 5}, 20},
+                                         {7, std::vector<int>{33}, 3}}) {
+      if (workers > 0) hx::set_workers(workers);
+      SCOPED_TRACE("batch " + std::to_string(batch) + ", " + std::to_string(hidden.size()) + " hidden layers, grid " +
+                   std::to_string(ctx.ops().fused_step_grid()));
+      const ModelConfig c = small_config(sc.decoder, sc.activation, hidden, latent, 37);
+      Vae vae(ctx, c, batch + 3, sc.samples);
+      ASSERT_TRUE(vae.fused_step_fits());
+      const auto params0 = init_parameters(c, vae.layout(), 200 + batch);
+      vae.params().upload(params0);
+      OptimizerHyper hyper;
+      hyper.lr = 0.05f;
+      hyper.momentum = 0.9f;
+      hyper.weight_decay = 0.01f;
+      Optimizer opt(ctx, vae.layout().total, OptimizerKind::sgd, hyper);
+      const int steps = 3;
+      const auto data = test::random_uniform(static_cast<size_t>(steps) * batch * c.input_dim, 9 + batch, 0, 1);
+      const DeviceBuffer<float> data_dev(ctx, data);
+      DeviceBuffer<StepState> at(ctx, std::vector<StepState>{{17, 0}});
+      DeviceBuffer<double> totals(ctx, std::vector<double>{0, 0, 0});
 
-    std::vector<double> p = to_double(params0), velocity(p.size(), 0.0);
-    double want_recon = 0, want_kl = 0;
-    for (int step = 0; step < steps; ++step) {
-      FusedStepArgs a = vae.fused_step_args(batch);
-      a.data = data_dev.data();
-      a.type = PixelType::f32;
-      a.seed = 5;
-      a.at = at.data();
-      a.totals = totals.data();
-      a.optimizer = OptimizerKind::sgd;
-      a.hyper = hyper;
-      a.state1 = opt.state(0).data();
-      a.parameters = static_cast<long long>(vae.layout().total);
-      ctx.ops().fused_step(a, ctx.stream());
-      ctx.synchronize();
+      std::vector<double> p = to_double(params0), velocity(p.size(), 0.0);
+      double want_recon = 0, want_kl = 0;
+      for (int step = 0; step < steps; ++step) {
+        FusedStepArgs a = vae.fused_step_args(batch);
+        a.data = data_dev.data();
+        a.type = PixelType::f32;
+        a.seed = 5;
+        a.at = at.data();
+        a.totals = totals.data();
+        a.optimizer = OptimizerKind::sgd;
+        a.hyper = hyper;
+        a.state1 = opt.state(0).data();
+        a.parameters = static_cast<long long>(vae.layout().total);
+        ctx.ops().fused_step(a, ctx.stream());
+        ctx.synchronize();
 
-      const std::vector<double> x(data.begin() + static_cast<size_t>(step) * batch * c.input_dim,
-                                  data.begin() + static_cast<size_t>(step + 1) * batch * c.input_dim);
-      const auto eps = test::reference_noise(5, RandomStream::latent_noise, 17 + step, batch, sc.samples, latent);
-      const auto ref = test::reference_vae(c, p, x, batch, sc.samples, eps);
-      ASSERT_TRUE(test::not_all_zero(ref.grad));
-      auto lp = vae.log_prob().download();
-      lp.resize(static_cast<size_t>(batch) * sc.samples);
-      auto kl = vae.kl().download();
-      kl.resize(batch);
-      EXPECT_TRUE(test::all_near(lp, ref.log_prob, 2e-3, 2e-5)) << "log p, step " << step;
-      EXPECT_TRUE(test::all_near(kl, ref.kl, 1e-4, 1e-4)) << "KL, step " << step;
-      const auto grads = vae.grads().download();
-      for (const auto& t : vae.layout().tensors) {
-        std::vector<float> got(grads.begin() + t.offset, grads.begin() + t.offset + t.count());
-        std::vector<double> want(ref.grad.begin() + t.offset, ref.grad.begin() + t.offset + t.count());
-        EXPECT_TRUE(test::all_near(got, want, 2e-5, 2e-3)) << t.name << ", step " << step;
-      }
-      for (int r = 0; r < batch; ++r) {
-        double m = 0;
-        for (int l = 0; l < sc.samples; ++l) m += ref.log_prob[static_cast<size_t>(l) * batch + r];
-        want_recon += m / sc.samples;
-        want_kl += ref.kl[r];
-      }
-      // torch.optim.SGD with momentum and weight decay, in float64, on the tensors (not the padding).
-      for (const auto& t : vae.layout().tensors) {
-        for (size_t i = t.offset; i < t.offset + t.count(); ++i) {
-          const double g = ref.grad[i] + hyper.weight_decay * p[i];
-          velocity[i] = hyper.momentum * velocity[i] + g;
-          p[i] -= hyper.lr * velocity[i];
+        const std::vector<double> x(data.begin() + static_cast<size_t>(step) * batch * c.input_dim,
+                                    data.begin() + static_cast<size_t>(step + 1) * batch * c.input_dim);
+        const auto eps = test::reference_noise(5, RandomStream::latent_noise, 17 + step, batch, sc.samples, latent);
+        const auto ref = test::reference_vae(c, p, x, batch, sc.samples, eps);
+        ASSERT_TRUE(test::not_all_zero(ref.grad));
+        auto lp = vae.log_prob().download();
+        lp.resize(static_cast<size_t>(batch) * sc.samples);
+        auto kl = vae.kl().download();
+        kl.resize(batch);
+        EXPECT_TRUE(test::all_near(lp, ref.log_prob, 2e-3, 2e-5)) << "log p, step " << step;
+        EXPECT_TRUE(test::all_near(kl, ref.kl, 1e-4, 1e-4)) << "KL, step " << step;
+        const auto grads = vae.grads().download();
+        for (const auto& t : vae.layout().tensors) {
+          std::vector<float> got(grads.begin() + t.offset, grads.begin() + t.offset + t.count());
+          std::vector<double> want(ref.grad.begin() + t.offset, ref.grad.begin() + t.offset + t.count());
+          EXPECT_TRUE(test::all_near(got, want, 2e-5, 2e-3)) << t.name << ", step " << step;
+        }
+        for (int r = 0; r < batch; ++r) {
+          double m = 0;
+          for (int l = 0; l < sc.samples; ++l) m += ref.log_prob[static_cast<size_t>(l) * batch + r];
+          want_recon += m / sc.samples;
+          want_kl += ref.kl[r];
+        }
+        // torch.optim.SGD with momentum and weight decay, in float64, on the tensors (not the padding).
+        for (const auto& t : vae.layout().tensors) {
+          for (size_t i = t.offset; i < t.offset + t.count(); ++i) {
+            const double g = ref.grad[i] + hyper.weight_decay * p[i];
+            velocity[i] = hyper.momentum * velocity[i] + g;
+            p[i] -= hyper.lr * velocity[i];
+          }
+        }
+        const auto got_p = vae.params().download();
+        for (const auto& t : vae.layout().tensors) {
+          std::vector<float> got(got_p.begin() + t.offset, got_p.begin() + t.offset + t.count());
+          std::vector<double> want(p.begin() + t.offset, p.begin() + t.offset + t.count());
+          EXPECT_TRUE(test::all_near(got, want, 2e-5, 1e-4)) << t.name << " after step " << step;
         }
       }
-      const auto got_p = vae.params().download();
-      for (const auto& t : vae.layout().tensors) {
-        std::vector<float> got(got_p.begin() + t.offset, got_p.begin() + t.offset + t.count());
-        std::vector<double> want(p.begin() + t.offset, p.begin() + t.offset + t.count());
-        EXPECT_TRUE(test::all_near(got, want, 2e-5, 1e-4)) << t.name << " after step " << step;
-      }
+      const auto st = at.download()[0];
+      EXPECT_EQ(st.step, 20u);
+      EXPECT_EQ(st.offset, 3 * batch);
+      const auto tot = totals.download();
+      EXPECT_NEAR(tot[0], want_recon, 1e-4 * std::fabs(want_recon) + 1e-2);
+      EXPECT_NEAR(tot[1], want_kl, 1e-4 * want_kl + 1e-3);
+      EXPECT_EQ(tot[2], 3.0 * batch);
     }
-    const auto st = at.download()[0];
-    EXPECT_EQ(st.step, 20u);
-    EXPECT_EQ(st.offset, 3 * batch);
-    const auto tot = totals.download();
-    EXPECT_NEAR(tot[0], want_recon, 1e-4 * std::fabs(want_recon) + 1e-2);
-    EXPECT_NEAR(tot[1], want_kl, 1e-4 * want_kl + 1e-3);
-    EXPECT_EQ(tot[2], 3.0 * batch);
-  }
+  if (target == Target::cpu) hx::set_workers(workers_before);
 }
 
 const StepCase kFusedCases[] = {

@@ -37,27 +37,45 @@ __device__ __forceinline__ int gemm_tiles(const GemmOp& op) {
   return ((op.m + kTile - 1) / kTile) * ((gemm_columns(op) + kTile - 1) / kTile);
 }
 
-// One kTile × kTile tile of C: thread (ty, tx) of 16 × 16 owns rows i0 + ty + {0, 16} and
-// columns j0 + tx + {0, 16}; K in slices through shared memory; then the epilogue.
-__device__ void gemm_tile(const GemmOp& op, int tile, TileShared& sh) {
+// C[i, j] = v: the epilogue, or for the extra column, the bias gradient.
+__device__ __forceinline__ void store_output(const GemmOp& op, int i, int j, float acc) {
+  if (j < op.n) {
+    float v = op.alpha * acc;
+    const long long at = static_cast<long long>(i) * op.ldc + j;
+    if (op.epilogue == Epilogue::bias_activation) {
+      v = activate(v + op.bias[j], op.activation);
+    } else if (op.epilogue == Epilogue::activation_grad) {
+      const float h = op.activation_output[at];
+      v = op.activation == Activation::relu ? (h > 0.f ? v : 0.f) : v * activation_grad(h, op.activation);
+    }
+    op.c[at] = v;
+  } else if (j == op.n && op.bias_grad) {
+    op.bias_grad[i] = acc;
+  }
+}
+
+// One kTile × kTile tile of C over K in [k_begin, k_end): thread (ty, tx) of 16 × 16 owns rows
+// i0 + ty + {0, 16} and columns j0 + tx + {0, 16}; K in slices through shared memory. Then the
+// epilogue, or, for a split-K item, the raw sums into partial (m, columns).
+__device__ void gemm_tile(const GemmOp& op, int tile, int k_begin, int k_end, float* partial, TileShared& sh) {
   const int cols = gemm_columns(op);
   const int tiles_n = (cols + kTile - 1) / kTile;
   const int i0 = (tile / tiles_n) * kTile, j0 = (tile % tiles_n) * kTile;
   const int tid = static_cast<int>(threadIdx.x);
   const int ty = tid / 16, tx = tid % 16;
   float acc[2][2] = {};
-  for (int k0 = 0; k0 < op.k; k0 += kTileK) {
+  for (int k0 = k_begin; k0 < k_end; k0 += kTileK) {
     for (int e = tid; e < kTile * kTileK; e += kStepThreads) {
       // Consecutive threads along K where A is not transposed (contiguous), along i where it is.
       const int r = op.trans_a ? e % kTile : e / kTileK, kk = op.trans_a ? e / kTile : e % kTileK;
       const int i = i0 + r, p = k0 + kk;
       float av = 0.f;
-      if (i < op.m && p < op.k) av = op.trans_a ? op.a[static_cast<long long>(p) * op.lda + i] : op.a[i * op.lda + p];
+      if (i < op.m && p < k_end) av = op.trans_a ? op.a[static_cast<long long>(p) * op.lda + i] : op.a[i * op.lda + p];
       sh.a[kk][r] = av;
       const int c = op.trans_b ? e / kTileK : e % kTile, q = op.trans_b ? e % kTileK : e / kTile;
       const int j = j0 + c, pb = k0 + q;
       float bv = 0.f;
-      if (pb < op.k) {
+      if (pb < k_end) {
         if (j < op.n) {
           bv = op.trans_b ? op.b[static_cast<long long>(j) * op.ldb + pb]
                           : op.b[static_cast<long long>(pb) * op.ldb + j];
@@ -83,31 +101,77 @@ __device__ void gemm_tile(const GemmOp& op, int tile, TileShared& sh) {
     if (i >= op.m) continue;
     for (int w = 0; w < 2; ++w) {
       const int j = j0 + tx + 16 * w;
-      if (j < op.n) {
-        float v = op.alpha * acc[u][w];
-        const long long at = static_cast<long long>(i) * op.ldc + j;
-        if (op.epilogue == Epilogue::bias_activation) {
-          v = activate(v + op.bias[j], op.activation);
-        } else if (op.epilogue == Epilogue::activation_grad) {
-          const float h = op.activation_output[at];
-          v = op.activation == Activation::relu ? (h > 0.f ? v : 0.f) : v * activation_grad(h, op.activation);
-        }
-        op.c[at] = v;
-      } else if (j == op.n && op.bias_grad) {
-        op.bias_grad[i] = acc[u][w];
+      if (j >= cols) continue;
+      if (partial) {
+        partial[static_cast<long long>(i) * cols + j] = acc[u][w];
+      } else {
+        store_output(op, i, j, acc[u][w]);
       }
     }
   }
 }
 
-// The tiles of `count` independent GEMMs, handed out over the grid's blocks.
-__device__ void gemm_phase(const GemmOp* ops, int count, TileShared& sh) {
+// K slices of an op in a phase of `total` tiles: where the phase has fewer tiles than the grid
+// has blocks, each tile's K is split so that every block gets work (at least two kTileK chunks a
+// slice, at most kMaxSplit slices). The same on every block: it depends on shapes and the grid.
+constexpr int kMaxSplit = 16;
+__device__ __forceinline__ int split_slices(const GemmOp& op, int total) {
+  if (total >= static_cast<int>(gridDim.x)) return 1;
+  int s = (static_cast<int>(gridDim.x) + total - 1) / total;
+  const int by_k = (op.k + 2 * kTileK - 1) / (2 * kTileK);
+  s = s < by_k ? s : by_k;
+  s = s < kMaxSplit ? s : kMaxSplit;
+  return s > 1 ? s : 1;
+}
+
+// The tiles of `count` independent GEMMs, handed out over the grid's blocks; split-K where the
+// tiles are too few, each slice's sums into workspace, then (after a grid barrier) each output
+// the sum of its slices in slice order and its epilogue: deterministic, no atomics. The
+// workspace holds Σ slices · m · columns ≤ (grid + tiles) · kTile² < 2 · grid · kTile² floats.
+__device__ void gemm_phase(const GemmOp* ops, int count, float* workspace, TileShared& sh) {
   int total = 0;
   for (int o = 0; o < count; ++o) total += gemm_tiles(ops[o]);
-  for (int t = static_cast<int>(blockIdx.x); t < total; t += static_cast<int>(gridDim.x)) {
+  int items = 0;
+  bool split = false;
+  for (int o = 0; o < count; ++o) {
+    const int s = split_slices(ops[o], total);
+    items += s * gemm_tiles(ops[o]);
+    split = split || s > 1;
+  }
+  for (int t = static_cast<int>(blockIdx.x); t < items; t += static_cast<int>(gridDim.x)) {
     int o = 0, local = t;
-    while (local >= gemm_tiles(ops[o])) local -= gemm_tiles(ops[o++]);
-    gemm_tile(ops[o], local, sh);
+    long long offset = 0;  // this op's slices in the workspace
+    for (;; ++o) {
+      const int s = split_slices(ops[o], total), n = s * gemm_tiles(ops[o]);
+      if (local < n) break;
+      local -= n;
+      if (s > 1) offset += static_cast<long long>(s) * ops[o].m * gemm_columns(ops[o]);
+    }
+    const GemmOp& op = ops[o];
+    const int slices = split_slices(op, total), tiles = gemm_tiles(op);
+    const int slice = local / tiles, tile = local % tiles;
+    const int per = ((op.k + slices - 1) / slices + kTileK - 1) / kTileK * kTileK;
+    const int k_begin = slice * per, k_end = k_begin + per < op.k ? k_begin + per : op.k;
+    float* partial =
+        slices > 1 ? workspace + offset + static_cast<long long>(slice) * op.m * gemm_columns(op) : nullptr;
+    gemm_tile(op, tile, k_begin, k_end, partial, sh);
+  }
+  if (!split) return;  // uniform over the grid
+  VAE_GRID_SYNC();
+  const long long first = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const long long stride = static_cast<long long>(gridDim.x) * blockDim.x;
+  long long offset = 0;
+  for (int o = 0; o < count; ++o) {
+    const GemmOp& op = ops[o];
+    const int slices = split_slices(op, total), cols = gemm_columns(op);
+    if (slices == 1) continue;
+    const long long n = static_cast<long long>(op.m) * cols;
+    for (long long e = first; e < n; e += stride) {
+      float sum = 0.f;
+      for (int s = 0; s < slices; ++s) sum += workspace[offset + s * n + e];
+      store_output(op, static_cast<int>(e / cols), static_cast<int>(e % cols), sum);
+    }
+    offset += slices * n;
   }
 }
 
@@ -129,7 +193,7 @@ __device__ void layer_backward(const FusedStepArgs& a, const FusedLayer& l, cons
   ops[0] = dense_weight_grad_gemm(l.out, l.in, l.dh, in, a.grads + l.weight, a.grads + l.bias, rows);
   int count = 1;
   if (grad_in) ops[count++] = dense_input_grad_gemm(l.out, l.in, l.dh, weight(a, l), grad_in, rows, h_in, a.activation);
-  gemm_phase(ops, count, sh);
+  gemm_phase(ops, count, a.workspace, sh);
 }
 
 // Block 0: totals += (Σ_r (1/L) Σ_ℓ log p, Σ_r KL, B) in float64, a fixed order (elbo_totals').
@@ -169,7 +233,7 @@ __device__ void optimizer_phase(const FusedStepArgs& a, uint64_t step, long long
 
 }  // namespace
 
-__global__ void __launch_bounds__(kStepThreads) fused_step_kernel(FusedStepArgs a) {
+__global__ void __launch_bounds__(kStepThreads, 2) fused_step_kernel(FusedStepArgs a) {
   __shared__ TileShared sh;
   const StepState at = *a.at;  // every block reads it before the first barrier; block 0 moves it on last
   const long long first = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -203,14 +267,14 @@ __global__ void __launch_bounds__(kStepThreads) fused_step_kernel(FusedStepArgs 
   for (int l = 0; l < a.encoder_layers; ++l) {
     const FusedLayer& L = a.encoder[l];
     const GemmOp op = dense_forward_gemm(L.out, L.in, in, weight(a, L), bias(a, L), L.h, B, a.activation);
-    gemm_phase(&op, 1, sh);
+    gemm_phase(&op, 1, a.workspace, sh);
     VAE_GRID_SYNC();
     in = L.h;
   }
   {
     const GemmOp op = dense_forward_gemm(a.heads.out, a.heads.in, in, weight(a, a.heads), bias(a, a.heads), a.heads.h,
                                          B, Activation::identity);
-    gemm_phase(&op, 1, sh);
+    gemm_phase(&op, 1, a.workspace, sh);
   }
   VAE_GRID_SYNC();
 
@@ -227,14 +291,14 @@ __global__ void __launch_bounds__(kStepThreads) fused_step_kernel(FusedStepArgs 
   for (int l = 0; l < a.decoder_layers; ++l) {
     const FusedLayer& L = a.decoder[l];
     const GemmOp op = dense_forward_gemm(L.out, L.in, in, weight(a, L), bias(a, L), L.h, rows, a.activation);
-    gemm_phase(&op, 1, sh);
+    gemm_phase(&op, 1, a.workspace, sh);
     VAE_GRID_SYNC();
     in = L.h;
   }
   {
     const GemmOp op = dense_forward_gemm(a.output.out, a.output.in, in, weight(a, a.output), bias(a, a.output),
                                          a.output.h, rows, Activation::identity);
-    gemm_phase(&op, 1, sh);
+    gemm_phase(&op, 1, a.workspace, sh);
   }
   VAE_GRID_SYNC();
 
@@ -313,23 +377,27 @@ __global__ void __launch_bounds__(kStepThreads) fused_step_kernel(FusedStepArgs 
   }
 }
 
+int fused_step_grid() {
+  // Every block resident at once: on the GPU up to two per SM (a batch-128 phase has tens of
+  // tiles, split-K makes them enough, and more blocks would only make the barriers dearer), on
+  // the CPU one per worker.
+  int grid = cooperative_max_blocks(fused_step_kernel, kStepThreads, 0);
+#if !VAE_HOST_EXEC
+  int dev = 0, sms = 1;
+  VAE_CUDA_CHECK(cudaGetDevice(&dev));
+  VAE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  grid = std::min(grid, 2 * sms);
+#endif
+  return std::max(1, grid);
+}
+
 void fused_step(const FusedStepArgs& args, cudaStream_t stream) {
   VAE_REQUIRE(args.encoder_layers <= kMaxStepLayers && args.decoder_layers <= kMaxStepLayers,
               "fused_step: too many hidden layers");
   VAE_REQUIRE(args.batch > 0 && args.samples > 0 && args.latent > 0, "fused_step: bad shape");
-  // Every block resident at once: on the GPU up to two per SM (a batch-128 phase has tens of
-  // tiles; more blocks would only make the barriers dearer), on the CPU one per worker.
-  int grid = cooperative_max_blocks(fused_step_kernel, kStepThreads, 0);
-#if !VAE_HOST_EXEC
-  static const int sms = [] {
-    int dev = 0, n = 1;
-    VAE_CUDA_CHECK(cudaGetDevice(&dev));
-    VAE_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
-    return n;
-  }();
-  grid = std::min(grid, 2 * sms);
-#endif
-  grid = std::max(1, std::min(grid, launch_policy().max_blocks));
+  const int grid = fused_step_grid();
+  VAE_REQUIRE(args.workspace && args.workspace_floats >= fused_step_workspace_floats(grid),
+              "fused_step: the split-K workspace is smaller than the grid needs");
   VAE_LAUNCH_COOPERATIVE(fused_step_kernel, grid, kStepThreads, 0, stream, args);
 }
 

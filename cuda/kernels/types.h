@@ -58,13 +58,15 @@ struct FusedStepArgs {
   FusedLayer encoder[kMaxStepLayers], heads, decoder[kMaxStepLayers], output;
   float* params = nullptr;
   float* grads = nullptr;
-  float* x = nullptr;         // (B, dim)
-  float* d_heads = nullptr;   // (B, 2J); heads.h holds μ | log σ²
-  float* z = nullptr;         // (L·B, J)
-  float* d_z = nullptr;       // (L·B, J)
-  float* kl = nullptr;        // (B)
-  float* log_prob = nullptr;  // (L·B); output.h holds the decoder output, output.dh its gradient
-  double* totals = nullptr;   // += (Σ recon, Σ KL, B), as elbo_totals
+  float* x = nullptr;          // (B, dim)
+  float* d_heads = nullptr;    // (B, 2J); heads.h holds μ | log σ²
+  float* z = nullptr;          // (L·B, J)
+  float* d_z = nullptr;        // (L·B, J)
+  float* kl = nullptr;         // (B)
+  float* log_prob = nullptr;   // (L·B); output.h holds the decoder output, output.dh its gradient
+  double* totals = nullptr;    // += (Σ recon, Σ KL, B), as elbo_totals
+  float* workspace = nullptr;  // split-K partial sums: fused_step_workspace_floats(fused_step_grid())
+  long long workspace_floats = 0;
   // Optimizer over the whole flat buffer.
   OptimizerKind optimizer = OptimizerKind::adam;
   OptimizerHyper hyper;
@@ -72,6 +74,9 @@ struct FusedStepArgs {
   float* state2 = nullptr;
   long long parameters = 0;
 };
+
+// The fused step's split-K workspace for a grid of `grid` blocks (see gemm_phase in fused_step.cu).
+inline long long fused_step_workspace_floats(int grid) { return 2ll * grid * 32 * 32; }
 
 // Scratch of the two-stage reductions (the column sums of the dense backward, the ELBO totals):
 // blocks write partial sums, and a ticket per reduction elects the block that finishes last,
