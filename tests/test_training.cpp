@@ -137,8 +137,8 @@ TEST_F(Training, SameSeedSameParametersAndResumeContinuesExactly) {
 }
 
 // The fused step (one cooperative kernel per step) trains as the composed step does: an epoch
-// of Adam on the Fashion-MNIST slice (with the partial last batch, dynamic binarization and L = 2)
-// ends at the same test ELBO and close parameters, and the same seed gives the same bits.
+// of Adam (and of Adagrad and SGD) on the Fashion-MNIST slice (with the partial last batch, dynamic binarization and L
+// = 2) ends at the same test ELBO and close parameters, and the same seed gives the same bits.
 TEST_F(Training, FusedStepTrainsAsTheComposedStepAndIsDeterministic) {
   DeviceContext ctx(Target::cpu, false);
   Dataset train = train_;
@@ -155,6 +155,14 @@ TEST_F(Training, FusedStepTrainsAsTheComposedStepAndIsDeterministic) {
     const ElboTotals train_elbo = t.train_epoch(tr);
     return std::tuple{t.checkpoint(), train_elbo, t.evaluate(te)};
   };
+  for (OptimizerKind kind : {OptimizerKind::adagrad, OptimizerKind::sgd}) {  // the other optimizers, briefly
+    c.optimizer = kind;
+    const auto [composed, composed_train, composed_test] = run(false);
+    const auto [fused, fused_train, fused_test] = run(true);
+    EXPECT_NEAR(fused_test.elbo(), composed_test.elbo(), 1e-3 * std::fabs(composed_test.elbo()))
+        << optimizer_name(kind);
+  }
+  c.optimizer = OptimizerKind::adam;
   const auto [composed, composed_train, composed_test] = run(false);
   const auto [fused, fused_train, fused_test] = run(true);
   const auto [again, again_train, again_test] = run(true);
