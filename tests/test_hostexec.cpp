@@ -8,6 +8,7 @@
 
 #include "hostexec_kernels.h"
 #include "runtime/hostexec.h"
+#include "runtime/wmma_host.h"
 #include "support.h"
 
 namespace vae {
@@ -177,6 +178,18 @@ TEST(HostExecOnly, OneWorkerIsDeterministicAndAgreesWithMany) {
   hx::set_workers(3);
   EXPECT_EQ(cpu::block_sums(x, 33), one);  // blocks are independent: same bits
   hx::set_workers(before);
+}
+
+// The emulated cvt.rna.tf32.f32: 10 explicit mantissa bits, to nearest, ties away from zero.
+TEST(HostExecOnly, Tf32RoundingKeepsTenMantissaBits) {
+  using nvcuda::wmma::__float_to_tf32;
+  EXPECT_EQ(__float_to_tf32(1.f + std::ldexp(1.f, -10)), 1.f + std::ldexp(1.f, -10));  // representable
+  EXPECT_EQ(__float_to_tf32(1.f + std::ldexp(1.f, -12)), 1.f);                         // below half an ulp
+  EXPECT_EQ(__float_to_tf32(1.f + std::ldexp(1.f, -11)), 1.f + std::ldexp(1.f, -10));  // a tie: away from zero
+  EXPECT_EQ(__float_to_tf32(-(1.f + std::ldexp(1.f, -11))), -(1.f + std::ldexp(1.f, -10)));
+  EXPECT_EQ(__float_to_tf32(3.f + std::ldexp(1.f, -9)), 3.f + std::ldexp(1.f, -9));
+  EXPECT_TRUE(std::isinf(__float_to_tf32(INFINITY)));
+  EXPECT_TRUE(std::isnan(__float_to_tf32(NAN)));
 }
 
 TEST(HostExecOnly, GridBarrierWithSeveralWorkers) {

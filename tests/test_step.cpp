@@ -206,6 +206,55 @@ TEST_P(FusedStep, ThreeStepsMatchReference) {
   if (target == Target::cpu) hx::set_workers(workers_before);
 }
 
+// With --tf32 the fused step's GEMM tiles run on TF32 tensor cores (emulated under host
+// execution: TF32-rounded inputs, float sums): one step against the float64 reference within
+// TF32's precision, and visibly not the fp32 step.
+TEST_P(FusedStep, Tf32StepMatchesReferenceWithinTf32Precision) {
+  const auto [target, sc] = GetParam();
+  VAE_SKIP_WITHOUT_DEVICE(target);
+  const int batch = 33, latent = 3;
+  const ModelConfig c = small_config(sc.decoder, sc.activation, {40}, latent, 37);
+  const auto params = init_parameters(c, make_layout(c), 300);
+  const auto x = test::random_uniform(static_cast<size_t>(batch) * c.input_dim, 11, 0, 1);
+  std::vector<float> grads[2];
+  for (bool tf32 : {false, true}) {
+    DeviceContext ctx(target, tf32);
+    Vae vae(ctx, c, batch, sc.samples);
+    vae.params().upload(params);
+    Optimizer opt(ctx, vae.layout().total, OptimizerKind::sgd, OptimizerHyper{});
+    const DeviceBuffer<float> data(ctx, x);
+    DeviceBuffer<StepState> at(ctx, std::vector<StepState>{{4, 0}});
+    DeviceBuffer<double> totals(ctx, 3);
+    FusedStepArgs a = vae.fused_step_args(batch);
+    EXPECT_EQ(a.tf32, tf32);
+    a.data = data.data();
+    a.type = PixelType::f32;
+    a.seed = 8;
+    a.at = at.data();
+    a.totals = totals.data();
+    a.optimizer = OptimizerKind::sgd;
+    a.state1 = opt.state(0).data();
+    a.parameters = static_cast<long long>(vae.layout().total);
+    ctx.ops().fused_step(a, ctx.stream());
+    ctx.synchronize();
+    grads[tf32] = vae.grads().download();
+  }
+  const auto eps = test::reference_noise(8, RandomStream::latent_noise, 4, batch, sc.samples, latent);
+  const auto ref = test::reference_vae(c, to_double(params), to_double(x), batch, sc.samples, eps);
+  double differs = 0;
+  for (const auto& t : make_layout(c).tensors) {
+    std::vector<float> got(grads[1].begin() + t.offset, grads[1].begin() + t.offset + t.count());
+    std::vector<double> want(ref.grad.begin() + t.offset, ref.grad.begin() + t.offset + t.count());
+    double scale = 0;
+    for (double w : want) scale = std::max(scale, std::fabs(w));
+    EXPECT_TRUE(test::all_near(got, want, 1e-2 * scale + 1e-6, 2e-2)) << t.name << " (TF32)";
+    for (size_t i = t.offset; i < t.offset + t.count(); ++i) {
+      differs = std::max(differs, static_cast<double>(std::fabs(grads[1][i] - grads[0][i])));
+    }
+  }
+  EXPECT_GT(differs, 1e-7) << "the TF32 step computed exactly what the fp32 step did";
+}
+
 const StepCase kFusedCases[] = {
     {DecoderKind::bernoulli, Activation::relu, 1},
     {DecoderKind::bernoulli, Activation::tanh, 3},

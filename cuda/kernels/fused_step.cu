@@ -25,9 +25,10 @@ constexpr int kStepThreads = 256;  // 8 warps; the GEMM tile's 16 × 16 threads
 constexpr int kTile = 32;          // output tiles of kTile × kTile
 constexpr int kTileK = 32;         // the K slice staged in shared memory at a time
 
+constexpr int kTilePad = kTile + 4;  // row stride: a multiple of 4 floats, as the warp matrix loads need
 struct TileShared {
-  float a[kTileK][kTile + 1];  // op(A) slice, transposed: a[p][i]
-  float b[kTileK][kTile + 1];  // op(B) slice: b[p][j]
+  alignas(32) float a[kTileK][kTilePad];  // op(A) slice, transposed: a[p][i] (after a TF32 tile: C[i][j])
+  alignas(32) float b[kTileK][kTilePad];  // op(B) slice: b[p][j]
 };
 
 // C's columns, and one more for a bias gradient: a column of ones in op(B), whose output column
@@ -55,15 +56,26 @@ __device__ __forceinline__ void store_output(const GemmOp& op, int i, int j, flo
 }
 
 // One kTile × kTile tile of C over K in [k_begin, k_end): thread (ty, tx) of 16 × 16 owns rows
-// i0 + ty + {0, 16} and columns j0 + tx + {0, 16}; K in slices through shared memory. Then the
-// epilogue, or, for a split-K item, the raw sums into partial (m, columns).
-__device__ void gemm_tile(const GemmOp& op, int tile, int k_begin, int k_end, float* partial, TileShared& sh) {
+// i0 + ty + {0, 16} and columns j0 + tx + {0, 16}; K in slices through shared memory. In fp32 each
+// thread sums its four outputs with FFMA; with tf32, warps 0-3 each take a 16 × 16 quarter of
+// the tile on the tensor cores (TF32 inputs, fp32 sums) and hand the sums over through shared
+// memory. Then the epilogue, or, for a split-K item, the raw sums into partial (m, columns).
+__device__ void gemm_tile(const GemmOp& op, int tile, int k_begin, int k_end, float* partial, bool tf32,
+                          TileShared& sh) {
+  namespace wmma = nvcuda::wmma;
   const int cols = gemm_columns(op);
   const int tiles_n = (cols + kTile - 1) / kTile;
   const int i0 = (tile / tiles_n) * kTile, j0 = (tile % tiles_n) * kTile;
   const int tid = static_cast<int>(threadIdx.x);
   const int ty = tid / 16, tx = tid % 16;
   float acc[2][2] = {};
+#if VAE_HAS_TF32_MMA
+  const int warp = tid / 32, wi = warp / 2, wj = warp % 2;  // warps 0-3: the quarter (wi, wj)
+  wmma::fragment<wmma::accumulator, 16, 16, 8, float> cf;
+  if (tf32) wmma::fill_fragment(cf, 0.f);
+#else
+  (void)tf32;  // no TF32 tensor cores before sm_80: FFMA
+#endif
   for (int k0 = k_begin; k0 < k_end; k0 += kTileK) {
     for (int e = tid; e < kTile * kTileK; e += kStepThreads) {
       // Consecutive threads along K where A is not transposed (contiguous), along i where it is.
@@ -86,6 +98,23 @@ __device__ void gemm_tile(const GemmOp& op, int tile, int k_begin, int k_end, fl
       sh.b[q][c] = bv;
     }
     __syncthreads();
+#if VAE_HAS_TF32_MMA
+    if (tf32) {
+      if (warp < 4) {  // uniform over each warp
+        for (int k8 = 0; k8 < kTileK; k8 += 8) {
+          wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::col_major> fa;
+          wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::row_major> fb;
+          wmma::load_matrix_sync(fa, &sh.a[k8][wi * 16], kTilePad);
+          wmma::load_matrix_sync(fb, &sh.b[k8][wj * 16], kTilePad);
+          for (int e = 0; e < fa.num_elements; ++e) fa.x[e] = wmma::__float_to_tf32(fa.x[e]);
+          for (int e = 0; e < fb.num_elements; ++e) fb.x[e] = wmma::__float_to_tf32(fb.x[e]);
+          wmma::mma_sync(cf, fa, fb, cf);
+        }
+      }
+      __syncthreads();
+      continue;
+    }
+#endif
     for (int kk = 0; kk < kTileK; ++kk) {
       const float a0 = sh.a[kk][ty], a1 = sh.a[kk][ty + 16];
       const float b0 = sh.b[kk][tx], b1 = sh.b[kk][tx + 16];
@@ -96,6 +125,15 @@ __device__ void gemm_tile(const GemmOp& op, int tile, int k_begin, int k_end, fl
     }
     __syncthreads();
   }
+#if VAE_HAS_TF32_MMA
+  if (tf32) {  // the warps' sums, through shared memory (C row-major over sh.a), to the owners
+    if (warp < 4) wmma::store_matrix_sync(&sh.a[wi * 16][wj * 16], cf, kTilePad, wmma::mem_row_major);
+    __syncthreads();
+    for (int u = 0; u < 2; ++u)
+      for (int w = 0; w < 2; ++w) acc[u][w] = sh.a[ty + 16 * u][tx + 16 * w];
+    __syncthreads();  // before the next tile's loads overwrite it
+  }
+#endif
   for (int u = 0; u < 2; ++u) {
     const int i = i0 + ty + 16 * u;
     if (i >= op.m) continue;
@@ -128,7 +166,7 @@ __device__ __forceinline__ int split_slices(const GemmOp& op, int total) {
 // tiles are too few, each slice's sums into workspace, then (after a grid barrier) each output
 // the sum of its slices in slice order and its epilogue: deterministic, no atomics. The
 // workspace holds Σ slices · m · columns ≤ (grid + tiles) · kTile² < 2 · grid · kTile² floats.
-__device__ void gemm_phase(const GemmOp* ops, int count, float* workspace, TileShared& sh) {
+__device__ void gemm_phase(const GemmOp* ops, int count, float* workspace, bool tf32, TileShared& sh) {
   int total = 0;
   for (int o = 0; o < count; ++o) total += gemm_tiles(ops[o]);
   int items = 0;
@@ -154,7 +192,7 @@ __device__ void gemm_phase(const GemmOp* ops, int count, float* workspace, TileS
     const int k_begin = slice * per, k_end = k_begin + per < op.k ? k_begin + per : op.k;
     float* partial =
         slices > 1 ? workspace + offset + static_cast<long long>(slice) * op.m * gemm_columns(op) : nullptr;
-    gemm_tile(op, tile, k_begin, k_end, partial, sh);
+    gemm_tile(op, tile, k_begin, k_end, partial, tf32, sh);
   }
   if (!split) return;  // uniform over the grid
   VAE_GRID_SYNC();
@@ -193,7 +231,7 @@ __device__ void layer_backward(const FusedStepArgs& a, const FusedLayer& l, cons
   ops[0] = dense_weight_grad_gemm(l.out, l.in, l.dh, in, a.grads + l.weight, a.grads + l.bias, rows);
   int count = 1;
   if (grad_in) ops[count++] = dense_input_grad_gemm(l.out, l.in, l.dh, weight(a, l), grad_in, rows, h_in, a.activation);
-  gemm_phase(ops, count, a.workspace, sh);
+  gemm_phase(ops, count, a.workspace, a.tf32, sh);
 }
 
 // Block 0: totals += (Σ_r (1/L) Σ_ℓ log p, Σ_r KL, B) in float64, a fixed order (elbo_totals').
@@ -267,14 +305,14 @@ __global__ void __launch_bounds__(kStepThreads, 2) fused_step_kernel(FusedStepAr
   for (int l = 0; l < a.encoder_layers; ++l) {
     const FusedLayer& L = a.encoder[l];
     const GemmOp op = dense_forward_gemm(L.out, L.in, in, weight(a, L), bias(a, L), L.h, B, a.activation);
-    gemm_phase(&op, 1, a.workspace, sh);
+    gemm_phase(&op, 1, a.workspace, a.tf32, sh);
     VAE_GRID_SYNC();
     in = L.h;
   }
   {
     const GemmOp op = dense_forward_gemm(a.heads.out, a.heads.in, in, weight(a, a.heads), bias(a, a.heads), a.heads.h,
                                          B, Activation::identity);
-    gemm_phase(&op, 1, a.workspace, sh);
+    gemm_phase(&op, 1, a.workspace, a.tf32, sh);
   }
   VAE_GRID_SYNC();
 
@@ -291,14 +329,14 @@ __global__ void __launch_bounds__(kStepThreads, 2) fused_step_kernel(FusedStepAr
   for (int l = 0; l < a.decoder_layers; ++l) {
     const FusedLayer& L = a.decoder[l];
     const GemmOp op = dense_forward_gemm(L.out, L.in, in, weight(a, L), bias(a, L), L.h, rows, a.activation);
-    gemm_phase(&op, 1, a.workspace, sh);
+    gemm_phase(&op, 1, a.workspace, a.tf32, sh);
     VAE_GRID_SYNC();
     in = L.h;
   }
   {
     const GemmOp op = dense_forward_gemm(a.output.out, a.output.in, in, weight(a, a.output), bias(a, a.output),
                                          a.output.h, rows, Activation::identity);
-    gemm_phase(&op, 1, a.workspace, sh);
+    gemm_phase(&op, 1, a.workspace, a.tf32, sh);
   }
   VAE_GRID_SYNC();
 

@@ -65,6 +65,7 @@ struct FusedStepArgs {
   float* kl = nullptr;         // (B)
   float* log_prob = nullptr;   // (L·B); output.h holds the decoder output, output.dh its gradient
   double* totals = nullptr;    // += (Σ recon, Σ KL, B), as elbo_totals
+  bool tf32 = false;           // GEMM tiles on TF32 tensor cores (sm_80 and newer; FFMA before)
   float* workspace = nullptr;  // split-K partial sums: fused_step_workspace_floats(fused_step_grid())
   long long workspace_floats = 0;
   // Optimizer over the whole flat buffer.

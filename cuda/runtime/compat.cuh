@@ -13,12 +13,21 @@
 
 #if defined(__CUDACC__)
 #include <cooperative_groups.h>
+#include <mma.h>
 #define VAE_NS gpu
 #define VAE_HOST_EXEC 0
 #else
 #include "runtime/hostexec.h"
+#include "runtime/wmma_host.h"
 #define VAE_NS cpu
 #define VAE_HOST_EXEC 1
+#endif
+
+// Warp matrix products in TF32 (tensor cores on sm_80 and newer; emulated under host execution).
+#if VAE_HOST_EXEC || !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+#define VAE_HAS_TF32_MMA 1
+#else
+#define VAE_HAS_TF32_MMA 0
 #endif
 
 #include "ops.h"
