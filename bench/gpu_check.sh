@@ -100,6 +100,11 @@ fi
 # ---- the whole test suite on the GPU --------------------------------------------------------
 if [ -x build-gpu/host/vae ] && want check; then
   t=$(date +%s)
+  # The test of the JAX peer needs a JAX (it would skip, which counts as a failure here): this
+  # machine's python3 where it has one, else build-peers/jax-venv if it was carried.
+  if [ -z "${VAE_JAX_PYTHON:-}" ] && python3 -c "import jax" >/dev/null 2>&1; then
+    export VAE_JAX_PYTHON=$(command -v python3)
+  fi
   ctest --test-dir build-gpu --output-on-failure -j 4 --timeout 300 >"$report/tests.log" 2>&1
   rc=$?
   total=$(grep -oE 'out of [0-9]+' "$report/tests.log" | tail -1 | grep -oE '[0-9]+')
