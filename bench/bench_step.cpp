@@ -144,8 +144,7 @@ int main(int argc, char** argv) {
     const auto t2 = now();
     model.backward(batch);
     const auto t3 = now();
-    opt.step(model.params().data(), model.grads().data(), at.data());
-    ctx.ops().advance_step(at.data(), batch, ctx.stream());
+    opt.step(model.params().data(), model.grads().data(), at.data(), batch);
     const auto t4 = now();
     if (s >= 0) {
       t_gather += ms(t0, t1);

@@ -68,14 +68,15 @@ struct StepGraph;   // an instantiated CUDA graph (GPU only)
   void elbo_totals(const float* log_prob, const float* kl, int batch, int samples, double* totals,                     \
                    ReduceScratch scratch, cudaStream_t stream);                                                        \
   /* optimizer (cuda/kernels/optimizer.cu) */                                                                          \
+  /* then, with advance_batch > 0, at->step += 1 and at->offset += advance_batch (ticket: one */                       \
+  /* unsigned, zero between launches) */                                                                               \
   void optimizer_step(OptimizerKind kind, const OptimizerHyper& hyper, float* params, const float* grads,              \
-                      float* state1, float* state2, long long n, const StepState* at, cudaStream_t stream);            \
+                      float* state1, float* state2, long long n, StepState* at, int advance_batch, unsigned* ticket,   \
+                      cudaStream_t stream);                                                                            \
   /* batch (cuda/kernels/batch.cu) */                                                                                  \
   /* data (N, D) of uint8 (scaled by 1/255) or float32 in [0, 1] */                                                    \
   void gather_batch(const void* data, PixelType type, const int* perm, int batch, int dim, float* x, bool binarize,    \
                     uint64_t seed, RandomStream rs, const StepState* at, cudaStream_t stream);                         \
-  /* at->step += 1, at->offset += batch: the last node of a training step */                                           \
-  void advance_step(StepState* at, int batch, cudaStream_t stream);                                                    \
   void shuffle_permutation(int* perm, int n, uint64_t seed, cudaStream_t stream);
 
 namespace vae::cpu {

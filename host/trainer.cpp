@@ -135,8 +135,7 @@ void Trainer::queue_step(const DeviceDataset& train, int batch) {
   vae_.accumulate_totals(batch, totals_.data());
   vae_.backward(batch);
   // A data-parallel run all-reduces grads() here, between backward and the optimizer.
-  optimizer_.step(vae_.params().data(), vae_.grads().data(), train_at_.data());
-  ops.advance_step(train_at_.data(), batch, ctx_.stream());
+  optimizer_.step(vae_.params().data(), vae_.grads().data(), train_at_.data(), batch);  // and moves the step on
 }
 
 ElboTotals Trainer::train_epoch(const DeviceDataset& train, const std::function<void(int64_t, int64_t)>& on_batch) {

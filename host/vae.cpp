@@ -195,11 +195,12 @@ Optimizer::Optimizer(const DeviceContext& ctx, size_t n, OptimizerKind kind, con
       kind_(kind),
       hyper_(hyper),
       state1_(ctx, n),
-      state2_(ctx, kind == OptimizerKind::adam ? n : 0) {}
+      state2_(ctx, kind == OptimizerKind::adam ? n : 0),
+      ticket_(ctx, 1) {}
 
-void Optimizer::step(float* params, const float* grads, const StepState* at) {
+void Optimizer::step(float* params, const float* grads, StepState* at, int advance_batch) {
   ctx_.ops().optimizer_step(kind_, hyper_, params, grads, state1_.data(), state2_.data(), static_cast<long long>(n_),
-                            at, ctx_.stream());
+                            at, advance_batch, ticket_.data(), ctx_.stream());
 }
 
 std::vector<std::string> optimizer_state_names(OptimizerKind kind) {

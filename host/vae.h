@@ -100,8 +100,9 @@ class Vae {
 class Optimizer {
  public:
   Optimizer(const DeviceContext& ctx, size_t n, OptimizerKind kind, const OptimizerHyper& hyper);
-  // Queues one update; the step t = at->step + 1 is read on the device.
-  void step(float* params, const float* grads, const StepState* at);
+  // Queues one update; the step t = at->step + 1 is read on the device. Then, with
+  // advance_batch > 0, the update moves the step on (at->step + 1, at->offset + advance_batch).
+  void step(float* params, const float* grads, StepState* at, int advance_batch);
   OptimizerKind kind() const { return kind_; }
   const OptimizerHyper& hyper() const { return hyper_; }
   size_t size() const { return n_; }
@@ -115,6 +116,7 @@ class Optimizer {
   OptimizerKind kind_;
   OptimizerHyper hyper_;
   DeviceBuffer<float> state1_, state2_;
+  DeviceBuffer<unsigned> ticket_;  // zero between updates
 };
 
 const char* optimizer_name(OptimizerKind k);

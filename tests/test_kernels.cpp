@@ -274,11 +274,17 @@ TEST_P(Kernels, OptimizerSteps) {
       std::vector<float> pf(p.begin(), p.end());
       auto dp = upload(pf);
       DeviceBuffer<float> d1(*ctx_, n), d2(*ctx_, n);
+      DeviceBuffer<unsigned> ticket(*ctx_, 1);
       for (int step = 1; step <= 4; ++step) {
         const auto g = random_uniform(n, 10 + step, -1, 1);
         auto dg = upload(g);
-        auto step_at = at(step - 1);  // t = at->step + 1
-        ops().optimizer_step(kind, h, dp.data(), dg.data(), d1.data(), d2.data(), n, step_at.data(), stream());
+        auto step_at = at(step - 1, 100);  // t = at->step + 1
+        ops().optimizer_step(kind, h, dp.data(), dg.data(), d1.data(), d2.data(), n, step_at.data(), 7, ticket.data(),
+                             stream());
+        const StepState moved = download(step_at)[0];  // the last block moved the step on
+        EXPECT_EQ(moved.step, static_cast<uint64_t>(step));
+        EXPECT_EQ(moved.offset, 107);
+        EXPECT_EQ(download(ticket)[0], 0u);
         for (long long i = 0; i < n; ++i) {
           const double gi = g[i] + h.weight_decay * p[i];
           if (kind == OptimizerKind::adam) {
@@ -353,16 +359,6 @@ TEST_P(Kernels, GatherBatch) {
       }
     EXPECT_TRUE(all_near(download(x), want, 0, 0));
   }
-}
-
-// advance_step_kernel, through its launcher.
-TEST_P(Kernels, AdvanceStep) {
-  auto state = at(41, 300);
-  ops().advance_step(state.data(), 129, stream());
-  ops().advance_step(state.data(), 7, stream());
-  const StepState got = download(state)[0];
-  EXPECT_EQ(got.step, 43u);
-  EXPECT_EQ(got.offset, 436);
 }
 
 // shuffle_permutation (Thrust), through its launcher.

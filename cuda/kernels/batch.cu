@@ -24,11 +24,6 @@ __global__ void gather_binarized_batch_kernel(const T* __restrict__ data, const 
   VAE_ELEMENT_LOOP(i, n) { binarized_group(data, perm, offset, dim, groups, i, x, seed, rs, at->step); }
 }
 
-__global__ void advance_step_kernel(StepState* at, int batch) {
-  at->step += 1;
-  at->offset += batch;
-}
-
 void gather_batch(const void* data, PixelType type, const int* perm, int batch, int dim, float* x, bool binarize,
                   uint64_t seed, RandomStream rs, const StepState* at, cudaStream_t stream) {
   const long long n = static_cast<long long>(batch) * (binarize ? (dim + 3) / 4 : dim);
@@ -46,10 +41,6 @@ void gather_batch(const void* data, PixelType type, const int* perm, int batch, 
   } else {
     VAE_LAUNCH(gather_batch_kernel<float>, grid, kBlock, 0, stream, f32, perm, batch, dim, x, at);
   }
-}
-
-void advance_step(StepState* at, int batch, cudaStream_t stream) {
-  VAE_LAUNCH(advance_step_kernel, 1, 1, 0, stream, at, batch);
 }
 
 }  // namespace vae::VAE_NS

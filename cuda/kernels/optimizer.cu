@@ -6,32 +6,44 @@ namespace vae::VAE_NS {
 
 // params, grads, state1, state2 are (n). Adam: state1 = m, state2 = v. Adagrad: state1 = Σ g².
 // SGD: state1 = velocity. A template per kind keeps the element loop free of branches. The step
-// t = at->step + 1 counts from 1.
+// t = at->step + 1 counts from 1. With advance_batch > 0 the block that finishes last (its
+// ticket) then moves the step on: at->step += 1, at->offset += advance_batch, the end of a
+// training step without a kernel of its own.
 template <OptimizerKind kind>
 __global__ void optimizer_step_kernel(OptimizerHyper h, float* __restrict__ params, const float* __restrict__ grads,
                                       float* __restrict__ state1, float* __restrict__ state2, long long n,
-                                      const StepState* __restrict__ at) {
+                                      StepState* __restrict__ at, int advance_batch, unsigned* __restrict__ ticket) {
   const OptimizerScalars k = optimizer_scalars(h, at->step);
   VAE_ELEMENT_LOOP(i, n) { optimizer_element<kind>(h, k, params, grads, state1, state2, i); }
+  if (advance_batch <= 0) return;  // uniform over the grid
+  __syncthreads();                 // every thread of this block has read at->step
+  if (threadIdx.x != 0) return;
+  __threadfence();
+  if (atomicAdd(ticket, 1u) != gridDim.x - 1) return;  // not the last block
+  at->step += 1;
+  at->offset += advance_batch;
+  *ticket = 0;  // ready for the next launch
 }
 
 void optimizer_step(OptimizerKind kind, const OptimizerHyper& hyper, float* params, const float* grads, float* state1,
-                    float* state2, long long n, const StepState* at, cudaStream_t stream) {
-  if (n == 0) return;
+                    float* state2, long long n, StepState* at, int advance_batch, unsigned* ticket,
+                    cudaStream_t stream) {
+  VAE_REQUIRE(advance_batch <= 0 || ticket, "optimizer_step: advancing the step needs a ticket");
+  if (n == 0 && advance_batch <= 0) return;
   constexpr int kBlock = 256;
-  const int grid = elementwise_grid(n, kBlock);
+  const int grid = elementwise_grid(n > 0 ? n : 1, kBlock);
   switch (kind) {
     case OptimizerKind::adam:
       VAE_LAUNCH(optimizer_step_kernel<OptimizerKind::adam>, grid, kBlock, 0, stream, hyper, params, grads, state1,
-                 state2, n, at);
+                 state2, n, at, advance_batch, ticket);
       break;
     case OptimizerKind::adagrad:
       VAE_LAUNCH(optimizer_step_kernel<OptimizerKind::adagrad>, grid, kBlock, 0, stream, hyper, params, grads, state1,
-                 state2, n, at);
+                 state2, n, at, advance_batch, ticket);
       break;
     case OptimizerKind::sgd:
       VAE_LAUNCH(optimizer_step_kernel<OptimizerKind::sgd>, grid, kBlock, 0, stream, hyper, params, grads, state1,
-                 state2, n, at);
+                 state2, n, at, advance_batch, ticket);
       break;
   }
 }

@@ -25,7 +25,7 @@ enum class RandomStream : uint64_t { latent_noise = 0, binarize = 1, eval_noise 
 
 // Where a pass stands, in device memory: kernels read the step (random-number key, Adam's bias
 // correction) and the batch offset from here, so one captured CUDA graph serves every step;
-// advance_step moves it on at the end of a training step.
+// the optimizer moves it on at the end of a training step.
 struct StepState {
   uint64_t step = 0;   // optimizer steps taken before this one
   int64_t offset = 0;  // first row of this batch in the (permuted) data set
