@@ -3,9 +3,10 @@
 
 The CSV comes from `ncu --csv --print-units base --metrics gpu__time_duration.sum[,
 device__attribute_multiprocessor_count]` over `vae train --no-graph` (bench/gpu_check.sh's
-profile stage runs it). The trainer ends every training step with `advance_step_kernel`, so
-the kernels between two of them are one step; the steps after the first are averaged (the first
-also holds the epoch's shuffle). Prints the kernels per step and, for each kernel of the step,
+profile stage runs it). A training step ends with the kernel that moves the step counter on:
+`advance_step_kernel` (commits up to 2026-11-26's H200 run), the optimizer (since), or the fused
+step kernel, which is a step by itself; the kernels between two of them are one step, and the
+steps after the first are averaged (the first also holds the epoch's shuffle). Prints the kernels per step and, for each kernel of the step,
 its launches, blocks, time per step and share, largest first; a kernel launched with fewer
 blocks than half the SMs is flagged (the SM count from the CSV, or --sms).
 
@@ -17,7 +18,8 @@ import json
 import statistics
 import sys
 
-STEP_END = "advance_step_kernel"
+# The kernel that ends a training step, by the first of these names a profile holds.
+STEP_ENDS = ("advance_step_kernel", "optimizer_step_kernel", "fused_step_kernel")
 
 
 def short_name(name):
@@ -67,12 +69,18 @@ def read_kernels(path):
     return [kernels[i] for i in sorted(kernels)], sms
 
 
+def ends_step(name, end):
+    """Whether a kernel's short name is the step-ending kernel `end` (a template's arguments aside)."""
+    return name.split("<")[0].endswith(end)
+
+
 def steps_of(kernels):
-    """The training steps after the first: the kernels after one advance_step_kernel up to and
+    """The training steps after the first: the kernels after one step-ending kernel up to and
     including the next."""
-    ends = [i for i, k in enumerate(kernels) if k[0].endswith(STEP_END)]
+    end = next((e for e in STEP_ENDS if any(ends_step(k[0], e) for k in kernels)), STEP_ENDS[0])
+    ends = [i for i, k in enumerate(kernels) if ends_step(k[0], end)]
     if len(ends) < 2:
-        raise ValueError(f"fewer than two training steps ({len(ends)} {STEP_END} launches): profile at least two")
+        raise ValueError(f"fewer than two training steps ({len(ends)} {end} launches): profile at least two")
     return [kernels[a + 1:b + 1] for a, b in zip(ends, ends[1:])]
 
 

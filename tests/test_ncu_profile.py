@@ -73,6 +73,18 @@ class SmallProfile(unittest.TestCase):
         self.assertFalse(by_name["sm90_gemm_kernel"]["few_blocks"])
         self.assertTrue(by_name["vae::bernoulli_reconstruction_kernel<1>"]["few_blocks"])
 
+    def test_the_optimizer_ends_a_step_where_no_step_counter_kernel_runs(self):
+        lines, i = [HEADER], 0
+        for step in range(3):
+            for name, us in (("void vae::gather_batch_kernel<unsigned char>(const T1 *)", "1000"),
+                             ("void vae::optimizer_step_kernel<0>(vae::OptimizerHyper, float *)", f"{2000 + step}")):
+                lines.append(row(i, name, "(640, 1, 1)", "gpu__time_duration.sum", "ns", us))
+                i += 1
+        s = ncu_profile.summarize(ncu_profile.read_kernels(self.write(lines))[0], sms=132)
+        self.assertEqual(s["steps"], 2)
+        self.assertEqual(s["kernels_per_step"], [2])
+        self.assertAlmostEqual(s["step_us"], 1.0 + 2.0015)
+
     def test_one_step_is_an_error(self):
         lines = [HEADER, row(0, "vae::advance_step_kernel(int)", "(1, 1, 1)", "gpu__time_duration.sum", "ns", "1")]
         with self.assertRaisesRegex(ValueError, "fewer than two training steps"):
