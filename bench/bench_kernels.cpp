@@ -315,7 +315,7 @@ int main(int argc, char** argv) {
     {
       const auto p0 = p.download(), m0 = m.download(), v0 = v.download();
       ops.optimizer_step(OptimizerKind::adam, hyper, p.data(), g.data(), m.data(), v.data(), P, at.data(), 0, nullptr,
-                         s);
+                         nullptr, s);
       const auto fp = p.download(), fm = m.download(), fv = v.download();
       p.upload(p0), m.upload(m0), v.upload(v0);
       unf.adam_step(hyper, p.data(), g.data(), m.data(), v.data(), P, 100, s);
@@ -329,7 +329,7 @@ int main(int argc, char** argv) {
         name, 0, 7.0 * P * f4, 0,
         [&] {
           ops.optimizer_step(OptimizerKind::adam, hyper, p.data(), g.data(), m.data(), v.data(), P, at.data(), 0,
-                             nullptr, s);
+                             nullptr, nullptr, s);
         },
         [&] { unf.adam_step(hyper, p.data(), g.data(), m.data(), v.data(), P, 100, s); }, "3 kernels");
   }

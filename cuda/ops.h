@@ -65,14 +65,15 @@ struct StepGraph;   // an instantiated CUDA graph (GPU only)
   void gaussian_reconstruction(const float* out, const float* x, float* log_prob, float* grad_out, int batch, int dim, \
                                int samples, float grad_scale, cudaStream_t stream);                                    \
   void decoder_mean(const float* out, int out_stride, float* mean, int rows, int dim, cudaStream_t stream);            \
+  /* with watch (and at), the first non-finite log p or KL is recorded there */                                        \
   void elbo_totals(const float* log_prob, const float* kl, int batch, int samples, double* totals,                     \
-                   ReduceScratch scratch, cudaStream_t stream);                                                        \
+                   ReduceScratch scratch, const StepState* at, NonFinite* watch, cudaStream_t stream);                 \
   /* optimizer (cuda/kernels/optimizer.cu) */                                                                          \
   /* then, with advance_batch > 0, at->step += 1 and at->offset += advance_batch (ticket: one */                       \
   /* unsigned, zero between launches) */                                                                               \
   void optimizer_step(OptimizerKind kind, const OptimizerHyper& hyper, float* params, const float* grads,              \
                       float* state1, float* state2, long long n, StepState* at, int advance_batch, unsigned* ticket,   \
-                      cudaStream_t stream);                                                                            \
+                      NonFinite* watch, cudaStream_t stream);                                                          \
   /* batch (cuda/kernels/batch.cu) */                                                                                  \
   /* data (N, D) of uint8 (scaled by 1/255) or float32 in [0, 1] */                                                    \
   void gather_batch(const void* data, PixelType type, const int* perm, int batch, int dim, float* x, bool binarize,    \

@@ -159,6 +159,9 @@ int main(int argc, char** argv) {
                    "trainer's rule")
       ->check(CLI::IsMember({"auto", "fused", "composed"}))
       ->capture_default_str();
+  train->add_flag("--detect-anomaly", run.detect_anomaly,
+                  "check for a non-finite loss or gradient after every step (by default every 50 steps and at the end "
+                  "of each epoch)");
   train->add_option("--resume", run.resume, "continue from a checkpoint.safetensors")->check(CLI::ExistingFile);
   train->add_flag("--quiet", run.quiet, "print nothing but errors");
   add_device(train, train_common);
@@ -272,6 +275,9 @@ int main(int argc, char** argv) {
       std::printf("wrote %s\n", rec_out.c_str());
       return 0;
     }
+  } catch (const Diverged& e) {
+    std::fprintf(stderr, "vae: %s\n", e.what());
+    return 3;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "vae: %s\n", e.what());
     return 1;

@@ -64,7 +64,8 @@ Trainer::Trainer(const DeviceContext& ctx, const TrainConfig& config)
       vae_(ctx, config.model, std::max(config.batch_size, 64), config.samples),
       optimizer_(ctx, vae_.layout().total, config.optimizer, config.hyper),
       totals_(ctx, 3),
-      train_at_(ctx, 1) {
+      train_at_(ctx, 1),
+      watch_(ctx, 1) {
   vae_.params().upload(init_parameters(config.model, vae_.layout(), config.seed));
 }
 
@@ -120,6 +121,7 @@ void Trainer::queue_step(const DeviceDataset& train, int batch) {
     a.seed = seed;
     a.at = train_at_.data();
     a.totals = totals_.data();
+    a.watch = watch_.data();
     a.optimizer = optimizer_.kind();
     a.hyper = optimizer_.hyper();
     a.state1 = optimizer_.state(0).data();
@@ -132,10 +134,11 @@ void Trainer::queue_step(const DeviceDataset& train, int batch) {
                    config_.binarize == Binarize::dynamic, seed, RandomStream::binarize, train_at_.data(),
                    ctx_.stream());
   vae_.forward(batch, {seed, RandomStream::latent_noise, train_at_.data()}, true);
-  vae_.accumulate_totals(batch, totals_.data());
+  vae_.accumulate_totals(batch, totals_.data(), train_at_.data(), watch_.data());
   vae_.backward(batch);
   // A data-parallel run all-reduces grads() here, between backward and the optimizer.
-  optimizer_.step(vae_.params().data(), vae_.grads().data(), train_at_.data(), batch);  // and moves the step on
+  optimizer_.step(vae_.params().data(), vae_.grads().data(), train_at_.data(), batch,
+                  watch_.data());  // and moves the step on
 }
 
 ElboTotals Trainer::train_epoch(const DeviceDataset& train, const std::function<void(int64_t, int64_t)>& on_batch) {
@@ -177,11 +180,40 @@ ElboTotals Trainer::train_epoch(const DeviceDataset& train, const std::function<
       queue_step(train, batch);  // the partial last batch, and targets without graphs
     }
     ++step_;
+    if ((b + 1) % check_every_ == 0 || b + 1 == batches) check_finite();
     if (on_batch) on_batch(b + 1, batches);
   }
   ++epoch_;
-  const std::vector<double> t = totals_.download();  // the epoch's one host synchronisation
+  const std::vector<double> t = totals_.download();
   return {t[0] / t[2], t[1] / t[2], static_cast<int64_t>(t[2])};
+}
+
+void Trainer::check_finite() {
+  const NonFinite w = watch_.download()[0];
+  if (w.step == 0) return;
+  std::string what;
+  switch (static_cast<NonFiniteTerm>(w.term)) {
+    case NonFiniteTerm::reconstruction:
+      what = "the reconstruction term log p(x|z) of batch row " + std::to_string(w.index);
+      break;
+    case NonFiniteTerm::kl:
+      what = "the KL term of batch row " + std::to_string(w.index);
+      break;
+    default: {
+      what = "a gradient (element " + std::to_string(w.index) + " of the flat buffer)";
+      for (const auto& t : vae_.layout().tensors) {
+        const auto i = static_cast<size_t>(w.index);
+        if (i >= t.offset && i < t.offset + t.count()) {
+          what = "the gradient of " + t.name + " (element " + std::to_string(i - t.offset) + ")";
+        }
+      }
+    }
+  }
+  throw Diverged("training diverged at step " + std::to_string(w.step) + ": " + what +
+                 " is not finite (NaN or infinite); try a lower --lr" +
+                 (config_.model.decoder == DecoderKind::gaussian
+                      ? ", or --decoder bernoulli: a Gaussian density grows without bound on pixels that are constant"
+                      : ""));
 }
 
 ElboTotals Trainer::evaluate(const DeviceDataset& test) {
@@ -337,6 +369,7 @@ int run_train(const TrainRun& run) {
   DeviceContext ctx(target, config.tf32);
   Trainer trainer(ctx, config);
   trainer.set_use_graph(run.cuda_graph);
+  if (run.detect_anomaly) trainer.set_divergence_check_every(1);
   if (run.step != "auto" && run.step != "fused" && run.step != "composed") {
     throw Error("--step: expected auto, fused or composed, got '" + run.step + "'");
   }
@@ -372,10 +405,11 @@ int run_train(const TrainRun& run) {
     const ElboTotals te = trainer.evaluate(test_dev);
     progress.clear();
     if (!std::isfinite(tr.elbo()) || !std::isfinite(te.elbo())) {
-      throw Error("training diverged at epoch " + std::to_string(epoch) + " (ELBO is not finite); try a lower --lr" +
-                  (config.model.decoder == DecoderKind::gaussian
-                       ? ", or --decoder bernoulli: a Gaussian density grows without bound on pixels that are constant"
-                       : ""));
+      throw Diverged(
+          "training diverged in epoch " + std::to_string(epoch) + " (its ELBO is not finite); try a lower --lr" +
+          (config.model.decoder == DecoderKind::gaussian
+               ? ", or --decoder bernoulli: a Gaussian density grows without bound on pixels that are constant"
+               : ""));
     }
     nlohmann::json m = {{"epoch", epoch},
                         {"step", trainer.step()},

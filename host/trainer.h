@@ -9,6 +9,7 @@
 #include "checkpoint.h"
 #include "dataset.h"
 #include "device_context.h"
+#include "runtime/check.h"
 #include "vae.h"
 
 namespace vae {
@@ -32,6 +33,12 @@ struct DeviceDataset {
   DeviceBuffer<uint8_t> bytes;
 };
 
+// Training turned non-finite (the CLI's exit status 3): the message names the step and the term.
+class Diverged : public Error {
+ public:
+  using Error::Error;
+};
+
 // The rule `--step auto` follows: whether a training step of this model at this batch size runs
 // as the fused step kernel (one cooperative launch) rather than the composed step (GEMMs and
 // kernels). See trainer.cpp for the measurements it rests on.
@@ -49,6 +56,11 @@ class Trainer {
   // Full training steps as one cooperative kernel (fused) or as the composed string of GEMMs and
   // kernels; the fused step where the model fits it (Vae::fused_step_fits), else composed.
   void set_fused_step(bool on) { fused_step_ = on && vae_.fused_step_fits(); }
+  // The guard against divergence: every step records the first non-finite log p, KL or gradient
+  // on the device; train_epoch reads that flag every `steps` steps (1: every step, as
+  // --detect-anomaly) and at the end of each epoch, and throws Diverged naming the step where it
+  // appeared and the term.
+  void set_divergence_check_every(int steps) { check_every_ = steps < 1 ? 1 : steps; }
   bool fused_step() const { return fused_step_; }
   bool graph_in_use() const { return graph_ != nullptr; }
   // Continues from a checkpoint of the same configuration.
@@ -86,6 +98,9 @@ class Trainer {
   int epoch_ = 0;
   bool use_graph_ = true;
   bool fused_step_ = false;
+  DeviceBuffer<NonFinite> watch_;
+  int check_every_ = 50;
+  void check_finite();  // throws Diverged
   StepGraph* graph_ = nullptr;
   const void* graph_data_ = nullptr;  // the buffers the graph was captured for
   const int* graph_perm_ = nullptr;
@@ -99,8 +114,9 @@ struct TrainRun {
   std::string resume;
   std::string device = "auto";
   bool quiet = false;
-  bool cuda_graph = true;     // --no-graph turns it off
-  std::string step = "auto";  // --step: auto, fused or composed
+  bool cuda_graph = true;       // --no-graph turns it off
+  std::string step = "auto";    // --step: auto, fused or composed
+  bool detect_anomaly = false;  // check for non-finite values every step (else every 50)
 };
 int run_train(const TrainRun& run);
 

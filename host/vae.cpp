@@ -165,9 +165,9 @@ FusedStepArgs Vae::fused_step_args(int batch) {
   return a;
 }
 
-void Vae::accumulate_totals(int batch, double* totals) {
+void Vae::accumulate_totals(int batch, double* totals, const StepState* at, NonFinite* watch) {
   ctx_.ops().elbo_totals(log_prob_.data(), kl_.data(), batch, samples_, totals,
-                         ReduceScratch{reduce_tickets_.data(), reduce_partial_.data()}, ctx_.stream());
+                         ReduceScratch{reduce_tickets_.data(), reduce_partial_.data()}, at, watch, ctx_.stream());
 }
 
 void Vae::decode_mean(const float* z, int rows, float* mean) {
@@ -198,9 +198,9 @@ Optimizer::Optimizer(const DeviceContext& ctx, size_t n, OptimizerKind kind, con
       state2_(ctx, kind == OptimizerKind::adam ? n : 0),
       ticket_(ctx, 1) {}
 
-void Optimizer::step(float* params, const float* grads, StepState* at, int advance_batch) {
+void Optimizer::step(float* params, const float* grads, StepState* at, int advance_batch, NonFinite* watch) {
   ctx_.ops().optimizer_step(kind_, hyper_, params, grads, state1_.data(), state2_.data(), static_cast<long long>(n_),
-                            at, advance_batch, ticket_.data(), ctx_.stream());
+                            at, advance_batch, ticket_.data(), watch, ctx_.stream());
 }
 
 std::vector<std::string> optimizer_state_names(OptimizerKind kind) {

@@ -61,8 +61,9 @@ class Vae {
   void forward(int batch, const NoiseKey& key, bool with_gradients);
   // Backward after forward(…, true): fills grads() (every element is overwritten).
   void backward(int batch);
-  // totals[0..2] += (Σ_r reconstruction, Σ_r KL, B) of the last forward pass (device memory).
-  void accumulate_totals(int batch, double* totals);
+  // totals[0..2] += (Σ_r reconstruction, Σ_r KL, B) of the last forward pass (device memory);
+  // with watch (and the step state at), a non-finite log p or KL is recorded there.
+  void accumulate_totals(int batch, double* totals, const StepState* at = nullptr, NonFinite* watch = nullptr);
 
   // Decoder mean (rows, D) for latent codes z (rows, J), both in device memory; rows <= max_batch.
   void decode_mean(const float* z, int rows, float* mean);
@@ -102,7 +103,8 @@ class Optimizer {
   Optimizer(const DeviceContext& ctx, size_t n, OptimizerKind kind, const OptimizerHyper& hyper);
   // Queues one update; the step t = at->step + 1 is read on the device. Then, with
   // advance_batch > 0, the update moves the step on (at->step + 1, at->offset + advance_batch).
-  void step(float* params, const float* grads, StepState* at, int advance_batch);
+  // With watch, a non-finite gradient is recorded there.
+  void step(float* params, const float* grads, StepState* at, int advance_batch, NonFinite* watch = nullptr);
   OptimizerKind kind() const { return kind_; }
   const OptimizerHyper& hyper() const { return hyper_; }
   size_t size() const { return n_; }

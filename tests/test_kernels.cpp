@@ -245,8 +245,8 @@ TEST_P(Kernels, ElboTotalsAccumulateInFloat64) {
         const auto kl0 = random_uniform(batch, batch + 1, 0, 30);
         auto lp = upload(lp0), kl = upload(kl0);
         auto totals = upload(std::vector<double>{1.5, 2.5, 3});  // accumulates onto what is there
-        ops().elbo_totals(lp.data(), kl.data(), batch, samples, totals.data(), scratch(), stream());
-        ops().elbo_totals(lp.data(), kl.data(), batch, samples, totals.data(), scratch(), stream());
+        ops().elbo_totals(lp.data(), kl.data(), batch, samples, totals.data(), scratch(), nullptr, nullptr, stream());
+        ops().elbo_totals(lp.data(), kl.data(), batch, samples, totals.data(), scratch(), nullptr, nullptr, stream());
         double recon = 0, kls = 0;
         for (int r = 0; r < batch; ++r) {
           double m = 0;
@@ -280,7 +280,7 @@ TEST_P(Kernels, OptimizerSteps) {
         auto dg = upload(g);
         auto step_at = at(step - 1, 100);  // t = at->step + 1
         ops().optimizer_step(kind, h, dp.data(), dg.data(), d1.data(), d2.data(), n, step_at.data(), 7, ticket.data(),
-                             stream());
+                             nullptr, stream());
         const StepState moved = download(step_at)[0];  // the last block moved the step on
         EXPECT_EQ(moved.step, static_cast<uint64_t>(step));
         EXPECT_EQ(moved.offset, 107);

@@ -179,6 +179,40 @@ TEST_F(Training, FusedStepTrainsAsTheComposedStepAndIsDeterministic) {
   EXPECT_GT(worst, 0.0) << "the two paths cannot agree to the bit: is the fused step running?";
 }
 
+// The guard against divergence: with a learning rate that diverges, training stops with
+// Diverged naming the step where a non-finite value appeared and the term, on both decoders and
+// both steps; with the check every step (--detect-anomaly) it stops at that very step.
+TEST_F(Training, DivergenceStopsAtTheStepWhereItAppears) {
+  DeviceContext ctx(Target::cpu, false);
+  Dataset train = train_;
+  train.truncate(1000);  // 20 batches of 50
+  const DeviceDataset tr(ctx, train);
+  for (DecoderKind dec : {DecoderKind::bernoulli, DecoderKind::gaussian})
+    for (bool fused : {false, true}) {
+      SCOPED_TRACE(std::string(decoder_name(dec)) + (fused ? ", fused step" : ", composed step"));
+      TrainConfig c = config_;
+      c.model.decoder = dec;
+      c.optimizer = OptimizerKind::sgd;
+      c.hyper.lr = 1e4f;
+      c.hyper.momentum = 0.9f;
+      Trainer t(ctx, c);
+      t.set_fused_step(fused);
+      t.set_divergence_check_every(1);
+      try {
+        t.train_epoch(tr);
+        ADD_FAILURE() << "training with lr 1e4 did not diverge";
+      } catch (const Diverged& e) {
+        const std::string msg = e.what();
+        const std::string at = "training diverged at step " + std::to_string(t.step()) + ": ";
+        EXPECT_EQ(msg.rfind(at, 0), 0u) << msg;  // the step it stopped at is the step it names
+        EXPECT_LT(t.step(), 20) << "it ran on to the end of the epoch";
+        EXPECT_TRUE(msg.find("the gradient of ") != std::string::npos || msg.find(" term ") != std::string::npos)
+            << msg;
+        EXPECT_NE(msg.find("--lr"), std::string::npos) << msg;
+      }
+    }
+}
+
 TEST_F(Training, EveryOptimizerDecoderAndBinarizationTrains) {
   DeviceContext ctx(Target::cpu, false);
   Dataset train = train_, test = test_;
@@ -244,6 +278,21 @@ TEST(Cli, BadFlagsGetOneLineAndExitTwo) {
   const Result help = run_cli("train --help");
   EXPECT_EQ(help.code, 0);
   EXPECT_NE(help.out.find("--binarize"), std::string::npos);
+}
+
+// A diverging run exits with status 3 and one line naming the step, and writes no checkpoint.
+TEST(Cli, DivergenceExitsThreeWithoutACheckpoint) {
+  const fs::path dir = fs::temp_directory_path() / ("vae_cli_diverge_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  const Result r = run_cli(
+      "train --optimizer sgd --lr 10000 --epochs 1 --train-limit 600 --test-limit 50 --quiet "
+      "--detect-anomaly --out " +
+      dir.string());
+  EXPECT_EQ(r.code, 3) << r.err;
+  EXPECT_EQ(lines(r.err), 1u) << r.err;
+  EXPECT_NE(r.err.find("training diverged at step "), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(dir / "checkpoint.safetensors"));
+  fs::remove_all(dir);
 }
 
 TEST(Cli, TrainsOnNpyFilesOfBothTypes) {

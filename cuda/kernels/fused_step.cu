@@ -14,6 +14,7 @@
 #include "kernels/batch.cuh"
 #include "kernels/dense_gemm.h"
 #include "kernels/latent_sample.cuh"
+#include "kernels/non_finite.cuh"
 #include "kernels/optimizer.cuh"
 #include "kernels/reconstruction.cuh"
 
@@ -235,14 +236,22 @@ __device__ void layer_backward(const FusedStepArgs& a, const FusedLayer& l, cons
 }
 
 // Block 0: totals += (Σ_r (1/L) Σ_ℓ log p, Σ_r KL, B) in float64, a fixed order (elbo_totals').
-__device__ void block_totals(const FusedStepArgs& a) {
+__device__ void block_totals(const FusedStepArgs& a, uint64_t step) {
   __shared__ double partial[2][kStepThreads];
   double recon = 0, kl_sum = 0;
   for (int r = static_cast<int>(threadIdx.x); r < a.batch; r += kStepThreads) {
     double row = 0;
-    for (int s = 0; s < a.samples; ++s) row += a.log_prob[static_cast<long long>(s) * a.batch + r];
+    bool finite = true;
+    for (int s = 0; s < a.samples; ++s) {
+      const float lp = a.log_prob[static_cast<long long>(s) * a.batch + r];
+      finite = finite && finite_bits(lp);
+      row += lp;
+    }
     recon += row / a.samples;
     kl_sum += a.kl[r];
+    if (a.watch && !(finite && finite_bits(a.kl[r]))) {
+      record_non_finite(a.watch, step, finite ? NonFiniteTerm::kl : NonFiniteTerm::reconstruction, r);
+    }
   }
   partial[0][threadIdx.x] = recon;
   partial[1][threadIdx.x] = kl_sum;
@@ -265,6 +274,7 @@ template <OptimizerKind kind>
 __device__ void optimizer_phase(const FusedStepArgs& a, uint64_t step, long long first, long long stride) {
   const OptimizerScalars k = optimizer_scalars(a.hyper, step);
   for (long long i = first; i < a.parameters; i += stride) {
+    if (a.watch && !finite_bits(a.grads[i])) record_non_finite(a.watch, step, NonFiniteTerm::gradient, i);
     optimizer_element<kind>(a.hyper, k, a.params, a.grads, a.state1, a.state2, i);
   }
 }
@@ -363,7 +373,7 @@ __global__ void __launch_bounds__(kStepThreads, 2) fused_step_kernel(FusedStepAr
   VAE_GRID_SYNC();
 
   // The ELBO totals (block 0), then the output layer's backward.
-  if (blockIdx.x == 0) block_totals(a);
+  if (blockIdx.x == 0) block_totals(a, at.step);
   const int nd = a.decoder_layers, ne = a.encoder_layers;
   {
     const float* last = nd ? a.decoder[nd - 1].h : a.z;

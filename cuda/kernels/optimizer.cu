@@ -1,5 +1,6 @@
 // One optimizer launch over the flat parameter buffer: Adam (default), Adagrad (the paper's
 // choice) or SGD with momentum, each with an L2 weight-decay term added to the gradient.
+#include "kernels/non_finite.cuh"
 #include "kernels/optimizer.cuh"
 
 namespace vae::VAE_NS {
@@ -12,9 +13,23 @@ namespace vae::VAE_NS {
 template <OptimizerKind kind>
 __global__ void optimizer_step_kernel(OptimizerHyper h, float* __restrict__ params, const float* __restrict__ grads,
                                       float* __restrict__ state1, float* __restrict__ state2, long long n,
-                                      StepState* __restrict__ at, int advance_batch, unsigned* __restrict__ ticket) {
-  const OptimizerScalars k = optimizer_scalars(h, at->step);
-  VAE_ELEMENT_LOOP(i, n) { optimizer_element<kind>(h, k, params, grads, state1, state2, i); }
+                                      StepState* __restrict__ at, int advance_batch, unsigned* __restrict__ ticket,
+                                      NonFinite* __restrict__ watch) {
+  const uint64_t step = at->step;
+  const OptimizerScalars k = optimizer_scalars(h, step);
+  bool finite = true;  // an OR over the thread's gradients, which the host compiler vectorizes
+  VAE_ELEMENT_LOOP(i, n) {
+    finite = finite & finite_bits(grads[i]);
+    optimizer_element<kind>(h, k, params, grads, state1, state2, i);
+  }
+  if (!finite && watch) {  // rare: find the first one
+    VAE_ELEMENT_LOOP(i, n) {
+      if (!finite_bits(grads[i])) {
+        record_non_finite(watch, step, NonFiniteTerm::gradient, i);
+        break;
+      }
+    }
+  }
   if (advance_batch <= 0) return;  // uniform over the grid
   __syncthreads();                 // every thread of this block has read at->step
   if (threadIdx.x != 0) return;
@@ -26,7 +41,7 @@ __global__ void optimizer_step_kernel(OptimizerHyper h, float* __restrict__ para
 }
 
 void optimizer_step(OptimizerKind kind, const OptimizerHyper& hyper, float* params, const float* grads, float* state1,
-                    float* state2, long long n, StepState* at, int advance_batch, unsigned* ticket,
+                    float* state2, long long n, StepState* at, int advance_batch, unsigned* ticket, NonFinite* watch,
                     cudaStream_t stream) {
   VAE_REQUIRE(advance_batch <= 0 || ticket, "optimizer_step: advancing the step needs a ticket");
   if (n == 0 && advance_batch <= 0) return;
@@ -35,15 +50,15 @@ void optimizer_step(OptimizerKind kind, const OptimizerHyper& hyper, float* para
   switch (kind) {
     case OptimizerKind::adam:
       VAE_LAUNCH(optimizer_step_kernel<OptimizerKind::adam>, grid, kBlock, 0, stream, hyper, params, grads, state1,
-                 state2, n, at, advance_batch, ticket);
+                 state2, n, at, advance_batch, ticket, watch);
       break;
     case OptimizerKind::adagrad:
       VAE_LAUNCH(optimizer_step_kernel<OptimizerKind::adagrad>, grid, kBlock, 0, stream, hyper, params, grads, state1,
-                 state2, n, at, advance_batch, ticket);
+                 state2, n, at, advance_batch, ticket, watch);
       break;
     case OptimizerKind::sgd:
       VAE_LAUNCH(optimizer_step_kernel<OptimizerKind::sgd>, grid, kBlock, 0, stream, hyper, params, grads, state1,
-                 state2, n, at, advance_batch, ticket);
+                 state2, n, at, advance_batch, ticket, watch);
       break;
   }
 }

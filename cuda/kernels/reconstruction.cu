@@ -4,6 +4,7 @@
 #include <algorithm>
 
 #include "kernels/lanes.cuh"
+#include "kernels/non_finite.cuh"
 #include "kernels/reconstruction.cuh"
 
 namespace vae::VAE_NS {
@@ -57,15 +58,24 @@ __global__ void decoder_mean_kernel(const float* __restrict__ out, int out_strid
 // sums to scratch; the block that finishes last (the ticket) adds them in block order. The same
 // inputs and grid give the same bits on every run.
 __global__ void elbo_totals_kernel(const float* __restrict__ log_prob, const float* __restrict__ kl, int batch,
-                                   int samples, double* __restrict__ totals, ReduceScratch scratch) {
+                                   int samples, double* __restrict__ totals, ReduceScratch scratch,
+                                   const StepState* __restrict__ at, NonFinite* __restrict__ watch) {
   VAE_DYNAMIC_SHARED(double, partial);  // (2, blockDim.x)
   double recon = 0, kl_sum = 0;
   const int stride = static_cast<int>(gridDim.x * blockDim.x);
   for (int r = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x); r < batch; r += stride) {
     double row = 0;
-    for (int s = 0; s < samples; ++s) row += log_prob[static_cast<long long>(s) * batch + r];
+    bool finite = true;
+    for (int s = 0; s < samples; ++s) {
+      const float lp = log_prob[static_cast<long long>(s) * batch + r];
+      finite = finite && finite_bits(lp);
+      row += lp;
+    }
     recon += row / samples;
     kl_sum += kl[r];
+    if (watch && !(finite && finite_bits(kl[r]))) {
+      record_non_finite(watch, at->step, finite ? NonFiniteTerm::kl : NonFiniteTerm::reconstruction, r);
+    }
   }
   partial[threadIdx.x] = recon;
   partial[blockDim.x + threadIdx.x] = kl_sum;
@@ -138,7 +148,8 @@ void decoder_mean(const float* out, int out_stride, float* mean, int rows, int d
 }
 
 void elbo_totals(const float* log_prob, const float* kl, int batch, int samples, double* totals, ReduceScratch scratch,
-                 cudaStream_t stream) {
+                 const StepState* at, NonFinite* watch, cudaStream_t stream) {
+  VAE_REQUIRE(!watch || at, "elbo_totals: the non-finite watch needs the step");
   if (batch == 0) return;
   // At least 4 rows per thread; at most as many blocks as the launch policy's cap and the
   // scratch (two doubles per block) allow.
@@ -148,7 +159,7 @@ void elbo_totals(const float* log_prob, const float* kl, int batch, int samples,
   const int blocks = static_cast<int>(std::clamp<long long>(ceil_div(batch, 4ll * threads), 1, most));
   if (blocks > 1) VAE_REQUIRE(scratch.tickets && scratch.partial, "elbo_totals: no scratch");
   VAE_LAUNCH(elbo_totals_kernel, blocks, threads, 2 * threads * sizeof(double), stream, log_prob, kl, batch, samples,
-             totals, scratch);
+             totals, scratch, at, watch);
 }
 
 }  // namespace vae::VAE_NS

@@ -31,6 +31,15 @@ struct StepState {
   int64_t offset = 0;  // first row of this batch in the (permuted) data set
 };
 
+// The guard against divergence: where a training step first met a non-finite value. Zero while
+// everything is finite; the trainer reads it every few steps (a cheap on-device flag).
+enum class NonFiniteTerm : unsigned { none = 0, reconstruction = 1, kl = 2, gradient = 3 };
+struct NonFinite {
+  unsigned long long step = 0;  // the training step (at->step + 1, counting from 1); 0: none yet
+  unsigned term = 0;            // NonFiniteTerm
+  long long index = 0;          // the batch row (loss terms) or the element of the flat gradient buffer
+};
+
 // The whole training step as one cooperative kernel (cuda/kernels/fused_step.cu): the model's
 // layers, buffers and optimizer, all in device memory. Layer l's parameters are at
 // params + weight (out, in) and params + bias (out); its gradients at the same offsets of grads.
@@ -65,6 +74,7 @@ struct FusedStepArgs {
   float* kl = nullptr;         // (B)
   float* log_prob = nullptr;   // (L·B); output.h holds the decoder output, output.dh its gradient
   double* totals = nullptr;    // += (Σ recon, Σ KL, B), as elbo_totals
+  NonFinite* watch = nullptr;  // the first non-finite loss term or gradient, or null
   bool tf32 = false;           // GEMM tiles on TF32 tensor cores (sm_80 and newer; FFMA before)
   float* workspace = nullptr;  // split-K partial sums: fused_step_workspace_floats(fused_step_grid())
   long long workspace_floats = 0;
