@@ -5,6 +5,18 @@
 
 namespace vae {
 
+// Writes bytes to path through a temporary file in the same folder, fsynced, then renamed over
+// path, and the folder fsynced. On any failure the previous file is intact, the temporary file
+// removed, and the Error names the path, the stage and the system's reason.
 void write_file_atomically(const std::string& path, const std::string& bytes);
+
+// Appends a line to a small text file (metrics.jsonl) the same way: the old lines and the new one
+// are written to a temporary file that replaces the old, so a failed write never leaves half a line.
+void append_line_atomically(const std::string& path, const std::string& line);
+
+// For tests: the next write_file_atomically of a path ending in path_suffix fails at `stage` with
+// errno `error`, as if that system call had failed.
+enum class WriteStage { open, write, fsync, rename };
+void inject_write_failure(WriteStage stage, int error, const std::string& path_suffix);
 
 }  // namespace vae

@@ -6,6 +6,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <cctype>
 
 #include "atomic_file.h"
@@ -156,9 +157,14 @@ Dataset read_npy(const std::string& path) {
       ++i;
       continue;
     }
-    size_t used = 0;
-    shape.push_back(std::stoll(dims.substr(i), &used));
-    i += used;
+    int64_t v = 0;  // digits, refused before they overflow (no huge or wrapped sizes from a header)
+    for (; i < dims.size() && std::isdigit(static_cast<unsigned char>(dims[i])); ++i) {
+      if (v > (std::numeric_limits<int32_t>::max() - (dims[i] - '0')) / 10) {
+        fail(path, "NPY shape (" + dims + ") has a dimension of 2^31 or more");
+      }
+      v = v * 10 + (dims[i] - '0');
+    }
+    shape.push_back(v);
   }
   if (shape.size() != 2 && shape.size() != 3)
     fail(path, "NPY array has rank " + std::to_string(shape.size()) + ", expected 2 (N, D) or 3 (N, H, W)");
@@ -176,9 +182,18 @@ Dataset read_npy(const std::string& path) {
     d.height = side * side == D ? side : 1;
     d.width = side * side == D ? side : D;
   }
+  int64_t pixels = 1;  // per image; an int (Dataset::dim)
+  for (size_t k = 1; k < shape.size(); ++k) {
+    if (__builtin_mul_overflow(pixels, shape[k], &pixels) || pixels > std::numeric_limits<int32_t>::max()) {
+      fail(path, "NPY images of shape (" + dims + ") have 2^31 or more pixels");
+    }
+  }
   if (d.count <= 0 || d.dim() <= 0) fail(path, "NPY array is empty");
   const size_t elem = type == PixelType::u8 ? 1 : 4;
-  const size_t body = static_cast<size_t>(d.count) * d.dim() * elem;
+  size_t body = 0;
+  if (__builtin_mul_overflow(static_cast<size_t>(d.count), static_cast<size_t>(d.dim()) * elem, &body)) {
+    fail(path, "NPY shape (" + dims + ") is larger than any file");
+  }
   const size_t at = header_at + header_len;
   if (bytes.size() - at != body) {
     fail(path, "size mismatch: shape needs " + std::to_string(body) + " data bytes, file has " +

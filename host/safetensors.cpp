@@ -78,12 +78,16 @@ SafeTensorsFile read_safetensors(const std::string& path) {
     }
     if (v["dtype"] != "F32") fail("tensor '" + name + "' has dtype " + v["dtype"].dump() + ", expected F32");
     SafeTensor t;
-    size_t count = 1;
+    size_t count = 1;  // no wrapped products: a shape larger than any file is an error
+    if (!v["shape"].is_array()) fail("tensor '" + name + "' has a bad shape");
     for (const json& d : v["shape"]) {
       if (!d.is_number_integer() || d.get<int64_t>() < 0) fail("tensor '" + name + "' has a bad shape");
       t.shape.push_back(d.get<int64_t>());
-      count *= static_cast<size_t>(t.shape.back());
+      if (__builtin_mul_overflow(count, static_cast<size_t>(t.shape.back()), &count)) {
+        fail("tensor '" + name + "' has a shape larger than any file");
+      }
     }
+    if (count > body / 4) fail("tensor '" + name + "' has a shape larger than the file");
     const json& off = v["data_offsets"];
     if (!off.is_array() || off.size() != 2 || !off[0].is_number_unsigned() || !off[1].is_number_unsigned()) {
       fail("tensor '" + name + "' has bad data_offsets");

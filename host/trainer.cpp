@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "atomic_file.h"
 #include "png_image.h"
 #include "runtime/check.h"
 
@@ -278,13 +279,6 @@ std::string timestamp() {
   return buf;
 }
 
-void append_line_durably(const std::string& path, const std::string& line) {
-  FILE* f = std::fopen(path.c_str(), "a");
-  if (!f) throw Error(path + ": cannot append");
-  const bool ok = std::fputs((line + "\n").c_str(), f) >= 0 && std::fflush(f) == 0 && fsync(fileno(f)) == 0;
-  if (std::fclose(f) != 0 || !ok) throw Error(path + ": write failed");
-}
-
 class Progress {
  public:
   explicit Progress(bool enabled) : enabled_(enabled && isatty(fileno(stderr))) {}
@@ -432,7 +426,7 @@ int run_train(const TrainRun& run) {
     const int n = static_cast<int>(std::min<int64_t>(8, test.count));
     write_png_grid((fs::path(out_dir) / ("reconstructions_" + std::to_string(epoch) + ".png")).string(),
                    trainer.reconstructions(test_dev, n), 2 * n, H, W, n);
-    append_line_durably(metrics_path, m.dump());
+    append_line_atomically(metrics_path, m.dump());
     if (!run.quiet) {
       std::printf("epoch %d/%d  train ELBO %.2f  test ELBO %.2f (recon %.2f, KL %.2f)  %.2f s  %.0f samples/s\n", epoch,
                   config.epochs, tr.elbo(), te.elbo(), te.recon, te.kl, seconds, tr.n / seconds);

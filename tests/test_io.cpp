@@ -2,9 +2,12 @@
 #include <zlib.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <filesystem>
+#include <functional>
 #include <fstream>
 
+#include "atomic_file.h"
 #include "checkpoint.h"
 #include "dataset.h"
 #include "png_image.h"
@@ -287,6 +290,93 @@ TEST_F(Io, FailedWriteLeavesTheGoodFile) {
   size_t files = 0;
   for (auto& e : fs::directory_iterator(dir_)) files += e.is_regular_file();
   EXPECT_EQ(files, 1u);
+}
+
+// Sizes in headers are not trusted: shapes whose products overflow or exceed the file, and
+// dimensions of 2^31 or more, are errors naming the file, not crashes or huge allocations.
+TEST_F(Io, CraftedHeadersWithHugeShapesAreErrors) {
+  auto npy = [&](const std::string& name, const std::string& descr, const std::string& shape, size_t body) {
+    std::string h = "{'descr': '" + descr + "', 'fortran_order': False, 'shape': " + shape + ", }";
+    h += std::string((64 - (10 + h.size() + 1) % 64) % 64, ' ') + "\n";
+    std::string f = std::string("\x93NUMPY\x01\x00", 8);
+    f += static_cast<char>(h.size() & 0xff);
+    f += static_cast<char>(h.size() >> 8);
+    write(path(name), f + h + std::string(body, '\0'));
+    return path(name);
+  };
+  expect_error([&] { read_npy(npy("a.npy", "|u1", "(2147483648, 2147483648)", 16)); }, {"a.npy", "2^31"});
+  expect_error([&] { read_npy(npy("b.npy", "<f4", "(4611686018427387904, 4)", 0)); }, {"b.npy", "2^31"});
+  expect_error([&] { read_npy(npy("c.npy", "<f4", "(1000000, 65536, 65536)", 0)); }, {"c.npy", "2^31 or more pixels"});
+  expect_error([&] { read_npy(npy("d.npy", "<f4", "(123456789012345678901234567890, 4)", 0)); }, {"d.npy", "2^31"});
+  expect_error([&] { read_npy(npy("e.npy", "<f4", "(2147483647, 2147483647)", 64)); }, {"e.npy"});
+  // An IDX header of 2^31 − 1 images of 65535 × 65535.
+  std::string idx = std::string("\0\0\x08\x03\x7f\xff\xff\xff\0\0\xff\xff\0\0\xff\xff", 16) + std::string(16, '\0');
+  write(path("big-idx3-ubyte"), idx);
+  expect_error([&] { read_idx_images(path("big-idx3-ubyte")); }, {"big-idx3-ubyte", "implausible image size"});
+  // safetensors tensors of 2^62 and 2^64 (wrapping to 0) elements with no data.
+  auto st = [&](const std::string& name, const std::string& shape, size_t body) {
+    const std::string h =
+        R"({"a": {"dtype": "F32", "shape": )" + shape + R"(, "data_offsets": [0, )" + std::to_string(body) + "]}}";
+    std::string f(8, '\0');
+    for (int i = 0; i < 8; ++i) f[i] = static_cast<char>((h.size() >> (8 * i)) & 0xff);
+    write(path(name), f + h + std::string(body, '\0'));
+    return path(name);
+  };
+  expect_error([&] { read_safetensors(st("a.safetensors", "[2147483648, 2147483648]", 16)); },
+               {"a.safetensors", "larger than the file"});
+  expect_error([&] { read_safetensors(st("b.safetensors", "[4611686018427387904, 4]", 0)); },
+               {"b.safetensors", "larger than any file"});
+  EXPECT_EQ(read_safetensors(st("c.safetensors", "[5, 0]", 0)).tensors.size(), 1u);  // empty but valid
+}
+
+// Every write (checkpoint, PNG, NPY, IDX, metrics line) made to fail at each stage of its
+// protocol (open, write after half the bytes, fsync, rename): the error names the file, the stage
+// and the cause, the previous good file is intact, and no temporary file is left.
+TEST_F(Io, InjectedWriteFailuresLeaveTheGoodFile) {
+  const Checkpoint ck = tiny_checkpoint();
+  const Dataset images = random_images(5, 4, 3, PixelType::u8);
+  const std::vector<float> pixels = test::random_uniform(6 * 4 * 3, 3, 0, 1);
+  const std::vector<std::pair<std::string, std::function<void(const std::string&)>>> writers = {
+      {"c.safetensors", [&](const std::string& p) { save_checkpoint(p, ck); }},
+      {"g.png", [&](const std::string& p) { write_png_grid(p, pixels, 6, 4, 3, 3); }},
+      {"d.npy", [&](const std::string& p) { write_npy(p, images); }},
+      {"d-idx3-ubyte", [&](const std::string& p) { write_idx_images(p, images); }},
+      {"metrics.jsonl", [&](const std::string& p) { append_line_atomically(p, R"({"epoch":2,"test_elbo":-250.5})"); }},
+  };
+  const std::pair<WriteStage, const char*> stages[] = {{WriteStage::open, "open failed (Permission denied)"},
+                                                       {WriteStage::write, "write failed (No space left on device)"},
+                                                       {WriteStage::fsync, "fsync failed (Input/output error)"},
+                                                       {WriteStage::rename, "rename failed (Read-only file system)"}};
+  const int errors[] = {EACCES, ENOSPC, EIO, EROFS};
+  for (const auto& [name, write_it] : writers) {
+    const std::string p = path(name);
+    if (name == "metrics.jsonl") {
+      write(p, "{\"epoch\":1,\"test_elbo\":-260.25}\n");
+    } else {
+      write_it(p);
+    }
+    const std::string good = read(p);
+    ASSERT_FALSE(good.empty());
+    for (size_t s = 0; s < 4; ++s) {
+      inject_write_failure(stages[s].first, errors[s], name);
+      try {
+        write_it(p);
+        ADD_FAILURE() << name << ": the injected failure did not happen";
+      } catch (const Error& e) {
+        const std::string msg = e.what();
+        EXPECT_NE(msg.find(p + ": "), std::string::npos) << msg;
+        EXPECT_NE(msg.find(stages[s].second), std::string::npos) << msg;
+      }
+      EXPECT_EQ(read(p), good) << name << " after a failure at stage " << s;
+    }
+    write_it(p);  // and without an injected failure it writes
+    if (name == "metrics.jsonl") {
+      EXPECT_EQ(read(p), good + "{\"epoch\":2,\"test_elbo\":-250.5}\n");
+    }
+  }
+  for (auto& e : fs::directory_iterator(dir_)) {
+    EXPECT_EQ(e.path().filename().string().find(".tmp."), std::string::npos) << "stray " << e.path();
+  }
 }
 
 TEST_F(Io, PngGridIsAValidPng) {
