@@ -12,6 +12,7 @@ packages=(
   libcli11-dev nlohmann-json3-dev
   zlib1g-dev libpng-dev
   clang-format
+  clang libclang-rt-14-dev  # the fuzz targets (libFuzzer)
   dataset-fashion-mnist  # the default data: /usr/share/datasets/fashion-mnist
   "$@"
 )

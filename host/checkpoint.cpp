@@ -5,7 +5,7 @@
 #include "named_enum.h"
 #include "runtime/check.h"
 #include "safetensors.h"
-#include "vae.h"
+#include "model.h"
 
 namespace vae {
 

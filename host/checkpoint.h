@@ -8,7 +8,6 @@
 #include <vector>
 
 #include "model.h"
-#include "vae.h"
 
 namespace vae {
 

@@ -93,4 +93,21 @@ std::vector<float> init_parameters(const ModelConfig& c, const ParamLayout& layo
   return p;
 }
 
+constexpr Named<OptimizerKind> kOptimizerNames[] = {
+    {OptimizerKind::adam, "adam"}, {OptimizerKind::adagrad, "adagrad"}, {OptimizerKind::sgd, "sgd"}};
+
+const char* optimizer_name(OptimizerKind k) { return name_of(kOptimizerNames, k); }
+OptimizerKind parse_optimizer(const std::string& s) { return parse_named(kOptimizerNames, s, "--optimizer"); }
+
+std::vector<std::string> optimizer_state_names(OptimizerKind kind) {
+  switch (kind) {
+    case OptimizerKind::adam:
+      return {"exp_avg", "exp_avg_sq"};
+    case OptimizerKind::adagrad:
+      return {"sum"};
+    default:
+      return {"momentum_buffer"};
+  }
+}
+
 }  // namespace vae

@@ -25,6 +25,10 @@ const char* activation_name(Activation a);
 Activation parse_activation(const std::string& s);  // throws vae::Error
 const char* decoder_name(DecoderKind d);
 DecoderKind parse_decoder(const std::string& s);
+const char* optimizer_name(OptimizerKind k);
+OptimizerKind parse_optimizer(const std::string& s);
+// State tensor names, as PyTorch's optimizers name them: exp_avg, exp_avg_sq / sum / momentum_buffer.
+std::vector<std::string> optimizer_state_names(OptimizerKind k);
 
 // A fully connected layer y = x Wᵀ + b in the flat buffer: W is [out, in] as in nn.Linear.
 struct LinearSlot {

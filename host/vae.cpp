@@ -183,12 +183,6 @@ void Vae::reconstruction_mean(int batch, float* mean) {
 
 // ---- optimizer ------------------------------------------------------------------------------
 
-constexpr Named<OptimizerKind> kOptimizerNames[] = {
-    {OptimizerKind::adam, "adam"}, {OptimizerKind::adagrad, "adagrad"}, {OptimizerKind::sgd, "sgd"}};
-
-const char* optimizer_name(OptimizerKind k) { return name_of(kOptimizerNames, k); }
-OptimizerKind parse_optimizer(const std::string& s) { return parse_named(kOptimizerNames, s, "--optimizer"); }
-
 Optimizer::Optimizer(const DeviceContext& ctx, size_t n, OptimizerKind kind, const OptimizerHyper& hyper)
     : ctx_(ctx),
       n_(n),
@@ -201,17 +195,6 @@ Optimizer::Optimizer(const DeviceContext& ctx, size_t n, OptimizerKind kind, con
 void Optimizer::step(float* params, const float* grads, StepState* at, int advance_batch, NonFinite* watch) {
   ctx_.ops().optimizer_step(kind_, hyper_, params, grads, state1_.data(), state2_.data(), static_cast<long long>(n_),
                             at, advance_batch, ticket_.data(), watch, ctx_.stream());
-}
-
-std::vector<std::string> optimizer_state_names(OptimizerKind kind) {
-  switch (kind) {
-    case OptimizerKind::adam:
-      return {"exp_avg", "exp_avg_sq"};
-    case OptimizerKind::adagrad:
-      return {"sum"};
-    default:
-      return {"momentum_buffer"};
-  }
 }
 
 }  // namespace vae

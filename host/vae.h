@@ -121,9 +121,4 @@ class Optimizer {
   DeviceBuffer<unsigned> ticket_;  // zero between updates
 };
 
-const char* optimizer_name(OptimizerKind k);
-OptimizerKind parse_optimizer(const std::string& s);
-// State tensor names, as PyTorch's optimizers name them: exp_avg, exp_avg_sq / sum / momentum_buffer.
-std::vector<std::string> optimizer_state_names(OptimizerKind k);
-
 }  // namespace vae

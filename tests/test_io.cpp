@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <filesystem>
 #include <functional>
 #include <fstream>
@@ -153,6 +154,12 @@ TEST_F(Io, NpyTwoDimensionalAndMalformed) {
   out_of_range.f32[3] = 1.5f;
   write_npy(path("range.npy"), out_of_range);
   expect_error([&] { read_npy(path("range.npy")); }, {"range.npy", "outside [0, 1]"});
+  out_of_range.f32[3] = std::nanf("");  // NaN and infinities are outside [0, 1] too
+  write_npy(path("nan.npy"), out_of_range);
+  expect_error([&] { read_npy(path("nan.npy")); }, {"nan.npy", "element 3", "outside [0, 1]"});
+  out_of_range.f32[3] = -INFINITY;
+  write_npy(path("inf.npy"), out_of_range);
+  expect_error([&] { read_npy(path("inf.npy")); }, {"inf.npy", "element 3", "outside [0, 1]"});
 }
 
 TEST_F(Io, SafetensorsRoundTripAndMalformed) {
