@@ -168,6 +168,12 @@ Dataset read_npy(const std::string& path) {
   }
   if (shape.size() != 2 && shape.size() != 3)
     fail(path, "NPY array has rank " + std::to_string(shape.size()) + ", expected 2 (N, D) or 3 (N, H, W)");
+  int64_t pixels = 1;  // per image: an int (Dataset::dim), checked before any int arithmetic
+  for (size_t k = 1; k < shape.size(); ++k) {
+    if (__builtin_mul_overflow(pixels, shape[k], &pixels) || pixels > std::numeric_limits<int32_t>::max()) {
+      fail(path, "NPY images of shape (" + dims + ") have 2^31 or more pixels");
+    }
+  }
   Dataset d;
   d.source = path;
   d.type = type;
@@ -177,16 +183,10 @@ Dataset read_npy(const std::string& path) {
     d.width = static_cast<int>(shape[2]);
   } else {
     // (N, D): a square image when D is a square, else one row of D pixels.
-    const int D = static_cast<int>(shape[1]);
-    const int side = static_cast<int>(std::lround(std::sqrt(static_cast<double>(D))));
-    d.height = side * side == D ? side : 1;
-    d.width = side * side == D ? side : D;
-  }
-  int64_t pixels = 1;  // per image; an int (Dataset::dim)
-  for (size_t k = 1; k < shape.size(); ++k) {
-    if (__builtin_mul_overflow(pixels, shape[k], &pixels) || pixels > std::numeric_limits<int32_t>::max()) {
-      fail(path, "NPY images of shape (" + dims + ") have 2^31 or more pixels");
-    }
+    const int64_t D = shape[1];
+    const int64_t side = std::llround(std::sqrt(static_cast<double>(D)));
+    d.height = static_cast<int>(side * side == D ? side : 1);
+    d.width = static_cast<int>(side * side == D ? side : D);
   }
   if (d.count <= 0 || d.dim() <= 0) fail(path, "NPY array is empty");
   const size_t elem = type == PixelType::u8 ? 1 : 4;
