@@ -180,7 +180,7 @@ Checkpoint load_checkpoint(const std::string& path) {
         known = known || name == lt.name;
         for (const auto& n : names) known = known || name == "optimizer." + n + "." + lt.name;
       }
-      if (!known) throw Error(path + ": unexpected tensor '" + name + "'");
+      if (!known) throw Error(path + ": unexpected tensor '" + printable(name) + "'");
     }
   }
   return ckpt;

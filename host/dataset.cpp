@@ -147,7 +147,7 @@ Dataset read_npy(const std::string& path) {
   else if (descr == "<f4")
     type = PixelType::f32;
   else
-    fail(path, "NPY dtype '" + descr + "' is not uint8 (|u1) or float32 (<f4)");
+    fail(path, "NPY dtype '" + printable(descr) + "' is not uint8 (|u1) or float32 (<f4)");
   if (npy_header_value(header, "fortran_order", ' ', ',') == "True") fail(path, "Fortran-order NPY is not supported");
   const std::string dims = npy_header_value(header, "shape", '(', ')');
   if (dims.empty()) fail(path, "NPY header has no shape");

@@ -31,7 +31,7 @@ E parse_named(const Named<E> (&names)[N], const std::string& s, const char* flag
     if (s == names[i].name) return names[i].value;
     expected += std::string(i == 0 ? "" : i + 1 == N ? " or " : ", ") + names[i].name;
   }
-  throw Error(std::string(flag) + ": expected " + expected + ", got '" + s + "'");
+  throw Error(std::string(flag) + ": expected " + expected + ", got '" + printable(s) + "'");
 }
 
 }  // namespace vae

@@ -64,40 +64,41 @@ SafeTensorsFile read_safetensors(const std::string& path) {
   size_t covered = 0;
   for (auto it = header.begin(); it != header.end(); ++it) {
     const std::string& name = it.key();
+    const std::string shown = printable(name);  // for messages
     const json& v = it.value();
     if (name == "__metadata__") {
       if (!v.is_object()) fail("__metadata__ is not an object");
       for (auto m = v.begin(); m != v.end(); ++m) {
-        if (!m.value().is_string()) fail("__metadata__ value of '" + m.key() + "' is not a string");
+        if (!m.value().is_string()) fail("__metadata__ value of '" + printable(m.key()) + "' is not a string");
         f.metadata[m.key()] = m.value().get<std::string>();
       }
       continue;
     }
     if (!v.is_object() || !v.contains("dtype") || !v.contains("shape") || !v.contains("data_offsets")) {
-      fail("tensor '" + name + "' lacks dtype, shape or data_offsets");
+      fail("tensor '" + shown + "' lacks dtype, shape or data_offsets");
     }
-    if (v["dtype"] != "F32") fail("tensor '" + name + "' has dtype " + v["dtype"].dump() + ", expected F32");
+    if (v["dtype"] != "F32") fail("tensor '" + shown + "' has dtype " + v["dtype"].dump() + ", expected F32");
     SafeTensor t;
     size_t count = 1;  // no wrapped products: a shape larger than any file is an error
-    if (!v["shape"].is_array()) fail("tensor '" + name + "' has a bad shape");
+    if (!v["shape"].is_array()) fail("tensor '" + shown + "' has a bad shape");
     for (const json& d : v["shape"]) {
-      if (!d.is_number_integer() || d.get<int64_t>() < 0) fail("tensor '" + name + "' has a bad shape");
+      if (!d.is_number_integer() || d.get<int64_t>() < 0) fail("tensor '" + shown + "' has a bad shape");
       t.shape.push_back(d.get<int64_t>());
       if (__builtin_mul_overflow(count, static_cast<size_t>(t.shape.back()), &count)) {
-        fail("tensor '" + name + "' has a shape larger than any file");
+        fail("tensor '" + shown + "' has a shape larger than any file");
       }
     }
-    if (count > body / 4) fail("tensor '" + name + "' has a shape larger than the file");
+    if (count > body / 4) fail("tensor '" + shown + "' has a shape larger than the file");
     const json& off = v["data_offsets"];
     if (!off.is_array() || off.size() != 2 || !off[0].is_number_unsigned() || !off[1].is_number_unsigned()) {
-      fail("tensor '" + name + "' has bad data_offsets");
+      fail("tensor '" + shown + "' has bad data_offsets");
     }
     const size_t b = off[0].get<size_t>(), e = off[1].get<size_t>();
     if (b > e || e > body) {
-      fail("tensor '" + name + "' data [" + std::to_string(b) + ", " + std::to_string(e) + ") runs past the " +
+      fail("tensor '" + shown + "' data [" + std::to_string(b) + ", " + std::to_string(e) + ") runs past the " +
            std::to_string(body) + "-byte body (truncated?)");
     }
-    if (e - b != 4 * count) fail("tensor '" + name + "' has " + std::to_string(e - b) + " bytes for its shape");
+    if (e - b != 4 * count) fail("tensor '" + shown + "' has " + std::to_string(e - b) + " bytes for its shape");
     t.data.resize(count);
     if (count) std::memcpy(t.data.data(), data + b, 4 * count);
     covered += e - b;

@@ -299,6 +299,14 @@ TEST_F(Io, FailedWriteLeavesTheGoodFile) {
   EXPECT_EQ(files, 1u);
 }
 
+// Text from a file in a message stays on one line and short.
+TEST(Printable, EscapesBytesAndTruncates) {
+  EXPECT_EQ(printable("<f4"), "<f4");
+  EXPECT_EQ(printable(std::string("a\nb\x01\\c\xff", 7)), "a\\x0ab\\x01\\x5cc\\xff");
+  const std::string long_text(100, 'x');
+  EXPECT_EQ(printable(long_text), std::string(64, 'x') + "...");
+}
+
 // Sizes in headers are not trusted: shapes whose products overflow or exceed the file, and
 // dimensions of 2^31 or more, are errors naming the file, not crashes or huge allocations.
 TEST_F(Io, CraftedHeadersWithHugeShapesAreErrors) {

@@ -12,6 +12,22 @@ std::string where(const char* file, int line) {
 }
 }  // namespace
 
+std::string printable(const std::string& s) {
+  std::string out;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (out.size() >= 64) return out + "...";
+    const auto c = static_cast<unsigned char>(s[i]);
+    if (c >= 0x20 && c < 0x7f && c != '\\') {
+      out += static_cast<char>(c);
+    } else {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\x%02x", c);
+      out += buf;
+    }
+  }
+  return out;
+}
+
 void throw_error(const char* file, int line, const std::string& what) {
   throw Error(what + " [" + where(file, line) + "]");
 }

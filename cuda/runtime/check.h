@@ -15,6 +15,9 @@ class Error : public std::runtime_error {
 };
 
 [[noreturn]] void throw_error(const char* file, int line, const std::string& what);
+// Text from a file, fit for a one-line message: bytes outside printable ASCII as \xNN, at most 64
+// characters (then "...").
+std::string printable(const std::string& s);
 [[noreturn]] void throw_cuda_error(const char* file, int line, const char* expr, cudaError_t err);
 [[noreturn]] void throw_cublas_error(const char* file, int line, const char* expr, int status);
 [[noreturn]] void throw_curand_error(const char* file, int line, const char* expr, int status);
