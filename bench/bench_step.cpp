@@ -125,11 +125,7 @@ int main(int argc, char** argv) {
     a.seed = 1;
     a.at = at.data();
     a.totals = totals.data();
-    a.optimizer = opt.kind();
-    a.hyper = opt.hyper();
-    a.state1 = opt.state(0).data();
-    a.state2 = opt.state(1).data();
-    a.parameters = static_cast<long long>(opt.size());
+    opt.set_fused_step_optimizer(a);
     const auto t0 = now();
     ctx.ops().fused_step(a, ctx.stream());
     if (s >= 0) t_fused += ms(t0, now());

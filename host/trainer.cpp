@@ -123,11 +123,7 @@ void Trainer::queue_step(const DeviceDataset& train, int batch) {
     a.at = train_at_.data();
     a.totals = totals_.data();
     a.watch = watch_.data();
-    a.optimizer = optimizer_.kind();
-    a.hyper = optimizer_.hyper();
-    a.state1 = optimizer_.state(0).data();
-    a.state2 = optimizer_.state(1).data();
-    a.parameters = static_cast<long long>(optimizer_.size());
+    optimizer_.set_fused_step_optimizer(a);
     ops.fused_step(a, ctx_.stream());
     return;
   }

@@ -108,6 +108,8 @@ class Optimizer {
   OptimizerKind kind() const { return kind_; }
   const OptimizerHyper& hyper() const { return hyper_; }
   size_t size() const { return n_; }
+  // The fused step's optimizer fields: kind, hyperparameters, state, parameter count.
+  void set_fused_step_optimizer(FusedStepArgs& a);
   // State buffers, in the order of optimizer_state_names(kind()).
   DeviceBuffer<float>& state(size_t i) { return i == 0 ? state1_ : state2_; }
   const DeviceBuffer<float>& state(size_t i) const { return i == 0 ? state1_ : state2_; }

@@ -53,6 +53,39 @@ TEST(ReferenceVae, GradientMatchesFiniteDifferences) {
       }
 }
 
+// The last pass's log p and KL and every parameter gradient against the reference's.
+void expect_matches_reference(Vae& vae, const test::ReferenceResult& ref, int batch, int samples,
+                              const std::string& where) {
+  ASSERT_TRUE(test::not_all_zero(ref.grad));
+  auto lp = vae.log_prob().download();
+  lp.resize(static_cast<size_t>(batch) * samples);
+  auto kl = vae.kl().download();
+  kl.resize(batch);
+  EXPECT_TRUE(test::all_near(lp, ref.log_prob, 2e-3, 2e-5)) << "log p, " << where;
+  EXPECT_TRUE(test::all_near(kl, ref.kl, 1e-4, 1e-4)) << "KL, " << where;
+  const auto grads = vae.grads().download();
+  for (const auto& t : vae.layout().tensors) {
+    std::vector<float> got(grads.begin() + t.offset, grads.begin() + t.offset + t.count());
+    std::vector<double> want(ref.grad.begin() + t.offset, ref.grad.begin() + t.offset + t.count());
+    EXPECT_TRUE(test::all_near(got, want, 2e-5, 2e-3)) << t.name << ", " << where;
+  }
+}
+
+// One fused step of `batch` rows of float pixels `data`, keyed by seed, at the step state `at`.
+void run_fused_step(const DeviceContext& ctx, Vae& vae, Optimizer& opt, int batch, const float* data, uint64_t seed,
+                    StepState* at, double* totals) {
+  FusedStepArgs a = vae.fused_step_args(batch);
+  EXPECT_EQ(a.tf32, ctx.tf32());
+  a.data = data;
+  a.type = PixelType::f32;
+  a.seed = seed;
+  a.at = at;
+  a.totals = totals;
+  opt.set_fused_step_optimizer(a);
+  ctx.ops().fused_step(a, ctx.stream());
+  ctx.synchronize();
+}
+
 struct StepCase {
   DecoderKind decoder;
   Activation activation;
@@ -86,20 +119,7 @@ TEST_P(WholeStep, LossAndEveryGradientMatchReference) {
       ctx.synchronize();
       const auto eps = test::reference_noise(key.seed, key.stream, 17, batch, sc.samples, latent);
       const auto ref = test::reference_vae(c, to_double(params), to_double(x), batch, sc.samples, eps);
-      ASSERT_TRUE(test::not_all_zero(ref.grad));
-
-      auto lp = vae.log_prob().download();
-      lp.resize(static_cast<size_t>(batch) * sc.samples);
-      auto kl = vae.kl().download();
-      kl.resize(batch);
-      EXPECT_TRUE(test::all_near(lp, ref.log_prob, 2e-3, 2e-5)) << "log p, batch " << batch;
-      EXPECT_TRUE(test::all_near(kl, ref.kl, 1e-4, 1e-4)) << "KL, batch " << batch;
-      const auto grads = vae.grads().download();
-      for (const auto& t : vae.layout().tensors) {
-        std::vector<float> got(grads.begin() + t.offset, grads.begin() + t.offset + t.count());
-        std::vector<double> want(ref.grad.begin() + t.offset, ref.grad.begin() + t.offset + t.count());
-        EXPECT_TRUE(test::all_near(got, want, 2e-5, 2e-3)) << t.name << ", batch " << batch;
-      }
+      expect_matches_reference(vae, ref, batch, sc.samples, "batch " + std::to_string(batch));
     }
   }
 }
@@ -144,36 +164,13 @@ TEST_P(FusedStep, ThreeStepsMatchReference) {
       std::vector<double> p = to_double(params0), velocity(p.size(), 0.0);
       double want_recon = 0, want_kl = 0;
       for (int step = 0; step < steps; ++step) {
-        FusedStepArgs a = vae.fused_step_args(batch);
-        a.data = data_dev.data();
-        a.type = PixelType::f32;
-        a.seed = 5;
-        a.at = at.data();
-        a.totals = totals.data();
-        a.optimizer = OptimizerKind::sgd;
-        a.hyper = hyper;
-        a.state1 = opt.state(0).data();
-        a.parameters = static_cast<long long>(vae.layout().total);
-        ctx.ops().fused_step(a, ctx.stream());
-        ctx.synchronize();
+        run_fused_step(ctx, vae, opt, batch, data_dev.data(), 5, at.data(), totals.data());
 
         const std::vector<double> x(data.begin() + static_cast<size_t>(step) * batch * c.input_dim,
                                     data.begin() + static_cast<size_t>(step + 1) * batch * c.input_dim);
         const auto eps = test::reference_noise(5, RandomStream::latent_noise, 17 + step, batch, sc.samples, latent);
         const auto ref = test::reference_vae(c, p, x, batch, sc.samples, eps);
-        ASSERT_TRUE(test::not_all_zero(ref.grad));
-        auto lp = vae.log_prob().download();
-        lp.resize(static_cast<size_t>(batch) * sc.samples);
-        auto kl = vae.kl().download();
-        kl.resize(batch);
-        EXPECT_TRUE(test::all_near(lp, ref.log_prob, 2e-3, 2e-5)) << "log p, step " << step;
-        EXPECT_TRUE(test::all_near(kl, ref.kl, 1e-4, 1e-4)) << "KL, step " << step;
-        const auto grads = vae.grads().download();
-        for (const auto& t : vae.layout().tensors) {
-          std::vector<float> got(grads.begin() + t.offset, grads.begin() + t.offset + t.count());
-          std::vector<double> want(ref.grad.begin() + t.offset, ref.grad.begin() + t.offset + t.count());
-          EXPECT_TRUE(test::all_near(got, want, 2e-5, 2e-3)) << t.name << ", step " << step;
-        }
+        expect_matches_reference(vae, ref, batch, sc.samples, "step " + std::to_string(step));
         for (int r = 0; r < batch; ++r) {
           double m = 0;
           for (int l = 0; l < sc.samples; ++l) m += ref.log_prob[static_cast<size_t>(l) * batch + r];
@@ -225,18 +222,7 @@ TEST_P(FusedStep, Tf32StepMatchesReferenceWithinTf32Precision) {
     const DeviceBuffer<float> data(ctx, x);
     DeviceBuffer<StepState> at(ctx, std::vector<StepState>{{4, 0}});
     DeviceBuffer<double> totals(ctx, 3);
-    FusedStepArgs a = vae.fused_step_args(batch);
-    EXPECT_EQ(a.tf32, tf32);
-    a.data = data.data();
-    a.type = PixelType::f32;
-    a.seed = 8;
-    a.at = at.data();
-    a.totals = totals.data();
-    a.optimizer = OptimizerKind::sgd;
-    a.state1 = opt.state(0).data();
-    a.parameters = static_cast<long long>(vae.layout().total);
-    ctx.ops().fused_step(a, ctx.stream());
-    ctx.synchronize();
+    run_fused_step(ctx, vae, opt, batch, data.data(), 8, at.data(), totals.data());
     grads[tf32] = vae.grads().download();
   }
   const auto eps = test::reference_noise(8, RandomStream::latent_noise, 4, batch, sc.samples, latent);
