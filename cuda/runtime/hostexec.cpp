@@ -1,4 +1,5 @@
-// Host execution layer: fibers, block scheduler, barriers, warp exchange and worker pool.
+// Host execution layer: fibers, the block scheduler, block, grid and warp barriers, warp exchange
+// and kernel launches (blocks run on the worker pool of workers.cpp).
 #include "runtime/hostexec.h"
 
 #include <boost/context/detail/fcontext.hpp>
@@ -7,7 +8,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
@@ -26,9 +26,6 @@
 #ifdef VAE_HX_ASAN
 #include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
-#endif
-#if defined(__x86_64__)
-#include <xmmintrin.h>
 #endif
 #if __has_include(<valgrind/valgrind.h>)
 #include <valgrind/valgrind.h>
@@ -366,119 +363,6 @@ void run_block(Worker& w, const KernelThunk& thunk, unsigned nthreads, size_t sm
   w.thunk = nullptr;
 }
 
-// ---- worker pool ----------------------------------------------------------------------------
-
-// Launches come in bursts: a helper spins this many pauses (tens of µs) before it sleeps.
-constexpr int kSpinBeforeSleep = 20000;
-
-// Denormal floats cost ~100 cycles each on x86 (Adam's second moments drift into that range and
-// slowed epochs by a third); GPUs handle them at full speed. Kernels and CPU GEMMs run with
-// flush-to-zero and denormals-are-zero, the calling thread's mode restored afterwards.
-class FlushDenormals {
- public:
-#if defined(__x86_64__)
-  FlushDenormals() : saved_(_mm_getcsr()) { _mm_setcsr(saved_ | 0x8040u); }
-  ~FlushDenormals() { _mm_setcsr(saved_); }
-
- private:
-  unsigned saved_;
-#endif
-};
-
-struct Job {
-  int n = 0;
-  void (*fn)(int, void*) = nullptr;
-  void* ctx = nullptr;
-};
-
-class Pool {
- public:
-  explicit Pool(int workers) : workers_(workers < 1 ? 1 : workers) {
-    for (int i = 1; i < workers_; ++i) threads_.emplace_back([this] { helper(); });
-  }
-  ~Pool() {
-    {
-      std::lock_guard<std::mutex> lk(m_);
-      stop_ = true;
-      generation_.fetch_add(1, std::memory_order_release);
-    }
-    cv_.notify_all();
-    for (auto& t : threads_) t.join();
-  }
-  int workers() const { return workers_; }
-
-  void run(int n, void (*fn)(int, void*), void* ctx) {
-    FlushDenormals ftz;
-    if (n <= 1 || workers_ == 1) {
-      for (int i = 0; i < n; ++i) fn(i, ctx);
-      return;
-    }
-    std::lock_guard<std::mutex> serial(launch_m_);
-    job_ = Job{n, fn, ctx};
-    next_.store(0, std::memory_order_relaxed);
-    pending_.store(workers_ - 1, std::memory_order_relaxed);
-    {
-      std::lock_guard<std::mutex> lk(m_);
-      generation_.fetch_add(1, std::memory_order_release);
-    }
-    cv_.notify_all();
-    work();
-    for (int spins = 0; pending_.load(std::memory_order_acquire) > 0; ++spins) {
-      if (spins > 4096) std::this_thread::yield();
-    }
-  }
-
- private:
-  void work() {
-    for (int i; (i = next_.fetch_add(1, std::memory_order_relaxed)) < job_.n;) job_.fn(i, job_.ctx);
-  }
-  void helper() {
-    FlushDenormals ftz;
-    uint64_t seen = 0;
-    for (;;) {
-      // Spin briefly (launches come in bursts), then sleep.
-      for (int spins = 0; generation_.load(std::memory_order_acquire) == seen; ++spins) {
-        if (spins < kSpinBeforeSleep) {
-#if defined(__x86_64__)
-          __builtin_ia32_pause();
-#endif
-          continue;
-        }
-        std::unique_lock<std::mutex> lk(m_);
-        cv_.wait(lk, [&] { return generation_.load(std::memory_order_acquire) != seen; });
-      }
-      seen = generation_.load(std::memory_order_acquire);
-      if (stop_) return;
-      work();
-      pending_.fetch_sub(1, std::memory_order_release);
-    }
-  }
-
-  int workers_;
-  std::vector<std::thread> threads_;
-  std::mutex m_, launch_m_;
-  std::condition_variable cv_;
-  std::atomic<uint64_t> generation_{0};
-  std::atomic<int> next_{0};
-  std::atomic<int> pending_{0};
-  Job job_;
-  bool stop_ = false;
-};
-
-int default_workers() {
-  if (const char* env = std::getenv("VAE_CPU_WORKERS")) {
-    const int n = std::atoi(env);
-    if (n >= 1) return n;
-  }
-  const unsigned hc = std::thread::hardware_concurrency();
-  return hc ? static_cast<int>(hc) : 1;
-}
-
-std::unique_ptr<Pool>& pool() {
-  static std::unique_ptr<Pool> p = std::make_unique<Pool>(default_workers());
-  return p;
-}
-
 struct LaunchJob {
   const KernelThunk* thunk;
   dim3 grid, block;
@@ -554,15 +438,10 @@ void wait_warp(Worker& w, Fiber* self, unsigned mask) {
   switch_to_scheduler(w, self);
 }
 
-std::atomic<unsigned long long> kernel_launches{0}, gemm_calls{0};
-
 }  // namespace
 
-WorkCounts work_counts() { return {kernel_launches.load(), gemm_calls.load()}; }
-void count_gemm_call() { gemm_calls.fetch_add(1, std::memory_order_relaxed); }
-
 cudaError_t launch(const KernelThunk& thunk, dim3 grid, dim3 block, size_t dynamic_smem_bytes) {
-  kernel_launches.fetch_add(1, std::memory_order_relaxed);
+  count_kernel_launch();
   const unsigned long long threads = 1ull * block.x * block.y * block.z;
   if (threads == 0 || threads > 1024 || block.z > 64 || grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.y > 65535 ||
       grid.z > 65535) {
@@ -572,35 +451,24 @@ cudaError_t launch(const KernelThunk& thunk, dim3 grid, dim3 block, size_t dynam
   if (tls_worker.thunk) die("kernel launch from inside a kernel is not supported");
   LaunchJob job{&thunk, grid, block, dynamic_smem_bytes};
   const unsigned long long blocks = 1ull * grid.x * grid.y * grid.z;
-  pool()->run(static_cast<int>(blocks), run_block_job, &job);
+  parallel_for(static_cast<int>(blocks), run_block_job, &job);
   return cudaSuccess;
 }
 
 cudaError_t launch_cooperative(const KernelThunk& thunk, dim3 grid, dim3 block, size_t dynamic_smem_bytes) {
   const unsigned long long blocks = 1ull * grid.x * grid.y * grid.z;
-  if (blocks > static_cast<unsigned long long>(pool()->workers())) return cudaErrorCooperativeLaunchTooLarge;
+  if (blocks > static_cast<unsigned long long>(workers())) return cudaErrorCooperativeLaunchTooLarge;
   const unsigned long long threads = 1ull * block.x * block.y * block.z;
   if (threads == 0 || threads > 1024 || block.z > 64 || blocks == 0) return cudaErrorInvalidConfiguration;
   if (dynamic_smem_bytes > (227u << 10)) return cudaErrorInvalidValue;
   if (tls_worker.thunk) die("kernel launch from inside a kernel is not supported");
-  kernel_launches.fetch_add(1, std::memory_order_relaxed);
+  count_kernel_launch();
   CooperativeLaunch c;
   c.blocks = static_cast<unsigned>(blocks);
   LaunchJob job{&thunk, grid, block, dynamic_smem_bytes, &c};
-  pool()->run(static_cast<int>(blocks), run_block_job, &job);
+  parallel_for(static_cast<int>(blocks), run_block_job, &job);
   return cudaSuccess;
 }
-
-int workers() { return pool()->workers(); }
-
-void set_workers(int n) {
-  auto& p = pool();
-  if (p->workers() == n) return;
-  p.reset();
-  p = std::make_unique<Pool>(n);
-}
-
-void parallel_for(int n, void (*fn)(int, void*), void* ctx) { pool()->run(n, fn, ctx); }
 
 void* dynamic_shared() { return tls_worker.smem.data(); }
 

@@ -16,6 +16,7 @@ struct WorkCounts {
   unsigned long long kernel_launches = 0, gemm_calls = 0;
 };
 WorkCounts work_counts();
+void count_kernel_launch();
 void count_gemm_call();
 
 }  // namespace vae::hx
