@@ -152,7 +152,6 @@ FusedStepArgs Vae::fused_step_args(int batch) {
   a.params = params_.data();
   a.grads = grads_.data();
   a.x = x_.data();
-  a.d_heads = d_heads_.data();
   a.z = z_.data();
   a.d_z = d_z_.data();
   a.kl = kl_.data();

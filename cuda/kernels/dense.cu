@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "kernels/activation.cuh"
+#include "kernels/ticket.cuh"
 
 namespace vae::VAE_NS {
 
@@ -82,11 +83,9 @@ __global__ void dense_activation_backward_kernel(float* __restrict__ grad, const
   if (threadIdx.y == 0) {
     for (int k = 0; k < n; ++k) scratch.partial[static_cast<long long>(blockIdx.y) * cols + c0 + k] = sum[k];
   }
-  __threadfence();  // the partials are visible to every block before this block's ticket is
+  __threadfence();  // each writer's partials are visible before the block arrives
   __syncthreads();
-  if (threadIdx.x == 0 && threadIdx.y == 0) {
-    last_slab = atomicAdd(&scratch.tickets[blockIdx.x], 1u) == gridDim.y - 1;
-  }
+  if (threadIdx.x == 0 && threadIdx.y == 0) last_slab = arrives_last(&scratch.tickets[blockIdx.x], gridDim.y);
   __syncthreads();
   if (!last_slab || threadIdx.y != 0) return;
   for (int k = 0; k < n; ++k) {
@@ -95,7 +94,6 @@ __global__ void dense_activation_backward_kernel(float* __restrict__ grad, const
     for (unsigned s = 0; s < gridDim.y; ++s) total += col[static_cast<long long>(s) * cols];
     grad_bias[c0 + k] = total;
   }
-  if (threadIdx.x == 0) scratch.tickets[blockIdx.x] = 0;  // ready for the next launch
 }
 
 void dense_bias_activation_forward(float* y, const float* bias, int rows, int cols, Activation act,

@@ -235,6 +235,33 @@ __device__ void layer_backward(const FusedStepArgs& a, const FusedLayer& l, cons
   gemm_phase(ops, count, a.workspace, a.tf32, sh);
 }
 
+// Hidden layers (activation act) from `in`, then the top layer (identity) into top.h, a grid
+// barrier after each: the encoder with the heads on top, or the decoder with the output layer.
+__device__ void forward_stack(const FusedStepArgs& a, const FusedLayer* layers, int count, const FusedLayer& top,
+                              const float* in, int rows, TileShared& sh) {
+  for (int l = 0; l <= count; ++l) {
+    const FusedLayer& L = l < count ? layers[l] : top;
+    const GemmOp op = dense_forward_gemm(L.out, L.in, in, weight(a, L), bias(a, L), L.h, rows,
+                                         l < count ? a.activation : Activation::identity);
+    gemm_phase(&op, 1, a.workspace, a.tf32, sh);
+    VAE_GRID_SYNC();
+    in = L.h;
+  }
+}
+
+// The backward of such a stack, from the top layer (its dh filled) down to the first: each
+// layer's dW, db and the gradient of its input — through the activation of the layer below, or
+// into bottom_grad (null: not needed) for the stack's input `bottom`. A grid barrier after each.
+__device__ void backward_stack(const FusedStepArgs& a, const FusedLayer* layers, int count, const FusedLayer& top,
+                               const float* bottom, float* bottom_grad, int rows, TileShared& sh) {
+  for (int l = count; l >= 0; --l) {
+    const FusedLayer& L = l < count ? layers[l] : top;
+    const float* below = l ? layers[l - 1].h : bottom;
+    layer_backward(a, L, below, rows, l ? below : nullptr, l ? layers[l - 1].dh : bottom_grad, sh);
+    VAE_GRID_SYNC();
+  }
+}
+
 // Block 0: totals += (Σ_r (1/L) Σ_ℓ log p, Σ_r KL, B) in float64, a fixed order (elbo_totals').
 __device__ void block_totals(const FusedStepArgs& a, uint64_t step) {
   __shared__ double partial[2][kStepThreads];
@@ -311,20 +338,7 @@ __global__ void __launch_bounds__(kStepThreads, 2) fused_step_kernel(FusedStepAr
   VAE_GRID_SYNC();
 
   // Encoder and heads.
-  const float* in = a.x;
-  for (int l = 0; l < a.encoder_layers; ++l) {
-    const FusedLayer& L = a.encoder[l];
-    const GemmOp op = dense_forward_gemm(L.out, L.in, in, weight(a, L), bias(a, L), L.h, B, a.activation);
-    gemm_phase(&op, 1, a.workspace, a.tf32, sh);
-    VAE_GRID_SYNC();
-    in = L.h;
-  }
-  {
-    const GemmOp op = dense_forward_gemm(a.heads.out, a.heads.in, in, weight(a, a.heads), bias(a, a.heads), a.heads.h,
-                                         B, Activation::identity);
-    gemm_phase(&op, 1, a.workspace, a.tf32, sh);
-  }
-  VAE_GRID_SYNC();
+  forward_stack(a, a.encoder, a.encoder_layers, a.heads, a.x, B, sh);
 
   // ε, z = μ + σ ε and the KL, one (row, sample) item per thread.
   for (long long t = first; t < rows; t += stride) {
@@ -335,20 +349,7 @@ __global__ void __launch_bounds__(kStepThreads, 2) fused_step_kernel(FusedStepAr
   VAE_GRID_SYNC();
 
   // Decoder and output layer.
-  in = a.z;
-  for (int l = 0; l < a.decoder_layers; ++l) {
-    const FusedLayer& L = a.decoder[l];
-    const GemmOp op = dense_forward_gemm(L.out, L.in, in, weight(a, L), bias(a, L), L.h, rows, a.activation);
-    gemm_phase(&op, 1, a.workspace, a.tf32, sh);
-    VAE_GRID_SYNC();
-    in = L.h;
-  }
-  {
-    const GemmOp op = dense_forward_gemm(a.output.out, a.output.in, in, weight(a, a.output), bias(a, a.output),
-                                         a.output.h, rows, Activation::identity);
-    gemm_phase(&op, 1, a.workspace, a.tf32, sh);
-  }
-  VAE_GRID_SYNC();
+  forward_stack(a, a.decoder, a.decoder_layers, a.output, a.z, rows, sh);
 
   // log p(x|z) and its gradient, a warp per (sample, row).
   {
@@ -372,40 +373,19 @@ __global__ void __launch_bounds__(kStepThreads, 2) fused_step_kernel(FusedStepAr
   }
   VAE_GRID_SYNC();
 
-  // The ELBO totals (block 0), then the output layer's backward.
+  // The ELBO totals (block 0), then the backward of the output layer and the decoder.
   if (blockIdx.x == 0) block_totals(a, at.step);
-  const int nd = a.decoder_layers, ne = a.encoder_layers;
-  {
-    const float* last = nd ? a.decoder[nd - 1].h : a.z;
-    layer_backward(a, a.output, last, rows, nd ? last : nullptr, nd ? a.decoder[nd - 1].dh : a.d_z, sh);
-  }
-  VAE_GRID_SYNC();
-  for (int l = nd - 1; l >= 0; --l) {
-    const float* below = l ? a.decoder[l - 1].h : a.z;
-    layer_backward(a, a.decoder[l], below, rows, l ? below : nullptr, l ? a.decoder[l - 1].dh : a.d_z, sh);
-    VAE_GRID_SYNC();
-  }
+  backward_stack(a, a.decoder, a.decoder_layers, a.output, a.z, a.d_z, rows, sh);
 
   // Latent stage backward, an element per thread.
   for (long long i = first; i < static_cast<long long>(B) * J; i += stride) {
-    latent_backward_element(a.heads.h, a.z, a.d_z, a.d_heads, static_cast<int>(i / J), static_cast<int>(i % J), B, J,
+    latent_backward_element(a.heads.h, a.z, a.d_z, a.heads.dh, static_cast<int>(i / J), static_cast<int>(i % J), B, J,
                             a.samples, 1.f / static_cast<float>(B));
   }
   VAE_GRID_SYNC();
 
   // Heads and encoder backward (dL/dx is not needed).
-  {
-    FusedLayer heads = a.heads;
-    heads.dh = a.d_heads;
-    const float* last = ne ? a.encoder[ne - 1].h : a.x;
-    layer_backward(a, heads, last, B, ne ? last : nullptr, ne ? a.encoder[ne - 1].dh : nullptr, sh);
-  }
-  VAE_GRID_SYNC();
-  for (int l = ne - 1; l >= 0; --l) {
-    const float* below = l ? a.encoder[l - 1].h : a.x;
-    layer_backward(a, a.encoder[l], below, B, l ? below : nullptr, l ? a.encoder[l - 1].dh : nullptr, sh);
-    VAE_GRID_SYNC();
-  }
+  backward_stack(a, a.encoder, a.encoder_layers, a.heads, a.x, nullptr, B, sh);
 
   // The optimizer over the flat buffer; then block 0 moves the step on (every block has read it).
   switch (a.optimizer) {
@@ -427,16 +407,19 @@ __global__ void __launch_bounds__(kStepThreads, 2) fused_step_kernel(FusedStepAr
 
 int fused_step_grid() {
   // Every block resident at once: on the GPU up to two per SM (a batch-128 phase has tens of
-  // tiles, split-K makes them enough, and more blocks would only make the barriers dearer), on
-  // the CPU one per worker.
-  int grid = cooperative_max_blocks(fused_step_kernel, kStepThreads, 0);
-#if !VAE_HOST_EXEC
-  int dev = 0, sms = 1;
-  VAE_CUDA_CHECK(cudaGetDevice(&dev));
-  VAE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-  grid = std::min(grid, 2 * sms);
+  // tiles, split-K makes them enough, and more blocks would only make the barriers dearer), found
+  // once per run; on the CPU one per worker (tests change the worker count).
+#if VAE_HOST_EXEC
+  return std::max(1, cooperative_max_blocks(fused_step_kernel, kStepThreads, 0));
+#else
+  static const int grid = [] {
+    int dev = 0, sms = 1;
+    VAE_CUDA_CHECK(cudaGetDevice(&dev));
+    VAE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+    return std::max(1, std::min(cooperative_max_blocks(fused_step_kernel, kStepThreads, 0), 2 * sms));
+  }();
+  return grid;
 #endif
-  return std::max(1, grid);
 }
 
 void fused_step(const FusedStepArgs& args, cudaStream_t stream) {

@@ -2,6 +2,7 @@
 // choice) or SGD with momentum, each with an L2 weight-decay term added to the gradient.
 #include "kernels/non_finite.cuh"
 #include "kernels/optimizer.cuh"
+#include "kernels/ticket.cuh"
 
 namespace vae::VAE_NS {
 
@@ -32,12 +33,9 @@ __global__ void optimizer_step_kernel(OptimizerHyper h, float* __restrict__ para
   }
   if (advance_batch <= 0) return;  // uniform over the grid
   __syncthreads();                 // every thread of this block has read at->step
-  if (threadIdx.x != 0) return;
-  __threadfence();
-  if (atomicAdd(ticket, 1u) != gridDim.x - 1) return;  // not the last block
+  if (threadIdx.x != 0 || !arrives_last(ticket, gridDim.x)) return;
   at->step += 1;
   at->offset += advance_batch;
-  *ticket = 0;  // ready for the next launch
 }
 
 void optimizer_step(OptimizerKind kind, const OptimizerHyper& hyper, float* params, const float* grads, float* state1,

@@ -6,6 +6,7 @@
 #include "kernels/lanes.cuh"
 #include "kernels/non_finite.cuh"
 #include "kernels/reconstruction.cuh"
+#include "kernels/ticket.cuh"
 
 namespace vae::VAE_NS {
 
@@ -97,8 +98,7 @@ __global__ void elbo_totals_kernel(const float* __restrict__ log_prob, const flo
   volatile double* block_sums = reinterpret_cast<double*>(scratch.partial);  // (gridDim.x, 2)
   block_sums[2 * blockIdx.x] = partial[0];
   block_sums[2 * blockIdx.x + 1] = partial[blockDim.x];
-  __threadfence();  // the sums are visible to every block before this block's ticket is
-  if (atomicAdd(&scratch.tickets[0], 1u) != gridDim.x - 1) return;  // not the last block
+  if (!arrives_last(&scratch.tickets[0], gridDim.x)) return;
   double recon_total = 0, kl_total = 0;
   for (unsigned b = 0; b < gridDim.x; ++b) {
     recon_total += block_sums[2 * b];
@@ -107,7 +107,6 @@ __global__ void elbo_totals_kernel(const float* __restrict__ log_prob, const flo
   totals[0] += recon_total;
   totals[1] += kl_total;
   totals[2] += batch;
-  scratch.tickets[0] = 0;  // ready for the next launch
 }
 
 void bernoulli_reconstruction(const float* logits, const float* x, float* log_prob, float* grad_logits, int batch,

@@ -64,11 +64,12 @@ struct FusedStepArgs {
   bool gaussian = false;  // decoder: Gaussian (out has 2D columns) or Bernoulli
   Activation activation = Activation::relu;
   int encoder_layers = 0, decoder_layers = 0;
+  // heads.h holds μ | log σ² (B, 2J), heads.dh their gradient; output.h the decoder output
+  // (L·B, D or 2D), output.dh its gradient.
   FusedLayer encoder[kMaxStepLayers], heads, decoder[kMaxStepLayers], output;
   float* params = nullptr;
   float* grads = nullptr;
   float* x = nullptr;          // (B, dim)
-  float* d_heads = nullptr;    // (B, 2J); heads.h holds μ | log σ²
   float* z = nullptr;          // (L·B, J)
   float* d_z = nullptr;        // (L·B, J)
   float* kl = nullptr;         // (B)
