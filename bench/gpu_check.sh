@@ -105,7 +105,7 @@ if [ -x build-gpu/host/vae ] && want check; then
   if [ -z "${VAE_JAX_PYTHON:-}" ] && python3 -c "import jax" >/dev/null 2>&1; then
     export VAE_JAX_PYTHON=$(command -v python3)
   fi
-  ctest --test-dir build-gpu --output-on-failure -j 4 --timeout 300 >"$report/tests.log" 2>&1
+  ctest --test-dir build-gpu --output-on-failure -j 4 --timeout "${VAE_TEST_TIMEOUT:-300}" >"$report/tests.log" 2>&1
   rc=$?
   total=$(grep -oE 'out of [0-9]+' "$report/tests.log" | tail -1 | grep -oE '[0-9]+')
   skipped=$(grep -cE '\(Skipped\)$' "$report/tests.log")
