@@ -244,11 +244,10 @@ bool make_plan(GemmHandle* h, const GemmOp& op, cublasLtEpilogue_t epilogue, Gem
     const uint64_t ws = h->workspace_bytes;
     VAE_CUBLAS_CHECK(
         cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
-    // Split-K only where the parts are added in place, in order, by the same kernel: no separate
-    // reduce kernel, and the same bits every run.
-    const uint32_t schemes = CUBLASLT_REDUCTION_SCHEME_NONE | CUBLASLT_REDUCTION_SCHEME_INPLACE;
-    VAE_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &schemes,
-                                                          sizeof(schemes)));
+    // Every split-K reduction scheme is allowed: each adds the parts in a fixed order (the same
+    // bits every run). Limiting them to NONE|INPLACE, to save the separate reduce kernel, made the
+    // heuristics pick serial in-place split-K for the thin GEMMs of batch 128 on an H200
+    // (128x40x400: 120 us instead of ~6; the epoch 3.2x slower; bench/RESULTS.md, 2026-11-26).
     const uint32_t align_a = alignment(op.b), align_b = alignment(op.a), align_c = alignment(op.c);
     VAE_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align_a,
                                                           sizeof(align_a)));
