@@ -119,6 +119,11 @@ void save_checkpoint(const std::string& path, const Checkpoint& ckpt) {
                 {"step", std::to_string(ckpt.step)},
                 {"epoch", std::to_string(ckpt.epoch)},
                 {"seed", std::to_string(ckpt.config.seed)}};
+  if (ckpt.batch_in_epoch > 0) {
+    VAE_REQUIRE(ckpt.epoch_totals.size() == 3, "checkpoint: epoch totals");
+    f.metadata["batch_in_epoch"] = std::to_string(ckpt.batch_in_epoch);
+    f.metadata["epoch_totals"] = json(ckpt.epoch_totals).dump();  // doubles round-trip exactly
+  }
   auto slice = [](const std::vector<float>& flat, const NamedTensor& t) {
     return SafeTensor{t.shape, std::vector<float>(flat.begin() + t.offset, flat.begin() + t.offset + t.count())};
   };
@@ -140,7 +145,7 @@ Checkpoint load_checkpoint(const std::string& path) {
     return it->second;
   };
   if (meta("format") != "vae-trainer") throw Error(path + ": __metadata__ format is not vae-trainer");
-  if (meta("format_version") != std::to_string(kCheckpointFormatVersion)) {
+  if (meta("format_version") != "1" && meta("format_version") != std::to_string(kCheckpointFormatVersion)) {
     throw Error(path + ": checkpoint format version " + meta("format_version") + " is not supported (expected " +
                 std::to_string(kCheckpointFormatVersion) + ")");
   }
@@ -151,6 +156,16 @@ Checkpoint load_checkpoint(const std::string& path) {
     ckpt.epoch = std::stoi(meta("epoch"));
   } catch (const std::logic_error&) {
     throw Error(path + ": __metadata__ step or epoch is not a number");
+  }
+  if (f.metadata.count("batch_in_epoch")) {
+    try {
+      ckpt.batch_in_epoch = std::stoll(meta("batch_in_epoch"));
+      ckpt.epoch_totals = json::parse(meta("epoch_totals")).get<std::vector<double>>();
+    } catch (const std::exception&) {
+      throw Error(path + ": __metadata__ batch_in_epoch or epoch_totals is malformed");
+    }
+    if (ckpt.batch_in_epoch < 0 || ckpt.epoch_totals.size() != 3)
+      throw Error(path + ": __metadata__ batch_in_epoch or epoch_totals is out of range");
   }
   const ParamLayout layout = make_layout(ckpt.config.model);
   auto read_flat = [&](const std::string& prefix) {

@@ -40,12 +40,15 @@ struct TrainConfig {
 std::string config_to_json(const TrainConfig& c);
 TrainConfig config_from_json(const std::string& json_text, const std::string& source);
 
-constexpr int kCheckpointFormatVersion = 1;
+// 2: mid-epoch checkpoints (batch_in_epoch, epoch_totals); version 1 files still load.
+constexpr int kCheckpointFormatVersion = 2;
 
 struct Checkpoint {
   TrainConfig config;
   int64_t step = 0;                                 // optimizer steps taken
   int epoch = 0;                                    // epochs completed
+  int64_t batch_in_epoch = 0;                       // steps of the unfinished epoch taken (0: none)
+  std::vector<double> epoch_totals;                 // its running (Σ recon, Σ KL, n) over all ranks
   std::vector<float> params;                        // flat, in make_layout(config.model) order
   std::vector<std::vector<float>> optimizer_state;  // flat, one per state name
 };

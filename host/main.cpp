@@ -162,7 +162,28 @@ int main(int argc, char** argv) {
   train->add_flag("--detect-anomaly", run.detect_anomaly,
                   "check for a non-finite loss or gradient after every step (by default every 50 steps and at the end "
                   "of each epoch)");
-  train->add_option("--resume", run.resume, "continue from a checkpoint.safetensors")->check(CLI::ExistingFile);
+  train
+      ->add_option("--resume", run.resume,
+                   "continue from a checkpoint file, or from a run folder (its newest checkpoint that loads)")
+      ->check(CLI::ExistingPath);
+  train
+      ->add_option("--checkpoint-every", run.checkpoint_every,
+                   "also write a checkpoint every N steps (0: only at the end of each epoch)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  train->add_option("--keep", run.keep, "checkpoints kept in the run folder's checkpoints/ (the newest ones)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  train
+      ->add_option("--dist-backend", run.dist_backend,
+                   "data parallel over the ranks mpirun or srun started: auto (nccl on the GPU, mpi on the CPU, none "
+                   "for one process), nccl, mpi or none")
+      ->check(CLI::IsMember({"auto", "nccl", "mpi", "none"}))
+      ->capture_default_str();
+  train->footer(
+      "Exit status: 0 done; 1 error; 2 bad flags; 3 training diverged (non-finite loss or gradient); 75 preempted by "
+      "SIGUSR1 or SIGTERM (checkpoint written: run again with --resume); 130 interrupted by SIGINT (checkpoint "
+      "written).");
   train->add_flag("--quiet", run.quiet, "print nothing but errors");
   add_device(train, train_common);
 
@@ -277,7 +298,7 @@ int main(int argc, char** argv) {
     }
   } catch (const Diverged& e) {
     std::fprintf(stderr, "vae: %s\n", e.what());
-    return 3;
+    return kExitDiverged;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "vae: %s\n", e.what());
     return 1;

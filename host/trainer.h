@@ -9,6 +9,7 @@
 #include "checkpoint.h"
 #include "dataset.h"
 #include "device_context.h"
+#include "process_group.h"
 #include "runtime/check.h"
 #include "vae.h"
 
@@ -55,7 +56,12 @@ class Trainer {
   void set_use_graph(bool on) { use_graph_ = on; }
   // Full training steps as one cooperative kernel (fused) or as the composed string of GEMMs and
   // kernels; the fused step where the model fits it (Vae::fused_step_fits), else composed.
-  void set_fused_step(bool on) { fused_step_ = on && vae_.fused_step_fits(); }
+  void set_fused_step(bool on) { fused_step_ = on && vae_.fused_step_fits() && !pg_; }
+  // Data parallel: this trainer is one rank of pg. Each step takes the rank's slice of the
+  // global batch (config().batch_size rows) and sums the gradients over the ranks before the
+  // optimizer; epoch totals are summed too. The fused step is then off (one kernel could not
+  // all-reduce inside it). pg must outlive the trainer.
+  void set_process_group(ProcessGroup* pg);
   // The guard against divergence: every step records the first non-finite log p, KL or gradient
   // on the device; train_epoch reads that flag every `steps` steps (1: every step, as
   // --detect-anomaly) and at the end of each epoch, and throws Diverged naming the step where it
@@ -63,12 +69,16 @@ class Trainer {
   void set_divergence_check_every(int steps) { check_every_ = steps < 1 ? 1 : steps; }
   bool fused_step() const { return fused_step_; }
   bool graph_in_use() const { return graph_ != nullptr; }
-  // Continues from a checkpoint of the same configuration.
+  // Continues from a checkpoint of the same configuration, mid-epoch ones included.
   void restore(const Checkpoint& ckpt);
-  Checkpoint checkpoint() const;
+  // What exact resumption needs; with a process group every rank must call it (the epoch's
+  // running totals are summed over the ranks).
+  Checkpoint checkpoint();
 
-  // One epoch over `train` (shuffled by seed and epoch); `on_batch(done, total)` after each step.
-  ElboTotals train_epoch(const DeviceDataset& train, const std::function<void(int64_t, int64_t)>& on_batch = {});
+  // One epoch over `train` (shuffled by seed and epoch), or the rest of an unfinished one. After
+  // each step on_step(done, total) may return false to stop there: the epoch then stays
+  // unfinished (epoch() unchanged, batch_in_epoch() > 0) and the totals returned are partial.
+  ElboTotals train_epoch(const DeviceDataset& train, const std::function<bool(int64_t, int64_t)>& on_step = {});
   // Test-set ELBO with fixed noise: the same checkpoint gives the same number every time.
   ElboTotals evaluate(const DeviceDataset& test);
   // Images as values in [0, 1]: 64 decoder means of prior samples; the first n test images
@@ -77,6 +87,7 @@ class Trainer {
   std::vector<float> reconstructions(const DeviceDataset& test, int n);
 
   int epoch() const { return epoch_; }
+  int64_t batch_in_epoch() const { return batch_in_epoch_; }  // steps of the unfinished epoch taken
   int64_t step() const { return step_; }
   const TrainConfig& config() const { return config_; }
   Vae& model() { return vae_; }
@@ -96,6 +107,10 @@ class Trainer {
   DeviceBuffer<StepState> train_at_, fixed_at_;
   int64_t step_ = 0;
   int epoch_ = 0;
+  int64_t batch_in_epoch_ = 0;
+  std::vector<double> resumed_totals_;  // a mid-epoch checkpoint's totals, for this rank to start from
+  ProcessGroup* pg_ = nullptr;
+  BatchSlice slice(int batch) const;  // this rank's rows of a global batch
   bool use_graph_ = true;
   bool fused_step_ = false;
   DeviceBuffer<NonFinite> watch_;
@@ -107,11 +122,19 @@ class Trainer {
 };
 
 // The `vae train` command: everything a run writes goes under options.out_dir.
+// Exit statuses of `vae train` beyond 0 (done), 1 (error) and 2 (bad flags).
+constexpr int kExitDiverged = 3;
+constexpr int kExitPreempted = 75;     // EX_TEMPFAIL: SIGUSR1 or SIGTERM; checkpoint written, resume
+constexpr int kExitInterrupted = 130;  // SIGINT; checkpoint written
+
 struct TrainRun {
   TrainConfig config;
   DataOptions data;
-  std::string out_dir;  // empty: runs/<timestamp>, or the checkpoint's folder on --resume
-  std::string resume;
+  std::string out_dir;           // empty: runs/<timestamp>, or the checkpoint's folder on --resume
+  std::string resume;            // a checkpoint file or a run folder (its newest checkpoint that loads)
+  int64_t checkpoint_every = 0;  // steps between checkpoints; 0: at the end of each epoch only
+  int keep = 3;                  // step checkpoints kept in checkpoints/
+  std::string dist_backend = "auto";
   std::string device = "auto";
   bool quiet = false;
   bool cuda_graph = true;       // --no-graph turns it off

@@ -75,13 +75,15 @@ void Vae::encode(int batch, const NoiseKey& key) {
                      key.at, ctx_.stream());
 }
 
-void Vae::forward(int batch, const NoiseKey& key, bool with_gradients) {
+void Vae::forward(int batch, const NoiseKey& key, bool with_gradients, int mean_over) {
+  VAE_REQUIRE(mean_over == 0 || mean_over >= batch, "Vae::forward: mean_over below the batch");
   encode(batch, key);
   const auto& ops = ctx_.ops();
   const int rows = batch * samples_;
+  mean_over_ = mean_over ? mean_over : batch;
   decode(z_.data(), rows);
   float* grad_out = with_gradients ? d_out_.data() : nullptr;
-  const float grad_scale = 1.f / static_cast<float>(rows);
+  const float grad_scale = 1.f / static_cast<float>(mean_over_ * samples_);
   if (config_.decoder == DecoderKind::bernoulli) {
     ops.bernoulli_reconstruction(out_.data(), x_.data(), log_prob_.data(), grad_out, batch, config_.input_dim, samples_,
                                  grad_scale, ctx_.stream());
@@ -106,7 +108,7 @@ void Vae::backward(int batch) {
   }
   // Latent stage: reparameterization and KL.
   ctx_.ops().latent_backward(heads_.data(), z_.data(), d_z_.data(), d_heads_.data(), batch, config_.latent, samples_,
-                             1.f / static_cast<float>(batch), ctx_.stream());
+                             1.f / static_cast<float>(mean_over_), ctx_.stream());
   // Encoder, from the heads down to the first layer (dL/dx is not needed).
   const float* last_enc = ne ? enc_h_[ne - 1].data() : x_.data();
   linear_backward(layout_.heads, last_enc, batch, d_heads_.data(), ne ? last_enc : nullptr,

@@ -57,8 +57,10 @@ class Vae {
   // The encoder alone over the first `batch` rows of input(): heads (μ, log σ²), z and KL per row.
   void encode(int batch, const NoiseKey& key);
   // Forward over the first `batch` rows of input(): log p(x|z) per (sample, row), KL per row.
-  // With gradients, also dLoss/d(decoder output) for loss = −(1/B) Σ_r ELBO_r.
-  void forward(int batch, const NoiseKey& key, bool with_gradients);
+  // With gradients, also dLoss/d(decoder output) for loss = −(1/M) Σ_r ELBO_r, M = mean_over
+  // (0: batch). A data-parallel rank passes the global batch: the ranks' gradients then sum to
+  // the gradient of the global batch's mean.
+  void forward(int batch, const NoiseKey& key, bool with_gradients, int mean_over = 0);
   // Backward after forward(…, true): fills grads() (every element is overwritten).
   void backward(int batch);
   // totals[0..2] += (Σ_r reconstruction, Σ_r KL, B) of the last forward pass (device memory);
@@ -86,7 +88,8 @@ class Vae {
   ModelConfig config_;
   ParamLayout layout_;
   int max_batch_, samples_;
-  int out_cols_;  // D or 2D
+  int out_cols_;       // D or 2D
+  int mean_over_ = 1;  // M of the last forward pass
   DeviceBuffer<float> params_, grads_;
   DeviceBuffer<float> x_, heads_, z_, kl_, out_, log_prob_;
   std::vector<DeviceBuffer<float>> enc_h_, dec_h_;  // activations per hidden layer

@@ -21,7 +21,7 @@ __global__ void gather_binarized_batch_kernel(const T* __restrict__ data, const 
   const int groups = (dim + 3) / 4;
   const long long n = static_cast<long long>(batch) * groups;
   const long long offset = at->offset;
-  VAE_ELEMENT_LOOP(i, n) { binarized_group(data, perm, offset, dim, groups, i, x, seed, rs, at->step); }
+  VAE_ELEMENT_LOOP(i, n) { binarized_group(data, perm, offset, dim, groups, i, x, seed, rs, at->step, at->row0); }
 }
 
 void gather_batch(const void* data, PixelType type, const int* perm, int batch, int dim, float* x, bool binarize,

@@ -321,10 +321,10 @@ __global__ void __launch_bounds__(kStepThreads, 2) fused_step_kernel(FusedStepAr
     for (long long i = first; i < static_cast<long long>(B) * groups; i += stride) {
       if (a.type == PixelType::u8) {
         binarized_group(static_cast<const uint8_t*>(a.data), a.perm, at.offset, a.dim, groups, i, a.x, a.seed,
-                        RandomStream::binarize, at.step);
+                        RandomStream::binarize, at.step, at.row0);
       } else {
         binarized_group(static_cast<const float*>(a.data), a.perm, at.offset, a.dim, groups, i, a.x, a.seed,
-                        RandomStream::binarize, at.step);
+                        RandomStream::binarize, at.step, at.row0);
       }
     }
   } else {
@@ -344,7 +344,8 @@ __global__ void __launch_bounds__(kStepThreads, 2) fused_step_kernel(FusedStepAr
   for (long long t = first; t < rows; t += stride) {
     const int s = static_cast<int>(t / B), r = static_cast<int>(t % B);
     const float* mu = a.heads.h + static_cast<long long>(r) * 2 * J;
-    sample_latent(mu, mu + J, J, r, s, a.samples, a.seed, RandomStream::latent_noise, at.step, a.z + t * J, a.kl + r);
+    sample_latent(mu, mu + J, J, static_cast<int>(at.row0) + r, s, a.samples, a.seed, RandomStream::latent_noise,
+                  at.step, a.z + t * J, a.kl + r);
   }
   VAE_GRID_SYNC();
 

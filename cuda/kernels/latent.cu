@@ -13,6 +13,7 @@ __global__ void latent_forward_kernel(const float* __restrict__ heads, float* __
                                       int batch, int latent, int samples, uint64_t seed, RandomStream rs,
                                       const StepState* __restrict__ at) {
   const uint64_t step = at->step;
+  const int row0 = static_cast<int>(at->row0);  // the global batch's row of this slice's first
   const long long n = static_cast<long long>(batch) * samples;
   const long long t = static_cast<long long>(blockIdx.x) * blockDim.y + threadIdx.y;
   const bool active = t < n;
@@ -24,7 +25,7 @@ __global__ void latent_forward_kernel(const float* __restrict__ heads, float* __
   float sum = 0.f;
   if (active) {
     for (int g = static_cast<int>(threadIdx.x); g < groups; g += static_cast<int>(blockDim.x)) {
-      sample_latent_group(mu, logvar, latent, r, s, samples, seed, rs, step, g, z + t * latent);
+      sample_latent_group(mu, logvar, latent, row0 + r, s, samples, seed, rs, step, g, z + t * latent);
       if (s == 0) {
         for (int j = 4 * g; j < 4 * g + 4 && j < latent; ++j) sum += kl_term(mu, logvar, j);
       }

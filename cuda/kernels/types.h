@@ -29,6 +29,9 @@ enum class RandomStream : uint64_t { latent_noise = 0, binarize = 1, eval_noise 
 struct StepState {
   uint64_t step = 0;   // optimizer steps taken before this one
   int64_t offset = 0;  // first row of this batch in the (permuted) data set
+  // Data parallel: this rank's first row within the global batch. Random draws are keyed by the
+  // global row (row0 + r), so R ranks of B/R rows draw what one process of B rows draws.
+  int64_t row0 = 0;
 };
 
 // The guard against divergence: where a training step first met a non-finite value. Zero while

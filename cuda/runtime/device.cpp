@@ -38,4 +38,18 @@ Target resolve_target(const std::string& name) {
 
 const char* target_name(Target t) { return t == Target::cuda ? "cuda" : "cpu"; }
 
+int select_cuda_device(int local_rank) {
+#if VAE_WITH_CUDA
+  int count = 0;
+  VAE_CUDA_CHECK(cudaGetDeviceCount(&count));
+  VAE_REQUIRE(count > 0, "select_cuda_device: no GPU");
+  const int device = local_rank % count;
+  VAE_CUDA_CHECK(cudaSetDevice(device));
+  return device;
+#else
+  (void)local_rank;
+  return 0;
+#endif
+}
+
 }  // namespace vae

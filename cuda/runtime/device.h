@@ -15,5 +15,8 @@ std::string cuda_unavailable_reason();
 // "auto" | "cpu" | "cuda"; throws vae::Error for another name or an unavailable GPU.
 Target resolve_target(const std::string& name);
 const char* target_name(Target t);
+// The GPU of a rank: device local_rank modulo the node's device count (cudaSetDevice), before
+// any context is made. Returns the device index.
+int select_cuda_device(int local_rank);
 
 }  // namespace vae
