@@ -150,8 +150,8 @@ std::vector<std::string> words(const std::string& s) {
 
 int run(const std::vector<std::string>& argv, const std::string& log) { return spawn(argv, log).wait(); }
 
-std::vector<std::string> vae_train(const std::string& flags) {
-  std::vector<std::string> a = {VAE_CLI_PATH, "train", "--device", "cpu", "--quiet"};
+std::vector<std::string> vae_train(const std::string& flags, Target target = Target::cpu) {
+  std::vector<std::string> a = {VAE_CLI_PATH, "train", "--device", target_name(target), "--quiet"};
   for (auto& w : words(flags)) a.push_back(w);
   return a;
 }
@@ -206,7 +206,7 @@ std::vector<std::string> mpirun(int ranks, const std::vector<std::string>& argv)
   if (!VAE_WITH_MPI)       \
   GTEST_SKIP() << "this build has no MPI (VAE_WITH_MPI=OFF): the sanitizer build, or no libopenmpi-dev"
 
-TEST(DataParallel, MpiRanksComputeTheStepOfOneProcess) {
+TEST(Mpi, RanksComputeTheStepOfOneProcess) {
   SKIP_WITHOUT_MPI();
   const fs::path dir = fresh_dir("dp");
   const std::string flags = "--train-limit 1200 --test-limit 100 --epochs 1 --batch-size 60 --hidden 64 --latent 8";
@@ -248,7 +248,7 @@ TEST(DataParallel, MpiRanksComputeTheStepOfOneProcess) {
 
 // SIGUSR1 to mpirun reaches every rank; they agree on the step, rank 0 writes the checkpoint,
 // all exit 75, and two ranks resumed from it end where two ranks uninterrupted end, bit for bit.
-TEST(DataParallel, PreemptedRanksAgreeAndResumeExactly) {
+TEST(Mpi, PreemptedRanksAgreeAndResumeExactly) {
   SKIP_WITHOUT_MPI();
   const fs::path dir = fresh_dir("dpsig");
   const std::string flags = "--train-limit 1200 --test-limit 100 --epochs 3 --batch-size 40 --hidden 64 --latent 8 ";
@@ -277,20 +277,26 @@ const char* kSmallRun = "--train-limit 1500 --test-limit 100 --batch-size 50 --h
 
 // A signal at a random step (SIGUSR1, SIGTERM or SIGINT), then --resume of the run folder: the
 // same parameters and optimizer state as the run that was never stopped, one metrics line per
-// epoch.
-TEST(Preemption, SignalAtARandomStepThenResumeIsBitIdentical) {
-  const fs::path dir = fresh_dir("sig");
-  ASSERT_EQ(run(vae_train(std::string(kSmallRun) + "--epochs 3 --out " + (dir / "straight").string()),
+// epoch. On the GPU too (CUDA graph replay, captured again after the resume).
+class PreemptionOn : public ::testing::TestWithParam<Target> {};
+
+TEST_P(PreemptionOn, SignalAtARandomStepThenResumeIsBitIdentical) {
+  const Target target = GetParam();
+  VAE_SKIP_WITHOUT_DEVICE(target);
+  const fs::path dir = fresh_dir(std::string("sig_") + target_name(target));
+  ASSERT_EQ(run(vae_train(std::string(kSmallRun) + "--epochs 3 --out " + (dir / "straight").string(), target),
                 (dir / "log").string()),
-            0);
+            0)
+      << slurp(dir / "log");
   const Checkpoint straight = load_checkpoint((dir / "straight" / "checkpoint.safetensors").string());
   std::mt19937 rng(::getpid());
   const int signals[] = {SIGUSR1, SIGTERM, SIGINT};
   int stopped = 0;
   for (int trial = 0; trial < 3; ++trial) {
     const fs::path cut = dir / ("cut" + std::to_string(trial));
-    const Child c = spawn(vae_train(std::string(kSmallRun) + "--epochs 3 --checkpoint-every 5 --out " + cut.string()),
-                          (dir / "log").string());
+    const Child c =
+        spawn(vae_train(std::string(kSmallRun) + "--epochs 3 --checkpoint-every 5 --out " + cut.string(), target),
+              (dir / "log").string());
     wait_for(cut / "checkpoint.safetensors", c);
     std::this_thread::sleep_for(std::chrono::milliseconds(rng() % 150));
     ::kill(c.pid, signals[trial]);
@@ -301,12 +307,39 @@ TEST(Preemption, SignalAtARandomStepThenResumeIsBitIdentical) {
       ++stopped;
       const Checkpoint at_stop = load_checkpoint((cut / "checkpoint.safetensors").string());
       EXPECT_LT(at_stop.step, straight.step);
-      ASSERT_EQ(run(vae_train("--epochs 3 --resume " + cut.string()), (dir / "log").string()), 0) << slurp(dir / "log");
+      ASSERT_EQ(run(vae_train("--epochs 3 --resume " + cut.string(), target), (dir / "log").string()), 0)
+          << slurp(dir / "log");
     }
     expect_identical(straight, load_checkpoint((cut / "checkpoint.safetensors").string()));
     EXPECT_EQ(metrics_lines(cut), 3u);
   }
   EXPECT_GT(stopped, 0) << "every run ended before its signal";
+  fs::remove_all(dir);
+}
+
+INSTANTIATE_TEST_SUITE_P(Targets, PreemptionOn, ::testing::ValuesIn(test::all_targets()), test::target_param_name);
+
+// The NCCL path with one rank (gradients and totals through ncclAllReduce, inside the CUDA
+// graph) computes what the plain run computes, bit for bit.
+TEST(Nccl, OneRankEqualsThePlainRun) {
+  VAE_SKIP_WITHOUT_DEVICE(Target::cuda);
+  if (!VAE_WITH_NCCL) GTEST_SKIP() << "this build has no NCCL (configure with NCCL_ROOT)";
+  const fs::path dir = fresh_dir("nccl1");
+  const std::string flags = std::string(kSmallRun) + "--epochs 2 ";
+  ASSERT_EQ(run(vae_train(flags + "--out " + (dir / "plain").string(), Target::cuda), (dir / "log").string()), 0)
+      << slurp(dir / "log");
+  ASSERT_EQ(run(vae_train(flags + "--dist-backend nccl --out " + (dir / "nccl").string(), Target::cuda),
+                (dir / "log").string()),
+            0)
+      << slurp(dir / "log");
+  expect_identical(load_checkpoint((dir / "plain" / "checkpoint.safetensors").string()),
+                   load_checkpoint((dir / "nccl" / "checkpoint.safetensors").string()));
+  const auto a = nlohmann::json::parse(
+      slurp(dir / "plain" / "metrics.jsonl").substr(0, slurp(dir / "plain" / "metrics.jsonl").find('\n')));
+  const auto b = nlohmann::json::parse(
+      slurp(dir / "nccl" / "metrics.jsonl").substr(0, slurp(dir / "nccl" / "metrics.jsonl").find('\n')));
+  EXPECT_EQ(a["train_elbo"].get<double>(), b["train_elbo"].get<double>());
+  EXPECT_TRUE(b["cuda_graph"].get<bool>());
   fs::remove_all(dir);
 }
 
