@@ -30,6 +30,7 @@ namespace {
 // data needs no gradient). rows: B for the encoder and heads, L*B for the decoder.
 struct StepGemms {
   std::vector<GemmOp> ops;
+  std::vector<GemmOp> with_epilogues;  // the same products with the step's epilogues (ReLU layers)
   double flops = 0;
   std::deque<DeviceBuffer<float>> scratch;  // a deque: references stay valid as it grows
 };
@@ -41,18 +42,22 @@ StepGemms step_gemms(const DeviceContext& ctx, const ParamLayout& layout, int ba
     auto& w = g.scratch.emplace_back(ctx, static_cast<size_t>(s.out) * s.in);
     auto& out = g.scratch.emplace_back(ctx, static_cast<size_t>(rows) * s.out);
     auto& dw = g.scratch.emplace_back(ctx, static_cast<size_t>(s.out) * s.in);
+    auto& b = g.scratch.emplace_back(ctx, static_cast<size_t>(s.out));
+    auto& db = g.scratch.emplace_back(ctx, static_cast<size_t>(s.out));
     // The products alone: no epilogues (the floor is the GEMM work).
     auto plain = [](GemmOp op) {
       op.epilogue = Epilogue::none;
       op.bias_grad = nullptr;
       return op;
     };
-    g.ops.push_back(plain(dense_forward_gemm(s, in.data(), w.data(), nullptr, out.data(), rows, Activation::identity)));
-    g.ops.push_back(plain(dense_weight_grad_gemm(s, out.data(), in.data(), dw.data(), nullptr, rows)));
+    g.with_epilogues.push_back(
+        dense_forward_gemm(s, in.data(), w.data(), b.data(), out.data(), rows, Activation::relu));
+    g.with_epilogues.push_back(dense_weight_grad_gemm(s, out.data(), in.data(), dw.data(), db.data(), rows));
     if (grad_in) {
-      g.ops.push_back(
-          plain(dense_input_grad_gemm(s, out.data(), w.data(), in.data(), rows, nullptr, Activation::identity)));
+      g.with_epilogues.push_back(
+          dense_input_grad_gemm(s, out.data(), w.data(), in.data(), rows, in.data(), Activation::relu));
     }
+    for (size_t i = g.ops.size(); i < g.with_epilogues.size(); ++i) g.ops.push_back(plain(g.with_epilogues[i]));
     g.flops += 2.0 * rows * s.out * s.in * (grad_in ? 3 : 2);
   };
   for (size_t i = 0; i < layout.encoder.size(); ++i) add(layout.encoder[i], batch, i > 0);
@@ -165,13 +170,15 @@ int main(int argc, char** argv) {
                                     },
                                     gpu ? 200 : 50);
   const double step_gemm_gflops = gemms.flops / (gemm_ms * 1e6);
-  std::vector<double> cold_us, warm_us;  // each GEMM alone, from a cold and from a warm cache
+  std::vector<double> cold_us, warm_us, epilogue_us;  // each GEMM alone, from a cold and from a warm cache
   for (const bool cold : {true, false}) {
     timer.set_flush(cold);
     for (const GemmOp& op : gemms.ops) {
       (cold ? cold_us : warm_us).push_back(timer.median_us([&] { ctx.ops().gemm(ctx.gemm(), op); }, gpu ? 200 : 30));
     }
   }
+  for (const GemmOp& op : gemms.with_epilogues)
+    epilogue_us.push_back(timer.median_us([&] { ctx.ops().gemm(ctx.gemm(), op); }, gpu ? 200 : 30));
 
   std::printf("bench_step: %d-%d-%d, batch %d, Adam, %s step, %d steps on %s\n", dim, hidden, latent, batch,
               step_kind.c_str(), steps, ctx.description().c_str());
@@ -193,16 +200,18 @@ int main(int argc, char** argv) {
       "%.2fx)\n",
       "peak floor", gemms.flops / (peak_gflops * 1e6), peak.gemm_side, peak_gflops,
       epoch_steps * gemms.flops / (peak_gflops * 1e9), step_ms * peak_gflops * 1e6 / gemms.flops);
-  std::printf("\nthe step's GEMMs, each alone:\n%-28s %10s %10s %10s %10s\n", "m x n x k (op)", "cold us", "GFLOP/s",
-              "warm us", "GFLOP/s");
+  std::printf(
+      "\nthe step's GEMMs, each alone (epilogue: warm, with the step's bias + ReLU, bias gradient or ReLU "
+      "derivative):\n%-28s %10s %10s %10s %10s %12s\n",
+      "m x n x k (op)", "cold us", "GFLOP/s", "warm us", "GFLOP/s", "epilogue us");
   for (size_t i = 0; i < gemms.ops.size(); ++i) {
     const GemmOp& op = gemms.ops[i];
     char shape[64];
     std::snprintf(shape, sizeof shape, "%d x %d x %d (%s)", op.m, op.n, op.k,
                   op.trans_a ? "AT B" : (op.trans_b ? "A BT" : "A B"));
     const double flop = 2.0 * op.m * op.n * op.k;
-    std::printf("%-28s %10.1f %10.1f %10.1f %10.1f\n", shape, cold_us[i], flop / (cold_us[i] * 1e3), warm_us[i],
-                flop / (warm_us[i] * 1e3));
+    std::printf("%-28s %10.1f %10.1f %10.1f %10.1f %12.1f\n", shape, cold_us[i], flop / (cold_us[i] * 1e3), warm_us[i],
+                flop / (warm_us[i] * 1e3), epilogue_us[i]);
   }
   if (json) {
     std::printf(
