@@ -188,7 +188,8 @@ int main(int argc, char** argv) {
     // Latent stage alone: ε, z = μ + σ ε, KL per row.
     NormalGenerator* gen = unf.normal_generator_create(7, s);
     {
-      ops.latent_forward(heads.data(), z.data(), kl.data(), B, J, 1, 1, RandomStream::latent_noise, at.data(), s);
+      ops.latent_forward(heads.data(), z.data(), kl.data(), B, J, 1, 1, RandomStream::latent_noise, at.data(),
+                         KlEstimator::analytic, s);
       const std::vector<float> fused_latent_kl = kl.download();
       unf.latent_forward(gen, heads.data(), eps.data(), z.data(), kl.data(), B, J, s);
       agree.expect("latent KL", B, fused_latent_kl, kl.download());
@@ -203,19 +204,24 @@ int main(int argc, char** argv) {
     pair(
         "latent: eps, reparam, KL (J=20)", B, (2.0 * bj + bj + B) * f4, 0,
         [&] {
-          ops.latent_forward(heads.data(), z.data(), kl.data(), B, J, 1, 1, RandomStream::latent_noise, at.data(), s);
+          ops.latent_forward(heads.data(), z.data(), kl.data(), B, J, 1, 1, RandomStream::latent_noise, at.data(),
+                             KlEstimator::analytic, s);
         },
         [&] { unf.latent_forward(gen, heads.data(), eps.data(), z.data(), kl.data(), B, J, s); }, "cuRAND+2");
     unf.normal_generator_destroy(gen);
 
     // Latent backward: dμ and dlog σ² with the KL terms (z from the fused forward above).
-    ops.latent_backward(heads.data(), z.data(), grad_z.data(), grad_heads.data(), B, J, 1, 1.f / B, s);
+    ops.latent_backward(heads.data(), z.data(), grad_z.data(), grad_heads.data(), B, J, 1, 1.f / B, KlTerm{}, nullptr,
+                        s);
     const std::vector<float> fused_gheads = grad_heads.download();
     unf.latent_backward(heads.data(), z.data(), grad_z.data(), grad_heads.data(), B, J, 1.f / B, s);
     agree.expect("latent backward", B, fused_gheads, grad_heads.download());
     pair(
         "latent backward (J=20)", B, (2.0 * bj + 2 * bj + 2 * bj) * f4, 0,
-        [&] { ops.latent_backward(heads.data(), z.data(), grad_z.data(), grad_heads.data(), B, J, 1, 1.f / B, s); },
+        [&] {
+          ops.latent_backward(heads.data(), z.data(), grad_z.data(), grad_heads.data(), B, J, 1, 1.f / B, KlTerm{},
+                              nullptr, s);
+        },
         [&] { unf.latent_backward(heads.data(), z.data(), grad_z.data(), grad_heads.data(), B, J, 1.f / B, s); },
         "2 kernels");
 

@@ -124,11 +124,16 @@ void latent_backward(const float* heads, const float* z, const float* grad_z, fl
 
 // ---- Gaussian reconstruction: per-element log p, row sums, gradient ----------------------------
 
-// out (rows, 2D) = [mean logits | log variance].
+// out (rows, 2D) = [mean logits | raw log variance]; log σ² = floor + softplus(raw − floor).
+__device__ __forceinline__ float floored_log_var(float raw) {
+  const float u = raw - kGaussianMinLogVar;
+  return kGaussianMinLogVar + fmaxf(u, 0.f) + log1pf(expf(-fabsf(u)));
+}
+
 __global__ void gaussian_log_prob_elements_kernel(const float* __restrict__ out, const float* __restrict__ x,
                                                   float* __restrict__ lp, int rows, int dim) {
   VAE_ROW_COL_LOOP(r, d, rows, dim) {
-    const float m = 1.f / (1.f + expf(-out[r * 2 * dim + d])), v = out[r * 2 * dim + dim + d];
+    const float m = 1.f / (1.f + expf(-out[r * 2 * dim + d])), v = floored_log_var(out[r * 2 * dim + dim + d]);
     const float diff = x[r * dim + d] - m;
     lp[r * dim + d] = -(0.91893853320467274f + 0.5f * (v + diff * diff * expf(-v)));  // ½ log 2π
   }
@@ -137,10 +142,12 @@ __global__ void gaussian_log_prob_elements_kernel(const float* __restrict__ out,
 __global__ void gaussian_grad_kernel(const float* __restrict__ out, const float* __restrict__ x,
                                      float* __restrict__ grad, int rows, int dim, float scale) {
   VAE_ROW_COL_LOOP(r, d, rows, dim) {
-    const float m = 1.f / (1.f + expf(-out[r * 2 * dim + d])), v = out[r * 2 * dim + dim + d];
+    const float raw = out[r * 2 * dim + dim + d];
+    const float m = 1.f / (1.f + expf(-out[r * 2 * dim + d])), v = floored_log_var(raw);
     const float diff = x[r * dim + d] - m, inv_var = expf(-v);
     grad[r * 2 * dim + d] = -scale * diff * inv_var * m * (1.f - m);
-    grad[r * 2 * dim + dim + d] = scale * 0.5f * (1.f - diff * diff * inv_var);
+    grad[r * 2 * dim + dim + d] =
+        scale * 0.5f * (1.f - diff * diff * inv_var) / (1.f + expf(-(raw - kGaussianMinLogVar)));
   }
 }
 

@@ -51,10 +51,17 @@ struct StepGraph;   // an instantiated CUDA graph (GPU only)
   void dense_activation_backward(float* grad, const float* h, float* grad_bias, int rows, int cols, Activation act,    \
                                  ReduceScratch scratch, cudaStream_t stream);                                          \
   /* latent (cuda/kernels/latent.cu) */                                                                                \
+  /* kl (B): the row's analytic KL, or with monte_carlo the mean over its samples of log q(z|x) − log p(z) */        \
   void latent_forward(const float* heads, float* z, float* kl, int batch, int latent, int samples, uint64_t seed,      \
-                      RandomStream rs, const StepState* at, cudaStream_t stream);                                      \
+                      RandomStream rs, const StepState* at, KlEstimator estimator, cudaStream_t stream);               \
+  /* the KL's gradient scaled by batch_scale · β(at->step) (KlTerm; at may be null: no warm-up) */                   \
   void latent_backward(const float* heads, const float* z, const float* grad_z, float* grad_heads, int batch,          \
-                       int latent, int samples, float kl_scale, cudaStream_t stream);                                  \
+                       int latent, int samples, float batch_scale, KlTerm kl, const StepState* at,                     \
+                       cudaStream_t stream);                                                                           \
+  /* importance weights (cuda/kernels/importance.cu): for each row r and sample s of a chunk, */                       \
+  /* log w = log p(x|z) + log p(z) − log q(z|x), folded into a running log-sum-exp (lse_max, lse_sum) */             \
+  void importance_accumulate(const float* heads, const float* z, const float* log_px, int batch, int latent,           \
+                             int samples, float* lse_max, double* lse_sum, bool first_chunk, cudaStream_t stream);     \
   /* the whole training step as one cooperative kernel (cuda/kernels/fused_step.cu) */                                 \
   void fused_step(const FusedStepArgs& args, cudaStream_t stream);                                                     \
   /* the blocks fused_step launches: its workspace depends on them */                                                  \

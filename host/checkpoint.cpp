@@ -2,6 +2,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
+
 #include "named_enum.h"
 #include "runtime/check.h"
 #include "safetensors.h"
@@ -16,6 +18,16 @@ constexpr Named<Binarize> kBinarizeNames[] = {
 
 const char* binarize_name(Binarize b) { return name_of(kBinarizeNames, b); }
 Binarize parse_binarize(const std::string& s) { return parse_named(kBinarizeNames, s, "--binarize"); }
+
+constexpr Named<KlEstimator> kEstimatorNames[] = {{KlEstimator::analytic, "analytic"},
+                                                  {KlEstimator::monte_carlo, "monte-carlo"}};
+const char* estimator_name(KlEstimator e) { return name_of(kEstimatorNames, e); }
+KlEstimator parse_estimator(const std::string& s) { return parse_named(kEstimatorNames, s, "--estimator"); }
+
+double kl_weight_at(const KlTerm& kl, int64_t step) {
+  const double ramp = kl.warmup > 0 ? std::min(1.0, static_cast<double>(step) / static_cast<double>(kl.warmup)) : 1.0;
+  return kl.weight * ramp;
+}
 
 std::string DataOptions::describe() const {
   std::string s = train_npy.empty() && test_npy.empty() ? data : train_npy + ", " + test_npy;
@@ -47,6 +59,9 @@ std::string config_to_json(const TrainConfig& c) {
       {"epochs", c.epochs},
       {"seed", c.seed},
       {"binarize", binarize_name(c.binarize)},
+      {"estimator", estimator_name(c.kl.estimator)},
+      {"kl_weight", c.kl.weight},
+      {"kl_warmup", c.kl.warmup},
       {"tf32", c.tf32},
       {"data",
        {{"source", c.data.data},
@@ -87,6 +102,9 @@ TrainConfig config_from_json(const std::string& text, const std::string& source)
     c.seed = j.at("seed").get<uint64_t>();
     c.binarize = parse_binarize(j.at("binarize").get<std::string>());
     c.tf32 = j.value("tf32", false);
+    c.kl.estimator = parse_estimator(j.value("estimator", std::string("analytic")));
+    c.kl.weight = j.value("kl_weight", 1.f);
+    c.kl.warmup = j.value("kl_warmup", int64_t{0});
     const auto& d = j.at("data");
     c.data.data = d.at("source").get<std::string>();
     c.data.train_npy = d.at("train_npy").get<std::string>();
@@ -104,6 +122,7 @@ TrainConfig config_from_json(const std::string& text, const std::string& source)
   }
   for (int h : c.model.hidden)
     if (h <= 0) throw Error(source + ": config has a non-positive hidden size");
+  if (!(c.kl.weight >= 0.f) || c.kl.warmup < 0) throw Error(source + ": config has a negative kl_weight or kl_warmup");
   return c;
 }
 

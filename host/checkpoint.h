@@ -14,6 +14,10 @@ namespace vae {
 enum class Binarize { none, static_threshold, dynamic };
 const char* binarize_name(Binarize b);
 Binarize parse_binarize(const std::string& s);
+const char* estimator_name(KlEstimator e);
+KlEstimator parse_estimator(const std::string& s);  // analytic | monte-carlo; throws vae::Error
+// β at a step: weight · min(1, step / warmup), the value the KL gradient is scaled by.
+double kl_weight_at(const KlTerm& kl, int64_t step);
 
 // Where data comes from: --data fashion-mnist|DIR, or --train X.npy --test Y.npy; recorded in
 // the checkpoint, so that a resumed run and `vae eval` see the same data.
@@ -33,6 +37,7 @@ struct TrainConfig {
   int epochs = 10;
   uint64_t seed = 1;
   Binarize binarize = Binarize::none;
+  KlTerm kl;  // estimator (analytic: B, monte-carlo: A), β and its warm-up
   bool tf32 = false;
   DataOptions data;
 };

@@ -155,9 +155,9 @@ void Trainer::queue_step(const DeviceDataset& train, int batch) {
     ops.gather_batch(train.bytes.data(), train.type, perm_.data(), s.rows, train.dim, vae_.input(),
                      config_.binarize == Binarize::dynamic, seed, RandomStream::binarize, train_at_.data(),
                      ctx_.stream());
-    vae_.forward(s.rows, {seed, RandomStream::latent_noise, train_at_.data()}, true, batch);
+    vae_.forward(s.rows, {seed, RandomStream::latent_noise, train_at_.data(), config_.kl.estimator}, true, batch);
     vae_.accumulate_totals(s.rows, totals_.data(), train_at_.data(), watch_.data());
-    vae_.backward(s.rows);
+    vae_.backward(s.rows, config_.kl, train_at_.data());
   } else {  // a last batch smaller than the world: this rank adds nothing
     vae_.grads().zero();
   }
@@ -289,7 +289,7 @@ std::vector<float> Trainer::prior_samples(int n) {
       kl(ctx_, n), mean(ctx_, static_cast<size_t>(n) * config_.model.input_dim);
   // μ = 0, log σ² = 0: the latent kernel then draws z ~ N(0, I), the prior.
   ctx_.ops().latent_forward(zero_heads.data(), z.data(), kl.data(), n, J, 1, config_.seed, RandomStream::prior,
-                            fixed_steps(1), ctx_.stream());
+                            fixed_steps(1), KlEstimator::analytic, ctx_.stream());
   vae_.decode_mean(z.data(), n, mean.data());
   return mean.download();
 }
@@ -552,7 +552,9 @@ int run_train(const TrainRun& run) {
                             {"tf32", ctx.tf32()},
                             {"cuda_graph", trainer.graph_in_use()},
                             {"step_kernel", trainer.fused_step() ? "fused" : "composed"},
-                            {"ranks", pg.size()}};
+                            {"ranks", pg.size()},
+                            {"estimator", estimator_name(config.kl.estimator)},
+                            {"kl_weight", kl_weight_at(config.kl, trainer.step())}};
         append_line_atomically(metrics_path, m.dump());
         const int H = config.model.image_height, W = config.model.image_width;
         write_png_grid((fs::path(out_dir) / ("samples_" + std::to_string(epoch) + ".png")).string(),

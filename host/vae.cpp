@@ -64,15 +64,33 @@ void Vae::decode(const float* z, int rows) {
 
 void Vae::encode(int batch, const NoiseKey& key) {
   VAE_REQUIRE(batch > 0 && batch <= max_batch_, "Vae::encode: batch out of range");
-  const auto& ops = ctx_.ops();
   const float* h = x_.data();
   for (size_t i = 0; i < layout_.encoder.size(); ++i) {
     linear_forward(layout_.encoder[i], h, batch, enc_h_[i].data(), config_.activation);
     h = enc_h_[i].data();
   }
   linear_forward(layout_.heads, h, batch, heads_.data(), Activation::identity);
-  ops.latent_forward(heads_.data(), z_.data(), kl_.data(), batch, config_.latent, samples_, key.seed, key.stream,
-                     key.at, ctx_.stream());
+  draw_latent(batch, key);
+}
+
+void Vae::draw_latent(int batch, const NoiseKey& key) {
+  VAE_REQUIRE(batch > 0 && batch <= max_batch_, "Vae::draw_latent: batch out of range");
+  ctx_.ops().latent_forward(heads_.data(), z_.data(), kl_.data(), batch, config_.latent, samples_, key.seed, key.stream,
+                            key.at, key.kl, ctx_.stream());
+}
+
+void Vae::decode_and_score(int batch) {
+  VAE_REQUIRE(batch > 0 && batch <= max_batch_, "Vae::decode_and_score: batch out of range");
+  const auto& ops = ctx_.ops();
+  const int rows = batch * samples_;
+  decode(z_.data(), rows);
+  if (config_.decoder == DecoderKind::bernoulli) {
+    ops.bernoulli_reconstruction(out_.data(), x_.data(), log_prob_.data(), nullptr, batch, config_.input_dim, samples_,
+                                 1.f, ctx_.stream());
+  } else {
+    ops.gaussian_reconstruction(out_.data(), x_.data(), log_prob_.data(), nullptr, batch, config_.input_dim, samples_,
+                                1.f, ctx_.stream());
+  }
 }
 
 void Vae::forward(int batch, const NoiseKey& key, bool with_gradients, int mean_over) {
@@ -93,7 +111,7 @@ void Vae::forward(int batch, const NoiseKey& key, bool with_gradients, int mean_
   }
 }
 
-void Vae::backward(int batch) {
+void Vae::backward(int batch, const KlTerm& kl, const StepState* at) {
   const int rows = batch * samples_;
   const size_t nd = layout_.decoder.size(), ne = layout_.encoder.size();
   // Decoder, from the output layer down to dL/dz. Each input-grad GEMM into a hidden layer also
@@ -108,7 +126,7 @@ void Vae::backward(int batch) {
   }
   // Latent stage: reparameterization and KL.
   ctx_.ops().latent_backward(heads_.data(), z_.data(), d_z_.data(), d_heads_.data(), batch, config_.latent, samples_,
-                             1.f / static_cast<float>(mean_over_), ctx_.stream());
+                             1.f / static_cast<float>(mean_over_), kl, at, ctx_.stream());
   // Encoder, from the heads down to the first layer (dL/dx is not needed).
   const float* last_enc = ne ? enc_h_[ne - 1].data() : x_.data();
   linear_backward(layout_.heads, last_enc, batch, d_heads_.data(), ne ? last_enc : nullptr,

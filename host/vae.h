@@ -16,7 +16,8 @@ namespace vae {
 struct NoiseKey {
   uint64_t seed = 1;
   RandomStream stream = RandomStream::latent_noise;
-  const StepState* at = nullptr;  // device memory
+  const StepState* at = nullptr;           // device memory
+  KlEstimator kl = KlEstimator::analytic;  // how the pass's KL per row is computed
 };
 
 // The three GEMMs of a dense layer s with their epilogues (cuda/kernels/dense_gemm.h).
@@ -56,13 +57,19 @@ class Vae {
 
   // The encoder alone over the first `batch` rows of input(): heads (μ, log σ²), z and KL per row.
   void encode(int batch, const NoiseKey& key);
+  // New draws of z (and the KL per row) from the heads of the last encode.
+  void draw_latent(int batch, const NoiseKey& key);
+  // The decoder over the z of the last draw and log p(x|z) per (sample, row) into log_prob(),
+  // without gradients.
+  void decode_and_score(int batch);
   // Forward over the first `batch` rows of input(): log p(x|z) per (sample, row), KL per row.
   // With gradients, also dLoss/d(decoder output) for loss = −(1/M) Σ_r ELBO_r, M = mean_over
   // (0: batch). A data-parallel rank passes the global batch: the ranks' gradients then sum to
   // the gradient of the global batch's mean.
   void forward(int batch, const NoiseKey& key, bool with_gradients, int mean_over = 0);
-  // Backward after forward(…, true): fills grads() (every element is overwritten).
-  void backward(int batch);
+  // Backward after forward(…, true): fills grads() (every element is overwritten). The KL term's
+  // gradient follows kl (estimator, β and its warm-up at at->step; at may be null).
+  void backward(int batch, const KlTerm& kl = {}, const StepState* at = nullptr);
   // totals[0..2] += (Σ_r reconstruction, Σ_r KL, B) of the last forward pass (device memory);
   // with watch (and the step state at), a non-finite log p or KL is recorded there.
   void accumulate_totals(int batch, double* totals, const StepState* at = nullptr, NonFinite* watch = nullptr);
@@ -75,6 +82,8 @@ class Vae {
   // Device buffers of the last pass, for tests: log p per (sample, row) and KL per row.
   const DeviceBuffer<float>& log_prob() const { return log_prob_; }
   const DeviceBuffer<float>& kl() const { return kl_; }
+  const DeviceBuffer<float>& heads() const { return heads_; }  // (max_batch, 2J): μ | log σ²
+  const DeviceBuffer<float>& z() const { return z_; }          // (samples, max_batch, J)
 
  private:
   void linear_forward(const LinearSlot& s, const float* in, int rows, float* out, Activation act);

@@ -3,6 +3,7 @@
 #include <cuda_runtime.h>
 #include <curand_kernel.h>
 
+#include <algorithm>
 #include <cmath>
 #include <map>
 #include <stdexcept>
@@ -124,7 +125,11 @@ void reference_latent(const std::vector<double>& heads, const std::vector<double
 }
 
 ReferenceResult reference_vae(const ModelConfig& c, const std::vector<double>& params, const std::vector<double>& x,
-                              int B, int L, const std::vector<double>& eps, bool with_grad) {
+                              int B, int L, const std::vector<double>& eps, bool with_grad, const KlTerm& klt,
+                              uint64_t step) {
+  const bool mc = klt.estimator == KlEstimator::monte_carlo;
+  const double beta =
+      klt.weight * (klt.warmup > 0 ? std::min(1.0, static_cast<double>(step) / static_cast<double>(klt.warmup)) : 1.0);
   ReferenceResult res;
   res.grad.assign(params.size(), 0.0);
   Params P(c, params, res.grad);
@@ -144,6 +149,17 @@ ReferenceResult reference_vae(const ModelConfig& c, const std::vector<double>& p
       heads[static_cast<size_t>(r) * 2 * J + J + j] = lv[static_cast<size_t>(r) * J + j];
     }
   reference_latent(heads, eps, B, L, J, z, res.kl);
+  if (mc) {  // KL = mean_ℓ Σ_j log q(z|x) − log p(z) = mean_ℓ Σ_j −½ v − ½ ε² + ½ z²
+    for (int r = 0; r < B; ++r) {
+      double s = 0;
+      for (int l = 0; l < L; ++l)
+        for (int j = 0; j < J; ++j) {
+          const size_t zi = (static_cast<size_t>(l) * B + r) * J + j;
+          s += -0.5 * lv[static_cast<size_t>(r) * J + j] - 0.5 * eps[zi] * eps[zi] + 0.5 * z[zi] * z[zi];
+        }
+      res.kl[r] = s / L;
+    }
+  }
 
   // Decoder.
   const HiddenStack dec = hidden_forward(P, "decoder", z, LB);
@@ -167,10 +183,12 @@ ReferenceResult reference_vae(const ModelConfig& c, const std::vector<double>& p
           s += xd * yd - softplus(yd);
           dy[static_cast<size_t>(row) * D + d] = -scale * (xd - sigmoid(yd));
         } else {
-          const double m = sigmoid(yd), v = yv[static_cast<size_t>(row) * D + d], diff = xd - m;
+          // log σ² = floor + softplus(raw − floor)
+          const double floor = -2 * std::log(255.0) - std::log(12.0), u = yv[static_cast<size_t>(row) * D + d] - floor;
+          const double m = sigmoid(yd), v = floor + softplus(u), diff = xd - m;
           s += -half_log_2pi - 0.5 * v - 0.5 * diff * diff * std::exp(-v);
           dy[static_cast<size_t>(row) * D + d] = -scale * diff * std::exp(-v) * m * (1 - m);
-          dyv[static_cast<size_t>(row) * D + d] = -scale * (-0.5 + 0.5 * diff * diff * std::exp(-v));
+          dyv[static_cast<size_t>(row) * D + d] = -scale * (-0.5 + 0.5 * diff * diff * std::exp(-v)) * sigmoid(u);
         }
       }
       res.log_prob[row] = s;
@@ -180,7 +198,7 @@ ReferenceResult reference_vae(const ModelConfig& c, const std::vector<double>& p
     double m = 0;
     for (int l = 0; l < L; ++l) m += res.log_prob[l * B + r];
     res.elbo[r] = m / L - res.kl[r];
-    res.loss -= res.elbo[r] / B;
+    res.loss -= (m / L - beta * res.kl[r]) / B;
   }
   if (!with_grad) return res;
 
@@ -196,11 +214,13 @@ ReferenceResult reference_vae(const ModelConfig& c, const std::vector<double>& p
   for (int r = 0; r < B; ++r)
     for (int j = 0; j < J; ++j) {
       const double m = mu[r * J + j], v = lv[r * J + j];
-      double a = m / B, b = 0.5 * (std::exp(v) - 1) / B;
+      // Analytic: β KL/B in closed form. Monte-Carlo: β/(B L) Σ_ℓ (−½ v − ½ ε² + ½ z²), ε fixed.
+      double a = mc ? 0.0 : beta * m / B, b = mc ? -0.5 * beta / B : beta * 0.5 * (std::exp(v) - 1) / B;
       for (int l = 0; l < L; ++l) {
         const size_t zi = (static_cast<size_t>(l) * B + r) * J + j;
-        a += dg[zi];
-        b += dg[zi] * 0.5 * std::exp(0.5 * v) * eps[zi];
+        const double dz = dg[zi] + (mc ? beta * z[zi] / (static_cast<double>(B) * L) : 0.0);
+        a += dz;
+        b += dz * 0.5 * std::exp(0.5 * v) * eps[zi];
       }
       dmu[r * J + j] = a;
       dlv[r * J + j] = b;

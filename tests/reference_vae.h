@@ -13,15 +13,17 @@ namespace vae::test {
 
 struct ReferenceResult {
   std::vector<double> log_prob;  // (L*B): log p(x_r | z_ℓr), sample-major
-  std::vector<double> kl;        // (B)
+  std::vector<double> kl;        // (B): analytic, or the mean over ℓ of log q(z_ℓr|x) − log p(z_ℓr)
   std::vector<double> elbo;      // (B): mean_ℓ log p − KL
-  double loss = 0;               // −mean_r elbo
+  double loss = 0;               // −mean_r (mean_ℓ log p − β KL): what the gradient is of
   std::vector<double> grad;      // flat, same layout as the parameters
 };
 
-// x: (B, D) in [0, 1]; eps: (L*B, J) sample-major.
+// x: (B, D) in [0, 1]; eps: (L*B, J) sample-major. kl: the estimator and β = weight ·
+// min(1, step / warmup).
 ReferenceResult reference_vae(const ModelConfig& c, const std::vector<double>& params, const std::vector<double>& x,
-                              int batch, int samples, const std::vector<double>& eps, bool with_grad = true);
+                              int batch, int samples, const std::vector<double>& eps, bool with_grad = true,
+                              const KlTerm& kl = {}, uint64_t step = 0);
 
 // ε as the latent kernel draws it: Philox4x32-10 keyed by curand_init(seed, (step << 3) | stream,
 // (r * L + ℓ) * round_up(J, 4)), four normals per draw. The contract, written out independently.

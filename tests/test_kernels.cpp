@@ -6,6 +6,7 @@
 
 #include <curand_kernel.h>
 
+#include "checkpoint.h"
 #include "device_context.h"
 #include "vae.h"
 #include "reference_vae.h"
@@ -116,60 +117,89 @@ TEST_P(Kernels, DenseActivationBackward) {
   }
 }
 
-// latent_forward_kernel, through its launcher.
+// latent_forward_kernel, through its launcher: z from the Philox contract, the KL in closed form
+// or as the Monte-Carlo mean; a slice starting at row0 of a global batch draws that batch's rows.
 TEST_P(Kernels, LatentForwardMatchesPhiloxContractAndClosedFormKl) {
   FOR_EACH_SHAPE(GetParam()) {
     for (int batch : {1, 7, 129, 1031})
       for (int latent : {1, 3, 20})
-        for (int samples : {1, 3}) {
-          const auto heads0 =
-              random_uniform(static_cast<size_t>(batch) * 2 * latent, batch * latent + samples, -1.5, 1.5);
-          auto heads = upload(heads0);
-          DeviceBuffer<float> z(*ctx_, static_cast<size_t>(samples) * batch * latent), kl(*ctx_, batch);
-          const uint64_t seed = 77, step = 12345;
-          auto step_at = at(step);
-          ops().latent_forward(heads.data(), z.data(), kl.data(), batch, latent, samples, seed,
-                               RandomStream::latent_noise, step_at.data(), stream());
-          const auto eps = test::reference_noise(seed, RandomStream::latent_noise, step, batch, samples, latent);
-          std::vector<double> want_z, want_kl;
-          test::reference_latent(to_double(heads0), eps, batch, samples, latent, want_z, want_kl);
-          // On a GPU the normals differ from the host's in the last bits.
-          EXPECT_TRUE(all_near(download(z), want_z, 2e-5, 2e-5)) << batch << " " << latent << " " << samples;
-          EXPECT_TRUE(all_near(download(kl), want_kl, 1e-5, 1e-5));
-        }
+        for (int samples : {1, 3})
+          for (KlEstimator est : {KlEstimator::analytic, KlEstimator::monte_carlo}) {
+            const int row0 = batch == 7 ? 5 : 0;
+            const auto heads0 =
+                random_uniform(static_cast<size_t>(batch) * 2 * latent, batch * latent + samples, -1.5, 1.5);
+            auto heads = upload(heads0);
+            DeviceBuffer<float> z(*ctx_, static_cast<size_t>(samples) * batch * latent), kl(*ctx_, batch);
+            const uint64_t seed = 77, step = 12345;
+            DeviceBuffer<StepState> step_at(*ctx_, std::vector<StepState>{{step, 0, row0}});
+            ops().latent_forward(heads.data(), z.data(), kl.data(), batch, latent, samples, seed,
+                                 RandomStream::latent_noise, step_at.data(), est, stream());
+            // The global batch's noise, rows row0 .. row0 + batch − 1 of each sample.
+            const auto all =
+                test::reference_noise(seed, RandomStream::latent_noise, step, row0 + batch, samples, latent);
+            std::vector<double> eps(static_cast<size_t>(samples) * batch * latent);
+            for (int l = 0; l < samples; ++l)
+              for (int r = 0; r < batch; ++r)
+                for (int j = 0; j < latent; ++j)
+                  eps[(static_cast<size_t>(l) * batch + r) * latent + j] =
+                      all[(static_cast<size_t>(l) * (row0 + batch) + row0 + r) * latent + j];
+            std::vector<double> want_z, want_kl;
+            test::reference_latent(to_double(heads0), eps, batch, samples, latent, want_z, want_kl);
+            if (est == KlEstimator::monte_carlo) {  // mean_ℓ Σ_j −½ log σ² − ½ ε² + ½ z²
+              for (int r = 0; r < batch; ++r) {
+                double s = 0;
+                for (int l = 0; l < samples; ++l)
+                  for (int j = 0; j < latent; ++j) {
+                    const size_t zi = (static_cast<size_t>(l) * batch + r) * latent + j;
+                    s += -0.5 * heads0[static_cast<size_t>(r) * 2 * latent + latent + j] - 0.5 * eps[zi] * eps[zi] +
+                         0.5 * want_z[zi] * want_z[zi];
+                  }
+                want_kl[r] = s / samples;
+              }
+            }
+            // On a GPU the normals differ from the host's in the last bits.
+            EXPECT_TRUE(all_near(download(z), want_z, 2e-5, 2e-5)) << batch << " " << latent << " " << samples;
+            EXPECT_TRUE(all_near(download(kl), want_kl, 1e-5, 1e-5)) << estimator_name(est);
+          }
   }
 }
 
-// latent_backward_kernel, through its launcher.
+// latent_backward_kernel, through its launcher: both estimators, β = 0.8 warmed up over 50 steps
+// at step 20 (β_t = 0.32).
 TEST_P(Kernels, LatentBackward) {
   FOR_EACH_SHAPE(GetParam()) {
     for (int batch : {1, 7, 129})
       for (int latent : {1, 3, 20})
-        for (int samples : {1, 3}) {
-          const size_t nz = static_cast<size_t>(samples) * batch * latent;
-          const auto heads0 = random_uniform(static_cast<size_t>(batch) * 2 * latent, 5 + batch + latent, -1, 1);
-          const auto z0 = random_uniform(nz, 6 + samples, -2, 2);
-          const auto gz0 = random_uniform(nz, 7 + latent, -1, 1);
-          auto heads = upload(heads0), z = upload(z0), gz = upload(gz0);
-          DeviceBuffer<float> gh(*ctx_, heads0.size());
-          const float kl_scale = 1.f / batch;
-          ops().latent_backward(heads.data(), z.data(), gz.data(), gh.data(), batch, latent, samples, kl_scale,
-                                stream());
-          std::vector<double> want(heads0.size());
-          for (int r = 0; r < batch; ++r)
-            for (int j = 0; j < latent; ++j) {
-              const double mu = heads0[r * 2 * latent + j], lv = heads0[r * 2 * latent + latent + j];
-              double a = kl_scale * mu, b = kl_scale * 0.5 * (std::exp(lv) - 1);
-              for (int l = 0; l < samples; ++l) {
-                const size_t zi = (static_cast<size_t>(l) * batch + r) * latent + j;
-                a += gz0[zi];
-                b += gz0[zi] * 0.5 * (z0[zi] - mu);
+        for (int samples : {1, 3})
+          for (const KlTerm klt :
+               {KlTerm{KlEstimator::analytic, 0.8f, 50}, KlTerm{KlEstimator::monte_carlo, 0.8f, 50}}) {
+            const size_t nz = static_cast<size_t>(samples) * batch * latent;
+            const auto heads0 = random_uniform(static_cast<size_t>(batch) * 2 * latent, 5 + batch + latent, -1, 1);
+            const auto z0 = random_uniform(nz, 6 + samples, -2, 2);
+            const auto gz0 = random_uniform(nz, 7 + latent, -1, 1);
+            auto heads = upload(heads0), z = upload(z0), gz = upload(gz0);
+            DeviceBuffer<float> gh(*ctx_, heads0.size());
+            auto step_at = at(20);
+            ops().latent_backward(heads.data(), z.data(), gz.data(), gh.data(), batch, latent, samples, 1.f / batch,
+                                  klt, step_at.data(), stream());
+            const double s = 0.8 * 20 / 50 / batch;  // β_t / B
+            const bool mc = klt.estimator == KlEstimator::monte_carlo;
+            std::vector<double> want(heads0.size());
+            for (int r = 0; r < batch; ++r)
+              for (int j = 0; j < latent; ++j) {
+                const double mu = heads0[r * 2 * latent + j], lv = heads0[r * 2 * latent + latent + j];
+                double a = mc ? 0.0 : s * mu, b = mc ? -0.5 * s : s * 0.5 * (std::exp(lv) - 1);
+                for (int l = 0; l < samples; ++l) {
+                  const size_t zi = (static_cast<size_t>(l) * batch + r) * latent + j;
+                  const double dz = gz0[zi] + (mc ? s / samples * z0[zi] : 0.0);
+                  a += dz;
+                  b += dz * 0.5 * (z0[zi] - mu);
+                }
+                want[r * 2 * latent + j] = a;
+                want[r * 2 * latent + latent + j] = b;
               }
-              want[r * 2 * latent + j] = a;
-              want[r * 2 * latent + latent + j] = b;
-            }
-          EXPECT_TRUE(all_near(download(gh), want, 1e-5, 1e-5));
-        }
+            EXPECT_TRUE(all_near(download(gh), want, 1e-5, 1e-5)) << estimator_name(klt.estimator);
+          }
   }
 }
 
@@ -212,7 +242,10 @@ TEST_P(Kernels, GaussianReconstruction) {
       for (int dim : {5, 33})
         for (int samples : {1, 3}) {
           const size_t rows = static_cast<size_t>(samples) * batch;
-          const auto o0 = random_uniform(rows * 2 * dim, batch * dim + samples, -3, 3);
+          auto o0 = random_uniform(rows * 2 * dim, batch * dim + samples, -3, 3);
+          // Raw log variances in [−18, 0]: across the floor (−13.57) and above it.
+          for (size_t r = 0; r < rows; ++r)
+            for (int d = 0; d < dim; ++d) o0[r * 2 * dim + dim + d] = 3 * o0[r * 2 * dim + dim + d] - 9;
           const auto x0 = random_uniform(static_cast<size_t>(batch) * dim, dim + 1, 0, 1);
           auto o = upload(o0), x = upload(x0);
           DeviceBuffer<float> lp(*ctx_, rows), g(*ctx_, rows * 2 * dim), mean(*ctx_, rows * dim);
@@ -220,17 +253,29 @@ TEST_P(Kernels, GaussianReconstruction) {
           ops().gaussian_reconstruction(o.data(), x.data(), lp.data(), g.data(), batch, dim, samples, scale, stream());
           ops().decoder_mean(o.data(), 2 * dim, mean.data(), static_cast<int>(rows), dim, stream());
           std::vector<double> want_lp(rows, 0.0), want_g(rows * 2 * dim), want_mean(rows * dim);
+          std::vector<double> g_size(rows * 2 * dim);  // the size of the terms each gradient sums
           for (size_t r = 0; r < rows; ++r)
             for (int d = 0; d < dim; ++d) {
-              const double m = 1 / (1 + std::exp(-double(o0[r * 2 * dim + d]))), v = o0[r * 2 * dim + dim + d];
+              // log σ² = floor + softplus(raw − floor), floor = log((1/255)² / 12)
+              const double floor = -2 * std::log(255.0) - std::log(12.0), u = o0[r * 2 * dim + dim + d] - floor;
+              const double v = floor + (u > 0 ? u + std::log1p(std::exp(-u)) : std::log1p(std::exp(u)));
+              const double m = 1 / (1 + std::exp(-double(o0[r * 2 * dim + d])));
               const double diff = x0[(r % batch) * dim + d] - m;
               want_lp[r] += -0.5 * std::log(2 * M_PI) - 0.5 * v - 0.5 * diff * diff * std::exp(-v);
               want_g[r * 2 * dim + d] = -scale * diff * std::exp(-v) * m * (1 - m);
-              want_g[r * 2 * dim + dim + d] = scale * 0.5 * (1 - diff * diff * std::exp(-v));
+              want_g[r * 2 * dim + dim + d] = scale * 0.5 * (1 - diff * diff * std::exp(-v)) / (1 + std::exp(-u));
+              // float holds x − m to ~2e-7: the mean's gradient as if |x − m| were 2e-3 larger
+              g_size[r * 2 * dim + d] = scale * std::exp(-v) * m * (1 - m) * (std::fabs(diff) + 2e-3);
+              g_size[r * 2 * dim + dim + d] = scale * 0.5 * (1 + diff * diff * std::exp(-v)) / (1 + std::exp(-u));
               want_mean[r * dim + d] = m;
             }
           EXPECT_TRUE(all_near(download(lp), want_lp, 1e-4, 1e-5));
-          EXPECT_TRUE(all_near(download(g), want_g, 1e-7, 1e-5));
+          // Near the floor e^{−v} ≈ 8e5 magnifies float's rounding of x − m and of v, and 1 − (x − m)² e^{−v}
+          // cancels: each gradient within 1e-4 of the size of its terms.
+          const auto got_g = download(g);
+          for (size_t i = 0; i < got_g.size(); ++i)
+            ASSERT_NEAR(got_g[i], want_g[i], 1e-7 + 1e-4 * g_size[i])
+                << "element " << i << " of " << batch << "x" << dim;
           EXPECT_TRUE(all_near(download(mean), want_mean, 1e-7, 1e-6));
         }
   }

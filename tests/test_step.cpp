@@ -2,6 +2,7 @@
 // fast code (ELBO and every parameter gradient) against the reference.
 #include <cmath>
 
+#include "checkpoint.h"
 #include "device_context.h"
 #include "runtime/workers.h"
 #include "reference_vae.h"
@@ -25,32 +26,44 @@ ModelConfig small_config(DecoderKind dec, Activation act, std::vector<int> hidde
   return c;
 }
 
+// The KL terms the tests cover: estimator B and A at β = 1, and each with β = 0.6 warmed up over
+// 40 steps (at step 17 of the tests: β_t = 0.255).
+const KlTerm kKlTerms[] = {{KlEstimator::analytic, 1.f, 0},
+                           {KlEstimator::monte_carlo, 1.f, 0},
+                           {KlEstimator::analytic, 0.6f, 40},
+                           {KlEstimator::monte_carlo, 0.6f, 40}};
+std::string kl_name(const KlTerm& k) {
+  return std::string(estimator_name(k.estimator)) + " beta " + std::to_string(k.weight) + " warmup " +
+         std::to_string(k.warmup);
+}
+
 TEST(ReferenceVae, GradientMatchesFiniteDifferences) {
   for (DecoderKind dec : {DecoderKind::bernoulli, DecoderKind::gaussian})
     for (Activation act : {Activation::relu, Activation::tanh})
-      for (int samples : {1, 3}) {
-        const ModelConfig c = small_config(dec, act, {5, 4}, 3, 7);
-        const ParamLayout layout = make_layout(c);
-        std::vector<double> p = to_double(init_parameters(c, layout, 11));
-        const int B = 3;
-        const auto x = to_double(test::random_uniform(static_cast<size_t>(B) * c.input_dim, 5, 0, 1));
-        const auto eps = test::reference_noise(3, RandomStream::latent_noise, 1, B, samples, c.latent);
-        const auto res = test::reference_vae(c, p, x, B, samples, eps);
-        ASSERT_TRUE(test::not_all_zero(res.grad));
-        const double h = 1e-6;
-        for (size_t i = 0; i < p.size(); ++i) {
-          const double keep = p[i];
-          p[i] = keep + h;
-          const double up = test::reference_vae(c, p, x, B, samples, eps, false).loss;
-          p[i] = keep - h;
-          const double down = test::reference_vae(c, p, x, B, samples, eps, false).loss;
-          p[i] = keep;
-          const double fd = (up - down) / (2 * h);
-          ASSERT_NEAR(res.grad[i], fd, 1e-6 + 1e-5 * std::fabs(fd))
-              << "parameter " << i << ", decoder " << decoder_name(dec) << ", " << activation_name(act)
-              << ", L=" << samples;
+      for (int samples : {1, 3})
+        for (const KlTerm& kl : kKlTerms) {
+          const ModelConfig c = small_config(dec, act, {5, 4}, 3, 7);
+          const ParamLayout layout = make_layout(c);
+          std::vector<double> p = to_double(init_parameters(c, layout, 11));
+          const int B = 3;
+          const auto x = to_double(test::random_uniform(static_cast<size_t>(B) * c.input_dim, 5, 0, 1));
+          const auto eps = test::reference_noise(3, RandomStream::latent_noise, 1, B, samples, c.latent);
+          const auto res = test::reference_vae(c, p, x, B, samples, eps, true, kl, 17);
+          ASSERT_TRUE(test::not_all_zero(res.grad));
+          const double h = 1e-6;
+          for (size_t i = 0; i < p.size(); ++i) {
+            const double keep = p[i];
+            p[i] = keep + h;
+            const double up = test::reference_vae(c, p, x, B, samples, eps, false, kl, 17).loss;
+            p[i] = keep - h;
+            const double down = test::reference_vae(c, p, x, B, samples, eps, false, kl, 17).loss;
+            p[i] = keep;
+            const double fd = (up - down) / (2 * h);
+            ASSERT_NEAR(res.grad[i], fd, 1e-6 + 1e-5 * std::fabs(fd))
+                << "parameter " << i << ", decoder " << decoder_name(dec) << ", " << activation_name(act)
+                << ", L=" << samples << ", " << kl_name(kl);
+          }
         }
-      }
 }
 
 // The last pass's log p and KL and every parameter gradient against the reference's.
@@ -113,13 +126,15 @@ TEST_P(WholeStep, LossAndEveryGradientMatchReference) {
       const auto x = test::random_uniform(static_cast<size_t>(batch) * c.input_dim, 7 + batch, 0, 1);
       ctx.ops().copy_to_device(vae.input(), x.data(), x.size() * sizeof(float), ctx.stream());
       const DeviceBuffer<StepState> at(ctx, std::vector<StepState>{{17, 0}});
-      const NoiseKey key{5, RandomStream::latent_noise, at.data()};
-      vae.forward(batch, key, true);
-      vae.backward(batch);
-      ctx.synchronize();
-      const auto eps = test::reference_noise(key.seed, key.stream, 17, batch, sc.samples, latent);
-      const auto ref = test::reference_vae(c, to_double(params), to_double(x), batch, sc.samples, eps);
-      expect_matches_reference(vae, ref, batch, sc.samples, "batch " + std::to_string(batch));
+      for (const KlTerm& kl : kKlTerms) {
+        const NoiseKey key{5, RandomStream::latent_noise, at.data(), kl.estimator};
+        vae.forward(batch, key, true);
+        vae.backward(batch, kl, at.data());
+        ctx.synchronize();
+        const auto eps = test::reference_noise(key.seed, key.stream, 17, batch, sc.samples, latent);
+        const auto ref = test::reference_vae(c, to_double(params), to_double(x), batch, sc.samples, eps, true, kl, 17);
+        expect_matches_reference(vae, ref, batch, sc.samples, "batch " + std::to_string(batch) + ", " + kl_name(kl));
+      }
     }
   }
 }

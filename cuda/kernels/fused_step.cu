@@ -381,7 +381,7 @@ __global__ void __launch_bounds__(kStepThreads, 2) fused_step_kernel(FusedStepAr
   // Latent stage backward, an element per thread.
   for (long long i = first; i < static_cast<long long>(B) * J; i += stride) {
     latent_backward_element(a.heads.h, a.z, a.d_z, a.heads.dh, static_cast<int>(i / J), static_cast<int>(i % J), B, J,
-                            a.samples, 1.f / static_cast<float>(B));
+                            a.samples, 1.f / static_cast<float>(B), KlEstimator::analytic);
   }
   VAE_GRID_SYNC();
 

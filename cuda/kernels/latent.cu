@@ -11,7 +11,7 @@ namespace vae::VAE_NS {
 // threads fill the GPU at large batch; blockDim.y items per block.
 __global__ void latent_forward_kernel(const float* __restrict__ heads, float* __restrict__ z, float* __restrict__ kl,
                                       int batch, int latent, int samples, uint64_t seed, RandomStream rs,
-                                      const StepState* __restrict__ at) {
+                                      const StepState* __restrict__ at, KlEstimator estimator) {
   const uint64_t step = at->step;
   const int row0 = static_cast<int>(at->row0);  // the global batch's row of this slice's first
   const long long n = static_cast<long long>(batch) * samples;
@@ -26,13 +26,17 @@ __global__ void latent_forward_kernel(const float* __restrict__ heads, float* __
   if (active) {
     for (int g = static_cast<int>(threadIdx.x); g < groups; g += static_cast<int>(blockDim.x)) {
       sample_latent_group(mu, logvar, latent, row0 + r, s, samples, seed, rs, step, g, z + t * latent);
-      if (s == 0) {
-        for (int j = 4 * g; j < 4 * g + 4 && j < latent; ++j) sum += kl_term(mu, logvar, j);
+      if (s == 0 && estimator == KlEstimator::analytic) {
+        for (int j = 4 * g; j < 4 * g + 4 && j < latent; ++j) sum += -0.5f * kl_term(mu, logvar, j);
+      } else if (s == 0) {  // the mean over the row's samples, their ε drawn again
+        for (int s2 = 0; s2 < samples; ++s2)
+          sum +=
+              mc_kl_group(mu, logvar, latent, row0 + r, s2, samples, seed, rs, step, g) / static_cast<float>(samples);
       }
     }
   }
   sum = lanes_sum(sum);  // every lane calls it, past the end too: the shuffle masks stay full
-  if (active && s == 0 && threadIdx.x == 0) kl[r] = -0.5f * sum;
+  if (active && s == 0 && threadIdx.x == 0) kl[r] = sum;
 }
 
 // grad_z is (L*B, J) = dLoss/dz; grad_heads (B, 2J) receives dLoss/dμ | dLoss/dlog σ², with the
@@ -41,31 +45,34 @@ __global__ void latent_forward_kernel(const float* __restrict__ heads, float* __
 //   dlog σ² = Σ_ℓ dz ⊙ ½ σ ε + kl_scale ½ (σ² − 1),   with σ ε = z − μ.
 __global__ void latent_backward_kernel(const float* __restrict__ heads, const float* __restrict__ z,
                                        const float* __restrict__ grad_z, float* __restrict__ grad_heads, int batch,
-                                       int latent, int samples, float kl_scale) {
+                                       int latent, int samples, float batch_scale, KlTerm kl,
+                                       const StepState* __restrict__ at) {
+  const float kl_scale = kl_scale_at(batch_scale, kl, at);
   // Row by row (whole rows per thread on the CPU: no division per element, and it vectorizes).
   VAE_ROW_COL_LOOP(r, j, batch, latent) {
-    latent_backward_element(heads, z, grad_z, grad_heads, static_cast<int>(r), j, batch, latent, samples, kl_scale);
+    latent_backward_element(heads, z, grad_z, grad_heads, static_cast<int>(r), j, batch, latent, samples, kl_scale,
+                            kl.estimator);
   }
 }
 
 void latent_forward(const float* heads, float* z, float* kl, int batch, int latent, int samples, uint64_t seed,
-                    RandomStream rs, const StepState* at, cudaStream_t stream) {
+                    RandomStream rs, const StepState* at, KlEstimator estimator, cudaStream_t stream) {
   VAE_REQUIRE(batch >= 0 && latent > 0 && samples > 0, "latent_forward: bad shape");
   const long long n = static_cast<long long>(batch) * samples;
   if (n == 0) return;
   const dim3 block = row_block(n, (latent + 3) / 4);
   VAE_LAUNCH(latent_forward_kernel, static_cast<int>(ceil_div(n, block.y)), block, 0, stream, heads, z, kl, batch,
-             latent, samples, seed, rs, at);
+             latent, samples, seed, rs, at, estimator);
 }
 
 void latent_backward(const float* heads, const float* z, const float* grad_z, float* grad_heads, int batch, int latent,
-                     int samples, float kl_scale, cudaStream_t stream) {
+                     int samples, float batch_scale, KlTerm kl, const StepState* at, cudaStream_t stream) {
   VAE_REQUIRE(batch >= 0 && latent > 0 && samples > 0, "latent_backward: bad shape");
   const long long n = static_cast<long long>(batch) * latent;
   if (n == 0) return;
   constexpr int kBlock = 256;
   VAE_LAUNCH(latent_backward_kernel, elementwise_grid(n, kBlock), kBlock, 0, stream, heads, z, grad_z, grad_heads,
-             batch, latent, samples, kl_scale);
+             batch, latent, samples, batch_scale, kl, at);
 }
 
 }  // namespace vae::VAE_NS

@@ -22,6 +22,25 @@ __device__ __forceinline__ void sample_latent_group(const float* mu, const float
   for (int q = 0; q < 4 && j0 + q < latent; ++q) z[j0 + q] = mu[j0 + q] + expf(0.5f * logvar[j0 + q]) * e[q];
 }
 
+// Columns [4g, 4g + 4) of log q(z|x) − log p(z) for one (row, sample), drawing the ε that
+// sample_latent_group draws for the same key: Σ_j −½ log σ²_j − ½ ε_j² + ½ z_j² (the ½ log 2π
+// terms cancel). The Monte-Carlo KL's term.
+__device__ __forceinline__ float mc_kl_group(const float* mu, const float* logvar, int latent, int row, int sample,
+                                             int samples, uint64_t seed, RandomStream rs, uint64_t step, int group) {
+  curandStatePhilox4_32_10_t state;
+  philox_init(seed, rs, step, (static_cast<uint64_t>(row) * samples + sample) * round_up4(latent) + 4ull * group,
+              &state);
+  const float4 eps = curand_normal4(&state);
+  const float e[4] = {eps.x, eps.y, eps.z, eps.w};
+  const int j0 = 4 * group;
+  float sum = 0.f;
+  for (int q = 0; q < 4 && j0 + q < latent; ++q) {
+    const float z = mu[j0 + q] + expf(0.5f * logvar[j0 + q]) * e[q];
+    sum += -0.5f * logvar[j0 + q] - 0.5f * e[q] * e[q] + 0.5f * z * z;
+  }
+  return sum;
+}
+
 // Column j's term of −2 KL: 1 + log σ² − μ² − σ².
 __device__ __forceinline__ float kl_term(const float* mu, const float* logvar, int j) {
   return 1.f + logvar[j] - mu[j] * mu[j] - expf(logvar[j]);
@@ -41,22 +60,44 @@ __device__ __forceinline__ void sample_latent(const float* mu, const float* logv
   }
 }
 
+// The KL gradient's scale at a step: the batch mean's 1/B times β, ramped over the warm-up.
+__device__ __forceinline__ float kl_scale_at(float batch_scale, const KlTerm& kl, const StepState* at) {
+  float ramp = 1.f;
+  if (kl.warmup > 0 && at) {
+    const float t = static_cast<float>(at->step) / static_cast<float>(kl.warmup);
+    ramp = t < 1.f ? t : 1.f;
+  }
+  return batch_scale * kl.weight * ramp;
+}
+
 // Column j of row r of the latent backward (see latent_backward_kernel): grad_heads from grad_z.
+// Analytic KL: its gradient in closed form. Monte-Carlo KL, (1/L) Σ_ℓ log q(z_ℓ|x) − log p(z_ℓ)
+// with z_ℓ = μ + σ ε_ℓ: d/dz adds kl_scale/L · z_ℓ to each sample's dz, and d/dlog σ² of its
+// −½ log σ² adds −½ kl_scale (the −½ ε² term does not depend on μ or σ).
 __device__ __forceinline__ void latent_backward_element(const float* __restrict__ heads, const float* __restrict__ z,
                                                         const float* __restrict__ grad_z,
                                                         float* __restrict__ grad_heads, int r, int j, int batch,
-                                                        int latent, int samples, float kl_scale) {
+                                                        int latent, int samples, float kl_scale,
+                                                        KlEstimator estimator) {
   const long long row = static_cast<long long>(r) * 2 * latent;
   const float mu = heads[row + j];
   const float logvar = heads[row + latent + j];
+  const bool mc = estimator == KlEstimator::monte_carlo;
+  const float per_sample = mc ? kl_scale / static_cast<float>(samples) : 0.f;
   float dmu = 0.f, dlogvar = 0.f;
   for (int s = 0; s < samples; ++s) {
     const long long zi = (static_cast<long long>(s) * batch + r) * latent + j;
-    dmu += grad_z[zi];
-    dlogvar += grad_z[zi] * 0.5f * (z[zi] - mu);
+    const float g = grad_z[zi] + per_sample * z[zi];
+    dmu += g;
+    dlogvar += g * 0.5f * (z[zi] - mu);
   }
-  grad_heads[row + j] = dmu + kl_scale * mu;
-  grad_heads[row + latent + j] = dlogvar + kl_scale * 0.5f * (expf(logvar) - 1.f);
+  if (mc) {
+    grad_heads[row + j] = dmu;
+    grad_heads[row + latent + j] = dlogvar - 0.5f * kl_scale;
+  } else {
+    grad_heads[row + j] = dmu + kl_scale * mu;
+    grad_heads[row + latent + j] = dlogvar + kl_scale * 0.5f * (expf(logvar) - 1.f);
+  }
 }
 
 }  // namespace vae::VAE_NS

@@ -11,6 +11,23 @@ enum class PixelType : int { u8 = 0, f32 = 1 };
 
 enum class OptimizerKind : int { adam = 0, adagrad = 1, sgd = 2 };
 
+// The KL term of the training loss. analytic: the closed form of KL(q(z|x) || N(0, I)) (the
+// paper's estimator B); monte_carlo: log q(z|x) − log p(z) at the drawn z, averaged over the L
+// samples (estimator A). Its gradient is scaled by weight · min(1, step / warmup) (β and its
+// linear warm-up; warmup 0: none); the reported KL is never scaled.
+enum class KlEstimator : int { analytic = 0, monte_carlo = 1 };
+// The Gaussian decoder's floor on log σ², in nats: the variance of the rounding error of 8-bit
+// pixels, (1/255)²/12. Its log variance is v = floor + softplus(raw − floor), so that a pixel that
+// is constant over the data cannot drive v (and the density) without bound, and the gradient
+// never vanishes outright.
+constexpr float kGaussianMinLogVar = -13.567435f;  // −2 ln 255 − ln 12
+
+struct KlTerm {
+  KlEstimator estimator = KlEstimator::analytic;
+  float weight = 1.f;
+  int64_t warmup = 0;  // steps
+};
+
 struct OptimizerHyper {
   float lr = 1e-3f;
   float beta1 = 0.9f;      // Adam
@@ -21,7 +38,14 @@ struct OptimizerHyper {
 };
 
 // Independent Philox streams, so that no two uses of the seed share numbers (at most 8).
-enum class RandomStream : uint64_t { latent_noise = 0, binarize = 1, eval_noise = 2, eval_binarize = 3, prior = 4 };
+enum class RandomStream : uint64_t {
+  latent_noise = 0,
+  binarize = 1,
+  eval_noise = 2,
+  eval_binarize = 3,
+  prior = 4,
+  importance = 5  // the K draws per test datapoint of the importance-weighted estimate
+};
 
 // Where a pass stands, in device memory: kernels read the step (random-number key, Adam's bias
 // correction) and the batch offset from here, so one captured CUDA graph serves every step;

@@ -1,0 +1,69 @@
+// The importance-weighted estimate of log p(x) (Burda et al., 2015):
+//   log p(x) ≈ log (1/K) Σ_k p(x, z_k) / q(z_k|x),  z_k ~ q(z|x),
+// accumulated chunk by chunk of samples as a running log-sum-exp per datapoint, so that the K
+// decoder outputs of a row never exist at once.
+#include "kernels/lanes.cuh"
+
+namespace vae::VAE_NS {
+
+// heads (B, 2J): μ | log σ²; z (S, B, J) sample-major as latent_forward writes it; log_px (S, B).
+// log w = log p(x|z) + Σ_j (−½ z_j² + ½ ε_j² + ½ log σ²_j), ε = (z − μ)/σ (the log 2π terms of
+// log p(z) and log q(z|x) cancel). Per row: lse_max (B) the largest log w so far, lse_sum (B)
+// Σ exp(log w − lse_max). blockDim.x lanes share a row's samples; each lane keeps its own running
+// pair, and the lanes' pairs are merged in lane order (the same sums every run).
+__global__ void importance_accumulate_kernel(const float* __restrict__ heads, const float* __restrict__ z,
+                                             const float* __restrict__ log_px, int batch, int latent, int samples,
+                                             float* __restrict__ lse_max, double* __restrict__ lse_sum,
+                                             bool first_chunk) {
+  const long long r = static_cast<long long>(blockIdx.x) * blockDim.y + threadIdx.y;
+  const bool active = r < batch;
+  float m = -INFINITY;
+  double s = 0.0;
+  if (active) {
+    const float* mu = heads + r * 2 * latent;
+    const float* logvar = mu + latent;
+    for (int k = static_cast<int>(threadIdx.x); k < samples; k += static_cast<int>(blockDim.x)) {
+      const float* zk = z + (static_cast<long long>(k) * batch + r) * latent;
+      float lw = log_px[static_cast<long long>(k) * batch + r];
+      for (int j = 0; j < latent; ++j) {
+        const float e = (zk[j] - mu[j]) * expf(-0.5f * logvar[j]);
+        lw += -0.5f * zk[j] * zk[j] + 0.5f * e * e + 0.5f * logvar[j];
+      }
+      if (lw > m) {
+        s = s * exp(static_cast<double>(m - lw)) + 1.0;
+        m = lw;
+      } else {
+        s += exp(static_cast<double>(lw - m));
+      }
+    }
+  }
+  // Merge the lanes' pairs, lane 0 last holding the row's.
+  for (int offset = blockDim.x / 2; offset > 0; offset /= 2) {
+    const float m2 = __shfl_down_sync(0xffffffffu, m, offset, blockDim.x);
+    const double s2 = __shfl_down_sync(0xffffffffu, s, offset, blockDim.x);
+    const float top = m2 > m ? m2 : m;
+    if (top > -INFINITY) s = s * exp(static_cast<double>(m - top)) + s2 * exp(static_cast<double>(m2 - top));
+    m = top;
+  }
+  if (!active || threadIdx.x != 0) return;
+  if (!first_chunk) {
+    const float m2 = lse_max[r];
+    const double s2 = lse_sum[r];
+    const float top = m2 > m ? m2 : m;
+    s = s * exp(static_cast<double>(m - top)) + s2 * exp(static_cast<double>(m2 - top));
+    m = top;
+  }
+  lse_max[r] = m;
+  lse_sum[r] = s;
+}
+
+void importance_accumulate(const float* heads, const float* z, const float* log_px, int batch, int latent, int samples,
+                           float* lse_max, double* lse_sum, bool first_chunk, cudaStream_t stream) {
+  VAE_REQUIRE(batch >= 0 && latent > 0 && samples > 0, "importance_accumulate: bad shape");
+  if (batch == 0) return;
+  const dim3 block = row_block(batch, samples);
+  VAE_LAUNCH(importance_accumulate_kernel, static_cast<int>(ceil_div(batch, block.y)), block, 0, stream, heads, z,
+             log_px, batch, latent, samples, lse_max, lse_sum, first_chunk);
+}
+
+}  // namespace vae::VAE_NS
