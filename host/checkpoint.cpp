@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <cmath>
 
 #include "named_enum.h"
 #include "runtime/check.h"
@@ -23,6 +24,20 @@ constexpr Named<KlEstimator> kEstimatorNames[] = {{KlEstimator::analytic, "analy
                                                   {KlEstimator::monte_carlo, "monte-carlo"}};
 const char* estimator_name(KlEstimator e) { return name_of(kEstimatorNames, e); }
 KlEstimator parse_estimator(const std::string& s) { return parse_named(kEstimatorNames, s, "--estimator"); }
+
+constexpr Named<LrSchedule> kLrScheduleNames[] = {{LrSchedule::constant, "constant"}, {LrSchedule::iwae, "iwae"}};
+const char* lr_schedule_name(LrSchedule s) { return name_of(kLrScheduleNames, s); }
+LrSchedule parse_lr_schedule(const std::string& s) { return parse_named(kLrScheduleNames, s, "--lr-schedule"); }
+
+float learning_rate_at(const TrainConfig& c, int epoch) {
+  if (c.lr_schedule == LrSchedule::constant) return c.hyper.lr;
+  int stage = 0;
+  for (long long end = 1, len = 1; stage < 7 && epoch >= end; ++stage) {  // stage i spans 3^i epochs
+    len *= 3;
+    end += len;
+  }
+  return static_cast<float>(c.hyper.lr * std::pow(10.0, -stage / 7.0));
+}
 
 double kl_weight_at(const KlTerm& kl, int64_t step) {
   const double ramp = kl.warmup > 0 ? std::min(1.0, static_cast<double>(step) / static_cast<double>(kl.warmup)) : 1.0;
@@ -62,6 +77,7 @@ std::string config_to_json(const TrainConfig& c) {
       {"estimator", estimator_name(c.kl.estimator)},
       {"kl_weight", c.kl.weight},
       {"kl_warmup", c.kl.warmup},
+      {"lr_schedule", lr_schedule_name(c.lr_schedule)},
       {"tf32", c.tf32},
       {"data",
        {{"source", c.data.data},
@@ -105,6 +121,7 @@ TrainConfig config_from_json(const std::string& text, const std::string& source)
     c.kl.estimator = parse_estimator(j.value("estimator", std::string("analytic")));
     c.kl.weight = j.value("kl_weight", 1.f);
     c.kl.warmup = j.value("kl_warmup", int64_t{0});
+    c.lr_schedule = parse_lr_schedule(j.value("lr_schedule", std::string("constant")));
     const auto& d = j.at("data");
     c.data.data = d.at("source").get<std::string>();
     c.data.train_npy = d.at("train_npy").get<std::string>();

@@ -12,12 +12,20 @@
 namespace vae {
 
 enum class Binarize { none, static_threshold, dynamic };
+
+// The learning rate by epoch. constant: --lr throughout. iwae: Burda et al.'s schedule, --lr ·
+// 10^(−i/7) for 3^i epochs, i = 0 .. 7 (3280 epochs in all), then the last rate.
+enum class LrSchedule { constant, iwae };
+const char* lr_schedule_name(LrSchedule s);
+LrSchedule parse_lr_schedule(const std::string& s);
 const char* binarize_name(Binarize b);
 Binarize parse_binarize(const std::string& s);
 const char* estimator_name(KlEstimator e);
 KlEstimator parse_estimator(const std::string& s);  // analytic | monte-carlo; throws vae::Error
 // β at a step: weight · min(1, step / warmup), the value the KL gradient is scaled by.
 double kl_weight_at(const KlTerm& kl, int64_t step);
+struct TrainConfig;
+float learning_rate_at(const TrainConfig& c, int epoch);  // epoch counts from 0
 
 // Where data comes from: --data fashion-mnist|DIR, or --train X.npy --test Y.npy; recorded in
 // the checkpoint, so that a resumed run and `vae eval` see the same data.
@@ -38,6 +46,7 @@ struct TrainConfig {
   uint64_t seed = 1;
   Binarize binarize = Binarize::none;
   KlTerm kl;  // estimator (analytic: B, monte-carlo: A), β and its warm-up
+  LrSchedule lr_schedule = LrSchedule::constant;
   bool tf32 = false;
   DataOptions data;
 };

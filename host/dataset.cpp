@@ -121,8 +121,22 @@ void write_idx_images(const std::string& path, const Dataset& d) {
   write_file_atomically(path, out);
 }
 
-Dataset read_npy(const std::string& path) {
-  const std::vector<uint8_t> bytes = read_file_maybe_gz(path);
+namespace {
+
+// An NPY file's dtype, shape and data, checked against each other (not yet against what the
+// caller wants).
+struct NpyFile {
+  PixelType type;
+  std::vector<int64_t> shape;
+  std::string dims;  // the shape as written, for messages
+  std::vector<uint8_t> bytes;
+  size_t data_at = 0;
+};
+
+NpyFile parse_npy(const std::string& path) {
+  NpyFile f;
+  f.bytes = read_file_maybe_gz(path);
+  const std::vector<uint8_t>& bytes = f.bytes;
   static const char kMagic[] = "\x93NUMPY";
   if (bytes.size() < 10 || std::memcmp(bytes.data(), kMagic, 6) != 0) fail(path, "bad NPY magic");
   const int major = bytes[6];
@@ -168,6 +182,21 @@ Dataset read_npy(const std::string& path) {
   }
   if (shape.size() != 2 && shape.size() != 3)
     fail(path, "NPY array has rank " + std::to_string(shape.size()) + ", expected 2 (N, D) or 3 (N, H, W)");
+  f.type = type;
+  f.shape = shape;
+  f.dims = dims;
+  f.data_at = header_at + header_len;
+  return f;
+}
+
+}  // namespace
+
+Dataset read_npy(const std::string& path) {
+  NpyFile f = parse_npy(path);
+  const std::vector<int64_t>& shape = f.shape;
+  const std::string& dims = f.dims;
+  const PixelType type = f.type;
+  const std::vector<uint8_t>& bytes = f.bytes;
   int64_t pixels = 1;  // per image: an int (Dataset::dim), checked before any int arithmetic
   for (size_t k = 1; k < shape.size(); ++k) {
     if (__builtin_mul_overflow(pixels, shape[k], &pixels) || pixels > std::numeric_limits<int32_t>::max()) {
@@ -194,7 +223,7 @@ Dataset read_npy(const std::string& path) {
   if (__builtin_mul_overflow(static_cast<size_t>(d.count), static_cast<size_t>(d.dim()) * elem, &body)) {
     fail(path, "NPY shape (" + dims + ") is larger than any file");
   }
-  const size_t at = header_at + header_len;
+  const size_t at = f.data_at;
   if (bytes.size() - at != body) {
     fail(path, "size mismatch: shape needs " + std::to_string(body) + " data bytes, file has " +
                    std::to_string(bytes.size() - at));
@@ -214,10 +243,35 @@ Dataset read_npy(const std::string& path) {
   return d;
 }
 
-void write_npy(const std::string& path, const Dataset& d) {
-  std::string header = std::string("{'descr': '") + (d.type == PixelType::u8 ? "|u1" : "<f4") +
-                       "', 'fortran_order': False, 'shape': (" + std::to_string(d.count) + ", " +
-                       std::to_string(d.height) + ", " + std::to_string(d.width) + "), }";
+FloatMatrix read_npy_matrix(const std::string& path) {
+  const NpyFile f = parse_npy(path);
+  if (f.type != PixelType::f32) fail(path, "NPY dtype is uint8; expected float32 (<f4)");
+  if (f.shape.size() != 2) fail(path, "NPY array has shape (" + f.dims + "); expected 2 dimensions (N, K)");
+  FloatMatrix m;
+  m.source = path;
+  m.rows = f.shape[0];
+  m.cols = static_cast<int>(f.shape[1]);
+  if (m.rows <= 0 || m.cols <= 0) fail(path, "NPY array is empty");
+  size_t body = 0;
+  if (__builtin_mul_overflow(static_cast<size_t>(m.rows), static_cast<size_t>(m.cols) * 4, &body)) {
+    fail(path, "NPY shape (" + f.dims + ") is larger than any file");
+  }
+  if (f.bytes.size() - f.data_at != body) {
+    fail(path, "size mismatch: shape needs " + std::to_string(body) + " data bytes, file has " +
+                   std::to_string(f.bytes.size() - f.data_at));
+  }
+  m.values.resize(static_cast<size_t>(m.rows) * m.cols);
+  std::memcpy(m.values.data(), f.bytes.data() + f.data_at, body);
+  for (size_t i = 0; i < m.values.size(); ++i) {
+    if (!std::isfinite(m.values[i])) fail(path, "value at element " + std::to_string(i) + " is not finite");
+  }
+  return m;
+}
+
+namespace {
+void write_npy_bytes(const std::string& path, const char* descr, const std::string& shape, const void* data,
+                     size_t bytes) {
+  std::string header = std::string("{'descr': '") + descr + "', 'fortran_order': False, 'shape': (" + shape + "), }";
   while ((10 + header.size() + 1) % 64 != 0) header.push_back(' ');
   header.push_back('\n');
   std::string out = "\x93NUMPY";
@@ -226,8 +280,21 @@ void write_npy(const std::string& path, const Dataset& d) {
   out.push_back(static_cast<char>(header.size() & 0xff));
   out.push_back(static_cast<char>(header.size() >> 8));
   out += header;
-  out.append(static_cast<const char*>(d.data()), d.bytes());
+  out.append(static_cast<const char*>(data), bytes);
   write_file_atomically(path, out);
+}
+}  // namespace
+
+void write_npy(const std::string& path, const Dataset& d) {
+  write_npy_bytes(path, d.type == PixelType::u8 ? "|u1" : "<f4",
+                  std::to_string(d.count) + ", " + std::to_string(d.height) + ", " + std::to_string(d.width), d.data(),
+                  d.bytes());
+}
+
+void write_npy_matrix(const std::string& path, const FloatMatrix& m) {
+  VAE_REQUIRE(m.values.size() == static_cast<size_t>(m.rows) * m.cols, "write_npy_matrix: size");
+  write_npy_bytes(path, "<f4", std::to_string(m.rows) + ", " + std::to_string(m.cols), m.values.data(),
+                  m.values.size() * sizeof(float));
 }
 
 std::string find_idx_file(const std::string& dir, const std::string& stem) {

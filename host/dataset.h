@@ -37,6 +37,17 @@ void write_idx_images(const std::string& path, const Dataset& d);  // uint8 only
 Dataset read_npy(const std::string& path);
 void write_npy(const std::string& path, const Dataset& d);
 
+// A float32 matrix (N, K) in NPY, of any finite values: latent codes for `vae decode`, and what
+// `vae encode` writes.
+struct FloatMatrix {
+  std::string source;
+  int64_t rows = 0;
+  int cols = 0;
+  std::vector<float> values;  // (rows, cols), C order
+};
+FloatMatrix read_npy_matrix(const std::string& path);  // throws vae::Error naming the file
+void write_npy_matrix(const std::string& path, const FloatMatrix& m);
+
 // A folder with train-images-idx3-ubyte and t10k-images-idx3-ubyte, each optionally .gz.
 std::string find_idx_file(const std::string& dir, const std::string& stem);
 

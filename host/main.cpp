@@ -2,6 +2,7 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -34,6 +35,47 @@ std::vector<int> parse_hidden(const std::string& s) {
     out.push_back(v);
   }
   return out;
+}
+
+// --preset: the settings of a paper, each under the flag that would set it (a flag given wins).
+//   aevb: Kingma & Welling (2013), section 5 (MNIST): one hidden layer of 500 tanh units a side,
+//         Adagrad with a step size from their {0.01, 0.02, 0.1} (0.02), minibatches of M = 100,
+//         L = 1, and a weight decay for their prior p(θ) = N(0, I): its gradient θ spread over the
+//         N = 60 000 training images of a per-datapoint loss, 1/60 000.
+//   iwae: Burda, Grosse & Salakhutdinov (2015), section 5: the one-stochastic-layer model, two
+//         hidden layers of 200 tanh units a side and 50 latent units; Adam β = (0.9, 0.999),
+//         ε = 1e-4, lr 1e-3 · 10^(−i/7) for 3^i epochs, i = 0 .. 7 (3280 epochs); batches of 20;
+//         binarized anew each time an image is used (dynamic binarization).
+void apply_preset(const std::string& preset, CLI::App* train, TrainRun& run, std::string& hidden,
+                  std::string& activation, std::string& optimizer, std::string& binarize, std::string& lr_schedule) {
+  if (preset.empty()) return;
+  auto unless = [&](const char* flag, auto& field, auto value) {
+    if (train->count(flag) == 0) field = value;
+  };
+  TrainConfig& c = run.config;
+  if (preset == "aevb") {
+    unless("--activation", activation, std::string("tanh"));
+    unless("--hidden", hidden, std::string("500"));
+    unless("--optimizer", optimizer, std::string("adagrad"));
+    unless("--lr", c.hyper.lr, 0.02f);
+    unless("--batch-size", c.batch_size, 100);
+    unless("--samples", c.samples, 1);
+    unless("--weight-decay", c.hyper.weight_decay, 1.f / 60000.f);
+  } else if (preset == "iwae") {
+    unless("--activation", activation, std::string("tanh"));
+    unless("--hidden", hidden, std::string("200,200"));
+    unless("--latent", c.model.latent, 50);
+    unless("--optimizer", optimizer, std::string("adam"));
+    unless("--lr", c.hyper.lr, 1e-3f);
+    c.hyper.beta1 = 0.9f;
+    c.hyper.beta2 = 0.999f;
+    c.hyper.eps = 1e-4f;
+    unless("--lr-schedule", lr_schedule, std::string("iwae"));
+    unless("--batch-size", c.batch_size, 20);
+    unless("--binarize", binarize, std::string("dynamic"));
+    unless("--epochs", c.epochs, 3280);
+    unless("--samples", c.samples, 1);
+  }
 }
 
 struct Common {
@@ -150,6 +192,31 @@ int main(int argc, char** argv) {
   train->add_option("--binarize", binarize, "none, static (threshold at 0.5) or dynamic (resampled every step)")
       ->check(CLI::IsMember({"none", "static", "dynamic"}))
       ->capture_default_str();
+  std::string estimator = "analytic", lr_schedule = "constant", preset;
+  train
+      ->add_option("--estimator", estimator,
+                   "the KL term: analytic (closed form, the paper's estimator B) or monte-carlo (log q(z|x) - log p(z) "
+                   "at the drawn z, estimator A)")
+      ->check(CLI::IsMember({"analytic", "monte-carlo"}))
+      ->capture_default_str();
+  train
+      ->add_option("--kl-weight", run.config.kl.weight,
+                   "beta: the KL term's weight in the loss (the reported ELBO keeps 1)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  train->add_option("--kl-warmup", run.config.kl.warmup, "steps over which beta ramps linearly from 0 (0: none)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  train
+      ->add_option("--lr-schedule", lr_schedule,
+                   "constant, or iwae: Burda et al.'s lr * 10^(-i/7) for 3^i epochs, i = 0..7")
+      ->check(CLI::IsMember({"constant", "iwae"}))
+      ->capture_default_str();
+  train
+      ->add_option("--preset", preset,
+                   "defaults of a paper's setting, under any flag given: aevb (Kingma & Welling 2013, MNIST) or iwae "
+                   "(Burda et al. 2015, one stochastic layer); see the README")
+      ->check(CLI::IsMember({"aevb", "iwae"}));
   train->add_flag("--tf32", run.config.tf32, "let cuBLAS use TF32 tensor cores (GPU only)");
   bool no_graph = false;
   train->add_flag("--no-graph", no_graph, "launch the step's kernels one by one instead of replaying a CUDA graph");
@@ -191,10 +258,55 @@ int main(int argc, char** argv) {
   std::string eval_ckpt;
   DataOptions eval_flags;
   Common eval_common;
-  CLI::App* eval = app.add_subcommand("eval", "test-set ELBO of a checkpoint, printed as one JSON object");
+  int iw_samples = 0, iw_chunk = 0;
+  CLI::App* eval = app.add_subcommand(
+      "eval", "test-set ELBO of a checkpoint (and its importance-weighted log-likelihood), printed as one JSON object");
   eval->add_option("--checkpoint", eval_ckpt, "checkpoint.safetensors")->required()->check(CLI::ExistingFile);
+  eval->add_option("--iw-samples", iw_samples,
+                   "also estimate log p(x) with K importance samples per test image (Burda et al.; e.g. 5000)")
+      ->check(CLI::Range(1, 1 << 20));
+  eval->add_option(
+          "--iw-chunk", iw_chunk,
+          "samples per decoder pass of the estimate (default: as many as keep batch x chunk within 32768 rows)")
+      ->check(CLI::PositiveNumber);
   add_data(eval, eval_flags, false);
   add_device(eval, eval_common);
+
+  // encode
+  std::string enc_ckpt, enc_out;
+  DataOptions enc_flags;
+  Common enc_common;
+  CLI::App* enc = app.add_subcommand("encode", "q(z|x) of every test (or training) image: mu | log sigma^2 as an NPY");
+  enc->add_option("--checkpoint", enc_ckpt, "checkpoint.safetensors")->required()->check(CLI::ExistingFile);
+  enc->add_option("--out", enc_out,
+                  "output .npy: float32 (N, 2J), mu in the first J columns, log sigma^2 in the last J")
+      ->required();
+  add_data(enc, enc_flags, true);
+  add_device(enc, enc_common);
+
+  // decode
+  std::string dec_ckpt, dec_latents, dec_out;
+  Common dec_common;
+  CLI::App* dec = app.add_subcommand("decode", "decoder means of given latent codes, as an NPY or a PNG grid");
+  dec->add_option("--checkpoint", dec_ckpt, "checkpoint.safetensors")->required()->check(CLI::ExistingFile);
+  dec->add_option("--latents", dec_latents, "codes: float32 .npy of shape (N, J)")
+      ->required()
+      ->check(CLI::ExistingFile);
+  dec->add_option("--out", dec_out, "output: F.npy (float32 (N, D)) or F.png (an image grid)")->required();
+  add_device(dec, dec_common);
+
+  // manifold
+  std::string man_ckpt, man_out, man_dims;
+  int man_grid = 20;
+  Common man_common;
+  CLI::App* man = app.add_subcommand(
+      "manifold",
+      "the learned manifold (the paper's Fig. 4): a grid of codes through the inverse Gaussian CDF, decoded");
+  man->add_option("--checkpoint", man_ckpt, "checkpoint.safetensors")->required()->check(CLI::ExistingFile);
+  man->add_option("--out", man_out, "output .png")->required();
+  man->add_option("--grid", man_grid, "tiles per side")->check(CLI::Range(1, 200))->capture_default_str();
+  man->add_option("--dims", man_dims, "the two latent dimensions swept, as i,j (default 0,1; 0,0 for a 1-D latent)");
+  add_device(man, man_common);
 
   // sample
   std::string sample_ckpt, sample_out;
@@ -223,6 +335,7 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
     if (train->parsed()) {
+      apply_preset(preset, train, run, hidden, activation, optimizer, binarize, lr_schedule);
       run.config.model.hidden = parse_hidden(hidden);
       if (!run.data.test_npy.empty() && run.data.train_npy.empty())
         throw CLI::ValidationError("--test", "needs --train as well");
@@ -230,9 +343,11 @@ int main(int argc, char** argv) {
         throw CLI::ValidationError("--train", "needs --test as well");
       // A resumed run continues as its checkpoint was configured: refuse flags that would be ignored.
       if (!run.resume.empty()) {
-        for (const char* flag : {"--hidden", "--activation", "--latent", "--decoder", "--samples", "--optimizer",
-                                 "--lr", "--momentum", "--weight-decay", "--batch-size", "--seed", "--binarize",
-                                 "--tf32", "--data", "--train", "--test", "--train-limit", "--test-limit"}) {
+        for (const char* flag :
+             {"--hidden",    "--activation", "--latent",       "--decoder",     "--samples",     "--optimizer",
+              "--lr",        "--momentum",   "--weight-decay", "--batch-size",  "--seed",        "--binarize",
+              "--tf32",      "--data",       "--train",        "--test",        "--train-limit", "--test-limit",
+              "--estimator", "--kl-weight",  "--kl-warmup",    "--lr-schedule", "--preset"}) {
           if (train->count(flag) > 0)
             throw CLI::ValidationError(flag, "is fixed by the checkpoint; not allowed with --resume");
         }
@@ -250,6 +365,8 @@ int main(int argc, char** argv) {
 
   try {
     if (train->parsed()) {
+      run.config.kl.estimator = parse_estimator(estimator);
+      run.config.lr_schedule = parse_lr_schedule(lr_schedule);
       run.device = train_common.device;
       run.cuda_graph = !no_graph;
       run.config.model.activation = parse_activation(activation);
@@ -270,7 +387,79 @@ int main(int argc, char** argv) {
                             {"epoch", l.ckpt.epoch},
                             {"step", l.ckpt.step},
                             {"device", l.ctx->description()}};
+      if (iw_samples > 0) {
+        const auto t0 = std::chrono::steady_clock::now();
+        const Trainer::LogLikelihood ll = l.trainer->log_likelihood(test_dev, iw_samples, iw_chunk);
+        const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        out["test_log_likelihood"] = ll.mean;
+        out["test_log_likelihood_stderr"] = ll.standard_error;
+        out["iw_samples"] = iw_samples;
+        out["iw_seconds"] = secs;
+      }
       std::printf("%s\n", out.dump().c_str());
+      return 0;
+    }
+    if (enc->parsed()) {
+      Loaded l = load_for_inference(enc_ckpt, enc_common.device);
+      Dataset data;
+      if (enc->count("--train") > 0) {  // an NPY of images to encode
+        DataOptions d;
+        d.test_npy = enc_flags.train_npy;
+        d.test_limit = enc_flags.train_limit;
+        data = load_eval_set(d, l.ckpt.config);
+      } else {  // the test images (the checkpoint's, or --data / --test)
+        data = load_eval_set(eval_data(enc, enc_flags, l.ckpt.config), l.ckpt.config);
+      }
+      const DeviceDataset dev(*l.ctx, data);
+      FloatMatrix codes;
+      codes.rows = data.count;
+      codes.cols = 2 * l.ckpt.config.model.latent;
+      codes.values = l.trainer->encode(dev);
+      write_npy_matrix(enc_out, codes);
+      std::printf("wrote %s: (%lld, %d) float32, mu | log sigma^2\n", enc_out.c_str(),
+                  static_cast<long long>(codes.rows), codes.cols);
+      return 0;
+    }
+    if (dec->parsed()) {
+      Loaded l = load_for_inference(dec_ckpt, dec_common.device);
+      const FloatMatrix z = read_npy_matrix(dec_latents);
+      const int J = l.ckpt.config.model.latent;
+      if (z.cols != J) {
+        throw Error(dec_latents + ": codes have " + std::to_string(z.cols) +
+                    " columns but the model's latent space has " + std::to_string(J) + " dimensions");
+      }
+      const bool png = std::filesystem::path(dec_out).extension() == ".png";
+      if (!png && std::filesystem::path(dec_out).extension() != ".npy")
+        throw CLI::ValidationError("--out", "expected a .npy or .png file name, got '" + dec_out + "'");
+      const std::vector<float> means = l.trainer->decode(z.values);
+      const int H = l.ckpt.config.model.image_height, W = l.ckpt.config.model.image_width;
+      if (png) {
+        const int n = static_cast<int>(z.rows);
+        write_png_grid(dec_out, means, n, H, W, static_cast<int>(std::ceil(std::sqrt(static_cast<double>(n)))));
+      } else {
+        write_npy_matrix(dec_out, FloatMatrix{"", z.rows, l.ckpt.config.model.input_dim, means});
+      }
+      std::printf("wrote %s\n", dec_out.c_str());
+      return 0;
+    }
+    if (man->parsed()) {
+      Loaded l = load_for_inference(man_ckpt, man_common.device);
+      const int J = l.ckpt.config.model.latent;
+      int dx = 0, dy = J > 1 ? 1 : 0;
+      if (!man_dims.empty()) {
+        char comma = 0;
+        std::istringstream in(man_dims);
+        if (!(in >> dx >> comma >> dy) || comma != ',' || !in.eof() || dx < 0 || dy < 0 || dx >= J || dy >= J ||
+            (dx == dy && J > 1)) {
+          throw CLI::ValidationError("--dims", "expected two different latent dimensions i,j below " +
+                                                   std::to_string(J) + ", got '" + man_dims + "'");
+        }
+      }
+      const std::vector<float> means = l.trainer->decode(manifold_codes(J, man_grid, dx, dy));
+      write_png_grid(man_out, means, man_grid * man_grid, l.ckpt.config.model.image_height,
+                     l.ckpt.config.model.image_width, man_grid);
+      std::printf("wrote %s: %dx%d tiles over latent dimensions %d (across) and %d (down)\n", man_out.c_str(), man_grid,
+                  man_grid, dx, dy);
       return 0;
     }
     if (sample->parsed()) {
@@ -296,6 +485,9 @@ int main(int argc, char** argv) {
       std::printf("wrote %s\n", rec_out.c_str());
       return 0;
     }
+  } catch (const CLI::ParseError& e) {  // a flag's value found wrong after parsing
+    std::fprintf(stderr, "vae: %s (see --help)\n", e.what());
+    return 2;
   } catch (const Diverged& e) {
     std::fprintf(stderr, "vae: %s\n", e.what());
     return kExitDiverged;

@@ -79,6 +79,13 @@ void Trainer::set_process_group(ProcessGroup* pg) {
   if (pg_) fused_step_ = false;
 }
 
+void Trainer::set_learning_rate(float lr) {
+  if (lr == optimizer_.hyper().lr) return;
+  optimizer_.set_learning_rate(lr);
+  ctx_.ops().graph_destroy(graph_);
+  graph_ = nullptr;
+}
+
 BatchSlice Trainer::slice(int batch) const {
   return pg_ ? batch_slice(batch, pg_->rank(), pg_->size()) : BatchSlice{0, batch};
 }
@@ -509,6 +516,7 @@ int run_train(const TrainRun& run) {
     int stop_request = 0;
     while (trainer.epoch() < config.epochs) {
       const int epoch = trainer.epoch() + 1;
+      trainer.set_learning_rate(learning_rate_at(config, trainer.epoch()));
       progress.start();
       const auto t0 = std::chrono::steady_clock::now();
       const ElboTotals tr = trainer.train_epoch(train_dev, [&](int64_t done, int64_t total) {
@@ -554,7 +562,8 @@ int run_train(const TrainRun& run) {
                             {"step_kernel", trainer.fused_step() ? "fused" : "composed"},
                             {"ranks", pg.size()},
                             {"estimator", estimator_name(config.kl.estimator)},
-                            {"kl_weight", kl_weight_at(config.kl, trainer.step())}};
+                            {"kl_weight", kl_weight_at(config.kl, trainer.step())},
+                            {"lr", learning_rate_at(config, epoch - 1)}};
         append_line_atomically(metrics_path, m.dump());
         const int H = config.model.image_height, W = config.model.image_width;
         write_png_grid((fs::path(out_dir) / ("samples_" + std::to_string(epoch) + ".png")).string(),

@@ -69,6 +69,9 @@ class Trainer {
   void set_divergence_check_every(int steps) { check_every_ = steps < 1 ? 1 : steps; }
   bool fused_step() const { return fused_step_; }
   bool graph_in_use() const { return graph_ != nullptr; }
+  // The optimizer's learning rate from now on (a schedule's step): the CUDA graph holds it, so a
+  // change captures the step again.
+  void set_learning_rate(float lr);
   // Continues from a checkpoint of the same configuration, mid-epoch ones included.
   void restore(const Checkpoint& ckpt);
   // What exact resumption needs; with a process group every rank must call it (the epoch's
@@ -85,6 +88,24 @@ class Trainer {
   // followed by their reconstructions.
   std::vector<float> prior_samples(int n);
   std::vector<float> reconstructions(const DeviceDataset& test, int n);
+
+  // The importance-weighted estimate of log p(x) (Burda et al., 2015) per datapoint of `test`,
+  // with K = samples draws z_k ~ q(z|x): log (1/K) Σ_k p(x, z_k) / q(z_k|x). The draws of a batch
+  // go through the decoder `chunk` at a time (0: as many as keep batch × chunk rows within
+  // kImportanceRows), folded into a running log-sum-exp; fixed noise, so a checkpoint gives the
+  // same estimate every time.
+  struct LogLikelihood {
+    double mean = 0;     // nats per datapoint
+    double standard_error = 0;  // of the mean over datapoints
+    int64_t n = 0;
+    std::vector<double> per_datapoint;
+  };
+  static constexpr int kImportanceRows = 1 << 15;
+  LogLikelihood log_likelihood(const DeviceDataset& test, int samples, int chunk = 0);
+  // μ | log σ² of q(z|x) for every row of data: (N, 2J).
+  std::vector<float> encode(const DeviceDataset& data);
+  // Decoder means (N, D) of codes z (N, J).
+  std::vector<float> decode(const std::vector<float>& z);
 
   int epoch() const { return epoch_; }
   int64_t batch_in_epoch() const { return batch_in_epoch_; }  // steps of the unfinished epoch taken
@@ -124,6 +145,14 @@ class Trainer {
   const void* graph_data_ = nullptr;  // the buffers the graph was captured for
   const int* graph_perm_ = nullptr;
 };
+
+// The inverse of the standard normal CDF, Φ⁻¹(p) for p in (0, 1), to double precision.
+double normal_quantile(double p);
+// The paper's Fig. 4 grid: codes (grid², J), row-major over the image (row i, column j), latent
+// dimension dim_x from Φ⁻¹((j + ½)/grid) left to right and dim_y from Φ⁻¹((i + ½)/grid) top to
+// bottom, the others 0. With dim_x == dim_y (a one-dimensional latent space): Φ⁻¹ of grid²
+// evenly spaced quantiles, row by row.
+std::vector<float> manifold_codes(int latent, int grid, int dim_x, int dim_y);
 
 // The `vae train` command: everything a run writes goes under options.out_dir.
 // Exit statuses of `vae train` beyond 0 (done), 1 (error) and 2 (bad flags).

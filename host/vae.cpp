@@ -6,7 +6,12 @@
 namespace vae {
 
 Vae::Vae(const DeviceContext& ctx, const ModelConfig& config, int max_batch, int samples)
-    : ctx_(ctx), config_(config), layout_(make_layout(config)), max_batch_(max_batch), samples_(samples) {
+    : ctx_(ctx),
+      config_(config),
+      layout_(make_layout(config)),
+      max_batch_(max_batch),
+      samples_(samples),
+      sample_capacity_(samples) {
   VAE_REQUIRE(max_batch > 0, "Vae: max_batch must be positive");
   VAE_REQUIRE(samples > 0, "Vae: samples must be positive");
   const size_t B = max_batch, LB = static_cast<size_t>(samples) * max_batch, J = config.latent;
@@ -33,6 +38,11 @@ Vae::Vae(const DeviceContext& ctx, const ModelConfig& config, int max_batch, int
   }
   reduce_tickets_ = DeviceBuffer<unsigned>(ctx, kReduceTickets);  // zero, as the reductions need
   reduce_partial_ = DeviceBuffer<float>(ctx, kReducePartialFloats);
+}
+
+void Vae::set_samples(int samples) {
+  VAE_REQUIRE(samples > 0 && samples <= sample_capacity_, "Vae::set_samples: more samples than the buffers hold");
+  samples_ = samples;
 }
 
 // out (rows, s.out) = act(in (rows, s.in) Wᵀ + b): one GEMM with its epilogue.

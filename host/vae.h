@@ -42,6 +42,8 @@ class Vae {
   const ModelConfig& config() const { return config_; }
   const ParamLayout& layout() const { return layout_; }
   int samples() const { return samples_; }
+  // Draws per datapoint of the passes from now on, up to the samples the buffers were made for.
+  void set_samples(int samples);
   int max_batch() const { return max_batch_; }
   DeviceBuffer<float>& params() { return params_; }
   const DeviceBuffer<float>& params() const { return params_; }
@@ -96,7 +98,7 @@ class Vae {
   const DeviceContext& ctx_;
   ModelConfig config_;
   ParamLayout layout_;
-  int max_batch_, samples_;
+  int max_batch_, samples_, sample_capacity_;
   int out_cols_;       // D or 2D
   int mean_over_ = 1;  // M of the last forward pass
   DeviceBuffer<float> params_, grads_;
@@ -119,6 +121,7 @@ class Optimizer {
   void step(float* params, const float* grads, StepState* at, int advance_batch, NonFinite* watch = nullptr);
   OptimizerKind kind() const { return kind_; }
   const OptimizerHyper& hyper() const { return hyper_; }
+  void set_learning_rate(float lr) { hyper_.lr = lr; }
   size_t size() const { return n_; }
   // The fused step's optimizer fields: kind, hyperparameters, state, parameter count.
   void set_fused_step_optimizer(FusedStepArgs& a);

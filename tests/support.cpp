@@ -1,6 +1,12 @@
 #include "support.h"
 
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <sstream>
 
 namespace vae::test {
@@ -72,5 +78,21 @@ ScopedLaunchPolicy::ScopedLaunchPolicy(Target t, const Shape& s)
 }
 
 ScopedLaunchPolicy::~ScopedLaunchPolicy() { *policy_ = saved_; }
+
+Result run_cli(const std::string& args) {
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::temp_directory_path();
+  const std::string out = (dir / ("vae_cli_out_" + std::to_string(::getpid()))).string();
+  const std::string err = (dir / ("vae_cli_err_" + std::to_string(::getpid()))).string();
+  const int status = std::system((std::string(VAE_CLI_PATH) + " " + args + " >" + out + " 2>" + err).c_str());
+  auto slurp = [](const std::string& p) {
+    std::ifstream f(p);
+    return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  };
+  Result r{WIFEXITED(status) ? WEXITSTATUS(status) : -1, slurp(out), slurp(err)};
+  fs::remove(out);
+  fs::remove(err);
+  return r;
+}
 
 }  // namespace vae::test

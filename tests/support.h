@@ -64,4 +64,11 @@ class ScopedLaunchPolicy {
   LaunchPolicy saved_;
 };
 
+// The vae command line, run with a shell: exit code, stdout, stderr.
+struct Result {
+  int code;
+  std::string out, err;
+};
+Result run_cli(const std::string& args);
+
 }  // namespace vae::test

@@ -243,25 +243,8 @@ TEST_F(Training, EveryOptimizerDecoderAndBinarizationTrains) {
 
 // ---- the CLI ---------------------------------------------------------------------------------
 
-struct Result {
-  int code;
-  std::string out, err;
-};
-
-Result run_cli(const std::string& args) {
-  const fs::path dir = fs::temp_directory_path();
-  const std::string out = (dir / ("vae_cli_out_" + std::to_string(::getpid()))).string();
-  const std::string err = (dir / ("vae_cli_err_" + std::to_string(::getpid()))).string();
-  const int status = std::system((std::string(VAE_CLI_PATH) + " " + args + " >" + out + " 2>" + err).c_str());
-  auto slurp = [](const std::string& p) {
-    std::ifstream f(p);
-    return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-  };
-  Result r{WIFEXITED(status) ? WEXITSTATUS(status) : -1, slurp(out), slurp(err)};
-  fs::remove(out);
-  fs::remove(err);
-  return r;
-}
+using test::Result;
+using test::run_cli;
 
 size_t lines(const std::string& s) { return static_cast<size_t>(std::count(s.begin(), s.end(), '\n')); }
 

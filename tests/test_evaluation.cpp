@@ -1,0 +1,425 @@
+// Evaluation: the importance-weighted log-likelihood (its kernel against float64, K = 1 against
+// the single-sample ELBO, K large against quadrature of a one-dimensional latent space), encode,
+// decode and the manifold against a float64 forward pass of the weights, the Gaussian decoder's
+// floor on data with constant pixels, and the presets.
+#include <nlohmann/json.hpp>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+
+#include "checkpoint.h"
+#include "support.h"
+#include "trainer.h"
+
+namespace vae {
+namespace {
+
+namespace fs = std::filesystem;
+using test::random_uniform;
+
+// ---- float64 forward passes of named weights ------------------------------------------------
+
+struct Weights {
+  const ModelConfig& c;
+  const ParamLayout layout;
+  const std::vector<float>& p;
+  Weights(const ModelConfig& config, const std::vector<float>& params)
+      : c(config), layout(make_layout(config)), p(params) {}
+  // y = act(W x + b) of tensors `name`.weight [out, in] and `name`.bias.
+  std::vector<double> dense(const std::string& name, const std::vector<double>& x, bool activate) const {
+    const NamedTensor* w = nullptr;
+    const NamedTensor* b = nullptr;
+    for (const auto& t : layout.tensors) {
+      if (t.name == name + ".weight") w = &t;
+      if (t.name == name + ".bias") b = &t;
+    }
+    EXPECT_TRUE(w && b) << name;
+    const int out = static_cast<int>(w->shape[0]), in = static_cast<int>(w->shape[1]);
+    EXPECT_EQ(static_cast<size_t>(in), x.size()) << name;
+    std::vector<double> y(out);
+    for (int o = 0; o < out; ++o) {
+      double s = p[b->offset + o];
+      for (int i = 0; i < in; ++i) s += double(p[w->offset + static_cast<size_t>(o) * in + i]) * x[i];
+      y[o] = !activate ? s : c.activation == Activation::relu ? std::max(s, 0.0) : std::tanh(s);
+    }
+    return y;
+  }
+  std::vector<double> hidden(const std::string& side, std::vector<double> h) const {
+    for (size_t i = 0; i < c.hidden.size(); ++i) h = dense(side + ".layers." + std::to_string(i), h, true);
+    return h;
+  }
+  // μ and log σ² of q(z|x).
+  std::pair<std::vector<double>, std::vector<double>> encode(const std::vector<double>& x) const {
+    const auto h = hidden("encoder", x);
+    return {dense("encoder.mu", h, false), dense("encoder.logvar", h, false)};
+  }
+  // Decoder output: logits (Bernoulli) or mean logits and raw log variances (Gaussian).
+  std::pair<std::vector<double>, std::vector<double>> decode(const std::vector<double>& z) const {
+    const auto h = hidden("decoder", z);
+    return {dense("decoder.out", h, false),
+            c.decoder == DecoderKind::gaussian ? dense("decoder.out_logvar", h, false) : std::vector<double>{}};
+  }
+  double log_px(const std::vector<double>& x, const std::vector<double>& z) const {
+    const auto [y, v] = decode(z);
+    double s = 0;
+    for (size_t d = 0; d < x.size(); ++d) {
+      if (c.decoder == DecoderKind::bernoulli) {
+        s += x[d] * y[d] - (std::max(y[d], 0.0) + std::log1p(std::exp(-std::fabs(y[d]))));
+      } else {
+        const double floor = -2 * std::log(255.0) - std::log(12.0), u = v[d] - floor;
+        const double lv = floor + (u > 0 ? u + std::log1p(std::exp(-u)) : std::log1p(std::exp(u)));
+        const double m = 1 / (1 + std::exp(-y[d])), diff = x[d] - m;
+        s += -0.5 * std::log(2 * M_PI) - 0.5 * lv - 0.5 * diff * diff * std::exp(-lv);
+      }
+    }
+    return s;
+  }
+};
+
+ModelConfig tiny_model(DecoderKind decoder, int latent) {
+  ModelConfig c;
+  c.input_dim = 12;
+  c.image_height = 3;
+  c.image_width = 4;
+  c.hidden = {7};
+  c.latent = latent;
+  c.activation = Activation::tanh;
+  c.decoder = decoder;
+  return c;
+}
+
+Dataset float_rows(const std::vector<float>& values, int dim, int height) {
+  Dataset d;
+  d.source = "test rows";
+  d.type = PixelType::f32;
+  d.f32 = values;
+  d.count = static_cast<int64_t>(values.size() / dim);
+  d.height = height;
+  d.width = dim / height;
+  return d;
+}
+
+// ---- the kernel ------------------------------------------------------------------------------
+
+class Importance : public ::testing::TestWithParam<Target> {};
+
+// importance_accumulate over several chunks against float64: log Σ_k exp(log w_k) per row.
+TEST_P(Importance, AccumulateMatchesFloat64LogSumExp) {
+  const Target target = GetParam();
+  VAE_SKIP_WITHOUT_DEVICE(target);
+  DeviceContext ctx(target, false);
+  for (const auto& shape : test::shapes_for(target)) {
+    test::ScopedLaunchPolicy policy(target, shape);
+    SCOPED_TRACE(shape.name);
+    for (auto [batch, latent, chunk, chunks] :
+         {std::tuple{1, 1, 1, 1}, {7, 3, 5, 3}, {129, 20, 33, 2}, {3, 2, 64, 4}}) {
+      DeviceBuffer<float> lse_max(ctx, batch);
+      DeviceBuffer<double> lse_sum(ctx, batch);
+      std::vector<std::vector<double>> logw(batch);
+      const auto heads0 = random_uniform(static_cast<size_t>(batch) * 2 * latent, batch + latent, -1, 1);
+      DeviceBuffer<float> heads(ctx, heads0);
+      for (int c = 0; c < chunks; ++c) {
+        const auto z0 = random_uniform(static_cast<size_t>(chunk) * batch * latent, 10 * c + batch, -3, 3);
+        // log p(x|z) large and spread, so that the stable form matters.
+        const auto lp0 = random_uniform(static_cast<size_t>(chunk) * batch, 20 * c + latent, -900, -100);
+        DeviceBuffer<float> z(ctx, z0), lp(ctx, lp0);
+        ctx.ops().importance_accumulate(heads.data(), z.data(), lp.data(), batch, latent, chunk, lse_max.data(),
+                                        lse_sum.data(), c == 0, ctx.stream());
+        for (int k = 0; k < chunk; ++k)
+          for (int r = 0; r < batch; ++r) {
+            double w = lp0[static_cast<size_t>(k) * batch + r];
+            for (int j = 0; j < latent; ++j) {
+              const double mu = heads0[static_cast<size_t>(r) * 2 * latent + j],
+                           lv = heads0[static_cast<size_t>(r) * 2 * latent + latent + j],
+                           zz = z0[(static_cast<size_t>(k) * batch + r) * latent + j],
+                           e = (zz - mu) / std::exp(0.5 * lv);
+              // log N(z; 0, 1) − log N(z; μ, σ²)
+              w += -0.5 * zz * zz + 0.5 * e * e + 0.5 * lv;
+            }
+            logw[r].push_back(w);
+          }
+      }
+      const auto m = lse_max.download();
+      const auto s = lse_sum.download();
+      for (int r = 0; r < batch; ++r) {
+        double top = -INFINITY;
+        for (double w : logw[r]) top = std::max(top, w);
+        double sum = 0;
+        for (double w : logw[r]) sum += std::exp(w - top);
+        EXPECT_NEAR(m[r] + std::log(s[r]), top + std::log(sum), 2e-3 + 2e-6 * std::fabs(top))
+            << "row " << r << " of " << batch << ", " << chunks << " chunks of " << chunk;
+      }
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Targets, Importance, ::testing::ValuesIn(test::all_targets()), test::target_param_name);
+
+// ---- the estimate ----------------------------------------------------------------------------
+
+TrainConfig tiny_config(DecoderKind decoder, int latent) {
+  TrainConfig c;
+  c.model = tiny_model(decoder, latent);
+  c.batch_size = 5;
+  c.seed = 9;
+  return c;
+}
+
+// K = 1: the estimate is the single-sample ELBO with the Monte-Carlo KL (estimator A), log p(x|z)
+// + log p(z) − log q(z|x), at the same z.
+TEST(LogLikelihood, OneSampleIsTheElboOfEstimatorAAtTheSameDraw) {
+  for (const Target target : test::all_targets()) {
+    if (target == Target::cuda && !cuda_device_available()) continue;
+    for (DecoderKind dec : {DecoderKind::bernoulli, DecoderKind::gaussian}) {
+      const TrainConfig config = tiny_config(dec, 3);
+      const DeviceContext ctx(target, false);
+      const auto pixels = random_uniform(4 * 12, 31, 0, 1);  // one batch of 4 (under the batch size 5)
+      const DeviceDataset test(ctx, float_rows(pixels, 12, 3));
+      Trainer t(ctx, config);
+      const auto ll = t.log_likelihood(test, 1);
+      ASSERT_EQ(ll.n, 4);
+      Vae v(ctx, config.model, 5, 1);
+      v.params().upload(t.model().params().download());
+      ctx.ops().copy_to_device(v.input(), pixels.data(), pixels.size() * sizeof(float), ctx.stream());
+      const DeviceBuffer<StepState> at(ctx, std::vector<StepState>{{0, 0, 0}});  // batch 0, chunk 0
+      v.forward(4, {config.seed, RandomStream::importance, at.data(), KlEstimator::monte_carlo}, false);
+      const auto lp = v.log_prob().download(), kl = v.kl().download();
+      for (int r = 0; r < 4; ++r)
+        EXPECT_NEAR(ll.per_datapoint[r], lp[r] - kl[r], 1e-4 * std::fabs(lp[r])) << r << " " << decoder_name(dec);
+    }
+  }
+}
+
+// A one-dimensional latent space: log p(x) = log ∫ p(x|z) N(z; 0, 1) dz by quadrature in float64 is
+// exact. The estimate approaches it as K grows (K = 5000: within 0.05 nats), is never far below
+// the ELBO, and the ELBO is below log p(x).
+TEST(LogLikelihood, ApproachesQuadratureOfAOneDimensionalLatentSpace) {
+  for (DecoderKind dec : {DecoderKind::bernoulli, DecoderKind::gaussian}) {
+    const TrainConfig config = tiny_config(dec, 1);
+    const DeviceContext ctx(Target::cpu, false);
+    Trainer t(ctx, config);
+    // Sharper decoder weights than the initialisation: a posterior unlike the prior.
+    auto params = t.model().params().download();
+    for (auto& p : params) p *= 3;
+    t.model().params().upload(params);
+    const int n = 7;
+    const auto pixels = random_uniform(n * 12, 41, 0, 1);
+    const DeviceDataset test(ctx, float_rows(pixels, 12, 3));
+    const Weights w(config.model, params);
+    double exact = 0;
+    for (int r = 0; r < n; ++r) {
+      const std::vector<double> x(pixels.begin() + r * 12, pixels.begin() + (r + 1) * 12);
+      // Trapezoid on [−12, 12] of p(x|z) N(z), as a log-sum-exp.
+      const int points = 24001;
+      const double h = 24.0 / (points - 1);
+      std::vector<double> terms(points);
+      double top = -INFINITY;
+      for (int i = 0; i < points; ++i) {
+        const double z = -12 + i * h;
+        terms[i] =
+            w.log_px(x, {z}) - 0.5 * z * z - 0.5 * std::log(2 * M_PI) + std::log(i == 0 || i + 1 == points ? h / 2 : h);
+        top = std::max(top, terms[i]);
+      }
+      double sum = 0;
+      for (double v : terms) sum += std::exp(v - top);
+      exact += (top + std::log(sum)) / n;
+    }
+    const double elbo = t.evaluate(test).elbo();
+    const double k1 = t.log_likelihood(test, 1).mean, k5000 = t.log_likelihood(test, 5000, 300).mean;
+    EXPECT_LT(elbo, exact) << decoder_name(dec);
+    EXPECT_NEAR(k5000, exact, 0.05) << decoder_name(dec) << ": ELBO " << elbo << ", K=1 " << k1;
+    EXPECT_LT(std::fabs(k5000 - exact), std::fabs(k1 - exact)) << decoder_name(dec);
+    EXPECT_GT(k5000, elbo - 0.05) << decoder_name(dec);
+    // The same estimate in chunks of any size (the noise is keyed by chunk: close, not equal).
+    EXPECT_NEAR(t.log_likelihood(test, 5000, 1250).mean, k5000, 0.05);
+  }
+}
+
+// ---- encode, decode, manifold ----------------------------------------------------------------
+
+TEST(Codes, EncodeAndDecodeAreForwardPassesOfTheWeights) {
+  for (const Target target : test::all_targets()) {
+    if (target == Target::cuda && !cuda_device_available()) continue;
+    const TrainConfig config = tiny_config(DecoderKind::gaussian, 3);
+    const DeviceContext ctx(target, false);
+    Trainer t(ctx, config);
+    const auto params = t.model().params().download();
+    const Weights w(config.model, params);
+    const int n = 13;  // batches of 5: two full and one of 3
+    const auto pixels = random_uniform(n * 12, 51, 0, 1);
+    const DeviceDataset data(ctx, float_rows(pixels, 12, 3));
+    const auto codes = t.encode(data);
+    ASSERT_EQ(codes.size(), static_cast<size_t>(n) * 6);
+    std::vector<float> mu;
+    for (int r = 0; r < n; ++r) {
+      const auto [m, lv] = w.encode(std::vector<double>(pixels.begin() + r * 12, pixels.begin() + (r + 1) * 12));
+      for (int j = 0; j < 3; ++j) {
+        EXPECT_NEAR(codes[r * 6 + j], m[j], 1e-5) << r;
+        EXPECT_NEAR(codes[r * 6 + 3 + j], lv[j], 1e-5) << r;
+        mu.push_back(codes[r * 6 + j]);
+      }
+    }
+    // The decoder means at μ.
+    const auto means = t.decode(mu);
+    ASSERT_EQ(means.size(), static_cast<size_t>(n) * 12);
+    for (int r = 0; r < n; ++r) {
+      const auto [y, v] = w.decode(std::vector<double>(mu.begin() + r * 3, mu.begin() + r * 3 + 3));
+      for (int d = 0; d < 12; ++d) EXPECT_NEAR(means[r * 12 + d], 1 / (1 + std::exp(-y[d])), 1e-5) << r;
+    }
+  }
+}
+
+TEST(Codes, ManifoldGridWalksTheGaussianQuantiles) {
+  EXPECT_NEAR(normal_quantile(0.5), 0.0, 1e-14);
+  EXPECT_NEAR(normal_quantile(0.975), 1.959963984540054, 1e-12);
+  EXPECT_NEAR(normal_quantile(0.025), -1.959963984540054, 1e-12);
+  EXPECT_NEAR(normal_quantile(1e-6), -4.753424308822899, 1e-10);
+  const auto z = manifold_codes(4, 3, 2, 0);  // 3 × 3 tiles, dimension 2 across, 0 down
+  ASSERT_EQ(z.size(), 36u);
+  const float q[3] = {static_cast<float>(normal_quantile(1 / 6.0)), 0.f, static_cast<float>(normal_quantile(5 / 6.0))};
+  for (int i = 0; i < 3; ++i)
+    for (int j = 0; j < 3; ++j) {
+      const float* c = z.data() + (i * 3 + j) * 4;
+      EXPECT_FLOAT_EQ(c[2], q[j]);
+      EXPECT_FLOAT_EQ(c[0], q[i]);
+      EXPECT_EQ(c[1], 0.f);
+      EXPECT_EQ(c[3], 0.f);
+    }
+}
+
+// The commands end to end: encode → NPY (N, 2J); decode of its μ → NPY (N, D) and PNG; manifold
+// → a PNG of grid × grid tiles; eval --iw-samples adds its fields; bad input is named.
+TEST(Codes, EncodeDecodeManifoldAndIwEvalCommands) {
+  const fs::path dir = fs::temp_directory_path() / ("vae_codes_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  const std::string ck = (dir / "run" / "checkpoint.safetensors").string();
+  auto r = test::run_cli(
+      "train --quiet --device cpu --epochs 1 --hidden 16 --latent 3 --train-limit 300 "
+      "--test-limit 40 --out " +
+      (dir / "run").string());
+  ASSERT_EQ(r.code, 0) << r.err;
+  r = test::run_cli("encode --device cpu --checkpoint " + ck + " --out " + (dir / "z.npy").string());
+  ASSERT_EQ(r.code, 0) << r.err;
+  const FloatMatrix z = read_npy_matrix((dir / "z.npy").string());
+  EXPECT_EQ(z.rows, 40);
+  EXPECT_EQ(z.cols, 6);
+  FloatMatrix mu{"", z.rows, 3, {}};
+  for (int64_t i = 0; i < z.rows; ++i)
+    mu.values.insert(mu.values.end(), z.values.begin() + i * 6, z.values.begin() + i * 6 + 3);
+  write_npy_matrix((dir / "mu.npy").string(), mu);
+  r = test::run_cli("decode --device cpu --checkpoint " + ck + " --latents " + (dir / "mu.npy").string() + " --out " +
+                    (dir / "x.npy").string());
+  ASSERT_EQ(r.code, 0) << r.err;
+  const FloatMatrix x = read_npy_matrix((dir / "x.npy").string());
+  EXPECT_EQ(x.rows, 40);
+  EXPECT_EQ(x.cols, 784);
+  r = test::run_cli("decode --device cpu --checkpoint " + ck + " --latents " + (dir / "mu.npy").string() + " --out " +
+                    (dir / "x.png").string());
+  ASSERT_EQ(r.code, 0) << r.err;
+  // A decode of codes of the wrong width, and a manifold's bad --dims: one line naming them.
+  r = test::run_cli("decode --device cpu --checkpoint " + ck + " --latents " + (dir / "z.npy").string() + " --out " +
+                    (dir / "bad.npy").string());
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("z.npy: codes have 6 columns"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(dir / "bad.npy"));
+  r = test::run_cli("manifold --device cpu --checkpoint " + ck + " --out " + (dir / "m.png").string() + " --dims 1,7");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("--dims"), std::string::npos) << r.err;
+  r = test::run_cli("manifold --device cpu --checkpoint " + ck + " --grid 7 --dims 2,0 --out " +
+                    (dir / "m.png").string());
+  ASSERT_EQ(r.code, 0) << r.err;
+  // The PNG's size: 7 tiles of 28 pixels and 8 one-pixel gaps a side (IHDR width, height).
+  std::ifstream png(dir / "m.png", std::ios::binary);
+  std::vector<unsigned char> head(24);
+  png.read(reinterpret_cast<char*>(head.data()), 24);
+  const auto be32 = [&](int at) {
+    return (head[at] << 24) | (head[at + 1] << 16) | (head[at + 2] << 8) | head[at + 3];
+  };
+  EXPECT_EQ(be32(16), 7 * 29 + 1);
+  EXPECT_EQ(be32(20), 7 * 29 + 1);
+  r = test::run_cli("eval --device cpu --iw-samples 50 --checkpoint " + ck);
+  ASSERT_EQ(r.code, 0) << r.err;
+  const auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["iw_samples"].get<int>(), 50);
+  EXPECT_GT(j["test_log_likelihood"].get<double>(), j["test_elbo"].get<double>() - 1.0);
+  EXPECT_LT(j["test_log_likelihood"].get<double>(), 0.0);
+  EXPECT_GT(j["test_log_likelihood_stderr"].get<double>(), 0.0);
+  fs::remove_all(dir);
+}
+
+// ---- training options ------------------------------------------------------------------------
+
+// The Gaussian decoder on continuous data where some pixels never change (always 0, always 1):
+// without a floor on log σ² their density grows without bound and training diverged; with it,
+// training is finite and the ELBO rises.
+TEST(GaussianDecoder, ConstantPixelsNoLongerDiverge) {
+  const int n = 600, dim = 16;
+  auto pixels = random_uniform(static_cast<size_t>(n) * dim, 61, 0, 1);
+  for (int r = 0; r < n; ++r) {
+    pixels[r * dim + 0] = 0.f;
+    pixels[r * dim + 5] = 1.f;
+    pixels[r * dim + 9] = 0.f;
+  }
+  TrainConfig config;
+  config.model = tiny_model(DecoderKind::gaussian, 2);
+  config.model.input_dim = dim;
+  config.model.image_height = 4;
+  config.model.image_width = 4;
+  config.batch_size = 50;
+  config.hyper.lr = 3e-3f;
+  const DeviceContext ctx(Target::cpu, false);
+  const DeviceDataset data(ctx, float_rows(pixels, dim, 4));
+  Trainer t(ctx, config);
+  t.set_divergence_check_every(1);
+  const double before = t.evaluate(data).elbo();
+  double after = before;
+  for (int e = 0; e < 40; ++e) ASSERT_NO_THROW(after = t.train_epoch(data).elbo()) << "epoch " << e;
+  EXPECT_TRUE(std::isfinite(after));
+  EXPECT_GT(t.evaluate(data).elbo(), before + 10);
+  // A constant pixel's density is bounded by the floor: −½ (log 2π + floor) ≈ 5.87 nats.
+  EXPECT_LT(t.evaluate(data).elbo(), dim * (-0.5 * (std::log(2 * M_PI) + kGaussianMinLogVar)));
+}
+
+TEST(Presets, SetThePapersDefaultsUnderExplicitFlags) {
+  const fs::path dir = fs::temp_directory_path() / ("vae_presets_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  auto r = test::run_cli(
+      "train --quiet --device cpu --preset iwae --epochs 1 --latent 8 --train-limit 100 "
+      "--test-limit 20 --out " +
+      (dir / "iwae").string());
+  ASSERT_EQ(r.code, 0) << r.err;
+  const TrainConfig c = load_checkpoint((dir / "iwae" / "checkpoint.safetensors").string()).config;
+  EXPECT_EQ(c.model.hidden, (std::vector<int>{200, 200}));
+  EXPECT_EQ(c.model.activation, Activation::tanh);
+  EXPECT_EQ(c.model.latent, 8);  // the flag wins
+  EXPECT_EQ(c.optimizer, OptimizerKind::adam);
+  EXPECT_FLOAT_EQ(c.hyper.eps, 1e-4f);
+  EXPECT_EQ(c.batch_size, 20);
+  EXPECT_EQ(c.binarize, Binarize::dynamic);
+  EXPECT_EQ(c.lr_schedule, LrSchedule::iwae);
+  r = test::run_cli(
+      "train --quiet --device cpu --preset aevb --epochs 1 --lr 0.05 --train-limit 100 --test-limit 20 "
+      "--out " +
+      (dir / "aevb").string());
+  ASSERT_EQ(r.code, 0) << r.err;
+  const TrainConfig a = load_checkpoint((dir / "aevb" / "checkpoint.safetensors").string()).config;
+  EXPECT_EQ(a.model.hidden, (std::vector<int>{500}));
+  EXPECT_EQ(a.optimizer, OptimizerKind::adagrad);
+  EXPECT_FLOAT_EQ(a.hyper.lr, 0.05f);
+  EXPECT_EQ(a.batch_size, 100);
+  EXPECT_FLOAT_EQ(a.hyper.weight_decay, 1.f / 60000);
+  EXPECT_EQ(test::run_cli("train --preset vae2").code, 2);
+  fs::remove_all(dir);
+  // Burda et al.'s schedule: 10^(−i/7) for 3^i epochs.
+  TrainConfig s;
+  s.lr_schedule = LrSchedule::iwae;
+  s.hyper.lr = 1e-3f;
+  for (auto [epoch, stage] :
+       {std::pair{0, 0}, {1, 1}, {3, 1}, {4, 2}, {12, 2}, {13, 3}, {1092, 6}, {1093, 7}, {5000, 7}})
+    EXPECT_FLOAT_EQ(learning_rate_at(s, epoch), static_cast<float>(1e-3 * std::pow(10.0, -stage / 7.0))) << epoch;
+}
+
+}  // namespace
+}  // namespace vae
