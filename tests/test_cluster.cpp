@@ -283,10 +283,13 @@ class PreemptionOn : public ::testing::TestWithParam<Target> {};
 TEST_P(PreemptionOn, SignalAtARandomStepThenResumeIsBitIdentical) {
   const Target target = GetParam();
   VAE_SKIP_WITHOUT_DEVICE(target);
+  // A GPU takes ~0.2 ms a step: more steps, so that the signal lands inside the run.
+  const std::string run_flags =
+      target == Target::cuda ? "--train-limit 30000 --test-limit 100 --batch-size 50 --hidden 64 --latent 8 --seed 3 "
+                             : std::string(kSmallRun);
   const fs::path dir = fresh_dir(std::string("sig_") + target_name(target));
-  ASSERT_EQ(run(vae_train(std::string(kSmallRun) + "--epochs 3 --out " + (dir / "straight").string(), target),
-                (dir / "log").string()),
-            0)
+  ASSERT_EQ(
+      run(vae_train(run_flags + "--epochs 3 --out " + (dir / "straight").string(), target), (dir / "log").string()), 0)
       << slurp(dir / "log");
   const Checkpoint straight = load_checkpoint((dir / "straight" / "checkpoint.safetensors").string());
   std::mt19937 rng(::getpid());
@@ -294,9 +297,8 @@ TEST_P(PreemptionOn, SignalAtARandomStepThenResumeIsBitIdentical) {
   int stopped = 0;
   for (int trial = 0; trial < 3; ++trial) {
     const fs::path cut = dir / ("cut" + std::to_string(trial));
-    const Child c =
-        spawn(vae_train(std::string(kSmallRun) + "--epochs 3 --checkpoint-every 5 --out " + cut.string(), target),
-              (dir / "log").string());
+    const Child c = spawn(vae_train(run_flags + "--epochs 3 --checkpoint-every 5 --out " + cut.string(), target),
+                          (dir / "log").string());
     wait_for(cut / "checkpoint.safetensors", c);
     std::this_thread::sleep_for(std::chrono::milliseconds(rng() % 150));
     ::kill(c.pid, signals[trial]);
