@@ -131,13 +131,12 @@ const StepState* Trainer::fixed_steps(int64_t count) {
   return fixed_at_.data();
 }
 
-// Provisional, 2026-11-26: composed everywhere. On the CPU the composed step is the faster
-// (OpenBLAS GEMMs against the fused kernel's plain tiles under host execution: bench_step
-// --device cpu --step fused|composed). On the GPU the fused step has not yet been measured; the
-// shared H200 figures (gpu-runs/2026-11-26-h200) put a persistent forward pass with plain tiles at
-// 80-91 µs against the composed step's ~60 µs of forward kernels, so plain tiles alone are not
-// expected to win. Set the rule from `bench_step --step fused|composed` at batch 32-1024 on a GPU
-// (gpu_check.sh's bench stage runs it).
+// Composed everywhere, by measurement (bench/RESULTS.md, 2026-11-26). On the CPU the composed
+// step is 32x faster (OpenBLAS against the fused kernel's tiles under host execution). On an H200
+// (bench_step, fp32 µs/step, fused / composed): batch 32 187 / 205, 64 199 / 184, 128 231 / 199,
+// 1024 825 / 288, and end to end at batch 128 0.106 against 0.059 s per epoch (the composed step
+// replays a CUDA graph); only batch 32 favours the fused step, by 9 %, inside the noise of one
+// run. Revisit when the fused kernel has faster tiles and fewer barriers.
 bool fused_step_by_rule(Target, int, const ModelConfig&) { return false; }
 
 void Trainer::queue_step(const DeviceDataset& train, int batch) {
