@@ -162,33 +162,46 @@ void mpi_sum(T* data, size_t count, MPI_Datatype type) {
 #endif
 }  // namespace
 
-void ProcessGroup::all_reduce_sum(float* data, size_t count) {
+namespace {
+template <typename T>
+struct Types;
+template <>
+struct Types<float> {
+#if VAE_WITH_NCCL
+  static constexpr ncclDataType_t nccl = ncclFloat32;
+#endif
+#if VAE_WITH_MPI
+  static MPI_Datatype mpi() { return MPI_FLOAT; }
+#endif
+};
+template <>
+struct Types<double> {
+#if VAE_WITH_NCCL
+  static constexpr ncclDataType_t nccl = ncclFloat64;
+#endif
+#if VAE_WITH_MPI
+  static MPI_Datatype mpi() { return MPI_DOUBLE; }
+#endif
+};
+}  // namespace
+
+template <typename T>
+void ProcessGroup::sum(T* data, size_t count) {
   if (count == 0) return;
 #if VAE_WITH_NCCL
-  if (backend_ == DistBackend::nccl) return nccl_sum(*impl_, data, count, ncclFloat32);
+  if (backend_ == DistBackend::nccl) return nccl_sum(*impl_, data, count, Types<T>::nccl);
 #endif
 #if VAE_WITH_MPI
   if (backend_ == DistBackend::mpi) {
     impl_->ctx->synchronize();  // the CPU target runs streams in order already; this keeps it explicit
-    return mpi_sum(data, count, MPI_FLOAT);
+    return mpi_sum(data, count, Types<T>::mpi());
   }
 #endif
   (void)data;
 }
 
-void ProcessGroup::all_reduce_sum(double* data, size_t count) {
-  if (count == 0) return;
-#if VAE_WITH_NCCL
-  if (backend_ == DistBackend::nccl) return nccl_sum(*impl_, data, count, ncclFloat64);
-#endif
-#if VAE_WITH_MPI
-  if (backend_ == DistBackend::mpi) {
-    impl_->ctx->synchronize();
-    return mpi_sum(data, count, MPI_DOUBLE);
-  }
-#endif
-  (void)data;
-}
+void ProcessGroup::all_reduce_sum(float* data, size_t count) { sum(data, count); }
+void ProcessGroup::all_reduce_sum(double* data, size_t count) { sum(data, count); }
 
 int ProcessGroup::agree_max(int value) {
   if (size() == 1) return value;

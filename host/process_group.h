@@ -49,6 +49,8 @@ class ProcessGroup {
   struct Impl;  // the NCCL communicator, its stream and events
 
  private:
+  template <typename T>
+  void sum(T* data, size_t count);
   World world_;
   DistBackend backend_ = DistBackend::none;
   bool mpi_owned_ = false;  // this process called MPI_Init

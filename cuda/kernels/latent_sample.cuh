@@ -10,13 +10,18 @@ namespace vae::VAE_NS {
 // of one Philox draw keyed by (seed, stream, step, (row·L + sample)·⌈J⌉₄ + 4g). A row's groups
 // are independent, so lanes can share a row; drawn in sequence they are curand's stream from
 // (row·L + sample)·⌈J⌉₄ on.
-__device__ __forceinline__ void sample_latent_group(const float* mu, const float* logvar, int latent, int row,
-                                                    int sample, int samples, uint64_t seed, RandomStream rs,
-                                                    uint64_t step, int group, float* z) {
+__device__ __forceinline__ float4 draw_eps_group(int latent, int row, int sample, int samples, uint64_t seed,
+                                                 RandomStream rs, uint64_t step, int group) {
   curandStatePhilox4_32_10_t state;
   philox_init(seed, rs, step, (static_cast<uint64_t>(row) * samples + sample) * round_up4(latent) + 4ull * group,
               &state);
-  const float4 eps = curand_normal4(&state);
+  return curand_normal4(&state);
+}
+
+__device__ __forceinline__ void sample_latent_group(const float* mu, const float* logvar, int latent, int row,
+                                                    int sample, int samples, uint64_t seed, RandomStream rs,
+                                                    uint64_t step, int group, float* z) {
+  const float4 eps = draw_eps_group(latent, row, sample, samples, seed, rs, step, group);
   const float e[4] = {eps.x, eps.y, eps.z, eps.w};
   const int j0 = 4 * group;
   for (int q = 0; q < 4 && j0 + q < latent; ++q) z[j0 + q] = mu[j0 + q] + expf(0.5f * logvar[j0 + q]) * e[q];
@@ -27,10 +32,7 @@ __device__ __forceinline__ void sample_latent_group(const float* mu, const float
 // terms cancel). The Monte-Carlo KL's term.
 __device__ __forceinline__ float mc_kl_group(const float* mu, const float* logvar, int latent, int row, int sample,
                                              int samples, uint64_t seed, RandomStream rs, uint64_t step, int group) {
-  curandStatePhilox4_32_10_t state;
-  philox_init(seed, rs, step, (static_cast<uint64_t>(row) * samples + sample) * round_up4(latent) + 4ull * group,
-              &state);
-  const float4 eps = curand_normal4(&state);
+  const float4 eps = draw_eps_group(latent, row, sample, samples, seed, rs, step, group);
   const float e[4] = {eps.x, eps.y, eps.z, eps.w};
   const int j0 = 4 * group;
   float sum = 0.f;
