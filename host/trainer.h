@@ -95,7 +95,7 @@ class Trainer {
   // kImportanceRows), folded into a running log-sum-exp; fixed noise, so a checkpoint gives the
   // same estimate every time.
   struct LogLikelihood {
-    double mean = 0;     // nats per datapoint
+    double mean = 0;            // nats per datapoint
     double standard_error = 0;  // of the mean over datapoints
     int64_t n = 0;
     std::vector<double> per_datapoint;
