@@ -11,11 +11,13 @@
 #include <ctime>
 #include <filesystem>
 #include <fstream>
+#include <thread>
 
 #include "atomic_file.h"
 #include "png_image.h"
 #include "run_folder.h"
 #include "runtime/check.h"
+#include "runtime/workers.h"
 
 namespace vae {
 
@@ -430,6 +432,10 @@ int run_train(const TrainRun& run) {
   }
   const Target target = resolve_target(run.device);
   if (target == Target::cuda) select_cuda_device(world.local_rank);
+  // CPU ranks on one node share its cores (unless VAE_CPU_WORKERS says how many each takes).
+  if (target == Target::cpu && world.local_size > 1 && !std::getenv("VAE_CPU_WORKERS")) {
+    hx::set_workers(std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / world.local_size));
+  }
   ProcessGroup pg(world, run.dist_backend, target);
   const bool root = pg.rank() == 0;
   try {

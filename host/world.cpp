@@ -24,12 +24,20 @@ int read_int(const EnvLookup& env, const char* name) {
   return static_cast<int>(value);
 }
 
-World read_world(const EnvLookup& env, const char* launcher, const char* rank, const char* size, const char* local) {
+World read_world(const EnvLookup& env, const char* launcher, const char* rank, const char* size, const char* local,
+                 const char* local_size) {
   World w;
   w.launcher = launcher;
   w.rank = read_int(env, rank);
   w.size = read_int(env, size);
   w.local_rank = env(local) ? read_int(env, local) : 0;
+  w.local_size = 0;
+  if (const char* v = env(local_size)) {  // Slurm's "4(x2),3" form: the first node's count
+    const std::string s = v;
+    const size_t digits = s.find_first_not_of("0123456789");
+    const std::string head = s.substr(0, digits);
+    w.local_size = read_int([&](const char*) { return head.c_str(); }, local_size);
+  }
   if (w.size < 1 || w.rank >= w.size) {
     throw Error(std::string("launcher variables ") + rank + "=" + std::to_string(w.rank) + " and " + size + "=" +
                 std::to_string(w.size) + " (" + launcher + ") do not name a rank of the world");
@@ -41,16 +49,19 @@ World read_world(const EnvLookup& env, const char* launcher, const char* rank, c
 
 World world_from_environment(const EnvLookup& env) {
   if (env("OMPI_COMM_WORLD_SIZE") || env("OMPI_COMM_WORLD_RANK")) {
-    return read_world(env, "Open MPI", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK");
+    return read_world(env, "Open MPI", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK",
+                      "OMPI_COMM_WORLD_LOCAL_SIZE");
   }
-  if (env("PMI_SIZE") || env("PMI_RANK")) return read_world(env, "MPICH", "PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID");
+  if (env("PMI_SIZE") || env("PMI_RANK"))
+    return read_world(env, "MPICH", "PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID", "MPI_LOCALNRANKS");
   // srun sets SLURM_STEP_NUM_TASKS for the tasks of its job step; a batch script (no srun) is one
   // process even where SLURM_NTASKS says how many the job may start.
   if (env("SLURM_PROCID") && env("SLURM_STEP_NUM_TASKS")) {
-    return read_world(env, "Slurm", "SLURM_PROCID", "SLURM_STEP_NUM_TASKS", "SLURM_LOCALID");
+    return read_world(env, "Slurm", "SLURM_PROCID", "SLURM_STEP_NUM_TASKS", "SLURM_LOCALID",
+                      "SLURM_STEP_TASKS_PER_NODE");
   }
   if (env("SLURM_PROCID") && env("SLURM_NTASKS") && env("SLURM_STEP_ID")) {
-    return read_world(env, "Slurm", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID");
+    return read_world(env, "Slurm", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_STEP_TASKS_PER_NODE");
   }
   return World{};
 }

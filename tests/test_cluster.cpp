@@ -43,12 +43,20 @@ TEST(Launcher, EachLaunchersVariablesGiveRankSizeAndLocalRank) {
   World w = world_of({});
   EXPECT_EQ(w.size, 1);
   EXPECT_EQ(w.launcher, "none");
-  w = world_of({{"OMPI_COMM_WORLD_RANK", "5"}, {"OMPI_COMM_WORLD_SIZE", "7"}, {"OMPI_COMM_WORLD_LOCAL_RANK", "1"}});
-  EXPECT_EQ(std::make_tuple(w.rank, w.size, w.local_rank, w.launcher),
-            std::make_tuple(5, 7, 1, std::string("Open MPI")));
+  w = world_of({{"OMPI_COMM_WORLD_RANK", "5"},
+                {"OMPI_COMM_WORLD_SIZE", "7"},
+                {"OMPI_COMM_WORLD_LOCAL_RANK", "1"},
+                {"OMPI_COMM_WORLD_LOCAL_SIZE", "3"}});
+  EXPECT_EQ(std::make_tuple(w.rank, w.size, w.local_rank, w.local_size, w.launcher),
+            std::make_tuple(5, 7, 1, 3, std::string("Open MPI")));
   w = world_of({{"PMI_RANK", "2"}, {"PMI_SIZE", "3"}, {"MPI_LOCALRANKID", "2"}});
   EXPECT_EQ(std::make_tuple(w.rank, w.size, w.local_rank, w.launcher), std::make_tuple(2, 3, 2, std::string("MPICH")));
-  w = world_of({{"SLURM_PROCID", "9"}, {"SLURM_STEP_NUM_TASKS", "16"}, {"SLURM_NTASKS", "32"}, {"SLURM_LOCALID", "3"}});
+  w = world_of({{"SLURM_PROCID", "9"},
+                {"SLURM_STEP_NUM_TASKS", "16"},
+                {"SLURM_NTASKS", "32"},
+                {"SLURM_LOCALID", "3"},
+                {"SLURM_STEP_TASKS_PER_NODE", "4(x4)"}});
+  EXPECT_EQ(w.local_size, 4);
   EXPECT_EQ(std::make_tuple(w.rank, w.size, w.local_rank, w.launcher), std::make_tuple(9, 16, 3, std::string("Slurm")));
   w = world_of({{"SLURM_PROCID", "1"}, {"SLURM_NTASKS", "4"}, {"SLURM_STEP_ID", "0"}, {"SLURM_LOCALID", "1"}});
   EXPECT_EQ(std::make_tuple(w.rank, w.size, w.local_rank), std::make_tuple(1, 4, 1));
