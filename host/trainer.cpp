@@ -107,6 +107,7 @@ void Trainer::restore(const Checkpoint& ckpt) {
 }
 
 Checkpoint Trainer::checkpoint() {
+  check_finite();  // never a checkpoint of a diverged state (the flag is read every 50 steps)
   Checkpoint c;
   c.config = config_;
   c.step = step_;

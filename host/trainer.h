@@ -75,7 +75,8 @@ class Trainer {
   // Continues from a checkpoint of the same configuration, mid-epoch ones included.
   void restore(const Checkpoint& ckpt);
   // What exact resumption needs; with a process group every rank must call it (the epoch's
-  // running totals are summed over the ranks).
+  // running totals are summed over the ranks). Throws Diverged if a step since the last check
+  // met a non-finite value.
   Checkpoint checkpoint();
 
   // One epoch over `train` (shuffled by seed and epoch), or the rest of an unfinished one. After

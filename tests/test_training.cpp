@@ -278,6 +278,25 @@ TEST(Cli, DivergenceExitsThreeWithoutACheckpoint) {
   fs::remove_all(dir);
 }
 
+// Without --detect-anomaly the flag is read every 50 steps, but a checkpoint (here every 7
+// steps) reads it first: a diverged state is never written.
+TEST(Cli, NoCheckpointOfADivergedStateBetweenChecks) {
+  const fs::path dir = fs::temp_directory_path() / ("vae_cli_diverge7_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  const Result r = run_cli(
+      "train --optimizer sgd --lr 10000 --epochs 1 --train-limit 6000 --test-limit 50 --quiet "
+      "--checkpoint-every 7 --out " +
+      dir.string());
+  EXPECT_EQ(r.code, 3) << r.err;
+  EXPECT_NE(r.err.find("training diverged at step "), std::string::npos) << r.err;
+  for (const auto& e : fs::recursive_directory_iterator(dir)) {
+    if (e.path().extension() != ".safetensors") continue;
+    const Checkpoint c = load_checkpoint(e.path().string());
+    for (float p : c.params) ASSERT_TRUE(std::isfinite(p)) << e.path() << " holds a non-finite parameter";
+  }
+  fs::remove_all(dir);
+}
+
 TEST(Cli, TrainsOnNpyFilesOfBothTypes) {
   const fs::path dir = fs::temp_directory_path() / ("vae_cli_npy_" + std::to_string(::getpid()));
   fs::remove_all(dir);
