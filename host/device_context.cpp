@@ -24,7 +24,7 @@ DeviceContext::DeviceContext(Target target, bool tf32) : target_(target), ops_(&
     VAE_CUDA_CHECK(cudaGetDeviceProperties(&prop, dev));
     description_ = std::string(prop.name) + " (sm_" + std::to_string(prop.major) + std::to_string(prop.minor) + ")";
   } else {
-    description_ = "cpu (" + std::to_string(hx::workers()) + " workers)";
+    description_ = "cpu (" + std::to_string(hx::workers()) + (hx::workers() == 1 ? " worker)" : " workers)");
   }
   stream_ = ops_->create_stream();
   try {
