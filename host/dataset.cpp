@@ -174,7 +174,7 @@ NpyFile parse_npy(const std::string& path) {
     int64_t v = 0;  // digits, refused before they overflow (no huge or wrapped sizes from a header)
     for (; i < dims.size() && std::isdigit(static_cast<unsigned char>(dims[i])); ++i) {
       if (v > (std::numeric_limits<int32_t>::max() - (dims[i] - '0')) / 10) {
-        fail(path, "NPY shape (" + dims + ") has a dimension of 2^31 or more");
+        fail(path, "NPY shape (" + printable(dims) + ") has a dimension of 2^31 or more");
       }
       v = v * 10 + (dims[i] - '0');
     }
@@ -184,7 +184,7 @@ NpyFile parse_npy(const std::string& path) {
     fail(path, "NPY array has rank " + std::to_string(shape.size()) + ", expected 2 (N, D) or 3 (N, H, W)");
   f.type = type;
   f.shape = shape;
-  f.dims = dims;
+  f.dims = printable(dims);  // shown in messages: one line, whatever the file holds
   f.data_at = header_at + header_len;
   return f;
 }

@@ -162,6 +162,37 @@ TEST_F(Io, NpyTwoDimensionalAndMalformed) {
   expect_error([&] { read_npy(path("inf.npy")); }, {"inf.npy", "element 3", "outside [0, 1]"});
 }
 
+// Latent codes: float32 (N, K) of any finite values, round trip and every way to be wrong.
+TEST_F(Io, NpyMatrixRoundTripAndMalformed) {
+  FloatMatrix m{"", 5, 3, test::random_uniform(15, 3, -40.f, 40.f)};
+  write_npy_matrix(path("z.npy"), m);
+  const FloatMatrix back = read_npy_matrix(path("z.npy"));
+  EXPECT_EQ(back.rows, 5);
+  EXPECT_EQ(back.cols, 3);
+  EXPECT_EQ(back.values, m.values);
+  write_npy(path("u8.npy"), random_images(2, 2, 2, PixelType::u8));
+  expect_error([&] { read_npy_matrix(path("u8.npy")); }, {"u8.npy", "uint8"});
+  write_npy(path("rank3.npy"), random_images(2, 2, 2, PixelType::f32));
+  expect_error([&] { read_npy_matrix(path("rank3.npy")); }, {"rank3.npy", "(2, 2, 2)", "2 dimensions"});
+  m.values[7] = INFINITY;
+  write_npy_matrix(path("inf.npy"), m);
+  expect_error([&] { read_npy_matrix(path("inf.npy")); }, {"inf.npy", "element 7", "not finite"});
+  const std::string raw = read(path("z.npy"));
+  write(path("cut.npy"), raw.substr(0, raw.size() - 4));
+  expect_error([&] { read_npy_matrix(path("cut.npy")); }, {"cut.npy", "size mismatch"});
+  // A shape holding a newline and a byte past ASCII (fuzzing found it): one line still.
+  std::string header =
+      std::string("{'descr': '<f4', 'fortran_order': False, 'shape': (") + '\n' + '\xcf' + "5, 3, 1), }";
+  while ((10 + header.size() + 1) % 64) header.push_back(' ');
+  header.push_back('\n');
+  std::string file = std::string("\x93NUMPY\x01\x00", 8);
+  file.push_back(static_cast<char>(header.size()));
+  file.push_back(0);
+  file += header + std::string(60, '\0');
+  write(path("newline.npy"), file);
+  expect_error([&] { read_npy_matrix(path("newline.npy")); }, {"newline.npy", "2 dimensions"});
+}
+
 TEST_F(Io, SafetensorsRoundTripAndMalformed) {
   SafeTensorsFile f;
   f.metadata = {{"k", "v"}};
