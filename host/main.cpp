@@ -11,7 +11,7 @@
 #include "png_image.h"
 #include "runtime/blas_core.h"
 #include "runtime/check.h"
-#include "trainer.h"
+#include "train_command.h"
 
 namespace {
 

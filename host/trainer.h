@@ -155,26 +155,4 @@ double normal_quantile(double p);
 // evenly spaced quantiles, row by row.
 std::vector<float> manifold_codes(int latent, int grid, int dim_x, int dim_y);
 
-// The `vae train` command: everything a run writes goes under options.out_dir.
-// Exit statuses of `vae train` beyond 0 (done), 1 (error) and 2 (bad flags).
-constexpr int kExitDiverged = 3;
-constexpr int kExitPreempted = 75;     // EX_TEMPFAIL: SIGUSR1 or SIGTERM; checkpoint written, resume
-constexpr int kExitInterrupted = 130;  // SIGINT; checkpoint written
-
-struct TrainRun {
-  TrainConfig config;
-  DataOptions data;
-  std::string out_dir;           // empty: runs/<timestamp>, or the checkpoint's folder on --resume
-  std::string resume;            // a checkpoint file or a run folder (its newest checkpoint that loads)
-  int64_t checkpoint_every = 0;  // steps between checkpoints; 0: at the end of each epoch only
-  int keep = 3;                  // step checkpoints kept in checkpoints/
-  std::string dist_backend = "auto";
-  std::string device = "auto";
-  bool quiet = false;
-  bool cuda_graph = true;       // --no-graph turns it off
-  std::string step = "auto";    // --step: auto, fused or composed
-  bool detect_anomaly = false;  // check for non-finite values every step (else every 50)
-};
-int run_train(const TrainRun& run);
-
 }  // namespace vae

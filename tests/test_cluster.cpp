@@ -20,7 +20,7 @@
 #include "checkpoint.h"
 #include "run_folder.h"
 #include "support.h"
-#include "trainer.h"
+#include "train_command.h"
 #include "world.h"
 
 extern char** environ;

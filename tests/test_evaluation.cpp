@@ -104,7 +104,8 @@ Dataset float_rows(const std::vector<float>& values, int dim, int height) {
 
 class Importance : public ::testing::TestWithParam<Target> {};
 
-// importance_accumulate over several chunks against float64: log Σ_k exp(log w_k) per row.
+// importance_accumulate_kernel, through its launcher, over several chunks against float64:
+// log Σ_k exp(log w_k) per row.
 TEST_P(Importance, AccumulateMatchesFloat64LogSumExp) {
   const Target target = GetParam();
   VAE_SKIP_WITHOUT_DEVICE(target);

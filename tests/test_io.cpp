@@ -128,15 +128,20 @@ TEST_F(Io, NpyRoundTripBothTypes) {
   }
 }
 
-TEST_F(Io, NpyTwoDimensionalAndMalformed) {
-  // A hand-written 2-D header: (3, 16) becomes 4x4 images.
-  std::string header = "{'descr': '|u1', 'fortran_order': False, 'shape': (3, 16), }";
+// An NPY file written by hand: version 1.0, the header dict padded to 64 bytes, then the body.
+std::string npy_file(std::string header, const std::string& body) {
   while ((10 + header.size() + 1) % 64) header.push_back(' ');
   header.push_back('\n');
   std::string file = std::string("\x93NUMPY\x01\x00", 8);
   file.push_back(static_cast<char>(header.size()));
   file.push_back(0);
-  file += header + std::string(48, '\x07');
+  return file + header + body;
+}
+
+TEST_F(Io, NpyTwoDimensionalAndMalformed) {
+  // A hand-written 2-D header: (3, 16) becomes 4x4 images.
+  const std::string file =
+      npy_file("{'descr': '|u1', 'fortran_order': False, 'shape': (3, 16), }", std::string(48, '\x07'));
   write(path("two.npy"), file);
   const Dataset d = read_npy(path("two.npy"));
   EXPECT_EQ(d.count, 3);
@@ -181,15 +186,9 @@ TEST_F(Io, NpyMatrixRoundTripAndMalformed) {
   write(path("cut.npy"), raw.substr(0, raw.size() - 4));
   expect_error([&] { read_npy_matrix(path("cut.npy")); }, {"cut.npy", "size mismatch"});
   // A shape holding a newline and a byte past ASCII (fuzzing found it): one line still.
-  std::string header =
-      std::string("{'descr': '<f4', 'fortran_order': False, 'shape': (") + '\n' + '\xcf' + "5, 3, 1), }";
-  while ((10 + header.size() + 1) % 64) header.push_back(' ');
-  header.push_back('\n');
-  std::string file = std::string("\x93NUMPY\x01\x00", 8);
-  file.push_back(static_cast<char>(header.size()));
-  file.push_back(0);
-  file += header + std::string(60, '\0');
-  write(path("newline.npy"), file);
+  write(path("newline.npy"),
+        npy_file(std::string("{'descr': '<f4', 'fortran_order': False, 'shape': (") + '\n' + '\xcf' + "5, 3, 1), }",
+                 std::string(60, '\0')));
   expect_error([&] { read_npy_matrix(path("newline.npy")); }, {"newline.npy", "2 dimensions"});
 }
 
