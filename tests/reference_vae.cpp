@@ -3,11 +3,16 @@
 #include <cuda_runtime.h>
 #include <curand_kernel.h>
 
+#include <gtest/gtest.h>
+
 #include <algorithm>
 #include <cmath>
 #include <map>
+#include <random>
 #include <stdexcept>
 #include <string>
+
+#include "support.h"
 
 namespace vae::test {
 
@@ -25,14 +30,14 @@ struct Params {
   const ModelConfig& c;
   const std::vector<double>& p;
   std::vector<double>& g;
-  std::map<std::string, NamedTensor> by_name;
+  const ReferenceLayout layout;
   Params(const ModelConfig& config, const std::vector<double>& params, std::vector<double>& grad)
-      : c(config), p(params), g(grad) {
-    for (const auto& t : make_layout(config).tensors) by_name[t.name] = t;
+      : c(config), p(params), g(grad), layout(reference_layout(config)) {
+    if (params.size() != layout.total) throw std::invalid_argument("reference_vae: parameters not in reference_layout");
   }
   Linear get(const std::string& prefix) {
-    const NamedTensor& w = by_name.at(prefix + ".weight");
-    const NamedTensor& b = by_name.at(prefix + ".bias");
+    const ReferenceTensor& w = layout.at(prefix + ".weight");
+    const ReferenceTensor& b = layout.at(prefix + ".bias");
     return {p.data() + w.offset, p.data() + b.offset,          g.data() + w.offset,
             g.data() + b.offset, static_cast<int>(w.shape[0]), static_cast<int>(w.shape[1])};
   }
@@ -105,6 +110,115 @@ Mat hidden_backward(Params& P, const std::string& prefix, const HiddenStack& s, 
 }  // namespace
 
 std::vector<double> to_double(const std::vector<float>& v) { return std::vector<double>(v.begin(), v.end()); }
+
+const ReferenceTensor& ReferenceLayout::at(const std::string& name) const {
+  for (const auto& t : tensors)
+    if (t.name == name) return t;
+  throw std::out_of_range("reference layout: no tensor " + name);
+}
+
+// From the architecture as the README states it: the encoder's hidden layers, the μ and log σ²
+// heads, the decoder's hidden layers (the encoder's sizes reversed), the output layer (and the
+// Gaussian decoder's log-variance output).
+ReferenceLayout reference_layout(const ModelConfig& c) {
+  ReferenceLayout L;
+  auto linear = [&](const std::string& name, int out, int in) {
+    L.tensors.push_back({name + ".weight", {out, in}, L.total});
+    L.total += static_cast<size_t>(out) * in;
+    L.tensors.push_back({name + ".bias", {out}, L.total});
+    L.total += out;
+  };
+  const int H = static_cast<int>(c.hidden.size());
+  int in = c.input_dim;
+  for (int i = 0; i < H; ++i) {
+    linear("encoder.layers." + std::to_string(i), c.hidden[i], in);
+    in = c.hidden[i];
+  }
+  linear("encoder.mu", c.latent, in);
+  linear("encoder.logvar", c.latent, in);
+  in = c.latent;
+  for (int i = 0; i < H; ++i) {
+    linear("decoder.layers." + std::to_string(i), c.hidden[H - 1 - i], in);
+    in = c.hidden[H - 1 - i];
+  }
+  linear("decoder.out", c.input_dim, in);
+  if (c.decoder == DecoderKind::gaussian) linear("decoder.out_logvar", c.input_dim, in);
+  return L;
+}
+
+std::vector<double> reference_parameters(const ReferenceLayout& ref, uint64_t seed) {
+  std::mt19937_64 rng(seed ^ 0x5DEECE66Dull);
+  std::vector<double> p(ref.total);
+  for (const auto& t : ref.tensors) {
+    const ReferenceTensor& w = ref.at(t.name.substr(0, t.name.rfind('.')) + ".weight");
+    const double bound = 1 / std::sqrt(static_cast<double>(w.shape[1]));
+    std::uniform_real_distribution<double> u(-bound, bound);
+    for (size_t i = 0; i < t.count(); ++i) p[t.offset + i] = static_cast<float>(u(rng));  // float-representable
+  }
+  return p;
+}
+
+namespace {
+
+// The code's tensor of each reference tensor, checked: same names both ways, same shapes, inside
+// the buffer, no two overlapping.
+std::vector<const NamedTensor*> match_tensors(const ParamLayout& code, const ReferenceLayout& ref) {
+  if (code.tensors.size() != ref.tensors.size()) {
+    throw std::runtime_error("layout: the code has " + std::to_string(code.tensors.size()) +
+                             " tensors, the reference " + std::to_string(ref.tensors.size()));
+  }
+  std::vector<const NamedTensor*> m;
+  std::vector<std::pair<size_t, size_t>> spans;
+  for (const auto& r : ref.tensors) {
+    const NamedTensor* found = nullptr;
+    for (const auto& t : code.tensors)
+      if (t.name == r.name) found = &t;
+    if (!found) throw std::runtime_error("layout: the code has no tensor " + r.name);
+    if (found->shape != r.shape) throw std::runtime_error("layout: " + r.name + " has another shape in the code");
+    if (found->offset + found->count() > code.total)
+      throw std::runtime_error("layout: " + r.name + " is out of the buffer");
+    spans.push_back({found->offset, found->offset + found->count()});
+    m.push_back(found);
+  }
+  std::sort(spans.begin(), spans.end());
+  for (size_t i = 1; i < spans.size(); ++i)
+    if (spans[i].first < spans[i - 1].second) throw std::runtime_error("layout: two tensors overlap in the code");
+  return m;
+}
+
+}  // namespace
+
+std::vector<double> to_reference(const ParamLayout& code, const std::vector<float>& flat, const ReferenceLayout& ref) {
+  if (flat.size() != code.total) throw std::runtime_error("layout: the flat buffer is not the layout's size");
+  const auto m = match_tensors(code, ref);
+  std::vector<double> v(ref.total);
+  for (size_t k = 0; k < ref.tensors.size(); ++k)
+    std::copy_n(flat.begin() + m[k]->offset, ref.tensors[k].count(), v.begin() + ref.tensors[k].offset);
+  return v;
+}
+
+std::vector<float> from_reference(const ParamLayout& code, const ReferenceLayout& ref, const std::vector<double>& v,
+                                  float padding) {
+  const auto m = match_tensors(code, ref);
+  std::vector<float> flat(code.total, padding);
+  for (size_t k = 0; k < ref.tensors.size(); ++k)
+    for (size_t i = 0; i < ref.tensors[k].count(); ++i)
+      flat[m[k]->offset + i] = static_cast<float>(v[ref.tensors[k].offset + i]);
+  return flat;
+}
+
+void expect_tensors_near(const ParamLayout& code, const std::vector<float>& got, const ReferenceLayout& ref,
+                         const std::vector<double>& want, double abs_tol, double rel_tol, const std::string& where) {
+  const auto m = match_tensors(code, ref);
+  for (size_t k = 0; k < ref.tensors.size(); ++k) {
+    const ReferenceTensor& r = ref.tensors[k];
+    const std::vector<float> g(got.begin() + m[k]->offset, got.begin() + m[k]->offset + r.count());
+    const std::vector<double> w(want.begin() + r.offset, want.begin() + r.offset + r.count());
+    double scale = 0;
+    for (double x : w) scale = std::max(scale, std::fabs(x));
+    EXPECT_TRUE(all_near(g, w, abs_tol * scale, rel_tol)) << r.name << ", " << where;
+  }
+}
 
 void reference_latent(const std::vector<double>& heads, const std::vector<double>& eps, int B, int L, int J,
                       std::vector<double>& z, std::vector<double>& kl) {

@@ -1,9 +1,11 @@
 // A float64 reference VAE in plain loops: the ELBO of a batch and the gradient of
-// loss = −(1/B) Σ_r ELBO_r with respect to every parameter. Parameters are addressed by their
-// checkpoint names only, so the reference does not share the fast code's buffer arithmetic.
+// loss = −(1/B) Σ_r ELBO_r with respect to every parameter. The reference keeps its parameters in
+// a layout of its own, written from the checkpoint's tensor names and shapes alone (not from
+// make_layout); the fast code's flat buffer is read into it, and compared with it, by name.
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "kernels/types.h"
@@ -11,15 +13,48 @@
 
 namespace vae::test {
 
+// The model's tensors as PyTorch names them (nn.Linear: weight [out, in], bias [out]), in data-flow
+// order, packed densely with no padding.
+struct ReferenceTensor {
+  std::string name;
+  std::vector<int64_t> shape;
+  size_t offset = 0;
+  size_t count() const { return static_cast<size_t>(shape[0]) * (shape.size() > 1 ? shape[1] : 1); }
+};
+struct ReferenceLayout {
+  std::vector<ReferenceTensor> tensors;
+  size_t total = 0;
+  const ReferenceTensor& at(const std::string& name) const;  // throws std::out_of_range
+};
+ReferenceLayout reference_layout(const ModelConfig& c);
+
+// Random parameters in the reference layout: each tensor ~ U(−1/√in, 1/√in), as nn.Linear's
+// default, from a seeded generator of the tests' own.
+std::vector<double> reference_parameters(const ReferenceLayout& ref, uint64_t seed);
+// The fast code's flat buffer, read by tensor name into the reference layout. Throws
+// std::runtime_error when the code's tensors are not the reference's (a name missing or extra, a
+// shape, a tensor out of the buffer or overlapping another).
+std::vector<double> to_reference(const ParamLayout& code, const std::vector<float>& flat, const ReferenceLayout& ref);
+// Reference-layout values into a flat buffer of the fast code's layout, by tensor name; the
+// padding between tensors holds `padding`.
+std::vector<float> from_reference(const ParamLayout& code, const ReferenceLayout& ref, const std::vector<double>& v,
+                                  float padding = 0.f);
+// Every tensor of the fast code's flat buffer `got` against the reference-layout values `want`:
+// |got − want| <= abs·max|want| + rel·|want| (abs is relative to the tensor's largest value, so
+// that elements that cancel to near zero are held to the tensor's scale), a failure per tensor,
+// naming it.
+void expect_tensors_near(const ParamLayout& code, const std::vector<float>& got, const ReferenceLayout& ref,
+                         const std::vector<double>& want, double abs_tol, double rel_tol, const std::string& where);
+
 struct ReferenceResult {
   std::vector<double> log_prob;  // (L*B): log p(x_r | z_ℓr), sample-major
   std::vector<double> kl;        // (B): analytic, or the mean over ℓ of log q(z_ℓr|x) − log p(z_ℓr)
   std::vector<double> elbo;      // (B): mean_ℓ log p − KL
   double loss = 0;               // −mean_r (mean_ℓ log p − β KL): what the gradient is of
-  std::vector<double> grad;      // flat, same layout as the parameters
+  std::vector<double> grad;      // in the reference layout, as the parameters
 };
 
-// x: (B, D) in [0, 1]; eps: (L*B, J) sample-major. kl: the estimator and β = weight ·
+// params: in reference_layout(c); x: (B, D) in [0, 1]; eps: (L*B, J) sample-major. kl: the estimator and β = weight ·
 // min(1, step / warmup).
 ReferenceResult reference_vae(const ModelConfig& c, const std::vector<double>& params, const std::vector<double>& x,
                               int batch, int samples, const std::vector<double>& eps, bool with_grad = true,
