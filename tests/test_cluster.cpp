@@ -208,8 +208,9 @@ std::vector<std::string> mpirun(int ranks, const std::vector<std::string>& argv)
 }
 
 // 20 steps of the global batch 60 on 2 and 3 ranks against one process: each rank takes 30 or
-// 20 rows of the same permutation, draws the noise of those rows, and the summed gradient is the
-// one-process gradient (up to the order of the sums: 1e-5 of each tensor's norm).
+// 20 rows of the same permutation, draws the noise (ε and the dynamic binarization) of those rows,
+// and the summed gradient is the one-process gradient (up to the order of the sums: 1e-5 of each
+// tensor's norm). The last batch is partial (50 rows: 25 a rank, or 16, 17, 17).
 #define SKIP_WITHOUT_MPI() \
   if (!VAE_WITH_MPI)       \
   GTEST_SKIP() << "this build has no MPI (VAE_WITH_MPI=OFF): the sanitizer build, or no libopenmpi-dev"
@@ -217,7 +218,8 @@ std::vector<std::string> mpirun(int ranks, const std::vector<std::string>& argv)
 TEST(Mpi, RanksComputeTheStepOfOneProcess) {
   SKIP_WITHOUT_MPI();
   const fs::path dir = fresh_dir("dp");
-  const std::string flags = "--train-limit 1200 --test-limit 100 --epochs 1 --batch-size 60 --hidden 64 --latent 8";
+  const std::string flags =
+      "--train-limit 1190 --test-limit 100 --epochs 1 --batch-size 60 --hidden 64 --latent 8 --binarize dynamic";
   ASSERT_EQ(run(vae_train(flags + " --out " + (dir / "one").string()), (dir / "log").string()), 0)
       << slurp(dir / "log");
   const Checkpoint one = load_checkpoint((dir / "one" / "checkpoint.safetensors").string());
