@@ -440,14 +440,21 @@ TEST(Preemption, ACorruptNewestCheckpointIsReportedAndTheOneBeforeUsed) {
 }
 
 // In process: an epoch stopped after k steps, checkpointed, restored into a new trainer and
-// finished, equals the epoch never stopped (parameters, optimizer state, totals).
+// finished, equals the epoch never stopped (parameters, optimizer state, totals), for every
+// optimizer (SGD with momentum and Adagrad carry state of their own through the checkpoint).
 TEST(Preemption, MidEpochCheckpointContinuesTheEpochExactly) {
-  for (const Binarize binarize : {Binarize::none, Binarize::dynamic}) {
+  for (const auto& [binarize, optimizer] : {std::pair{Binarize::none, OptimizerKind::adam},
+                                            {Binarize::dynamic, OptimizerKind::adam},
+                                            {Binarize::dynamic, OptimizerKind::sgd},
+                                            {Binarize::none, OptimizerKind::adagrad}}) {
+    SCOPED_TRACE(optimizer_name(optimizer));
     TrainConfig config;
     config.model.hidden = {32};
     config.model.latent = 5;
     config.batch_size = 40;
     config.binarize = binarize;
+    config.optimizer = optimizer;
+    config.hyper.lr = optimizer == OptimizerKind::adam ? 1e-3f : 1e-2f;
     DataOptions d;
     d.train_limit = 430;  // 10 full batches and one of 30
     const Dataset data = load_train_data(d);

@@ -234,9 +234,10 @@ TrainConfig tiny_config() {
   return c;
 }
 
-Checkpoint tiny_checkpoint() {
+Checkpoint tiny_checkpoint(OptimizerKind optimizer = OptimizerKind::adam) {
   Checkpoint ck;
   ck.config = tiny_config();
+  ck.config.optimizer = optimizer;
   const ParamLayout layout = make_layout(ck.config.model);
   ck.params = init_parameters(ck.config.model, layout, 3);
   // Random state on the tensors; the padding between them is zero, as a real optimizer's is.
@@ -247,14 +248,39 @@ Checkpoint tiny_checkpoint() {
     }
     return out;
   };
-  ck.optimizer_state = {on_tensors(test::random_uniform(layout.total, 4)),
-                        on_tensors(test::random_uniform(layout.total, 5, 0, 1))};
+  ck.optimizer_state.clear();
+  for (size_t k = 0; k < optimizer_state_names(optimizer).size(); ++k) {
+    ck.optimizer_state.push_back(on_tensors(test::random_uniform(layout.total, 4 + k, k == 0 ? -1.f : 0.f, 1)));
+  }
   ck.step = 1234;
   ck.epoch = 3;
   return ck;
 }
 
 TEST_F(Io, CheckpointRoundTripWithPyTorchNames) {
+  // Every optimizer's state under torch.optim's names: Adam exp_avg and exp_avg_sq, Adagrad sum,
+  // SGD momentum_buffer.
+  for (const auto& [kind, names] :
+       {std::pair{OptimizerKind::adam, std::vector<std::string>{"exp_avg", "exp_avg_sq"}},
+        {OptimizerKind::adagrad, std::vector<std::string>{"sum"}},
+        {OptimizerKind::sgd, std::vector<std::string>{"momentum_buffer"}}}) {
+    const Checkpoint ck = tiny_checkpoint(kind);
+    ASSERT_EQ(ck.optimizer_state.size(), names.size());
+    save_checkpoint(path("o.safetensors"), ck);
+    const Checkpoint back = load_checkpoint(path("o.safetensors"));
+    EXPECT_EQ(back.config.optimizer, kind);
+    EXPECT_EQ(back.optimizer_state, ck.optimizer_state) << optimizer_name(kind);
+    const SafeTensorsFile f = read_safetensors(path("o.safetensors"));
+    for (const auto& n : names) {
+      const SafeTensor* t = f.find("optimizer." + n + ".decoder.out.weight");
+      ASSERT_NE(t, nullptr) << n;
+      EXPECT_EQ(t->shape, (std::vector<int64_t>{12, 5})) << n;
+    }
+    size_t state_tensors = 0;
+    for (const auto& t : f.tensors) state_tensors += t.first.rfind("optimizer.", 0) == 0;
+    EXPECT_EQ(state_tensors, names.size() * make_layout(ck.config.model).tensors.size()) << optimizer_name(kind);
+  }
+
   const Checkpoint ck = tiny_checkpoint();
   save_checkpoint(path("c.safetensors"), ck);
   const Checkpoint back = load_checkpoint(path("c.safetensors"));
