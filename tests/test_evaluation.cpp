@@ -105,7 +105,10 @@ Dataset float_rows(const std::vector<float>& values, int dim, int height) {
 class Importance : public ::testing::TestWithParam<Target> {};
 
 // importance_accumulate_kernel, through its launcher, over several chunks against float64:
-// log Σ_k exp(log w_k) per row.
+// log Σ_k exp(log w_k) per row. Two kinds of weights: spread over hundreds of nats (the stable
+// form matters; the sum is the largest term), and within a few nats of each other (every term
+// counts: a kernel that kept the largest or dropped some would be off by up to nats), the latter
+// to 1e-4.
 TEST_P(Importance, AccumulateMatchesFloat64LogSumExp) {
   const Target target = GetParam();
   VAE_SKIP_WITHOUT_DEVICE(target);
@@ -113,45 +116,56 @@ TEST_P(Importance, AccumulateMatchesFloat64LogSumExp) {
   for (const auto& shape : test::shapes_for(target)) {
     test::ScopedLaunchPolicy policy(target, shape);
     SCOPED_TRACE(shape.name);
-    for (auto [batch, latent, chunk, chunks] :
-         {std::tuple{1, 1, 1, 1}, {7, 3, 5, 3}, {129, 20, 33, 2}, {3, 2, 64, 4}}) {
-      DeviceBuffer<float> lse_max(ctx, batch);
-      DeviceBuffer<double> lse_sum(ctx, batch);
-      std::vector<std::vector<double>> logw(batch);
-      const auto heads0 = random_uniform(static_cast<size_t>(batch) * 2 * latent, batch + latent, -1, 1);
-      DeviceBuffer<float> heads(ctx, heads0);
-      for (int c = 0; c < chunks; ++c) {
-        const auto z0 = random_uniform(static_cast<size_t>(chunk) * batch * latent, 10 * c + batch, -3, 3);
-        // log p(x|z) large and spread, so that the stable form matters.
-        const auto lp0 = random_uniform(static_cast<size_t>(chunk) * batch, 20 * c + latent, -900, -100);
-        DeviceBuffer<float> z(ctx, z0), lp(ctx, lp0);
-        ctx.ops().importance_accumulate(heads.data(), z.data(), lp.data(), batch, latent, chunk, lse_max.data(),
-                                        lse_sum.data(), c == 0, ctx.stream());
-        for (int k = 0; k < chunk; ++k)
-          for (int r = 0; r < batch; ++r) {
-            double w = lp0[static_cast<size_t>(k) * batch + r];
-            for (int j = 0; j < latent; ++j) {
-              const double mu = heads0[static_cast<size_t>(r) * 2 * latent + j],
-                           lv = heads0[static_cast<size_t>(r) * 2 * latent + latent + j],
-                           zz = z0[(static_cast<size_t>(k) * batch + r) * latent + j],
-                           e = (zz - mu) / std::exp(0.5 * lv);
-              // log N(z; 0, 1) − log N(z; μ, σ²)
-              w += -0.5 * zz * zz + 0.5 * e * e + 0.5 * lv;
+    for (const bool close : {false, true})
+      for (auto [batch, latent, chunk, chunks] :
+           {std::tuple{1, 1, 1, 1}, {7, 3, 5, 3}, {129, 20, 33, 2}, {3, 2, 64, 4}}) {
+        SCOPED_TRACE(close ? "weights within a few nats" : "weights spread over hundreds of nats");
+        DeviceBuffer<float> lse_max(ctx, batch);
+        DeviceBuffer<double> lse_sum(ctx, batch);
+        std::vector<std::vector<double>> logw(batch);
+        const auto heads0 = random_uniform(static_cast<size_t>(batch) * 2 * latent, batch + latent, -1, 1);
+        DeviceBuffer<float> heads(ctx, heads0);
+        for (int c = 0; c < chunks; ++c) {
+          auto z0 = random_uniform(static_cast<size_t>(chunk) * batch * latent, 10 * c + batch, -3, 3);
+          if (close) {  // z = μ + σ ε with |ε| <= 0.3: log q and log p(z) vary little over the draws
+            for (size_t i = 0; i < z0.size(); ++i) {
+              const size_t r = (i / latent) % batch, j = i % latent;
+              z0[i] = heads0[r * 2 * latent + j] + std::exp(0.5f * heads0[r * 2 * latent + latent + j]) * 0.1f * z0[i];
             }
-            logw[r].push_back(w);
           }
+          const auto lp0 = close ? random_uniform(static_cast<size_t>(chunk) * batch, 20 * c + latent, -102, -100)
+                                 : random_uniform(static_cast<size_t>(chunk) * batch, 20 * c + latent, -900, -100);
+          DeviceBuffer<float> z(ctx, z0), lp(ctx, lp0);
+          ctx.ops().importance_accumulate(heads.data(), z.data(), lp.data(), batch, latent, chunk, lse_max.data(),
+                                          lse_sum.data(), c == 0, ctx.stream());
+          for (int k = 0; k < chunk; ++k)
+            for (int r = 0; r < batch; ++r) {
+              double w = lp0[static_cast<size_t>(k) * batch + r];
+              for (int j = 0; j < latent; ++j) {
+                const double mu = heads0[static_cast<size_t>(r) * 2 * latent + j],
+                             lv = heads0[static_cast<size_t>(r) * 2 * latent + latent + j],
+                             zz = z0[(static_cast<size_t>(k) * batch + r) * latent + j],
+                             e = (zz - mu) / std::exp(0.5 * lv);
+                // log N(z; 0, 1) − log N(z; μ, σ²)
+                w += -0.5 * zz * zz + 0.5 * e * e + 0.5 * lv;
+              }
+              logw[r].push_back(w);
+            }
+        }
+        const auto m = lse_max.download();
+        const auto s = lse_sum.download();
+        for (int r = 0; r < batch; ++r) {
+          double top = -INFINITY;
+          for (double w : logw[r]) top = std::max(top, w);
+          double sum = 0;
+          for (double w : logw[r]) sum += std::exp(w - top);
+          if (close && logw[r].size() >= 8) {
+            ASSERT_GT(std::log(sum), 1.0) << "the terms below the largest must weigh in";
+          }
+          EXPECT_NEAR(m[r] + std::log(s[r]), top + std::log(sum), close ? 1e-4 : 2e-3 + 2e-6 * std::fabs(top))
+              << "row " << r << " of " << batch << ", " << chunks << " chunks of " << chunk;
+        }
       }
-      const auto m = lse_max.download();
-      const auto s = lse_sum.download();
-      for (int r = 0; r < batch; ++r) {
-        double top = -INFINITY;
-        for (double w : logw[r]) top = std::max(top, w);
-        double sum = 0;
-        for (double w : logw[r]) sum += std::exp(w - top);
-        EXPECT_NEAR(m[r] + std::log(s[r]), top + std::log(sum), 2e-3 + 2e-6 * std::fabs(top))
-            << "row " << r << " of " << batch << ", " << chunks << " chunks of " << chunk;
-      }
-    }
   }
 }
 
@@ -193,16 +207,22 @@ TEST(LogLikelihood, OneSampleIsTheElboOfEstimatorAAtTheSameDraw) {
 }
 
 // A one-dimensional latent space: log p(x) = log ∫ p(x|z) N(z; 0, 1) dz by quadrature in float64 is
-// exact. The estimate approaches it as K grows (K = 5000: within 0.05 nats), is never far below
-// the ELBO, and the ELBO is below log p(x).
-TEST(LogLikelihood, ApproachesQuadratureOfAOneDimensionalLatentSpace) {
+// exact. The estimate approaches it as K grows (K = 50 000: within 0.01 nats of the mean over the
+// test rows, where it was measured within 0.003; a kernel that lost 1 % of the weights would be
+// 0.01 low), is never far below the ELBO, and the ELBO is below log p(x). On each target.
+class Quadrature : public ::testing::TestWithParam<Target> {};
+
+TEST_P(Quadrature, LogLikelihoodApproachesQuadratureOfAOneDimensionalLatentSpace) {
+  const Target target = GetParam();
+  VAE_SKIP_WITHOUT_DEVICE(target);
   for (DecoderKind dec : {DecoderKind::bernoulli, DecoderKind::gaussian}) {
     const TrainConfig config = tiny_config(dec, 1);
-    const DeviceContext ctx(Target::cpu, false);
+    const DeviceContext ctx(target, false);
     Trainer t(ctx, config);
-    // Sharper decoder weights than the initialisation: a posterior unlike the prior.
+    // Sharper weights than the initialisation: a posterior unlike the prior (the ELBO ~0.3 nats
+    // below log p(x)), yet weights of a variance that K = 50 000 averages to 0.01 nats.
     auto params = t.model().params().download();
-    for (auto& p : params) p *= 3;
+    for (auto& p : params) p *= 2;
     t.model().params().upload(params);
     const int n = 7;
     const auto pixels = random_uniform(n * 12, 41, 0, 1);
@@ -227,15 +247,19 @@ TEST(LogLikelihood, ApproachesQuadratureOfAOneDimensionalLatentSpace) {
       exact += (top + std::log(sum)) / n;
     }
     const double elbo = t.evaluate(test).elbo();
-    const double k1 = t.log_likelihood(test, 1).mean, k5000 = t.log_likelihood(test, 5000, 300).mean;
+    const int K = 50000;
+    const double k1 = t.log_likelihood(test, 1).mean, kk = t.log_likelihood(test, K, 300).mean;
     EXPECT_LT(elbo, exact) << decoder_name(dec);
-    EXPECT_NEAR(k5000, exact, 0.05) << decoder_name(dec) << ": ELBO " << elbo << ", K=1 " << k1;
-    EXPECT_LT(std::fabs(k5000 - exact), std::fabs(k1 - exact)) << decoder_name(dec);
-    EXPECT_GT(k5000, elbo - 0.05) << decoder_name(dec);
-    // The same estimate in chunks of any size (the noise is keyed by chunk: close, not equal).
-    EXPECT_NEAR(t.log_likelihood(test, 5000, 1250).mean, k5000, 0.05);
+    EXPECT_GT(exact - elbo, 0.1) << decoder_name(dec) << ": the bound must have a gap to close";
+    EXPECT_NEAR(kk, exact, 0.01) << decoder_name(dec) << ": ELBO " << elbo << ", K=1 " << k1;
+    EXPECT_LT(std::fabs(kk - exact), std::fabs(k1 - exact)) << decoder_name(dec);
+    EXPECT_GT(kk, elbo) << decoder_name(dec);
+    // The same estimate in chunks of another size (the noise is keyed by chunk: close, not equal).
+    EXPECT_NEAR(t.log_likelihood(test, K, 1250).mean, exact, 0.01) << decoder_name(dec);
   }
 }
+
+INSTANTIATE_TEST_SUITE_P(Targets, Quadrature, ::testing::ValuesIn(test::all_targets()), test::target_param_name);
 
 // ---- encode, decode, manifold ----------------------------------------------------------------
 
