@@ -1,6 +1,7 @@
 // The GEMM interface against a float64 loop, all transpose cases, odd sizes, alpha and beta.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "ops.h"
 #include "support.h"
@@ -146,6 +147,107 @@ TEST_P(Gemm, EpiloguesMatchFloat64Loops) {
       for (float* p : {dx, dw, db, dg, dh, y, gw, gb, gx}) ops.device_free(p);
     }
   ops.gemm_destroy(handle);
+  ops.destroy_stream(stream);
+}
+
+// x rounded to TF32 (10 explicit mantissa bits), to nearest.
+std::vector<float> tf32_rounded(std::vector<float> v) {
+  for (float& x : v) {
+    uint32_t u;
+    std::memcpy(&u, &x, 4);
+    u = (u + 0x1000u) & 0xFFFFE000u;
+    std::memcpy(&x, &u, 4);
+  }
+  return v;
+}
+
+// With tf32 = true (--tf32) cuBLASLt may round the inputs to TF32 (10-bit mantissa) on the tensor
+// cores: every element within TF32's bound, (2⁻⁹ + k·2⁻²³)·Σ_p |α a_ip b_pj| (both inputs rounded
+// or truncated, float sums), and visibly not fp32 (some element off by more than 2⁻¹⁶ of that
+// sum, where the fp32 handle stays under 2⁻¹⁸), through a plain GEMM and the forward epilogue. On
+// the CPU, TF32 is a GPU option: the handle computes exactly what the fp32 one does.
+TEST_P(Gemm, Tf32IsTf32OnTheGpuAndFp32OnTheCpu) {
+  const Target target = GetParam();
+  const TargetOps& ops = test::ops_of(target);
+  cudaStream_t stream = ops.create_stream();
+  GemmHandle* handles[2] = {ops.gemm_create(stream, false), ops.gemm_create(stream, true)};
+  auto upload = [&](const std::vector<float>& v) {
+    auto* p = static_cast<float*>(ops.device_alloc(v.size() * 4));
+    ops.copy_to_device(p, v.data(), v.size() * 4, stream);
+    return p;
+  };
+  double worst[2] = {0, 0};  // the largest error over Σ|α a b| of any element, fp32 and TF32
+  double emulated = 0;       // the same of TF32-rounded inputs through the fp32 GEMM (CPU)
+  for (auto [ta, tb, m, n, k] : {std::tuple{false, false, 129, 65, 400},
+                                 {true, false, 33, 517, 40},
+                                 {false, true, 300, 20, 784},
+                                 {true, true, 64, 64, 64}})
+    for (bool epilogue : {false, true}) {
+      if (epilogue && (ta || !tb)) continue;  // the forward epilogue is a row-major x Wᵀ
+      SCOPED_TRACE(std::to_string(m) + "x" + std::to_string(n) + "x" + std::to_string(k) + (ta ? " Aᵀ" : "") +
+                   (tb ? " Bᵀ" : "") + (epilogue ? " bias+tanh" : ""));
+      const int lda = ta ? m : k, ldb = tb ? k : n;
+      const auto a = test::random_uniform(static_cast<size_t>(ta ? k : m) * lda, 11 + m, -2, 2);
+      const auto b = test::random_uniform(static_cast<size_t>(tb ? n : k) * ldb, 12 + n, -2, 2);
+      const auto bias = test::random_uniform(n, 13, -1, 1);
+      const float alpha = epilogue ? 1.f : 0.75f;
+      std::vector<double> want(static_cast<size_t>(m) * n), mass(want.size());
+      for (int i = 0; i < m; ++i)
+        for (int j = 0; j < n; ++j) {
+          double sum = 0, abs_sum = 0;
+          for (int p = 0; p < k; ++p) {
+            const double av = ta ? a[static_cast<size_t>(p) * lda + i] : a[static_cast<size_t>(i) * lda + p];
+            const double bv = tb ? b[static_cast<size_t>(j) * ldb + p] : b[static_cast<size_t>(p) * ldb + j];
+            sum += av * bv;
+            abs_sum += std::fabs(av * bv);
+          }
+          want[static_cast<size_t>(i) * n + j] = epilogue ? std::tanh(sum + bias[j]) : alpha * sum;
+          mass[static_cast<size_t>(i) * n + j] = alpha * abs_sum;  // tanh is 1-Lipschitz
+        }
+      float *da = upload(a), *db = upload(b), *dbias = upload(bias);
+      std::vector<float> got[2];
+      for (int tf32 = 0; tf32 < 2; ++tf32) {
+        float* dc = upload(std::vector<float>(want.size(), 9.f));
+        GemmOp op{ta, tb, m, n, k, alpha, da, lda, db, ldb, 0.f, dc, n};
+        if (epilogue) op = dense_forward_gemm(n, k, da, db, dbias, dc, m, Activation::tanh);
+        ops.gemm(handles[tf32], op);
+        got[tf32].resize(want.size());
+        ops.copy_to_host(got[tf32].data(), dc, want.size() * 4, stream);
+        ops.device_free(dc);
+        for (size_t e = 0; e < want.size(); ++e) {
+          const double err = std::fabs(got[tf32][e] - want[e]);
+          worst[tf32] = std::max(worst[tf32], err / mass[e]);
+          ASSERT_LE(err, (std::ldexp(1.0, -9) + k * std::ldexp(1.0, -23)) * mass[e] + 1e-7)
+              << (tf32 ? "TF32" : "fp32") << " element " << e;
+        }
+      }
+      if (target == Target::cpu) {
+        EXPECT_EQ(got[0], got[1]) << "TF32 is a GPU option: the CPU computes fp32";
+        // The thresholds themselves: fp32 GEMMs of TF32-rounded inputs (what the tensor cores
+        // multiply) are within the bound and visibly off fp32, so the GPU half can fail.
+        float *ra = upload(tf32_rounded(a)), *rb = upload(tf32_rounded(b)),
+              *dc = upload(std::vector<float>(want.size(), 9.f));
+        GemmOp op{ta, tb, m, n, k, alpha, ra, lda, rb, ldb, 0.f, dc, n};
+        if (epilogue) op = dense_forward_gemm(n, k, ra, rb, dbias, dc, m, Activation::tanh);
+        ops.gemm(handles[0], op);
+        std::vector<float> rounded(want.size());
+        ops.copy_to_host(rounded.data(), dc, want.size() * 4, stream);
+        for (size_t e = 0; e < want.size(); ++e) {
+          const double err = std::fabs(rounded[e] - want[e]);
+          emulated = std::max(emulated, err / mass[e]);
+          ASSERT_LE(err, (std::ldexp(1.0, -9) + k * std::ldexp(1.0, -23)) * mass[e] + 1e-7) << "emulated TF32";
+        }
+        for (float* p : {ra, rb, dc}) ops.device_free(p);
+      }
+      for (float* p : {da, db, dbias}) ops.device_free(p);
+    }
+  EXPECT_LT(worst[0], std::ldexp(1.0, -18)) << "fp32";
+  if (target == Target::cuda) {
+    EXPECT_GT(worst[1], std::ldexp(1.0, -16)) << "the TF32 handle computed in fp32";
+  } else {
+    EXPECT_GT(emulated, std::ldexp(1.0, -16)) << "TF32-rounded inputs";
+  }
+  for (GemmHandle* h : handles) ops.gemm_destroy(h);
   ops.destroy_stream(stream);
 }
 
