@@ -171,8 +171,7 @@ ElboTotals Trainer::train_epoch(const DeviceDataset& train, const std::function<
     ops.graph_destroy(graph_);
     graph_ = nullptr;
   }
-  // The order of an epoch depends on (seed, epoch) only, so a resumed run sees the same order.
-  ops.shuffle_permutation(perm_.data(), static_cast<int>(train.count), config_.seed * 0x9E3779B97F4A7C15ull + epoch_,
+  ops.shuffle_permutation(perm_.data(), static_cast<int>(train.count), epoch_shuffle_key(config_.seed, epoch_),
                           ctx_.stream());
   VAE_REQUIRE(batch_in_epoch_ < batches, "train: the checkpoint's position is past the end of the epoch");
   const int64_t first = batch_in_epoch_;

@@ -45,6 +45,10 @@ class Diverged : public Error {
 // kernels). See trainer.cpp for the measurements it rests on.
 bool fused_step_by_rule(Target target, int batch_size, const ModelConfig& model);
 
+// The key of epoch `epoch`'s shuffle of the training rows: the order depends on (seed, epoch) only,
+// so a resumed run sees the same order.
+inline uint64_t epoch_shuffle_key(uint64_t seed, int epoch) { return seed * 0x9E3779B97F4A7C15ull + epoch; }
+
 class Trainer {
  public:
   Trainer(const DeviceContext& ctx, const TrainConfig& config);

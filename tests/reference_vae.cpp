@@ -111,6 +111,39 @@ Mat hidden_backward(Params& P, const std::string& prefix, const HiddenStack& s, 
 
 std::vector<double> to_double(const std::vector<float>& v) { return std::vector<double>(v.begin(), v.end()); }
 
+void reference_optimizer_step(OptimizerKind kind, const OptimizerHyper& h, uint64_t t, const std::vector<double>& grad,
+                              std::vector<double>& p, std::vector<double>& s1, std::vector<double>& s2) {
+  const double b1 = h.beta1, b2 = h.beta2, lr = h.lr, eps = h.eps;
+  for (size_t i = 0; i < p.size(); ++i) {
+    const double g = grad[i] + double(h.weight_decay) * p[i];
+    if (kind == OptimizerKind::adam) {
+      s1[i] = b1 * s1[i] + (1 - b1) * g;
+      s2[i] = b2 * s2[i] + (1 - b2) * g * g;
+      const double m_hat = s1[i] / (1 - std::pow(b1, double(t))), v_hat = s2[i] / (1 - std::pow(b2, double(t)));
+      p[i] -= lr * m_hat / (std::sqrt(v_hat) + eps);
+    } else if (kind == OptimizerKind::adagrad) {
+      s1[i] += g * g;
+      p[i] -= lr * g / (std::sqrt(s1[i]) + eps);
+    } else {
+      s1[i] = double(h.momentum) * s1[i] + g;
+      p[i] -= lr * s1[i];
+    }
+  }
+}
+
+OptimizerHyper tested_hyper(OptimizerKind kind) {
+  OptimizerHyper h;
+  h.weight_decay = 0.01f;
+  if (kind == OptimizerKind::sgd) {
+    h.lr = 0.05f;
+    h.momentum = 0.9f;
+  } else {
+    h.lr = 0.01f;
+    h.eps = 1e-2f;
+  }
+  return h;
+}
+
 const ReferenceTensor& ReferenceLayout::at(const std::string& name) const {
   for (const auto& t : tensors)
     if (t.name == name) return t;

@@ -69,6 +69,17 @@ std::vector<double> reference_noise(uint64_t seed, RandomStream stream, uint64_t
 void reference_latent(const std::vector<double>& heads, const std::vector<double>& eps, int batch, int samples,
                       int latent, std::vector<double>& z, std::vector<double>& kl);
 
+// The optimizers as torch.optim defines them, in float64, over the reference layout: p, and the
+// state s1 (Adam's m, Adagrad's Σ g², SGD's velocity) and s2 (Adam's v), at step t (from 1).
+void reference_optimizer_step(OptimizerKind kind, const OptimizerHyper& h, uint64_t t, const std::vector<double>& grad,
+                              std::vector<double>& p, std::vector<double>& s1, std::vector<double>& s2);
+
+// Hyperparameters under which each optimizer's update shows the gradient's scale and its own
+// arithmetic: ε of the order of the smaller gradients (Adam and Adagrad are Lipschitz in g there,
+// so float and double agree to ~1e-6, and a gradient off by a factor moves the update), weight
+// decay on.
+OptimizerHyper tested_hyper(OptimizerKind kind);
+
 std::vector<double> to_double(const std::vector<float>& v);
 
 }  // namespace vae::test

@@ -1,6 +1,6 @@
 // Training on the GPU: bit-identical parameters for the same seed, the CUDA graph against the
-// kernels launched one by one, and 200 steps against the CPU build of the same kernels. These
-// skip, saying why, without a GPU.
+// kernels launched one by one (over a partial last batch and into the next epoch), and 200 steps
+// against the CPU build of the same kernels. These skip, saying why, without a GPU.
 #include <cmath>
 #include <filesystem>
 
@@ -16,7 +16,7 @@ class GpuTraining : public ::testing::Test {
     VAE_SKIP_WITHOUT_DEVICE(Target::cuda);
     if (!std::filesystem::is_directory(kFashionMnistDir)) FAIL() << kFashionMnistDir << " is missing";
     DataOptions d;
-    d.train_limit = 200 * 128;  // 200 steps of the default batch
+    d.train_limit = 200 * 128 + 37;  // 200 steps of the default batch and a partial one of 37 rows
     d.test_limit = 1000;
     train_ = load_train_data(d);
     test_ = load_test_data(d);
@@ -35,13 +35,13 @@ struct EpochRun {
 };
 
 EpochRun train_one_epoch(Target target, const TrainConfig& config, const Dataset& train, const Dataset& test,
-                         bool graph) {
+                         bool graph, int epochs = 1) {
   DeviceContext ctx(target, false);
   Trainer t(ctx, config);
   t.set_use_graph(graph);
   const DeviceDataset tr(ctx, train), te(ctx, test);
   EpochRun r;
-  r.train = t.train_epoch(tr);
+  for (int e = 0; e < epochs; ++e) r.train = t.train_epoch(tr);
   r.test = t.evaluate(te);
   r.params = t.checkpoint().params;
   r.graph = t.graph_in_use();
@@ -56,12 +56,16 @@ TEST_F(GpuTraining, SameSeedGivesBitIdenticalParameters) {
   EXPECT_EQ(a.train.elbo(), b.train.elbo());
 }
 
+// Two epochs, each ending in a partial batch: the partial step runs eagerly after the graph's
+// replays (with a step state uploaded for it), and the next epoch replays the graph again.
 TEST_F(GpuTraining, GraphReplayMatchesKernelsLaunchedOneByOne) {
-  const EpochRun graph = train_one_epoch(Target::cuda, config_, train_, test_, true);
-  const EpochRun eager = train_one_epoch(Target::cuda, config_, train_, test_, false);
+  const EpochRun graph = train_one_epoch(Target::cuda, config_, train_, test_, true, 2);
+  const EpochRun eager = train_one_epoch(Target::cuda, config_, train_, test_, false, 2);
   EXPECT_TRUE(graph.graph);
   EXPECT_FALSE(eager.graph);
   EXPECT_EQ(graph.params, eager.params);
+  EXPECT_EQ(graph.train.elbo(), eager.train.elbo());
+  EXPECT_EQ(graph.train.n, 200 * 128 + 37);
 }
 
 TEST_F(GpuTraining, TwoHundredStepsAgreeWithTheCpu) {

@@ -170,45 +170,6 @@ TEST_P(WholeStep, LossAndEveryGradientMatchReference) {
   }
 }
 
-// The optimizers as torch.optim defines them, in float64, over the reference layout: p, and the
-// state s1 (Adam's m, Adagrad's Σ g², SGD's velocity) and s2 (Adam's v), at step t (from 1).
-void reference_optimizer_step(OptimizerKind kind, const OptimizerHyper& h, uint64_t t, const std::vector<double>& grad,
-                              std::vector<double>& p, std::vector<double>& s1, std::vector<double>& s2) {
-  const double b1 = h.beta1, b2 = h.beta2, lr = h.lr, eps = h.eps;
-  for (size_t i = 0; i < p.size(); ++i) {
-    const double g = grad[i] + double(h.weight_decay) * p[i];
-    if (kind == OptimizerKind::adam) {
-      s1[i] = b1 * s1[i] + (1 - b1) * g;
-      s2[i] = b2 * s2[i] + (1 - b2) * g * g;
-      const double m_hat = s1[i] / (1 - std::pow(b1, double(t))), v_hat = s2[i] / (1 - std::pow(b2, double(t)));
-      p[i] -= lr * m_hat / (std::sqrt(v_hat) + eps);
-    } else if (kind == OptimizerKind::adagrad) {
-      s1[i] += g * g;
-      p[i] -= lr * g / (std::sqrt(s1[i]) + eps);
-    } else {
-      s1[i] = double(h.momentum) * s1[i] + g;
-      p[i] -= lr * s1[i];
-    }
-  }
-}
-
-// Hyperparameters under which each optimizer's update shows the gradient's scale and its own
-// arithmetic: ε of the order of the smaller gradients (Adam and Adagrad are Lipschitz in g there,
-// so float and double agree to ~1e-6, and a gradient off by a factor moves the update), weight
-// decay on.
-OptimizerHyper tested_hyper(OptimizerKind kind) {
-  OptimizerHyper h;
-  h.weight_decay = 0.01f;
-  if (kind == OptimizerKind::sgd) {
-    h.lr = 0.05f;
-    h.momentum = 0.9f;
-  } else {
-    h.lr = 0.01f;
-    h.eps = 1e-2f;
-  }
-  return h;
-}
-
 // The fused step kernel (one cooperative launch: gather, forward, losses, backward, optimizer)
 // for three steps against the float64 reference with each optimizer: log p and KL, every
 // gradient, the parameters and the optimizer state after each update, the ELBO totals and the
@@ -238,7 +199,7 @@ TEST_P(FusedStep, ThreeStepsOfEachOptimizerMatchReference) {
         const test::ReferenceLayout rl = test::reference_layout(c);
         std::vector<double> p = test::reference_parameters(rl, 200 + batch), s1(p.size(), 0.0), s2(p.size(), 0.0);
         vae.params().upload(test::from_reference(vae.layout(), rl, p));
-        const OptimizerHyper hyper = tested_hyper(kind);
+        const OptimizerHyper hyper = test::tested_hyper(kind);
         Optimizer opt(ctx, vae.layout().total, kind, hyper);
         const int steps = 3;
         const auto data = test::random_uniform(static_cast<size_t>(steps) * batch * c.input_dim, 9 + batch, 0, 1);
@@ -262,7 +223,7 @@ TEST_P(FusedStep, ThreeStepsOfEachOptimizerMatchReference) {
             want_recon += m / sc.samples;
             want_kl += ref.kl[r];
           }
-          reference_optimizer_step(kind, hyper, 18 + step, ref.grad, p, s1, s2);
+          test::reference_optimizer_step(kind, hyper, 18 + step, ref.grad, p, s1, s2);
           test::expect_tensors_near(vae.layout(), vae.params().download(), rl, p, 1e-6, 1e-6, "parameters, " + where);
           test::expect_tensors_near(vae.layout(), opt.state(0).download(), rl, s1, 1e-6, 1e-4, "state 1, " + where);
           if (kind == OptimizerKind::adam) {

@@ -12,6 +12,7 @@
 #include <fstream>
 
 #include "checkpoint.h"
+#include "reference_vae.h"
 #include "runtime/workers.h"
 #include "support.h"
 #include "trainer.h"
@@ -405,6 +406,86 @@ TEST(Cli, TrainEvalSampleReconstruct) {
   EXPECT_EQ(fs::file_size(dir / "s.png"), before);
   fs::remove_all(dir);
 }
+
+// ---- the epoch loop against the float64 reference ---------------------------------------------
+
+// Two epochs of 13 rows at batch 5 (two full batches and a partial one of 3) through
+// Trainer::train_epoch against the float64 reference stepping the same rows in the same order:
+// the parameters and the optimizer state after every epoch, and the epoch totals. On the GPU the
+// full batches replay the captured CUDA graph and the partial batch runs eagerly after a new step
+// state, and the next epoch replays the graph again (GpuTraining compares it with eager launches
+// too). Every optimizer.
+class EpochLoop : public ::testing::TestWithParam<Target> {};
+
+TEST_P(EpochLoop, TwoEpochsWithAPartialLastBatchMatchTheReference) {
+  const Target target = GetParam();
+  VAE_SKIP_WITHOUT_DEVICE(target);
+  const int B = 5, N = 13, epochs = 2;
+  for (OptimizerKind kind : {OptimizerKind::adam, OptimizerKind::sgd, OptimizerKind::adagrad}) {
+    SCOPED_TRACE(optimizer_name(kind));
+    TrainConfig config;
+    config.model.input_dim = 12;
+    config.model.image_height = 3;
+    config.model.image_width = 4;
+    config.model.hidden = {7};
+    config.model.latent = 3;
+    config.model.activation = Activation::tanh;
+    config.batch_size = B;
+    config.seed = 23;
+    config.optimizer = kind;
+    config.hyper = test::tested_hyper(kind);
+    Dataset data;
+    data.type = PixelType::f32;
+    data.count = N;
+    data.height = 3;
+    data.width = 4;
+    data.f32 = test::random_uniform(static_cast<size_t>(N) * 12, 19, 0, 1);
+    const DeviceContext ctx(target, false);
+    const DeviceDataset train(ctx, data);
+    Trainer t(ctx, config);
+    const test::ReferenceLayout rl = test::reference_layout(config.model);
+    std::vector<double> p = test::reference_parameters(rl, 29), s1(p.size(), 0.0), s2(p.size(), 0.0);
+    t.model().params().upload(test::from_reference(t.model().layout(), rl, p));
+
+    uint64_t step = 0;
+    for (int epoch = 0; epoch < epochs; ++epoch) {
+      const ElboTotals got = t.train_epoch(train);
+      DeviceBuffer<int> perm(ctx, N);
+      ctx.ops().shuffle_permutation(perm.data(), N, epoch_shuffle_key(config.seed, epoch), ctx.stream());
+      const std::vector<int> order = perm.download();
+      double recon = 0, kl = 0;
+      for (int first = 0; first < N; first += B, ++step) {
+        const int rows = std::min(B, N - first);
+        std::vector<double> x;
+        for (int r = 0; r < rows; ++r) {
+          const auto row = data.f32.begin() + static_cast<size_t>(order[first + r]) * 12;
+          x.insert(x.end(), row, row + 12);
+        }
+        const auto eps = test::reference_noise(config.seed, RandomStream::latent_noise, step, rows, 1, 3);
+        const auto ref = test::reference_vae(config.model, p, x, rows, 1, eps);
+        for (int r = 0; r < rows; ++r) {
+          recon += ref.log_prob[r];
+          kl += ref.kl[r];
+        }
+        test::reference_optimizer_step(kind, config.hyper, step + 1, ref.grad, p, s1, s2);
+      }
+      const std::string where = "after epoch " + std::to_string(epoch);
+      EXPECT_EQ(got.n, N) << where;
+      EXPECT_NEAR(got.recon, recon / N, 1e-5 * std::fabs(recon / N)) << where;
+      EXPECT_NEAR(got.kl, kl / N, 1e-5 * kl / N + 1e-6) << where;
+      const Checkpoint c = t.checkpoint();
+      EXPECT_EQ(c.step, static_cast<int64_t>(step)) << where;
+      const ParamLayout& layout = t.model().layout();
+      test::expect_tensors_near(layout, c.params, rl, p, 2e-6, 1e-5, "parameters " + where);
+      test::expect_tensors_near(layout, c.optimizer_state[0], rl, s1, 2e-6, 1e-4, "state 1 " + where);
+      if (kind == OptimizerKind::adam) {
+        test::expect_tensors_near(layout, c.optimizer_state[1], rl, s2, 2e-6, 1e-4, "state 2 " + where);
+      }
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Targets, EpochLoop, ::testing::ValuesIn(test::all_targets()), test::target_param_name);
 
 }  // namespace
 }  // namespace vae
