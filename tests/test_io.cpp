@@ -260,10 +260,9 @@ Checkpoint tiny_checkpoint(OptimizerKind optimizer = OptimizerKind::adam) {
 TEST_F(Io, CheckpointRoundTripWithPyTorchNames) {
   // Every optimizer's state under torch.optim's names: Adam exp_avg and exp_avg_sq, Adagrad sum,
   // SGD momentum_buffer.
-  for (const auto& [kind, names] :
-       {std::pair{OptimizerKind::adam, std::vector<std::string>{"exp_avg", "exp_avg_sq"}},
-        {OptimizerKind::adagrad, std::vector<std::string>{"sum"}},
-        {OptimizerKind::sgd, std::vector<std::string>{"momentum_buffer"}}}) {
+  for (const auto& [kind, names] : {std::pair{OptimizerKind::adam, std::vector<std::string>{"exp_avg", "exp_avg_sq"}},
+                                    {OptimizerKind::adagrad, std::vector<std::string>{"sum"}},
+                                    {OptimizerKind::sgd, std::vector<std::string>{"momentum_buffer"}}}) {
     const Checkpoint ck = tiny_checkpoint(kind);
     ASSERT_EQ(ck.optimizer_state.size(), names.size());
     save_checkpoint(path("o.safetensors"), ck);

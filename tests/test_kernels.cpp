@@ -337,8 +337,8 @@ TEST_P(Kernels, OptimizerSteps) {
           for (long long i = 0; i < n; ++i) g[i] = static_cast<float>(scale[i] * u[i]);
           auto dg = upload(g);
           auto step_at = at(step, 100);  // t = at->step + 1
-          ops().optimizer_step(kind, h, dp.data(), dg.data(), d1.data(), d2.data(), n, step_at.data(), 7,
-                               ticket.data(), nullptr, stream());
+          ops().optimizer_step(kind, h, dp.data(), dg.data(), d1.data(), d2.data(), n, step_at.data(), 7, ticket.data(),
+                               nullptr, stream());
           const StepState moved = download(step_at)[0];  // the last block moved the step on
           EXPECT_EQ(moved.step, step + 1);
           EXPECT_EQ(moved.offset, 107);
