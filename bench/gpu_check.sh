@@ -208,7 +208,7 @@ fi
 
 # ---- profile: per-kernel GPU times of one training step ---------------------------------------
 # ncu's gpu__time_duration.sum of every kernel of a --no-graph run of 6 steps (one epoch of 6B
-# images), unlocked clocks; bench/ncu_profile.py cuts it into steps at advance_step_kernel and
+# images), unlocked clocks; bench/ncu_profile.py cuts it into steps at the optimizer's kernel and
 # sums the steps after the first by kernel. Raw CSVs and tables go into profile.log.
 if [ -x build-gpu/host/vae ] && want profile; then
   t=$(date +%s)

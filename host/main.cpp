@@ -1,4 +1,4 @@
-// The `vae` command line: train, eval, sample, reconstruct.
+// The `vae` command line: train, eval, sample, reconstruct, encode, decode, manifold.
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 

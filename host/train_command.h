@@ -9,7 +9,8 @@
 
 namespace vae {
 
-// The `vae train` command: everything a run writes goes under options.out_dir.
+// The `vae train` command: everything a run writes goes under the run folder (out_dir, or
+// runs/<timestamp>).
 // Exit statuses of `vae train` beyond 0 (done), 1 (error) and 2 (bad flags).
 constexpr int kExitDiverged = 3;
 constexpr int kExitPreempted = 75;     // EX_TEMPFAIL: SIGUSR1 or SIGTERM; checkpoint written, resume

@@ -1,5 +1,7 @@
-// The float64 reference VAE checked by finite differences, then one whole training step of the
-// fast code (ELBO and every parameter gradient) against the reference.
+// The float64 reference VAE checked by finite differences; then against it the composed step's
+// forward and backward passes (log p, KL and every parameter gradient: WholeStep; the optimizer
+// kernel has its own test, the epoch loop EpochLoop) and the fused step kernel, optimizer update
+// included, for each optimizer (FusedStep).
 #include <cmath>
 
 #include "checkpoint.h"

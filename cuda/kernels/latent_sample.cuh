@@ -1,5 +1,5 @@
-// The latent stage for one (datapoint, sample): shared by the latent kernel and the fused
-// encoder kernel, so both draw the same ε for the same key.
+// The latent stage for one (datapoint, sample): shared by the latent kernel and the fused step
+// kernel, so both draw the same ε for the same key.
 #pragma once
 
 #include "kernels/philox.cuh"

@@ -42,9 +42,6 @@
   T* name = reinterpret_cast<T*>(vae_dynamic_smem_)
 #endif
 
-// Element loops of elementwise kernels. On the GPU a grid-stride loop (coalesced); under host
-// execution each block takes an equal share and each of its threads one contiguous chunk
-// (a multiple of 16 elements), which the host compiler vectorizes.
 // Columns of a row shared by blockDim.x lanes: strided on the GPU (coalesced), a contiguous
 // chunk per lane under host execution (vectorizes; one lane per row is the CPU's shape).
 #if VAE_HOST_EXEC
@@ -64,6 +61,9 @@
 #define VAE_HOST_VECTOR_LOOP
 #endif
 
+// Element loops of elementwise kernels. On the GPU a grid-stride loop (coalesced); under host
+// execution each block takes an equal share and each of its threads one contiguous chunk
+// (a multiple of 16 elements), which the host compiler vectorizes.
 #if VAE_HOST_EXEC
 #define VAE_ELEMENT_LOOP(i, n) \
   for (long long i##_end_ = 0, i = ::vae::hx::thread_chunk((long long)(n), 16, &i##_end_); i < i##_end_; ++i)
