@@ -6,7 +6,7 @@
 #include <cstdlib>
 #include <vector>
 
-#include "runtime/blas_core.h"
+#include "blas_core.h"
 
 #include "runtime/compat.cuh"
 

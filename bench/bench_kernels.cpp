@@ -23,7 +23,7 @@
 
 #include "bench_timer.h"
 #include "device_context.h"
-#include "runtime/blas_core.h"
+#include "blas_core.h"
 #include "unfused.h"
 #include "vae.h"
 

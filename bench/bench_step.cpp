@@ -16,7 +16,7 @@
 
 #include "bench_timer.h"
 #include "device_context.h"
-#include "runtime/blas_core.h"
+#include "blas_core.h"
 #include "trainer.h"
 #include "vae.h"
 

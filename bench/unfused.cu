@@ -3,6 +3,7 @@
 #include <curand.h>
 
 #include "kernels/lanes.cuh"
+#include "ops.h"  // the kernels it is compared with
 #include "runtime/compat.cuh"
 #include "unfused.h"
 

@@ -1,5 +1,6 @@
-// The per-target API: memory, GEMM and the kernel launchers, compiled once per target
-// (vae::cpu by the host compiler, vae::gpu by nvcc) and reached by host code through a table.
+// The per-target API: the runtime's (memory, streams, graphs: runtime/api.h), the GEMM and the
+// kernel launchers, compiled once per target (vae::cpu by the host compiler, vae::gpu by nvcc)
+// and reached by host code through a table.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -7,41 +8,18 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "kernels/types.h"
+#include "kernels/types.h"  // the kernels' argument types
+#include "runtime/api.h"    // memory, streams, launch shapes, graphs
 
 namespace vae {
-struct LaunchPolicy {
-  int max_blocks;         // cap on blocks of elementwise kernels
-  int min_block_work;     // elements per block below which fewer blocks are used
-  int row_lanes;          // threads cooperating on one row in row kernels (1..32, a power of 2)
-  int reduce_threads;     // threads of a one-block reduction (a power of 2; 1 on the CPU: no barriers)
-  int column_row_groups;  // threads summing one column in column reductions (1 on the CPU: no barriers)
-};
 struct GemmHandle;  // per target: cuBLAS handle and workspace on the GPU, nothing on the CPU
-struct StepGraph;   // an instantiated CUDA graph (GPU only)
 }  // namespace vae
 
 #define VAE_DECLARE_TARGET_API                                                                                         \
-  /* memory */                                                                                                         \
-  void* device_alloc(size_t bytes);                                                                                    \
-  void device_free(void* p) noexcept;                                                                                  \
-  void copy_to_device(void* dst, const void* src, size_t bytes, cudaStream_t stream);                                  \
-  void copy_to_host(void* dst, const void* src, size_t bytes, cudaStream_t stream);                                    \
-  void copy_on_device(void* dst, const void* src, size_t bytes, cudaStream_t stream);                                  \
-  void fill_zero(void* p, size_t bytes, cudaStream_t stream);                                                          \
-  void synchronize(cudaStream_t stream);                                                                               \
-  cudaStream_t create_stream();                                                                                        \
-  void destroy_stream(cudaStream_t stream) noexcept;                                                                   \
-  LaunchPolicy& launch_policy();                                                                                       \
-  /* GEMM (cuda/runtime/gemm.cu) */                                                                                    \
+  /* GEMM with a dense layer's epilogues (cuda/kernels/dense_gemm.cu) */                                               \
   GemmHandle* gemm_create(cudaStream_t stream, bool tf32);                                                             \
   void gemm_destroy(GemmHandle* h) noexcept;                                                                           \
   void gemm(GemmHandle* h, const GemmOp& op);                                                                          \
-  /* CUDA graphs (cuda/runtime/graph.cu): begin returns false where the target has none (CPU) */                       \
-  bool graph_begin_capture(cudaStream_t stream);                                                                       \
-  StepGraph* graph_end_capture(cudaStream_t stream);                                                                   \
-  void graph_launch(StepGraph* g, cudaStream_t stream);                                                                \
-  void graph_destroy(StepGraph* g) noexcept;                                                                           \
   /* dense epilogue (cuda/kernels/dense.cu) */                                                                         \
   /* y[rows,cols] = act(y + bias) in place */                                                                          \
   void dense_bias_activation_forward(float* y, const float* bias, int rows, int cols, Activation act,                  \

@@ -1,4 +1,5 @@
 // Fills the TargetOps table of this target.
+#include "ops.h"  // the entry points this file defines
 #include "runtime/compat.cuh"
 
 namespace vae::VAE_NS {

@@ -9,7 +9,7 @@
 #include <sstream>
 
 #include "png_image.h"
-#include "runtime/blas_core.h"
+#include "blas_core.h"
 #include "runtime/check.h"
 #include "train_command.h"
 

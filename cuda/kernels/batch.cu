@@ -1,5 +1,6 @@
 // Batch stage: gather rows of the resident data set by a permutation, scale to [0, 1],
 // optionally binarize dynamically (x ~ Bernoulli(pixel), fresh every step).
+#include "ops.h"  // the entry points this file defines
 #include "kernels/batch.cuh"
 
 namespace vae::VAE_NS {

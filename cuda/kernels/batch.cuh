@@ -1,6 +1,7 @@
 // The batch stage's element functions, shared by the batch kernels and the fused step kernel.
 #pragma once
 
+#include "kernels/types.h"
 #include "kernels/philox.cuh"
 
 namespace vae::VAE_NS {

@@ -2,6 +2,7 @@
 // and the bias gradient). The GEMMs around it go through the GEMM interface.
 #include <algorithm>
 
+#include "ops.h"  // the entry points this file defines
 #include "kernels/activation.cuh"
 #include "kernels/ticket.cuh"
 

@@ -10,6 +10,7 @@
 // a string of small kernels; one launch per step, captured in the trainer's CUDA graph.
 #include <algorithm>
 
+#include "ops.h"  // the entry points this file defines
 #include "kernels/activation.cuh"
 #include "kernels/batch.cuh"
 #include "kernels/dense_gemm.h"

@@ -2,6 +2,7 @@
 //   log p(x) ≈ log (1/K) Σ_k p(x, z_k) / q(z_k|x),  z_k ~ q(z|x),
 // accumulated chunk by chunk of samples as a running log-sum-exp per datapoint, so that the K
 // decoder outputs of a row never exist at once.
+#include "ops.h"  // the entry points this file defines
 #include "kernels/lanes.cuh"
 
 namespace vae::VAE_NS {

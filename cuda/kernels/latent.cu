@@ -1,5 +1,6 @@
 // Latent stage: ε ~ N(0, I) from Philox, the reparameterization z = μ + exp(½ log σ²) ⊙ ε,
 // the analytic KL(q(z|x) || N(0, I)) per row, and the backward pass of all three.
+#include "ops.h"  // the entry points this file defines
 #include "kernels/lanes.cuh"
 #include "kernels/latent_sample.cuh"
 

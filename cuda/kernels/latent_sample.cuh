@@ -2,6 +2,7 @@
 // kernel, so both draw the same ε for the same key.
 #pragma once
 
+#include "kernels/types.h"
 #include "kernels/philox.cuh"
 
 namespace vae::VAE_NS {

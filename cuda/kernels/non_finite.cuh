@@ -4,6 +4,7 @@
 
 #include <cstring>
 
+#include "kernels/types.h"
 #include "runtime/compat.cuh"
 
 namespace vae::VAE_NS {

@@ -1,5 +1,6 @@
 // One optimizer launch over the flat parameter buffer: Adam (default), Adagrad (the paper's
 // choice) or SGD with momentum, each with an L2 weight-decay term added to the gradient.
+#include "ops.h"  // the entry points this file defines
 #include "kernels/non_finite.cuh"
 #include "kernels/optimizer.cuh"
 #include "kernels/ticket.cuh"

@@ -1,6 +1,7 @@
 // One parameter's optimizer update, shared by the optimizer kernel and the fused step kernel.
 #pragma once
 
+#include "kernels/types.h"
 #include "runtime/compat.cuh"
 
 namespace vae::VAE_NS {

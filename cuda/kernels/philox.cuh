@@ -2,6 +2,7 @@
 // step, index) on the spot, so no generator state is stored or checkpointed.
 #pragma once
 
+#include "kernels/types.h"
 #include "runtime/compat.cuh"
 
 namespace vae::VAE_NS {

@@ -3,6 +3,7 @@
 // variance: the paper's Frey Face model); the decoder mean for images; and the batch totals.
 #include <algorithm>
 
+#include "ops.h"  // the entry points this file defines
 #include "kernels/lanes.cuh"
 #include "kernels/non_finite.cuh"
 #include "kernels/reconstruction.cuh"

@@ -2,6 +2,7 @@
 // step kernel.
 #pragma once
 
+#include "kernels/types.h"
 #include "runtime/compat.cuh"
 
 namespace vae::VAE_NS {

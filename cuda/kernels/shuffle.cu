@@ -1,5 +1,6 @@
 // Per-epoch shuffle of the sample order through Thrust: the CUDA system on the GPU, the CPP
 // system under host execution.
+#include "ops.h"  // the entry points this file defines
 #include "runtime/compat.cuh"
 
 #include <thrust/random.h>

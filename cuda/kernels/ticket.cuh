@@ -2,6 +2,7 @@
 // arrives last at a ticket finishes the job, with every other block's part written.
 #pragma once
 
+#include "kernels/types.h"
 #include "runtime/compat.cuh"
 
 namespace vae::VAE_NS {

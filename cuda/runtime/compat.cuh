@@ -30,7 +30,7 @@
 #define VAE_HAS_TF32_MMA 0
 #endif
 
-#include "ops.h"
+#include "runtime/api.h"
 #include "runtime/check.h"
 
 // Dynamic shared memory: `extern __shared__ T s[]` does not link on the host.

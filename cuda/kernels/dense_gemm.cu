@@ -8,6 +8,7 @@
 #include <map>
 #include <tuple>
 
+#include "ops.h"  // the entry points this file defines
 #include "kernels/activation.cuh"
 
 #if VAE_HOST_EXEC

@@ -1,4 +1,4 @@
-#include "runtime/blas_core.h"
+#include "blas_core.h"
 
 #include <cstdlib>
 #include <cstring>
