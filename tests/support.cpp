@@ -68,8 +68,8 @@ const TargetOps& ops_of(Target t) {
 }
 
 std::vector<Shape> shapes_for(Target t) {
-  if (t == Target::cuda) return {{"default", {0, 0, 0, 0, 0}}};
-  return {{"default", {0, 0, 0, 0, 0}}, {"gpu_like", {64, 1, 32, 256, 8}}, {"odd", {5, 3, 4, 64, 3}}};
+  if (t == Target::cuda) return {{"default", {0, 0, 0, 0, 0, 0}}};
+  return {{"default", {0, 0, 0, 0, 0, 0}}, {"gpu_like", {64, 1, 32, 256, 8, 256}}, {"odd", {5, 3, 4, 64, 3, 7}}};
 }
 
 ScopedLaunchPolicy::ScopedLaunchPolicy(Target t, const Shape& s)

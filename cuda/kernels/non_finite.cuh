@@ -9,11 +9,14 @@
 
 namespace vae::VAE_NS {
 
-__device__ __forceinline__ bool finite_bits(float v) {
+// The exponent field of v's bits: all ones (kNonFiniteExponent) for infinities and NaN.
+constexpr uint32_t kNonFiniteExponent = 0x7f800000u;
+__device__ __forceinline__ uint32_t exponent_bits(float v) {
   uint32_t b;
   std::memcpy(&b, &v, sizeof b);
-  return (b & 0x7f800000u) != 0x7f800000u;
+  return b & kNonFiniteExponent;
 }
+__device__ __forceinline__ bool finite_bits(float v) { return exponent_bits(v) != kNonFiniteExponent; }
 
 // The first record of a run wins (the step counts from 1, so 0 means none); later ones, of this
 // step or others, leave it as it is.

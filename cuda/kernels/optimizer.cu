@@ -19,12 +19,15 @@ __global__ void optimizer_step_kernel(OptimizerHyper h, float* __restrict__ para
                                       NonFinite* __restrict__ watch) {
   const uint64_t step = at->step;
   const OptimizerScalars k = optimizer_scalars(h, step);
-  bool finite = true;  // an OR over the thread's gradients, which the host compiler vectorizes
+  // The largest exponent field of the thread's gradients: a max, which the host compiler
+  // vectorizes with the update (a bool AND kept the loop scalar: 4x the time on the CPU).
+  uint32_t top = 0;
   VAE_ELEMENT_LOOP(i, n) {
-    finite = finite & finite_bits(grads[i]);
+    const uint32_t e = exponent_bits(grads[i]);
+    top = top > e ? top : e;
     optimizer_element<kind>(h, k, params, grads, state1, state2, i);
   }
-  if (!finite && watch) {  // rare: find the first one
+  if (top == kNonFiniteExponent && watch) {  // rare: find the first one
     VAE_ELEMENT_LOOP(i, n) {
       if (!finite_bits(grads[i])) {
         record_non_finite(watch, step, NonFiniteTerm::gradient, i);
@@ -44,19 +47,21 @@ void optimizer_step(OptimizerKind kind, const OptimizerHyper& hyper, float* para
                     cudaStream_t stream) {
   VAE_REQUIRE(advance_batch <= 0 || ticket, "optimizer_step: advancing the step needs a ticket");
   if (n == 0 && advance_batch <= 0) return;
-  constexpr int kBlock = 256;
-  const int grid = elementwise_grid(n > 0 ? n : 1, kBlock);
+  // The barrier before the step moves on makes a block's threads fibers under host execution:
+  // there, one thread per block (the policy's element_threads) costs none.
+  const int block = launch_policy().element_threads;
+  const int grid = elementwise_grid(n > 0 ? n : 1, block);
   switch (kind) {
     case OptimizerKind::adam:
-      VAE_LAUNCH(optimizer_step_kernel<OptimizerKind::adam>, grid, kBlock, 0, stream, hyper, params, grads, state1,
+      VAE_LAUNCH(optimizer_step_kernel<OptimizerKind::adam>, grid, block, 0, stream, hyper, params, grads, state1,
                  state2, n, at, advance_batch, ticket, watch);
       break;
     case OptimizerKind::adagrad:
-      VAE_LAUNCH(optimizer_step_kernel<OptimizerKind::adagrad>, grid, kBlock, 0, stream, hyper, params, grads, state1,
+      VAE_LAUNCH(optimizer_step_kernel<OptimizerKind::adagrad>, grid, block, 0, stream, hyper, params, grads, state1,
                  state2, n, at, advance_batch, ticket, watch);
       break;
     case OptimizerKind::sgd:
-      VAE_LAUNCH(optimizer_step_kernel<OptimizerKind::sgd>, grid, kBlock, 0, stream, hyper, params, grads, state1,
+      VAE_LAUNCH(optimizer_step_kernel<OptimizerKind::sgd>, grid, block, 0, stream, hyper, params, grads, state1,
                  state2, n, at, advance_batch, ticket, watch);
       break;
   }

@@ -34,7 +34,7 @@ void destroy_stream(cudaStream_t) noexcept {}
 
 LaunchPolicy& launch_policy() {
   // A few blocks per worker, each thread a long contiguous loop; one lane per row.
-  static LaunchPolicy p{2 * hx::workers(), 1 << 15, 1, 1, 1};
+  static LaunchPolicy p{2 * hx::workers(), 1 << 15, 1, 1, 1, 1};
   return p;
 }
 
@@ -76,7 +76,7 @@ LaunchPolicy& launch_policy() {
     int dev = 0, sms = 1;
     cudaGetDevice(&dev);
     cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-    return LaunchPolicy{8 * sms, 1024, 32, 256, 8};
+    return LaunchPolicy{8 * sms, 1024, 32, 256, 8, 256};
   }();
   return p;
 }
