@@ -126,17 +126,6 @@ DataOptions eval_data(const CLI::App* cmd, const DataOptions& flags, const Train
   return d;
 }
 
-Dataset load_eval_set(const DataOptions& d, const TrainConfig& config) {
-  Dataset test = d.test_npy.empty() ? load_test_data(d) : read_npy(d.test_npy);
-  if (d.test_limit > 0) test.truncate(d.test_limit);
-  if (test.dim() != config.model.input_dim) {
-    throw Error(test.source + ": images have " + std::to_string(test.dim()) + " pixels but the model takes " +
-                std::to_string(config.model.input_dim));
-  }
-  if (config.binarize == Binarize::static_threshold) test.binarize_threshold();
-  return test;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -377,7 +366,7 @@ int main(int argc, char** argv) {
     }
     if (eval->parsed()) {
       Loaded l = load_for_inference(eval_ckpt, eval_common.device);
-      const Dataset test = load_eval_set(eval_data(eval, eval_flags, l.ckpt.config), l.ckpt.config);
+      const Dataset test = load_eval_data(eval_data(eval, eval_flags, l.ckpt.config), l.ckpt.config);
       const DeviceDataset test_dev(*l.ctx, test);
       const ElboTotals t = l.trainer->evaluate(test_dev);
       nlohmann::json out = {{"test_elbo", t.elbo()},
@@ -406,9 +395,9 @@ int main(int argc, char** argv) {
         DataOptions d;
         d.test_npy = enc_flags.train_npy;
         d.test_limit = enc_flags.train_limit;
-        data = load_eval_set(d, l.ckpt.config);
+        data = load_eval_data(d, l.ckpt.config);
       } else {  // the test images (the checkpoint's, or --data / --test)
-        data = load_eval_set(eval_data(enc, enc_flags, l.ckpt.config), l.ckpt.config);
+        data = load_eval_data(eval_data(enc, enc_flags, l.ckpt.config), l.ckpt.config);
       }
       const DeviceDataset dev(*l.ctx, data);
       FloatMatrix codes;
@@ -477,7 +466,7 @@ int main(int argc, char** argv) {
     }
     if (rec->parsed()) {
       Loaded l = load_for_inference(rec_ckpt, rec_common.device);
-      const Dataset test = load_eval_set(eval_data(rec, rec_flags, l.ckpt.config), l.ckpt.config);
+      const Dataset test = load_eval_data(eval_data(rec, rec_flags, l.ckpt.config), l.ckpt.config);
       const DeviceDataset test_dev(*l.ctx, test);
       const int n = static_cast<int>(std::min<int64_t>(rec_n, test.count));
       write_png_grid(rec_out, l.trainer->reconstructions(test_dev, n), 2 * n, l.ckpt.config.model.image_height,

@@ -7,31 +7,19 @@
 #include <string>
 
 #include "checkpoint.h"
-#include "dataset.h"
+#include "data.h"
 #include "device_context.h"
 #include "process_group.h"
 #include "runtime/check.h"
+#include "optimizer.h"
 #include "vae.h"
 
 namespace vae {
-
-constexpr const char* kFashionMnistDir = "/usr/share/datasets/fashion-mnist";
-Dataset load_train_data(const DataOptions& o);
-Dataset load_test_data(const DataOptions& o);
 
 struct ElboTotals {
   double recon = 0, kl = 0;  // mean per datapoint, nats
   int64_t n = 0;
   double elbo() const { return recon - kl; }
-};
-
-// A dataset resident in target memory.
-struct DeviceDataset {
-  DeviceDataset(const DeviceContext& ctx, const Dataset& d);
-  PixelType type;
-  int64_t count;
-  int dim;
-  DeviceBuffer<uint8_t> bytes;
 };
 
 // Training turned non-finite (the CLI's exit status 3): the message names the step and the term.

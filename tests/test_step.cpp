@@ -9,6 +9,7 @@
 #include "runtime/workers.h"
 #include "reference_vae.h"
 #include "support.h"
+#include "optimizer.h"
 #include "vae.h"
 
 namespace vae {

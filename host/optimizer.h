@@ -1,0 +1,39 @@
+// The optimizer of a training run: its kind, hyperparameters and state buffers on the target, and
+// the one kernel launch that updates the flat parameter buffer (cuda/kernels/optimizer.cu).
+#pragma once
+
+#include <cstddef>
+
+#include "device_context.h"  // DeviceContext, DeviceBuffer
+#include "kernels/types.h"   // OptimizerKind, OptimizerHyper, StepState, FusedStepArgs
+
+namespace vae {
+
+// Adam, Adagrad or SGD with momentum over the flat parameter buffer.
+class Optimizer {
+ public:
+  Optimizer(const DeviceContext& ctx, size_t n, OptimizerKind kind, const OptimizerHyper& hyper);
+  // Queues one update; the step t = at->step + 1 is read on the device. Then, with
+  // advance_batch > 0, the update moves the step on (at->step + 1, at->offset + advance_batch).
+  // With watch, a non-finite gradient is recorded there.
+  void step(float* params, const float* grads, StepState* at, int advance_batch, NonFinite* watch = nullptr);
+  OptimizerKind kind() const { return kind_; }
+  const OptimizerHyper& hyper() const { return hyper_; }
+  void set_learning_rate(float lr) { hyper_.lr = lr; }
+  size_t size() const { return n_; }
+  // The fused step's optimizer fields: kind, hyperparameters, state, parameter count.
+  void set_fused_step_optimizer(FusedStepArgs& a);
+  // State buffers, in the order of optimizer_state_names(kind()).
+  DeviceBuffer<float>& state(size_t i) { return i == 0 ? state1_ : state2_; }
+  const DeviceBuffer<float>& state(size_t i) const { return i == 0 ? state1_ : state2_; }
+
+ private:
+  const DeviceContext& ctx_;
+  size_t n_;
+  OptimizerKind kind_;
+  OptimizerHyper hyper_;
+  DeviceBuffer<float> state1_, state2_;
+  DeviceBuffer<unsigned> ticket_;  // zero between updates
+};
+
+}  // namespace vae
