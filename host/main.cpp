@@ -11,6 +11,7 @@
 #include "png_image.h"
 #include "blas_core.h"
 #include "runtime/check.h"
+#include "manifold.h"
 #include "train_command.h"
 
 namespace {

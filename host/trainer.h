@@ -82,6 +82,7 @@ class Trainer {
   std::vector<float> prior_samples(int n);
   std::vector<float> reconstructions(const DeviceDataset& test, int n);
 
+  // ---- evaluation beyond the ELBO (host/evaluation.cpp) ----
   // The importance-weighted estimate of log p(x) (Burda et al., 2015) per datapoint of `test`,
   // with K = samples draws z_k ~ q(z|x): log (1/K) Σ_k p(x, z_k) / q(z_k|x). The draws of a batch
   // go through the decoder `chunk` at a time (0: as many as keep batch × chunk rows within
@@ -138,13 +139,5 @@ class Trainer {
   const void* graph_data_ = nullptr;  // the buffers the graph was captured for
   const int* graph_perm_ = nullptr;
 };
-
-// The inverse of the standard normal CDF, Φ⁻¹(p) for p in (0, 1), to double precision.
-double normal_quantile(double p);
-// The paper's Fig. 4 grid: codes (grid², J), row-major over the image (row i, column j), latent
-// dimension dim_x from Φ⁻¹((j + ½)/grid) left to right and dim_y from Φ⁻¹((i + ½)/grid) top to
-// bottom, the others 0. With dim_x == dim_y (a one-dimensional latent space): Φ⁻¹ of grid²
-// evenly spaced quantiles, row by row.
-std::vector<float> manifold_codes(int latent, int grid, int dim_x, int dim_y);
 
 }  // namespace vae

@@ -10,6 +10,7 @@
 
 #include "checkpoint.h"
 #include "support.h"
+#include "manifold.h"
 #include "trainer.h"
 
 namespace vae {
