@@ -8,8 +8,10 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "kernels/types.h"  // the kernels' argument types
-#include "runtime/api.h"    // memory, streams, launch shapes, graphs
+#include "kernels/dense_gemm.h"  // GemmOp
+#include "kernels/fused_step.h"  // FusedStepArgs
+#include "kernels/types.h"       // the kernels' other argument types
+#include "runtime/api.h"         // memory, streams, launch shapes, graphs
 
 namespace vae {
 struct GemmHandle;  // per target: cuBLAS handle and workspace on the GPU, nothing on the CPU

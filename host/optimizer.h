@@ -4,8 +4,9 @@
 
 #include <cstddef>
 
-#include "device_context.h"  // DeviceContext, DeviceBuffer
-#include "kernels/types.h"   // OptimizerKind, OptimizerHyper, StepState, FusedStepArgs
+#include "device_context.h"      // DeviceContext, DeviceBuffer
+#include "kernels/fused_step.h"  // FusedStepArgs
+#include "kernels/types.h"       // OptimizerKind, OptimizerHyper, StepState
 
 namespace vae {
 

@@ -15,6 +15,34 @@
 
 namespace vae {
 
+// What a GEMM does to its product P = alpha op(A) op(B) before C is written (beta must be 0
+// with any but none):
+//   bias_activation   C = act(P + bias), bias (n)                 the forward of a dense layer
+//   activation_grad   C = P ⊙ act'(h), h (m, n) with stride ldc   the backward into a hidden
+//                     layer: dL/d(pre-activation) from dL/d(output) and the output h = act(a)
+enum class Epilogue : int { none = 0, bias_activation = 1, activation_grad = 2 };
+
+// Row-major GEMM: C[m,n] = alpha * op(A)[m,k] * op(B)[k,n] + beta * C, then the epilogue; and,
+// independently of it, bias_grad (m) = Σ_p op(A)[i, p]: the bias gradient that rides on the
+// weight-gradient GEMM dW = gᵀ X (op(A) = gᵀ; A = g must be stored (k, m) densely).
+struct GemmOp {
+  bool trans_a = false, trans_b = false;
+  int m = 0, n = 0, k = 0;
+  float alpha = 1.f;
+  const float* a = nullptr;
+  int lda = 0;
+  const float* b = nullptr;
+  int ldb = 0;
+  float beta = 0.f;
+  float* c = nullptr;
+  int ldc = 0;
+  Epilogue epilogue = Epilogue::none;
+  Activation activation = Activation::identity;
+  const float* bias = nullptr;               // bias_activation: (n), or null for none
+  const float* activation_output = nullptr;  // activation_grad: h (m, n), stride ldc
+  float* bias_grad = nullptr;                // (m), or null
+};
+
 __host__ __device__ inline GemmOp dense_forward_gemm(int out, int in, const float* x, const float* w, const float* b,
                                                      float* y, int rows, Activation act) {
   GemmOp op;

@@ -67,56 +67,6 @@ struct NonFinite {
   long long index = 0;          // the batch row (loss terms) or the element of the flat gradient buffer
 };
 
-// The whole training step as one cooperative kernel (cuda/kernels/fused_step.cu): the model's
-// layers, buffers and optimizer, all in device memory. Layer l's parameters are at
-// params + weight (out, in) and params + bias (out); its gradients at the same offsets of grads.
-constexpr int kMaxStepLayers = 4;  // hidden layers per side
-struct FusedLayer {
-  int in = 0, out = 0;
-  long long weight = 0, bias = 0;
-  float* h = nullptr;   // (rows, out): the output (post-activation)
-  float* dh = nullptr;  // (rows, out): dL/d(pre-activation)
-};
-struct FusedStepArgs {
-  // Data: (N, dim) pixels, the permutation (or null), rows at->offset .. of it; dynamic
-  // binarization keyed like gather_batch's.
-  const void* data = nullptr;
-  PixelType type = PixelType::u8;
-  const int* perm = nullptr;
-  bool binarize = false;
-  uint64_t seed = 0;
-  StepState* at = nullptr;  // read at the start, advanced at the end
-  // Model.
-  int batch = 0, dim = 0, latent = 0, samples = 1;
-  bool gaussian = false;  // decoder: Gaussian (out has 2D columns) or Bernoulli
-  Activation activation = Activation::relu;
-  int encoder_layers = 0, decoder_layers = 0;
-  // heads.h holds μ | log σ² (B, 2J), heads.dh their gradient; output.h the decoder output
-  // (L·B, D or 2D), output.dh its gradient.
-  FusedLayer encoder[kMaxStepLayers], heads, decoder[kMaxStepLayers], output;
-  float* params = nullptr;
-  float* grads = nullptr;
-  float* x = nullptr;          // (B, dim)
-  float* z = nullptr;          // (L·B, J)
-  float* d_z = nullptr;        // (L·B, J)
-  float* kl = nullptr;         // (B)
-  float* log_prob = nullptr;   // (L·B); output.h holds the decoder output, output.dh its gradient
-  double* totals = nullptr;    // += (Σ recon, Σ KL, B), as elbo_totals
-  NonFinite* watch = nullptr;  // the first non-finite loss term or gradient, or null
-  bool tf32 = false;           // GEMM tiles on TF32 tensor cores (sm_80 and newer; FFMA before)
-  float* workspace = nullptr;  // split-K partial sums: fused_step_workspace_floats(fused_step_grid())
-  long long workspace_floats = 0;
-  // Optimizer over the whole flat buffer.
-  OptimizerKind optimizer = OptimizerKind::adam;
-  OptimizerHyper hyper;
-  float* state1 = nullptr;
-  float* state2 = nullptr;
-  long long parameters = 0;
-};
-
-// The fused step's split-K workspace for a grid of `grid` blocks (see gemm_phase in fused_step.cu).
-inline long long fused_step_workspace_floats(int grid) { return 2ll * grid * 32 * 32; }
-
 // Scratch of the two-stage reductions (the column sums of the dense backward, the ELBO totals):
 // blocks write partial sums, and a ticket per reduction elects the block that finishes last,
 // which adds the partials in a fixed order. The sums are deterministic (no float atomics) and a
@@ -127,34 +77,6 @@ constexpr int kReducePartialFloats = 1 << 17;
 struct ReduceScratch {
   unsigned* tickets = nullptr;  // (kReduceTickets), zero
   float* partial = nullptr;     // (kReducePartialFloats), 16-byte aligned
-};
-
-// What a GEMM does to its product P = alpha op(A) op(B) before C is written (beta must be 0
-// with any but none):
-//   bias_activation   C = act(P + bias), bias (n)                 the forward of a dense layer
-//   activation_grad   C = P ⊙ act'(h), h (m, n) with stride ldc   the backward into a hidden
-//                     layer: dL/d(pre-activation) from dL/d(output) and the output h = act(a)
-enum class Epilogue : int { none = 0, bias_activation = 1, activation_grad = 2 };
-
-// Row-major GEMM: C[m,n] = alpha * op(A)[m,k] * op(B)[k,n] + beta * C, then the epilogue; and,
-// independently of it, bias_grad (m) = Σ_p op(A)[i, p]: the bias gradient that rides on the
-// weight-gradient GEMM dW = gᵀ X (op(A) = gᵀ; A = g must be stored (k, m) densely).
-struct GemmOp {
-  bool trans_a = false, trans_b = false;
-  int m = 0, n = 0, k = 0;
-  float alpha = 1.f;
-  const float* a = nullptr;
-  int lda = 0;
-  const float* b = nullptr;
-  int ldb = 0;
-  float beta = 0.f;
-  float* c = nullptr;
-  int ldc = 0;
-  Epilogue epilogue = Epilogue::none;
-  Activation activation = Activation::identity;
-  const float* bias = nullptr;               // bias_activation: (n), or null for none
-  const float* activation_output = nullptr;  // activation_grad: h (m, n), stride ldc
-  float* bias_grad = nullptr;                // (m), or null
 };
 
 }  // namespace vae

@@ -1,0 +1,61 @@
+// The fused step kernel's arguments (cuda/kernels/fused_step.cu): the model's layers, buffers and
+// optimizer, all in device memory, for one cooperative launch of the whole training step.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/types.h"  // PixelType, StepState, Activation, NonFinite, OptimizerKind, OptimizerHyper
+
+namespace vae {
+
+// The whole training step as one cooperative kernel (cuda/kernels/fused_step.cu): the model's
+// layers, buffers and optimizer, all in device memory. Layer l's parameters are at
+// params + weight (out, in) and params + bias (out); its gradients at the same offsets of grads.
+constexpr int kMaxStepLayers = 4;  // hidden layers per side
+struct FusedLayer {
+  int in = 0, out = 0;
+  long long weight = 0, bias = 0;
+  float* h = nullptr;   // (rows, out): the output (post-activation)
+  float* dh = nullptr;  // (rows, out): dL/d(pre-activation)
+};
+struct FusedStepArgs {
+  // Data: (N, dim) pixels, the permutation (or null), rows at->offset .. of it; dynamic
+  // binarization keyed like gather_batch's.
+  const void* data = nullptr;
+  PixelType type = PixelType::u8;
+  const int* perm = nullptr;
+  bool binarize = false;
+  uint64_t seed = 0;
+  StepState* at = nullptr;  // read at the start, advanced at the end
+  // Model.
+  int batch = 0, dim = 0, latent = 0, samples = 1;
+  bool gaussian = false;  // decoder: Gaussian (out has 2D columns) or Bernoulli
+  Activation activation = Activation::relu;
+  int encoder_layers = 0, decoder_layers = 0;
+  // heads.h holds μ | log σ² (B, 2J), heads.dh their gradient; output.h the decoder output
+  // (L·B, D or 2D), output.dh its gradient.
+  FusedLayer encoder[kMaxStepLayers], heads, decoder[kMaxStepLayers], output;
+  float* params = nullptr;
+  float* grads = nullptr;
+  float* x = nullptr;          // (B, dim)
+  float* z = nullptr;          // (L·B, J)
+  float* d_z = nullptr;        // (L·B, J)
+  float* kl = nullptr;         // (B)
+  float* log_prob = nullptr;   // (L·B); output.h holds the decoder output, output.dh its gradient
+  double* totals = nullptr;    // += (Σ recon, Σ KL, B), as elbo_totals
+  NonFinite* watch = nullptr;  // the first non-finite loss term or gradient, or null
+  bool tf32 = false;           // GEMM tiles on TF32 tensor cores (sm_80 and newer; FFMA before)
+  float* workspace = nullptr;  // split-K partial sums: fused_step_workspace_floats(fused_step_grid())
+  long long workspace_floats = 0;
+  // Optimizer over the whole flat buffer.
+  OptimizerKind optimizer = OptimizerKind::adam;
+  OptimizerHyper hyper;
+  float* state1 = nullptr;
+  float* state2 = nullptr;
+  long long parameters = 0;
+};
+
+// The fused step's split-K workspace for a grid of `grid` blocks (see gemm_phase in fused_step.cu).
+inline long long fused_step_workspace_floats(int grid) { return 2ll * grid * 32 * 32; }
+
+}  // namespace vae
