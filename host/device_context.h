@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "ops.h"
-#include "runtime/device.h"
+#include "runtime/target.h"
 
 namespace vae {
 

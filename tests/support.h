@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "runtime/device.h"
+#include "runtime/target.h"
 
 namespace vae::test {
 

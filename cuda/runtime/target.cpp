@@ -1,4 +1,4 @@
-#include "runtime/device.h"
+#include "runtime/target.h"
 
 #include <cuda_runtime.h>
 
