@@ -1,0 +1,42 @@
+#include "commands.h"
+
+namespace vae {
+
+void add_device_flag(CLI::App* cmd, std::string& device) {
+  cmd->add_option("--device", device, "auto (GPU when present), cpu or cuda")
+      ->check(CLI::IsMember({"auto", "cpu", "cuda"}))
+      ->capture_default_str();
+}
+
+void add_data_flags(CLI::App* cmd, DataOptions& d, bool with_train) {
+  cmd->add_option("--data", d.data,
+                  "fashion-mnist (Debian's dataset-fashion-mnist) or a folder of MNIST-format IDX files");
+  if (with_train) {
+    cmd->add_option("--train", d.train_npy, "training images as .npy (uint8 or float32 in [0,1]; (N,D) or (N,H,W))");
+    cmd->add_option("--train-limit", d.train_limit, "use only the first N training images")->check(CLI::PositiveNumber);
+  }
+  cmd->add_option("--test", d.test_npy, "test images as .npy");
+  cmd->add_option("--test-limit", d.test_limit, "use only the first N test images")->check(CLI::PositiveNumber);
+}
+
+Loaded load_for_inference(const std::string& path, const std::string& device) {
+  Loaded l;
+  l.ckpt = load_checkpoint(path);
+  l.ctx = std::make_unique<DeviceContext>(resolve_target(device), l.ckpt.config.tf32);
+  l.trainer = std::make_unique<Trainer>(*l.ctx, l.ckpt.config);
+  l.trainer->restore(l.ckpt);
+  return l;
+}
+
+DataOptions eval_data(const CLI::App* cmd, const DataOptions& flags, const TrainConfig& config) {
+  DataOptions d = config.data;
+  if (cmd->count("--data") > 0) {
+    d.data = flags.data;
+    d.train_npy = d.test_npy = "";
+  }
+  if (cmd->count("--test") > 0) d.test_npy = flags.test_npy;
+  if (cmd->count("--test-limit") > 0) d.test_limit = flags.test_limit;
+  return d;
+}
+
+}  // namespace vae

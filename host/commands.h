@@ -1,0 +1,55 @@
+// The subcommands of `vae`, one object each: it registers its flags on the app, checks them once
+// parsed (a wrong combination is a CLI::ValidationError: exit status 2), and runs. main.cpp parses
+// and maps errors to exit statuses; each command's code lives in the file named beside it.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "trainer.h"  // Trainer, Checkpoint, DataOptions, DeviceContext
+
+namespace vae {
+
+class Command {
+ public:
+  virtual ~Command() = default;
+  // Adds the subcommand and its flags to app.
+  virtual void add(CLI::App& app) = 0;
+  bool parsed() const { return cmd_ && cmd_->parsed(); }
+  // After parsing, before run(): flag checks that CLI11 cannot express.
+  virtual void check() {}
+  // The command's work; returns the exit status. Errors are exceptions (vae::Error: 1, Diverged: 3).
+  virtual int run() = 0;
+
+ protected:
+  CLI::App* cmd_ = nullptr;
+};
+
+std::unique_ptr<Command> make_train_command();                // host/train_flags.cpp (the run: train_command.cpp)
+std::unique_ptr<Command> make_eval_command();                 // host/eval_command.cpp
+std::vector<std::unique_ptr<Command>> make_code_commands();   // encode, decode, manifold: host/code_commands.cpp
+std::vector<std::unique_ptr<Command>> make_image_commands();  // sample, reconstruct: host/image_commands.cpp
+
+// ---- shared by the commands (host/commands.cpp) ----
+
+// --device auto|cpu|cuda.
+void add_device_flag(CLI::App* cmd, std::string& device);
+// --data, --test, --test-limit, and with with_train --train, --train-limit.
+void add_data_flags(CLI::App* cmd, DataOptions& d, bool with_train);
+
+// A checkpoint restored into a trainer on the chosen device, for the commands that use a model.
+struct Loaded {
+  Checkpoint ckpt;
+  std::unique_ptr<DeviceContext> ctx;
+  std::unique_ptr<Trainer> trainer;
+};
+Loaded load_for_inference(const std::string& path, const std::string& device);
+
+// The test data of eval, encode and reconstruct: what the checkpoint recorded, unless the flags
+// given to cmd say otherwise.
+DataOptions eval_data(const CLI::App* cmd, const DataOptions& flags, const TrainConfig& config);
+
+}  // namespace vae
