@@ -51,18 +51,19 @@ struct ProcessGroup::Impl {
   const DeviceContext* ctx = nullptr;
 };
 
-ProcessGroup::ProcessGroup(const World& world, const std::string& backend, Target target)
+std::optional<DistBackend> parse_dist_backend(const std::string& name) {
+  if (name == "auto") return std::nullopt;
+  for (DistBackend b : {DistBackend::none, DistBackend::mpi, DistBackend::nccl})
+    if (name == dist_backend_name(b)) return b;
+  throw Error("--dist-backend: expected auto, nccl, mpi or none, got '" + printable(name) + "'");
+}
+
+ProcessGroup::ProcessGroup(const World& world, std::optional<DistBackend> backend, Target target)
     : world_(world), impl_(std::make_unique<Impl>()) {
-  if (backend == "auto") {
-    backend_ = world.size == 1 ? DistBackend::none : target == Target::cuda ? DistBackend::nccl : DistBackend::mpi;
-  } else if (backend == "mpi") {
-    backend_ = DistBackend::mpi;
-  } else if (backend == "nccl") {
-    backend_ = DistBackend::nccl;
-  } else if (backend == "none") {
-    backend_ = DistBackend::none;
+  if (backend) {
+    backend_ = *backend;
   } else {
-    throw Error("--dist-backend: expected auto, nccl, mpi or none, got '" + backend + "'");
+    backend_ = world.size == 1 ? DistBackend::none : target == Target::cuda ? DistBackend::nccl : DistBackend::mpi;
   }
   const std::string ranks = std::to_string(world.size) + " ranks (" + world.launcher + ")";
   if (backend_ == DistBackend::none && world.size > 1)

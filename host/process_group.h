@@ -8,6 +8,9 @@
 #include <memory>
 #include <string>
 
+#include <optional>
+#include <string>
+
 #include "device_context.h"
 #include "world.h"
 
@@ -15,14 +18,16 @@ namespace vae {
 
 enum class DistBackend { none, mpi, nccl };
 const char* dist_backend_name(DistBackend b);
+// --dist-backend: "none", "mpi" or "nccl", or "auto" (nullopt); throws vae::Error for another name.
+std::optional<DistBackend> parse_dist_backend(const std::string& name);
 
 class ProcessGroup {
  public:
-  // backend: "auto" (none for one process; else nccl on the GPU, mpi on the CPU), "mpi", "nccl"
-  // (either also with one process, to run the collectives) or "none" (one process only).
+  // backend: nullopt for auto (none for one process; else nccl on the GPU, mpi on the CPU), mpi,
+  // nccl (either also with one process, to run the collectives) or none (one process only).
   // Initialises MPI where the backend or the world needs it, and checks MPI's world against the
   // launcher's. Throws vae::Error naming --dist-backend or the launcher on a mismatch.
-  ProcessGroup(const World& world, const std::string& backend, Target target);
+  ProcessGroup(const World& world, std::optional<DistBackend> backend, Target target);
   ~ProcessGroup();  // MPI_Finalize where this process initialised MPI
   ProcessGroup(const ProcessGroup&) = delete;
   ProcessGroup& operator=(const ProcessGroup&) = delete;

@@ -180,11 +180,7 @@ int run_train(const TrainRun& run) {
     trainer.set_process_group(&pg);
     trainer.set_use_graph(run.cuda_graph);
     if (run.detect_anomaly) trainer.set_divergence_check_every(1);
-    if (run.step != "auto" && run.step != "fused" && run.step != "composed") {
-      throw Error("--step: expected auto, fused or composed, got '" + run.step + "'");
-    }
-    trainer.set_fused_step(run.step == "fused" ||
-                           (run.step == "auto" && fused_step_by_rule(target, config.batch_size, config.model)));
+    trainer.set_fused_step(run.fused_step.value_or(fused_step_by_rule(target, config.batch_size, config.model)));
     if (!run.resume.empty()) trainer.restore(resumed);
     const DeviceDataset train_dev(ctx, train), test_dev(ctx, test);
     if (!run.quiet && root) print_banner(config, train, data, ctx, pg);

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 
 #include "trainer.h"
@@ -19,16 +20,16 @@ constexpr int kExitInterrupted = 130;  // SIGINT; checkpoint written
 struct TrainRun {
   TrainConfig config;
   DataOptions data;
-  std::string out_dir;           // empty: runs/<timestamp>, or the checkpoint's folder on --resume
-  std::string resume;            // a checkpoint file or a run folder (its newest checkpoint that loads)
-  int64_t checkpoint_every = 0;  // steps between checkpoints; 0: at the end of each epoch only
-  int keep = 3;                  // step checkpoints kept in checkpoints/
-  std::string dist_backend = "auto";
-  std::string device = "auto";
+  std::string out_dir;                      // empty: runs/<timestamp>, or the checkpoint's folder on --resume
+  std::string resume;                       // a checkpoint file or a run folder (its newest checkpoint that loads)
+  int64_t checkpoint_every = 0;             // steps between checkpoints; 0: at the end of each epoch only
+  int keep = 3;                             // step checkpoints kept in checkpoints/
+  std::optional<DistBackend> dist_backend;  // --dist-backend; nullopt: auto
+  std::optional<Target> device;             // --device; nullopt: auto (the GPU when usable)
   bool quiet = false;
-  bool cuda_graph = true;       // --no-graph turns it off
-  std::string step = "auto";    // --step: auto, fused or composed
-  bool detect_anomaly = false;  // check for non-finite values every step (else every 50)
+  bool cuda_graph = true;          // --no-graph turns it off
+  std::optional<bool> fused_step;  // --step fused (true) or composed (false); nullopt: auto, the rule
+  bool detect_anomaly = false;     // check for non-finite values every step (else every 50)
 };
 int run_train(const TrainRun& run);
 

@@ -28,6 +28,12 @@ std::vector<int> parse_hidden(const std::string& s) {
   return out;
 }
 
+// --step fused (true) or composed (false).
+bool parse_step(const std::string& s) {
+  if (s != "fused" && s != "composed") throw Error("--step: expected auto, fused or composed, got '" + s + "'");
+  return s == "fused";
+}
+
 class TrainCommand : public Command {
  public:
   void add(CLI::App& app) override {
@@ -93,7 +99,7 @@ class TrainCommand : public Command {
         ->check(CLI::IsMember({"aevb", "iwae"}));
     cmd_->add_flag("--tf32", run_.config.tf32, "let cuBLAS use TF32 tensor cores (GPU only)");
     cmd_->add_flag("--no-graph", no_graph_, "launch the step's kernels one by one instead of replaying a CUDA graph");
-    cmd_->add_option("--step", run_.step,
+    cmd_->add_option("--step", step_,
                      "fused: each training step as one cooperative kernel; composed: GEMMs and kernels; auto: the "
                      "trainer's rule")
         ->check(CLI::IsMember({"auto", "fused", "composed"}))
@@ -111,7 +117,7 @@ class TrainCommand : public Command {
     cmd_->add_option("--keep", run_.keep, "checkpoints kept in the run folder's checkpoints/ (the newest ones)")
         ->check(CLI::PositiveNumber)
         ->capture_default_str();
-    cmd_->add_option("--dist-backend", run_.dist_backend,
+    cmd_->add_option("--dist-backend", dist_backend_,
                      "data parallel over the ranks mpirun or srun started: auto (nccl on the GPU, mpi on the CPU, none "
                      "for one process), nccl, mpi or none")
         ->check(CLI::IsMember({"auto", "nccl", "mpi", "none"}))
@@ -121,7 +127,7 @@ class TrainCommand : public Command {
         "SIGUSR1 or SIGTERM (checkpoint written: run again with --resume); 130 interrupted by SIGINT (checkpoint "
         "written).");
     cmd_->add_flag("--quiet", run_.quiet, "print nothing but errors");
-    add_device_flag(cmd_, run_.device);
+    add_device_flag(cmd_, device_);
   }
 
   void check() override {
@@ -148,6 +154,9 @@ class TrainCommand : public Command {
     run_.config.kl.estimator = parse_estimator(estimator_);
     run_.config.lr_schedule = parse_lr_schedule(lr_schedule_);
     run_.cuda_graph = !no_graph_;
+    run_.device = parse_device(device_);
+    run_.dist_backend = parse_dist_backend(dist_backend_);
+    if (step_ != "auto") run_.fused_step = parse_step(step_);
     run_.config.model.activation = parse_activation(activation_);
     run_.config.model.decoder = parse_decoder(decoder_);
     run_.config.optimizer = parse_optimizer(optimizer_);
@@ -161,6 +170,7 @@ class TrainCommand : public Command {
   TrainRun run_;
   std::string hidden_ = "400", activation_ = "relu", decoder_ = "bernoulli", optimizer_ = "adam", binarize_ = "none";
   std::string estimator_ = "analytic", lr_schedule_ = "constant", preset_;
+  std::string device_ = "auto", dist_backend_ = "auto", step_ = "auto";
   bool no_graph_ = false;
 };
 

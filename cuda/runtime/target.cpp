@@ -26,14 +26,19 @@ bool cuda_device_available() {
   return available;
 }
 
-Target resolve_target(const std::string& name) {
+std::optional<Target> parse_device(const std::string& name) {
   if (name == "cpu") return Target::cpu;
-  if (name == "cuda") {
-    if (!cuda_device_available()) throw Error("--device cuda: no usable GPU: " + cuda_unavailable_reason());
-    return Target::cuda;
+  if (name == "cuda") return Target::cuda;
+  if (name == "auto") return std::nullopt;
+  throw Error("--device: expected auto, cpu or cuda, got '" + printable(name) + "'");
+}
+
+Target resolve_target(std::optional<Target> wanted) {
+  if (!wanted) return cuda_device_available() ? Target::cuda : Target::cpu;
+  if (*wanted == Target::cuda && !cuda_device_available()) {
+    throw Error("--device cuda: no usable GPU: " + cuda_unavailable_reason());
   }
-  if (name == "auto") return cuda_device_available() ? Target::cuda : Target::cpu;
-  throw Error("--device: expected auto, cpu or cuda, got '" + name + "'");
+  return *wanted;
 }
 
 const char* target_name(Target t) { return t == Target::cuda ? "cuda" : "cpu"; }

@@ -1,6 +1,7 @@
 // Target selection: one binary holds the CPU and the GPU build of every kernel.
 #pragma once
 
+#include <optional>
 #include <string>
 
 namespace vae {
@@ -12,8 +13,13 @@ enum class Target { cpu, cuda };
 bool cuda_device_available();
 // Why no GPU is usable (for skip messages); empty when one is.
 std::string cuda_unavailable_reason();
-// "auto" | "cpu" | "cuda"; throws vae::Error for another name or an unavailable GPU.
-Target resolve_target(const std::string& name);
+// --device: "cpu" or "cuda", or "auto" (nullopt: the GPU when one is usable); throws vae::Error
+// for another name.
+std::optional<Target> parse_device(const std::string& name);
+// The target of a --device choice (nullopt: auto); throws vae::Error for an unavailable GPU.
+Target resolve_target(std::optional<Target> wanted);
+// Both at once, for programs that take --device as a string (the benchmarks).
+inline Target resolve_target(const std::string& name) { return resolve_target(parse_device(name)); }
 const char* target_name(Target t);
 // The GPU of a rank: device local_rank modulo the node's device count (cudaSetDevice), before
 // any context is made. Returns the device index.
