@@ -12,20 +12,19 @@
 namespace vae {
 namespace {
 
-class EncodeCommand : public Command {
+class EncodeCommand : public ModelCommand {
  public:
   void add(CLI::App& app) override {
     cmd_ = app.add_subcommand("encode", "q(z|x) of every test (or training) image: mu | log sigma^2 as an NPY");
-    cmd_->add_option("--checkpoint", checkpoint_, "checkpoint.safetensors")->required()->check(CLI::ExistingFile);
+    add_model_flags();
     cmd_->add_option("--out", out_,
                      "output .npy: float32 (N, 2J), mu in the first J columns, log sigma^2 in the last J")
         ->required();
     add_data_flags(cmd_, flags_, true);
-    add_device_flag(cmd_, device_);
   }
 
   int run() override {
-    Loaded l = load_for_inference(checkpoint_, device_);
+    Loaded l = load();
     Dataset data;
     if (cmd_->count("--train") > 0) {  // an NPY of images to encode
       DataOptions d;
@@ -33,7 +32,7 @@ class EncodeCommand : public Command {
       d.test_limit = flags_.train_limit;
       data = load_eval_data(d, l.ckpt.config);
     } else {  // the test images (the checkpoint's, or --data / --test)
-      data = load_eval_data(eval_data(cmd_, flags_, l.ckpt.config), l.ckpt.config);
+      data = test_set(l, flags_);
     }
     const DeviceDataset dev(*l.ctx, data);
     FloatMatrix codes;
@@ -47,24 +46,23 @@ class EncodeCommand : public Command {
   }
 
  private:
-  std::string checkpoint_, out_, device_ = "auto";
+  std::string out_;
   DataOptions flags_;
 };
 
-class DecodeCommand : public Command {
+class DecodeCommand : public ModelCommand {
  public:
   void add(CLI::App& app) override {
     cmd_ = app.add_subcommand("decode", "decoder means of given latent codes, as an NPY or a PNG grid");
-    cmd_->add_option("--checkpoint", checkpoint_, "checkpoint.safetensors")->required()->check(CLI::ExistingFile);
+    add_model_flags();
     cmd_->add_option("--latents", latents_, "codes: float32 .npy of shape (N, J)")
         ->required()
         ->check(CLI::ExistingFile);
     cmd_->add_option("--out", out_, "output: F.npy (float32 (N, D)) or F.png (an image grid)")->required();
-    add_device_flag(cmd_, device_);
   }
 
   int run() override {
-    Loaded l = load_for_inference(checkpoint_, device_);
+    Loaded l = load();
     const FloatMatrix z = read_npy_matrix(latents_);
     const int J = l.ckpt.config.model.latent;
     if (z.cols != J) {
@@ -87,24 +85,23 @@ class DecodeCommand : public Command {
   }
 
  private:
-  std::string checkpoint_, latents_, out_, device_ = "auto";
+  std::string latents_, out_;
 };
 
-class ManifoldCommand : public Command {
+class ManifoldCommand : public ModelCommand {
  public:
   void add(CLI::App& app) override {
     cmd_ = app.add_subcommand(
         "manifold",
         "the learned manifold (the paper's Fig. 4): a grid of codes through the inverse Gaussian CDF, decoded");
-    cmd_->add_option("--checkpoint", checkpoint_, "checkpoint.safetensors")->required()->check(CLI::ExistingFile);
+    add_model_flags();
     cmd_->add_option("--out", out_, "output .png")->required();
     cmd_->add_option("--grid", grid_, "tiles per side")->check(CLI::Range(1, 200))->capture_default_str();
     cmd_->add_option("--dims", dims_, "the two latent dimensions swept, as i,j (default 0,1; 0,0 for a 1-D latent)");
-    add_device_flag(cmd_, device_);
   }
 
   int run() override {
-    Loaded l = load_for_inference(checkpoint_, device_);
+    Loaded l = load();
     const int J = l.ckpt.config.model.latent;
     int dx = 0, dy = J > 1 ? 1 : 0;
     if (!dims_.empty()) {
@@ -125,7 +122,7 @@ class ManifoldCommand : public Command {
   }
 
  private:
-  std::string checkpoint_, out_, dims_, device_ = "auto";
+  std::string out_, dims_;
   int grid_ = 20;
 };
 

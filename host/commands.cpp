@@ -19,24 +19,29 @@ void add_data_flags(CLI::App* cmd, DataOptions& d, bool with_train) {
   cmd->add_option("--test-limit", d.test_limit, "use only the first N test images")->check(CLI::PositiveNumber);
 }
 
-Loaded load_for_inference(const std::string& path, const std::string& device) {
+void ModelCommand::add_model_flags() {
+  cmd_->add_option("--checkpoint", checkpoint_, "checkpoint.safetensors")->required()->check(CLI::ExistingFile);
+  add_device_flag(cmd_, device_);
+}
+
+Loaded ModelCommand::load() const {
   Loaded l;
-  l.ckpt = load_checkpoint(path);
-  l.ctx = std::make_unique<DeviceContext>(resolve_target(device), l.ckpt.config.tf32);
+  l.ckpt = load_checkpoint(checkpoint_);
+  l.ctx = std::make_unique<DeviceContext>(resolve_target(device_), l.ckpt.config.tf32);
   l.trainer = std::make_unique<Trainer>(*l.ctx, l.ckpt.config);
   l.trainer->restore(l.ckpt);
   return l;
 }
 
-DataOptions eval_data(const CLI::App* cmd, const DataOptions& flags, const TrainConfig& config) {
-  DataOptions d = config.data;
-  if (cmd->count("--data") > 0) {
+Dataset ModelCommand::test_set(const Loaded& l, const DataOptions& flags) const {
+  DataOptions d = l.ckpt.config.data;
+  if (cmd_->count("--data") > 0) {
     d.data = flags.data;
     d.train_npy = d.test_npy = "";
   }
-  if (cmd->count("--test") > 0) d.test_npy = flags.test_npy;
-  if (cmd->count("--test-limit") > 0) d.test_limit = flags.test_limit;
-  return d;
+  if (cmd_->count("--test") > 0) d.test_npy = flags.test_npy;
+  if (cmd_->count("--test-limit") > 0) d.test_limit = flags.test_limit;
+  return load_eval_data(d, l.ckpt.config);
 }
 
 }  // namespace vae

@@ -46,10 +46,18 @@ struct Loaded {
   std::unique_ptr<DeviceContext> ctx;
   std::unique_ptr<Trainer> trainer;
 };
-Loaded load_for_inference(const std::string& path, const std::string& device);
 
-// The test data of eval, encode and reconstruct: what the checkpoint recorded, unless the flags
-// given to cmd say otherwise.
-DataOptions eval_data(const CLI::App* cmd, const DataOptions& flags, const TrainConfig& config);
+// A command on a trained model: --checkpoint (required) and --device.
+class ModelCommand : public Command {
+ protected:
+  void add_model_flags();
+  Loaded load() const;
+  // The test images as the command's data flags (added with add_data_flags(cmd_, flags, …)) and
+  // the checkpoint's configuration say: the checkpoint's data set unless --data, --test or
+  // --test-limit were given.
+  Dataset test_set(const Loaded& l, const DataOptions& flags) const;
+
+  std::string checkpoint_, device_ = "auto";
+};
 
 }  // namespace vae

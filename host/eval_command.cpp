@@ -10,13 +10,13 @@
 namespace vae {
 namespace {
 
-class EvalCommand : public Command {
+class EvalCommand : public ModelCommand {
  public:
   void add(CLI::App& app) override {
     cmd_ = app.add_subcommand(
         "eval",
         "test-set ELBO of a checkpoint (and its importance-weighted log-likelihood), printed as one JSON object");
-    cmd_->add_option("--checkpoint", checkpoint_, "checkpoint.safetensors")->required()->check(CLI::ExistingFile);
+    add_model_flags();
     cmd_->add_option("--iw-samples", iw_samples_,
                      "also estimate log p(x) with K importance samples per test image (Burda et al.; e.g. 5000)")
         ->check(CLI::Range(1, 1 << 20));
@@ -25,12 +25,11 @@ class EvalCommand : public Command {
             "samples per decoder pass of the estimate (default: as many as keep batch x chunk within 32768 rows)")
         ->check(CLI::PositiveNumber);
     add_data_flags(cmd_, flags_, false);
-    add_device_flag(cmd_, device_);
   }
 
   int run() override {
-    Loaded l = load_for_inference(checkpoint_, device_);
-    const Dataset test = load_eval_data(eval_data(cmd_, flags_, l.ckpt.config), l.ckpt.config);
+    Loaded l = load();
+    const Dataset test = test_set(l, flags_);
     const DeviceDataset test_dev(*l.ctx, test);
     const ElboTotals t = l.trainer->evaluate(test_dev);
     nlohmann::json out = {{"test_elbo", t.elbo()},
@@ -54,7 +53,6 @@ class EvalCommand : public Command {
   }
 
  private:
-  std::string checkpoint_, device_ = "auto";
   DataOptions flags_;
   int iw_samples_ = 0, iw_chunk_ = 0;
 };

@@ -10,15 +10,14 @@
 namespace vae {
 namespace {
 
-class SampleCommand : public Command {
+class SampleCommand : public ModelCommand {
  public:
   void add(CLI::App& app) override {
     cmd_ = app.add_subcommand("sample", "decoder means of samples from the prior, as a PNG grid");
-    cmd_->add_option("--checkpoint", checkpoint_, "checkpoint.safetensors")->required()->check(CLI::ExistingFile);
+    add_model_flags();
     cmd_->add_option("--n", n_, "number of samples")->check(CLI::Range(1, 4096))->capture_default_str();
     cmd_->add_option("--out", out_, "output .png")->required();
     cmd_->add_option("--seed", seed_, "noise seed (default: the checkpoint's)");
-    add_device_flag(cmd_, device_);
   }
 
   int run() override {
@@ -36,25 +35,24 @@ class SampleCommand : public Command {
   }
 
  private:
-  std::string checkpoint_, out_, device_ = "auto";
+  std::string out_;
   int n_ = 64;
   uint64_t seed_ = 0;
 };
 
-class ReconstructCommand : public Command {
+class ReconstructCommand : public ModelCommand {
  public:
   void add(CLI::App& app) override {
     cmd_ = app.add_subcommand("reconstruct", "the first test images above their reconstructions, as a PNG");
-    cmd_->add_option("--checkpoint", checkpoint_, "checkpoint.safetensors")->required()->check(CLI::ExistingFile);
+    add_model_flags();
     cmd_->add_option("--out", out_, "output .png")->required();
     cmd_->add_option("--n", n_, "number of test images")->check(CLI::Range(1, 64))->capture_default_str();
     add_data_flags(cmd_, flags_, false);
-    add_device_flag(cmd_, device_);
   }
 
   int run() override {
-    Loaded l = load_for_inference(checkpoint_, device_);
-    const Dataset test = load_eval_data(eval_data(cmd_, flags_, l.ckpt.config), l.ckpt.config);
+    Loaded l = load();
+    const Dataset test = test_set(l, flags_);
     const DeviceDataset test_dev(*l.ctx, test);
     const int n = static_cast<int>(std::min<int64_t>(n_, test.count));
     write_png_grid(out_, l.trainer->reconstructions(test_dev, n), 2 * n, l.ckpt.config.model.image_height,
@@ -64,7 +62,7 @@ class ReconstructCommand : public Command {
   }
 
  private:
-  std::string checkpoint_, out_, device_ = "auto";
+  std::string out_;
   int n_ = 8;
   DataOptions flags_;
 };

@@ -44,7 +44,8 @@ class TrainCommand : public Command {
     cmd_->add_option("--epochs", run_.config.epochs, "epochs to train in all")
         ->check(CLI::PositiveNumber)
         ->capture_default_str();
-    cmd_->add_option("--batch-size", run_.config.batch_size, "datapoints per minibatch")
+    cmd_->add_option("--batch-size", run_.config.batch_size,
+                     "datapoints per step over all ranks (the global batch; each rank takes its share)")
         ->check(CLI::Range(1, 1 << 16))
         ->capture_default_str();
     cmd_->add_option("--lr", run_.config.hyper.lr, "learning rate")->check(CLI::PositiveNumber)->capture_default_str();
