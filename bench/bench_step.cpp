@@ -140,10 +140,10 @@ int main(int argc, char** argv) {
     ctx.ops().gather_batch(data.data(), PixelType::u8, nullptr, batch, dim, model.input(), false, 1,
                            RandomStream::binarize, at.data(), ctx.stream());
     const auto t1 = now();
-    model.forward(batch, {1, RandomStream::latent_noise, at.data()}, true);
+    const Vae::Pass pass = model.forward(batch, {1, RandomStream::latent_noise, at.data()}, true);
     model.accumulate_totals(batch, totals.data());
     const auto t2 = now();
-    model.backward(batch);
+    model.backward(pass);
     const auto t3 = now();
     opt.step(model.params().data(), model.grads().data(), at.data(), batch);
     const auto t4 = now();

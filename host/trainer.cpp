@@ -107,9 +107,10 @@ void Trainer::queue_step(const DeviceDataset& train, int batch) {
     ops.gather_batch(train.bytes.data(), train.type, perm_.data(), s.rows, train.dim, vae_.input(),
                      config_.binarize == Binarize::dynamic, seed, RandomStream::binarize, train_at_.data(),
                      ctx_.stream());
-    vae_.forward(s.rows, {seed, RandomStream::latent_noise, train_at_.data(), config_.kl.estimator}, true, batch);
+    const Vae::Pass pass =
+        vae_.forward(s.rows, {seed, RandomStream::latent_noise, train_at_.data(), config_.kl.estimator}, true, batch);
     vae_.accumulate_totals(s.rows, totals_.data(), train_at_.data(), watch_.data());
-    vae_.backward(s.rows, config_.kl, train_at_.data());
+    vae_.backward(pass, config_.kl, train_at_.data());
   } else {  // a last batch smaller than the world: this rank adds nothing
     vae_.grads().zero();
   }

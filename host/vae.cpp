@@ -103,15 +103,15 @@ void Vae::decode_and_score(int batch) {
   }
 }
 
-void Vae::forward(int batch, const NoiseKey& key, bool with_gradients, int mean_over) {
+Vae::Pass Vae::forward(int batch, const NoiseKey& key, bool with_gradients, int mean_over) {
   VAE_REQUIRE(mean_over == 0 || mean_over >= batch, "Vae::forward: mean_over below the batch");
   encode(batch, key);
   const auto& ops = ctx_.ops();
   const int rows = batch * samples_;
-  mean_over_ = mean_over ? mean_over : batch;
+  const Pass pass{batch, mean_over ? mean_over : batch};
   decode(z_.data(), rows);
   float* grad_out = with_gradients ? d_out_.data() : nullptr;
-  const float grad_scale = 1.f / static_cast<float>(mean_over_ * samples_);
+  const float grad_scale = 1.f / static_cast<float>(pass.mean_over * samples_);
   if (config_.decoder == DecoderKind::bernoulli) {
     ops.bernoulli_reconstruction(out_.data(), x_.data(), log_prob_.data(), grad_out, batch, config_.input_dim, samples_,
                                  grad_scale, ctx_.stream());
@@ -119,10 +119,11 @@ void Vae::forward(int batch, const NoiseKey& key, bool with_gradients, int mean_
     ops.gaussian_reconstruction(out_.data(), x_.data(), log_prob_.data(), grad_out, batch, config_.input_dim, samples_,
                                 grad_scale, ctx_.stream());
   }
+  return pass;
 }
 
-void Vae::backward(int batch, const KlTerm& kl, const StepState* at) {
-  const int rows = batch * samples_;
+void Vae::backward(const Pass& pass, const KlTerm& kl, const StepState* at) {
+  const int batch = pass.batch, rows = batch * samples_;
   const size_t nd = layout_.decoder.size(), ne = layout_.encoder.size();
   // Decoder, from the output layer down to dL/dz. Each input-grad GEMM into a hidden layer also
   // applies that layer's activation derivative, so every g below is w.r.t. a pre-activation.
@@ -136,7 +137,7 @@ void Vae::backward(int batch, const KlTerm& kl, const StepState* at) {
   }
   // Latent stage: reparameterization and KL.
   ctx_.ops().latent_backward(heads_.data(), z_.data(), d_z_.data(), d_heads_.data(), batch, config_.latent, samples_,
-                             1.f / static_cast<float>(mean_over_), kl, at, ctx_.stream());
+                             1.f / static_cast<float>(pass.mean_over), kl, at, ctx_.stream());
   // Encoder, from the heads down to the first layer (dL/dx is not needed).
   const float* last_enc = ne ? enc_h_[ne - 1].data() : x_.data();
   linear_backward(layout_.heads, last_enc, batch, d_heads_.data(), ne ? last_enc : nullptr,

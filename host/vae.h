@@ -64,14 +64,19 @@ class Vae {
   // The decoder over the z of the last draw and log p(x|z) per (sample, row) into log_prob(),
   // without gradients.
   void decode_and_score(int batch);
+  // What backward needs of the forward pass before it.
+  struct Pass {
+    int batch = 0;      // rows of input() the pass covered
+    int mean_over = 0;  // M of its loss −(1/M) Σ_r ELBO_r
+  };
   // Forward over the first `batch` rows of input(): log p(x|z) per (sample, row), KL per row.
   // With gradients, also dLoss/d(decoder output) for loss = −(1/M) Σ_r ELBO_r, M = mean_over
   // (0: batch). A data-parallel rank passes the global batch: the ranks' gradients then sum to
   // the gradient of the global batch's mean.
-  void forward(int batch, const NoiseKey& key, bool with_gradients, int mean_over = 0);
-  // Backward after forward(…, true): fills grads() (every element is overwritten). The KL term's
-  // gradient follows kl (estimator, β and its warm-up at at->step; at may be null).
-  void backward(int batch, const KlTerm& kl = {}, const StepState* at = nullptr);
+  Pass forward(int batch, const NoiseKey& key, bool with_gradients, int mean_over = 0);
+  // Backward after pass = forward(…, true): fills grads() (every element is overwritten). The KL
+  // term's gradient follows kl (estimator, β and its warm-up at at->step; at may be null).
+  void backward(const Pass& pass, const KlTerm& kl = {}, const StepState* at = nullptr);
   // totals[0..2] += (Σ_r reconstruction, Σ_r KL, B) of the last forward pass (device memory);
   // with watch (and the step state at), a non-finite log p or KL is recorded there.
   void accumulate_totals(int batch, double* totals, const StepState* at = nullptr, NonFinite* watch = nullptr);
@@ -99,8 +104,7 @@ class Vae {
   ModelConfig config_;
   ParamLayout layout_;
   int max_batch_, samples_, sample_capacity_;
-  int out_cols_;       // D or 2D
-  int mean_over_ = 1;  // M of the last forward pass
+  int out_cols_;  // D or 2D
   DeviceBuffer<float> params_, grads_;
   DeviceBuffer<float> x_, heads_, z_, kl_, out_, log_prob_;
   std::vector<DeviceBuffer<float>> enc_h_, dec_h_;  // activations per hidden layer

@@ -161,8 +161,7 @@ TEST_P(WholeStep, LossAndEveryGradientMatchReference) {
       const DeviceBuffer<StepState> at(ctx, std::vector<StepState>{{17, 0}});
       for (const KlTerm& kl : kKlTerms) {
         const NoiseKey key{5, RandomStream::latent_noise, at.data(), kl.estimator};
-        vae.forward(batch, key, true);
-        vae.backward(batch, kl, at.data());
+        vae.backward(vae.forward(batch, key, true), kl, at.data());
         ctx.synchronize();
         const auto eps = test::reference_noise(key.seed, key.stream, 17, batch, sc.samples, latent);
         const auto ref = test::reference_vae(c, params, to_double(x), batch, sc.samples, eps, true, kl, 17);
