@@ -31,8 +31,10 @@ void Trainer::set_learning_rate(float lr) {
   graph_ = nullptr;
 }
 
-BatchSlice Trainer::slice(int batch) const {
-  return pg_ ? batch_slice(batch, pg_->rank(), pg_->size()) : BatchSlice{0, batch};
+Trainer::StepRows Trainer::step_rows(int64_t batch_index, int64_t rows_left) const {
+  const int B = config_.batch_size;
+  const int global = static_cast<int>(std::min<int64_t>(B, rows_left));
+  return {global, batch_index * B, pg_ ? batch_slice(global, pg_->rank(), pg_->size()) : BatchSlice{0, global}};
 }
 
 void Trainer::restore(const Checkpoint& ckpt) {
@@ -85,10 +87,11 @@ const StepState* Trainer::fixed_steps(int64_t count) {
 // run. Revisit when the fused kernel has faster tiles and fewer barriers.
 bool fused_step_by_rule(Target, int, const ModelConfig&) { return false; }
 
-void Trainer::queue_step(const DeviceDataset& train, int batch) {
+void Trainer::queue_step(const DeviceDataset& train, const StepRows& rows) {
   const auto& ops = ctx_.ops();
   const uint64_t seed = config_.seed;
-  const BatchSlice s = slice(batch);
+  const int batch = rows.global;
+  const BatchSlice& s = rows.rank;
   if (fused_step_) {  // the same step in one launch (a data-parallel run could not all-reduce inside it)
     FusedStepArgs a = vae_.fused_step_args(batch);
     a.data = train.bytes.data();
@@ -140,19 +143,17 @@ ElboTotals Trainer::train_epoch(const DeviceDataset& train, const std::function<
   }
   resumed_totals_.clear();
   // The step moves the offset on by the global batch; each rank reads its slice from there.
-  auto step_state = [&](int64_t b, int batch) {
-    const BatchSlice s = slice(batch);
-    return StepState{static_cast<uint64_t>(step_), b * B + s.begin, s.begin};
-  };
-  train_at_.upload({step_state(first, static_cast<int>(std::min<int64_t>(B, train.count - first * B)))});
+  train_at_.upload({step_rows(first, train.count - first * B).state(static_cast<uint64_t>(step_))});
   for (int64_t b = first; b < batches; ++b) {
-    const int batch = static_cast<int>(std::min<int64_t>(B, train.count - b * B));
-    if (batch != B && b > first) train_at_.upload({step_state(b, batch)});  // a partial last batch's slices
+    const StepRows rows = step_rows(b, train.count - b * B);
+    const int batch = rows.global;
+    if (batch != B && b > first)
+      train_at_.upload({rows.state(static_cast<uint64_t>(step_))});  // a partial batch's slices
     // Capture from the second full batch on: the first runs eagerly, so that module loading,
     // kernel attributes and cuBLAS's first-call set-up happen outside the capture.
     if (batch == B && b > first && use_graph_ && !graph_ && ops.graph_begin_capture(ctx_.stream())) {
       try {
-        queue_step(train, B);
+        queue_step(train, rows);
       } catch (...) {  // leave the stream out of capture mode before reporting
         try {
           ops.graph_destroy(ops.graph_end_capture(ctx_.stream()));
@@ -167,7 +168,7 @@ ElboTotals Trainer::train_epoch(const DeviceDataset& train, const std::function<
     if (batch == B && graph_) {
       ops.graph_launch(graph_, ctx_.stream());
     } else {
-      queue_step(train, batch);  // the partial last batch, and targets without graphs
+      queue_step(train, rows);  // the partial last batch, and targets without graphs
     }
     ++step_;
     batch_in_epoch_ = b + 1;

@@ -112,8 +112,16 @@ class Trainer {
   TrainConfig config_;
   Vae vae_;
   Optimizer optimizer_;
-  // Queues one whole training step of `batch` rows at train_at_ (no host synchronisation).
-  void queue_step(const DeviceDataset& train, int batch);
+  // One training step's rows, made once per batch in the epoch loop and passed down.
+  struct StepRows {
+    int global = 0;     // rows of the global batch: the loss is their mean
+    int64_t first = 0;  // its first row in the epoch's permutation
+    BatchSlice rank;    // this rank's rows: [rank.begin, rank.begin + rank.rows) of the global batch
+    StepState state(uint64_t step) const { return {step, first + rank.begin, rank.begin}; }
+  };
+  StepRows step_rows(int64_t batch_index, int64_t rows_left) const;
+  // Queues one whole training step at train_at_ (no host synchronisation).
+  void queue_step(const DeviceDataset& train, const StepRows& rows);
   // A StepState array in device memory: entry b is {b, b * batch_size}, for fixed-noise passes.
   const StepState* fixed_steps(int64_t count);
 
@@ -125,7 +133,6 @@ class Trainer {
   int64_t batch_in_epoch_ = 0;
   std::vector<double> resumed_totals_;  // a mid-epoch checkpoint's totals, for this rank to start from
   ProcessGroup* pg_ = nullptr;
-  BatchSlice slice(int batch) const;  // this rank's rows of a global batch
   // The fused step computes the analytic KL at β = 1 only.
   bool analytic_kl_unweighted() const {
     return config_.kl.estimator == KlEstimator::analytic && config_.kl.weight == 1.f && config_.kl.warmup == 0;
