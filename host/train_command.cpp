@@ -97,32 +97,121 @@ void print_banner(const TrainConfig& config, const Dataset& train, const DataOpt
   std::fflush(stdout);
 }
 
+// What a run starts from: the flags' configuration, or a checkpoint's with the flags' epoch target.
+struct RunStart {
+  TrainConfig config;
+  Checkpoint resumed;  // with --resume
+  std::string out_dir;
+  DataOptions data;  // a resumed run reads the data its checkpoint recorded
+};
+
+RunStart resolve_start(const TrainRun& run) {
+  RunStart s{run.config, {}, run.out_dir, run.data};
+  if (run.checkpoint_every < 0) throw Error("--checkpoint-every: expected a number of steps >= 0");
+  if (run.keep < 1) throw Error("--keep: expected at least 1");
+  if (run.resume.empty()) return s;
+  FoundCheckpoint found = find_checkpoint(run.resume);
+  for (const auto& why : found.skipped) std::fprintf(stderr, "vae: skipping %s\n", why.c_str());
+  s.resumed = std::move(found.checkpoint);
+  // The run continues as it was configured; only the epoch target comes from the flags.
+  s.config = s.resumed.config;
+  s.config.epochs = run.config.epochs;
+  s.data = s.config.data;  // the CLI refuses data flags with --resume
+  if (s.out_dir.empty()) s.out_dir = run_folder_of(found.path);
+  if (s.resumed.epoch >= s.config.epochs) {
+    throw Error("--resume: " + found.path + " has already completed " + std::to_string(s.resumed.epoch) +
+                " epochs; pass --epochs above that");
+  }
+  return s;
+}
+
+// The training and test images of a run, checked against each other (and a resumed model), the
+// model's input shape taken from them on a new run, binarized as configured.
+std::pair<Dataset, Dataset> load_run_data(RunStart& s, bool resuming) {
+  Dataset train = load_train_data(s.data);
+  Dataset test = load_test_data(s.data);
+  if (train.dim() != test.dim()) {
+    throw Error("data: train images are " + std::to_string(train.height) + "x" + std::to_string(train.width) +
+                " but test images are " + std::to_string(test.height) + "x" + std::to_string(test.width));
+  }
+  if (!resuming) {
+    s.config.model.input_dim = train.dim();
+    s.config.model.image_height = train.height;
+    s.config.model.image_width = train.width;
+    s.config.data = s.data;
+  } else if (s.config.model.input_dim != train.dim()) {
+    throw Error("--resume: the checkpoint's model takes " + std::to_string(s.config.model.input_dim) +
+                " inputs but the data has " + std::to_string(train.dim()));
+  }
+  if (s.config.binarize == Binarize::static_threshold) {
+    train.binarize_threshold();
+    test.binarize_threshold();
+  }
+  return {std::move(train), std::move(test)};
+}
+
+// The run folder: runs/<timestamp> unless given; a new run refuses one that holds a run; rank 0
+// creates it.
+void prepare_run_folder(std::string& out_dir, bool resuming, bool root) {
+  if (out_dir.empty()) out_dir = "runs/" + timestamp();
+  if (!resuming) {
+    for (const char* f : {"checkpoint.safetensors", "metrics.jsonl"}) {
+      if (fs::exists(fs::path(out_dir) / f)) {
+        throw Error("--out: '" + out_dir + "' already holds a run (" + f +
+                    "); continue it with --resume or choose another --out");
+      }
+    }
+  }
+  if (root) {
+    std::error_code ec;
+    fs::create_directories(out_dir, ec);
+    if (ec || !fs::is_directory(out_dir)) throw Error("--out: cannot create folder '" + out_dir + "'");
+  }
+}
+
+// An epoch's outputs (rank 0): its metrics line, then prior samples and reconstructions.
+void write_epoch_outputs(const std::string& out_dir, const std::string& metrics_path, int epoch, double seconds,
+                         const ElboTotals& tr, const ElboTotals& te, Trainer& trainer, const DeviceContext& ctx,
+                         const ProcessGroup& pg, const DeviceDataset& test_dev) {
+  const TrainConfig& config = trainer.config();
+  nlohmann::json m = {{"epoch", epoch},
+                      {"step", trainer.step()},
+                      {"train_elbo", tr.elbo()},
+                      {"train_recon", tr.recon},
+                      {"train_kl", tr.kl},
+                      {"test_elbo", te.elbo()},
+                      {"test_recon", te.recon},
+                      {"test_kl", te.kl},
+                      {"epoch_seconds", seconds},
+                      {"samples_per_second", tr.n / seconds},
+                      {"device", ctx.description()},
+                      {"tf32", ctx.tf32()},
+                      {"cuda_graph", trainer.graph_in_use()},
+                      {"step_kernel", trainer.fused_step() ? "fused" : "composed"},
+                      {"ranks", pg.size()},
+                      {"estimator", estimator_name(config.kl.estimator)},
+                      {"kl_weight", kl_weight_at(config.kl, trainer.step())},
+                      {"lr", learning_rate_at(config, epoch - 1)}};
+  append_line_atomically(metrics_path, m.dump());
+  const int H = config.model.image_height, W = config.model.image_width;
+  write_png_grid((fs::path(out_dir) / ("samples_" + std::to_string(epoch) + ".png")).string(),
+                 trainer.prior_samples(64), 64, H, W, 8);
+  const int n = static_cast<int>(std::min<int64_t>(8, test_dev.count));
+  write_png_grid((fs::path(out_dir) / ("reconstructions_" + std::to_string(epoch) + ".png")).string(),
+                 trainer.reconstructions(test_dev, n), 2 * n, H, W, n);
+}
+
 }  // namespace
 
 int run_train(const TrainRun& run) {
   // From the start: a signal while the data loads stops the run after its first step.
   const StopSignals signals;
-  TrainConfig config = run.config;
-  Checkpoint resumed;
-  std::string out_dir = run.out_dir;
-  if (run.checkpoint_every < 0) throw Error("--checkpoint-every: expected a number of steps >= 0");
-  if (run.keep < 1) throw Error("--keep: expected at least 1");
-  if (!run.resume.empty()) {
-    FoundCheckpoint found = find_checkpoint(run.resume);
-    for (const auto& why : found.skipped) std::fprintf(stderr, "vae: skipping %s\n", why.c_str());
-    resumed = std::move(found.checkpoint);
-    // The run continues as it was configured; only the epoch target comes from the flags.
-    const int epochs = config.epochs;
-    config = resumed.config;
-    config.epochs = epochs;
-    if (out_dir.empty()) out_dir = run_folder_of(found.path);
-    if (resumed.epoch >= config.epochs) {
-      throw Error("--resume: " + found.path + " has already completed " + std::to_string(resumed.epoch) +
-                  " epochs; pass --epochs above that");
-    }
-  }
-  // A resumed run reads the data its checkpoint recorded (the CLI refuses data flags with --resume).
-  const DataOptions data = run.resume.empty() ? run.data : config.data;
+  RunStart start = resolve_start(run);
+  TrainConfig& config = start.config;
+  const Checkpoint& resumed = start.resumed;
+  std::string& out_dir = start.out_dir;
+  const DataOptions& data = start.data;
+  const bool resuming = !run.resume.empty();
 
   // Which rank this is, its GPU, and the collectives (before any device context exists).
   const World world = world_from_environment();
@@ -139,40 +228,8 @@ int run_train(const TrainRun& run) {
   ProcessGroup pg(world, run.dist_backend, target);
   const bool root = pg.rank() == 0;
   try {
-    Dataset train = load_train_data(data);
-    Dataset test = load_test_data(data);
-    if (train.dim() != test.dim()) {
-      throw Error("data: train images are " + std::to_string(train.height) + "x" + std::to_string(train.width) +
-                  " but test images are " + std::to_string(test.height) + "x" + std::to_string(test.width));
-    }
-    if (run.resume.empty()) {
-      config.model.input_dim = train.dim();
-      config.model.image_height = train.height;
-      config.model.image_width = train.width;
-      config.data = data;
-    } else if (config.model.input_dim != train.dim()) {
-      throw Error("--resume: the checkpoint's model takes " + std::to_string(config.model.input_dim) +
-                  " inputs but the data has " + std::to_string(train.dim()));
-    }
-    if (config.binarize == Binarize::static_threshold) {
-      train.binarize_threshold();
-      test.binarize_threshold();
-    }
-
-    if (out_dir.empty()) out_dir = "runs/" + timestamp();
-    if (run.resume.empty()) {
-      for (const char* f : {"checkpoint.safetensors", "metrics.jsonl"}) {
-        if (fs::exists(fs::path(out_dir) / f)) {
-          throw Error("--out: '" + out_dir + "' already holds a run (" + f +
-                      "); continue it with --resume or choose another --out");
-        }
-      }
-    }
-    if (root) {
-      std::error_code ec;
-      fs::create_directories(out_dir, ec);
-      if (ec || !fs::is_directory(out_dir)) throw Error("--out: cannot create folder '" + out_dir + "'");
-    }
+    auto [train, test] = load_run_data(start, resuming);
+    prepare_run_folder(out_dir, resuming, root);
 
     DeviceContext ctx(target, config.tf32);
     pg.bind(ctx);
@@ -181,13 +238,13 @@ int run_train(const TrainRun& run) {
     trainer.set_use_graph(run.cuda_graph);
     if (run.detect_anomaly) trainer.set_divergence_check_every(1);
     trainer.set_fused_step(run.fused_step.value_or(fused_step_by_rule(target, config.batch_size, config.model)));
-    if (!run.resume.empty()) trainer.restore(resumed);
+    if (resuming) trainer.restore(resumed);
     const DeviceDataset train_dev(ctx, train), test_dev(ctx, test);
     if (!run.quiet && root) print_banner(config, train, data, ctx, pg);
 
     const std::string metrics_path = (fs::path(out_dir) / "metrics.jsonl").string();
     // One metrics line per completed epoch: a run resumed from an older checkpoint repeats the epochs after it.
-    if (root && !run.resume.empty()) keep_metrics_through_epoch(metrics_path, resumed.epoch);
+    if (root && resuming) keep_metrics_through_epoch(metrics_path, resumed.epoch);
 
     // A checkpoint of every rank's state, written by rank 0; a failed write stops every rank.
     auto save = [&] {
@@ -238,41 +295,12 @@ int run_train(const TrainRun& run) {
       const ElboTotals te = trainer.evaluate(test_dev);
       progress.clear();
       if (!std::isfinite(tr.elbo()) || !std::isfinite(te.elbo())) {
-        throw Diverged(
-            "training diverged in epoch " + std::to_string(epoch) + " (its ELBO is not finite); try a lower --lr" +
-            (config.model.decoder == DecoderKind::gaussian
-                 ? ", or --decoder bernoulli: a Gaussian density grows without bound on pixels that are constant"
-                 : ""));
+        throw Diverged("training diverged in epoch " + std::to_string(epoch) + " (its ELBO is not finite); " +
+                       divergence_advice(config.model));
       }
-      if (root) {
-        // The metrics line first, then the checkpoint: a run killed between the two resumes from
-        // the older checkpoint, which drops this line and trains the epoch again.
-        nlohmann::json m = {{"epoch", epoch},
-                            {"step", trainer.step()},
-                            {"train_elbo", tr.elbo()},
-                            {"train_recon", tr.recon},
-                            {"train_kl", tr.kl},
-                            {"test_elbo", te.elbo()},
-                            {"test_recon", te.recon},
-                            {"test_kl", te.kl},
-                            {"epoch_seconds", seconds},
-                            {"samples_per_second", tr.n / seconds},
-                            {"device", ctx.description()},
-                            {"tf32", ctx.tf32()},
-                            {"cuda_graph", trainer.graph_in_use()},
-                            {"step_kernel", trainer.fused_step() ? "fused" : "composed"},
-                            {"ranks", pg.size()},
-                            {"estimator", estimator_name(config.kl.estimator)},
-                            {"kl_weight", kl_weight_at(config.kl, trainer.step())},
-                            {"lr", learning_rate_at(config, epoch - 1)}};
-        append_line_atomically(metrics_path, m.dump());
-        const int H = config.model.image_height, W = config.model.image_width;
-        write_png_grid((fs::path(out_dir) / ("samples_" + std::to_string(epoch) + ".png")).string(),
-                       trainer.prior_samples(64), 64, H, W, 8);
-        const int n = static_cast<int>(std::min<int64_t>(8, test.count));
-        write_png_grid((fs::path(out_dir) / ("reconstructions_" + std::to_string(epoch) + ".png")).string(),
-                       trainer.reconstructions(test_dev, n), 2 * n, H, W, n);
-      }
+      // The metrics line first, then the checkpoint: a run killed between the two resumes from the
+      // older checkpoint, which drops this line and trains the epoch again.
+      if (root) write_epoch_outputs(out_dir, metrics_path, epoch, seconds, tr, te, trainer, ctx, pg, test_dev);
       save();
       if (root && !run.quiet) {
         std::printf("epoch %d/%d  train ELBO %.2f  test ELBO %.2f (recon %.2f, KL %.2f)  %.2f s  %.0f samples/s\n",

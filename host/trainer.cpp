@@ -210,10 +210,14 @@ void Trainer::check_finite() {
     }
   }
   throw Diverged("training diverged at step " + std::to_string(w.step) + ": " + what +
-                 " is not finite (NaN or infinite); try a lower --lr" +
-                 (config_.model.decoder == DecoderKind::gaussian
-                      ? ", or --decoder bernoulli: a Gaussian density grows without bound on pixels that are constant"
-                      : ""));
+                 " is not finite (NaN or infinite); " + divergence_advice(config_.model));
+}
+
+std::string divergence_advice(const ModelConfig& model) {
+  return std::string("try a lower --lr") +
+         (model.decoder == DecoderKind::gaussian
+              ? ", or --decoder bernoulli: a Gaussian density grows without bound on pixels that are constant"
+              : "");
 }
 
 ElboTotals Trainer::evaluate(const DeviceDataset& test) {

@@ -27,6 +27,9 @@ class Diverged : public Error {
  public:
   using Error::Error;
 };
+// The advice that ends a divergence message: "try a lower --lr" (and for the Gaussian decoder why
+// --decoder bernoulli may do).
+std::string divergence_advice(const ModelConfig& model);
 
 // The rule `--step auto` follows: whether a training step of this model at this batch size runs
 // as the fused step kernel (one cooperative launch) rather than the composed step (GEMMs and
