@@ -27,9 +27,7 @@ Trainer::LogLikelihood Trainer::log_likelihood(const DeviceDataset& test, int sa
   for (int64_t b = 0; b < batches; ++b) {
     const int batch = static_cast<int>(std::min<int64_t>(B, test.count - b * B));
     // The same pixels as evaluate() (its binarization draws), then K fresh draws of z per row.
-    ops.gather_batch(test.bytes.data(), test.type, nullptr, batch, test.dim, iw.input(),
-                     config_.binarize == Binarize::dynamic, config_.seed, RandomStream::eval_binarize, data_at + b,
-                     ctx_.stream());
+    gather_eval_rows(test, batch, data_at + b, iw.input());
     for (int c = 0; c < chunks; ++c) {
       iw.set_samples(std::min(chunk, samples - c * chunk));
       at.upload({StepState{static_cast<uint64_t>(b * chunks + c), 0, 0}});  // a key per (batch, chunk)
@@ -61,7 +59,6 @@ Trainer::LogLikelihood Trainer::log_likelihood(const DeviceDataset& test, int sa
 
 std::vector<float> Trainer::encode(const DeviceDataset& data) {
   VAE_REQUIRE(data.dim == config_.model.input_dim, "encode: data dimension differs from the model's");
-  const auto& ops = ctx_.ops();
   const int B = config_.batch_size, J2 = 2 * config_.model.latent;
   const int64_t batches = (data.count + B - 1) / B;
   const StepState* at = fixed_steps(batches);
@@ -69,9 +66,7 @@ std::vector<float> Trainer::encode(const DeviceDataset& data) {
   codes.reserve(static_cast<size_t>(data.count) * J2);
   for (int64_t b = 0; b < batches; ++b) {
     const int batch = static_cast<int>(std::min<int64_t>(B, data.count - b * B));
-    ops.gather_batch(data.bytes.data(), data.type, nullptr, batch, data.dim, vae_.input(),
-                     config_.binarize == Binarize::dynamic, config_.seed, RandomStream::eval_binarize, at + b,
-                     ctx_.stream());
+    gather_eval_rows(data, batch, at + b, vae_.input());
     vae_.encode(batch, {config_.seed, RandomStream::eval_noise, at + b});
     const std::vector<float> heads = vae_.heads().download();
     codes.insert(codes.end(), heads.begin(), heads.begin() + static_cast<size_t>(batch) * J2);

@@ -87,6 +87,11 @@ const StepState* Trainer::fixed_steps(int64_t count) {
 // run. Revisit when the fused kernel has faster tiles and fewer barriers.
 bool fused_step_by_rule(Target, int, const ModelConfig&) { return false; }
 
+void Trainer::gather_eval_rows(const DeviceDataset& d, int rows, const StepState* at, float* x) {
+  ctx_.ops().gather_batch(d.bytes.data(), d.type, nullptr, rows, d.dim, x, config_.binarize == Binarize::dynamic,
+                          config_.seed, RandomStream::eval_binarize, at, ctx_.stream());
+}
+
 void Trainer::queue_step(const DeviceDataset& train, const StepRows& rows) {
   const auto& ops = ctx_.ops();
   const uint64_t seed = config_.seed;
@@ -222,16 +227,13 @@ std::string divergence_advice(const ModelConfig& model) {
 
 ElboTotals Trainer::evaluate(const DeviceDataset& test) {
   VAE_REQUIRE(test.dim == config_.model.input_dim, "eval: data dimension differs from the model's");
-  const auto& ops = ctx_.ops();
   const int B = config_.batch_size;
   const int64_t batches = (test.count + B - 1) / B;
   const StepState* at = fixed_steps(batches);
   totals_.zero();
   for (int64_t b = 0; b < batches; ++b) {
     const int batch = static_cast<int>(std::min<int64_t>(B, test.count - b * B));
-    ops.gather_batch(test.bytes.data(), test.type, nullptr, batch, test.dim, vae_.input(),
-                     config_.binarize == Binarize::dynamic, config_.seed, RandomStream::eval_binarize, at + b,
-                     ctx_.stream());
+    gather_eval_rows(test, batch, at + b, vae_.input());
     vae_.forward(batch, {config_.seed, RandomStream::eval_noise, at + b}, false);
     vae_.accumulate_totals(batch, totals_.data());
   }
@@ -256,9 +258,7 @@ std::vector<float> Trainer::reconstructions(const DeviceDataset& test, int n) {
   VAE_REQUIRE(n > 0 && n <= vae_.max_batch(), "reconstructions: count out of range");
   const size_t D = config_.model.input_dim;
   const StepState* at = fixed_steps(1);  // the first test batch, drawn as evaluate() draws it
-  ctx_.ops().gather_batch(test.bytes.data(), test.type, nullptr, n, test.dim, vae_.input(),
-                          config_.binarize == Binarize::dynamic, config_.seed, RandomStream::eval_binarize, at,
-                          ctx_.stream());
+  gather_eval_rows(test, n, at, vae_.input());
   vae_.forward(n, {config_.seed, RandomStream::eval_noise, at}, false);
   std::vector<float> images(2 * n * D);
   ctx_.ops().copy_to_host(images.data(), vae_.input(), n * D * sizeof(float), ctx_.stream());

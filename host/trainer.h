@@ -127,6 +127,9 @@ class Trainer {
   void queue_step(const DeviceDataset& train, const StepRows& rows);
   // A StepState array in device memory: entry b is {b, b * batch_size}, for fixed-noise passes.
   const StepState* fixed_steps(int64_t count);
+  // The rows at->offset .. of evaluation data `d` into x (rows, D), in order, binarized as the
+  // run is with the evaluation's fixed noise: the input of every evaluation pass.
+  void gather_eval_rows(const DeviceDataset& d, int rows, const StepState* at, float* x);
 
   DeviceBuffer<double> totals_;
   DeviceBuffer<int> perm_;
