@@ -1,5 +1,4 @@
-// The fused step kernel's arguments (cuda/kernels/fused_step.cu): the model's layers, buffers and
-// optimizer, all in device memory, for one cooperative launch of the whole training step.
+// The arguments of the fused step kernel (cuda/kernels/fused_step.cu).
 #pragma once
 
 #include <cstdint>
