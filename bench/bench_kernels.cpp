@@ -89,14 +89,6 @@ struct Agreement {
   }
 };
 
-const UnfusedOps& unfused_ops(Target t) {
-#if VAE_WITH_CUDA
-  if (t == Target::cuda) return gpu::unfused::ops();
-#endif
-  (void)t;
-  return cpu::unfused::ops();
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -126,8 +118,7 @@ int main(int argc, char** argv) {
   const bool gpu = ctx.target() == Target::cuda;
   const std::vector<int> batches = parse_list(batches_arg.empty() ? (gpu ? "128,1024,8192" : "32,128") : batches_arg);
   if (reps <= 0) reps = gpu ? 200 : 9;
-  const auto& ops = ctx.ops();
-  const auto& unf = unfused_ops(ctx.target());
+  const Target target = ctx.target();
   const cudaStream_t s = ctx.stream();
   if (cache != "cold" && cache != "warm") {
     std::fprintf(stderr, "bench_kernels: --cache must be cold or warm, not '%s'\n", cache.c_str());
@@ -186,12 +177,12 @@ int main(int argc, char** argv) {
     const ReduceScratch scratch{tickets.data(), partial.data()};
 
     // Latent stage alone: ε, z = μ + σ ε, KL per row.
-    NormalGenerator* gen = unf.normal_generator_create(7, s);
+    NormalGenerator* gen = VAE_ON(target, unfused::normal_generator_create)(7, s);
     {
-      ops.latent_forward(heads.data(), z.data(), kl.data(), B, J, 1, 1, RandomStream::latent_noise, at.data(),
-                         KlEstimator::analytic, s);
+      VAE_ON(target, latent_forward)
+      (heads.data(), z.data(), kl.data(), B, J, 1, 1, RandomStream::latent_noise, at.data(), KlEstimator::analytic, s);
       const std::vector<float> fused_latent_kl = kl.download();
-      unf.latent_forward(gen, heads.data(), eps.data(), z.data(), kl.data(), B, J, s);
+      VAE_ON(target, unfused::latent_forward)(gen, heads.data(), eps.data(), z.data(), kl.data(), B, J, s);
       agree.expect("latent KL", B, fused_latent_kl, kl.download());
       const auto hd = heads.download(), e = eps.download(), zz = z.download();
       std::vector<float> want(bj);  // z = μ + exp(½ log σ²) ε from the cuRAND draws
@@ -204,80 +195,94 @@ int main(int argc, char** argv) {
     pair(
         "latent: eps, reparam, KL (J=20)", B, (2.0 * bj + bj + B) * f4, 0,
         [&] {
-          ops.latent_forward(heads.data(), z.data(), kl.data(), B, J, 1, 1, RandomStream::latent_noise, at.data(),
-                             KlEstimator::analytic, s);
+          VAE_ON(target, latent_forward)
+          (heads.data(), z.data(), kl.data(), B, J, 1, 1, RandomStream::latent_noise, at.data(), KlEstimator::analytic,
+           s);
         },
-        [&] { unf.latent_forward(gen, heads.data(), eps.data(), z.data(), kl.data(), B, J, s); }, "cuRAND+2");
-    unf.normal_generator_destroy(gen);
+        [&] { VAE_ON(target, unfused::latent_forward)
+              (gen, heads.data(), eps.data(), z.data(), kl.data(), B, J, s); },
+        "cuRAND+2");
+    VAE_ON(target, unfused::normal_generator_destroy)(gen);
 
     // Latent backward: dμ and dlog σ² with the KL terms (z from the fused forward above).
-    ops.latent_backward(heads.data(), z.data(), grad_z.data(), grad_heads.data(), B, J, 1, 1.f / B, KlTerm{}, nullptr,
-                        s);
+    VAE_ON(target, latent_backward)
+    (heads.data(), z.data(), grad_z.data(), grad_heads.data(), B, J, 1, 1.f / B, KlTerm{}, nullptr, s);
     const std::vector<float> fused_gheads = grad_heads.download();
-    unf.latent_backward(heads.data(), z.data(), grad_z.data(), grad_heads.data(), B, J, 1.f / B, s);
+    VAE_ON(target, unfused::latent_backward)
+    (heads.data(), z.data(), grad_z.data(), grad_heads.data(), B, J, 1.f / B, s);
     agree.expect("latent backward", B, fused_gheads, grad_heads.download());
     pair(
         "latent backward (J=20)", B, (2.0 * bj + 2 * bj + 2 * bj) * f4, 0,
         [&] {
-          ops.latent_backward(heads.data(), z.data(), grad_z.data(), grad_heads.data(), B, J, 1, 1.f / B, KlTerm{},
-                              nullptr, s);
+          VAE_ON(target, latent_backward)
+          (heads.data(), z.data(), grad_z.data(), grad_heads.data(), B, J, 1, 1.f / B, KlTerm{}, nullptr, s);
         },
-        [&] { unf.latent_backward(heads.data(), z.data(), grad_z.data(), grad_heads.data(), B, J, 1.f / B, s); },
+        [&] {
+          VAE_ON(target, unfused::latent_backward)
+          (heads.data(), z.data(), grad_z.data(), grad_heads.data(), B, J, 1.f / B, s);
+        },
         "2 kernels");
 
     // Bernoulli log-likelihood per row and its gradient.
-    ops.bernoulli_reconstruction(logits.data(), x.data(), log_prob.data(), grad.data(), B, D, 1, 1.f / B, s);
+    VAE_ON(target, bernoulli_reconstruction)
+    (logits.data(), x.data(), log_prob.data(), grad.data(), B, D, 1, 1.f / B, s);
     const std::vector<float> fused_lp = log_prob.download(), fused_grad = grad.download();
-    unf.bernoulli_reconstruction(logits.data(), x.data(), lp_elements.data(), log_prob.data(), grad.data(), B, D,
-                                 1.f / B, s);
+    VAE_ON(target, unfused::bernoulli_reconstruction)
+    (logits.data(), x.data(), lp_elements.data(), log_prob.data(), grad.data(), B, D, 1.f / B, s);
     agree.expect("Bernoulli log p", B, fused_lp, log_prob.download());
     agree.expect("Bernoulli gradient", B, fused_grad, grad.download());
     pair(
         "Bernoulli recon + gradient (D=784)", B, (3.0 * bd + B) * f4, 0,
         [&] {
-          ops.bernoulli_reconstruction(logits.data(), x.data(), log_prob.data(), grad.data(), B, D, 1, 1.f / B, s);
+          VAE_ON(target, bernoulli_reconstruction)
+          (logits.data(), x.data(), log_prob.data(), grad.data(), B, D, 1, 1.f / B, s);
         },
         [&] {
-          unf.bernoulli_reconstruction(logits.data(), x.data(), lp_elements.data(), log_prob.data(), grad.data(), B, D,
-                                       1.f / B, s);
+          VAE_ON(target, unfused::bernoulli_reconstruction)
+          (logits.data(), x.data(), lp_elements.data(), log_prob.data(), grad.data(), B, D, 1.f / B, s);
         },
         "3 kernels");
 
     // Gaussian log-likelihood per row and both halves of its gradient.
-    ops.gaussian_reconstruction(gauss_out.data(), x.data(), log_prob.data(), gauss_grad.data(), B, D, 1, 1.f / B, s);
+    VAE_ON(target, gaussian_reconstruction)
+    (gauss_out.data(), x.data(), log_prob.data(), gauss_grad.data(), B, D, 1, 1.f / B, s);
     const std::vector<float> fused_glp = log_prob.download(), fused_ggrad = gauss_grad.download();
-    unf.gaussian_reconstruction(gauss_out.data(), x.data(), lp_elements.data(), log_prob.data(), gauss_grad.data(), B,
-                                D, 1.f / B, s);
+    VAE_ON(target, unfused::gaussian_reconstruction)
+    (gauss_out.data(), x.data(), lp_elements.data(), log_prob.data(), gauss_grad.data(), B, D, 1.f / B, s);
     agree.expect("Gaussian log p", B, fused_glp, log_prob.download());
     agree.expect("Gaussian gradient", B, fused_ggrad, gauss_grad.download());
     pair(
         "Gaussian recon + gradient (D=784)", B, (2.0 * bd + bd + 2.0 * bd + B) * f4, 0,
         [&] {
-          ops.gaussian_reconstruction(gauss_out.data(), x.data(), log_prob.data(), gauss_grad.data(), B, D, 1, 1.f / B,
-                                      s);
+          VAE_ON(target, gaussian_reconstruction)
+          (gauss_out.data(), x.data(), log_prob.data(), gauss_grad.data(), B, D, 1, 1.f / B, s);
         },
         [&] {
-          unf.gaussian_reconstruction(gauss_out.data(), x.data(), lp_elements.data(), log_prob.data(),
-                                      gauss_grad.data(), B, D, 1.f / B, s);
+          VAE_ON(target, unfused::gaussian_reconstruction)
+          (gauss_out.data(), x.data(), lp_elements.data(), log_prob.data(), gauss_grad.data(), B, D, 1.f / B, s);
         },
         "3 kernels");
 
     // Dense backward: ReLU derivative in place and the bias gradient (column sums).
     {
       const std::vector<float> dh0 = dh.download();
-      ops.dense_activation_backward(dh.data(), h.data(), grad_bias.data(), B, H, Activation::relu, scratch, s);
+      VAE_ON(target, dense_activation_backward)
+      (dh.data(), h.data(), grad_bias.data(), B, H, Activation::relu, scratch, s);
       const std::vector<float> fused_dh = dh.download(), fused_db = grad_bias.download();
       dh.upload(dh0);
-      unf.dense_relu_backward(dh.data(), h.data(), grad_bias.data(), B, H, scratch, s);
+      VAE_ON(target, unfused::dense_relu_backward)(dh.data(), h.data(), grad_bias.data(), B, H, scratch, s);
       agree.expect("dense backward gradient", B, fused_dh, dh.download());
       agree.expect("dense backward bias gradient", B, fused_db, grad_bias.download());
     }
     pair(
         "dense backward, ReLU (400 cols)", B, (3.0 * bh + H) * f4, 0,
         [&] {
-          ops.dense_activation_backward(dh.data(), h.data(), grad_bias.data(), B, H, Activation::relu, scratch, s);
+          VAE_ON(target, dense_activation_backward)
+          (dh.data(), h.data(), grad_bias.data(), B, H, Activation::relu, scratch, s);
         },
-        [&] { unf.dense_relu_backward(dh.data(), h.data(), grad_bias.data(), B, H, scratch, s); }, "2 kernels");
+        [&] { VAE_ON(target, unfused::dense_relu_backward)
+              (dh.data(), h.data(), grad_bias.data(), B, H, scratch, s); },
+        "2 kernels");
   }
 
   // A dense layer's GEMMs with their epilogues riding on them (the step's way: cuBLASLt's
@@ -305,19 +310,19 @@ int main(int argc, char** argv) {
     const GemmOp input_grad =
         dense_input_grad_gemm(output, g.data(), w2.data(), dh.data(), B, y.data(), Activation::relu);
     auto with_epilogues = [&] {
-      ops.gemm(ctx.gemm(), forward);
-      ops.gemm(ctx.gemm(), weight_grad);
-      ops.gemm(ctx.gemm(), input_grad);
+      VAE_ON(target, gemm)(ctx.gemm(), forward);
+      VAE_ON(target, gemm)(ctx.gemm(), weight_grad);
+      VAE_ON(target, gemm)(ctx.gemm(), input_grad);
     };
     auto separate_forward = [&] {
-      ops.gemm(ctx.gemm(), plain(forward));
-      ops.dense_bias_activation_forward(y.data(), b1.data(), B, H, Activation::relu, s);
+      VAE_ON(target, gemm)(ctx.gemm(), plain(forward));
+      VAE_ON(target, dense_bias_activation_forward)(y.data(), b1.data(), B, H, Activation::relu, s);
     };
     auto separate_backward = [&] {
-      ops.gemm(ctx.gemm(), plain(weight_grad));
-      ops.dense_activation_backward(g.data(), nullptr, db.data(), B, D, Activation::identity, scratch, s);
-      ops.gemm(ctx.gemm(), plain(input_grad));
-      ops.dense_activation_backward(dh.data(), y.data(), nullptr, B, H, Activation::relu, scratch, s);
+      VAE_ON(target, gemm)(ctx.gemm(), plain(weight_grad));
+      VAE_ON(target, dense_activation_backward)(g.data(), nullptr, db.data(), B, D, Activation::identity, scratch, s);
+      VAE_ON(target, gemm)(ctx.gemm(), plain(input_grad));
+      VAE_ON(target, dense_activation_backward)(dh.data(), y.data(), nullptr, B, H, Activation::relu, scratch, s);
     };
     auto separate = [&] {
       separate_forward();
@@ -347,11 +352,11 @@ int main(int argc, char** argv) {
     DeviceBuffer<StepState> at(ctx, std::vector<StepState>{{100, 0}});
     {
       const auto p0 = p.download(), m0 = m.download(), v0 = v.download();
-      ops.optimizer_step(OptimizerKind::adam, hyper, p.data(), g.data(), m.data(), v.data(), P, at.data(), 0, nullptr,
-                         nullptr, s);
+      VAE_ON(target, optimizer_step)
+      (OptimizerKind::adam, hyper, p.data(), g.data(), m.data(), v.data(), P, at.data(), 0, nullptr, nullptr, s);
       const auto fp = p.download(), fm = m.download(), fv = v.download();
       p.upload(p0), m.upload(m0), v.upload(v0);
-      unf.adam_step(hyper, p.data(), g.data(), m.data(), v.data(), P, 100, s);
+      VAE_ON(target, unfused::adam_step)(hyper, p.data(), g.data(), m.data(), v.data(), P, 100, s);
       agree.expect("Adam parameters", 0, fp, p.download(), 1e-5);
       agree.expect("Adam first moments", 0, fm, m.download(), 1e-5);
       agree.expect("Adam second moments", 0, fv, v.download(), 1e-5);
@@ -361,10 +366,12 @@ int main(int argc, char** argv) {
     pair(
         name, 0, 7.0 * P * f4, 0,
         [&] {
-          ops.optimizer_step(OptimizerKind::adam, hyper, p.data(), g.data(), m.data(), v.data(), P, at.data(), 0,
-                             nullptr, nullptr, s);
+          VAE_ON(target, optimizer_step)
+          (OptimizerKind::adam, hyper, p.data(), g.data(), m.data(), v.data(), P, at.data(), 0, nullptr, nullptr, s);
         },
-        [&] { unf.adam_step(hyper, p.data(), g.data(), m.data(), v.data(), P, 100, s); }, "3 kernels");
+        [&] { VAE_ON(target, unfused::adam_step)
+              (hyper, p.data(), g.data(), m.data(), v.data(), P, 100, s); },
+        "3 kernels");
   }
   std::printf("\nfused against unfused outputs: %d agree, %d differ\n", agree.passed, agree.failed);
   return agree.failed ? 1 : 0;

@@ -132,13 +132,14 @@ int main(int argc, char** argv) {
     a.totals = totals.data();
     opt.set_fused_step_optimizer(a);
     const auto t0 = now();
-    ctx.ops().fused_step(a, ctx.stream());
+    VAE_ON(ctx.target(), fused_step)(a, ctx.stream());
     if (s >= 0) t_fused += ms(t0, now());
   }
   for (int s = -10; s < steps && !fused; ++s) {  // 10 warm-up steps
     const auto t0 = now();
-    ctx.ops().gather_batch(data.data(), PixelType::u8, nullptr, batch, dim, model.input(), false, 1,
-                           RandomStream::binarize, at.data(), ctx.stream());
+    VAE_ON(ctx.target(), gather_batch)
+    (data.data(), PixelType::u8, nullptr, batch, dim, model.input(), false, 1, RandomStream::binarize, at.data(),
+     ctx.stream());
     const auto t1 = now();
     const Vae::Pass pass = model.forward(batch, {1, RandomStream::latent_noise, at.data()}, true);
     model.accumulate_totals(batch, totals.data());
@@ -166,7 +167,7 @@ int main(int argc, char** argv) {
   const bool gpu = ctx.target() == Target::cuda;
   const double gemm_ms = 1e-3 * timer.median_us(
                                     [&] {
-                                      for (const GemmOp& op : gemms.ops) ctx.ops().gemm(ctx.gemm(), op);
+                                      for (const GemmOp& op : gemms.ops) VAE_ON(ctx.target(), gemm)(ctx.gemm(), op);
                                     },
                                     gpu ? 200 : 50);
   const double step_gemm_gflops = gemms.flops / (gemm_ms * 1e6);
@@ -174,11 +175,13 @@ int main(int argc, char** argv) {
   for (const bool cold : {true, false}) {
     timer.set_flush(cold);
     for (const GemmOp& op : gemms.ops) {
-      (cold ? cold_us : warm_us).push_back(timer.median_us([&] { ctx.ops().gemm(ctx.gemm(), op); }, gpu ? 200 : 30));
+      (cold ? cold_us : warm_us)
+          .push_back(timer.median_us([&] { VAE_ON(ctx.target(), gemm)
+                                           (ctx.gemm(), op); }, gpu ? 200 : 30));
     }
   }
   for (const GemmOp& op : gemms.with_epilogues)
-    epilogue_us.push_back(timer.median_us([&] { ctx.ops().gemm(ctx.gemm(), op); }, gpu ? 200 : 30));
+    epilogue_us.push_back(timer.median_us([&] { VAE_ON(ctx.target(), gemm)(ctx.gemm(), op); }, gpu ? 200 : 30));
 
   std::printf("bench_step: %d-%d-%d, batch %d, Adam, %s step, %d steps on %s\n", dim, hidden, latent, batch,
               step_kind.c_str(), steps, ctx.description().c_str());

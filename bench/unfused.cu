@@ -203,20 +203,4 @@ void dense_relu_backward(float* grad, const float* h, float* grad_bias, int rows
   VAE_NS::dense_activation_backward(grad, nullptr, grad_bias, rows, cols, Activation::identity, scratch, stream);
 }
 
-const UnfusedOps& ops() {
-  static const UnfusedOps t = [] {
-    UnfusedOps u{};
-    u.normal_generator_create = &normal_generator_create;
-    u.normal_generator_destroy = &normal_generator_destroy;
-    u.latent_forward = &latent_forward;
-    u.bernoulli_reconstruction = &bernoulli_reconstruction;
-    u.latent_backward = &latent_backward;
-    u.gaussian_reconstruction = &gaussian_reconstruction;
-    u.adam_step = &adam_step;
-    u.dense_relu_backward = &dense_relu_backward;
-    return u;
-  }();
-  return t;
-}
-
 }  // namespace vae::VAE_NS::unfused

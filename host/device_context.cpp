@@ -5,18 +5,10 @@
 
 namespace vae {
 
-namespace {
-const TargetOps& ops_for(Target target) {
-#if VAE_WITH_CUDA
-  if (target == Target::cuda) return gpu::target_ops();
-#else
+DeviceContext::DeviceContext(Target target, bool tf32) : target_(target), tf32_(tf32) {
+#if !VAE_WITH_CUDA
   if (target == Target::cuda) throw Error("this build has no CUDA kernels (configured with VAE_WITH_CUDA=OFF)");
 #endif
-  return cpu::target_ops();
-}
-}  // namespace
-
-DeviceContext::DeviceContext(Target target, bool tf32) : target_(target), ops_(&ops_for(target)), tf32_(tf32) {
   if (target == Target::cuda) {
     int dev = 0;
     cudaDeviceProp prop{};
@@ -26,18 +18,18 @@ DeviceContext::DeviceContext(Target target, bool tf32) : target_(target), ops_(&
   } else {
     description_ = "cpu (" + std::to_string(hx::workers()) + (hx::workers() == 1 ? " worker)" : " workers)");
   }
-  stream_ = ops_->create_stream();
+  stream_ = VAE_ON(target_, create_stream)();
   try {
-    gemm_ = ops_->gemm_create(stream_, tf32);
+    gemm_ = VAE_ON(target_, gemm_create)(stream_, tf32);
   } catch (...) {
-    ops_->destroy_stream(stream_);
+    VAE_ON(target_, destroy_stream)(stream_);
     throw;
   }
 }
 
 DeviceContext::~DeviceContext() {
-  ops_->gemm_destroy(gemm_);
-  ops_->destroy_stream(stream_);
+  VAE_ON(target_, gemm_destroy)(gemm_);
+  VAE_ON(target_, destroy_stream)(stream_);
 }
 
 }  // namespace vae

@@ -1,5 +1,5 @@
-// A target chosen at run time: its ops table, one compute stream and a GEMM handle, and
-// device buffers that free themselves.
+// A target chosen at run time (calls go to it by name: VAE_ON(ctx.target(), fn)(...), cuda/ops.h),
+// its compute stream and GEMM handle, and device buffers that free themselves.
 #pragma once
 
 #include <cstddef>
@@ -21,17 +21,15 @@ class DeviceContext {
   DeviceContext& operator=(const DeviceContext&) = delete;
 
   Target target() const { return target_; }
-  const TargetOps& ops() const { return *ops_; }
   cudaStream_t stream() const { return stream_; }
   GemmHandle* gemm() const { return gemm_; }
   bool tf32() const { return tf32_; }
   // "cpu (2 workers)" or the GPU's name.
   const std::string& description() const { return description_; }
-  void synchronize() const { ops_->synchronize(stream_); }
+  void synchronize() const { VAE_ON(target_, synchronize)(stream_); }
 
  private:
   Target target_;
-  const TargetOps* ops_;
   cudaStream_t stream_ = nullptr;
   GemmHandle* gemm_ = nullptr;
   bool tf32_;
@@ -44,8 +42,8 @@ class DeviceBuffer {
  public:
   DeviceBuffer() = default;
   DeviceBuffer(const DeviceContext& ctx, size_t count) : ctx_(&ctx), count_(count) {
-    data_ = static_cast<T*>(ctx.ops().device_alloc(count * sizeof(T)));
-    if (count) ctx.ops().fill_zero(data_, count * sizeof(T), ctx.stream());
+    data_ = static_cast<T*>(VAE_ON(ctx.target(), device_alloc)(count * sizeof(T)));
+    if (count) VAE_ON(ctx.target(), fill_zero)(data_, count * sizeof(T), ctx.stream());
   }
   DeviceBuffer(const DeviceContext& ctx, const std::vector<T>& host) : DeviceBuffer(ctx, host.size()) { upload(host); }
   ~DeviceBuffer() { reset(); }
@@ -67,18 +65,18 @@ class DeviceBuffer {
   void upload(const std::vector<T>& host) { upload(host.data(), host.size()); }
   void upload(const T* host, size_t count) {
     if (count > count_) throw std::length_error("DeviceBuffer::upload: too many elements");
-    ctx_->ops().copy_to_device(data_, host, count * sizeof(T), ctx_->stream());
+    VAE_ON(ctx_->target(), copy_to_device)(data_, host, count * sizeof(T), ctx_->stream());
   }
   std::vector<T> download() const {
     std::vector<T> host(count_);
-    ctx_->ops().copy_to_host(host.data(), data_, count_ * sizeof(T), ctx_->stream());
+    VAE_ON(ctx_->target(), copy_to_host)(host.data(), data_, count_ * sizeof(T), ctx_->stream());
     return host;
   }
-  void zero() { ctx_->ops().fill_zero(data_, count_ * sizeof(T), ctx_->stream()); }
+  void zero() { VAE_ON(ctx_->target(), fill_zero)(data_, count_ * sizeof(T), ctx_->stream()); }
 
  private:
   void reset() {
-    if (data_) ctx_->ops().device_free(data_);
+    if (data_) VAE_ON(ctx_->target(), device_free)(data_);
     data_ = nullptr;
     count_ = 0;
   }

@@ -10,13 +10,14 @@ namespace vae {
 Trainer::LogLikelihood Trainer::log_likelihood(const DeviceDataset& test, int samples, int chunk) {
   VAE_REQUIRE(test.dim == config_.model.input_dim, "eval: data dimension differs from the model's");
   if (samples < 1) throw Error("--iw-samples: expected at least 1, got " + std::to_string(samples));
-  const auto& ops = ctx_.ops();
+  const Target target = ctx_.target();
   const int B = config_.batch_size;
   if (chunk <= 0) chunk = std::max(1, kImportanceRows / B);
   chunk = std::min(chunk, samples);
   const int chunks = (samples + chunk - 1) / chunk;
   Vae iw(ctx_, config_.model, B, chunk);
-  ops.copy_on_device(iw.params().data(), vae_.params().data(), vae_.params().size() * sizeof(float), ctx_.stream());
+  VAE_ON(target, copy_on_device)
+  (iw.params().data(), vae_.params().data(), vae_.params().size() * sizeof(float), ctx_.stream());
   DeviceBuffer<float> lse_max(ctx_, B);
   DeviceBuffer<double> lse_sum(ctx_, B);
   DeviceBuffer<StepState> at(ctx_, 1);
@@ -38,8 +39,9 @@ Trainer::LogLikelihood Trainer::log_likelihood(const DeviceDataset& test, int sa
         iw.draw_latent(batch, key);
       }
       iw.decode_and_score(batch);
-      ops.importance_accumulate(iw.heads().data(), iw.z().data(), iw.log_prob().data(), batch, config_.model.latent,
-                                iw.samples(), lse_max.data(), lse_sum.data(), c == 0, ctx_.stream());
+      VAE_ON(target, importance_accumulate)
+      (iw.heads().data(), iw.z().data(), iw.log_prob().data(), batch, config_.model.latent, iw.samples(),
+       lse_max.data(), lse_sum.data(), c == 0, ctx_.stream());
     }
     const std::vector<float> m = lse_max.download();
     const std::vector<double> s = lse_sum.download();

@@ -17,7 +17,7 @@ Trainer::Trainer(const DeviceContext& ctx, const TrainConfig& config)
   vae_.params().upload(init_parameters(config.model, vae_.layout(), config.seed));
 }
 
-Trainer::~Trainer() { ctx_.ops().graph_destroy(graph_); }
+Trainer::~Trainer() { VAE_ON(ctx_.target(), graph_destroy)(graph_); }
 
 void Trainer::set_process_group(ProcessGroup* pg) {
   pg_ = pg && pg->backend() != DistBackend::none ? pg : nullptr;
@@ -27,7 +27,7 @@ void Trainer::set_process_group(ProcessGroup* pg) {
 void Trainer::set_learning_rate(float lr) {
   if (lr == optimizer_.hyper().lr) return;
   optimizer_.set_learning_rate(lr);
-  ctx_.ops().graph_destroy(graph_);
+  VAE_ON(ctx_.target(), graph_destroy)(graph_);
   graph_ = nullptr;
 }
 
@@ -88,12 +88,13 @@ const StepState* Trainer::fixed_steps(int64_t count) {
 bool fused_step_by_rule(Target, int, const ModelConfig&) { return false; }
 
 void Trainer::gather_eval_rows(const DeviceDataset& d, int rows, const StepState* at, float* x) {
-  ctx_.ops().gather_batch(d.bytes.data(), d.type, nullptr, rows, d.dim, x, config_.binarize == Binarize::dynamic,
-                          config_.seed, RandomStream::eval_binarize, at, ctx_.stream());
+  VAE_ON(ctx_.target(), gather_batch)
+  (d.bytes.data(), d.type, nullptr, rows, d.dim, x, config_.binarize == Binarize::dynamic, config_.seed,
+   RandomStream::eval_binarize, at, ctx_.stream());
 }
 
 void Trainer::queue_step(const DeviceDataset& train, const StepRows& rows) {
-  const auto& ops = ctx_.ops();
+  const Target target = ctx_.target();
   const uint64_t seed = config_.seed;
   const int batch = rows.global;
   const BatchSlice& s = rows.rank;
@@ -108,13 +109,13 @@ void Trainer::queue_step(const DeviceDataset& train, const StepRows& rows) {
     a.totals = totals_.data();
     a.watch = watch_.data();
     optimizer_.set_fused_step_optimizer(a);
-    ops.fused_step(a, ctx_.stream());
+    VAE_ON(target, fused_step)(a, ctx_.stream());
     return;
   }
   if (s.rows > 0) {  // this rank's rows; the loss is the mean over the global batch
-    ops.gather_batch(train.bytes.data(), train.type, perm_.data(), s.rows, train.dim, vae_.input(),
-                     config_.binarize == Binarize::dynamic, seed, RandomStream::binarize, train_at_.data(),
-                     ctx_.stream());
+    VAE_ON(target, gather_batch)
+    (train.bytes.data(), train.type, perm_.data(), s.rows, train.dim, vae_.input(),
+     config_.binarize == Binarize::dynamic, seed, RandomStream::binarize, train_at_.data(), ctx_.stream());
     const Vae::Pass pass =
         vae_.forward(s.rows, {seed, RandomStream::latent_noise, train_at_.data(), config_.kl.estimator}, true, batch);
     vae_.accumulate_totals(s.rows, totals_.data(), train_at_.data(), watch_.data());
@@ -129,16 +130,16 @@ void Trainer::queue_step(const DeviceDataset& train, const StepRows& rows) {
 
 ElboTotals Trainer::train_epoch(const DeviceDataset& train, const std::function<bool(int64_t, int64_t)>& on_step) {
   VAE_REQUIRE(train.dim == config_.model.input_dim, "train: data dimension differs from the model's");
-  const auto& ops = ctx_.ops();
+  const Target target = ctx_.target();
   const int B = config_.batch_size;
   const int64_t batches = (train.count + B - 1) / B;
   if (perm_.size() != static_cast<size_t>(train.count)) perm_ = DeviceBuffer<int>(ctx_, train.count);
   if (graph_ && (graph_data_ != train.bytes.data() || graph_perm_ != perm_.data())) {  // captured for other buffers
-    ops.graph_destroy(graph_);
+    VAE_ON(target, graph_destroy)(graph_);
     graph_ = nullptr;
   }
-  ops.shuffle_permutation(perm_.data(), static_cast<int>(train.count), epoch_shuffle_key(config_.seed, epoch_),
-                          ctx_.stream());
+  VAE_ON(target, shuffle_permutation)
+  (perm_.data(), static_cast<int>(train.count), epoch_shuffle_key(config_.seed, epoch_), ctx_.stream());
   VAE_REQUIRE(batch_in_epoch_ < batches, "train: the checkpoint's position is past the end of the epoch");
   const int64_t first = batch_in_epoch_;
   if (first > 0 && resumed_totals_.size() == 3) {
@@ -156,22 +157,22 @@ ElboTotals Trainer::train_epoch(const DeviceDataset& train, const std::function<
       train_at_.upload({rows.state(static_cast<uint64_t>(step_))});  // a partial batch's slices
     // Capture from the second full batch on: the first runs eagerly, so that module loading,
     // kernel attributes and cuBLAS's first-call set-up happen outside the capture.
-    if (batch == B && b > first && use_graph_ && !graph_ && ops.graph_begin_capture(ctx_.stream())) {
+    if (batch == B && b > first && use_graph_ && !graph_ && VAE_ON(target, graph_begin_capture)(ctx_.stream())) {
       try {
         queue_step(train, rows);
       } catch (...) {  // leave the stream out of capture mode before reporting
         try {
-          ops.graph_destroy(ops.graph_end_capture(ctx_.stream()));
+          VAE_ON(target, graph_destroy)(VAE_ON(target, graph_end_capture)(ctx_.stream()));
         } catch (...) {
         }
         throw;
       }
-      graph_ = ops.graph_end_capture(ctx_.stream());
+      graph_ = VAE_ON(target, graph_end_capture)(ctx_.stream());
       graph_data_ = train.bytes.data();
       graph_perm_ = perm_.data();
     }
     if (batch == B && graph_) {
-      ops.graph_launch(graph_, ctx_.stream());
+      VAE_ON(target, graph_launch)(graph_, ctx_.stream());
     } else {
       queue_step(train, rows);  // the partial last batch, and targets without graphs
     }
@@ -247,8 +248,9 @@ std::vector<float> Trainer::prior_samples(int n) {
   DeviceBuffer<float> zero_heads(ctx_, static_cast<size_t>(n) * 2 * J), z(ctx_, static_cast<size_t>(n) * J),
       kl(ctx_, n), mean(ctx_, static_cast<size_t>(n) * config_.model.input_dim);
   // μ = 0, log σ² = 0: the latent kernel then draws z ~ N(0, I), the prior.
-  ctx_.ops().latent_forward(zero_heads.data(), z.data(), kl.data(), n, J, 1, config_.seed, RandomStream::prior,
-                            fixed_steps(1), KlEstimator::analytic, ctx_.stream());
+  VAE_ON(ctx_.target(), latent_forward)
+  (zero_heads.data(), z.data(), kl.data(), n, J, 1, config_.seed, RandomStream::prior, fixed_steps(1),
+   KlEstimator::analytic, ctx_.stream());
   vae_.decode_mean(z.data(), n, mean.data());
   return mean.download();
 }
@@ -261,7 +263,7 @@ std::vector<float> Trainer::reconstructions(const DeviceDataset& test, int n) {
   gather_eval_rows(test, n, at, vae_.input());
   vae_.forward(n, {config_.seed, RandomStream::eval_noise, at}, false);
   std::vector<float> images(2 * n * D);
-  ctx_.ops().copy_to_host(images.data(), vae_.input(), n * D * sizeof(float), ctx_.stream());
+  VAE_ON(ctx_.target(), copy_to_host)(images.data(), vae_.input(), n * D * sizeof(float), ctx_.stream());
   DeviceBuffer<float> mean(ctx_, n * D);
   vae_.reconstruction_mean(n, mean.data());
   const std::vector<float> rec = mean.download();

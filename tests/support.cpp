@@ -60,20 +60,13 @@ std::vector<float> random_uniform(size_t n, uint64_t seed, float lo, float hi) {
 
 namespace vae::test {
 
-const TargetOps& ops_of(Target t) {
-#if VAE_WITH_CUDA
-  if (t == Target::cuda) return gpu::target_ops();
-#endif
-  return cpu::target_ops();
-}
-
 std::vector<Shape> shapes_for(Target t) {
   if (t == Target::cuda) return {{"default", {0, 0, 0, 0, 0, 0}}};
   return {{"default", {0, 0, 0, 0, 0, 0}}, {"gpu_like", {64, 1, 32, 256, 8, 256}}, {"odd", {5, 3, 4, 64, 3, 7}}};
 }
 
 ScopedLaunchPolicy::ScopedLaunchPolicy(Target t, const Shape& s)
-    : policy_(&ops_of(t).launch_policy()), saved_(*policy_) {
+    : policy_(&VAE_ON(t, launch_policy)()), saved_(*policy_) {
   if (s.policy.max_blocks > 0) *policy_ = s.policy;
 }
 

@@ -44,8 +44,6 @@ std::vector<float> random_uniform(size_t n, uint64_t seed, float lo = -1.f, floa
 
 namespace vae::test {
 
-const TargetOps& ops_of(Target t);
-
 // Launch shapes the kernel tests run under: the target's default, and on the CPU also the
 // GPU's shape (many blocks, 32 lanes per row) and an odd one (4 lanes per row, tiny blocks).
 struct Shape {

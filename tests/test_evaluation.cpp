@@ -137,8 +137,9 @@ TEST_P(Importance, AccumulateMatchesFloat64LogSumExp) {
           const auto lp0 = close ? random_uniform(static_cast<size_t>(chunk) * batch, 20 * c + latent, -102, -100)
                                  : random_uniform(static_cast<size_t>(chunk) * batch, 20 * c + latent, -900, -100);
           DeviceBuffer<float> z(ctx, z0), lp(ctx, lp0);
-          ctx.ops().importance_accumulate(heads.data(), z.data(), lp.data(), batch, latent, chunk, lse_max.data(),
-                                          lse_sum.data(), c == 0, ctx.stream());
+          VAE_ON(ctx.target(), importance_accumulate)
+          (heads.data(), z.data(), lp.data(), batch, latent, chunk, lse_max.data(), lse_sum.data(), c == 0,
+           ctx.stream());
           for (int k = 0; k < chunk; ++k)
             for (int r = 0; r < batch; ++r) {
               double w = lp0[static_cast<size_t>(k) * batch + r];
@@ -197,7 +198,7 @@ TEST(LogLikelihood, OneSampleIsTheElboOfEstimatorAAtTheSameDraw) {
       ASSERT_EQ(ll.n, 4);
       Vae v(ctx, config.model, 5, 1);
       v.params().upload(t.model().params().download());
-      ctx.ops().copy_to_device(v.input(), pixels.data(), pixels.size() * sizeof(float), ctx.stream());
+      VAE_ON(ctx.target(), copy_to_device)(v.input(), pixels.data(), pixels.size() * sizeof(float), ctx.stream());
       const DeviceBuffer<StepState> at(ctx, std::vector<StepState>{{0, 0, 0}});  // batch 0, chunk 0
       v.forward(4, {config.seed, RandomStream::importance, at.data(), KlEstimator::monte_carlo}, false);
       const auto lp = v.log_prob().download(), kl = v.kl().download();

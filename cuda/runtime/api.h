@@ -1,6 +1,6 @@
 // The runtime's per-target API: memory, streams, launch shapes and CUDA graphs, compiled once per
-// target (vae::cpu by the host compiler, vae::gpu by nvcc; cuda/runtime/memory.cu, graph.cu). It
-// knows nothing of the model's kernels; cuda/ops.h adds those.
+// target (vae::cpu by the host compiler, vae::gpu by nvcc; cuda/runtime/memory.cu, graph.cu),
+// declared once in runtime/api.inc. It knows nothing of the model's kernels; cuda/ops.h adds those.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -19,30 +19,11 @@ struct LaunchPolicy {
 struct StepGraph;  // an instantiated CUDA graph (GPU only)
 }  // namespace vae
 
-#define VAE_DECLARE_RUNTIME_API                                                                  \
-  /* memory */                                                                                   \
-  void* device_alloc(size_t bytes);                                                              \
-  void device_free(void* p) noexcept;                                                            \
-  void copy_to_device(void* dst, const void* src, size_t bytes, cudaStream_t stream);            \
-  void copy_to_host(void* dst, const void* src, size_t bytes, cudaStream_t stream);              \
-  void copy_on_device(void* dst, const void* src, size_t bytes, cudaStream_t stream);            \
-  void fill_zero(void* p, size_t bytes, cudaStream_t stream);                                    \
-  void synchronize(cudaStream_t stream);                                                         \
-  cudaStream_t create_stream();                                                                  \
-  void destroy_stream(cudaStream_t stream) noexcept;                                             \
-  /* the launch shapes of elementwise and row kernels (mutable: tests try others) */             \
-  LaunchPolicy& launch_policy();                                                                 \
-  /* CUDA graphs (cuda/runtime/graph.cu): begin returns false where the target has none (CPU) */ \
-  bool graph_begin_capture(cudaStream_t stream);                                                 \
-  StepGraph* graph_end_capture(cudaStream_t stream);                                             \
-  void graph_launch(StepGraph* g, cudaStream_t stream);                                          \
-  void graph_destroy(StepGraph* g) noexcept;
-
 namespace vae::cpu {
-VAE_DECLARE_RUNTIME_API
-}
+#include "runtime/api.inc"
+}  // namespace vae::cpu
 #if VAE_WITH_CUDA
 namespace vae::gpu {
-VAE_DECLARE_RUNTIME_API
-}
+#include "runtime/api.inc"
+}  // namespace vae::gpu
 #endif
