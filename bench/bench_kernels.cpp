@@ -89,6 +89,267 @@ struct Agreement {
   }
 };
 
+constexpr int D = 784, H = 400, J = 20;  // the default model's input, hidden and latent widths
+constexpr double f4 = sizeof(float);
+
+// What every section shares: the target, the timer, this machine's ceilings, the tally of
+// agreement checks.
+struct Bench {
+  DeviceContext& ctx;
+  bench::Timer& timer;
+  bench::Peaks peak;
+  int reps;
+  Agreement agree;
+
+  // Times the fused operation and its unfused composition; prints a row for each.
+  void pair(const char* op, int batch, double bytes, double flops, const std::function<void()>& fused,
+            const std::function<void()>& unfused, const char* unfused_name) {
+    const double tf = timer.median_us(fused, reps), tu = timer.median_us(unfused, reps);
+    for (int v = 0; v < 2; ++v) {
+      const double us = v ? tu : tf;
+      const double gbps = bytes / (us * 1e3), gflops = flops / (us * 1e3);
+      std::printf("%-34s %6d %-8s %10.2f %9.1f %6.1f%%", v ? "" : op, batch, v ? unfused_name : "fused", us, gbps,
+                  100 * gbps / peak.copy_gbps);
+      if (flops > 0)
+        std::printf(" %9.1f %6.1f%%", gflops, 100 * gflops / peak.sgemm_gflops);
+      else
+        std::printf(" %9s %7s", "", "");
+      if (!v) std::printf(" %7.2fx", tu / tf);
+      std::printf("\n");
+    }
+  }
+};
+
+// Scratch of the two-stage reductions (tickets zero, as they need).
+struct Scratch {
+  DeviceBuffer<unsigned> tickets;
+  DeviceBuffer<float> partial;
+  explicit Scratch(const DeviceContext& ctx) : tickets(ctx, kReduceTickets), partial(ctx, kReducePartialFloats) {}
+  ReduceScratch get() const { return {tickets.data(), partial.data()}; }
+};
+
+// The latent stage alone (ε, z = μ + σ ε, the KL per row) and its backward.
+void latent_stages(Bench& b, int B) {
+  DeviceContext& ctx = b.ctx;
+  const Target target = ctx.target();
+  const cudaStream_t s = ctx.stream();
+  const size_t bj = static_cast<size_t>(B) * J;
+  DeviceBuffer<float> heads(ctx, random_values(2 * bj, 3, -2.f, 2.f)), z(ctx, bj), eps(ctx, bj + 1), kl(ctx, B),
+      grad_z(ctx, random_values(bj, 10, -1.f, 1.f)), grad_heads(ctx, 2 * bj);
+  DeviceBuffer<StepState> at(ctx, std::vector<StepState>{{3, 0}});
+
+  NormalGenerator* gen = VAE_CALL(target, unfused::normal_generator_create, 7, s);
+  {
+    VAE_CALL(target, latent_forward, heads.data(), z.data(), kl.data(), B, J, 1, 1, RandomStream::latent_noise,
+             at.data(), KlEstimator::analytic, s);
+    const std::vector<float> fused_latent_kl = kl.download();
+    VAE_CALL(target, unfused::latent_forward, gen, heads.data(), eps.data(), z.data(), kl.data(), B, J, s);
+    b.agree.expect("latent KL", B, fused_latent_kl, kl.download());
+    const auto hd = heads.download(), e = eps.download(), zz = z.download();
+    std::vector<float> want(bj);  // z = μ + exp(½ log σ²) ε from the cuRAND draws
+    for (size_t i = 0; i < bj; ++i) {
+      const size_t r = i / J, j = i % J;
+      want[i] = static_cast<float>(hd[r * 2 * J + j] + std::exp(0.5 * hd[r * 2 * J + J + j]) * e[i]);
+    }
+    b.agree.expect("unfused z", B, want, zz);
+  }
+  b.pair(
+      "latent: eps, reparam, KL (J=20)", B, (2.0 * bj + bj + B) * f4, 0,
+      [&] {
+        VAE_CALL(target, latent_forward, heads.data(), z.data(), kl.data(), B, J, 1, 1, RandomStream::latent_noise,
+                 at.data(), KlEstimator::analytic, s);
+      },
+      [&] { VAE_CALL(target, unfused::latent_forward, gen, heads.data(), eps.data(), z.data(), kl.data(), B, J, s); },
+      "cuRAND+2");
+  VAE_CALL(target, unfused::normal_generator_destroy, gen);
+
+  // Latent backward: dμ and dlog σ² with the KL terms (z from the fused forward above).
+  VAE_CALL(target, latent_backward, heads.data(), z.data(), grad_z.data(), grad_heads.data(), B, J, 1, 1.f / B,
+           KlTerm{}, nullptr, s);
+  const std::vector<float> fused_gheads = grad_heads.download();
+  VAE_CALL(target, unfused::latent_backward, heads.data(), z.data(), grad_z.data(), grad_heads.data(), B, J, 1.f / B,
+           s);
+  b.agree.expect("latent backward", B, fused_gheads, grad_heads.download());
+  b.pair(
+      "latent backward (J=20)", B, (2.0 * bj + 2 * bj + 2 * bj) * f4, 0,
+      [&] {
+        VAE_CALL(target, latent_backward, heads.data(), z.data(), grad_z.data(), grad_heads.data(), B, J, 1, 1.f / B,
+                 KlTerm{}, nullptr, s);
+      },
+      [&] {
+        VAE_CALL(target, unfused::latent_backward, heads.data(), z.data(), grad_z.data(), grad_heads.data(), B, J,
+                 1.f / B, s);
+      },
+      "2 kernels");
+}
+
+// The row stages: the Bernoulli and Gaussian log-likelihoods with their gradients, and a dense
+// layer's backward epilogue (ReLU derivative, bias gradient).
+void row_stages(Bench& b, int B) {
+  DeviceContext& ctx = b.ctx;
+  const Target target = ctx.target();
+  const cudaStream_t s = ctx.stream();
+  const size_t bd = static_cast<size_t>(B) * D, bh = static_cast<size_t>(B) * H;
+  DeviceBuffer<float> x(ctx, random_values(bd, 1, 0.f, 1.f)), logits(ctx, random_values(bd, 2, -6.f, 6.f)),
+      grad(ctx, bd), lp_elements(ctx, bd), log_prob(ctx, B), h(ctx, random_values(bh, 4, -1.f, 1.f)),
+      dh(ctx, random_values(bh, 5, -1.f, 1.f)), grad_bias(ctx, H), gauss_out(ctx, random_values(2 * bd, 11, -3.f, 3.f)),
+      gauss_grad(ctx, 2 * bd);
+  const Scratch reduce(ctx);
+  const ReduceScratch scratch = reduce.get();
+
+  // Bernoulli log-likelihood per row and its gradient.
+  VAE_CALL(target, bernoulli_reconstruction, logits.data(), x.data(), log_prob.data(), grad.data(), B, D, 1, 1.f / B,
+           s);
+  const std::vector<float> fused_lp = log_prob.download(), fused_grad = grad.download();
+  VAE_CALL(target, unfused::bernoulli_reconstruction, logits.data(), x.data(), lp_elements.data(), log_prob.data(),
+           grad.data(), B, D, 1.f / B, s);
+  b.agree.expect("Bernoulli log p", B, fused_lp, log_prob.download());
+  b.agree.expect("Bernoulli gradient", B, fused_grad, grad.download());
+  b.pair(
+      "Bernoulli recon + gradient (D=784)", B, (3.0 * bd + B) * f4, 0,
+      [&] {
+        VAE_CALL(target, bernoulli_reconstruction, logits.data(), x.data(), log_prob.data(), grad.data(), B, D, 1,
+                 1.f / B, s);
+      },
+      [&] {
+        VAE_CALL(target, unfused::bernoulli_reconstruction, logits.data(), x.data(), lp_elements.data(),
+                 log_prob.data(), grad.data(), B, D, 1.f / B, s);
+      },
+      "3 kernels");
+
+  // Gaussian log-likelihood per row and both halves of its gradient.
+  VAE_CALL(target, gaussian_reconstruction, gauss_out.data(), x.data(), log_prob.data(), gauss_grad.data(), B, D, 1,
+           1.f / B, s);
+  const std::vector<float> fused_glp = log_prob.download(), fused_ggrad = gauss_grad.download();
+  VAE_CALL(target, unfused::gaussian_reconstruction, gauss_out.data(), x.data(), lp_elements.data(), log_prob.data(),
+           gauss_grad.data(), B, D, 1.f / B, s);
+  b.agree.expect("Gaussian log p", B, fused_glp, log_prob.download());
+  b.agree.expect("Gaussian gradient", B, fused_ggrad, gauss_grad.download());
+  b.pair(
+      "Gaussian recon + gradient (D=784)", B, (2.0 * bd + bd + 2.0 * bd + B) * f4, 0,
+      [&] {
+        VAE_CALL(target, gaussian_reconstruction, gauss_out.data(), x.data(), log_prob.data(), gauss_grad.data(), B, D,
+                 1, 1.f / B, s);
+      },
+      [&] {
+        VAE_CALL(target, unfused::gaussian_reconstruction, gauss_out.data(), x.data(), lp_elements.data(),
+                 log_prob.data(), gauss_grad.data(), B, D, 1.f / B, s);
+      },
+      "3 kernels");
+
+  // Dense backward: ReLU derivative in place and the bias gradient (column sums).
+  {
+    const std::vector<float> dh0 = dh.download();
+    VAE_CALL(target, dense_activation_backward, dh.data(), h.data(), grad_bias.data(), B, H, Activation::relu, scratch,
+             s);
+    const std::vector<float> fused_dh = dh.download(), fused_db = grad_bias.download();
+    dh.upload(dh0);
+    VAE_CALL(target, unfused::dense_relu_backward, dh.data(), h.data(), grad_bias.data(), B, H, scratch, s);
+    b.agree.expect("dense backward gradient", B, fused_dh, dh.download());
+    b.agree.expect("dense backward bias gradient", B, fused_db, grad_bias.download());
+  }
+  b.pair(
+      "dense backward, ReLU (400 cols)", B, (3.0 * bh + H) * f4, 0,
+      [&] {
+        VAE_CALL(target, dense_activation_backward, dh.data(), h.data(), grad_bias.data(), B, H, Activation::relu,
+                 scratch, s);
+      },
+      [&] { VAE_CALL(target, unfused::dense_relu_backward, dh.data(), h.data(), grad_bias.data(), B, H, scratch, s); },
+      "2 kernels");
+}
+
+// A dense layer's GEMMs with their epilogues riding on them (the step's way: cuBLASLt's
+// epilogues on the GPU where it has them, panel epilogues on the CPU) against plain GEMMs and
+// separate kernels: the hidden layer's forward (784 -> 400, bias + ReLU) and the output layer's
+// backward (400 -> 784: dW and the bias gradient, dh through the ReLU derivative).
+void dense_layer(Bench& b, int B) {
+  DeviceContext& ctx = b.ctx;
+  const Target target = ctx.target();
+  const cudaStream_t s = ctx.stream();
+  const LinearSlot hidden{0, 0, H, D}, output{0, 0, D, H};
+  DeviceBuffer<float> x(ctx, random_values(static_cast<size_t>(B) * D, 21, 0.f, 1.f)),
+      w1(ctx, random_values(static_cast<size_t>(H) * D, 22, -0.05f, 0.05f)), b1(ctx, random_values(H, 23, -0.1f, 0.1f)),
+      w2(ctx, random_values(static_cast<size_t>(D) * H, 24, -0.05f, 0.05f)),
+      g(ctx, random_values(static_cast<size_t>(B) * D, 25, -1.f, 1.f)), y(ctx, static_cast<size_t>(B) * H),
+      dw(ctx, static_cast<size_t>(D) * H), db(ctx, D), dh(ctx, static_cast<size_t>(B) * H);
+  const Scratch reduce(ctx);
+  const ReduceScratch scratch = reduce.get();
+  auto plain = [](GemmOp op) {
+    op.epilogue = Epilogue::none;
+    op.bias_grad = nullptr;
+    return op;
+  };
+  const GemmOp forward = dense_forward_gemm(hidden, x.data(), w1.data(), b1.data(), y.data(), B, Activation::relu);
+  const GemmOp weight_grad = dense_weight_grad_gemm(output, g.data(), y.data(), dw.data(), db.data(), B);
+  const GemmOp input_grad =
+      dense_input_grad_gemm(output, g.data(), w2.data(), dh.data(), B, y.data(), Activation::relu);
+  auto with_epilogues = [&] {
+    VAE_CALL(target, gemm, ctx.gemm(), forward);
+    VAE_CALL(target, gemm, ctx.gemm(), weight_grad);
+    VAE_CALL(target, gemm, ctx.gemm(), input_grad);
+  };
+  auto separate_forward = [&] {
+    VAE_CALL(target, gemm, ctx.gemm(), plain(forward));
+    VAE_CALL(target, dense_bias_activation_forward, y.data(), b1.data(), B, H, Activation::relu, s);
+  };
+  auto separate_backward = [&] {
+    VAE_CALL(target, gemm, ctx.gemm(), plain(weight_grad));
+    VAE_CALL(target, dense_activation_backward, g.data(), nullptr, db.data(), B, D, Activation::identity, scratch, s);
+    VAE_CALL(target, gemm, ctx.gemm(), plain(input_grad));
+    VAE_CALL(target, dense_activation_backward, dh.data(), y.data(), nullptr, B, H, Activation::relu, scratch, s);
+  };
+  auto separate = [&] {
+    separate_forward();
+    separate_backward();
+  };
+  with_epilogues();
+  const auto fy = y.download(), fdw = dw.download(), fdb = db.download(), fdh = dh.download();
+  // Two GEMM algorithms sum in different orders: outputs agree to a share of the largest one,
+  // and the backward runs on the fused forward's y (a y near 0 may be +tiny in one and 0 in the
+  // other, which flips the ReLU derivative there).
+  separate_forward();
+  b.agree.expect_gemm("dense layer output", B, fy, y.download());
+  y.upload(fy);
+  separate_backward();
+  b.agree.expect_gemm("dense layer weight gradient", B, fdw, dw.download());
+  b.agree.expect_gemm("dense layer bias gradient", B, fdb, db.download());
+  b.agree.expect_gemm("dense layer input gradient", B, fdh, dh.download());
+  b.pair("dense layer, 3 GEMMs + epilogues", B, 0, 3 * 2.0 * B * D * H, with_epilogues, separate, "+3 kern");
+}
+
+// Adam over P parameters.
+void adam(Bench& b, long long P) {
+  DeviceContext& ctx = b.ctx;
+  const Target target = ctx.target();
+  const cudaStream_t s = ctx.stream();
+  const OptimizerHyper hyper;
+  const size_t n = static_cast<size_t>(P);
+  DeviceBuffer<float> p(ctx, random_values(n, 6, -0.1f, 0.1f)), g(ctx, random_values(n, 7, -1.f, 1.f)),
+      m(ctx, random_values(n, 8, -0.01f, 0.01f)), v(ctx, random_values(n, 9, 0.f, 0.01f));
+  DeviceBuffer<StepState> at(ctx, std::vector<StepState>{{100, 0}});
+  {
+    const auto p0 = p.download(), m0 = m.download(), v0 = v.download();
+    VAE_CALL(target, optimizer_step, OptimizerKind::adam, hyper, p.data(), g.data(), m.data(), v.data(), P, at.data(),
+             0, nullptr, nullptr, s);
+    const auto fp = p.download(), fm = m.download(), fv = v.download();
+    p.upload(p0), m.upload(m0), v.upload(v0);
+    VAE_CALL(target, unfused::adam_step, hyper, p.data(), g.data(), m.data(), v.data(), P, 100, s);
+    b.agree.expect("Adam parameters", 0, fp, p.download(), 1e-5);
+    b.agree.expect("Adam first moments", 0, fm, m.download(), 1e-5);
+    b.agree.expect("Adam second moments", 0, fv, v.download(), 1e-5);
+  }
+  char name[64];
+  std::snprintf(name, sizeof name, "Adam step (%.2fM params)", P / 1e6);
+  b.pair(
+      name, 0, 7.0 * P * f4, 0,
+      [&] {
+        VAE_CALL(target, optimizer_step, OptimizerKind::adam, hyper, p.data(), g.data(), m.data(), v.data(), P,
+                 at.data(), 0, nullptr, nullptr, s);
+      },
+      [&] { VAE_CALL(target, unfused::adam_step, hyper, p.data(), g.data(), m.data(), v.data(), P, 100, s); },
+      "3 kernels");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -118,8 +379,6 @@ int main(int argc, char** argv) {
   const bool gpu = ctx.target() == Target::cuda;
   const std::vector<int> batches = parse_list(batches_arg.empty() ? (gpu ? "128,1024,8192" : "32,128") : batches_arg);
   if (reps <= 0) reps = gpu ? 200 : 9;
-  const Target target = ctx.target();
-  const cudaStream_t s = ctx.stream();
   if (cache != "cold" && cache != "warm") {
     std::fprintf(stderr, "bench_kernels: --cache must be cold or warm, not '%s'\n", cache.c_str());
     return 2;
@@ -144,235 +403,14 @@ int main(int argc, char** argv) {
   std::printf("\n\n%-34s %6s %-8s %10s %9s %7s %9s %7s %8s\n", "operation", "batch", "variant", "us", "GB/s", "%copy",
               "GFLOP/s", "%SGEMM", "speedup");
 
-  auto pair = [&](const char* op, int batch, double bytes, double flops, const std::function<void()>& fused,
-                  const std::function<void()>& unfused, const char* unfused_name) {
-    const double tf = timer.median_us(fused, reps), tu = timer.median_us(unfused, reps);
-    for (int v = 0; v < 2; ++v) {
-      const double us = v ? tu : tf;
-      const double gbps = bytes / (us * 1e3), gflops = flops / (us * 1e3);
-      std::printf("%-34s %6d %-8s %10.2f %9.1f %6.1f%%", v ? "" : op, batch, v ? unfused_name : "fused", us, gbps,
-                  100 * gbps / peak.copy_gbps);
-      if (flops > 0)
-        std::printf(" %9.1f %6.1f%%", gflops, 100 * gflops / peak.sgemm_gflops);
-      else
-        std::printf(" %9s %7s", "", "");
-      if (!v) std::printf(" %7.2fx", tu / tf);
-      std::printf("\n");
-    }
-  };
-
-  const int D = 784, H = 400, J = 20;
-  const double f4 = sizeof(float);
-  Agreement agree;
+  Bench b{ctx, timer, peak, reps, {}};
   for (const int B : batches) {
-    const size_t bd = static_cast<size_t>(B) * D, bh = static_cast<size_t>(B) * H, bj = static_cast<size_t>(B) * J;
-    DeviceBuffer<float> x(ctx, random_values(bd, 1, 0.f, 1.f)), logits(ctx, random_values(bd, 2, -6.f, 6.f)),
-        grad(ctx, bd), lp_elements(ctx, bd), log_prob(ctx, B), heads(ctx, random_values(2 * bj, 3, -2.f, 2.f)),
-        z(ctx, bj), eps(ctx, bj + 1), kl(ctx, B), h(ctx, random_values(bh, 4, -1.f, 1.f)),
-        dh(ctx, random_values(bh, 5, -1.f, 1.f)), grad_bias(ctx, H), grad_z(ctx, random_values(bj, 10, -1.f, 1.f)),
-        grad_heads(ctx, 2 * bj), gauss_out(ctx, random_values(2 * bd, 11, -3.f, 3.f)), gauss_grad(ctx, 2 * bd);
-    DeviceBuffer<StepState> at(ctx, std::vector<StepState>{{3, 0}});
-    DeviceBuffer<unsigned> tickets(ctx, kReduceTickets);  // zero, as the two-stage reductions need
-    DeviceBuffer<float> partial(ctx, kReducePartialFloats);
-    const ReduceScratch scratch{tickets.data(), partial.data()};
-
-    // Latent stage alone: ε, z = μ + σ ε, KL per row.
-    NormalGenerator* gen = VAE_ON(target, unfused::normal_generator_create)(7, s);
-    {
-      VAE_ON(target, latent_forward)
-      (heads.data(), z.data(), kl.data(), B, J, 1, 1, RandomStream::latent_noise, at.data(), KlEstimator::analytic, s);
-      const std::vector<float> fused_latent_kl = kl.download();
-      VAE_ON(target, unfused::latent_forward)(gen, heads.data(), eps.data(), z.data(), kl.data(), B, J, s);
-      agree.expect("latent KL", B, fused_latent_kl, kl.download());
-      const auto hd = heads.download(), e = eps.download(), zz = z.download();
-      std::vector<float> want(bj);  // z = μ + exp(½ log σ²) ε from the cuRAND draws
-      for (size_t i = 0; i < bj; ++i) {
-        const size_t r = i / J, j = i % J;
-        want[i] = static_cast<float>(hd[r * 2 * J + j] + std::exp(0.5 * hd[r * 2 * J + J + j]) * e[i]);
-      }
-      agree.expect("unfused z", B, want, zz);
-    }
-    pair(
-        "latent: eps, reparam, KL (J=20)", B, (2.0 * bj + bj + B) * f4, 0,
-        [&] {
-          VAE_ON(target, latent_forward)
-          (heads.data(), z.data(), kl.data(), B, J, 1, 1, RandomStream::latent_noise, at.data(), KlEstimator::analytic,
-           s);
-        },
-        [&] { VAE_ON(target, unfused::latent_forward)
-              (gen, heads.data(), eps.data(), z.data(), kl.data(), B, J, s); },
-        "cuRAND+2");
-    VAE_ON(target, unfused::normal_generator_destroy)(gen);
-
-    // Latent backward: dμ and dlog σ² with the KL terms (z from the fused forward above).
-    VAE_ON(target, latent_backward)
-    (heads.data(), z.data(), grad_z.data(), grad_heads.data(), B, J, 1, 1.f / B, KlTerm{}, nullptr, s);
-    const std::vector<float> fused_gheads = grad_heads.download();
-    VAE_ON(target, unfused::latent_backward)
-    (heads.data(), z.data(), grad_z.data(), grad_heads.data(), B, J, 1.f / B, s);
-    agree.expect("latent backward", B, fused_gheads, grad_heads.download());
-    pair(
-        "latent backward (J=20)", B, (2.0 * bj + 2 * bj + 2 * bj) * f4, 0,
-        [&] {
-          VAE_ON(target, latent_backward)
-          (heads.data(), z.data(), grad_z.data(), grad_heads.data(), B, J, 1, 1.f / B, KlTerm{}, nullptr, s);
-        },
-        [&] {
-          VAE_ON(target, unfused::latent_backward)
-          (heads.data(), z.data(), grad_z.data(), grad_heads.data(), B, J, 1.f / B, s);
-        },
-        "2 kernels");
-
-    // Bernoulli log-likelihood per row and its gradient.
-    VAE_ON(target, bernoulli_reconstruction)
-    (logits.data(), x.data(), log_prob.data(), grad.data(), B, D, 1, 1.f / B, s);
-    const std::vector<float> fused_lp = log_prob.download(), fused_grad = grad.download();
-    VAE_ON(target, unfused::bernoulli_reconstruction)
-    (logits.data(), x.data(), lp_elements.data(), log_prob.data(), grad.data(), B, D, 1.f / B, s);
-    agree.expect("Bernoulli log p", B, fused_lp, log_prob.download());
-    agree.expect("Bernoulli gradient", B, fused_grad, grad.download());
-    pair(
-        "Bernoulli recon + gradient (D=784)", B, (3.0 * bd + B) * f4, 0,
-        [&] {
-          VAE_ON(target, bernoulli_reconstruction)
-          (logits.data(), x.data(), log_prob.data(), grad.data(), B, D, 1, 1.f / B, s);
-        },
-        [&] {
-          VAE_ON(target, unfused::bernoulli_reconstruction)
-          (logits.data(), x.data(), lp_elements.data(), log_prob.data(), grad.data(), B, D, 1.f / B, s);
-        },
-        "3 kernels");
-
-    // Gaussian log-likelihood per row and both halves of its gradient.
-    VAE_ON(target, gaussian_reconstruction)
-    (gauss_out.data(), x.data(), log_prob.data(), gauss_grad.data(), B, D, 1, 1.f / B, s);
-    const std::vector<float> fused_glp = log_prob.download(), fused_ggrad = gauss_grad.download();
-    VAE_ON(target, unfused::gaussian_reconstruction)
-    (gauss_out.data(), x.data(), lp_elements.data(), log_prob.data(), gauss_grad.data(), B, D, 1.f / B, s);
-    agree.expect("Gaussian log p", B, fused_glp, log_prob.download());
-    agree.expect("Gaussian gradient", B, fused_ggrad, gauss_grad.download());
-    pair(
-        "Gaussian recon + gradient (D=784)", B, (2.0 * bd + bd + 2.0 * bd + B) * f4, 0,
-        [&] {
-          VAE_ON(target, gaussian_reconstruction)
-          (gauss_out.data(), x.data(), log_prob.data(), gauss_grad.data(), B, D, 1, 1.f / B, s);
-        },
-        [&] {
-          VAE_ON(target, unfused::gaussian_reconstruction)
-          (gauss_out.data(), x.data(), lp_elements.data(), log_prob.data(), gauss_grad.data(), B, D, 1.f / B, s);
-        },
-        "3 kernels");
-
-    // Dense backward: ReLU derivative in place and the bias gradient (column sums).
-    {
-      const std::vector<float> dh0 = dh.download();
-      VAE_ON(target, dense_activation_backward)
-      (dh.data(), h.data(), grad_bias.data(), B, H, Activation::relu, scratch, s);
-      const std::vector<float> fused_dh = dh.download(), fused_db = grad_bias.download();
-      dh.upload(dh0);
-      VAE_ON(target, unfused::dense_relu_backward)(dh.data(), h.data(), grad_bias.data(), B, H, scratch, s);
-      agree.expect("dense backward gradient", B, fused_dh, dh.download());
-      agree.expect("dense backward bias gradient", B, fused_db, grad_bias.download());
-    }
-    pair(
-        "dense backward, ReLU (400 cols)", B, (3.0 * bh + H) * f4, 0,
-        [&] {
-          VAE_ON(target, dense_activation_backward)
-          (dh.data(), h.data(), grad_bias.data(), B, H, Activation::relu, scratch, s);
-        },
-        [&] { VAE_ON(target, unfused::dense_relu_backward)
-              (dh.data(), h.data(), grad_bias.data(), B, H, scratch, s); },
-        "2 kernels");
+    latent_stages(b, B);
+    row_stages(b, B);
   }
-
-  // A dense layer's GEMMs with their epilogues riding on them (the step's way: cuBLASLt's
-  // epilogues on the GPU where it has them, panel epilogues on the CPU) against plain GEMMs and
-  // separate kernels: the hidden layer's forward (784 -> 400, bias + ReLU) and the output layer's
-  // backward (400 -> 784: dW and the bias gradient, dh through the ReLU derivative).
-  for (const int B : batches) {
-    const LinearSlot hidden{0, 0, H, D}, output{0, 0, D, H};
-    DeviceBuffer<float> x(ctx, random_values(static_cast<size_t>(B) * D, 21, 0.f, 1.f)),
-        w1(ctx, random_values(static_cast<size_t>(H) * D, 22, -0.05f, 0.05f)),
-        b1(ctx, random_values(H, 23, -0.1f, 0.1f)),
-        w2(ctx, random_values(static_cast<size_t>(D) * H, 24, -0.05f, 0.05f)),
-        g(ctx, random_values(static_cast<size_t>(B) * D, 25, -1.f, 1.f)), y(ctx, static_cast<size_t>(B) * H),
-        dw(ctx, static_cast<size_t>(D) * H), db(ctx, D), dh(ctx, static_cast<size_t>(B) * H);
-    DeviceBuffer<unsigned> tickets(ctx, kReduceTickets);
-    DeviceBuffer<float> partial(ctx, kReducePartialFloats);
-    const ReduceScratch scratch{tickets.data(), partial.data()};
-    auto plain = [](GemmOp op) {
-      op.epilogue = Epilogue::none;
-      op.bias_grad = nullptr;
-      return op;
-    };
-    const GemmOp forward = dense_forward_gemm(hidden, x.data(), w1.data(), b1.data(), y.data(), B, Activation::relu);
-    const GemmOp weight_grad = dense_weight_grad_gemm(output, g.data(), y.data(), dw.data(), db.data(), B);
-    const GemmOp input_grad =
-        dense_input_grad_gemm(output, g.data(), w2.data(), dh.data(), B, y.data(), Activation::relu);
-    auto with_epilogues = [&] {
-      VAE_ON(target, gemm)(ctx.gemm(), forward);
-      VAE_ON(target, gemm)(ctx.gemm(), weight_grad);
-      VAE_ON(target, gemm)(ctx.gemm(), input_grad);
-    };
-    auto separate_forward = [&] {
-      VAE_ON(target, gemm)(ctx.gemm(), plain(forward));
-      VAE_ON(target, dense_bias_activation_forward)(y.data(), b1.data(), B, H, Activation::relu, s);
-    };
-    auto separate_backward = [&] {
-      VAE_ON(target, gemm)(ctx.gemm(), plain(weight_grad));
-      VAE_ON(target, dense_activation_backward)(g.data(), nullptr, db.data(), B, D, Activation::identity, scratch, s);
-      VAE_ON(target, gemm)(ctx.gemm(), plain(input_grad));
-      VAE_ON(target, dense_activation_backward)(dh.data(), y.data(), nullptr, B, H, Activation::relu, scratch, s);
-    };
-    auto separate = [&] {
-      separate_forward();
-      separate_backward();
-    };
-    with_epilogues();
-    const auto fy = y.download(), fdw = dw.download(), fdb = db.download(), fdh = dh.download();
-    // Two GEMM algorithms sum in different orders: outputs agree to a share of the largest one,
-    // and the backward runs on the fused forward's y (a y near 0 may be +tiny in one and 0 in the
-    // other, which flips the ReLU derivative there).
-    separate_forward();
-    agree.expect_gemm("dense layer output", B, fy, y.download());
-    y.upload(fy);
-    separate_backward();
-    agree.expect_gemm("dense layer weight gradient", B, fdw, dw.download());
-    agree.expect_gemm("dense layer bias gradient", B, fdb, db.download());
-    agree.expect_gemm("dense layer input gradient", B, fdh, dh.download());
-    pair("dense layer, 3 GEMMs + epilogues", B, 0, 3 * 2.0 * B * D * H, with_epilogues, separate, "+3 kern");
-  }
-
-  // Adam over the default model's parameters, and over a large model's on the GPU.
-  const OptimizerHyper hyper;
-  for (const long long P : gpu ? std::vector<long long>{652824, 16 << 20} : std::vector<long long>{652824}) {
-    const size_t n = static_cast<size_t>(P);
-    DeviceBuffer<float> p(ctx, random_values(n, 6, -0.1f, 0.1f)), g(ctx, random_values(n, 7, -1.f, 1.f)),
-        m(ctx, random_values(n, 8, -0.01f, 0.01f)), v(ctx, random_values(n, 9, 0.f, 0.01f));
-    DeviceBuffer<StepState> at(ctx, std::vector<StepState>{{100, 0}});
-    {
-      const auto p0 = p.download(), m0 = m.download(), v0 = v.download();
-      VAE_ON(target, optimizer_step)
-      (OptimizerKind::adam, hyper, p.data(), g.data(), m.data(), v.data(), P, at.data(), 0, nullptr, nullptr, s);
-      const auto fp = p.download(), fm = m.download(), fv = v.download();
-      p.upload(p0), m.upload(m0), v.upload(v0);
-      VAE_ON(target, unfused::adam_step)(hyper, p.data(), g.data(), m.data(), v.data(), P, 100, s);
-      agree.expect("Adam parameters", 0, fp, p.download(), 1e-5);
-      agree.expect("Adam first moments", 0, fm, m.download(), 1e-5);
-      agree.expect("Adam second moments", 0, fv, v.download(), 1e-5);
-    }
-    char name[64];
-    std::snprintf(name, sizeof name, "Adam step (%.2fM params)", P / 1e6);
-    pair(
-        name, 0, 7.0 * P * f4, 0,
-        [&] {
-          VAE_ON(target, optimizer_step)
-          (OptimizerKind::adam, hyper, p.data(), g.data(), m.data(), v.data(), P, at.data(), 0, nullptr, nullptr, s);
-        },
-        [&] { VAE_ON(target, unfused::adam_step)
-              (hyper, p.data(), g.data(), m.data(), v.data(), P, 100, s); },
-        "3 kernels");
-  }
-  std::printf("\nfused against unfused outputs: %d agree, %d differ\n", agree.passed, agree.failed);
-  return agree.failed ? 1 : 0;
+  for (const int B : batches) dense_layer(b, B);
+  // The default model's parameters, and a large model's on the GPU.
+  for (const long long P : gpu ? std::vector<long long>{652824, 16 << 20} : std::vector<long long>{652824}) adam(b, P);
+  std::printf("\nfused against unfused outputs: %d agree, %d differ\n", b.agree.passed, b.agree.failed);
+  return b.agree.failed ? 1 : 0;
 }

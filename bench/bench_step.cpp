@@ -67,64 +67,67 @@ StepGemms step_gemms(const DeviceContext& ctx, const ParamLayout& layout, int ba
   return g;
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
-  vae::reexec_with_better_openblas_core(argv);
+struct Options {
   std::string device = "auto", step_kind = "composed";
   int batch = 128, hidden = 400, latent = 20, steps = 200, dim = 784, json = 0, tf32 = 0;
+  bool fused() const { return step_kind == "fused"; }
+};
+
+Options parse_options(int argc, char** argv) {
+  Options o;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string k = argv[i];
     const char* v = argv[i + 1];
     if (k == "--device")
-      device = v;
+      o.device = v;
     else if (k == "--batch")
-      batch = std::atoi(v);
+      o.batch = std::atoi(v);
     else if (k == "--hidden")
-      hidden = std::atoi(v);
+      o.hidden = std::atoi(v);
     else if (k == "--latent")
-      latent = std::atoi(v);
+      o.latent = std::atoi(v);
     else if (k == "--steps")
-      steps = std::atoi(v);
+      o.steps = std::atoi(v);
     else if (k == "--step")
-      step_kind = v;
+      o.step_kind = v;
     else if (k == "--json")
-      json = std::atoi(v);
+      o.json = std::atoi(v);
     else if (k == "--tf32")
-      tf32 = std::atoi(v);
+      o.tf32 = std::atoi(v);
     else {
       std::fprintf(stderr, "bench_step: unknown flag %s\n", argv[i]);
-      return 2;
+      std::exit(2);
     }
   }
-  if (step_kind != "composed" && step_kind != "fused") {
-    std::fprintf(stderr, "bench_step: --step must be composed or fused, not '%s'\n", step_kind.c_str());
-    return 2;
+  if (o.step_kind != "composed" && o.step_kind != "fused") {
+    std::fprintf(stderr, "bench_step: --step must be composed or fused, not '%s'\n", o.step_kind.c_str());
+    std::exit(2);
   }
-  const bool fused = step_kind == "fused";
-  DeviceContext ctx(resolve_target(device), tf32 != 0);
-  ModelConfig mc;
-  mc.input_dim = dim;
-  mc.hidden = {hidden};
-  mc.latent = latent;
-  Vae model(ctx, mc, batch, 1);
-  Optimizer opt(ctx, model.layout().total, OptimizerKind::adam, OptimizerHyper{});
-  model.params().upload(init_parameters(mc, model.layout(), 1));
-  const long long n = static_cast<long long>(batch) * (steps + 10);  // every step its own rows
-  std::vector<uint8_t> pixels(static_cast<size_t>(n) * dim);
+  return o;
+}
+
+// Milliseconds summed over the timed steps, per phase (the fused step is one phase).
+struct PhaseTimes {
+  double gather = 0, forward = 0, backward = 0, optimizer = 0, fused = 0;
+  double total() const { return gather + forward + backward + optimizer + fused; }
+};
+
+// Runs 10 warm-up steps and o.steps timed ones, every step on its own rows of synthetic data.
+PhaseTimes time_steps(const Options& o, const DeviceContext& ctx, Vae& model, Optimizer& opt) {
+  const long long n = static_cast<long long>(o.batch) * (o.steps + 10);
+  std::vector<uint8_t> pixels(static_cast<size_t>(n) * o.dim);
   for (size_t i = 0; i < pixels.size(); ++i) pixels[i] = static_cast<uint8_t>((i * 2654435761u) >> 24);
   DeviceBuffer<uint8_t> data(ctx, pixels);
   DeviceBuffer<double> totals(ctx, 3);
   DeviceBuffer<StepState> at(ctx, std::vector<StepState>{{0, 0}});
-
-  double t_gather = 0, t_fwd = 0, t_bwd = 0, t_opt = 0, t_fused = 0;
+  PhaseTimes t;
   auto now = [&] {
     ctx.synchronize();
     return std::chrono::steady_clock::now();
   };
   auto ms = [](auto a, auto b) { return std::chrono::duration<double, std::milli>(b - a).count(); };
-  for (int s = -10; s < steps && fused; ++s) {  // 10 warm-up steps; the step as one kernel
-    FusedStepArgs a = model.fused_step_args(batch);
+  for (int s = -10; s < o.steps && o.fused(); ++s) {  // the step as one kernel
+    FusedStepArgs a = model.fused_step_args(o.batch);
     a.data = data.data();
     a.type = PixelType::u8;
     a.seed = 1;
@@ -132,97 +135,123 @@ int main(int argc, char** argv) {
     a.totals = totals.data();
     opt.set_fused_step_optimizer(a);
     const auto t0 = now();
-    VAE_ON(ctx.target(), fused_step)(a, ctx.stream());
-    if (s >= 0) t_fused += ms(t0, now());
+    VAE_CALL(ctx.target(), fused_step, a, ctx.stream());
+    if (s >= 0) t.fused += ms(t0, now());
   }
-  for (int s = -10; s < steps && !fused; ++s) {  // 10 warm-up steps
+  for (int s = -10; s < o.steps && !o.fused(); ++s) {
     const auto t0 = now();
-    VAE_ON(ctx.target(), gather_batch)
-    (data.data(), PixelType::u8, nullptr, batch, dim, model.input(), false, 1, RandomStream::binarize, at.data(),
-     ctx.stream());
+    VAE_CALL(ctx.target(), gather_batch, data.data(), PixelType::u8, nullptr, o.batch, o.dim, model.input(), false, 1,
+             RandomStream::binarize, at.data(), ctx.stream());
     const auto t1 = now();
-    const Vae::Pass pass = model.forward(batch, {1, RandomStream::latent_noise, at.data()}, true);
-    model.accumulate_totals(batch, totals.data());
+    const Vae::Pass pass = model.forward(o.batch, {1, RandomStream::latent_noise, at.data()}, true);
+    model.accumulate_totals(o.batch, totals.data());
     const auto t2 = now();
     model.backward(pass);
     const auto t3 = now();
-    opt.step(model.params().data(), model.grads().data(), at.data(), batch);
+    opt.step(model.params().data(), model.grads().data(), at.data(), o.batch);
     const auto t4 = now();
     if (s >= 0) {
-      t_gather += ms(t0, t1);
-      t_fwd += ms(t1, t2);
-      t_bwd += ms(t2, t3);
-      t_opt += ms(t3, t4);
+      t.gather += ms(t0, t1);
+      t.forward += ms(t1, t2);
+      t.backward += ms(t2, t3);
+      t.optimizer += ms(t3, t4);
     }
   }
-  const double total = t_gather + t_fwd + t_bwd + t_opt + t_fused;
-  const double step_ms = total / steps;
-  const double epoch_steps = 60000.0 / batch;
+  return t;
+}
 
-  // The floor: the step's GEMMs alone, and its GEMM work at the large-SGEMM rate.
+// The floor under the step: its GEMMs timed together and each alone (from a cold and a warm
+// cache, and with the step's epilogues), and this machine's large-GEMM rate.
+struct Floor {
+  StepGemms gemms;
+  bench::Peaks peak;
+  double peak_gflops = 0;  // the large GEMM's rate in the step's precision
+  double gemm_ms = 0;      // the step's GEMMs back to back
+  std::vector<double> cold_us, warm_us, epilogue_us;
+};
+
+Floor measure_floor(const DeviceContext& ctx, const Vae& model, int batch) {
+  Floor f;
   bench::Timer timer(ctx);
-  const bench::Peaks peak = bench::measure_peaks(ctx, timer);
-  const double peak_gflops = ctx.tf32() ? peak.tf32_gflops : peak.sgemm_gflops;  // same precision as the step
-  StepGemms gemms = step_gemms(ctx, model.layout(), batch, 1);
-  const bool gpu = ctx.target() == Target::cuda;
-  const double gemm_ms = 1e-3 * timer.median_us(
-                                    [&] {
-                                      for (const GemmOp& op : gemms.ops) VAE_ON(ctx.target(), gemm)(ctx.gemm(), op);
-                                    },
-                                    gpu ? 200 : 50);
-  const double step_gemm_gflops = gemms.flops / (gemm_ms * 1e6);
-  std::vector<double> cold_us, warm_us, epilogue_us;  // each GEMM alone, from a cold and from a warm cache
+  f.peak = bench::measure_peaks(ctx, timer);
+  f.peak_gflops = ctx.tf32() ? f.peak.tf32_gflops : f.peak.sgemm_gflops;
+  f.gemms = step_gemms(ctx, model.layout(), batch, 1);
+  const int reps = ctx.target() == Target::cuda ? 200 : 30;
+  auto run = [&](const GemmOp& op) { VAE_CALL(ctx.target(), gemm, ctx.gemm(), op); };
+  f.gemm_ms = 1e-3 * timer.median_us(
+                         [&] {
+                           for (const GemmOp& op : f.gemms.ops) run(op);
+                         },
+                         ctx.target() == Target::cuda ? 200 : 50);
   for (const bool cold : {true, false}) {
     timer.set_flush(cold);
-    for (const GemmOp& op : gemms.ops) {
-      (cold ? cold_us : warm_us)
-          .push_back(timer.median_us([&] { VAE_ON(ctx.target(), gemm)
-                                           (ctx.gemm(), op); }, gpu ? 200 : 30));
-    }
+    for (const GemmOp& op : f.gemms.ops)
+      (cold ? f.cold_us : f.warm_us).push_back(timer.median_us([&] { run(op); }, reps));
   }
-  for (const GemmOp& op : gemms.with_epilogues)
-    epilogue_us.push_back(timer.median_us([&] { VAE_ON(ctx.target(), gemm)(ctx.gemm(), op); }, gpu ? 200 : 30));
+  for (const GemmOp& op : f.gemms.with_epilogues) f.epilogue_us.push_back(timer.median_us([&] { run(op); }, reps));
+  return f;
+}
 
-  std::printf("bench_step: %d-%d-%d, batch %d, Adam, %s step, %d steps on %s\n", dim, hidden, latent, batch,
-              step_kind.c_str(), steps, ctx.description().c_str());
+void print_report(const Options& o, const DeviceContext& ctx, const PhaseTimes& t, const Floor& f) {
+  const double total = t.total(), step_ms = total / o.steps, epoch_steps = 60000.0 / o.batch;
+  const double flops = f.gemms.flops, step_gemm_gflops = flops / (f.gemm_ms * 1e6);
+  std::printf("bench_step: %d-%d-%d, batch %d, Adam, %s step, %d steps on %s\n", o.dim, o.hidden, o.latent, o.batch,
+              o.step_kind.c_str(), o.steps, ctx.description().c_str());
   std::printf("%-12s %10s %8s\n", "phase", "ms/step", "share");
-  for (auto [name, t] : {std::pair{"gather", t_gather},
-                         {"forward", t_fwd},
-                         {"backward", t_bwd},
-                         {"optimizer", t_opt},
-                         {"fused step", t_fused}}) {
-    if (t > 0) std::printf("%-12s %10.4f %7.1f%%\n", name, t / steps, 100 * t / total);
+  for (auto [name, ms] : {std::pair{"gather", t.gather},
+                          {"forward", t.forward},
+                          {"backward", t.backward},
+                          {"optimizer", t.optimizer},
+                          {"fused step", t.fused}}) {
+    if (ms > 0) std::printf("%-12s %10.4f %7.1f%%\n", name, ms / o.steps, 100 * ms / total);
   }
   std::printf("%-12s %10.4f  (%.0f samples/s, GEMM work %.1f GFLOP/s, 60000-image epoch %.2f s)\n", "step", step_ms,
-              batch / (step_ms / 1e3), gemms.flops / (step_ms * 1e6), epoch_steps * step_ms / 1e3);
+              o.batch / (step_ms / 1e3), flops / (step_ms * 1e6), epoch_steps * step_ms / 1e3);
   std::printf("%-12s %10.4f  (the step's %zu GEMMs alone, %.1f GFLOP/s: epoch floor %.2f s, the step is %.2fx)\n",
-              "gemm floor", gemm_ms, gemms.ops.size(), step_gemm_gflops, epoch_steps * gemm_ms / 1e3,
-              step_ms / gemm_ms);
+              "gemm floor", f.gemm_ms, f.gemms.ops.size(), step_gemm_gflops, epoch_steps * f.gemm_ms / 1e3,
+              step_ms / f.gemm_ms);
   std::printf(
       "%-12s %10.4f  (its GEMM work at the %d^3 GEMM rate, %.1f GFLOP/s: epoch floor %.2f s, the step is "
       "%.2fx)\n",
-      "peak floor", gemms.flops / (peak_gflops * 1e6), peak.gemm_side, peak_gflops,
-      epoch_steps * gemms.flops / (peak_gflops * 1e9), step_ms * peak_gflops * 1e6 / gemms.flops);
+      "peak floor", flops / (f.peak_gflops * 1e6), f.peak.gemm_side, f.peak_gflops,
+      epoch_steps * flops / (f.peak_gflops * 1e9), step_ms * f.peak_gflops * 1e6 / flops);
   std::printf(
       "\nthe step's GEMMs, each alone (epilogue: warm, with the step's bias + ReLU, bias gradient or ReLU "
       "derivative):\n%-28s %10s %10s %10s %10s %12s\n",
       "m x n x k (op)", "cold us", "GFLOP/s", "warm us", "GFLOP/s", "epilogue us");
-  for (size_t i = 0; i < gemms.ops.size(); ++i) {
-    const GemmOp& op = gemms.ops[i];
+  for (size_t i = 0; i < f.gemms.ops.size(); ++i) {
+    const GemmOp& op = f.gemms.ops[i];
     char shape[64];
     std::snprintf(shape, sizeof shape, "%d x %d x %d (%s)", op.m, op.n, op.k,
                   op.trans_a ? "AT B" : (op.trans_b ? "A BT" : "A B"));
     const double flop = 2.0 * op.m * op.n * op.k;
-    std::printf("%-28s %10.1f %10.1f %10.1f %10.1f %12.1f\n", shape, cold_us[i], flop / (cold_us[i] * 1e3), warm_us[i],
-                flop / (warm_us[i] * 1e3), epilogue_us[i]);
+    std::printf("%-28s %10.1f %10.1f %10.1f %10.1f %12.1f\n", shape, f.cold_us[i], flop / (f.cold_us[i] * 1e3),
+                f.warm_us[i], flop / (f.warm_us[i] * 1e3), f.epilogue_us[i]);
   }
-  if (json) {
+  if (o.json) {
     std::printf(
         "{\"device\":\"%s\",\"step\":\"%s\",\"batch\":%d,\"step_ms\":%.6f,\"epoch_s\":%.6f,\"step_gemm_gflop\":%.6f,"
         "\"floor_step_gemms_s\":%.6f,\"floor_step_gemms_gflops\":%.3f,\"floor_peak_gemm_s\":%.6f,"
         "\"floor_peak_gemm_gflops\":%.3f}\n",
-        ctx.description().c_str(), step_kind.c_str(), batch, step_ms, epoch_steps * step_ms / 1e3, gemms.flops / 1e9,
-        epoch_steps * gemm_ms / 1e3, step_gemm_gflops, epoch_steps * gemms.flops / (peak_gflops * 1e9), peak_gflops);
+        ctx.description().c_str(), o.step_kind.c_str(), o.batch, step_ms, epoch_steps * step_ms / 1e3, flops / 1e9,
+        epoch_steps * f.gemm_ms / 1e3, step_gemm_gflops, epoch_steps * flops / (f.peak_gflops * 1e9), f.peak_gflops);
   }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  vae::reexec_with_better_openblas_core(argv);
+  const Options o = parse_options(argc, argv);
+  DeviceContext ctx(resolve_target(o.device), o.tf32 != 0);
+  ModelConfig mc;
+  mc.input_dim = o.dim;
+  mc.hidden = {o.hidden};
+  mc.latent = o.latent;
+  Vae model(ctx, mc, o.batch, 1);
+  Optimizer opt(ctx, model.layout().total, OptimizerKind::adam, OptimizerHyper{});
+  model.params().upload(init_parameters(mc, model.layout(), 1));
+  const PhaseTimes t = time_steps(o, ctx, model, opt);
+  print_report(o, ctx, t, measure_floor(ctx, model, o.batch));
   return 0;
 }

@@ -76,7 +76,7 @@ class Timer {
 
  private:
   void flush() {
-    if (flush_on_) VAE_ON(ctx_.target(), fill_zero)(flush_.data(), flush_bytes_, ctx_.stream());
+    if (flush_on_) VAE_CALL(ctx_.target(), fill_zero, flush_.data(), flush_bytes_, ctx_.stream());
   }
 
   const DeviceContext& ctx_;
@@ -112,8 +112,7 @@ inline Peaks measure_peaks(const DeviceContext& ctx, Timer& timer) {
   {
     DeviceBuffer<unsigned char> src(ctx, p.copy_bytes), dst(ctx, p.copy_bytes);
     const double us = timer.median_us(
-        [&] { VAE_ON(ctx.target(), copy_on_device)
-              (dst.data(), src.data(), p.copy_bytes, ctx.stream()); },
+        [&] { VAE_CALL(ctx.target(), copy_on_device, dst.data(), src.data(), p.copy_bytes, ctx.stream()); },
         gpu ? 20 : 5);
     p.copy_gbps = 2.0 * static_cast<double>(p.copy_bytes) / (us * 1e3);
   }
@@ -125,15 +124,15 @@ inline Peaks measure_peaks(const DeviceContext& ctx, Timer& timer) {
   const double flop = 2.0 * n2 * p.gemm_side;
   const auto rate = [&](GemmHandle* h) {
     const GemmOp op = square_gemm(a.data(), b.data(), c.data(), p.gemm_side);
-    return flop / (timer.median_us([&] { VAE_ON(ctx.target(), gemm)(h, op); }, gpu ? 10 : 5, 2) * 1e3);
+    return flop / (timer.median_us([&] { VAE_CALL(ctx.target(), gemm, h, op); }, gpu ? 10 : 5, 2) * 1e3);
   };
-  GemmHandle* fp32 = VAE_ON(ctx.target(), gemm_create)(ctx.stream(), false);
+  GemmHandle* fp32 = VAE_CALL(ctx.target(), gemm_create, ctx.stream(), false);
   p.sgemm_gflops = rate(fp32);
-  VAE_ON(ctx.target(), gemm_destroy)(fp32);
+  VAE_CALL(ctx.target(), gemm_destroy, fp32);
   if (gpu) {
-    GemmHandle* tf32 = VAE_ON(ctx.target(), gemm_create)(ctx.stream(), true);
+    GemmHandle* tf32 = VAE_CALL(ctx.target(), gemm_create, ctx.stream(), true);
     p.tf32_gflops = rate(tf32);
-    VAE_ON(ctx.target(), gemm_destroy)(tf32);
+    VAE_CALL(ctx.target(), gemm_destroy, tf32);
   }
   return p;
 }

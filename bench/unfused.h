@@ -2,7 +2,7 @@
 // one product kernel split into the separate launches an unfused framework would issue (cuRAND
 // for ε, then one elementwise kernel per stage, reductions in their own kernels). Built for both
 // targets like the product's kernels; every pointer is the target's memory. Called as the
-// product's kernels are: VAE_ON(target, unfused::latent_forward)(...).
+// product's kernels are: VAE_CALL(target, unfused::latent_forward, ...).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -10,7 +10,7 @@
 
 #include <cstdint>
 
-#include "ops.h"  // VAE_ON and the kernels' argument types
+#include "ops.h"  // VAE_CALL and the kernels' argument types
 
 namespace vae {
 // A cuRAND Philox generator: the device API's on the GPU, the host API's on the CPU.

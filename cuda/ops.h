@@ -1,7 +1,7 @@
 // The per-target API host code calls: the runtime's (memory, streams, graphs: runtime/api.h) and
 // every kernel's launcher (kernels/api.inc), compiled once per target (vae::cpu by the host
 // compiler, vae::gpu by nvcc). A call names the entry point itself,
-//   VAE_ON(ctx.target(), latent_forward)(heads, z, kl, ...);
+//   VAE_CALL(ctx.target(), latent_forward, heads, z, kl, ...);
 // so a reader (or an editor's "go to definition") goes from the call to its declaration in
 // kernels/api.inc, and from there to the .cu file that defines it.
 #pragma once
@@ -30,10 +30,11 @@ namespace vae::gpu {
 }  // namespace vae::gpu
 #endif
 
-// The entry point `fn` of target `t` (a vae::Target), to be called: VAE_ON(t, fn)(args...).
-// Without the CUDA build every call goes to the CPU (DeviceContext refuses Target::cuda there).
+// Calls the entry point fn of target t (a vae::Target) with the arguments that follow:
+// vae::gpu::fn(...) or vae::cpu::fn(...), the arguments evaluated once. Without the CUDA build
+// every call goes to the CPU (DeviceContext refuses Target::cuda there).
 #if VAE_WITH_CUDA
-#define VAE_ON(t, fn) ((t) == ::vae::Target::cuda ? &::vae::gpu::fn : &::vae::cpu::fn)
+#define VAE_CALL(t, fn, ...) ((t) == ::vae::Target::cuda ? ::vae::gpu::fn(__VA_ARGS__) : ::vae::cpu::fn(__VA_ARGS__))
 #else
-#define VAE_ON(t, fn) ((void)(t), &::vae::cpu::fn)
+#define VAE_CALL(t, fn, ...) ((void)(t), ::vae::cpu::fn(__VA_ARGS__))
 #endif

@@ -18,18 +18,18 @@ DeviceContext::DeviceContext(Target target, bool tf32) : target_(target), tf32_(
   } else {
     description_ = "cpu (" + std::to_string(hx::workers()) + (hx::workers() == 1 ? " worker)" : " workers)");
   }
-  stream_ = VAE_ON(target_, create_stream)();
+  stream_ = VAE_CALL(target_, create_stream);
   try {
-    gemm_ = VAE_ON(target_, gemm_create)(stream_, tf32);
+    gemm_ = VAE_CALL(target_, gemm_create, stream_, tf32);
   } catch (...) {
-    VAE_ON(target_, destroy_stream)(stream_);
+    VAE_CALL(target_, destroy_stream, stream_);
     throw;
   }
 }
 
 DeviceContext::~DeviceContext() {
-  VAE_ON(target_, gemm_destroy)(gemm_);
-  VAE_ON(target_, destroy_stream)(stream_);
+  VAE_CALL(target_, gemm_destroy, gemm_);
+  VAE_CALL(target_, destroy_stream, stream_);
 }
 
 }  // namespace vae

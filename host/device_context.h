@@ -1,4 +1,4 @@
-// A target chosen at run time (calls go to it by name: VAE_ON(ctx.target(), fn)(...), cuda/ops.h),
+// A target chosen at run time (calls go to it by name: VAE_CALL(ctx.target(), fn, ...), cuda/ops.h),
 // its compute stream and GEMM handle, and device buffers that free themselves.
 #pragma once
 
@@ -26,7 +26,7 @@ class DeviceContext {
   bool tf32() const { return tf32_; }
   // "cpu (2 workers)" or the GPU's name.
   const std::string& description() const { return description_; }
-  void synchronize() const { VAE_ON(target_, synchronize)(stream_); }
+  void synchronize() const { VAE_CALL(target_, synchronize, stream_); }
 
  private:
   Target target_;
@@ -42,8 +42,8 @@ class DeviceBuffer {
  public:
   DeviceBuffer() = default;
   DeviceBuffer(const DeviceContext& ctx, size_t count) : ctx_(&ctx), count_(count) {
-    data_ = static_cast<T*>(VAE_ON(ctx.target(), device_alloc)(count * sizeof(T)));
-    if (count) VAE_ON(ctx.target(), fill_zero)(data_, count * sizeof(T), ctx.stream());
+    data_ = static_cast<T*>(VAE_CALL(ctx.target(), device_alloc, count * sizeof(T)));
+    if (count) VAE_CALL(ctx.target(), fill_zero, data_, count * sizeof(T), ctx.stream());
   }
   DeviceBuffer(const DeviceContext& ctx, const std::vector<T>& host) : DeviceBuffer(ctx, host.size()) { upload(host); }
   ~DeviceBuffer() { reset(); }
@@ -65,18 +65,18 @@ class DeviceBuffer {
   void upload(const std::vector<T>& host) { upload(host.data(), host.size()); }
   void upload(const T* host, size_t count) {
     if (count > count_) throw std::length_error("DeviceBuffer::upload: too many elements");
-    VAE_ON(ctx_->target(), copy_to_device)(data_, host, count * sizeof(T), ctx_->stream());
+    VAE_CALL(ctx_->target(), copy_to_device, data_, host, count * sizeof(T), ctx_->stream());
   }
   std::vector<T> download() const {
     std::vector<T> host(count_);
-    VAE_ON(ctx_->target(), copy_to_host)(host.data(), data_, count_ * sizeof(T), ctx_->stream());
+    VAE_CALL(ctx_->target(), copy_to_host, host.data(), data_, count_ * sizeof(T), ctx_->stream());
     return host;
   }
-  void zero() { VAE_ON(ctx_->target(), fill_zero)(data_, count_ * sizeof(T), ctx_->stream()); }
+  void zero() { VAE_CALL(ctx_->target(), fill_zero, data_, count_ * sizeof(T), ctx_->stream()); }
 
  private:
   void reset() {
-    if (data_) VAE_ON(ctx_->target(), device_free)(data_);
+    if (data_) VAE_CALL(ctx_->target(), device_free, data_);
     data_ = nullptr;
     count_ = 0;
   }

@@ -22,7 +22,7 @@ class EvalCommand : public ModelCommand {
         ->check(CLI::Range(1, 1 << 20));
     cmd_->add_option(
             "--iw-chunk", iw_chunk_,
-            "samples per decoder pass of the estimate (default: as many as keep batch x chunk within 32768 rows)")
+            "samples per decoder pass of the estimate (default: as many as keep 256 rows x chunk within 32768)")
         ->check(CLI::PositiveNumber);
     add_data_flags(cmd_, flags_, false);
   }

@@ -11,18 +11,18 @@ Trainer::LogLikelihood Trainer::log_likelihood(const DeviceDataset& test, int sa
   VAE_REQUIRE(test.dim == config_.model.input_dim, "eval: data dimension differs from the model's");
   if (samples < 1) throw Error("--iw-samples: expected at least 1, got " + std::to_string(samples));
   const Target target = ctx_.target();
-  const int B = config_.batch_size;
+  const int B = eval_rows();
   if (chunk <= 0) chunk = std::max(1, kImportanceRows / B);
   chunk = std::min(chunk, samples);
   const int chunks = (samples + chunk - 1) / chunk;
   Vae iw(ctx_, config_.model, B, chunk);
-  VAE_ON(target, copy_on_device)
-  (iw.params().data(), vae_.params().data(), vae_.params().size() * sizeof(float), ctx_.stream());
+  VAE_CALL(target, copy_on_device, iw.params().data(), vae_.params().data(), vae_.params().size() * sizeof(float),
+           ctx_.stream());
   DeviceBuffer<float> lse_max(ctx_, B);
   DeviceBuffer<double> lse_sum(ctx_, B);
   DeviceBuffer<StepState> at(ctx_, 1);
   const int64_t batches = (test.count + B - 1) / B;
-  const StepState* data_at = fixed_steps(batches);
+  const StepState* data_at = eval_steps(batches);
   LogLikelihood out;
   double mean = 0, m2 = 0;  // Welford
   for (int64_t b = 0; b < batches; ++b) {
@@ -31,7 +31,8 @@ Trainer::LogLikelihood Trainer::log_likelihood(const DeviceDataset& test, int sa
     gather_eval_rows(test, batch, data_at + b, iw.input());
     for (int c = 0; c < chunks; ++c) {
       iw.set_samples(std::min(chunk, samples - c * chunk));
-      at.upload({StepState{static_cast<uint64_t>(b * chunks + c), 0, 0}});  // a key per (batch, chunk)
+      // Draws keyed by (chunk of samples, the row's place in the data set).
+      at.upload({StepState{static_cast<uint64_t>(c), b * B, b * B}});
       const NoiseKey key{config_.seed, RandomStream::importance, at.data()};
       if (c == 0) {
         iw.encode(batch, key);
@@ -39,9 +40,8 @@ Trainer::LogLikelihood Trainer::log_likelihood(const DeviceDataset& test, int sa
         iw.draw_latent(batch, key);
       }
       iw.decode_and_score(batch);
-      VAE_ON(target, importance_accumulate)
-      (iw.heads().data(), iw.z().data(), iw.log_prob().data(), batch, config_.model.latent, iw.samples(),
-       lse_max.data(), lse_sum.data(), c == 0, ctx_.stream());
+      VAE_CALL(target, importance_accumulate, iw.heads().data(), iw.z().data(), iw.log_prob().data(), batch,
+               config_.model.latent, iw.samples(), lse_max.data(), lse_sum.data(), c == 0, ctx_.stream());
     }
     const std::vector<float> m = lse_max.download();
     const std::vector<double> s = lse_sum.download();
@@ -61,9 +61,9 @@ Trainer::LogLikelihood Trainer::log_likelihood(const DeviceDataset& test, int sa
 
 std::vector<float> Trainer::encode(const DeviceDataset& data) {
   VAE_REQUIRE(data.dim == config_.model.input_dim, "encode: data dimension differs from the model's");
-  const int B = config_.batch_size, J2 = 2 * config_.model.latent;
+  const int B = eval_rows(), J2 = 2 * config_.model.latent;
   const int64_t batches = (data.count + B - 1) / B;
-  const StepState* at = fixed_steps(batches);
+  const StepState* at = eval_steps(batches);
   std::vector<float> codes;
   codes.reserve(static_cast<size_t>(data.count) * J2);
   for (int64_t b = 0; b < batches; ++b) {
@@ -80,7 +80,7 @@ std::vector<float> Trainer::decode(const std::vector<float>& z) {
   const size_t J = config_.model.latent, D = config_.model.input_dim;
   VAE_REQUIRE(z.size() % J == 0, "decode: codes are not rows of J values");
   const int64_t n = static_cast<int64_t>(z.size() / J);
-  const int B = vae_.max_batch();
+  const int B = vae_.row_capacity();
   DeviceBuffer<float> codes(ctx_, static_cast<size_t>(B) * J), mean(ctx_, static_cast<size_t>(B) * D);
   std::vector<float> out;
   out.reserve(static_cast<size_t>(n) * D);

@@ -23,7 +23,6 @@ class SampleCommand : public ModelCommand {
   int run() override {
     Checkpoint ckpt = load_checkpoint(checkpoint_);
     if (cmd_->count("--seed")) ckpt.config.seed = seed_;
-    ckpt.config.batch_size = std::max(ckpt.config.batch_size, n_);
     DeviceContext ctx(resolve_target(device_), ckpt.config.tf32);
     Trainer trainer(ctx, ckpt.config);
     trainer.restore(ckpt);

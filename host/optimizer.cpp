@@ -20,9 +20,8 @@ void Optimizer::set_fused_step_optimizer(FusedStepArgs& a) {
 }
 
 void Optimizer::step(float* params, const float* grads, StepState* at, int advance_batch, NonFinite* watch) {
-  VAE_ON(ctx_.target(), optimizer_step)
-  (kind_, hyper_, params, grads, state1_.data(), state2_.data(), static_cast<long long>(n_), at, advance_batch,
-   ticket_.data(), watch, ctx_.stream());
+  VAE_CALL(ctx_.target(), optimizer_step, kind_, hyper_, params, grads, state1_.data(), state2_.data(),
+           static_cast<long long>(n_), at, advance_batch, ticket_.data(), watch, ctx_.stream());
 }
 
 }  // namespace vae

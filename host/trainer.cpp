@@ -9,7 +9,7 @@ namespace vae {
 Trainer::Trainer(const DeviceContext& ctx, const TrainConfig& config)
     : ctx_(ctx),
       config_(config),
-      vae_(ctx, config.model, std::max(config.batch_size, 64), config.samples),
+      vae_(ctx, config.model, std::max(config.batch_size, kEvalRows), config.samples),
       optimizer_(ctx, vae_.layout().total, config.optimizer, config.hyper),
       totals_(ctx, 3),
       train_at_(ctx, 1),
@@ -17,7 +17,7 @@ Trainer::Trainer(const DeviceContext& ctx, const TrainConfig& config)
   vae_.params().upload(init_parameters(config.model, vae_.layout(), config.seed));
 }
 
-Trainer::~Trainer() { VAE_ON(ctx_.target(), graph_destroy)(graph_); }
+Trainer::~Trainer() { VAE_CALL(ctx_.target(), graph_destroy, graph_); }
 
 void Trainer::set_process_group(ProcessGroup* pg) {
   pg_ = pg && pg->backend() != DistBackend::none ? pg : nullptr;
@@ -27,7 +27,7 @@ void Trainer::set_process_group(ProcessGroup* pg) {
 void Trainer::set_learning_rate(float lr) {
   if (lr == optimizer_.hyper().lr) return;
   optimizer_.set_learning_rate(lr);
-  VAE_ON(ctx_.target(), graph_destroy)(graph_);
+  VAE_CALL(ctx_.target(), graph_destroy, graph_);
   graph_ = nullptr;
 }
 
@@ -70,13 +70,13 @@ Checkpoint Trainer::checkpoint() {
   return c;
 }
 
-const StepState* Trainer::fixed_steps(int64_t count) {
-  if (fixed_at_.size() < static_cast<size_t>(count)) {
-    std::vector<StepState> steps(count);
-    for (int64_t b = 0; b < count; ++b) steps[b] = {static_cast<uint64_t>(b), b * config_.batch_size};
-    fixed_at_ = DeviceBuffer<StepState>(ctx_, steps);
+const StepState* Trainer::eval_steps(int64_t chunks) {
+  if (eval_at_.size() < static_cast<size_t>(chunks)) {
+    std::vector<StepState> steps(chunks);
+    for (int64_t c = 0; c < chunks; ++c) steps[c] = {0, c * eval_rows(), c * eval_rows()};
+    eval_at_ = DeviceBuffer<StepState>(ctx_, steps);
   }
-  return fixed_at_.data();
+  return eval_at_.data();
 }
 
 // Composed everywhere, by measurement (bench/RESULTS.md, 2026-11-26). On the CPU the composed
@@ -88,9 +88,8 @@ const StepState* Trainer::fixed_steps(int64_t count) {
 bool fused_step_by_rule(Target, int, const ModelConfig&) { return false; }
 
 void Trainer::gather_eval_rows(const DeviceDataset& d, int rows, const StepState* at, float* x) {
-  VAE_ON(ctx_.target(), gather_batch)
-  (d.bytes.data(), d.type, nullptr, rows, d.dim, x, config_.binarize == Binarize::dynamic, config_.seed,
-   RandomStream::eval_binarize, at, ctx_.stream());
+  VAE_CALL(ctx_.target(), gather_batch, d.bytes.data(), d.type, nullptr, rows, d.dim, x,
+           config_.binarize == Binarize::dynamic, config_.seed, RandomStream::eval_binarize, at, ctx_.stream());
 }
 
 void Trainer::queue_step(const DeviceDataset& train, const StepRows& rows) {
@@ -109,13 +108,12 @@ void Trainer::queue_step(const DeviceDataset& train, const StepRows& rows) {
     a.totals = totals_.data();
     a.watch = watch_.data();
     optimizer_.set_fused_step_optimizer(a);
-    VAE_ON(target, fused_step)(a, ctx_.stream());
+    VAE_CALL(target, fused_step, a, ctx_.stream());
     return;
   }
   if (s.rows > 0) {  // this rank's rows; the loss is the mean over the global batch
-    VAE_ON(target, gather_batch)
-    (train.bytes.data(), train.type, perm_.data(), s.rows, train.dim, vae_.input(),
-     config_.binarize == Binarize::dynamic, seed, RandomStream::binarize, train_at_.data(), ctx_.stream());
+    VAE_CALL(target, gather_batch, train.bytes.data(), train.type, perm_.data(), s.rows, train.dim, vae_.input(),
+             config_.binarize == Binarize::dynamic, seed, RandomStream::binarize, train_at_.data(), ctx_.stream());
     const Vae::Pass pass =
         vae_.forward(s.rows, {seed, RandomStream::latent_noise, train_at_.data(), config_.kl.estimator}, true, batch);
     vae_.accumulate_totals(s.rows, totals_.data(), train_at_.data(), watch_.data());
@@ -135,11 +133,11 @@ ElboTotals Trainer::train_epoch(const DeviceDataset& train, const std::function<
   const int64_t batches = (train.count + B - 1) / B;
   if (perm_.size() != static_cast<size_t>(train.count)) perm_ = DeviceBuffer<int>(ctx_, train.count);
   if (graph_ && (graph_data_ != train.bytes.data() || graph_perm_ != perm_.data())) {  // captured for other buffers
-    VAE_ON(target, graph_destroy)(graph_);
+    VAE_CALL(target, graph_destroy, graph_);
     graph_ = nullptr;
   }
-  VAE_ON(target, shuffle_permutation)
-  (perm_.data(), static_cast<int>(train.count), epoch_shuffle_key(config_.seed, epoch_), ctx_.stream());
+  VAE_CALL(target, shuffle_permutation, perm_.data(), static_cast<int>(train.count),
+           epoch_shuffle_key(config_.seed, epoch_), ctx_.stream());
   VAE_REQUIRE(batch_in_epoch_ < batches, "train: the checkpoint's position is past the end of the epoch");
   const int64_t first = batch_in_epoch_;
   if (first > 0 && resumed_totals_.size() == 3) {
@@ -157,22 +155,22 @@ ElboTotals Trainer::train_epoch(const DeviceDataset& train, const std::function<
       train_at_.upload({rows.state(static_cast<uint64_t>(step_))});  // a partial batch's slices
     // Capture from the second full batch on: the first runs eagerly, so that module loading,
     // kernel attributes and cuBLAS's first-call set-up happen outside the capture.
-    if (batch == B && b > first && use_graph_ && !graph_ && VAE_ON(target, graph_begin_capture)(ctx_.stream())) {
+    if (batch == B && b > first && use_graph_ && !graph_ && VAE_CALL(target, graph_begin_capture, ctx_.stream())) {
       try {
         queue_step(train, rows);
       } catch (...) {  // leave the stream out of capture mode before reporting
         try {
-          VAE_ON(target, graph_destroy)(VAE_ON(target, graph_end_capture)(ctx_.stream()));
+          VAE_CALL(target, graph_destroy, VAE_CALL(target, graph_end_capture, ctx_.stream()));
         } catch (...) {
         }
         throw;
       }
-      graph_ = VAE_ON(target, graph_end_capture)(ctx_.stream());
+      graph_ = VAE_CALL(target, graph_end_capture, ctx_.stream());
       graph_data_ = train.bytes.data();
       graph_perm_ = perm_.data();
     }
     if (batch == B && graph_) {
-      VAE_ON(target, graph_launch)(graph_, ctx_.stream());
+      VAE_CALL(target, graph_launch, graph_, ctx_.stream());
     } else {
       queue_step(train, rows);  // the partial last batch, and targets without graphs
     }
@@ -228,42 +226,46 @@ std::string divergence_advice(const ModelConfig& model) {
 
 ElboTotals Trainer::evaluate(const DeviceDataset& test) {
   VAE_REQUIRE(test.dim == config_.model.input_dim, "eval: data dimension differs from the model's");
-  const int B = config_.batch_size;
-  const int64_t batches = (test.count + B - 1) / B;
-  const StepState* at = fixed_steps(batches);
+  const int E = eval_rows();
+  const int64_t chunks = (test.count + E - 1) / E;
+  const StepState* at = eval_steps(chunks);
   totals_.zero();
-  for (int64_t b = 0; b < batches; ++b) {
-    const int batch = static_cast<int>(std::min<int64_t>(B, test.count - b * B));
-    gather_eval_rows(test, batch, at + b, vae_.input());
-    vae_.forward(batch, {config_.seed, RandomStream::eval_noise, at + b}, false);
-    vae_.accumulate_totals(batch, totals_.data());
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int rows = static_cast<int>(std::min<int64_t>(E, test.count - c * E));
+    gather_eval_rows(test, rows, at + c, vae_.input());
+    vae_.forward(rows, {config_.seed, RandomStream::eval_noise, at + c}, false);
+    vae_.accumulate_totals(rows, totals_.data());
   }
   const std::vector<double> t = totals_.download();
   return {t[0] / t[2], t[1] / t[2], static_cast<int64_t>(t[2])};
 }
 
 std::vector<float> Trainer::prior_samples(int n) {
-  VAE_REQUIRE(n > 0 && n <= vae_.max_batch(), "prior_samples: count out of range");
-  const int J = config_.model.latent;
-  DeviceBuffer<float> zero_heads(ctx_, static_cast<size_t>(n) * 2 * J), z(ctx_, static_cast<size_t>(n) * J),
-      kl(ctx_, n), mean(ctx_, static_cast<size_t>(n) * config_.model.input_dim);
-  // μ = 0, log σ² = 0: the latent kernel then draws z ~ N(0, I), the prior.
-  VAE_ON(ctx_.target(), latent_forward)
-  (zero_heads.data(), z.data(), kl.data(), n, J, 1, config_.seed, RandomStream::prior, fixed_steps(1),
-   KlEstimator::analytic, ctx_.stream());
-  vae_.decode_mean(z.data(), n, mean.data());
+  VAE_REQUIRE(n > 0, "prior_samples: count out of range");
+  const int J = config_.model.latent, E = eval_rows();
+  const int64_t chunks = (n + E - 1) / E;
+  const StepState* at = eval_steps(chunks);
+  DeviceBuffer<float> zero_heads(ctx_, static_cast<size_t>(E) * 2 * J), z(ctx_, static_cast<size_t>(E) * J),
+      kl(ctx_, E), mean(ctx_, static_cast<size_t>(n) * config_.model.input_dim);
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int rows = static_cast<int>(std::min<int64_t>(E, n - c * E));
+    // μ = 0, log σ² = 0: the latent kernel then draws z ~ N(0, I), the prior.
+    VAE_CALL(ctx_.target(), latent_forward, zero_heads.data(), z.data(), kl.data(), rows, J, 1, config_.seed,
+             RandomStream::prior, at + c, KlEstimator::analytic, ctx_.stream());
+    vae_.decode_mean(z.data(), rows, mean.data() + c * E * config_.model.input_dim);
+  }
   return mean.download();
 }
 
 std::vector<float> Trainer::reconstructions(const DeviceDataset& test, int n) {
   n = static_cast<int>(std::min<int64_t>(n, test.count));
-  VAE_REQUIRE(n > 0 && n <= vae_.max_batch(), "reconstructions: count out of range");
+  VAE_REQUIRE(n > 0 && n <= eval_rows(), "reconstructions: count out of range");
   const size_t D = config_.model.input_dim;
-  const StepState* at = fixed_steps(1);  // the first test batch, drawn as evaluate() draws it
+  const StepState* at = eval_steps(1);  // the first test rows, drawn as evaluate() draws them
   gather_eval_rows(test, n, at, vae_.input());
   vae_.forward(n, {config_.seed, RandomStream::eval_noise, at}, false);
   std::vector<float> images(2 * n * D);
-  VAE_ON(ctx_.target(), copy_to_host)(images.data(), vae_.input(), n * D * sizeof(float), ctx_.stream());
+  VAE_CALL(ctx_.target(), copy_to_host, images.data(), vae_.input(), n * D * sizeof(float), ctx_.stream());
   DeviceBuffer<float> mean(ctx_, n * D);
   vae_.reconstruction_mean(n, mean.data());
   const std::vector<float> rec = mean.download();

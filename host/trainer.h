@@ -1,6 +1,7 @@
 // Minibatch SGVB training and evaluation on a target, with the run's outputs.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -78,10 +79,15 @@ class Trainer {
   // each step on_step(done, total) may return false to stop there: the epoch then stays
   // unfinished (epoch() unchanged, batch_in_epoch() > 0) and the totals returned are partial.
   ElboTotals train_epoch(const DeviceDataset& train, const std::function<bool(int64_t, int64_t)>& on_step = {});
+  // Evaluation passes take eval_rows() rows at a time, whatever the training batch: their noise
+  // (binarization, z) is keyed by the row's place in the data set, so the figures do not depend
+  // on the chunking, and the model's buffers hold max(training batch, eval rows) rows.
+  static constexpr int kEvalRows = 256;
+  int eval_rows() const { return std::max(config_.batch_size, kEvalRows); }
   // Test-set ELBO with fixed noise: the same checkpoint gives the same number every time.
   ElboTotals evaluate(const DeviceDataset& test);
-  // Images as values in [0, 1]: 64 decoder means of prior samples; the first n test images
-  // followed by their reconstructions.
+  // Images as values in [0, 1]: decoder means of n prior samples (sample i keyed by i); the first
+  // n test images (n <= eval_rows()) followed by their reconstructions.
   std::vector<float> prior_samples(int n);
   std::vector<float> reconstructions(const DeviceDataset& test, int n);
 
@@ -125,15 +131,16 @@ class Trainer {
   StepRows step_rows(int64_t batch_index, int64_t rows_left) const;
   // Queues one whole training step at train_at_ (no host synchronisation).
   void queue_step(const DeviceDataset& train, const StepRows& rows);
-  // A StepState array in device memory: entry b is {b, b * batch_size}, for fixed-noise passes.
-  const StepState* fixed_steps(int64_t count);
+  // The fixed-noise passes' step states in device memory: entry c is {0, c * eval_rows(),
+  // c * eval_rows()}, chunk c of eval_rows() rows keyed by its rows' places in the data.
+  const StepState* eval_steps(int64_t chunks);
   // The rows at->offset .. of evaluation data `d` into x (rows, D), in order, binarized as the
   // run is with the evaluation's fixed noise: the input of every evaluation pass.
   void gather_eval_rows(const DeviceDataset& d, int rows, const StepState* at, float* x);
 
   DeviceBuffer<double> totals_;
   DeviceBuffer<int> perm_;
-  DeviceBuffer<StepState> train_at_, fixed_at_;
+  DeviceBuffer<StepState> train_at_, eval_at_;
   int64_t step_ = 0;
   int epoch_ = 0;
   int64_t batch_in_epoch_ = 0;

@@ -5,16 +5,16 @@
 
 namespace vae {
 
-Vae::Vae(const DeviceContext& ctx, const ModelConfig& config, int max_batch, int samples)
+Vae::Vae(const DeviceContext& ctx, const ModelConfig& config, int row_capacity, int samples)
     : ctx_(ctx),
       config_(config),
       layout_(make_layout(config)),
-      max_batch_(max_batch),
+      row_capacity_(row_capacity),
       samples_(samples),
       sample_capacity_(samples) {
-  VAE_REQUIRE(max_batch > 0, "Vae: max_batch must be positive");
+  VAE_REQUIRE(row_capacity > 0, "Vae: row_capacity must be positive");
   VAE_REQUIRE(samples > 0, "Vae: samples must be positive");
-  const size_t B = max_batch, LB = static_cast<size_t>(samples) * max_batch, J = config.latent;
+  const size_t B = row_capacity, LB = static_cast<size_t>(samples) * row_capacity, J = config.latent;
   const size_t D = config.input_dim;
   out_cols_ = static_cast<int>(config.decoder == DecoderKind::gaussian ? 2 * D : D);
   params_ = DeviceBuffer<float>(ctx, layout_.total);
@@ -47,8 +47,8 @@ void Vae::set_samples(int samples) {
 
 // out (rows, s.out) = act(in (rows, s.in) Wᵀ + b): one GEMM with its epilogue.
 void Vae::linear_forward(const LinearSlot& s, const float* in, int rows, float* out, Activation act) {
-  VAE_ON(ctx_.target(), gemm)
-  (ctx_.gemm(), dense_forward_gemm(s, in, params_.data() + s.weight, params_.data() + s.bias, out, rows, act));
+  VAE_CALL(ctx_.target(), gemm, ctx_.gemm(),
+           dense_forward_gemm(s, in, params_.data() + s.weight, params_.data() + s.bias, out, rows, act));
 }
 
 // Writes dW, db into grads() and, when grad_in is given, dL/d(in) (rows, s.in) — through the
@@ -56,11 +56,11 @@ void Vae::linear_forward(const LinearSlot& s, const float* in, int rows, float* 
 void Vae::linear_backward(const LinearSlot& s, const float* in, int rows, const float* g, const float* h_in,
                           float* grad_in) {
   const Target target = ctx_.target();
-  VAE_ON(target, gemm)
-  (ctx_.gemm(), dense_weight_grad_gemm(s, g, in, grads_.data() + s.weight, grads_.data() + s.bias, rows));
+  VAE_CALL(target, gemm, ctx_.gemm(),
+           dense_weight_grad_gemm(s, g, in, grads_.data() + s.weight, grads_.data() + s.bias, rows));
   if (grad_in) {
-    VAE_ON(target, gemm)
-    (ctx_.gemm(), dense_input_grad_gemm(s, g, params_.data() + s.weight, grad_in, rows, h_in, config_.activation));
+    VAE_CALL(target, gemm, ctx_.gemm(),
+             dense_input_grad_gemm(s, g, params_.data() + s.weight, grad_in, rows, h_in, config_.activation));
   }
 }
 
@@ -74,7 +74,7 @@ void Vae::decode(const float* z, int rows) {
 }
 
 void Vae::encode(int batch, const NoiseKey& key) {
-  VAE_REQUIRE(batch > 0 && batch <= max_batch_, "Vae::encode: batch out of range");
+  VAE_REQUIRE(batch > 0 && batch <= row_capacity_, "Vae::encode: batch out of range");
   const float* h = x_.data();
   for (size_t i = 0; i < layout_.encoder.size(); ++i) {
     linear_forward(layout_.encoder[i], h, batch, enc_h_[i].data(), config_.activation);
@@ -85,23 +85,22 @@ void Vae::encode(int batch, const NoiseKey& key) {
 }
 
 void Vae::draw_latent(int batch, const NoiseKey& key) {
-  VAE_REQUIRE(batch > 0 && batch <= max_batch_, "Vae::draw_latent: batch out of range");
-  VAE_ON(ctx_.target(), latent_forward)
-  (heads_.data(), z_.data(), kl_.data(), batch, config_.latent, samples_, key.seed, key.stream, key.at, key.kl,
-   ctx_.stream());
+  VAE_REQUIRE(batch > 0 && batch <= row_capacity_, "Vae::draw_latent: batch out of range");
+  VAE_CALL(ctx_.target(), latent_forward, heads_.data(), z_.data(), kl_.data(), batch, config_.latent, samples_,
+           key.seed, key.stream, key.at, key.kl, ctx_.stream());
 }
 
 void Vae::decode_and_score(int batch) {
-  VAE_REQUIRE(batch > 0 && batch <= max_batch_, "Vae::decode_and_score: batch out of range");
+  VAE_REQUIRE(batch > 0 && batch <= row_capacity_, "Vae::decode_and_score: batch out of range");
   const Target target = ctx_.target();
   const int rows = batch * samples_;
   decode(z_.data(), rows);
   if (config_.decoder == DecoderKind::bernoulli) {
-    VAE_ON(target, bernoulli_reconstruction)
-    (out_.data(), x_.data(), log_prob_.data(), nullptr, batch, config_.input_dim, samples_, 1.f, ctx_.stream());
+    VAE_CALL(target, bernoulli_reconstruction, out_.data(), x_.data(), log_prob_.data(), nullptr, batch,
+             config_.input_dim, samples_, 1.f, ctx_.stream());
   } else {
-    VAE_ON(target, gaussian_reconstruction)
-    (out_.data(), x_.data(), log_prob_.data(), nullptr, batch, config_.input_dim, samples_, 1.f, ctx_.stream());
+    VAE_CALL(target, gaussian_reconstruction, out_.data(), x_.data(), log_prob_.data(), nullptr, batch,
+             config_.input_dim, samples_, 1.f, ctx_.stream());
   }
 }
 
@@ -115,11 +114,11 @@ Vae::Pass Vae::forward(int batch, const NoiseKey& key, bool with_gradients, int 
   float* grad_out = with_gradients ? d_out_.data() : nullptr;
   const float grad_scale = 1.f / static_cast<float>(pass.mean_over * samples_);
   if (config_.decoder == DecoderKind::bernoulli) {
-    VAE_ON(target, bernoulli_reconstruction)
-    (out_.data(), x_.data(), log_prob_.data(), grad_out, batch, config_.input_dim, samples_, grad_scale, ctx_.stream());
+    VAE_CALL(target, bernoulli_reconstruction, out_.data(), x_.data(), log_prob_.data(), grad_out, batch,
+             config_.input_dim, samples_, grad_scale, ctx_.stream());
   } else {
-    VAE_ON(target, gaussian_reconstruction)
-    (out_.data(), x_.data(), log_prob_.data(), grad_out, batch, config_.input_dim, samples_, grad_scale, ctx_.stream());
+    VAE_CALL(target, gaussian_reconstruction, out_.data(), x_.data(), log_prob_.data(), grad_out, batch,
+             config_.input_dim, samples_, grad_scale, ctx_.stream());
   }
   return pass;
 }
@@ -138,9 +137,8 @@ void Vae::backward(const Pass& pass, const KlTerm& kl, const StepState* at) {
                     i ? d_dec_h_[i - 1].data() : d_z_.data());
   }
   // Latent stage: reparameterization and KL.
-  VAE_ON(ctx_.target(), latent_backward)
-  (heads_.data(), z_.data(), d_z_.data(), d_heads_.data(), batch, config_.latent, samples_,
-   1.f / static_cast<float>(pass.mean_over), kl, at, ctx_.stream());
+  VAE_CALL(ctx_.target(), latent_backward, heads_.data(), z_.data(), d_z_.data(), d_heads_.data(), batch,
+           config_.latent, samples_, 1.f / static_cast<float>(pass.mean_over), kl, at, ctx_.stream());
   // Encoder, from the heads down to the first layer (dL/dx is not needed).
   const float* last_enc = ne ? enc_h_[ne - 1].data() : x_.data();
   linear_backward(layout_.heads, last_enc, batch, d_heads_.data(), ne ? last_enc : nullptr,
@@ -159,7 +157,7 @@ bool Vae::fused_step_fits() const {
 
 FusedStepArgs Vae::fused_step_args(int batch) {
   VAE_REQUIRE(fused_step_fits(), "Vae::fused_step_args: more hidden layers than the fused step takes");
-  VAE_REQUIRE(batch > 0 && batch <= max_batch_, "Vae::fused_step_args: batch out of range");
+  VAE_REQUIRE(batch > 0 && batch <= row_capacity_, "Vae::fused_step_args: batch out of range");
   auto layer = [](const LinearSlot& s, float* h, float* dh) {
     FusedLayer l;
     l.in = s.in, l.out = s.out;
@@ -191,7 +189,7 @@ FusedStepArgs Vae::fused_step_args(int batch) {
   a.kl = kl_.data();
   a.log_prob = log_prob_.data();
   if (fused_workspace_.size() == 0) {  // on first use (the trainer's first step runs outside graph capture)
-    fused_workspace_ = DeviceBuffer<float>(ctx_, fused_step_workspace_floats(VAE_ON(ctx_.target(), fused_step_grid)()));
+    fused_workspace_ = DeviceBuffer<float>(ctx_, fused_step_workspace_floats(VAE_CALL(ctx_.target(), fused_step_grid)));
   }
   a.workspace = fused_workspace_.data();
   a.workspace_floats = static_cast<long long>(fused_workspace_.size());
@@ -199,20 +197,19 @@ FusedStepArgs Vae::fused_step_args(int batch) {
 }
 
 void Vae::accumulate_totals(int batch, double* totals, const StepState* at, NonFinite* watch) {
-  VAE_ON(ctx_.target(), elbo_totals)
-  (log_prob_.data(), kl_.data(), batch, samples_, totals, ReduceScratch{reduce_tickets_.data(), reduce_partial_.data()},
-   at, watch, ctx_.stream());
+  VAE_CALL(ctx_.target(), elbo_totals, log_prob_.data(), kl_.data(), batch, samples_, totals,
+           ReduceScratch{reduce_tickets_.data(), reduce_partial_.data()}, at, watch, ctx_.stream());
 }
 
 void Vae::decode_mean(const float* z, int rows, float* mean) {
-  VAE_REQUIRE(rows > 0 && rows <= max_batch_, "Vae::decode_mean: rows out of range");
+  VAE_REQUIRE(rows > 0 && rows <= row_capacity_, "Vae::decode_mean: rows out of range");
   decode(z, rows);
-  VAE_ON(ctx_.target(), decoder_mean)(out_.data(), out_cols_, mean, rows, config_.input_dim, ctx_.stream());
+  VAE_CALL(ctx_.target(), decoder_mean, out_.data(), out_cols_, mean, rows, config_.input_dim, ctx_.stream());
 }
 
 void Vae::reconstruction_mean(int batch, float* mean) {
   decode(z_.data(), batch);  // sample 0 of each row: the first `batch` rows of z
-  VAE_ON(ctx_.target(), decoder_mean)(out_.data(), out_cols_, mean, batch, config_.input_dim, ctx_.stream());
+  VAE_CALL(ctx_.target(), decoder_mean, out_.data(), out_cols_, mean, batch, config_.input_dim, ctx_.stream());
 }
 
 }  // namespace vae

@@ -36,19 +36,20 @@ inline GemmOp dense_input_grad_gemm(const LinearSlot& s, const float* g, const f
 
 class Vae {
  public:
-  // max_batch: most datapoints per pass; samples: L, the ε draws per datapoint.
-  Vae(const DeviceContext& ctx, const ModelConfig& config, int max_batch, int samples);
+  // row_capacity: most datapoints per pass (every buffer's row count); samples: L, the ε draws
+  // per datapoint.
+  Vae(const DeviceContext& ctx, const ModelConfig& config, int row_capacity, int samples);
 
   const ModelConfig& config() const { return config_; }
   const ParamLayout& layout() const { return layout_; }
   int samples() const { return samples_; }
   // Draws per datapoint of the passes from now on, up to the samples the buffers were made for.
   void set_samples(int samples);
-  int max_batch() const { return max_batch_; }
+  int row_capacity() const { return row_capacity_; }
   DeviceBuffer<float>& params() { return params_; }
   const DeviceBuffer<float>& params() const { return params_; }
   DeviceBuffer<float>& grads() { return grads_; }
-  // (max_batch, D): the batch kernel writes the pass's input here.
+  // (row_capacity, D): the batch kernel writes the pass's input here.
   float* input() { return x_.data(); }
 
   // The fused step kernel's view of this model and its buffers for `batch` rows (the data, the
@@ -81,7 +82,7 @@ class Vae {
   // with watch (and the step state at), a non-finite log p or KL is recorded there.
   void accumulate_totals(int batch, double* totals, const StepState* at = nullptr, NonFinite* watch = nullptr);
 
-  // Decoder mean (rows, D) for latent codes z (rows, J), both in device memory; rows <= max_batch.
+  // Decoder mean (rows, D) for latent codes z (rows, J), both in device memory; rows <= row_capacity.
   void decode_mean(const float* z, int rows, float* mean);
   // Decoder mean of the reconstruction of input() rows (the first sample of the last forward).
   void reconstruction_mean(int batch, float* mean);
@@ -89,8 +90,8 @@ class Vae {
   // Device buffers of the last pass, for tests: log p per (sample, row) and KL per row.
   const DeviceBuffer<float>& log_prob() const { return log_prob_; }
   const DeviceBuffer<float>& kl() const { return kl_; }
-  const DeviceBuffer<float>& heads() const { return heads_; }  // (max_batch, 2J): μ | log σ²
-  const DeviceBuffer<float>& z() const { return z_; }          // (samples, max_batch, J)
+  const DeviceBuffer<float>& heads() const { return heads_; }  // (row_capacity, 2J): μ | log σ²
+  const DeviceBuffer<float>& z() const { return z_; }          // (samples, row_capacity, J)
 
  private:
   void linear_forward(const LinearSlot& s, const float* in, int rows, float* out, Activation act);
@@ -103,7 +104,7 @@ class Vae {
   const DeviceContext& ctx_;
   ModelConfig config_;
   ParamLayout layout_;
-  int max_batch_, samples_, sample_capacity_;
+  int row_capacity_, samples_, sample_capacity_;
   int out_cols_;  // D or 2D
   DeviceBuffer<float> params_, grads_;
   DeviceBuffer<float> x_, heads_, z_, kl_, out_, log_prob_;

@@ -66,7 +66,7 @@ std::vector<Shape> shapes_for(Target t) {
 }
 
 ScopedLaunchPolicy::ScopedLaunchPolicy(Target t, const Shape& s)
-    : policy_(&VAE_ON(t, launch_policy)()), saved_(*policy_) {
+    : policy_(&VAE_CALL(t, launch_policy)), saved_(*policy_) {
   if (s.policy.max_blocks > 0) *policy_ = s.policy;
 }
 

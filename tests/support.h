@@ -23,13 +23,6 @@ std::string target_param_name(const ::testing::TestParamInfo<Target>& info);
       GTEST_SKIP() << "no GPU: " << ::vae::cuda_unavailable_reason();       \
   } while (0)
 
-// Picks the cpu:: or gpu:: version of a function compiled for both targets.
-#if VAE_WITH_CUDA
-#define VAE_ON_TARGET(target, fn) ((target) == ::vae::Target::cuda ? &::vae::gpu::fn : &::vae::cpu::fn)
-#else
-#define VAE_ON_TARGET(target, fn) (&::vae::cpu::fn)
-#endif
-
 std::vector<float> random_uniform(size_t n, uint64_t seed, float lo = -1.f, float hi = 1.f);
 
 // |a − b| <= abs + rel·|b| elementwise, with a message naming the first failing index.

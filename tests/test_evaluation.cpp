@@ -11,13 +11,16 @@
 #include "checkpoint.h"
 #include "support.h"
 #include "manifold.h"
+#include "reference_vae.h"
 #include "trainer.h"
 
 namespace vae {
 namespace {
 
 namespace fs = std::filesystem;
+using test::all_near;
 using test::random_uniform;
+using test::to_double;
 
 // ---- float64 forward passes of named weights ------------------------------------------------
 
@@ -137,9 +140,8 @@ TEST_P(Importance, AccumulateMatchesFloat64LogSumExp) {
           const auto lp0 = close ? random_uniform(static_cast<size_t>(chunk) * batch, 20 * c + latent, -102, -100)
                                  : random_uniform(static_cast<size_t>(chunk) * batch, 20 * c + latent, -900, -100);
           DeviceBuffer<float> z(ctx, z0), lp(ctx, lp0);
-          VAE_ON(ctx.target(), importance_accumulate)
-          (heads.data(), z.data(), lp.data(), batch, latent, chunk, lse_max.data(), lse_sum.data(), c == 0,
-           ctx.stream());
+          VAE_CALL(ctx.target(), importance_accumulate, heads.data(), z.data(), lp.data(), batch, latent, chunk,
+                   lse_max.data(), lse_sum.data(), c == 0, ctx.stream());
           for (int k = 0; k < chunk; ++k)
             for (int r = 0; r < batch; ++r) {
               double w = lp0[static_cast<size_t>(k) * batch + r];
@@ -198,13 +200,48 @@ TEST(LogLikelihood, OneSampleIsTheElboOfEstimatorAAtTheSameDraw) {
       ASSERT_EQ(ll.n, 4);
       Vae v(ctx, config.model, 5, 1);
       v.params().upload(t.model().params().download());
-      VAE_ON(ctx.target(), copy_to_device)(v.input(), pixels.data(), pixels.size() * sizeof(float), ctx.stream());
+      VAE_CALL(ctx.target(), copy_to_device, v.input(), pixels.data(), pixels.size() * sizeof(float), ctx.stream());
       const DeviceBuffer<StepState> at(ctx, std::vector<StepState>{{0, 0, 0}});  // batch 0, chunk 0
       v.forward(4, {config.seed, RandomStream::importance, at.data(), KlEstimator::monte_carlo}, false);
       const auto lp = v.log_prob().download(), kl = v.kl().download();
       for (int r = 0; r < 4; ++r)
         EXPECT_NEAR(ll.per_datapoint[r], lp[r] - kl[r], 1e-4 * std::fabs(lp[r])) << r << " " << decoder_name(dec);
     }
+  }
+}
+
+// Evaluation takes rows of its own at a time (Trainer::eval_rows: 256, or the training batch when
+// larger) and keys its noise (dynamic binarization, z, the importance draws) by the row's place in
+// the data set: one model's test ELBO, codes, reconstructions and importance-weighted estimate do
+// not depend on the training batch size. Batch 7 (chunks of 256) against 300 (chunks of 300) over
+// 601 rows, L = 2; only the order of the sums differs. Keyed by chunk instead, rows 256..299 would
+// draw other noise (the ELBO then moves by ~1e-3 of itself).
+TEST(Evaluation, FiguresDoNotDependOnTheTrainingBatchSize) {
+  for (const Target target : test::all_targets()) {
+    if (target == Target::cuda && !cuda_device_available()) continue;
+    SCOPED_TRACE(target_name(target));
+    TrainConfig small = tiny_config(DecoderKind::bernoulli, 3);
+    small.binarize = Binarize::dynamic;
+    small.samples = 2;
+    small.batch_size = 7;
+    TrainConfig large = small;
+    large.batch_size = 300;
+    const DeviceContext ctx(target, false);
+    const DeviceDataset test(ctx, float_rows(random_uniform(601 * 12, 77, 0, 1), 12, 3));
+    Trainer a(ctx, small), b(ctx, large);
+    ASSERT_EQ(a.eval_rows(), 256);
+    ASSERT_EQ(b.eval_rows(), 300);
+    ASSERT_EQ(a.model().params().download(), b.model().params().download());  // one seed, one model
+    const ElboTotals ea = a.evaluate(test), eb = b.evaluate(test);
+    EXPECT_EQ(ea.n, 601);
+    EXPECT_NEAR(ea.recon, eb.recon, 1e-6 * std::fabs(ea.recon));
+    EXPECT_NEAR(ea.kl, eb.kl, 1e-6 * std::fabs(ea.kl));
+    EXPECT_TRUE(all_near(a.encode(test), to_double(b.encode(test)), 1e-6, 1e-5));
+    EXPECT_TRUE(all_near(a.reconstructions(test, 64), to_double(b.reconstructions(test, 64)), 1e-6, 1e-5));
+    const auto la = a.log_likelihood(test, 6, 4), lb = b.log_likelihood(test, 6, 4);
+    ASSERT_EQ(la.n, 601);
+    EXPECT_TRUE(
+        all_near(std::vector<float>(la.per_datapoint.begin(), la.per_datapoint.end()), lb.per_datapoint, 1e-5, 1e-5));
   }
 }
 

@@ -22,8 +22,8 @@ class Gemm : public ::testing::TestWithParam<Target> {
 
 TEST_P(Gemm, MatchesFloat64Loop) {
   const Target target = GetParam();
-  cudaStream_t stream = VAE_ON(target, create_stream)();
-  GemmHandle* handle = VAE_ON(target, gemm_create)(stream, false);
+  cudaStream_t stream = VAE_CALL(target, create_stream);
+  GemmHandle* handle = VAE_CALL(target, gemm_create, stream, false);
   for (bool ta : {false, true}) {
     for (bool tb : {false, true}) {
       // The last three are cut into panels on the CPU: by columns (m < n) and by rows, with ragged ends.
@@ -51,19 +51,19 @@ TEST_P(Gemm, MatchesFloat64Loop) {
             want[static_cast<size_t>(i) * ldc + j] = alpha * s + beta * c0[static_cast<size_t>(i) * ldc + j];
           }
         ASSERT_TRUE(test::not_all_zero(want));
-        float *da = static_cast<float*>(VAE_ON(target, device_alloc)(a.size() * 4)),
-              *db = static_cast<float*>(VAE_ON(target, device_alloc)(b.size() * 4)),
-              *dc = static_cast<float*>(VAE_ON(target, device_alloc)(c0.size() * 4));
-        VAE_ON(target, copy_to_device)(da, a.data(), a.size() * 4, stream);
-        VAE_ON(target, copy_to_device)(db, b.data(), b.size() * 4, stream);
-        VAE_ON(target, copy_to_device)(dc, c0.data(), c0.size() * 4, stream);
+        float *da = static_cast<float*>(VAE_CALL(target, device_alloc, a.size() * 4)),
+              *db = static_cast<float*>(VAE_CALL(target, device_alloc, b.size() * 4)),
+              *dc = static_cast<float*>(VAE_CALL(target, device_alloc, c0.size() * 4));
+        VAE_CALL(target, copy_to_device, da, a.data(), a.size() * 4, stream);
+        VAE_CALL(target, copy_to_device, db, b.data(), b.size() * 4, stream);
+        VAE_CALL(target, copy_to_device, dc, c0.data(), c0.size() * 4, stream);
         GemmOp op{ta, tb, m, n, k, alpha, da, lda, db, ldb, beta, dc, ldc};
-        VAE_ON(target, gemm)(handle, op);
+        VAE_CALL(target, gemm, handle, op);
         std::vector<float> got(c0.size());
-        VAE_ON(target, copy_to_host)(got.data(), dc, got.size() * 4, stream);
-        VAE_ON(target, device_free)(da);
-        VAE_ON(target, device_free)(db);
-        VAE_ON(target, device_free)(dc);
+        VAE_CALL(target, copy_to_host, got.data(), dc, got.size() * 4, stream);
+        VAE_CALL(target, device_free, da);
+        VAE_CALL(target, device_free, db);
+        VAE_CALL(target, device_free, dc);
         // Padding columns of C must be untouched.
         for (int i = 0; i < m; ++i)
           for (int j = n; j < ldc; ++j) want[static_cast<size_t>(i) * ldc + j] = c0[static_cast<size_t>(i) * ldc + j];
@@ -72,8 +72,8 @@ TEST_P(Gemm, MatchesFloat64Loop) {
       }
     }
   }
-  VAE_ON(target, gemm_destroy)(handle);
-  VAE_ON(target, destroy_stream)(stream);
+  VAE_CALL(target, gemm_destroy, handle);
+  VAE_CALL(target, destroy_stream, stream);
 }
 
 // The epilogues of a dense layer's three GEMMs (forward: bias + activation; input gradient:
@@ -81,16 +81,16 @@ TEST_P(Gemm, MatchesFloat64Loop) {
 // every activation, on odd sizes cut into row and column panels on the CPU.
 TEST_P(Gemm, EpiloguesMatchFloat64Loops) {
   const Target target = GetParam();
-  cudaStream_t stream = VAE_ON(target, create_stream)();
-  GemmHandle* handle = VAE_ON(target, gemm_create)(stream, false);
+  cudaStream_t stream = VAE_CALL(target, create_stream);
+  GemmHandle* handle = VAE_CALL(target, gemm_create, stream, false);
   auto upload = [&](const std::vector<float>& v) {
-    auto* p = static_cast<float*>(VAE_ON(target, device_alloc)(v.size() * 4));
-    VAE_ON(target, copy_to_device)(p, v.data(), v.size() * 4, stream);
+    auto* p = static_cast<float*>(VAE_CALL(target, device_alloc, v.size() * 4));
+    VAE_CALL(target, copy_to_device, p, v.data(), v.size() * 4, stream);
     return p;
   };
   auto download = [&](const float* p, size_t n) {
     std::vector<float> v(n);
-    VAE_ON(target, copy_to_host)(v.data(), p, n * 4, stream);
+    VAE_CALL(target, copy_to_host, v.data(), p, n * 4, stream);
     return v;
   };
   for (auto [rows, out, in] : {std::tuple{7, 5, 3}, {129, 33, 20}, {517, 130, 40}, {300, 784, 17}, {33, 40, 400}})
@@ -110,9 +110,9 @@ TEST_P(Gemm, EpiloguesMatchFloat64Loops) {
       float* gb = upload(std::vector<float>(out, 9.f));
       float* gx = upload(std::vector<float>(static_cast<size_t>(rows) * in, 9.f));
       const LinearSlot s{0, 0, out, in};
-      VAE_ON(target, gemm)(handle, dense_forward_gemm(s, dx, dw, db, y, rows, act));
-      VAE_ON(target, gemm)(handle, dense_weight_grad_gemm(s, dg, dx, gw, gb, rows));
-      VAE_ON(target, gemm)(handle, dense_input_grad_gemm(s, dg, dw, gx, rows, dh, act));
+      VAE_CALL(target, gemm, handle, dense_forward_gemm(s, dx, dw, db, y, rows, act));
+      VAE_CALL(target, gemm, handle, dense_weight_grad_gemm(s, dg, dx, gw, gb, rows));
+      VAE_CALL(target, gemm, handle, dense_input_grad_gemm(s, dg, dw, gx, rows, dh, act));
       auto f = [&](double a) {
         return act == Activation::relu ? std::max(a, 0.0) : act == Activation::tanh ? std::tanh(a) : a;
       };
@@ -140,10 +140,10 @@ TEST_P(Gemm, EpiloguesMatchFloat64Loops) {
       EXPECT_TRUE(test::all_near(download(gw, want_gw.size()), want_gw, tol, 1e-5)) << "weight gradient";
       EXPECT_TRUE(test::all_near(download(gb, want_gb.size()), want_gb, tol, 1e-5)) << "bias gradient";
       EXPECT_TRUE(test::all_near(download(gx, want_gx.size()), want_gx, tol, 1e-5)) << "input gradient";
-      for (float* p : {dx, dw, db, dg, dh, y, gw, gb, gx}) VAE_ON(target, device_free)(p);
+      for (float* p : {dx, dw, db, dg, dh, y, gw, gb, gx}) VAE_CALL(target, device_free, p);
     }
-  VAE_ON(target, gemm_destroy)(handle);
-  VAE_ON(target, destroy_stream)(stream);
+  VAE_CALL(target, gemm_destroy, handle);
+  VAE_CALL(target, destroy_stream, stream);
 }
 
 // x rounded to TF32 (10 explicit mantissa bits), to nearest.
@@ -164,11 +164,11 @@ std::vector<float> tf32_rounded(std::vector<float> v) {
 // the CPU, TF32 is a GPU option: the handle computes exactly what the fp32 one does.
 TEST_P(Gemm, Tf32IsTf32OnTheGpuAndFp32OnTheCpu) {
   const Target target = GetParam();
-  cudaStream_t stream = VAE_ON(target, create_stream)();
-  GemmHandle* handles[2] = {VAE_ON(target, gemm_create)(stream, false), VAE_ON(target, gemm_create)(stream, true)};
+  cudaStream_t stream = VAE_CALL(target, create_stream);
+  GemmHandle* handles[2] = {VAE_CALL(target, gemm_create, stream, false), VAE_CALL(target, gemm_create, stream, true)};
   auto upload = [&](const std::vector<float>& v) {
-    auto* p = static_cast<float*>(VAE_ON(target, device_alloc)(v.size() * 4));
-    VAE_ON(target, copy_to_device)(p, v.data(), v.size() * 4, stream);
+    auto* p = static_cast<float*>(VAE_CALL(target, device_alloc, v.size() * 4));
+    VAE_CALL(target, copy_to_device, p, v.data(), v.size() * 4, stream);
     return p;
   };
   double worst[2] = {0, 0};  // the largest error over Σ|α a b| of any element, fp32 and TF32
@@ -205,10 +205,10 @@ TEST_P(Gemm, Tf32IsTf32OnTheGpuAndFp32OnTheCpu) {
         float* dc = upload(std::vector<float>(want.size(), 9.f));
         GemmOp op{ta, tb, m, n, k, alpha, da, lda, db, ldb, 0.f, dc, n};
         if (epilogue) op = dense_forward_gemm(n, k, da, db, dbias, dc, m, Activation::tanh);
-        VAE_ON(target, gemm)(handles[tf32], op);
+        VAE_CALL(target, gemm, handles[tf32], op);
         got[tf32].resize(want.size());
-        VAE_ON(target, copy_to_host)(got[tf32].data(), dc, want.size() * 4, stream);
-        VAE_ON(target, device_free)(dc);
+        VAE_CALL(target, copy_to_host, got[tf32].data(), dc, want.size() * 4, stream);
+        VAE_CALL(target, device_free, dc);
         for (size_t e = 0; e < want.size(); ++e) {
           const double err = std::fabs(got[tf32][e] - want[e]);
           worst[tf32] = std::max(worst[tf32], err / mass[e]);
@@ -224,17 +224,17 @@ TEST_P(Gemm, Tf32IsTf32OnTheGpuAndFp32OnTheCpu) {
               *dc = upload(std::vector<float>(want.size(), 9.f));
         GemmOp op{ta, tb, m, n, k, alpha, ra, lda, rb, ldb, 0.f, dc, n};
         if (epilogue) op = dense_forward_gemm(n, k, ra, rb, dbias, dc, m, Activation::tanh);
-        VAE_ON(target, gemm)(handles[0], op);
+        VAE_CALL(target, gemm, handles[0], op);
         std::vector<float> rounded(want.size());
-        VAE_ON(target, copy_to_host)(rounded.data(), dc, want.size() * 4, stream);
+        VAE_CALL(target, copy_to_host, rounded.data(), dc, want.size() * 4, stream);
         for (size_t e = 0; e < want.size(); ++e) {
           const double err = std::fabs(rounded[e] - want[e]);
           emulated = std::max(emulated, err / mass[e]);
           ASSERT_LE(err, (std::ldexp(1.0, -9) + k * std::ldexp(1.0, -23)) * mass[e] + 1e-7) << "emulated TF32";
         }
-        for (float* p : {ra, rb, dc}) VAE_ON(target, device_free)(p);
+        for (float* p : {ra, rb, dc}) VAE_CALL(target, device_free, p);
       }
-      for (float* p : {da, db, dbias}) VAE_ON(target, device_free)(p);
+      for (float* p : {da, db, dbias}) VAE_CALL(target, device_free, p);
     }
   EXPECT_LT(worst[0], std::ldexp(1.0, -18)) << "fp32";
   if (target == Target::cuda) {
@@ -242,8 +242,8 @@ TEST_P(Gemm, Tf32IsTf32OnTheGpuAndFp32OnTheCpu) {
   } else {
     EXPECT_GT(emulated, std::ldexp(1.0, -16)) << "TF32-rounded inputs";
   }
-  for (GemmHandle* h : handles) VAE_ON(target, gemm_destroy)(h);
-  VAE_ON(target, destroy_stream)(stream);
+  for (GemmHandle* h : handles) VAE_CALL(target, gemm_destroy, h);
+  VAE_CALL(target, destroy_stream, stream);
 }
 
 INSTANTIATE_TEST_SUITE_P(Targets, Gemm, ::testing::ValuesIn(test::all_targets()), test::target_param_name);

@@ -27,7 +27,7 @@ TEST_P(HostExec, BlockReductionWithBarriers) {
   for (int block : kBlockSizes) {
     const size_t n = static_cast<size_t>(block) * 5 + block / 2 + 1;  // partial last block
     const auto x = random_uniform(n, 11 + block);
-    const auto sums = VAE_ON_TARGET(GetParam(), block_sums)(x, block);
+    const auto sums = VAE_CALL(GetParam(), block_sums, x, block);
     ASSERT_EQ(sums.size(), (n + block - 1) / block);
     for (size_t b = 0; b < sums.size(); ++b) {
       double want = 0;
@@ -42,7 +42,7 @@ TEST_P(HostExec, WarpShuffleReductionAndScan) {
     const size_t n = static_cast<size_t>(block) * 3;
     const auto x = random_uniform(n, 21 + block);
     std::vector<float> warp_sums, scan;
-    VAE_ON_TARGET(GetParam(), warp_sum_and_scan)(x, block, warp_sums, scan);
+    VAE_CALL(GetParam(), warp_sum_and_scan, x, block, warp_sums, scan);
     for (size_t b = 0; b < 3; ++b) {
       for (int w0 = 0; w0 < block; w0 += 32) {
         const int lanes = std::min(32, block - w0);
@@ -61,7 +61,7 @@ TEST_P(HostExec, WarpShuffleReductionAndScan) {
 TEST_P(HostExec, WarpBallot) {
   for (int block : {32, 65, 256}) {
     const auto x = random_uniform(static_cast<size_t>(block) * 2, 31 + block);
-    const auto bits = VAE_ON_TARGET(GetParam(), warp_ballots)(x, block);
+    const auto bits = VAE_CALL(GetParam(), warp_ballots, x, block);
     for (size_t b = 0; b < 2; ++b) {
       for (int w0 = 0; w0 < block; w0 += 32) {
         unsigned want = 0;
@@ -75,7 +75,7 @@ TEST_P(HostExec, WarpBallot) {
 TEST_P(HostExec, AtomicsFromManyBlocks) {
   for (int block : kBlockSizes) {
     const int grid = 37;
-    const auto got = VAE_ON_TARGET(GetParam(), atomic_counts)(grid, block);
+    const auto got = VAE_CALL(GetParam(), atomic_counts, grid, block);
     const long long threads = 1ll * grid * block;
     long long sum = 0;
     for (long long t = 0; t < threads; ++t) sum += t % 7;
@@ -88,7 +88,7 @@ TEST_P(HostExec, AtomicsFromManyBlocks) {
 TEST_P(HostExec, DynamicSharedMemory) {
   for (int block : kBlockSizes) {
     const auto x = random_uniform(static_cast<size_t>(block) * 4, 41 + block);
-    const auto out = VAE_ON_TARGET(GetParam(), mirror_in_block)(x, block);
+    const auto out = VAE_CALL(GetParam(), mirror_in_block, x, block);
     for (size_t i = 0; i < x.size(); ++i) {
       const size_t b = i / block, t = i % block;
       EXPECT_EQ(out[i], x[b * block + (block - 1 - t)]);
@@ -101,7 +101,7 @@ TEST_P(HostExec, DynamicSharedMemory) {
 void expect_grid_barrier_rounds(Target t, int grid, int block) {
   const int rounds = 5, n = grid * block;
   const auto x = random_uniform(n, 11 + n);
-  const auto got = VAE_ON_TARGET(t, grid_barrier_rounds)(x, grid, block, rounds);
+  const auto got = VAE_CALL(t, grid_barrier_rounds, x, grid, block, rounds);
   for (int i = 0; i < n; ++i) {
     float want = x[(i + static_cast<long long>(rounds) * (block + 1)) % n];
     for (int r = 0; r < rounds; ++r) want += 1.f;  // as the kernel adds, in float
@@ -111,14 +111,14 @@ void expect_grid_barrier_rounds(Target t, int grid, int block) {
 
 TEST_P(HostExec, GridBarrierKeepsBlocksInStep) {
   for (int block : {1, 7, 65, 128}) {
-    const int most = VAE_ON_TARGET(GetParam(), grid_barrier_max_blocks)(block);
+    const int most = VAE_CALL(GetParam(), grid_barrier_max_blocks, block);
     ASSERT_GE(most, 1);
     for (int grid : {1, std::min(most, 3), std::min(most, 40)}) expect_grid_barrier_rounds(GetParam(), grid, block);
   }
 }
 
 TEST_P(HostExec, ManyBarriersKeepThreadsInStep) {
-  const auto counters = VAE_ON_TARGET(GetParam(), barrier_rounds)(9, 65, 10);
+  const auto counters = VAE_CALL(GetParam(), barrier_rounds, 9, 65, 10);
   for (size_t i = 0; i < counters.size(); ++i) ASSERT_EQ(counters[i], 10) << "thread " << i;
 }
 
@@ -144,13 +144,13 @@ TEST_P(HostExec, PhiloxMatchesCurandHostGenerator) {
   curandDestroyGenerator(gen);
   auto host_index = [&](int r, uint64_t word) { return (word / 4) * kStride + 4u * r + word % 4; };
 
-  const auto bits = VAE_ON_TARGET(GetParam(), philox_bits)(seed, rows, per_row, offset);
+  const auto bits = VAE_CALL(GetParam(), philox_bits, seed, rows, per_row, offset);
   for (int r = 0; r < rows; ++r)
     for (int j = 0; j < per_row; ++j)
       ASSERT_EQ(bits[r * per_row + j], want_bits[host_index(r, offset + j)]) << "row " << r << ", word " << j;
 
   // Normals come four per counter: start on a counter boundary (offset 8).
-  const auto normals = VAE_ON_TARGET(GetParam(), philox_normals)(seed, rows, per_row, offset);
+  const auto normals = VAE_CALL(GetParam(), philox_normals, seed, rows, per_row, offset);
   // __sincosf's error (~4e-7) times the Box-Muller radius (up to ~5) on a GPU; FMA rounding on the CPU.
   const double tol = GetParam() == Target::cuda ? 1e-5 : 2e-6;
   for (int r = 0; r < rows; ++r)

@@ -68,7 +68,7 @@ TEST_P(Kernels, DenseBiasActivationForward) {
           const auto bias = random_uniform(cols, cols + 7, -1, 1);
           auto y = upload(y0);
           auto b = upload(bias);
-          VAE_ON(GetParam(), dense_bias_activation_forward)(y.data(), b.data(), rows, cols, act, stream());
+          VAE_CALL(GetParam(), dense_bias_activation_forward, y.data(), b.data(), rows, cols, act, stream());
           std::vector<double> want(y0.size());
           for (size_t i = 0; i < y0.size(); ++i) {
             const double a = static_cast<double>(y0[i]) + bias[i % cols];
@@ -98,8 +98,8 @@ TEST_P(Kernels, DenseActivationBackward) {
             auto g = upload(g0);
             auto h = upload(h0);
             auto gb = upload(std::vector<float>(cols, 7.f));  // untouched without a bias gradient
-            VAE_ON(GetParam(), dense_activation_backward)
-            (g.data(), h.data(), with_bias ? gb.data() : nullptr, rows, cols, act, scratch(), stream());
+            VAE_CALL(GetParam(), dense_activation_backward, g.data(), h.data(), with_bias ? gb.data() : nullptr, rows,
+                     cols, act, scratch(), stream());
             std::vector<double> want(g0.size()), want_bias(cols, 0.0);
             for (size_t i = 0; i < g0.size(); ++i) {
               const double d = act == Activation::relu   ? (h0[i] > 0)
@@ -131,9 +131,8 @@ TEST_P(Kernels, LatentForwardMatchesPhiloxContractAndClosedFormKl) {
             DeviceBuffer<float> z(*ctx_, static_cast<size_t>(samples) * batch * latent), kl(*ctx_, batch);
             const uint64_t seed = 77, step = 12345;
             DeviceBuffer<StepState> step_at(*ctx_, std::vector<StepState>{{step, 0, row0}});
-            VAE_ON(GetParam(), latent_forward)
-            (heads.data(), z.data(), kl.data(), batch, latent, samples, seed, RandomStream::latent_noise,
-             step_at.data(), est, stream());
+            VAE_CALL(GetParam(), latent_forward, heads.data(), z.data(), kl.data(), batch, latent, samples, seed,
+                     RandomStream::latent_noise, step_at.data(), est, stream());
             // The global batch's noise, rows row0 .. row0 + batch − 1 of each sample.
             const auto all =
                 test::reference_noise(seed, RandomStream::latent_noise, step, row0 + batch, samples, latent);
@@ -180,9 +179,8 @@ TEST_P(Kernels, LatentBackward) {
             auto heads = upload(heads0), z = upload(z0), gz = upload(gz0);
             DeviceBuffer<float> gh(*ctx_, heads0.size());
             auto step_at = at(20);
-            VAE_ON(GetParam(), latent_backward)
-            (heads.data(), z.data(), gz.data(), gh.data(), batch, latent, samples, 1.f / batch, klt, step_at.data(),
-             stream());
+            VAE_CALL(GetParam(), latent_backward, heads.data(), z.data(), gz.data(), gh.data(), batch, latent, samples,
+                     1.f / batch, klt, step_at.data(), stream());
             const double s = 0.8 * 20 / 50 / batch;  // β_t / B
             const bool mc = klt.estimator == KlEstimator::monte_carlo;
             std::vector<double> want(heads0.size());
@@ -218,8 +216,8 @@ TEST_P(Kernels, BernoulliReconstruction) {
           auto y = upload(y0), x = upload(x0);
           DeviceBuffer<float> lp(*ctx_, rows), g(*ctx_, rows * dim);
           const float scale = 1.f / rows;
-          VAE_ON(GetParam(), bernoulli_reconstruction)
-          (y.data(), x.data(), lp.data(), g.data(), batch, dim, samples, scale, stream());
+          VAE_CALL(GetParam(), bernoulli_reconstruction, y.data(), x.data(), lp.data(), g.data(), batch, dim, samples,
+                   scale, stream());
           std::vector<double> want_lp(rows, 0.0), want_g(rows * dim);
           for (size_t r = 0; r < rows; ++r)
             for (int d = 0; d < dim; ++d) {
@@ -231,8 +229,8 @@ TEST_P(Kernels, BernoulliReconstruction) {
           EXPECT_TRUE(all_near(download(g), want_g, 1e-7, 1e-5));
           // Without a gradient buffer: the same log p.
           DeviceBuffer<float> lp2(*ctx_, rows);
-          VAE_ON(GetParam(), bernoulli_reconstruction)
-          (y.data(), x.data(), lp2.data(), nullptr, batch, dim, samples, scale, stream());
+          VAE_CALL(GetParam(), bernoulli_reconstruction, y.data(), x.data(), lp2.data(), nullptr, batch, dim, samples,
+                   scale, stream());
           EXPECT_TRUE(all_near(download(lp2), want_lp, 1e-4, 1e-5));
         }
   }
@@ -253,9 +251,9 @@ TEST_P(Kernels, GaussianReconstruction) {
           auto o = upload(o0), x = upload(x0);
           DeviceBuffer<float> lp(*ctx_, rows), g(*ctx_, rows * 2 * dim), mean(*ctx_, rows * dim);
           const float scale = 1.f / rows;
-          VAE_ON(GetParam(), gaussian_reconstruction)
-          (o.data(), x.data(), lp.data(), g.data(), batch, dim, samples, scale, stream());
-          VAE_ON(GetParam(), decoder_mean)(o.data(), 2 * dim, mean.data(), static_cast<int>(rows), dim, stream());
+          VAE_CALL(GetParam(), gaussian_reconstruction, o.data(), x.data(), lp.data(), g.data(), batch, dim, samples,
+                   scale, stream());
+          VAE_CALL(GetParam(), decoder_mean, o.data(), 2 * dim, mean.data(), static_cast<int>(rows), dim, stream());
           std::vector<double> want_lp(rows, 0.0), want_g(rows * 2 * dim), want_mean(rows * dim);
           std::vector<double> g_size(rows * 2 * dim);  // the size of the terms each gradient sums
           for (size_t r = 0; r < rows; ++r)
@@ -294,10 +292,10 @@ TEST_P(Kernels, ElboTotalsAccumulateInFloat64) {
         const auto kl0 = random_uniform(batch, batch + 1, 0, 30);
         auto lp = upload(lp0), kl = upload(kl0);
         auto totals = upload(std::vector<double>{1.5, 2.5, 3});  // accumulates onto what is there
-        VAE_ON(GetParam(), elbo_totals)
-        (lp.data(), kl.data(), batch, samples, totals.data(), scratch(), nullptr, nullptr, stream());
-        VAE_ON(GetParam(), elbo_totals)
-        (lp.data(), kl.data(), batch, samples, totals.data(), scratch(), nullptr, nullptr, stream());
+        VAE_CALL(GetParam(), elbo_totals, lp.data(), kl.data(), batch, samples, totals.data(), scratch(), nullptr,
+                 nullptr, stream());
+        VAE_CALL(GetParam(), elbo_totals, lp.data(), kl.data(), batch, samples, totals.data(), scratch(), nullptr,
+                 nullptr, stream());
         double recon = 0, kls = 0;
         for (int r = 0; r < batch; ++r) {
           double m = 0;
@@ -343,8 +341,8 @@ TEST_P(Kernels, OptimizerSteps) {
           for (long long i = 0; i < n; ++i) g[i] = static_cast<float>(scale[i] * u[i]);
           auto dg = upload(g);
           auto step_at = at(step, 100);  // t = at->step + 1
-          VAE_ON(GetParam(), optimizer_step)
-          (kind, h, dp.data(), dg.data(), d1.data(), d2.data(), n, step_at.data(), 7, ticket.data(), nullptr, stream());
+          VAE_CALL(GetParam(), optimizer_step, kind, h, dp.data(), dg.data(), d1.data(), d2.data(), n, step_at.data(),
+                   7, ticket.data(), nullptr, stream());
           const StepState moved = download(step_at)[0];  // the last block moved the step on
           EXPECT_EQ(moved.step, step + 1);
           EXPECT_EQ(moved.offset, 107);
@@ -403,13 +401,11 @@ TEST_P(Kernels, GatherBatch) {
     for (int r = 0; r < batch; ++r)
       for (int d = 0; d < dim; ++d) want[r * dim + d] = u8[static_cast<size_t>(perm[offset + r]) * dim + d] / 255.0;
     auto rows_at = at(0, offset);
-    VAE_ON(GetParam(), gather_batch)
-    (du8.data(), PixelType::u8, dperm.data(), batch, dim, x.data(), false, 1, RandomStream::binarize, rows_at.data(),
-     stream());
+    VAE_CALL(GetParam(), gather_batch, du8.data(), PixelType::u8, dperm.data(), batch, dim, x.data(), false, 1,
+             RandomStream::binarize, rows_at.data(), stream());
     EXPECT_TRUE(all_near(download(x), want, 1e-7, 0));
-    VAE_ON(GetParam(), gather_batch)
-    (df32.data(), PixelType::f32, dperm.data(), batch, dim, x.data(), false, 1, RandomStream::binarize, rows_at.data(),
-     stream());
+    VAE_CALL(GetParam(), gather_batch, df32.data(), PixelType::f32, dperm.data(), batch, dim, x.data(), false, 1,
+             RandomStream::binarize, rows_at.data(), stream());
     EXPECT_TRUE(all_near(download(x), want, 1e-7, 0));
 
     // Dynamic binarization: x = [u <= p] with u from Philox keyed by (seed, binarize, step, group),
@@ -419,9 +415,8 @@ TEST_P(Kernels, GatherBatch) {
     for (const int64_t row0 : {0, 13}) {
       SCOPED_TRACE("row0 " + std::to_string(row0));
       auto binarize_at = upload(std::vector<StepState>{{step, offset, row0}});
-      VAE_ON(GetParam(), gather_batch)
-      (du8.data(), PixelType::u8, dperm.data(), batch, dim, x.data(), true, seed, RandomStream::binarize,
-       binarize_at.data(), stream());
+      VAE_CALL(GetParam(), gather_batch, du8.data(), PixelType::u8, dperm.data(), batch, dim, x.data(), true, seed,
+               RandomStream::binarize, binarize_at.data(), stream());
       const int groups = (dim + 3) / 4;
       for (int r = 0; r < batch; ++r)
         for (int gidx = 0; gidx < groups; ++gidx) {
@@ -444,9 +439,9 @@ TEST_P(Kernels, GatherBatch) {
 TEST_P(Kernels, ShufflePermutation) {
   for (int n : {1, 7, 1000, 60001}) {
     DeviceBuffer<int> a(*ctx_, n), b(*ctx_, n), c(*ctx_, n);
-    VAE_ON(GetParam(), shuffle_permutation)(a.data(), n, 42, stream());
-    VAE_ON(GetParam(), shuffle_permutation)(b.data(), n, 42, stream());
-    VAE_ON(GetParam(), shuffle_permutation)(c.data(), n, 43, stream());
+    VAE_CALL(GetParam(), shuffle_permutation, a.data(), n, 42, stream());
+    VAE_CALL(GetParam(), shuffle_permutation, b.data(), n, 42, stream());
+    VAE_CALL(GetParam(), shuffle_permutation, c.data(), n, 43, stream());
     const auto pa = download(a), pb = download(b), pc = download(c);
     std::vector<int> sorted = pa;
     std::sort(sorted.begin(), sorted.end());

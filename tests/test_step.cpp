@@ -127,7 +127,7 @@ void run_fused_step(const DeviceContext& ctx, Vae& vae, Optimizer& opt, int batc
   a.at = at;
   a.totals = totals;
   opt.set_fused_step_optimizer(a);
-  VAE_ON(ctx.target(), fused_step)(a, ctx.stream());
+  VAE_CALL(ctx.target(), fused_step, a, ctx.stream());
   ctx.synchronize();
 }
 
@@ -157,7 +157,7 @@ TEST_P(WholeStep, LossAndEveryGradientMatchReference) {
       // NaN between the tensors: the passes never read the padding.
       vae.params().upload(test::from_reference(vae.layout(), rl, params, NAN));
       const auto x = test::random_uniform(static_cast<size_t>(batch) * c.input_dim, 7 + batch, 0, 1);
-      VAE_ON(ctx.target(), copy_to_device)(vae.input(), x.data(), x.size() * sizeof(float), ctx.stream());
+      VAE_CALL(ctx.target(), copy_to_device, vae.input(), x.data(), x.size() * sizeof(float), ctx.stream());
       const DeviceBuffer<StepState> at(ctx, std::vector<StepState>{{17, 0}});
       for (const KlTerm& kl : kKlTerms) {
         const NoiseKey key{5, RandomStream::latent_noise, at.data(), kl.estimator};
@@ -194,7 +194,7 @@ TEST_P(FusedStep, ThreeStepsOfEachOptimizerMatchReference) {
         if (workers > 0) hx::set_workers(workers);
         SCOPED_TRACE(std::string(optimizer_name(kind)) + ", batch " + std::to_string(batch) + ", " +
                      std::to_string(hidden.size()) + " hidden layers, grid " +
-                     std::to_string(VAE_ON(ctx.target(), fused_step_grid)()));
+                     std::to_string(VAE_CALL(ctx.target(), fused_step_grid)));
         const ModelConfig c = small_config(sc.decoder, sc.activation, hidden, latent, 37);
         Vae vae(ctx, c, batch + 3, sc.samples);
         ASSERT_TRUE(vae.fused_step_fits());

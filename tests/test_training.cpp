@@ -451,7 +451,7 @@ TEST_P(EpochLoop, TwoEpochsWithAPartialLastBatchMatchTheReference) {
     for (int epoch = 0; epoch < epochs; ++epoch) {
       const ElboTotals got = t.train_epoch(train);
       DeviceBuffer<int> perm(ctx, N);
-      VAE_ON(ctx.target(), shuffle_permutation)(perm.data(), N, epoch_shuffle_key(config.seed, epoch), ctx.stream());
+      VAE_CALL(ctx.target(), shuffle_permutation, perm.data(), N, epoch_shuffle_key(config.seed, epoch), ctx.stream());
       const std::vector<int> order = perm.download();
       double recon = 0, kl = 0;
       for (int first = 0; first < N; first += B, ++step) {

@@ -1,10 +1,7 @@
-// Host execution layer: fibers, the block scheduler, block, grid and warp barriers, warp exchange
-// and kernel launches (blocks run on the worker pool of workers.cpp).
+// Host execution layer: the block scheduler (a block's CUDA threads on fibers, fiber.h), block,
+// grid and warp barriers, warp exchange and kernel launches (blocks run on the worker pool of
+// workers.cpp).
 #include "runtime/hostexec.h"
-
-#include <boost/context/detail/fcontext.hpp>
-#include <sys/mman.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -16,89 +13,14 @@
 #include <thread>
 #include <vector>
 
-#if defined(__SANITIZE_ADDRESS__)
-#define VAE_HX_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define VAE_HX_ASAN 1
-#endif
-#endif
-#ifdef VAE_HX_ASAN
-#include <sanitizer/asan_interface.h>
-#include <sanitizer/common_interface_defs.h>
-#endif
-#if __has_include(<valgrind/valgrind.h>)
-#include <valgrind/valgrind.h>
-#define VAE_HX_VALGRIND 1
-#endif
+#include "runtime/fiber.h"
 
 namespace vae::hx {
 
-namespace fc = boost::context::detail;
-
 namespace {
 
-#ifdef VAE_HX_ASAN
-constexpr size_t kStackBytes = 1u << 20;  // ASan frames carry redzones
-#else
-constexpr size_t kStackBytes = 256u << 10;
-#endif
-
-[[noreturn]] void die(const std::string& msg) {
-  std::fprintf(stderr, "host execution: %s\n", msg.c_str());
-  std::fflush(stderr);
-  std::abort();
-}
-
-enum class FiberState { running, finished, at_block_barrier, at_warp_barrier };
-
-// One stack that runs CUDA threads of the current block one after another; it is parked
-// (kept by its thread) when that thread waits at a barrier.
-struct Fiber {
-  fc::fcontext_t ctx = nullptr;
-  char* map = nullptr;  // mmap base: guard page, then the stack
-  size_t map_bytes = 0;
-  void* asan_fake_stack = nullptr;
-  unsigned valgrind_id = 0;
-  unsigned tid = 0;
-  FiberState state = FiberState::running;
-  const char* site_file = nullptr;
-  int site_line = 0;
-  unsigned warp_mask = 0;
-
-  Fiber() {
-    const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
-    map_bytes = kStackBytes + page;
-    void* p = mmap(nullptr, map_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (p == MAP_FAILED) die("cannot map a fiber stack");
-    map = static_cast<char*>(p);
-    mprotect(map, page, PROT_NONE);  // overflow faults instead of corrupting a neighbour
-#ifdef VAE_HX_ASAN
-    ASAN_UNPOISON_MEMORY_REGION(map + page, kStackBytes);
-#endif
-#ifdef VAE_HX_VALGRIND
-    valgrind_id = VALGRIND_STACK_REGISTER(map + page, map + map_bytes);
-#endif
-  }
-  ~Fiber() {
-#ifdef VAE_HX_VALGRIND
-    VALGRIND_STACK_DEREGISTER(valgrind_id);
-#endif
-    munmap(map, map_bytes);
-  }
-  Fiber(const Fiber&) = delete;
-  Fiber& operator=(const Fiber&) = delete;
-  char* stack_bottom() const { return map + (map_bytes - kStackBytes); }
-  char* stack_top() const { return map + map_bytes; }
-};
-
 // Per OS thread: the scheduler of the block it is running.
-struct Worker {
-  fc::fcontext_t scheduler = nullptr;
-  void* asan_fake_stack = nullptr;
-  const void* main_stack_bottom = nullptr;
-  size_t main_stack_size = 0;
-  Fiber* current = nullptr;
+struct Worker : FiberHome {
   std::vector<std::unique_ptr<Fiber>> fibers;
   std::vector<Fiber*> idle;
 
@@ -151,16 +73,6 @@ std::string block_name(const Worker& w) {
   return buf;
 }
 
-// Every jump passes the fiber it leaves (nullptr: the scheduler), so that where it lands can
-// store the context to resume that one with.
-inline void landed(Worker& w, const fc::transfer_t& t) {
-  if (Fiber* from = static_cast<Fiber*>(t.data)) {
-    from->ctx = t.fctx;
-  } else {
-    w.scheduler = t.fctx;
-  }
-}
-
 // Makes `next` the running fiber; a fiber resumed at a barrier gets its thread's indices back
 // (a fiber starting a new thread sets them itself).
 inline void prepare_resume(Worker& w, Fiber* next) {
@@ -169,34 +81,9 @@ inline void prepare_resume(Worker& w, Fiber* next) {
   next->state = FiberState::running;
 }
 
-// Switches from fiber `self` to fiber `to`, or to the scheduler when `to` is null; returns when
-// `self` is resumed.
-void switch_from(Worker& w, Fiber* self, Fiber* to) {
-#ifdef VAE_HX_ASAN
-  if (to) {
-    __sanitizer_start_switch_fiber(&self->asan_fake_stack, to->stack_bottom(), kStackBytes);
-  } else {
-    __sanitizer_start_switch_fiber(&self->asan_fake_stack, w.main_stack_bottom, w.main_stack_size);
-  }
-#endif
-  fc::transfer_t t = fc::jump_fcontext(to ? to->ctx : w.scheduler, self);
-#ifdef VAE_HX_ASAN
-  __sanitizer_finish_switch_fiber(self->asan_fake_stack, nullptr, nullptr);
-#endif
-  landed(w, t);
-}
-
-void switch_to_scheduler(Worker& w, Fiber* self) { switch_from(w, self, nullptr); }
-
 void fiber_main(fc::transfer_t t) {
   Worker& w = tls_worker;
-  landed(w, t);
-#ifdef VAE_HX_ASAN
-  // The first fiber a worker enters comes from the scheduler: learn the main stack's bounds.
-  const bool learn = w.main_stack_bottom == nullptr;
-  __sanitizer_finish_switch_fiber(nullptr, learn ? &w.main_stack_bottom : nullptr,
-                                  learn ? &w.main_stack_size : nullptr);
-#endif
+  w.entered(t);
   Fiber* self = w.current;
   for (;;) {
     // Lazy: run not-yet-started threads to completion on this stack until one waits.
@@ -209,7 +96,7 @@ void fiber_main(fc::transfer_t t) {
       ++w.exited;
     }
     self->state = FiberState::finished;
-    switch_to_scheduler(w, self);
+    w.switch_from(self, nullptr);
   }
 }
 
@@ -217,17 +104,7 @@ void fiber_main(fc::transfer_t t) {
 // that fiber, whose state says why.
 Fiber* resume(Worker& w, Fiber* f) {
   prepare_resume(w, f);
-#ifdef VAE_HX_ASAN
-  __sanitizer_start_switch_fiber(&w.asan_fake_stack, f->stack_bottom(), kStackBytes);
-#endif
-  fc::transfer_t t = fc::jump_fcontext(f->ctx, nullptr);
-#ifdef VAE_HX_ASAN
-  __sanitizer_finish_switch_fiber(w.asan_fake_stack, nullptr, nullptr);
-#endif
-  Fiber* back = static_cast<Fiber*>(t.data);
-  back->ctx = t.fctx;
-  w.current = nullptr;
-  return back;
+  return w.enter(f);
 }
 
 Fiber* idle_fiber(Worker& w) {
@@ -236,10 +113,8 @@ Fiber* idle_fiber(Worker& w) {
     w.idle.pop_back();
     return f;
   }
-  w.fibers.push_back(std::make_unique<Fiber>());
-  Fiber* f = w.fibers.back().get();
-  f->ctx = fc::make_fcontext(f->stack_top(), kStackBytes, fiber_main);
-  return f;
+  w.fibers.push_back(std::make_unique<Fiber>(fiber_main));
+  return w.fibers.back().get();
 }
 
 Fiber* pop_ready(Worker& w) {
@@ -435,7 +310,7 @@ void wait_warp(Worker& w, Fiber* self, unsigned mask) {
   if (need == (1u << lane)) return;  // alone in its mask: nothing to wait for
   self->warp_mask = mask;
   self->state = FiberState::at_warp_barrier;
-  switch_to_scheduler(w, self);
+  w.switch_from(self, nullptr);
 }
 
 }  // namespace
@@ -491,7 +366,7 @@ void sync_block(const char* file, int line) {
     w.block_waiting.push_back(self);
     prepare_resume(w, next);
   }
-  switch_from(w, self, next);
+  w.switch_from(self, next);
 }
 
 void sync_grid(const char* file, int line) {
