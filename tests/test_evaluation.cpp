@@ -212,8 +212,8 @@ TEST(LogLikelihood, OneSampleIsTheElboOfEstimatorAAtTheSameDraw) {
 
 // Evaluation takes rows of its own at a time (Trainer::eval_rows: 256, or the training batch when
 // larger) and keys its noise (dynamic binarization, z, the importance draws) by the row's place in
-// the data set: one model's test ELBO, codes, reconstructions and importance-weighted estimate do
-// not depend on the training batch size. Batch 7 (chunks of 256) against 300 (chunks of 300) over
+// the data set: one model's test ELBO, codes, reconstructions, prior samples and importance-weighted
+// estimate do not depend on the training batch size. Batch 7 (chunks of 256) against 300 (chunks of 300) over
 // 601 rows, L = 2; only the order of the sums differs. Keyed by chunk instead, rows 256..299 would
 // draw other noise (the ELBO then moves by ~1e-3 of itself).
 TEST(Evaluation, FiguresDoNotDependOnTheTrainingBatchSize) {
@@ -238,6 +238,10 @@ TEST(Evaluation, FiguresDoNotDependOnTheTrainingBatchSize) {
     EXPECT_NEAR(ea.kl, eb.kl, 1e-6 * std::fabs(ea.kl));
     EXPECT_TRUE(all_near(a.encode(test), to_double(b.encode(test)), 1e-6, 1e-5));
     EXPECT_TRUE(all_near(a.reconstructions(test, 64), to_double(b.reconstructions(test, 64)), 1e-6, 1e-5));
+    // Prior samples keyed by their index: 300 in chunks of 256 and 44 are the 300 of one pass.
+    const std::vector<float> chunked = a.prior_samples(300);
+    ASSERT_EQ(chunked.size(), 300u * 12);
+    EXPECT_TRUE(all_near(chunked, to_double(b.prior_samples(300)), 1e-6, 1e-5));
     const auto la = a.log_likelihood(test, 6, 4), lb = b.log_likelihood(test, 6, 4);
     ASSERT_EQ(la.n, 601);
     EXPECT_TRUE(
