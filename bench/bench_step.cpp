@@ -3,9 +3,12 @@
 // and transposes the step issues) timed alone, and its GEMM work at the rate of a large square
 // SGEMM measured in the same run. Prints a table; `--json 1` adds one JSON line.
 //   bench_step [--device cpu|cuda] [--batch 128] [--hidden 400] [--latent 20] [--steps 200]
-//              [--step composed|fused] [--tf32 0|1] [--json 0|1]
-// --step fused times the whole step as the one cooperative kernel (one phase: "fused step").
+//              [--step composed|fused] [--tf32 0|1] [--json 0|1] [--phases]
+// --step fused times the whole step as the one cooperative kernel (one phase: "fused step");
+// with --phases also each of its phases from the timers inside the kernel (the median and the
+// largest over blocks and steps, against the step's wall time) and its grid barriers.
 // With --tf32 1 (GPU) the GEMMs use TF32 tensor cores and the peak is the TF32 rate.
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -70,13 +73,23 @@ StepGemms step_gemms(const DeviceContext& ctx, const ParamLayout& layout, int ba
 struct Options {
   std::string device = "auto", step_kind = "composed";
   int batch = 128, hidden = 400, latent = 20, steps = 200, dim = 784, json = 0, tf32 = 0;
+  bool phases = false;
   bool fused() const { return step_kind == "fused"; }
 };
 
 Options parse_options(int argc, char** argv) {
   Options o;
-  for (int i = 1; i + 1 < argc; i += 2) {
+  for (int i = 1; i < argc; i += 2) {
     const std::string k = argv[i];
+    if (k == "--phases") {
+      o.phases = true;
+      --i;
+      continue;
+    }
+    if (i + 1 >= argc) {
+      std::fprintf(stderr, "bench_step: %s needs a value\n", argv[i]);
+      std::exit(2);
+    }
     const char* v = argv[i + 1];
     if (k == "--device")
       o.device = v;
@@ -103,14 +116,36 @@ Options parse_options(int argc, char** argv) {
     std::fprintf(stderr, "bench_step: --step must be composed or fused, not '%s'\n", o.step_kind.c_str());
     std::exit(2);
   }
+  if (o.phases && !o.fused()) {
+    std::fprintf(stderr, "bench_step: --phases times the fused step's phases: it needs --step fused\n");
+    std::exit(2);
+  }
   return o;
 }
 
-// Milliseconds summed over the timed steps, per phase (the fused step is one phase).
+// Milliseconds summed over the timed steps, per phase (the fused step is one phase); with
+// --phases, the fused step's own phases from its timers.
 struct PhaseTimes {
   double gather = 0, forward = 0, backward = 0, optimizer = 0, fused = 0;
   double total() const { return gather + forward + backward + optimizer + fused; }
+  std::vector<double> fused_phase_us[kFusedPhases];  // one entry per block and step
+  std::vector<double> fused_sum_us;                  // per block and step: start to the optimizer's end
+  unsigned barriers = 0;                             // grid barriers a step (every block the same)
+  bool barriers_agree = true;
 };
+
+// Reads one step's timers (grid blocks of kFusedPhaseSlots) into t.
+void add_phase_times(const std::vector<unsigned long long>& ns, int grid, PhaseTimes& t) {
+  for (int b = 0; b < grid; ++b) {
+    const unsigned long long* row = ns.data() + static_cast<size_t>(b) * kFusedPhaseSlots;
+    for (int p = 0; p < kFusedPhases; ++p)
+      t.fused_phase_us[p].push_back(1e-3 * static_cast<double>(row[1 + p] - row[p]));
+    t.fused_sum_us.push_back(1e-3 * static_cast<double>(row[kFusedPhases] - row[0]));
+    const auto barriers = static_cast<unsigned>(row[1 + kFusedPhases]);
+    if (b == 0 && t.barriers == 0) t.barriers = barriers;
+    t.barriers_agree = t.barriers_agree && barriers == t.barriers;
+  }
+}
 
 // Runs 10 warm-up steps and o.steps timed ones, every step on its own rows of synthetic data.
 PhaseTimes time_steps(const Options& o, const DeviceContext& ctx, Vae& model, Optimizer& opt) {
@@ -121,6 +156,8 @@ PhaseTimes time_steps(const Options& o, const DeviceContext& ctx, Vae& model, Op
   DeviceBuffer<double> totals(ctx, 3);
   DeviceBuffer<StepState> at(ctx, std::vector<StepState>{{0, 0}});
   PhaseTimes t;
+  const int grid = VAE_CALL(ctx.target(), fused_step_grid);
+  DeviceBuffer<unsigned long long> phase_ns(ctx, o.phases ? static_cast<size_t>(grid) * kFusedPhaseSlots : 0);
   auto now = [&] {
     ctx.synchronize();
     return std::chrono::steady_clock::now();
@@ -134,9 +171,11 @@ PhaseTimes time_steps(const Options& o, const DeviceContext& ctx, Vae& model, Op
     a.at = at.data();
     a.totals = totals.data();
     opt.set_fused_step_optimizer(a);
+    a.phase_ns = o.phases ? phase_ns.data() : nullptr;
     const auto t0 = now();
     VAE_CALL(ctx.target(), fused_step, a, ctx.stream());
     if (s >= 0) t.fused += ms(t0, now());
+    if (s >= 0 && o.phases) add_phase_times(phase_ns.download(), grid, t);
   }
   for (int s = -10; s < o.steps && !o.fused(); ++s) {
     const auto t0 = now();
@@ -192,6 +231,30 @@ Floor measure_floor(const DeviceContext& ctx, const Vae& model, int batch) {
   return f;
 }
 
+double median(std::vector<double> v) {
+  std::nth_element(v.begin(), v.begin() + v.size() / 2, v.end());
+  return v[v.size() / 2];
+}
+
+// The fused step's phases: median and largest over blocks and steps, and their sum against the
+// step's wall time (the rest is the launch, the wait for the GPU, and the clock reads).
+void print_fused_phases(const Options& o, const PhaseTimes& t) {
+  const double wall_us = 1e3 * t.fused / o.steps;
+  std::printf("\nfused step phases (us; over %zu block-steps, thread 0 of each block at each phase's end):\n",
+              t.fused_sum_us.size());
+  std::printf("%-18s %10s %10s %8s\n", "phase", "median", "max", "share");
+  double sum = 0;
+  for (int p = 0; p < kFusedPhases; ++p) {
+    const double m = median(t.fused_phase_us[p]);
+    sum += m;
+    std::printf("%-18s %10.2f %10.2f %7.1f%%\n", fused_phase_name(p), m,
+                *std::max_element(t.fused_phase_us[p].begin(), t.fused_phase_us[p].end()), 100 * m / wall_us);
+  }
+  std::printf("%-18s %10.2f  (a block's start to its end: median %.2f; the step's wall time %.2f, %.2f outside)\n",
+              "sum of medians", sum, median(t.fused_sum_us), wall_us, wall_us - sum);
+  std::printf("grid barriers a step: %u%s\n", t.barriers, t.barriers_agree ? "" : " (NOT the same on every block)");
+}
+
 void print_report(const Options& o, const DeviceContext& ctx, const PhaseTimes& t, const Floor& f) {
   const double total = t.total(), step_ms = total / o.steps, epoch_steps = 60000.0 / o.batch;
   const double flops = f.gemms.flops, step_gemm_gflops = flops / (f.gemm_ms * 1e6);
@@ -205,6 +268,7 @@ void print_report(const Options& o, const DeviceContext& ctx, const PhaseTimes& 
                           {"fused step", t.fused}}) {
     if (ms > 0) std::printf("%-12s %10.4f %7.1f%%\n", name, ms / o.steps, 100 * ms / total);
   }
+  if (o.phases) print_fused_phases(o, t);
   std::printf("%-12s %10.4f  (%.0f samples/s, GEMM work %.1f GFLOP/s, 60000-image epoch %.2f s)\n", "step", step_ms,
               o.batch / (step_ms / 1e3), flops / (step_ms * 1e6), epoch_steps * step_ms / 1e3);
   std::printf("%-12s %10.4f  (the step's %zu GEMMs alone, %.1f GFLOP/s: epoch floor %.2f s, the step is %.2fx)\n",

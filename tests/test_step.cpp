@@ -275,6 +275,55 @@ TEST_P(FusedStep, Tf32StepMatchesReferenceWithinTf32Precision) {
   for (size_t i = 0; i < fp32.size(); ++i) differs = std::max(differs, std::fabs(tf32[i] - fp32[i]));
   EXPECT_GT(differs, 1e-7) << "the TF32 step computed exactly what the fp32 step did";
 }
+// The fused step's phase timers (FusedStepArgs::phase_ns, bench_step --phases) change nothing the
+// step computes; every block's times rise phase by phase, and every block counts the same grid
+// barriers: 2·(encoder + decoder layers) + 8, and at most one more per GEMM phase (split-K).
+class FusedStepTimers : public ::testing::TestWithParam<Target> {};
+TEST_P(FusedStepTimers, TimeEachPhaseAndCountTheBarriersWithoutChangingTheStep) {
+  const Target target = GetParam();
+  VAE_SKIP_WITHOUT_DEVICE(target);
+  const int batch = 29;
+  const ModelConfig c = small_config(DecoderKind::bernoulli, Activation::relu, {40, 17}, 3, 37);
+  const auto x = test::random_uniform(static_cast<size_t>(batch) * c.input_dim, 12, 0, 1);
+  DeviceContext ctx(target, false);
+  const DeviceBuffer<float> data(ctx, x);
+  const int grid = VAE_CALL(target, fused_step_grid);
+  std::vector<float> params[2];
+  std::vector<unsigned long long> ns;
+  for (const bool timed : {false, true}) {
+    Vae vae(ctx, c, batch, 1);
+    vae.params().upload(init_parameters(c, vae.layout(), 3));
+    Optimizer opt(ctx, vae.layout().total, OptimizerKind::adam, OptimizerHyper{});
+    DeviceBuffer<StepState> at(ctx, std::vector<StepState>{{2, 0}});
+    DeviceBuffer<double> totals(ctx, 3);
+    DeviceBuffer<unsigned long long> timers(ctx, static_cast<size_t>(grid) * kFusedPhaseSlots);
+    FusedStepArgs a = vae.fused_step_args(batch);
+    a.data = data.data();
+    a.type = PixelType::f32;
+    a.seed = 4;
+    a.at = at.data();
+    a.totals = totals.data();
+    a.phase_ns = timed ? timers.data() : nullptr;
+    opt.set_fused_step_optimizer(a);
+    VAE_CALL(target, fused_step, a, ctx.stream());
+    ctx.synchronize();
+    params[timed] = vae.params().download();
+    if (timed) ns = timers.download();
+  }
+  EXPECT_EQ(params[0], params[1]) << "the timers changed the step";
+  const unsigned least = 2 * (2 + 2) + 8, gemm_phases = 4 * (2 + 1);
+  for (int b = 0; b < grid; ++b) {
+    const unsigned long long* row = ns.data() + static_cast<size_t>(b) * kFusedPhaseSlots;
+    EXPECT_GT(row[0], 0u) << "block " << b;
+    for (int p = 0; p < kFusedPhases; ++p)
+      EXPECT_LE(row[p], row[p + 1]) << "block " << b << ", " << fused_phase_name(p);
+    EXPECT_EQ(row[1 + kFusedPhases], ns[1 + kFusedPhases]) << "block " << b;
+  }
+  EXPECT_GE(ns[1 + kFusedPhases], least);
+  EXPECT_LE(ns[1 + kFusedPhases], least + gemm_phases);
+}
+INSTANTIATE_TEST_SUITE_P(Targets, FusedStepTimers, ::testing::ValuesIn(test::all_targets()), test::target_param_name);
+
 const StepCase kFusedCases[] = {
     {DecoderKind::bernoulli, Activation::relu, 1},
     {DecoderKind::bernoulli, Activation::tanh, 3},

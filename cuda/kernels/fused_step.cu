@@ -1,7 +1,8 @@
 // The whole training step as one cooperative kernel: batch gather → encoder → heads → ε, z, KL →
 // decoder → output layer with log p(x|z) and its gradient → backward through the decoder, the
 // latent stage and the encoder → the optimizer update, with a grid-wide barrier only where data
-// dependence demands one (2·(encoder + decoder layers) + 8 of them). Every block takes part in
+// dependence demands one (2·(encoder + decoder layers) + 8 of them, and one more per GEMM phase
+// that splits K; FusedStepArgs::phase_ns counts them and times each phase). Every block takes part in
 // every phase: GEMM phases hand out 32×32 output tiles (a layer's weight- and input-gradient
 // GEMMs share one phase), row and element phases stride over the grid's threads. Each output is
 // summed by one thread in a fixed order, and the ELBO totals by one block: the same seed gives
@@ -31,7 +32,22 @@ constexpr int kTilePad = kTile + 4;  // row stride: a multiple of 4 floats, as t
 struct TileShared {
   alignas(32) float a[kTileK][kTilePad];  // op(A) slice, transposed: a[p][i] (after a TF32 tile: C[i][j])
   alignas(32) float b[kTileK][kTilePad];  // op(B) slice: b[p][j]
+  unsigned barriers;                      // grid barriers passed this step (thread 0's count)
 };
+
+// A grid barrier of the step, counted for the phase timers.
+__device__ __forceinline__ void step_barrier(TileShared& sh) {
+  if (threadIdx.x == 0) ++sh.barriers;
+  VAE_GRID_SYNC();
+}
+
+// With timers on, thread 0 of each block records the time into slot `slot` of its row.
+__device__ __forceinline__ void record_time(const FusedStepArgs& a, int slot) {
+  if (a.phase_ns && threadIdx.x == 0) a.phase_ns[blockIdx.x * kFusedPhaseSlots + slot] = global_timer_ns();
+}
+__device__ __forceinline__ void phase_end(const FusedStepArgs& a, FusedPhase p) {
+  record_time(a, 1 + static_cast<int>(p));
+}
 
 // C's columns, and one more for a bias gradient: a column of ones in op(B), whose output column
 // is Σ_p op(A)[i, p], taken from the tile's own sums.
@@ -197,7 +213,7 @@ __device__ void gemm_phase(const GemmOp* ops, int count, float* workspace, bool 
     gemm_tile(op, tile, k_begin, k_end, partial, tf32, sh);
   }
   if (!split) return;  // uniform over the grid
-  VAE_GRID_SYNC();
+  step_barrier(sh);
   const long long first = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
   const long long stride = static_cast<long long>(gridDim.x) * blockDim.x;
   long long offset = 0;
@@ -245,7 +261,7 @@ __device__ void forward_stack(const FusedStepArgs& a, const FusedLayer* layers, 
     const GemmOp op = dense_forward_gemm(L.out, L.in, in, weight(a, L), bias(a, L), L.h, rows,
                                          l < count ? a.activation : Activation::identity);
     gemm_phase(&op, 1, a.workspace, a.tf32, sh);
-    VAE_GRID_SYNC();
+    step_barrier(sh);
     in = L.h;
   }
 }
@@ -259,7 +275,7 @@ __device__ void backward_stack(const FusedStepArgs& a, const FusedLayer* layers,
     const FusedLayer& L = l < count ? layers[l] : top;
     const float* below = l ? layers[l - 1].h : bottom;
     layer_backward(a, L, below, rows, l ? below : nullptr, l ? layers[l - 1].dh : bottom_grad, sh);
-    VAE_GRID_SYNC();
+    step_barrier(sh);
   }
 }
 
@@ -315,6 +331,8 @@ __global__ void __launch_bounds__(kStepThreads, 2) fused_step_kernel(FusedStepAr
   const long long first = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
   const long long stride = static_cast<long long>(gridDim.x) * blockDim.x;
   const int B = a.batch, rows = a.batch * a.samples, J = a.latent;
+  if (threadIdx.x == 0) sh.barriers = 0;
+  record_time(a, 0);
 
   // Batch gather (and dynamic binarization), as gather_batch.
   if (a.binarize) {
@@ -336,10 +354,12 @@ __global__ void __launch_bounds__(kStepThreads, 2) fused_step_kernel(FusedStepAr
                                        : pixel_value(static_cast<const float*>(a.data)[src]);
     }
   }
-  VAE_GRID_SYNC();
+  step_barrier(sh);
+  phase_end(a, FusedPhase::gather);
 
   // Encoder and heads.
   forward_stack(a, a.encoder, a.encoder_layers, a.heads, a.x, B, sh);
+  phase_end(a, FusedPhase::encoder);
 
   // ε, z = μ + σ ε and the KL, one (row, sample) item per thread.
   for (long long t = first; t < rows; t += stride) {
@@ -348,10 +368,12 @@ __global__ void __launch_bounds__(kStepThreads, 2) fused_step_kernel(FusedStepAr
     sample_latent(mu, mu + J, J, static_cast<int>(at.row0) + r, s, a.samples, a.seed, RandomStream::latent_noise,
                   at.step, a.z + t * J, a.kl + r);
   }
-  VAE_GRID_SYNC();
+  step_barrier(sh);
+  phase_end(a, FusedPhase::latent);
 
   // Decoder and output layer.
   forward_stack(a, a.decoder, a.decoder_layers, a.output, a.z, rows, sh);
+  phase_end(a, FusedPhase::decoder);
 
   // log p(x|z) and its gradient, a warp per (sample, row).
   {
@@ -373,21 +395,25 @@ __global__ void __launch_bounds__(kStepThreads, 2) fused_step_kernel(FusedStepAr
       if (lane == 0) a.log_prob[row] = sum;
     }
   }
-  VAE_GRID_SYNC();
+  step_barrier(sh);
+  phase_end(a, FusedPhase::reconstruction);
 
   // The ELBO totals (block 0), then the backward of the output layer and the decoder.
   if (blockIdx.x == 0) block_totals(a, at.step);
   backward_stack(a, a.decoder, a.decoder_layers, a.output, a.z, a.d_z, rows, sh);
+  phase_end(a, FusedPhase::decoder_backward);
 
   // Latent stage backward, an element per thread.
   for (long long i = first; i < static_cast<long long>(B) * J; i += stride) {
     latent_backward_element(a.heads.h, a.z, a.d_z, a.heads.dh, static_cast<int>(i / J), static_cast<int>(i % J), B, J,
                             a.samples, 1.f / static_cast<float>(B), KlEstimator::analytic);
   }
-  VAE_GRID_SYNC();
+  step_barrier(sh);
+  phase_end(a, FusedPhase::latent_backward);
 
   // Heads and encoder backward (dL/dx is not needed).
   backward_stack(a, a.encoder, a.encoder_layers, a.heads, a.x, nullptr, B, sh);
+  phase_end(a, FusedPhase::encoder_backward);
 
   // The optimizer over the flat buffer; then block 0 moves the step on (every block has read it).
   switch (a.optimizer) {
@@ -401,6 +427,8 @@ __global__ void __launch_bounds__(kStepThreads, 2) fused_step_kernel(FusedStepAr
       optimizer_phase<OptimizerKind::sgd>(a, at.step, first, stride);
       break;
   }
+  phase_end(a, FusedPhase::optimizer);
+  if (a.phase_ns && threadIdx.x == 0) a.phase_ns[blockIdx.x * kFusedPhaseSlots + 1 + kFusedPhases] = sh.barriers;
   if (first == 0) {
     a.at->step = at.step + 1;
     a.at->offset = at.offset + B;

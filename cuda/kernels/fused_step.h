@@ -52,7 +52,34 @@ struct FusedStepArgs {
   float* state1 = nullptr;
   float* state2 = nullptr;
   long long parameters = 0;
+  // Phase timers: (grid, kFusedPhaseSlots) written by thread 0 of each block, or null (off: one
+  // untaken branch per phase).
+  unsigned long long* phase_ns = nullptr;
 };
+
+// The fused step's phases in order, for its timers (FusedStepArgs::phase_ns).
+enum class FusedPhase : int {
+  gather,            // the batch (and dynamic binarization)
+  encoder,           // the encoder's layers and the heads
+  latent,            // ε, z and the KL
+  decoder,           // the decoder's layers and the output layer
+  reconstruction,    // log p(x|z) and its gradient
+  decoder_backward,  // the ELBO totals, the output layer's and the decoder's backward
+  latent_backward,   // dμ, dlog σ²
+  encoder_backward,  // the heads' and the encoder's backward
+  optimizer,         // the update of the flat buffer (no barrier after it)
+};
+constexpr int kFusedPhases = 9;
+inline const char* fused_phase_name(int p) {
+  static const char* const names[kFusedPhases] = {"gather",          "encoder",          "latent",
+                                                  "decoder",         "reconstruction",   "decoder backward",
+                                                  "latent backward", "encoder backward", "optimizer"};
+  return p >= 0 && p < kFusedPhases ? names[p] : "?";
+}
+// Timer slots per block: [0] the start, [1 + p] the end of phase p (when the block leaves the
+// grid barrier that closes it; the optimizer's when the block is done), in ns of a clock all
+// blocks share; [1 + kFusedPhases] the grid barriers the block passed in the step.
+constexpr int kFusedPhaseSlots = kFusedPhases + 2;
 
 // The fused step's split-K workspace for a grid of `grid` blocks (see gemm_phase in fused_step.cu).
 inline long long fused_step_workspace_floats(int grid) { return 2ll * grid * 32 * 32; }

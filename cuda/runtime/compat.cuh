@@ -6,6 +6,7 @@
 #include <cuda_runtime.h>
 #include <curand_kernel.h>
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <tuple>
@@ -158,6 +159,22 @@ int cooperative_max_blocks(void (*kernel)(Params...), int block_threads, size_t 
   VAE_CUDA_CHECK(::vae::VAE_NS::launch_kernel(#kernel, kernel, grid, block, smem, stream, __VA_ARGS__))
 #define VAE_LAUNCH_COOPERATIVE(kernel, grid, block, smem, stream, ...) \
   VAE_CUDA_CHECK(::vae::VAE_NS::launch_kernel<true>(#kernel, kernel, grid, block, smem, stream, __VA_ARGS__))
+
+// Nanoseconds on a clock every block of a launch shares, for timers inside kernels: the GPU's
+// %globaltimer, or the steady clock under host execution.
+namespace vae::VAE_NS {
+__device__ __forceinline__ unsigned long long global_timer_ns() {
+#if VAE_HOST_EXEC
+  return static_cast<unsigned long long>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+          .count());
+#else
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+#endif
+}
+}  // namespace vae::VAE_NS
 
 // A grid-wide barrier in a kernel launched with VAE_LAUNCH_COOPERATIVE.
 #if VAE_HOST_EXEC
