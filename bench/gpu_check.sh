@@ -181,6 +181,11 @@ bench() {
 if [ -x build-gpu/host/vae ] && want bench; then
   t=$(date +%s)
   {
+    # Where the fused step's time goes (issue 17): its phase timers and grid barriers, first.
+    for b in 32 128 512; do
+      bench build-gpu/bench/bench_step --device cuda --batch "$b" --steps 300 --step fused --phases
+    done
+    bench build-gpu/bench/bench_step --device cuda --batch 128 --steps 300 --step fused --tf32 1 --phases
     bench build-gpu/bench/bench_kernels --device cuda
     bench build-gpu/bench/bench_kernels --device cuda --cache warm --reps 500
     # The fused step (one cooperative kernel) against the composed step: the rule of `--step auto`.
