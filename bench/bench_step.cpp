@@ -3,10 +3,11 @@
 // and transposes the step issues) timed alone, and its GEMM work at the rate of a large square
 // SGEMM measured in the same run. Prints a table; `--json 1` adds one JSON line.
 //   bench_step [--device cpu|cuda] [--batch 128] [--hidden 400] [--latent 20] [--steps 200]
-//              [--step composed|fused] [--tf32 0|1] [--json 0|1] [--phases]
+//              [--step composed|fused] [--tf32 0|1] [--json 0|1] [--phases] [--steps-per-launch K]
 // --step fused times the whole step as the one cooperative kernel (one phase: "fused step");
 // with --phases also each of its phases from the timers inside the kernel (the median and the
-// largest over blocks and steps, against the step's wall time) and its grid barriers.
+// largest over blocks and steps, against the step's wall time) and its grid barriers; with
+// --steps-per-launch K, K steps in each launch (persistent; the timers then see each launch's last).
 // With --tf32 1 (GPU) the GEMMs use TF32 tensor cores and the peak is the TF32 rate.
 #include <algorithm>
 #include <chrono>
@@ -72,7 +73,7 @@ StepGemms step_gemms(const DeviceContext& ctx, const ParamLayout& layout, int ba
 
 struct Options {
   std::string device = "auto", step_kind = "composed";
-  int batch = 128, hidden = 400, latent = 20, steps = 200, dim = 784, json = 0, tf32 = 0;
+  int batch = 128, hidden = 400, latent = 20, steps = 200, dim = 784, json = 0, tf32 = 0, steps_per_launch = 1;
   bool phases = false;
   bool fused() const { return step_kind == "fused"; }
 };
@@ -101,6 +102,8 @@ Options parse_options(int argc, char** argv) {
       o.latent = std::atoi(v);
     else if (k == "--steps")
       o.steps = std::atoi(v);
+    else if (k == "--steps-per-launch")
+      o.steps_per_launch = std::atoi(v);
     else if (k == "--step")
       o.step_kind = v;
     else if (k == "--json")
@@ -114,6 +117,10 @@ Options parse_options(int argc, char** argv) {
   }
   if (o.step_kind != "composed" && o.step_kind != "fused") {
     std::fprintf(stderr, "bench_step: --step must be composed or fused, not '%s'\n", o.step_kind.c_str());
+    std::exit(2);
+  }
+  if (o.steps_per_launch < 1 || o.steps % o.steps_per_launch != 0 || (o.steps_per_launch > 1 && !o.fused())) {
+    std::fprintf(stderr, "bench_step: --steps-per-launch must divide --steps, and needs --step fused\n");
     std::exit(2);
   }
   if (o.phases && !o.fused()) {
@@ -147,9 +154,11 @@ void add_phase_times(const std::vector<unsigned long long>& ns, int grid, PhaseT
   }
 }
 
-// Runs 10 warm-up steps and o.steps timed ones, every step on its own rows of synthetic data.
+// Runs 10 warm-up steps (at least) and o.steps timed ones, every step on its own rows of synthetic
+// data; the fused step o.steps_per_launch at a time.
 PhaseTimes time_steps(const Options& o, const DeviceContext& ctx, Vae& model, Optimizer& opt) {
-  const long long n = static_cast<long long>(o.batch) * (o.steps + 10);
+  const int K = o.steps_per_launch, warm_launches = (10 + K - 1) / K;
+  const long long n = static_cast<long long>(o.batch) * (o.steps + warm_launches * K);
   std::vector<uint8_t> pixels(static_cast<size_t>(n) * o.dim);
   for (size_t i = 0; i < pixels.size(); ++i) pixels[i] = static_cast<uint8_t>((i * 2654435761u) >> 24);
   DeviceBuffer<uint8_t> data(ctx, pixels);
@@ -163,7 +172,7 @@ PhaseTimes time_steps(const Options& o, const DeviceContext& ctx, Vae& model, Op
     return std::chrono::steady_clock::now();
   };
   auto ms = [](auto a, auto b) { return std::chrono::duration<double, std::milli>(b - a).count(); };
-  for (int s = -10; s < o.steps && o.fused(); ++s) {  // the step as one kernel
+  for (int s = -warm_launches * K; s < o.steps && o.fused(); s += K) {  // K steps as one kernel
     FusedStepArgs a = model.fused_step_args(o.batch);
     a.data = data.data();
     a.type = PixelType::u8;
@@ -172,6 +181,7 @@ PhaseTimes time_steps(const Options& o, const DeviceContext& ctx, Vae& model, Op
     a.totals = totals.data();
     opt.set_fused_step_optimizer(a);
     a.phase_ns = o.phases ? phase_ns.data() : nullptr;
+    a.steps = K;
     const auto t0 = now();
     VAE_CALL(ctx.target(), fused_step, a, ctx.stream());
     if (s >= 0) t.fused += ms(t0, now());

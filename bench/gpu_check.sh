@@ -186,6 +186,8 @@ if [ -x build-gpu/host/vae ] && want bench; then
       bench build-gpu/bench/bench_step --device cuda --batch "$b" --steps 300 --step fused --phases
     done
     bench build-gpu/bench/bench_step --device cuda --batch 128 --steps 300 --step fused --tf32 1 --phases
+    # Persistent: 20 steps a launch (the launch gap between steps gone).
+    bench build-gpu/bench/bench_step --device cuda --batch 128 --steps 300 --step fused --steps-per-launch 20 --phases
     bench build-gpu/bench/bench_kernels --device cuda
     bench build-gpu/bench/bench_kernels --device cuda --cache warm --reps 500
     # The fused step (one cooperative kernel) against the composed step: the rule of `--step auto`.

@@ -107,6 +107,7 @@ void Trainer::queue_step(const DeviceDataset& train, const StepRows& rows) {
     a.at = train_at_.data();
     a.totals = totals_.data();
     a.watch = watch_.data();
+    a.kl_term = config_.kl;
     optimizer_.set_fused_step_optimizer(a);
     VAE_CALL(target, fused_step, a, ctx_.stream());
     return;

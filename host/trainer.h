@@ -52,7 +52,7 @@ class Trainer {
   void set_use_graph(bool on) { use_graph_ = on; }
   // Full training steps as one cooperative kernel (fused) or as the composed string of GEMMs and
   // kernels; the fused step where the model fits it (Vae::fused_step_fits), else composed.
-  void set_fused_step(bool on) { fused_step_ = on && vae_.fused_step_fits() && !pg_ && analytic_kl_unweighted(); }
+  void set_fused_step(bool on) { fused_step_ = on && vae_.fused_step_fits() && !pg_; }
   // Data parallel: this trainer is one rank of pg. Each step takes the rank's slice of the
   // global batch (config().batch_size rows) and sums the gradients over the ranks before the
   // optimizer; epoch totals are summed too. The fused step is then off (one kernel could not
@@ -146,10 +146,6 @@ class Trainer {
   int64_t batch_in_epoch_ = 0;
   std::vector<double> resumed_totals_;  // a mid-epoch checkpoint's totals, for this rank to start from
   ProcessGroup* pg_ = nullptr;
-  // The fused step computes the analytic KL at β = 1 only.
-  bool analytic_kl_unweighted() const {
-    return config_.kl.estimator == KlEstimator::analytic && config_.kl.weight == 1.f && config_.kl.warmup == 0;
-  }
   bool use_graph_ = true;
   bool fused_step_ = false;
   DeviceBuffer<NonFinite> watch_;

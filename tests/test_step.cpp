@@ -118,8 +118,9 @@ void expect_matches_reference(Vae& vae, const test::ReferenceLayout& rl, const t
 
 // One fused step of `batch` rows of float pixels `data`, keyed by seed, at the step state `at`.
 void run_fused_step(const DeviceContext& ctx, Vae& vae, Optimizer& opt, int batch, const float* data, uint64_t seed,
-                    StepState* at, double* totals) {
+                    StepState* at, double* totals, const KlTerm& kl = {}) {
   FusedStepArgs a = vae.fused_step_args(batch);
+  a.kl_term = kl;
   EXPECT_EQ(a.tf32, ctx.tf32());
   a.data = data;
   a.type = PixelType::f32;
@@ -176,7 +177,9 @@ TEST_P(WholeStep, LossAndEveryGradientMatchReference) {
 // for three steps against the float64 reference with each optimizer: log p and KL, every
 // gradient, the parameters and the optimizer state after each update, the ELBO totals and the
 // step state. Batches 1, 7, 129 with L = 1 or 3, no, one and two hidden layers, both decoders,
-// ReLU and tanh. The steps start at t = 18: Adam's bias correction is not at its first values.
+// ReLU and tanh; the analytic KL at β = 1, at β = 0.4 in a 30-step warm-up, and the Monte-Carlo
+// KL (estimator A) at β = 0.7. The steps start at t = 18: Adam's bias correction is not at its
+// first values, and the warm-up's ramp is at 17/30..19/30.
 class FusedStep : public ::testing::TestWithParam<std::tuple<Target, StepCase>> {};
 
 TEST_P(FusedStep, ThreeStepsOfEachOptimizerMatchReference) {
@@ -187,13 +190,15 @@ TEST_P(FusedStep, ThreeStepsOfEachOptimizerMatchReference) {
   const int workers_before = hx::workers();
   for (int workers : target == Target::cpu ? std::vector<int>{workers_before, 7} : std::vector<int>{0})
     for (OptimizerKind kind : {OptimizerKind::sgd, OptimizerKind::adam, OptimizerKind::adagrad})
-      for (auto [batch, hidden, latent] : {std::tuple{1, std::vector<int>{5}, 1},
-                                           {7, std::vector<int>{}, 3},
-                                           {129, std::vector<int>{33, 5}, 20},
-                                           {7, std::vector<int>{33}, 3}}) {
+      for (auto [batch, hidden, latent, kl] :
+           {std::tuple{1, std::vector<int>{5}, 1, KlTerm{}},
+            {7, std::vector<int>{}, 3, KlTerm{KlEstimator::monte_carlo, 0.7f, 0}},
+            {129, std::vector<int>{33, 5}, 20, KlTerm{KlEstimator::analytic, 0.4f, 30}},
+            {7, std::vector<int>{33}, 3, KlTerm{}}}) {
         if (workers > 0) hx::set_workers(workers);
         SCOPED_TRACE(std::string(optimizer_name(kind)) + ", batch " + std::to_string(batch) + ", " +
-                     std::to_string(hidden.size()) + " hidden layers, grid " +
+                     std::to_string(hidden.size()) + " hidden layers, KL " + estimator_name(kl.estimator) +
+                     " at beta " + std::to_string(kl.weight) + ", grid " +
                      std::to_string(VAE_CALL(ctx.target(), fused_step_grid)));
         const ModelConfig c = small_config(sc.decoder, sc.activation, hidden, latent, 37);
         Vae vae(ctx, c, batch + 3, sc.samples);
@@ -211,12 +216,12 @@ TEST_P(FusedStep, ThreeStepsOfEachOptimizerMatchReference) {
 
         double want_recon = 0, want_kl = 0;
         for (int step = 0; step < steps; ++step) {
-          run_fused_step(ctx, vae, opt, batch, data_dev.data(), 5, at.data(), totals.data());
+          run_fused_step(ctx, vae, opt, batch, data_dev.data(), 5, at.data(), totals.data(), kl);
 
           const std::vector<double> x(data.begin() + static_cast<size_t>(step) * batch * c.input_dim,
                                       data.begin() + static_cast<size_t>(step + 1) * batch * c.input_dim);
           const auto eps = test::reference_noise(5, RandomStream::latent_noise, 17 + step, batch, sc.samples, latent);
-          const auto ref = test::reference_vae(c, p, x, batch, sc.samples, eps);
+          const auto ref = test::reference_vae(c, p, x, batch, sc.samples, eps, true, kl, 17 + step);
           const std::string where = "step " + std::to_string(step);
           expect_matches_reference(vae, rl, ref, batch, sc.samples, where);
           for (int r = 0; r < batch; ++r) {
@@ -278,8 +283,8 @@ TEST_P(FusedStep, Tf32StepMatchesReferenceWithinTf32Precision) {
 // The fused step's phase timers (FusedStepArgs::phase_ns, bench_step --phases) change nothing the
 // step computes; every block's times rise phase by phase, and every block counts the same grid
 // barriers: 2·(encoder + decoder layers) + 8, and at most one more per GEMM phase (split-K).
-class FusedStepTimers : public ::testing::TestWithParam<Target> {};
-TEST_P(FusedStepTimers, TimeEachPhaseAndCountTheBarriersWithoutChangingTheStep) {
+class FusedStepLaunch : public ::testing::TestWithParam<Target> {};
+TEST_P(FusedStepLaunch, TimeEachPhaseAndCountTheBarriersWithoutChangingTheStep) {
   const Target target = GetParam();
   VAE_SKIP_WITHOUT_DEVICE(target);
   const int batch = 29;
@@ -322,7 +327,55 @@ TEST_P(FusedStepTimers, TimeEachPhaseAndCountTheBarriersWithoutChangingTheStep) 
   EXPECT_GE(ns[1 + kFusedPhases], least);
   EXPECT_LE(ns[1 + kFusedPhases], least + gemm_phases);
 }
-INSTANTIATE_TEST_SUITE_P(Targets, FusedStepTimers, ::testing::ValuesIn(test::all_targets()), test::target_param_name);
+INSTANTIATE_TEST_SUITE_P(Targets, FusedStepLaunch, ::testing::ValuesIn(test::all_targets()), test::target_param_name);
+
+// Persistent across steps: one launch of three steps (FusedStepArgs::steps) computes, bit for bit,
+// what three launches of one step do — parameters, Adam's moments, the totals and the step state —
+// with dynamic binarization and L = 2, on a grid of several blocks.
+TEST_P(FusedStepLaunch, ThreeStepsInOneLaunchAreThreeLaunches) {
+  const Target target = GetParam();
+  VAE_SKIP_WITHOUT_DEVICE(target);
+  const int batch = 23, steps = 3;
+  ModelConfig c = small_config(DecoderKind::gaussian, Activation::tanh, {31}, 5, 37);
+  const auto x = test::random_uniform(static_cast<size_t>(steps) * batch * c.input_dim, 13, 0, 1);
+  DeviceContext ctx(target, false);
+  const DeviceBuffer<float> data(ctx, x);
+  struct Result {
+    std::vector<float> params, m, v;
+    std::vector<double> totals;
+    StepState at;
+  } result[2];
+  for (const bool persistent : {false, true}) {
+    Vae vae(ctx, c, batch, 2);
+    vae.params().upload(init_parameters(c, vae.layout(), 6));
+    Optimizer opt(ctx, vae.layout().total, OptimizerKind::adam, OptimizerHyper{});
+    DeviceBuffer<StepState> at(ctx, std::vector<StepState>{{7, 0}});
+    DeviceBuffer<double> totals(ctx, 3);
+    for (int launch = 0; launch < (persistent ? 1 : steps); ++launch) {
+      FusedStepArgs a = vae.fused_step_args(batch);
+      a.data = data.data();
+      a.type = PixelType::f32;
+      a.binarize = true;
+      a.seed = 4;
+      a.at = at.data();
+      a.totals = totals.data();
+      a.steps = persistent ? steps : 1;
+      opt.set_fused_step_optimizer(a);
+      VAE_CALL(target, fused_step, a, ctx.stream());
+    }
+    ctx.synchronize();
+    result[persistent] = {vae.params().download(), opt.state(0).download(), opt.state(1).download(), totals.download(),
+                          at.download()[0]};
+  }
+  EXPECT_EQ(result[1].params, result[0].params);
+  EXPECT_EQ(result[1].m, result[0].m);
+  EXPECT_EQ(result[1].v, result[0].v);
+  EXPECT_EQ(result[1].totals, result[0].totals);
+  EXPECT_EQ(result[1].totals[2], 3.0 * batch);
+  EXPECT_EQ(result[1].at.step, 10u);
+  EXPECT_EQ(result[1].at.offset, 3 * batch);
+  EXPECT_EQ(result[0].at.step, 10u);
+}
 
 const StepCase kFusedCases[] = {
     {DecoderKind::bernoulli, Activation::relu, 1},

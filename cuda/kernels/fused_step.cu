@@ -323,11 +323,8 @@ __device__ void optimizer_phase(const FusedStepArgs& a, uint64_t step, long long
   }
 }
 
-}  // namespace
-
-__global__ void __launch_bounds__(kStepThreads, 2) fused_step_kernel(FusedStepArgs a) {
-  __shared__ TileShared sh;
-  const StepState at = *a.at;  // every block reads it before the first barrier; block 0 moves it on last
+// One training step at `at` (its rows at->offset.. of the permutation), by every block.
+__device__ void train_step(const FusedStepArgs& a, const StepState& at, TileShared& sh) {
   const long long first = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
   const long long stride = static_cast<long long>(gridDim.x) * blockDim.x;
   const int B = a.batch, rows = a.batch * a.samples, J = a.latent;
@@ -361,12 +358,15 @@ __global__ void __launch_bounds__(kStepThreads, 2) fused_step_kernel(FusedStepAr
   forward_stack(a, a.encoder, a.encoder_layers, a.heads, a.x, B, sh);
   phase_end(a, FusedPhase::encoder);
 
-  // ε, z = μ + σ ε and the KL, one (row, sample) item per thread.
+  // ε, z = μ + σ ε and the KL (analytic, or the Monte-Carlo mean over the row's samples), one
+  // (row, sample) item per thread.
   for (long long t = first; t < rows; t += stride) {
-    const int s = static_cast<int>(t / B), r = static_cast<int>(t % B);
+    const int s = static_cast<int>(t / B), r = static_cast<int>(t % B), row = static_cast<int>(at.row0) + r;
     const float* mu = a.heads.h + static_cast<long long>(r) * 2 * J;
-    sample_latent(mu, mu + J, J, static_cast<int>(at.row0) + r, s, a.samples, a.seed, RandomStream::latent_noise,
-                  at.step, a.z + t * J, a.kl + r);
+    sample_latent(mu, mu + J, J, row, s, a.samples, a.seed, RandomStream::latent_noise, at.step, a.z + t * J, a.kl + r);
+    if (s == 0 && a.kl_term.estimator == KlEstimator::monte_carlo) {
+      a.kl[r] = mc_kl_row(mu, mu + J, J, row, a.samples, a.seed, RandomStream::latent_noise, at.step);
+    }
   }
   step_barrier(sh);
   phase_end(a, FusedPhase::latent);
@@ -403,10 +403,11 @@ __global__ void __launch_bounds__(kStepThreads, 2) fused_step_kernel(FusedStepAr
   backward_stack(a, a.decoder, a.decoder_layers, a.output, a.z, a.d_z, rows, sh);
   phase_end(a, FusedPhase::decoder_backward);
 
-  // Latent stage backward, an element per thread.
+  // Latent stage backward, an element per thread; the KL's gradient weighted by β at this step.
+  const float kl_scale = kl_scale_at(1.f / static_cast<float>(B), a.kl_term, &at);
   for (long long i = first; i < static_cast<long long>(B) * J; i += stride) {
     latent_backward_element(a.heads.h, a.z, a.d_z, a.heads.dh, static_cast<int>(i / J), static_cast<int>(i % J), B, J,
-                            a.samples, 1.f / static_cast<float>(B), KlEstimator::analytic);
+                            a.samples, kl_scale, a.kl_term.estimator);
   }
   step_barrier(sh);
   phase_end(a, FusedPhase::latent_backward);
@@ -429,9 +430,24 @@ __global__ void __launch_bounds__(kStepThreads, 2) fused_step_kernel(FusedStepAr
   }
   phase_end(a, FusedPhase::optimizer);
   if (a.phase_ns && threadIdx.x == 0) a.phase_ns[blockIdx.x * kFusedPhaseSlots + 1 + kFusedPhases] = sh.barriers;
-  if (first == 0) {
-    a.at->step = at.step + 1;
-    a.at->offset = at.offset + B;
+}
+
+}  // namespace
+
+// a.steps consecutive steps (full batches of one permutation) in one launch: a grid barrier
+// between them (the next gather overwrites x, the next forward reads the updated parameters).
+__global__ void __launch_bounds__(kStepThreads, 2) fused_step_kernel(FusedStepArgs a) {
+  __shared__ TileShared sh;
+  __shared__ StepState base;  // every block reads it before the first barrier; block 0 moves it on last
+  if (threadIdx.x == 0) base = *a.at;
+  __syncthreads();
+  for (int i = 0; i < a.steps; ++i) {
+    if (i > 0) VAE_GRID_SYNC();
+    train_step(a, {base.step + i, base.offset + static_cast<long long>(i) * a.batch, base.row0}, sh);
+  }
+  if (blockIdx.x == 0 && threadIdx.x == 0) {
+    a.at->step = base.step + a.steps;
+    a.at->offset = base.offset + static_cast<long long>(a.steps) * a.batch;
   }
 }
 
@@ -455,7 +471,7 @@ int fused_step_grid() {
 void fused_step(const FusedStepArgs& args, cudaStream_t stream) {
   VAE_REQUIRE(args.encoder_layers <= kMaxStepLayers && args.decoder_layers <= kMaxStepLayers,
               "fused_step: too many hidden layers");
-  VAE_REQUIRE(args.batch > 0 && args.samples > 0 && args.latent > 0, "fused_step: bad shape");
+  VAE_REQUIRE(args.batch > 0 && args.samples > 0 && args.latent > 0 && args.steps > 0, "fused_step: bad shape");
   const int grid = fused_step_grid();
   VAE_REQUIRE(args.workspace && args.workspace_floats >= fused_step_workspace_floats(grid),
               "fused_step: the split-K workspace is smaller than the grid needs");

@@ -26,8 +26,10 @@ struct FusedStepArgs {
   bool binarize = false;
   uint64_t seed = 0;
   StepState* at = nullptr;  // read at the start, advanced at the end
+  int steps = 1;            // consecutive full batches trained in the one launch (persistent)
   // Model.
   int batch = 0, dim = 0, latent = 0, samples = 1;
+  KlTerm kl_term;         // the KL's estimator, and its weight β with the warm-up (at at->step) in the gradient
   bool gaussian = false;  // decoder: Gaussian (out has 2D columns) or Bernoulli
   Activation activation = Activation::relu;
   int encoder_layers = 0, decoder_layers = 0;
@@ -76,9 +78,9 @@ inline const char* fused_phase_name(int p) {
                                                   "latent backward", "encoder backward", "optimizer"};
   return p >= 0 && p < kFusedPhases ? names[p] : "?";
 }
-// Timer slots per block: [0] the start, [1 + p] the end of phase p (when the block leaves the
-// grid barrier that closes it; the optimizer's when the block is done), in ns of a clock all
-// blocks share; [1 + kFusedPhases] the grid barriers the block passed in the step.
+// Timer slots per block (of the launch's last step): [0] the start, [1 + p] the end of phase p (when the block leaves
+// the grid barrier that closes it; the optimizer's when the block is done), in ns of a clock all blocks share; [1 +
+// kFusedPhases] the grid barriers the block passed in the step.
 constexpr int kFusedPhaseSlots = kFusedPhases + 2;
 
 // The fused step's split-K workspace for a grid of `grid` blocks (see gemm_phase in fused_step.cu).

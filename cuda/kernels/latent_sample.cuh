@@ -44,6 +44,17 @@ __device__ __forceinline__ float mc_kl_group(const float* mu, const float* logva
   return sum;
 }
 
+// A row's Monte-Carlo KL, the mean over its samples of log q(z|x) − log p(z): its groups in order,
+// each summed over the samples (the order of the latent kernel with one lane per item).
+__device__ __forceinline__ float mc_kl_row(const float* mu, const float* logvar, int latent, int row, int samples,
+                                           uint64_t seed, RandomStream rs, uint64_t step) {
+  float sum = 0.f;
+  for (int g = 0; 4 * g < latent; ++g)
+    for (int s = 0; s < samples; ++s)
+      sum += mc_kl_group(mu, logvar, latent, row, s, samples, seed, rs, step, g) / static_cast<float>(samples);
+  return sum;
+}
+
 // Column j's term of −2 KL: 1 + log σ² − μ² − σ².
 __device__ __forceinline__ float kl_term(const float* mu, const float* logvar, int j) {
   return 1.f + logvar[j] - mu[j] * mu[j] - expf(logvar[j]);
