@@ -8,6 +8,10 @@
 // with --phases also each of its phases from the timers inside the kernel (the median and the
 // largest over blocks and steps, against the step's wall time) and its grid barriers; with
 // --steps-per-launch K, K steps in each launch (persistent; the timers then see each launch's last).
+//   bench_step --sweep [--batches 32,64,128,256,512,1024] [--steps N] [--json 1]
+// times every variant (composed; fused one step a launch; fused 16 steps a launch; each in fp32
+// and, on the GPU, TF32) at every batch, one line each, and names the fastest per batch: the
+// measurement `--step auto`'s rule is written from.
 // With --tf32 1 (GPU) the GEMMs use TF32 tensor cores and the peak is the TF32 rate.
 #include <algorithm>
 #include <chrono>
@@ -15,6 +19,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <limits>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -74,7 +80,8 @@ StepGemms step_gemms(const DeviceContext& ctx, const ParamLayout& layout, int ba
 struct Options {
   std::string device = "auto", step_kind = "composed";
   int batch = 128, hidden = 400, latent = 20, steps = 200, dim = 784, json = 0, tf32 = 0, steps_per_launch = 1;
-  bool phases = false;
+  bool phases = false, sweep = false;
+  std::string batches = "32,64,128,256,512,1024";  // --sweep's
   bool fused() const { return step_kind == "fused"; }
 };
 
@@ -82,8 +89,8 @@ Options parse_options(int argc, char** argv) {
   Options o;
   for (int i = 1; i < argc; i += 2) {
     const std::string k = argv[i];
-    if (k == "--phases") {
-      o.phases = true;
+    if (k == "--phases" || k == "--sweep") {
+      (k == "--phases" ? o.phases : o.sweep) = true;
       --i;
       continue;
     }
@@ -102,6 +109,8 @@ Options parse_options(int argc, char** argv) {
       o.latent = std::atoi(v);
     else if (k == "--steps")
       o.steps = std::atoi(v);
+    else if (k == "--batches")
+      o.batches = v;
     else if (k == "--steps-per-launch")
       o.steps_per_launch = std::atoi(v);
     else if (k == "--step")
@@ -312,16 +321,85 @@ void print_report(const Options& o, const DeviceContext& ctx, const PhaseTimes& 
   }
 }
 
+ModelConfig model_config(const Options& o) {
+  ModelConfig mc;
+  mc.input_dim = o.dim;
+  mc.hidden = {o.hidden};
+  mc.latent = o.latent;
+  return mc;
+}
+
+// Microseconds per step of one variant: its own model (initialised alike) at o.batch.
+double step_us(const Options& o, const DeviceContext& ctx) {
+  const ModelConfig mc = model_config(o);
+  Vae model(ctx, mc, o.batch, 1);
+  Optimizer opt(ctx, model.layout().total, OptimizerKind::adam, OptimizerHyper{});
+  model.params().upload(init_parameters(mc, model.layout(), 1));
+  return 1e3 * time_steps(o, ctx, model, opt).total() / o.steps;
+}
+
+int run_sweep(const Options& o) {
+  const Target target = resolve_target(o.device);
+  struct Variant {
+    const char* name;
+    bool fused;
+    int steps_per_launch;
+    bool tf32;
+  };
+  std::vector<Variant> variants;
+  for (const bool tf32 : {false, true}) {
+    if (tf32 && target != Target::cuda) break;  // TF32 is a GPU option: the CPU computes fp32 either way
+    variants.push_back({tf32 ? "composed tf32" : "composed", false, 1, tf32});
+    variants.push_back({tf32 ? "fused tf32" : "fused", true, 1, tf32});
+    variants.push_back({tf32 ? "fused x16 tf32" : "fused x16", true, 16, tf32});
+  }
+  std::vector<int> batches;
+  std::stringstream in(o.batches);
+  for (std::string item; std::getline(in, item, ',');) {
+    if (std::atoi(item.c_str()) <= 0) {
+      std::fprintf(stderr, "bench_step: --batches: '%s' is not a positive integer\n", item.c_str());
+      return 2;
+    }
+    batches.push_back(std::atoi(item.c_str()));
+  }
+  std::printf("bench_step --sweep: %d-%d-%d, Adam, %d steps a variant (x16: in launches of 16 steps)\n", o.dim,
+              o.hidden, o.latent, o.steps);
+  std::printf("%6s  %-16s %12s %12s\n", "batch", "variant", "us/step", "epoch s");
+  for (const int batch : batches) {
+    double best = std::numeric_limits<double>::infinity();
+    const char* best_name = "";
+    for (const Variant& v : variants) {
+      DeviceContext ctx(target, v.tf32);
+      Options vo = o;
+      vo.batch = batch;
+      vo.step_kind = v.fused ? "fused" : "composed";
+      vo.steps_per_launch = v.steps_per_launch;
+      vo.steps = (o.steps + v.steps_per_launch - 1) / v.steps_per_launch * v.steps_per_launch;
+      vo.phases = false;
+      const double us = step_us(vo, ctx);
+      std::printf("%6d  %-16s %12.2f %12.4f\n", batch, v.name, us, 60000.0 / batch * us / 1e6);
+      if (o.json) {
+        std::printf(
+            "{\"device\":\"%s\",\"batch\":%d,\"variant\":\"%s\",\"step\":\"%s\",\"steps_per_launch\":%d,"
+            "\"precision\":\"%s\",\"step_us\":%.3f,\"epoch_s\":%.6f}\n",
+            ctx.description().c_str(), batch, v.name, vo.step_kind.c_str(), v.steps_per_launch,
+            v.tf32 ? "tf32" : "fp32", us, 60000.0 / batch * us / 1e6);
+      }
+      if (us < best) best = us, best_name = v.name;
+    }
+    std::printf("%6d  fastest: %s (%.2f us/step)\n", batch, best_name, best);
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   vae::reexec_with_better_openblas_core(argv);
   const Options o = parse_options(argc, argv);
+  if (o.sweep) return run_sweep(o);
   DeviceContext ctx(resolve_target(o.device), o.tf32 != 0);
-  ModelConfig mc;
-  mc.input_dim = o.dim;
-  mc.hidden = {o.hidden};
-  mc.latent = o.latent;
+  const ModelConfig mc = model_config(o);
   Vae model(ctx, mc, o.batch, 1);
   Optimizer opt(ctx, model.layout().total, OptimizerKind::adam, OptimizerHyper{});
   model.params().upload(init_parameters(mc, model.layout(), 1));

@@ -181,7 +181,9 @@ bench() {
 if [ -x build-gpu/host/vae ] && want bench; then
   t=$(date +%s)
   {
-    # Where the fused step's time goes (issue 17): its phase timers and grid barriers, first.
+    # Every step variant at batch 32-1024 in one process, the fastest per batch (issue 17's rule).
+    bench build-gpu/bench/bench_step --device cuda --sweep --steps 320 --json 1
+    # Where the fused step's time goes (issue 17): its phase timers and grid barriers.
     for b in 32 128 512; do
       bench build-gpu/bench/bench_step --device cuda --batch "$b" --steps 300 --step fused --phases
     done
