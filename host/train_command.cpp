@@ -201,6 +201,22 @@ void write_epoch_outputs(const std::string& out_dir, const std::string& metrics_
                  trainer.reconstructions(test_dev, n), 2 * n, H, W, n);
 }
 
+// The target of this rank: its GPU (local rank modulo the node's GPUs), or on the CPU its share of
+// the node's cores (unless VAE_CPU_WORKERS says how many each rank takes). The global batch must
+// divide evenly among the ranks.
+Target place_rank(const World& world, const TrainRun& run, const TrainConfig& config) {
+  if (config.batch_size % world.size != 0) {
+    throw Error("--batch-size " + std::to_string(config.batch_size) +
+                " is the global batch: it must divide evenly among the " + std::to_string(world.size) + " ranks");
+  }
+  const Target target = resolve_target(run.device);
+  if (target == Target::cuda) select_cuda_device(world.local_rank);
+  if (target == Target::cpu && world.local_size > 1 && !std::getenv("VAE_CPU_WORKERS")) {
+    hx::set_workers(std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / world.local_size));
+  }
+  return target;
+}
+
 }  // namespace
 
 int run_train(const TrainRun& run) {
@@ -215,16 +231,7 @@ int run_train(const TrainRun& run) {
 
   // Which rank this is, its GPU, and the collectives (before any device context exists).
   const World world = world_from_environment();
-  if (config.batch_size % world.size != 0) {
-    throw Error("--batch-size " + std::to_string(config.batch_size) +
-                " is the global batch: it must divide evenly among the " + std::to_string(world.size) + " ranks");
-  }
-  const Target target = resolve_target(run.device);
-  if (target == Target::cuda) select_cuda_device(world.local_rank);
-  // CPU ranks on one node share its cores (unless VAE_CPU_WORKERS says how many each takes).
-  if (target == Target::cpu && world.local_size > 1 && !std::getenv("VAE_CPU_WORKERS")) {
-    hx::set_workers(std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / world.local_size));
-  }
+  const Target target = place_rank(world, run, config);
   ProcessGroup pg(world, run.dist_backend, target);
   const bool root = pg.rank() == 0;
   try {
