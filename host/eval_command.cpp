@@ -24,6 +24,11 @@ class EvalCommand : public ModelCommand {
             "--iw-chunk", iw_chunk_,
             "samples per decoder pass of the estimate (default: as many as keep 256 rows x chunk within 32768)")
         ->check(CLI::PositiveNumber);
+    cmd_->add_option("--active-threshold", active_threshold_,
+                     "a latent unit is active when the variance over the test set of its posterior mean exceeds this "
+                     "(Burda et al.)")
+        ->check(CLI::PositiveNumber)
+        ->capture_default_str();
     add_data_flags(cmd_, flags_, false);
   }
 
@@ -35,6 +40,9 @@ class EvalCommand : public ModelCommand {
     nlohmann::json out = {{"test_elbo", t.elbo()},
                           {"test_recon", t.recon},
                           {"test_kl", t.kl},
+                          {"active_units", t.active_units(active_threshold_)},
+                          {"active_threshold", active_threshold_},
+                          {"kl_per_dimension", t.kl_per_dimension},
                           {"n", t.n},
                           {"epoch", l.ckpt.epoch},
                           {"step", l.ckpt.step},
@@ -55,6 +63,7 @@ class EvalCommand : public ModelCommand {
  private:
   DataOptions flags_;
   int iw_samples_ = 0, iw_chunk_ = 0;
+  double active_threshold_ = 1e-2;
 };
 
 }  // namespace

@@ -182,6 +182,8 @@ void write_epoch_outputs(const std::string& out_dir, const std::string& metrics_
                       {"test_elbo", te.elbo()},
                       {"test_recon", te.recon},
                       {"test_kl", te.kl},
+                      {"active_units", te.active_units()},
+                      {"kl_per_dimension", te.kl_per_dimension},
                       {"epoch_seconds", seconds},
                       {"samples_per_second", tr.n / seconds},
                       {"device", ctx.description()},

@@ -180,7 +180,7 @@ ElboTotals Trainer::train_epoch(const DeviceDataset& train, const std::function<
     if ((b + 1) % check_every_ == 0 || b + 1 == batches) check_finite();
     if (b + 1 < batches && on_step && !on_step(b + 1, batches)) {
       const std::vector<double> t = totals_.download();  // this rank's, partial
-      return {t[0] / std::max(t[2], 1.0), t[1] / std::max(t[2], 1.0), static_cast<int64_t>(t[2])};
+      return {t[0] / std::max(t[2], 1.0), t[1] / std::max(t[2], 1.0), static_cast<int64_t>(t[2]), {}, {}};
     }
   }
   if (pg_) pg_->all_reduce_sum(totals_.data(), totals_.size());
@@ -188,7 +188,7 @@ ElboTotals Trainer::train_epoch(const DeviceDataset& train, const std::function<
   batch_in_epoch_ = 0;
   const std::vector<double> t = totals_.download();
   if (on_step) on_step(batches, batches);
-  return {t[0] / t[2], t[1] / t[2], static_cast<int64_t>(t[2])};
+  return {t[0] / t[2], t[1] / t[2], static_cast<int64_t>(t[2]), {}, {}};
 }
 
 void Trainer::check_finite() {
@@ -230,15 +230,25 @@ ElboTotals Trainer::evaluate(const DeviceDataset& test) {
   const int E = eval_rows();
   const int64_t chunks = (test.count + E - 1) / E;
   const StepState* at = eval_steps(chunks);
+  const int J = config_.model.latent;
+  DeviceBuffer<double> latent_sums(ctx_, 3 * static_cast<size_t>(J));
   totals_.zero();
   for (int64_t c = 0; c < chunks; ++c) {
     const int rows = static_cast<int>(std::min<int64_t>(E, test.count - c * E));
     gather_eval_rows(test, rows, at + c, vae_.input());
     vae_.forward(rows, {config_.seed, RandomStream::eval_noise, at + c}, false);
     vae_.accumulate_totals(rows, totals_.data());
+    VAE_CALL(ctx_.target(), latent_statistics, vae_.heads().data(), rows, J, latent_sums.data(), ctx_.stream());
   }
-  const std::vector<double> t = totals_.download();
-  return {t[0] / t[2], t[1] / t[2], static_cast<int64_t>(t[2])};
+  const std::vector<double> t = totals_.download(), sums = latent_sums.download();
+  ElboTotals out{t[0] / t[2], t[1] / t[2], static_cast<int64_t>(t[2]), {}, {}};
+  const double n = t[2];
+  for (int j = 0; j < J; ++j) {
+    const double mean = sums[j] / n;
+    out.posterior_mean_variance.push_back(std::max(0.0, sums[J + j] / n - mean * mean));
+    out.kl_per_dimension.push_back(sums[2 * J + j] / n);
+  }
+  return out;
 }
 
 std::vector<float> Trainer::prior_samples(int n) {

@@ -6,6 +6,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "checkpoint.h"
 #include "data.h"
@@ -21,6 +22,15 @@ struct ElboTotals {
   double recon = 0, kl = 0;  // mean per datapoint, nats
   int64_t n = 0;
   double elbo() const { return recon - kl; }
+  // Evaluation only: per latent unit j, the analytic KL averaged over the data (nats; they sum to
+  // kl under the analytic estimator) and the variance over the data of its posterior mean μ_j(x).
+  std::vector<double> kl_per_dimension, posterior_mean_variance;
+  // Burda et al.'s active units: those whose posterior mean varies with x, Var_x(μ_j(x)) > threshold.
+  int active_units(double threshold = 1e-2) const {
+    int n_active = 0;
+    for (double v : posterior_mean_variance) n_active += v > threshold ? 1 : 0;
+    return n_active;
+  }
 };
 
 // Training turned non-finite (the CLI's exit status 3): the message names the step and the term.

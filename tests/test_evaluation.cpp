@@ -4,6 +4,7 @@
 // floor on data with constant pixels, and the presets.
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -246,6 +247,46 @@ TEST(Evaluation, FiguresDoNotDependOnTheTrainingBatchSize) {
     ASSERT_EQ(la.n, 601);
     EXPECT_TRUE(
         all_near(std::vector<float>(la.per_datapoint.begin(), la.per_datapoint.end()), lb.per_datapoint, 1e-5, 1e-5));
+  }
+}
+
+// The evaluation's latent diagnostics against the codes themselves (vae encode's μ | log σ²): per
+// unit the analytic KL averaged over the test rows (they sum to the test KL) and the variance of
+// μ_j over the rows; the active units at a threshold between those variances (Burda et al.).
+TEST(Evaluation, LatentDiagnosticsMatchTheCodes) {
+  for (const Target target : test::all_targets()) {
+    if (target == Target::cuda && !cuda_device_available()) continue;
+    SCOPED_TRACE(target_name(target));
+    TrainConfig config = tiny_config(DecoderKind::bernoulli, 7);
+    const DeviceContext ctx(target, false);
+    const DeviceDataset test(ctx, float_rows(random_uniform(301 * 12, 78, 0, 1), 12, 3));
+    Trainer t(ctx, config);
+    const ElboTotals e = t.evaluate(test);
+    const std::vector<float> codes = t.encode(test);
+    const int J = 7, n = 301;
+    ASSERT_EQ(e.kl_per_dimension.size(), 7u);
+    ASSERT_EQ(e.posterior_mean_variance.size(), 7u);
+    double kl_sum = 0;
+    std::vector<double> variance(J);
+    for (int j = 0; j < J; ++j) {
+      double mean = 0, kl = 0;
+      for (int r = 0; r < n; ++r) mean += codes[static_cast<size_t>(r) * 2 * J + j] / static_cast<double>(n);
+      for (int r = 0; r < n; ++r) {
+        const double mu = codes[static_cast<size_t>(r) * 2 * J + j], lv = codes[static_cast<size_t>(r) * 2 * J + J + j];
+        variance[j] += (mu - mean) * (mu - mean) / n;
+        kl += -0.5 * (1 + lv - mu * mu - std::exp(lv)) / n;
+      }
+      EXPECT_NEAR(e.kl_per_dimension[j], kl, 1e-6 * (1 + kl)) << j;
+      EXPECT_NEAR(e.posterior_mean_variance[j], variance[j], 1e-6 * (1e-3 + variance[j])) << j;
+      kl_sum += e.kl_per_dimension[j];
+    }
+    EXPECT_NEAR(kl_sum, e.kl, 1e-6 * e.kl);
+    std::vector<double> sorted = variance;
+    std::sort(sorted.begin(), sorted.end());
+    ASSERT_LT(sorted[2], sorted[3]);
+    const double threshold = 0.5 * (sorted[2] + sorted[3]);  // 4 of 7 above it
+    EXPECT_EQ(e.active_units(threshold), 4);
+    EXPECT_EQ(e.active_units(0.5 * sorted[0]), 7);
   }
 }
 

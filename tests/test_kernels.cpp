@@ -202,6 +202,36 @@ TEST_P(Kernels, LatentBackward) {
   }
 }
 
+// latent_statistics_kernel, through its launcher: per column, Σ μ, Σ μ² and Σ of the analytic KL's
+// term in float64, added onto what the sums held (twice here).
+TEST_P(Kernels, LatentStatisticsAccumulateInFloat64) {
+  FOR_EACH_SHAPE(GetParam()) {
+    for (int batch : {1, 7, 129})
+      for (int latent : {1, 5, 20}) {
+        const auto heads0 = random_uniform(static_cast<size_t>(batch) * 2 * latent, batch * 31 + latent, -2, 2);
+        const auto start = random_uniform(3 * static_cast<size_t>(latent), latent + 3, -1, 1);
+        auto heads = upload(heads0);
+        auto sums = upload(std::vector<double>(start.begin(), start.end()));
+        for (int twice = 0; twice < 2; ++twice)
+          VAE_CALL(GetParam(), latent_statistics, heads.data(), batch, latent, sums.data(), stream());
+        std::vector<double> want(start.begin(), start.end());
+        for (int r = 0; r < batch; ++r)
+          for (int j = 0; j < latent; ++j) {
+            const double mu = heads0[static_cast<size_t>(r) * 2 * latent + j];
+            const double lv = heads0[static_cast<size_t>(r) * 2 * latent + latent + j];
+            want[j] += 2 * mu;
+            want[latent + j] += 2 * mu * mu;
+            want[2 * latent + j] += 2 * -0.5 * (1 + lv - mu * mu - std::exp(lv));
+          }
+        ASSERT_TRUE(test::not_all_zero(want));
+        const auto got = download(sums);
+        for (size_t i = 0; i < want.size(); ++i)
+          EXPECT_NEAR(got[i], want[i], 1e-6 * (1 + std::fabs(want[i])))
+              << "sum " << i << ", " << batch << "x" << latent;
+      }
+  }
+}
+
 // bernoulli_reconstruction_kernel (with and without the gradient), through its launcher.
 TEST_P(Kernels, BernoulliReconstruction) {
   FOR_EACH_SHAPE(GetParam()) {

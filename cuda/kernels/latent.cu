@@ -56,6 +56,32 @@ __global__ void latent_backward_kernel(const float* __restrict__ heads, const fl
   }
 }
 
+// One thread per latent column j, its rows in order (a fixed sum): sums[j] += Σ_r μ_rj,
+// sums[J + j] += Σ_r μ_rj², sums[2J + j] += Σ_r −½ (1 + log σ²_rj − μ_rj² − σ²_rj), in float64.
+__global__ void latent_statistics_kernel(const float* __restrict__ heads, int batch, int latent,
+                                         double* __restrict__ sums) {
+  VAE_ELEMENT_LOOP(j, latent) {
+    double mean = 0, square = 0, kl = 0;
+    for (int r = 0; r < batch; ++r) {
+      const float* mu = heads + static_cast<long long>(r) * 2 * latent;
+      const double m = mu[j];
+      mean += m;
+      square += m * m;
+      kl += -0.5 * static_cast<double>(kl_term(mu, mu + latent, static_cast<int>(j)));
+    }
+    sums[j] += mean;
+    sums[latent + j] += square;
+    sums[2 * latent + j] += kl;
+  }
+}
+
+void latent_statistics(const float* heads, int batch, int latent, double* sums, cudaStream_t stream) {
+  VAE_REQUIRE(batch >= 0 && latent > 0, "latent_statistics: bad shape");
+  if (batch == 0) return;
+  constexpr int kBlock = 64;
+  VAE_LAUNCH(latent_statistics_kernel, elementwise_grid(latent, kBlock), kBlock, 0, stream, heads, batch, latent, sums);
+}
+
 void latent_forward(const float* heads, float* z, float* kl, int batch, int latent, int samples, uint64_t seed,
                     RandomStream rs, const StepState* at, KlEstimator estimator, cudaStream_t stream) {
   VAE_REQUIRE(batch >= 0 && latent > 0 && samples > 0, "latent_forward: bad shape");
