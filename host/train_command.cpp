@@ -247,6 +247,7 @@ int run_train(const TrainRun& run) {
     trainer.set_use_graph(run.cuda_graph);
     if (run.detect_anomaly) trainer.set_divergence_check_every(1);
     trainer.set_fused_step(run.fused_step.value_or(fused_step_by_rule(target, config.batch_size, config.model)));
+    trainer.set_fused_launch_steps(50, run.checkpoint_every);  // persistent launches end at the checkpoints
     if (resuming) trainer.restore(resumed);
     const DeviceDataset train_dev(ctx, train), test_dev(ctx, test);
     if (!run.quiet && root) print_banner(config, train, data, ctx, pg);

@@ -92,7 +92,14 @@ void Trainer::gather_eval_rows(const DeviceDataset& d, int rows, const StepState
            config_.binarize == Binarize::dynamic, config_.seed, RandomStream::eval_binarize, at, ctx_.stream());
 }
 
-void Trainer::queue_step(const DeviceDataset& train, const StepRows& rows) {
+int Trainer::fused_launch_steps(int64_t b, int64_t full_batches) const {
+  int64_t k = std::min<int64_t>(full_batches - b, fused_launch_most_);
+  k = std::min<int64_t>(k, check_every_ - b % check_every_);  // the divergence check comes after the launch
+  if (step_boundary_ > 0) k = std::min<int64_t>(k, step_boundary_ - step_ % step_boundary_);
+  return static_cast<int>(std::max<int64_t>(k, 1));
+}
+
+void Trainer::queue_step(const DeviceDataset& train, const StepRows& rows, int steps) {
   const Target target = ctx_.target();
   const uint64_t seed = config_.seed;
   const int batch = rows.global;
@@ -108,6 +115,7 @@ void Trainer::queue_step(const DeviceDataset& train, const StepRows& rows) {
     a.totals = totals_.data();
     a.watch = watch_.data();
     a.kl_term = config_.kl;
+    a.steps = steps;
     optimizer_.set_fused_step_optimizer(a);
     VAE_CALL(target, fused_step, a, ctx_.stream());
     return;
@@ -149,14 +157,18 @@ ElboTotals Trainer::train_epoch(const DeviceDataset& train, const std::function<
   resumed_totals_.clear();
   // The step moves the offset on by the global batch; each rank reads its slice from there.
   train_at_.upload({step_rows(first, train.count - first * B).state(static_cast<uint64_t>(step_))});
-  for (int64_t b = first; b < batches; ++b) {
+  const int64_t full_batches = train.count / B;
+  for (int64_t b = first; b < batches;) {
     const StepRows rows = step_rows(b, train.count - b * B);
     const int batch = rows.global;
     if (batch != B && b > first)
       train_at_.upload({rows.state(static_cast<uint64_t>(step_))});  // a partial batch's slices
+    // The fused step: the full batches up to the next check in one persistent launch.
+    const int steps = fused_step_ && batch == B ? fused_launch_steps(b, full_batches) : 1;
     // Capture from the second full batch on: the first runs eagerly, so that module loading,
     // kernel attributes and cuBLAS's first-call set-up happen outside the capture.
-    if (batch == B && b > first && use_graph_ && !graph_ && VAE_CALL(target, graph_begin_capture, ctx_.stream())) {
+    if (batch == B && steps == 1 && b > first && use_graph_ && !graph_ &&
+        VAE_CALL(target, graph_begin_capture, ctx_.stream())) {
       try {
         queue_step(train, rows);
       } catch (...) {  // leave the stream out of capture mode before reporting
@@ -170,15 +182,18 @@ ElboTotals Trainer::train_epoch(const DeviceDataset& train, const std::function<
       graph_data_ = train.bytes.data();
       graph_perm_ = perm_.data();
     }
-    if (batch == B && graph_) {
+    if (steps > 1) {
+      queue_step(train, rows, steps);  // one launch: no graph needed
+    } else if (batch == B && graph_) {
       VAE_CALL(target, graph_launch, graph_, ctx_.stream());
     } else {
       queue_step(train, rows);  // the partial last batch, and targets without graphs
     }
-    ++step_;
-    batch_in_epoch_ = b + 1;
-    if ((b + 1) % check_every_ == 0 || b + 1 == batches) check_finite();
-    if (b + 1 < batches && on_step && !on_step(b + 1, batches)) {
+    step_ += steps;
+    b += steps;
+    batch_in_epoch_ = b;
+    if (b % check_every_ == 0 || b == batches) check_finite();
+    if (b < batches && on_step && !on_step(b, batches)) {
       const std::vector<double> t = totals_.download();  // this rank's, partial
       return {t[0] / std::max(t[2], 1.0), t[1] / std::max(t[2], 1.0), static_cast<int64_t>(t[2]), {}, {}};
     }

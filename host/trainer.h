@@ -73,6 +73,14 @@ class Trainer {
   // --detect-anomaly) and at the end of each epoch, and throws Diverged naming the step where it
   // appeared and the term.
   void set_divergence_check_every(int steps) { check_every_ = steps < 1 ? 1 : steps; }
+  // The fused step is persistent: one launch trains consecutive full batches, up to `most` of them
+  // (default 50), ending where the divergence check is due and at multiples of `boundary` global
+  // steps (0: none; the caller's checkpoint interval). train_epoch's on_step then comes after each
+  // launch. The same bits as one launch per step.
+  void set_fused_launch_steps(int most, int64_t boundary = 0) {
+    fused_launch_most_ = most < 1 ? 1 : most;
+    step_boundary_ = boundary < 0 ? 0 : boundary;
+  }
   bool fused_step() const { return fused_step_; }
   bool graph_in_use() const { return graph_ != nullptr; }
   // The optimizer's learning rate from now on (a schedule's step): the CUDA graph holds it, so a
@@ -140,7 +148,8 @@ class Trainer {
   };
   StepRows step_rows(int64_t batch_index, int64_t rows_left) const;
   // Queues one whole training step at train_at_ (no host synchronisation).
-  void queue_step(const DeviceDataset& train, const StepRows& rows);
+  // With the fused step, `steps` consecutive full batches from rows on in the one launch.
+  void queue_step(const DeviceDataset& train, const StepRows& rows, int steps = 1);
   // The fixed-noise passes' step states in device memory: entry c is {0, c * eval_rows(),
   // c * eval_rows()}, chunk c of eval_rows() rows keyed by its rows' places in the data.
   const StepState* eval_steps(int64_t chunks);
@@ -160,6 +169,10 @@ class Trainer {
   bool fused_step_ = false;
   DeviceBuffer<NonFinite> watch_;
   int check_every_ = 50;
+  int fused_launch_most_ = 50;
+  int64_t step_boundary_ = 0;
+  // Steps the next fused launch takes from batch b on (the full batches left, within the bounds).
+  int fused_launch_steps(int64_t b, int64_t full_batches) const;
   void check_finite();  // throws Diverged
   StepGraph* graph_ = nullptr;
   const void* graph_data_ = nullptr;  // the buffers the graph was captured for

@@ -69,12 +69,14 @@ TEST_F(Training, KernelsPerStepOfTheDefaultModelArePinned) {
   c.model.image_height = train_.height;
   c.model.image_width = train_.width;
   bool fused = false;
+  int launch_steps = 1;
   auto count = [&](int64_t rows) {
     Dataset d = train_;
     d.truncate(rows);
     const DeviceDataset tr(ctx, d);
     Trainer t(ctx, c);
     t.set_fused_step(fused);
+    t.set_fused_launch_steps(launch_steps);
     const hx::WorkCounts before = hx::work_counts();
     t.train_epoch(tr);
     const hx::WorkCounts after = hx::work_counts();
@@ -87,6 +89,9 @@ TEST_F(Training, KernelsPerStepOfTheDefaultModelArePinned) {
   const auto fused_one = count(c.batch_size), fused_two = count(2 * c.batch_size);
   EXPECT_EQ(fused_two.first - fused_one.first, 1u) << "kernel launches per fused training step";
   EXPECT_EQ(fused_two.second - fused_one.second, 0u) << "GEMM calls per fused training step";
+  launch_steps = 50;  // persistent: the epoch's full batches in one launch
+  const auto persistent_one = count(c.batch_size), persistent_five = count(5 * c.batch_size);
+  EXPECT_EQ(persistent_five.first, persistent_one.first) << "kernel launches of a persistent fused epoch";
 }
 
 TEST_F(Training, TestElboRisesOnFashionMnistSlice) {
@@ -187,6 +192,40 @@ TEST_F(Training, FusedStepTrainsAsTheComposedStepAndIsDeterministic) {
   }
   EXPECT_LT(worst, 2e-3) << "largest parameter difference after an epoch of Adam";  // lr 1e-3, 9 steps
   EXPECT_GT(worst, 0.0) << "the two paths cannot agree to the bit: is the fused step running?";
+}
+
+// The persistent fused step (consecutive full batches in one launch) trains, bit for bit, as one
+// launch per step; its launches end where the divergence check is due and at multiples of the
+// caller's step boundary, where on_step comes: over 8 full batches and a partial one, with checks
+// every 3 steps and a boundary every 5 (the resumed epoch's steps continue the count).
+TEST_F(Training, PersistentFusedLaunchesAreOneLaunchPerStep) {
+  DeviceContext ctx(Target::cpu, false);
+  Dataset train = train_;
+  train.truncate(420);  // 8 full batches of 50 and one of 20
+  const DeviceDataset tr(ctx, train);
+  TrainConfig c = config_;
+  c.binarize = Binarize::dynamic;
+  auto run = [&](int most, std::vector<int64_t>* calls) {
+    Trainer t(ctx, c);
+    t.set_fused_step(true);
+    t.set_divergence_check_every(3);
+    t.set_fused_launch_steps(most, 5);
+    for (int e = 0; e < 2; ++e) {
+      t.train_epoch(tr, [&](int64_t done, int64_t) {
+        if (calls) calls->push_back(t.step());
+        return done > 0;
+      });
+    }
+    return t.checkpoint();
+  };
+  std::vector<int64_t> calls;
+  const Checkpoint one = run(1, nullptr), persistent = run(50, &calls);
+  EXPECT_EQ(persistent.params, one.params);
+  EXPECT_EQ(persistent.optimizer_state, one.optimizer_state);
+  EXPECT_EQ(persistent.step, 18);
+  // Launch ends (global steps): epoch 1 at 3, 5, 6, 8 (full batches done), the partial 9; epoch 2
+  // (steps 10..18, batches 1..9) at 10, 12 (its batch 3), 15, 17 (batch 8), the partial 18.
+  EXPECT_EQ(calls, (std::vector<int64_t>{3, 5, 6, 8, 9, 10, 12, 15, 17, 18}));
 }
 
 // The guard against divergence: with a learning rate that diverges, training stops with
