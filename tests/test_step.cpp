@@ -116,18 +116,26 @@ void expect_matches_reference(Vae& vae, const test::ReferenceLayout& rl, const t
   test::expect_tensors_near(vae.layout(), vae.grads().download(), rl, ref.grad, kGradAbs, kGradRel, where);
 }
 
-// One fused step of `batch` rows of float pixels `data`, keyed by seed, at the step state `at`.
-void run_fused_step(const DeviceContext& ctx, Vae& vae, Optimizer& opt, int batch, const float* data, uint64_t seed,
-                    StepState* at, double* totals, const KlTerm& kl = {}) {
+// The fused step's arguments for `batch` rows of float pixels `data`, keyed by seed, at the step
+// state `at`, with opt's update.
+FusedStepArgs fused_args(Vae& vae, Optimizer& opt, int batch, const float* data, uint64_t seed, StepState* at,
+                         double* totals) {
   FusedStepArgs a = vae.fused_step_args(batch);
-  a.kl_term = kl;
-  EXPECT_EQ(a.tf32, ctx.tf32());
   a.data = data;
   a.type = PixelType::f32;
   a.seed = seed;
   a.at = at;
   a.totals = totals;
   opt.set_fused_step_optimizer(a);
+  return a;
+}
+
+// One fused step of them.
+void run_fused_step(const DeviceContext& ctx, Vae& vae, Optimizer& opt, int batch, const float* data, uint64_t seed,
+                    StepState* at, double* totals, const KlTerm& kl = {}) {
+  FusedStepArgs a = fused_args(vae, opt, batch, data, seed, at, totals);
+  a.kl_term = kl;
+  EXPECT_EQ(a.tf32, ctx.tf32());
   VAE_CALL(ctx.target(), fused_step, a, ctx.stream());
   ctx.synchronize();
 }
@@ -302,14 +310,8 @@ TEST_P(FusedStepLaunch, TimeEachPhaseAndCountTheBarriersWithoutChangingTheStep) 
     DeviceBuffer<StepState> at(ctx, std::vector<StepState>{{2, 0}});
     DeviceBuffer<double> totals(ctx, 3);
     DeviceBuffer<unsigned long long> timers(ctx, static_cast<size_t>(grid) * kFusedPhaseSlots);
-    FusedStepArgs a = vae.fused_step_args(batch);
-    a.data = data.data();
-    a.type = PixelType::f32;
-    a.seed = 4;
-    a.at = at.data();
-    a.totals = totals.data();
+    FusedStepArgs a = fused_args(vae, opt, batch, data.data(), 4, at.data(), totals.data());
     a.phase_ns = timed ? timers.data() : nullptr;
-    opt.set_fused_step_optimizer(a);
     VAE_CALL(target, fused_step, a, ctx.stream());
     ctx.synchronize();
     params[timed] = vae.params().download();
@@ -352,15 +354,9 @@ TEST_P(FusedStepLaunch, ThreeStepsInOneLaunchAreThreeLaunches) {
     DeviceBuffer<StepState> at(ctx, std::vector<StepState>{{7, 0}});
     DeviceBuffer<double> totals(ctx, 3);
     for (int launch = 0; launch < (persistent ? 1 : steps); ++launch) {
-      FusedStepArgs a = vae.fused_step_args(batch);
-      a.data = data.data();
-      a.type = PixelType::f32;
+      FusedStepArgs a = fused_args(vae, opt, batch, data.data(), 4, at.data(), totals.data());
       a.binarize = true;
-      a.seed = 4;
-      a.at = at.data();
-      a.totals = totals.data();
       a.steps = persistent ? steps : 1;
-      opt.set_fused_step_optimizer(a);
       VAE_CALL(target, fused_step, a, ctx.stream());
     }
     ctx.synchronize();
