@@ -192,6 +192,7 @@ void write_epoch_outputs(const std::string& out_dir, const std::string& metrics_
                       {"step_kernel", trainer.fused_step() ? "fused" : "composed"},
                       {"ranks", pg.size()},
                       {"estimator", estimator_name(config.kl.estimator)},
+                      {"gradient", kl_gradient_name(config.kl.gradient)},
                       {"kl_weight", kl_weight_at(config.kl, trainer.step())},
                       {"lr", learning_rate_at(config, epoch - 1)}};
   append_line_atomically(metrics_path, m.dump());

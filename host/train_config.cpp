@@ -23,6 +23,10 @@ constexpr Named<KlEstimator> kEstimatorNames[] = {{KlEstimator::analytic, "analy
 const char* estimator_name(KlEstimator e) { return name_of(kEstimatorNames, e); }
 KlEstimator parse_estimator(const std::string& s) { return parse_named(kEstimatorNames, s, "--estimator"); }
 
+constexpr Named<KlGradient> kKlGradientNames[] = {{KlGradient::standard, "standard"}, {KlGradient::dreg, "dreg"}};
+const char* kl_gradient_name(KlGradient g) { return name_of(kKlGradientNames, g); }
+KlGradient parse_kl_gradient(const std::string& s) { return parse_named(kKlGradientNames, s, "--gradient"); }
+
 constexpr Named<LrSchedule> kLrScheduleNames[] = {{LrSchedule::constant, "constant"}, {LrSchedule::iwae, "iwae"}};
 const char* lr_schedule_name(LrSchedule s) { return name_of(kLrScheduleNames, s); }
 LrSchedule parse_lr_schedule(const std::string& s) { return parse_named(kLrScheduleNames, s, "--lr-schedule"); }
@@ -73,6 +77,7 @@ std::string config_to_json(const TrainConfig& c) {
       {"seed", c.seed},
       {"binarize", binarize_name(c.binarize)},
       {"estimator", estimator_name(c.kl.estimator)},
+      {"gradient", kl_gradient_name(c.kl.gradient)},
       {"kl_weight", c.kl.weight},
       {"kl_warmup", c.kl.warmup},
       {"lr_schedule", lr_schedule_name(c.lr_schedule)},
@@ -117,6 +122,7 @@ TrainConfig config_from_json(const std::string& text, const std::string& source)
     c.binarize = parse_binarize(j.at("binarize").get<std::string>());
     c.tf32 = j.value("tf32", false);
     c.kl.estimator = parse_estimator(j.value("estimator", std::string("analytic")));
+    c.kl.gradient = parse_kl_gradient(j.value("gradient", std::string("standard")));
     c.kl.weight = j.value("kl_weight", 1.f);
     c.kl.warmup = j.value("kl_warmup", int64_t{0});
     c.lr_schedule = parse_lr_schedule(j.value("lr_schedule", std::string("constant")));

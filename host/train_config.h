@@ -20,6 +20,8 @@ LrSchedule parse_lr_schedule(const std::string& s);
 const char* binarize_name(Binarize b);
 Binarize parse_binarize(const std::string& s);
 const char* estimator_name(KlEstimator e);
+const char* kl_gradient_name(KlGradient g);
+KlGradient parse_kl_gradient(const std::string& s);
 KlEstimator parse_estimator(const std::string& s);  // analytic | monte-carlo; throws vae::Error
 // β at a step: weight · min(1, step / warmup), the value the KL gradient is scaled by.
 double kl_weight_at(const KlTerm& kl, int64_t step);

@@ -83,6 +83,11 @@ class TrainCommand : public Command {
             "at the drawn z, estimator A)")
         ->check(CLI::IsMember({"analytic", "monte-carlo"}))
         ->capture_default_str();
+    cmd_->add_option("--gradient", gradient_,
+                     "the encoder's gradient of the KL term: standard, or dreg (the path derivative alone, q's "
+                     "parameters held fixed inside log q: 'sticking the landing'; needs --estimator monte-carlo)")
+        ->check(CLI::IsMember({"standard", "dreg"}))
+        ->capture_default_str();
     cmd_->add_option("--kl-weight", run_.config.kl.weight,
                      "beta: the KL term's weight in the loss (the reported ELBO keeps 1)")
         ->check(CLI::NonNegativeNumber)
@@ -138,13 +143,16 @@ class TrainCommand : public Command {
       throw CLI::ValidationError("--test", "needs --train as well");
     if (!run_.data.train_npy.empty() && run_.data.test_npy.empty())
       throw CLI::ValidationError("--train", "needs --test as well");
+    if (gradient_ == "dreg" && estimator_ != "monte-carlo")
+      throw CLI::ValidationError("--gradient",
+                                 "dreg differentiates log q(z|x) at the drawn z: it needs --estimator monte-carlo");
     // A resumed run continues as its checkpoint was configured: refuse flags that would be ignored.
     if (!run_.resume.empty()) {
       for (const char* flag :
            {"--hidden",    "--activation", "--latent",       "--decoder",     "--samples",     "--optimizer",
             "--lr",        "--momentum",   "--weight-decay", "--batch-size",  "--seed",        "--binarize",
             "--tf32",      "--data",       "--train",        "--test",        "--train-limit", "--test-limit",
-            "--estimator", "--kl-weight",  "--kl-warmup",    "--lr-schedule", "--preset"}) {
+            "--estimator", "--kl-weight",  "--kl-warmup",    "--lr-schedule", "--preset",      "--gradient"}) {
         if (cmd_->count(flag) > 0)
           throw CLI::ValidationError(flag, "is fixed by the checkpoint; not allowed with --resume");
       }
@@ -153,6 +161,7 @@ class TrainCommand : public Command {
 
   int run() override {
     run_.config.kl.estimator = parse_estimator(estimator_);
+    run_.config.kl.gradient = parse_kl_gradient(gradient_);
     run_.config.lr_schedule = parse_lr_schedule(lr_schedule_);
     run_.cuda_graph = !no_graph_;
     run_.device = parse_device(device_);
@@ -170,7 +179,7 @@ class TrainCommand : public Command {
 
   TrainRun run_;
   std::string hidden_ = "400", activation_ = "relu", decoder_ = "bernoulli", optimizer_ = "adam", binarize_ = "none";
-  std::string estimator_ = "analytic", lr_schedule_ = "constant", preset_;
+  std::string estimator_ = "analytic", gradient_ = "standard", lr_schedule_ = "constant", preset_;
   std::string device_ = "auto", dist_backend_ = "auto", step_ = "auto";
   bool no_graph_ = false;
 };

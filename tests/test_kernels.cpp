@@ -163,15 +163,16 @@ TEST_P(Kernels, LatentForwardMatchesPhiloxContractAndClosedFormKl) {
   }
 }
 
-// latent_backward_kernel, through its launcher: both estimators, β = 0.8 warmed up over 50 steps
-// at step 20 (β_t = 0.32).
+// latent_backward_kernel, through its launcher: both estimators, and the Monte-Carlo one's path
+// derivative (dreg, by finite differences), β = 0.8 warmed up over 50 steps at step 20 (β_t = 0.32).
 TEST_P(Kernels, LatentBackward) {
   FOR_EACH_SHAPE(GetParam()) {
     for (int batch : {1, 7, 129})
       for (int latent : {1, 3, 20})
         for (int samples : {1, 3})
-          for (const KlTerm klt :
-               {KlTerm{KlEstimator::analytic, 0.8f, 50}, KlTerm{KlEstimator::monte_carlo, 0.8f, 50}}) {
+          for (const KlTerm klt : {KlTerm{KlEstimator::analytic, 0.8f, 50, KlGradient::standard},
+                                   KlTerm{KlEstimator::monte_carlo, 0.8f, 50, KlGradient::standard},
+                                   KlTerm{KlEstimator::monte_carlo, 0.8f, 50, KlGradient::dreg}}) {
             const size_t nz = static_cast<size_t>(samples) * batch * latent;
             const auto heads0 = random_uniform(static_cast<size_t>(batch) * 2 * latent, 5 + batch + latent, -1, 1);
             const auto z0 = random_uniform(nz, 6 + samples, -2, 2);
@@ -196,8 +197,27 @@ TEST_P(Kernels, LatentBackward) {
                 }
                 want[r * 2 * latent + j] = a;
                 want[r * 2 * latent + latent + j] = b;
+                if (klt.gradient == KlGradient::dreg) {
+                  // The path derivative, by central differences of the loss with q's parameters
+                  // frozen inside log q: Σ_ℓ dz_ℓ z_ℓ + s/L Σ_ℓ (log q_{μ, lv}(z_ℓ) − log p(z_ℓ)),
+                  // z_ℓ = μ' + exp(½ lv') ε_ℓ, ε_ℓ the draws behind z (z − μ)/σ.
+                  auto loss = [&](double mu2, double lv2) {
+                    double f = 0;
+                    for (int l = 0; l < samples; ++l) {
+                      const size_t zi = (static_cast<size_t>(l) * batch + r) * latent + j;
+                      const double eps = (z0[zi] - mu) / std::exp(0.5 * lv);
+                      const double zz = mu2 + std::exp(0.5 * lv2) * eps, u = (zz - mu) / std::exp(0.5 * lv);
+                      f += gz0[zi] * zz + s / samples * (-0.5 * u * u - 0.5 * lv + 0.5 * zz * zz);
+                    }
+                    return f;
+                  };
+                  const double h = 1e-5;
+                  want[r * 2 * latent + j] = (loss(mu + h, lv) - loss(mu - h, lv)) / (2 * h);
+                  want[r * 2 * latent + latent + j] = (loss(mu, lv + h) - loss(mu, lv - h)) / (2 * h);
+                }
               }
-            EXPECT_TRUE(all_near(download(gh), want, 1e-5, 1e-5)) << estimator_name(klt.estimator);
+            EXPECT_TRUE(all_near(download(gh), want, 1e-5, 1e-5))
+                << estimator_name(klt.estimator) << " " << kl_gradient_name(klt.gradient);
           }
   }
 }

@@ -200,8 +200,8 @@ TEST_P(FusedStep, ThreeStepsOfEachOptimizerMatchReference) {
     for (OptimizerKind kind : {OptimizerKind::sgd, OptimizerKind::adam, OptimizerKind::adagrad})
       for (auto [batch, hidden, latent, kl] :
            {std::tuple{1, std::vector<int>{5}, 1, KlTerm{}},
-            {7, std::vector<int>{}, 3, KlTerm{KlEstimator::monte_carlo, 0.7f, 0}},
-            {129, std::vector<int>{33, 5}, 20, KlTerm{KlEstimator::analytic, 0.4f, 30}},
+            {7, std::vector<int>{}, 3, KlTerm{KlEstimator::monte_carlo, 0.7f, 0, KlGradient::standard}},
+            {129, std::vector<int>{33, 5}, 20, KlTerm{KlEstimator::analytic, 0.4f, 30, KlGradient::standard}},
             {7, std::vector<int>{33}, 3, KlTerm{}}}) {
         if (workers > 0) hx::set_workers(workers);
         SCOPED_TRACE(std::string(optimizer_name(kind)) + ", batch " + std::to_string(batch) + ", " +

@@ -170,7 +170,7 @@ TEST_F(Training, FusedStepTrainsAsTheComposedStepAndIsDeterministic) {
         << optimizer_name(kind);
   }
   c.optimizer = OptimizerKind::adam;
-  c.kl = KlTerm{KlEstimator::monte_carlo, 0.5f, 4};  // estimator A, β in a warm-up: fused as well
+  c.kl = KlTerm{KlEstimator::monte_carlo, 0.5f, 4, KlGradient::dreg};  // estimator A, its path derivative, β: fused too
   {
     const auto [composed_kl, composed_kl_train, composed_kl_test] = run(false);
     const auto [fused_kl, fused_kl_train, fused_kl_test] = run(true);
@@ -300,13 +300,15 @@ size_t lines(const std::string& s) { return static_cast<size_t>(std::count(s.beg
 TEST(Cli, BadFlagsGetOneLineAndExitTwo) {
   for (const char* args :
        {"train --epochs -3", "train --activation sigmoid", "train --bogus 1", "train --hidden 4x,5",
-        "train --device tpu", "eval", "frobnicate", "train --test y.npy", "train --resume /dev/null --lr 0.1"}) {
+        "train --device tpu", "eval", "frobnicate", "train --test y.npy", "train --resume /dev/null --lr 0.1",
+        "train --gradient dreg", "train --gradient sideways --estimator monte-carlo"}) {
     const Result r = run_cli(args);
     EXPECT_EQ(r.code, 2) << args << ": " << r.err;
     EXPECT_EQ(lines(r.err), 1u) << args << ": " << r.err;
   }
   EXPECT_NE(run_cli("train --hidden 4x,5").err.find("--hidden"), std::string::npos);
   EXPECT_NE(run_cli("train --activation sigmoid").err.find("--activation"), std::string::npos);
+  EXPECT_NE(run_cli("train --gradient dreg").err.find("--estimator monte-carlo"), std::string::npos);
   const Result help = run_cli("train --help");
   EXPECT_EQ(help.code, 0);
   EXPECT_NE(help.out.find("--binarize"), std::string::npos);

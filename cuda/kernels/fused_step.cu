@@ -407,7 +407,7 @@ __device__ void train_step(const FusedStepArgs& a, const StepState& at, TileShar
   const float kl_scale = kl_scale_at(1.f / static_cast<float>(B), a.kl_term, &at);
   for (long long i = first; i < static_cast<long long>(B) * J; i += stride) {
     latent_backward_element(a.heads.h, a.z, a.d_z, a.heads.dh, static_cast<int>(i / J), static_cast<int>(i % J), B, J,
-                            a.samples, kl_scale, a.kl_term.estimator);
+                            a.samples, kl_scale, a.kl_term.estimator, a.kl_term.gradient == KlGradient::dreg);
   }
   step_barrier(sh);
   phase_end(a, FusedPhase::latent_backward);

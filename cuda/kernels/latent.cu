@@ -52,7 +52,7 @@ __global__ void latent_backward_kernel(const float* __restrict__ heads, const fl
   // Row by row (whole rows per thread on the CPU: no division per element, and it vectorizes).
   VAE_ROW_COL_LOOP(r, j, batch, latent) {
     latent_backward_element(heads, z, grad_z, grad_heads, static_cast<int>(r), j, batch, latent, samples, kl_scale,
-                            kl.estimator);
+                            kl.estimator, kl.gradient == KlGradient::dreg);
   }
 }
 

@@ -87,27 +87,30 @@ __device__ __forceinline__ float kl_scale_at(float batch_scale, const KlTerm& kl
 // Column j of row r of the latent backward (see latent_backward_kernel): grad_heads from grad_z.
 // Analytic KL: its gradient in closed form. Monte-Carlo KL, (1/L) Σ_ℓ log q(z_ℓ|x) − log p(z_ℓ)
 // with z_ℓ = μ + σ ε_ℓ: d/dz adds kl_scale/L · z_ℓ to each sample's dz, and d/dlog σ² of its
-// −½ log σ² adds −½ kl_scale (the −½ ε² term does not depend on μ or σ).
+// −½ log σ² adds −½ kl_scale (the −½ ε² term does not depend on μ or σ). With path_only (the
+// dreg gradient) q's parameters are held fixed inside log q: d/dz adds kl_scale/L · (z_ℓ − ε_ℓ/σ)
+// instead, ε_ℓ/σ = (z_ℓ − μ)/σ², and there is no −½ kl_scale.
 __device__ __forceinline__ void latent_backward_element(const float* __restrict__ heads, const float* __restrict__ z,
                                                         const float* __restrict__ grad_z,
                                                         float* __restrict__ grad_heads, int r, int j, int batch,
-                                                        int latent, int samples, float kl_scale,
-                                                        KlEstimator estimator) {
+                                                        int latent, int samples, float kl_scale, KlEstimator estimator,
+                                                        bool path_only = false) {
   const long long row = static_cast<long long>(r) * 2 * latent;
   const float mu = heads[row + j];
   const float logvar = heads[row + latent + j];
   const bool mc = estimator == KlEstimator::monte_carlo;
   const float per_sample = mc ? kl_scale / static_cast<float>(samples) : 0.f;
+  const float inv_var = mc && path_only ? expf(-logvar) : 0.f;
   float dmu = 0.f, dlogvar = 0.f;
   for (int s = 0; s < samples; ++s) {
     const long long zi = (static_cast<long long>(s) * batch + r) * latent + j;
-    const float g = grad_z[zi] + per_sample * z[zi];
+    const float g = grad_z[zi] + per_sample * (z[zi] - (z[zi] - mu) * inv_var);
     dmu += g;
     dlogvar += g * 0.5f * (z[zi] - mu);
   }
   if (mc) {
     grad_heads[row + j] = dmu;
-    grad_heads[row + latent + j] = dlogvar - 0.5f * kl_scale;
+    grad_heads[row + latent + j] = dlogvar - (path_only ? 0.f : 0.5f * kl_scale);
   } else {
     grad_heads[row + j] = dmu + kl_scale * mu;
     grad_heads[row + latent + j] = dlogvar + kl_scale * 0.5f * (expf(logvar) - 1.f);

@@ -22,10 +22,16 @@ enum class KlEstimator : int { analytic = 0, monte_carlo = 1 };
 // never vanishes outright.
 constexpr float kGaussianMinLogVar = -13.567435f;  // −2 ln 255 − ln 12
 
+// The encoder's gradient of the Monte-Carlo KL term: standard (reparameterised through z and
+// through q's parameters inside log q), or dreg, the path derivative alone (q's parameters held
+// fixed inside log q: Roeder et al.'s "sticking the landing", Tucker et al.'s DReG at one sample).
+enum class KlGradient : int { standard, dreg };
+
 struct KlTerm {
   KlEstimator estimator = KlEstimator::analytic;
   float weight = 1.f;
-  int64_t warmup = 0;  // steps
+  int64_t warmup = 0;                          // steps
+  KlGradient gradient = KlGradient::standard;  // dreg: with the Monte-Carlo estimator only
 };
 
 struct OptimizerHyper {
