@@ -280,9 +280,13 @@ TEST_F(Io, CheckpointRoundTripWithPyTorchNames) {
     EXPECT_EQ(state_tensors, names.size() * make_layout(ck.config.model).tensors.size()) << optimizer_name(kind);
   }
 
-  const Checkpoint ck = tiny_checkpoint();
+  Checkpoint ck = tiny_checkpoint();
+  ck.config.kl = KlTerm{KlEstimator::monte_carlo, 0.5f, 10, KlGradient::dreg};  // every KL field travels
   save_checkpoint(path("c.safetensors"), ck);
   const Checkpoint back = load_checkpoint(path("c.safetensors"));
+  EXPECT_EQ(back.config.kl.gradient, KlGradient::dreg);
+  EXPECT_EQ(back.config.kl.estimator, KlEstimator::monte_carlo);
+  EXPECT_EQ(back.config.kl.warmup, 10);
   EXPECT_EQ(back.params, ck.params);
   EXPECT_EQ(back.optimizer_state, ck.optimizer_state);
   EXPECT_EQ(back.step, 1234);
