@@ -9,7 +9,7 @@ namespace vae {
 Trainer::Trainer(const DeviceContext& ctx, const TrainConfig& config)
     : ctx_(ctx),
       config_(config),
-      vae_(ctx, config.model, std::max(config.batch_size, kEvalRows), config.samples),
+      vae_(ctx, config.model, eval_rows(), config.samples),  // config_ is set first
       optimizer_(ctx, vae_.layout().total, config.optimizer, config.hyper),
       totals_(ctx, 3),
       train_at_(ctx, 1),
@@ -194,16 +194,15 @@ ElboTotals Trainer::train_epoch(const DeviceDataset& train, const std::function<
     batch_in_epoch_ = b;
     if (b % check_every_ == 0 || b == batches) check_finite();
     if (b < batches && on_step && !on_step(b, batches)) {
-      const std::vector<double> t = totals_.download();  // this rank's, partial
-      return {t[0] / std::max(t[2], 1.0), t[1] / std::max(t[2], 1.0), static_cast<int64_t>(t[2]), {}, {}};
+      return ElboTotals::from_sums(totals_.download());  // this rank's, partial
     }
   }
   if (pg_) pg_->all_reduce_sum(totals_.data(), totals_.size());
   ++epoch_;
   batch_in_epoch_ = 0;
-  const std::vector<double> t = totals_.download();
+  const ElboTotals out = ElboTotals::from_sums(totals_.download());
   if (on_step) on_step(batches, batches);
-  return {t[0] / t[2], t[1] / t[2], static_cast<int64_t>(t[2]), {}, {}};
+  return out;
 }
 
 void Trainer::check_finite() {
@@ -255,9 +254,9 @@ ElboTotals Trainer::evaluate(const DeviceDataset& test) {
     vae_.accumulate_totals(rows, totals_.data());
     VAE_CALL(ctx_.target(), latent_statistics, vae_.heads().data(), rows, J, latent_sums.data(), ctx_.stream());
   }
-  const std::vector<double> t = totals_.download(), sums = latent_sums.download();
-  ElboTotals out{t[0] / t[2], t[1] / t[2], static_cast<int64_t>(t[2]), {}, {}};
-  const double n = t[2];
+  const std::vector<double> sums = latent_sums.download();
+  ElboTotals out = ElboTotals::from_sums(totals_.download());
+  const double n = static_cast<double>(out.n);
   for (int j = 0; j < J; ++j) {
     const double mean = sums[j] / n;
     out.posterior_mean_variance.push_back(std::max(0.0, sums[J + j] / n - mean * mean));

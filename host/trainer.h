@@ -22,6 +22,14 @@ struct ElboTotals {
   double recon = 0, kl = 0;  // mean per datapoint, nats
   int64_t n = 0;
   double elbo() const { return recon - kl; }
+  // The means of device sums t = (Σ reconstruction, Σ KL, rows).
+  static ElboTotals from_sums(const std::vector<double>& t) {
+    ElboTotals e;
+    e.recon = t[0] / std::max(t[2], 1.0);
+    e.kl = t[1] / std::max(t[2], 1.0);
+    e.n = static_cast<int64_t>(t[2]);
+    return e;
+  }
   // Evaluation only: per latent unit j, the analytic KL averaged over the data (nats; they sum to
   // kl under the analytic estimator) and the variance over the data of its posterior mean μ_j(x).
   std::vector<double> kl_per_dimension, posterior_mean_variance;

@@ -363,8 +363,10 @@ __device__ void train_step(const FusedStepArgs& a, const StepState& at, TileShar
   for (long long t = first; t < rows; t += stride) {
     const int s = static_cast<int>(t / B), r = static_cast<int>(t % B), row = static_cast<int>(at.row0) + r;
     const float* mu = a.heads.h + static_cast<long long>(r) * 2 * J;
-    sample_latent(mu, mu + J, J, row, s, a.samples, a.seed, RandomStream::latent_noise, at.step, a.z + t * J, a.kl + r);
-    if (s == 0 && a.kl_term.estimator == KlEstimator::monte_carlo) {
+    const bool analytic = a.kl_term.estimator == KlEstimator::analytic;
+    sample_latent(mu, mu + J, J, row, s, a.samples, a.seed, RandomStream::latent_noise, at.step, a.z + t * J,
+                  analytic ? a.kl + r : nullptr);
+    if (s == 0 && !analytic) {
       a.kl[r] = mc_kl_row(mu, mu + J, J, row, a.samples, a.seed, RandomStream::latent_noise, at.step);
     }
   }

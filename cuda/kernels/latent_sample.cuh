@@ -60,14 +60,14 @@ __device__ __forceinline__ float kl_term(const float* mu, const float* logvar, i
   return 1.f + logvar[j] - mu[j] * mu[j] - expf(logvar[j]);
 }
 
-// mu, logvar: the row's heads (J each). Writes z (J), and for sample 0 the row's
+// mu, logvar: the row's heads (J each). Writes z (J), and for sample 0 (kl not null) the row's
 // KL = −½ Σ_j (1 + log σ² − μ² − σ²) into *kl.
 __device__ __forceinline__ void sample_latent(const float* mu, const float* logvar, int latent, int row, int sample,
                                               int samples, uint64_t seed, RandomStream rs, uint64_t step, float* z,
                                               float* kl) {
   for (int g = 0; 4 * g < latent; ++g)
     sample_latent_group(mu, logvar, latent, row, sample, samples, seed, rs, step, g, z);
-  if (sample == 0) {
+  if (sample == 0 && kl) {
     float sum = 0.f;
     for (int j = 0; j < latent; ++j) sum += kl_term(mu, logvar, j);
     *kl = -0.5f * sum;
