@@ -250,11 +250,6 @@ Floor measure_floor(const DeviceContext& ctx, const Vae& model, int batch) {
   return f;
 }
 
-double median(std::vector<double> v) {
-  std::nth_element(v.begin(), v.begin() + v.size() / 2, v.end());
-  return v[v.size() / 2];
-}
-
 // The fused step's phases: median and largest over blocks and steps, and their sum against the
 // step's wall time (the rest is the launch, the wait for the GPU, and the clock reads).
 void print_fused_phases(const Options& o, const PhaseTimes& t) {
@@ -264,13 +259,13 @@ void print_fused_phases(const Options& o, const PhaseTimes& t) {
   std::printf("%-18s %10s %10s %8s\n", "phase", "median", "max", "share");
   double sum = 0;
   for (int p = 0; p < kFusedPhases; ++p) {
-    const double m = median(t.fused_phase_us[p]);
+    const double m = bench::median(t.fused_phase_us[p]);
     sum += m;
     std::printf("%-18s %10.2f %10.2f %7.1f%%\n", fused_phase_name(p), m,
                 *std::max_element(t.fused_phase_us[p].begin(), t.fused_phase_us[p].end()), 100 * m / wall_us);
   }
   std::printf("%-18s %10.2f  (a block's start to its end: median %.2f; the step's wall time %.2f, %.2f outside)\n",
-              "sum of medians", sum, median(t.fused_sum_us), wall_us, wall_us - sum);
+              "sum of medians", sum, bench::median(t.fused_sum_us), wall_us, wall_us - sum);
   std::printf("grid barriers a step: %u%s\n", t.barriers, t.barriers_agree ? "" : " (NOT the same on every block)");
 }
 

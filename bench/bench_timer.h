@@ -10,12 +10,19 @@
 #include <algorithm>
 #include <chrono>
 #include <functional>
+#include <utility>
 #include <vector>
 
 #include "device_context.h"
 #include "runtime/check.h"
 
 namespace vae::bench {
+
+// The median of v (the upper one of an even count).
+inline double median(std::vector<double> v) {
+  std::nth_element(v.begin(), v.begin() + v.size() / 2, v.end());
+  return v[v.size() / 2];
+}
 
 class Timer {
  public:
@@ -70,8 +77,7 @@ class Timer {
         u = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
       }
     }
-    std::nth_element(us.begin(), us.begin() + us.size() / 2, us.end());
-    return us[us.size() / 2];
+    return median(std::move(us));
   }
 
  private:
