@@ -30,8 +30,8 @@ constexpr int kTileK = 32;         // the K slice staged in shared memory at a t
 
 constexpr int kTilePad = kTile + 4;  // row stride: a multiple of 4 floats, as the warp matrix loads need
 struct TileShared {
-  alignas(32) float a[kTileK][kTilePad];  // op(A) slice, transposed: a[p][i] (after a TF32 tile: C[i][j])
-  alignas(32) float b[kTileK][kTilePad];  // op(B) slice: b[p][j]
+  alignas(32) float a[kTileK][kTilePad];  // op(A) slice, transposed: a[p][i] (after a TF32 tile: C[i][j], one K half)
+  alignas(32) float b[kTileK][kTilePad];  // op(B) slice: b[p][j] (after a TF32 tile: the other K half)
   unsigned barriers;                      // grid barriers passed this step (thread 0's count)
 };
 
@@ -75,9 +75,10 @@ __device__ __forceinline__ void store_output(const GemmOp& op, int i, int j, flo
 
 // One kTile × kTile tile of C over K in [k_begin, k_end): thread (ty, tx) of 16 × 16 owns rows
 // i0 + ty + {0, 16} and columns j0 + tx + {0, 16}; K in slices through shared memory. In fp32 each
-// thread sums its four outputs with FFMA; with tf32, warps 0-3 each take a 16 × 16 quarter of
-// the tile on the tensor cores (TF32 inputs, fp32 sums) and hand the sums over through shared
-// memory. Then the epilogue, or, for a split-K item, the raw sums into partial (m, columns).
+// thread sums its four outputs with FFMA; with tf32, each warp takes a 16 × 16 quarter of the
+// tile and half of each slice's K steps on the tensor cores (TF32 inputs, fp32 sums), and the
+// two halves meet, in a fixed order, through shared memory. Then the epilogue, or, for a split-K item, the raw sums
+// into partial (m, columns).
 __device__ void gemm_tile(const GemmOp& op, int tile, int k_begin, int k_end, float* partial, bool tf32,
                           TileShared& sh) {
   namespace wmma = nvcuda::wmma;
@@ -88,7 +89,9 @@ __device__ void gemm_tile(const GemmOp& op, int tile, int k_begin, int k_end, fl
   const int ty = tid / 16, tx = tid % 16;
   float acc[2][2] = {};
 #if VAE_HAS_TF32_MMA
-  const int warp = tid / 32, wi = warp / 2, wj = warp % 2;  // warps 0-3: the quarter (wi, wj)
+  // Warp w takes the 16 × 16 quarter (wi, wj) = ((w % 4) / 2, w % 2) of the tile over the K steps
+  // of 8 numbered w / 4 (mod 2) in each slice: all eight warps on the tensor cores.
+  const int warp = tid / 32, wi = (warp % 4) / 2, wj = warp % 2, k_half = warp / 4;
   wmma::fragment<wmma::accumulator, 16, 16, 8, float> cf;
   if (tf32) wmma::fill_fragment(cf, 0.f);
 #else
@@ -118,16 +121,14 @@ __device__ void gemm_tile(const GemmOp& op, int tile, int k_begin, int k_end, fl
     __syncthreads();
 #if VAE_HAS_TF32_MMA
     if (tf32) {
-      if (warp < 4) {  // uniform over each warp
-        for (int k8 = 0; k8 < kTileK; k8 += 8) {
-          wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::col_major> fa;
-          wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::row_major> fb;
-          wmma::load_matrix_sync(fa, &sh.a[k8][wi * 16], kTilePad);
-          wmma::load_matrix_sync(fb, &sh.b[k8][wj * 16], kTilePad);
-          for (int e = 0; e < fa.num_elements; ++e) fa.x[e] = wmma::__float_to_tf32(fa.x[e]);
-          for (int e = 0; e < fb.num_elements; ++e) fb.x[e] = wmma::__float_to_tf32(fb.x[e]);
-          wmma::mma_sync(cf, fa, fb, cf);
-        }
+      for (int k8 = 8 * k_half; k8 < kTileK; k8 += 16) {
+        wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::col_major> fa;
+        wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::row_major> fb;
+        wmma::load_matrix_sync(fa, &sh.a[k8][wi * 16], kTilePad);
+        wmma::load_matrix_sync(fb, &sh.b[k8][wj * 16], kTilePad);
+        for (int e = 0; e < fa.num_elements; ++e) fa.x[e] = wmma::__float_to_tf32(fa.x[e]);
+        for (int e = 0; e < fb.num_elements; ++e) fb.x[e] = wmma::__float_to_tf32(fb.x[e]);
+        wmma::mma_sync(cf, fa, fb, cf);
       }
       __syncthreads();
       continue;
@@ -144,11 +145,12 @@ __device__ void gemm_tile(const GemmOp& op, int tile, int k_begin, int k_end, fl
     __syncthreads();
   }
 #if VAE_HAS_TF32_MMA
-  if (tf32) {  // the warps' sums, through shared memory (C row-major over sh.a), to the owners
-    if (warp < 4) wmma::store_matrix_sync(&sh.a[wi * 16][wj * 16], cf, kTilePad, wmma::mem_row_major);
+  if (tf32) {  // the two K halves' sums, through shared memory (C row-major over sh.a and sh.b), to the owners
+    wmma::store_matrix_sync(k_half ? &sh.b[wi * 16][wj * 16] : &sh.a[wi * 16][wj * 16], cf, kTilePad,
+                            wmma::mem_row_major);
     __syncthreads();
     for (int u = 0; u < 2; ++u)
-      for (int w = 0; w < 2; ++w) acc[u][w] = sh.a[ty + 16 * u][tx + 16 * w];
+      for (int w = 0; w < 2; ++w) acc[u][w] = sh.a[ty + 16 * u][tx + 16 * w] + sh.b[ty + 16 * u][tx + 16 * w];
     __syncthreads();  // before the next tile's loads overwrite it
   }
 #endif
