@@ -29,11 +29,17 @@ class Command {
 };
 
 std::unique_ptr<Command> make_train_command();                // host/train_flags.cpp (the run: train_command.cpp)
+std::unique_ptr<Command> make_sweep_command();                // host/sweep_flags.cpp (the run: sweep_command.cpp)
 std::unique_ptr<Command> make_eval_command();                 // host/eval_command.cpp
 std::vector<std::unique_ptr<Command>> make_code_commands();   // encode, decode, manifold: host/code_commands.cpp
 std::vector<std::unique_ptr<Command>> make_image_commands();  // sample, reconstruct: host/image_commands.cpp
 
 // ---- shared by the commands (host/commands.cpp) ----
+
+// `vae train ARGS` parsed and checked into its run, as the train command would run it (host/train_flags.cpp).
+// Throws CLI::ParseError.
+struct TrainRun;
+TrainRun parse_train_flags(const std::vector<std::string>& args);
 
 // --device auto|cpu|cuda.
 void add_device_flag(CLI::App* cmd, std::string& device);

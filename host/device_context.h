@@ -2,6 +2,7 @@
 // its compute stream and GEMM handle, and device buffers that free themselves.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <memory>
 #include <stdexcept>
@@ -27,6 +28,9 @@ class DeviceContext {
   // "cpu (2 workers)" or the GPU's name.
   const std::string& description() const { return description_; }
   void synchronize() const { VAE_CALL(target_, synchronize, stream_); }
+  // Bytes held by the DeviceBuffers made on this context (what a model costs: vae sweep's check).
+  long long allocated_bytes() const { return allocated_.load(); }
+  void count_allocation(long long bytes) const { allocated_ += bytes; }
 
  private:
   Target target_;
@@ -34,6 +38,7 @@ class DeviceContext {
   GemmHandle* gemm_ = nullptr;
   bool tf32_;
   std::string description_;
+  mutable std::atomic<long long> allocated_{0};
 };
 
 // Owns count elements of T in the target's memory.
@@ -43,6 +48,7 @@ class DeviceBuffer {
   DeviceBuffer() = default;
   DeviceBuffer(const DeviceContext& ctx, size_t count) : ctx_(&ctx), count_(count) {
     data_ = static_cast<T*>(VAE_CALL(ctx.target(), device_alloc, count * sizeof(T)));
+    ctx.count_allocation(static_cast<long long>(count * sizeof(T)));
     if (count) VAE_CALL(ctx.target(), fill_zero, data_, count * sizeof(T), ctx.stream());
   }
   DeviceBuffer(const DeviceContext& ctx, const std::vector<T>& host) : DeviceBuffer(ctx, host.size()) { upload(host); }
@@ -76,7 +82,10 @@ class DeviceBuffer {
 
  private:
   void reset() {
-    if (data_) VAE_CALL(ctx_->target(), device_free, data_);
+    if (data_) {
+      VAE_CALL(ctx_->target(), device_free, data_);
+      ctx_->count_allocation(-static_cast<long long>(count_ * sizeof(T)));
+    }
     data_ = nullptr;
     count_ = 0;
   }

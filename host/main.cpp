@@ -1,4 +1,4 @@
-// The `vae` command line: train, eval, encode, decode, manifold, sample, reconstruct. Each
+// The `vae` command line: train, sweep, eval, encode, decode, manifold, sample, reconstruct. Each
 // command is an object of its own (commands.h); main parses and maps errors to exit statuses:
 // 0 done, 1 error, 2 bad flags, 3 training diverged (and train's 75 and 130, train_command.h).
 #include <cstdio>
@@ -18,6 +18,7 @@ int main(int argc, char** argv) {
 
   std::vector<std::unique_ptr<Command>> commands;
   commands.push_back(make_train_command());
+  commands.push_back(make_sweep_command());
   commands.push_back(make_eval_command());
   for (auto* group : {make_code_commands, make_image_commands})
     for (auto& c : group()) commands.push_back(std::move(c));

@@ -1,5 +1,6 @@
 // `vae train`'s flags: registered, checked (presets, --hidden, --train with --test, nothing that
 // --resume would ignore) and parsed into a TrainRun once; train_command.cpp runs it.
+#include <algorithm>
 #include <sstream>
 
 #include "commands.h"
@@ -159,7 +160,10 @@ class TrainCommand : public Command {
     }
   }
 
-  int run() override {
+  int run() override { return run_train(finish()); }
+
+  // The run the flags describe (after check()).
+  TrainRun finish() {
     run_.config.kl.estimator = parse_estimator(estimator_);
     run_.config.kl.gradient = parse_kl_gradient(gradient_);
     run_.config.lr_schedule = parse_lr_schedule(lr_schedule_);
@@ -171,7 +175,7 @@ class TrainCommand : public Command {
     run_.config.model.decoder = parse_decoder(decoder_);
     run_.config.optimizer = parse_optimizer(optimizer_);
     run_.config.binarize = parse_binarize(binarize_);
-    return run_train(run_);
+    return run_;
   }
 
  private:
@@ -227,5 +231,17 @@ void TrainCommand::apply_preset() {
 }  // namespace
 
 std::unique_ptr<Command> make_train_command() { return std::make_unique<TrainCommand>(); }
+
+TrainRun parse_train_flags(const std::vector<std::string>& args) {
+  CLI::App app;
+  TrainCommand train;
+  train.add(app);
+  std::vector<std::string> reversed = {"train"};
+  reversed.insert(reversed.end(), args.begin(), args.end());
+  std::reverse(reversed.begin(), reversed.end());  // CLI11 takes a vector's arguments last first
+  app.parse(reversed);
+  train.check();
+  return train.finish();
+}
 
 }  // namespace vae

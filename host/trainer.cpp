@@ -229,7 +229,8 @@ void Trainer::check_finite() {
     }
   }
   throw Diverged("training diverged at step " + std::to_string(w.step) + ": " + what +
-                 " is not finite (NaN or infinite); " + divergence_advice(config_.model));
+                     " is not finite (NaN or infinite); " + divergence_advice(config_.model),
+                 static_cast<int64_t>(w.step));
 }
 
 std::string divergence_advice(const ModelConfig& model) {

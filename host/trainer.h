@@ -44,7 +44,11 @@ struct ElboTotals {
 // Training turned non-finite (the CLI's exit status 3): the message names the step and the term.
 class Diverged : public Error {
  public:
-  using Error::Error;
+  explicit Diverged(const std::string& what, int64_t step = -1) : Error(what), step_(step) {}
+  int64_t step() const { return step_; }  // the step whose loss or gradient was not finite (-1: not known)
+
+ private:
+  int64_t step_;
 };
 // The advice that ends a divergence message: "try a lower --lr" (and for the Gaussian decoder why
 // --decoder bernoulli may do).

@@ -19,16 +19,13 @@
 
 #include "checkpoint.h"
 #include "run_folder.h"
+#include "cli_support.h"
 #include "support.h"
 #include "train_command.h"
 #include "world.h"
 
-extern char** environ;
-
 namespace vae {
 namespace {
-
-namespace fs = std::filesystem;
 
 // ---- the launcher's variables ---------------------------------------------------------------
 
@@ -116,105 +113,12 @@ TEST(Launcher, BatchSlicesCoverTheBatchInRankOrder) {
   }
 }
 
-// ---- running the CLI ------------------------------------------------------------------------
-
-struct Child {
-  pid_t pid = -1;
-  int wait() const {
-    int status = 0;
-    while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-    }
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  }
-};
-
-// argv[0] is the program; stdout and stderr go to log.
-Child spawn(const std::vector<std::string>& argv, const std::string& log) {
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_addopen(&fa, 1, log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-  posix_spawn_file_actions_adddup2(&fa, 1, 2);
-  std::vector<char*> args;
-  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-  args.push_back(nullptr);
-  Child c;
-  const int rc = posix_spawn(&c.pid, args[0], &fa, nullptr, args.data(), environ);
-  posix_spawn_file_actions_destroy(&fa);
-  if (rc != 0) throw Error("posix_spawn " + argv[0] + " failed");
-  return c;
-}
-
-std::string slurp(const fs::path& p) {
-  std::ifstream f(p);
-  return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-}
-
-std::vector<std::string> words(const std::string& s) {
-  std::vector<std::string> out;
-  std::istringstream in(s);
-  for (std::string w; in >> w;) out.push_back(w);
-  return out;
-}
-
-int run(const std::vector<std::string>& argv, const std::string& log) { return spawn(argv, log).wait(); }
-
-std::vector<std::string> vae_train(const std::string& flags, Target target = Target::cpu) {
-  std::vector<std::string> a = {VAE_CLI_PATH, "train", "--device", target_name(target), "--quiet"};
-  for (auto& w : words(flags)) a.push_back(w);
-  return a;
-}
-
-fs::path fresh_dir(const std::string& name) {
-  const fs::path d = fs::temp_directory_path() / ("vae_cluster_" + name + "_" + std::to_string(::getpid()));
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d;
-}
-
-size_t metrics_lines(const fs::path& run) {
-  const std::string m = slurp(run / "metrics.jsonl");
-  return static_cast<size_t>(std::count(m.begin(), m.end(), '\n'));
-}
-
-// Parameters and optimizer state bit for bit, and the step.
-void expect_identical(const Checkpoint& a, const Checkpoint& b) {
-  EXPECT_EQ(a.step, b.step);
-  EXPECT_EQ(a.epoch, b.epoch);
-  ASSERT_EQ(a.params.size(), b.params.size());
-  EXPECT_EQ(0, std::memcmp(a.params.data(), b.params.data(), a.params.size() * sizeof(float))) << "parameters differ";
-  ASSERT_EQ(a.optimizer_state.size(), b.optimizer_state.size());
-  for (size_t s = 0; s < a.optimizer_state.size(); ++s) {
-    EXPECT_EQ(0, std::memcmp(a.optimizer_state[s].data(), b.optimizer_state[s].data(),
-                             a.optimizer_state[s].size() * sizeof(float)))
-        << "optimizer state " << s << " differs";
-  }
-}
-
-void wait_for(const fs::path& file, const Child& c) {
-  for (int i = 0; i < 3000 && !fs::exists(file); ++i) {
-    int status = 0;
-    if (::waitpid(c.pid, &status, WNOHANG) == c.pid) FAIL() << "the run ended before " << file;
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));
-  }
-}
-
 // ---- data parallel over MPI ranks -----------------------------------------------------------
-
-std::vector<std::string> mpirun(int ranks, const std::vector<std::string>& argv) {
-  // As root Open MPI wants --allow-run-as-root; 3 ranks on 2 cores want --oversubscribe.
-  std::vector<std::string> a = {VAE_MPIEXEC, "--allow-run-as-root", "--oversubscribe", "-np", std::to_string(ranks)};
-  a.insert(a.end(), argv.begin(), argv.end());
-  return a;
-}
 
 // 20 steps of the global batch 60 on 2 and 3 ranks against one process: each rank takes 30 or
 // 20 rows of the same permutation, draws the noise (ε and the dynamic binarization) of those rows,
 // and the summed gradient is the one-process gradient (up to the order of the sums: 1e-5 of each
 // tensor's norm). The last batch is partial (50 rows: 25 a rank, or 16, 17, 17).
-#define SKIP_WITHOUT_MPI() \
-  if (!VAE_WITH_MPI)       \
-  GTEST_SKIP() << "this build has no MPI (VAE_WITH_MPI=OFF): the sanitizer build, or no libopenmpi-dev"
-
 TEST(Mpi, RanksComputeTheStepOfOneProcess) {
   SKIP_WITHOUT_MPI();
   const fs::path dir = fresh_dir("dp");
@@ -307,13 +211,10 @@ TEST_P(PreemptionOn, SignalAtARandomStepThenResumeIsBitIdentical) {
   int stopped = 0;
   for (int trial = 0; trial < 3; ++trial) {
     const fs::path cut = dir / ("cut" + std::to_string(trial));
-    const Child c = spawn(vae_train(run_flags + "--epochs 3 --checkpoint-every 5 --out " + cut.string(), target),
-                          (dir / "log").string());
-    wait_for(cut / "checkpoint.safetensors", c);
-    std::this_thread::sleep_for(std::chrono::milliseconds(rng() % 150));
-    ::kill(c.pid, signals[trial]);
-    const int code = c.wait();
-    const int expected = signals[trial] == SIGINT ? kExitInterrupted : kExitPreempted;
+    const int code =
+        signal_after(vae_train(run_flags + "--epochs 3 --checkpoint-every 5 --out " + cut.string(), target),
+                     cut / "checkpoint.safetensors", signals[trial], rng, 150, (dir / "log").string());
+    const int expected = stop_status_of(signals[trial]);
     ASSERT_TRUE(code == expected || code == 0) << "exit " << code << "\n" << slurp(dir / "log");
     if (code == expected) {
       ++stopped;

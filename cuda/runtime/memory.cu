@@ -1,7 +1,11 @@
 // Memory API of one target: the CUDA runtime on the GPU, host memory on the CPU.
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <new>
+#include <string>
+
+#include <unistd.h>
 
 #include "runtime/compat.cuh"
 
@@ -16,6 +20,18 @@ void* device_alloc(size_t bytes) {
   return p;
 }
 void device_free(void* p) noexcept { std::free(p); }
+size_t memory_available() {
+  // MemAvailable (kB): free memory and what the kernel can reclaim without swapping.
+  std::ifstream meminfo("/proc/meminfo");
+  std::string key;
+  size_t kb = 0;
+  while (meminfo >> key >> kb) {
+    if (key == "MemAvailable:") return kb * 1024;
+    meminfo.ignore(256, '\n');
+  }
+  const long pages = sysconf(_SC_AVPHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+  return pages > 0 && page > 0 ? static_cast<size_t>(pages) * static_cast<size_t>(page) : 0;
+}
 void copy_to_device(void* dst, const void* src, size_t bytes, cudaStream_t) {
   if (bytes) std::memcpy(dst, src, bytes);
 }
@@ -48,6 +64,11 @@ void* device_alloc(size_t bytes) {
 }
 void device_free(void* p) noexcept {
   if (p) cudaFree(p);
+}
+size_t memory_available() {
+  size_t free = 0, total = 0;
+  VAE_CUDA_CHECK(cudaMemGetInfo(&free, &total));
+  return free;
 }
 void copy_to_device(void* dst, const void* src, size_t bytes, cudaStream_t s) {
   VAE_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, s));

@@ -1,0 +1,248 @@
+#include "model_run.h"
+
+#include <unistd.h>
+
+#include <nlohmann/json.hpp>
+
+#include <cmath>
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <ctime>
+#include <filesystem>
+#include <thread>
+
+#include "atomic_file.h"
+#include "png_image.h"
+#include "run_folder.h"
+#include "runtime/check.h"
+#include "runtime/workers.h"
+
+namespace vae {
+
+namespace fs = std::filesystem;
+
+namespace {
+volatile std::sig_atomic_t g_stop_request = 0;
+extern "C" void on_stop_signal(int sig) { g_stop_request = sig == SIGINT ? 2 : 1; }
+constexpr int kStopSignals[3] = {SIGUSR1, SIGTERM, SIGINT};
+struct sigaction g_old_actions[3]{};
+}  // namespace
+
+StopSignals::StopSignals() {
+  g_stop_request = 0;
+  struct sigaction sa {};
+  sa.sa_handler = on_stop_signal;
+  sigemptyset(&sa.sa_mask);
+  for (int i = 0; i < 3; ++i) sigaction(kStopSignals[i], &sa, &g_old_actions[i]);
+}
+StopSignals::~StopSignals() {
+  for (int i = 0; i < 3; ++i) sigaction(kStopSignals[i], &g_old_actions[i], nullptr);
+}
+int StopSignals::request() { return static_cast<int>(g_stop_request); }
+
+std::string timestamp() {
+  const std::time_t t = std::time(nullptr);
+  std::tm tm{};
+  localtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y%m%d-%H%M%S", &tm);
+  return buf;
+}
+
+RunStart resolve_start(const TrainRun& run) {
+  RunStart s = load_start(run);
+  if (s.resuming && s.resumed.epoch >= s.config.epochs) {
+    throw Error("--resume: " + run.resume + " has already completed " + std::to_string(s.resumed.epoch) +
+                " epochs; pass --epochs above that");
+  }
+  return s;
+}
+
+RunStart load_start(const TrainRun& run) {
+  RunStart s{run.config, {}, run.out_dir, run.data, !run.resume.empty()};
+  if (run.checkpoint_every < 0) throw Error("--checkpoint-every: expected a number of steps >= 0");
+  if (run.keep < 1) throw Error("--keep: expected at least 1");
+  if (!s.resuming) return s;
+  FoundCheckpoint found = find_checkpoint(run.resume);
+  for (const auto& why : found.skipped) std::fprintf(stderr, "vae: skipping %s\n", why.c_str());
+  s.resumed = std::move(found.checkpoint);
+  // The run continues as it was configured; only the epoch target comes from the flags.
+  s.config = s.resumed.config;
+  s.config.epochs = run.config.epochs;
+  s.data = s.config.data;  // the CLI refuses data flags with --resume
+  if (s.out_dir.empty()) s.out_dir = run_folder_of(found.path);
+  return s;
+}
+
+std::pair<Dataset, Dataset> load_run_data(const RunStart& s) {
+  Dataset train = load_train_data(s.data);
+  Dataset test = load_test_data(s.data);
+  if (train.dim() != test.dim()) {
+    throw Error("data: train images are " + std::to_string(train.height) + "x" + std::to_string(train.width) +
+                " but test images are " + std::to_string(test.height) + "x" + std::to_string(test.width));
+  }
+  if (s.config.binarize == Binarize::static_threshold) {
+    train.binarize_threshold();
+    test.binarize_threshold();
+  }
+  return {std::move(train), std::move(test)};
+}
+
+void fit_to_data(RunStart& s, const Dataset& train) {
+  if (!s.resuming) {
+    s.config.model.input_dim = train.dim();
+    s.config.model.image_height = train.height;
+    s.config.model.image_width = train.width;
+    s.config.data = s.data;
+  } else if (s.config.model.input_dim != train.dim()) {
+    throw Error("--resume: the checkpoint's model takes " + std::to_string(s.config.model.input_dim) +
+                " inputs but the data has " + std::to_string(train.dim()));
+  }
+}
+
+void prepare_run_folder(std::string& out_dir, bool resuming, bool create) {
+  if (out_dir.empty()) out_dir = "runs/" + timestamp();
+  if (!resuming) {
+    for (const char* f : {"checkpoint.safetensors", "metrics.jsonl"}) {
+      if (fs::exists(fs::path(out_dir) / f)) {
+        throw Error("--out: '" + out_dir + "' already holds a run (" + f +
+                    "); continue it with --resume or choose another --out");
+      }
+    }
+  }
+  if (create) {
+    std::error_code ec;
+    fs::create_directories(out_dir, ec);
+    if (ec || !fs::is_directory(out_dir)) throw Error("--out: cannot create folder '" + out_dir + "'");
+  }
+}
+
+Target place_rank(const World& world, const std::optional<Target>& device) {
+  const Target target = resolve_target(device);
+  if (target == Target::cuda) select_cuda_device(world.local_rank);
+  if (target == Target::cpu && world.local_size > 1 && !std::getenv("VAE_CPU_WORKERS")) {
+    hx::set_workers(std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / world.local_size));
+  }
+  return target;
+}
+
+Progress::Progress(bool enabled) : enabled_(enabled && isatty(fileno(stderr))) {}
+void Progress::start() { start_ = last_ = std::chrono::steady_clock::now(); }
+void Progress::update(const std::string& what, int64_t done, int64_t total, int64_t samples) {
+  if (!enabled_) return;
+  const auto now = std::chrono::steady_clock::now();
+  if (done != total && now - last_ < std::chrono::milliseconds(200)) return;
+  last_ = now;
+  const double secs = std::chrono::duration<double>(now - start_).count();
+  const int width = 30, filled = static_cast<int>(width * done / std::max<int64_t>(total, 1));
+  std::fprintf(stderr, "\r%s [%s%s] %lld/%lld  %.0f samples/s ", what.c_str(), std::string(filled, '=').c_str(),
+               std::string(width - filled, ' ').c_str(), static_cast<long long>(done), static_cast<long long>(total),
+               samples / std::max(secs, 1e-9));
+  std::fflush(stderr);
+}
+void Progress::clear() {
+  if (enabled_) std::fprintf(stderr, "\r%*s\r", 110, "");
+}
+
+ModelRun::ModelRun(const DeviceContext& ctx, const TrainRun& run, RunStart start, ProcessGroup& pg)
+    : ctx_(ctx), run_(run), start_(std::move(start)), pg_(pg), trainer_(ctx, start_.config) {
+  trainer_.set_process_group(&pg_);
+  trainer_.set_use_graph(run.cuda_graph);
+  if (run.detect_anomaly) trainer_.set_divergence_check_every(1);
+  trainer_.set_fused_step(
+      run.fused_step.value_or(fused_step_by_rule(ctx.target(), start_.config.batch_size, start_.config.model)));
+  trainer_.set_fused_launch_steps(50, run.checkpoint_every);  // persistent launches end at the checkpoints
+  if (start_.resuming) trainer_.restore(start_.resumed);
+  metrics_path_ = (fs::path(start_.out_dir) / "metrics.jsonl").string();
+  // One metrics line per completed epoch: a run resumed from an older checkpoint repeats the epochs after it.
+  if (pg_.rank() == 0 && start_.resuming) keep_metrics_through_epoch(metrics_path_, start_.resumed.epoch);
+}
+
+void ModelRun::save() {
+  Checkpoint c = trainer_.checkpoint();  // collective
+  std::string failure;
+  if (pg_.rank() == 0) {
+    try {
+      save_run_checkpoint(start_.out_dir, c, run_.keep);
+    } catch (const std::exception& e) {
+      failure = e.what();
+    }
+  }
+  if (pg_.agree_max(failure.empty() ? 0 : 1) != 0) {
+    throw Error(failure.empty() ? "rank 0 failed to write a checkpoint (see its message)" : failure);
+  }
+}
+
+ModelRun::Epoch ModelRun::train_epoch(const DeviceDataset& train, const DeviceDataset& test, Progress& progress,
+                                      const std::string& label) {
+  const TrainConfig& config = start_.config;
+  const int epoch = trainer_.epoch() + 1;
+  Epoch e;
+  trainer_.set_learning_rate(learning_rate_at(config, trainer_.epoch()));
+  progress.start();
+  const auto t0 = std::chrono::steady_clock::now();
+  e.train = trainer_.train_epoch(train, [&](int64_t done, int64_t total) {
+    progress.update(label, done, total, std::min<int64_t>(done * config.batch_size, train.count));
+    if (done == total) return true;  // the epoch's end: decided after its outputs
+    e.stop = pg_.agree_max(StopSignals::request());
+    if (e.stop) return false;
+    if (run_.checkpoint_every > 0 && trainer_.step() % run_.checkpoint_every == 0) save();
+    return true;
+  });
+  if (trainer_.batch_in_epoch() > 0) {  // stopped by a signal
+    progress.clear();
+    save();
+    return e;
+  }
+  e.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  e.test = trainer_.evaluate(test);
+  progress.clear();
+  if (!std::isfinite(e.train.elbo()) || !std::isfinite(e.test.elbo())) {
+    throw Diverged("training diverged in epoch " + std::to_string(epoch) + " (its ELBO is not finite); " +
+                       divergence_advice(config.model),
+                   trainer_.step());
+  }
+  // The metrics line first, then the checkpoint: a run killed between the two resumes from the
+  // older checkpoint, which drops this line and trains the epoch again.
+  if (pg_.rank() == 0) write_epoch_outputs(epoch, e, test);
+  save();
+  return e;
+}
+
+// An epoch's outputs (rank 0): its metrics line, then prior samples and reconstructions.
+void ModelRun::write_epoch_outputs(int epoch, const Epoch& e, const DeviceDataset& test) {
+  const TrainConfig& config = start_.config;
+  const ElboTotals &tr = e.train, &te = e.test;
+  nlohmann::json m = {{"epoch", epoch},
+                      {"step", trainer_.step()},
+                      {"train_elbo", tr.elbo()},
+                      {"train_recon", tr.recon},
+                      {"train_kl", tr.kl},
+                      {"test_elbo", te.elbo()},
+                      {"test_recon", te.recon},
+                      {"test_kl", te.kl},
+                      {"active_units", te.active_units()},
+                      {"kl_per_dimension", te.kl_per_dimension},
+                      {"epoch_seconds", e.seconds},
+                      {"samples_per_second", tr.n / e.seconds},
+                      {"device", ctx_.description()},
+                      {"tf32", ctx_.tf32()},
+                      {"cuda_graph", trainer_.graph_in_use()},
+                      {"step_kernel", trainer_.fused_step() ? "fused" : "composed"},
+                      {"ranks", pg_.size()},
+                      {"estimator", estimator_name(config.kl.estimator)},
+                      {"gradient", kl_gradient_name(config.kl.gradient)},
+                      {"kl_weight", kl_weight_at(config.kl, trainer_.step())},
+                      {"lr", learning_rate_at(config, epoch - 1)}};
+  append_line_atomically(metrics_path_, m.dump());
+  const std::string& dir = start_.out_dir;
+  const int H = config.model.image_height, W = config.model.image_width;
+  write_png_grid((fs::path(dir) / ("samples_" + std::to_string(epoch) + ".png")).string(), trainer_.prior_samples(64),
+                 64, H, W, 8);
+  const int n = static_cast<int>(std::min<int64_t>(8, test.count));
+  write_png_grid((fs::path(dir) / ("reconstructions_" + std::to_string(epoch) + ".png")).string(),
+                 trainer_.reconstructions(test, n), 2 * n, H, W, n);
+}
+
+}  // namespace vae
