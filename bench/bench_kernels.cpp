@@ -165,7 +165,7 @@ void latent_stages(Bench& b, int B) {
 
   // Latent backward: dμ and dlog σ² with the KL terms (z from the fused forward above).
   VAE_CALL(target, latent_backward, heads.data(), z.data(), grad_z.data(), grad_heads.data(), B, J, 1, 1.f / B,
-           KlTerm{}, nullptr, s);
+           KlTerm{}, nullptr, nullptr, s);
   const std::vector<float> fused_gheads = grad_heads.download();
   VAE_CALL(target, unfused::latent_backward, heads.data(), z.data(), grad_z.data(), grad_heads.data(), B, J, 1.f / B,
            s);
@@ -174,7 +174,7 @@ void latent_stages(Bench& b, int B) {
       "latent backward (J=20)", B, (2.0 * bj + 2 * bj + 2 * bj) * f4, 0,
       [&] {
         VAE_CALL(target, latent_backward, heads.data(), z.data(), grad_z.data(), grad_heads.data(), B, J, 1, 1.f / B,
-                 KlTerm{}, nullptr, s);
+                 KlTerm{}, nullptr, nullptr, s);
       },
       [&] {
         VAE_CALL(target, unfused::latent_backward, heads.data(), z.data(), grad_z.data(), grad_heads.data(), B, J,
@@ -199,7 +199,7 @@ void row_stages(Bench& b, int B) {
 
   // Bernoulli log-likelihood per row and its gradient.
   VAE_CALL(target, bernoulli_reconstruction, logits.data(), x.data(), log_prob.data(), grad.data(), B, D, 1, 1.f / B,
-           s);
+           nullptr, s);
   const std::vector<float> fused_lp = log_prob.download(), fused_grad = grad.download();
   VAE_CALL(target, unfused::bernoulli_reconstruction, logits.data(), x.data(), lp_elements.data(), log_prob.data(),
            grad.data(), B, D, 1.f / B, s);
@@ -209,7 +209,7 @@ void row_stages(Bench& b, int B) {
       "Bernoulli recon + gradient (D=784)", B, (3.0 * bd + B) * f4, 0,
       [&] {
         VAE_CALL(target, bernoulli_reconstruction, logits.data(), x.data(), log_prob.data(), grad.data(), B, D, 1,
-                 1.f / B, s);
+                 1.f / B, nullptr, s);
       },
       [&] {
         VAE_CALL(target, unfused::bernoulli_reconstruction, logits.data(), x.data(), lp_elements.data(),
@@ -219,7 +219,7 @@ void row_stages(Bench& b, int B) {
 
   // Gaussian log-likelihood per row and both halves of its gradient.
   VAE_CALL(target, gaussian_reconstruction, gauss_out.data(), x.data(), log_prob.data(), gauss_grad.data(), B, D, 1,
-           1.f / B, s);
+           1.f / B, nullptr, s);
   const std::vector<float> fused_glp = log_prob.download(), fused_ggrad = gauss_grad.download();
   VAE_CALL(target, unfused::gaussian_reconstruction, gauss_out.data(), x.data(), lp_elements.data(), log_prob.data(),
            gauss_grad.data(), B, D, 1.f / B, s);
@@ -229,7 +229,7 @@ void row_stages(Bench& b, int B) {
       "Gaussian recon + gradient (D=784)", B, (2.0 * bd + bd + 2.0 * bd + B) * f4, 0,
       [&] {
         VAE_CALL(target, gaussian_reconstruction, gauss_out.data(), x.data(), log_prob.data(), gauss_grad.data(), B, D,
-                 1, 1.f / B, s);
+                 1, 1.f / B, nullptr, s);
       },
       [&] {
         VAE_CALL(target, unfused::gaussian_reconstruction, gauss_out.data(), x.data(), lp_elements.data(),

@@ -27,7 +27,7 @@ void save_checkpoint(const std::string& path, const Checkpoint& ckpt) {
                 {"epoch", std::to_string(ckpt.epoch)},
                 {"seed", std::to_string(ckpt.config.seed)}};
   if (ckpt.batch_in_epoch > 0) {
-    VAE_REQUIRE(ckpt.epoch_totals.size() == 3, "checkpoint: epoch totals");
+    VAE_REQUIRE(ckpt.epoch_totals.size() == 3 || ckpt.epoch_totals.size() == 4, "checkpoint: epoch totals");
     f.metadata["batch_in_epoch"] = std::to_string(ckpt.batch_in_epoch);
     f.metadata["epoch_totals"] = json(ckpt.epoch_totals).dump();  // doubles round-trip exactly
   }
@@ -71,7 +71,7 @@ Checkpoint load_checkpoint(const std::string& path) {
     } catch (const std::exception&) {
       throw Error(path + ": __metadata__ batch_in_epoch or epoch_totals is malformed");
     }
-    if (ckpt.batch_in_epoch < 0 || ckpt.epoch_totals.size() != 3)
+    if (ckpt.batch_in_epoch < 0 || (ckpt.epoch_totals.size() != 3 && ckpt.epoch_totals.size() != 4))
       throw Error(path + ": __metadata__ batch_in_epoch or epoch_totals is out of range");
   }
   const ParamLayout layout = make_layout(ckpt.config.model);

@@ -20,7 +20,7 @@ struct Checkpoint {
   int64_t step = 0;                                 // optimizer steps taken
   int epoch = 0;                                    // epochs completed
   int64_t batch_in_epoch = 0;                       // steps of the unfinished epoch taken (0: none)
-  std::vector<double> epoch_totals;                 // its running (Σ recon, Σ KL, n) over all ranks
+  std::vector<double> epoch_totals;                 // its running (Σ recon, Σ KL, n, Σ IWAE bound) over all ranks
   std::vector<float> params;                        // flat, in make_layout(config.model) order
   std::vector<std::vector<float>> optimizer_state;  // flat, one per state name
 };

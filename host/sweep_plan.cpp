@@ -20,10 +20,10 @@ const std::set<std::string>& sweepable() {
 // Flags whose value is never a list, where a comma or ".." can only be a list by mistake (--hidden's
 // commas are its layers; --data, --train and --test are paths).
 const std::set<std::string>& single_valued() {
-  static const std::set<std::string> s = {"--latent",      "--decoder",    "--batch-size", "--samples",
-                                          "--activation",  "--optimizer",  "--binarize",   "--preset",
-                                          "--train-limit", "--test-limit", "--epochs",     "--checkpoint-every",
-                                          "--keep",        "--step",       "--device"};
+  static const std::set<std::string> s = {
+      "--latent",   "--decoder", "--batch-size",  "--samples",    "--activation", "--optimizer",
+      "--binarize", "--preset",  "--train-limit", "--test-limit", "--epochs",     "--checkpoint-every",
+      "--keep",     "--step",    "--device",      "--objective",  "--k"};
   return s;
 }
 const std::set<std::string>& flags_without_value() {

@@ -71,9 +71,12 @@ int run_train(const TrainRun& run) {
         return stop_status(e.stop);
       }
       if (root && !run.quiet) {
-        std::printf("epoch %d/%d  train ELBO %.2f  test ELBO %.2f (recon %.2f, KL %.2f)  %.2f s  %.0f samples/s\n",
-                    epoch, config.epochs, e.train.elbo(), e.test.elbo(), e.test.recon, e.test.kl, e.seconds,
-                    e.train.n / e.seconds);
+        const std::string bound =
+            e.test.has_iwae ? "  test IWAE-" + std::to_string(config.k) + " " + std::to_string(e.test.iwae).substr(0, 7)
+                            : "";
+        std::printf("epoch %d/%d  train ELBO %.2f  test ELBO %.2f (recon %.2f, KL %.2f)%s  %.2f s  %.0f samples/s\n",
+                    epoch, config.epochs, e.train.elbo(), e.test.elbo(), e.test.recon, e.test.kl, bound.c_str(),
+                    e.seconds, e.train.n / e.seconds);
         std::fflush(stdout);
       }
       const int stop_request = pg.agree_max(StopSignals::request());

@@ -27,6 +27,10 @@ constexpr Named<KlGradient> kKlGradientNames[] = {{KlGradient::standard, "standa
 const char* kl_gradient_name(KlGradient g) { return name_of(kKlGradientNames, g); }
 KlGradient parse_kl_gradient(const std::string& s) { return parse_named(kKlGradientNames, s, "--gradient"); }
 
+constexpr Named<Objective> kObjectiveNames[] = {{Objective::elbo, "elbo"}, {Objective::iwae, "iwae"}};
+const char* objective_name(Objective o) { return name_of(kObjectiveNames, o); }
+Objective parse_objective(const std::string& s) { return parse_named(kObjectiveNames, s, "--objective"); }
+
 constexpr Named<LrSchedule> kLrScheduleNames[] = {{LrSchedule::constant, "constant"}, {LrSchedule::iwae, "iwae"}};
 const char* lr_schedule_name(LrSchedule s) { return name_of(kLrScheduleNames, s); }
 LrSchedule parse_lr_schedule(const std::string& s) { return parse_named(kLrScheduleNames, s, "--lr-schedule"); }
@@ -65,6 +69,8 @@ std::string config_to_json(const TrainConfig& c) {
       {"activation", activation_name(c.model.activation)},
       {"decoder", decoder_name(c.model.decoder)},
       {"samples", c.samples},
+      {"objective", objective_name(c.objective)},
+      {"k", c.k},
       {"optimizer", optimizer_name(c.optimizer)},
       {"lr", c.hyper.lr},
       {"beta1", c.hyper.beta1},
@@ -109,6 +115,8 @@ TrainConfig config_from_json(const std::string& text, const std::string& source)
     c.model.activation = parse_activation(j.at("activation").get<std::string>());
     c.model.decoder = parse_decoder(j.at("decoder").get<std::string>());
     c.samples = j.at("samples").get<int>();
+    c.objective = parse_objective(j.value("objective", std::string("elbo")));
+    c.k = j.value("k", 1);
     c.optimizer = parse_optimizer(j.at("optimizer").get<std::string>());
     c.hyper.lr = j.at("lr").get<float>();
     c.hyper.beta1 = j.at("beta1").get<float>();
@@ -137,7 +145,7 @@ TrainConfig config_from_json(const std::string& text, const std::string& source)
   } catch (const Error& e) {
     throw Error(source + ": config: " + e.what());
   }
-  if (c.model.input_dim <= 0 || c.model.latent <= 0 || c.samples <= 0 || c.batch_size <= 0 ||
+  if (c.model.input_dim <= 0 || c.model.latent <= 0 || c.samples <= 0 || c.k <= 0 || c.batch_size <= 0 ||
       static_cast<int64_t>(c.model.image_height) * c.model.image_width != c.model.input_dim) {
     throw Error(source + ": config has inconsistent sizes");
   }

@@ -15,6 +15,11 @@ enum class Binarize { none, static_threshold, dynamic };
 // The learning rate by epoch. constant: --lr throughout. iwae: Burda et al.'s schedule, --lr ·
 // 10^(−i/7) for 3^i epochs, i = 0 .. 7 (3280 epochs in all), then the last rate.
 enum class LrSchedule { constant, iwae };
+// What training maximises: the ELBO (its L samples averaged), or Burda et al.'s importance-
+// weighted bound log (1/K) Σ_k p(x, z_k) / q(z_k|x) over K samples (k in TrainConfig).
+enum class Objective { elbo, iwae };
+const char* objective_name(Objective o);
+Objective parse_objective(const std::string& s);
 const char* lr_schedule_name(LrSchedule s);
 LrSchedule parse_lr_schedule(const std::string& s);
 const char* binarize_name(Binarize b);
@@ -39,7 +44,11 @@ struct DataOptions {
 
 struct TrainConfig {
   ModelConfig model;
-  int samples = 1;  // L
+  int samples = 1;  // L (the ELBO's)
+  Objective objective = Objective::elbo;
+  int k = 1;  // K, the IWAE objective's importance samples per datapoint
+  // z draws per datapoint of a training pass: K for the IWAE objective, else L.
+  int draws() const { return objective == Objective::iwae ? k : samples; }
   OptimizerKind optimizer = OptimizerKind::adam;
   OptimizerHyper hyper;
   int batch_size = 128;

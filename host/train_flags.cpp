@@ -89,6 +89,14 @@ class TrainCommand : public Command {
                      "parameters held fixed inside log q: 'sticking the landing'; needs --estimator monte-carlo)")
         ->check(CLI::IsMember({"standard", "dreg"}))
         ->capture_default_str();
+    cmd_->add_option("--objective", objective_,
+                     "what training maximises: elbo (the paper's, over --samples draws) or iwae (Burda et al.'s "
+                     "importance-weighted bound over --k draws)")
+        ->check(CLI::IsMember({"elbo", "iwae"}))
+        ->capture_default_str();
+    cmd_->add_option("--k", run_.config.k, "K, the importance samples per datapoint of --objective iwae")
+        ->check(CLI::Range(1, 1024))
+        ->capture_default_str();
     cmd_->add_option("--kl-weight", run_.config.kl.weight,
                      "beta: the KL term's weight in the loss (the reported ELBO keeps 1)")
         ->check(CLI::NonNegativeNumber)
@@ -144,16 +152,30 @@ class TrainCommand : public Command {
       throw CLI::ValidationError("--test", "needs --train as well");
     if (!run_.data.train_npy.empty() && run_.data.test_npy.empty())
       throw CLI::ValidationError("--train", "needs --test as well");
-    if (gradient_ == "dreg" && estimator_ != "monte-carlo")
+    if (objective_ == "iwae") {
+      // The bound weighs log p(x|z) + log p(z) − log q(z|x) as one: no β, and its own K draws.
+      if (run_.config.kl.weight != 1.f || run_.config.kl.warmup != 0)
+        throw CLI::ValidationError(
+            cmd_->count("--kl-weight") ? "--kl-weight" : "--kl-warmup",
+            "the IWAE bound has no KL weight (--objective iwae takes --kl-weight 1, no warm-up)");
+      if (run_.config.samples != 1)
+        throw CLI::ValidationError("--samples",
+                                   "--objective iwae draws --k samples per datapoint; --samples is the ELBO's");
+    } else if (cmd_->count("--k") > 0 && run_.config.k != 1) {
+      throw CLI::ValidationError("--k", "is the IWAE bound's sample count: it needs --objective iwae");
+    }
+    if (gradient_ == "dreg" && estimator_ != "monte-carlo" && objective_ != "iwae")
       throw CLI::ValidationError("--gradient",
-                                 "dreg differentiates log q(z|x) at the drawn z: it needs --estimator monte-carlo");
+                                 "dreg differentiates log q(z|x) at the drawn z: it needs --estimator monte-carlo "
+                                 "(or --objective iwae)");
     // A resumed run continues as its checkpoint was configured: refuse flags that would be ignored.
     if (!run_.resume.empty()) {
       for (const char* flag :
            {"--hidden",    "--activation", "--latent",       "--decoder",     "--samples",     "--optimizer",
             "--lr",        "--momentum",   "--weight-decay", "--batch-size",  "--seed",        "--binarize",
             "--tf32",      "--data",       "--train",        "--test",        "--train-limit", "--test-limit",
-            "--estimator", "--kl-weight",  "--kl-warmup",    "--lr-schedule", "--preset",      "--gradient"}) {
+            "--estimator", "--kl-weight",  "--kl-warmup",    "--lr-schedule", "--preset",      "--gradient",
+            "--objective", "--k"}) {
         if (cmd_->count(flag) > 0)
           throw CLI::ValidationError(flag, "is fixed by the checkpoint; not allowed with --resume");
       }
@@ -166,6 +188,7 @@ class TrainCommand : public Command {
   TrainRun finish() {
     run_.config.kl.estimator = parse_estimator(estimator_);
     run_.config.kl.gradient = parse_kl_gradient(gradient_);
+    run_.config.objective = parse_objective(objective_);
     run_.config.lr_schedule = parse_lr_schedule(lr_schedule_);
     run_.cuda_graph = !no_graph_;
     run_.device = parse_device(device_);
@@ -184,6 +207,7 @@ class TrainCommand : public Command {
   TrainRun run_;
   std::string hidden_ = "400", activation_ = "relu", decoder_ = "bernoulli", optimizer_ = "adam", binarize_ = "none";
   std::string estimator_ = "analytic", gradient_ = "standard", lr_schedule_ = "constant", preset_;
+  std::string objective_ = "elbo";
   std::string device_ = "auto", dist_backend_ = "auto", step_ = "auto";
   bool no_graph_ = false;
 };
@@ -196,7 +220,8 @@ class TrainCommand : public Command {
 //   iwae: Burda, Grosse & Salakhutdinov (2015), section 5: the one-stochastic-layer model, two
 //         hidden layers of 200 tanh units a side and 50 latent units; Adam β = (0.9, 0.999),
 //         ε = 1e-4, lr 1e-3 · 10^(−i/7) for 3^i epochs, i = 0 .. 7 (3280 epochs); batches of 20;
-//         binarized anew each time an image is used (dynamic binarization).
+//         binarized anew each time an image is used (dynamic binarization); the IWAE objective
+//         with k = 5 (--k 1: their VAE baseline, --objective elbo: the ELBO).
 void TrainCommand::apply_preset() {
   if (preset_.empty()) return;
   auto unless = [&](const char* flag, auto& field, auto value) {
@@ -225,6 +250,8 @@ void TrainCommand::apply_preset() {
     unless("--binarize", binarize_, std::string("dynamic"));
     unless("--epochs", c.epochs, 3280);
     unless("--samples", c.samples, 1);
+    unless("--objective", objective_, std::string("iwae"));
+    unless("--k", c.k, 5);
   }
 }
 

@@ -9,12 +9,13 @@ namespace vae {
 Trainer::Trainer(const DeviceContext& ctx, const TrainConfig& config)
     : ctx_(ctx),
       config_(config),
-      vae_(ctx, config.model, eval_rows(), config.samples),  // config_ is set first
+      vae_(ctx, config.model, eval_rows(), config.draws()),  // config_ is set first
       optimizer_(ctx, vae_.layout().total, config.optimizer, config.hyper),
-      totals_(ctx, 3),
+      totals_(ctx, 4),
       train_at_(ctx, 1),
       watch_(ctx, 1) {
   vae_.params().upload(init_parameters(config.model, vae_.layout(), config.seed));
+  vae_.set_iwae(config.objective == Objective::iwae);
 }
 
 Trainer::~Trainer() { VAE_CALL(ctx_.target(), graph_destroy, graph_); }
@@ -46,8 +47,9 @@ void Trainer::restore(const Checkpoint& ckpt) {
   batch_in_epoch_ = ckpt.batch_in_epoch;
   resumed_totals_.clear();
   if (batch_in_epoch_ > 0) {  // the totals so far are the ranks' sum: rank 0 carries them on
-    VAE_REQUIRE(ckpt.epoch_totals.size() == 3, "restore: epoch totals");
-    resumed_totals_ = (!pg_ || pg_->rank() == 0) ? ckpt.epoch_totals : std::vector<double>(3, 0.0);
+    VAE_REQUIRE(ckpt.epoch_totals.size() == 3 || ckpt.epoch_totals.size() == 4, "restore: epoch totals");
+    resumed_totals_ = (!pg_ || pg_->rank() == 0) ? ckpt.epoch_totals : std::vector<double>(4, 0.0);
+    resumed_totals_.resize(4, 0.0);  // a checkpoint from before the objective's sum: an ELBO run's
   }
 }
 
@@ -149,7 +151,7 @@ ElboTotals Trainer::train_epoch(const DeviceDataset& train, const std::function<
            epoch_shuffle_key(config_.seed, epoch_), ctx_.stream());
   VAE_REQUIRE(batch_in_epoch_ < batches, "train: the checkpoint's position is past the end of the epoch");
   const int64_t first = batch_in_epoch_;
-  if (first > 0 && resumed_totals_.size() == 3) {
+  if (first > 0 && resumed_totals_.size() == 4) {
     totals_.upload(resumed_totals_);
   } else {
     totals_.zero();
@@ -194,13 +196,13 @@ ElboTotals Trainer::train_epoch(const DeviceDataset& train, const std::function<
     batch_in_epoch_ = b;
     if (b % check_every_ == 0 || b == batches) check_finite();
     if (b < batches && on_step && !on_step(b, batches)) {
-      return ElboTotals::from_sums(totals_.download());  // this rank's, partial
+      return ElboTotals::from_sums(totals_.download(), vae_.iwae());  // this rank's, partial
     }
   }
   if (pg_) pg_->all_reduce_sum(totals_.data(), totals_.size());
   ++epoch_;
   batch_in_epoch_ = 0;
-  const ElboTotals out = ElboTotals::from_sums(totals_.download());
+  const ElboTotals out = ElboTotals::from_sums(totals_.download(), vae_.iwae());
   if (on_step) on_step(batches, batches);
   return out;
 }
@@ -256,7 +258,7 @@ ElboTotals Trainer::evaluate(const DeviceDataset& test) {
     VAE_CALL(ctx_.target(), latent_statistics, vae_.heads().data(), rows, J, latent_sums.data(), ctx_.stream());
   }
   const std::vector<double> sums = latent_sums.download();
-  ElboTotals out = ElboTotals::from_sums(totals_.download());
+  ElboTotals out = ElboTotals::from_sums(totals_.download(), vae_.iwae());
   const double n = static_cast<double>(out.n);
   for (int j = 0; j < J; ++j) {
     const double mean = sums[j] / n;

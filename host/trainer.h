@@ -22,12 +22,19 @@ struct ElboTotals {
   double recon = 0, kl = 0;  // mean per datapoint, nats
   int64_t n = 0;
   double elbo() const { return recon - kl; }
-  // The means of device sums t = (Σ reconstruction, Σ KL, rows).
-  static ElboTotals from_sums(const std::vector<double>& t) {
+  // The IWAE objective's bound, mean per datapoint, where the pass computed it (else the ELBO).
+  double iwae = 0;
+  bool has_iwae = false;
+  double objective() const { return has_iwae ? iwae : elbo(); }
+  // The means of device sums t = (Σ reconstruction, Σ KL, rows, Σ IWAE bound), the last one
+  // where `iwae`.
+  static ElboTotals from_sums(const std::vector<double>& t, bool iwae = false) {
     ElboTotals e;
     e.recon = t[0] / std::max(t[2], 1.0);
     e.kl = t[1] / std::max(t[2], 1.0);
     e.n = static_cast<int64_t>(t[2]);
+    e.has_iwae = iwae && t.size() > 3;
+    if (e.has_iwae) e.iwae = t[3] / std::max(t[2], 1.0);
     return e;
   }
   // Evaluation only: per latent unit j, the analytic KL averaged over the data (nats; they sum to
@@ -74,7 +81,9 @@ class Trainer {
   void set_use_graph(bool on) { use_graph_ = on; }
   // Full training steps as one cooperative kernel (fused) or as the composed string of GEMMs and
   // kernels; the fused step where the model fits it (Vae::fused_step_fits), else composed.
-  void set_fused_step(bool on) { fused_step_ = on && vae_.fused_step_fits() && !pg_; }
+  void set_fused_step(bool on) {
+    fused_step_ = on && vae_.fused_step_fits() && !pg_ && config_.objective == Objective::elbo;
+  }
   // Data parallel: this trainer is one rank of pg. Each step takes the rank's slice of the
   // global batch (config().batch_size rows) and sums the gradients over the ranks before the
   // optimizer; epoch totals are summed too. The fused step is then off (one kernel could not

@@ -45,6 +45,14 @@ void Vae::set_samples(int samples) {
   samples_ = samples;
 }
 
+void Vae::set_iwae(bool on) {
+  iwae_ = on;
+  if (on && objective_.size() == 0) {
+    weights_ = DeviceBuffer<float>(ctx_, static_cast<size_t>(sample_capacity_) * row_capacity_);
+    objective_ = DeviceBuffer<float>(ctx_, static_cast<size_t>(row_capacity_));
+  }
+}
+
 // out (rows, s.out) = act(in (rows, s.in) Wᵀ + b): one GEMM with its epilogue.
 void Vae::linear_forward(const LinearSlot& s, const float* in, int rows, float* out, Activation act) {
   VAE_CALL(ctx_.target(), gemm, ctx_.gemm(),
@@ -90,35 +98,40 @@ void Vae::draw_latent(int batch, const NoiseKey& key) {
            key.seed, key.stream, key.at, key.kl, ctx_.stream());
 }
 
+void Vae::reconstruct(int batch, float* grad, float grad_scale, const float* row_scale) {
+  if (config_.decoder == DecoderKind::bernoulli) {
+    VAE_CALL(ctx_.target(), bernoulli_reconstruction, out_.data(), x_.data(), log_prob_.data(), grad, batch,
+             config_.input_dim, samples_, grad_scale, row_scale, ctx_.stream());
+  } else {
+    VAE_CALL(ctx_.target(), gaussian_reconstruction, out_.data(), x_.data(), log_prob_.data(), grad, batch,
+             config_.input_dim, samples_, grad_scale, row_scale, ctx_.stream());
+  }
+}
+
+void Vae::weigh_samples(int batch) {
+  VAE_CALL(ctx_.target(), importance_weights, heads_.data(), z_.data(), log_prob_.data(), batch, config_.latent,
+           samples_, weights_.data(), objective_.data(), ctx_.stream());
+}
+
 void Vae::decode_and_score(int batch) {
   VAE_REQUIRE(batch > 0 && batch <= row_capacity_, "Vae::decode_and_score: batch out of range");
-  const Target target = ctx_.target();
-  const int rows = batch * samples_;
-  decode(z_.data(), rows);
-  if (config_.decoder == DecoderKind::bernoulli) {
-    VAE_CALL(target, bernoulli_reconstruction, out_.data(), x_.data(), log_prob_.data(), nullptr, batch,
-             config_.input_dim, samples_, 1.f, ctx_.stream());
-  } else {
-    VAE_CALL(target, gaussian_reconstruction, out_.data(), x_.data(), log_prob_.data(), nullptr, batch,
-             config_.input_dim, samples_, 1.f, ctx_.stream());
-  }
+  decode(z_.data(), batch * samples_);
+  reconstruct(batch, nullptr, 1.f, nullptr);
+  if (iwae_) weigh_samples(batch);
 }
 
 Vae::Pass Vae::forward(int batch, const NoiseKey& key, bool with_gradients, int mean_over) {
   VAE_REQUIRE(mean_over == 0 || mean_over >= batch, "Vae::forward: mean_over below the batch");
   encode(batch, key);
-  const Target target = ctx_.target();
-  const int rows = batch * samples_;
   const Pass pass{batch, mean_over ? mean_over : batch};
-  decode(z_.data(), rows);
-  float* grad_out = with_gradients ? d_out_.data() : nullptr;
-  const float grad_scale = 1.f / static_cast<float>(pass.mean_over * samples_);
-  if (config_.decoder == DecoderKind::bernoulli) {
-    VAE_CALL(target, bernoulli_reconstruction, out_.data(), x_.data(), log_prob_.data(), grad_out, batch,
-             config_.input_dim, samples_, grad_scale, ctx_.stream());
+  decode(z_.data(), batch * samples_);
+  if (iwae_) {  // the weights need every sample's log p first; then the gradient, row by row weighted
+    reconstruct(batch, nullptr, 1.f, nullptr);
+    weigh_samples(batch);
+    if (with_gradients) reconstruct(batch, d_out_.data(), 1.f / static_cast<float>(pass.mean_over), weights_.data());
   } else {
-    VAE_CALL(target, gaussian_reconstruction, out_.data(), x_.data(), log_prob_.data(), grad_out, batch,
-             config_.input_dim, samples_, grad_scale, ctx_.stream());
+    reconstruct(batch, with_gradients ? d_out_.data() : nullptr, 1.f / static_cast<float>(pass.mean_over * samples_),
+                nullptr);
   }
   return pass;
 }
@@ -136,9 +149,10 @@ void Vae::backward(const Pass& pass, const KlTerm& kl, const StepState* at) {
     linear_backward(layout_.decoder[i], in, rows, d_dec_h_[i].data(), i ? in : nullptr,
                     i ? d_dec_h_[i - 1].data() : d_z_.data());
   }
-  // Latent stage: reparameterization and KL.
+  // Latent stage: reparameterization and KL (the IWAE objective's weighted log p(z) − log q(z|x)).
   VAE_CALL(ctx_.target(), latent_backward, heads_.data(), z_.data(), d_z_.data(), d_heads_.data(), batch,
-           config_.latent, samples_, 1.f / static_cast<float>(pass.mean_over), kl, at, ctx_.stream());
+           config_.latent, samples_, 1.f / static_cast<float>(pass.mean_over), kl, at,
+           iwae_ ? weights_.data() : nullptr, ctx_.stream());
   // Encoder, from the heads down to the first layer (dL/dx is not needed).
   const float* last_enc = ne ? enc_h_[ne - 1].data() : x_.data();
   linear_backward(layout_.heads, last_enc, batch, d_heads_.data(), ne ? last_enc : nullptr,
@@ -197,8 +211,8 @@ FusedStepArgs Vae::fused_step_args(int batch) {
 }
 
 void Vae::accumulate_totals(int batch, double* totals, const StepState* at, NonFinite* watch) {
-  VAE_CALL(ctx_.target(), elbo_totals, log_prob_.data(), kl_.data(), batch, samples_, totals,
-           ReduceScratch{reduce_tickets_.data(), reduce_partial_.data()}, at, watch, ctx_.stream());
+  VAE_CALL(ctx_.target(), elbo_totals, log_prob_.data(), kl_.data(), iwae_ ? objective_.data() : nullptr, batch,
+           samples_, totals, ReduceScratch{reduce_tickets_.data(), reduce_partial_.data()}, at, watch, ctx_.stream());
 }
 
 void Vae::decode_mean(const float* z, int rows, float* mean) {

@@ -45,6 +45,13 @@ class Vae {
   int samples() const { return samples_; }
   // Draws per datapoint of the passes from now on, up to the samples the buffers were made for.
   void set_samples(int samples);
+  // iwae: every pass also computes, per row, the importance-weighted bound over its samples
+  // (objective_rows()) and the samples' normalised weights, and a pass with gradients is of
+  // loss = −(1/M) Σ_r IWAE_r: each sample's gradient weighted by its w̃ (backward's kl.gradient
+  // dreg: the encoder's by w̃², Tucker et al.'s estimator); the KL per row stays as key.kl says
+  // (reported only).
+  void set_iwae(bool on);
+  bool iwae() const { return iwae_; }
   int row_capacity() const { return row_capacity_; }
   DeviceBuffer<float>& params() { return params_; }
   const DeviceBuffer<float>& params() const { return params_; }
@@ -78,8 +85,9 @@ class Vae {
   // Backward after pass = forward(…, true): fills grads() (every element is overwritten). The KL
   // term's gradient follows kl (estimator, β and its warm-up at at->step; at may be null).
   void backward(const Pass& pass, const KlTerm& kl = {}, const StepState* at = nullptr);
-  // totals[0..2] += (Σ_r reconstruction, Σ_r KL, B) of the last forward pass (device memory);
-  // with watch (and the step state at), a non-finite log p or KL is recorded there.
+  // totals[0..2] += (Σ_r reconstruction, Σ_r KL, B) of the last forward pass (device memory),
+  // and with iwae totals[3] += Σ_r IWAE_r; with watch (and the step state at), a non-finite log p
+  // or KL is recorded there.
   void accumulate_totals(int batch, double* totals, const StepState* at = nullptr, NonFinite* watch = nullptr);
 
   // Decoder mean (rows, D) for latent codes z (rows, J), both in device memory; rows <= row_capacity.
@@ -90,8 +98,10 @@ class Vae {
   // Device buffers of the last pass, for tests: log p per (sample, row) and KL per row.
   const DeviceBuffer<float>& log_prob() const { return log_prob_; }
   const DeviceBuffer<float>& kl() const { return kl_; }
-  const DeviceBuffer<float>& heads() const { return heads_; }  // (row_capacity, 2J): μ | log σ²
-  const DeviceBuffer<float>& z() const { return z_; }          // (samples, row_capacity, J)
+  const DeviceBuffer<float>& heads() const { return heads_; }               // (row_capacity, 2J): μ | log σ²
+  const DeviceBuffer<float>& z() const { return z_; }                       // (samples, row_capacity, J)
+  const DeviceBuffer<float>& objective_rows() const { return objective_; }  // iwae: (row_capacity)
+  const DeviceBuffer<float>& weights() const { return weights_; }           // iwae: (samples, row_capacity)
 
  private:
   void linear_forward(const LinearSlot& s, const float* in, int rows, float* out, Activation act);
@@ -100,6 +110,11 @@ class Vae {
   void linear_backward(const LinearSlot& s, const float* in, int rows, const float* g, const float* h_in,
                        float* grad_in);
   void decode(const float* z, int rows);
+  // log p(x|z) of the decoded output per (sample, row) into log_prob_; with grad, the gradient of
+  // −grad_scale · log p (each row's times row_scale[row] where given).
+  void reconstruct(int batch, float* grad, float grad_scale, const float* row_scale);
+  // iwae: the rows' bound and the samples' weights from the last reconstruct.
+  void weigh_samples(int batch);
 
   const DeviceContext& ctx_;
   ModelConfig config_;
@@ -110,6 +125,8 @@ class Vae {
   DeviceBuffer<float> x_, heads_, z_, kl_, out_, log_prob_;
   std::vector<DeviceBuffer<float>> enc_h_, dec_h_;  // activations per hidden layer
   DeviceBuffer<float> d_out_, d_heads_, d_z_;
+  bool iwae_ = false;
+  DeviceBuffer<float> weights_, objective_;             // iwae: w̃ (samples, rows) and the bound (rows)
   std::vector<DeviceBuffer<float>> d_enc_h_, d_dec_h_;  // their gradients (w.r.t. the pre-activations)
   DeviceBuffer<float> fused_workspace_;                 // the fused step's split-K partial sums (on first use)
   DeviceBuffer<unsigned> reduce_tickets_;               // scratch of the two-stage reductions

@@ -179,6 +179,18 @@ ReferenceLayout reference_layout(const ModelConfig& c) {
   return L;
 }
 
+ModelConfig small_config(DecoderKind dec, Activation act, std::vector<int> hidden, int latent, int dim) {
+  ModelConfig c;
+  c.input_dim = dim;
+  c.image_height = 1;
+  c.image_width = dim;
+  c.hidden = std::move(hidden);
+  c.latent = latent;
+  c.activation = act;
+  c.decoder = dec;
+  return c;
+}
+
 std::vector<double> reference_parameters(const ReferenceLayout& ref, uint64_t seed) {
   std::mt19937_64 rng(seed ^ 0x5DEECE66Dull);
   std::vector<double> p(ref.total);
@@ -273,8 +285,10 @@ void reference_latent(const std::vector<double>& heads, const std::vector<double
 
 ReferenceResult reference_vae(const ModelConfig& c, const std::vector<double>& params, const std::vector<double>& x,
                               int B, int L, const std::vector<double>& eps, bool with_grad, const KlTerm& klt,
-                              uint64_t step) {
+                              uint64_t step, bool iwae) {
+  if (iwae && (klt.weight != 1.f || klt.warmup != 0)) throw std::invalid_argument("reference_vae: IWAE has no β");
   const bool mc = klt.estimator == KlEstimator::monte_carlo;
+  const bool dreg = iwae && klt.gradient == KlGradient::dreg;
   const double beta =
       klt.weight * (klt.warmup > 0 ? std::min(1.0, static_cast<double>(step) / static_cast<double>(klt.warmup)) : 1.0);
   ReferenceResult res;
@@ -296,6 +310,8 @@ ReferenceResult reference_vae(const ModelConfig& c, const std::vector<double>& p
       heads[static_cast<size_t>(r) * 2 * J + J + j] = lv[static_cast<size_t>(r) * J + j];
     }
   reference_latent(heads, eps, B, L, J, z, res.kl);
+  res.heads = heads;
+  res.z = z;
   if (mc) {  // KL = mean_ℓ Σ_j log q(z|x) − log p(z) = mean_ℓ Σ_j −½ v − ½ ε² + ½ z²
     for (int r = 0; r < B; ++r) {
       double s = 0;
@@ -315,37 +331,70 @@ ReferenceResult reference_vae(const ModelConfig& c, const std::vector<double>& p
   Mat yv;
   if (gaussian) yv = forward(P.get("decoder.out_logvar"), dec.inputs.back(), LB);
 
-  // Reconstruction and ELBO.
+  // Reconstruction and ELBO. log p first: the IWAE weights need every sample's.
   const double half_log_2pi = 0.5 * std::log(2 * M_PI);
   res.log_prob.assign(LB, 0.0);
   Mat dy(static_cast<size_t>(LB) * D), dyv(gaussian ? static_cast<size_t>(LB) * D : 0);
-  const double scale = 1.0 / LB;  // d loss / d log p
+  for (int row = 0; row < LB; ++row) {
+    double s = 0;
+    const int r = row % B;
+    for (int d = 0; d < D; ++d) {
+      const double xd = x[static_cast<size_t>(r) * D + d], yd = y[static_cast<size_t>(row) * D + d];
+      if (!gaussian) {
+        s += xd * yd - softplus(yd);
+      } else {
+        const double floor = -2 * std::log(255.0) - std::log(12.0), u = yv[static_cast<size_t>(row) * D + d] - floor;
+        const double m = sigmoid(yd), v = floor + softplus(u), diff = xd - m;
+        s += -half_log_2pi - 0.5 * v - 0.5 * diff * diff * std::exp(-v);
+      }
+    }
+    res.log_prob[row] = s;
+  }
+  // IWAE: log w_k = log p(x|z_k) + Σ_j (−½ z² + ½ ε² + ½ log σ²), the bound log mean_k w_k (a
+  // log-sum-exp about the largest), and the normalised weights.
+  if (iwae) {
+    res.iwae.assign(B, 0.0);
+    res.weights.assign(LB, 0.0);
+    for (int r = 0; r < B; ++r) {
+      std::vector<double> lw(L);
+      for (int l = 0; l < L; ++l) {
+        lw[l] = res.log_prob[l * B + r];
+        for (int j = 0; j < J; ++j) {
+          const size_t zi = (static_cast<size_t>(l) * B + r) * J + j;
+          lw[l] += -0.5 * z[zi] * z[zi] + 0.5 * eps[zi] * eps[zi] + 0.5 * lv[static_cast<size_t>(r) * J + j];
+        }
+      }
+      const double top = *std::max_element(lw.begin(), lw.end());
+      double sum = 0;
+      for (double v : lw) sum += std::exp(v - top);
+      res.iwae[r] = top + std::log(sum) - std::log(static_cast<double>(L));
+      for (int l = 0; l < L; ++l) res.weights[l * B + r] = std::exp(lw[l] - top) / sum;
+    }
+  }
   for (int l = 0; l < L; ++l)
     for (int r = 0; r < B; ++r) {
       const int row = l * B + r;
-      double s = 0;
+      // d loss / d log p: 1/(L B) for the ELBO's mean, w̃/B for the bound's.
+      const double scale = iwae ? res.weights[row] / B : 1.0 / LB;
       for (int d = 0; d < D; ++d) {
         const double xd = x[static_cast<size_t>(r) * D + d], yd = y[static_cast<size_t>(row) * D + d];
         if (!gaussian) {
-          s += xd * yd - softplus(yd);
           dy[static_cast<size_t>(row) * D + d] = -scale * (xd - sigmoid(yd));
         } else {
           // log σ² = floor + softplus(raw − floor)
           const double floor = -2 * std::log(255.0) - std::log(12.0), u = yv[static_cast<size_t>(row) * D + d] - floor;
           const double m = sigmoid(yd), v = floor + softplus(u), diff = xd - m;
-          s += -half_log_2pi - 0.5 * v - 0.5 * diff * diff * std::exp(-v);
           dy[static_cast<size_t>(row) * D + d] = -scale * diff * std::exp(-v) * m * (1 - m);
           dyv[static_cast<size_t>(row) * D + d] = -scale * (-0.5 + 0.5 * diff * diff * std::exp(-v)) * sigmoid(u);
         }
       }
-      res.log_prob[row] = s;
     }
   res.elbo.assign(B, 0.0);
   for (int r = 0; r < B; ++r) {
     double m = 0;
     for (int l = 0; l < L; ++l) m += res.log_prob[l * B + r];
     res.elbo[r] = m / L - res.kl[r];
-    res.loss -= (m / L - beta * res.kl[r]) / B;
+    res.loss -= (iwae ? res.iwae[r] : m / L - beta * res.kl[r]) / B;
   }
   if (!with_grad) return res;
 
@@ -362,10 +411,18 @@ ReferenceResult reference_vae(const ModelConfig& c, const std::vector<double>& p
     for (int j = 0; j < J; ++j) {
       const double m = mu[r * J + j], v = lv[r * J + j];
       // Analytic: β KL/B in closed form. Monte-Carlo: β/(B L) Σ_ℓ (−½ v − ½ ε² + ½ z²), ε fixed.
-      double a = mc ? 0.0 : beta * m / B, b = mc ? -0.5 * beta / B : beta * 0.5 * (std::exp(v) - 1) / B;
+      // IWAE: −(1/B) Σ_k w̃_k (log p(z_k) − log q(z_k|x)) in place of the Monte-Carlo KL's
+      // 1/(B L); with DReG, each sample's whole dz/dlog w_k weighted by w̃_k² / B instead, and
+      // log q's own dependence on (μ, v) at fixed z dropped: d(log p − log q)/dz = −z + ε/σ.
+      double a = mc || iwae ? 0.0 : beta * m / B;
+      double b = dreg ? 0.0 : mc || iwae ? -0.5 * beta / B : beta * 0.5 * (std::exp(v) - 1) / B;
       for (int l = 0; l < L; ++l) {
         const size_t zi = (static_cast<size_t>(l) * B + r) * J + j;
-        const double dz = dg[zi] + (mc ? beta * z[zi] / (static_cast<double>(B) * L) : 0.0);
+        double dz = dg[zi] + (mc ? beta * z[zi] / (static_cast<double>(B) * L) : 0.0);
+        if (iwae) {
+          const double w = res.weights[l * B + r];
+          dz = dreg ? w * dg[zi] + w * w / B * (z[zi] - eps[zi] * std::exp(-0.5 * v)) : dg[zi] + w / B * z[zi];
+        }
         a += dz;
         b += dz * 0.5 * std::exp(0.5 * v) * eps[zi];
       }

@@ -27,6 +27,8 @@ struct ReferenceLayout {
   const ReferenceTensor& at(const std::string& name) const;  // throws std::out_of_range
 };
 ReferenceLayout reference_layout(const ModelConfig& c);
+// A model of `dim` inputs (an image of one row) for the tests' small cases.
+ModelConfig small_config(DecoderKind dec, Activation act, std::vector<int> hidden, int latent, int dim);
 
 // Random parameters in the reference layout: each tensor ~ U(−1/√in, 1/√in), as nn.Linear's
 // default, from a seeded generator of the tests' own.
@@ -50,15 +52,20 @@ struct ReferenceResult {
   std::vector<double> log_prob;  // (L*B): log p(x_r | z_ℓr), sample-major
   std::vector<double> kl;        // (B): analytic, or the mean over ℓ of log q(z_ℓr|x) − log p(z_ℓr)
   std::vector<double> elbo;      // (B): mean_ℓ log p − KL
-  double loss = 0;               // −mean_r (mean_ℓ log p − β KL): what the gradient is of
+  std::vector<double> iwae;      // with iwae (B): log (1/K) Σ_k w_k, log w = log p(x|z) + log p(z) − log q(z|x)
+  std::vector<double> weights;   // with iwae (K*B): w̃_k = w_k / Σ w, sample-major
+  std::vector<double> heads, z;  // (B, 2J) μ | log σ², and (L*B, J) the draws
+  double loss = 0;               // −mean_r (mean_ℓ log p − β KL), or −mean_r IWAE_r: what the gradient is of
   std::vector<double> grad;      // in the reference layout, as the parameters
 };
 
 // params: in reference_layout(c); x: (B, D) in [0, 1]; eps: (L*B, J) sample-major. kl: the estimator and β = weight ·
-// min(1, step / warmup).
+// min(1, step / warmup). With iwae, the loss is the importance-weighted bound's over the L = K draws (kl.weight 1, no
+// warm-up: the KL term is its log p(z) − log q(z|x)), and kl.gradient dreg gives the encoder Tucker et al.'s doubly
+// reparameterized gradient: Σ_k w̃_k² ∂log w_k/∂z_k ∂z_k/∂φ with q's parameters fixed inside log q.
 ReferenceResult reference_vae(const ModelConfig& c, const std::vector<double>& params, const std::vector<double>& x,
                               int batch, int samples, const std::vector<double>& eps, bool with_grad = true,
-                              const KlTerm& kl = {}, uint64_t step = 0);
+                              const KlTerm& kl = {}, uint64_t step = 0, bool iwae = false);
 
 // ε as the latent kernel draws it: Philox4x32-10 keyed by curand_init(seed, (step << 3) | stream,
 // (r * L + ℓ) * round_up(J, 4)), four normals per draw. The contract, written out independently.

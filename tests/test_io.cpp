@@ -282,8 +282,12 @@ TEST_F(Io, CheckpointRoundTripWithPyTorchNames) {
 
   Checkpoint ck = tiny_checkpoint();
   ck.config.kl = KlTerm{KlEstimator::monte_carlo, 0.5f, 10, KlGradient::dreg};  // every KL field travels
+  ck.config.objective = Objective::iwae;                                        // and the objective's
+  ck.config.k = 7;
   save_checkpoint(path("c.safetensors"), ck);
   const Checkpoint back = load_checkpoint(path("c.safetensors"));
+  EXPECT_EQ(back.config.objective, Objective::iwae);
+  EXPECT_EQ(back.config.k, 7);
   EXPECT_EQ(back.config.kl.gradient, KlGradient::dreg);
   EXPECT_EQ(back.config.kl.estimator, KlEstimator::monte_carlo);
   EXPECT_EQ(back.config.kl.warmup, 10);

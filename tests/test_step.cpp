@@ -17,17 +17,7 @@ namespace {
 
 using test::to_double;
 
-ModelConfig small_config(DecoderKind dec, Activation act, std::vector<int> hidden, int latent, int dim) {
-  ModelConfig c;
-  c.input_dim = dim;
-  c.image_height = 1;
-  c.image_width = dim;
-  c.hidden = std::move(hidden);
-  c.latent = latent;
-  c.activation = act;
-  c.decoder = dec;
-  return c;
-}
+using test::small_config;
 
 // The KL terms the tests cover: estimator B and A at β = 1, and each with β = 0.6 warmed up over
 // 40 steps (at step 17 of the tests: β_t = 0.255).

@@ -47,12 +47,12 @@ __global__ void latent_forward_kernel(const float* __restrict__ heads, float* __
 __global__ void latent_backward_kernel(const float* __restrict__ heads, const float* __restrict__ z,
                                        const float* __restrict__ grad_z, float* __restrict__ grad_heads, int batch,
                                        int latent, int samples, float batch_scale, KlTerm kl,
-                                       const StepState* __restrict__ at) {
+                                       const StepState* __restrict__ at, const float* __restrict__ weights) {
   const float kl_scale = kl_scale_at(batch_scale, kl, at);
   // Row by row (whole rows per thread on the CPU: no division per element, and it vectorizes).
   VAE_ROW_COL_LOOP(r, j, batch, latent) {
     latent_backward_element(heads, z, grad_z, grad_heads, static_cast<int>(r), j, batch, latent, samples, kl_scale,
-                            kl.estimator, kl.gradient == KlGradient::dreg);
+                            kl.estimator, kl.gradient == KlGradient::dreg, weights);
   }
 }
 
@@ -93,13 +93,14 @@ void latent_forward(const float* heads, float* z, float* kl, int batch, int late
 }
 
 void latent_backward(const float* heads, const float* z, const float* grad_z, float* grad_heads, int batch, int latent,
-                     int samples, float batch_scale, KlTerm kl, const StepState* at, cudaStream_t stream) {
+                     int samples, float batch_scale, KlTerm kl, const StepState* at, const float* weights,
+                     cudaStream_t stream) {
   VAE_REQUIRE(batch >= 0 && latent > 0 && samples > 0, "latent_backward: bad shape");
   const long long n = static_cast<long long>(batch) * latent;
   if (n == 0) return;
   constexpr int kBlock = 256;
   VAE_LAUNCH(latent_backward_kernel, elementwise_grid(n, kBlock), kBlock, 0, stream, heads, z, grad_z, grad_heads,
-             batch, latent, samples, batch_scale, kl, at);
+             batch, latent, samples, batch_scale, kl, at, weights);
 }
 
 }  // namespace vae::VAE_NS

@@ -90,21 +90,33 @@ __device__ __forceinline__ float kl_scale_at(float batch_scale, const KlTerm& kl
 // −½ log σ² adds −½ kl_scale (the −½ ε² term does not depend on μ or σ). With path_only (the
 // dreg gradient) q's parameters are held fixed inside log q: d/dz adds kl_scale/L · (z_ℓ − ε_ℓ/σ)
 // instead, ε_ℓ/σ = (z_ℓ − μ)/σ², and there is no −½ kl_scale.
+// With weights (the IWAE objective's normalised w̃, (L·B) sample-major; the estimator is then
+// Monte-Carlo, β = 1): sample ℓ's log p(z) − log q(z|x) term is weighted by w̃_ℓ instead of 1/L
+// (grad_z carries w̃_ℓ already, from the reconstruction's gradient), and the −½ kl_scale stays
+// (Σ w̃ = 1). With weights and path_only, Tucker et al.'s doubly reparameterized gradient: the
+// whole of sample ℓ's dz weighted by w̃_ℓ² (grad_z by one more w̃_ℓ), q's parameters fixed in log q.
 __device__ __forceinline__ void latent_backward_element(const float* __restrict__ heads, const float* __restrict__ z,
                                                         const float* __restrict__ grad_z,
                                                         float* __restrict__ grad_heads, int r, int j, int batch,
                                                         int latent, int samples, float kl_scale, KlEstimator estimator,
-                                                        bool path_only = false) {
+                                                        bool path_only = false,
+                                                        const float* __restrict__ weights = nullptr) {
   const long long row = static_cast<long long>(r) * 2 * latent;
   const float mu = heads[row + j];
   const float logvar = heads[row + latent + j];
-  const bool mc = estimator == KlEstimator::monte_carlo;
-  const float per_sample = mc ? kl_scale / static_cast<float>(samples) : 0.f;
+  const bool mc = weights || estimator == KlEstimator::monte_carlo;
+  const float uniform = mc ? kl_scale / static_cast<float>(samples) : 0.f;
   const float inv_var = mc && path_only ? expf(-logvar) : 0.f;
   float dmu = 0.f, dlogvar = 0.f;
   for (int s = 0; s < samples; ++s) {
     const long long zi = (static_cast<long long>(s) * batch + r) * latent + j;
-    const float g = grad_z[zi] + per_sample * (z[zi] - (z[zi] - mu) * inv_var);
+    float per_sample = uniform, through_decoder = grad_z[zi];
+    if (weights) {
+      const float w = weights[static_cast<long long>(s) * batch + r];
+      per_sample = kl_scale * (path_only ? w * w : w);
+      if (path_only) through_decoder *= w;
+    }
+    const float g = through_decoder + per_sample * (z[zi] - (z[zi] - mu) * inv_var);
     dmu += g;
     dlogvar += g * 0.5f * (z[zi] - mu);
   }

@@ -12,11 +12,13 @@
 namespace vae::VAE_NS {
 
 // logits and grad are (L*B, D) and must not alias; x is (B, D): row ℓ*B + r reconstructs x row r.
-// log p = Σ_d x y − softplus(y); dLoss/dy = grad_scale (sigmoid(y) − x). kGrad: write grad.
+// log p = Σ_d x y − softplus(y); dLoss/dy = grad_scale (sigmoid(y) − x), times row_scale[row]
+// where given (the IWAE objective's normalised weights). kGrad: write grad.
 template <bool kGrad>
 __global__ void bernoulli_reconstruction_kernel(const float* __restrict__ logits, const float* __restrict__ x,
                                                 float* __restrict__ log_prob, float* __restrict__ grad, int batch,
-                                                int dim, int rows, float grad_scale) {
+                                                int dim, int rows, float grad_scale,
+                                                const float* __restrict__ row_scale) {
   const long long row = static_cast<long long>(blockIdx.x) * blockDim.y + threadIdx.y;
   const bool active = row < rows;
   float sum = 0.f;
@@ -24,7 +26,8 @@ __global__ void bernoulli_reconstruction_kernel(const float* __restrict__ logits
     const float* y = logits + row * dim;
     const float* xr = x + (row % batch) * dim;
     float* g = grad + row * dim;
-    VAE_LANE_LOOP(d, dim) { sum += bernoulli_term<kGrad>(y, xr, g, d, grad_scale); }
+    const float scale = kGrad && row_scale ? grad_scale * row_scale[row] : grad_scale;
+    VAE_LANE_LOOP(d, dim) { sum += bernoulli_term<kGrad>(y, xr, g, d, scale); }
   }
   sum = lanes_sum(sum);
   if (active && threadIdx.x == 0) log_prob[row] = sum;
@@ -35,7 +38,8 @@ __global__ void bernoulli_reconstruction_kernel(const float* __restrict__ logits
 template <bool kGrad>
 __global__ void gaussian_reconstruction_kernel(const float* __restrict__ out, const float* __restrict__ x,
                                                float* __restrict__ log_prob, float* __restrict__ grad, int batch,
-                                               int dim, int rows, float grad_scale) {
+                                               int dim, int rows, float grad_scale,
+                                               const float* __restrict__ row_scale) {
   const long long row = static_cast<long long>(blockIdx.x) * blockDim.y + threadIdx.y;
   const bool active = row < rows;
   float sum = 0.f;
@@ -43,7 +47,8 @@ __global__ void gaussian_reconstruction_kernel(const float* __restrict__ out, co
     const float* o = out + row * 2 * dim;
     const float* xr = x + (row % batch) * dim;
     float* g = grad + row * 2 * dim;
-    VAE_LANE_LOOP(d, dim) { sum += gaussian_term<kGrad>(o, xr, g, d, dim, grad_scale); }
+    const float scale = kGrad && row_scale ? grad_scale * row_scale[row] : grad_scale;
+    VAE_LANE_LOOP(d, dim) { sum += gaussian_term<kGrad>(o, xr, g, d, dim, scale); }
   }
   sum = lanes_sum(sum);
   if (active && threadIdx.x == 0) log_prob[row] = sum;
@@ -55,15 +60,17 @@ __global__ void decoder_mean_kernel(const float* __restrict__ out, int out_strid
   VAE_ELEMENT_LOOP(i, n) { mean[i] = sigmoid(out[(i / dim) * out_stride + i % dim]); }
 }
 
-// totals[0] += Σ_r (1/L) Σ_ℓ log p(x_r|z_ℓr), totals[1] += Σ_r KL_r, totals[2] += B, in float64.
+// totals[0] += Σ_r (1/L) Σ_ℓ log p(x_r|z_ℓr), totals[1] += Σ_r KL_r, totals[2] += B, and where
+// objective (B) is given totals[3] += Σ_r objective_r, in float64.
 // Two stages in a fixed order: each block reduces its rows in shared memory and writes its two
 // sums to scratch; the block that finishes last (the ticket) adds them in block order. The same
 // inputs and grid give the same bits on every run.
-__global__ void elbo_totals_kernel(const float* __restrict__ log_prob, const float* __restrict__ kl, int batch,
-                                   int samples, double* __restrict__ totals, ReduceScratch scratch,
-                                   const StepState* __restrict__ at, NonFinite* __restrict__ watch) {
-  VAE_DYNAMIC_SHARED(double, partial);  // (2, blockDim.x)
-  double recon = 0, kl_sum = 0;
+__global__ void elbo_totals_kernel(const float* __restrict__ log_prob, const float* __restrict__ kl,
+                                   const float* __restrict__ objective, int batch, int samples,
+                                   double* __restrict__ totals, ReduceScratch scratch, const StepState* __restrict__ at,
+                                   NonFinite* __restrict__ watch) {
+  VAE_DYNAMIC_SHARED(double, partial);  // (3, blockDim.x)
+  double recon = 0, kl_sum = 0, objective_sum = 0;
   const int stride = static_cast<int>(gridDim.x * blockDim.x);
   for (int r = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x); r < batch; r += stride) {
     double row = 0;
@@ -75,68 +82,66 @@ __global__ void elbo_totals_kernel(const float* __restrict__ log_prob, const flo
     }
     recon += row / samples;
     kl_sum += kl[r];
+    if (objective) objective_sum += objective[r];
     if (watch && !(finite && finite_bits(kl[r]))) {
       record_non_finite(watch, at->step, finite ? NonFiniteTerm::kl : NonFiniteTerm::reconstruction, r);
     }
   }
+  const unsigned n = blockDim.x;
   partial[threadIdx.x] = recon;
-  partial[blockDim.x + threadIdx.x] = kl_sum;
+  partial[n + threadIdx.x] = kl_sum;
+  partial[2 * n + threadIdx.x] = objective_sum;
   __syncthreads();
-  for (unsigned half = blockDim.x / 2; half > 0; half /= 2) {
+  for (unsigned half = n / 2; half > 0; half /= 2) {
     if (threadIdx.x < half) {
-      partial[threadIdx.x] += partial[threadIdx.x + half];
-      partial[blockDim.x + threadIdx.x] += partial[blockDim.x + threadIdx.x + half];
+      for (unsigned q = 0; q < 3; ++q) partial[q * n + threadIdx.x] += partial[q * n + threadIdx.x + half];
     }
     __syncthreads();
   }
   if (threadIdx.x != 0) return;
-  if (gridDim.x == 1) {
-    totals[0] += partial[0];
-    totals[1] += partial[blockDim.x];
-    totals[2] += batch;
-    return;
+  double sums[3] = {partial[0], partial[n], partial[2 * n]};
+  if (gridDim.x > 1) {
+    volatile double* block_sums = reinterpret_cast<double*>(scratch.partial);  // (gridDim.x, 3)
+    for (unsigned q = 0; q < 3; ++q) block_sums[3 * blockIdx.x + q] = sums[q];
+    if (!arrives_last(&scratch.tickets[0], gridDim.x)) return;
+    for (unsigned q = 0; q < 3; ++q) {
+      sums[q] = 0;
+      for (unsigned b = 0; b < gridDim.x; ++b) sums[q] += block_sums[3 * b + q];
+    }
   }
-  volatile double* block_sums = reinterpret_cast<double*>(scratch.partial);  // (gridDim.x, 2)
-  block_sums[2 * blockIdx.x] = partial[0];
-  block_sums[2 * blockIdx.x + 1] = partial[blockDim.x];
-  if (!arrives_last(&scratch.tickets[0], gridDim.x)) return;
-  double recon_total = 0, kl_total = 0;
-  for (unsigned b = 0; b < gridDim.x; ++b) {
-    recon_total += block_sums[2 * b];
-    kl_total += block_sums[2 * b + 1];
-  }
-  totals[0] += recon_total;
-  totals[1] += kl_total;
+  totals[0] += sums[0];
+  totals[1] += sums[1];
   totals[2] += batch;
+  if (objective) totals[3] += sums[2];
 }
 
 void bernoulli_reconstruction(const float* logits, const float* x, float* log_prob, float* grad_logits, int batch,
-                              int dim, int samples, float grad_scale, cudaStream_t stream) {
+                              int dim, int samples, float grad_scale, const float* row_scale, cudaStream_t stream) {
   const int rows = batch * samples;
   if (rows == 0) return;
   const dim3 block = row_block(rows, dim);
   const int grid = static_cast<int>(ceil_div(rows, block.y));
   if (grad_logits) {
     VAE_LAUNCH(bernoulli_reconstruction_kernel<true>, grid, block, 0, stream, logits, x, log_prob, grad_logits, batch,
-               dim, rows, grad_scale);
+               dim, rows, grad_scale, row_scale);
   } else {
     VAE_LAUNCH(bernoulli_reconstruction_kernel<false>, grid, block, 0, stream, logits, x, log_prob, nullptr, batch, dim,
-               rows, grad_scale);
+               rows, grad_scale, nullptr);
   }
 }
 
 void gaussian_reconstruction(const float* out, const float* x, float* log_prob, float* grad_out, int batch, int dim,
-                             int samples, float grad_scale, cudaStream_t stream) {
+                             int samples, float grad_scale, const float* row_scale, cudaStream_t stream) {
   const int rows = batch * samples;
   if (rows == 0) return;
   const dim3 block = row_block(rows, dim);
   const int grid = static_cast<int>(ceil_div(rows, block.y));
   if (grad_out) {
     VAE_LAUNCH(gaussian_reconstruction_kernel<true>, grid, block, 0, stream, out, x, log_prob, grad_out, batch, dim,
-               rows, grad_scale);
+               rows, grad_scale, row_scale);
   } else {
     VAE_LAUNCH(gaussian_reconstruction_kernel<false>, grid, block, 0, stream, out, x, log_prob, nullptr, batch, dim,
-               rows, grad_scale);
+               rows, grad_scale, nullptr);
   }
 }
 
@@ -147,19 +152,19 @@ void decoder_mean(const float* out, int out_stride, float* mean, int rows, int d
   VAE_LAUNCH(decoder_mean_kernel, elementwise_grid(n, kBlock), kBlock, 0, stream, out, out_stride, mean, n, dim);
 }
 
-void elbo_totals(const float* log_prob, const float* kl, int batch, int samples, double* totals, ReduceScratch scratch,
-                 const StepState* at, NonFinite* watch, cudaStream_t stream) {
+void elbo_totals(const float* log_prob, const float* kl, const float* objective, int batch, int samples, double* totals,
+                 ReduceScratch scratch, const StepState* at, NonFinite* watch, cudaStream_t stream) {
   VAE_REQUIRE(!watch || at, "elbo_totals: the non-finite watch needs the step");
   if (batch == 0) return;
   // At least 4 rows per thread; at most as many blocks as the launch policy's cap and the
-  // scratch (two doubles per block) allow.
+  // scratch (three doubles per block) allow.
   const LaunchPolicy& p = launch_policy();
   const int threads = p.reduce_threads;
-  const int most = std::min(p.max_blocks, kReducePartialFloats / 4);
+  const int most = std::min(p.max_blocks, kReducePartialFloats / 6);
   const int blocks = static_cast<int>(std::clamp<long long>(ceil_div(batch, 4ll * threads), 1, most));
   if (blocks > 1) VAE_REQUIRE(scratch.tickets && scratch.partial, "elbo_totals: no scratch");
-  VAE_LAUNCH(elbo_totals_kernel, blocks, threads, 2 * threads * sizeof(double), stream, log_prob, kl, batch, samples,
-             totals, scratch, at, watch);
+  VAE_LAUNCH(elbo_totals_kernel, blocks, threads, 3 * threads * sizeof(double), stream, log_prob, kl, objective, batch,
+             samples, totals, scratch, at, watch);
 }
 
 }  // namespace vae::VAE_NS
