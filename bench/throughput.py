@@ -3,9 +3,12 @@
 of the epochs after the first) and samples/s at batch 128 and 4096, with and without the CUDA
 graph, in fp32 and TF32 (on the CPU: the batch sizes only). Then the GEMM share at each batch
 size from bench_step: the step's GEMMs alone against a large square GEMM of the same precision
-measured in the same call.
+measured in the same call. With --models, also `vae sweep --models N` at the first batch size:
+seconds per epoch of all N models (the median epoch of the sum of their epoch times), model-epochs
+per second, and that against one model's.
 
-  throughput.py --device cuda|cpu [--epochs 3] [--build build] [--out DIR]"""
+  throughput.py --device cuda|cpu [--epochs 3] [--batches 128,4096] [--models 1,4,16,64]
+                [--build build] [--out DIR]"""
 
 import argparse
 import json
@@ -17,21 +20,46 @@ import tempfile
 import report
 
 
+def run_logged(cmd, log):
+    """Runs cmd with its output into log; None, or the last line it printed when it failed."""
+    log.write("$ " + " ".join(cmd) + "\n")
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    log.write(r.stdout + r.stderr)
+    if r.returncode == 0:
+        return None
+    tail = (r.stderr or r.stdout).strip().splitlines()
+    return tail[-1] if tail else f"exit {r.returncode}"
+
+
 def train(vae, device, batch, epochs, extra, log):
     with tempfile.TemporaryDirectory(prefix="vae-throughput-") as tmp:
         out = os.path.join(tmp, "run")
-        cmd = [vae, "train", "--device", device, "--batch-size", str(batch), "--epochs", str(epochs), "--quiet",
-               "--out", out] + extra
-        log.write("$ " + " ".join(cmd) + "\n")
-        r = subprocess.run(cmd, capture_output=True, text=True)
-        log.write(r.stdout + r.stderr)
-        if r.returncode != 0:
-            tail = (r.stderr or r.stdout).strip().splitlines()
-            return None, tail[-1] if tail else f"exit {r.returncode}"
+        err = run_logged([vae, "train", "--device", device, "--batch-size", str(batch), "--epochs", str(epochs),
+                          "--quiet", "--out", out] + extra, log)
+        if err:
+            return None, err
         with open(os.path.join(out, "metrics.jsonl")) as f:
             lines = [json.loads(x) for x in f if x.strip()]
         log.write("".join(json.dumps(m) + "\n" for m in lines))
         return lines, None
+
+
+def sweep(vae, device, batch, models, epochs, log):
+    """Seconds per epoch of a sweep of `models` models (the median over epochs of the sum of the
+    models' epoch times), or None and the error."""
+    with tempfile.TemporaryDirectory(prefix="vae-sweep-") as tmp:
+        err = run_logged([vae, "sweep", "--device", device, "--batch-size", str(batch), "--epochs", str(epochs),
+                          "--quiet", "--models", str(models), "--out", os.path.join(tmp, "sweep")], log)
+        if err:
+            return None, err
+        per_epoch = [0.0] * epochs
+        for k in range(models):
+            with open(os.path.join(tmp, "sweep", f"model_{k}", "metrics.jsonl")) as f:
+                for line in f:
+                    if line.strip():
+                        m = json.loads(line)
+                        per_epoch[m["epoch"] - 1] += m["epoch_seconds"]
+        return sorted(per_epoch)[len(per_epoch) // 2], None
 
 
 def main():
@@ -39,6 +67,7 @@ def main():
     p.add_argument("--device", choices=["cpu", "cuda"], required=True)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batches", default="128,4096")
+    p.add_argument("--models", default="", help="sweep sizes to time, e.g. 1,4,16,64 (none by default)")
     p.add_argument("--build", default=os.path.join(report.ROOT, "build"))
     p.add_argument("--out", default=None)
     a = p.parse_args()
@@ -81,6 +110,17 @@ def main():
                 gemm_rows.append((b, "TF32" if tf32 else "fp32", f"{j['step_gemm_gflop'] / (j['step_ms'] * 1e-3):.0f}",
                                   f"{j['floor_step_gemms_gflops']:.0f}", f"{j['floor_peak_gemm_gflops']:.0f}",
                                   f"{100 * j['floor_step_gemms_gflops'] / j['floor_peak_gemm_gflops']:.0f}%"))
+        sweep_rows, one = [], None
+        for n in [int(m) for m in a.models.split(",") if m]:
+            print(f"sweep of {n} models at batch {batches[0]}", file=sys.stderr, flush=True)
+            s, err = sweep(vae, a.device, batches[0], n, a.epochs, log)
+            if s is None:
+                sweep_rows.append((n, "failed", "", "", err))
+                failed = True
+                continue
+            one = one if one is not None or n != 1 else s
+            rate = n / s
+            sweep_rows.append((n, f"{s:.3f}", f"{rate:.2f}", f"{rate * one:.2f}x" if one else "", ""))
     title = (f"throughput.py --device {a.device}: `vae train`, {a.epochs} epochs each, commit {report.commit()}, "
              f"{report.today()}")
     table = (title + "\n\n" + report.markdown_table(
@@ -88,6 +128,10 @@ def main():
         "GEMM rates from bench_step (GFLOP/s): the whole step's GEMM work over its time, the step's GEMMs alone, "
         "a large square GEMM of the same precision, and the step's GEMMs as a share of it\n\n" +
         report.markdown_table(("batch", "GEMMs", "in the step", "GEMMs alone", "large GEMM", "share"), gemm_rows))
+    if sweep_rows:
+        table += (f"\n\n`vae sweep --models N` at batch {batches[0]}, fp32: seconds per epoch of all N models, "
+                  "model-epochs per second, and that against one model's\n\n" +
+                  report.markdown_table(("models", "s/epoch (all)", "model-epochs/s", "vs one model", ""), sweep_rows))
     print(table)
     with open(os.path.join(out, "table.md"), "w") as f:
         f.write(table + "\n")

@@ -9,6 +9,7 @@ jobs=$(nproc)
 
 cmake/setup.sh
 bench/peers/jax_venv.sh >/dev/null  # JAX for the CPU, for the test of the JAX peer
+cmake/venv.sh tensorboard-venv tensorboard tensorboard >/dev/null  # TensorBoard's reader, for the event files' test
 
 with_cuda=ON
 command -v nvcc >/dev/null 2>&1 || with_cuda=OFF

@@ -159,6 +159,29 @@ ModelRun::ModelRun(const DeviceContext& ctx, const TrainRun& run, RunStart start
   if (pg_.rank() == 0 && start_.resuming) keep_metrics_through_epoch(metrics_path_, start_.resumed.epoch);
 }
 
+void ModelRun::open_events() {
+  // A new event file per (re)start; on resume TensorBoard drops what the older files hold from
+  // the resumed step on.
+  if (pg_.rank() == 0 && run_.tensorboard && !events_) {
+    events_ = std::make_unique<EventWriter>(start_.out_dir, start_.resuming ? start_.resumed.step + 1 : -1);
+  }
+}
+
+void ModelRun::log_step(double samples_per_second) {
+  const int64_t step = trainer_.step();
+  if (!events_ || run_.log_every <= 0 || step / run_.log_every == logged_at_ / run_.log_every) return;
+  logged_at_ = step;
+  const ElboTotals t = trainer_.epoch_totals_so_far();
+  const TrainConfig& c = start_.config;
+  events_->scalar("step/train_elbo", step, t.elbo());
+  events_->scalar("step/train_recon", step, t.recon);
+  events_->scalar("step/train_kl", step, t.kl);
+  if (t.has_iwae) events_->scalar("step/train_objective", step, t.iwae);
+  events_->scalar("step/kl_weight", step, kl_weight_at(c.kl, step));
+  events_->scalar("step/lr", step, learning_rate_at(c, trainer_.epoch()));
+  events_->scalar("step/samples_per_second", step, samples_per_second);
+}
+
 void ModelRun::save() {
   Checkpoint c = trainer_.checkpoint();  // collective
   std::string failure;
@@ -180,10 +203,14 @@ ModelRun::Epoch ModelRun::train_epoch(const DeviceDataset& train, const DeviceDa
   const int epoch = trainer_.epoch() + 1;
   Epoch e;
   trainer_.set_learning_rate(learning_rate_at(config, trainer_.epoch()));
+  open_events();
   progress.start();
   const auto t0 = std::chrono::steady_clock::now();
+  const int64_t first = trainer_.batch_in_epoch();
   e.train = trainer_.train_epoch(train, [&](int64_t done, int64_t total) {
     progress.update(label, done, total, std::min<int64_t>(done * config.batch_size, train.count));
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    log_step(static_cast<double>(done - first) * config.batch_size / std::max(secs, 1e-9));
     if (done == total) return true;  // the epoch's end: decided after its outputs
     e.stop = pg_.agree_max(StopSignals::request());
     if (e.stop) return false;
@@ -196,7 +223,8 @@ ModelRun::Epoch ModelRun::train_epoch(const DeviceDataset& train, const DeviceDa
     return e;
   }
   e.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  e.test = trainer_.evaluate(test);
+  std::vector<float> heads;  // q(z|x) over the test set, for the event file's histograms
+  e.test = trainer_.evaluate(test, events_ ? &heads : nullptr);
   progress.clear();
   if (!std::isfinite(e.train.elbo()) || !std::isfinite(e.test.elbo())) {
     throw Diverged("training diverged in epoch " + std::to_string(epoch) + " (its ELBO is not finite); " +
@@ -205,13 +233,14 @@ ModelRun::Epoch ModelRun::train_epoch(const DeviceDataset& train, const DeviceDa
   }
   // The metrics line first, then the checkpoint: a run killed between the two resumes from the
   // older checkpoint, which drops this line and trains the epoch again.
-  if (pg_.rank() == 0) write_epoch_outputs(epoch, e, test);
+  if (pg_.rank() == 0) write_epoch_outputs(epoch, e, test, heads);
   save();
   return e;
 }
 
 // An epoch's outputs (rank 0): its metrics line, then prior samples and reconstructions.
-void ModelRun::write_epoch_outputs(int epoch, const Epoch& e, const DeviceDataset& test) {
+void ModelRun::write_epoch_outputs(int epoch, const Epoch& e, const DeviceDataset& test,
+                                   const std::vector<float>& heads) {
   const TrainConfig& config = start_.config;
   const ElboTotals &tr = e.train, &te = e.test;
   nlohmann::json m = {{"epoch", epoch},
@@ -242,11 +271,28 @@ void ModelRun::write_epoch_outputs(int epoch, const Epoch& e, const DeviceDatase
   append_line_atomically(metrics_path_, m.dump());
   const std::string& dir = start_.out_dir;
   const int H = config.model.image_height, W = config.model.image_width;
-  write_png_grid((fs::path(dir) / ("samples_" + std::to_string(epoch) + ".png")).string(), trainer_.prior_samples(64),
-                 64, H, W, 8);
+  const PngGrid samples = write_png_grid((fs::path(dir) / ("samples_" + std::to_string(epoch) + ".png")).string(),
+                                         trainer_.prior_samples(64), 64, H, W, 8);
   const int n = static_cast<int>(std::min<int64_t>(8, test.count));
-  write_png_grid((fs::path(dir) / ("reconstructions_" + std::to_string(epoch) + ".png")).string(),
-                 trainer_.reconstructions(test, n), 2 * n, H, W, n);
+  const PngGrid recons =
+      write_png_grid((fs::path(dir) / ("reconstructions_" + std::to_string(epoch) + ".png")).string(),
+                     trainer_.reconstructions(test, n), 2 * n, H, W, n);
+  if (!events_) return;
+  // The same figures for TensorBoard at the epoch's last step: "epoch/<metrics key>", the two
+  // images, and μ and log σ² of q(z|x) over the test set.
+  const int64_t step = trainer_.step();
+  for (const auto& [key, value] : m.items()) {
+    if (value.is_number()) events_->scalar("epoch/" + key, step, value.get<double>());
+  }
+  events_->image("samples", step, samples.bytes, samples.width, samples.height);
+  events_->image("reconstructions", step, recons.bytes, recons.width, recons.height);
+  const size_t J = static_cast<size_t>(config.model.latent);
+  std::vector<float> mu, logvar;
+  mu.reserve(heads.size() / 2);
+  logvar.reserve(heads.size() / 2);
+  for (size_t i = 0; i < heads.size(); ++i) (i % (2 * J) < J ? mu : logvar).push_back(heads[i]);
+  events_->histogram("posterior/mu", step, mu);
+  events_->histogram("posterior/logvar", step, logvar);
 }
 
 }  // namespace vae

@@ -5,8 +5,11 @@
 #pragma once
 
 #include <chrono>
+#include <memory>
 #include <string>
 #include <utility>
+
+#include "tensorboard.h"
 
 #include "train_command.h"
 #include "world.h"
@@ -91,7 +94,11 @@ class ModelRun {
   void save();
 
  private:
-  void write_epoch_outputs(int epoch, const Epoch& e, const DeviceDataset& test);
+  void write_epoch_outputs(int epoch, const Epoch& e, const DeviceDataset& test, const std::vector<float>& heads);
+
+  void open_events();
+  // The step-level scalars (rank 0's running means of the epoch so far), every run.log_every steps.
+  void log_step(double samples_per_second);
 
   const DeviceContext& ctx_;
   const TrainRun& run_;
@@ -99,6 +106,8 @@ class ModelRun {
   ProcessGroup& pg_;
   Trainer trainer_;
   std::string metrics_path_;
+  std::unique_ptr<EventWriter> events_;  // rank 0, unless run.tensorboard is off
+  int64_t logged_at_ = -1;               // the step of the last step-level scalars
 };
 
 }  // namespace vae

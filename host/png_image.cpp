@@ -18,8 +18,7 @@ void append_bytes(png_structp png, png_bytep data, png_size_t n) {
 void flush_nothing(png_structp) {}
 }  // namespace
 
-void write_png_grid(const std::string& path, const std::vector<float>& images, int count, int height, int width,
-                    int columns) {
+PngGrid encode_png_grid(const std::vector<float>& images, int count, int height, int width, int columns) {
   VAE_REQUIRE(count > 0 && columns > 0, "png grid: empty");
   VAE_REQUIRE(images.size() >= static_cast<size_t>(count) * height * width, "png grid: too few pixels");
   const int rows = (count + columns - 1) / columns, gap = 1;
@@ -37,14 +36,14 @@ void write_png_grid(const std::string& path, const std::vector<float>& images, i
   png_infop info = png ? png_create_info_struct(png) : nullptr;
   if (!png || !info) {
     png_destroy_write_struct(&png, &info);
-    throw Error(path + ": libpng could not start");
+    throw Error("libpng could not start");
   }
   std::string out;
   std::vector<png_bytep> row_ptrs(H);
   for (int y = 0; y < H; ++y) row_ptrs[y] = pixels.data() + static_cast<size_t>(y) * W;
   if (setjmp(png_jmpbuf(png))) {
     png_destroy_write_struct(&png, &info);
-    throw Error(path + ": libpng failed to encode the image");
+    throw Error("libpng failed to encode the image");
   }
   png_set_write_fn(png, &out, append_bytes, flush_nothing);
   png_set_IHDR(png, info, W, H, 8, PNG_COLOR_TYPE_GRAY, PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT,
@@ -53,7 +52,19 @@ void write_png_grid(const std::string& path, const std::vector<float>& images, i
   png_write_image(png, row_ptrs.data());
   png_write_end(png, nullptr);
   png_destroy_write_struct(&png, &info);
-  write_file_atomically(path, out);
+  return {std::move(out), W, H};
+}
+
+PngGrid write_png_grid(const std::string& path, const std::vector<float>& images, int count, int height, int width,
+                       int columns) {
+  PngGrid g;
+  try {
+    g = encode_png_grid(images, count, height, width, columns);
+  } catch (const Error& e) {
+    throw Error(path + ": " + e.what());
+  }
+  write_file_atomically(path, g.bytes);
+  return g;
 }
 
 }  // namespace vae

@@ -27,7 +27,7 @@ const std::set<std::string>& single_valued() {
   return s;
 }
 const std::set<std::string>& flags_without_value() {
-  static const std::set<std::string> s = {"--tf32", "--no-graph", "--detect-anomaly", "--quiet"};
+  static const std::set<std::string> s = {"--tf32", "--no-graph", "--detect-anomaly", "--quiet", "--no-tensorboard"};
   return s;
 }
 
@@ -57,8 +57,9 @@ struct Axis {
 
 bool sweepable_flag(const std::string& flag) { return sweepable().count(flag) > 0; }
 bool run_level_flag(const std::string& flag) {
-  static const std::set<std::string> s = {"--epochs", "--checkpoint-every", "--keep",          "--device", "--quiet",
-                                          "--step",   "--no-graph",         "--detect-anomaly"};
+  static const std::set<std::string> s = {
+      "--epochs", "--checkpoint-every", "--keep",           "--device",    "--quiet",
+      "--step",   "--no-graph",         "--detect-anomaly", "--log-every", "--no-tensorboard"};
   return s.count(flag) > 0;
 }
 

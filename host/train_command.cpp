@@ -88,7 +88,7 @@ int run_train(const TrainRun& run) {
     if (root && !run.quiet) {
       std::printf(
           "outputs in %s: metrics.jsonl, checkpoint.safetensors (newest), checkpoints/step_<N>.safetensors, "
-          "samples_<epoch>.png, reconstructions_<epoch>.png\n",
+          "samples_<epoch>.png, reconstructions_<epoch>.png, events.out.tfevents.* (tensorboard --logdir)\n",
           out_dir.c_str());
     }
     return 0;

@@ -30,6 +30,8 @@ struct TrainRun {
   bool cuda_graph = true;          // --no-graph turns it off
   std::optional<bool> fused_step;  // --step fused (true) or composed (false); nullopt: auto, the rule
   bool detect_anomaly = false;     // check for non-finite values every step (else every 50)
+  bool tensorboard = true;         // TensorBoard event files in the run folder (--no-tensorboard: none)
+  int log_every = 50;              // steps between the step-level scalars of the event file (0: none)
 };
 int run_train(const TrainRun& run);
 

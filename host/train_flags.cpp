@@ -119,6 +119,13 @@ class TrainCommand : public Command {
                      "trainer's rule")
         ->check(CLI::IsMember({"auto", "fused", "composed"}))
         ->capture_default_str();
+    cmd_->add_flag("--no-tensorboard", no_tensorboard_,
+                   "write no TensorBoard event file (events.out.tfevents.*) into the run folder");
+    cmd_->add_option("--log-every", run_.log_every,
+                     "steps between the event file's step-level scalars (running train ELBO, KL, beta, lr, "
+                     "samples/s; 0: none)")
+        ->check(CLI::NonNegativeNumber)
+        ->capture_default_str();
     cmd_->add_flag("--detect-anomaly", run_.detect_anomaly,
                    "check for a non-finite loss or gradient after every step (by default every 50 steps and at the end "
                    "of each epoch)");
@@ -191,6 +198,7 @@ class TrainCommand : public Command {
     run_.config.objective = parse_objective(objective_);
     run_.config.lr_schedule = parse_lr_schedule(lr_schedule_);
     run_.cuda_graph = !no_graph_;
+    run_.tensorboard = !no_tensorboard_;
     run_.device = parse_device(device_);
     run_.dist_backend = parse_dist_backend(dist_backend_);
     if (step_ != "auto") run_.fused_step = parse_step(step_);
@@ -209,7 +217,7 @@ class TrainCommand : public Command {
   std::string estimator_ = "analytic", gradient_ = "standard", lr_schedule_ = "constant", preset_;
   std::string objective_ = "elbo";
   std::string device_ = "auto", dist_backend_ = "auto", step_ = "auto";
-  bool no_graph_ = false;
+  bool no_graph_ = false, no_tensorboard_ = false;
 };
 
 // --preset: the settings of a paper, each under the flag that would set it (a flag given wins).

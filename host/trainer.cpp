@@ -242,13 +242,14 @@ std::string divergence_advice(const ModelConfig& model) {
               : "");
 }
 
-ElboTotals Trainer::evaluate(const DeviceDataset& test) {
+ElboTotals Trainer::evaluate(const DeviceDataset& test, std::vector<float>* heads) {
   VAE_REQUIRE(test.dim == config_.model.input_dim, "eval: data dimension differs from the model's");
   const int E = eval_rows();
   const int64_t chunks = (test.count + E - 1) / E;
   const StepState* at = eval_steps(chunks);
   const int J = config_.model.latent;
   DeviceBuffer<double> latent_sums(ctx_, 3 * static_cast<size_t>(J));
+  DeviceBuffer<float> all_heads(ctx_, heads ? static_cast<size_t>(test.count) * 2 * J : 0);
   totals_.zero();
   for (int64_t c = 0; c < chunks; ++c) {
     const int rows = static_cast<int>(std::min<int64_t>(E, test.count - c * E));
@@ -256,7 +257,12 @@ ElboTotals Trainer::evaluate(const DeviceDataset& test) {
     vae_.forward(rows, {config_.seed, RandomStream::eval_noise, at + c}, false);
     vae_.accumulate_totals(rows, totals_.data());
     VAE_CALL(ctx_.target(), latent_statistics, vae_.heads().data(), rows, J, latent_sums.data(), ctx_.stream());
+    if (heads) {
+      VAE_CALL(ctx_.target(), copy_on_device, all_heads.data() + c * E * 2 * J, vae_.heads().data(),
+               static_cast<size_t>(rows) * 2 * J * sizeof(float), ctx_.stream());
+    }
   }
+  if (heads) *heads = all_heads.download();
   const std::vector<double> sums = latent_sums.download();
   ElboTotals out = ElboTotals::from_sums(totals_.download(), vae_.iwae());
   const double n = static_cast<double>(out.n);

@@ -118,13 +118,17 @@ class Trainer {
   // each step on_step(done, total) may return false to stop there: the epoch then stays
   // unfinished (epoch() unchanged, batch_in_epoch() > 0) and the totals returned are partial.
   ElboTotals train_epoch(const DeviceDataset& train, const std::function<bool(int64_t, int64_t)>& on_step = {});
+  // The unfinished epoch's running means on this rank (a host synchronisation): what the epoch's
+  // ElboTotals would be if it ended now, without the other ranks' rows.
+  ElboTotals epoch_totals_so_far() { return ElboTotals::from_sums(totals_.download(), vae_.iwae()); }
   // Evaluation passes take eval_rows() rows at a time, whatever the training batch: their noise
   // (binarization, z) is keyed by the row's place in the data set, so the figures do not depend
   // on the chunking, and the model's buffers hold max(training batch, eval rows) rows.
   static constexpr int kEvalRows = 256;
   int eval_rows() const { return std::max(config_.batch_size, kEvalRows); }
-  // Test-set ELBO with fixed noise: the same checkpoint gives the same number every time.
-  ElboTotals evaluate(const DeviceDataset& test);
+  // Test-set ELBO with fixed noise: the same checkpoint gives the same number every time. With
+  // heads, also q(z|x) of every row as the evaluation saw it: (N, 2J), μ | log σ².
+  ElboTotals evaluate(const DeviceDataset& test, std::vector<float>* heads = nullptr);
   // Images as values in [0, 1]: decoder means of n prior samples (sample i keyed by i); the first
   // n test images (n <= eval_rows()) followed by their reconstructions.
   std::vector<float> prior_samples(int n);
