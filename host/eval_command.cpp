@@ -29,6 +29,11 @@ class EvalCommand : public ModelCommand {
                      "(Burda et al.)")
         ->check(CLI::PositiveNumber)
         ->capture_default_str();
+    cmd_->add_option("--mi-draws", mi_draws_,
+                     "test rows whose draws estimate the mutual information I(x; z) against the aggregate posterior "
+                     "of all test rows (the training metrics use 256)")
+        ->check(CLI::PositiveNumber)
+        ->capture_default_str();
     add_data_flags(cmd_, flags_, false);
   }
 
@@ -36,13 +41,16 @@ class EvalCommand : public ModelCommand {
     Loaded l = load();
     const Dataset test = test_set(l, flags_);
     const DeviceDataset test_dev(*l.ctx, test);
-    const ElboTotals t = l.trainer->evaluate(test_dev);
+    const ElboTotals t = l.trainer->evaluate(test_dev, nullptr, mi_draws_);
     nlohmann::json out = {{"test_elbo", t.elbo()},
                           {"test_recon", t.recon},
                           {"test_kl", t.kl},
                           {"active_units", t.active_units(active_threshold_)},
                           {"active_threshold", active_threshold_},
                           {"kl_per_dimension", t.kl_per_dimension},
+                          {"mutual_information", t.mutual_information},
+                          {"mi_draws", t.mi_draws},
+                          {"test_objective", t.objective()},
                           {"n", t.n},
                           {"epoch", l.ckpt.epoch},
                           {"step", l.ckpt.step},
@@ -62,7 +70,7 @@ class EvalCommand : public ModelCommand {
 
  private:
   DataOptions flags_;
-  int iw_samples_ = 0, iw_chunk_ = 0;
+  int iw_samples_ = 0, iw_chunk_ = 0, mi_draws_ = Trainer::kMiDraws;
   double active_threshold_ = 1e-2;
 };
 

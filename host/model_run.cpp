@@ -252,6 +252,7 @@ void ModelRun::write_epoch_outputs(int epoch, const Epoch& e, const DeviceDatase
                       {"test_recon", te.recon},
                       {"test_kl", te.kl},
                       {"active_units", te.active_units()},
+                      {"mutual_information", te.mutual_information},
                       {"kl_per_dimension", te.kl_per_dimension},
                       {"epoch_seconds", e.seconds},
                       {"samples_per_second", tr.n / e.seconds},

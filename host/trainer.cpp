@@ -242,14 +242,16 @@ std::string divergence_advice(const ModelConfig& model) {
               : "");
 }
 
-ElboTotals Trainer::evaluate(const DeviceDataset& test, std::vector<float>* heads) {
+ElboTotals Trainer::evaluate(const DeviceDataset& test, std::vector<float>* heads, int mi_draws) {
   VAE_REQUIRE(test.dim == config_.model.input_dim, "eval: data dimension differs from the model's");
   const int E = eval_rows();
   const int64_t chunks = (test.count + E - 1) / E;
   const StepState* at = eval_steps(chunks);
   const int J = config_.model.latent;
+  const int draws = static_cast<int>(std::clamp<int64_t>(mi_draws, 0, test.count));
   DeviceBuffer<double> latent_sums(ctx_, 3 * static_cast<size_t>(J));
-  DeviceBuffer<float> all_heads(ctx_, heads ? static_cast<size_t>(test.count) * 2 * J : 0);
+  // Every row's heads (the aggregate posterior, the histograms) and the first draws' z.
+  DeviceBuffer<float> all_heads(ctx_, static_cast<size_t>(test.count) * 2 * J), first_z(ctx_, draws * size_t(J));
   totals_.zero();
   for (int64_t c = 0; c < chunks; ++c) {
     const int rows = static_cast<int>(std::min<int64_t>(E, test.count - c * E));
@@ -257,14 +259,29 @@ ElboTotals Trainer::evaluate(const DeviceDataset& test, std::vector<float>* head
     vae_.forward(rows, {config_.seed, RandomStream::eval_noise, at + c}, false);
     vae_.accumulate_totals(rows, totals_.data());
     VAE_CALL(ctx_.target(), latent_statistics, vae_.heads().data(), rows, J, latent_sums.data(), ctx_.stream());
-    if (heads) {
-      VAE_CALL(ctx_.target(), copy_on_device, all_heads.data() + c * E * 2 * J, vae_.heads().data(),
-               static_cast<size_t>(rows) * 2 * J * sizeof(float), ctx_.stream());
+    VAE_CALL(ctx_.target(), copy_on_device, all_heads.data() + c * E * 2 * J, vae_.heads().data(),
+             static_cast<size_t>(rows) * 2 * J * sizeof(float), ctx_.stream());
+    const int64_t z_rows = std::clamp<int64_t>(draws - c * E, 0, rows);  // sample 0 of each: z's first rows
+    if (z_rows > 0) {
+      VAE_CALL(ctx_.target(), copy_on_device, first_z.data() + c * E * J, vae_.z().data(),
+               static_cast<size_t>(z_rows) * J * sizeof(float), ctx_.stream());
     }
+  }
+  DeviceBuffer<double> aggregate(ctx_, draws), own(ctx_, draws);
+  if (draws > 0) {
+    VAE_CALL(ctx_.target(), aggregate_posterior, all_heads.data(), first_z.data(), static_cast<int>(test.count), J,
+             draws, aggregate.data(), own.data(), ctx_.stream());
   }
   if (heads) *heads = all_heads.download();
   const std::vector<double> sums = latent_sums.download();
   ElboTotals out = ElboTotals::from_sums(totals_.download(), vae_.iwae());
+  if (draws > 0) {
+    const std::vector<double> a = aggregate.download(), o = own.download();
+    double mi = 0;
+    for (int m = 0; m < draws; ++m) mi += (o[m] - a[m]) / draws;
+    out.mutual_information = mi;
+    out.mi_draws = draws;
+  }
   const double n = static_cast<double>(out.n);
   for (int j = 0; j < J; ++j) {
     const double mean = sums[j] / n;

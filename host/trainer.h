@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <string>
 #include <vector>
@@ -40,6 +41,12 @@ struct ElboTotals {
   // Evaluation only: per latent unit j, the analytic KL averaged over the data (nats; they sum to
   // kl under the analytic estimator) and the variance over the data of its posterior mean μ_j(x).
   std::vector<double> kl_per_dimension, posterior_mean_variance;
+  // Evaluation only: the mutual information I(x; z) of the test set under q (Hoffman & Johnson's
+  // "ELBO surgery": the mean KL is I(x; z) + KL(q(z) ‖ p(z)), q(z) = (1/N) Σ_n q(z|x_n) the
+  // aggregate posterior), estimated as the mean over the first mi_draws rows m of
+  // log q(z_m|x_m) − log q(z_m) at their evaluation draws z_m, nats; NaN where not computed.
+  double mutual_information = std::numeric_limits<double>::quiet_NaN();
+  int mi_draws = 0;
   // Burda et al.'s active units: those whose posterior mean varies with x, Var_x(μ_j(x)) > threshold.
   int active_units(double threshold = 1e-2) const {
     int n_active = 0;
@@ -126,9 +133,11 @@ class Trainer {
   // on the chunking, and the model's buffers hold max(training batch, eval rows) rows.
   static constexpr int kEvalRows = 256;
   int eval_rows() const { return std::max(config_.batch_size, kEvalRows); }
-  // Test-set ELBO with fixed noise: the same checkpoint gives the same number every time. With
-  // heads, also q(z|x) of every row as the evaluation saw it: (N, 2J), μ | log σ².
-  ElboTotals evaluate(const DeviceDataset& test, std::vector<float>* heads = nullptr);
+  // Test-set ELBO with fixed noise: the same checkpoint gives the same number every time; the
+  // latent diagnostics, the mutual information from the first mi_draws rows' draws (at most all).
+  // With heads, also q(z|x) of every row as the evaluation saw it: (N, 2J), μ | log σ².
+  static constexpr int kMiDraws = 256;
+  ElboTotals evaluate(const DeviceDataset& test, std::vector<float>* heads = nullptr, int mi_draws = kMiDraws);
   // Images as values in [0, 1]: decoder means of n prior samples (sample i keyed by i); the first
   // n test images (n <= eval_rows()) followed by their reconstructions.
   std::vector<float> prior_samples(int n);

@@ -75,6 +75,44 @@ __global__ void latent_statistics_kernel(const float* __restrict__ heads, int ba
   }
 }
 
+// Row m of the first `draws` rows: its draw z_m (J) against every row's q(z|x_n) in order, a
+// running log-sum-exp in float64: aggregate[m] = log (1/N) Σ_n q(z_m | x_n) and own[m] =
+// log q(z_m | x_m), each log N(z; μ_n, σ²_n) = Σ_j −½ (log 2π + log σ²_nj + (z_j − μ_nj)² / σ²_nj).
+__global__ void aggregate_posterior_kernel(const float* __restrict__ heads, const float* __restrict__ z, int rows,
+                                           int latent, int draws, double* __restrict__ aggregate,
+                                           double* __restrict__ own) {
+  constexpr double kLog2Pi = 1.8378770664093453;
+  VAE_ELEMENT_LOOP(m, draws) {
+    const float* zm = z + m * latent;
+    double top = -INFINITY, sum = 0;
+    for (int n = 0; n < rows; ++n) {
+      const float* mu = heads + static_cast<long long>(n) * 2 * latent;
+      double lq = 0;
+      for (int j = 0; j < latent; ++j) {
+        const double d = static_cast<double>(zm[j]) - mu[j], lv = mu[latent + j];
+        lq += -0.5 * (kLog2Pi + lv + d * d * exp(-lv));
+      }
+      if (n == m) own[m] = lq;
+      if (lq > top) {
+        sum = sum * exp(top - lq) + 1;
+        top = lq;
+      } else {
+        sum += exp(lq - top);
+      }
+    }
+    aggregate[m] = top + log(sum) - log(static_cast<double>(rows));
+  }
+}
+
+void aggregate_posterior(const float* heads, const float* z, int rows, int latent, int draws, double* aggregate,
+                         double* own, cudaStream_t stream) {
+  VAE_REQUIRE(rows > 0 && latent > 0 && draws >= 0 && draws <= rows, "aggregate_posterior: bad shape");
+  if (draws == 0) return;
+  constexpr int kBlock = 64;
+  VAE_LAUNCH(aggregate_posterior_kernel, elementwise_grid(draws, kBlock), kBlock, 0, stream, heads, z, rows, latent,
+             draws, aggregate, own);
+}
+
 void latent_statistics(const float* heads, int batch, int latent, double* sums, cudaStream_t stream) {
   VAE_REQUIRE(batch >= 0 && latent > 0, "latent_statistics: bad shape");
   if (batch == 0) return;
