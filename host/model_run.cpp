@@ -25,21 +25,16 @@ namespace fs = std::filesystem;
 namespace {
 volatile std::sig_atomic_t g_stop_request = 0;
 extern "C" void on_stop_signal(int sig) { g_stop_request = sig == SIGINT ? 2 : 1; }
-constexpr int kStopSignals[3] = {SIGUSR1, SIGTERM, SIGINT};
-struct sigaction g_old_actions[3]{};
 }  // namespace
 
-StopSignals::StopSignals() {
+void install_stop_signals() {
   g_stop_request = 0;
   struct sigaction sa {};
   sa.sa_handler = on_stop_signal;
   sigemptyset(&sa.sa_mask);
-  for (int i = 0; i < 3; ++i) sigaction(kStopSignals[i], &sa, &g_old_actions[i]);
+  for (int sig : {SIGUSR1, SIGTERM, SIGINT}) sigaction(sig, &sa, nullptr);
 }
-StopSignals::~StopSignals() {
-  for (int i = 0; i < 3; ++i) sigaction(kStopSignals[i], &g_old_actions[i], nullptr);
-}
-int StopSignals::request() { return static_cast<int>(g_stop_request); }
+int stop_request() { return static_cast<int>(g_stop_request); }
 
 std::string timestamp() {
   const std::time_t t = std::time(nullptr);
@@ -177,6 +172,7 @@ void ModelRun::log_step(double samples_per_second) {
   events_->scalar("step/train_recon", step, t.recon);
   events_->scalar("step/train_kl", step, t.kl);
   if (t.has_iwae) events_->scalar("step/train_objective", step, t.iwae);
+  events_->scalar("step/grad_norm", step, trainer_.last_gradient_norm());
   events_->scalar("step/kl_weight", step, kl_weight_at(c.kl, step));
   events_->scalar("step/lr", step, learning_rate_at(c, trainer_.epoch()));
   events_->scalar("step/samples_per_second", step, samples_per_second);
@@ -212,7 +208,7 @@ ModelRun::Epoch ModelRun::train_epoch(const DeviceDataset& train, const DeviceDa
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     log_step(static_cast<double>(done - first) * config.batch_size / std::max(secs, 1e-9));
     if (done == total) return true;  // the epoch's end: decided after its outputs
-    e.stop = pg_.agree_max(StopSignals::request());
+    e.stop = pg_.agree_max(stop_request());
     if (e.stop) return false;
     if (run_.checkpoint_every > 0 && trainer_.step() % run_.checkpoint_every == 0) save();
     return true;

@@ -16,16 +16,12 @@
 
 namespace vae {
 
-// Handlers of SIGUSR1, SIGTERM (preempt) and SIGINT (interrupt) for the object's lifetime; the
-// request they leave: 0 none, 1 preempt, 2 interrupt.
-class StopSignals {
- public:
-  StopSignals();
-  ~StopSignals();
-  StopSignals(const StopSignals&) = delete;
-  StopSignals& operator=(const StopSignals&) = delete;
-  static int request();
-};
+// Installs the handlers of SIGUSR1, SIGTERM (preempt) and SIGINT (interrupt) for the rest of the
+// process and clears any request. They only record the request: a signal that arrives after the
+// run has ended (while the process exits) changes nothing, where the default action would turn a
+// finished run into a death by the signal. stop_request(): 0 none, 1 preempt, 2 interrupt.
+void install_stop_signals();
+int stop_request();
 // The exit status of a stop request: kExitPreempted (1) or kExitInterrupted (2).
 inline int stop_status(int request) { return request == 2 ? kExitInterrupted : kExitPreempted; }
 

@@ -148,8 +148,7 @@ int train_models(const SweepRun& sweep, const World& world, Target target) {
     double seconds = 0;
     for (SweepSlot& s : slots) {
       if (s.done || s.model->trainer().epoch() >= epoch) continue;
-      if (const int request = StopSignals::request())
-        return stop_status(request);  // every model's checkpoint is written
+      if (const int request = stop_request()) return stop_status(request);  // every model's checkpoint is written
       Trainer& trainer = s.model->trainer();
       ModelRun::Epoch e;
       try {
@@ -239,7 +238,7 @@ void summarize(const SweepRun& sweep, bool print) {
 
 int run_sweep(const SweepRun& sweep) {
   // From the start: a signal while the data loads stops the sweep after its first step.
-  const StopSignals signals;
+  install_stop_signals();
   VAE_REQUIRE(!sweep.models.empty() && sweep.values.size() == sweep.models.size(), "run_sweep: no models");
   const TrainRun& common = sweep.models.front();
   const World world = world_from_environment();

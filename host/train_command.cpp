@@ -26,7 +26,7 @@ void print_banner(const TrainConfig& config, const Dataset& train, const DataOpt
 
 int run_train(const TrainRun& run) {
   // From the start: a signal while the data loads stops the run after its first step.
-  const StopSignals signals;
+  install_stop_signals();
   RunStart start = resolve_start(run);
 
   // Which rank this is, its GPU, and the collectives (before any device context exists). The
@@ -79,10 +79,10 @@ int run_train(const TrainRun& run) {
                     e.seconds, e.train.n / e.seconds);
         std::fflush(stdout);
       }
-      const int stop_request = pg.agree_max(StopSignals::request());
-      if (stop_request && !model.finished()) {
-        say_stopped(stop_request);
-        return stop_status(stop_request);
+      const int stop = pg.agree_max(stop_request());
+      if (stop && !model.finished()) {
+        say_stopped(stop);
+        return stop_status(stop);
       }
     }
     if (root && !run.quiet) {

@@ -12,6 +12,7 @@ Trainer::Trainer(const DeviceContext& ctx, const TrainConfig& config)
       vae_(ctx, config.model, eval_rows(), config.draws()),  // config_ is set first
       optimizer_(ctx, vae_.layout().total, config.optimizer, config.hyper),
       totals_(ctx, 4),
+      grad_square_sum_(ctx, 1),
       train_at_(ctx, 1),
       watch_(ctx, 1) {
   vae_.params().upload(init_parameters(config.model, vae_.layout(), config.seed));

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <functional>
 #include <limits>
@@ -128,6 +129,14 @@ class Trainer {
   // The unfinished epoch's running means on this rank (a host synchronisation): what the epoch's
   // ElboTotals would be if it ended now, without the other ranks' rows.
   ElboTotals epoch_totals_so_far() { return ElboTotals::from_sums(totals_.download(), vae_.iwae()); }
+  // The L2 norm of the last step's gradient of the loss (of its global batch, summed over the
+  // ranks; before the optimizer's weight decay): the gradient buffer holds it until the next
+  // step, so the norm is taken on the device when asked (no work in the step), and reading it
+  // synchronises.
+  double last_gradient_norm() {
+    vae_.gradient_square_sum(grad_square_sum_.data());
+    return std::sqrt(grad_square_sum_.download()[0]);
+  }
   // Evaluation passes take eval_rows() rows at a time, whatever the training batch: their noise
   // (binarization, z) is keyed by the row's place in the data set, so the figures do not depend
   // on the chunking, and the model's buffers hold max(training batch, eval rows) rows.
@@ -192,6 +201,7 @@ class Trainer {
   void gather_eval_rows(const DeviceDataset& d, int rows, const StepState* at, float* x);
 
   DeviceBuffer<double> totals_;
+  DeviceBuffer<double> grad_square_sum_;  // (1): ‖g‖² for last_gradient_norm
   DeviceBuffer<int> perm_;
   DeviceBuffer<StepState> train_at_, eval_at_;
   int64_t step_ = 0;

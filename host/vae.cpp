@@ -215,6 +215,11 @@ void Vae::accumulate_totals(int batch, double* totals, const StepState* at, NonF
            samples_, totals, ReduceScratch{reduce_tickets_.data(), reduce_partial_.data()}, at, watch, ctx_.stream());
 }
 
+void Vae::gradient_square_sum(double* out) {
+  VAE_CALL(ctx_.target(), square_sum, grads_.data(), static_cast<long long>(grads_.size()), out,
+           ReduceScratch{reduce_tickets_.data(), reduce_partial_.data()}, ctx_.stream());
+}
+
 void Vae::decode_mean(const float* z, int rows, float* mean) {
   VAE_REQUIRE(rows > 0 && rows <= row_capacity_, "Vae::decode_mean: rows out of range");
   decode(z, rows);

@@ -90,6 +90,8 @@ class Vae {
   // or KL is recorded there.
   void accumulate_totals(int batch, double* totals, const StepState* at = nullptr, NonFinite* watch = nullptr);
 
+  // out[0] = ‖grads()‖² in float64 (device memory; queued, no synchronisation).
+  void gradient_square_sum(double* out);
   // Decoder mean (rows, D) for latent codes z (rows, J), both in device memory; rows <= row_capacity.
   void decode_mean(const float* z, int rows, float* mean);
   // Decoder mean of the reconstruction of input() rows (the first sample of the last forward).

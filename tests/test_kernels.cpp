@@ -340,12 +340,15 @@ TEST_P(Kernels, ElboTotalsAccumulateInFloat64) {
       for (int samples : {1, 3}) {
         const auto lp0 = random_uniform(static_cast<size_t>(samples) * batch, batch + samples, -300, -100);
         const auto kl0 = random_uniform(batch, batch + 1, 0, 30);
-        auto lp = upload(lp0), kl = upload(kl0);
-        auto totals = upload(std::vector<double>{1.5, 2.5, 3});  // accumulates onto what is there
+        const auto obj0 = random_uniform(batch, batch + 2, -300, -100);  // the IWAE bound per row
+        auto lp = upload(lp0), kl = upload(kl0), obj = upload(obj0);
+        auto totals = upload(std::vector<double>{1.5, 2.5, 3, 4.5});  // accumulates onto what is there
         VAE_CALL(GetParam(), elbo_totals, lp.data(), kl.data(), nullptr, batch, samples, totals.data(), scratch(),
                  nullptr, nullptr, stream());
-        VAE_CALL(GetParam(), elbo_totals, lp.data(), kl.data(), nullptr, batch, samples, totals.data(), scratch(),
+        VAE_CALL(GetParam(), elbo_totals, lp.data(), kl.data(), obj.data(), batch, samples, totals.data(), scratch(),
                  nullptr, nullptr, stream());
+        double objective = 0;
+        for (float v : obj0) objective += v;
         double recon = 0, kls = 0;
         for (int r = 0; r < batch; ++r) {
           double m = 0;
@@ -357,7 +360,27 @@ TEST_P(Kernels, ElboTotalsAccumulateInFloat64) {
         EXPECT_NEAR(got[0], 1.5 + 2 * recon, 1e-9 * std::fabs(recon));
         EXPECT_NEAR(got[1], 2.5 + 2 * kls, 1e-9 * kls);
         EXPECT_EQ(got[2], 3 + 2 * batch);
+        EXPECT_NEAR(got[3], 4.5 + objective, 1e-9 * std::fabs(objective));  // only the call that had it
       }
+  }
+}
+
+// square_sum_kernel (the gradient's squared norm), through its launcher: odd sizes against
+// float64, written over what was there, and the same bits twice.
+TEST_P(Kernels, SquareSumIsFloat64AndRepeatable) {
+  FOR_EACH_SHAPE(GetParam()) {
+    for (long long n : {1ll, 7ll, 1001ll, 650003ll}) {
+      const auto x0 = random_uniform(static_cast<size_t>(n), static_cast<uint64_t>(n) + 3, -2, 2);
+      auto x = upload(x0);
+      auto out = upload(std::vector<double>{123.0});
+      VAE_CALL(GetParam(), square_sum, x.data(), n, out.data(), scratch(), stream());
+      const double first = download(out)[0];
+      VAE_CALL(GetParam(), square_sum, x.data(), n, out.data(), scratch(), stream());
+      double want = 0;
+      for (float v : x0) want += double(v) * v;
+      EXPECT_NEAR(first, want, 1e-12 * want) << n;
+      EXPECT_EQ(download(out)[0], first) << n;
+    }
   }
 }
 

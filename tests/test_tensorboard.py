@@ -51,8 +51,11 @@ for tag in tags["scalars"]:
         problems.append(f"{tag}: steps {steps} repeat")
     if steps != sorted(steps):
         problems.append(f"{tag}: steps {steps} out of order")
-if not [t for t in tags["scalars"] if t.startswith("step/")]:
-    problems.append("no step-level scalars")
+for tag in ("step/train_elbo", "step/grad_norm", "step/lr"):
+    if tag not in tags["scalars"]:
+        problems.append(f"no {tag}")
+    elif not all(e.value == e.value and e.value >= 0 or tag == "step/train_elbo" for e in acc.Scalars(tag)):
+        problems.append(f"{tag}: {[e.value for e in acc.Scalars(tag)]}")
 for name in ("samples", "reconstructions"):
     images = acc.Images(name)
     if len(images) != len(metrics):

@@ -94,6 +94,30 @@ TEST_F(Training, KernelsPerStepOfTheDefaultModelArePinned) {
   EXPECT_EQ(persistent_five.first, persistent_one.first) << "kernel launches of a persistent fused epoch";
 }
 
+// The logged gradient norm is the norm of the last step's gradient, composed and fused: the
+// gradient buffer against float64 at the end of an epoch of 1500 rows.
+TEST_F(Training, LastGradientNormIsTheLastStepsGradient) {
+  DeviceContext ctx(Target::cpu, false);
+  const DeviceDataset tr(ctx, train_);
+  for (bool fused : {false, true}) {
+    Trainer t(ctx, config_);
+    t.set_fused_step(fused);
+    ASSERT_EQ(t.fused_step(), fused);
+    int checked = 0;
+    t.train_epoch(tr, [&](int64_t done, int64_t total) {
+      if (done == total) {  // after the epoch's last launch (fused: one persistent launch of 30 steps)
+        ++checked;
+        double want = 0;
+        for (float g : t.model().grads().download()) want += double(g) * g;
+        EXPECT_NEAR(t.last_gradient_norm(), std::sqrt(want), 1e-9 * std::sqrt(want)) << fused;
+        EXPECT_GT(want, 0);
+      }
+      return true;
+    });
+    EXPECT_EQ(checked, 1) << fused;
+  }
+}
+
 TEST_F(Training, TestElboRisesOnFashionMnistSlice) {
   DeviceContext ctx(Target::cpu, false);
   Trainer t(ctx, config_);

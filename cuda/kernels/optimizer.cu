@@ -1,5 +1,7 @@
 // One optimizer launch over the flat parameter buffer: Adam (default), Adagrad (the paper's
 // choice) or SGD with momentum, each with an L2 weight-decay term added to the gradient.
+#include <algorithm>
+
 #include "ops.h"  // the entry points this file defines
 #include "kernels/non_finite.cuh"
 #include "kernels/optimizer.cuh"
@@ -40,6 +42,48 @@ __global__ void optimizer_step_kernel(OptimizerHyper h, float* __restrict__ para
   if (threadIdx.x != 0 || !arrives_last(ticket, gridDim.x)) return;
   at->step += 1;
   at->offset += advance_batch;
+}
+
+// out[0] = Σ_i x_i² in float64 (the gradient's squared norm, for the logs). Two stages in a fixed
+// order, as elbo_totals': each block's threads sum strided elements, the block adds them in
+// shared memory and writes its sum to scratch; the block that arrives last adds the blocks' sums
+// in block order. The same inputs and grid give the same bits on every run.
+__global__ void square_sum_kernel(const float* __restrict__ x, long long n, double* __restrict__ out,
+                                  ReduceScratch scratch) {
+  VAE_DYNAMIC_SHARED(double, partial);  // (blockDim.x)
+  double sum = 0;
+  const long long stride = static_cast<long long>(gridDim.x) * blockDim.x;
+  for (long long i = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+    const double v = x[i];
+    sum += v * v;
+  }
+  partial[threadIdx.x] = sum;
+  __syncthreads();
+  for (unsigned half = blockDim.x / 2; half > 0; half /= 2) {
+    if (threadIdx.x < half) partial[threadIdx.x] += partial[threadIdx.x + half];
+    __syncthreads();
+  }
+  if (threadIdx.x != 0) return;
+  if (gridDim.x == 1) {
+    out[0] = partial[0];
+    return;
+  }
+  volatile double* block_sums = reinterpret_cast<double*>(scratch.partial);  // (gridDim.x)
+  block_sums[blockIdx.x] = partial[0];
+  if (!arrives_last(&scratch.tickets[0], gridDim.x)) return;
+  double total = 0;
+  for (unsigned b = 0; b < gridDim.x; ++b) total += block_sums[b];
+  out[0] = total;
+}
+
+void square_sum(const float* x, long long n, double* out, ReduceScratch scratch, cudaStream_t stream) {
+  VAE_REQUIRE(n >= 0, "square_sum: bad size");
+  const LaunchPolicy& p = launch_policy();
+  const int threads = p.reduce_threads;
+  const int most = std::min(p.max_blocks, kReducePartialFloats / 2);
+  const int blocks = static_cast<int>(std::clamp<long long>(ceil_div(n, 4ll * threads), 1, most));
+  if (blocks > 1) VAE_REQUIRE(scratch.tickets && scratch.partial, "square_sum: no scratch");
+  VAE_LAUNCH(square_sum_kernel, blocks, threads, threads * sizeof(double), stream, x, n, out, scratch);
 }
 
 void optimizer_step(OptimizerKind kind, const OptimizerHyper& hyper, float* params, const float* grads, float* state1,
