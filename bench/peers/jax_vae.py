@@ -9,9 +9,12 @@ its buffers donated. Same model, hyperparameters, initialisation scheme and esti
                 B, D) and the step scanned over it with lax.scan, parameters and Adam's state
                 carried and donated (the fastest JAX there is); the partial last batch, if
                 any, is one more dispatch of the step, as the trainer takes it
+  --mode vmap   --models N models (their own initialisation, shuffle and noise) at once: the
+                scanned epoch vmapped over the models ("model ensembling"), the peer of
+                `vae sweep --models N`; the epoch's seconds are all N models'
 
-  jax_vae.py [--device gpu|cpu] [--mode step|scan] [--precision default|highest|tensorfloat32]
-             [--epochs 3] [--batch-size 128]
+  jax_vae.py [--device gpu|cpu] [--mode step|scan|vmap] [--models 1]
+             [--precision default|highest|tensorfloat32] [--epochs 3] [--batch-size 128]
 
 --precision sets jax_default_matmul_precision: `highest` is fp32 on a GPU, `tensorfloat32` TF32
 (JAX's default on recent NVIDIA cards is TF32 too). Prints one JSON line per epoch, as
@@ -76,9 +79,8 @@ def train_step(p, m, v, t, x, key):
     return adam(p, m, v, grads, t)
 
 
-@functools.partial(jax.jit, static_argnames=("steps", "size"), donate_argnums=(0, 1, 2))
-def scan_epoch(p, m, v, t, data, perm, key, steps, size):
-    """`steps` full batches of `size` rows, in the order of perm, in one jitted scan."""
+def scan_steps(p, m, v, t, data, perm, key, steps, size):
+    """`steps` full batches of `size` rows, in the order of perm, scanned."""
     batches = data[perm[: steps * size]].reshape(steps, size, data.shape[1])
 
     def body(carry, x):
@@ -90,11 +92,34 @@ def scan_epoch(p, m, v, t, data, perm, key, steps, size):
     return p, m, v
 
 
+scan_epoch = functools.partial(jax.jit, static_argnames=("steps", "size"), donate_argnums=(0, 1, 2))(scan_steps)
+
+
+@functools.partial(jax.jit, static_argnames=("steps", "size"), donate_argnums=(0, 1, 2))
+def vmap_epoch(p, m, v, t, data, perms, keys, steps, size):
+    """The scanned epoch of every model at once: parameters, state, permutation and key have a
+    leading model axis."""
+    one = lambda p, m, v, perm, key: scan_steps(p, m, v, t, data, perm, key, steps, size)
+    return jax.vmap(one)(p, m, v, perms, keys)
+
+
+@functools.partial(jax.jit, static_argnames=("size",), donate_argnums=(0, 1, 2))
+def vmap_step(p, m, v, t, data, perms, start, keys, size):
+    """One step of every model (the partial last batch)."""
+    one = lambda p, m, v, perm, key: train_step(p, m, v, t, data[jax.lax.dynamic_slice(perm, (start,), (size,))], key)
+    return jax.vmap(one)(p, m, v, perms, keys)
+
+
 def main():
     p = common.parser(__doc__)
-    p.add_argument("--mode", choices=["step", "scan"], default="step")
+    p.add_argument("--mode", choices=["step", "scan", "vmap"], default="step")
+    p.add_argument("--models", type=int, default=1, help="models trained at once by --mode vmap")
     p.add_argument("--precision", choices=["default", "highest", "tensorfloat32"], default="default")
     a = p.parse_args()
+    if a.models < 1 or (a.models > 1 and a.mode != "vmap"):
+        p.error("--models: at least 1, and more only with --mode vmap")
+    if a.mode == "vmap":
+        return main_vmap(a)
     if a.precision != "default":
         jax.config.update("jax_default_matmul_precision", a.precision)
     platform = {"cuda": "gpu"}.get(a.device, a.device)
@@ -130,6 +155,45 @@ def main():
             common.report(peer=f"jax-{a.mode}", precision=a.precision, epoch=epoch, epoch_seconds=seconds,
                           samples_per_second=n / seconds, test_elbo=float(eval_elbo(params, test, test_eps)),
                           jax=jax.__version__, device=str(dev))
+
+
+def main_vmap(a):
+    """--mode vmap: a.models models, model k initialised, shuffled and noised from seed + k."""
+    if a.precision != "default":
+        jax.config.update("jax_default_matmul_precision", a.precision)
+    dev = jax.devices({"cuda": "gpu"}.get(a.device, a.device))[0]
+    train_np, test_np = common.load(a.data, a.train_limit, a.test_limit)
+    stack = lambda trees: jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *trees)
+    with jax.default_device(dev):
+        rngs = [np.random.default_rng(a.seed + k) for k in range(a.models)]
+        params = jax.device_put(stack([init(r, train_np.shape[1]) for r in rngs]), dev)
+        m = jax.device_put(jax.tree_util.tree_map(jnp.zeros_like, params), dev)
+        v = jax.device_put(jax.tree_util.tree_map(jnp.zeros_like, params), dev)
+        train = jax.device_put(train_np, dev)
+        test = jax.device_put(test_np, dev)
+        test_eps = jax.device_put(rngs[0].standard_normal((test_np.shape[0], common.LATENT)).astype(np.float32), dev)
+        keys = jax.device_put(jnp.stack([jax.random.PRNGKey(a.seed + k) for k in range(a.models)]), dev)
+        eval_elbo = jax.jit(jax.vmap(lambda q, x, e: jnp.mean(elbo(q, x, e)), in_axes=(0, None, None)))
+        n, B = train_np.shape[0], a.batch_size
+        t = 0
+        for epoch in range(1, a.epochs + 1):
+            perms = jax.device_put(np.stack([r.permutation(n) for r in rngs]).astype(np.int32), dev)
+            jax.block_until_ready(params)
+            t0 = time.perf_counter()
+            start = 0
+            if n // B > 0:
+                params, m, v = vmap_epoch(params, m, v, t, train, perms, keys, steps=n // B, size=B)
+                t, start = t + n // B, n // B * B
+            if start < n:
+                params, m, v = vmap_step(params, m, v, t, train, perms, start, keys, size=n - start)
+                t += 1
+            jax.block_until_ready(params)
+            seconds = time.perf_counter() - t0
+            elbos = [float(e) for e in eval_elbo(params, test, test_eps)]
+            common.report(peer="jax-vmap", precision=a.precision, models=a.models, epoch=epoch, epoch_seconds=seconds,
+                          model_epochs_per_second=a.models / seconds, samples_per_second=a.models * n / seconds,
+                          test_elbo=elbos[0], test_elbo_median=float(np.median(elbos)), jax=jax.__version__,
+                          device=str(dev))
 
 
 if __name__ == "__main__":
