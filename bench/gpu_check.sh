@@ -139,8 +139,8 @@ if [ -x build-gpu/host/vae ] && want check; then
           echo "SANITIZER_FAILED $tool $bin"
       done
     done
-  } >"$report/sanitizer.log" 2>&1
-  grep -q SANITIZER_FAILED "$report/sanitizer.log" && san_ok=FAIL
+  } >"$report/check.log" 2>&1
+  grep -q SANITIZER_FAILED "$report/check.log" && san_ok=FAIL
   record sanitizer "$san_ok" "memcheck + racecheck on the GPU kernel and GEMM tests, $(elapsed "$t") s"
 
   # ---- GPU against CPU: 200 steps of the default model, same seed ----------------------------
@@ -151,8 +151,8 @@ if [ -x build-gpu/host/vae ] && want check; then
       build-gpu/host/vae train --device "$dev" --train-limit 25600 --test-limit 10000 --epochs 1 --quiet \
         --out "/tmp/vae-200-$dev" && cat "/tmp/vae-200-$dev/metrics.jsonl"
     done
-  } >"$report/train.log" 2>&1
-  read -r gpu_elbo cpu_elbo < <(python3 - <<'PY' 2>>"$report/train.log"
+  } >>"$report/check.log" 2>&1
+  read -r gpu_elbo cpu_elbo < <(python3 - <<'PY' 2>>"$report/check.log"
 import json
 g = json.loads(open("/tmp/vae-200-cuda/metrics.jsonl").readline())
 c = json.loads(open("/tmp/vae-200-cpu/metrics.jsonl").readline())
@@ -209,7 +209,8 @@ if [ -x build-gpu/host/vae ] && want bench; then
       bench build-gpu/host/vae train --device cuda --epochs 3 --quiet --out /tmp/vae-bench $variant &&
         cat /tmp/vae-bench/metrics.jsonl
     done
-    bench python3 bench/throughput.py --device cuda --build build-gpu --out /tmp/vae-throughput
+    # Also the fused step at each batch, and vae sweep of 1, 4 and 16 models at batch 128.
+    bench python3 bench/throughput.py --device cuda --build build-gpu --fused --models 1,4,16 --out /tmp/vae-throughput
   } >"$report/bench.log" 2>&1
   record bench "$([ "$bench_failures" -eq 0 ] && echo ok || echo FAIL)" \
     "bench.log: $bench_failures failed, $(elapsed "$t") s"
@@ -248,11 +249,12 @@ if [ -x build-gpu/host/vae ] && want peers; then
   : >"$report/peers.log"
   # Batch 128: 3 epochs (2 timed); batch 4096 takes ~10-30 ms an epoch: 10 epochs (9 timed).
   # torch.compile only at batch 128: its compile time alone overran the stage at 4096 (2026-11-26).
-  for run in "128 3" "4096 10 torch-compile"; do
-    read -r b epochs skip <<<"$run"
+  # At batch 128 also JAX's vmap of 16 models (the peer of vae sweep --models 16).
+  for run in "128 3 none 16" "4096 10 torch-compile 0"; do
+    read -r b epochs skip vmap <<<"$run"
     rm -rf "/tmp/vae-peers-$b"
     python3 bench/peers/compare.py --device cuda --build build-gpu --epochs "$epochs" --rounds 1 --batch-size "$b" \
-      --skip "$skip" --out "/tmp/vae-peers-$b" >>"$report/peers.log" 2>&1 || prc=1
+      --skip "$skip" --vmap-models "$vmap" --out "/tmp/vae-peers-$b" >>"$report/peers.log" 2>&1 || prc=1
     cat "/tmp/vae-peers-$b/runs.log" >>"$report/peers.log" 2>/dev/null
   done
   record peers "$([ $prc -eq 0 ] && echo ok || echo FAIL)" "peers.log, $(elapsed "$t") s"
@@ -274,4 +276,12 @@ fi
     [ -f "/tmp/vae-peers-$b/table.md" ] && want peers && { echo; cat "/tmp/vae-peers-$b/table.md"; }
   done
 } | tee "$report/summary.txt"
+# The same figures for the team's records (bench/results/<date>-<card>/summary.json): every measured
+# configuration's seconds per epoch, from throughput.py's and compare.py's results.json.
+results=()
+for f in /tmp/vae-throughput/results.json /tmp/vae-peers-128/results.json /tmp/vae-peers-4096/results.json; do
+  [ -f "$f" ] && results+=("$f")
+done
+python3 bench/summary_json.py --card "${gpu:-unknown}" --commit "${VAE_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}" \
+  --out "$report/summary.json" "${results[@]}" || failed=1
 exit $failed

@@ -7,8 +7,10 @@ measured in the same call. With --models, also `vae sweep --models N` at the fir
 seconds per epoch of all N models (the median epoch of the sum of their epoch times), model-epochs
 per second, and that against one model's.
 
-  throughput.py --device cuda|cpu [--epochs 3] [--batches 128,4096] [--models 1,4,16,64]
-                [--build build] [--out DIR]"""
+  throughput.py --device cuda|cpu [--epochs 3] [--batches 128,4096] [--models 1,4,16,64] [--fused]
+                [--build build] [--out DIR]
+
+Writes table.md and results.json (one entry per measured configuration) into --out."""
 
 import argparse
 import json
@@ -68,6 +70,7 @@ def main():
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batches", default="128,4096")
     p.add_argument("--models", default="", help="sweep sizes to time, e.g. 1,4,16,64 (none by default)")
+    p.add_argument("--fused", action="store_true", help="also each batch and precision with --step fused")
     p.add_argument("--build", default=os.path.join(report.ROOT, "build"))
     p.add_argument("--out", default=None)
     a = p.parse_args()
@@ -79,22 +82,29 @@ def main():
         sys.exit(f"throughput.py: --build {a.build}: no host/vae there (build the project first)")
     batches = [int(b) for b in a.batches.split(",")]
     gpu = a.device == "cuda"
-    variants = [(g, t) for g in (True, False) for t in (False, True)] if gpu else [(False, False)]
+    variants = [(g, t, False) for g in (True, False) for t in (False, True)] if gpu else [(False, False, False)]
+    if a.fused:
+        variants += [(True, t, True) for t in ((False, True) if gpu else (False,))]
     rows, gemm_rows, failed = [], [], False
+    runs = []  # results.json: one entry per measured configuration (bench/summary_json.py reads it)
     with open(os.path.join(out, "runs.log"), "w") as log:
         for b in batches:
-            for graph, tf32 in variants:
-                extra = ([] if graph or not gpu else ["--no-graph"]) + (["--tf32"] if tf32 else [])
+            for graph, tf32, fused in variants:
+                extra = (([] if graph or not gpu else ["--no-graph"]) + (["--tf32"] if tf32 else []) +
+                         (["--step", "fused"] if fused else []))
                 print(f"batch {b} {' '.join(extra)}", file=sys.stderr, flush=True)
                 lines, err = train(vae, a.device, b, a.epochs, extra, log)
                 if lines is None:
-                    rows.append((b, "-", "-", "failed", "", err))
+                    rows.append((b, "fused" if fused else "-", "-", "-", "failed", "", err))
                     failed = True
                     continue
                 s = report.median_epoch_seconds(lines)
                 n = lines[-1]["samples_per_second"] * lines[-1]["epoch_seconds"]
-                rows.append((b, "yes" if lines[-1]["cuda_graph"] else "no", "TF32" if tf32 else "fp32", f"{s:.3f}",
-                             f"{n / s:,.0f}", f"{lines[-1]['test_elbo']:.2f}"))
+                rows.append((b, lines[-1]["step_kernel"], "yes" if lines[-1]["cuda_graph"] else "no",
+                             "TF32" if tf32 else "fp32", f"{s:.3f}", f"{n / s:,.0f}", f"{lines[-1]['test_elbo']:.2f}"))
+                runs.append({"trainer": "vae", "step": lines[-1]["step_kernel"], "batch": b,
+                             "precision": "tf32" if tf32 else "fp32", "models": 1, "cuda_graph": lines[-1]["cuda_graph"],
+                             "seconds_per_epoch": s, "test_elbo": lines[-1]["test_elbo"]})
             for tf32 in (False, True) if gpu else (False,):
                 cmd = [bench_step, "--device", a.device, "--batch", str(b), "--steps", "100" if gpu else "20",
                        "--tf32", str(int(tf32)), "--json", "1"]
@@ -120,11 +130,13 @@ def main():
                 continue
             one = one if one is not None or n != 1 else s
             rate = n / s
+            runs.append({"trainer": "vae", "step": "sweep", "batch": batches[0], "precision": "fp32", "models": n,
+                         "seconds_per_epoch": s})
             sweep_rows.append((n, f"{s:.3f}", f"{rate:.2f}", f"{rate * one:.2f}x" if one else "", ""))
     title = (f"throughput.py --device {a.device}: `vae train`, {a.epochs} epochs each, commit {report.commit()}, "
              f"{report.today()}")
     table = (title + "\n\n" + report.markdown_table(
-        ("batch", "CUDA graph", "GEMMs", "s/epoch", "samples/s", f"test ELBO @{a.epochs}"), rows) + "\n\n" +
+        ("batch", "step", "CUDA graph", "GEMMs", "s/epoch", "samples/s", f"test ELBO @{a.epochs}"), rows) + "\n\n" +
         "GEMM rates from bench_step (GFLOP/s): the whole step's GEMM work over its time, the step's GEMMs alone, "
         "a large square GEMM of the same precision, and the step's GEMMs as a share of it\n\n" +
         report.markdown_table(("batch", "GEMMs", "in the step", "GEMMs alone", "large GEMM", "share"), gemm_rows))
@@ -135,6 +147,8 @@ def main():
     print(table)
     with open(os.path.join(out, "table.md"), "w") as f:
         f.write(table + "\n")
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump({"device": a.device, "epochs": a.epochs, "runs": runs}, f, indent=1)
     return 1 if failed else 0
 
 

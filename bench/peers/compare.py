@@ -124,6 +124,8 @@ def main():
     p.add_argument("--train-limit", type=int, default=None)
     p.add_argument("--test-limit", type=int, default=None)
     p.add_argument("--skip", default="", help="comma-separated peers to leave out: torch-compile, jax, ...")
+    p.add_argument("--vmap-models", type=int, default=0,
+                   help="also the JAX peer of vae sweep: this many models, the scanned epoch vmapped (GPU, fp32)")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     # The peers run from this folder: a Python given by a relative path must not depend on it.
@@ -193,6 +195,10 @@ def main():
                 configs.append(Config("jax scan", f"XLA GPU, the epoch in one lax.scan, {label}",
                                       peer("jax_vae.py", "--mode", "scan", "--precision", precision,
                                            python=jax_python), precision=label))
+            if args.vmap_models > 1:  # its time is all the models' (compare it with vae sweep's)
+                configs.append(Config("jax vmap", f"XLA GPU, {args.vmap_models} models vmapped, fp32",
+                                      peer("jax_vae.py", "--mode", "vmap", "--models", str(args.vmap_models),
+                                           "--precision", "highest", python=jax_python)))
     configs = [c for c in configs if c.impl.replace(" ", "-") not in skip]
 
     with open(os.path.join(out, "runs.log"), "w") as log:
@@ -251,7 +257,8 @@ def main():
         f.write(table + "\n")
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump({"args": vars(args), "floor": fl, "runs": [
-            {"impl": c.impl, "label": c.label, "failure": c.failure, "epochs": [m for _, m in c.epochs]}
+            {"impl": c.impl, "label": c.label, "precision": c.precision, "failure": c.failure,
+             "epochs": [m for _, m in c.epochs]}
             for c in configs]}, f, indent=1)
     return 0 if all(not c.failure for c in configs) else 1
 
