@@ -79,13 +79,18 @@ void write_file_atomically(const std::string& path, const std::string& bytes) {
   }
 }
 
+bool read_whole_file(const std::string& path, std::string& text) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return false;
+  text.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  return true;
+}
+
 void append_line_atomically(const std::string& path, const std::string& line) {
   std::string text;
   std::error_code ec;
   if (std::filesystem::exists(path, ec)) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) throw Error(path + ": cannot read (" + std::strerror(errno) + ")");
-    text.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+    if (!read_whole_file(path, text)) throw Error(path + ": cannot read (" + std::strerror(errno) + ")");
     if (!text.empty() && text.back() != '\n') text += '\n';
   }
   write_file_atomically(path, text + line + "\n");

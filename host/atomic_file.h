@@ -14,6 +14,9 @@ void write_file_atomically(const std::string& path, const std::string& bytes);
 // are written to a temporary file that replaces the old, so a failed write never leaves half a line.
 void append_line_atomically(const std::string& path, const std::string& line);
 
+// The whole of a file into text; false (text untouched) when it cannot be opened.
+bool read_whole_file(const std::string& path, std::string& text);
+
 // For tests: the next write_file_atomically of a path ending in path_suffix fails at `stage` with
 // errno `error`, as if that system call had failed.
 enum class WriteStage { open, write, fsync, rename };

@@ -6,9 +6,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
-#include <fstream>
 #include <memory>
-#include <sstream>
 
 #include "atomic_file.h"
 #include "model_run.h"
@@ -32,12 +30,10 @@ struct SweepSlot {
 std::string outcome_path(const TrainRun& run) { return (fs::path(run.out_dir) / kOutcomeFile).string(); }
 
 nlohmann::json read_json_file(const std::string& path) {
-  std::ifstream f(path);
-  if (!f) return nullptr;
-  std::stringstream ss;
-  ss << f.rdbuf();
+  std::string text;
+  if (!read_whole_file(path, text)) return nullptr;
   try {
-    return nlohmann::json::parse(ss.str());
+    return nlohmann::json::parse(text);
   } catch (const std::exception&) {
     return nullptr;  // a sweep.jsonl line then says "unfinished"
   }

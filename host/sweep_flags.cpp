@@ -3,10 +3,9 @@
 // model's flags are parsed and checked by `vae train`'s own parser before anything trains;
 // sweep_command.cpp runs the sweep.
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 
 #include "model_run.h"  // timestamp
+#include "atomic_file.h"
 #include "commands.h"
 #include "sweep_command.h"
 #include "sweep_plan.h"
@@ -24,11 +23,9 @@ bool holds_checkpoint(const std::string& dir) {
 }
 
 std::string read_text(const std::string& path) {
-  std::ifstream f(path);
-  if (!f) throw Error("cannot read " + path + " (is it a sweep's folder?)");
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
+  std::string text;
+  if (!read_whole_file(path, text)) throw Error("cannot read " + path + " (is it a sweep's folder?)");
+  return text;
 }
 
 class SweepCommand : public Command {

@@ -71,12 +71,11 @@ int run_train(const TrainRun& run) {
         return stop_status(e.stop);
       }
       if (root && !run.quiet) {
-        const std::string bound =
-            e.test.has_iwae ? "  test IWAE-" + std::to_string(config.k) + " " + std::to_string(e.test.iwae).substr(0, 7)
-                            : "";
+        char bound[64] = "";
+        if (e.test.has_iwae) std::snprintf(bound, sizeof bound, "  test IWAE-%d %.2f", config.k, e.test.iwae);
         std::printf("epoch %d/%d  train ELBO %.2f  test ELBO %.2f (recon %.2f, KL %.2f)%s  %.2f s  %.0f samples/s\n",
-                    epoch, config.epochs, e.train.elbo(), e.test.elbo(), e.test.recon, e.test.kl, bound.c_str(),
-                    e.seconds, e.train.n / e.seconds);
+                    epoch, config.epochs, e.train.elbo(), e.test.elbo(), e.test.recon, e.test.kl, bound, e.seconds,
+                    e.train.n / e.seconds);
         std::fflush(stdout);
       }
       const int stop = pg.agree_max(stop_request());

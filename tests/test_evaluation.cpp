@@ -290,7 +290,8 @@ TEST(Evaluation, LatentDiagnosticsMatchTheCodes) {
   }
 }
 
-// The mutual information's estimate against float64 from the codes and the evaluation's own
+// aggregate_posterior_kernel, through its launcher in Trainer::evaluate: the mutual
+// information's estimate against float64 from the codes and the evaluation's own
 // draws (ε of the evaluation noise, keyed by the row): the mean over the first M rows of
 // log q(z_m|x_m) − log (1/N) Σ_n q(z_m|x_n), the densities written out in full; M = 40, and M = N.
 // It lies in (0, log N), as the estimator must.

@@ -142,9 +142,10 @@ constexpr double kGradAbs = 5e-5, kGradRel = 1e-4;
 using Setting = std::tuple<Target, DecoderKind, Activation, KlGradient>;
 class IwaeStep : public ::testing::TestWithParam<Setting> {};
 
-// The composed step with the IWAE objective on each launch shape: the bound per row, the
-// normalised weights and every parameter gradient against the reference, K = 1, 3, 7, batches
-// 1, 7 and 129, none to two hidden layers.
+// importance_weights_kernel (through its launcher, in Vae::forward) and the composed step with the
+// IWAE objective on each launch shape: the bound per row, the normalised weights and every
+// parameter gradient against the reference, K = 1, 3, 7, batches 1, 7 and 129, none to two
+// hidden layers.
 TEST_P(IwaeStep, BoundWeightsAndEveryGradientMatchReference) {
   const auto [target, decoder, activation, gradient] = GetParam();
   VAE_SKIP_WITHOUT_DEVICE(target);
