@@ -32,4 +32,19 @@ DeviceContext::~DeviceContext() {
   VAE_CALL(target_, destroy_stream, stream_);
 }
 
+StepGraph* capture_graph(const DeviceContext& ctx, const std::function<void()>& queue) {
+  const Target target = ctx.target();
+  if (!VAE_CALL(target, graph_begin_capture, ctx.stream())) return nullptr;
+  try {
+    queue();
+  } catch (...) {  // leave the stream out of capture mode before reporting
+    try {
+      VAE_CALL(target, graph_destroy, VAE_CALL(target, graph_end_capture, ctx.stream()));
+    } catch (...) {
+    }
+    throw;
+  }
+  return VAE_CALL(target, graph_end_capture, ctx.stream());
+}
+
 }  // namespace vae

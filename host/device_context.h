@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <cstddef>
+#include <functional>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -40,6 +41,11 @@ class DeviceContext {
   std::string description_;
   mutable std::atomic<long long> allocated_{0};
 };
+
+// The work `queue` queues on the context's stream, captured as a CUDA graph (replayed with
+// graph_launch): the graph, or null where the target has none (then nothing was queued). The
+// stream leaves capture mode whatever queue throws.
+StepGraph* capture_graph(const DeviceContext& ctx, const std::function<void()>& queue);
 
 // Owns count elements of T in the target's memory.
 template <typename T>

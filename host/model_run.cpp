@@ -193,32 +193,32 @@ void ModelRun::save() {
   }
 }
 
-ModelRun::Epoch ModelRun::train_epoch(const DeviceDataset& train, const DeviceDataset& test, Progress& progress,
-                                      const std::string& label) {
-  const TrainConfig& config = start_.config;
-  const int epoch = trainer_.epoch() + 1;
-  Epoch e;
-  trainer_.set_learning_rate(learning_rate_at(config, trainer_.epoch()));
+void ModelRun::begin_epoch() {
+  trainer_.set_learning_rate(learning_rate_at(start_.config, trainer_.epoch()));
   open_events();
-  progress.start();
-  const auto t0 = std::chrono::steady_clock::now();
-  const int64_t first = trainer_.batch_in_epoch();
-  e.train = trainer_.train_epoch(train, [&](int64_t done, int64_t total) {
-    progress.update(label, done, total, std::min<int64_t>(done * config.batch_size, train.count));
-    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    log_step(static_cast<double>(done - first) * config.batch_size / std::max(secs, 1e-9));
-    if (done == total) return true;  // the epoch's end: decided after its outputs
-    e.stop = pg_.agree_max(stop_request());
-    if (e.stop) return false;
-    if (run_.checkpoint_every > 0 && trainer_.step() % run_.checkpoint_every == 0) save();
-    return true;
-  });
+  epoch_start_ = std::chrono::steady_clock::now();
+  first_batch_ = trainer_.batch_in_epoch();
+}
+
+bool ModelRun::after_step(int64_t done, int64_t total, Epoch& e) {
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - epoch_start_).count();
+  log_step(static_cast<double>(done - first_batch_) * start_.config.batch_size / std::max(secs, 1e-9));
+  if (done == total) return true;  // the epoch's end: decided after its outputs
+  e.stop = pg_.agree_max(stop_request());
+  if (e.stop) return false;
+  if (run_.checkpoint_every > 0 && trainer_.step() % run_.checkpoint_every == 0) save();
+  return true;
+}
+
+ModelRun::Epoch ModelRun::end_epoch(Epoch e, const DeviceDataset& test, Progress& progress) {
+  const TrainConfig& config = start_.config;
   if (trainer_.batch_in_epoch() > 0) {  // stopped by a signal
     progress.clear();
     save();
     return e;
   }
-  e.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const int epoch = trainer_.epoch();
+  e.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - epoch_start_).count();
   std::vector<float> heads;  // q(z|x) over the test set, for the event file's histograms
   e.test = trainer_.evaluate(test, events_ ? &heads : nullptr);
   progress.clear();
@@ -232,6 +232,18 @@ ModelRun::Epoch ModelRun::train_epoch(const DeviceDataset& train, const DeviceDa
   if (pg_.rank() == 0) write_epoch_outputs(epoch, e, test, heads);
   save();
   return e;
+}
+
+ModelRun::Epoch ModelRun::train_epoch(const DeviceDataset& train, const DeviceDataset& test, Progress& progress,
+                                      const std::string& label) {
+  Epoch e;
+  begin_epoch();
+  progress.start();
+  e.train = trainer_.train_epoch(train, [&](int64_t done, int64_t total) {
+    progress.update(label, done, total, std::min<int64_t>(done * start_.config.batch_size, train.count));
+    return after_step(done, total, e);
+  });
+  return end_epoch(e, test, progress);
 }
 
 // An epoch's outputs (rank 0): its metrics line, then prior samples and reconstructions.
@@ -256,6 +268,7 @@ void ModelRun::write_epoch_outputs(int epoch, const Epoch& e, const DeviceDatase
                       {"tf32", ctx_.tf32()},
                       {"cuda_graph", trainer_.graph_in_use()},
                       {"step_kernel", trainer_.fused_step() ? "fused" : "composed"},
+                      {"models", trainer_.stacked_models()},
                       {"ranks", pg_.size()},
                       {"objective", objective_name(config.objective)},
                       {"k", config.objective == Objective::iwae ? config.k : 1},

@@ -86,6 +86,14 @@ class ModelRun {
   // largest) seen after a step ends the epoch there with a checkpoint. Throws Diverged.
   Epoch train_epoch(const DeviceDataset& train, const DeviceDataset& test, Progress& progress,
                     const std::string& label);
+  // The parts of train_epoch, for a caller that trains the steps itself (vae sweep's stack of
+  // models): begin_epoch before the first step; after_step after each (the step-level scalars,
+  // a stop request, --checkpoint-every), false to stop there with e.stop saying why; end_epoch
+  // after the last step, or after a stop (then only the checkpoint), with e.train the epoch's
+  // totals.
+  void begin_epoch();
+  bool after_step(int64_t done, int64_t total, Epoch& e);
+  Epoch end_epoch(Epoch e, const DeviceDataset& test, Progress& progress);
   // A checkpoint of every rank's state, written by rank 0; a failed write stops every rank.
   void save();
 
@@ -104,6 +112,8 @@ class ModelRun {
   std::string metrics_path_;
   std::unique_ptr<EventWriter> events_;  // rank 0, unless run.tensorboard is off
   int64_t logged_at_ = -1;               // the step of the last step-level scalars
+  std::chrono::steady_clock::time_point epoch_start_;
+  int64_t first_batch_ = 0;  // the epoch's batch the trainer started from (a resumed one's)
 };
 
 }  // namespace vae

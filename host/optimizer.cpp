@@ -1,17 +1,21 @@
 #include "optimizer.h"
 
+#include "runtime/check.h"
+
 namespace vae {
 
-Optimizer::Optimizer(const DeviceContext& ctx, size_t n, OptimizerKind kind, const OptimizerHyper& hyper)
+Optimizer::Optimizer(const DeviceContext& ctx, size_t n, OptimizerKind kind, const OptimizerHyper& hyper, int models)
     : ctx_(ctx),
       n_(n),
       kind_(kind),
       hyper_(hyper),
-      state1_(ctx, n),
-      state2_(ctx, kind == OptimizerKind::adam ? n : 0),
-      ticket_(ctx, 1) {}
+      models_(models),
+      state1_(ctx, models * n),
+      state2_(ctx, kind == OptimizerKind::adam ? models * n : 0),
+      ticket_(ctx, models) {}
 
 void Optimizer::set_fused_step_optimizer(FusedStepArgs& a) {
+  VAE_REQUIRE(models_ == 1, "Optimizer: the fused step trains one model");
   a.optimizer = kind_;
   a.hyper = hyper_;
   a.state1 = state1_.data();
@@ -21,7 +25,8 @@ void Optimizer::set_fused_step_optimizer(FusedStepArgs& a) {
 
 void Optimizer::step(float* params, const float* grads, StepState* at, int advance_batch, NonFinite* watch) {
   VAE_CALL(ctx_.target(), optimizer_step, kind_, hyper_, params, grads, state1_.data(), state2_.data(),
-           static_cast<long long>(n_), at, advance_batch, ticket_.data(), watch, ctx_.stream());
+           static_cast<long long>(n_), at, advance_batch, ticket_.data(), watch, ctx_.stream(),
+           Models{models_, 0, 0, each_});
 }
 
 }  // namespace vae

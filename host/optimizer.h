@@ -10,10 +10,14 @@
 
 namespace vae {
 
-// Adam, Adagrad or SGD with momentum over the flat parameter buffer.
+// Adam, Adagrad or SGD with momentum over the flat parameter buffer; with models > 1, over the
+// (models, n) parameters of a batched step in one launch (kernels/types.h: Models), each model's
+// step state at at + m and its scalars from set_model_scalars.
 class Optimizer {
  public:
-  Optimizer(const DeviceContext& ctx, size_t n, OptimizerKind kind, const OptimizerHyper& hyper);
+  Optimizer(const DeviceContext& ctx, size_t n, OptimizerKind kind, const OptimizerHyper& hyper, int models = 1);
+  // models > 1: each model's hyperparameters (device memory, models), read in place of hyper().
+  void set_model_scalars(const ModelScalars* each) { each_ = each; }
   // Queues one update; the step t = at->step + 1 is read on the device. Then, with
   // advance_batch > 0, the update moves the step on (at->step + 1, at->offset + advance_batch).
   // With watch, a non-finite gradient is recorded there.
@@ -24,7 +28,7 @@ class Optimizer {
   size_t size() const { return n_; }
   // The fused step's optimizer fields: kind, hyperparameters, state, parameter count.
   void set_fused_step_optimizer(FusedStepArgs& a);
-  // State buffers, in the order of optimizer_state_names(kind()).
+  // State buffers, in the order of optimizer_state_names(kind()): (models, n) each.
   DeviceBuffer<float>& state(size_t i) { return i == 0 ? state1_ : state2_; }
   const DeviceBuffer<float>& state(size_t i) const { return i == 0 ? state1_ : state2_; }
 
@@ -33,6 +37,8 @@ class Optimizer {
   size_t n_;
   OptimizerKind kind_;
   OptimizerHyper hyper_;
+  int models_;
+  const ModelScalars* each_ = nullptr;
   DeviceBuffer<float> state1_, state2_;
   DeviceBuffer<unsigned> ticket_;  // zero between updates
 };

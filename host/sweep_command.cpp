@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -10,6 +11,7 @@
 
 #include "atomic_file.h"
 #include "model_run.h"
+#include "model_stack.h"
 #include "runtime/check.h"
 
 namespace vae {
@@ -118,8 +120,15 @@ int train_models(const SweepRun& sweep, const World& world, Target target) {
     const long long before = ctx.allocated_bytes();
     slots[i].model = std::make_unique<ModelRun>(ctx, *slots[i].run, std::move(slots[i].start), alone);
     if (i > 0) continue;
-    const long long each = ctx.allocated_bytes() - before;
-    const long long rest = each * static_cast<long long>(slots.size() - 1);
+    // A model's cost: its trainer, and its share of the stack (the batched step's buffers and its
+    // permutation), measured on a stack of one.
+    long long each = ctx.allocated_bytes() - before;
+    {
+      const long long stack_before = ctx.allocated_bytes();
+      ModelStack one(ctx, {&slots[0].model->trainer()});
+      each += ctx.allocated_bytes() - stack_before + static_cast<long long>(train.count * sizeof(int));
+    }
+    const long long rest = each * static_cast<long long>(slots.size()) - (ctx.allocated_bytes() - before);
     const long long available = static_cast<long long>(VAE_CALL(target, memory_available));
     if (rest > available) {
       throw Error("--models: the sweep's " + std::to_string(slots.size()) + " models (on this rank) of " +
@@ -139,46 +148,110 @@ int train_models(const SweepRun& sweep, const World& world, Target target) {
   const int total = static_cast<int>(sweep.models.size());
   Progress progress(!common.quiet);
   int status = diverged ? kExitDiverged : 0;
+  std::vector<std::pair<double, int>> test_elbo;  // the epoch's, per model that trained it
+  auto diverge = [&](SweepSlot& s, const Diverged& d) {
+    progress.clear();
+    std::fprintf(stderr, "vae sweep: model %d diverged: %s\n", s.index, d.what());
+    const Trainer& trainer = s.model->trainer();
+    write_outcome(s, {{"status", "diverged"},
+                      {"step", d.step() >= 0 ? d.step() : trainer.step()},
+                      {"epochs", trainer.epoch()},
+                      {"reason", d.what()}});
+    s.done = true;
+    status = kExitDiverged;
+  };
+  auto finish = [&](SweepSlot& s, const ModelRun::Epoch& e) {  // an epoch's end: its outcome when the last
+    test_elbo.emplace_back(e.test.elbo(), s.index);
+    const Trainer& trainer = s.model->trainer();
+    if (!s.model->finished()) return;
+    write_outcome(s, {{"status", "done"},
+                      {"step", trainer.step()},
+                      {"epochs", trainer.epoch()},
+                      {"train_elbo", e.train.elbo()},
+                      {"test_elbo", e.test.elbo()},
+                      {"test_recon", e.test.recon},
+                      {"test_kl", e.test.kl},
+                      {"active_units", e.test.active_units()}});
+    s.done = true;
+  };
   for (int epoch = 1; epoch <= epochs; ++epoch) {
-    std::vector<std::pair<double, int>> test_elbo;  // this epoch's, per model that trained it
-    double seconds = 0;
+    const std::string label = "epoch " + std::to_string(epoch) + "/" + std::to_string(epochs);
+    test_elbo.clear();
+    const auto t0 = std::chrono::steady_clock::now();
+    // The models at one position train the epoch as one stack; a model behind them (a sweep
+    // killed while it wrote the models' checkpoints one after another) trains it alone.
+    std::vector<SweepSlot*> group;
     for (SweepSlot& s : slots) {
       if (s.done || s.model->trainer().epoch() >= epoch) continue;
-      if (const int request = stop_request()) return stop_status(request);  // every model's checkpoint is written
-      Trainer& trainer = s.model->trainer();
-      ModelRun::Epoch e;
-      try {
-        e = s.model->train_epoch(train_dev, test_dev, progress,
-                                 "epoch " + std::to_string(epoch) + "/" + std::to_string(epochs) + " model " +
-                                     std::to_string(s.index + 1) + "/" + std::to_string(total));
-      } catch (const Diverged& d) {
-        progress.clear();
-        std::fprintf(stderr, "vae sweep: model %d diverged: %s\n", s.index, d.what());
-        write_outcome(s, {{"status", "diverged"},
-                          {"step", d.step() >= 0 ? d.step() : trainer.step()},
-                          {"epochs", trainer.epoch()},
-                          {"reason", d.what()}});
-        s.done = true;
-        s.model.reset();  // its buffers back
-        status = kExitDiverged;
+      const Trainer& t = s.model->trainer();
+      const bool with_group = group.empty() || (t.step() == group.front()->model->trainer().step() &&
+                                                t.batch_in_epoch() == group.front()->model->trainer().batch_in_epoch());
+      if (with_group) {
+        group.push_back(&s);
         continue;
       }
-      if (e.stop) return stop_status(e.stop);  // its checkpoint is written, and every other's
-      test_elbo.emplace_back(e.test.elbo(), s.index);
-      seconds += e.seconds;
-      if (s.model->finished()) {
-        write_outcome(s, {{"status", "done"},
-                          {"step", trainer.step()},
-                          {"epochs", trainer.epoch()},
-                          {"train_elbo", e.train.elbo()},
-                          {"test_elbo", e.test.elbo()},
-                          {"test_recon", e.test.recon},
-                          {"test_kl", e.test.kl},
-                          {"active_units", e.test.active_units()}});
-        s.done = true;
+      if (const int request = stop_request()) return stop_status(request);  // every model's checkpoint is written
+      try {
+        const ModelRun::Epoch e =
+            s.model->train_epoch(train_dev, test_dev, progress,
+                                 label + " model " + std::to_string(s.index + 1) + "/" + std::to_string(total));
+        if (e.stop) return stop_status(e.stop);  // its checkpoint is written, and every other's
+        finish(s, e);
+      } catch (const Diverged& d) {
+        diverge(s, d);
+        s.model.reset();  // its buffers back
       }
     }
+    if (!group.empty()) {
+      if (const int request = stop_request()) return stop_status(request);
+      std::vector<Trainer*> trainers;
+      for (SweepSlot* s : group) trainers.push_back(&s->model->trainer());
+      ModelStack stack(ctx, trainers);
+      std::vector<ModelRun::Epoch> es(group.size());
+      for (SweepSlot* s : group) s->model->begin_epoch();
+      progress.start();
+      const std::string what = label + " " + std::to_string(group.size()) + " models";
+      const int B = common.config.batch_size;
+      const std::vector<ElboTotals> sums = stack.train_epoch(train_dev, [&](int64_t done, int64_t steps) {
+        progress.update(what, done, steps,
+                        std::min<int64_t>(done * B, train_dev.count) * static_cast<int64_t>(group.size()));
+        bool go = true;
+        for (size_t i = 0; i < group.size(); ++i) {
+          if (stack.diverged(static_cast<int>(i))) continue;
+          try {
+            go = group[i]->model->after_step(done, steps, es[i]) && go;
+          } catch (const Diverged& d) {  // met by its checkpoint before the stack's next check
+            stack.diverge(static_cast<int>(i), d);
+          }
+        }
+        return go;
+      });
+      int stop = 0;
+      for (size_t i = 0; i < group.size(); ++i) {
+        if (const Diverged* d = stack.diverged(static_cast<int>(i))) {
+          diverge(*group[i], *d);
+          continue;
+        }
+        stop = std::max(stop, es[i].stop);
+        es[i].train = sums[i];
+      }
+      for (size_t i = 0; i < group.size(); ++i) {
+        SweepSlot& s = *group[i];
+        if (s.done) continue;
+        try {
+          const ModelRun::Epoch e = s.model->end_epoch(es[i], test_dev, progress);  // a stop: its checkpoint
+          if (!stop) finish(s, e);
+        } catch (const Diverged& d) {
+          diverge(s, d);
+        }
+      }
+      if (stop) return stop_status(stop);  // every model's checkpoint is written
+    }
+    for (SweepSlot& s : slots) {
+      if (s.done && s.model && !s.model->finished()) s.model.reset();  // a diverged model's buffers back
+    }
     if (test_elbo.empty() || common.quiet) continue;
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     std::sort(test_elbo.rbegin(), test_elbo.rend());
     const double median = test_elbo.size() % 2
                               ? test_elbo[test_elbo.size() / 2].first

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "model_stack.h"
 #include "runtime/check.h"
 
 namespace vae {
@@ -33,6 +34,25 @@ void Trainer::set_learning_rate(float lr) {
   graph_ = nullptr;
 }
 
+bool Trainer::graph_in_use() const { return stack_ ? stack_->graph_in_use() : graph_ != nullptr; }
+
+int Trainer::stacked_models() const { return stack_ ? stack_->size() : 1; }
+
+void Trainer::attach(ModelStack* stack, int slot) {
+  stack_ = stack;
+  stack_slot_ = slot;
+}
+
+ElboTotals Trainer::epoch_totals_so_far() {
+  return ElboTotals::from_sums(stack_ ? stack_->totals(stack_slot_) : totals_.download(), vae_.iwae());
+}
+
+double Trainer::last_gradient_norm() {
+  if (stack_) return stack_->gradient_norm(stack_slot_);
+  vae_.gradient_square_sum(grad_square_sum_.data());
+  return std::sqrt(grad_square_sum_.download()[0]);
+}
+
 Trainer::StepRows Trainer::step_rows(int64_t batch_index, int64_t rows_left) const {
   const int B = config_.batch_size;
   const int global = static_cast<int>(std::min<int64_t>(B, rows_left));
@@ -56,6 +76,10 @@ void Trainer::restore(const Checkpoint& ckpt) {
 
 Checkpoint Trainer::checkpoint() {
   check_finite();  // never a checkpoint of a diverged state (the flag is read every 50 steps)
+  if (stack_) {    // the model's state and sums are the stack's
+    stack_->copy_out(stack_slot_);
+    if (batch_in_epoch_ > 0) totals_.upload(stack_->totals(stack_slot_));
+  }
   Checkpoint c;
   c.config = config_;
   c.step = step_;
@@ -139,6 +163,7 @@ void Trainer::queue_step(const DeviceDataset& train, const StepRows& rows, int s
 }
 
 ElboTotals Trainer::train_epoch(const DeviceDataset& train, const std::function<bool(int64_t, int64_t)>& on_step) {
+  VAE_REQUIRE(!stack_, "train: the model is trained by its stack");
   VAE_REQUIRE(train.dim == config_.model.input_dim, "train: data dimension differs from the model's");
   const Target target = ctx_.target();
   const int B = config_.batch_size;
@@ -170,18 +195,8 @@ ElboTotals Trainer::train_epoch(const DeviceDataset& train, const std::function<
     const int steps = fused_step_ && batch == B ? fused_launch_steps(b, full_batches) : 1;
     // Capture from the second full batch on: the first runs eagerly, so that module loading,
     // kernel attributes and cuBLAS's first-call set-up happen outside the capture.
-    if (batch == B && steps == 1 && b > first && use_graph_ && !graph_ &&
-        VAE_CALL(target, graph_begin_capture, ctx_.stream())) {
-      try {
-        queue_step(train, rows);
-      } catch (...) {  // leave the stream out of capture mode before reporting
-        try {
-          VAE_CALL(target, graph_destroy, VAE_CALL(target, graph_end_capture, ctx_.stream()));
-        } catch (...) {
-        }
-        throw;
-      }
-      graph_ = VAE_CALL(target, graph_end_capture, ctx_.stream());
+    if (batch == B && steps == 1 && b > first && use_graph_ && !graph_) {
+      graph_ = capture_graph(ctx_, [&] { queue_step(train, rows); });
       graph_data_ = train.bytes.data();
       graph_perm_ = perm_.data();
     }
@@ -209,7 +224,7 @@ ElboTotals Trainer::train_epoch(const DeviceDataset& train, const std::function<
 }
 
 void Trainer::check_finite() {
-  const NonFinite w = watch_.download()[0];
+  const NonFinite w = stack_ ? stack_->watch(stack_slot_) : watch_.download()[0];
   const bool here = w.step != 0;
   if (!(pg_ ? pg_->agree_max(here ? 1 : 0) != 0 : here)) return;
   if (!here) throw Diverged("training diverged on another rank (its message names the step and the term)");

@@ -74,6 +74,8 @@ std::string divergence_advice(const ModelConfig& model);
 // kernels). See trainer.cpp for the measurements it rests on.
 bool fused_step_by_rule(Target target, int batch_size, const ModelConfig& model);
 
+class ModelStack;
+
 // The key of epoch `epoch`'s shuffle of the training rows: the order depends on (seed, epoch) only,
 // so a resumed run sees the same order.
 inline uint64_t epoch_shuffle_key(uint64_t seed, int epoch) { return seed * 0x9E3779B97F4A7C15ull + epoch; }
@@ -110,8 +112,15 @@ class Trainer {
     fused_launch_most_ = most < 1 ? 1 : most;
     step_boundary_ = boundary < 0 ? 0 : boundary;
   }
-  bool fused_step() const { return fused_step_; }
-  bool graph_in_use() const { return graph_ != nullptr; }
+  bool fused_step() const { return fused_step_ && !stack_; }
+  bool graph_in_use() const;
+  // vae sweep's batched step (host/model_stack.h): while attached, the stack trains this model
+  // (its slot of the stack's buffers) and the trainer reads its running sums, gradient norm and
+  // divergence watch there; checkpoint() takes the model's state from the stack first. The stack
+  // attaches and detaches (null) its trainers itself.
+  void attach(ModelStack* stack, int slot);
+  // The models the training step trains at once: the attached stack's, else 1.
+  int stacked_models() const;
   // The optimizer's learning rate from now on (a schedule's step): the CUDA graph holds it, so a
   // change captures the step again.
   void set_learning_rate(float lr);
@@ -128,15 +137,12 @@ class Trainer {
   ElboTotals train_epoch(const DeviceDataset& train, const std::function<bool(int64_t, int64_t)>& on_step = {});
   // The unfinished epoch's running means on this rank (a host synchronisation): what the epoch's
   // ElboTotals would be if it ended now, without the other ranks' rows.
-  ElboTotals epoch_totals_so_far() { return ElboTotals::from_sums(totals_.download(), vae_.iwae()); }
+  ElboTotals epoch_totals_so_far();
   // The L2 norm of the last step's gradient of the loss (of its global batch, summed over the
   // ranks; before the optimizer's weight decay): the gradient buffer holds it until the next
   // step, so the norm is taken on the device when asked (no work in the step), and reading it
   // synchronises.
-  double last_gradient_norm() {
-    vae_.gradient_square_sum(grad_square_sum_.data());
-    return std::sqrt(grad_square_sum_.download()[0]);
-  }
+  double last_gradient_norm();
   // Evaluation passes take eval_rows() rows at a time, whatever the training batch: their noise
   // (binarization, z) is keyed by the row's place in the data set, so the figures do not depend
   // on the chunking, and the model's buffers hold max(training batch, eval rows) rows.
@@ -178,6 +184,7 @@ class Trainer {
   Vae& model() { return vae_; }
 
  private:
+  friend class ModelStack;  // reads and moves on the state of the models it trains
   const DeviceContext& ctx_;
   TrainConfig config_;
   Vae vae_;
@@ -221,6 +228,8 @@ class Trainer {
   StepGraph* graph_ = nullptr;
   const void* graph_data_ = nullptr;  // the buffers the graph was captured for
   const int* graph_perm_ = nullptr;
+  ModelStack* stack_ = nullptr;  // attached: the stack that trains this model, in slot stack_slot_
+  int stack_slot_ = 0;
 };
 
 }  // namespace vae

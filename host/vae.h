@@ -37,8 +37,11 @@ inline GemmOp dense_input_grad_gemm(const LinearSlot& s, const float* g, const f
 class Vae {
  public:
   // row_capacity: most datapoints per pass (every buffer's row count); samples: L, the ε draws
-  // per datapoint.
-  Vae(const DeviceContext& ctx, const ModelConfig& config, int row_capacity, int samples);
+  // per datapoint. models: how many models of this shape the passes train at once (vae sweep's
+  // batched step, host/model_stack.h): every buffer then holds them one after another
+  // (kernels/types.h: Models), params() and grads() as (models, layout().total), and each
+  // launch is one for all, their seeds and KL terms from set_model_scalars.
+  Vae(const DeviceContext& ctx, const ModelConfig& config, int row_capacity, int samples, int models = 1);
 
   const ModelConfig& config() const { return config_; }
   const ParamLayout& layout() const { return layout_; }
@@ -53,6 +56,10 @@ class Vae {
   void set_iwae(bool on);
   bool iwae() const { return iwae_; }
   int row_capacity() const { return row_capacity_; }
+  int models() const { return models_; }
+  // models > 1: each model's seed and KL term (device memory, models()); the passes read them
+  // there in place of NoiseKey's seed and estimator and backward's kl.
+  void set_model_scalars(const ModelScalars* each) { each_ = each; }
   DeviceBuffer<float>& params() { return params_; }
   const DeviceBuffer<float>& params() const { return params_; }
   DeviceBuffer<float>& grads() { return grads_; }
@@ -90,8 +97,9 @@ class Vae {
   // or KL is recorded there.
   void accumulate_totals(int batch, double* totals, const StepState* at = nullptr, NonFinite* watch = nullptr);
 
-  // out[0] = ‖grads()‖² in float64 (device memory; queued, no synchronisation).
-  void gradient_square_sum(double* out);
+  // out[0] = ‖g‖² of model `model`'s gradient in float64 (device memory; queued, no
+  // synchronisation).
+  void gradient_square_sum(double* out, int model = 0);
   // Decoder mean (rows, D) for latent codes z (rows, J), both in device memory; rows <= row_capacity.
   void decode_mean(const float* z, int rows, float* mean);
   // Decoder mean of the reconstruction of input() rows (the first sample of the last forward).
@@ -106,11 +114,16 @@ class Vae {
   const DeviceBuffer<float>& weights() const { return weights_; }           // iwae: (samples, row_capacity)
 
  private:
-  void linear_forward(const LinearSlot& s, const float* in, int rows, float* out, Activation act);
+  // stride_rows: the rows between the models' activations (row_capacity, or sample_rows()).
+  void linear_forward(const LinearSlot& s, const float* in, int rows, float* out, Activation act,
+                      long long stride_rows);
   // g: dL/d(pre-activation) of layer s. h_in: the output of the layer below when it is hidden
   // (then grad_in receives that layer's dL/d(pre-activation)), else null.
   void linear_backward(const LinearSlot& s, const float* in, int rows, const float* g, const float* h_in,
-                       float* grad_in);
+                       float* grad_in, long long stride_rows);
+  void batch_over_models(GemmOp& op, long long stride_a, long long stride_other) const;
+  long long sample_rows() const { return static_cast<long long>(sample_capacity_) * row_capacity_; }
+  Models models_view() const { return {models_, row_capacity_, 0, each_}; }
   void decode(const float* z, int rows);
   // log p(x|z) of the decoded output per (sample, row) into log_prob_; with grad, the gradient of
   // −grad_scale · log p (each row's times row_scale[row] where given).
@@ -123,6 +136,8 @@ class Vae {
   ParamLayout layout_;
   int row_capacity_, samples_, sample_capacity_;
   int out_cols_;  // D or 2D
+  int models_;
+  const ModelScalars* each_ = nullptr;
   DeviceBuffer<float> params_, grads_;
   DeviceBuffer<float> x_, heads_, z_, kl_, out_, log_prob_;
   std::vector<DeviceBuffer<float>> enc_h_, dec_h_;  // activations per hidden layer

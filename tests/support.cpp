@@ -29,6 +29,16 @@ std::vector<float> random_uniform(size_t n, uint64_t seed, float lo, float hi) {
   return v;
 }
 
+Dataset random_images(int64_t n, int height, int width, uint64_t seed) {
+  Dataset d;
+  d.type = PixelType::f32;
+  d.count = n;
+  d.height = height;
+  d.width = width;
+  d.f32 = random_uniform(static_cast<size_t>(n) * height * width, seed, 0, 1);
+  return d;
+}
+
 ::testing::AssertionResult all_near(const std::vector<float>& got, const std::vector<double>& want, double abs_tol,
                                     double rel_tol) {
   if (got.size() != want.size()) {

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "dataset.h"
 #include "runtime/target.h"
 
 namespace vae::test {
@@ -24,6 +25,8 @@ std::string target_param_name(const ::testing::TestParamInfo<Target>& info);
   } while (0)
 
 std::vector<float> random_uniform(size_t n, uint64_t seed, float lo = -1.f, float hi = 1.f);
+// n float32 images of height × width pixels, uniform in [0, 1].
+Dataset random_images(int64_t n, int height, int width, uint64_t seed);
 
 // |a − b| <= abs + rel·|b| elementwise, with a message naming the first failing index.
 ::testing::AssertionResult all_near(const std::vector<float>& got, const std::vector<double>& want, double abs_tol,

@@ -15,6 +15,17 @@ struct GemmCase {
   int m, n, k;
 };
 
+float* upload_floats(Target target, cudaStream_t stream, const std::vector<float>& v) {
+  auto* p = static_cast<float*>(VAE_CALL(target, device_alloc, v.size() * 4));
+  VAE_CALL(target, copy_to_device, p, v.data(), v.size() * 4, stream);
+  return p;
+}
+std::vector<float> download_floats(Target target, cudaStream_t stream, const float* p, size_t n) {
+  std::vector<float> v(n);
+  VAE_CALL(target, copy_to_host, v.data(), p, n * 4, stream);
+  return v;
+}
+
 class Gemm : public ::testing::TestWithParam<Target> {
  protected:
   void SetUp() override { VAE_SKIP_WITHOUT_DEVICE(GetParam()); }
@@ -83,16 +94,8 @@ TEST_P(Gemm, EpiloguesMatchFloat64Loops) {
   const Target target = GetParam();
   cudaStream_t stream = VAE_CALL(target, create_stream);
   GemmHandle* handle = VAE_CALL(target, gemm_create, stream, false);
-  auto upload = [&](const std::vector<float>& v) {
-    auto* p = static_cast<float*>(VAE_CALL(target, device_alloc, v.size() * 4));
-    VAE_CALL(target, copy_to_device, p, v.data(), v.size() * 4, stream);
-    return p;
-  };
-  auto download = [&](const float* p, size_t n) {
-    std::vector<float> v(n);
-    VAE_CALL(target, copy_to_host, v.data(), p, n * 4, stream);
-    return v;
-  };
+  auto upload = [&](const std::vector<float>& v) { return upload_floats(target, stream, v); };
+  auto download = [&](const float* p, size_t n) { return download_floats(target, stream, p, n); };
   for (auto [rows, out, in] : {std::tuple{7, 5, 3}, {129, 33, 20}, {517, 130, 40}, {300, 784, 17}, {33, 40, 400}})
     for (Activation act : {Activation::identity, Activation::relu, Activation::tanh}) {
       SCOPED_TRACE(std::to_string(rows) + "x" + std::to_string(out) + "x" + std::to_string(in) + " act " +
@@ -141,6 +144,88 @@ TEST_P(Gemm, EpiloguesMatchFloat64Loops) {
       EXPECT_TRUE(test::all_near(download(gb, want_gb.size()), want_gb, tol, 1e-5)) << "bias gradient";
       EXPECT_TRUE(test::all_near(download(gx, want_gx.size()), want_gx, tol, 1e-5)) << "input gradient";
       for (float* p : {dx, dw, db, dg, dh, y, gw, gb, gx}) VAE_CALL(target, device_free, p);
+    }
+  VAE_CALL(target, gemm_destroy, handle);
+  VAE_CALL(target, destroy_stream, stream);
+}
+
+// A strided batch of the three GEMMs over 3 models (vae sweep's batched step: activations a
+// padded stride apart, each model's weights and biases in its own parameter block, the bias
+// gradient and dW into its own gradient block), each item against its float64 loops: on the GPU
+// one cuBLASLt call with batch strides (and our epilogue kernels with a model index), on the CPU
+// a call per item.
+TEST_P(Gemm, StridedBatchesMatchFloat64LoopsPerItem) {
+  const Target target = GetParam();
+  cudaStream_t stream = VAE_CALL(target, create_stream);
+  GemmHandle* handle = VAE_CALL(target, gemm_create, stream, false);
+  auto upload = [&](const std::vector<float>& v) { return upload_floats(target, stream, v); };
+  auto download = [&](const float* p, size_t n) { return download_floats(target, stream, p, n); };
+  constexpr int M = 3;
+  for (auto [rows, out, in] : {std::tuple{13, 33, 20}, {129, 40, 400}, {7, 5, 3}})
+    for (Activation act : {Activation::identity, Activation::relu, Activation::tanh}) {
+      SCOPED_TRACE(std::to_string(rows) + "x" + std::to_string(out) + "x" + std::to_string(in) + " act " +
+                   std::to_string(int(act)));
+      // Strides: the rows of a model's activations padded (a row capacity), its parameters a block.
+      const long long sx = (rows + 3LL) * in, sy = (rows + 3LL) * out, P = 1LL * out * in + out + 7;
+      const auto x = test::random_uniform(M * sx, rows + in, -1, 1);
+      const auto params = test::random_uniform(M * P, out + in, -1, 1);
+      const auto g = test::random_uniform(M * sy, rows + out + 1, -1, 1);
+      auto h = test::random_uniform(M * sx, rows * 3 + in, -1, 1);
+      if (act == Activation::relu)
+        for (auto& v : h) v = std::max(v, 0.f);
+      float *dx = upload(x), *dp = upload(params), *dg = upload(g), *dh = upload(h);
+      float* y = upload(std::vector<float>(M * sy, 9.f));
+      float* grads = upload(std::vector<float>(M * P, 9.f));
+      float* gx = upload(std::vector<float>(M * sx, 9.f));
+      const LinearSlot s{0, static_cast<size_t>(out) * in, out, in};
+      auto batched = [&](GemmOp op, long long stride_a, long long stride_b, long long stride_c) {
+        op.count = M;
+        op.stride_a = stride_a, op.stride_b = stride_b, op.stride_c = stride_c, op.stride_bias = P;
+        VAE_CALL(target, gemm, handle, op);
+      };
+      batched(dense_forward_gemm(s, dx, dp, dp + s.bias, y, rows, act), sx, P, sy);
+      batched(dense_weight_grad_gemm(s, dg, dx, grads, grads + s.bias, rows), sy, sx, P);
+      batched(dense_input_grad_gemm(s, dg, dp, gx, rows, dh, act), sy, P, sx);
+      const auto got_y = download(y, M * sy), got_grads = download(grads, M * P), got_gx = download(gx, M * sx);
+      for (int m = 0; m < M; ++m) {
+        SCOPED_TRACE("model " + std::to_string(m));
+        const float *xm = x.data() + m * sx, *wm = params.data() + m * P, *bm = wm + s.bias, *gm = g.data() + m * sy,
+                    *hm = h.data() + m * sx;
+        std::vector<double> want_y(static_cast<size_t>(rows) * out), want_gw(static_cast<size_t>(out) * in, 0.0),
+            want_gb(out, 0.0), want_gx(static_cast<size_t>(rows) * in, 0.0);
+        for (int r = 0; r < rows; ++r)
+          for (int o = 0; o < out; ++o) {
+            double a = bm[o];
+            for (int i = 0; i < in; ++i) a += double(xm[r * in + i]) * wm[o * in + i];
+            want_y[r * out + o] = act == Activation::relu   ? std::max(a, 0.0)
+                                  : act == Activation::tanh ? std::tanh(a)
+                                                            : a;
+            const double gv = gm[r * out + o];
+            want_gb[o] += gv;
+            for (int i = 0; i < in; ++i) {
+              want_gw[o * in + i] += gv * xm[r * in + i];
+              want_gx[r * in + i] += gv * wm[o * in + i];
+            }
+          }
+        for (size_t i = 0; i < want_gx.size(); ++i) {
+          const double hv = hm[i];
+          want_gx[i] *= act == Activation::relu ? (hv > 0 ? 1.0 : 0.0) : act == Activation::tanh ? 1 - hv * hv : 1.0;
+        }
+        ASSERT_TRUE(test::not_all_zero(want_gb));
+        const double tol = 1e-5 * std::max(in, rows);
+        auto part = [](const std::vector<float>& v, long long at, size_t n) {
+          return std::vector<float>(v.begin() + at, v.begin() + at + static_cast<long long>(n));
+        };
+        EXPECT_TRUE(test::all_near(part(got_y, m * sy, want_y.size()), want_y, tol, 1e-5)) << "forward";
+        EXPECT_TRUE(test::all_near(part(got_grads, m * P, want_gw.size()), want_gw, tol, 1e-5)) << "weight gradient";
+        EXPECT_TRUE(test::all_near(part(got_grads, m * P + s.bias, out), want_gb, tol, 1e-5)) << "bias gradient";
+        EXPECT_TRUE(test::all_near(part(got_gx, m * sx, want_gx.size()), want_gx, tol, 1e-5)) << "input gradient";
+        // Past each item: the padding rows and the rest of the parameter block untouched.
+        EXPECT_EQ(got_y[m * sy + rows * out], 9.f);
+        EXPECT_EQ(got_grads[m * P + s.bias + out], 9.f);
+        EXPECT_EQ(got_gx[m * sx + rows * in], 9.f);
+      }
+      for (float* p : {dx, dp, dg, dh, y, grads, gx}) VAE_CALL(target, device_free, p);
     }
   VAE_CALL(target, gemm_destroy, handle);
   VAE_CALL(target, destroy_stream, stream);

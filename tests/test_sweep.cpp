@@ -114,6 +114,8 @@ TEST(Sweep, ModelKIsTheLoneRun) {
     ASSERT_EQ(m.size(), 2u);
     for (int e = 0; e < 2; ++e) {
       for (const char* key : {"train_elbo", "test_elbo", "kl_weight", "lr"}) EXPECT_EQ(a[e][key], m[e][key]) << key;
+      EXPECT_EQ(m[e]["models"], 3);  // trained as one stack of the three
+      EXPECT_EQ(a[e]["models"], 1);
     }
     EXPECT_EQ(lines[k]["model"], k);
     EXPECT_EQ(lines[k]["status"], "done");

@@ -508,12 +508,7 @@ TEST_P(EpochLoop, TwoEpochsWithAPartialLastBatchMatchTheReference) {
     config.seed = 23;
     config.optimizer = kind;
     config.hyper = test::tested_hyper(kind);
-    Dataset data;
-    data.type = PixelType::f32;
-    data.count = N;
-    data.height = 3;
-    data.width = 4;
-    data.f32 = test::random_uniform(static_cast<size_t>(N) * 12, 19, 0, 1);
+    const Dataset data = test::random_images(N, 3, 4, 19);
     const DeviceContext ctx(target, false);
     const DeviceDataset train(ctx, data);
     Trainer t(ctx, config);

@@ -12,7 +12,9 @@ namespace vae::VAE_NS {
 // branches (the host compiler vectorizes it).
 template <Activation act>
 __global__ void dense_bias_activation_forward_kernel(float* __restrict__ y, const float* __restrict__ bias, int rows,
-                                                     int cols) {
+                                                     int cols, long long stride, long long bias_stride) {
+  y += blockIdx.z * stride;  // matrix blockIdx.z of a batch
+  bias += blockIdx.z * bias_stride;
   VAE_ROW_COL_LOOP(r, c, rows, cols) {
     float* yr = y + r * cols;
     yr[c] = activate(yr[c] + bias[c], act);
@@ -46,8 +48,14 @@ __device__ __forceinline__ float backward_element(float* __restrict__ g, const f
 template <Activation act>
 __global__ void dense_activation_backward_kernel(float* __restrict__ grad, const float* __restrict__ h,
                                                  float* __restrict__ grad_bias, int rows, int cols, int slab_rows,
-                                                 ReduceScratch scratch) {
+                                                 ReduceScratch scratch, long long stride, long long bias_stride) {
   constexpr int K = kBackwardColumns;
+  // Matrix blockIdx.z of a batch: its rows, bias gradient, tickets and partial sums.
+  grad += blockIdx.z * stride;
+  if (h) h += blockIdx.z * stride;
+  if (grad_bias) grad_bias += blockIdx.z * bias_stride;
+  scratch.tickets += blockIdx.z * gridDim.x;
+  scratch.partial += static_cast<long long>(blockIdx.z) * gridDim.y * cols;
   VAE_DYNAMIC_SHARED(float, partial);  // (blockDim.y, blockDim.x * K) when blockDim.y > 1
   __shared__ bool last_slab;
   const int c0 = (blockIdx.x * blockDim.x + threadIdx.x) * K;
@@ -97,29 +105,34 @@ __global__ void dense_activation_backward_kernel(float* __restrict__ grad, const
   }
 }
 
-void dense_bias_activation_forward(float* y, const float* bias, int rows, int cols, Activation act,
-                                   cudaStream_t stream) {
+void dense_bias_activation_forward(float* y, const float* bias, int rows, int cols, Activation act, cudaStream_t stream,
+                                   int count, long long stride, long long bias_stride) {
   const long long n = static_cast<long long>(rows) * cols;
-  if (n == 0) return;
+  if (n == 0 || count == 0) return;
+  VAE_REQUIRE(count > 0 && count <= 65535, "dense_bias_activation_forward: batch count out of range");
   constexpr int kBlock = 256;
-  const int grid = elementwise_grid(n, kBlock);
+  const dim3 grid(elementwise_grid(n, kBlock), 1, count);
   switch (act) {
     case Activation::relu:
-      VAE_LAUNCH(dense_bias_activation_forward_kernel<Activation::relu>, grid, kBlock, 0, stream, y, bias, rows, cols);
+      VAE_LAUNCH(dense_bias_activation_forward_kernel<Activation::relu>, grid, kBlock, 0, stream, y, bias, rows, cols,
+                 stride, bias_stride);
       break;
     case Activation::tanh:
-      VAE_LAUNCH(dense_bias_activation_forward_kernel<Activation::tanh>, grid, kBlock, 0, stream, y, bias, rows, cols);
+      VAE_LAUNCH(dense_bias_activation_forward_kernel<Activation::tanh>, grid, kBlock, 0, stream, y, bias, rows, cols,
+                 stride, bias_stride);
       break;
     default:
       VAE_LAUNCH(dense_bias_activation_forward_kernel<Activation::identity>, grid, kBlock, 0, stream, y, bias, rows,
-                 cols);
+                 cols, stride, bias_stride);
       break;
   }
 }
 
 void dense_activation_backward(float* grad, const float* h, float* grad_bias, int rows, int cols, Activation act,
-                               ReduceScratch scratch, cudaStream_t stream) {
-  if (cols == 0 || rows == 0) return;
+                               ReduceScratch scratch, cudaStream_t stream, int count, long long stride,
+                               long long bias_stride) {
+  if (cols == 0 || rows == 0 || count == 0) return;
+  VAE_REQUIRE(count > 0 && count <= 65535, "dense_activation_backward: batch count out of range");
   VAE_REQUIRE(h != nullptr || act == Activation::identity, "dense_activation_backward needs the layer output");
   // GPU: 32 columns × row groups per block; CPU: one row group (no barrier), 8 threads of 16
   // columns per block. Then row slabs until the grid fills the target (the launch policy's
@@ -130,26 +143,26 @@ void dense_activation_backward(float* grad, const float* h, float* grad_bias, in
   const size_t smem = groups > 1 ? sizeof(float) * block.x * block.y * kBackwardColumns : 0;
   const int column_blocks = static_cast<int>(ceil_div(cols, static_cast<long long>(block.x) * kBackwardColumns));
   long long slabs = std::min(ceil_div(p.max_blocks, column_blocks), ceil_div(rows, 2ll * block.y));
-  if (grad_bias) {  // the partial sums must fit the scratch, one ticket per column group
-    slabs = std::min<long long>(slabs, kReducePartialFloats / cols);
-    if (column_blocks > kReduceTickets) slabs = 1;
+  if (grad_bias) {  // the partial sums must fit the scratch, one ticket per column group (of each matrix)
+    slabs = std::min<long long>(slabs, kReducePartialFloats / (static_cast<long long>(cols) * count));
+    if (static_cast<long long>(column_blocks) * count > kReduceTickets) slabs = 1;
   }
   slabs = std::max(slabs, 1ll);
   if (slabs > 1 && grad_bias) VAE_REQUIRE(scratch.tickets && scratch.partial, "dense_activation_backward: no scratch");
   const int slab_rows = static_cast<int>(ceil_div(rows, slabs));
-  const dim3 grid(column_blocks, static_cast<unsigned>(ceil_div(rows, slab_rows)));
+  const dim3 grid(column_blocks, static_cast<unsigned>(ceil_div(rows, slab_rows)), count);
   switch (act) {
     case Activation::relu:
       VAE_LAUNCH(dense_activation_backward_kernel<Activation::relu>, grid, block, smem, stream, grad, h, grad_bias,
-                 rows, cols, slab_rows, scratch);
+                 rows, cols, slab_rows, scratch, stride, bias_stride);
       break;
     case Activation::tanh:
       VAE_LAUNCH(dense_activation_backward_kernel<Activation::tanh>, grid, block, smem, stream, grad, h, grad_bias,
-                 rows, cols, slab_rows, scratch);
+                 rows, cols, slab_rows, scratch, stride, bias_stride);
       break;
     default:
       VAE_LAUNCH(dense_activation_backward_kernel<Activation::identity>, grid, block, smem, stream, grad, h, grad_bias,
-                 rows, cols, slab_rows, scratch);
+                 rows, cols, slab_rows, scratch, stride, bias_stride);
       break;
   }
 }

@@ -6,6 +6,7 @@
 // gradient) and our kernels the rest (tanh, the activation derivative).
 #include <algorithm>
 #include <map>
+#include <utility>
 #include <tuple>
 
 #include "ops.h"  // the entry points this file defines
@@ -39,7 +40,10 @@ struct GemmHandle {
   void* workspace = nullptr;
   size_t workspace_bytes = 0;
   ReduceScratch scratch;  // for the epilogue kernels' bias sums
-  std::map<std::tuple<int, int, int, int, int, int, int, int, int, int, int, int, int>, GemmPlan> plans;
+  std::map<std::tuple<int, int, int, int, int, int, int, int, int, int, int, int, int, int, long long, long long,
+                      long long, long long>,
+           GemmPlan>
+      plans;
 };
 #endif
 
@@ -56,6 +60,7 @@ void check_gemm(const GemmOp& op) {
   VAE_REQUIRE(!op.bias_grad || (op.trans_a && op.lda == op.m), "gemm: bias_grad needs A stored (k, m) densely");
   VAE_REQUIRE(op.epilogue != Epilogue::activation_grad || op.activation_output || op.activation == Activation::identity,
               "gemm: activation_grad needs the layer output");
+  VAE_REQUIRE(op.count >= 1 && op.count <= 65535, "gemm: batch count out of range");
 }
 }  // namespace
 
@@ -159,8 +164,12 @@ void gemm_panel(int panel, void* ctx) {
 }
 }  // namespace
 
-void gemm(GemmHandle*, const GemmOp& op) {
+void gemm(GemmHandle* h, const GemmOp& op) {
   check_gemm(op);
+  if (op.count > 1) {  // a batch: each GEMM as a call of its own (the same panels, the same bits)
+    for (int i = 0; i < op.count; ++i) gemm(h, op.item(i));
+    return;
+  }
   hx::count_gemm_call();
   if (op.m == 0 || op.n == 0) return;
   const long long flops = 2ll * op.m * op.n * op.k;
@@ -184,9 +193,10 @@ void set_attribute(cublasLtMatmulDesc_t d, cublasLtMatmulDescAttributes_t attr, 
   VAE_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, attr, v, size));
 }
 
-// The largest power of 2 (up to 256) that divides the address: the plan's alignment class.
-int alignment(const void* p) {
-  const auto a = reinterpret_cast<uintptr_t>(p);
+// The largest power of 2 (up to 256) that divides the address, and with a batch stride (floats)
+// every address of the batch: the plan's alignment class.
+int alignment(const void* p, long long stride = 0) {
+  const auto a = reinterpret_cast<uintptr_t>(p) | static_cast<uintptr_t>(stride * sizeof(float));
   int bytes = 256;
   while (bytes > 4 && a % bytes != 0) bytes /= 2;
   return bytes;
@@ -236,6 +246,17 @@ bool make_plan(GemmHandle* h, const GemmOp& op, cublasLtEpilogue_t epilogue, Gem
   VAE_CUBLAS_CHECK(
       cublasLtMatrixLayoutCreate(&plan.b, CUDA_R_32F, op.trans_a ? op.m : op.k, op.trans_a ? op.k : op.m, op.lda));
   VAE_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan.c, CUDA_R_32F, op.n, op.m, op.ldc));
+  if (op.count > 1) {  // a strided batch: every layout its count and stride, the vector its stride
+    const int32_t count = op.count;
+    const int64_t sa = op.stride_b, sb = op.stride_a, sc = op.stride_c, sv = op.stride_bias;
+    for (auto [layout, stride] : {std::pair{plan.a, sa}, std::pair{plan.b, sb}, std::pair{plan.c, sc}}) {
+      VAE_CUBLAS_CHECK(
+          cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count, sizeof(count)));
+      VAE_CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride,
+                                                        sizeof(stride)));
+    }
+    set_attribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_BATCH_STRIDE, &sv, sizeof(sv));
+  }
 
   cublasLtMatmulPreference_t pref = nullptr;
   VAE_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
@@ -249,7 +270,8 @@ bool make_plan(GemmHandle* h, const GemmOp& op, cublasLtEpilogue_t epilogue, Gem
     // bits every run). Limiting them to NONE|INPLACE, to save the separate reduce kernel, made the
     // heuristics pick serial in-place split-K for the thin GEMMs of batch 128 on an H200
     // (128x40x400: 120 us instead of ~6; the epoch 3.2x slower; bench/RESULTS.md, 2026-11-26).
-    const uint32_t align_a = alignment(op.b), align_b = alignment(op.a), align_c = alignment(op.c);
+    const uint32_t align_a = alignment(op.b, op.stride_b), align_b = alignment(op.a, op.stride_a),
+                   align_c = alignment(op.c, op.stride_c);
     VAE_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align_a,
                                                           sizeof(align_a)));
     VAE_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align_b,
@@ -277,9 +299,11 @@ bool make_plan(GemmHandle* h, const GemmOp& op, cublasLtEpilogue_t epilogue, Gem
 
 GemmPlan& plan_for(GemmHandle* h, const GemmOp& op) {
   const cublasLtEpilogue_t wanted = lt_epilogue(op);
-  const auto key = std::make_tuple(int(op.trans_a), int(op.trans_b), op.m, op.n, op.k, op.lda, op.ldb, op.ldc,
-                                   int(wanted), alignment(op.a), alignment(op.b), alignment(op.c),
-                                   lt_vector(op, wanted) ? alignment(lt_vector(op, wanted)) : 0);
+  const auto key =
+      std::make_tuple(int(op.trans_a), int(op.trans_b), op.m, op.n, op.k, op.lda, op.ldb, op.ldc, int(wanted),
+                      alignment(op.a, op.stride_a), alignment(op.b, op.stride_b), alignment(op.c, op.stride_c),
+                      lt_vector(op, wanted) ? alignment(lt_vector(op, wanted), op.stride_bias) : 0, op.count,
+                      op.stride_a, op.stride_b, op.stride_c, op.stride_bias);
   auto it = h->plans.find(key);
   if (it != h->plans.end()) return it->second;
   GemmPlan plan;
@@ -335,16 +359,18 @@ void gemm(GemmHandle* h, const GemmOp& op) {
   const bool lt_forward = plan.epilogue == CUBLASLT_EPILOGUE_BIAS || plan.epilogue == CUBLASLT_EPILOGUE_RELU_BIAS;
   if (op.epilogue == Epilogue::bias_activation && !lt_forward) {
     VAE_REQUIRE(op.ldc == op.n, "gemm: the bias_activation kernel needs ldc == n");
-    dense_bias_activation_forward(op.c, op.bias, op.m, op.n, op.activation, h->stream);
+    dense_bias_activation_forward(op.c, op.bias, op.m, op.n, op.activation, h->stream, op.count, op.stride_c,
+                                  op.stride_bias);
   }
   if (op.epilogue == Epilogue::activation_grad && op.activation != Activation::identity) {
     VAE_REQUIRE(op.ldc == op.n, "gemm: the activation_grad kernel needs ldc == n");
-    dense_activation_backward(op.c, op.activation_output, nullptr, op.m, op.n, op.activation, h->scratch, h->stream);
+    dense_activation_backward(op.c, op.activation_output, nullptr, op.m, op.n, op.activation, h->scratch, h->stream,
+                              op.count, op.stride_c);
   }
   if (op.bias_grad && plan.epilogue != CUBLASLT_EPILOGUE_BGRADB) {
     // The identity's backward only reads its gradient: the column sums of A (k, m).
     dense_activation_backward(const_cast<float*>(op.a), nullptr, op.bias_grad, op.k, op.m, Activation::identity,
-                              h->scratch, h->stream);
+                              h->scratch, h->stream, op.count, op.stride_a, op.stride_bias);
   }
 }
 

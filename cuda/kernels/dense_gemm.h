@@ -41,6 +41,24 @@ struct GemmOp {
   const float* bias = nullptr;               // bias_activation: (n), or null for none
   const float* activation_output = nullptr;  // activation_grad: h (m, n), stride ldc
   float* bias_grad = nullptr;                // (m), or null
+  // A strided batch of `count` GEMMs of this shape (vae sweep's models): GEMM i reads and writes
+  // a + i·stride_a, b + i·stride_b, c + i·stride_c (activation_output at c's offsets) and
+  // bias or bias_grad + i·stride_bias. Each is the GEMM count 1 would compute (the same bits on
+  // the CPU).
+  int count = 1;
+  long long stride_a = 0, stride_b = 0, stride_c = 0, stride_bias = 0;
+  // GEMM i of the batch, as an op of its own.
+  __host__ __device__ GemmOp item(int i) const {
+    GemmOp op = *this;
+    op.count = 1;
+    op.a += i * stride_a;
+    op.b += i * stride_b;
+    op.c += i * stride_c;
+    if (op.activation_output) op.activation_output += i * stride_c;
+    if (op.bias) op.bias += i * stride_bias;
+    if (op.bias_grad) op.bias_grad += i * stride_bias;
+    return op;
+  }
 };
 
 __host__ __device__ inline GemmOp dense_forward_gemm(int out, int in, const float* x, const float* w, const float* b,

@@ -4,6 +4,7 @@
 // decoder outputs of a row never exist at once.
 #include "ops.h"  // the entry points this file defines
 #include "kernels/lanes.cuh"
+#include "kernels/models.cuh"
 
 namespace vae::VAE_NS {
 
@@ -76,7 +77,12 @@ __global__ void importance_accumulate_kernel(const float* __restrict__ heads, co
 // names it).
 __global__ void importance_weights_kernel(const float* __restrict__ heads, const float* __restrict__ z,
                                           const float* __restrict__ log_px, int batch, int latent, int samples,
-                                          float* __restrict__ weights, float* __restrict__ objective) {
+                                          float* __restrict__ weights, float* __restrict__ objective, Models ms) {
+  heads = model_part(heads, ms.rows * 2 * latent);  // model blockIdx.z's (types.h: Models)
+  z = model_part(z, samples * ms.rows * latent);
+  log_px = model_part(log_px, samples * ms.rows);
+  weights = model_part(weights, samples * ms.rows);
+  objective = model_part(objective, ms.rows);
   const long long r = static_cast<long long>(blockIdx.x) * blockDim.y + threadIdx.y;
   const bool active = r < batch;
   float m = -INFINITY;
@@ -103,12 +109,13 @@ __global__ void importance_weights_kernel(const float* __restrict__ heads, const
 }
 
 void importance_weights(const float* heads, const float* z, const float* log_px, int batch, int latent, int samples,
-                        float* weights, float* objective, cudaStream_t stream) {
+                        float* weights, float* objective, cudaStream_t stream, Models ms) {
   VAE_REQUIRE(batch >= 0 && latent > 0 && samples > 0, "importance_weights: bad shape");
+  require_models(ms, batch, "importance_weights");
   if (batch == 0) return;
   const dim3 block = row_block(batch, samples);
-  VAE_LAUNCH(importance_weights_kernel, static_cast<int>(ceil_div(batch, block.y)), block, 0, stream, heads, z, log_px,
-             batch, latent, samples, weights, objective);
+  VAE_LAUNCH(importance_weights_kernel, model_grid(static_cast<int>(ceil_div(batch, block.y)), ms), block, 0, stream,
+             heads, z, log_px, batch, latent, samples, weights, objective, ms);
 }
 
 void importance_accumulate(const float* heads, const float* z, const float* log_px, int batch, int latent, int samples,

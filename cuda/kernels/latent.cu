@@ -3,6 +3,7 @@
 #include "ops.h"  // the entry points this file defines
 #include "kernels/lanes.cuh"
 #include "kernels/latent_sample.cuh"
+#include "kernels/models.cuh"
 
 namespace vae::VAE_NS {
 
@@ -12,7 +13,13 @@ namespace vae::VAE_NS {
 // threads fill the GPU at large batch; blockDim.y items per block.
 __global__ void latent_forward_kernel(const float* __restrict__ heads, float* __restrict__ z, float* __restrict__ kl,
                                       int batch, int latent, int samples, uint64_t seed, RandomStream rs,
-                                      const StepState* __restrict__ at, KlEstimator estimator) {
+                                      const StepState* __restrict__ at, KlEstimator estimator, Models ms) {
+  heads = model_part(heads, ms.rows * 2 * latent);  // model blockIdx.z's (types.h: Models)
+  z = model_part(z, samples * ms.rows * latent);
+  kl = model_part(kl, ms.rows);
+  at = model_part(at, 1);
+  seed = model_seed(ms, seed);
+  if (ms.each) estimator = ms.each[blockIdx.z].kl.estimator;
   const uint64_t step = at->step;
   const int row0 = static_cast<int>(at->row0);  // the global batch's row of this slice's first
   const long long n = static_cast<long long>(batch) * samples;
@@ -47,7 +54,14 @@ __global__ void latent_forward_kernel(const float* __restrict__ heads, float* __
 __global__ void latent_backward_kernel(const float* __restrict__ heads, const float* __restrict__ z,
                                        const float* __restrict__ grad_z, float* __restrict__ grad_heads, int batch,
                                        int latent, int samples, float batch_scale, KlTerm kl,
-                                       const StepState* __restrict__ at, const float* __restrict__ weights) {
+                                       const StepState* __restrict__ at, const float* __restrict__ weights, Models ms) {
+  heads = model_part(heads, ms.rows * 2 * latent);  // model blockIdx.z's (types.h: Models)
+  z = model_part(z, samples * ms.rows * latent);
+  grad_z = model_part(grad_z, samples * ms.rows * latent);
+  grad_heads = model_part(grad_heads, ms.rows * 2 * latent);
+  weights = model_part(weights, samples * ms.rows);
+  at = model_part(at, 1);
+  kl = model_kl(ms, kl);
   const float kl_scale = kl_scale_at(batch_scale, kl, at);
   // Row by row (whole rows per thread on the CPU: no division per element, and it vectorizes).
   VAE_ROW_COL_LOOP(r, j, batch, latent) {
@@ -121,24 +135,26 @@ void latent_statistics(const float* heads, int batch, int latent, double* sums, 
 }
 
 void latent_forward(const float* heads, float* z, float* kl, int batch, int latent, int samples, uint64_t seed,
-                    RandomStream rs, const StepState* at, KlEstimator estimator, cudaStream_t stream) {
+                    RandomStream rs, const StepState* at, KlEstimator estimator, cudaStream_t stream, Models ms) {
   VAE_REQUIRE(batch >= 0 && latent > 0 && samples > 0, "latent_forward: bad shape");
+  require_models(ms, batch, "latent_forward");
   const long long n = static_cast<long long>(batch) * samples;
   if (n == 0) return;
   const dim3 block = row_block(n, (latent + 3) / 4);
-  VAE_LAUNCH(latent_forward_kernel, static_cast<int>(ceil_div(n, block.y)), block, 0, stream, heads, z, kl, batch,
-             latent, samples, seed, rs, at, estimator);
+  VAE_LAUNCH(latent_forward_kernel, model_grid(static_cast<int>(ceil_div(n, block.y)), ms), block, 0, stream, heads, z,
+             kl, batch, latent, samples, seed, rs, at, estimator, ms);
 }
 
 void latent_backward(const float* heads, const float* z, const float* grad_z, float* grad_heads, int batch, int latent,
                      int samples, float batch_scale, KlTerm kl, const StepState* at, const float* weights,
-                     cudaStream_t stream) {
+                     cudaStream_t stream, Models ms) {
   VAE_REQUIRE(batch >= 0 && latent > 0 && samples > 0, "latent_backward: bad shape");
+  require_models(ms, batch, "latent_backward");
   const long long n = static_cast<long long>(batch) * latent;
   if (n == 0) return;
   constexpr int kBlock = 256;
-  VAE_LAUNCH(latent_backward_kernel, elementwise_grid(n, kBlock), kBlock, 0, stream, heads, z, grad_z, grad_heads,
-             batch, latent, samples, batch_scale, kl, at, weights);
+  VAE_LAUNCH(latent_backward_kernel, model_grid(elementwise_grid(n, kBlock), ms), kBlock, 0, stream, heads, z, grad_z,
+             grad_heads, batch, latent, samples, batch_scale, kl, at, weights, ms);
 }
 
 }  // namespace vae::VAE_NS

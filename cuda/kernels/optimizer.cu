@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "ops.h"  // the entry points this file defines
+#include "kernels/models.cuh"
 #include "kernels/non_finite.cuh"
 #include "kernels/optimizer.cuh"
 #include "kernels/ticket.cuh"
@@ -18,7 +19,16 @@ template <OptimizerKind kind>
 __global__ void optimizer_step_kernel(OptimizerHyper h, float* __restrict__ params, const float* __restrict__ grads,
                                       float* __restrict__ state1, float* __restrict__ state2, long long n,
                                       StepState* __restrict__ at, int advance_batch, unsigned* __restrict__ ticket,
-                                      NonFinite* __restrict__ watch) {
+                                      NonFinite* __restrict__ watch, Models ms) {
+  // Model blockIdx.z's parameters, state, step, ticket, watch and scalars (types.h: Models).
+  params = model_part(params, n);
+  grads = model_part(grads, n);
+  state1 = model_part(state1, n);
+  state2 = model_part(state2, n);
+  at = model_part(at, 1);
+  ticket = model_part(ticket, 1);
+  watch = model_part(watch, 1);
+  h = model_hyper(ms, h);
   const uint64_t step = at->step;
   const OptimizerScalars k = optimizer_scalars(h, step);
   // The largest exponent field of the thread's gradients: a max, which the host compiler
@@ -88,25 +98,26 @@ void square_sum(const float* x, long long n, double* out, ReduceScratch scratch,
 
 void optimizer_step(OptimizerKind kind, const OptimizerHyper& hyper, float* params, const float* grads, float* state1,
                     float* state2, long long n, StepState* at, int advance_batch, unsigned* ticket, NonFinite* watch,
-                    cudaStream_t stream) {
+                    cudaStream_t stream, Models ms) {
   VAE_REQUIRE(advance_batch <= 0 || ticket, "optimizer_step: advancing the step needs a ticket");
+  require_models(ms, 0, "optimizer_step");
   if (n == 0 && advance_batch <= 0) return;
   // The barrier before the step moves on makes a block's threads fibers under host execution:
   // there, one thread per block (the policy's element_threads) costs none.
   const int block = launch_policy().element_threads;
-  const int grid = elementwise_grid(n > 0 ? n : 1, block);
+  const dim3 grid = model_grid(elementwise_grid(n > 0 ? n : 1, block), ms);
   switch (kind) {
     case OptimizerKind::adam:
       VAE_LAUNCH(optimizer_step_kernel<OptimizerKind::adam>, grid, block, 0, stream, hyper, params, grads, state1,
-                 state2, n, at, advance_batch, ticket, watch);
+                 state2, n, at, advance_batch, ticket, watch, ms);
       break;
     case OptimizerKind::adagrad:
       VAE_LAUNCH(optimizer_step_kernel<OptimizerKind::adagrad>, grid, block, 0, stream, hyper, params, grads, state1,
-                 state2, n, at, advance_batch, ticket, watch);
+                 state2, n, at, advance_batch, ticket, watch, ms);
       break;
     case OptimizerKind::sgd:
       VAE_LAUNCH(optimizer_step_kernel<OptimizerKind::sgd>, grid, block, 0, stream, hyper, params, grads, state1,
-                 state2, n, at, advance_batch, ticket, watch);
+                 state2, n, at, advance_batch, ticket, watch, ms);
       break;
   }
 }

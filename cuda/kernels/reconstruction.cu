@@ -5,6 +5,7 @@
 
 #include "ops.h"  // the entry points this file defines
 #include "kernels/lanes.cuh"
+#include "kernels/models.cuh"
 #include "kernels/non_finite.cuh"
 #include "kernels/reconstruction.cuh"
 #include "kernels/ticket.cuh"
@@ -18,7 +19,14 @@ template <bool kGrad>
 __global__ void bernoulli_reconstruction_kernel(const float* __restrict__ logits, const float* __restrict__ x,
                                                 float* __restrict__ log_prob, float* __restrict__ grad, int batch,
                                                 int dim, int rows, float grad_scale,
-                                                const float* __restrict__ row_scale) {
+                                                const float* __restrict__ row_scale, Models ms) {
+  // Model blockIdx.z's rows (types.h: Models): rows = L·B of its L·R sample rows.
+  const long long sample_rows = static_cast<long long>(rows / batch) * ms.rows;
+  logits = model_part(logits, sample_rows * dim);
+  x = model_part(x, ms.rows * dim);
+  log_prob = model_part(log_prob, sample_rows);
+  grad = model_part(grad, sample_rows * dim);
+  row_scale = model_part(row_scale, sample_rows);
   const long long row = static_cast<long long>(blockIdx.x) * blockDim.y + threadIdx.y;
   const bool active = row < rows;
   float sum = 0.f;
@@ -38,8 +46,15 @@ __global__ void bernoulli_reconstruction_kernel(const float* __restrict__ logits
 template <bool kGrad>
 __global__ void gaussian_reconstruction_kernel(const float* __restrict__ out, const float* __restrict__ x,
                                                float* __restrict__ log_prob, float* __restrict__ grad, int batch,
-                                               int dim, int rows, float grad_scale,
-                                               const float* __restrict__ row_scale) {
+                                               int dim, int rows, float grad_scale, const float* __restrict__ row_scale,
+                                               Models ms) {
+  // Model blockIdx.z's rows (types.h: Models): rows = L·B of its L·R sample rows.
+  const long long sample_rows = static_cast<long long>(rows / batch) * ms.rows;
+  out = model_part(out, sample_rows * 2 * dim);
+  x = model_part(x, ms.rows * dim);
+  log_prob = model_part(log_prob, sample_rows);
+  grad = model_part(grad, sample_rows * 2 * dim);
+  row_scale = model_part(row_scale, sample_rows);
   const long long row = static_cast<long long>(blockIdx.x) * blockDim.y + threadIdx.y;
   const bool active = row < rows;
   float sum = 0.f;
@@ -68,8 +83,17 @@ __global__ void decoder_mean_kernel(const float* __restrict__ out, int out_strid
 __global__ void elbo_totals_kernel(const float* __restrict__ log_prob, const float* __restrict__ kl,
                                    const float* __restrict__ objective, int batch, int samples,
                                    double* __restrict__ totals, ReduceScratch scratch, const StepState* __restrict__ at,
-                                   NonFinite* __restrict__ watch) {
+                                   NonFinite* __restrict__ watch, Models ms) {
   VAE_DYNAMIC_SHARED(double, partial);  // (3, blockDim.x)
+  // Model blockIdx.z's rows, sums, step, watch and share of the scratch (types.h: Models).
+  log_prob = model_part(log_prob, samples * ms.rows);
+  kl = model_part(kl, ms.rows);
+  objective = model_part(objective, ms.rows);
+  totals = model_part(totals, 4);
+  at = model_part(at, 1);
+  watch = model_part(watch, 1);
+  scratch.tickets = model_part(scratch.tickets, 1);
+  scratch.partial = model_part(scratch.partial, 6ll * gridDim.x);
   double recon = 0, kl_sum = 0, objective_sum = 0;
   const int stride = static_cast<int>(gridDim.x * blockDim.x);
   for (int r = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x); r < batch; r += stride) {
@@ -116,32 +140,35 @@ __global__ void elbo_totals_kernel(const float* __restrict__ log_prob, const flo
 }
 
 void bernoulli_reconstruction(const float* logits, const float* x, float* log_prob, float* grad_logits, int batch,
-                              int dim, int samples, float grad_scale, const float* row_scale, cudaStream_t stream) {
+                              int dim, int samples, float grad_scale, const float* row_scale, cudaStream_t stream,
+                              Models ms) {
+  require_models(ms, batch, "bernoulli_reconstruction");
   const int rows = batch * samples;
   if (rows == 0) return;
   const dim3 block = row_block(rows, dim);
-  const int grid = static_cast<int>(ceil_div(rows, block.y));
+  const dim3 grid = model_grid(static_cast<int>(ceil_div(rows, block.y)), ms);
   if (grad_logits) {
     VAE_LAUNCH(bernoulli_reconstruction_kernel<true>, grid, block, 0, stream, logits, x, log_prob, grad_logits, batch,
-               dim, rows, grad_scale, row_scale);
+               dim, rows, grad_scale, row_scale, ms);
   } else {
     VAE_LAUNCH(bernoulli_reconstruction_kernel<false>, grid, block, 0, stream, logits, x, log_prob, nullptr, batch, dim,
-               rows, grad_scale, nullptr);
+               rows, grad_scale, nullptr, ms);
   }
 }
 
 void gaussian_reconstruction(const float* out, const float* x, float* log_prob, float* grad_out, int batch, int dim,
-                             int samples, float grad_scale, const float* row_scale, cudaStream_t stream) {
+                             int samples, float grad_scale, const float* row_scale, cudaStream_t stream, Models ms) {
+  require_models(ms, batch, "gaussian_reconstruction");
   const int rows = batch * samples;
   if (rows == 0) return;
   const dim3 block = row_block(rows, dim);
-  const int grid = static_cast<int>(ceil_div(rows, block.y));
+  const dim3 grid = model_grid(static_cast<int>(ceil_div(rows, block.y)), ms);
   if (grad_out) {
     VAE_LAUNCH(gaussian_reconstruction_kernel<true>, grid, block, 0, stream, out, x, log_prob, grad_out, batch, dim,
-               rows, grad_scale, row_scale);
+               rows, grad_scale, row_scale, ms);
   } else {
     VAE_LAUNCH(gaussian_reconstruction_kernel<false>, grid, block, 0, stream, out, x, log_prob, nullptr, batch, dim,
-               rows, grad_scale, nullptr);
+               rows, grad_scale, nullptr, ms);
   }
 }
 
@@ -153,8 +180,9 @@ void decoder_mean(const float* out, int out_stride, float* mean, int rows, int d
 }
 
 void elbo_totals(const float* log_prob, const float* kl, const float* objective, int batch, int samples, double* totals,
-                 ReduceScratch scratch, const StepState* at, NonFinite* watch, cudaStream_t stream) {
+                 ReduceScratch scratch, const StepState* at, NonFinite* watch, cudaStream_t stream, Models ms) {
   VAE_REQUIRE(!watch || at, "elbo_totals: the non-finite watch needs the step");
+  require_models(ms, batch, "elbo_totals");
   if (batch == 0) return;
   // At least 4 rows per thread; at most as many blocks as the launch policy's cap and the
   // scratch (three doubles per block) allow.
@@ -162,9 +190,13 @@ void elbo_totals(const float* log_prob, const float* kl, const float* objective,
   const int threads = p.reduce_threads;
   const int most = std::min(p.max_blocks, kReducePartialFloats / 6);
   const int blocks = static_cast<int>(std::clamp<long long>(ceil_div(batch, 4ll * threads), 1, most));
-  if (blocks > 1) VAE_REQUIRE(scratch.tickets && scratch.partial, "elbo_totals: no scratch");
-  VAE_LAUNCH(elbo_totals_kernel, blocks, threads, 3 * threads * sizeof(double), stream, log_prob, kl, objective, batch,
-             samples, totals, scratch, at, watch);
+  if (blocks > 1) {  // each model its ticket and its blocks' partial sums
+    VAE_REQUIRE(scratch.tickets && scratch.partial, "elbo_totals: no scratch");
+    VAE_REQUIRE(ms.count <= kReduceTickets && 6ll * blocks * ms.count <= kReducePartialFloats,
+                "elbo_totals: too many models for the scratch");
+  }
+  VAE_LAUNCH(elbo_totals_kernel, model_grid(blocks, ms), threads, 3 * threads * sizeof(double), stream, log_prob, kl,
+             objective, batch, samples, totals, scratch, at, watch, ms);
 }
 
 }  // namespace vae::VAE_NS

@@ -73,6 +73,26 @@ struct NonFinite {
   long long index = 0;          // the batch row (loss terms) or the element of the flat gradient buffer
 };
 
+// Several models of one shape in one launch: vae sweep's batched step (host/model_stack.h)
+// trains `count` models at once, blockIdx.z the model. Model m's buffers follow model m − 1's:
+// a buffer of rows of width w (data rows: x, heads, KL) at m · rows · w, a buffer of sample rows
+// (z, decoder outputs, log p) at m · samples · rows · w; its StepState at at + m, its sums at
+// totals + 4m, its watch at watch + m, its permutation at perm + m · perm_stride, its flat
+// parameters (and their gradients and optimizer state) at m · n. Its seed, KL term and optimizer
+// scalars are each[m] where `each` is given, else the launch's own arguments. The default, one
+// model, is every other launch: blockIdx.z is then 0 and no offset applies.
+struct ModelScalars {
+  uint64_t seed = 1;
+  KlTerm kl;
+  OptimizerHyper hyper;
+};
+struct Models {
+  int count = 1;
+  long long rows = 0;                  // the row capacity of each model's buffers
+  long long perm_stride = 0;           // gather_batch: the length of each model's permutation
+  const ModelScalars* each = nullptr;  // device memory (count), or null
+};
+
 // Scratch of the two-stage reductions (the column sums of the dense backward, the ELBO totals):
 // blocks write partial sums, and a ticket per reduction elects the block that finishes last,
 // which adds the partials in a fixed order. The sums are deterministic (no float atomics) and a
