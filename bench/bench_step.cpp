@@ -8,10 +8,14 @@
 // with --phases also each of its phases from the timers inside the kernel (the median and the
 // largest over blocks and steps, against the step's wall time) and its grid barriers; with
 // --steps-per-launch K, K steps in each launch (persistent; the timers then see each launch's last).
-//   bench_step --sweep [--batches 32,64,128,256,512,1024] [--steps N] [--json 1]
+// --models N times the composed step of N models as vae sweep's stack takes it (host/model_stack.h:
+// every GEMM one strided-batched call, every kernel one launch for all), µs per stacked step and
+// per model-step.
+//   bench_step --sweep [--batches 32,64,128,256,512,1024] [--steps N] [--json 1] [--models N]
 // times every variant (composed; fused one step a launch; fused 16 steps a launch; each in fp32
 // and, on the GPU, TF32) at every batch, one line each, and names the fastest per batch: the
-// measurement `--step auto`'s rule is written from.
+// measurement `--step auto`'s rule is written from; with --models N (> 1) also the stack of N
+// models (composed), its µs per stacked step and per model-step.
 // With --tf32 1 (GPU) the GEMMs use TF32 tensor cores and the peak is the TF32 rate.
 #include <algorithm>
 #include <chrono>
@@ -80,6 +84,7 @@ StepGemms step_gemms(const DeviceContext& ctx, const ParamLayout& layout, int ba
 struct Options {
   std::string device = "auto", step_kind = "composed";
   int batch = 128, hidden = 400, latent = 20, steps = 200, dim = 784, json = 0, tf32 = 0, steps_per_launch = 1;
+  int models = 1;  // --models: the composed step of a stack of this many models
   bool phases = false, sweep = false;
   std::string batches = "32,64,128,256,512,1024";  // --sweep's
   bool fused() const { return step_kind == "fused"; }
@@ -119,6 +124,8 @@ Options parse_options(int argc, char** argv) {
       o.json = std::atoi(v);
     else if (k == "--tf32")
       o.tf32 = std::atoi(v);
+    else if (k == "--models")
+      o.models = std::atoi(v);
     else {
       std::fprintf(stderr, "bench_step: unknown flag %s\n", argv[i]);
       std::exit(2);
@@ -130,6 +137,10 @@ Options parse_options(int argc, char** argv) {
   }
   if (o.steps_per_launch < 1 || o.steps % o.steps_per_launch != 0 || (o.steps_per_launch > 1 && !o.fused())) {
     std::fprintf(stderr, "bench_step: --steps-per-launch must divide --steps, and needs --step fused\n");
+    std::exit(2);
+  }
+  if (o.models < 1 || (o.models > 1 && o.fused())) {
+    std::fprintf(stderr, "bench_step: --models must be positive; a stack of models takes the composed step\n");
     std::exit(2);
   }
   if (o.phases && !o.fused()) {
@@ -171,8 +182,16 @@ PhaseTimes time_steps(const Options& o, const DeviceContext& ctx, Vae& model, Op
   std::vector<uint8_t> pixels(static_cast<size_t>(n) * o.dim);
   for (size_t i = 0; i < pixels.size(); ++i) pixels[i] = static_cast<uint8_t>((i * 2654435761u) >> 24);
   DeviceBuffer<uint8_t> data(ctx, pixels);
-  DeviceBuffer<double> totals(ctx, 3);
-  DeviceBuffer<StepState> at(ctx, std::vector<StepState>{{0, 0}});
+  // A stack's models: their step states, sums and seeds (all read the same rows).
+  const int M = model.models();
+  DeviceBuffer<double> totals(ctx, 4 * static_cast<size_t>(M));
+  DeviceBuffer<StepState> at(ctx, std::vector<StepState>(M));
+  std::vector<ModelScalars> each(M);
+  for (int m = 0; m < M; ++m) each[m].seed = 1 + m;
+  DeviceBuffer<ModelScalars> scalars(ctx, each);
+  model.set_model_scalars(scalars.data());
+  opt.set_model_scalars(scalars.data());
+  const Models models{M, o.batch, 0, scalars.data()};
   PhaseTimes t;
   const int grid = VAE_CALL(ctx.target(), fused_step_grid);
   DeviceBuffer<unsigned long long> phase_ns(ctx, o.phases ? static_cast<size_t>(grid) * kFusedPhaseSlots : 0);
@@ -199,7 +218,7 @@ PhaseTimes time_steps(const Options& o, const DeviceContext& ctx, Vae& model, Op
   for (int s = -10; s < o.steps && !o.fused(); ++s) {
     const auto t0 = now();
     VAE_CALL(ctx.target(), gather_batch, data.data(), PixelType::u8, nullptr, o.batch, o.dim, model.input(), false, 1,
-             RandomStream::binarize, at.data(), ctx.stream());
+             RandomStream::binarize, at.data(), ctx.stream(), models);
     const auto t1 = now();
     const Vae::Pass pass = model.forward(o.batch, {1, RandomStream::latent_noise, at.data()}, true);
     model.accumulate_totals(o.batch, totals.data());
@@ -271,9 +290,15 @@ void print_fused_phases(const Options& o, const PhaseTimes& t) {
 
 void print_report(const Options& o, const DeviceContext& ctx, const PhaseTimes& t, const Floor& f) {
   const double total = t.total(), step_ms = total / o.steps, epoch_steps = 60000.0 / o.batch;
-  const double flops = f.gemms.flops, step_gemm_gflops = flops / (f.gemm_ms * 1e6);
+  // A stack's GEMM work is its models'; its GEMM floor, one model's GEMMs o.models times over.
+  const double flops = f.gemms.flops * o.models, gemm_ms = f.gemm_ms * o.models;
+  const double step_gemm_gflops = flops / (gemm_ms * 1e6);
   std::printf("bench_step: %d-%d-%d, batch %d, Adam, %s step, %d steps on %s\n", o.dim, o.hidden, o.latent, o.batch,
               o.step_kind.c_str(), o.steps, ctx.description().c_str());
+  if (o.models > 1) {
+    std::printf("a stack of %d models: %.4f ms a stacked step, %.4f ms a model-step\n", o.models, step_ms,
+                step_ms / o.models);
+  }
   std::printf("%-12s %10s %8s\n", "phase", "ms/step", "share");
   for (auto [name, ms] : {std::pair{"gather", t.gather},
                           {"forward", t.forward},
@@ -284,10 +309,10 @@ void print_report(const Options& o, const DeviceContext& ctx, const PhaseTimes& 
   }
   if (o.phases) print_fused_phases(o, t);
   std::printf("%-12s %10.4f  (%.0f samples/s, GEMM work %.1f GFLOP/s, 60000-image epoch %.2f s)\n", "step", step_ms,
-              o.batch / (step_ms / 1e3), flops / (step_ms * 1e6), epoch_steps * step_ms / 1e3);
+              o.models * o.batch / (step_ms / 1e3), flops / (step_ms * 1e6), epoch_steps * step_ms / 1e3);
   std::printf("%-12s %10.4f  (the step's %zu GEMMs alone, %.1f GFLOP/s: epoch floor %.2f s, the step is %.2fx)\n",
-              "gemm floor", f.gemm_ms, f.gemms.ops.size(), step_gemm_gflops, epoch_steps * f.gemm_ms / 1e3,
-              step_ms / f.gemm_ms);
+              "gemm floor", gemm_ms, f.gemms.ops.size() * o.models, step_gemm_gflops, epoch_steps * gemm_ms / 1e3,
+              step_ms / gemm_ms);
   std::printf(
       "%-12s %10.4f  (its GEMM work at the %d^3 GEMM rate, %.1f GFLOP/s: epoch floor %.2f s, the step is "
       "%.2fx)\n",
@@ -308,11 +333,12 @@ void print_report(const Options& o, const DeviceContext& ctx, const PhaseTimes& 
   }
   if (o.json) {
     std::printf(
-        "{\"device\":\"%s\",\"step\":\"%s\",\"batch\":%d,\"step_ms\":%.6f,\"epoch_s\":%.6f,\"step_gemm_gflop\":%.6f,"
-        "\"floor_step_gemms_s\":%.6f,\"floor_step_gemms_gflops\":%.3f,\"floor_peak_gemm_s\":%.6f,"
-        "\"floor_peak_gemm_gflops\":%.3f}\n",
-        ctx.description().c_str(), o.step_kind.c_str(), o.batch, step_ms, epoch_steps * step_ms / 1e3, flops / 1e9,
-        epoch_steps * f.gemm_ms / 1e3, step_gemm_gflops, epoch_steps * flops / (f.peak_gflops * 1e9), f.peak_gflops);
+        "{\"device\":\"%s\",\"step\":\"%s\",\"batch\":%d,\"models\":%d,\"step_ms\":%.6f,\"epoch_s\":%.6f,"
+        "\"step_gemm_gflop\":%.6f,\"floor_step_gemms_s\":%.6f,\"floor_step_gemms_gflops\":%.3f,"
+        "\"floor_peak_gemm_s\":%.6f,\"floor_peak_gemm_gflops\":%.3f}\n",
+        ctx.description().c_str(), o.step_kind.c_str(), o.batch, o.models, step_ms, epoch_steps * step_ms / 1e3,
+        flops / 1e9, epoch_steps * gemm_ms / 1e3, step_gemm_gflops, epoch_steps * flops / (f.peak_gflops * 1e9),
+        f.peak_gflops);
   }
 }
 
@@ -324,13 +350,24 @@ ModelConfig model_config(const Options& o) {
   return mc;
 }
 
+// The model (o.models of them: a stack) and its optimizer, initialised alike.
+struct Bench {
+  Vae model;
+  Optimizer opt;
+  Bench(const Options& o, const DeviceContext& ctx, const ModelConfig& mc)
+      : model(ctx, mc, o.batch, 1, o.models),
+        opt(ctx, model.layout().total, OptimizerKind::adam, OptimizerHyper{}, o.models) {
+    std::vector<float> params;
+    const std::vector<float> one = init_parameters(mc, model.layout(), 1);
+    for (int m = 0; m < o.models; ++m) params.insert(params.end(), one.begin(), one.end());
+    model.params().upload(params);
+  }
+};
+
 // Microseconds per step of one variant: its own model (initialised alike) at o.batch.
 double step_us(const Options& o, const DeviceContext& ctx) {
-  const ModelConfig mc = model_config(o);
-  Vae model(ctx, mc, o.batch, 1);
-  Optimizer opt(ctx, model.layout().total, OptimizerKind::adam, OptimizerHyper{});
-  model.params().upload(init_parameters(mc, model.layout(), 1));
-  return 1e3 * time_steps(o, ctx, model, opt).total() / o.steps;
+  Bench b(o, ctx, model_config(o));
+  return 1e3 * time_steps(o, ctx, b.model, b.opt).total() / o.steps;
 }
 
 int run_sweep(const Options& o) {
@@ -347,6 +384,7 @@ int run_sweep(const Options& o) {
     variants.push_back({tf32 ? "composed tf32" : "composed", false, 1, tf32});
     variants.push_back({tf32 ? "fused tf32" : "fused", true, 1, tf32});
     variants.push_back({tf32 ? "fused x16 tf32" : "fused x16", true, 16, tf32});
+    if (o.models > 1) variants.push_back({tf32 ? "stack tf32" : "stack", false, 1, tf32});
   }
   std::vector<int> batches;
   std::stringstream in(o.batches);
@@ -371,16 +409,20 @@ int run_sweep(const Options& o) {
       vo.steps_per_launch = v.steps_per_launch;
       vo.steps = (o.steps + v.steps_per_launch - 1) / v.steps_per_launch * v.steps_per_launch;
       vo.phases = false;
+      const bool stack = std::strncmp(v.name, "stack", 5) == 0;
+      vo.models = stack ? o.models : 1;
       const double us = step_us(vo, ctx);
-      std::printf("%6d  %-16s %12.2f %12.4f\n", batch, v.name, us, 60000.0 / batch * us / 1e6);
+      std::printf("%6d  %-16s %12.2f %12.4f", batch, v.name, us, 60000.0 / batch * us / 1e6);
+      if (stack) std::printf("  (%d models: %.2f us a model-step)", vo.models, us / vo.models);
+      std::printf("\n");
       if (o.json) {
         std::printf(
             "{\"device\":\"%s\",\"batch\":%d,\"variant\":\"%s\",\"step\":\"%s\",\"steps_per_launch\":%d,"
-            "\"precision\":\"%s\",\"step_us\":%.3f,\"epoch_s\":%.6f}\n",
+            "\"precision\":\"%s\",\"models\":%d,\"step_us\":%.3f,\"epoch_s\":%.6f}\n",
             ctx.description().c_str(), batch, v.name, vo.step_kind.c_str(), v.steps_per_launch,
-            v.tf32 ? "tf32" : "fp32", us, 60000.0 / batch * us / 1e6);
+            v.tf32 ? "tf32" : "fp32", vo.models, us, 60000.0 / batch * us / 1e6);
       }
-      if (us < best) best = us, best_name = v.name;
+      if (!stack && us < best) best = us, best_name = v.name;
     }
     std::printf("%6d  fastest: %s (%.2f us/step)\n", batch, best_name, best);
   }
@@ -394,11 +436,8 @@ int main(int argc, char** argv) {
   const Options o = parse_options(argc, argv);
   if (o.sweep) return run_sweep(o);
   DeviceContext ctx(resolve_target(o.device), o.tf32 != 0);
-  const ModelConfig mc = model_config(o);
-  Vae model(ctx, mc, o.batch, 1);
-  Optimizer opt(ctx, model.layout().total, OptimizerKind::adam, OptimizerHyper{});
-  model.params().upload(init_parameters(mc, model.layout(), 1));
-  const PhaseTimes t = time_steps(o, ctx, model, opt);
-  print_report(o, ctx, t, measure_floor(ctx, model, o.batch));
+  Bench b(o, ctx, model_config(o));
+  const PhaseTimes t = time_steps(o, ctx, b.model, b.opt);
+  print_report(o, ctx, t, measure_floor(ctx, b.model, o.batch));
   return 0;
 }

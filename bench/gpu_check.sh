@@ -209,8 +209,12 @@ if [ -x build-gpu/host/vae ] && want bench; then
       bench build-gpu/host/vae train --device cuda --epochs 3 --quiet --out /tmp/vae-bench $variant &&
         cat /tmp/vae-bench/metrics.jsonl
     done
-    # Also the fused step at each batch, and vae sweep of 1, 4 and 16 models at batch 128.
-    bench python3 bench/throughput.py --device cuda --build build-gpu --fused --models 1,4,16 --out /tmp/vae-throughput
+    # vae sweep's stack (issue 19): one step of N models at batch 128, per stacked step and per model-step.
+    for m in 1 4 16 64; do
+      bench build-gpu/bench/bench_step --device cuda --batch 128 --steps 300 --models "$m" --json 1
+    done
+    # Also the fused step at each batch, and vae sweep of 1, 4, 16 and 64 models at batch 128.
+    bench python3 bench/throughput.py --device cuda --build build-gpu --fused --models 1,4,16,64 --out /tmp/vae-throughput
   } >"$report/bench.log" 2>&1
   record bench "$([ "$bench_failures" -eq 0 ] && echo ok || echo FAIL)" \
     "bench.log: $bench_failures failed, $(elapsed "$t") s"
