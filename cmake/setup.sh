@@ -12,6 +12,7 @@ packages=(
   libgtest-dev           # tests
   libcli11-dev nlohmann-json3-dev
   zlib1g-dev libpng-dev
+  psf-unifont            # the console font vae report draws its text with
   clang-format
   clang libclang-rt-14-dev  # the fuzz targets (libFuzzer)
   dataset-fashion-mnist  # the default data: /usr/share/datasets/fashion-mnist

@@ -31,6 +31,7 @@ class Command {
 std::unique_ptr<Command> make_train_command();                // host/train_flags.cpp (the run: train_command.cpp)
 std::unique_ptr<Command> make_sweep_command();                // host/sweep_flags.cpp (the run: sweep_command.cpp)
 std::unique_ptr<Command> make_eval_command();                 // host/eval_command.cpp
+std::unique_ptr<Command> make_report_command();               // host/report_command.cpp
 std::vector<std::unique_ptr<Command>> make_code_commands();   // encode, decode, manifold: host/code_commands.cpp
 std::vector<std::unique_ptr<Command>> make_image_commands();  // sample, reconstruct: host/image_commands.cpp
 

@@ -20,6 +20,7 @@ int main(int argc, char** argv) {
   commands.push_back(make_train_command());
   commands.push_back(make_sweep_command());
   commands.push_back(make_eval_command());
+  commands.push_back(make_report_command());
   for (auto* group : {make_code_commands, make_image_commands})
     for (auto& c : group()) commands.push_back(std::move(c));
   for (auto& c : commands) c->add(app);

@@ -173,6 +173,7 @@ void ModelRun::log_step(double samples_per_second) {
   events_->scalar("step/train_kl", step, t.kl);
   if (t.has_iwae) events_->scalar("step/train_objective", step, t.iwae);
   events_->scalar("step/grad_norm", step, trainer_.last_gradient_norm());
+  events_->scalar("step/update_norm", step, trainer_.last_update_norm());
   events_->scalar("step/kl_weight", step, kl_weight_at(c.kl, step));
   events_->scalar("step/lr", step, learning_rate_at(c, trainer_.epoch()));
   events_->scalar("step/samples_per_second", step, samples_per_second);

@@ -95,6 +95,14 @@ double ModelStack::gradient_norm(int k) {
   return std::sqrt(grad_square_sum_.download()[0]);
 }
 
+double ModelStack::update_norm(int k) {
+  const Trainer& t = *trainers_[k];
+  const OptimizerHyper hyper = t.optimizer_.hyper();  // the learning rate of the epoch, as the step took it
+  optimizer_.update_square_sum(vae_.params().data(), vae_.grads().data(), static_cast<uint64_t>(t.step() - 1),
+                               grad_square_sum_.data(), vae_.reduce_scratch(), k, &hyper);
+  return std::sqrt(grad_square_sum_.download()[0]);
+}
+
 NonFinite ModelStack::watch(int k) const { return watch_.download()[k]; }
 
 // One step of every model (no host synchronisation): the lone trainer's composed step, each

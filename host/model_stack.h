@@ -55,6 +55,7 @@ class ModelStack {
   // ---- what an attached trainer reads (Trainer's methods of the same names) ----
   std::vector<double> totals(int k) const;  // the epoch's running sums (4)
   double gradient_norm(int k);              // of the last step's gradient
+  double update_norm(int k);                // of the last step's update
   NonFinite watch(int k) const;
   // Model k's parameters and optimizer state into its trainer (its checkpoint is then current).
   void copy_out(int k);

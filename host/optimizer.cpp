@@ -29,4 +29,13 @@ void Optimizer::step(float* params, const float* grads, StepState* at, int advan
            Models{models_, 0, 0, each_});
 }
 
+void Optimizer::update_square_sum(const float* params, const float* grads, uint64_t step, double* out,
+                                  ReduceScratch scratch, int model, const OptimizerHyper* hyper) const {
+  VAE_REQUIRE(model >= 0 && model < models_, "Optimizer::update_square_sum: no such model");
+  const size_t at = static_cast<size_t>(model) * n_;
+  VAE_CALL(ctx_.target(), update_square_sum, kind_, hyper ? *hyper : hyper_, step, params + at, grads + at,
+           state1_.data() + at, kind_ == OptimizerKind::adam ? state2_.data() + at : nullptr,
+           static_cast<long long>(n_), out, scratch, ctx_.stream());
+}
+
 }  // namespace vae

@@ -28,6 +28,11 @@ class Optimizer {
   size_t size() const { return n_; }
   // The fused step's optimizer fields: kind, hyperparameters, state, parameter count.
   void set_fused_step_optimizer(FusedStepArgs& a);
+  // out[0] = ‖Δθ‖² of model `model`'s last update (the step it took, from 0; hyper: the
+  // hyperparameters it took, default hyper()), from params, grads and the state after it, in
+  // float64 (device memory; queued).
+  void update_square_sum(const float* params, const float* grads, uint64_t step, double* out, ReduceScratch scratch,
+                         int model = 0, const OptimizerHyper* hyper = nullptr) const;
   // State buffers, in the order of optimizer_state_names(kind()): (models, n) each.
   DeviceBuffer<float>& state(size_t i) { return i == 0 ? state1_ : state2_; }
   const DeviceBuffer<float>& state(size_t i) const { return i == 0 ? state1_ : state2_; }

@@ -18,6 +18,32 @@ void append_bytes(png_structp png, png_bytep data, png_size_t n) {
 void flush_nothing(png_structp) {}
 }  // namespace
 
+std::string encode_png(const unsigned char* pixels, int width, int height, bool rgb) {
+  VAE_REQUIRE(width > 0 && height > 0, "png: empty image");
+  png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, nullptr, nullptr, nullptr);
+  png_infop info = png ? png_create_info_struct(png) : nullptr;
+  if (!png || !info) {
+    png_destroy_write_struct(&png, &info);
+    throw Error("libpng could not start");
+  }
+  std::string out;
+  const size_t row = static_cast<size_t>(width) * (rgb ? 3 : 1);
+  std::vector<png_bytep> row_ptrs(height);
+  for (int y = 0; y < height; ++y) row_ptrs[y] = const_cast<png_bytep>(pixels + static_cast<size_t>(y) * row);
+  if (setjmp(png_jmpbuf(png))) {
+    png_destroy_write_struct(&png, &info);
+    throw Error("libpng failed to encode the image");
+  }
+  png_set_write_fn(png, &out, append_bytes, flush_nothing);
+  png_set_IHDR(png, info, width, height, 8, rgb ? PNG_COLOR_TYPE_RGB : PNG_COLOR_TYPE_GRAY, PNG_INTERLACE_NONE,
+               PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
+  png_write_info(png, info);
+  png_write_image(png, row_ptrs.data());
+  png_write_end(png, nullptr);
+  png_destroy_write_struct(&png, &info);
+  return out;
+}
+
 PngGrid encode_png_grid(const std::vector<float>& images, int count, int height, int width, int columns) {
   VAE_REQUIRE(count > 0 && columns > 0, "png grid: empty");
   VAE_REQUIRE(images.size() >= static_cast<size_t>(count) * height * width, "png grid: too few pixels");
@@ -32,27 +58,7 @@ PngGrid encode_png_grid(const std::vector<float>& images, int count, int height,
         pixels[static_cast<size_t>(oy + y) * W + ox + x] = static_cast<png_byte>(std::lround(v * 255.f));
       }
   }
-  png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, nullptr, nullptr, nullptr);
-  png_infop info = png ? png_create_info_struct(png) : nullptr;
-  if (!png || !info) {
-    png_destroy_write_struct(&png, &info);
-    throw Error("libpng could not start");
-  }
-  std::string out;
-  std::vector<png_bytep> row_ptrs(H);
-  for (int y = 0; y < H; ++y) row_ptrs[y] = pixels.data() + static_cast<size_t>(y) * W;
-  if (setjmp(png_jmpbuf(png))) {
-    png_destroy_write_struct(&png, &info);
-    throw Error("libpng failed to encode the image");
-  }
-  png_set_write_fn(png, &out, append_bytes, flush_nothing);
-  png_set_IHDR(png, info, W, H, 8, PNG_COLOR_TYPE_GRAY, PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT,
-               PNG_FILTER_TYPE_DEFAULT);
-  png_write_info(png, info);
-  png_write_image(png, row_ptrs.data());
-  png_write_end(png, nullptr);
-  png_destroy_write_struct(&png, &info);
-  return {std::move(out), W, H};
+  return {encode_png(pixels.data(), W, H, false), W, H};
 }
 
 PngGrid write_png_grid(const std::string& path, const std::vector<float>& images, int count, int height, int width,

@@ -53,6 +53,14 @@ double Trainer::last_gradient_norm() {
   return std::sqrt(grad_square_sum_.download()[0]);
 }
 
+double Trainer::last_update_norm() {
+  if (step_ == 0) return 0;
+  if (stack_) return stack_->update_norm(stack_slot_);
+  optimizer_.update_square_sum(vae_.params().data(), vae_.grads().data(), static_cast<uint64_t>(step_ - 1),
+                               grad_square_sum_.data(), vae_.reduce_scratch());
+  return std::sqrt(grad_square_sum_.download()[0]);
+}
+
 Trainer::StepRows Trainer::step_rows(int64_t batch_index, int64_t rows_left) const {
   const int B = config_.batch_size;
   const int global = static_cast<int>(std::min<int64_t>(B, rows_left));

@@ -143,6 +143,10 @@ class Trainer {
   // step, so the norm is taken on the device when asked (no work in the step), and reading it
   // synchronises.
   double last_gradient_norm();
+  // The L2 norm of the last step's update of the parameters, ‖Δθ‖, as the optimizer's state
+  // after it implies (Optimizer::update_square_sum), taken on the device when asked, as the
+  // gradient's; 0 before the first step.
+  double last_update_norm();
   // Evaluation passes take eval_rows() rows at a time, whatever the training batch: their noise
   // (binarization, z) is keyed by the row's place in the data set, so the figures do not depend
   // on the chunking, and the model's buffers hold max(training batch, eval rows) rows.

@@ -235,15 +235,13 @@ FusedStepArgs Vae::fused_step_args(int batch) {
 
 void Vae::accumulate_totals(int batch, double* totals, const StepState* at, NonFinite* watch) {
   VAE_CALL(ctx_.target(), elbo_totals, log_prob_.data(), kl_.data(), iwae_ ? objective_.data() : nullptr, batch,
-           samples_, totals, ReduceScratch{reduce_tickets_.data(), reduce_partial_.data()}, at, watch, ctx_.stream(),
-           models_view());
+           samples_, totals, reduce_scratch(), at, watch, ctx_.stream(), models_view());
 }
 
 void Vae::gradient_square_sum(double* out, int model) {
   VAE_REQUIRE(model >= 0 && model < models_, "Vae::gradient_square_sum: no such model");
   const auto P = static_cast<long long>(layout_.total);
-  VAE_CALL(ctx_.target(), square_sum, grads_.data() + model * P, P, out,
-           ReduceScratch{reduce_tickets_.data(), reduce_partial_.data()}, ctx_.stream());
+  VAE_CALL(ctx_.target(), square_sum, grads_.data() + model * P, P, out, reduce_scratch(), ctx_.stream());
 }
 
 void Vae::decode_mean(const float* z, int rows, float* mean) {

@@ -100,6 +100,8 @@ class Vae {
   // out[0] = ‖g‖² of model `model`'s gradient in float64 (device memory; queued, no
   // synchronisation).
   void gradient_square_sum(double* out, int model = 0);
+  // The scratch of the passes' two-stage reductions (one stream uses it at a time).
+  ReduceScratch reduce_scratch() const { return {reduce_tickets_.data(), reduce_partial_.data()}; }
   // Decoder mean (rows, D) for latent codes z (rows, J), both in device memory; rows <= row_capacity.
   void decode_mean(const float* z, int rows, float* mean);
   // Decoder mean of the reconstruction of input() rows (the first sample of the last forward).

@@ -384,7 +384,8 @@ TEST_P(Kernels, SquareSumIsFloat64AndRepeatable) {
   }
 }
 
-// optimizer_step_kernel (Adam, Adagrad, SGD), through its launcher, against float64: four steps
+// optimizer_step_kernel (Adam, Adagrad, SGD), and update_square_sum_kernel (the norm of the step
+// it took), through their launchers, against float64: four steps
 // from t = 1 (with weight decay) and four from t = 10⁶ (late bias correction), ε = 1e-4 (the iwae
 // preset's) with gradients from 1e-6 to 1 in magnitude, so that where ε sits shows; the
 // parameters and every state tensor compared (each gradient keeps its sign over the steps, so no
@@ -421,22 +422,33 @@ TEST_P(Kernels, OptimizerSteps) {
           EXPECT_EQ(moved.offset, 107);
           EXPECT_EQ(download(ticket)[0], 0u);
           const double t = static_cast<double>(step + 1);
+          double update_square = 0;  // ‖Δθ‖² of this step
           for (long long i = 0; i < n; ++i) {
             const double gi = g[i] + double(h.weight_decay) * p[i];
+            double delta = 0;
             if (kind == OptimizerKind::adam) {
               s1[i] = h.beta1 * s1[i] + (1 - h.beta1) * gi;
               s2[i] = h.beta2 * s2[i] + (1 - h.beta2) * gi * gi;
               const double mh = s1[i] / (1 - std::pow(double(h.beta1), t)),
                            vh = s2[i] / (1 - std::pow(double(h.beta2), t));
-              p[i] -= h.lr * mh / (std::sqrt(vh) + h.eps);
+              delta = h.lr * mh / (std::sqrt(vh) + h.eps);
             } else if (kind == OptimizerKind::adagrad) {
               s1[i] += gi * gi;
-              p[i] -= h.lr * gi / (std::sqrt(s1[i]) + h.eps);
+              delta = h.lr * gi / (std::sqrt(s1[i]) + h.eps);
             } else {
               s1[i] = h.momentum * s1[i] + gi;
-              p[i] -= h.lr * s1[i];
+              delta = h.lr * s1[i];
             }
+            p[i] -= delta;
+            update_square += delta * delta;
           }
+          // update_square_sum_kernel: the step's ‖Δθ‖² from the state after it (Adagrad's θ before
+          // the step recovered from θ after it, in float: a relative 1e-4 with weight decay).
+          auto norm = upload(std::vector<double>{123.0});
+          VAE_CALL(GetParam(), update_square_sum, kind, h, step, dp.data(), dg.data(), d1.data(), d2.data(), n,
+                   norm.data(), scratch(), stream());
+          EXPECT_NEAR(download(norm)[0], update_square, (weight_decay > 0 ? 1e-4 : 1e-5) * update_square) << step;
+          ASSERT_GT(update_square, 0);
         }
         // p: a few float roundings of |p| <= 1 (updates of g ~ 1e-6 are ~1e-5 here, far above it).
         EXPECT_TRUE(all_near(download(dp), p, 3e-7, 1e-6)) << "parameters";

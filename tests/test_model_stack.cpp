@@ -132,6 +132,16 @@ TEST_P(Stack, ModelsTrainAsTheirLoneTrainers) {
       SCOPED_TRACE("model " + std::to_string(k));
       EXPECT_EQ(stacked[k]->epoch(), kEpochs);
       EXPECT_EQ(stacked[k]->step(), lone[k]->step());
+      // The logged norms of the last step, read from the stack, as the lone trainer's.
+      const double grad_norm = stacked[k]->last_gradient_norm(), update_norm = stacked[k]->last_update_norm();
+      EXPECT_GT(update_norm, 0);
+      if (target == Target::cpu) {
+        EXPECT_EQ(grad_norm, lone[k]->last_gradient_norm());
+        EXPECT_EQ(update_norm, lone[k]->last_update_norm());
+      } else {
+        EXPECT_NEAR(grad_norm, lone[k]->last_gradient_norm(), 1e-3 * grad_norm);
+        EXPECT_NEAR(update_norm, lone[k]->last_update_norm(), 1e-3 * update_norm);
+      }
       const Checkpoint a = lone[k]->checkpoint(), b = stacked[k]->checkpoint();
       ASSERT_EQ(a.params.size(), b.params.size());
       ASSERT_EQ(a.optimizer_state.size(), b.optimizer_state.size());

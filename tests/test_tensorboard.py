@@ -51,7 +51,7 @@ for tag in tags["scalars"]:
         problems.append(f"{tag}: steps {steps} repeat")
     if steps != sorted(steps):
         problems.append(f"{tag}: steps {steps} out of order")
-for tag in ("step/train_elbo", "step/grad_norm", "step/lr"):
+for tag in ("step/train_elbo", "step/grad_norm", "step/update_norm", "step/lr"):
     if tag not in tags["scalars"]:
         problems.append(f"no {tag}")
     elif not all(e.value == e.value and e.value >= 0 or tag == "step/train_elbo" for e in acc.Scalars(tag)):

@@ -95,7 +95,8 @@ TEST_F(Training, KernelsPerStepOfTheDefaultModelArePinned) {
 }
 
 // The logged gradient norm is the norm of the last step's gradient, composed and fused: the
-// gradient buffer against float64 at the end of an epoch of 1500 rows.
+// gradient buffer against float64 at the end of an epoch of 1500 rows; the logged update norm,
+// the last step's change of the parameters (composed: the parameters before it are at hand).
 TEST_F(Training, LastGradientNormIsTheLastStepsGradient) {
   DeviceContext ctx(Target::cpu, false);
   const DeviceDataset tr(ctx, train_);
@@ -103,7 +104,9 @@ TEST_F(Training, LastGradientNormIsTheLastStepsGradient) {
     Trainer t(ctx, config_);
     t.set_fused_step(fused);
     ASSERT_EQ(t.fused_step(), fused);
+    EXPECT_EQ(t.last_update_norm(), 0);  // no step yet
     int checked = 0;
+    std::vector<float> before = t.model().params().download();
     t.train_epoch(tr, [&](int64_t done, int64_t total) {
       if (done == total) {  // after the epoch's last launch (fused: one persistent launch of 30 steps)
         ++checked;
@@ -111,7 +114,16 @@ TEST_F(Training, LastGradientNormIsTheLastStepsGradient) {
         for (float g : t.model().grads().download()) want += double(g) * g;
         EXPECT_NEAR(t.last_gradient_norm(), std::sqrt(want), 1e-9 * std::sqrt(want)) << fused;
         EXPECT_GT(want, 0);
+        if (!fused) {  // the update norm: the last step's change of the parameters, in float64
+          const std::vector<float> after = t.model().params().download();
+          double update = 0;
+          for (size_t i = 0; i < after.size(); ++i)
+            update += (double(before[i]) - after[i]) * (double(before[i]) - after[i]);
+          EXPECT_NEAR(t.last_update_norm(), std::sqrt(update), 1e-4 * std::sqrt(update));
+          EXPECT_GT(update, 0);
+        }
       }
+      before = t.model().params().download();
       return true;
     });
     EXPECT_EQ(checked, 1) << fused;

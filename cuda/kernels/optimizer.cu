@@ -54,17 +54,18 @@ __global__ void optimizer_step_kernel(OptimizerHyper h, float* __restrict__ para
   at->offset += advance_batch;
 }
 
-// out[0] = Σ_i x_i² in float64 (the gradient's squared norm, for the logs). Two stages in a fixed
-// order, as elbo_totals': each block's threads sum strided elements, the block adds them in
-// shared memory and writes its sum to scratch; the block that arrives last adds the blocks' sums
-// in block order. The same inputs and grid give the same bits on every run.
-__global__ void square_sum_kernel(const float* __restrict__ x, long long n, double* __restrict__ out,
-                                  ReduceScratch scratch) {
+// out[0] = Σ_i value(i)² in float64 (the gradient's or the update's squared norm, for the logs).
+// Two stages in a fixed order, as elbo_totals': each block's threads sum strided elements, the
+// block adds them in shared memory and writes its sum to scratch; the block that arrives last adds
+// the blocks' sums in block order. The same inputs and grid give the same bits on every run.
+template <typename Value>
+__device__ __forceinline__ void square_sum_of(const Value& value, long long n, double* __restrict__ out,
+                                              ReduceScratch scratch) {
   VAE_DYNAMIC_SHARED(double, partial);  // (blockDim.x)
   double sum = 0;
   const long long stride = static_cast<long long>(gridDim.x) * blockDim.x;
   for (long long i = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
-    const double v = x[i];
+    const double v = value(i);
     sum += v * v;
   }
   partial[threadIdx.x] = sum;
@@ -86,14 +87,59 @@ __global__ void square_sum_kernel(const float* __restrict__ x, long long n, doub
   out[0] = total;
 }
 
+__global__ void square_sum_kernel(const float* __restrict__ x, long long n, double* __restrict__ out,
+                                  ReduceScratch scratch) {
+  square_sum_of([&](long long i) { return x[i]; }, n, out, scratch);
+}
+
+// The last update's squared norm, Σ_i last_update(i)², over the state after it.
+template <OptimizerKind kind>
+__global__ void update_square_sum_kernel(OptimizerHyper h, OptimizerScalars k, const float* __restrict__ params,
+                                         const float* __restrict__ grads, const float* __restrict__ state1,
+                                         const float* __restrict__ state2, long long n, double* __restrict__ out,
+                                         ReduceScratch scratch) {
+  square_sum_of([&](long long i) { return last_update<kind>(h, k, params, grads, state1, state2, i); }, n, out,
+                scratch);
+}
+
+namespace {
+// The blocks of a square sum over n elements of `threads` threads: at least 4 elements a thread,
+// within the launch policy's cap and the scratch (a double per block).
+int square_sum_blocks(long long n, int threads) {
+  const int most = std::min(launch_policy().max_blocks, kReducePartialFloats / 2);
+  return static_cast<int>(std::clamp<long long>(ceil_div(n, 4ll * threads), 1, most));
+}
+}  // namespace
+
 void square_sum(const float* x, long long n, double* out, ReduceScratch scratch, cudaStream_t stream) {
   VAE_REQUIRE(n >= 0, "square_sum: bad size");
-  const LaunchPolicy& p = launch_policy();
-  const int threads = p.reduce_threads;
-  const int most = std::min(p.max_blocks, kReducePartialFloats / 2);
-  const int blocks = static_cast<int>(std::clamp<long long>(ceil_div(n, 4ll * threads), 1, most));
+  const int threads = launch_policy().reduce_threads, blocks = square_sum_blocks(n, threads);
   if (blocks > 1) VAE_REQUIRE(scratch.tickets && scratch.partial, "square_sum: no scratch");
   VAE_LAUNCH(square_sum_kernel, blocks, threads, threads * sizeof(double), stream, x, n, out, scratch);
+}
+
+void update_square_sum(OptimizerKind kind, const OptimizerHyper& hyper, uint64_t step, const float* params,
+                       const float* grads, const float* state1, const float* state2, long long n, double* out,
+                       ReduceScratch scratch, cudaStream_t stream) {
+  VAE_REQUIRE(n >= 0, "update_square_sum: bad size");
+  const int threads = launch_policy().reduce_threads, blocks = square_sum_blocks(n, threads);
+  if (blocks > 1) VAE_REQUIRE(scratch.tickets && scratch.partial, "update_square_sum: no scratch");
+  const size_t smem = threads * sizeof(double);
+  const OptimizerScalars k = optimizer_scalars(hyper, step);  // as the update formed them
+  switch (kind) {
+    case OptimizerKind::adam:
+      VAE_LAUNCH(update_square_sum_kernel<OptimizerKind::adam>, blocks, threads, smem, stream, hyper, k, params, grads,
+                 state1, state2, n, out, scratch);
+      break;
+    case OptimizerKind::adagrad:
+      VAE_LAUNCH(update_square_sum_kernel<OptimizerKind::adagrad>, blocks, threads, smem, stream, hyper, k, params,
+                 grads, state1, state2, n, out, scratch);
+      break;
+    case OptimizerKind::sgd:
+      VAE_LAUNCH(update_square_sum_kernel<OptimizerKind::sgd>, blocks, threads, smem, stream, hyper, k, params, grads,
+                 state1, state2, n, out, scratch);
+      break;
+  }
 }
 
 void optimizer_step(OptimizerKind kind, const OptimizerHyper& hyper, float* params, const float* grads, float* state1,
