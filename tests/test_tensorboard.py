@@ -3,7 +3,8 @@
 every epoch scalar equals metrics.jsonl's figure at its step, the images are the PNG files of the
 run folder, the posterior histograms hold every test image's latent values; a run resumed from an
 older checkpoint reads as one continuous run, its retrained steps once; a file cut in the middle
-of a record reads up to its last whole record. Runs with the TensorBoard of
+of a record reads up to its last whole record; `tensorboard --logdir` serves the run's scalars
+over HTTP on localhost. Runs with the TensorBoard of
 build-peers/tensorboard-venv (`cmake/venv.sh tensorboard-venv tensorboard tensorboard` makes it, as cmake/test.sh does) or of
 $VAE_TENSORBOARD_PYTHON; exits 77 (skipped) where there is none.
 
@@ -14,8 +15,12 @@ import json
 import os
 import shutil
 import subprocess
+import socket
 import sys
 import tempfile
+import time
+import urllib.parse
+import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PYTHON = os.environ.get("VAE_TENSORBOARD_PYTHON") or os.path.join(ROOT, "build-peers", "tensorboard-venv", "bin",
@@ -75,6 +80,44 @@ print(json.dumps({"problems": problems, "scalar_tags": len(tags["scalars"])}))
 '''
 
 
+def serve(run):
+    """As a new user would: `tensorboard --logdir` on the run's parent folder, headless on
+    localhost, its HTTP API asked for the run's epoch/test_elbo: every epoch's figure of
+    metrics.jsonl, at its step."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    tensorboard = os.path.join(os.path.dirname(PYTHON), "tensorboard")
+    server = subprocess.Popen([tensorboard, "--logdir", os.path.dirname(run), "--host", "127.0.0.1", "--port",
+                               str(port), "--load_fast", "false", "--reload_interval", "1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}/data/plugin/scalars"
+    name = os.path.basename(run)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                tags = json.load(urllib.request.urlopen(base + "/tags", timeout=5))
+                if "epoch/test_elbo" in tags.get(name, {}):
+                    break
+            except (OSError, ValueError):
+                pass
+            assert server.poll() is None, f"tensorboard exited with {server.returncode}"
+            assert time.time() < deadline, "tensorboard served no epoch/test_elbo of the run in 120 s"
+            time.sleep(1)
+        query = urllib.parse.urlencode({"run": name, "tag": "epoch/test_elbo"})
+        served = json.load(urllib.request.urlopen(base + "/scalars?" + query, timeout=10))
+        metrics = [json.loads(l) for l in open(os.path.join(run, "metrics.jsonl")) if l.strip()]
+        got = {int(step): value for _, step, value in served}
+        want = {m["step"]: m["test_elbo"] for m in metrics}
+        assert set(got) == set(want), (got, want)
+        for step, value in want.items():
+            assert abs(got[step] - value) <= 1e-5 * abs(value), (step, got[step], value)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
 def main():
     vae = sys.argv[1]
     if not os.access(PYTHON, os.X_OK):
@@ -120,7 +163,9 @@ def main():
         scalars, mu, logvar = (int(v) for v in r.stdout.split())
         # The last record is epoch 2's log σ² histogram: everything before it reads.
         assert scalars > 0 and mu == 2 and logvar == 1, r.stdout
-        print("ok: scalars, images and histograms as the run wrote them; resumed and cut files read")
+        serve(run)
+        print("ok: scalars, images and histograms as the run wrote them; resumed and cut files read; "
+              "tensorboard --logdir served the run's scalars")
         return 0
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
