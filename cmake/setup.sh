@@ -8,6 +8,7 @@ packages=(
   cmake g++ make pkg-config python3 python3-venv
   libboost-context-dev   # fibers of the host execution layer
   libopenblas-dev        # CPU GEMM
+  libblis4-openmp libdnnl-dev  # the other CPU GEMM engines bench/bench_gemm measures
   libopenmpi-dev openmpi-bin  # data parallel over processes (mpirun), and its tests
   libgtest-dev           # tests
   libcli11-dev nlohmann-json3-dev

@@ -15,6 +15,12 @@
 #if VAE_HOST_EXEC
 #include <cblas.h>
 extern "C" void openblas_set_num_threads(int);
+#if VAE_WITH_ONEDNN
+#include <omp.h>
+#include <oneapi/dnnl/dnnl.h>
+#endif
+#include <cstdlib>
+#include <cstring>
 #else
 #include <cublasLt.h>
 #endif
@@ -22,7 +28,18 @@ extern "C" void openblas_set_num_threads(int);
 namespace vae {
 
 #if VAE_HOST_EXEC
-struct GemmHandle {};
+// The engine of each panel's product on the CPU, one thread each (the worker pool owns the
+// cores). Chosen by measurement (bench/bench_gemm.cpp; bench/RESULTS.md, 2026-12-06, 2 vCPUs
+// of an Intel Xeon with AVX-512): on the step's eleven GEMMs at batch 128, one thread, oneDNN
+// 2.6's dnnl_sgemm runs at 153 GFLOP/s, OpenBLAS 0.3.21 (SkylakeX kernels) at 130 and BLIS 0.9
+// (it picks its Haswell kernels here) at 84; at batch 4096, 152, 139 and 95. oneDNN where the
+// build has it, else OpenBLAS; VAE_CPU_GEMM=openblas|onednn chooses (to measure one against the
+// other). Each call on a panel is single-threaded and its blocking fixed by the shapes: the same
+// bits every run.
+enum class CpuGemmEngine { openblas, onednn };
+struct GemmHandle {
+  CpuGemmEngine engine = CpuGemmEngine::openblas;
+};
 #else
 // A cuBLASLt call prepared for one shape, epilogue and operand alignment: the descriptors and the
 // algorithm, chosen once by the heuristics (deterministic: the same algorithm every run, so the
@@ -67,10 +84,23 @@ void check_gemm(const GemmOp& op) {
 #if VAE_HOST_EXEC
 
 GemmHandle* gemm_create(cudaStream_t, bool) {
-  // The host-execution worker pool owns the cores: OpenBLAS runs one thread per call and the
+  // The host-execution worker pool owns the cores: the engine runs one thread per call and the
   // pool splits C into row panels, so BLAS threads never spin against kernel workers.
   openblas_set_num_threads(1);
-  return new GemmHandle{};
+  auto* h = new GemmHandle{};
+  h->engine = VAE_WITH_ONEDNN ? CpuGemmEngine::onednn : CpuGemmEngine::openblas;
+  if (const char* env = std::getenv("VAE_CPU_GEMM"); env && *env) {
+    if (std::strcmp(env, "openblas") == 0) {
+      h->engine = CpuGemmEngine::openblas;
+    } else if (std::strcmp(env, "onednn") == 0 && VAE_WITH_ONEDNN) {
+      h->engine = CpuGemmEngine::onednn;
+    } else {
+      delete h;
+      throw Error(std::string("VAE_CPU_GEMM: '") + env + "' is not an engine of this build (openblas" +
+                  (VAE_WITH_ONEDNN ? ", onednn)" : "; onednn needs libdnnl-dev at build time)"));
+    }
+  }
+  return h;
 }
 void gemm_destroy(GemmHandle* h) noexcept { delete h; }
 
@@ -80,6 +110,7 @@ namespace {
 // goes through the dimension that leaves the smaller operand to be packed twice: rows when
 // op(B) (k x n) is the smaller, columns when op(A) (m x k) is.
 struct Panels {
+  CpuGemmEngine engine;
   const GemmOp* op;
   bool by_columns;
   int per_panel;
@@ -117,6 +148,25 @@ void panel_bias_grad(const GemmOp& op, int i0, int i1) {
   }
 }
 
+// C (m × n) = alpha op(A) op(B) + beta C of one panel, on one thread of the engine.
+void panel_product(CpuGemmEngine engine, const GemmOp& op, int m, int n, const float* a, const float* b, float* c) {
+#if VAE_WITH_ONEDNN
+  if (engine == CpuGemmEngine::onednn) {
+    // oneDNN parallelizes with OpenMP: one thread from each pool worker (the ICV is per thread).
+    thread_local const bool one_thread = (omp_set_num_threads(1), true);
+    (void)one_thread;
+    const dnnl_status_t st = dnnl_sgemm(op.trans_a ? 'T' : 'N', op.trans_b ? 'T' : 'N', m, n, op.k, op.alpha, a, op.lda,
+                                        b, op.ldb, op.beta, c, op.ldc);
+    VAE_REQUIRE(st == dnnl_success, "gemm: dnnl_sgemm failed (status " + std::to_string(static_cast<int>(st)) + ")");
+    return;
+  }
+#else
+  (void)engine;
+#endif
+  cblas_sgemm(CblasRowMajor, op.trans_a ? CblasTrans : CblasNoTrans, op.trans_b ? CblasTrans : CblasNoTrans, m, n, op.k,
+              op.alpha, a, op.lda, b, op.ldb, op.beta, c, op.ldc);
+}
+
 void gemm_panel(int panel, void* ctx) {
   const Panels& p = *static_cast<const Panels*>(ctx);
   const GemmOp& op = *p.op;
@@ -138,8 +188,7 @@ void gemm_panel(int panel, void* ctx) {
     a = op.trans_a ? op.a + start : op.a + static_cast<size_t>(start) * op.lda;
     c = op.c + static_cast<size_t>(start) * op.ldc;
   }
-  cblas_sgemm(CblasRowMajor, op.trans_a ? CblasTrans : CblasNoTrans, op.trans_b ? CblasTrans : CblasNoTrans, m, n, op.k,
-              op.alpha, a, op.lda, b, op.ldb, op.beta, c, op.ldc);
+  panel_product(p.engine, op, m, n, a, b, c);
   if (op.epilogue != Epilogue::none) {
     switch (op.activation) {
       case Activation::relu:
@@ -181,7 +230,7 @@ void gemm(GemmHandle* h, const GemmOp& op) {
   int per_panel = (extent + panels - 1) / panels;
   if (by_columns) per_panel = (per_panel + 15) / 16 * 16;  // whole vectors of C's rows per panel
   panels = (extent + per_panel - 1) / per_panel;
-  Panels p{&op, by_columns, per_panel, panels};
+  Panels p{h->engine, &op, by_columns, per_panel, panels};
   hx::parallel_for(panels, gemm_panel, &p);
 }
 
