@@ -8,6 +8,7 @@
 // with --phases also each of its phases from the timers inside the kernel (the median and the
 // largest over blocks and steps, against the step's wall time) and its grid barriers; with
 // --steps-per-launch K, K steps in each launch (persistent; the timers then see each launch's last).
+// --kernels (CPU) adds each kernel's and GEMM's time a step and its share of the step.
 // --models N times the composed step of N models as vae sweep's stack takes it (host/model_stack.h:
 // every GEMM one strided-batched call, every kernel one launch for all), µs per stacked step and
 // per model-step.
@@ -32,6 +33,7 @@
 #include "step_gemms.h"
 #include "device_context.h"
 #include "blas_core.h"
+#include "runtime/workers.h"
 #include "trainer.h"
 #include "vae.h"
 
@@ -44,7 +46,8 @@ namespace {
 struct Options {
   std::string device = "auto", step_kind = "composed";
   int batch = 128, hidden = 400, latent = 20, steps = 200, dim = 784, json = 0, tf32 = 0, steps_per_launch = 1;
-  int models = 1;  // --models: the composed step of a stack of this many models
+  int models = 1;        // --models: the composed step of a stack of this many models
+  bool kernels = false;  // --kernels: the CPU's time per kernel and GEMM of the step
   bool phases = false, sweep = false;
   std::string batches = "32,64,128,256,512,1024";  // --sweep's
   bool fused() const { return step_kind == "fused"; }
@@ -54,8 +57,8 @@ Options parse_options(int argc, char** argv) {
   Options o;
   for (int i = 1; i < argc; i += 2) {
     const std::string k = argv[i];
-    if (k == "--phases" || k == "--sweep") {
-      (k == "--phases" ? o.phases : o.sweep) = true;
+    if (k == "--phases" || k == "--sweep" || k == "--kernels") {
+      (k == "--phases" ? o.phases : k == "--sweep" ? o.sweep : o.kernels) = true;
       --i;
       continue;
     }
@@ -176,6 +179,7 @@ PhaseTimes time_steps(const Options& o, const DeviceContext& ctx, Vae& model, Op
     if (s >= 0 && o.phases) add_phase_times(phase_ns.download(), grid, t);
   }
   for (int s = -10; s < o.steps && !o.fused(); ++s) {
+    if (s == 0 && o.kernels) hx::set_profiling(true);  // the timed steps' launches and GEMMs
     const auto t0 = now();
     VAE_CALL(ctx.target(), gather_batch, data.data(), PixelType::u8, nullptr, o.batch, o.dim, model.input(), false, 1,
              RandomStream::binarize, at.data(), ctx.stream(), models);
@@ -302,6 +306,24 @@ void print_report(const Options& o, const DeviceContext& ctx, const PhaseTimes& 
   }
 }
 
+// --kernels: each kernel's and GEMM's time a step (host execution runs each launch to its end
+// before the next), its share of the step, and what is left (the host's own work between them).
+void print_kernel_shares(const Options& o, const PhaseTimes& t) {
+  const double step_us = 1e3 * t.total() / o.steps;
+  std::printf("\nthe step by kernel and GEMM (%d steps; host execution's wall time of each launch):\n", o.steps);
+  std::printf("%-36s %10s %8s %8s\n", "kernel or GEMM (m x n x k)", "us/step", "share", "calls");
+  double sum = 0, gemm = 0;
+  for (const hx::ProfileEntry& e : hx::profile()) {
+    const double us = 1e6 * e.seconds / o.steps;
+    sum += us;
+    if (e.name.rfind("gemm", 0) == 0) gemm += us;
+    std::printf("%-36.36s %10.1f %7.1f%% %8.2f\n", e.name.c_str(), us, 100 * us / step_us,
+                static_cast<double>(e.calls) / o.steps);
+  }
+  std::printf("%-36s %10.1f %7.1f%%\n%-36s %10.1f %7.1f%%\n", "all GEMMs", gemm, 100 * gemm / step_us,
+              "the rest (host work between launches)", step_us - sum, 100 * (step_us - sum) / step_us);
+}
+
 ModelConfig model_config(const Options& o) {
   ModelConfig mc;
   mc.input_dim = o.dim;
@@ -397,7 +419,10 @@ int main(int argc, char** argv) {
   if (o.sweep) return run_sweep(o);
   DeviceContext ctx(resolve_target(o.device), o.tf32 != 0);
   Bench b(o, ctx, model_config(o));
+  hx::clear_profile();
   const PhaseTimes t = time_steps(o, ctx, b.model, b.opt);
+  hx::set_profiling(false);
   print_report(o, ctx, t, measure_floor(ctx, b.model, o.batch));
+  if (o.kernels) print_kernel_shares(o, t);
   return 0;
 }

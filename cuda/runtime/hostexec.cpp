@@ -326,7 +326,7 @@ cudaError_t launch(const KernelThunk& thunk, dim3 grid, dim3 block, size_t dynam
   if (tls_worker.thunk) die("kernel launch from inside a kernel is not supported");
   LaunchJob job{&thunk, grid, block, dynamic_smem_bytes};
   const unsigned long long blocks = 1ull * grid.x * grid.y * grid.z;
-  parallel_for(static_cast<int>(blocks), run_block_job, &job);
+  run_profiled(thunk.name, [&] { parallel_for(static_cast<int>(blocks), run_block_job, &job); });
   return cudaSuccess;
 }
 
@@ -341,7 +341,7 @@ cudaError_t launch_cooperative(const KernelThunk& thunk, dim3 grid, dim3 block, 
   CooperativeLaunch c;
   c.blocks = static_cast<unsigned>(blocks);
   LaunchJob job{&thunk, grid, block, dynamic_smem_bytes, &c};
-  parallel_for(static_cast<int>(blocks), run_block_job, &job);
+  run_profiled(thunk.name, [&] { parallel_for(static_cast<int>(blocks), run_block_job, &job); });
   return cudaSuccess;
 }
 

@@ -1,7 +1,10 @@
 // The CPU target's worker pool: the threads that run kernel blocks and GEMM panels.
 #include "runtime/workers.h"
 
+#include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <map>
 #include <condition_variable>
 #include <cstdint>
 #include <cstdlib>
@@ -147,5 +150,29 @@ void parallel_for(int n, void (*fn)(int, void*), void* ctx) { pool()->run(n, fn,
 WorkCounts work_counts() { return {kernel_launches.load(), gemm_calls.load()}; }
 void count_kernel_launch() { kernel_launches.fetch_add(1, std::memory_order_relaxed); }
 void count_gemm_call() { gemm_calls.fetch_add(1, std::memory_order_relaxed); }
+
+namespace {
+std::atomic<bool> profiling_on{false};
+std::map<std::string, ProfileEntry>& profile_entries() {
+  static std::map<std::string, ProfileEntry> entries;
+  return entries;
+}
+}  // namespace
+
+void set_profiling(bool on) { profiling_on.store(on); }
+bool profiling() { return profiling_on.load(std::memory_order_relaxed); }
+void add_to_profile(const char* name, double seconds) {
+  ProfileEntry& e = profile_entries()[name];
+  e.name = name;
+  e.seconds += seconds;
+  ++e.calls;
+}
+std::vector<ProfileEntry> profile() {
+  std::vector<ProfileEntry> out;
+  for (const auto& [name, e] : profile_entries()) out.push_back(e);
+  std::sort(out.begin(), out.end(), [](const ProfileEntry& a, const ProfileEntry& b) { return a.seconds > b.seconds; });
+  return out;
+}
+void clear_profile() { profile_entries().clear(); }
 
 }  // namespace vae::hx
