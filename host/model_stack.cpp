@@ -121,13 +121,20 @@ void ModelStack::queue_step(const DeviceDataset& train, int batch) {
   optimizer_.step(vae_.params().data(), vae_.grads().data(), train_at_.data(), batch, watch_.data());
 }
 
+void ModelStack::diverge(int k, const Diverged& d) {
+  if (diverged_[k]) return;
+  diverged_[k] = std::make_unique<Diverged>(d);
+  trainers_[k]->step_ = epoch_start_step_;  // its trainer's position: the epoch's start
+  trainers_[k]->batch_in_epoch_ = epoch_start_batch_;
+}
+
 void ModelStack::check_finite() {
   for (int k = 0; k < size(); ++k) {
     if (diverged_[k]) continue;
     try {
       trainers_[k]->check_finite();  // reads watch(k)
     } catch (const Diverged& d) {
-      diverged_[k] = std::make_unique<Diverged>(d);
+      diverge(k, d);
     }
   }
 }
@@ -137,7 +144,10 @@ std::vector<ElboTotals> ModelStack::train_epoch(const DeviceDataset& train,
   VAE_REQUIRE(train.dim == config_.model.input_dim, "train: data dimension differs from the model's");
   const Target target = ctx_.target();
   const int M = size(), B = config_.batch_size;
-  const Trainer& lead = *trainers_.front();
+  // The position is the models' still training (a diverged one keeps its epoch-start state).
+  int lead_index = 0;
+  while (lead_index + 1 < M && diverged_[lead_index]) ++lead_index;
+  const Trainer& lead = *trainers_[lead_index];
   const int64_t batches = (train.count + B - 1) / B, first = lead.batch_in_epoch();
   VAE_REQUIRE(first < batches, "train: the checkpoint's position is past the end of the epoch");
   if (perm_.size() != static_cast<size_t>(M) * train.count) {
@@ -153,7 +163,7 @@ std::vector<ElboTotals> ModelStack::train_epoch(const DeviceDataset& train,
   std::vector<StepState> at(M);
   for (int k = 0; k < M; ++k) {
     Trainer& t = *trainers_[k];
-    VAE_REQUIRE(t.epoch() == lead.epoch() && t.batch_in_epoch() == first && t.step() == lead.step(),
+    VAE_REQUIRE(diverged_[k] || (t.epoch() == lead.epoch() && t.batch_in_epoch() == first && t.step() == lead.step()),
                 "ModelStack: the models are at different positions");
     VAE_CALL(target, shuffle_permutation, perm_.data() + static_cast<size_t>(k) * train.count,
              static_cast<int>(train.count), epoch_shuffle_key(t.config().seed, t.epoch()), ctx_.stream());
@@ -167,10 +177,9 @@ std::vector<ElboTotals> ModelStack::train_epoch(const DeviceDataset& train,
   totals_.upload(totals);
   train_at_.upload(at);
   watch_.zero();
-  auto each_trainer = [&](auto&& f) {
-    for (Trainer* t : trainers_) f(*t);
-  };
   int64_t step = lead.step();
+  epoch_start_step_ = step;
+  epoch_start_batch_ = first;
   for (int64_t b = first; b < batches; ++b) {
     const int batch = static_cast<int>(std::min<int64_t>(B, train.count - b * B));
     if (batch != B && b > first) {  // a partial last batch: the step states as they stand
@@ -188,10 +197,11 @@ std::vector<ElboTotals> ModelStack::train_epoch(const DeviceDataset& train,
       queue_step(train, batch);
     }
     ++step;
-    each_trainer([&](Trainer& t) {
-      t.step_ = step;
-      t.batch_in_epoch_ = b + 1;
-    });
+    for (int k = 0; k < M; ++k) {
+      if (diverged_[k]) continue;
+      trainers_[k]->step_ = step;
+      trainers_[k]->batch_in_epoch_ = b + 1;
+    }
     if ((b + 1) % lead.check_every_ == 0 || b + 1 == batches) check_finite();
     if (b + 1 < batches && on_step && !on_step(b + 1, batches)) {
       for (int k = 0; k < M; ++k) copy_out(k);  // an unfinished epoch, as the trainers leave one
@@ -205,8 +215,10 @@ std::vector<ElboTotals> ModelStack::train_epoch(const DeviceDataset& train,
   for (int k = 0; k < M; ++k) {
     copy_out(k);
     Trainer& t = *trainers_[k];
-    if (!diverged_[k]) ++t.epoch_;
-    t.batch_in_epoch_ = 0;
+    if (!diverged_[k]) {
+      ++t.epoch_;
+      t.batch_in_epoch_ = 0;
+    }
     out.push_back(
         ElboTotals::from_sums(std::vector<double>(sums.begin() + 4 * k, sums.begin() + 4 * k + 4), vae_.iwae()));
   }

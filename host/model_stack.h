@@ -41,15 +41,14 @@ class ModelStack {
   // state after that step (an unfinished epoch, as Trainer::train_epoch leaves it). A model whose
   // loss or gradient turns non-finite goes on in the stack (the models do not touch each other)
   // but is reported once, at the check that finds it: diverged(k) then holds the reason, and its
-  // trainer keeps the state it had at the start of the epoch. Returns each model's epoch totals.
+  // trainer keeps the state (and position) it had at the start of that epoch for good (its slot
+  // computes on in later epochs, unreported). Returns each model's epoch totals.
   std::vector<ElboTotals> train_epoch(const DeviceDataset& train,
                                       const std::function<bool(int64_t, int64_t)>& on_step = {});
   // The reason model k diverged (Trainer::check_finite's), or null while it trains.
   const Diverged* diverged(int k) const { return diverged_[k].get(); }
   // Model k diverged as its caller found (a checkpoint between the stack's checks refused it).
-  void diverge(int k, const Diverged& d) {
-    if (!diverged_[k]) diverged_[k] = std::make_unique<Diverged>(d);
-  }
+  void diverge(int k, const Diverged& d);
   bool graph_in_use() const { return graph_ != nullptr; }
 
   // ---- what an attached trainer reads (Trainer's methods of the same names) ----
@@ -77,6 +76,7 @@ class ModelStack {
   DeviceBuffer<StepState> train_at_;  // (models)
   DeviceBuffer<NonFinite> watch_;     // (models)
   std::vector<std::unique_ptr<Diverged>> diverged_;
+  int64_t epoch_start_step_ = 0, epoch_start_batch_ = 0;  // where the epoch in training began
   StepGraph* graph_ = nullptr;
   const void* graph_data_ = nullptr;
 };

@@ -180,7 +180,20 @@ TEST_P(Stack, ADivergedModelIsReportedAndTheOthersTrainOn) {
   EXPECT_EQ(stack.diverged(2), nullptr);
   EXPECT_EQ(b.model().params().download(), b_start);
   EXPECT_EQ(b.epoch(), 0);
+  EXPECT_EQ(b.step(), 0);
+  EXPECT_EQ(b.batch_in_epoch(), 0);
   EXPECT_EQ(c.epoch(), 1);
+  if (target == Target::cpu) {
+    EXPECT_EQ(c.checkpoint().params, lone.checkpoint().params);
+  }
+  // The stack trains on: the others a second epoch, the diverged model left where it stopped.
+  const int64_t b_step = b.step();
+  stack.train_epoch(train);
+  lone.train_epoch(train);
+  EXPECT_EQ(c.epoch(), 2);
+  EXPECT_EQ(b.epoch(), 0);
+  EXPECT_EQ(b.step(), b_step);
+  EXPECT_EQ(b.model().params().download(), b_start);
   if (target == Target::cpu) {
     EXPECT_EQ(c.checkpoint().params, lone.checkpoint().params);
   }
