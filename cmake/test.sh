@@ -32,6 +32,6 @@ cmake --build build-sanitize -j "$jobs"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   ctest --test-dir build-sanitize --output-on-failure -j "$jobs"
 
-echo "== fuzz: the IDX, NPY and checkpoint readers under libFuzzer, 20 s each"
+echo "== fuzz: the IDX, NPY, checkpoint and PSF font readers under libFuzzer, 20 s each"
 fuzz/run.sh 20
 echo "== all tests passed"

@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-20}
 shift || true
-if [ $# -gt 0 ]; then targets=("$@"); else targets=(fuzz_idx fuzz_npy fuzz_checkpoint); fi
+if [ $# -gt 0 ]; then targets=("$@"); else targets=(fuzz_idx fuzz_npy fuzz_checkpoint fuzz_psf); fi
 cmake -S fuzz -B build-fuzz -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DCUDAToolkit_ROOT=/usr/local/cuda >/dev/null
 cmake --build build-fuzz -j"$(nproc)" >/dev/null
