@@ -1,7 +1,6 @@
 #include "model_stack.h"
 
 #include <algorithm>
-#include <cmath>
 
 #include "runtime/check.h"
 
@@ -40,13 +39,10 @@ ModelStack::ModelStack(const DeviceContext& ctx, const std::vector<Trainer*>& tr
       train_at_(ctx, trainers.size()),
       watch_(ctx, trainers.size()),
       diverged_(trainers.size()) {
-  const Trainer& lead = *trainers_.front();
-  for (size_t k = 0; k < trainers_.size(); ++k) {
+  for (size_t k = 0; k < trainers_.size(); ++k) {  // their positions: train_epoch checks them
     const Trainer& t = *trainers_[k];
     const std::string differs = shape_difference(config_, t.config());
     VAE_REQUIRE(differs.empty(), "ModelStack: model " + std::to_string(k) + " differs in " + differs);
-    VAE_REQUIRE(t.epoch() == lead.epoch() && t.batch_in_epoch() == lead.batch_in_epoch() && t.step() == lead.step(),
-                "ModelStack: model " + std::to_string(k) + " is at another position");
     VAE_REQUIRE(!t.pg_ && !t.stack_, "ModelStack: a model of a process group or of another stack");
   }
   for (size_t k = 0; k < trainers_.size(); ++k) trainers_[k]->attach(this, static_cast<int>(k));
@@ -60,29 +56,22 @@ ModelStack::~ModelStack() {
   VAE_CALL(ctx_.target(), graph_destroy, graph_);
 }
 
-void ModelStack::copy_in(int k) {
+// Model k's parameters and optimizer state between its trainer and its slot of the stack.
+void ModelStack::copy_state(int k, bool into_stack) {
   Trainer& t = *trainers_[k];
   const size_t P = vae_.layout().total;
-  const Target target = ctx_.target();
-  VAE_CALL(target, copy_on_device, vae_.params().data() + k * P, t.vae_.params().data(), P * sizeof(float),
-           ctx_.stream());
-  for (size_t s = 0; s < optimizer_state_names(config_.optimizer).size(); ++s) {
-    VAE_CALL(target, copy_on_device, optimizer_.state(s).data() + k * P, t.optimizer_.state(s).data(),
+  auto copy = [&](float* slot, float* own) {
+    VAE_CALL(ctx_.target(), copy_on_device, into_stack ? slot + k * P : own, into_stack ? own : slot + k * P,
              P * sizeof(float), ctx_.stream());
+  };
+  copy(vae_.params().data(), t.vae_.params().data());
+  for (size_t s = 0; s < optimizer_state_names(config_.optimizer).size(); ++s) {
+    copy(optimizer_.state(s).data(), t.optimizer_.state(s).data());
   }
 }
 
 void ModelStack::copy_out(int k) {
-  if (diverged_[k]) return;  // its trainer keeps the state of the epoch's start
-  Trainer& t = *trainers_[k];
-  const size_t P = vae_.layout().total;
-  const Target target = ctx_.target();
-  VAE_CALL(target, copy_on_device, t.vae_.params().data(), vae_.params().data() + k * P, P * sizeof(float),
-           ctx_.stream());
-  for (size_t s = 0; s < optimizer_state_names(config_.optimizer).size(); ++s) {
-    VAE_CALL(target, copy_on_device, t.optimizer_.state(s).data(), optimizer_.state(s).data() + k * P,
-             P * sizeof(float), ctx_.stream());
-  }
+  if (!diverged_[k]) copy_state(k, false);  // a diverged model's trainer keeps the epoch's start
 }
 
 std::vector<double> ModelStack::totals(int k) const {
@@ -90,17 +79,11 @@ std::vector<double> ModelStack::totals(int k) const {
   return std::vector<double>(all.begin() + 4 * k, all.begin() + 4 * k + 4);
 }
 
-double ModelStack::gradient_norm(int k) {
-  vae_.gradient_square_sum(grad_square_sum_.data(), k);
-  return std::sqrt(grad_square_sum_.download()[0]);
-}
+double ModelStack::gradient_norm(int k) { return last_step_gradient_norm(vae_, k, grad_square_sum_); }
 
 double ModelStack::update_norm(int k) {
-  const Trainer& t = *trainers_[k];
-  const OptimizerHyper hyper = t.optimizer_.hyper();  // the learning rate of the epoch, as the step took it
-  optimizer_.update_square_sum(vae_.params().data(), vae_.grads().data(), static_cast<uint64_t>(t.step() - 1),
-                               grad_square_sum_.data(), vae_.reduce_scratch(), k, &hyper);
-  return std::sqrt(grad_square_sum_.download()[0]);
+  const Trainer& t = *trainers_[k];  // its hyperparameters: the epoch's learning rate, as the step took it
+  return last_step_update_norm(vae_, optimizer_, t.step(), t.optimizer_.hyper(), k, grad_square_sum_);
 }
 
 NonFinite ModelStack::watch(int k) const { return watch_.download()[k]; }
@@ -163,15 +146,16 @@ std::vector<ElboTotals> ModelStack::train_epoch(const DeviceDataset& train,
   std::vector<StepState> at(M);
   for (int k = 0; k < M; ++k) {
     Trainer& t = *trainers_[k];
-    VAE_REQUIRE(diverged_[k] || (t.epoch() == lead.epoch() && t.batch_in_epoch() == first && t.step() == lead.step()),
-                "ModelStack: the models are at different positions");
+    VAE_REQUIRE(
+        diverged_[k] || (t.epoch() == lead.epoch() && t.batch_in_epoch() == first && t.step() == lead.step()),
+        "ModelStack: model " + std::to_string(k) + " is at another position than model " + std::to_string(lead_index));
     VAE_CALL(target, shuffle_permutation, perm_.data() + static_cast<size_t>(k) * train.count,
              static_cast<int>(train.count), epoch_shuffle_key(t.config().seed, t.epoch()), ctx_.stream());
     scalars[k] = {t.config().seed, t.config().kl, t.optimizer_.hyper()};
     if (first > 0 && t.resumed_totals_.size() == 4) std::copy_n(t.resumed_totals_.begin(), 4, totals.begin() + 4 * k);
     t.resumed_totals_.clear();
     at[k] = {static_cast<uint64_t>(t.step()), first * B, 0};
-    copy_in(k);
+    copy_state(k, true);
   }
   scalars_.upload(scalars);
   totals_.upload(totals);

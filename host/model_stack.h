@@ -60,7 +60,7 @@ class ModelStack {
   void copy_out(int k);
 
  private:
-  void copy_in(int k);
+  void copy_state(int k, bool into_stack);
   void queue_step(const DeviceDataset& train, int batch);
   void check_finite();  // every model's watch; marks the ones newly diverged
 

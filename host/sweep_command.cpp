@@ -199,7 +199,6 @@ int train_models(const SweepRun& sweep, const World& world, Target target) {
         finish(s, e);
       } catch (const Diverged& d) {
         diverge(s, d);
-        s.model.reset();  // its buffers back
       }
     }
     if (!group.empty()) {

@@ -47,18 +47,26 @@ ElboTotals Trainer::epoch_totals_so_far() {
   return ElboTotals::from_sums(stack_ ? stack_->totals(stack_slot_) : totals_.download(), vae_.iwae());
 }
 
+double last_step_gradient_norm(Vae& vae, int model, DeviceBuffer<double>& out) {
+  vae.gradient_square_sum(out.data(), model);
+  return std::sqrt(out.download()[0]);
+}
+
+double last_step_update_norm(Vae& vae, const Optimizer& optimizer, int64_t steps, const OptimizerHyper& hyper,
+                             int model, DeviceBuffer<double>& out) {
+  if (steps == 0) return 0;
+  optimizer.update_square_sum(vae.params().data(), vae.grads().data(), static_cast<uint64_t>(steps - 1), out.data(),
+                              vae.reduce_scratch(), model, &hyper);
+  return std::sqrt(out.download()[0]);
+}
+
 double Trainer::last_gradient_norm() {
-  if (stack_) return stack_->gradient_norm(stack_slot_);
-  vae_.gradient_square_sum(grad_square_sum_.data());
-  return std::sqrt(grad_square_sum_.download()[0]);
+  return stack_ ? stack_->gradient_norm(stack_slot_) : last_step_gradient_norm(vae_, 0, grad_square_sum_);
 }
 
 double Trainer::last_update_norm() {
-  if (step_ == 0) return 0;
-  if (stack_) return stack_->update_norm(stack_slot_);
-  optimizer_.update_square_sum(vae_.params().data(), vae_.grads().data(), static_cast<uint64_t>(step_ - 1),
-                               grad_square_sum_.data(), vae_.reduce_scratch());
-  return std::sqrt(grad_square_sum_.download()[0]);
+  return stack_ ? stack_->update_norm(stack_slot_)
+                : last_step_update_norm(vae_, optimizer_, step_, optimizer_.hyper(), 0, grad_square_sum_);
 }
 
 Trainer::StepRows Trainer::step_rows(int64_t batch_index, int64_t rows_left) const {

@@ -76,6 +76,14 @@ bool fused_step_by_rule(Target target, int batch_size, const ModelConfig& model)
 
 class ModelStack;
 
+// The L2 norms of the last step of model `model` (of vae's models): of its gradient, and of its
+// update, which the optimizer's state after the step implies (`steps` steps taken, the last with
+// `hyper`; 0 before the first). Queued into out (one double) on the device, then read: a host
+// synchronisation. Trainer's and ModelStack's logged norms.
+double last_step_gradient_norm(Vae& vae, int model, DeviceBuffer<double>& out);
+double last_step_update_norm(Vae& vae, const Optimizer& optimizer, int64_t steps, const OptimizerHyper& hyper,
+                             int model, DeviceBuffer<double>& out);
+
 // The key of epoch `epoch`'s shuffle of the training rows: the order depends on (seed, epoch) only,
 // so a resumed run sees the same order.
 inline uint64_t epoch_shuffle_key(uint64_t seed, int epoch) { return seed * 0x9E3779B97F4A7C15ull + epoch; }

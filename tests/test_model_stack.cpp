@@ -212,6 +212,12 @@ TEST(StackShape, RefusesModelsOfAnotherShapeOrPosition) {
   EXPECT_EQ(ModelStack::shape_difference(model_config(v, 0), model_config(v, 2)), "");
   Trainer a(ctx, model_config(v, 0)), b(ctx, other);
   EXPECT_THROW(ModelStack(ctx, {&a, &b}), Error);
+  // A model an epoch ahead of the other: refused when the stack would train them.
+  const DeviceDataset train(ctx, test::random_images(40, 3, 4, 3));
+  Trainer ahead(ctx, model_config(v, 1)), behind(ctx, model_config(v, 2));
+  ahead.train_epoch(train);
+  ModelStack stack(ctx, {&ahead, &behind});
+  EXPECT_THROW(stack.train_epoch(train), Error);
 }
 
 INSTANTIATE_TEST_SUITE_P(Targets, Stack, ::testing::ValuesIn(test::all_targets()), test::target_param_name);
