@@ -119,7 +119,7 @@ struct PhaseTimes {
   double gather = 0, forward = 0, backward = 0, optimizer = 0, fused = 0;
   double total() const { return gather + forward + backward + optimizer + fused; }
   std::vector<double> fused_phase_us[kFusedPhases];  // one entry per block and step
-  std::vector<double> fused_sum_us;                  // per block and step: start to the optimizer's end
+  std::vector<double> fused_sum_us;                  // per block and step: its start to its end
   unsigned barriers = 0;                             // grid barriers a step (every block the same)
   bool barriers_agree = true;
 };

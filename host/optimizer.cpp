@@ -20,7 +20,6 @@ void Optimizer::set_fused_step_optimizer(FusedStepArgs& a) {
   a.hyper = hyper_;
   a.state1 = state1_.data();
   a.state2 = state2_.data();
-  a.parameters = static_cast<long long>(n_);
 }
 
 void Optimizer::step(float* params, const float* grads, StepState* at, int advance_batch, NonFinite* watch) {

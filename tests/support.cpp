@@ -9,6 +9,8 @@
 #include <fstream>
 #include <sstream>
 
+#include "runtime/workers.h"
+
 namespace vae::test {
 
 std::vector<Target> all_targets() {
@@ -81,6 +83,16 @@ ScopedLaunchPolicy::ScopedLaunchPolicy(Target t, const Shape& s)
 }
 
 ScopedLaunchPolicy::~ScopedLaunchPolicy() { *policy_ = saved_; }
+
+ScopedWorkers::ScopedWorkers(Target t, int workers) {
+  if (t != Target::cpu) return;
+  saved_ = hx::workers();
+  hx::set_workers(workers);
+}
+
+ScopedWorkers::~ScopedWorkers() {
+  if (saved_ > 0) hx::set_workers(saved_);
+}
 
 Result run_cli(const std::string& args) {
   namespace fs = std::filesystem;

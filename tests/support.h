@@ -58,6 +58,19 @@ class ScopedLaunchPolicy {
   LaunchPolicy saved_;
 };
 
+// Under host execution, `workers` workers (a cooperative launch's grid: one block per worker)
+// until the scope ends; on the GPU nothing.
+class ScopedWorkers {
+ public:
+  ScopedWorkers(Target t, int workers);
+  ~ScopedWorkers();
+  ScopedWorkers(const ScopedWorkers&) = delete;
+  ScopedWorkers& operator=(const ScopedWorkers&) = delete;
+
+ private:
+  int saved_ = 0;  // 0: unchanged
+};
+
 // The vae command line, run with a shell: exit code, stdout, stderr.
 struct Result {
   int code;

@@ -1,14 +1,16 @@
 // The whole training step as one cooperative kernel: batch gather → encoder → heads → ε, z, KL →
 // decoder → output layer with log p(x|z) and its gradient → backward through the decoder, the
-// latent stage and the encoder → the optimizer update, with a grid-wide barrier only where data
-// dependence demands one (2·(encoder + decoder layers) + 8 of them, and one more per GEMM phase
-// that splits K; FusedStepArgs::phase_ns counts them and times each phase). Every block takes part in
-// every phase: GEMM phases hand out 32×32 output tiles (a layer's weight- and input-gradient
-// GEMMs share one phase), row and element phases stride over the grid's threads. Each output is
-// summed by one thread in a fixed order, and the ELBO totals by one block: the same seed gives
-// the same bits. The element math is the composed step's (the headers it shares), and so are
-// the random numbers. For the latency-bound regime (small batches), where the composed step is
-// a string of small kernels; one launch per step, captured in the trainer's CUDA graph.
+// latent stage and the encoder, each weight gradient taking its optimizer update where it is
+// final (no optimizer pass). A grid-wide barrier only where a phase needs all of the one before:
+// 2·(encoder + decoder layers) + 7 a step (FusedStepArgs::phase_ns counts them and times each
+// phase), one more between the steps of a persistent launch. Every block takes part in every
+// phase: GEMM phases hand out 32×32 output tiles (a layer's input gradient shares its phase with
+// the update of the layer above), split in K where tiles are fewer than blocks, the slices meeting
+// at per-tile tickets instead of a barrier; row and element phases stride over the grid's threads.
+// Each output is summed by one thread in a fixed order, and the ELBO totals by one block: the same
+// seed gives the same bits. The element math is the composed step's (the headers it shares), and
+// so are the random numbers. For the latency-bound regime (small batches), where the composed
+// step is a string of small kernels; launches of many steps, captured in the trainer's CUDA graph.
 #include <algorithm>
 
 #include "ops.h"  // the entry points this file defines
@@ -19,6 +21,8 @@
 #include "kernels/non_finite.cuh"
 #include "kernels/optimizer.cuh"
 #include "kernels/reconstruction.cuh"
+#include "kernels/ticket.cuh"
+#include "runtime/async_copy.cuh"
 
 namespace vae::VAE_NS {
 
@@ -26,13 +30,17 @@ namespace {
 
 constexpr int kStepThreads = 256;  // 8 warps; the GEMM tile's 16 × 16 threads
 constexpr int kTile = 32;          // output tiles of kTile × kTile
-constexpr int kTileK = 32;         // the K slice staged in shared memory at a time
+constexpr int kTileK = 32;         // the K chunk staged in shared memory at a time
+constexpr int kStages = 4;         // K chunks of a work item in flight at once (cp.async groups)
 
 constexpr int kTilePad = kTile + 4;  // row stride: a multiple of 4 floats, as the warp matrix loads need
 struct TileShared {
-  alignas(32) float a[kTileK][kTilePad];  // op(A) slice, transposed: a[p][i] (after a TF32 tile: C[i][j], one K half)
-  alignas(32) float b[kTileK][kTilePad];  // op(B) slice: b[p][j] (after a TF32 tile: the other K half)
-  unsigned barriers;                      // grid barriers passed this step (thread 0's count)
+  // Stage s holds one K chunk: a[s][p][i] = op(A)[i0 + i, k0 + p] (transposed), b[s][p][j] = op(B)[k0 + p, j0 + j].
+  // After a TF32 tile, stages 0 of a and b hold C's two K halves.
+  alignas(32) float a[kStages][kTileK][kTilePad];
+  alignas(32) float b[kStages][kTileK][kTilePad];
+  unsigned barriers;  // grid barriers passed this step (thread 0's count)
+  unsigned last;      // this block arrived last at a split tile's ticket
 };
 
 // A grid barrier of the step, counted for the phase timers.
@@ -49,6 +57,37 @@ __device__ __forceinline__ void phase_end(const FusedStepArgs& a, FusedPhase p) 
   record_time(a, 1 + static_cast<int>(p));
 }
 
+// What every phase of one step shares: the arguments, the step and the optimizer's scalars at it.
+struct Step {
+  const FusedStepArgs& a;
+  uint64_t step;
+  OptimizerScalars k;
+};
+
+// A GEMM of a phase; with update, a weight gradient (C and the bias gradient in a.grads) whose
+// every entry, once final, also takes its optimizer update right there.
+struct PhaseGemm {
+  GemmOp op;
+  bool update = false;
+};
+
+// The optimizer's update of flat parameter i, its gradient just written (and checked for a non-finite value).
+__device__ __forceinline__ void apply_update(const Step& s, long long i) {
+  const FusedStepArgs& a = s.a;
+  if (a.watch && !finite_bits(a.grads[i])) record_non_finite(a.watch, s.step, NonFiniteTerm::gradient, i);
+  switch (a.optimizer) {
+    case OptimizerKind::adam:
+      optimizer_element<OptimizerKind::adam>(a.hyper, s.k, a.params, a.grads, a.state1, a.state2, i);
+      break;
+    case OptimizerKind::adagrad:
+      optimizer_element<OptimizerKind::adagrad>(a.hyper, s.k, a.params, a.grads, a.state1, a.state2, i);
+      break;
+    case OptimizerKind::sgd:
+      optimizer_element<OptimizerKind::sgd>(a.hyper, s.k, a.params, a.grads, a.state1, a.state2, i);
+      break;
+  }
+}
+
 // C's columns, and one more for a bias gradient: a column of ones in op(B), whose output column
 // is Σ_p op(A)[i, p], taken from the tile's own sums.
 __device__ __forceinline__ int gemm_columns(const GemmOp& op) { return op.n + (op.bias_grad ? 1 : 0); }
@@ -56,8 +95,10 @@ __device__ __forceinline__ int gemm_tiles(const GemmOp& op) {
   return ((op.m + kTile - 1) / kTile) * ((gemm_columns(op) + kTile - 1) / kTile);
 }
 
-// C[i, j] = v: the epilogue, or for the extra column, the bias gradient.
-__device__ __forceinline__ void store_output(const GemmOp& op, int i, int j, float acc) {
+// C[i, j] = v: the epilogue, or for the extra column, the bias gradient; then a weight gradient's update.
+__device__ __forceinline__ void store_output(const Step& s, const PhaseGemm& g, int i, int j, float acc) {
+  const GemmOp& op = g.op;
+  float* out = nullptr;
   if (j < op.n) {
     float v = op.alpha * acc;
     const long long at = static_cast<long long>(i) * op.ldc + j;
@@ -67,21 +108,56 @@ __device__ __forceinline__ void store_output(const GemmOp& op, int i, int j, flo
       const float h = op.activation_output[at];
       v = op.activation == Activation::relu ? (h > 0.f ? v : 0.f) : v * activation_grad(h, op.activation);
     }
-    op.c[at] = v;
+    out = op.c + at;
+    *out = v;
   } else if (j == op.n && op.bias_grad) {
-    op.bias_grad[i] = acc;
+    out = op.bias_grad + i;
+    *out = acc;
+  }
+  if (out && g.update) apply_update(s, out - s.a.grads);
+}
+
+// Requests K chunk [k0, k0 + kTileK) ∩ [k0, k_end) of the tile at (i0, j0) into stage `stage`:
+// zeros outside the matrices, ones in a bias gradient's extra column. Consecutive threads along K
+// where the operand is contiguous in K, along the tile's rows or columns where it is not.
+__device__ __forceinline__ void stage_chunk(const GemmOp& op, int i0, int j0, int k0, int k_end, int stage,
+                                            TileShared& sh) {
+  for (int e = static_cast<int>(threadIdx.x); e < kTile * kTileK; e += kStepThreads) {
+    const int r = op.trans_a ? e % kTile : e / kTileK, kk = op.trans_a ? e / kTile : e % kTileK;
+    const int i = i0 + r, p = k0 + kk;
+    const bool a_in = i < op.m && p < k_end;
+    async_copy_float(&sh.a[stage][kk][r],
+                     a_in ? (op.trans_a ? op.a + static_cast<long long>(p) * op.lda + i : op.a + i * op.lda + p) : op.a,
+                     a_in);
+    const int c = op.trans_b ? e / kTileK : e % kTile, q = op.trans_b ? e % kTileK : e / kTile;
+    const int j = j0 + c, pb = k0 + q;
+    if (pb < k_end && j < op.n) {
+      async_copy_float(
+          &sh.b[stage][q][c],
+          op.trans_b ? op.b + static_cast<long long>(j) * op.ldb + pb : op.b + static_cast<long long>(pb) * op.ldb + j,
+          true);
+    } else {
+      sh.b[stage][q][c] = pb < k_end && j == op.n && op.bias_grad ? 1.f : 0.f;
+    }
   }
 }
 
 // One kTile × kTile tile of C over K in [k_begin, k_end): thread (ty, tx) of 16 × 16 owns rows
-// i0 + ty + {0, 16} and columns j0 + tx + {0, 16}; K in slices through shared memory. In fp32 each
-// thread sums its four outputs with FFMA; with tf32, each warp takes a 16 × 16 quarter of the
-// tile and half of each slice's K steps on the tensor cores (TF32 inputs, fp32 sums), and the
-// two halves meet, in a fixed order, through shared memory. Then the epilogue, or, for a split-K item, the raw sums
-// into partial (m, columns).
-__device__ void gemm_tile(const GemmOp& op, int tile, int k_begin, int k_end, float* partial, bool tf32,
-                          TileShared& sh) {
+// i0 + ty + {0, 16} and columns j0 + tx + {0, 16}. K in chunks through a ring of kStages stages:
+// the chunks of the next kStages − 1 steps requested before the wait for the current one (a short
+// work item has all its loads in flight at once). In fp32 each thread sums its four outputs with
+// FFMA; with tf32, each warp takes a 16 × 16 quarter of the tile and half of each chunk's K steps
+// on the tensor cores (TF32 inputs, fp32 sums), and the two halves meet, in a fixed order, through
+// shared memory. Then, for a whole-K item, the epilogue. A split-K item (slices > 1) writes its
+// raw sums into `partial` (slice `slice` of (slices, m, columns) at `slices_at`) and takes a
+// ticket: the block that arrives last sums the tile's slices in slice order and runs the
+// epilogue (deterministic, no atomics on the data, no grid barrier). Out of line: inlined into the
+// step it spilled registers on sm_90 under the two-blocks-per-SM bound.
+__device__ VAE_NOINLINE void gemm_tile(const Step& s, const PhaseGemm& g, int tile, int k_begin, int k_end, int slice,
+                                       int slices, float* slices_at, unsigned* ticket, TileShared& sh) {
   namespace wmma = nvcuda::wmma;
+  const GemmOp& op = g.op;
+  const bool tf32 = s.a.tf32;
   const int cols = gemm_columns(op);
   const int tiles_n = (cols + kTile - 1) / kTile;
   const int i0 = (tile / tiles_n) * kTile, j0 = (tile % tiles_n) * kTile;
@@ -90,42 +166,32 @@ __device__ void gemm_tile(const GemmOp& op, int tile, int k_begin, int k_end, fl
   float acc[2][2] = {};
 #if VAE_HAS_TF32_MMA
   // Warp w takes the 16 × 16 quarter (wi, wj) = ((w % 4) / 2, w % 2) of the tile over the K steps
-  // of 8 numbered w / 4 (mod 2) in each slice: all eight warps on the tensor cores.
+  // of 8 numbered w / 4 (mod 2) in each chunk: all eight warps on the tensor cores.
   const int warp = tid / 32, wi = (warp % 4) / 2, wj = warp % 2, k_half = warp / 4;
   wmma::fragment<wmma::accumulator, 16, 16, 8, float> cf;
   if (tf32) wmma::fill_fragment(cf, 0.f);
 #else
   (void)tf32;  // no TF32 tensor cores before sm_80: FFMA
 #endif
-  for (int k0 = k_begin; k0 < k_end; k0 += kTileK) {
-    for (int e = tid; e < kTile * kTileK; e += kStepThreads) {
-      // Consecutive threads along K where A is not transposed (contiguous), along i where it is.
-      const int r = op.trans_a ? e % kTile : e / kTileK, kk = op.trans_a ? e / kTile : e % kTileK;
-      const int i = i0 + r, p = k0 + kk;
-      float av = 0.f;
-      if (i < op.m && p < k_end) av = op.trans_a ? op.a[static_cast<long long>(p) * op.lda + i] : op.a[i * op.lda + p];
-      sh.a[kk][r] = av;
-      const int c = op.trans_b ? e / kTileK : e % kTile, q = op.trans_b ? e % kTileK : e / kTile;
-      const int j = j0 + c, pb = k0 + q;
-      float bv = 0.f;
-      if (pb < k_end) {
-        if (j < op.n) {
-          bv = op.trans_b ? op.b[static_cast<long long>(j) * op.ldb + pb]
-                          : op.b[static_cast<long long>(pb) * op.ldb + j];
-        } else if (j == op.n && op.bias_grad) {
-          bv = 1.f;
-        }
-      }
-      sh.b[q][c] = bv;
-    }
+  const int chunks = (k_end - k_begin + kTileK - 1) / kTileK;
+  for (int c = 0; c < kStages - 1; ++c) {
+    if (c < chunks) stage_chunk(op, i0, j0, k_begin + c * kTileK, k_end, c, sh);
+    async_commit();
+  }
+  for (int c = 0; c < chunks; ++c) {
+    const int ahead = c + kStages - 1;  // into the stage chunk c − 1 left (every thread is past it)
+    if (ahead < chunks) stage_chunk(op, i0, j0, k_begin + ahead * kTileK, k_end, ahead % kStages, sh);
+    async_commit();
+    async_wait<kStages - 1>();  // chunk c's group has landed
     __syncthreads();
+    const int st = c % kStages;
 #if VAE_HAS_TF32_MMA
     if (tf32) {
       for (int k8 = 8 * k_half; k8 < kTileK; k8 += 16) {
         wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::col_major> fa;
         wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::row_major> fb;
-        wmma::load_matrix_sync(fa, &sh.a[k8][wi * 16], kTilePad);
-        wmma::load_matrix_sync(fb, &sh.b[k8][wj * 16], kTilePad);
+        wmma::load_matrix_sync(fa, &sh.a[st][k8][wi * 16], kTilePad);
+        wmma::load_matrix_sync(fb, &sh.b[st][k8][wj * 16], kTilePad);
         for (int e = 0; e < fa.num_elements; ++e) fa.x[e] = wmma::__float_to_tf32(fa.x[e]);
         for (int e = 0; e < fb.num_elements; ++e) fb.x[e] = wmma::__float_to_tf32(fb.x[e]);
         wmma::mma_sync(cf, fa, fb, cf);
@@ -135,8 +201,8 @@ __device__ void gemm_tile(const GemmOp& op, int tile, int k_begin, int k_end, fl
     }
 #endif
     for (int kk = 0; kk < kTileK; ++kk) {
-      const float a0 = sh.a[kk][ty], a1 = sh.a[kk][ty + 16];
-      const float b0 = sh.b[kk][tx], b1 = sh.b[kk][tx + 16];
+      const float a0 = sh.a[st][kk][ty], a1 = sh.a[st][kk][ty + 16];
+      const float b0 = sh.b[st][kk][tx], b1 = sh.b[st][kk][tx + 16];
       acc[0][0] += a0 * b0;
       acc[0][1] += a0 * b1;
       acc[1][0] += a1 * b0;
@@ -145,28 +211,44 @@ __device__ void gemm_tile(const GemmOp& op, int tile, int k_begin, int k_end, fl
     __syncthreads();
   }
 #if VAE_HAS_TF32_MMA
-  if (tf32) {  // the two K halves' sums, through shared memory (C row-major over sh.a and sh.b), to the owners
-    wmma::store_matrix_sync(k_half ? &sh.b[wi * 16][wj * 16] : &sh.a[wi * 16][wj * 16], cf, kTilePad,
+  if (tf32) {  // the two K halves' sums, through shared memory (C row-major in stage 0 of a and b), to the owners
+    wmma::store_matrix_sync(k_half ? &sh.b[0][wi * 16][wj * 16] : &sh.a[0][wi * 16][wj * 16], cf, kTilePad,
                             wmma::mem_row_major);
     __syncthreads();
     for (int u = 0; u < 2; ++u)
-      for (int w = 0; w < 2; ++w) acc[u][w] = sh.a[ty + 16 * u][tx + 16 * w] + sh.b[ty + 16 * u][tx + 16 * w];
+      for (int w = 0; w < 2; ++w) acc[u][w] = sh.a[0][ty + 16 * u][tx + 16 * w] + sh.b[0][ty + 16 * u][tx + 16 * w];
     __syncthreads();  // before the next tile's loads overwrite it
   }
 #endif
-  for (int u = 0; u < 2; ++u) {
-    const int i = i0 + ty + 16 * u;
-    if (i >= op.m) continue;
-    for (int w = 0; w < 2; ++w) {
-      const int j = j0 + tx + 16 * w;
-      if (j >= cols) continue;
-      if (partial) {
-        partial[static_cast<long long>(i) * cols + j] = acc[u][w];
-      } else {
-        store_output(op, i, j, acc[u][w]);
+  if (slices == 1) {
+    for (int u = 0; u < 2; ++u)
+      for (int w = 0; w < 2; ++w) {
+        const int i = i0 + ty + 16 * u, j = j0 + tx + 16 * w;
+        if (i < op.m && j < cols) store_output(s, g, i, j, acc[u][w]);
       }
-    }
+    return;
   }
+  const long long n = static_cast<long long>(op.m) * cols;
+  for (int u = 0; u < 2; ++u)
+    for (int w = 0; w < 2; ++w) {
+      const int i = i0 + ty + 16 * u, j = j0 + tx + 16 * w;
+      if (i < op.m && j < cols) slices_at[slice * n + static_cast<long long>(i) * cols + j] = acc[u][w];
+    }
+  __threadfence();  // this thread's sums are visible before the block's arrival is
+  __syncthreads();
+  if (tid == 0) sh.last = arrives_last(ticket, static_cast<unsigned>(slices)) ? 1u : 0u;
+  __syncthreads();
+  if (!sh.last) return;  // uniform over the block
+  __threadfence();       // the other slices' sums, made visible before their arrivals, are read after ours
+  for (int u = 0; u < 2; ++u)
+    for (int w = 0; w < 2; ++w) {
+      const int i = i0 + ty + 16 * u, j = j0 + tx + 16 * w;
+      if (i >= op.m || j >= cols) continue;
+      const long long e = static_cast<long long>(i) * cols + j;
+      float sum = 0.f;
+      for (int sl = 0; sl < slices; ++sl) sum += load_global_coherent(slices_at + sl * n + e);
+      store_output(s, g, i, j, sum);
+    }
 }
 
 // K slices of an op in a phase of `total` tiles: where the phase has fewer tiles than the grid
@@ -182,54 +264,32 @@ __device__ __forceinline__ int split_slices(const GemmOp& op, int total) {
   return s > 1 ? s : 1;
 }
 
-// The tiles of `count` independent GEMMs, handed out over the grid's blocks; split-K where the
-// tiles are too few, each slice's sums into workspace, then (after a grid barrier) each output
-// the sum of its slices in slice order and its epilogue: deterministic, no atomics. The
-// workspace holds Σ slices · m · columns ≤ (grid + tiles) · kTile² < 2 · grid · kTile² floats.
-__device__ void gemm_phase(const GemmOp* ops, int count, float* workspace, bool tf32, TileShared& sh) {
+// The work items (tiles, or K slices of tiles) of `count` independent GEMMs, handed out over the
+// grid's blocks, with no grid barrier inside: split tiles meet at their tickets (gemm_tile). The
+// workspace holds Σ slices · m · columns ≤ (grid + tiles) · kTile² < 2 · grid · kTile² floats of
+// partial sums, then one ticket per tile of the phase (split only where tiles < grid).
+__device__ void gemm_phase(const Step& s, const PhaseGemm* ops, int count, TileShared& sh) {
   int total = 0;
-  for (int o = 0; o < count; ++o) total += gemm_tiles(ops[o]);
+  for (int o = 0; o < count; ++o) total += gemm_tiles(ops[o].op);
   int items = 0;
-  bool split = false;
-  for (int o = 0; o < count; ++o) {
-    const int s = split_slices(ops[o], total);
-    items += s * gemm_tiles(ops[o]);
-    split = split || s > 1;
-  }
+  for (int o = 0; o < count; ++o) items += split_slices(ops[o].op, total) * gemm_tiles(ops[o].op);
+  unsigned* tickets = reinterpret_cast<unsigned*>(s.a.workspace + fused_step_partial_floats(gridDim.x));
   for (int t = static_cast<int>(blockIdx.x); t < items; t += static_cast<int>(gridDim.x)) {
-    int o = 0, local = t;
+    int o = 0, local = t, ticket = 0;
     long long offset = 0;  // this op's slices in the workspace
     for (;; ++o) {
-      const int s = split_slices(ops[o], total), n = s * gemm_tiles(ops[o]);
-      if (local < n) break;
-      local -= n;
-      if (s > 1) offset += static_cast<long long>(s) * ops[o].m * gemm_columns(ops[o]);
+      const int sl = split_slices(ops[o].op, total), tiles = gemm_tiles(ops[o].op);
+      if (local < sl * tiles) break;
+      local -= sl * tiles;
+      ticket += tiles;
+      if (sl > 1) offset += static_cast<long long>(sl) * ops[o].op.m * gemm_columns(ops[o].op);
     }
-    const GemmOp& op = ops[o];
+    const GemmOp& op = ops[o].op;
     const int slices = split_slices(op, total), tiles = gemm_tiles(op);
     const int slice = local / tiles, tile = local % tiles;
     const int per = ((op.k + slices - 1) / slices + kTileK - 1) / kTileK * kTileK;
     const int k_begin = slice * per, k_end = k_begin + per < op.k ? k_begin + per : op.k;
-    float* partial =
-        slices > 1 ? workspace + offset + static_cast<long long>(slice) * op.m * gemm_columns(op) : nullptr;
-    gemm_tile(op, tile, k_begin, k_end, partial, tf32, sh);
-  }
-  if (!split) return;  // uniform over the grid
-  step_barrier(sh);
-  const long long first = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
-  const long long stride = static_cast<long long>(gridDim.x) * blockDim.x;
-  long long offset = 0;
-  for (int o = 0; o < count; ++o) {
-    const GemmOp& op = ops[o];
-    const int slices = split_slices(op, total), cols = gemm_columns(op);
-    if (slices == 1) continue;
-    const long long n = static_cast<long long>(op.m) * cols;
-    for (long long e = first; e < n; e += stride) {
-      float sum = 0.f;
-      for (int s = 0; s < slices; ++s) sum += workspace[offset + s * n + e];
-      store_output(op, static_cast<int>(e / cols), static_cast<int>(e % cols), sum);
-    }
-    offset += slices * n;
+    gemm_tile(s, ops[o], tile, k_begin, k_end, slice, slices, s.a.workspace + offset, tickets + ticket + tile, sh);
   }
 }
 
@@ -243,41 +303,60 @@ __device__ __forceinline__ const float* weight(const FusedStepArgs& a, const Fus
 }
 __device__ __forceinline__ const float* bias(const FusedStepArgs& a, const FusedLayer& l) { return a.params + l.bias; }
 
-// A layer's backward phase: dW and db, and (with grad_in) dL/d(its input), through the
-// activation of the layer below when h_in is given.
-__device__ void layer_backward(const FusedStepArgs& a, const FusedLayer& l, const float* in, int rows,
-                               const float* h_in, float* grad_in, TileShared& sh) {
-  GemmOp ops[2];
-  ops[0] = dense_weight_grad_gemm(l.out, l.in, l.dh, in, a.grads + l.weight, a.grads + l.bias, rows);
-  int count = 1;
-  if (grad_in) ops[count++] = dense_input_grad_gemm(l.out, l.in, l.dh, weight(a, l), grad_in, rows, h_in, a.activation);
-  gemm_phase(ops, count, a.workspace, a.tf32, sh);
-}
-
 // Hidden layers (activation act) from `in`, then the top layer (identity) into top.h, a grid
 // barrier after each: the encoder with the heads on top, or the decoder with the output layer.
-__device__ void forward_stack(const FusedStepArgs& a, const FusedLayer* layers, int count, const FusedLayer& top,
+__device__ void forward_stack(const Step& s, const FusedLayer* layers, int count, const FusedLayer& top,
                               const float* in, int rows, TileShared& sh) {
   for (int l = 0; l <= count; ++l) {
     const FusedLayer& L = l < count ? layers[l] : top;
-    const GemmOp op = dense_forward_gemm(L.out, L.in, in, weight(a, L), bias(a, L), L.h, rows,
-                                         l < count ? a.activation : Activation::identity);
-    gemm_phase(&op, 1, a.workspace, a.tf32, sh);
+    const PhaseGemm g{dense_forward_gemm(L.out, L.in, in, weight(s.a, L), bias(s.a, L), L.h, rows,
+                                         l < count ? s.a.activation : Activation::identity)};
+    gemm_phase(s, &g, 1, sh);
     step_barrier(sh);
     in = L.h;
   }
 }
 
-// The backward of such a stack, from the top layer (its dh filled) down to the first: each
-// layer's dW, db and the gradient of its input — through the activation of the layer below, or
-// into bottom_grad (null: not needed) for the stack's input `bottom`. A grid barrier after each.
-__device__ void backward_stack(const FusedStepArgs& a, const FusedLayer* layers, int count, const FusedLayer& top,
-                               const float* bottom, float* bottom_grad, int rows, TileShared& sh) {
+// A layer's dW and db with the optimizer's update of its parameters (input `in`, rows of them).
+__device__ PhaseGemm weight_update(const FusedStepArgs& a, const FusedLayer& l, const float* in, int rows) {
+  return {dense_weight_grad_gemm(l.out, l.in, l.dh, in, a.grads + l.weight, a.grads + l.bias, rows), true};
+}
+
+// The weight update left for the next phase: a layer's parameters change only once no phase reads
+// them any more, i.e. in the phase after the one that computed the gradient of its input.
+struct Pending {
+  PhaseGemm update;
+  int count = 0;  // 0 or 1
+};
+
+// The backward of such a stack, from the top layer (its dh filled) down to the first, a phase per
+// layer: the gradient of the layer's input (it reads W) — through the activation of the layer
+// below, or into bottom_grad for the stack's input `bottom` — beside the pending update of the
+// layer above, which then leaves this layer's update pending. A layer whose input gradient is not
+// needed (bottom_grad null) takes its own update in its phase too, and leaves none. A grid barrier
+// after each phase, but after the last one only with last_barrier.
+__device__ void backward_stack(const Step& s, const FusedLayer* layers, int count, const FusedLayer& top,
+                               const float* bottom, float* bottom_grad, int rows, Pending& pending, bool last_barrier,
+                               TileShared& sh) {
   for (int l = count; l >= 0; --l) {
     const FusedLayer& L = l < count ? layers[l] : top;
     const float* below = l ? layers[l - 1].h : bottom;
-    layer_backward(a, L, below, rows, l ? below : nullptr, l ? layers[l - 1].dh : bottom_grad, sh);
-    step_barrier(sh);
+    float* grad_in = l ? layers[l - 1].dh : bottom_grad;
+    PhaseGemm ops[2];
+    int n = 0;
+    if (grad_in) {  // first: the next phase waits for it, nothing waits for an update within the step
+      ops[n++] = {
+          dense_input_grad_gemm(L.out, L.in, L.dh, weight(s.a, L), grad_in, rows, l ? below : nullptr, s.a.activation)};
+    }
+    if (pending.count) ops[n++] = pending.update;
+    pending.count = 0;
+    if (grad_in) {
+      pending = {weight_update(s.a, L, below, rows), 1};
+    } else {
+      ops[n++] = weight_update(s.a, L, below, rows);
+    }
+    gemm_phase(s, ops, n, sh);
+    if (l > 0 || last_barrier) step_barrier(sh);
   }
 }
 
@@ -316,20 +395,12 @@ __device__ void block_totals(const FusedStepArgs& a, uint64_t step) {
   }
 }
 
-template <OptimizerKind kind>
-__device__ void optimizer_phase(const FusedStepArgs& a, uint64_t step, long long first, long long stride) {
-  const OptimizerScalars k = optimizer_scalars(a.hyper, step);
-  for (long long i = first; i < a.parameters; i += stride) {
-    if (a.watch && !finite_bits(a.grads[i])) record_non_finite(a.watch, step, NonFiniteTerm::gradient, i);
-    optimizer_element<kind>(a.hyper, k, a.params, a.grads, a.state1, a.state2, i);
-  }
-}
-
 // One training step at `at` (its rows at->offset.. of the permutation), by every block.
 __device__ void train_step(const FusedStepArgs& a, const StepState& at, TileShared& sh) {
   const long long first = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
   const long long stride = static_cast<long long>(gridDim.x) * blockDim.x;
   const int B = a.batch, rows = a.batch * a.samples, J = a.latent;
+  const Step s{a, at.step, optimizer_scalars(a.hyper, at.step)};
   if (threadIdx.x == 0) sh.barriers = 0;
   record_time(a, 0);
 
@@ -357,18 +428,18 @@ __device__ void train_step(const FusedStepArgs& a, const StepState& at, TileShar
   phase_end(a, FusedPhase::gather);
 
   // Encoder and heads.
-  forward_stack(a, a.encoder, a.encoder_layers, a.heads, a.x, B, sh);
+  forward_stack(s, a.encoder, a.encoder_layers, a.heads, a.x, B, sh);
   phase_end(a, FusedPhase::encoder);
 
   // ε, z = μ + σ ε and the KL (analytic, or the Monte-Carlo mean over the row's samples), one
   // (row, sample) item per thread.
   for (long long t = first; t < rows; t += stride) {
-    const int s = static_cast<int>(t / B), r = static_cast<int>(t % B), row = static_cast<int>(at.row0) + r;
+    const int sample = static_cast<int>(t / B), r = static_cast<int>(t % B), row = static_cast<int>(at.row0) + r;
     const float* mu = a.heads.h + static_cast<long long>(r) * 2 * J;
     const bool analytic = a.kl_term.estimator == KlEstimator::analytic;
-    sample_latent(mu, mu + J, J, row, s, a.samples, a.seed, RandomStream::latent_noise, at.step, a.z + t * J,
+    sample_latent(mu, mu + J, J, row, sample, a.samples, a.seed, RandomStream::latent_noise, at.step, a.z + t * J,
                   analytic ? a.kl + r : nullptr);
-    if (s == 0 && !analytic) {
+    if (sample == 0 && !analytic) {
       a.kl[r] = mc_kl_row(mu, mu + J, J, row, a.samples, a.seed, RandomStream::latent_noise, at.step);
     }
   }
@@ -376,7 +447,7 @@ __device__ void train_step(const FusedStepArgs& a, const StepState& at, TileShar
   phase_end(a, FusedPhase::latent);
 
   // Decoder and output layer.
-  forward_stack(a, a.decoder, a.decoder_layers, a.output, a.z, rows, sh);
+  forward_stack(s, a.decoder, a.decoder_layers, a.output, a.z, rows, sh);
   phase_end(a, FusedPhase::decoder);
 
   // log p(x|z) and its gradient, a warp per (sample, row).
@@ -402,37 +473,29 @@ __device__ void train_step(const FusedStepArgs& a, const StepState& at, TileShar
   step_barrier(sh);
   phase_end(a, FusedPhase::reconstruction);
 
-  // The ELBO totals (block 0), then the backward of the output layer and the decoder.
+  // The ELBO totals (block 0), then the backward of the output layer and the decoder, the
+  // output layer's update beside the decoder's last input gradient.
   if (blockIdx.x == 0) block_totals(a, at.step);
-  backward_stack(a, a.decoder, a.decoder_layers, a.output, a.z, a.d_z, rows, sh);
+  Pending pending;
+  backward_stack(s, a.decoder, a.decoder_layers, a.output, a.z, a.d_z, rows, pending, true, sh);
   phase_end(a, FusedPhase::decoder_backward);
 
   // Latent stage backward, an element per thread; the KL's gradient weighted by β at this step.
+  // Beside it the update of the decoder's first layer.
   const float kl_scale = kl_scale_at(1.f / static_cast<float>(B), a.kl_term, &at);
   for (long long i = first; i < static_cast<long long>(B) * J; i += stride) {
     latent_backward_element(a.heads.h, a.z, a.d_z, a.heads.dh, static_cast<int>(i / J), static_cast<int>(i % J), B, J,
                             a.samples, kl_scale, a.kl_term.estimator, a.kl_term.gradient == KlGradient::dreg);
   }
+  gemm_phase(s, &pending.update, pending.count, sh);
+  pending.count = 0;
   step_barrier(sh);
   phase_end(a, FusedPhase::latent_backward);
 
-  // Heads and encoder backward (dL/dx is not needed).
-  backward_stack(a, a.encoder, a.encoder_layers, a.heads, a.x, nullptr, B, sh);
+  // Heads and encoder backward (dL/dx is not needed), the last phase with the first layer's update
+  // and the one above it. No barrier after it: the next step's starts the launch's next step.
+  backward_stack(s, a.encoder, a.encoder_layers, a.heads, a.x, nullptr, B, pending, false, sh);
   phase_end(a, FusedPhase::encoder_backward);
-
-  // The optimizer over the flat buffer; then block 0 moves the step on (every block has read it).
-  switch (a.optimizer) {
-    case OptimizerKind::adam:
-      optimizer_phase<OptimizerKind::adam>(a, at.step, first, stride);
-      break;
-    case OptimizerKind::adagrad:
-      optimizer_phase<OptimizerKind::adagrad>(a, at.step, first, stride);
-      break;
-    case OptimizerKind::sgd:
-      optimizer_phase<OptimizerKind::sgd>(a, at.step, first, stride);
-      break;
-  }
-  phase_end(a, FusedPhase::optimizer);
   if (a.phase_ns && threadIdx.x == 0) a.phase_ns[blockIdx.x * kFusedPhaseSlots + 1 + kFusedPhases] = sh.barriers;
 }
 

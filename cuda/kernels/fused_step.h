@@ -46,14 +46,14 @@ struct FusedStepArgs {
   double* totals = nullptr;    // += (Σ recon, Σ KL, B), as elbo_totals
   NonFinite* watch = nullptr;  // the first non-finite loss term or gradient, or null
   bool tf32 = false;           // GEMM tiles on TF32 tensor cores (sm_80 and newer; FFMA before)
-  float* workspace = nullptr;  // split-K partial sums: fused_step_workspace_floats(fused_step_grid())
+  float* workspace = nullptr;  // split-K partial sums and tickets: fused_step_workspace_floats(fused_step_grid())
   long long workspace_floats = 0;
-  // Optimizer over the whole flat buffer.
+  // The optimizer, applied to each weight and bias where its gradient is final (its state at the
+  // same offsets of the flat buffer as the parameters).
   OptimizerKind optimizer = OptimizerKind::adam;
   OptimizerHyper hyper;
   float* state1 = nullptr;
   float* state2 = nullptr;
-  long long parameters = 0;
   // Phase timers: (grid, kFusedPhaseSlots) written by thread 0 of each block, or null (off: one
   // untaken branch per phase).
   unsigned long long* phase_ns = nullptr;
@@ -66,24 +66,31 @@ enum class FusedPhase : int {
   latent,            // ε, z and the KL
   decoder,           // the decoder's layers and the output layer
   reconstruction,    // log p(x|z) and its gradient
-  decoder_backward,  // the ELBO totals, the output layer's and the decoder's backward
-  latent_backward,   // dμ, dlog σ²
-  encoder_backward,  // the heads' and the encoder's backward
-  optimizer,         // the update of the flat buffer (no barrier after it)
+  decoder_backward,  // the ELBO totals, the output layer's and the decoder's backward (and updates but the first)
+  latent_backward,   // dμ, dlog σ², and the decoder's first layer's update
+  encoder_backward,  // the heads' and the encoder's backward and updates (no barrier after it)
 };
-constexpr int kFusedPhases = 9;
+constexpr int kFusedPhases = 8;
 inline const char* fused_phase_name(int p) {
-  static const char* const names[kFusedPhases] = {"gather",          "encoder",          "latent",
-                                                  "decoder",         "reconstruction",   "decoder backward",
-                                                  "latent backward", "encoder backward", "optimizer"};
+  static const char* const names[kFusedPhases] = {"gather",          "encoder",         "latent",
+                                                  "decoder",         "reconstruction",  "decoder backward",
+                                                  "latent backward", "encoder backward"};
   return p >= 0 && p < kFusedPhases ? names[p] : "?";
 }
 // Timer slots per block (of the launch's last step): [0] the start, [1 + p] the end of phase p (when the block leaves
-// the grid barrier that closes it; the optimizer's when the block is done), in ns of a clock all blocks share; [1 +
+// the grid barrier that closes it; the last phase's when the block is done), in ns of a clock all blocks share; [1 +
 // kFusedPhases] the grid barriers the block passed in the step.
 constexpr int kFusedPhaseSlots = kFusedPhases + 2;
 
-// The fused step's split-K workspace for a grid of `grid` blocks (see gemm_phase in fused_step.cu).
-inline long long fused_step_workspace_floats(int grid) { return 2ll * grid * 32 * 32; }
+// The grid barriers of one fused step of a model with these hidden layers (and one more between
+// the steps of a launch).
+constexpr int fused_step_barriers(int encoder_layers, int decoder_layers) {
+  return 2 * (encoder_layers + decoder_layers) + 7;
+}
+
+// The fused step's workspace for a grid of `grid` blocks (see gemm_phase in fused_step.cu): the
+// split-K partial sums, then one ticket per tile of a phase (zero between uses).
+constexpr long long fused_step_partial_floats(int grid) { return 2ll * grid * 32 * 32; }
+inline long long fused_step_workspace_floats(int grid) { return fused_step_partial_floats(grid) + grid; }
 
 }  // namespace vae

@@ -24,6 +24,14 @@
 #define VAE_HOST_EXEC 1
 #endif
 
+// A device function kept out of line (its caller's registers and its own allocated apart): nvcc's
+// __noinline__, which the host compiler spells as an attribute.
+#if VAE_HOST_EXEC
+#define VAE_NOINLINE __attribute__((noinline))
+#else
+#define VAE_NOINLINE __noinline__
+#endif
+
 // Warp matrix products in TF32 (tensor cores on sm_80 and newer; emulated under host execution).
 #if VAE_HOST_EXEC || !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
 #define VAE_HAS_TF32_MMA 1
