@@ -2,7 +2,7 @@
 // decoder → output layer with log p(x|z) and its gradient → backward through the decoder, the
 // latent stage and the encoder, each weight gradient taking its optimizer update where it is
 // final (no optimizer pass). A grid-wide barrier only where a phase needs all of the one before:
-// 2·(encoder + decoder layers) + 7 a step (FusedStepArgs::phase_ns counts them and times each
+// 2·(encoder + decoder layers) + 6 a step (FusedStepArgs::phase_ns counts them and times each
 // phase), one more between the steps of a persistent launch. Every block takes part in every
 // phase: GEMM phases hand out 32×32 output tiles (a layer's input gradient shares its phase with
 // the update of the layer above), split in K where tiles are fewer than blocks, the slices meeting
@@ -61,14 +61,18 @@ __device__ __forceinline__ void phase_end(const FusedStepArgs& a, FusedPhase p) 
 struct Step {
   const FusedStepArgs& a;
   uint64_t step;
+  long long row0;  // the batch's first row in the epoch (keys the noise)
   OptimizerScalars k;
 };
 
 // A GEMM of a phase; with update, a weight gradient (C and the bias gradient in a.grads) whose
-// every entry, once final, also takes its optimizer update right there.
+// every entry, once final, also takes its optimizer update right there. With heads, the encoder's
+// heads (n = 2J: μ | log σ²): a tile holds 16 column pairs (j, J + j), thread column tx holding μ_j
+// and tx + 16 its log σ²_j, and the epilogue draws the row's z_j for every sample.
 struct PhaseGemm {
   GemmOp op;
   bool update = false;
+  bool heads = false;
 };
 
 // The optimizer's update of flat parameter i, its gradient just written (and checked for a non-finite value).
@@ -91,12 +95,21 @@ __device__ __forceinline__ void apply_update(const Step& s, long long i) {
 // C's columns, and one more for a bias gradient: a column of ones in op(B), whose output column
 // is Σ_p op(A)[i, p], taken from the tile's own sums.
 __device__ __forceinline__ int gemm_columns(const GemmOp& op) { return op.n + (op.bias_grad ? 1 : 0); }
-__device__ __forceinline__ int gemm_tiles(const GemmOp& op) {
-  return ((op.m + kTile - 1) / kTile) * ((gemm_columns(op) + kTile - 1) / kTile);
+__device__ __forceinline__ int gemm_column_tiles(const PhaseGemm& g) {
+  return g.heads ? (g.op.n / 2 + kTile / 2 - 1) / (kTile / 2) : (gemm_columns(g.op) + kTile - 1) / kTile;
+}
+__device__ __forceinline__ int gemm_tiles(const PhaseGemm& g) {
+  return ((g.op.m + kTile - 1) / kTile) * gemm_column_tiles(g);
+}
+// The column of C at column c of column tile jt; gemm_columns for none (past the heads' J pairs).
+__device__ __forceinline__ int tile_column(const PhaseGemm& g, int jt, int c) {
+  if (!g.heads) return jt * kTile + c;
+  const int half = g.op.n / 2, j = jt * (kTile / 2) + c % (kTile / 2);
+  return j >= half ? g.op.n : c < kTile / 2 ? j : half + j;
 }
 
 // C[i, j] = v: the epilogue, or for the extra column, the bias gradient; then a weight gradient's update.
-__device__ __forceinline__ void store_output(const Step& s, const PhaseGemm& g, int i, int j, float acc) {
+__device__ __forceinline__ float store_output(const Step& s, const PhaseGemm& g, int i, int j, float acc) {
   const GemmOp& op = g.op;
   float* out = nullptr;
   if (j < op.n) {
@@ -115,13 +128,43 @@ __device__ __forceinline__ void store_output(const Step& s, const PhaseGemm& g, 
     *out = acc;
   }
   if (out && g.update) apply_update(s, out - s.a.grads);
+  return out ? *out : 0.f;
+}
+
+// The heads' epilogue for row i, latent column j (μ, log σ² as stored): z_j of each of the row's samples.
+__device__ __forceinline__ void draw_latent(const Step& s, int i, int j, float mu, float logvar) {
+  const FusedStepArgs& a = s.a;
+  const int row = static_cast<int>(s.row0) + i;
+  for (int sample = 0; sample < a.samples; ++sample) {
+    a.z[(static_cast<long long>(sample) * a.batch + i) * a.latent + j] = sample_latent_element(
+        mu, logvar, a.latent, row, sample, a.samples, a.seed, RandomStream::latent_noise, s.step, j);
+  }
+}
+
+// A thread's four outputs of a tile, rows i0 + ty + {0, 16}, tile columns tx + {0, 16} of column
+// tile jt, final: stored with their epilogue (and the heads' z).
+__device__ __forceinline__ void store_tile_outputs(const Step& s, const PhaseGemm& g, int i0, int jt, int ty, int tx,
+                                                   const float (&v)[2][2]) {
+  const int cols = gemm_columns(g.op);
+  for (int u = 0; u < 2; ++u) {
+    const int i = i0 + ty + 16 * u;
+    if (i >= g.op.m) continue;
+    float stored[2];
+    for (int w = 0; w < 2; ++w) {
+      const int j = tile_column(g, jt, tx + 16 * w);
+      stored[w] = j < cols ? store_output(s, g, i, j, v[u][w]) : 0.f;
+    }
+    const int j = tile_column(g, jt, tx);
+    if (g.heads && j < cols) draw_latent(s, i, j, stored[0], stored[1]);
+  }
 }
 
 // Requests K chunk [k0, k0 + kTileK) ∩ [k0, k_end) of the tile at (i0, j0) into stage `stage`:
 // zeros outside the matrices, ones in a bias gradient's extra column. Consecutive threads along K
 // where the operand is contiguous in K, along the tile's rows or columns where it is not.
-__device__ __forceinline__ void stage_chunk(const GemmOp& op, int i0, int j0, int k0, int k_end, int stage,
+__device__ __forceinline__ void stage_chunk(const PhaseGemm& g, int i0, int jt, int k0, int k_end, int stage,
                                             TileShared& sh) {
+  const GemmOp& op = g.op;
   for (int e = static_cast<int>(threadIdx.x); e < kTile * kTileK; e += kStepThreads) {
     const int r = op.trans_a ? e % kTile : e / kTileK, kk = op.trans_a ? e / kTile : e % kTileK;
     const int i = i0 + r, p = k0 + kk;
@@ -130,7 +173,7 @@ __device__ __forceinline__ void stage_chunk(const GemmOp& op, int i0, int j0, in
                      a_in ? (op.trans_a ? op.a + static_cast<long long>(p) * op.lda + i : op.a + i * op.lda + p) : op.a,
                      a_in);
     const int c = op.trans_b ? e / kTileK : e % kTile, q = op.trans_b ? e % kTileK : e / kTile;
-    const int j = j0 + c, pb = k0 + q;
+    const int j = tile_column(g, jt, c), pb = k0 + q;
     if (pb < k_end && j < op.n) {
       async_copy_float(
           &sh.b[stage][q][c],
@@ -159,8 +202,8 @@ __device__ VAE_NOINLINE void gemm_tile(const Step& s, const PhaseGemm& g, int ti
   const GemmOp& op = g.op;
   const bool tf32 = s.a.tf32;
   const int cols = gemm_columns(op);
-  const int tiles_n = (cols + kTile - 1) / kTile;
-  const int i0 = (tile / tiles_n) * kTile, j0 = (tile % tiles_n) * kTile;
+  const int tiles_n = gemm_column_tiles(g);
+  const int i0 = (tile / tiles_n) * kTile, jt = tile % tiles_n;
   const int tid = static_cast<int>(threadIdx.x);
   const int ty = tid / 16, tx = tid % 16;
   float acc[2][2] = {};
@@ -175,12 +218,12 @@ __device__ VAE_NOINLINE void gemm_tile(const Step& s, const PhaseGemm& g, int ti
 #endif
   const int chunks = (k_end - k_begin + kTileK - 1) / kTileK;
   for (int c = 0; c < kStages - 1; ++c) {
-    if (c < chunks) stage_chunk(op, i0, j0, k_begin + c * kTileK, k_end, c, sh);
+    if (c < chunks) stage_chunk(g, i0, jt, k_begin + c * kTileK, k_end, c, sh);
     async_commit();
   }
   for (int c = 0; c < chunks; ++c) {
     const int ahead = c + kStages - 1;  // into the stage chunk c − 1 left (every thread is past it)
-    if (ahead < chunks) stage_chunk(op, i0, j0, k_begin + ahead * kTileK, k_end, ahead % kStages, sh);
+    if (ahead < chunks) stage_chunk(g, i0, jt, k_begin + ahead * kTileK, k_end, ahead % kStages, sh);
     async_commit();
     async_wait<kStages - 1>();  // chunk c's group has landed
     __syncthreads();
@@ -221,17 +264,13 @@ __device__ VAE_NOINLINE void gemm_tile(const Step& s, const PhaseGemm& g, int ti
   }
 #endif
   if (slices == 1) {
-    for (int u = 0; u < 2; ++u)
-      for (int w = 0; w < 2; ++w) {
-        const int i = i0 + ty + 16 * u, j = j0 + tx + 16 * w;
-        if (i < op.m && j < cols) store_output(s, g, i, j, acc[u][w]);
-      }
+    store_tile_outputs(s, g, i0, jt, ty, tx, acc);
     return;
   }
   const long long n = static_cast<long long>(op.m) * cols;
   for (int u = 0; u < 2; ++u)
     for (int w = 0; w < 2; ++w) {
-      const int i = i0 + ty + 16 * u, j = j0 + tx + 16 * w;
+      const int i = i0 + ty + 16 * u, j = tile_column(g, jt, tx + 16 * w);
       if (i < op.m && j < cols) slices_at[slice * n + static_cast<long long>(i) * cols + j] = acc[u][w];
     }
   __threadfence();  // this thread's sums are visible before the block's arrival is
@@ -240,15 +279,15 @@ __device__ VAE_NOINLINE void gemm_tile(const Step& s, const PhaseGemm& g, int ti
   __syncthreads();
   if (!sh.last) return;  // uniform over the block
   __threadfence();       // the other slices' sums, made visible before their arrivals, are read after ours
+  float sum[2][2] = {};
   for (int u = 0; u < 2; ++u)
     for (int w = 0; w < 2; ++w) {
-      const int i = i0 + ty + 16 * u, j = j0 + tx + 16 * w;
+      const int i = i0 + ty + 16 * u, j = tile_column(g, jt, tx + 16 * w);
       if (i >= op.m || j >= cols) continue;
       const long long e = static_cast<long long>(i) * cols + j;
-      float sum = 0.f;
-      for (int sl = 0; sl < slices; ++sl) sum += load_global_coherent(slices_at + sl * n + e);
-      store_output(s, g, i, j, sum);
+      for (int sl = 0; sl < slices; ++sl) sum[u][w] += load_global_coherent(slices_at + sl * n + e);
     }
+  store_tile_outputs(s, g, i0, jt, ty, tx, sum);
 }
 
 // K slices of an op in a phase of `total` tiles: where the phase has fewer tiles than the grid
@@ -270,22 +309,22 @@ __device__ __forceinline__ int split_slices(const GemmOp& op, int total) {
 // partial sums, then one ticket per tile of the phase (split only where tiles < grid).
 __device__ void gemm_phase(const Step& s, const PhaseGemm* ops, int count, TileShared& sh) {
   int total = 0;
-  for (int o = 0; o < count; ++o) total += gemm_tiles(ops[o].op);
+  for (int o = 0; o < count; ++o) total += gemm_tiles(ops[o]);
   int items = 0;
-  for (int o = 0; o < count; ++o) items += split_slices(ops[o].op, total) * gemm_tiles(ops[o].op);
+  for (int o = 0; o < count; ++o) items += split_slices(ops[o].op, total) * gemm_tiles(ops[o]);
   unsigned* tickets = reinterpret_cast<unsigned*>(s.a.workspace + fused_step_partial_floats(gridDim.x));
   for (int t = static_cast<int>(blockIdx.x); t < items; t += static_cast<int>(gridDim.x)) {
     int o = 0, local = t, ticket = 0;
     long long offset = 0;  // this op's slices in the workspace
     for (;; ++o) {
-      const int sl = split_slices(ops[o].op, total), tiles = gemm_tiles(ops[o].op);
+      const int sl = split_slices(ops[o].op, total), tiles = gemm_tiles(ops[o]);
       if (local < sl * tiles) break;
       local -= sl * tiles;
       ticket += tiles;
       if (sl > 1) offset += static_cast<long long>(sl) * ops[o].op.m * gemm_columns(ops[o].op);
     }
     const GemmOp& op = ops[o].op;
-    const int slices = split_slices(op, total), tiles = gemm_tiles(op);
+    const int slices = split_slices(op, total), tiles = gemm_tiles(ops[o]);
     const int slice = local / tiles, tile = local % tiles;
     const int per = ((op.k + slices - 1) / slices + kTileK - 1) / kTileK * kTileK;
     const int k_begin = slice * per, k_end = k_begin + per < op.k ? k_begin + per : op.k;
@@ -304,13 +343,15 @@ __device__ __forceinline__ const float* weight(const FusedStepArgs& a, const Fus
 __device__ __forceinline__ const float* bias(const FusedStepArgs& a, const FusedLayer& l) { return a.params + l.bias; }
 
 // Hidden layers (activation act) from `in`, then the top layer (identity) into top.h, a grid
-// barrier after each: the encoder with the heads on top, or the decoder with the output layer.
-__device__ void forward_stack(const Step& s, const FusedLayer* layers, int count, const FusedLayer& top,
+// barrier after each: the encoder with the heads on top (heads: z drawn in their epilogue), or the
+// decoder with the output layer.
+__device__ void forward_stack(const Step& s, const FusedLayer* layers, int count, const FusedLayer& top, bool heads,
                               const float* in, int rows, TileShared& sh) {
   for (int l = 0; l <= count; ++l) {
     const FusedLayer& L = l < count ? layers[l] : top;
     const PhaseGemm g{dense_forward_gemm(L.out, L.in, in, weight(s.a, L), bias(s.a, L), L.h, rows,
-                                         l < count ? s.a.activation : Activation::identity)};
+                                         l < count ? s.a.activation : Activation::identity),
+                      false, heads && l == count};
     gemm_phase(s, &g, 1, sh);
     step_barrier(sh);
     in = L.h;
@@ -400,7 +441,7 @@ __device__ void train_step(const FusedStepArgs& a, const StepState& at, TileShar
   const long long first = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
   const long long stride = static_cast<long long>(gridDim.x) * blockDim.x;
   const int B = a.batch, rows = a.batch * a.samples, J = a.latent;
-  const Step s{a, at.step, optimizer_scalars(a.hyper, at.step)};
+  const Step s{a, at.step, at.row0, optimizer_scalars(a.hyper, at.step)};
   if (threadIdx.x == 0) sh.barriers = 0;
   record_time(a, 0);
 
@@ -427,28 +468,22 @@ __device__ void train_step(const FusedStepArgs& a, const StepState& at, TileShar
   step_barrier(sh);
   phase_end(a, FusedPhase::gather);
 
-  // Encoder and heads.
-  forward_stack(s, a.encoder, a.encoder_layers, a.heads, a.x, B, sh);
+  // Encoder and heads, with ε and z = μ + σ ε drawn in the heads' epilogue.
+  forward_stack(s, a.encoder, a.encoder_layers, a.heads, true, a.x, B, sh);
   phase_end(a, FusedPhase::encoder);
 
-  // ε, z = μ + σ ε and the KL (analytic, or the Monte-Carlo mean over the row's samples), one
-  // (row, sample) item per thread.
-  for (long long t = first; t < rows; t += stride) {
-    const int sample = static_cast<int>(t / B), r = static_cast<int>(t % B), row = static_cast<int>(at.row0) + r;
-    const float* mu = a.heads.h + static_cast<long long>(r) * 2 * J;
-    const bool analytic = a.kl_term.estimator == KlEstimator::analytic;
-    sample_latent(mu, mu + J, J, row, sample, a.samples, a.seed, RandomStream::latent_noise, at.step, a.z + t * J,
-                  analytic ? a.kl + r : nullptr);
-    if (sample == 0 && !analytic) {
-      a.kl[r] = mc_kl_row(mu, mu + J, J, row, a.samples, a.seed, RandomStream::latent_noise, at.step);
-    }
-  }
-  step_barrier(sh);
-  phase_end(a, FusedPhase::latent);
-
   // Decoder and output layer.
-  forward_stack(s, a.decoder, a.decoder_layers, a.output, a.z, rows, sh);
+  forward_stack(s, a.decoder, a.decoder_layers, a.output, false, a.z, rows, sh);
   phase_end(a, FusedPhase::decoder);
+
+  // Each row's KL (analytic, or the Monte-Carlo mean over the row's samples), a thread per row.
+  for (long long r = first; r < B; r += stride) {
+    const float* mu = a.heads.h + r * 2 * J;
+    a.kl[r] = a.kl_term.estimator == KlEstimator::analytic
+                  ? analytic_kl_row(mu, mu + J, J)
+                  : mc_kl_row(mu, mu + J, J, static_cast<int>(at.row0 + r), a.samples, a.seed,
+                              RandomStream::latent_noise, at.step);
+  }
 
   // log p(x|z) and its gradient, a warp per (sample, row).
   {

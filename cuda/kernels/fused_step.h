@@ -62,19 +62,17 @@ struct FusedStepArgs {
 // The fused step's phases in order, for its timers (FusedStepArgs::phase_ns).
 enum class FusedPhase : int {
   gather,            // the batch (and dynamic binarization)
-  encoder,           // the encoder's layers and the heads
-  latent,            // ε, z and the KL
+  encoder,           // the encoder's layers and the heads, with ε and z in the heads' epilogue
   decoder,           // the decoder's layers and the output layer
-  reconstruction,    // log p(x|z) and its gradient
+  reconstruction,    // the KL, log p(x|z) and its gradient
   decoder_backward,  // the ELBO totals, the output layer's and the decoder's backward (and updates but the first)
   latent_backward,   // dμ, dlog σ², and the decoder's first layer's update
   encoder_backward,  // the heads' and the encoder's backward and updates (no barrier after it)
 };
-constexpr int kFusedPhases = 8;
+constexpr int kFusedPhases = 7;
 inline const char* fused_phase_name(int p) {
-  static const char* const names[kFusedPhases] = {"gather",          "encoder",         "latent",
-                                                  "decoder",         "reconstruction",  "decoder backward",
-                                                  "latent backward", "encoder backward"};
+  static const char* const names[kFusedPhases] = {
+      "gather", "encoder", "decoder", "reconstruction", "decoder backward", "latent backward", "encoder backward"};
   return p >= 0 && p < kFusedPhases ? names[p] : "?";
 }
 // Timer slots per block (of the launch's last step): [0] the start, [1 + p] the end of phase p (when the block leaves
@@ -85,7 +83,7 @@ constexpr int kFusedPhaseSlots = kFusedPhases + 2;
 // The grid barriers of one fused step of a model with these hidden layers (and one more between
 // the steps of a launch).
 constexpr int fused_step_barriers(int encoder_layers, int decoder_layers) {
-  return 2 * (encoder_layers + decoder_layers) + 7;
+  return 2 * (encoder_layers + decoder_layers) + 6;
 }
 
 // The fused step's workspace for a grid of `grid` blocks (see gemm_phase in fused_step.cu): the

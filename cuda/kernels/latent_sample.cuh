@@ -60,18 +60,21 @@ __device__ __forceinline__ float kl_term(const float* mu, const float* logvar, i
   return 1.f + logvar[j] - mu[j] * mu[j] - expf(logvar[j]);
 }
 
-// mu, logvar: the row's heads (J each). Writes z (J), and for sample 0 (kl not null) the row's
-// KL = −½ Σ_j (1 + log σ² − μ² − σ²) into *kl.
-__device__ __forceinline__ void sample_latent(const float* mu, const float* logvar, int latent, int row, int sample,
-                                              int samples, uint64_t seed, RandomStream rs, uint64_t step, float* z,
-                                              float* kl) {
-  for (int g = 0; 4 * g < latent; ++g)
-    sample_latent_group(mu, logvar, latent, row, sample, samples, seed, rs, step, g, z);
-  if (sample == 0 && kl) {
-    float sum = 0.f;
-    for (int j = 0; j < latent; ++j) sum += kl_term(mu, logvar, j);
-    *kl = -0.5f * sum;
-  }
+// Latent column j of one (row, sample): z = μ + exp(½ log σ²) ε_j with the ε_j that
+// sample_latent_group draws for the same key (its group's draw, one of its four).
+__device__ __forceinline__ float sample_latent_element(float mu, float logvar, int latent, int row, int sample,
+                                                       int samples, uint64_t seed, RandomStream rs, uint64_t step,
+                                                       int j) {
+  const float4 eps = draw_eps_group(latent, row, sample, samples, seed, rs, step, j / 4);
+  const float e[4] = {eps.x, eps.y, eps.z, eps.w};
+  return mu + expf(0.5f * logvar) * e[j % 4];
+}
+
+// mu, logvar: a row's heads (J each). Its analytic KL = −½ Σ_j (1 + log σ² − μ² − σ²), summed in column order.
+__device__ __forceinline__ float analytic_kl_row(const float* mu, const float* logvar, int latent) {
+  float sum = 0.f;
+  for (int j = 0; j < latent; ++j) sum += kl_term(mu, logvar, j);
+  return -0.5f * sum;
 }
 
 // The KL gradient's scale at a step: the batch mean's 1/B times β, ramped over the warm-up.
