@@ -226,7 +226,9 @@ FusedStepArgs Vae::fused_step_args(int batch) {
   a.kl = kl_.data();
   a.log_prob = log_prob_.data();
   if (fused_workspace_.size() == 0) {  // on first use (the trainer's first step runs outside graph capture)
-    fused_workspace_ = DeviceBuffer<float>(ctx_, fused_step_workspace_floats(VAE_CALL(ctx_.target(), fused_step_grid)));
+    fused_workspace_ =
+        DeviceBuffer<float>(ctx_, fused_step_workspace_floats(VAE_CALL(ctx_.target(), fused_step_grid), sample_rows(),
+                                                              config_.input_dim, a.gaussian));
   }
   a.workspace = fused_workspace_.data();
   a.workspace_floats = static_cast<long long>(fused_workspace_.size());

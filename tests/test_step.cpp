@@ -278,7 +278,7 @@ TEST_P(FusedStep, Tf32StepMatchesReferenceWithinTf32Precision) {
 }
 // The fused step's phase timers (FusedStepArgs::phase_ns, bench_step --phases) change nothing the
 // step computes; every block's times rise phase by phase, and every block counts the same grid
-// barriers: 2·(encoder + decoder layers) + 6.
+// barriers: 2·(encoder + decoder layers) + 5.
 class FusedStepLaunch : public ::testing::TestWithParam<Target> {};
 TEST_P(FusedStepLaunch, TimeEachPhaseAndCountTheBarriersWithoutChangingTheStep) {
   const Target target = GetParam();
@@ -308,7 +308,7 @@ TEST_P(FusedStepLaunch, TimeEachPhaseAndCountTheBarriersWithoutChangingTheStep) 
   }
   EXPECT_EQ(params[0], params[1]) << "the timers changed the step";
   // Split-K slices meet at tickets: no barrier beyond the phases' own, whatever the grid.
-  const unsigned barriers = 2 * (2 + 2) + 6;
+  const unsigned barriers = 2 * (2 + 2) + 5;
   EXPECT_EQ(static_cast<int>(barriers), fused_step_barriers(2, 2));
   for (int b = 0; b < grid; ++b) {
     const unsigned long long* row = ns.data() + static_cast<size_t>(b) * kFusedPhaseSlots;

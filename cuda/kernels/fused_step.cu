@@ -2,7 +2,7 @@
 // decoder → output layer with log p(x|z) and its gradient → backward through the decoder, the
 // latent stage and the encoder, each weight gradient taking its optimizer update where it is
 // final (no optimizer pass). A grid-wide barrier only where a phase needs all of the one before:
-// 2·(encoder + decoder layers) + 6 a step (FusedStepArgs::phase_ns counts them and times each
+// 2·(encoder + decoder layers) + 5 a step (FusedStepArgs::phase_ns counts them and times each
 // phase), one more between the steps of a persistent launch. Every block takes part in every
 // phase: GEMM phases hand out 32×32 output tiles (a layer's input gradient shares its phase with
 // the update of the layer above), split in K where tiles are fewer than blocks, the slices meeting
@@ -29,7 +29,7 @@ namespace vae::VAE_NS {
 namespace {
 
 constexpr int kStepThreads = 256;  // 8 warps; the GEMM tile's 16 × 16 threads
-constexpr int kTile = 32;          // output tiles of kTile × kTile
+constexpr int kTile = kFusedTile;  // output tiles of kTile × kTile
 constexpr int kTileK = 32;         // the K chunk staged in shared memory at a time
 constexpr int kStages = 4;         // K chunks of a work item in flight at once (cp.async groups)
 
@@ -42,6 +42,15 @@ struct TileShared {
   unsigned barriers;  // grid barriers passed this step (thread 0's count)
   unsigned last;      // this block arrived last at a split tile's ticket
 };
+
+// The workspace (FusedStepArgs::workspace, fused_step_workspace_floats): the split-K partial sums,
+// a ticket per tile of a phase, then the reconstruction's row sums (output column tiles, L·B rows).
+__device__ __forceinline__ unsigned* fused_tickets(float* workspace, int grid) {
+  return reinterpret_cast<unsigned*>(workspace + fused_step_partial_floats(grid));
+}
+__device__ __forceinline__ float* fused_row_sums(float* workspace, int grid) {
+  return workspace + fused_step_partial_floats(grid) + grid;
+}
 
 // A grid barrier of the step, counted for the phase timers.
 __device__ __forceinline__ void step_barrier(TileShared& sh) {
@@ -65,14 +74,21 @@ struct Step {
   OptimizerScalars k;
 };
 
-// A GEMM of a phase; with update, a weight gradient (C and the bias gradient in a.grads) whose
-// every entry, once final, also takes its optimizer update right there. With heads, the encoder's
-// heads (n = 2J: μ | log σ²): a tile holds 16 column pairs (j, J + j), thread column tx holding μ_j
-// and tx + 16 its log σ²_j, and the epilogue draws the row's z_j for every sample.
+// What a GEMM tile does with its final outputs besides storing them (and their GemmOp epilogue).
+enum class TileEpilogue {
+  store,           // nothing more
+  update,          // a weight gradient (C and the bias gradient in a.grads): each entry's optimizer update
+  latent,          // the encoder's heads: each row's z_j for every sample, from μ_j and log σ²_j
+  reconstruction,  // the output layer: each pixel's log p(x|z) term and its gradient, the row's terms summed
+};
+
+// A GEMM of a phase. With pairs (n = 2P columns: the heads' μ | log σ², the Gaussian output's mean
+// | log variance), a tile holds 16 column pairs (j, P + j), thread column tx the first of a pair
+// and tx + 16 the second.
 struct PhaseGemm {
   GemmOp op;
-  bool update = false;
-  bool heads = false;
+  TileEpilogue epilogue = TileEpilogue::store;
+  bool pairs = false;
 };
 
 // The optimizer's update of flat parameter i, its gradient just written (and checked for a non-finite value).
@@ -96,14 +112,14 @@ __device__ __forceinline__ void apply_update(const Step& s, long long i) {
 // is Σ_p op(A)[i, p], taken from the tile's own sums.
 __device__ __forceinline__ int gemm_columns(const GemmOp& op) { return op.n + (op.bias_grad ? 1 : 0); }
 __device__ __forceinline__ int gemm_column_tiles(const PhaseGemm& g) {
-  return g.heads ? (g.op.n / 2 + kTile / 2 - 1) / (kTile / 2) : (gemm_columns(g.op) + kTile - 1) / kTile;
+  return g.pairs ? (g.op.n / 2 + kTile / 2 - 1) / (kTile / 2) : (gemm_columns(g.op) + kTile - 1) / kTile;
 }
 __device__ __forceinline__ int gemm_tiles(const PhaseGemm& g) {
   return ((g.op.m + kTile - 1) / kTile) * gemm_column_tiles(g);
 }
-// The column of C at column c of column tile jt; gemm_columns for none (past the heads' J pairs).
+// The column of C at column c of column tile jt; gemm_columns for none (past the last pair).
 __device__ __forceinline__ int tile_column(const PhaseGemm& g, int jt, int c) {
-  if (!g.heads) return jt * kTile + c;
+  if (!g.pairs) return jt * kTile + c;
   const int half = g.op.n / 2, j = jt * (kTile / 2) + c % (kTile / 2);
   return j >= half ? g.op.n : c < kTile / 2 ? j : half + j;
 }
@@ -127,7 +143,7 @@ __device__ __forceinline__ float store_output(const Step& s, const PhaseGemm& g,
     out = op.bias_grad + i;
     *out = acc;
   }
-  if (out && g.update) apply_update(s, out - s.a.grads);
+  if (out && g.epilogue == TileEpilogue::update) apply_update(s, out - s.a.grads);
   return out ? *out : 0.f;
 }
 
@@ -141,11 +157,27 @@ __device__ __forceinline__ void draw_latent(const Step& s, int i, int j, float m
   }
 }
 
+// The output layer's epilogue for row i (of L·B), pixel column j (the Gaussian's mean column; its
+// log variance's at dim + j), the row's outputs as stored: the term of log p(x|z) and, into
+// output.dh, its gradient.
+__device__ __forceinline__ float reconstruction_term(const FusedStepArgs& a, int i, int j) {
+  const int width = a.gaussian ? 2 * a.dim : a.dim;
+  const float grad_scale = 1.f / static_cast<float>(a.batch * a.samples);
+  const float* o = a.output.h + static_cast<long long>(i) * width;
+  const float* x = a.x + static_cast<long long>(i % a.batch) * a.dim;
+  float* g = a.output.dh + static_cast<long long>(i) * width;
+  return a.gaussian ? gaussian_term<true>(o, x, g, j, a.dim, grad_scale) : bernoulli_term<true>(o, x, g, j, grad_scale);
+}
+
 // A thread's four outputs of a tile, rows i0 + ty + {0, 16}, tile columns tx + {0, 16} of column
-// tile jt, final: stored with their epilogue (and the heads' z).
+// tile jt, final: stored with their epilogue. For the output layer, each row's terms of the tile
+// summed in a fixed order (the thread's columns, then the 16 threads of the row through shared
+// memory) into the workspace's row sums (column tile jt of (column tiles, rows)). By every thread
+// of the block.
 __device__ __forceinline__ void store_tile_outputs(const Step& s, const PhaseGemm& g, int i0, int jt, int ty, int tx,
-                                                   const float (&v)[2][2]) {
+                                                   const float (&v)[2][2], TileShared& sh) {
   const int cols = gemm_columns(g.op);
+  float row_terms[2] = {0.f, 0.f};
   for (int u = 0; u < 2; ++u) {
     const int i = i0 + ty + 16 * u;
     if (i >= g.op.m) continue;
@@ -155,8 +187,25 @@ __device__ __forceinline__ void store_tile_outputs(const Step& s, const PhaseGem
       stored[w] = j < cols ? store_output(s, g, i, j, v[u][w]) : 0.f;
     }
     const int j = tile_column(g, jt, tx);
-    if (g.heads && j < cols) draw_latent(s, i, j, stored[0], stored[1]);
+    if (g.epilogue == TileEpilogue::latent && j < cols) draw_latent(s, i, j, stored[0], stored[1]);
+    if (g.epilogue == TileEpilogue::reconstruction) {
+      for (int w = 0; w < (g.pairs ? 1 : 2); ++w) {
+        const int jw = tile_column(g, jt, tx + 16 * w);
+        if (jw < cols) row_terms[u] += reconstruction_term(s.a, i, jw);
+      }
+    }
   }
+  if (g.epilogue != TileEpilogue::reconstruction) return;  // uniform over the block
+  // Stage 1 is free once the K loop is done (its last __syncthreads is behind us).
+  for (int u = 0; u < 2; ++u) sh.a[1][ty + 16 * u][tx] = row_terms[u];
+  __syncthreads();
+  const int r = static_cast<int>(threadIdx.x);
+  if (r < kTile && i0 + r < g.op.m) {
+    float sum = 0.f;
+    for (int t = 0; t < 16; ++t) sum += sh.a[1][r][t];
+    fused_row_sums(s.a.workspace, gridDim.x)[static_cast<long long>(jt) * g.op.m + i0 + r] = sum;
+  }
+  __syncthreads();  // before the next tile's loads overwrite stage 1
 }
 
 // Requests K chunk [k0, k0 + kTileK) ∩ [k0, k_end) of the tile at (i0, j0) into stage `stage`:
@@ -264,7 +313,7 @@ __device__ VAE_NOINLINE void gemm_tile(const Step& s, const PhaseGemm& g, int ti
   }
 #endif
   if (slices == 1) {
-    store_tile_outputs(s, g, i0, jt, ty, tx, acc);
+    store_tile_outputs(s, g, i0, jt, ty, tx, acc, sh);
     return;
   }
   const long long n = static_cast<long long>(op.m) * cols;
@@ -287,7 +336,7 @@ __device__ VAE_NOINLINE void gemm_tile(const Step& s, const PhaseGemm& g, int ti
       const long long e = static_cast<long long>(i) * cols + j;
       for (int sl = 0; sl < slices; ++sl) sum[u][w] += load_global_coherent(slices_at + sl * n + e);
     }
-  store_tile_outputs(s, g, i0, jt, ty, tx, sum);
+  store_tile_outputs(s, g, i0, jt, ty, tx, sum, sh);
 }
 
 // K slices of an op in a phase of `total` tiles: where the phase has fewer tiles than the grid
@@ -312,7 +361,7 @@ __device__ void gemm_phase(const Step& s, const PhaseGemm* ops, int count, TileS
   for (int o = 0; o < count; ++o) total += gemm_tiles(ops[o]);
   int items = 0;
   for (int o = 0; o < count; ++o) items += split_slices(ops[o].op, total) * gemm_tiles(ops[o]);
-  unsigned* tickets = reinterpret_cast<unsigned*>(s.a.workspace + fused_step_partial_floats(gridDim.x));
+  unsigned* tickets = fused_tickets(s.a.workspace, gridDim.x);
   for (int t = static_cast<int>(blockIdx.x); t < items; t += static_cast<int>(gridDim.x)) {
     int o = 0, local = t, ticket = 0;
     long long offset = 0;  // this op's slices in the workspace
@@ -332,26 +381,21 @@ __device__ void gemm_phase(const Step& s, const PhaseGemm* ops, int count, TileS
   }
 }
 
-__device__ __forceinline__ float warp_sum(float v) {
-  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
-  return v;
-}
-
 __device__ __forceinline__ const float* weight(const FusedStepArgs& a, const FusedLayer& l) {
   return a.params + l.weight;
 }
 __device__ __forceinline__ const float* bias(const FusedStepArgs& a, const FusedLayer& l) { return a.params + l.bias; }
 
-// Hidden layers (activation act) from `in`, then the top layer (identity) into top.h, a grid
-// barrier after each: the encoder with the heads on top (heads: z drawn in their epilogue), or the
-// decoder with the output layer.
-__device__ void forward_stack(const Step& s, const FusedLayer* layers, int count, const FusedLayer& top, bool heads,
-                              const float* in, int rows, TileShared& sh) {
+// Hidden layers (activation act) from `in`, then the top layer (identity) into top.h with its
+// tile epilogue (paired columns or not), a grid barrier after each: the encoder with the heads on
+// top (z drawn in their epilogue), or the decoder with the output layer (the reconstruction's).
+__device__ void forward_stack(const Step& s, const FusedLayer* layers, int count, const FusedLayer& top,
+                              TileEpilogue top_epilogue, bool top_pairs, const float* in, int rows, TileShared& sh) {
   for (int l = 0; l <= count; ++l) {
     const FusedLayer& L = l < count ? layers[l] : top;
     const PhaseGemm g{dense_forward_gemm(L.out, L.in, in, weight(s.a, L), bias(s.a, L), L.h, rows,
                                          l < count ? s.a.activation : Activation::identity),
-                      false, heads && l == count};
+                      l < count ? TileEpilogue::store : top_epilogue, l == count && top_pairs};
     gemm_phase(s, &g, 1, sh);
     step_barrier(sh);
     in = L.h;
@@ -360,7 +404,8 @@ __device__ void forward_stack(const Step& s, const FusedLayer* layers, int count
 
 // A layer's dW and db with the optimizer's update of its parameters (input `in`, rows of them).
 __device__ PhaseGemm weight_update(const FusedStepArgs& a, const FusedLayer& l, const float* in, int rows) {
-  return {dense_weight_grad_gemm(l.out, l.in, l.dh, in, a.grads + l.weight, a.grads + l.bias, rows), true};
+  return {dense_weight_grad_gemm(l.out, l.in, l.dh, in, a.grads + l.weight, a.grads + l.bias, rows),
+          TileEpilogue::update};
 }
 
 // The weight update left for the next phase: a layer's parameters change only once no phase reads
@@ -469,14 +514,26 @@ __device__ void train_step(const FusedStepArgs& a, const StepState& at, TileShar
   phase_end(a, FusedPhase::gather);
 
   // Encoder and heads, with ε and z = μ + σ ε drawn in the heads' epilogue.
-  forward_stack(s, a.encoder, a.encoder_layers, a.heads, true, a.x, B, sh);
+  forward_stack(s, a.encoder, a.encoder_layers, a.heads, TileEpilogue::latent, true, a.x, B, sh);
   phase_end(a, FusedPhase::encoder);
 
-  // Decoder and output layer.
-  forward_stack(s, a.decoder, a.decoder_layers, a.output, false, a.z, rows, sh);
+  // Decoder and output layer, with each pixel's log p(x|z) term and its gradient in the output
+  // layer's epilogue (the terms of a row summed per column tile).
+  forward_stack(s, a.decoder, a.decoder_layers, a.output, TileEpilogue::reconstruction, a.gaussian, a.z, rows, sh);
   phase_end(a, FusedPhase::decoder);
 
-  // Each row's KL (analytic, or the Monte-Carlo mean over the row's samples), a thread per row.
+  // Each row's log p (its column tiles' sums in order, a thread per row) and KL (analytic, or the
+  // Monte-Carlo mean over the row's samples); beside them the backward of the output layer and
+  // the decoder, the output layer's update beside the decoder's last input gradient.
+  {
+    const float* row_sums = fused_row_sums(a.workspace, gridDim.x);
+    const int tiles = fused_step_output_tiles(a.dim, a.gaussian);
+    for (long long r = first; r < rows; r += stride) {
+      float sum = 0.f;
+      for (int t = 0; t < tiles; ++t) sum += row_sums[t * rows + r];
+      a.log_prob[r] = sum;
+    }
+  }
   for (long long r = first; r < B; r += stride) {
     const float* mu = a.heads.h + r * 2 * J;
     a.kl[r] = a.kl_term.estimator == KlEstimator::analytic
@@ -484,36 +541,12 @@ __device__ void train_step(const FusedStepArgs& a, const StepState& at, TileShar
                   : mc_kl_row(mu, mu + J, J, static_cast<int>(at.row0 + r), a.samples, a.seed,
                               RandomStream::latent_noise, at.step);
   }
-
-  // log p(x|z) and its gradient, a warp per (sample, row).
-  {
-    const float grad_scale = 1.f / static_cast<float>(rows);
-    const int lane = static_cast<int>(threadIdx.x % 32);
-    const long long warps = stride / 32;
-    // Every lane of a warp runs the same rows: the shuffles see full warps.
-    for (long long row = first / 32; row < rows; row += warps) {
-      const float* xr = a.x + (row % B) * a.dim;
-      const int width = a.gaussian ? 2 * a.dim : a.dim;
-      const float* o = a.output.h + row * width;
-      float* g = a.output.dh + row * width;
-      float sum = 0.f;
-      for (int d = lane; d < a.dim; d += 32) {
-        sum += a.gaussian ? gaussian_term<true>(o, xr, g, d, a.dim, grad_scale)
-                          : bernoulli_term<true>(o, xr, g, d, grad_scale);
-      }
-      sum = warp_sum(sum);
-      if (lane == 0) a.log_prob[row] = sum;
-    }
-  }
-  step_barrier(sh);
-  phase_end(a, FusedPhase::reconstruction);
-
-  // The ELBO totals (block 0), then the backward of the output layer and the decoder, the
-  // output layer's update beside the decoder's last input gradient.
-  if (blockIdx.x == 0) block_totals(a, at.step);
   Pending pending;
   backward_stack(s, a.decoder, a.decoder_layers, a.output, a.z, a.d_z, rows, pending, true, sh);
   phase_end(a, FusedPhase::decoder_backward);
+
+  // The ELBO totals (block 0).
+  if (blockIdx.x == 0) block_totals(a, at.step);
 
   // Latent stage backward, an element per thread; the KL's gradient weighted by β at this step.
   // Beside it the update of the decoder's first layer.
@@ -575,8 +608,9 @@ void fused_step(const FusedStepArgs& args, cudaStream_t stream) {
               "fused_step: too many hidden layers");
   VAE_REQUIRE(args.batch > 0 && args.samples > 0 && args.latent > 0 && args.steps > 0, "fused_step: bad shape");
   const int grid = fused_step_grid();
-  VAE_REQUIRE(args.workspace && args.workspace_floats >= fused_step_workspace_floats(grid),
-              "fused_step: the split-K workspace is smaller than the grid needs");
+  VAE_REQUIRE(args.workspace && args.workspace_floats >= fused_step_workspace_floats(grid, args.batch * args.samples,
+                                                                                     args.dim, args.gaussian),
+              "fused_step: the workspace is smaller than the grid and the batch need");
   VAE_LAUNCH_COOPERATIVE(fused_step_kernel, grid, kStepThreads, 0, stream, args);
 }
 

@@ -46,7 +46,7 @@ struct FusedStepArgs {
   double* totals = nullptr;    // += (Σ recon, Σ KL, B), as elbo_totals
   NonFinite* watch = nullptr;  // the first non-finite loss term or gradient, or null
   bool tf32 = false;           // GEMM tiles on TF32 tensor cores (sm_80 and newer; FFMA before)
-  float* workspace = nullptr;  // split-K partial sums and tickets: fused_step_workspace_floats(fused_step_grid())
+  float* workspace = nullptr;  // fused_step_workspace_floats(fused_step_grid(), L·B, dim, gaussian), zeros at first
   long long workspace_floats = 0;
   // The optimizer, applied to each weight and bias where its gradient is final (its state at the
   // same offsets of the flat buffer as the parameters).
@@ -63,16 +63,15 @@ struct FusedStepArgs {
 enum class FusedPhase : int {
   gather,            // the batch (and dynamic binarization)
   encoder,           // the encoder's layers and the heads, with ε and z in the heads' epilogue
-  decoder,           // the decoder's layers and the output layer
-  reconstruction,    // the KL, log p(x|z) and its gradient
-  decoder_backward,  // the ELBO totals, the output layer's and the decoder's backward (and updates but the first)
-  latent_backward,   // dμ, dlog σ², and the decoder's first layer's update
+  decoder,           // the decoder's layers and the output layer, with log p(x|z)'s terms and gradient
+  decoder_backward,  // log p and KL per row, the output layer's and the decoder's backward (and updates but the first)
+  latent_backward,   // the ELBO totals, dμ, dlog σ², and the decoder's first layer's update
   encoder_backward,  // the heads' and the encoder's backward and updates (no barrier after it)
 };
-constexpr int kFusedPhases = 7;
+constexpr int kFusedPhases = 6;
 inline const char* fused_phase_name(int p) {
-  static const char* const names[kFusedPhases] = {
-      "gather", "encoder", "decoder", "reconstruction", "decoder backward", "latent backward", "encoder backward"};
+  static const char* const names[kFusedPhases] = {"gather",           "encoder",         "decoder",
+                                                  "decoder backward", "latent backward", "encoder backward"};
   return p >= 0 && p < kFusedPhases ? names[p] : "?";
 }
 // Timer slots per block (of the launch's last step): [0] the start, [1 + p] the end of phase p (when the block leaves
@@ -83,12 +82,21 @@ constexpr int kFusedPhaseSlots = kFusedPhases + 2;
 // The grid barriers of one fused step of a model with these hidden layers (and one more between
 // the steps of a launch).
 constexpr int fused_step_barriers(int encoder_layers, int decoder_layers) {
-  return 2 * (encoder_layers + decoder_layers) + 6;
+  return 2 * (encoder_layers + decoder_layers) + 5;
 }
 
-// The fused step's workspace for a grid of `grid` blocks (see gemm_phase in fused_step.cu): the
-// split-K partial sums, then one ticket per tile of a phase (zero between uses).
-constexpr long long fused_step_partial_floats(int grid) { return 2ll * grid * 32 * 32; }
-inline long long fused_step_workspace_floats(int grid) { return fused_step_partial_floats(grid) + grid; }
+// The fused step's GEMM tiles (kFusedTile × kFusedTile outputs) and its workspace for a grid of
+// `grid` blocks (see gemm_phase and store_tile_outputs in fused_step.cu): the split-K partial sums,
+// one ticket per tile of a phase (zero between uses), and the reconstruction's row sums per column
+// tile of the output layer (its tiles hold kFusedTile columns, or the Gaussian's kFusedTile / 2
+// pairs of mean and log variance) for `rows` (L·B) rows.
+constexpr int kFusedTile = 32;
+constexpr long long fused_step_partial_floats(int grid) { return 2ll * grid * kFusedTile * kFusedTile; }
+constexpr int fused_step_output_tiles(int dim, bool gaussian) {
+  return gaussian ? (dim + kFusedTile / 2 - 1) / (kFusedTile / 2) : (dim + kFusedTile - 1) / kFusedTile;
+}
+inline long long fused_step_workspace_floats(int grid, int rows, int dim, bool gaussian) {
+  return fused_step_partial_floats(grid) + grid + static_cast<long long>(fused_step_output_tiles(dim, gaussian)) * rows;
+}
 
 }  // namespace vae
