@@ -8,13 +8,16 @@
 // with --phases also each of its phases from the timers inside the kernel (the median and the
 // largest over blocks and steps, against the step's wall time) and its grid barriers; with
 // --steps-per-launch K, K steps in each launch (persistent; the timers then see each launch's last).
+// --fused-math ffma|tf32|3xtf32 sets the fused step's tile arithmetic (default: TF32 with --tf32 1,
+// else FFMA); --fused-grid N launches it on N blocks (default and most: fused_step_grid()).
 // --kernels (CPU) adds each kernel's and GEMM's time a step and its share of the step.
 // --models N times the composed step of N models as vae sweep's stack takes it (host/model_stack.h:
 // every GEMM one strided-batched call, every kernel one launch for all), µs per stacked step and
 // per model-step.
 //   bench_step --sweep [--batches 32,64,128,256,512,1024] [--steps N] [--json 1] [--models N]
 // times every variant (composed; fused one step a launch; fused 16 steps a launch; each in fp32
-// and, on the GPU, TF32) at every batch, one line each, and names the fastest per batch: the
+// and, on the GPU, TF32; on the GPU also fused 16 steps a launch with 3xTF32 tiles and with half
+// the grid, one block per SM) at every batch, one line each, and names the fastest per batch: the
 // measurement `--step auto`'s rule is written from; with --models N (> 1) also the stack of N
 // models (composed), its µs per stacked step and per model-step.
 // With --tf32 1 (GPU) the GEMMs use TF32 tensor cores and the peak is the TF32 rate.
@@ -49,6 +52,8 @@ struct Options {
   int models = 1;        // --models: the composed step of a stack of this many models
   bool kernels = false;  // --kernels: the CPU's time per kernel and GEMM of the step
   bool phases = false, sweep = false;
+  int fused_math = -1;                             // --fused-math: a FusedMath, or -1 for the context's
+  int fused_grid = 0;                              // --fused-grid: blocks of the fused step (0: fused_step_grid())
   std::string batches = "32,64,128,256,512,1024";  // --sweep's
   bool fused() const { return step_kind == "fused"; }
 };
@@ -89,7 +94,16 @@ Options parse_options(int argc, char** argv) {
       o.tf32 = std::atoi(v);
     else if (k == "--models")
       o.models = std::atoi(v);
-    else {
+    else if (k == "--fused-grid")
+      o.fused_grid = std::atoi(v);
+    else if (k == "--fused-math") {
+      for (FusedMath m : {FusedMath::ffma, FusedMath::tf32, FusedMath::tf32x3})
+        if (std::strcmp(v, fused_math_name(m)) == 0) o.fused_math = static_cast<int>(m);
+      if (o.fused_math < 0) {
+        std::fprintf(stderr, "bench_step: --fused-math must be ffma, tf32 or 3xtf32, not '%s'\n", v);
+        std::exit(2);
+      }
+    } else {
       std::fprintf(stderr, "bench_step: unknown flag %s\n", argv[i]);
       std::exit(2);
     }
@@ -173,10 +187,12 @@ PhaseTimes time_steps(const Options& o, const DeviceContext& ctx, Vae& model, Op
     opt.set_fused_step_optimizer(a);
     a.phase_ns = o.phases ? phase_ns.data() : nullptr;
     a.steps = K;
+    a.grid = o.fused_grid;
+    if (o.fused_math >= 0) a.math = static_cast<FusedMath>(o.fused_math);
     const auto t0 = now();
     VAE_CALL(ctx.target(), fused_step, a, ctx.stream());
     if (s >= 0) t.fused += ms(t0, now());
-    if (s >= 0 && o.phases) add_phase_times(phase_ns.download(), grid, t);
+    if (s >= 0 && o.phases) add_phase_times(phase_ns.download(), o.fused_grid > 0 ? o.fused_grid : grid, t);
   }
   for (int s = -10; s < o.steps && !o.fused(); ++s) {
     if (s == 0 && o.kernels) hx::set_profiling(true);  // the timed steps' launches and GEMMs
@@ -359,13 +375,19 @@ int run_sweep(const Options& o) {
     bool fused;
     int steps_per_launch;
     bool tf32;
+    int fused_math = -1;     // the fused step's tiles, if not the context's
+    bool half_grid = false;  // the fused step on half its grid
   };
   std::vector<Variant> variants;
+  const bool gpu = target == Target::cuda;
   for (const bool tf32 : {false, true}) {
-    if (tf32 && target != Target::cuda) break;  // TF32 is a GPU option: the CPU computes fp32 either way
+    if (tf32 && !gpu) break;  // TF32 is a GPU option: the CPU computes fp32 either way
     variants.push_back({tf32 ? "composed tf32" : "composed", false, 1, tf32});
     variants.push_back({tf32 ? "fused tf32" : "fused", true, 1, tf32});
     variants.push_back({tf32 ? "fused x16 tf32" : "fused x16", true, 16, tf32});
+    // On the GPU: fp32 on the tensor cores (3xTF32) against FFMA, and one block per SM against two.
+    if (gpu && !tf32) variants.push_back({"fused x16 3xtf32", true, 16, false, static_cast<int>(FusedMath::tf32x3)});
+    if (gpu) variants.push_back({tf32 ? "fused x16 tf32 half" : "fused x16 half", true, 16, tf32, -1, true});
     if (o.models > 1) variants.push_back({tf32 ? "stack tf32" : "stack", false, 1, tf32});
   }
   std::vector<int> batches;
@@ -379,7 +401,7 @@ int run_sweep(const Options& o) {
   }
   std::printf("bench_step --sweep: %d-%d-%d, Adam, %d steps a variant (x16: in launches of 16 steps)\n", o.dim,
               o.hidden, o.latent, o.steps);
-  std::printf("%6s  %-16s %12s %12s\n", "batch", "variant", "us/step", "epoch s");
+  std::printf("%6s  %-20s %12s %12s\n", "batch", "variant", "us/step", "epoch s");
   for (const int batch : batches) {
     double best = std::numeric_limits<double>::infinity();
     const char* best_name = "";
@@ -391,18 +413,23 @@ int run_sweep(const Options& o) {
       vo.steps_per_launch = v.steps_per_launch;
       vo.steps = (o.steps + v.steps_per_launch - 1) / v.steps_per_launch * v.steps_per_launch;
       vo.phases = false;
+      vo.fused_math = v.fused_math;
+      vo.fused_grid = v.half_grid ? std::max(1, VAE_CALL(target, fused_step_grid) / 2) : 0;
       const bool stack = std::strncmp(v.name, "stack", 5) == 0;
       vo.models = stack ? o.models : 1;
       const double us = step_us(vo, ctx);
-      std::printf("%6d  %-16s %12.2f %12.4f", batch, v.name, us, 60000.0 / batch * us / 1e6);
+      std::printf("%6d  %-20s %12.2f %12.4f", batch, v.name, us, 60000.0 / batch * us / 1e6);
       if (stack) std::printf("  (%d models: %.2f us a model-step)", vo.models, us / vo.models);
       std::printf("\n");
       if (o.json) {
         std::printf(
             "{\"device\":\"%s\",\"batch\":%d,\"variant\":\"%s\",\"step\":\"%s\",\"steps_per_launch\":%d,"
-            "\"precision\":\"%s\",\"models\":%d,\"step_us\":%.3f,\"epoch_s\":%.6f}\n",
+            "\"precision\":\"%s\",\"models\":%d,\"fused_math\":\"%s\",\"fused_grid\":%d,\"step_us\":%.3f,"
+            "\"epoch_s\":%.6f}\n",
             ctx.description().c_str(), batch, v.name, vo.step_kind.c_str(), v.steps_per_launch,
-            v.tf32 ? "tf32" : "fp32", vo.models, us, 60000.0 / batch * us / 1e6);
+            v.tf32 ? "tf32" : "fp32", vo.models,
+            v.fused_math >= 0 ? fused_math_name(static_cast<FusedMath>(v.fused_math)) : (v.tf32 ? "tf32" : "ffma"),
+            vo.fused_grid > 0 ? vo.fused_grid : VAE_CALL(target, fused_step_grid), us, 60000.0 / batch * us / 1e6);
       }
       if (!stack && us < best) best = us, best_name = v.name;
     }

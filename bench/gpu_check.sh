@@ -190,6 +190,11 @@ if [ -x build-gpu/host/vae ] && want bench; then
     bench build-gpu/bench/bench_step --device cuda --batch 128 --steps 300 --step fused --tf32 1 --phases
     # Persistent: 20 steps a launch (the launch gap between steps gone).
     bench build-gpu/bench/bench_step --device cuda --batch 128 --steps 300 --step fused --steps-per-launch 20 --phases
+    # fp32 on the tensor cores (3xTF32) and one block per SM (half the grid), 20 steps a launch.
+    bench build-gpu/bench/bench_step --device cuda --batch 128 --steps 300 --step fused --steps-per-launch 20 \
+      --fused-math 3xtf32 --phases
+    bench build-gpu/bench/bench_step --device cuda --batch 128 --steps 300 --step fused --steps-per-launch 20 \
+      --fused-grid 132 --phases
     bench build-gpu/bench/bench_kernels --device cuda
     bench build-gpu/bench/bench_kernels --device cuda --cache warm --reps 500
     # The fused step (one cooperative kernel) against the composed step: the rule of `--step auto`.

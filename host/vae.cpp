@@ -209,7 +209,7 @@ FusedStepArgs Vae::fused_step_args(int batch) {
   a.samples = samples_;
   a.gaussian = config_.decoder == DecoderKind::gaussian;
   a.activation = config_.activation;
-  a.tf32 = ctx_.tf32();
+  a.math = ctx_.tf32() ? FusedMath::tf32 : FusedMath::ffma;
   a.encoder_layers = static_cast<int>(layout_.encoder.size());
   a.decoder_layers = static_cast<int>(layout_.decoder.size());
   for (int l = 0; l < a.encoder_layers; ++l)

@@ -208,6 +208,18 @@ __device__ __forceinline__ void store_tile_outputs(const Step& s, const PhaseGem
   __syncthreads();  // before the next tile's loads overwrite stage 1
 }
 
+#if VAE_HAS_TF32_MMA
+// 3xTF32's operand split: hi = tf32(x) in place, lo = tf32(x − hi) (x − hi is exact in fp32).
+template <typename Fragment>
+__device__ __forceinline__ void split_tf32(Fragment& hi, Fragment& lo) {
+  for (int e = 0; e < hi.num_elements; ++e) {
+    const float x = hi.x[e], h = nvcuda::wmma::__float_to_tf32(x);
+    hi.x[e] = h;
+    lo.x[e] = nvcuda::wmma::__float_to_tf32(x - h);
+  }
+}
+#endif
+
 // Requests K chunk [k0, k0 + kTileK) ∩ [k0, k_end) of the tile at (i0, j0) into stage `stage`:
 // zeros outside the matrices, ones in a bias gradient's extra column. Consecutive threads along K
 // where the operand is contiguous in K, along the tile's rows or columns where it is not.
@@ -235,13 +247,13 @@ __device__ __forceinline__ void stage_chunk(const PhaseGemm& g, int i0, int jt, 
 }
 
 // One kTile × kTile tile of C over K in [k_begin, k_end): thread (ty, tx) of 16 × 16 owns rows
-// i0 + ty + {0, 16} and columns j0 + tx + {0, 16}. K in chunks through a ring of kStages stages:
-// the chunks of the next kStages − 1 steps requested before the wait for the current one (a short
-// work item has all its loads in flight at once). In fp32 each thread sums its four outputs with
-// FFMA; with tf32, each warp takes a 16 × 16 quarter of the tile and half of each chunk's K steps
-// on the tensor cores (TF32 inputs, fp32 sums), and the two halves meet, in a fixed order, through
-// shared memory. Then, for a whole-K item, the epilogue. A split-K item (slices > 1) writes its
-// raw sums into `partial` (slice `slice` of (slices, m, columns) at `slices_at`) and takes a
+// i0 + ty + {0, 16} and tile columns tx + {0, 16} (tile_column). K in chunks through a ring of
+// kStages stages: the chunks of the next kStages − 1 steps requested before the wait for the
+// current one (a short work item has all its loads in flight at once). With FusedMath::ffma each
+// thread sums its four outputs with FFMA; on the tensor cores (tf32, tf32x3) each warp takes a
+// 16 × 16 quarter of the tile and half of each chunk's K steps (fp32 sums), and the two halves
+// meet, in a fixed order, through shared memory. Then, for a whole-K item, the epilogue. A split-K
+// item (slices > 1) writes its raw sums into slice `slice` of (slices, m, columns) at `slices_at` and takes a
 // ticket: the block that arrives last sums the tile's slices in slice order and runs the
 // epilogue (deterministic, no atomics on the data, no grid barrier). Out of line: inlined into the
 // step it spilled registers on sm_90 under the two-blocks-per-SM bound.
@@ -249,7 +261,7 @@ __device__ VAE_NOINLINE void gemm_tile(const Step& s, const PhaseGemm& g, int ti
                                        int slices, float* slices_at, unsigned* ticket, TileShared& sh) {
   namespace wmma = nvcuda::wmma;
   const GemmOp& op = g.op;
-  const bool tf32 = s.a.tf32;
+  const FusedMath math = s.a.math;
   const int cols = gemm_columns(op);
   const int tiles_n = gemm_column_tiles(g);
   const int i0 = (tile / tiles_n) * kTile, jt = tile % tiles_n;
@@ -261,9 +273,9 @@ __device__ VAE_NOINLINE void gemm_tile(const Step& s, const PhaseGemm& g, int ti
   // of 8 numbered w / 4 (mod 2) in each chunk: all eight warps on the tensor cores.
   const int warp = tid / 32, wi = (warp % 4) / 2, wj = warp % 2, k_half = warp / 4;
   wmma::fragment<wmma::accumulator, 16, 16, 8, float> cf;
-  if (tf32) wmma::fill_fragment(cf, 0.f);
+  if (math != FusedMath::ffma) wmma::fill_fragment(cf, 0.f);
 #else
-  (void)tf32;  // no TF32 tensor cores before sm_80: FFMA
+  (void)math;  // no TF32 tensor cores before sm_80: FFMA
 #endif
   const int chunks = (k_end - k_begin + kTileK - 1) / kTileK;
   for (int c = 0; c < kStages - 1; ++c) {
@@ -278,14 +290,21 @@ __device__ VAE_NOINLINE void gemm_tile(const Step& s, const PhaseGemm& g, int ti
     __syncthreads();
     const int st = c % kStages;
 #if VAE_HAS_TF32_MMA
-    if (tf32) {
+    if (math != FusedMath::ffma) {
       for (int k8 = 8 * k_half; k8 < kTileK; k8 += 16) {
-        wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::col_major> fa;
-        wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::row_major> fb;
+        wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::col_major> fa, fa_lo;
+        wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::row_major> fb, fb_lo;
         wmma::load_matrix_sync(fa, &sh.a[st][k8][wi * 16], kTilePad);
         wmma::load_matrix_sync(fb, &sh.b[st][k8][wj * 16], kTilePad);
-        for (int e = 0; e < fa.num_elements; ++e) fa.x[e] = wmma::__float_to_tf32(fa.x[e]);
-        for (int e = 0; e < fb.num_elements; ++e) fb.x[e] = wmma::__float_to_tf32(fb.x[e]);
+        if (math == FusedMath::tf32x3) {  // the small products first, then the large one
+          split_tf32(fa, fa_lo);
+          split_tf32(fb, fb_lo);
+          wmma::mma_sync(cf, fa_lo, fb, cf);
+          wmma::mma_sync(cf, fa, fb_lo, cf);
+        } else {
+          for (int e = 0; e < fa.num_elements; ++e) fa.x[e] = wmma::__float_to_tf32(fa.x[e]);
+          for (int e = 0; e < fb.num_elements; ++e) fb.x[e] = wmma::__float_to_tf32(fb.x[e]);
+        }
         wmma::mma_sync(cf, fa, fb, cf);
       }
       __syncthreads();
@@ -303,7 +322,8 @@ __device__ VAE_NOINLINE void gemm_tile(const Step& s, const PhaseGemm& g, int ti
     __syncthreads();
   }
 #if VAE_HAS_TF32_MMA
-  if (tf32) {  // the two K halves' sums, through shared memory (C row-major in stage 0 of a and b), to the owners
+  if (math != FusedMath::ffma) {  // the two K halves' sums, through shared memory (C row-major in stage 0 of a and b),
+                                  // to the owners
     wmma::store_matrix_sync(k_half ? &sh.b[0][wi * 16][wj * 16] : &sh.a[0][wi * 16][wj * 16], cf, kTilePad,
                             wmma::mem_row_major);
     __syncthreads();
@@ -607,7 +627,8 @@ void fused_step(const FusedStepArgs& args, cudaStream_t stream) {
   VAE_REQUIRE(args.encoder_layers <= kMaxStepLayers && args.decoder_layers <= kMaxStepLayers,
               "fused_step: too many hidden layers");
   VAE_REQUIRE(args.batch > 0 && args.samples > 0 && args.latent > 0 && args.steps > 0, "fused_step: bad shape");
-  const int grid = fused_step_grid();
+  const int most = fused_step_grid(), grid = args.grid > 0 ? args.grid : most;
+  VAE_REQUIRE(grid <= most, "fused_step: more blocks than can be resident at once");
   VAE_REQUIRE(args.workspace && args.workspace_floats >= fused_step_workspace_floats(grid, args.batch * args.samples,
                                                                                      args.dim, args.gaussian),
               "fused_step: the workspace is smaller than the grid and the batch need");

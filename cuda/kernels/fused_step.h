@@ -11,6 +11,14 @@ namespace vae {
 // layers, buffers and optimizer, all in device memory. Layer l's parameters are at
 // params + weight (out, in) and params + bias (out); its gradients at the same offsets of grads.
 constexpr int kMaxStepLayers = 4;  // hidden layers per side
+// How the GEMM tiles multiply: fp32 FFMA; TF32 tensor cores (--tf32); or fp32 accuracy on the
+// tensor cores from three TF32 products (each operand split into a TF32 high part and the TF32
+// rounding of the rest: a_hi b_hi + a_hi b_lo + a_lo b_hi, as CUTLASS's 3xTF32). The tensor-core
+// kinds need sm_80 or newer (FFMA before; emulated under host execution).
+enum class FusedMath : int { ffma = 0, tf32 = 1, tf32x3 = 2 };
+inline const char* fused_math_name(FusedMath m) {
+  return m == FusedMath::tf32 ? "tf32" : m == FusedMath::tf32x3 ? "3xtf32" : "ffma";
+}
 struct FusedLayer {
   int in = 0, out = 0;
   long long weight = 0, bias = 0;
@@ -27,6 +35,7 @@ struct FusedStepArgs {
   uint64_t seed = 0;
   StepState* at = nullptr;  // read at the start, advanced at the end
   int steps = 1;            // consecutive full batches trained in the one launch (persistent)
+  int grid = 0;             // blocks of the launch, at most fused_step_grid() (0: that many)
   // Model.
   int batch = 0, dim = 0, latent = 0, samples = 1;
   KlTerm kl_term;         // the KL's estimator, and its weight β with the warm-up (at at->step) in the gradient
@@ -38,14 +47,14 @@ struct FusedStepArgs {
   FusedLayer encoder[kMaxStepLayers], heads, decoder[kMaxStepLayers], output;
   float* params = nullptr;
   float* grads = nullptr;
-  float* x = nullptr;          // (B, dim)
-  float* z = nullptr;          // (L·B, J)
-  float* d_z = nullptr;        // (L·B, J)
-  float* kl = nullptr;         // (B)
-  float* log_prob = nullptr;   // (L·B); output.h holds the decoder output, output.dh its gradient
-  double* totals = nullptr;    // += (Σ recon, Σ KL, B), as elbo_totals
-  NonFinite* watch = nullptr;  // the first non-finite loss term or gradient, or null
-  bool tf32 = false;           // GEMM tiles on TF32 tensor cores (sm_80 and newer; FFMA before)
+  float* x = nullptr;                // (B, dim)
+  float* z = nullptr;                // (L·B, J)
+  float* d_z = nullptr;              // (L·B, J)
+  float* kl = nullptr;               // (B)
+  float* log_prob = nullptr;         // (L·B); output.h holds the decoder output, output.dh its gradient
+  double* totals = nullptr;          // += (Σ recon, Σ KL, B), as elbo_totals
+  NonFinite* watch = nullptr;        // the first non-finite loss term or gradient, or null
+  FusedMath math = FusedMath::ffma;  // the GEMM tiles' arithmetic
   float* workspace = nullptr;  // fused_step_workspace_floats(fused_step_grid(), L·B, dim, gaussian), zeros at first
   long long workspace_floats = 0;
   // The optimizer, applied to each weight and bias where its gradient is final (its state at the
