@@ -100,6 +100,18 @@ __global__ void shared_memory_poisoned_kernel(int* out) {
   if (threadIdx.x == 0) out[blockIdx.x] = before != before;
 }
 
+constexpr int kLargeShared = 16384;  // floats: 64 KB of static shared memory (thread-local storage on the CPU)
+__global__ void large_shared_sums_kernel(double* sums) {
+  __shared__ float s[kLargeShared];
+  for (int i = static_cast<int>(threadIdx.x); i < kLargeShared; i += static_cast<int>(blockDim.x))
+    s[i] = static_cast<float>(i);
+  __syncthreads();
+  if (threadIdx.x != 0) return;
+  double sum = 0;
+  for (int i = 0; i < kLargeShared; ++i) sum += s[i];
+  sums[blockIdx.x] = sum;
+}
+
 __global__ void barrier_rounds_kernel(int* counters, int barriers) {
   __shared__ int turn[1024];
   const int t = threadIdx.x;
@@ -189,6 +201,12 @@ std::vector<unsigned> warp_ballots(const std::vector<float>& x, int block) {
   Buffer<unsigned> out(static_cast<size_t>(grid) * ((block + 31) / 32));
   VAE_LAUNCH(warp_ballots_kernel, grid, block, 0, nullptr, in.p, out.p);
   return out.host();
+}
+
+std::vector<double> large_shared_sums(int grid, int block) {
+  Buffer<double> sums(grid);
+  VAE_LAUNCH(large_shared_sums_kernel, grid, block, 0, nullptr, sums.p);
+  return sums.host();
 }
 
 std::vector<long long> atomic_counts(int grid, int block) {

@@ -180,6 +180,23 @@ TEST(HostExecOnly, OneWorkerIsDeterministicAndAgreesWithMany) {
   hx::set_workers(before);
 }
 
+// Worker pools come and go (the tests' grids change the worker count) while kernels keep large
+// static shared memory, which host execution keeps in each worker thread's TLS: under ASan a new
+// thread's stack and TLS, mapped where an old pool's fiber stacks were, must not inherit those
+// fibers' stale redzones (a fiber's last frames never return; Fiber's destructor unpoisons them).
+TEST(HostExecOnly, PoolsComeAndGoUnderLargeSharedMemory) {
+  const int before = hx::workers();
+  const double want = 16384.0 * 16383.0 / 2;
+  for (int round = 0; round < 20; ++round) {
+    for (int workers : {7, 2}) {
+      hx::set_workers(workers);
+      const auto sums = cpu::large_shared_sums(workers, 64);
+      ASSERT_EQ(sums, std::vector<double>(workers, want)) << "round " << round << ", " << workers << " workers";
+    }
+  }
+  hx::set_workers(before);
+}
+
 // The emulated cvt.rna.tf32.f32: 10 explicit mantissa bits, to nearest, ties away from zero.
 TEST(HostExecOnly, Tf32RoundingKeepsTenMantissaBits) {
   using nvcuda::wmma::__float_to_tf32;

@@ -61,6 +61,12 @@ Fiber::~Fiber() {
 #ifdef VAE_HX_VALGRIND
   VALGRIND_STACK_DEREGISTER(valgrind_id);
 #endif
+#ifdef VAE_HX_ASAN
+  // A fiber's last frames never return (it jumps home from inside them): their redzones stay
+  // poisoned in the shadow, and whatever is mapped here next (another thread's stack and TLS)
+  // would inherit them.
+  ASAN_UNPOISON_MEMORY_REGION(map + (map_bytes - kStackBytes), kStackBytes);
+#endif
   munmap(map, map_bytes);
 }
 
