@@ -100,7 +100,7 @@ __global__ void shared_memory_poisoned_kernel(int* out) {
   if (threadIdx.x == 0) out[blockIdx.x] = before != before;
 }
 
-constexpr int kLargeShared = 16384;  // floats: 64 KB of static shared memory (thread-local storage on the CPU)
+constexpr int kLargeShared = 11264;  // floats: 44 KB of static shared memory (48 KB at most; TLS on the CPU)
 __global__ void large_shared_sums_kernel(double* sums) {
   __shared__ float s[kLargeShared];
   for (int i = static_cast<int>(threadIdx.x); i < kLargeShared; i += static_cast<int>(blockDim.x))

@@ -19,7 +19,7 @@
   std::vector<float> mirror_in_block(const std::vector<float>& x, int block);                           \
   /* per block, 1 if dynamic shared memory reads NaN before any write (host execution poisons) */       \
   std::vector<int> shared_memory_poisoned(int grid, int block);                                         \
-  /* per block, Σ i over a 64 KB static __shared__ array s[i] = i filled by all threads */             \
+  /* per block, Σ i over a 44 KB static __shared__ array s[i] = i filled by all threads */             \
   std::vector<double> large_shared_sums(int grid, int block);                                           \
   /* grid x block threads each passing `barriers` __syncthreads; returns per-thread counters */         \
   std::vector<int> barrier_rounds(int grid, int block, int barriers);                                   \

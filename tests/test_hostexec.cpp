@@ -186,7 +186,7 @@ TEST(HostExecOnly, OneWorkerIsDeterministicAndAgreesWithMany) {
 // fibers' stale redzones (a fiber's last frames never return; Fiber's destructor unpoisons them).
 TEST(HostExecOnly, PoolsComeAndGoUnderLargeSharedMemory) {
   const int before = hx::workers();
-  const double want = 16384.0 * 16383.0 / 2;
+  const double want = 11264.0 * 11263.0 / 2;
   for (int round = 0; round < 20; ++round) {
     for (int workers : {7, 2}) {
       hx::set_workers(workers);
