@@ -9,7 +9,8 @@
 // largest over blocks and steps, against the step's wall time) and its grid barriers; with
 // --steps-per-launch K, K steps in each launch (persistent; the timers then see each launch's last).
 // --fused-math ffma|tf32|3xtf32 sets the fused step's tile arithmetic (default: TF32 with --tf32 1,
-// else FFMA); --fused-grid N launches it on N blocks (default and most: fused_step_grid()).
+// else FFMA); --fused-grid N|half launches it on N blocks, or half of fused_step_grid() (the default
+// and most; on the GPU two blocks per SM, so half is one per SM).
 // --kernels (CPU) adds each kernel's and GEMM's time a step and its share of the step.
 // --models N times the composed step of N models as vae sweep's stack takes it (host/model_stack.h:
 // every GEMM one strided-batched call, every kernel one launch for all), µs per stacked step and
@@ -52,8 +53,8 @@ struct Options {
   int models = 1;        // --models: the composed step of a stack of this many models
   bool kernels = false;  // --kernels: the CPU's time per kernel and GEMM of the step
   bool phases = false, sweep = false;
-  int fused_math = -1;                             // --fused-math: a FusedMath, or -1 for the context's
-  int fused_grid = 0;                              // --fused-grid: blocks of the fused step (0: fused_step_grid())
+  int fused_math = -1;  // --fused-math: a FusedMath, or -1 for the context's
+  int fused_grid = 0;   // --fused-grid: blocks of the fused step (0: fused_step_grid(); -1: half)
   std::string batches = "32,64,128,256,512,1024";  // --sweep's
   bool fused() const { return step_kind == "fused"; }
 };
@@ -95,7 +96,7 @@ Options parse_options(int argc, char** argv) {
     else if (k == "--models")
       o.models = std::atoi(v);
     else if (k == "--fused-grid")
-      o.fused_grid = std::atoi(v);
+      o.fused_grid = std::strcmp(v, "half") == 0 ? -1 : std::atoi(v);
     else if (k == "--fused-math") {
       for (FusedMath m : {FusedMath::ffma, FusedMath::tf32, FusedMath::tf32x3})
         if (std::strcmp(v, fused_math_name(m)) == 0) o.fused_math = static_cast<int>(m);
@@ -171,6 +172,7 @@ PhaseTimes time_steps(const Options& o, const DeviceContext& ctx, Vae& model, Op
   const Models models{M, o.batch, 0, scalars.data()};
   PhaseTimes t;
   const int grid = VAE_CALL(ctx.target(), fused_step_grid);
+  const int launched = o.fused_grid > 0 ? o.fused_grid : o.fused_grid < 0 ? std::max(1, grid / 2) : grid;
   DeviceBuffer<unsigned long long> phase_ns(ctx, o.phases ? static_cast<size_t>(grid) * kFusedPhaseSlots : 0);
   auto now = [&] {
     ctx.synchronize();
@@ -187,12 +189,12 @@ PhaseTimes time_steps(const Options& o, const DeviceContext& ctx, Vae& model, Op
     opt.set_fused_step_optimizer(a);
     a.phase_ns = o.phases ? phase_ns.data() : nullptr;
     a.steps = K;
-    a.grid = o.fused_grid;
+    a.grid = launched;
     if (o.fused_math >= 0) a.math = static_cast<FusedMath>(o.fused_math);
     const auto t0 = now();
     VAE_CALL(ctx.target(), fused_step, a, ctx.stream());
     if (s >= 0) t.fused += ms(t0, now());
-    if (s >= 0 && o.phases) add_phase_times(phase_ns.download(), o.fused_grid > 0 ? o.fused_grid : grid, t);
+    if (s >= 0 && o.phases) add_phase_times(phase_ns.download(), launched, t);
   }
   for (int s = -10; s < o.steps && !o.fused(); ++s) {
     if (s == 0 && o.kernels) hx::set_profiling(true);  // the timed steps' launches and GEMMs
@@ -414,7 +416,7 @@ int run_sweep(const Options& o) {
       vo.steps = (o.steps + v.steps_per_launch - 1) / v.steps_per_launch * v.steps_per_launch;
       vo.phases = false;
       vo.fused_math = v.fused_math;
-      vo.fused_grid = v.half_grid ? std::max(1, VAE_CALL(target, fused_step_grid) / 2) : 0;
+      vo.fused_grid = v.half_grid ? -1 : 0;
       const bool stack = std::strncmp(v.name, "stack", 5) == 0;
       vo.models = stack ? o.models : 1;
       const double us = step_us(vo, ctx);
@@ -429,7 +431,7 @@ int run_sweep(const Options& o) {
             ctx.description().c_str(), batch, v.name, vo.step_kind.c_str(), v.steps_per_launch,
             v.tf32 ? "tf32" : "fp32", vo.models,
             v.fused_math >= 0 ? fused_math_name(static_cast<FusedMath>(v.fused_math)) : (v.tf32 ? "tf32" : "ffma"),
-            vo.fused_grid > 0 ? vo.fused_grid : VAE_CALL(target, fused_step_grid), us, 60000.0 / batch * us / 1e6);
+            std::max(1, VAE_CALL(target, fused_step_grid) / (v.half_grid ? 2 : 1)), us, 60000.0 / batch * us / 1e6);
       }
       if (!stack && us < best) best = us, best_name = v.name;
     }

@@ -194,7 +194,7 @@ if [ -x build-gpu/host/vae ] && want bench; then
     bench build-gpu/bench/bench_step --device cuda --batch 128 --steps 300 --step fused --steps-per-launch 20 \
       --fused-math 3xtf32 --phases
     bench build-gpu/bench/bench_step --device cuda --batch 128 --steps 300 --step fused --steps-per-launch 20 \
-      --fused-grid 132 --phases
+      --fused-grid half --phases
     bench build-gpu/bench/bench_kernels --device cuda
     bench build-gpu/bench/bench_kernels --device cuda --cache warm --reps 500
     # The fused step (one cooperative kernel) against the composed step: the rule of `--step auto`.

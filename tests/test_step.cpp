@@ -188,8 +188,10 @@ TEST_P(FusedStep, ThreeStepsOfEachOptimizerMatchReference) {
   VAE_SKIP_WITHOUT_DEVICE(target);
   DeviceContext ctx(target, false);
   // On the CPU also a grid of 7 blocks (7 workers): phases with fewer tiles than blocks split K.
-  // The fp32 tiles by FFMA and by 3xTF32 alike.
-  for (int workers : target == Target::cpu ? std::vector<int>{hx::workers(), 7} : std::vector<int>{0})
+  // The fp32 tiles by FFMA, and by 3xTF32 on the first grid (how a tile multiplies and how its K
+  // slices meet are apart; the sanitizers' CI time is kept).
+  const int first_workers = target == Target::cpu ? hx::workers() : 0;
+  for (int workers : target == Target::cpu ? std::vector<int>{first_workers, 7} : std::vector<int>{0})
     for (FusedMath math : {FusedMath::ffma, FusedMath::tf32x3})
       for (OptimizerKind kind : {OptimizerKind::sgd, OptimizerKind::adam, OptimizerKind::adagrad})
         for (auto [batch, hidden, latent, kl] :
@@ -197,6 +199,7 @@ TEST_P(FusedStep, ThreeStepsOfEachOptimizerMatchReference) {
               {7, std::vector<int>{}, 3, KlTerm{KlEstimator::monte_carlo, 0.7f, 0, KlGradient::standard}},
               {129, std::vector<int>{33, 5}, 20, KlTerm{KlEstimator::analytic, 0.4f, 30, KlGradient::standard}},
               {7, std::vector<int>{33}, 3, KlTerm{}}}) {
+          if (math == FusedMath::tf32x3 && workers != first_workers) continue;
           const test::ScopedWorkers grid_of(target, workers);
           SCOPED_TRACE(std::string(fused_math_name(math)) + ", " + optimizer_name(kind) + ", batch " +
                        std::to_string(batch) + ", " + std::to_string(hidden.size()) + " hidden layers, KL " +
