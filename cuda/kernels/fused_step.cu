@@ -246,6 +246,14 @@ __device__ __forceinline__ void stage_chunk(const PhaseGemm& g, int i0, int jt, 
   }
 }
 
+// A work item of a GEMM phase: tile `tile` of the op over K in [k_begin, k_end), slice `slice` of
+// `slices`; a split tile's partial sums (slices, m, columns) and its ticket.
+struct WorkItem {
+  int tile, k_begin, k_end, slice, slices;
+  float* partials;
+  unsigned* ticket;
+};
+
 // One kTile × kTile tile of C over K in [k_begin, k_end): thread (ty, tx) of 16 × 16 owns rows
 // i0 + ty + {0, 16} and tile columns tx + {0, 16} (tile_column). K in chunks through a ring of
 // kStages stages: the chunks of the next kStages − 1 steps requested before the wait for the
@@ -253,12 +261,12 @@ __device__ __forceinline__ void stage_chunk(const PhaseGemm& g, int i0, int jt, 
 // thread sums its four outputs with FFMA; on the tensor cores (tf32, tf32x3) each warp takes a
 // 16 × 16 quarter of the tile and half of each chunk's K steps (fp32 sums), and the two halves
 // meet, in a fixed order, through shared memory. Then, for a whole-K item, the epilogue. A split-K
-// item (slices > 1) writes its raw sums into slice `slice` of (slices, m, columns) at `slices_at` and takes a
+// item (slices > 1) writes its raw sums into its slice of the partial sums and takes a
 // ticket: the block that arrives last sums the tile's slices in slice order and runs the
 // epilogue (deterministic, no atomics on the data, no grid barrier). Out of line: inlined into the
 // step it spilled registers on sm_90 under the two-blocks-per-SM bound.
-__device__ VAE_NOINLINE void gemm_tile(const Step& s, const PhaseGemm& g, int tile, int k_begin, int k_end, int slice,
-                                       int slices, float* slices_at, unsigned* ticket, TileShared& sh) {
+__device__ VAE_NOINLINE void gemm_tile(const Step& s, const PhaseGemm& g, const WorkItem& item, TileShared& sh) {
+  const int tile = item.tile, k_begin = item.k_begin, k_end = item.k_end, slice = item.slice, slices = item.slices;
   namespace wmma = nvcuda::wmma;
   const GemmOp& op = g.op;
   const FusedMath math = s.a.math;
@@ -340,11 +348,11 @@ __device__ VAE_NOINLINE void gemm_tile(const Step& s, const PhaseGemm& g, int ti
   for (int u = 0; u < 2; ++u)
     for (int w = 0; w < 2; ++w) {
       const int i = i0 + ty + 16 * u, j = tile_column(g, jt, tx + 16 * w);
-      if (i < op.m && j < cols) slices_at[slice * n + static_cast<long long>(i) * cols + j] = acc[u][w];
+      if (i < op.m && j < cols) item.partials[slice * n + static_cast<long long>(i) * cols + j] = acc[u][w];
     }
   __threadfence();  // this thread's sums are visible before the block's arrival is
   __syncthreads();
-  if (tid == 0) sh.last = arrives_last(ticket, static_cast<unsigned>(slices)) ? 1u : 0u;
+  if (tid == 0) sh.last = arrives_last(item.ticket, static_cast<unsigned>(slices)) ? 1u : 0u;
   __syncthreads();
   if (!sh.last) return;  // uniform over the block
   __threadfence();       // the other slices' sums, made visible before their arrivals, are read after ours
@@ -354,7 +362,7 @@ __device__ VAE_NOINLINE void gemm_tile(const Step& s, const PhaseGemm& g, int ti
       const int i = i0 + ty + 16 * u, j = tile_column(g, jt, tx + 16 * w);
       if (i >= op.m || j >= cols) continue;
       const long long e = static_cast<long long>(i) * cols + j;
-      for (int sl = 0; sl < slices; ++sl) sum[u][w] += load_global_coherent(slices_at + sl * n + e);
+      for (int sl = 0; sl < slices; ++sl) sum[u][w] += load_global_coherent(item.partials + sl * n + e);
     }
   store_tile_outputs(s, g, i0, jt, ty, tx, sum, sh);
 }
@@ -397,7 +405,7 @@ __device__ void gemm_phase(const Step& s, const PhaseGemm* ops, int count, TileS
     const int slice = local / tiles, tile = local % tiles;
     const int per = ((op.k + slices - 1) / slices + kTileK - 1) / kTileK * kTileK;
     const int k_begin = slice * per, k_end = k_begin + per < op.k ? k_begin + per : op.k;
-    gemm_tile(s, ops[o], tile, k_begin, k_end, slice, slices, s.a.workspace + offset, tickets + ticket + tile, sh);
+    gemm_tile(s, ops[o], {tile, k_begin, k_end, slice, slices, s.a.workspace + offset, tickets + ticket + tile}, sh);
   }
 }
 
