@@ -229,7 +229,9 @@ FusedStepArgs Vae::fused_step_args(int batch) {
     fused_workspace_ =
         DeviceBuffer<float>(ctx_, fused_step_workspace_floats(VAE_CALL(ctx_.target(), fused_step_grid), sample_rows(),
                                                               config_.input_dim, a.gaussian));
+    fused_x_next_ = DeviceBuffer<float>(ctx_, x_.size());
   }
+  a.x_next = fused_x_next_.data();
   a.workspace = fused_workspace_.data();
   a.workspace_floats = static_cast<long long>(fused_workspace_.size());
   return a;

@@ -148,6 +148,7 @@ class Vae {
   DeviceBuffer<float> weights_, objective_;             // iwae: w̃ (samples, rows) and the bound (rows)
   std::vector<DeviceBuffer<float>> d_enc_h_, d_dec_h_;  // their gradients (w.r.t. the pre-activations)
   DeviceBuffer<float> fused_workspace_;                 // the fused step's workspace (on first use)
+  DeviceBuffer<float> fused_x_next_;                    // the fused step's second batch buffer (on first use)
   DeviceBuffer<unsigned> reduce_tickets_;               // scratch of the two-stage reductions
   DeviceBuffer<float> reduce_partial_;
 };

@@ -343,7 +343,8 @@ INSTANTIATE_TEST_SUITE_P(Targets, FusedStepLaunch, ::testing::ValuesIn(test::all
 
 // Persistent across steps: one launch of three steps (FusedStepArgs::steps) computes, bit for bit,
 // what three launches of one step do — parameters, Adam's moments, the totals and the step state —
-// with dynamic binarization and L = 2, on a grid of several blocks.
+// with dynamic binarization and L = 2, on a grid of several blocks; its later steps take the batch
+// the step before gathered (FusedStepArgs::x_next), one grid barrier fewer.
 TEST_P(FusedStepLaunch, ThreeStepsInOneLaunchAreThreeLaunches) {
   const Target target = GetParam();
   VAE_SKIP_WITHOUT_DEVICE(target);
@@ -357,6 +358,8 @@ TEST_P(FusedStepLaunch, ThreeStepsInOneLaunchAreThreeLaunches) {
     std::vector<double> totals;
     StepState at;
   } result[2];
+  const int grid = VAE_CALL(target, fused_step_grid);
+  DeviceBuffer<unsigned long long> timers(ctx, static_cast<size_t>(grid) * kFusedPhaseSlots);
   for (const bool persistent : {false, true}) {
     Vae vae(ctx, c, batch, 2);
     vae.params().upload(init_parameters(c, vae.layout(), 6));
@@ -367,6 +370,8 @@ TEST_P(FusedStepLaunch, ThreeStepsInOneLaunchAreThreeLaunches) {
       FusedStepArgs a = fused_args(vae, opt, batch, data.data(), 4, at.data(), totals.data());
       a.binarize = true;
       a.steps = persistent ? steps : 1;
+      a.phase_ns = persistent ? timers.data() : nullptr;
+      EXPECT_NE(a.x_next, nullptr);
       VAE_CALL(target, fused_step, a, ctx.stream());
     }
     ctx.synchronize();
@@ -381,6 +386,8 @@ TEST_P(FusedStepLaunch, ThreeStepsInOneLaunchAreThreeLaunches) {
   EXPECT_EQ(result[1].at.step, 10u);
   EXPECT_EQ(result[1].at.offset, 3 * batch);
   EXPECT_EQ(result[0].at.step, 10u);
+  const auto ns = timers.download();  // the launch's last step
+  EXPECT_EQ(ns[1 + kFusedPhases], static_cast<unsigned long long>(fused_step_barriers(1, 1) - 1));
 }
 
 const StepCase kFusedCases[] = {

@@ -3,7 +3,8 @@
 // latent stage and the encoder, each weight gradient taking its optimizer update where it is
 // final (no optimizer pass). A grid-wide barrier only where a phase needs all of the one before:
 // 2·(encoder + decoder layers) + 5 a step (FusedStepArgs::phase_ns counts them and times each
-// phase), one more between the steps of a persistent launch. Every block takes part in every
+// phase), one more between the steps of a persistent launch, whose later steps save the gather's
+// (their batches gathered during the step before, FusedStepArgs::x_next). Every block takes part in every
 // phase: GEMM phases hand out 32×32 output tiles (a layer's input gradient shares its phase with
 // the update of the layer above), split in K where tiles are fewer than blocks, the slices meeting
 // at per-tile tickets instead of a barrier; row and element phases stride over the grid's threads.
@@ -72,6 +73,7 @@ struct Step {
   uint64_t step;
   long long row0;  // the batch's first row in the epoch (keys the noise)
   OptimizerScalars k;
+  const float* x;  // (B, dim): the step's batch (a.x, or a.x_next in a persistent launch's odd steps)
 };
 
 // What a GEMM tile does with its final outputs besides storing them (and their GemmOp epilogue).
@@ -160,11 +162,12 @@ __device__ __forceinline__ void draw_latent(const Step& s, int i, int j, float m
 // The output layer's epilogue for row i (of L·B), pixel column j (the Gaussian's mean column; its
 // log variance's at dim + j), the row's outputs as stored: the term of log p(x|z) and, into
 // output.dh, its gradient.
-__device__ __forceinline__ float reconstruction_term(const FusedStepArgs& a, int i, int j) {
+__device__ __forceinline__ float reconstruction_term(const Step& s, int i, int j) {
+  const FusedStepArgs& a = s.a;
   const int width = a.gaussian ? 2 * a.dim : a.dim;
   const float grad_scale = 1.f / static_cast<float>(a.batch * a.samples);
   const float* o = a.output.h + static_cast<long long>(i) * width;
-  const float* x = a.x + static_cast<long long>(i % a.batch) * a.dim;
+  const float* x = s.x + static_cast<long long>(i % a.batch) * a.dim;
   float* g = a.output.dh + static_cast<long long>(i) * width;
   return a.gaussian ? gaussian_term<true>(o, x, g, j, a.dim, grad_scale) : bernoulli_term<true>(o, x, g, j, grad_scale);
 }
@@ -191,7 +194,7 @@ __device__ __forceinline__ void store_tile_outputs(const Step& s, const PhaseGem
     if (g.epilogue == TileEpilogue::reconstruction) {
       for (int w = 0; w < (g.pairs ? 1 : 2); ++w) {
         const int jw = tile_column(g, jt, tx + 16 * w);
-        if (jw < cols) row_terms[u] += reconstruction_term(s.a, i, jw);
+        if (jw < cols) row_terms[u] += reconstruction_term(s, i, jw);
       }
     }
   }
@@ -509,24 +512,21 @@ __device__ void block_totals(const FusedStepArgs& a, uint64_t step) {
   }
 }
 
-// One training step at `at` (its rows at->offset.. of the permutation), by every block.
-__device__ void train_step(const FusedStepArgs& a, const StepState& at, TileShared& sh) {
+// The batch at `at` (its rows at.offset.. of the permutation) into x (and dynamic binarization), as
+// gather_batch, strided over the grid's threads. Out of line: inlined twice into the step it
+// spilled registers on sm_90.
+__device__ VAE_NOINLINE void gather_rows(const FusedStepArgs& a, const StepState& at, float* x) {
   const long long first = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
   const long long stride = static_cast<long long>(gridDim.x) * blockDim.x;
-  const int B = a.batch, rows = a.batch * a.samples, J = a.latent;
-  const Step s{a, at.step, at.row0, optimizer_scalars(a.hyper, at.step)};
-  if (threadIdx.x == 0) sh.barriers = 0;
-  record_time(a, 0);
-
-  // Batch gather (and dynamic binarization), as gather_batch.
+  const int B = a.batch;
   if (a.binarize) {
     const int groups = (a.dim + 3) / 4;
     for (long long i = first; i < static_cast<long long>(B) * groups; i += stride) {
       if (a.type == PixelType::u8) {
-        binarized_group(static_cast<const uint8_t*>(a.data), a.perm, at.offset, a.dim, groups, i, a.x, a.seed,
+        binarized_group(static_cast<const uint8_t*>(a.data), a.perm, at.offset, a.dim, groups, i, x, a.seed,
                         RandomStream::binarize, at.step, at.row0);
       } else {
-        binarized_group(static_cast<const float*>(a.data), a.perm, at.offset, a.dim, groups, i, a.x, a.seed,
+        binarized_group(static_cast<const float*>(a.data), a.perm, at.offset, a.dim, groups, i, x, a.seed,
                         RandomStream::binarize, at.step, at.row0);
       }
     }
@@ -534,15 +534,32 @@ __device__ void train_step(const FusedStepArgs& a, const StepState& at, TileShar
     for (long long i = first; i < static_cast<long long>(B) * a.dim; i += stride) {
       const long long r = i / a.dim, d = i - r * a.dim;
       const long long src = source_row(a.perm, at.offset, r) * a.dim + d;
-      a.x[i] = a.type == PixelType::u8 ? pixel_value(static_cast<const uint8_t*>(a.data)[src])
-                                       : pixel_value(static_cast<const float*>(a.data)[src]);
+      x[i] = a.type == PixelType::u8 ? pixel_value(static_cast<const uint8_t*>(a.data)[src])
+                                     : pixel_value(static_cast<const float*>(a.data)[src]);
     }
   }
-  step_barrier(sh);
+}
+
+// One training step at `at`, by every block, on the batch in x: gathered first (a phase and its
+// barrier) unless `gathered` (the step before gathered it). With next_x, the next step's batch
+// (at `next`) is gathered into it during this step's last phase, which reads x but not next_x.
+__device__ void train_step(const FusedStepArgs& a, const StepState& at, float* x, bool gathered, float* next_x,
+                           const StepState& next, TileShared& sh) {
+  const long long first = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const long long stride = static_cast<long long>(gridDim.x) * blockDim.x;
+  const int B = a.batch, rows = a.batch * a.samples, J = a.latent;
+  const Step s{a, at.step, at.row0, optimizer_scalars(a.hyper, at.step), x};
+  if (threadIdx.x == 0) sh.barriers = 0;
+  record_time(a, 0);
+
+  if (!gathered) {
+    gather_rows(a, at, x);
+    step_barrier(sh);
+  }
   phase_end(a, FusedPhase::gather);
 
   // Encoder and heads, with ε and z = μ + σ ε drawn in the heads' epilogue.
-  forward_stack(s, a.encoder, a.encoder_layers, a.heads, TileEpilogue::latent, true, a.x, B, sh);
+  forward_stack(s, a.encoder, a.encoder_layers, a.heads, TileEpilogue::latent, true, x, B, sh);
   phase_end(a, FusedPhase::encoder);
 
   // Decoder and output layer, with each pixel's log p(x|z) term and its gradient in the output
@@ -590,7 +607,8 @@ __device__ void train_step(const FusedStepArgs& a, const StepState& at, TileShar
 
   // Heads and encoder backward (dL/dx is not needed), the last phase with the first layer's update
   // and the one above it. No barrier after it: the next step's starts the launch's next step.
-  backward_stack(s, a.encoder, a.encoder_layers, a.heads, a.x, nullptr, B, pending, false, sh);
+  if (next_x) gather_rows(a, next, next_x);
+  backward_stack(s, a.encoder, a.encoder_layers, a.heads, x, nullptr, B, pending, false, sh);
   phase_end(a, FusedPhase::encoder_backward);
   if (a.phase_ns && threadIdx.x == 0) a.phase_ns[blockIdx.x * kFusedPhaseSlots + 1 + kFusedPhases] = sh.barriers;
 }
@@ -604,9 +622,16 @@ __global__ void __launch_bounds__(kStepThreads, 2) fused_step_kernel(FusedStepAr
   __shared__ StepState base;  // every block reads it before the first barrier; block 0 moves it on last
   if (threadIdx.x == 0) base = *a.at;
   __syncthreads();
+  // With x_next, the batches alternate between a.x and x_next, each gathered during the step before.
+  float* batches[2] = {a.x, a.x_next ? a.x_next : a.x};
+  auto state = [&](int i) {
+    return StepState{base.step + i, base.offset + static_cast<long long>(i) * a.batch, base.row0};
+  };
   for (int i = 0; i < a.steps; ++i) {
     if (i > 0) VAE_GRID_SYNC();
-    train_step(a, {base.step + i, base.offset + static_cast<long long>(i) * a.batch, base.row0}, sh);
+    const bool ahead = a.x_next && i + 1 < a.steps;
+    train_step(a, state(i), batches[i % 2], a.x_next && i > 0, ahead ? batches[(i + 1) % 2] : nullptr, state(i + 1),
+               sh);
   }
   if (blockIdx.x == 0 && threadIdx.x == 0) {
     a.at->step = base.step + a.steps;

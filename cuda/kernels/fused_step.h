@@ -47,13 +47,16 @@ struct FusedStepArgs {
   FusedLayer encoder[kMaxStepLayers], heads, decoder[kMaxStepLayers], output;
   float* params = nullptr;
   float* grads = nullptr;
-  float* x = nullptr;                // (B, dim)
-  float* z = nullptr;                // (L·B, J)
-  float* d_z = nullptr;              // (L·B, J)
-  float* kl = nullptr;               // (B)
-  float* log_prob = nullptr;         // (L·B); output.h holds the decoder output, output.dh its gradient
-  double* totals = nullptr;          // += (Σ recon, Σ KL, B), as elbo_totals
-  NonFinite* watch = nullptr;        // the first non-finite loss term or gradient, or null
+  float* x = nullptr;          // (B, dim)
+  float* x_next = nullptr;     // (B, dim), or null: in a launch of several steps, the batches alternate between x and
+                               // x_next, each gathered during the last phase of the step before (no gather phase and
+                               // barrier of its own)
+  float* z = nullptr;          // (L·B, J)
+  float* d_z = nullptr;        // (L·B, J)
+  float* kl = nullptr;         // (B)
+  float* log_prob = nullptr;   // (L·B); output.h holds the decoder output, output.dh its gradient
+  double* totals = nullptr;    // += (Σ recon, Σ KL, B), as elbo_totals
+  NonFinite* watch = nullptr;  // the first non-finite loss term or gradient, or null
   FusedMath math = FusedMath::ffma;  // the GEMM tiles' arithmetic
   float* workspace = nullptr;  // fused_step_workspace_floats(fused_step_grid(), L·B, dim, gaussian), zeros at first
   long long workspace_floats = 0;
@@ -70,7 +73,7 @@ struct FusedStepArgs {
 
 // The fused step's phases in order, for its timers (FusedStepArgs::phase_ns).
 enum class FusedPhase : int {
-  gather,            // the batch (and dynamic binarization)
+  gather,            // the batch (and dynamic binarization), unless the step before gathered it
   encoder,           // the encoder's layers and the heads, with ε and z in the heads' epilogue
   decoder,           // the decoder's layers and the output layer, with log p(x|z)'s terms and gradient
   decoder_backward,  // log p and KL per row, the output layer's and the decoder's backward (and updates but the first)
@@ -88,8 +91,9 @@ inline const char* fused_phase_name(int p) {
 // kFusedPhases] the grid barriers the block passed in the step.
 constexpr int kFusedPhaseSlots = kFusedPhases + 2;
 
-// The grid barriers of one fused step of a model with these hidden layers (and one more between
-// the steps of a launch).
+// The grid barriers of one fused step of a model with these hidden layers, its batch gathered in a
+// phase of its own; one fewer for a step whose batch the step before gathered (FusedStepArgs::
+// x_next), and one between the steps of a launch.
 constexpr int fused_step_barriers(int encoder_layers, int decoder_layers) {
   return 2 * (encoder_layers + decoder_layers) + 5;
 }
