@@ -299,7 +299,7 @@ TEST_P(FusedStep, EachTileArithmeticMatchesReferenceWithinItsPrecision) {
 
 // The fused step's phase timers (FusedStepArgs::phase_ns, bench_step --phases) change nothing the
 // step computes; every block's times rise phase by phase, and every block counts the same grid
-// barriers: 2·(encoder + decoder layers) + 5.
+// barriers: 2·(encoder + decoder layers) + 4 with one sample a row.
 class FusedStepLaunch : public ::testing::TestWithParam<Target> {};
 TEST_P(FusedStepLaunch, TimeEachPhaseAndCountTheBarriersWithoutChangingTheStep) {
   const Target target = GetParam();
@@ -329,8 +329,8 @@ TEST_P(FusedStepLaunch, TimeEachPhaseAndCountTheBarriersWithoutChangingTheStep) 
   }
   EXPECT_EQ(params[0], params[1]) << "the timers changed the step";
   // Split-K slices meet at tickets: no barrier beyond the phases' own, whatever the grid.
-  const unsigned barriers = 2 * (2 + 2) + 5;
-  EXPECT_EQ(static_cast<int>(barriers), fused_step_barriers(2, 2));
+  const unsigned barriers = 2 * (2 + 2) + 4;  // L = 1: the latent backward in a GEMM's epilogue
+  EXPECT_EQ(static_cast<int>(barriers), fused_step_barriers(2, 2, 1));
   for (int b = 0; b < grid; ++b) {
     const unsigned long long* row = ns.data() + static_cast<size_t>(b) * kFusedPhaseSlots;
     EXPECT_GT(row[0], 0u) << "block " << b;
@@ -387,7 +387,7 @@ TEST_P(FusedStepLaunch, ThreeStepsInOneLaunchAreThreeLaunches) {
   EXPECT_EQ(result[1].at.offset, 3 * batch);
   EXPECT_EQ(result[0].at.step, 10u);
   const auto ns = timers.download();  // the launch's last step
-  EXPECT_EQ(ns[1 + kFusedPhases], static_cast<unsigned long long>(fused_step_barriers(1, 1) - 1));
+  EXPECT_EQ(ns[1 + kFusedPhases], static_cast<unsigned long long>(fused_step_barriers(1, 1, 2) - 1));
 }
 
 const StepCase kFusedCases[] = {

@@ -2,7 +2,7 @@
 // decoder → output layer with log p(x|z) and its gradient → backward through the decoder, the
 // latent stage and the encoder, each weight gradient taking its optimizer update where it is
 // final (no optimizer pass). A grid-wide barrier only where a phase needs all of the one before:
-// 2·(encoder + decoder layers) + 5 a step (FusedStepArgs::phase_ns counts them and times each
+// 2·(encoder + decoder layers) + 4 a step, 5 with L > 1 (FusedStepArgs::phase_ns counts them and times each
 // phase), one more between the steps of a persistent launch, whose later steps save the gather's
 // (their batches gathered during the step before, FusedStepArgs::x_next). Every block takes part in every
 // phase: GEMM phases hand out 32×32 output tiles (a layer's input gradient shares its phase with
@@ -74,6 +74,7 @@ struct Step {
   long long row0;  // the batch's first row in the epoch (keys the noise)
   OptimizerScalars k;
   const float* x;  // (B, dim): the step's batch (a.x, or a.x_next in a persistent launch's odd steps)
+  float kl_scale;  // the KL gradient's weight at this step (kl_scale_at)
 };
 
 // What a GEMM tile does with its final outputs besides storing them (and their GemmOp epilogue).
@@ -82,6 +83,7 @@ enum class TileEpilogue {
   update,          // a weight gradient (C and the bias gradient in a.grads): each entry's optimizer update
   latent,          // the encoder's heads: each row's z_j for every sample, from μ_j and log σ²_j
   reconstruction,  // the output layer: each pixel's log p(x|z) term and its gradient, the row's terms summed
+  latent_grad,     // dL/dz with one sample a row (L = 1): each row's dμ_j and dlog σ²_j into heads.dh
 };
 
 // A GEMM of a phase. With pairs (n = 2P columns: the heads' μ | log σ², the Gaussian output's mean
@@ -191,6 +193,15 @@ __device__ __forceinline__ void store_tile_outputs(const Step& s, const PhaseGem
     }
     const int j = tile_column(g, jt, tx);
     if (g.epilogue == TileEpilogue::latent && j < cols) draw_latent(s, i, j, stored[0], stored[1]);
+    if (g.epilogue == TileEpilogue::latent_grad) {
+      for (int w = 0; w < 2; ++w) {
+        const int jw = tile_column(g, jt, tx + 16 * w);
+        if (jw < cols) {
+          latent_backward_element(s.a.heads.h, s.a.z, s.a.d_z, s.a.heads.dh, i, jw, s.a.batch, s.a.latent, 1,
+                                  s.kl_scale, s.a.kl_term.estimator, s.a.kl_term.gradient == KlGradient::dreg);
+        }
+      }
+    }
     if (g.epilogue == TileEpilogue::reconstruction) {
       for (int w = 0; w < (g.pairs ? 1 : 2); ++w) {
         const int jw = tile_column(g, jt, tx + 16 * w);
@@ -448,13 +459,13 @@ struct Pending {
 
 // The backward of such a stack, from the top layer (its dh filled) down to the first, a phase per
 // layer: the gradient of the layer's input (it reads W) — through the activation of the layer
-// below, or into bottom_grad for the stack's input `bottom` — beside the pending update of the
+// below, or into bottom_grad for the stack's input `bottom`, with bottom_epilogue — beside the pending update of the
 // layer above, which then leaves this layer's update pending. A layer whose input gradient is not
 // needed (bottom_grad null) takes its own update in its phase too, and leaves none. A grid barrier
 // after each phase, but after the last one only with last_barrier.
 __device__ void backward_stack(const Step& s, const FusedLayer* layers, int count, const FusedLayer& top,
-                               const float* bottom, float* bottom_grad, int rows, Pending& pending, bool last_barrier,
-                               TileShared& sh) {
+                               const float* bottom, float* bottom_grad, TileEpilogue bottom_epilogue, int rows,
+                               Pending& pending, bool last_barrier, TileShared& sh) {
   for (int l = count; l >= 0; --l) {
     const FusedLayer& L = l < count ? layers[l] : top;
     const float* below = l ? layers[l - 1].h : bottom;
@@ -463,7 +474,8 @@ __device__ void backward_stack(const Step& s, const FusedLayer* layers, int coun
     int n = 0;
     if (grad_in) {  // first: the next phase waits for it, nothing waits for an update within the step
       ops[n++] = {
-          dense_input_grad_gemm(L.out, L.in, L.dh, weight(s.a, L), grad_in, rows, l ? below : nullptr, s.a.activation)};
+          dense_input_grad_gemm(L.out, L.in, L.dh, weight(s.a, L), grad_in, rows, l ? below : nullptr, s.a.activation),
+          l ? TileEpilogue::store : bottom_epilogue};
     }
     if (pending.count) ops[n++] = pending.update;
     pending.count = 0;
@@ -548,7 +560,9 @@ __device__ void train_step(const FusedStepArgs& a, const StepState& at, float* x
   const long long first = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
   const long long stride = static_cast<long long>(gridDim.x) * blockDim.x;
   const int B = a.batch, rows = a.batch * a.samples, J = a.latent;
-  const Step s{a, at.step, at.row0, optimizer_scalars(a.hyper, at.step), x};
+  const Step s{a,       at.step,
+               at.row0, optimizer_scalars(a.hyper, at.step),
+               x,       kl_scale_at(1.f / static_cast<float>(B), a.kl_term, &at)};
   if (threadIdx.x == 0) sh.barriers = 0;
   record_time(a, 0);
 
@@ -586,29 +600,34 @@ __device__ void train_step(const FusedStepArgs& a, const StepState& at, float* x
                   : mc_kl_row(mu, mu + J, J, static_cast<int>(at.row0 + r), a.samples, a.seed,
                               RandomStream::latent_noise, at.step);
   }
+  // With one sample a row the latent backward runs in the epilogue of the GEMM that computes dL/dz.
+  const bool latent_in_epilogue = a.samples == 1;
   Pending pending;
-  backward_stack(s, a.decoder, a.decoder_layers, a.output, a.z, a.d_z, rows, pending, true, sh);
+  backward_stack(s, a.decoder, a.decoder_layers, a.output, a.z, a.d_z,
+                 latent_in_epilogue ? TileEpilogue::latent_grad : TileEpilogue::store, rows, pending, true, sh);
   phase_end(a, FusedPhase::decoder_backward);
 
   // The ELBO totals (block 0).
   if (blockIdx.x == 0) block_totals(a, at.step);
 
-  // Latent stage backward, an element per thread; the KL's gradient weighted by β at this step.
-  // Beside it the update of the decoder's first layer.
-  const float kl_scale = kl_scale_at(1.f / static_cast<float>(B), a.kl_term, &at);
-  for (long long i = first; i < static_cast<long long>(B) * J; i += stride) {
-    latent_backward_element(a.heads.h, a.z, a.d_z, a.heads.dh, static_cast<int>(i / J), static_cast<int>(i % J), B, J,
-                            a.samples, kl_scale, a.kl_term.estimator, a.kl_term.gradient == KlGradient::dreg);
+  // With several samples a row, the latent backward as a phase, an element per thread; the KL's
+  // gradient weighted by β at this step. Beside it the update of the decoder's first layer (else
+  // in the next phase).
+  if (!latent_in_epilogue) {
+    for (long long i = first; i < static_cast<long long>(B) * J; i += stride) {
+      latent_backward_element(a.heads.h, a.z, a.d_z, a.heads.dh, static_cast<int>(i / J), static_cast<int>(i % J), B, J,
+                              a.samples, s.kl_scale, a.kl_term.estimator, a.kl_term.gradient == KlGradient::dreg);
+    }
+    gemm_phase(s, &pending.update, pending.count, sh);
+    pending.count = 0;
+    step_barrier(sh);
   }
-  gemm_phase(s, &pending.update, pending.count, sh);
-  pending.count = 0;
-  step_barrier(sh);
   phase_end(a, FusedPhase::latent_backward);
 
   // Heads and encoder backward (dL/dx is not needed), the last phase with the first layer's update
   // and the one above it. No barrier after it: the next step's starts the launch's next step.
   if (next_x) gather_rows(a, next, next_x);
-  backward_stack(s, a.encoder, a.encoder_layers, a.heads, x, nullptr, B, pending, false, sh);
+  backward_stack(s, a.encoder, a.encoder_layers, a.heads, x, nullptr, TileEpilogue::store, B, pending, false, sh);
   phase_end(a, FusedPhase::encoder_backward);
   if (a.phase_ns && threadIdx.x == 0) a.phase_ns[blockIdx.x * kFusedPhaseSlots + 1 + kFusedPhases] = sh.barriers;
 }

@@ -77,7 +77,8 @@ enum class FusedPhase : int {
   encoder,           // the encoder's layers and the heads, with ε and z in the heads' epilogue
   decoder,           // the decoder's layers and the output layer, with log p(x|z)'s terms and gradient
   decoder_backward,  // log p and KL per row, the output layer's and the decoder's backward (and updates but the first)
-  latent_backward,   // the ELBO totals, dμ, dlog σ², and the decoder's first layer's update
+  latent_backward,   // the ELBO totals; with L > 1 dμ, dlog σ² and the decoder's first layer's update (L = 1: in
+                     // the decoder backward's last GEMM epilogue, and the update in the next phase)
   encoder_backward,  // the heads' and the encoder's backward and updates (no barrier after it)
 };
 constexpr int kFusedPhases = 6;
@@ -91,11 +92,11 @@ inline const char* fused_phase_name(int p) {
 // kFusedPhases] the grid barriers the block passed in the step.
 constexpr int kFusedPhaseSlots = kFusedPhases + 2;
 
-// The grid barriers of one fused step of a model with these hidden layers, its batch gathered in a
-// phase of its own; one fewer for a step whose batch the step before gathered (FusedStepArgs::
-// x_next), and one between the steps of a launch.
-constexpr int fused_step_barriers(int encoder_layers, int decoder_layers) {
-  return 2 * (encoder_layers + decoder_layers) + 5;
+// The grid barriers of one fused step of a model with these hidden layers and L samples, its batch
+// gathered in a phase of its own; one fewer for a step whose batch the step before gathered
+// (FusedStepArgs::x_next), and one between the steps of a launch.
+constexpr int fused_step_barriers(int encoder_layers, int decoder_layers, int samples) {
+  return 2 * (encoder_layers + decoder_layers) + 4 + (samples > 1 ? 1 : 0);
 }
 
 // The fused step's GEMM tiles (kFusedTile × kFusedTile outputs) and its workspace for a grid of
