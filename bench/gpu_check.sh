@@ -139,9 +139,16 @@ if [ -x build-gpu/host/vae ] && want check; then
           echo "SANITIZER_FAILED $tool $bin"
       done
     done
+    # The fused step kernel (cp.async stages, split-K tickets, grid barriers): one step of each tile
+    # arithmetic and the launch tests, under every tool that reads shared memory and barriers.
+    for tool in memcheck racecheck synccheck; do
+      echo "== compute-sanitizer --tool $tool test_step (fused)"
+      compute-sanitizer --tool "$tool" --error-exitcode 99 build-gpu/tests/test_step \
+        --gtest_filter='*EachTileArithmetic*cuda*:*FusedStepLaunch*cuda*' || echo "SANITIZER_FAILED $tool test_step"
+    done
   } >"$report/check.log" 2>&1
   grep -q SANITIZER_FAILED "$report/check.log" && san_ok=FAIL
-  record sanitizer "$san_ok" "memcheck + racecheck on the GPU kernel and GEMM tests, $(elapsed "$t") s"
+  record sanitizer "$san_ok" "memcheck + racecheck on the GPU kernel and GEMM tests, + synccheck on the fused step, $(elapsed "$t") s"
 
   # ---- GPU against CPU: 200 steps of the default model, same seed ----------------------------
   t=$(date +%s)
