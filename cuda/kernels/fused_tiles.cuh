@@ -1,0 +1,404 @@
+// The fused step's GEMM phases (included by fused_step.cu only): its 32 × 32 output tiles, their
+// K chunks staged through shared memory with loads in flight, FFMA or tensor-core (TF32, 3xTF32)
+// products, split-K slices that meet at per-tile tickets, and the epilogues that finish a tile
+// where its outputs are final: bias and activation, the optimizer's update of a weight gradient,
+// the heads' z, the output layer's log p(x|z) terms, and with L = 1 the latent backward.
+#pragma once
+
+#include "kernels/activation.cuh"
+#include "kernels/dense_gemm.h"
+#include "kernels/fused_step.h"
+#include "kernels/latent_sample.cuh"
+#include "kernels/non_finite.cuh"
+#include "kernels/optimizer.cuh"
+#include "kernels/reconstruction.cuh"
+#include "kernels/ticket.cuh"
+#include "runtime/async_copy.cuh"
+
+namespace vae::VAE_NS {
+
+namespace {
+
+constexpr int kStepThreads = 256;  // 8 warps; the GEMM tile's 16 × 16 threads
+constexpr int kTile = kFusedTile;  // output tiles of kTile × kTile
+constexpr int kTileK = 32;         // the K chunk staged in shared memory at a time
+constexpr int kStages = 4;         // K chunks of a work item in flight at once (cp.async groups)
+
+constexpr int kTilePad = kTile + 4;  // row stride: a multiple of 4 floats, as the warp matrix loads need
+struct TileShared {
+  // Stage s holds one K chunk: a[s][p][i] = op(A)[i0 + i, k0 + p] (transposed), b[s][p][j] = op(B)[k0 + p, j0 + j].
+  // After a TF32 tile, stages 0 of a and b hold C's two K halves.
+  alignas(32) float a[kStages][kTileK][kTilePad];
+  alignas(32) float b[kStages][kTileK][kTilePad];
+  unsigned barriers;  // grid barriers passed this step (thread 0's count)
+  unsigned last;      // this block arrived last at a split tile's ticket
+};
+
+// The workspace (FusedStepArgs::workspace, fused_step_workspace_floats): the split-K partial sums,
+// a ticket per tile of a phase, then the reconstruction's row sums (output column tiles, L·B rows).
+__device__ __forceinline__ unsigned* fused_tickets(float* workspace, int grid) {
+  return reinterpret_cast<unsigned*>(workspace + fused_step_partial_floats(grid));
+}
+__device__ __forceinline__ float* fused_row_sums(float* workspace, int grid) {
+  return workspace + fused_step_partial_floats(grid) + grid;
+}
+
+// What every phase of one step shares: the arguments, the step and the optimizer's scalars at it.
+struct Step {
+  const FusedStepArgs& a;
+  uint64_t step;
+  long long row0;  // the batch's first row in the epoch (keys the noise)
+  OptimizerScalars k;
+  const float* x;  // (B, dim): the step's batch (a.x, or a.x_next in a persistent launch's odd steps)
+  float kl_scale;  // the KL gradient's weight at this step (kl_scale_at)
+};
+
+// What a GEMM tile does with its final outputs besides storing them (and their GemmOp epilogue).
+enum class TileEpilogue {
+  store,           // nothing more
+  update,          // a weight gradient (C and the bias gradient in a.grads): each entry's optimizer update
+  latent,          // the encoder's heads: each row's z_j for every sample, from μ_j and log σ²_j
+  reconstruction,  // the output layer: each pixel's log p(x|z) term and its gradient, the row's terms summed
+  latent_grad,     // dL/dz with one sample a row (L = 1): each row's dμ_j and dlog σ²_j into heads.dh
+};
+
+// A GEMM of a phase. With pairs (n = 2P columns: the heads' μ | log σ², the Gaussian output's mean
+// | log variance), a tile holds 16 column pairs (j, P + j), thread column tx the first of a pair
+// and tx + 16 the second.
+struct PhaseGemm {
+  GemmOp op;
+  TileEpilogue epilogue = TileEpilogue::store;
+  bool pairs = false;
+};
+
+// The optimizer's update of flat parameter i, its gradient just written (and checked for a non-finite value).
+__device__ __forceinline__ void apply_update(const Step& s, long long i) {
+  const FusedStepArgs& a = s.a;
+  if (a.watch && !finite_bits(a.grads[i])) record_non_finite(a.watch, s.step, NonFiniteTerm::gradient, i);
+  switch (a.optimizer) {
+    case OptimizerKind::adam:
+      optimizer_element<OptimizerKind::adam>(a.hyper, s.k, a.params, a.grads, a.state1, a.state2, i);
+      break;
+    case OptimizerKind::adagrad:
+      optimizer_element<OptimizerKind::adagrad>(a.hyper, s.k, a.params, a.grads, a.state1, a.state2, i);
+      break;
+    case OptimizerKind::sgd:
+      optimizer_element<OptimizerKind::sgd>(a.hyper, s.k, a.params, a.grads, a.state1, a.state2, i);
+      break;
+  }
+}
+
+// C's columns, and one more for a bias gradient: a column of ones in op(B), whose output column
+// is Σ_p op(A)[i, p], taken from the tile's own sums.
+__device__ __forceinline__ int gemm_columns(const GemmOp& op) { return op.n + (op.bias_grad ? 1 : 0); }
+__device__ __forceinline__ int gemm_column_tiles(const PhaseGemm& g) {
+  return g.pairs ? (g.op.n / 2 + kTile / 2 - 1) / (kTile / 2) : (gemm_columns(g.op) + kTile - 1) / kTile;
+}
+__device__ __forceinline__ int gemm_tiles(const PhaseGemm& g) {
+  return ((g.op.m + kTile - 1) / kTile) * gemm_column_tiles(g);
+}
+// The column of C at column c of column tile jt; gemm_columns for none (past the last pair).
+__device__ __forceinline__ int tile_column(const PhaseGemm& g, int jt, int c) {
+  if (!g.pairs) return jt * kTile + c;
+  const int half = g.op.n / 2, j = jt * (kTile / 2) + c % (kTile / 2);
+  return j >= half ? g.op.n : c < kTile / 2 ? j : half + j;
+}
+
+// C[i, j] = v: the epilogue, or for the extra column, the bias gradient; then a weight gradient's update.
+__device__ __forceinline__ float store_output(const Step& s, const PhaseGemm& g, int i, int j, float acc) {
+  const GemmOp& op = g.op;
+  float* out = nullptr;
+  if (j < op.n) {
+    float v = op.alpha * acc;
+    const long long at = static_cast<long long>(i) * op.ldc + j;
+    if (op.epilogue == Epilogue::bias_activation) {
+      v = activate(v + op.bias[j], op.activation);
+    } else if (op.epilogue == Epilogue::activation_grad) {
+      const float h = op.activation_output[at];
+      v = op.activation == Activation::relu ? (h > 0.f ? v : 0.f) : v * activation_grad(h, op.activation);
+    }
+    out = op.c + at;
+    *out = v;
+  } else if (j == op.n && op.bias_grad) {
+    out = op.bias_grad + i;
+    *out = acc;
+  }
+  if (out && g.epilogue == TileEpilogue::update) apply_update(s, out - s.a.grads);
+  return out ? *out : 0.f;
+}
+
+// The heads' epilogue for row i, latent column j (μ, log σ² as stored): z_j of each of the row's samples.
+__device__ __forceinline__ void draw_latent(const Step& s, int i, int j, float mu, float logvar) {
+  const FusedStepArgs& a = s.a;
+  const int row = static_cast<int>(s.row0) + i;
+  for (int sample = 0; sample < a.samples; ++sample) {
+    a.z[(static_cast<long long>(sample) * a.batch + i) * a.latent + j] = sample_latent_element(
+        mu, logvar, a.latent, row, sample, a.samples, a.seed, RandomStream::latent_noise, s.step, j);
+  }
+}
+
+// The output layer's epilogue for row i (of L·B), pixel column j (the Gaussian's mean column; its
+// log variance's at dim + j), the row's outputs as stored: the term of log p(x|z) and, into
+// output.dh, its gradient.
+__device__ __forceinline__ float reconstruction_term(const Step& s, int i, int j) {
+  const FusedStepArgs& a = s.a;
+  const int width = a.gaussian ? 2 * a.dim : a.dim;
+  const float grad_scale = 1.f / static_cast<float>(a.batch * a.samples);
+  const float* o = a.output.h + static_cast<long long>(i) * width;
+  const float* x = s.x + static_cast<long long>(i % a.batch) * a.dim;
+  float* g = a.output.dh + static_cast<long long>(i) * width;
+  return a.gaussian ? gaussian_term<true>(o, x, g, j, a.dim, grad_scale) : bernoulli_term<true>(o, x, g, j, grad_scale);
+}
+
+// A thread's four outputs of a tile, rows i0 + ty + {0, 16}, tile columns tx + {0, 16} of column
+// tile jt, final: stored with their epilogue. For the output layer, each row's terms of the tile
+// summed in a fixed order (the thread's columns, then the 16 threads of the row through shared
+// memory) into the workspace's row sums (column tile jt of (column tiles, rows)). By every thread
+// of the block.
+__device__ __forceinline__ void store_tile_outputs(const Step& s, const PhaseGemm& g, int i0, int jt, int ty, int tx,
+                                                   const float (&v)[2][2], TileShared& sh) {
+  const int cols = gemm_columns(g.op);
+  float row_terms[2] = {0.f, 0.f};
+  for (int u = 0; u < 2; ++u) {
+    const int i = i0 + ty + 16 * u;
+    if (i >= g.op.m) continue;
+    float stored[2];
+    for (int w = 0; w < 2; ++w) {
+      const int j = tile_column(g, jt, tx + 16 * w);
+      stored[w] = j < cols ? store_output(s, g, i, j, v[u][w]) : 0.f;
+    }
+    const int j = tile_column(g, jt, tx);
+    if (g.epilogue == TileEpilogue::latent && j < cols) draw_latent(s, i, j, stored[0], stored[1]);
+    if (g.epilogue == TileEpilogue::latent_grad) {
+      for (int w = 0; w < 2; ++w) {
+        const int jw = tile_column(g, jt, tx + 16 * w);
+        if (jw < cols) {
+          latent_backward_element(s.a.heads.h, s.a.z, s.a.d_z, s.a.heads.dh, i, jw, s.a.batch, s.a.latent, 1,
+                                  s.kl_scale, s.a.kl_term.estimator, s.a.kl_term.gradient == KlGradient::dreg);
+        }
+      }
+    }
+    if (g.epilogue == TileEpilogue::reconstruction) {
+      for (int w = 0; w < (g.pairs ? 1 : 2); ++w) {
+        const int jw = tile_column(g, jt, tx + 16 * w);
+        if (jw < cols) row_terms[u] += reconstruction_term(s, i, jw);
+      }
+    }
+  }
+  if (g.epilogue != TileEpilogue::reconstruction) return;  // uniform over the block
+  // Stage 1 is free once the K loop is done (its last __syncthreads is behind us).
+  for (int u = 0; u < 2; ++u) sh.a[1][ty + 16 * u][tx] = row_terms[u];
+  __syncthreads();
+  const int r = static_cast<int>(threadIdx.x);
+  if (r < kTile && i0 + r < g.op.m) {
+    float sum = 0.f;
+    for (int t = 0; t < 16; ++t) sum += sh.a[1][r][t];
+    fused_row_sums(s.a.workspace, gridDim.x)[static_cast<long long>(jt) * g.op.m + i0 + r] = sum;
+  }
+  __syncthreads();  // before the next tile's loads overwrite stage 1
+}
+
+#if VAE_HAS_TF32_MMA
+// 3xTF32's operand split: hi = tf32(x) in place, lo = tf32(x − hi) (x − hi is exact in fp32).
+template <typename Fragment>
+__device__ __forceinline__ void split_tf32(Fragment& hi, Fragment& lo) {
+  for (int e = 0; e < hi.num_elements; ++e) {
+    const float x = hi.x[e], h = nvcuda::wmma::__float_to_tf32(x);
+    hi.x[e] = h;
+    lo.x[e] = nvcuda::wmma::__float_to_tf32(x - h);
+  }
+}
+#endif
+
+// Requests K chunk [k0, k0 + kTileK) ∩ [k0, k_end) of the tile at (i0, j0) into stage `stage`:
+// zeros outside the matrices, ones in a bias gradient's extra column. Consecutive threads along K
+// where the operand is contiguous in K, along the tile's rows or columns where it is not.
+__device__ __forceinline__ void stage_chunk(const PhaseGemm& g, int i0, int jt, int k0, int k_end, int stage,
+                                            TileShared& sh) {
+  const GemmOp& op = g.op;
+  for (int e = static_cast<int>(threadIdx.x); e < kTile * kTileK; e += kStepThreads) {
+    const int r = op.trans_a ? e % kTile : e / kTileK, kk = op.trans_a ? e / kTile : e % kTileK;
+    const int i = i0 + r, p = k0 + kk;
+    const bool a_in = i < op.m && p < k_end;
+    async_copy_float(&sh.a[stage][kk][r],
+                     a_in ? (op.trans_a ? op.a + static_cast<long long>(p) * op.lda + i : op.a + i * op.lda + p) : op.a,
+                     a_in);
+    const int c = op.trans_b ? e / kTileK : e % kTile, q = op.trans_b ? e % kTileK : e / kTile;
+    const int j = tile_column(g, jt, c), pb = k0 + q;
+    if (pb < k_end && j < op.n) {
+      async_copy_float(
+          &sh.b[stage][q][c],
+          op.trans_b ? op.b + static_cast<long long>(j) * op.ldb + pb : op.b + static_cast<long long>(pb) * op.ldb + j,
+          true);
+    } else {
+      sh.b[stage][q][c] = pb < k_end && j == op.n && op.bias_grad ? 1.f : 0.f;
+    }
+  }
+}
+
+// A work item of a GEMM phase: tile `tile` of the op over K in [k_begin, k_end), slice `slice` of
+// `slices`; a split tile's partial sums (slices, m, columns) and its ticket.
+struct WorkItem {
+  int tile, k_begin, k_end, slice, slices;
+  float* partials;
+  unsigned* ticket;
+};
+
+// One kTile × kTile tile of C over K in [k_begin, k_end): thread (ty, tx) of 16 × 16 owns rows
+// i0 + ty + {0, 16} and tile columns tx + {0, 16} (tile_column). K in chunks through a ring of
+// kStages stages: the chunks of the next kStages − 1 steps requested before the wait for the
+// current one (a short work item has all its loads in flight at once). With FusedMath::ffma each
+// thread sums its four outputs with FFMA; on the tensor cores (tf32, tf32x3) each warp takes a
+// 16 × 16 quarter of the tile and half of each chunk's K steps (fp32 sums), and the two halves
+// meet, in a fixed order, through shared memory. Then, for a whole-K item, the epilogue. A split-K
+// item (slices > 1) writes its raw sums into its slice of the partial sums and takes a
+// ticket: the block that arrives last sums the tile's slices in slice order and runs the
+// epilogue (deterministic, no atomics on the data, no grid barrier). Out of line: inlined into the
+// step it spilled registers on sm_90 under the two-blocks-per-SM bound.
+__device__ VAE_NOINLINE void gemm_tile(const Step& s, const PhaseGemm& g, const WorkItem& item, TileShared& sh) {
+  const int tile = item.tile, k_begin = item.k_begin, k_end = item.k_end, slice = item.slice, slices = item.slices;
+  namespace wmma = nvcuda::wmma;
+  const GemmOp& op = g.op;
+  const FusedMath math = s.a.math;
+  const int cols = gemm_columns(op);
+  const int tiles_n = gemm_column_tiles(g);
+  const int i0 = (tile / tiles_n) * kTile, jt = tile % tiles_n;
+  const int tid = static_cast<int>(threadIdx.x);
+  const int ty = tid / 16, tx = tid % 16;
+  float acc[2][2] = {};
+#if VAE_HAS_TF32_MMA
+  // Warp w takes the 16 × 16 quarter (wi, wj) = ((w % 4) / 2, w % 2) of the tile over the K steps
+  // of 8 numbered w / 4 (mod 2) in each chunk: all eight warps on the tensor cores.
+  const int warp = tid / 32, wi = (warp % 4) / 2, wj = warp % 2, k_half = warp / 4;
+  wmma::fragment<wmma::accumulator, 16, 16, 8, float> cf;
+  if (math != FusedMath::ffma) wmma::fill_fragment(cf, 0.f);
+#else
+  (void)math;  // no TF32 tensor cores before sm_80: FFMA
+#endif
+  const int chunks = (k_end - k_begin + kTileK - 1) / kTileK;
+  for (int c = 0; c < kStages - 1; ++c) {
+    if (c < chunks) stage_chunk(g, i0, jt, k_begin + c * kTileK, k_end, c, sh);
+    async_commit();
+  }
+  for (int c = 0; c < chunks; ++c) {
+    const int ahead = c + kStages - 1;  // into the stage chunk c − 1 left (every thread is past it)
+    if (ahead < chunks) stage_chunk(g, i0, jt, k_begin + ahead * kTileK, k_end, ahead % kStages, sh);
+    async_commit();
+    async_wait<kStages - 1>();  // chunk c's group has landed
+    __syncthreads();
+    const int st = c % kStages;
+#if VAE_HAS_TF32_MMA
+    if (math != FusedMath::ffma) {
+      for (int k8 = 8 * k_half; k8 < kTileK; k8 += 16) {
+        wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::col_major> fa, fa_lo;
+        wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::row_major> fb, fb_lo;
+        wmma::load_matrix_sync(fa, &sh.a[st][k8][wi * 16], kTilePad);
+        wmma::load_matrix_sync(fb, &sh.b[st][k8][wj * 16], kTilePad);
+        if (math == FusedMath::tf32x3) {  // the small products first, then the large one
+          split_tf32(fa, fa_lo);
+          split_tf32(fb, fb_lo);
+          wmma::mma_sync(cf, fa_lo, fb, cf);
+          wmma::mma_sync(cf, fa, fb_lo, cf);
+        } else {
+          for (int e = 0; e < fa.num_elements; ++e) fa.x[e] = wmma::__float_to_tf32(fa.x[e]);
+          for (int e = 0; e < fb.num_elements; ++e) fb.x[e] = wmma::__float_to_tf32(fb.x[e]);
+        }
+        wmma::mma_sync(cf, fa, fb, cf);
+      }
+      __syncthreads();
+      continue;
+    }
+#endif
+    for (int kk = 0; kk < kTileK; ++kk) {
+      const float a0 = sh.a[st][kk][ty], a1 = sh.a[st][kk][ty + 16];
+      const float b0 = sh.b[st][kk][tx], b1 = sh.b[st][kk][tx + 16];
+      acc[0][0] += a0 * b0;
+      acc[0][1] += a0 * b1;
+      acc[1][0] += a1 * b0;
+      acc[1][1] += a1 * b1;
+    }
+    __syncthreads();
+  }
+#if VAE_HAS_TF32_MMA
+  if (math != FusedMath::ffma) {  // the two K halves' sums, through shared memory (C row-major in stage 0 of a and b),
+                                  // to the owners
+    wmma::store_matrix_sync(k_half ? &sh.b[0][wi * 16][wj * 16] : &sh.a[0][wi * 16][wj * 16], cf, kTilePad,
+                            wmma::mem_row_major);
+    __syncthreads();
+    for (int u = 0; u < 2; ++u)
+      for (int w = 0; w < 2; ++w) acc[u][w] = sh.a[0][ty + 16 * u][tx + 16 * w] + sh.b[0][ty + 16 * u][tx + 16 * w];
+    __syncthreads();  // before the next tile's loads overwrite it
+  }
+#endif
+  if (slices == 1) {
+    store_tile_outputs(s, g, i0, jt, ty, tx, acc, sh);
+    return;
+  }
+  const long long n = static_cast<long long>(op.m) * cols;
+  for (int u = 0; u < 2; ++u)
+    for (int w = 0; w < 2; ++w) {
+      const int i = i0 + ty + 16 * u, j = tile_column(g, jt, tx + 16 * w);
+      if (i < op.m && j < cols) item.partials[slice * n + static_cast<long long>(i) * cols + j] = acc[u][w];
+    }
+  __threadfence();  // this thread's sums are visible before the block's arrival is
+  __syncthreads();
+  if (tid == 0) sh.last = arrives_last(item.ticket, static_cast<unsigned>(slices)) ? 1u : 0u;
+  __syncthreads();
+  if (!sh.last) return;  // uniform over the block
+  __threadfence();       // the other slices' sums, made visible before their arrivals, are read after ours
+  float sum[2][2] = {};
+  for (int u = 0; u < 2; ++u)
+    for (int w = 0; w < 2; ++w) {
+      const int i = i0 + ty + 16 * u, j = tile_column(g, jt, tx + 16 * w);
+      if (i >= op.m || j >= cols) continue;
+      const long long e = static_cast<long long>(i) * cols + j;
+      for (int sl = 0; sl < slices; ++sl) sum[u][w] += load_global_coherent(item.partials + sl * n + e);
+    }
+  store_tile_outputs(s, g, i0, jt, ty, tx, sum, sh);
+}
+
+// K slices of an op in a phase of `total` tiles: where the phase has fewer tiles than the grid
+// has blocks, each tile's K is split so that every block gets work (at least two kTileK chunks a
+// slice, at most kMaxSplit slices). The same on every block: it depends on shapes and the grid.
+constexpr int kMaxSplit = 16;
+__device__ __forceinline__ int split_slices(const GemmOp& op, int total) {
+  if (total >= static_cast<int>(gridDim.x)) return 1;
+  int s = (static_cast<int>(gridDim.x) + total - 1) / total;
+  const int by_k = (op.k + 2 * kTileK - 1) / (2 * kTileK);
+  s = s < by_k ? s : by_k;
+  s = s < kMaxSplit ? s : kMaxSplit;
+  return s > 1 ? s : 1;
+}
+
+// The work items (tiles, or K slices of tiles) of `count` independent GEMMs, handed out over the
+// grid's blocks, with no grid barrier inside: split tiles meet at their tickets (gemm_tile). The
+// workspace holds Σ slices · m · columns ≤ (grid + tiles) · kTile² < 2 · grid · kTile² floats of
+// partial sums, then one ticket per tile of the phase (split only where tiles < grid).
+__device__ void gemm_phase(const Step& s, const PhaseGemm* ops, int count, TileShared& sh) {
+  int total = 0;
+  for (int o = 0; o < count; ++o) total += gemm_tiles(ops[o]);
+  int items = 0;
+  for (int o = 0; o < count; ++o) items += split_slices(ops[o].op, total) * gemm_tiles(ops[o]);
+  unsigned* tickets = fused_tickets(s.a.workspace, gridDim.x);
+  for (int t = static_cast<int>(blockIdx.x); t < items; t += static_cast<int>(gridDim.x)) {
+    int o = 0, local = t, ticket = 0;
+    long long offset = 0;  // this op's slices in the workspace
+    for (;; ++o) {
+      const int sl = split_slices(ops[o].op, total), tiles = gemm_tiles(ops[o]);
+      if (local < sl * tiles) break;
+      local -= sl * tiles;
+      ticket += tiles;
+      if (sl > 1) offset += static_cast<long long>(sl) * ops[o].op.m * gemm_columns(ops[o].op);
+    }
+    const GemmOp& op = ops[o].op;
+    const int slices = split_slices(op, total), tiles = gemm_tiles(ops[o]);
+    const int slice = local / tiles, tile = local % tiles;
+    const int per = ((op.k + slices - 1) / slices + kTileK - 1) / kTileK * kTileK;
+    const int k_begin = slice * per, k_end = k_begin + per < op.k ? k_begin + per : op.k;
+    gemm_tile(s, ops[o], {tile, k_begin, k_end, slice, slices, s.a.workspace + offset, tickets + ticket + tile}, sh);
+  }
+}
+
+}  // namespace
+
+}  // namespace vae::VAE_NS
