@@ -105,9 +105,11 @@ __device__ __forceinline__ int tile_column(const PhaseGemm& g, int jt, int c) {
 }
 
 // C[i, j] = v: the epilogue, or for the extra column, the bias gradient; then a weight gradient's update.
+// Returns what it stored (0 where it stored nothing).
 __device__ __forceinline__ float store_output(const Step& s, const PhaseGemm& g, int i, int j, float acc) {
   const GemmOp& op = g.op;
   float* out = nullptr;
+  float stored = 0.f;
   if (j < op.n) {
     float v = op.alpha * acc;
     const long long at = static_cast<long long>(i) * op.ldc + j;
@@ -118,13 +120,13 @@ __device__ __forceinline__ float store_output(const Step& s, const PhaseGemm& g,
       v = op.activation == Activation::relu ? (h > 0.f ? v : 0.f) : v * activation_grad(h, op.activation);
     }
     out = op.c + at;
-    *out = v;
+    *out = stored = v;
   } else if (j == op.n && op.bias_grad) {
     out = op.bias_grad + i;
-    *out = acc;
+    *out = stored = acc;
   }
   if (out && g.epilogue == TileEpilogue::update) apply_update(s, out - s.a.grads);
-  return out ? *out : 0.f;
+  return stored;
 }
 
 // The heads' epilogue for row i, latent column j (μ, log σ² as stored): z_j of each of the row's samples.
