@@ -48,10 +48,13 @@ __device__ void forward_stack(const Step& s, const FusedLayer* layers, int count
                               TileEpilogue top_epilogue, bool top_pairs, const float* in, int rows, TileShared& sh) {
   for (int l = 0; l <= count; ++l) {
     const FusedLayer& L = l < count ? layers[l] : top;
-    const PhaseGemm g{dense_forward_gemm(L.out, L.in, in, weight(s.a, L), bias(s.a, L), L.h, rows,
-                                         l < count ? s.a.activation : Activation::identity),
-                      l < count ? TileEpilogue::store : top_epilogue, l == count && top_pairs};
-    gemm_phase(s, &g, 1, sh);
+    if (threadIdx.x == 0) {
+      sh.slots.ops[0] = {dense_forward_gemm(L.out, L.in, in, weight(s.a, L), bias(s.a, L), L.h, rows,
+                                            l < count ? s.a.activation : Activation::identity),
+                         l < count ? TileEpilogue::store : top_epilogue, l == count && top_pairs};
+      sh.ops_count = 1;
+    }
+    gemm_phase(s, sh);
     step_barrier(sh);
     in = L.h;
   }
@@ -63,41 +66,39 @@ __device__ PhaseGemm weight_update(const FusedStepArgs& a, const FusedLayer& l, 
           TileEpilogue::update};
 }
 
-// The weight update left for the next phase: a layer's parameters change only once no phase reads
-// them any more, i.e. in the phase after the one that computed the gradient of its input.
-struct Pending {
-  PhaseGemm update;
-  int count = 0;  // 0 or 1
-};
-
 // The backward of such a stack, from the top layer (its dh filled) down to the first, a phase per
 // layer: the gradient of the layer's input (it reads W) — through the activation of the layer
-// below, or into bottom_grad for the stack's input `bottom`, with bottom_epilogue — beside the pending update of the
-// layer above, which then leaves this layer's update pending. A layer whose input gradient is not
+// below, or into bottom_grad for the stack's input `bottom`, with bottom_epilogue — beside the
+// update left pending by the layer above (sh.pending), which then leaves this layer's update
+// pending: a layer's parameters change only once no phase reads them any more, i.e. in the phase
+// after the one that computed the gradient of its input. A layer whose input gradient is not
 // needed (bottom_grad null) takes its own update in its phase too, and leaves none. A grid barrier
 // after each phase, but after the last one only with last_barrier.
 __device__ void backward_stack(const Step& s, const FusedLayer* layers, int count, const FusedLayer& top,
                                const float* bottom, float* bottom_grad, TileEpilogue bottom_epilogue, int rows,
-                               Pending& pending, bool last_barrier, TileShared& sh) {
+                               bool last_barrier, TileShared& sh) {
   for (int l = count; l >= 0; --l) {
     const FusedLayer& L = l < count ? layers[l] : top;
     const float* below = l ? layers[l - 1].h : bottom;
     float* grad_in = l ? layers[l - 1].dh : bottom_grad;
-    PhaseGemm ops[2];
-    int n = 0;
-    if (grad_in) {  // first: the next phase waits for it, nothing waits for an update within the step
-      ops[n++] = {
-          dense_input_grad_gemm(L.out, L.in, L.dh, weight(s.a, L), grad_in, rows, l ? below : nullptr, s.a.activation),
-          l ? TileEpilogue::store : bottom_epilogue};
+    if (threadIdx.x == 0) {
+      int n = 0;
+      if (grad_in) {  // first: the next phase waits for it, nothing waits for an update within the step
+        sh.slots.ops[n++] = {dense_input_grad_gemm(L.out, L.in, L.dh, weight(s.a, L), grad_in, rows,
+                                                   l ? below : nullptr, s.a.activation),
+                             l ? TileEpilogue::store : bottom_epilogue};
+      }
+      if (sh.pending_count) sh.slots.ops[n++] = sh.pending.op;
+      sh.pending_count = 0;
+      if (grad_in) {
+        sh.pending.op = weight_update(s.a, L, below, rows);
+        sh.pending_count = 1;
+      } else {
+        sh.slots.ops[n++] = weight_update(s.a, L, below, rows);
+      }
+      sh.ops_count = n;
     }
-    if (pending.count) ops[n++] = pending.update;
-    pending.count = 0;
-    if (grad_in) {
-      pending = {weight_update(s.a, L, below, rows), 1};
-    } else {
-      ops[n++] = weight_update(s.a, L, below, rows);
-    }
-    gemm_phase(s, ops, n, sh);
+    gemm_phase(s, sh);
     if (l > 0 || last_barrier) step_barrier(sh);
   }
 }
@@ -176,7 +177,10 @@ __device__ void train_step(const FusedStepArgs& a, const StepState& at, float* x
   const Step s{a,       at.step,
                at.row0, optimizer_scalars(a.hyper, at.step),
                x,       kl_scale_at(1.f / static_cast<float>(B), a.kl_term, &at)};
-  if (threadIdx.x == 0) sh.barriers = 0;
+  if (threadIdx.x == 0) {
+    sh.barriers = 0;
+    sh.pending_count = 0;
+  }
   record_time(a, 0);
 
   if (!gathered) {
@@ -215,9 +219,8 @@ __device__ void train_step(const FusedStepArgs& a, const StepState& at, float* x
   }
   // With one sample a row the latent backward runs in the epilogue of the GEMM that computes dL/dz.
   const bool latent_in_epilogue = a.samples == 1;
-  Pending pending;
   backward_stack(s, a.decoder, a.decoder_layers, a.output, a.z, a.d_z,
-                 latent_in_epilogue ? TileEpilogue::latent_grad : TileEpilogue::store, rows, pending, true, sh);
+                 latent_in_epilogue ? TileEpilogue::latent_grad : TileEpilogue::store, rows, true, sh);
   phase_end(a, FusedPhase::decoder_backward);
 
   // The ELBO totals (block 0).
@@ -231,8 +234,12 @@ __device__ void train_step(const FusedStepArgs& a, const StepState& at, float* x
       latent_backward_element(a.heads.h, a.z, a.d_z, a.heads.dh, static_cast<int>(i / J), static_cast<int>(i % J), B, J,
                               a.samples, s.kl_scale, a.kl_term.estimator, a.kl_term.gradient == KlGradient::dreg);
     }
-    gemm_phase(s, &pending.update, pending.count, sh);
-    pending.count = 0;
+    if (threadIdx.x == 0) {
+      sh.slots.ops[0] = sh.pending.op;
+      sh.ops_count = sh.pending_count;
+      sh.pending_count = 0;
+    }
+    gemm_phase(s, sh);
     step_barrier(sh);
   }
   phase_end(a, FusedPhase::latent_backward);
@@ -240,7 +247,7 @@ __device__ void train_step(const FusedStepArgs& a, const StepState& at, float* x
   // Heads and encoder backward (dL/dx is not needed), the last phase with the first layer's update
   // and the one above it. No barrier after it: the next step's starts the launch's next step.
   if (next_x) gather_rows(a, next, next_x);
-  backward_stack(s, a.encoder, a.encoder_layers, a.heads, x, nullptr, TileEpilogue::store, B, pending, false, sh);
+  backward_stack(s, a.encoder, a.encoder_layers, a.heads, x, nullptr, TileEpilogue::store, B, false, sh);
   phase_end(a, FusedPhase::encoder_backward);
   if (a.phase_ns && threadIdx.x == 0) a.phase_ns[blockIdx.x * kFusedPhaseSlots + 1 + kFusedPhases] = sh.barriers;
 }
@@ -248,8 +255,10 @@ __device__ void train_step(const FusedStepArgs& a, const StepState& at, float* x
 }  // namespace
 
 // a.steps consecutive steps (full batches of one permutation) in one launch: a grid barrier
-// between them (the next gather overwrites x, the next forward reads the updated parameters).
-__global__ void __launch_bounds__(kStepThreads, 2) fused_step_kernel(FusedStepArgs a) {
+// between them (the next gather overwrites x, the next forward reads the updated parameters). The
+// arguments stay in the parameter space (__grid_constant__: the phases take references to them
+// without a copy into each thread's local memory).
+__global__ void __launch_bounds__(kStepThreads, 2) fused_step_kernel(__grid_constant__ const FusedStepArgs a) {
   __shared__ TileShared sh;
   __shared__ StepState base;  // every block reads it before the first barrier; block 0 moves it on last
   if (threadIdx.x == 0) base = *a.at;

@@ -25,14 +25,6 @@ constexpr int kTileK = 32;         // the K chunk staged in shared memory at a t
 constexpr int kStages = 4;         // K chunks of a work item in flight at once (cp.async groups)
 
 constexpr int kTilePad = kTile + 4;  // row stride: a multiple of 4 floats, as the warp matrix loads need
-struct TileShared {
-  // Stage s holds one K chunk: a[s][p][i] = op(A)[i0 + i, k0 + p] (transposed), b[s][p][j] = op(B)[k0 + p, j0 + j].
-  // After a TF32 tile, stages 0 of a and b hold C's two K halves.
-  alignas(32) float a[kStages][kTileK][kTilePad];
-  alignas(32) float b[kStages][kTileK][kTilePad];
-  unsigned barriers;  // grid barriers passed this step (thread 0's count)
-  unsigned last;      // this block arrived last at a split tile's ticket
-};
 
 // The workspace (FusedStepArgs::workspace, fused_step_workspace_floats): the split-K partial sums,
 // a ticket per tile of a phase, then the reconstruction's row sums (output column tiles, L·B rows).
@@ -69,6 +61,34 @@ struct PhaseGemm {
   GemmOp op;
   TileEpilogue epilogue = TileEpilogue::store;
   bool pairs = false;
+};
+
+// The GEMMs of a phase (at most two: a layer's input gradient and the update of the layer above,
+// or a layer's own update) and the update left for the next phase (backward_stack).
+constexpr int kMaxPhaseGemms = 2;
+
+// A block's shared memory. The phase's GEMM descriptors live here, written by thread 0 between
+// phases (its threads read them from here, not from copies of their own: a descriptor per thread
+// was ~0.7 KB of local memory per thread on sm_90).
+struct TileShared {
+  // Stage s holds one K chunk: a[s][p][i] = op(A)[i0 + i, k0 + p] (transposed), b[s][p][j] = op(B)[k0 + p, j0 + j].
+  // After a TF32 tile, stages 0 of a and b hold C's two K halves.
+  alignas(32) float a[kStages][kTileK][kTilePad];
+  alignas(32) float b[kStages][kTileK][kTilePad];
+  // A __shared__ variable takes no dynamic initialization: the descriptors (PhaseGemm has default
+  // member initializers) sit in a union whose constructor does nothing; thread 0 assigns them.
+  union Slots {
+    PhaseGemm ops[kMaxPhaseGemms];  // the phase's GEMMs (gemm_phase), ops_count of them
+    __host__ __device__ Slots() {}
+  } slots;
+  union Slot {
+    PhaseGemm op;  // a weight update left for the next phase, when pending_count is 1
+    __host__ __device__ Slot() {}
+  } pending;
+  int ops_count;
+  int pending_count;
+  unsigned barriers;  // grid barriers passed this step (thread 0's count)
+  unsigned last;      // this block arrived last at a split tile's ticket
 };
 
 // The optimizer's update of flat parameter i, its gradient just written (and checked for a non-finite value).
@@ -372,11 +392,15 @@ __device__ __forceinline__ int split_slices(const GemmOp& op, int total) {
   return s > 1 ? s : 1;
 }
 
-// The work items (tiles, or K slices of tiles) of `count` independent GEMMs, handed out over the
-// grid's blocks, with no grid barrier inside: split tiles meet at their tickets (gemm_tile). The
-// workspace holds Σ slices · m · columns ≤ (grid + tiles) · kTile² < 2 · grid · kTile² floats of
-// partial sums, then one ticket per tile of the phase (split only where tiles < grid).
-__device__ void gemm_phase(const Step& s, const PhaseGemm* ops, int count, TileShared& sh) {
+// The work items (tiles, or K slices of tiles) of the phase's independent GEMMs (sh.ops, written
+// by thread 0 before the call), handed out over the grid's blocks, with no grid barrier inside:
+// split tiles meet at their tickets (gemm_tile). The workspace holds Σ slices · m · columns ≤ (grid
+// + tiles) · kTile² < 2 · grid · kTile² floats of partial sums, then one ticket per tile of the
+// phase (split only where tiles < grid).
+__device__ void gemm_phase(const Step& s, TileShared& sh) {
+  __syncthreads();  // thread 0's descriptors are visible
+  const PhaseGemm* ops = sh.slots.ops;
+  const int count = sh.ops_count;
   int total = 0;
   for (int o = 0; o < count; ++o) total += gemm_tiles(ops[o]);
   int items = 0;

@@ -121,6 +121,9 @@ inline T atomic_add(T* p, T v) {
 #ifndef __launch_bounds__
 #define __launch_bounds__(...)
 #endif
+#ifndef __grid_constant__
+#define __grid_constant__
+#endif
 #define threadIdx (::vae::hx::tls_thread_idx)
 #define blockIdx (::vae::hx::tls_block_idx)
 #define blockDim (::vae::hx::tls_block_dim)
