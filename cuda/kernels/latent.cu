@@ -1,5 +1,7 @@
 // Latent stage: ε ~ N(0, I) from Philox, the reparameterization z = μ + exp(½ log σ²) ⊙ ε,
 // the analytic KL(q(z|x) || N(0, I)) per row, and the backward pass of all three.
+#include <algorithm>
+
 #include "ops.h"  // the entry points this file defines
 #include "kernels/lanes.cuh"
 #include "kernels/latent_sample.cuh"
@@ -92,19 +94,37 @@ __global__ void latent_statistics_kernel(const float* __restrict__ heads, int ba
 // Row m of the first `draws` rows: its draw z_m (J) against every row's q(z|x_n) in order, a
 // running log-sum-exp in float64: aggregate[m] = log (1/N) Σ_n q(z_m | x_n) and own[m] =
 // log q(z_m | x_m), each log N(z; μ_n, σ²_n) = Σ_j −½ (log 2π + log σ²_nj + (z_j − μ_nj)² / σ²_nj).
+// A thread per draw. The rows go by in tiles of `tile`, whose 1/σ²_nj = exp(−log σ²_nj) do not
+// depend on the draw: the block computes them once into shared memory, (tile, J) in float64, so a
+// block takes N·J exponentials, not one per draw and row (the same values, the same sums).
+constexpr int kAggregateBlock = 64;
+constexpr int kAggregateTableBytes = 32 * 1024;
 __global__ void aggregate_posterior_kernel(const float* __restrict__ heads, const float* __restrict__ z, int rows,
-                                           int latent, int draws, double* __restrict__ aggregate,
+                                           int latent, int draws, int tile, double* __restrict__ aggregate,
                                            double* __restrict__ own) {
   constexpr double kLog2Pi = 1.8378770664093453;
-  VAE_ELEMENT_LOOP(m, draws) {
-    const float* zm = z + m * latent;
-    double top = -INFINITY, sum = 0;
-    for (int n = 0; n < rows; ++n) {
+  VAE_DYNAMIC_SHARED(double, inv_var);  // (tile, latent)
+  const int m = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
+  const bool drawn = m < draws;
+  const float* zm = z + static_cast<long long>(drawn ? m : 0) * latent;
+  double top = -INFINITY, sum = 0;
+  for (int n0 = 0; n0 < rows; n0 += tile) {
+    const int count = rows - n0 < tile ? rows - n0 : tile;
+    __syncthreads();  // every thread is done with the tile before
+    for (int e = static_cast<int>(threadIdx.x); e < count * latent; e += static_cast<int>(blockDim.x)) {
+      const int r = e / latent, j = e - r * latent;
+      inv_var[e] = exp(-static_cast<double>(heads[static_cast<long long>(n0 + r) * 2 * latent + latent + j]));
+    }
+    __syncthreads();
+    if (!drawn) continue;
+    for (int r = 0; r < count; ++r) {
+      const int n = n0 + r;
       const float* mu = heads + static_cast<long long>(n) * 2 * latent;
+      const double* iv = inv_var + static_cast<long long>(r) * latent;
       double lq = 0;
       for (int j = 0; j < latent; ++j) {
         const double d = static_cast<double>(zm[j]) - mu[j], lv = mu[latent + j];
-        lq += -0.5 * (kLog2Pi + lv + d * d * exp(-lv));
+        lq += -0.5 * (kLog2Pi + lv + d * d * iv[j]);
       }
       if (n == m) own[m] = lq;
       if (lq > top) {
@@ -114,17 +134,20 @@ __global__ void aggregate_posterior_kernel(const float* __restrict__ heads, cons
         sum += exp(lq - top);
       }
     }
-    aggregate[m] = top + log(sum) - log(static_cast<double>(rows));
   }
+  if (drawn) aggregate[m] = top + log(sum) - log(static_cast<double>(rows));
 }
 
 void aggregate_posterior(const float* heads, const float* z, int rows, int latent, int draws, double* aggregate,
                          double* own, cudaStream_t stream) {
   VAE_REQUIRE(rows > 0 && latent > 0 && draws >= 0 && draws <= rows, "aggregate_posterior: bad shape");
+  VAE_REQUIRE(latent * static_cast<long long>(sizeof(double)) <= kAggregateTableBytes,
+              "aggregate_posterior: latent dimension too large");
   if (draws == 0) return;
-  constexpr int kBlock = 64;
-  VAE_LAUNCH(aggregate_posterior_kernel, elementwise_grid(draws, kBlock), kBlock, 0, stream, heads, z, rows, latent,
-             draws, aggregate, own);
+  const int tile = std::min(256, kAggregateTableBytes / static_cast<int>(latent * sizeof(double)));
+  VAE_LAUNCH(aggregate_posterior_kernel, static_cast<int>(ceil_div(draws, kAggregateBlock)), kAggregateBlock,
+             static_cast<size_t>(tile) * latent * sizeof(double), stream, heads, z, rows, latent, draws, tile,
+             aggregate, own);
 }
 
 void latent_statistics(const float* heads, int batch, int latent, double* sums, cudaStream_t stream) {
