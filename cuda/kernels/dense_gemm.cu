@@ -225,8 +225,11 @@ void gemm(GemmHandle* h, const GemmOp& op) {
   const long long flops = 2ll * op.m * op.n * op.k;
   const bool by_columns = op.m < op.n;
   const int extent = by_columns ? op.n : op.m;
-  // At least a megaflop and 16 rows or columns (a vector width) per panel.
-  int panels = static_cast<int>(std::min<long long>(hx::workers(), std::max<long long>(1, flops / (1 << 20))));
+  // At least a quarter megaflop and 16 rows or columns (a vector width) per panel. (A megaflop
+  // left the latent layer's 2-megaflop GEMMs on one worker while the other waited: split, the
+  // step's 400x20x128 took 27 us instead of 43 and 128x20x400 16 instead of 22; bench_step
+  // --kernels, 2 vCPUs of an Intel Xeon, 2026-12-06, three alternating pairs.)
+  int panels = static_cast<int>(std::min<long long>(hx::workers(), std::max<long long>(1, flops / (1 << 18))));
   panels = std::min(panels, std::max(1, extent / 16));
   int per_panel = (extent + panels - 1) / panels;
   if (by_columns) per_panel = (per_panel + 15) / 16 * 16;  // whole vectors of C's rows per panel
