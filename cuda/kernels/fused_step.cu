@@ -141,7 +141,7 @@ __device__ void block_totals(const FusedStepArgs& a, uint64_t step) {
 // The batch at `at` (its rows at.offset.. of the permutation) into x (and dynamic binarization), as
 // gather_batch, strided over the grid's threads. Out of line: inlined twice into the step it
 // spilled registers on sm_90.
-__device__ VAE_NOINLINE void gather_rows(const FusedStepArgs& a, const StepState& at, float* x) {
+__device__ VAE_NOINLINE void gather_rows(const FusedStepArgs& a, const StepState at, float* x) {
   const long long first = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
   const long long stride = static_cast<long long>(gridDim.x) * blockDim.x;
   const int B = a.batch;
@@ -264,15 +264,14 @@ __global__ void __launch_bounds__(kStepThreads, 2) fused_step_kernel(__grid_cons
   if (threadIdx.x == 0) base = *a.at;
   __syncthreads();
   // With x_next, the batches alternate between a.x and x_next, each gathered during the step before.
-  float* batches[2] = {a.x, a.x_next ? a.x_next : a.x};
+  auto batch = [&](int i) { return i % 2 == 0 || !a.x_next ? a.x : a.x_next; };
   auto state = [&](int i) {
     return StepState{base.step + i, base.offset + static_cast<long long>(i) * a.batch, base.row0};
   };
   for (int i = 0; i < a.steps; ++i) {
     if (i > 0) VAE_GRID_SYNC();
     const bool ahead = a.x_next && i + 1 < a.steps;
-    train_step(a, state(i), batches[i % 2], a.x_next && i > 0, ahead ? batches[(i + 1) % 2] : nullptr, state(i + 1),
-               sh);
+    train_step(a, state(i), batch(i), a.x_next && i > 0, ahead ? batch(i + 1) : nullptr, state(i + 1), sh);
   }
   if (blockIdx.x == 0 && threadIdx.x == 0) {
     a.at->step = base.step + a.steps;

@@ -276,8 +276,9 @@ struct WorkItem {
 // item (slices > 1) writes its raw sums into its slice of the partial sums and takes a
 // ticket: the block that arrives last sums the tile's slices in slice order and runs the
 // epilogue (deterministic, no atomics on the data, no grid barrier). Out of line: inlined into the
-// step it spilled registers on sm_90 under the two-blocks-per-SM bound.
-__device__ VAE_NOINLINE void gemm_tile(const Step& s, const PhaseGemm& g, const WorkItem& item, TileShared& sh) {
+// step it spilled registers on sm_90 under the two-blocks-per-SM bound. The step and the work item
+// come by value (by reference they sat in each thread's local memory).
+__device__ VAE_NOINLINE void gemm_tile(const Step s, const PhaseGemm& g, const WorkItem item, TileShared& sh) {
   const int tile = item.tile, k_begin = item.k_begin, k_end = item.k_end, slice = item.slice, slices = item.slices;
   namespace wmma = nvcuda::wmma;
   const GemmOp& op = g.op;
