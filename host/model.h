@@ -12,11 +12,15 @@ namespace vae {
 
 enum class DecoderKind { bernoulli, gaussian };
 
+// The most latent dimensions a model may have (--latent, and a checkpoint's config): the
+// evaluation's aggregate posterior holds a row's 1/σ² in float64 in 32 KB of shared memory.
+constexpr int kMaxLatent = 4096;
+
 struct ModelConfig {
   int input_dim = 784;
   int image_height = 28, image_width = 28;  // for image outputs only
   std::vector<int> hidden{400};             // encoder hidden sizes; the decoder mirrors them
-  int latent = 20;
+  int latent = 20;                          // 1..kMaxLatent
   Activation activation = Activation::relu;
   DecoderKind decoder = DecoderKind::bernoulli;
 };

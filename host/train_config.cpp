@@ -151,6 +151,10 @@ TrainConfig config_from_json(const std::string& text, const std::string& source)
   }
   for (int h : c.model.hidden)
     if (h <= 0) throw Error(source + ": config has a non-positive hidden size");
+  if (c.model.latent > kMaxLatent) {
+    throw Error(source + ": config has " + std::to_string(c.model.latent) + " latent dimensions, more than " +
+                std::to_string(kMaxLatent));
+  }
   if (!(c.kl.weight >= 0.f) || c.kl.warmup < 0) throw Error(source + ": config has a negative kl_weight or kl_warmup");
   return c;
 }

@@ -67,7 +67,7 @@ class TrainCommand : public Command {
         ->check(CLI::IsMember({"relu", "tanh"}))
         ->capture_default_str();
     cmd_->add_option("--latent", run_.config.model.latent, "latent dimensions")
-        ->check(CLI::Range(1, 4096))
+        ->check(CLI::Range(1, kMaxLatent))
         ->capture_default_str();
     cmd_->add_option("--decoder", decoder_, "bernoulli or gaussian")
         ->check(CLI::IsMember({"bernoulli", "gaussian"}))

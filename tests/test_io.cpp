@@ -336,6 +336,15 @@ TEST_F(Io, CheckpointWrongNamesShapesAndTruncation) {
   write_safetensors(path("nometa.safetensors"), no_meta);
   expect_error([&] { load_checkpoint(path("nometa.safetensors")); }, {"config"});
 
+  SafeTensorsFile wide = f;  // a config the CLI could not have written: more latent dimensions than kMaxLatent
+  std::string& config = wide.metadata.at("config");
+  const size_t latent_at = config.find("\"latent\":");
+  ASSERT_NE(latent_at, std::string::npos);
+  config.replace(latent_at, config.find_first_of(",}", latent_at) - latent_at, "\"latent\":5000");
+  write_safetensors(path("wide.safetensors"), wide);
+  expect_error([&] { load_checkpoint(path("wide.safetensors")); },
+               {"wide.safetensors", "5000 latent dimensions, more than 4096"});
+
   SafeTensorsFile extra = f;
   extra.tensors.emplace_back("stray", SafeTensor{{1}, {1.f}});
   write_safetensors(path("extra.safetensors"), extra);

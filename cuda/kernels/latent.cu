@@ -142,7 +142,7 @@ void aggregate_posterior(const float* heads, const float* z, int rows, int laten
                          double* own, cudaStream_t stream) {
   VAE_REQUIRE(rows > 0 && latent > 0 && draws >= 0 && draws <= rows, "aggregate_posterior: bad shape");
   VAE_REQUIRE(latent * static_cast<long long>(sizeof(double)) <= kAggregateTableBytes,
-              "aggregate_posterior: latent dimension too large");
+              "aggregate_posterior: more than 4096 latent dimensions");
   if (draws == 0) return;
   const int tile = std::min(256, kAggregateTableBytes / static_cast<int>(latent * sizeof(double)));
   VAE_LAUNCH(aggregate_posterior_kernel, static_cast<int>(ceil_div(draws, kAggregateBlock)), kAggregateBlock,
