@@ -1,6 +1,25 @@
 #include "commands.h"
 
+#include <cmath>
+
 namespace vae {
+
+namespace {
+CLI::Validator number_check(const char* name, bool allow_zero) {
+  return CLI::Validator(
+      [allow_zero](std::string& text) -> std::string {
+        double v = 0;
+        if (!CLI::detail::lexical_cast(text, v)) return "expected a number, got '" + text + "'";
+        if (std::isfinite(v) && (v > 0 || (allow_zero && v == 0))) return {};
+        return std::string(allow_zero ? "must be a finite number >= 0" : "must be a finite number > 0") + ", got " +
+               text;
+      },
+      name);
+}
+}  // namespace
+
+CLI::Validator positive_number() { return number_check("POSITIVE", false); }
+CLI::Validator non_negative_number() { return number_check("NONNEGATIVE", true); }
 
 void add_device_flag(CLI::App* cmd, std::string& device) {
   cmd->add_option("--device", device, "auto (GPU when present), cpu or cuda")
@@ -13,10 +32,10 @@ void add_data_flags(CLI::App* cmd, DataOptions& d, bool with_train) {
                   "fashion-mnist (Debian's dataset-fashion-mnist) or a folder of MNIST-format IDX files");
   if (with_train) {
     cmd->add_option("--train", d.train_npy, "training images as .npy (uint8 or float32 in [0,1]; (N,D) or (N,H,W))");
-    cmd->add_option("--train-limit", d.train_limit, "use only the first N training images")->check(CLI::PositiveNumber);
+    cmd->add_option("--train-limit", d.train_limit, "use only the first N training images")->check(positive_number());
   }
   cmd->add_option("--test", d.test_npy, "test images as .npy");
-  cmd->add_option("--test-limit", d.test_limit, "use only the first N test images")->check(CLI::PositiveNumber);
+  cmd->add_option("--test-limit", d.test_limit, "use only the first N test images")->check(positive_number());
 }
 
 void ModelCommand::add_model_flags() {

@@ -42,6 +42,11 @@ std::vector<std::unique_ptr<Command>> make_image_commands();  // sample, reconst
 struct TrainRun;
 TrainRun parse_train_flags(const std::vector<std::string>& args);
 
+// Checks of a numeric flag with a short message ("--lr: must be positive, got 0"; CLI11's
+// PositiveNumber prints the largest double in full): a finite number > 0, or >= 0.
+CLI::Validator positive_number();
+CLI::Validator non_negative_number();
+
 // --device auto|cpu|cuda.
 void add_device_flag(CLI::App* cmd, std::string& device);
 // --data, --test, --test-limit, and with with_train --train, --train-limit.

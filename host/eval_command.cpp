@@ -23,16 +23,16 @@ class EvalCommand : public ModelCommand {
     cmd_->add_option(
             "--iw-chunk", iw_chunk_,
             "samples per decoder pass of the estimate (default: as many as keep 256 rows x chunk within 32768)")
-        ->check(CLI::PositiveNumber);
+        ->check(positive_number());
     cmd_->add_option("--active-threshold", active_threshold_,
                      "a latent unit is active when the variance over the test set of its posterior mean exceeds this "
                      "(Burda et al.)")
-        ->check(CLI::PositiveNumber)
+        ->check(positive_number())
         ->capture_default_str();
     cmd_->add_option("--mi-draws", mi_draws_,
                      "test rows whose draws estimate the mutual information I(x; z) against the aggregate posterior "
                      "of all test rows (the training metrics use 256)")
-        ->check(CLI::PositiveNumber)
+        ->check(positive_number())
         ->capture_default_str();
     add_data_flags(cmd_, flags_, false);
   }

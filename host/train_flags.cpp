@@ -43,13 +43,13 @@ class TrainCommand : public Command {
     cmd_->add_option("--out", run_.out_dir,
                      "output folder (default runs/<timestamp>; on --resume, the checkpoint's folder)");
     cmd_->add_option("--epochs", run_.config.epochs, "epochs to train in all")
-        ->check(CLI::PositiveNumber)
+        ->check(positive_number())
         ->capture_default_str();
     cmd_->add_option("--batch-size", run_.config.batch_size,
                      "datapoints per step over all ranks (the global batch; each rank takes its share)")
         ->check(CLI::Range(1, 1 << 16))
         ->capture_default_str();
-    cmd_->add_option("--lr", run_.config.hyper.lr, "learning rate")->check(CLI::PositiveNumber)->capture_default_str();
+    cmd_->add_option("--lr", run_.config.hyper.lr, "learning rate")->check(positive_number())->capture_default_str();
     cmd_->add_option("--optimizer", optimizer_, "adam, adagrad (the paper's) or sgd (with momentum)")
         ->check(CLI::IsMember({"adam", "adagrad", "sgd"}))
         ->capture_default_str();
@@ -57,7 +57,7 @@ class TrainCommand : public Command {
         ->check(CLI::Range(0.0, 1.0))
         ->capture_default_str();
     cmd_->add_option("--weight-decay", run_.config.hyper.weight_decay, "L2 weight decay added to the gradient")
-        ->check(CLI::NonNegativeNumber)
+        ->check(non_negative_number())
         ->capture_default_str();
     cmd_->add_option("--seed", run_.config.seed, "seed of initialisation, shuffling and noise")->capture_default_str();
     cmd_->add_option("--hidden", hidden_,
@@ -99,10 +99,10 @@ class TrainCommand : public Command {
         ->capture_default_str();
     cmd_->add_option("--kl-weight", run_.config.kl.weight,
                      "beta: the KL term's weight in the loss (the reported ELBO keeps 1)")
-        ->check(CLI::NonNegativeNumber)
+        ->check(non_negative_number())
         ->capture_default_str();
     cmd_->add_option("--kl-warmup", run_.config.kl.warmup, "steps over which beta ramps linearly from 0 (0: none)")
-        ->check(CLI::NonNegativeNumber)
+        ->check(non_negative_number())
         ->capture_default_str();
     cmd_->add_option("--lr-schedule", lr_schedule_,
                      "constant, or iwae: Burda et al.'s lr * 10^(-i/7) for 3^i epochs, i = 0..7")
@@ -124,7 +124,7 @@ class TrainCommand : public Command {
     cmd_->add_option("--log-every", run_.log_every,
                      "steps between the event file's step-level scalars (running train ELBO, KL, beta, lr, "
                      "samples/s; 0: none)")
-        ->check(CLI::NonNegativeNumber)
+        ->check(non_negative_number())
         ->capture_default_str();
     cmd_->add_flag("--detect-anomaly", run_.detect_anomaly,
                    "check for a non-finite loss or gradient after every step (by default every 50 steps and at the end "
@@ -134,10 +134,10 @@ class TrainCommand : public Command {
         ->check(CLI::ExistingPath);
     cmd_->add_option("--checkpoint-every", run_.checkpoint_every,
                      "also write a checkpoint every N steps (0: only at the end of each epoch)")
-        ->check(CLI::NonNegativeNumber)
+        ->check(non_negative_number())
         ->capture_default_str();
     cmd_->add_option("--keep", run_.keep, "checkpoints kept in the run folder's checkpoints/ (the newest ones)")
-        ->check(CLI::PositiveNumber)
+        ->check(positive_number())
         ->capture_default_str();
     cmd_->add_option("--dist-backend", dist_backend_,
                      "data parallel over the ranks mpirun or srun started: auto (nccl on the GPU, mpi on the CPU, none "

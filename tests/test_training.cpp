@@ -345,6 +345,18 @@ TEST(Cli, BadFlagsGetOneLineAndExitTwo) {
   EXPECT_NE(run_cli("train --hidden 4x,5").err.find("--hidden"), std::string::npos);
   EXPECT_NE(run_cli("train --activation sigmoid").err.find("--activation"), std::string::npos);
   EXPECT_NE(run_cli("train --gradient dreg").err.find("--estimator monte-carlo"), std::string::npos);
+  // Numeric bounds say the bound, briefly (CLI11's own check printed the largest double in full).
+  for (const auto& [args, says] :
+       {std::pair{"train --lr 0", "--lr: must be a finite number > 0, got 0"},
+        std::pair{"train --kl-weight -1", "--kl-weight: must be a finite number >= 0, got -1"},
+        std::pair{"train --train-limit 0", "--train-limit: must be a finite number > 0"},
+        std::pair{"eval --checkpoint /dev/null --mi-draws 0", "--mi-draws: must be a finite number > 0"},
+        std::pair{"train --lr nan", "--lr: must be a finite number > 0, got nan"}}) {
+    const Result r = run_cli(args);
+    EXPECT_EQ(r.code, 2) << args;
+    EXPECT_NE(r.err.find(says), std::string::npos) << args << ": " << r.err;
+    EXPECT_LT(r.err.size(), 120u) << args << ": " << r.err;
+  }
   const Result help = run_cli("train --help");
   EXPECT_EQ(help.code, 0);
   EXPECT_NE(help.out.find("--binarize"), std::string::npos);
