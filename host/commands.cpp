@@ -20,6 +20,15 @@ CLI::Validator number_check(const char* name, bool allow_zero) {
 
 CLI::Validator positive_number() { return number_check("POSITIVE", false); }
 CLI::Validator non_negative_number() { return number_check("NONNEGATIVE", true); }
+CLI::Validator non_negative_integer() {
+  return CLI::Validator(
+      [](std::string& text) -> std::string {
+        const bool digits =
+            !text.empty() && text.find_first_not_of("0123456789") == std::string::npos && text.size() <= 20;
+        return digits ? std::string() : "must be an integer >= 0, got '" + text + "'";
+      },
+      "NONNEGATIVE");
+}
 
 void add_device_flag(CLI::App* cmd, std::string& device) {
   cmd->add_option("--device", device, "auto (GPU when present), cpu or cuda")

@@ -46,6 +46,8 @@ TrainRun parse_train_flags(const std::vector<std::string>& args);
 // PositiveNumber prints the largest double in full): a finite number > 0, or >= 0.
 CLI::Validator positive_number();
 CLI::Validator non_negative_number();
+// Digits only (a seed: "-1" would otherwise wrap around to 2^64 − 1).
+CLI::Validator non_negative_integer();
 
 // --device auto|cpu|cuda.
 void add_device_flag(CLI::App* cmd, std::string& device);

@@ -17,7 +17,7 @@ class SampleCommand : public ModelCommand {
     add_model_flags();
     cmd_->add_option("--n", n_, "number of samples")->check(CLI::Range(1, 4096))->capture_default_str();
     cmd_->add_option("--out", out_, "output .png")->required();
-    cmd_->add_option("--seed", seed_, "noise seed (default: the checkpoint's)");
+    cmd_->add_option("--seed", seed_, "noise seed (default: the checkpoint's)")->check(non_negative_integer());
   }
 
   int run() override {

@@ -59,7 +59,9 @@ class TrainCommand : public Command {
     cmd_->add_option("--weight-decay", run_.config.hyper.weight_decay, "L2 weight decay added to the gradient")
         ->check(non_negative_number())
         ->capture_default_str();
-    cmd_->add_option("--seed", run_.config.seed, "seed of initialisation, shuffling and noise")->capture_default_str();
+    cmd_->add_option("--seed", run_.config.seed, "seed of initialisation, shuffling and noise")
+        ->check(non_negative_integer())
+        ->capture_default_str();
     cmd_->add_option("--hidden", hidden_,
                      "hidden layer sizes of the encoder (the decoder mirrors them), e.g. 400 or 500,500")
         ->capture_default_str();
