@@ -18,6 +18,14 @@ CLI::Validator number_check(const char* name, bool allow_zero) {
 }
 }  // namespace
 
+void Command::check_no_empty_values() const {
+  for (const CLI::Option* o : cmd_->get_options()) {
+    if (o->get_type_size() == 0 || o->count() == 0) continue;  // a flag without a value, or not given
+    for (const std::string& value : o->results())
+      if (value.empty()) throw CLI::ValidationError(o->get_name(), "empty value");
+  }
+}
+
 CLI::Validator positive_number() { return number_check("POSITIVE", false); }
 CLI::Validator non_negative_number() { return number_check("NONNEGATIVE", true); }
 CLI::Validator non_negative_integer() {

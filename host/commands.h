@@ -19,6 +19,9 @@ class Command {
   // Adds the subcommand and its flags to app.
   virtual void add(CLI::App& app) = 0;
   bool parsed() const { return cmd_ && cmd_->parsed(); }
+  // After parsing: no option was given an empty value ("--train ''", an unset shell variable, would
+  // otherwise read as the option's absence). Throws CLI::ValidationError naming the option.
+  void check_no_empty_values() const;
   // After parsing, before run(): flag checks that CLI11 cannot express.
   virtual void check() {}
   // The command's work; returns the exit status. Errors are exceptions (vae::Error: 1, Diverged: 3).

@@ -30,7 +30,10 @@ int main(int argc, char** argv) {
     app.parse(argc, argv);
     for (auto& c : commands)
       if (c->parsed()) chosen = c.get();
-    if (chosen) chosen->check();
+    if (chosen) {
+      chosen->check_no_empty_values();
+      chosen->check();
+    }
   } catch (const CLI::CallForHelp& e) {
     return app.exit(e);
   } catch (const CLI::CallForVersion& e) {

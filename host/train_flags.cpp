@@ -62,8 +62,10 @@ class TrainCommand : public Command {
     cmd_->add_option("--seed", run_.config.seed, "seed of initialisation, shuffling and noise")
         ->check(non_negative_integer())
         ->capture_default_str();
-    cmd_->add_option("--hidden", hidden_,
-                     "hidden layer sizes of the encoder (the decoder mirrors them), e.g. 400 or 500,500")
+    cmd_->add_option(
+            "--hidden", hidden_,
+            "hidden layer sizes of the encoder (the decoder mirrors them), e.g. 400 or 500,500; none for no hidden "
+            "layer")
         ->capture_default_str();
     cmd_->add_option("--activation", activation_, "relu or tanh")
         ->check(CLI::IsMember({"relu", "tanh"}))

@@ -352,7 +352,8 @@ TEST(Cli, BadFlagsGetOneLineAndExitTwo) {
         std::pair{"train --train-limit 0", "--train-limit: must be a finite number > 0"},
         std::pair{"eval --checkpoint /dev/null --mi-draws 0", "--mi-draws: must be a finite number > 0"},
         std::pair{"train --lr nan", "--lr: must be a finite number > 0, got nan"},
-        std::pair{"train --seed -1", "--seed: must be an integer >= 0, got '-1'"}}) {
+        std::pair{"train --seed -1", "--seed: must be an integer >= 0, got '-1'"},
+        std::pair{"train --test ''", "--test: empty value"}}) {
     const Result r = run_cli(args);
     EXPECT_EQ(r.code, 2) << args;
     EXPECT_NE(r.err.find(says), std::string::npos) << args << ": " << r.err;
