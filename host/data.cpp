@@ -26,14 +26,15 @@ std::string data_dir(const DataOptions& o) {
 
 Dataset load_split(const DataOptions& o, bool train) {
   const std::string npy = train ? o.train_npy : o.test_npy;
+  const int64_t limit = train ? o.train_limit : o.test_limit;
   Dataset d;
   if (!o.train_npy.empty() || !o.test_npy.empty()) {
     if (npy.empty()) throw Error(train ? "--train: needed with --test" : "--test: needed with --train");
     d = read_npy(npy);
-  } else {
-    d = read_idx_images(find_idx_file(data_dir(o), train ? "train-images-idx3-ubyte" : "t10k-images-idx3-ubyte"));
+  } else {  // with a limit, only the images it keeps are read
+    d = read_idx_images(find_idx_file(data_dir(o), train ? "train-images-idx3-ubyte" : "t10k-images-idx3-ubyte"),
+                        limit);
   }
-  const int64_t limit = train ? o.train_limit : o.test_limit;
   if (limit > 0) d.truncate(limit);
   return d;
 }

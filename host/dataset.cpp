@@ -2,6 +2,7 @@
 
 #include <zlib.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -59,54 +60,111 @@ void Dataset::binarize_threshold() {
   for (auto& v : f32) v = v >= 0.5f ? 1.f : 0.f;
 }
 
-std::vector<uint8_t> read_file_maybe_gz(const std::string& path) {
-  std::error_code ec;
-  if (!std::filesystem::is_regular_file(path, ec)) fail(path, "no such file");
-  gzFile f = gzopen(path.c_str(), "rb");  // reads plain files unchanged
-  if (!f) fail(path, std::string("cannot open: ") + std::strerror(errno));
-  std::vector<uint8_t> out;
-  std::vector<uint8_t> chunk(1 << 20);
-  for (;;) {
-    const int n = gzread(f, chunk.data(), static_cast<unsigned>(chunk.size()));
-    if (n < 0) {
-      int err = 0;
-      const std::string msg = gzerror(f, &err);
-      gzclose(f);
-      fail(path, "corrupt gzip data (" + msg + ")");
-    }
-    if (n == 0) break;
-    out.insert(out.end(), chunk.begin(), chunk.begin() + n);
+namespace {
+
+// A file read through zlib (plain files unchanged), closed on every path; read() fills up to n
+// bytes and returns how many it got (fewer only at the end of the data).
+class GzReader {
+ public:
+  explicit GzReader(const std::string& path) : path_(path) {
+    std::error_code ec;
+    if (!std::filesystem::is_regular_file(path, ec)) fail(path, "no such file");
+    f_ = gzopen(path.c_str(), "rb");
+    if (!f_) fail(path, std::string("cannot open: ") + std::strerror(errno));
   }
-  // A truncated .gz ends without its trailer: zlib reports it at close.
-  if (gzclose(f) != Z_OK) fail(path, "truncated or corrupt gzip data");
+  ~GzReader() {
+    if (f_) gzclose(f_);
+  }
+  GzReader(const GzReader&) = delete;
+  GzReader& operator=(const GzReader&) = delete;
+
+  size_t read(uint8_t* out, size_t n) {
+    size_t got = 0;
+    while (got < n) {
+      const unsigned ask = static_cast<unsigned>(std::min<size_t>(n - got, size_t{1} << 30));
+      const int r = gzread(f_, out + got, ask);
+      if (r < 0) {
+        int err = 0;
+        fail(path_, std::string("corrupt gzip data (") + gzerror(f_, &err) + ")");
+      }
+      if (r == 0) break;
+      got += static_cast<size_t>(r);
+    }
+    return got;
+  }
+  // Appends up to n bytes to out, growing it as the data arrives.
+  size_t append(std::vector<uint8_t>& out, size_t n) {
+    size_t got = 0;
+    while (got < n) {
+      const size_t at = out.size(), chunk = std::min<size_t>(n - got, size_t{1} << 22);
+      out.resize(at + chunk);
+      const size_t r = read(out.data() + at, chunk);
+      out.resize(at + r);
+      got += r;
+      if (r < chunk) break;
+    }
+    return got;
+  }
+  // After the whole content: a truncated .gz ends without its trailer, which zlib reports at close.
+  void close_checked() {
+    const int r = gzclose(f_);
+    f_ = nullptr;
+    if (r != Z_OK) fail(path_, "truncated or corrupt gzip data");
+  }
+
+ private:
+  std::string path_;
+  gzFile f_ = nullptr;
+};
+
+}  // namespace
+
+std::vector<uint8_t> read_file_maybe_gz(const std::string& path) {
+  GzReader f(path);
+  std::vector<uint8_t> out;
+  f.append(out, std::numeric_limits<size_t>::max());
+  f.close_checked();
   return out;
 }
 
-Dataset read_idx_images(const std::string& path) {
-  const std::vector<uint8_t> bytes = read_file_maybe_gz(path);
-  if (bytes.size() < 4) fail(path, "too short for an IDX file (" + std::to_string(bytes.size()) + " bytes)");
-  if (bytes[0] != 0 || bytes[1] != 0) fail(path, "bad IDX magic (expected 0x0000 then type and rank)");
-  if (bytes[2] != 0x08) fail(path, "IDX element type 0x" + std::to_string(bytes[2]) + " is not uint8 (0x08)");
-  const int rank = bytes[3];
+Dataset read_idx_images(const std::string& path, int64_t max_images) {
+  GzReader f(path);
+  uint8_t header[16];
+  const size_t head = f.read(header, sizeof header);
+  if (head < 4) fail(path, "too short for an IDX file (" + std::to_string(head) + " bytes)");
+  if (header[0] != 0 || header[1] != 0) fail(path, "bad IDX magic (expected 0x0000 then type and rank)");
+  if (header[2] != 0x08) fail(path, "IDX element type 0x" + std::to_string(header[2]) + " is not uint8 (0x08)");
+  const int rank = header[3];
   if (rank != 3) fail(path, "IDX rank " + std::to_string(rank) + " is not 3 (images: count, rows, columns)");
-  if (bytes.size() < 16) fail(path, "truncated IDX header");
-  const uint64_t n = read_be32(&bytes[4]), h = read_be32(&bytes[8]), w = read_be32(&bytes[12]);
+  if (head < 16) fail(path, "truncated IDX header");
+  const uint64_t n = read_be32(&header[4]), h = read_be32(&header[8]), w = read_be32(&header[12]);
   if (h == 0 || w == 0 || h > 4096 || w > 4096)
     fail(path, "implausible image size " + std::to_string(h) + "x" + std::to_string(w));
-  const uint64_t want = 16 + n * h * w;
-  if (bytes.size() != want) {
-    fail(path, "size mismatch: header says " + std::to_string(n) + " images of " + std::to_string(h) + "x" +
-                   std::to_string(w) + " (" + std::to_string(want) + " bytes), file has " +
-                   std::to_string(bytes.size()));
-  }
-  if (n == 0) fail(path, "no images");
+  // With a limit below the count, only the images used are read (and the rest of the file is not).
+  const uint64_t take = max_images > 0 ? std::min<uint64_t>(n, static_cast<uint64_t>(max_images)) : n;
   Dataset d;
+  const size_t want = take * h * w;                        // < 2^32 · 2^24
+  d.u8.reserve(std::min<size_t>(want, size_t{64} << 20));  // a header's larger claim grows as data arrives
+  const size_t got = f.append(d.u8, want);
+  size_t total = 16 + got;    // the content's length, when the whole of it has been read
+  bool whole = got < want;    // the data ended early: that is its whole length
+  if (take == n && !whole) {  // every image read: nothing may follow
+    std::vector<uint8_t> rest;
+    total += f.append(rest, std::numeric_limits<size_t>::max());
+    whole = true;
+  }
+  if (whole && total != 16 + n * h * w) {
+    fail(path, "size mismatch: header says " + std::to_string(n) + " images of " + std::to_string(h) + "x" +
+                   std::to_string(w) + " (" + std::to_string(16 + n * h * w) + " bytes), file has " +
+                   std::to_string(total));
+  }
+  if (take == n) f.close_checked();
+  if (n == 0) fail(path, "no images");
   d.source = path;
   d.type = PixelType::u8;
-  d.count = static_cast<int64_t>(n);
+  d.count = static_cast<int64_t>(take);
   d.height = static_cast<int>(h);
   d.width = static_cast<int>(w);
-  d.u8.assign(bytes.begin() + 16, bytes.end());
   return d;
 }
 

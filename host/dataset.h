@@ -29,8 +29,10 @@ struct Dataset {
 // Reads a whole file, decompressing it when it starts with the gzip magic. Throws vae::Error.
 std::vector<uint8_t> read_file_maybe_gz(const std::string& path);
 
-// IDX (MNIST format): magic 0x00000803 (uint8, rank 3); sizes checked against the length.
-Dataset read_idx_images(const std::string& path);
+// IDX (MNIST format): magic 0x00000803 (uint8, rank 3); sizes checked against the length. With
+// max_images > 0, only the first max_images images are read (a short file is still an error, but
+// what follows them is not read, nor the gzip trailer's checksum).
+Dataset read_idx_images(const std::string& path, int64_t max_images = 0);
 void write_idx_images(const std::string& path, const Dataset& d);  // uint8 only, uncompressed
 
 // NPY: uint8 ('|u1') or float32 ('<f4'), C order, 2-D (N, D) or 3-D (N, H, W).

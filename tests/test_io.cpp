@@ -114,6 +114,50 @@ TEST_F(Io, IdxMalformed) {
   expect_error([&] { read_idx_images(path("cut.gz")); }, {"cut.gz"});
 }
 
+// With a limit, only the images kept are read: a file damaged after them still gives them (the
+// first images, as written), and without the limit, or with one past the damage, it is an error.
+// A limit past the count reads and checks the whole file. A header's huge count reserves nothing.
+TEST_F(Io, IdxLimitReadsOnlyTheImagesItKeeps) {
+  const Dataset d = random_images(11, 5, 3, PixelType::u8);
+  write_idx_images(path("good"), d);
+  const std::string raw = read(path("good"));
+  const size_t image = 5 * 3;
+  auto first = [&](int n) { return std::vector<uint8_t>(d.u8.begin(), d.u8.begin() + n * image); };
+  for (const bool gz : {false, true}) {
+    SCOPED_TRACE(gz ? "gzip" : "plain");
+    // Cut in the middle of image 7 (plain), or a gzip stream cut after it and so without its trailer.
+    const std::string cut = raw.substr(0, 16 + 6 * image + 4);
+    const std::string name = gz ? "cut.gz" : "cut";
+    if (gz) {
+      gzFile f = gzopen(path(name).c_str(), "wb");
+      gzwrite(f, cut.data(), static_cast<unsigned>(cut.size()));
+      gzclose(f);
+      const std::string z = read(path(name));
+      write(path(name), z.substr(0, z.size() - 8));  // no trailer (CRC, length)
+    } else {
+      write(path(name), cut);
+    }
+    for (const int limit : {1, 4, 6}) {
+      const Dataset back = read_idx_images(path(name), limit);
+      EXPECT_EQ(back.count, limit);
+      EXPECT_EQ(back.u8, first(limit)) << limit;
+    }
+    expect_error([&] { read_idx_images(path(name), 7); }, {name.c_str()});
+    expect_error([&] { read_idx_images(path(name)); }, {name.c_str()});
+  }
+  EXPECT_EQ(read_idx_images(path("good"), 11).u8, d.u8);
+  EXPECT_EQ(read_idx_images(path("good"), 1000).count, 11);
+  write(path("long"), raw + "xyz");  // read whole (the limit is past the count): the extra bytes are found
+  expect_error([&] { read_idx_images(path("long"), 1000); }, {"long", "size mismatch", "file has 184"});
+  EXPECT_EQ(read_idx_images(path("long"), 3).u8, first(3));
+  // 2^31 − 1 images claimed, 3 present.
+  std::string huge = raw.substr(0, 16 + 3 * image);
+  huge[4] = 0x7f, huge[5] = huge[6] = huge[7] = static_cast<char>(0xff);
+  write(path("huge"), huge);
+  expect_error([&] { read_idx_images(path("huge"), 5); }, {"huge", "size mismatch", "2147483647 images"});
+  EXPECT_EQ(read_idx_images(path("huge"), 2).u8, first(2));
+}
+
 TEST_F(Io, NpyRoundTripBothTypes) {
   for (PixelType t : {PixelType::u8, PixelType::f32}) {
     const Dataset d = random_images(9, 4, 6, t);
