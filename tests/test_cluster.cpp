@@ -274,11 +274,18 @@ TEST(Preemption, KillNineDuringCheckpointWritesAlwaysLeavesOneThatLoads) {
   bool done = false;
   for (int i = 0; i < 50 && !done; ++i) {
     const bool first = !fs::exists(cut / "checkpoint.safetensors");
+    // Each run is killed 0–10 ms after it has written its first checkpoint (step_<next>), in
+    // training and checkpoint writes (a fixed delay from the spawn landed in the start once the
+    // start got fast); near the end it is left to finish (killed after its last checkpoint, a
+    // run is complete yet has not pruned its step files).
+    const int64_t next = first ? 1 : find_checkpoint(cut.string()).checkpoint.step + 1;
     const Child c = spawn(vae_train(first ? flags + "--out " + cut.string() : every + "--resume " + cut.string()),
                           (dir / "log").string());
-    if (first) wait_for(cut / "checkpoint.safetensors", c);
-    std::this_thread::sleep_for(std::chrono::microseconds(rng() % 120000));
-    ::kill(c.pid, SIGKILL);
+    wait_for(cut / "checkpoints" / ("step_" + std::to_string(next) + ".safetensors"), c);
+    if (next < static_cast<int64_t>(straight.step) - 5) {
+      std::this_thread::sleep_for(std::chrono::microseconds(rng() % 10000));
+      ::kill(c.pid, SIGKILL);
+    }
     const int code = c.wait();
     done = code == 0;
     kills += code == 128 + SIGKILL;
