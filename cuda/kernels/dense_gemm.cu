@@ -36,7 +36,7 @@ namespace vae {
 // (it picks its Haswell kernels here) at 84; at batch 4096, 152, 139 and 95. But OpenBLAS is the
 // default: with dnnl_sgemm called from both workers at once, glibc aborted on a corrupted heap in
 // about 1 run of 30 under load (a core's backtrace: free() inside dnnl_sgemm, from gemm_panel;
-// 2026-12-06, at every commit since oneDNN became the default, and in none of 60 runs with
+// 2026-12-06, at every commit since oneDNN became the default, and in none of 100 runs with
 // OpenBLAS). VAE_CPU_GEMM=onednn chooses it where the build has it (to measure it, or to find
 // out why); VAE_CPU_GEMM=openblas is the default. Each call on a panel is single-threaded and its
 // blocking fixed by the shapes: the same bits every run.
