@@ -11,6 +11,7 @@
 #include <ctime>
 #include <filesystem>
 #include <thread>
+#include <vector>
 
 #include "atomic_file.h"
 #include "png_image.h"
@@ -24,13 +25,28 @@ namespace fs = std::filesystem;
 
 namespace {
 volatile std::sig_atomic_t g_stop_request = 0;
+constexpr size_t kSignalStackBytes = 64 << 10;  // a frame with the AVX-512 state is ~3.5 KB
 extern "C" void on_stop_signal(int sig) { g_stop_request = sig == SIGINT ? 2 : 1; }
 }  // namespace
 
 void install_stop_signals() {
   g_stop_request = 0;
+  // The handlers run on an alternate stack of this thread (the worker pool's helpers block these
+  // signals: they come here). Not on the interrupted code's: oneDNN's JIT sgemm kernels (Debian
+  // 12's 2.6.3; fixed upstream in 3.11) point the stack pointer into a heap buffer, and a handler
+  // frame pushed there overwrote the heap (glibc aborted in a later free(); tests/test_gemm.cpp's
+  // GemmOnTheCpu test). A stack the thread already has is kept (a sanitizer's: it unmaps its own).
+  stack_t current{};
+  if (sigaltstack(nullptr, &current) != 0 || (current.ss_flags & SS_DISABLE)) {
+    static thread_local std::vector<char> own(kSignalStackBytes);
+    stack_t ss{};
+    ss.ss_sp = own.data();
+    ss.ss_size = own.size();
+    VAE_REQUIRE(sigaltstack(&ss, nullptr) == 0, "cannot set up the signal stack");
+  }
   struct sigaction sa {};
   sa.sa_handler = on_stop_signal;
+  sa.sa_flags = SA_ONSTACK;
   sigemptyset(&sa.sa_mask);
   for (int sig : {SIGUSR1, SIGTERM, SIGINT}) sigaction(sig, &sa, nullptr);
 }

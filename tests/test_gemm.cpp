@@ -1,8 +1,15 @@
 // The GEMM interface against a float64 loop, all transpose cases, odd sizes, alpha and beta.
+#include <signal.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstring>
+#include <thread>
 
+#include "model_run.h"  // install_stop_signals
 #include "ops.h"
 #include "support.h"
 #include "vae.h"
@@ -328,6 +335,93 @@ TEST_P(Gemm, Tf32IsTf32OnTheGpuAndFp32OnTheCpu) {
     EXPECT_GT(emulated, std::ldexp(1.0, -16)) << "TF32-rounded inputs";
   }
   for (GemmHandle* h : handles) VAE_CALL(target, gemm_destroy, h);
+  VAE_CALL(target, destroy_stream, stream);
+}
+
+// Stop signals (SIGUSR1, as a cluster's preemption sends them) arriving by the thousand while the
+// worker pool's threads are inside the CPU engine's products: each is recorded and nothing else
+// changes. Every product stays bit-identical to the first of its shape, which matches a float64
+// loop, and the heap stays intact (a corrupted heap aborts the process in a later free()). Why:
+// oneDNN's JIT sgemm kernels (Debian 12's 2.6.3; fixed upstream in 3.11) point the stack pointer
+// into a heap buffer, and a handler that ran on that stack wrote its frame over the heap — glibc
+// aborted in about 1 of 30 signalled runs. Twice: the signals taken by the thread that calls the
+// products (the kernel's first choice: its handlers run on their own stack), then with that thread
+// blocking them for a while, so that the kernel looks for another thread (the pool's helpers block
+// them too: a thread that runs no product takes them, or they wait). 0.8 s each (the abort came
+// after a few dozen signals).
+TEST(GemmOnTheCpu, StopSignalsDuringTheProductsChangeNothing) {
+  const Target target = Target::cpu;
+  cudaStream_t stream = VAE_CALL(target, create_stream);
+  GemmHandle* handle = VAE_CALL(target, gemm_create, stream, false);
+  struct Product {
+    bool ta, tb;
+    int m, n, k;
+    std::vector<float> a, b;
+    std::vector<double> want;
+    std::vector<float> first;
+  };
+  std::vector<Product> products;
+  for (auto [ta, tb, m, n, k] : {std::tuple{false, false, 129, 401, 785}, {false, true, 129, 785, 401},
+                                 {true, false, 401, 785, 129}, {false, false, 517, 41, 401}}) {
+    Product p{ta, tb, m, n, k, test::random_uniform(static_cast<size_t>(m) * k, 5 + m),
+              test::random_uniform(static_cast<size_t>(k) * n, 6 + n), std::vector<double>(static_cast<size_t>(m) * n),
+              {}};
+    for (int i = 0; i < m; ++i)
+      for (int j = 0; j < n; ++j) {
+        double s = 0;
+        for (int q = 0; q < k; ++q) {
+          s += static_cast<double>(ta ? p.a[static_cast<size_t>(q) * m + i] : p.a[static_cast<size_t>(i) * k + q]) *
+               (tb ? p.b[static_cast<size_t>(j) * k + q] : p.b[static_cast<size_t>(q) * n + j]);
+        }
+        p.want[static_cast<size_t>(i) * n + j] = s;
+      }
+    products.push_back(std::move(p));
+  }
+  sigset_t usr1;
+  sigemptyset(&usr1);
+  sigaddset(&usr1, SIGUSR1);
+  for (bool caller_blocks : {false, true}) {
+    install_stop_signals();  // clears the request
+    std::atomic<bool> done{false};
+    std::atomic<long> sent{0};
+    std::thread sender([&] {
+      pthread_sigmask(SIG_BLOCK, &usr1, nullptr);  // not for this thread
+      while (!done.load()) {
+        kill(getpid(), SIGUSR1);
+        sent.fetch_add(1);
+        std::this_thread::sleep_for(std::chrono::microseconds(20));
+      }
+    });
+    if (caller_blocks) pthread_sigmask(SIG_BLOCK, &usr1, nullptr);
+    int rounds = 0;
+    bool same = true;
+    const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(800);
+    for (; std::chrono::steady_clock::now() < until; ++rounds) {
+      for (Product& p : products) {
+        // Fresh device buffers each time: the heap is in use around the products.
+        float* da = upload_floats(target, stream, p.a);
+        float* db = upload_floats(target, stream, p.b);
+        auto* dc = static_cast<float*>(VAE_CALL(target, device_alloc, p.want.size() * 4));
+        GemmOp op{p.ta, p.tb, p.m, p.n, p.k, 1.f, da, p.ta ? p.m : p.k, db, p.tb ? p.k : p.n, 0.f, dc, p.n};
+        VAE_CALL(target, gemm, handle, op);
+        std::vector<float> got = download_floats(target, stream, dc, p.want.size());
+        for (float* q : {da, db, dc}) VAE_CALL(target, device_free, q);
+        if (p.first.empty()) {
+          ASSERT_TRUE(test::all_near(got, p.want, 1e-5 * p.k, 1e-5)) << "m " << p.m << " n " << p.n << " k " << p.k;
+          p.first = std::move(got);
+        } else {
+          same = same && got == p.first;
+        }
+      }
+    }
+    done = true;
+    sender.join();
+    if (caller_blocks) pthread_sigmask(SIG_UNBLOCK, &usr1, nullptr);  // a waiting signal is taken here
+    EXPECT_TRUE(same) << "a product changed while signals arrived";
+    EXPECT_EQ(stop_request(), 1) << sent.load() << " SIGUSR1 sent, none recorded";
+    EXPECT_GT(rounds, 1);
+  }
+  VAE_CALL(target, gemm_destroy, handle);
   VAE_CALL(target, destroy_stream, stream);
 }
 

@@ -33,12 +33,13 @@ namespace vae {
 // cores). Chosen by measurement (bench/bench_gemm.cpp; bench/RESULTS-cpu.md, 2026-12-06, 2 vCPUs
 // of an Intel Xeon with AVX-512): on the step's eleven GEMMs at batch 128, one thread, oneDNN
 // 2.6's dnnl_sgemm runs at 153 GFLOP/s, OpenBLAS 0.3.21 (SkylakeX kernels) at 130 and BLIS 0.9
-// (it picks its Haswell kernels here) at 84; at batch 4096, 152, 139 and 95. But OpenBLAS is the
-// default: with dnnl_sgemm called from both workers at once, glibc aborted on a corrupted heap in
-// about 1 run of 30 under load (a core's backtrace: free() inside dnnl_sgemm, from gemm_panel;
-// 2026-12-06, at every commit since oneDNN became the default, and in none of 100 runs with
-// OpenBLAS). VAE_CPU_GEMM=onednn chooses it where the build has it (to measure it, or to find
-// out why); VAE_CPU_GEMM=openblas is the default. Each call on a panel is single-threaded and its
+// (it picks its Haswell kernels here) at 84; at batch 4096, 152, 139 and 95. oneDNN is the default
+// where the build has it, OpenBLAS elsewhere; VAE_CPU_GEMM=openblas|onednn chooses. oneDNN's JIT
+// sgemm kernels point the stack pointer into a heap buffer (its issue 4845, fixed in 3.11): a
+// signal handler run there writes its frame over the heap, and glibc aborted in about 1 signalled
+// run of 30. So signal handlers run on an alternate stack (install_stop_signals) and the pool's
+// helpers block asynchronous signals (runtime/workers.cpp); tests/test_gemm.cpp's GemmOnTheCpu test
+// sends thousands of signals during products. Each call on a panel is single-threaded and its
 // blocking fixed by the shapes: the same bits every run.
 enum class CpuGemmEngine { openblas, onednn };
 struct GemmHandle {
@@ -92,7 +93,7 @@ GemmHandle* gemm_create(cudaStream_t, bool) {
   // pool splits C into row panels, so BLAS threads never spin against kernel workers.
   openblas_set_num_threads(1);
   auto* h = new GemmHandle{};
-  h->engine = CpuGemmEngine::openblas;  // see CpuGemmEngine: oneDNN only when asked for
+  h->engine = VAE_WITH_ONEDNN ? CpuGemmEngine::onednn : CpuGemmEngine::openblas;  // see CpuGemmEngine
   if (const char* env = std::getenv("VAE_CPU_GEMM"); env && *env) {
     if (std::strcmp(env, "openblas") == 0) {
       h->engine = CpuGemmEngine::openblas;

@@ -16,6 +16,7 @@
 #if defined(__x86_64__)
 #include <xmmintrin.h>
 #endif
+#include <signal.h>
 
 namespace vae::hx {
 
@@ -37,6 +38,19 @@ class FlushDenormals {
   unsigned saved_;
 #endif
 };
+
+// Asynchronous signals (a stop request, a profiler's timer) are the business of the thread that
+// runs the host code and the pool's first worker: a helper blocks them, so the kernel delivers
+// them there, where install_stop_signals (host/model_run.cpp) set up a stack for the handlers.
+// Run on a helper inside a CPU GEMM, a handler could land on a stack that is not one: oneDNN's JIT
+// sgemm points the stack pointer into a heap buffer (see install_stop_signals). Faults stay
+// unblocked: they are the faulting thread's, and a sanitizer's report needs them.
+void block_async_signals() {
+  sigset_t set;
+  sigfillset(&set);
+  for (int sig : {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGSYS, SIGABRT}) sigdelset(&set, sig);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+}
 
 struct Job {
   int n = 0;
@@ -86,6 +100,7 @@ class Pool {
     for (int i; (i = next_.fetch_add(1, std::memory_order_relaxed)) < job_.n;) job_.fn(i, job_.ctx);
   }
   void helper() {
+    block_async_signals();
     FlushDenormals ftz;
     uint64_t seen = 0;
     for (;;) {
