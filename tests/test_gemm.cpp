@@ -361,10 +361,18 @@ TEST(GemmOnTheCpu, StopSignalsDuringTheProductsChangeNothing) {
     std::vector<float> first;
   };
   std::vector<Product> products;
-  for (auto [ta, tb, m, n, k] : {std::tuple{false, false, 129, 401, 785}, {false, true, 129, 785, 401},
-                                 {true, false, 401, 785, 129}, {false, false, 517, 41, 401}}) {
-    Product p{ta, tb, m, n, k, test::random_uniform(static_cast<size_t>(m) * k, 5 + m),
-              test::random_uniform(static_cast<size_t>(k) * n, 6 + n), std::vector<double>(static_cast<size_t>(m) * n),
+  for (auto [ta, tb, m, n, k] : {std::tuple{false, false, 129, 401, 785},
+                                 {false, true, 129, 785, 401},
+                                 {true, false, 401, 785, 129},
+                                 {false, false, 517, 41, 401}}) {
+    Product p{ta,
+              tb,
+              m,
+              n,
+              k,
+              test::random_uniform(static_cast<size_t>(m) * k, 5 + m),
+              test::random_uniform(static_cast<size_t>(k) * n, 6 + n),
+              std::vector<double>(static_cast<size_t>(m) * n),
               {}};
     for (int i = 0; i < m; ++i)
       for (int j = 0; j < n; ++j) {
