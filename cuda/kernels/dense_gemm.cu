@@ -33,14 +33,16 @@ namespace vae {
 // cores). Chosen by measurement (bench/bench_gemm.cpp; bench/RESULTS-cpu.md, 2026-12-06, 2 vCPUs
 // of an Intel Xeon with AVX-512): on the step's eleven GEMMs at batch 128, one thread, oneDNN
 // 2.6's dnnl_sgemm runs at 153 GFLOP/s, OpenBLAS 0.3.21 (SkylakeX kernels) at 130 and BLIS 0.9
-// (it picks its Haswell kernels here) at 84; at batch 4096, 152, 139 and 95. oneDNN is the default
-// where the build has it, OpenBLAS elsewhere; VAE_CPU_GEMM=openblas|onednn chooses. oneDNN's JIT
-// sgemm kernels point the stack pointer into a heap buffer (its issue 4845, fixed in 3.11): a
-// signal handler run there writes its frame over the heap, and glibc aborted in about 1 signalled
-// run of 30. So signal handlers run on an alternate stack (install_stop_signals) and the pool's
-// helpers block asynchronous signals (runtime/workers.cpp); tests/test_gemm.cpp's GemmOnTheCpu test
-// sends thousands of signals during products. Each call on a panel is single-threaded and its
-// blocking fixed by the shapes: the same bits every run.
+// (it picks its Haswell kernels here) at 84; at batch 4096, 152, 139 and 95. Limited to AVX2 (as
+// on AMD's Zen), the trainer's panels still run 1.1x faster on oneDNN than on OpenBLAS's Haswell
+// or Zen kernels. oneDNN is the default where the build has it, OpenBLAS elsewhere;
+// VAE_CPU_GEMM=openblas|onednn chooses. oneDNN's JIT sgemm kernels point the stack pointer into a
+// heap buffer (its issue 4845, fixed in 3.11): a signal handler run there writes its frame over
+// the heap, and glibc aborted in about 1 signalled run of 30. So signal handlers run on an
+// alternate stack (install_stop_signals) and the pool's helpers block asynchronous signals
+// (runtime/workers.cpp); tests/test_gemm.cpp's GemmOnTheCpu test sends thousands of signals
+// during products. Each call on a panel is single-threaded and its blocking fixed by the shapes:
+// the same bits every run.
 enum class CpuGemmEngine { openblas, onednn };
 struct GemmHandle {
   CpuGemmEngine engine = CpuGemmEngine::openblas;
