@@ -38,10 +38,11 @@ void install_stop_signals() {
   // GemmOnTheCpu test). A stack the thread already has is kept (a sanitizer's: it unmaps its own).
   stack_t current{};
   if (sigaltstack(nullptr, &current) != 0 || (current.ss_flags & SS_DISABLE)) {
-    static thread_local std::vector<char> own(kSignalStackBytes);
+    // Never freed: a signal may still arrive while the process exits, after thread-local storage is gone.
+    static thread_local char* const own = new char[kSignalStackBytes];
     stack_t ss{};
-    ss.ss_sp = own.data();
-    ss.ss_size = own.size();
+    ss.ss_sp = own;
+    ss.ss_size = kSignalStackBytes;
     VAE_REQUIRE(sigaltstack(&ss, nullptr) == 0, "cannot set up the signal stack");
   }
   struct sigaction sa {};
