@@ -364,6 +364,35 @@ TEST(Cli, BadFlagsGetOneLineAndExitTwo) {
   EXPECT_NE(help.out.find("--binarize"), std::string::npos);
 }
 
+// The environment variables the CLI reads: a bad value is a one-line error naming the variable and
+// exit code 1 (VAE_CPU_WORKERS=abc ran on every core; VAE_CPU_GEMM names an engine the build has).
+TEST(Cli, BadEnvironmentGetsOneLineAndExitOne) {
+  namespace fs = std::filesystem;
+  const std::string bad = (fs::temp_directory_path() / ("vae_env_" + std::to_string(::getpid()))).string();
+  for (const auto& [var, value] :
+       {std::pair{"VAE_CPU_WORKERS", "abc"}, std::pair{"VAE_CPU_WORKERS", "0"}, std::pair{"VAE_CPU_WORKERS", "3x"},
+        std::pair{"VAE_CPU_WORKERS", "-2"}, std::pair{"VAE_CPU_WORKERS", "100000"}, std::pair{"VAE_CPU_GEMM", "mkl"}}) {
+    ::setenv(var, value, 1);
+    const Result r = run_cli("train --device cpu --epochs 1 --train-limit 64 --test-limit 64 --quiet --out " + bad);
+    ::unsetenv(var);
+    EXPECT_EQ(r.code, 1) << var << "=" << value << ": " << r.err;
+    EXPECT_EQ(lines(r.err), 1u) << var << "=" << value << ": " << r.err;
+    EXPECT_NE(r.err.find(std::string(var) + ": '" + value + "'"), std::string::npos) << r.err;
+  }
+  fs::remove_all(bad);
+  ::setenv("VAE_CPU_WORKERS", "3", 1);
+  const std::string out = (fs::temp_directory_path() / ("vae_env_ok_" + std::to_string(::getpid()))).string();
+  fs::remove_all(out);
+  const Result ok = run_cli("train --device cpu --epochs 1 --train-limit 64 --test-limit 64 --quiet --out " + out);
+  ::unsetenv("VAE_CPU_WORKERS");
+  EXPECT_EQ(ok.code, 0) << ok.err;
+  std::ifstream metrics(out + "/metrics.jsonl");
+  std::string line;
+  std::getline(metrics, line);
+  EXPECT_NE(line.find("\"device\":\"cpu (3 workers)\""), std::string::npos) << line;
+  fs::remove_all(out);
+}
+
 // A diverging run exits with status 3 and one line naming the step, and writes no checkpoint.
 TEST(Cli, DivergenceExitsThreeWithoutACheckpoint) {
   const fs::path dir = fs::temp_directory_path() / ("vae_cli_diverge_" + std::to_string(::getpid()));

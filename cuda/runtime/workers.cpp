@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <chrono>
 #include <map>
 #include <condition_variable>
@@ -11,12 +12,15 @@
 #include <memory>
 #include <mutex>
 #include <thread>
+#include <string>
 #include <vector>
 
 #if defined(__x86_64__)
 #include <xmmintrin.h>
 #endif
 #include <signal.h>
+
+#include "runtime/check.h"  // Error
 
 namespace vae::hx {
 
@@ -133,10 +137,18 @@ class Pool {
   bool stop_ = false;
 };
 
+// VAE_CPU_WORKERS, where it is set (not empty): a count of 1 to kMaxWorkers, digits only (a typo is
+// an error, not the default).
+constexpr long kMaxWorkers = 1024;
 int default_workers() {
-  if (const char* env = std::getenv("VAE_CPU_WORKERS")) {
-    const int n = std::atoi(env);
-    if (n >= 1) return n;
+  if (const char* env = std::getenv("VAE_CPU_WORKERS"); env && *env) {
+    char* end = nullptr;
+    const long n = std::strtol(env, &end, 10);
+    if (!std::isdigit(static_cast<unsigned char>(env[0])) || *end || n < 1 || n > kMaxWorkers) {
+      throw Error(std::string("VAE_CPU_WORKERS: '") + env + "' is not a worker count (1 to " +
+                  std::to_string(kMaxWorkers) + ")");
+    }
+    return static_cast<int>(n);
   }
   const unsigned hc = std::thread::hardware_concurrency();
   return hc ? static_cast<int>(hc) : 1;
