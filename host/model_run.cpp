@@ -133,8 +133,7 @@ void prepare_run_folder(std::string& out_dir, bool resuming, bool create) {
 Target place_rank(const World& world, const std::optional<Target>& device) {
   const Target target = resolve_target(device);
   if (target == Target::cuda) select_cuda_device(world.local_rank);
-  const char* workers = std::getenv("VAE_CPU_WORKERS");  // set (not empty): the count of every rank
-  if (target == Target::cpu && world.local_size > 1 && !(workers && *workers)) {
+  if (target == Target::cpu && world.local_size > 1 && !hx::workers_set_by_environment()) {
     hx::set_workers(std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / world.local_size));
   }
   return target;

@@ -367,7 +367,6 @@ TEST(Cli, BadFlagsGetOneLineAndExitTwo) {
 // The environment variables the CLI reads: a bad value is a one-line error naming the variable and
 // exit code 1 (VAE_CPU_WORKERS=abc ran on every core; VAE_CPU_GEMM names an engine the build has).
 TEST(Cli, BadEnvironmentGetsOneLineAndExitOne) {
-  namespace fs = std::filesystem;
   const std::string bad = (fs::temp_directory_path() / ("vae_env_" + std::to_string(::getpid()))).string();
   for (const auto& [var, value] :
        {std::pair{"VAE_CPU_WORKERS", "abc"}, std::pair{"VAE_CPU_WORKERS", "0"}, std::pair{"VAE_CPU_WORKERS", "3x"},

@@ -137,11 +137,17 @@ class Pool {
   bool stop_ = false;
 };
 
-// VAE_CPU_WORKERS, where it is set (not empty): a count of 1 to kMaxWorkers, digits only (a typo is
-// an error, not the default).
+// VAE_CPU_WORKERS, or null where it is unset or empty.
+const char* workers_variable() {
+  const char* env = std::getenv("VAE_CPU_WORKERS");
+  return env && *env ? env : nullptr;
+}
+
+// VAE_CPU_WORKERS, where it is set: a count of 1 to kMaxWorkers, digits only (a typo is an error,
+// not the default).
 constexpr long kMaxWorkers = 1024;
 int default_workers() {
-  if (const char* env = std::getenv("VAE_CPU_WORKERS"); env && *env) {
+  if (const char* env = workers_variable()) {
     char* end = nullptr;
     const long n = std::strtol(env, &end, 10);
     if (!std::isdigit(static_cast<unsigned char>(env[0])) || *end || n < 1 || n > kMaxWorkers) {
@@ -164,6 +170,7 @@ std::atomic<unsigned long long> kernel_launches{0}, gemm_calls{0};
 }  // namespace
 
 int workers() { return pool()->workers(); }
+bool workers_set_by_environment() { return workers_variable() != nullptr; }
 
 void set_workers(int n) {
   auto& p = pool();

@@ -11,6 +11,8 @@ namespace vae::hx {
 // execution of blocks in index order. Defaults to the hardware threads, or VAE_CPU_WORKERS.
 int workers();
 void set_workers(int n);
+// VAE_CPU_WORKERS is set (not empty): that count holds for every process, MPI ranks included.
+bool workers_set_by_environment();
 // Runs fn(i, ctx) for i in [0, n) on the pool (the caller takes part).
 void parallel_for(int n, void (*fn)(int i, void* ctx), void* ctx);
 
