@@ -15,6 +15,11 @@
 # torch.compile and JAX, jitted per step and scanned per epoch, on the same card). Default: all. Each stage fits a 10-minute call on its own; a
 # later call reuses build-gpu/ when the machine is still warm (the build step is then quick).
 #
+# VAE_GPU_BUDGET_S (seconds, optional) bounds the whole run, so that a device call with a time
+# limit still ends with its summaries: a stage or benchmark that would start with less than
+# VAE_GPU_RESERVE_S (default 30) left is skipped, and each command runs under `timeout` with what is
+# left; the summary names what was skipped. Without it nothing is bounded.
+#
 # Where the machine lacks the Debian packages the build needs and cannot fetch them, prepare
 # .gpu-deps/ here with bench/gpu_deps.sh and carry it along: this script unpacks it under /tmp
 # (never into /) and points the build at it. Each stage is meant to finish in under 9 minutes on
@@ -40,13 +45,41 @@ t_start=$(date +%s)
 rows=()
 failed=0
 
-# record NAME STATUS DETAIL
+# record NAME STATUS DETAIL (STATUS ok, part, skip or FAIL; only FAIL fails the run)
 record() {
   rows+=("$1|$2|$3")
-  [ "$2" = ok ] || failed=1
+  [ "$2" != FAIL ] || failed=1
 }
 
 elapsed() { echo $(($(date +%s) - $1)); }
+
+# The time budget (VAE_GPU_BUDGET_S): seconds left for work, after the reserve for the summaries;
+# a large number without a budget.
+budget=${VAE_GPU_BUDGET_S:-}
+reserve=${VAE_GPU_RESERVE_S:-30}
+if [ -n "$budget" ] && ! [[ $budget =~ ^[0-9]+$ && $reserve =~ ^[0-9]+$ ]]; then
+  echo "gpu_check.sh: VAE_GPU_BUDGET_S and VAE_GPU_RESERVE_S must be whole seconds" >&2
+  exit 2
+fi
+time_left() {
+  if [ -n "$budget" ]; then echo $((budget - reserve - $(elapsed "$t_start"))); else echo 1000000; fi
+}
+# in_budget NAME: true when there is time left to start NAME; else records it as skipped.
+in_budget() {
+  local left
+  left=$(time_left)
+  [ "$left" -gt 0 ] && return 0
+  record "$1" skip "the time budget (VAE_GPU_BUDGET_S=$budget) ran out"
+  return 1
+}
+# bounded CMD...: CMD under `timeout` with the time left (as it is without a budget).
+bounded() {
+  [ -n "$budget" ] || { "$@"; return; }
+  local left
+  left=$(time_left)
+  [ "$left" -gt 0 ] || return 124  # (timeout 0 would mean no limit)
+  timeout --signal=TERM --kill-after=10 "$left" "$@"
+}
 
 # ---- machine --------------------------------------------------------------------------------
 {
@@ -98,7 +131,7 @@ if [ -z "${NCCL_ROOT:-}" ] && [ ! -f /usr/local/cuda/include/nccl.h ]; then
 fi
 [ -n "${NCCL_ROOT:-}" ] && cmake_deps+=(-DNCCL_ROOT="$NCCL_ROOT")
 if cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DVAE_WITH_CUDA=ON -DVAE_CUDA_ARCHITECTURES="$arch" \
-  "${cmake_deps[@]}" >>"$report/build.log" 2>&1 && cmake --build build-gpu -j "$jobs" >>"$report/build.log" 2>&1; then
+  "${cmake_deps[@]}" >>"$report/build.log" 2>&1 && bounded cmake --build build-gpu -j "$jobs" >>"$report/build.log" 2>&1; then
   record build ok "sm_$arch, $(grep -o 'MPI [A-Z]*, NCCL [A-Z]*' "$report/build.log" | head -1), $(elapsed "$t") s"
 else
   record build FAIL "see build.log"
@@ -106,14 +139,15 @@ else
 fi
 
 # ---- the whole test suite on the GPU --------------------------------------------------------
-if [ -x build-gpu/host/vae ] && want check; then
+if [ -x build-gpu/host/vae ] && want check && in_budget tests; then
   t=$(date +%s)
   # The test of the JAX peer needs a JAX (it would skip, which counts as a failure here): this
   # machine's python3 where it has one, else build-peers/jax-venv if it was carried.
   if [ -z "${VAE_JAX_PYTHON:-}" ] && python3 -c "import jax" >/dev/null 2>&1; then
-    export VAE_JAX_PYTHON=$(command -v python3)
+    VAE_JAX_PYTHON=$(command -v python3)
+    export VAE_JAX_PYTHON
   fi
-  ctest --test-dir build-gpu --output-on-failure -j 4 --timeout "${VAE_TEST_TIMEOUT:-300}" >"$report/tests.log" 2>&1
+  bounded ctest --test-dir build-gpu --output-on-failure -j 4 --timeout "${VAE_TEST_TIMEOUT:-300}" >"$report/tests.log" 2>&1
   rc=$?
   total=$(grep -oE 'out of [0-9]+' "$report/tests.log" | tail -1 | grep -oE '[0-9]+')
   # Every test must run, except the multi-process MPI tests on a machine without MPI.
@@ -121,41 +155,59 @@ if [ -x build-gpu/host/vae ] && want check; then
   grep -q 'vae: MPI OFF' "$report/build.log" && skip_ok=' Mpi\.'
   skipped=$(grep -E '\(Skipped\)$' "$report/tests.log" | grep -cvE "$skip_ok")
   failed_tests=$(grep -cE '\((Failed|Timeout|SEGFAULT|Child aborted|Subprocess aborted)\)' "$report/tests.log")
-  if [ "$rc" -eq 0 ] && [ "$skipped" -eq 0 ]; then
+  if [ "$rc" -eq 124 ] && [ -n "$budget" ]; then
+    record tests FAIL "cut off by the time budget after $(elapsed "$t") s (VAE_GPU_BUDGET_S=$budget)"
+  elif [ "$rc" -eq 0 ] && [ "$skipped" -eq 0 ]; then
     record tests ok "${total:-?} tests, none skipped, $(elapsed "$t") s"
   else
     record tests FAIL "${total:-?} tests: $failed_tests failed, $skipped skipped (GPU tests must run)"
     grep -E '\((Failed|Skipped|Timeout)' "$report/tests.log" | head -20
   fi
 
-    # ---- compute-sanitizer on the GPU instances of the kernel tests -----------------------------
+fi
+
+# ---- compute-sanitizer on the GPU instances of the kernel tests -----------------------------
+# sanitizer_outcome RC WHAT: a line for check.log when a run did not pass.
+sanitizer_outcome() {
+  [ "$1" -eq 0 ] && return
+  if [ "$1" -eq 124 ] && [ -n "$budget" ]; then echo "SANITIZER_CUT $2"; else echo "SANITIZER_FAILED $2"; fi
+}
+if [ -x build-gpu/host/vae ] && want check && in_budget sanitizer; then
   t=$(date +%s)
   san_ok=ok
   {
     for tool in memcheck racecheck; do
       for bin in test_kernels test_hostexec test_gemm; do
         echo "== compute-sanitizer --tool $tool $bin"
-        compute-sanitizer --tool "$tool" --error-exitcode 99 "build-gpu/tests/$bin" --gtest_filter='*cuda*' ||
-          echo "SANITIZER_FAILED $tool $bin"
+        bounded compute-sanitizer --tool "$tool" --error-exitcode 99 "build-gpu/tests/$bin" --gtest_filter='*cuda*'
+        sanitizer_outcome $? "$tool $bin"
       done
     done
     # The fused step kernel (cp.async stages, split-K tickets, grid barriers): one step of each tile
     # arithmetic and the launch tests, under every tool that reads shared memory and barriers.
     for tool in memcheck racecheck synccheck; do
       echo "== compute-sanitizer --tool $tool test_step (fused)"
-      compute-sanitizer --tool "$tool" --error-exitcode 99 build-gpu/tests/test_step \
-        --gtest_filter='*EachTileArithmetic*cuda*:*FusedStepLaunch*cuda*' || echo "SANITIZER_FAILED $tool test_step"
+      bounded compute-sanitizer --tool "$tool" --error-exitcode 99 build-gpu/tests/test_step \
+        --gtest_filter='*EachTileArithmetic*cuda*:*FusedStepLaunch*cuda*'
+      sanitizer_outcome $? "$tool test_step"
     done
   } >"$report/check.log" 2>&1
+  san_detail="memcheck + racecheck on the GPU kernel and GEMM tests, + synccheck on the fused step, $(elapsed "$t") s"
   grep -q SANITIZER_FAILED "$report/check.log" && san_ok=FAIL
-  record sanitizer "$san_ok" "memcheck + racecheck on the GPU kernel and GEMM tests, + synccheck on the fused step, $(elapsed "$t") s"
+  if grep -q SANITIZER_CUT "$report/check.log"; then
+    san_ok=FAIL
+    san_detail="$san_detail; $(grep -c SANITIZER_CUT "$report/check.log") runs cut off by the time budget"
+  fi
+  record sanitizer "$san_ok" "$san_detail"
+fi
 
-  # ---- GPU against CPU: 200 steps of the default model, same seed ----------------------------
+# ---- GPU against CPU: 200 steps of the default model, same seed ----------------------------
+if [ -x build-gpu/host/vae ] && want check && in_budget gpu_vs_cpu; then
   t=$(date +%s)
   {
     for dev in cuda cpu; do
       rm -rf "/tmp/vae-200-$dev"
-      build-gpu/host/vae train --device "$dev" --train-limit 25600 --test-limit 10000 --epochs 1 --quiet \
+      bounded build-gpu/host/vae train --device "$dev" --train-limit 25600 --test-limit 10000 --epochs 1 --quiet \
         --out "/tmp/vae-200-$dev" && cat "/tmp/vae-200-$dev/metrics.jsonl"
     done
   } >>"$report/check.log" 2>&1
@@ -171,21 +223,31 @@ PY
   else
     record gpu_vs_cpu FAIL "200 steps: test ELBO GPU ${gpu_elbo:-?}, CPU ${cpu_elbo:-?} (tolerance 1 nat)"
   fi
-
 fi
 
 # ---- benchmarks -------------------------------------------------------------------------------
 # bench CMD...: runs one benchmark into bench.log and counts it as failed on a non-zero exit
 # (bench_kernels exits 1 when a fused kernel disagrees with its unfused composition).
 bench_failures=0
+bench_skipped=0
 bench() {
   echo "== $*"
-  "$@" || {
-    echo "BENCH_FAILED ($?): $*"
+  if [ "$(time_left)" -le 0 ]; then
+    echo "BENCH_SKIPPED (the time budget ran out): $*"
+    bench_skipped=$((bench_skipped + 1))
+    return
+  fi
+  bounded "$@"
+  local rc=$?
+  if [ "$rc" -eq 124 ] && [ -n "$budget" ]; then
+    echo "BENCH_CUT (the time budget ran out): $*"
+    bench_skipped=$((bench_skipped + 1))
+  elif [ "$rc" -ne 0 ]; then
+    echo "BENCH_FAILED ($rc): $*"
     bench_failures=$((bench_failures + 1))
-  }
+  fi
 }
-if [ -x build-gpu/host/vae ] && want bench; then
+if [ -x build-gpu/host/vae ] && want bench && in_budget bench; then
   t=$(date +%s)
   {
     # Every step variant at batch 32-1024 in one process, the fastest per batch (issue 17's rule).
@@ -228,22 +290,25 @@ if [ -x build-gpu/host/vae ] && want bench; then
     # Also the fused step at each batch, and vae sweep of 1, 4, 16 and 64 models at batch 128.
     bench python3 bench/throughput.py --device cuda --build build-gpu --fused --models 1,4,16,64 --out /tmp/vae-throughput
   } >"$report/bench.log" 2>&1
-  record bench "$([ "$bench_failures" -eq 0 ] && echo ok || echo FAIL)" \
-    "bench.log: $bench_failures failed, $(elapsed "$t") s"
+  bench_status=ok
+  [ "$bench_skipped" -eq 0 ] || bench_status=part
+  [ "$bench_failures" -eq 0 ] || bench_status=FAIL
+  record bench "$bench_status" \
+    "bench.log: $bench_failures failed, $bench_skipped cut or skipped for the time budget, $(elapsed "$t") s"
 fi
 
 # ---- profile: per-kernel GPU times of one training step ---------------------------------------
 # ncu's gpu__time_duration.sum of every kernel of a --no-graph run of 6 steps (one epoch of 6B
 # images), unlocked clocks; bench/ncu_profile.py cuts it into steps at the optimizer's kernel and
 # sums the steps after the first by kernel. Raw CSVs and tables go into profile.log.
-if [ -x build-gpu/host/vae ] && want profile; then
+if [ -x build-gpu/host/vae ] && want profile && in_budget profile; then
   t=$(date +%s)
   prof_ok=ok
   : >"$report/profile.log"
   for b in 128 4096; do
     rm -rf "/tmp/vae-profile-$b"
     csv="/tmp/vae-profile-$b.csv"
-    if ncu --clock-control none --cache-control none --csv --print-units base \
+    if bounded ncu --clock-control none --cache-control none --csv --print-units base \
       --metrics gpu__time_duration.sum,device__attribute_multiprocessor_count \
       build-gpu/host/vae train --device cuda --no-graph --batch-size "$b" --train-limit $((6 * b)) --test-limit 64 \
       --epochs 1 --quiet --out "/tmp/vae-profile-$b" >"$csv" 2>&1 &&
@@ -259,7 +324,7 @@ if [ -x build-gpu/host/vae ] && want profile; then
 fi
 
 # ---- peers: PyTorch eager, torch.compile, JAX on this card ------------------------------------
-if [ -x build-gpu/host/vae ] && want peers; then
+if [ -x build-gpu/host/vae ] && want peers && in_budget peers; then
   t=$(date +%s)
   prc=0
   : >"$report/peers.log"
@@ -269,7 +334,8 @@ if [ -x build-gpu/host/vae ] && want peers; then
   for run in "128 3 none 16" "4096 10 torch-compile 0"; do
     read -r b epochs skip vmap <<<"$run"
     rm -rf "/tmp/vae-peers-$b"
-    python3 bench/peers/compare.py --device cuda --build build-gpu --epochs "$epochs" --rounds 1 --batch-size "$b" \
+    [ "$(time_left)" -gt 0 ] || { echo "peers at batch $b skipped: the time budget ran out" >>"$report/peers.log"; continue; }
+    bounded python3 bench/peers/compare.py --device cuda --build build-gpu --epochs "$epochs" --rounds 1 --batch-size "$b" \
       --skip "$skip" --vmap-models "$vmap" --out "/tmp/vae-peers-$b" >>"$report/peers.log" 2>&1 || prc=1
     cat "/tmp/vae-peers-$b/runs.log" >>"$report/peers.log" 2>/dev/null
   done
