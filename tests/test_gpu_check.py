@@ -1,0 +1,105 @@
+#!/usr/bin/env python3
+"""bench/gpu_check.sh's time budget (VAE_GPU_BUDGET_S), without a GPU: the script runs in a copy
+of its folder with stand-ins for nvidia-smi, cmake, ctest and compute-sanitizer on PATH. A device
+call has a hard limit; the budget must cut what would overrun it and still leave both summaries.
+The stand-in sanitizer sleeps far past the budget, so the run must cut it and skip every stage
+after it; a script that ignored the budget would run for minutes (the test's timeout fails it)."""
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import tempfile
+import time
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+STUBS = {
+    "nvidia-smi": """#!/bin/sh
+case "$*" in
+  *name*) echo "NVIDIA Stand-in GPU" ;;
+  *compute_cap*) echo "9.0" ;;
+  *) echo "stand-in nvidia-smi" ;;
+esac
+""",
+    # Configuring makes the programs the stages look for (each exits 0 at once); building does nothing.
+    "cmake": """#!/bin/sh
+case " $* " in
+  *" --build "*|*" --version "*) exit 0 ;;
+esac
+mkdir -p build-gpu/host build-gpu/bench build-gpu/tests
+for f in host/vae bench/bench_step bench/bench_kernels tests/test_kernels tests/test_hostexec tests/test_gemm \\
+         tests/test_step; do
+  printf '#!/bin/sh\\nexit 0\\n' >"build-gpu/$f" && chmod +x "build-gpu/$f"
+done
+echo "vae: MPI OFF, NCCL OFF"
+""",
+    "ctest": """#!/bin/sh
+echo "100% tests passed, 0 tests failed out of 3"
+""",
+    "compute-sanitizer": """#!/bin/sh
+exec sleep 300
+""",
+}
+
+
+class GpuCheckBudget(unittest.TestCase):
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="vae-gpu-check-")
+        os.makedirs(os.path.join(self.dir, "repo", "bench"))
+        for f in ("gpu_check.sh", "summary_json.py"):
+            shutil.copy(os.path.join(ROOT, "bench", f), os.path.join(self.dir, "repo", "bench", f))
+        self.bin = os.path.join(self.dir, "bin")
+        os.makedirs(self.bin)
+        for name, text in STUBS.items():
+            path = os.path.join(self.bin, name)
+            with open(path, "w") as f:
+                f.write(text)
+            os.chmod(path, os.stat(path).st_mode | stat.S_IXUSR)
+        self.report = os.path.join(self.dir, "report")
+
+    def tearDown(self):
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def run_check(self, budget, reserve="1"):
+        env = dict(os.environ, PATH=self.bin + os.pathsep + os.environ["PATH"], VAE_GPU_BUDGET_S=budget,
+                   VAE_GPU_RESERVE_S=reserve, VAE_COMMIT="0123abc")
+        env.pop("NCCL_ROOT", None)
+        start = time.monotonic()
+        p = subprocess.run(["bash", os.path.join(self.dir, "repo", "bench", "gpu_check.sh"), self.report],
+                           cwd=self.dir, env=env, capture_output=True, text=True, timeout=120)
+        return p, time.monotonic() - start
+
+    def test_cuts_what_overruns_and_still_writes_both_summaries(self):
+        p, seconds = self.run_check("8")
+        self.assertLess(seconds, 60, p.stdout + p.stderr)  # the sanitizer alone would sleep 300 s
+        self.assertEqual(p.returncode, 1, p.stdout + p.stderr)  # the cut sanitizer run is no pass
+        with open(os.path.join(self.report, "summary.txt")) as f:
+            rows = {line.split()[0]: line.split(None, 2)[1:] for line in f if line.strip()}
+        self.assertEqual(rows["machine"][0], "ok")
+        self.assertEqual(rows["build"][0], "ok")
+        self.assertEqual(rows["tests"][0], "ok")
+        self.assertEqual(rows["sanitizer"][0], "FAIL")
+        self.assertIn("cut off by the time budget", rows["sanitizer"][1])
+        for stage in ("gpu_vs_cpu", "bench", "profile", "peers"):
+            self.assertEqual(rows[stage][0], "skip", stage)
+            self.assertIn("VAE_GPU_BUDGET_S=8", rows[stage][1])
+        with open(os.path.join(self.report, "summary.json")) as f:
+            summary = json.load(f)
+        self.assertEqual(summary["card"], "NVIDIA Stand-in GPU")
+        self.assertEqual(summary["commit"], "0123abc")
+        self.assertEqual(summary["runs"], [])
+
+    def test_a_budget_that_is_not_whole_seconds_is_refused(self):
+        for bad in ("5m", "-3", "1.5"):
+            p, _ = self.run_check(bad)
+            self.assertEqual(p.returncode, 2, bad)
+            self.assertIn("VAE_GPU_BUDGET_S", p.stderr)
+            self.assertFalse(os.path.exists(os.path.join(self.report, "summary.txt")))
+
+
+if __name__ == "__main__":
+    unittest.main()
