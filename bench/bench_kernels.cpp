@@ -2,7 +2,7 @@
 // one elementwise kernel per stage; for the encoder, the product's own cuBLAS GEMMs + epilogue +
 // latent kernel), over a sweep of batch sizes, next to this machine's ceilings measured in the
 // same run (device copy, SGEMM, TF32 GEMM). Each figure is the median of many repeats timed
-// with CUDA events (steady clock on the CPU), the last-level cache overwritten before each.
+// with CUDA events (steady clock on the CPU), the caches emptied of device memory before each.
 // GB/s counts the bytes the operation must move at least (inputs read once, outputs written
 // once), the same for both variants; GFLOP/s counts the encoder's multiply-adds.
 //
@@ -389,7 +389,7 @@ int main(int argc, char** argv) {
 
   std::printf("bench_kernels on %s: median of %d repeats, ", ctx.description().c_str(), reps);
   if (timer.flush_on())
-    std::printf("%.0f MiB overwritten before each (cold cache)\n", timer.flush_bytes() / 1048576.0);
+    std::printf("the caches emptied of device memory before each (cold cache)\n");
   else
     std::printf("inputs left in cache (warm)\n");
   if (!gpu) {

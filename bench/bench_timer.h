@@ -1,11 +1,10 @@
 // What the benchmarks share: a timer for target work (CUDA events on the GPU, the steady clock
-// around a synchronize on the CPU) that overwrites a buffer twice the size of the last-level
-// cache before every timed repeat, so that no input is served from cache, and reports the median
-// of the repeats; and the machine's ceilings measured in the same process (a large device copy,
-// a large SGEMM, with TF32 on the GPU).
+// around a synchronize on the CPU) that empties the caches of device memory before every timed
+// repeat (the runtime's evict_caches: the CPU's lines of every allocation flushed, the GPU's L2
+// overwritten), so that no input is served from cache, and reports the median of the repeats;
+// and the machine's ceilings measured in the same process (a large device copy, a large SGEMM,
+// with TF32 on the GPU).
 #pragma once
-
-#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -26,22 +25,8 @@ inline double median(std::vector<double> v) {
 
 class Timer {
  public:
-  explicit Timer(const DeviceContext& ctx) : ctx_(ctx), gpu_(ctx.target() == Target::cuda) {
-    size_t llc = 0;
-    if (gpu_) {
-      int dev = 0, l2 = 0;
-      VAE_CUDA_CHECK(cudaGetDevice(&dev));
-      VAE_CUDA_CHECK(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, dev));
-      llc = static_cast<size_t>(l2);
-    } else {
-      const long l3 = sysconf(_SC_LEVEL3_CACHE_SIZE), l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
-      llc = static_cast<size_t>(std::max({l3, l2, 0L}));
-    }
-    flush_bytes_ = std::max<size_t>(2 * llc, size_t{32} << 20);
-    flush_ = DeviceBuffer<unsigned char>(ctx, flush_bytes_);
-  }
+  explicit Timer(const DeviceContext& ctx) : ctx_(ctx), gpu_(ctx.target() == Target::cuda) {}
 
-  size_t flush_bytes() const { return flush_bytes_; }
   // Off: inputs stay in cache between repeats, as in a training step, where each kernel reads
   // what the one before it just wrote.
   void set_flush(bool on) { flush_on_ = on; }
@@ -82,14 +67,12 @@ class Timer {
 
  private:
   void flush() {
-    if (flush_on_) VAE_CALL(ctx_.target(), fill_zero, flush_.data(), flush_bytes_, ctx_.stream());
+    if (flush_on_) VAE_CALL(ctx_.target(), evict_caches, ctx_.stream());
   }
 
   const DeviceContext& ctx_;
   bool gpu_;
   bool flush_on_ = true;
-  size_t flush_bytes_ = 0;
-  DeviceBuffer<unsigned char> flush_;
 };
 
 // A square SGEMM C = A·B of side n on the context's GEMM path (TF32 where the handle has it on).

@@ -160,6 +160,37 @@ TEST_P(HostExec, PhiloxMatchesCurandHostGenerator) {
     }
 }
 
+// The benchmarks' cold cache (evict_caches): every live allocation keeps its bytes, and memory
+// freed before it must not be touched (where free unmaps it, touching it would fault).
+TEST_P(HostExec, EvictCachesKeepsTheBytesOfEveryLiveAllocation) {
+  const Target t = GetParam();
+  const size_t sizes[] = {1, 63, 4097, (size_t{1} << 20) + 13, (size_t{3} << 20) + 5, (size_t{5} << 20) + 3};
+  std::vector<void*> bufs;
+  std::vector<std::vector<unsigned char>> want;
+  for (size_t i = 0; i < std::size(sizes); ++i) {
+    const auto x = random_uniform(sizes[i], 40 + i);
+    std::vector<unsigned char> bytes(sizes[i]);
+    for (size_t j = 0; j < bytes.size(); ++j) bytes[j] = static_cast<unsigned char>(256.f * (x[j] + 1.f) / 2.f);
+    bufs.push_back(VAE_CALL(t, device_alloc, sizes[i]));
+    VAE_CALL(t, copy_to_device, bufs.back(), bytes.data(), bytes.size(), nullptr);
+    want.push_back(std::move(bytes));
+  }
+  for (size_t i : {1, 4}) {  // a small one and one of several MiB, before the eviction
+    VAE_CALL(t, device_free, bufs[i]);
+    bufs[i] = nullptr;
+  }
+  VAE_CALL(t, evict_caches, nullptr);
+  VAE_CALL(t, evict_caches, nullptr);  // again, with nothing cached
+  VAE_CALL(t, synchronize, nullptr);
+  for (size_t i = 0; i < bufs.size(); ++i) {
+    if (!bufs[i]) continue;
+    std::vector<unsigned char> got(sizes[i]);
+    VAE_CALL(t, copy_to_host, got.data(), bufs[i], got.size(), nullptr);
+    EXPECT_EQ(got, want[i]) << "allocation " << i << " of " << sizes[i] << " bytes";
+    VAE_CALL(t, device_free, bufs[i]);
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Targets, HostExec, ::testing::ValuesIn(test::all_targets()), test::target_param_name);
 
 // ---- host execution only --------------------------------------------------------------------
