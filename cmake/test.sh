@@ -26,7 +26,10 @@ git ls-files '*.cpp' '*.h' '*.cu' '*.cuh' | xargs clang-format --dry-run --Werro
 echo "== tests under ASan + UBSan (CPU half)"
 # Without MPI: Open MPI's own allocations at MPI_Finalize read as leaks to LeakSanitizer (the
 # data-parallel tests say so as they skip; they run in the build above).
-cmake -S . -B build-sanitize -DCMAKE_BUILD_TYPE=RelWithDebInfo -DVAE_SANITIZE=ON -DVAE_WERROR=ON -DVAE_WITH_CUDA=OFF \
+# Line tables only (-g1): the sanitizers' reports keep each frame's file and line, and the build
+# takes 314 s instead of 440 with full -g (2 cores, one build each, 2026-12-06).
+cmake -S . -B build-sanitize -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O2 -g1 -DNDEBUG" \
+  -DCMAKE_C_FLAGS_RELWITHDEBINFO="-O2 -g1 -DNDEBUG" -DVAE_SANITIZE=ON -DVAE_WERROR=ON -DVAE_WITH_CUDA=OFF \
   -DVAE_WITH_MPI=OFF -DVAE_BUILD_BENCH=OFF >/dev/null
 cmake --build build-sanitize -j "$jobs"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
