@@ -64,6 +64,53 @@ def sweep(vae, device, batch, models, epochs, log):
         return sorted(per_epoch)[len(per_epoch) // 2], None
 
 
+def measure(a, vae, bench_step, batches, variants, gpu, log, rows, gemm_rows, sweep_rows, runs):
+    """Every configuration's runs, appended to rows, gemm_rows, sweep_rows and runs as each finishes
+    (a Cut leaves them holding what was measured)."""
+    for b in batches:
+        for graph, tf32, fused in variants:
+            extra = (([] if graph or not gpu else ["--no-graph"]) + (["--tf32"] if tf32 else []) +
+                     (["--step", "fused"] if fused else []))
+            print(f"batch {b} {' '.join(extra)}", file=sys.stderr, flush=True)
+            lines, err = train(vae, a.device, b, a.epochs, extra, log)
+            if lines is None:
+                rows.append((b, "fused" if fused else "-", "-", "-", "failed", "", err))
+                continue
+            s = report.median_epoch_seconds(lines)
+            n = lines[-1]["samples_per_second"] * lines[-1]["epoch_seconds"]
+            rows.append((b, lines[-1]["step_kernel"], "yes" if lines[-1]["cuda_graph"] else "no",
+                         "TF32" if tf32 else "fp32", f"{s:.3f}", f"{n / s:,.0f}", f"{lines[-1]['test_elbo']:.2f}"))
+            runs.append({"trainer": "vae", "step": lines[-1]["step_kernel"], "batch": b,
+                         "precision": "tf32" if tf32 else "fp32", "models": 1, "cuda_graph": lines[-1]["cuda_graph"],
+                         "seconds_per_epoch": s, "test_elbo": lines[-1]["test_elbo"]})
+        for tf32 in (False, True) if gpu else (False,):
+            cmd = [bench_step, "--device", a.device, "--batch", str(b), "--steps", "100" if gpu else "20",
+                   "--tf32", str(int(tf32)), "--json", "1"]
+            log.write("$ " + " ".join(cmd) + "\n")
+            r = subprocess.run(cmd, capture_output=True, text=True)
+            log.write(r.stdout + r.stderr)
+            js = [json.loads(x) for x in r.stdout.splitlines() if x.startswith("{")]
+            if r.returncode != 0 or not js:
+                gemm_rows.append((b, "TF32" if tf32 else "fp32", "failed", "", "", ""))
+                continue
+            j = js[-1]
+            gemm_rows.append((b, "TF32" if tf32 else "fp32", f"{j['step_gemm_gflop'] / (j['step_ms'] * 1e-3):.0f}",
+                              f"{j['floor_step_gemms_gflops']:.0f}", f"{j['floor_peak_gemm_gflops']:.0f}",
+                              f"{100 * j['floor_step_gemms_gflops'] / j['floor_peak_gemm_gflops']:.0f}%"))
+    one = None
+    for n in [int(m) for m in a.models.split(",") if m]:
+        print(f"sweep of {n} models at batch {batches[0]}", file=sys.stderr, flush=True)
+        s, err = sweep(vae, a.device, batches[0], n, a.epochs, log)
+        if s is None:
+            sweep_rows.append((n, "failed", "", "", err))
+            continue
+        one = one if one is not None or n != 1 else s
+        rate = n / s
+        runs.append({"trainer": "vae", "step": "sweep", "batch": batches[0], "precision": "fp32", "models": n,
+                     "seconds_per_epoch": s})
+        sweep_rows.append((n, f"{s:.3f}", f"{rate:.2f}", f"{rate * one:.2f}x" if one else "", ""))
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", choices=["cpu", "cuda"], required=True)
@@ -85,54 +132,20 @@ def main():
     variants = [(g, t, False) for g in (True, False) for t in (False, True)] if gpu else [(False, False, False)]
     if a.fused:
         variants += [(True, t, True) for t in ((False, True) if gpu else (False,))]
-    rows, gemm_rows, failed = [], [], False
+    rows, gemm_rows, sweep_rows, failed = [], [], [], False
     runs = []  # results.json: one entry per measured configuration (bench/summary_json.py reads it)
+    report.cut_on_sigterm()
     with open(os.path.join(out, "runs.log"), "w") as log:
-        for b in batches:
-            for graph, tf32, fused in variants:
-                extra = (([] if graph or not gpu else ["--no-graph"]) + (["--tf32"] if tf32 else []) +
-                         (["--step", "fused"] if fused else []))
-                print(f"batch {b} {' '.join(extra)}", file=sys.stderr, flush=True)
-                lines, err = train(vae, a.device, b, a.epochs, extra, log)
-                if lines is None:
-                    rows.append((b, "fused" if fused else "-", "-", "-", "failed", "", err))
-                    failed = True
-                    continue
-                s = report.median_epoch_seconds(lines)
-                n = lines[-1]["samples_per_second"] * lines[-1]["epoch_seconds"]
-                rows.append((b, lines[-1]["step_kernel"], "yes" if lines[-1]["cuda_graph"] else "no",
-                             "TF32" if tf32 else "fp32", f"{s:.3f}", f"{n / s:,.0f}", f"{lines[-1]['test_elbo']:.2f}"))
-                runs.append({"trainer": "vae", "step": lines[-1]["step_kernel"], "batch": b,
-                             "precision": "tf32" if tf32 else "fp32", "models": 1, "cuda_graph": lines[-1]["cuda_graph"],
-                             "seconds_per_epoch": s, "test_elbo": lines[-1]["test_elbo"]})
-            for tf32 in (False, True) if gpu else (False,):
-                cmd = [bench_step, "--device", a.device, "--batch", str(b), "--steps", "100" if gpu else "20",
-                       "--tf32", str(int(tf32)), "--json", "1"]
-                log.write("$ " + " ".join(cmd) + "\n")
-                r = subprocess.run(cmd, capture_output=True, text=True)
-                log.write(r.stdout + r.stderr)
-                js = [json.loads(x) for x in r.stdout.splitlines() if x.startswith("{")]
-                if r.returncode != 0 or not js:
-                    gemm_rows.append((b, "TF32" if tf32 else "fp32", "failed", "", "", ""))
-                    failed = True
-                    continue
-                j = js[-1]
-                gemm_rows.append((b, "TF32" if tf32 else "fp32", f"{j['step_gemm_gflop'] / (j['step_ms'] * 1e-3):.0f}",
-                                  f"{j['floor_step_gemms_gflops']:.0f}", f"{j['floor_peak_gemm_gflops']:.0f}",
-                                  f"{100 * j['floor_step_gemms_gflops'] / j['floor_peak_gemm_gflops']:.0f}%"))
-        sweep_rows, one = [], None
-        for n in [int(m) for m in a.models.split(",") if m]:
-            print(f"sweep of {n} models at batch {batches[0]}", file=sys.stderr, flush=True)
-            s, err = sweep(vae, a.device, batches[0], n, a.epochs, log)
-            if s is None:
-                sweep_rows.append((n, "failed", "", "", err))
-                failed = True
-                continue
-            one = one if one is not None or n != 1 else s
-            rate = n / s
-            runs.append({"trainer": "vae", "step": "sweep", "batch": batches[0], "precision": "fp32", "models": n,
-                         "seconds_per_epoch": s})
-            sweep_rows.append((n, f"{s:.3f}", f"{rate:.2f}", f"{rate * one:.2f}x" if one else "", ""))
+        try:
+            measure(a, vae, bench_step, batches, variants, gpu, log, rows, gemm_rows, sweep_rows, runs)
+        except report.Cut as e:  # what was measured stays; the table says where it stopped
+            report.measured()
+            print(f"throughput.py: {e}", file=sys.stderr)
+            log.write(f"{e}\n")
+            rows.append(("-", "-", "-", "-", "cut", "", str(e)))
+            failed = True
+    report.measured()
+    failed = failed or any("failed" in r for r in rows + gemm_rows + sweep_rows)
     title = (f"throughput.py --device {a.device}: `vae train`, {a.epochs} epochs each, commit {report.commit()}, "
              f"{report.today()}")
     table = (title + "\n\n" + report.markdown_table(

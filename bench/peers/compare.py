@@ -182,42 +182,54 @@ def main():
         configs.append(Config("vae", "CUDA graph, fp32", ours, ours=True))
         configs.append(Config("vae", "CUDA graph, --tf32", ours + ["--tf32"], ours=True, precision="tf32"))
         configs.append(Config("vae", "no graph, fp32", ours + ["--no-graph"], ours=True))
+        # The fastest peer (the JAX scan) first after ours: a run cut by a time limit keeps it.
+        if "jax" not in skip:
+            for precision, label in (("highest", "fp32"), ("tensorfloat32", "tf32")):
+                configs.append(Config("jax scan", f"XLA GPU, the epoch in one lax.scan, {label}",
+                                      peer("jax_vae.py", "--mode", "scan", "--precision", precision,
+                                           python=jax_python), precision=label))
+            # JAX's default matmul precision on recent NVIDIA cards is TF32.
+            configs.append(Config("jax jit", "XLA GPU, a dispatch per step, default (TF32)",
+                                  peer("jax_vae.py", python=jax_python), precision="tf32"))
+            if args.vmap_models > 1:  # its time is all the models' (compare it with vae sweep's)
+                configs.append(Config("jax vmap", f"XLA GPU, {args.vmap_models} models vmapped, fp32",
+                                      peer("jax_vae.py", "--mode", "vmap", "--models", str(args.vmap_models),
+                                           "--precision", "highest", python=jax_python)))
         configs.append(Config("pytorch eager", "fused Adam", peer("torch_vae.py", "--mode", "eager")))
         if "torch-compile" not in skip:
             for mode in ("default", "reduce-overhead"):
                 configs.append(Config("torch.compile", mode, peer("torch_vae.py", "--mode", "compile",
                                                                    "--compile-mode", mode)))
-        if "jax" not in skip:
-            # JAX's default matmul precision on recent NVIDIA cards is TF32.
-            configs.append(Config("jax jit", "XLA GPU, a dispatch per step, default (TF32)",
-                                  peer("jax_vae.py", python=jax_python), precision="tf32"))
-            for precision, label in (("highest", "fp32"), ("tensorfloat32", "tf32")):
-                configs.append(Config("jax scan", f"XLA GPU, the epoch in one lax.scan, {label}",
-                                      peer("jax_vae.py", "--mode", "scan", "--precision", precision,
-                                           python=jax_python), precision=label))
-            if args.vmap_models > 1:  # its time is all the models' (compare it with vae sweep's)
-                configs.append(Config("jax vmap", f"XLA GPU, {args.vmap_models} models vmapped, fp32",
-                                      peer("jax_vae.py", "--mode", "vmap", "--models", str(args.vmap_models),
-                                           "--precision", "highest", python=jax_python)))
     configs = [c for c in configs if c.impl.replace(" ", "-") not in skip]
 
+    report.cut_on_sigterm()
+    fl = None
     with open(os.path.join(out, "runs.log"), "w") as log:
         log.write(f"compare.py {' '.join(sys.argv[1:])}  {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-        for rnd in range(args.rounds):
+        try:
+            for rnd in range(args.rounds):
+                for c in configs:
+                    if c.failure:
+                        continue
+                    print(f"round {rnd + 1}/{args.rounds}: {c.impl} {c.label}", file=sys.stderr, flush=True)
+                    try:
+                        lines = (run_ours if c.ours else run_peer)(c, args, rnd, log)
+                        if len(lines) != args.epochs:
+                            raise RuntimeError(f"reported {len(lines)} epochs of {args.epochs}")
+                        c.epochs += [(rnd, m) for m in lines]
+                    except (RuntimeError, OSError, ValueError) as e:
+                        c.failure = str(e)
+                        print(f"  failed: {e}", file=sys.stderr)
+                    log.flush()
+            fl = floor(args, log)
+        except report.Cut as e:  # the rounds measured stay; a configuration with none is marked cut
+            report.measured()
+            print(f"compare.py: {e}", file=sys.stderr)
+            log.write(f"{e}\n")
             for c in configs:
-                if c.failure:
-                    continue
-                print(f"round {rnd + 1}/{args.rounds}: {c.impl} {c.label}", file=sys.stderr, flush=True)
-                try:
-                    lines = (run_ours if c.ours else run_peer)(c, args, rnd, log)
-                    if len(lines) != args.epochs:
-                        raise RuntimeError(f"reported {len(lines)} epochs of {args.epochs}")
-                    c.epochs += [(rnd, m) for m in lines]
-                except (RuntimeError, OSError, ValueError) as e:
+                if not c.epochs and not c.failure:
                     c.failure = str(e)
-                    print(f"  failed: {e}", file=sys.stderr)
-                log.flush()
-        fl = floor(args, log)
+    report.measured()
 
     done = [c for c in configs if c.epochs]
     # Images per epoch as the runs report them (the data may be a slice: --train-limit, or the
