@@ -163,7 +163,6 @@ if [ -x build-gpu/host/vae ] && want check && in_budget tests; then
     record tests FAIL "${total:-?} tests: $failed_tests failed, $skipped skipped (GPU tests must run)"
     grep -E '\((Failed|Skipped|Timeout)' "$report/tests.log" | head -20
   fi
-
 fi
 
 # ---- compute-sanitizer on the GPU instances of the kernel tests -----------------------------
