@@ -113,9 +113,13 @@ void gemm_destroy(GemmHandle* h) noexcept { delete h; }
 
 namespace {
 // C is cut into panels, one per worker: by rows (panels of op(A)) or by columns (panels of
-// op(B)). Each panel's OpenBLAS call packs the whole of the operand that is not cut, so the cut
-// goes through the dimension that leaves the smaller operand to be packed twice: rows when
-// op(B) (k x n) is the smaller, columns when op(A) (m x k) is.
+// op(B)). Each panel's engine call packs the whole of the operand that is not cut: row panels
+// pack op(B) (k x n) twice, column panels op(A) (m x k). Column panels have a second cost: a
+// panel of C is m short row segments, and an epilogue pass over them is slow (each worker
+// walking 128 segments of 208 floats of a 128 x 400 C took 7.5 us alone and 13 us with the
+// other worker on its half, against 3.5 us for 64 whole rows, Intel Xeon, 2 vCPUs). So the cut
+// is by columns only where op(A) and an epilogue's pass over C together are smaller than op(B)
+// (panel_cut_by_columns).
 struct Panels {
   CpuGemmEngine engine;
   const GemmOp* op;
@@ -123,6 +127,17 @@ struct Panels {
   int per_panel;
   int count;
 };
+
+// True where C is cut by columns (see Panels), in elements: op(A) and, with an epilogue, C's
+// pass against op(B). Without an epilogue, columns where m < n. In the default model's step this
+// puts 128x400x20 (bias + ReLU) and 128x400x40 (ReLU derivative) on row panels: 32-34 -> 20-23 us
+// each (bench_step --kernels, four pairs alternating with the old rule, 2026-12-06); the large
+// GEMMs keep their cut.
+bool panel_cut_by_columns(const GemmOp& op) {
+  const long long a = static_cast<long long>(op.m) * op.k, b = static_cast<long long>(op.k) * op.n;
+  const long long c_pass = op.epilogue != Epilogue::none ? static_cast<long long>(op.m) * op.n : 0;
+  return a + c_pass < b;
+}
 
 // The epilogue over the block C[r0 .. r0 + rows) x [c0 .. c0 + cols) of one panel, while it is
 // in cache. One instance per activation keeps the inner loops free of branches (they vectorize).
@@ -229,7 +244,7 @@ void gemm(GemmHandle* h, const GemmOp& op) {
   hx::count_gemm_call();
   if (op.m == 0 || op.n == 0) return;
   const long long flops = 2ll * op.m * op.n * op.k;
-  const bool by_columns = op.m < op.n;
+  const bool by_columns = panel_cut_by_columns(op);
   const int extent = by_columns ? op.n : op.m;
   // At least a quarter megaflop and 16 rows or columns (a vector width) per panel. (A megaflop
   // left the latent layer's 2-megaflop GEMMs on one worker while the other waited: split, the
