@@ -33,7 +33,9 @@ namespace vae {
 // cores). Chosen by measurement (bench/bench_gemm.cpp; bench/RESULTS-cpu.md, 2026-12-06, 2 vCPUs
 // of an Intel Xeon with AVX-512): on the step's eleven GEMMs at batch 128, one thread, oneDNN
 // 2.6's dnnl_sgemm runs at 153 GFLOP/s, OpenBLAS 0.3.21 (SkylakeX kernels) at 130 and BLIS 0.9
-// (it picks its Haswell kernels here) at 84; at batch 4096, 152, 139 and 95. Limited to AVX2 (as
+// (it picks its Haswell kernels here) at 84; at batch 4096, 152, 139 and 95. Eigen 3.4 ran at
+// 0.73-0.92x oneDNN on every shape; libxsmm hands products over 64^3 to the BLAS; XNNPACK's fully
+// connected operator wants constant weights. Limited to AVX2 (as
 // on AMD's Zen), the trainer's panels still run 1.1x faster on oneDNN than on OpenBLAS's Haswell
 // or Zen kernels. oneDNN is the default where the build has it, OpenBLAS elsewhere;
 // VAE_CPU_GEMM=openblas|onednn chooses. oneDNN's JIT sgemm kernels point the stack pointer into a
