@@ -20,6 +20,12 @@
 # VAE_GPU_RESERVE_S (default 30) left is skipped, and each command runs under `timeout` with what is
 # left; the summary names what was skipped. Without it nothing is bounded.
 #
+# A fused step that hangs on the card (a grid barrier that some block never reaches) must not eat
+# the call: VAE_GPU_HANG_S (default 60) bounds each of its GPU tests and benchmark runs (the sweep
+# 4x, its sanitizer runs 4x); its GPU tests run first on their own, and after one hang every later
+# run of the fused step is skipped (the summary's `fused` row says so) while the composed step's go
+# on.
+#
 # Where the machine lacks the Debian packages the build needs and cannot fetch them, prepare
 # .gpu-deps/ here with bench/gpu_deps.sh and carry it along: this script unpacks it under /tmp
 # (never into /) and points the build at it. Each stage is meant to finish in under 9 minutes on
@@ -61,6 +67,12 @@ if [ -n "$budget" ] && ! [[ $budget =~ ^[0-9]+$ && $reserve =~ ^[0-9]+$ ]]; then
   echo "gpu_check.sh: VAE_GPU_BUDGET_S and VAE_GPU_RESERVE_S must be whole seconds" >&2
   exit 2
 fi
+hang=${VAE_GPU_HANG_S:-60}
+if ! [[ $hang =~ ^[0-9]+$ ]] || [ "$hang" -eq 0 ]; then
+  echo "gpu_check.sh: VAE_GPU_HANG_S must be a positive number of whole seconds" >&2
+  exit 2
+fi
+fused_hung=0  # set once a run of the fused step outlived its bound
 time_left() {
   if [ -n "$budget" ]; then echo $((budget - reserve - $(elapsed "$t_start"))); else echo 1000000; fi
 }
@@ -79,6 +91,33 @@ bounded() {
   left=$(time_left)
   [ "$left" -gt 0 ] || return 124  # (timeout 0 would mean no limit)
   timeout --signal=TERM --kill-after=10 "$left" "$@"
+}
+
+# capped CAP CMD...: CMD bounded by the time left and by CAP seconds; sets capped_out=1 where CAP
+# (not the budget) stopped it.
+capped_out=0
+capped() {
+  local cap=$1 left rc
+  shift
+  capped_out=0
+  left=$(time_left)
+  [ "$left" -gt 0 ] || return 124
+  if [ "$cap" -ge "$left" ]; then
+    bounded "$@"
+    return
+  fi
+  timeout --signal=TERM --kill-after=10 "$cap" "$@"
+  rc=$?
+  { [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; } && capped_out=1
+  return "$rc"
+}
+# fused_run CMD...: true where CMD runs the fused step (a word `fused`, as in --step fused, or --sweep).
+fused_run() {
+  local w
+  for w in "$@"; do
+    case $w in fused | --sweep) return 0 ;; esac
+  done
+  return 1
 }
 
 # ---- machine --------------------------------------------------------------------------------
@@ -117,7 +156,7 @@ if [ -d .gpu-deps/debs ]; then
   export LD_LIBRARY_PATH="$lib:$lib/openblas-pthread${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   cmake_deps=(-DCMAKE_PREFIX_PATH="$deps/usr;$deps/usr/lib/x86_64-linux-gnu/cmake"
     -DBLAS_LIBRARIES="$lib/openblas-pthread/libopenblas.so.0")
-  record deps ok "unpacked $(ls .gpu-deps/debs | wc -l) packages under $deps"
+  record deps ok "unpacked $(find .gpu-deps/debs -name "*.deb" | wc -l) packages under $deps"
 fi
 if [ ! -d /usr/share/datasets/fashion-mnist ] && [ -d .gpu-deps/fashion-mnist ]; then
   mkdir -p /usr/share/datasets && cp -r .gpu-deps/fashion-mnist /usr/share/datasets/
@@ -147,7 +186,24 @@ if [ -x build-gpu/host/vae ] && want check && in_budget tests; then
     VAE_JAX_PYTHON=$(command -v python3)
     export VAE_JAX_PYTHON
   fi
-  bounded ctest --test-dir build-gpu --output-on-failure -j 4 --timeout "${VAE_TEST_TIMEOUT:-300}" >"$report/tests.log" 2>&1
+  # The fused step's GPU tests first, on their own and bounded: a hang there costs VAE_GPU_HANG_S
+  # once (ctest stops at the first failure), and the whole suite then leaves them out.
+  fused_tests='FusedStep.*/cuda'
+  capped $((2 * hang)) ctest --test-dir build-gpu --output-on-failure -j 4 -R "$fused_tests" --timeout "$hang" \
+    --stop-on-failure >/tmp/vae-fused-tests.log 2>&1
+  frc=$?
+  if [ "$capped_out" -eq 1 ] || grep -qE '\(Timeout\)' /tmp/vae-fused-tests.log; then
+    fused_hung=1
+    record fused FAIL "its GPU tests ran past VAE_GPU_HANG_S=$hang s (a hang?): tests.log; every later run of the fused step skipped"
+  elif [ "$frc" -eq 0 ]; then
+    record fused ok "$(grep -oE 'out of [0-9]+' /tmp/vae-fused-tests.log | tail -1 | grep -oE '[0-9]+') GPU tests of the fused step, $(elapsed "$t") s"
+  else
+    record fused FAIL "its GPU tests failed (tests.log)"
+  fi
+  exclude=()
+  [ "$fused_hung" -eq 0 ] || exclude=(-E "$fused_tests")
+  bounded ctest --test-dir build-gpu --output-on-failure -j 4 --timeout "${VAE_TEST_TIMEOUT:-300}" "${exclude[@]}" \
+    >"$report/tests.log" 2>&1
   rc=$?
   total=$(grep -oE 'out of [0-9]+' "$report/tests.log" | tail -1 | grep -oE '[0-9]+')
   # Every test must run, except the multi-process MPI tests on a machine without MPI.
@@ -163,6 +219,7 @@ if [ -x build-gpu/host/vae ] && want check && in_budget tests; then
     record tests FAIL "${total:-?} tests: $failed_tests failed, $skipped skipped (GPU tests must run)"
     grep -E '\((Failed|Skipped|Timeout)' "$report/tests.log" | head -20
   fi
+  { echo; echo "== the fused step's GPU tests, run first on their own"; cat /tmp/vae-fused-tests.log; } >>"$report/tests.log"
 fi
 
 # ---- compute-sanitizer on the GPU instances of the kernel tests -----------------------------
@@ -184,15 +241,29 @@ if [ -x build-gpu/host/vae ] && want check && in_budget sanitizer; then
     done
     # The fused step kernel (cp.async stages, split-K tickets, grid barriers): one step of each tile
     # arithmetic and the launch tests, under every tool that reads shared memory and barriers.
+    # Skipped after a hang; each run bounded by 4x VAE_GPU_HANG_S (the tools slow kernels down).
     for tool in memcheck racecheck synccheck; do
       echo "== compute-sanitizer --tool $tool test_step (fused)"
-      bounded compute-sanitizer --tool "$tool" --error-exitcode 99 build-gpu/tests/test_step \
+      if [ "$fused_hung" -eq 1 ]; then
+        echo "SANITIZER_SKIPPED $tool test_step: the fused step hung earlier"
+        continue
+      fi
+      capped $((4 * hang)) compute-sanitizer --tool "$tool" --error-exitcode 99 build-gpu/tests/test_step \
         --gtest_filter='*EachTileArithmetic*cuda*:*FusedStepLaunch*cuda*'
-      sanitizer_outcome $? "$tool test_step"
+      rc=$?
+      if [ "$capped_out" -eq 1 ]; then
+        echo "SANITIZER_FAILED $tool test_step: ran past $((4 * hang)) s (VAE_GPU_HANG_S=$hang)"
+      else
+        sanitizer_outcome $rc "$tool test_step"
+      fi
     done
   } >"$report/check.log" 2>&1
   san_detail="memcheck + racecheck on the GPU kernel and GEMM tests, + synccheck on the fused step, $(elapsed "$t") s"
   grep -q SANITIZER_FAILED "$report/check.log" && san_ok=FAIL
+  if grep -q SANITIZER_SKIPPED "$report/check.log"; then
+    [ "$san_ok" = FAIL ] || san_ok=part
+    san_detail="$san_detail; the fused step's runs skipped (it hung in its tests)"
+  fi
   if grep -q SANITIZER_CUT "$report/check.log"; then
     san_ok=FAIL
     san_detail="$san_detail; $(grep -c SANITIZER_CUT "$report/check.log") runs cut off by the time budget"
@@ -236,8 +307,26 @@ bench() {
     bench_skipped=$((bench_skipped + 1))
     return
   fi
-  bounded "$@"
-  local rc=$?
+  local rc cap=$hang
+  if fused_run "$@"; then
+    if [ "$fused_hung" -eq 1 ]; then
+      echo "BENCH_SKIPPED (the fused step hung earlier): $*"
+      bench_skipped=$((bench_skipped + 1))
+      return
+    fi
+    case " $* " in *" --sweep "*) cap=$((4 * hang)) ;; esac
+    capped "$cap" "$@"
+    rc=$?
+    if [ "$capped_out" -eq 1 ]; then
+      echo "BENCH_HUNG (ran past $cap s, VAE_GPU_HANG_S=$hang; the fused step's later runs are skipped): $*"
+      fused_hung=1
+      bench_failures=$((bench_failures + 1))
+      return
+    fi
+  else
+    bounded "$@"
+    rc=$?
+  fi
   if [ "$rc" -eq 124 ] && [ -n "$budget" ]; then
     echo "BENCH_CUT (the time budget ran out): $*"
     bench_skipped=$((bench_skipped + 1))
@@ -249,10 +338,12 @@ bench() {
 if [ -x build-gpu/host/vae ] && want bench && in_budget bench; then
   t=$(date +%s)
   {
+    # Where the fused step's time goes at batch 128 (issue 17): its phase timers and grid barriers
+    # (first: a short run, bounded by VAE_GPU_HANG_S, before the sweep's long one).
+    bench build-gpu/bench/bench_step --device cuda --batch 128 --steps 300 --step fused --phases
     # Every step variant at batch 32-1024 in one process, the fastest per batch (issue 17's rule).
     bench build-gpu/bench/bench_step --device cuda --sweep --steps 320 --json 1
-    # Where the fused step's time goes (issue 17): its phase timers and grid barriers.
-    for b in 32 128 512; do
+    for b in 32 512; do
       bench build-gpu/bench/bench_step --device cuda --batch "$b" --steps 300 --step fused --phases
     done
     bench build-gpu/bench/bench_step --device cuda --batch 128 --steps 300 --step fused --tf32 1 --phases
@@ -287,13 +378,20 @@ if [ -x build-gpu/host/vae ] && want bench && in_budget bench; then
       bench build-gpu/bench/bench_step --device cuda --batch 128 --steps 300 --models "$m" --json 1
     done
     # Also the fused step at each batch, and vae sweep of 1, 4, 16 and 64 models at batch 128.
-    bench python3 bench/throughput.py --device cuda --build build-gpu --fused --models 1,4,16,64 --out /tmp/vae-throughput
+    # (without the fused step where it hung: throughput.py's runs are not bounded one by one)
+    fused_flag=(--fused)
+    [ "$fused_hung" -eq 0 ] || fused_flag=()
+    bench python3 bench/throughput.py --device cuda --build build-gpu "${fused_flag[@]}" --models 1,4,16,64 \
+      --out /tmp/vae-throughput
   } >"$report/bench.log" 2>&1
   bench_status=ok
   [ "$bench_skipped" -eq 0 ] || bench_status=part
   [ "$bench_failures" -eq 0 ] || bench_status=FAIL
   record bench "$bench_status" \
-    "bench.log: $bench_failures failed, $bench_skipped cut or skipped for the time budget, $(elapsed "$t") s"
+    "bench.log: $bench_failures failed, $bench_skipped cut or skipped, $(elapsed "$t") s"
+  if grep -q '^BENCH_HUNG' "$report/bench.log"; then
+    record fused_hang FAIL "a benchmark run of the fused step ran past its bound (bench.log: BENCH_HUNG); its later runs skipped"
+  fi
 fi
 
 # ---- profile: per-kernel GPU times of one training step ---------------------------------------

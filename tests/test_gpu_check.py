@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
-"""bench/gpu_check.sh's time budget (VAE_GPU_BUDGET_S), without a GPU: the script runs in a copy
-of its folder with stand-ins for nvidia-smi, cmake, ctest and compute-sanitizer on PATH. A device
+"""bench/gpu_check.sh's time budget (VAE_GPU_BUDGET_S) and its guard against a fused step that
+hangs (VAE_GPU_HANG_S), without a GPU: the script runs in a copy of its folder with stand-ins for
+nvidia-smi, cmake (which makes stand-in programs), ctest and compute-sanitizer on PATH. A device
 call has a hard limit; the budget must cut what would overrun it and still leave both summaries.
 The stand-in sanitizer sleeps far past the budget, so the run must cut it and skip every stage
-after it; a script that ignored the budget would run for minutes (the test's timeout fails it)."""
+after it; a script that ignored the budget would run for minutes (the test's timeout fails it).
+Where the fused step's stand-in tests or benchmark runs hang instead, the run must stop the first
+of them at its bound, skip the fused step's later runs and go on with the composed step's."""
 
 import json
 import os
@@ -25,16 +28,18 @@ case "$*" in
   *) echo "stand-in nvidia-smi" ;;
 esac
 """,
-    # Configuring makes the programs the stages look for (each exits 0 at once); building does nothing.
+    # Configuring makes the programs the stages look for (each exits 0 at once, bench_step as
+    # $BENCH_STEP_STUB says); building does nothing.
     "cmake": """#!/bin/sh
 case " $* " in
   *" --build "*|*" --version "*) exit 0 ;;
 esac
 mkdir -p build-gpu/host build-gpu/bench build-gpu/tests
-for f in host/vae bench/bench_step bench/bench_kernels tests/test_kernels tests/test_hostexec tests/test_gemm \\
-         tests/test_step; do
+for f in host/vae bench/bench_kernels tests/test_kernels tests/test_hostexec tests/test_gemm tests/test_step; do
   printf '#!/bin/sh\\nexit 0\\n' >"build-gpu/$f" && chmod +x "build-gpu/$f"
 done
+printf '#!/bin/sh\\n%s\\nexit 0\\n' "${BENCH_STEP_STUB:-}" >build-gpu/bench/bench_step
+chmod +x build-gpu/bench/bench_step
 echo "vae: MPI OFF, NCCL OFF"
 """,
     "ctest": """#!/bin/sh
@@ -64,9 +69,13 @@ class GpuCheckBudget(unittest.TestCase):
     def tearDown(self):
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    def run_check(self, budget, reserve="1"):
+    def stub(self, name, text):
+        with open(os.path.join(self.bin, name), "w") as f:
+            f.write(text)
+
+    def run_check(self, budget, reserve="1", **extra):
         env = dict(os.environ, PATH=self.bin + os.pathsep + os.environ["PATH"], VAE_GPU_BUDGET_S=budget,
-                   VAE_GPU_RESERVE_S=reserve, VAE_COMMIT="0123abc")
+                   VAE_GPU_RESERVE_S=reserve, VAE_COMMIT="0123abc", **extra)
         env.pop("NCCL_ROOT", None)
         start = time.monotonic()
         p = subprocess.run(["bash", os.path.join(self.dir, "repo", "bench", "gpu_check.sh"), self.report],
@@ -92,6 +101,64 @@ class GpuCheckBudget(unittest.TestCase):
         self.assertEqual(summary["card"], "NVIDIA Stand-in GPU")
         self.assertEqual(summary["commit"], "0123abc")
         self.assertEqual(summary["runs"], [])
+
+    def summary_rows(self):
+        with open(os.path.join(self.report, "summary.txt")) as f:
+            return {line.split()[0]: line.split(None, 2)[1:] for line in f if line.strip()}
+
+    def bench_log(self):
+        with open(os.path.join(self.report, "bench.log")) as f:
+            return f.read()
+
+    def test_a_fused_step_that_hangs_in_its_tests_is_left_out_after_one_bound(self):
+        # Its GPU tests (run first, alone: ctest -R) hang; the whole suite passes without them.
+        self.stub("ctest", """#!/bin/sh
+case " $* " in *" -R "*) exec sleep 300 ;; esac
+echo "100% tests passed, 0 tests failed out of 3"
+""")
+        self.stub("compute-sanitizer", "#!/bin/sh\nexit 0\n")
+        p, seconds = self.run_check("300", VAE_GPU_HANG_S="2")
+        self.assertLess(seconds, 60, p.stdout + p.stderr)
+        rows = self.summary_rows()
+        self.assertEqual(rows["fused"][0], "FAIL", rows)
+        self.assertIn("VAE_GPU_HANG_S=2", rows["fused"][1])
+        self.assertEqual(rows["tests"][0], "ok", rows)
+        self.assertEqual(rows["sanitizer"][0], "part", rows)
+        log = self.bench_log()
+        self.assertIn("BENCH_SKIPPED (the fused step hung earlier): build-gpu/bench/bench_step --device cuda --sweep", log)
+        self.assertIn("BENCH_SKIPPED (the fused step hung earlier): build-gpu/host/vae train", log)
+        self.assertNotIn("BENCH_SKIPPED (the fused step hung earlier): build-gpu/bench/bench_step --device cuda --batch 128 "
+                         "--steps 300 --step composed", log)
+        self.assertIn("== python3 bench/throughput.py --device cuda --build build-gpu --models", log)  # no --fused
+
+    def test_a_fused_step_that_hangs_in_a_benchmark_is_stopped_and_skipped_after(self):
+        # Its tests pass; the first benchmark run of it hangs.
+        self.stub("compute-sanitizer", "#!/bin/sh\nexit 0\n")
+        p, seconds = self.run_check("300", VAE_GPU_HANG_S="2",
+                                    BENCH_STEP_STUB='case " $* " in *" fused "*|*" --sweep "*) exec sleep 300 ;; esac')
+        self.assertLess(seconds, 60, p.stdout + p.stderr)
+        rows = self.summary_rows()
+        self.assertEqual(rows["tests"][0], "ok", rows)
+        self.assertEqual(rows["sanitizer"][0], "ok", rows)
+        self.assertEqual(rows["fused"][0], "ok", rows)  # its tests passed
+        self.assertEqual(rows["fused_hang"][0], "FAIL", rows)
+        self.assertIn("BENCH_HUNG", rows["fused_hang"][1])
+        self.assertEqual(rows["bench"][0], "FAIL", rows)
+        log = self.bench_log()
+        self.assertEqual(log.count("BENCH_HUNG"), 1, log)
+        self.assertIn("BENCH_HUNG (ran past 2 s, VAE_GPU_HANG_S=2; the fused step's later runs are skipped): "
+                      "build-gpu/bench/bench_step --device cuda --batch 128 --steps 300 --step fused --phases", log)
+        self.assertIn("BENCH_SKIPPED (the fused step hung earlier): build-gpu/bench/bench_step --device cuda --sweep", log)
+        composed = "== build-gpu/bench/bench_step --device cuda --batch 128 --steps 300 --step composed --json 1\n"
+        self.assertIn(composed, log)
+        after = log.split(composed, 1)[1].splitlines()[0] if log.split(composed, 1)[1] else ""
+        self.assertFalse(after.startswith("BENCH_"), after)  # the composed step's run ran and passed
+
+    def test_a_hang_bound_that_is_not_a_positive_whole_number_is_refused(self):
+        for bad in ("0", "1.5", "x"):
+            p, _ = self.run_check("300", VAE_GPU_HANG_S=bad)
+            self.assertEqual(p.returncode, 2, bad)
+            self.assertIn("VAE_GPU_HANG_S", p.stderr)
 
     def test_a_budget_that_is_not_whole_seconds_is_refused(self):
         for bad in ("5m", "-3", "1.5"):
