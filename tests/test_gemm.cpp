@@ -44,14 +44,16 @@ TEST_P(Gemm, MatchesFloat64Loop) {
   GemmHandle* handle = VAE_CALL(target, gemm_create, stream, false);
   for (bool ta : {false, true}) {
     for (bool tb : {false, true}) {
-      // The last three are cut into panels on the CPU: by columns (m < n) and by rows, with ragged ends.
+      // The last four are cut into panels on the CPU: by columns (m < n) and by rows, with ragged
+      // ends, and (op(B) stored (k, n) and the largest) into K slices.
       for (auto [m, n, k] : {std::tuple{1, 1, 1},
                              {7, 5, 3},
                              {33, 65, 17},
                              {129, 20, 400},
                              {300, 784, 5},
                              {130, 517, 40},
-                             {517, 130, 40}}) {
+                             {517, 130, 40},
+                             {37, 301, 523}}) {
         const int lda = (ta ? m : k) + 3, ldb = (tb ? k : n) + 1, ldc = n + 2;  // padded strides
         const auto a = test::random_uniform(static_cast<size_t>(ta ? k : m) * lda, 1 + m);
         const auto b = test::random_uniform(static_cast<size_t>(tb ? n : k) * ldb, 2 + n);
@@ -96,14 +98,15 @@ TEST_P(Gemm, MatchesFloat64Loop) {
 
 // The epilogues of a dense layer's three GEMMs (forward: bias + activation; input gradient:
 // the activation derivative; weight gradient: the bias gradient), against float64 loops, for
-// every activation, on odd sizes cut into row and column panels on the CPU.
+// every activation, on odd sizes cut into row and column panels and K slices on the CPU.
 TEST_P(Gemm, EpiloguesMatchFloat64Loops) {
   const Target target = GetParam();
   cudaStream_t stream = VAE_CALL(target, create_stream);
   GemmHandle* handle = VAE_CALL(target, gemm_create, stream, false);
   auto upload = [&](const std::vector<float>& v) { return upload_floats(target, stream, v); };
   auto download = [&](const float* p, size_t n) { return download_floats(target, stream, p, n); };
-  for (auto [rows, out, in] : {std::tuple{7, 5, 3}, {129, 33, 20}, {517, 130, 40}, {300, 784, 17}, {33, 40, 400}})
+  for (auto [rows, out, in] :
+       {std::tuple{7, 5, 3}, {129, 33, 20}, {517, 130, 40}, {300, 784, 17}, {33, 40, 400}, {37, 523, 301}})
     for (Activation act : {Activation::identity, Activation::relu, Activation::tanh}) {
       SCOPED_TRACE(std::to_string(rows) + "x" + std::to_string(out) + "x" + std::to_string(in) + " act " +
                    std::to_string(int(act)));
@@ -429,6 +432,58 @@ TEST(GemmOnTheCpu, StopSignalsDuringTheProductsChangeNothing) {
     EXPECT_EQ(stop_request(), 1) << sent.load() << " SIGUSR1 sent, none recorded";
     EXPECT_GT(rounds, 1);
   }
+  VAE_CALL(target, gemm_destroy, handle);
+  VAE_CALL(target, destroy_stream, stream);
+}
+
+// K slices (cpu_gemm_cut): the input gradient of an odd-sized layer whose W is the largest matrix
+// is cut into K slices, and with 2 and 3 workers (2 and 3 slices, the last one short) its product,
+// with the ReLU derivative, matches a float64 loop and repeats bit for bit; a product that
+// reuses the handle's partials at another shape after it too.
+TEST(GemmOnTheCpu, KSlicesMatchFloat64AndRepeatBitForBit) {
+  const Target target = Target::cpu;
+  cudaStream_t stream = VAE_CALL(target, create_stream);
+  GemmHandle* handle = VAE_CALL(target, gemm_create, stream, false);
+  const int rows = 37, out = 523, in = 301;
+  const auto g = test::random_uniform(static_cast<size_t>(rows) * out, 11);
+  const auto w = test::random_uniform(static_cast<size_t>(out) * in, 12);
+  auto h = test::random_uniform(static_cast<size_t>(rows) * in, 13);
+  for (auto& v : h) v = std::max(v, 0.f);  // a ReLU layer's output: some zeros
+  std::vector<double> want(static_cast<size_t>(rows) * in, 0.0);
+  for (int r = 0; r < rows; ++r)
+    for (int i = 0; i < in; ++i) {
+      double sum = 0;
+      for (int o = 0; o < out; ++o)
+        sum += double(g[static_cast<size_t>(r) * out + o]) * w[static_cast<size_t>(o) * in + i];
+      want[static_cast<size_t>(r) * in + i] = h[static_cast<size_t>(r) * in + i] > 0 ? sum : 0.0;
+    }
+  ASSERT_TRUE(test::not_all_zero(want));
+  float *dg = upload_floats(target, stream, g), *dw = upload_floats(target, stream, w),
+        *dh = upload_floats(target, stream, h);
+  float* dx = upload_floats(target, stream, std::vector<float>(static_cast<size_t>(rows) * in, 9.f));
+  const GemmOp op = dense_input_grad_gemm(LinearSlot{0, 0, out, in}, dg, dw, dx, rows, dh, Activation::relu);
+  ASSERT_EQ(cpu_gemm_cut(op), CpuGemmCut::k_slices);
+  // A smaller K-sliced product on the same handle (its partials reused), run between the repeats.
+  const auto a2 = test::random_uniform(17 * 200, 14), b2 = test::random_uniform(200 * 96, 15);
+  float *da2 = upload_floats(target, stream, a2), *db2 = upload_floats(target, stream, b2);
+  float* dc2 = upload_floats(target, stream, std::vector<float>(17 * 96, 0.f));
+  const GemmOp other{false, false, 17, 96, 200, 1.f, da2, 200, db2, 96, 0.f, dc2, 96};
+  ASSERT_EQ(cpu_gemm_cut(other), CpuGemmCut::k_slices);
+  for (int workers : {2, 3}) {
+    test::ScopedWorkers scoped(target, workers);
+    VAE_CALL(target, gemm, handle, op);
+    const auto first = download_floats(target, stream, dx, want.size());
+    EXPECT_TRUE(test::all_near(first, want, 1e-5 * out, 1e-5)) << workers << " workers";
+    VAE_CALL(target, gemm, handle, other);
+    std::vector<double> want2(17 * 96, 0.0);
+    for (int i = 0; i < 17; ++i)
+      for (int j = 0; j < 96; ++j)
+        for (int p = 0; p < 200; ++p) want2[i * 96 + j] += double(a2[i * 200 + p]) * b2[p * 96 + j];
+    EXPECT_TRUE(test::all_near(download_floats(target, stream, dc2, want2.size()), want2, 1e-5 * 200, 1e-5));
+    VAE_CALL(target, gemm, handle, op);
+    EXPECT_EQ(download_floats(target, stream, dx, want.size()), first) << workers << " workers: not the same bits";
+  }
+  for (float* p : {dg, dw, dh, dx, da2, db2, dc2}) VAE_CALL(target, device_free, p);
   VAE_CALL(target, gemm_destroy, handle);
   VAE_CALL(target, destroy_stream, stream);
 }

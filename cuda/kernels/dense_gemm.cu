@@ -6,6 +6,7 @@
 // gradient) and our kernels the rest (tanh, the activation derivative).
 #include <algorithm>
 #include <map>
+#include <vector>
 #include <utility>
 #include <tuple>
 
@@ -48,7 +49,33 @@ namespace vae {
 enum class CpuGemmEngine { openblas, onednn };
 struct GemmHandle {
   CpuGemmEngine engine = CpuGemmEngine::openblas;
+  std::vector<float> partials;  // the K slices' partial products after the first (CpuGemmCut::k_slices)
 };
+
+// The CPU's cut of a product (dense_gemm.h), where it has at least two panels' work.
+//
+// K slices where B is stored (k, n) and is the largest of the three matrices (not for a bias
+// gradient, which sums over K): column panels would read B in short row segments and row panels
+// would read all of it on every worker, and each leaves B's lines in both workers' caches, where
+// the optimizer then writes W. K slices read contiguous blocks of B's rows, one per worker. In the
+// default model's step this is the output layer's input gradient 128x400x784 (B = W stored
+// (784, 400)): 299-337 -> 279-304 us, and the optimizer 256-296 -> 221-252 us (bench_step
+// --kernels, six pairs alternating with column panels, 2026-12-06); `vae train --epochs 3` 0.964x
+// the wall (0.934-1.003, 8 pairs). On row panels instead the GEMM took 280-285 us but the
+// optimizer 310-322.
+//
+// Else by columns where op(A) and, with an epilogue, C's pass are smaller than op(B), in
+// elements: without an epilogue, columns where m < n. This puts 128x400x20 (bias + ReLU) and
+// 128x400x40 (ReLU derivative) on row panels: 32-34 -> 20-23 us each (four pairs alternating with
+// the m < n rule); the forward GEMMs (B = W stored (n, k): column panels read whole rows of it)
+// keep column panels, which rows made 1.15-1.2x slower.
+CpuGemmCut cpu_gemm_cut(const GemmOp& op) {
+  const long long mk = static_cast<long long>(op.m) * op.k, kn = static_cast<long long>(op.k) * op.n;
+  const long long mn = static_cast<long long>(op.m) * op.n;
+  if (!op.trans_b && !op.bias_grad && kn >= mk && kn >= mn) return CpuGemmCut::k_slices;
+  const long long c_pass = op.epilogue != Epilogue::none ? mn : 0;
+  return mk + c_pass < kn ? CpuGemmCut::columns : CpuGemmCut::rows;
+}
 #else
 // A cuBLASLt call prepared for one shape, epilogue and operand alignment: the descriptors and the
 // algorithm, chosen once by the heuristics (deterministic: the same algorithm every run, so the
@@ -115,13 +142,14 @@ void gemm_destroy(GemmHandle* h) noexcept { delete h; }
 
 namespace {
 // C is cut into panels, one per worker: by rows (panels of op(A)) or by columns (panels of
-// op(B)). Each panel's engine call packs the whole of the operand that is not cut: row panels
-// pack op(B) (k x n) twice, column panels op(A) (m x k). Column panels have a second cost: a
-// panel of C is m short row segments, and an epilogue pass over them is slow (each worker
-// walking 128 segments of 208 floats of a 128 x 400 C took 7.5 us alone and 13 us with the
-// other worker on its half, against 3.5 us for 64 whole rows, Intel Xeon, 2 vCPUs). So the cut
-// is by columns only where op(A) and an epilogue's pass over C together are smaller than op(B)
-// (panel_cut_by_columns).
+// op(B)), or the product into K slices. Each panel's engine call packs the whole of the operand
+// that is not cut: row panels pack op(B) (k x n) twice, column panels op(A) (m x k). Column panels
+// have a second cost: a panel of C is m short row segments, and an epilogue pass over them is slow
+// (each worker walking 128 segments of 208 floats of a 128 x 400 C took 7.5 us alone and 13 us
+// with the other worker on its half, against 3.5 us for 64 whole rows, Intel Xeon, 2 vCPUs). K
+// slices: slice s multiplies op(A)'s columns and op(B)'s rows [k_s, k_s+1) into C (the first) or
+// into a partial C of its own, then row panels of C add the partials in slice order and run the
+// epilogue (gemm_k_slice, gemm_k_sum). See cpu_gemm_cut.
 struct Panels {
   CpuGemmEngine engine;
   const GemmOp* op;
@@ -129,17 +157,6 @@ struct Panels {
   int per_panel;
   int count;
 };
-
-// True where C is cut by columns (see Panels), in elements: op(A) and, with an epilogue, C's
-// pass against op(B). Without an epilogue, columns where m < n. In the default model's step this
-// puts 128x400x20 (bias + ReLU) and 128x400x40 (ReLU derivative) on row panels: 32-34 -> 20-23 us
-// each (bench_step --kernels, four pairs alternating with the old rule, 2026-12-06); the large
-// GEMMs keep their cut.
-bool panel_cut_by_columns(const GemmOp& op) {
-  const long long a = static_cast<long long>(op.m) * op.k, b = static_cast<long long>(op.k) * op.n;
-  const long long c_pass = op.epilogue != Epilogue::none ? static_cast<long long>(op.m) * op.n : 0;
-  return a + c_pass < b;
-}
 
 // The epilogue over the block C[r0 .. r0 + rows) x [c0 .. c0 + cols) of one panel, while it is
 // in cache. One instance per activation keeps the inner loops free of branches (they vectorize),
@@ -194,6 +211,22 @@ void panel_product(CpuGemmEngine engine, const GemmOp& op, int m, int n, const f
               op.alpha, a, op.lda, b, op.ldb, op.beta, c, op.ldc);
 }
 
+// The op's epilogue, if any, over C[r0 .. r0 + rows) x [c0 .. c0 + cols).
+void run_epilogue(const GemmOp& op, int r0, int rows, int c0, int cols) {
+  if (op.epilogue == Epilogue::none) return;
+  switch (op.activation) {
+    case Activation::relu:
+      panel_epilogue<Activation::relu>(op, r0, rows, c0, cols);
+      break;
+    case Activation::tanh:
+      panel_epilogue<Activation::tanh>(op, r0, rows, c0, cols);
+      break;
+    default:
+      panel_epilogue<Activation::identity>(op, r0, rows, c0, cols);
+      break;
+  }
+}
+
 void gemm_panel(int panel, void* ctx) {
   const Panels& p = *static_cast<const Panels*>(ctx);
   const GemmOp& op = *p.op;
@@ -216,19 +249,7 @@ void gemm_panel(int panel, void* ctx) {
     c = op.c + static_cast<size_t>(start) * op.ldc;
   }
   panel_product(p.engine, op, m, n, a, b, c);
-  if (op.epilogue != Epilogue::none) {
-    switch (op.activation) {
-      case Activation::relu:
-        panel_epilogue<Activation::relu>(op, r0, m, c0, n);
-        break;
-      case Activation::tanh:
-        panel_epilogue<Activation::tanh>(op, r0, m, c0, n);
-        break;
-      default:
-        panel_epilogue<Activation::identity>(op, r0, m, c0, n);
-        break;
-    }
-  }
+  run_epilogue(op, r0, m, c0, n);
   if (op.bias_grad) {  // the panel's rows of C; with column panels, an equal share of the rows
     if (p.by_columns) {
       panel_bias_grad(op, static_cast<int>(static_cast<long long>(op.m) * panel / p.count),
@@ -237,6 +258,53 @@ void gemm_panel(int panel, void* ctx) {
       panel_bias_grad(op, r0, r0 + m);
     }
   }
+}
+// K slices (CpuGemmCut::k_slices): slice s multiplies op(A)'s columns and op(B)'s rows [s·per_slice,
+// (s + 1)·per_slice), the first into C (with beta), the others into partial products of their own
+// (m x n, beta 0); then row panels of C add the partials in slice order (the same sum every run)
+// and run the epilogue.
+struct KSlices {
+  CpuGemmEngine engine;
+  const GemmOp* op;
+  float* partials;  // (count - 1) x (m x n)
+  int per_slice;    // K of a slice (the last may have less), a multiple of 16
+  int count;
+  int row_panels;  // of the sum
+};
+
+void gemm_k_slice(int slice, void* ctx) {
+  const KSlices& p = *static_cast<const KSlices*>(ctx);
+  const GemmOp& op = *p.op;
+  const int k0 = slice * p.per_slice;
+  GemmOp part = op;
+  part.k = std::min(p.per_slice, op.k - k0);
+  // Columns k0.. of op(A): rows of A when it is transposed, columns otherwise; rows k0.. of B (stored (k, n)).
+  const float* a = op.trans_a ? op.a + static_cast<size_t>(k0) * op.lda : op.a + k0;
+  const float* b = op.b + static_cast<size_t>(k0) * op.ldb;
+  float* c = op.c;
+  if (slice > 0) {
+    part.beta = 0.f;
+    part.ldc = op.n;
+    c = p.partials + static_cast<size_t>(slice - 1) * op.m * op.n;
+  }
+  panel_product(p.engine, part, op.m, op.n, a, b, c);
+}
+
+// c[j] += q[j], j < n.
+VAE_KERNEL_CLONES void add_row(float* __restrict__ c, const float* __restrict__ q, int n) {
+  for (int j = 0; j < n; ++j) c[j] += q[j];
+}
+
+void gemm_k_sum(int panel, void* ctx) {
+  const KSlices& p = *static_cast<const KSlices*>(ctx);
+  const GemmOp& op = *p.op;
+  const int r0 = static_cast<int>(static_cast<long long>(op.m) * panel / p.row_panels);
+  const int r1 = static_cast<int>(static_cast<long long>(op.m) * (panel + 1) / p.row_panels);
+  for (int i = r0; i < r1; ++i)
+    for (int s = 1; s < p.count; ++s)
+      add_row(op.c + static_cast<size_t>(i) * op.ldc,
+              p.partials + (static_cast<size_t>(s - 1) * op.m + i) * static_cast<size_t>(op.n), op.n);
+  run_epilogue(op, r0, r1 - r0, 0, op.n);
 }
 }  // namespace
 
@@ -248,19 +316,6 @@ void gemm(GemmHandle* h, const GemmOp& op) {
   }
   hx::count_gemm_call();
   if (op.m == 0 || op.n == 0) return;
-  const long long flops = 2ll * op.m * op.n * op.k;
-  const bool by_columns = panel_cut_by_columns(op);
-  const int extent = by_columns ? op.n : op.m;
-  // At least a quarter megaflop and 16 rows or columns (a vector width) per panel. (A megaflop
-  // left the latent layer's 2-megaflop GEMMs on one worker while the other waited: split, the
-  // step's 400x20x128 took 27 us instead of 43 and 128x20x400 16 instead of 22; bench_step
-  // --kernels, 2 vCPUs of an Intel Xeon, 2026-12-06, three alternating pairs.)
-  int panels = static_cast<int>(std::min<long long>(hx::workers(), std::max<long long>(1, flops / (1 << 18))));
-  panels = std::min(panels, std::max(1, extent / 16));
-  int per_panel = (extent + panels - 1) / panels;
-  if (by_columns) per_panel = (per_panel + 15) / 16 * 16;  // whole vectors of C's rows per panel
-  panels = (extent + per_panel - 1) / per_panel;
-  Panels p{h->engine, &op, by_columns, per_panel, panels};
   char name[64] = "gemm";
   if (hx::profiling()) {  // the profile's entry: the GEMM's shape, as bench_gemm names it
     std::snprintf(name, sizeof name, "gemm %dx%dx%d %s", op.m, op.n, op.k,
@@ -268,6 +323,35 @@ void gemm(GemmHandle* h, const GemmOp& op) {
                   : op.trans_b ? "A.BT"
                                : "A.B");
   }
+  // At least a quarter megaflop and 16 rows, columns (a vector width) or K per panel or slice. (A
+  // megaflop left the latent layer's 2-megaflop GEMMs on one worker while the other waited: split,
+  // the step's 400x20x128 took 27 us instead of 43 and 128x20x400 16 instead of 22; bench_step
+  // --kernels, 2 vCPUs of an Intel Xeon, 2026-12-06, three alternating pairs.)
+  const long long flops = 2ll * op.m * op.n * op.k;
+  const int most = static_cast<int>(std::min<long long>(hx::workers(), std::max<long long>(1, flops / (1 << 18))));
+  const CpuGemmCut cut = cpu_gemm_cut(op);
+  if (cut == CpuGemmCut::k_slices) {
+    const int want = std::min(most, std::max(1, op.k / 16));
+    const int per_slice = ((op.k + want - 1) / want + 15) / 16 * 16;
+    const int slices = (op.k + per_slice - 1) / per_slice;
+    if (slices >= 2) {
+      const size_t partial = static_cast<size_t>(op.m) * op.n;
+      if (h->partials.size() < (slices - 1) * partial) h->partials.resize((slices - 1) * partial);
+      KSlices p{h->engine, &op, h->partials.data(), per_slice, slices, std::min(hx::workers(), std::max(1, op.m / 16))};
+      hx::run_profiled(name, [&] {
+        hx::parallel_for(slices, gemm_k_slice, &p);
+        hx::parallel_for(p.row_panels, gemm_k_sum, &p);
+      });
+      return;
+    }
+  }
+  const bool by_columns = cut == CpuGemmCut::columns;
+  const int extent = by_columns ? op.n : op.m;
+  int panels = std::min(most, std::max(1, extent / 16));
+  int per_panel = (extent + panels - 1) / panels;
+  if (by_columns) per_panel = (per_panel + 15) / 16 * 16;  // whole vectors of C's rows per panel
+  panels = (extent + per_panel - 1) / per_panel;
+  Panels p{h->engine, &op, by_columns, per_panel, panels};
   hx::run_profiled(name, [&] { hx::parallel_for(panels, gemm_panel, &p); });
 }
 
