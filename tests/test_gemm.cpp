@@ -462,13 +462,15 @@ TEST(GemmOnTheCpu, KSlicesMatchFloat64AndRepeatBitForBit) {
         *dh = upload_floats(target, stream, h);
   float* dx = upload_floats(target, stream, std::vector<float>(static_cast<size_t>(rows) * in, 9.f));
   const GemmOp op = dense_input_grad_gemm(LinearSlot{0, 0, out, in}, dg, dw, dx, rows, dh, Activation::relu);
-  ASSERT_EQ(cpu_gemm_cut(op), CpuGemmCut::k_slices);
+  ASSERT_EQ(cpu_gemm_cut(op, 2), CpuGemmCut::k_slices);
+  ASSERT_EQ(cpu_gemm_cut(op, 3), CpuGemmCut::k_slices);
+  EXPECT_NE(cpu_gemm_cut(op, 5), CpuGemmCut::k_slices);  // a partial product a slice: at most 4
   // A smaller K-sliced product on the same handle (its partials reused), run between the repeats.
   const auto a2 = test::random_uniform(17 * 200, 14), b2 = test::random_uniform(200 * 96, 15);
   float *da2 = upload_floats(target, stream, a2), *db2 = upload_floats(target, stream, b2);
   float* dc2 = upload_floats(target, stream, std::vector<float>(17 * 96, 0.f));
   const GemmOp other{false, false, 17, 96, 200, 1.f, da2, 200, db2, 96, 0.f, dc2, 96};
-  ASSERT_EQ(cpu_gemm_cut(other), CpuGemmCut::k_slices);
+  ASSERT_EQ(cpu_gemm_cut(other, 2), CpuGemmCut::k_slices);
   for (int workers : {2, 3}) {
     test::ScopedWorkers scoped(target, workers);
     VAE_CALL(target, gemm, handle, op);

@@ -62,17 +62,19 @@ struct GemmHandle {
 // (784, 400)): 299-337 -> 279-304 us, and the optimizer 256-296 -> 221-252 us (bench_step
 // --kernels, six pairs alternating with column panels, 2026-12-06); `vae train --epochs 3` 0.964x
 // the wall (0.934-1.003, 8 pairs). On row panels instead the GEMM took 280-285 us but the
-// optimizer 310-322.
+// optimizer 310-322. Measured with 2 workers; each slice after the first writes a partial product
+// of C's size that the sum reads back, so K slices only up to kMaxKSlices workers.
 //
 // Else by columns where op(A) and, with an epilogue, C's pass are smaller than op(B), in
 // elements: without an epilogue, columns where m < n. This puts 128x400x20 (bias + ReLU) and
 // 128x400x40 (ReLU derivative) on row panels: 32-34 -> 20-23 us each (four pairs alternating with
 // the m < n rule); the forward GEMMs (B = W stored (n, k): column panels read whole rows of it)
 // keep column panels, which rows made 1.15-1.2x slower.
-CpuGemmCut cpu_gemm_cut(const GemmOp& op) {
+constexpr int kMaxKSlices = 4;
+CpuGemmCut cpu_gemm_cut(const GemmOp& op, int workers) {
   const long long mk = static_cast<long long>(op.m) * op.k, kn = static_cast<long long>(op.k) * op.n;
   const long long mn = static_cast<long long>(op.m) * op.n;
-  if (!op.trans_b && !op.bias_grad && kn >= mk && kn >= mn) return CpuGemmCut::k_slices;
+  if (!op.trans_b && !op.bias_grad && kn >= mk && kn >= mn && workers <= kMaxKSlices) return CpuGemmCut::k_slices;
   const long long c_pass = op.epilogue != Epilogue::none ? mn : 0;
   return mk + c_pass < kn ? CpuGemmCut::columns : CpuGemmCut::rows;
 }
@@ -329,7 +331,7 @@ void gemm(GemmHandle* h, const GemmOp& op) {
   // --kernels, 2 vCPUs of an Intel Xeon, 2026-12-06, three alternating pairs.)
   const long long flops = 2ll * op.m * op.n * op.k;
   const int most = static_cast<int>(std::min<long long>(hx::workers(), std::max<long long>(1, flops / (1 << 18))));
-  const CpuGemmCut cut = cpu_gemm_cut(op);
+  const CpuGemmCut cut = cpu_gemm_cut(op, hx::workers());
   if (cut == CpuGemmCut::k_slices) {
     const int want = std::min(most, std::max(1, op.k / 16));
     const int per_slice = ((op.k + want - 1) / want + 15) / 16 * 16;

@@ -102,10 +102,10 @@ __host__ __device__ inline GemmOp dense_input_grad_gemm(int out, int in, const f
   return op;
 }
 
-// How the CPU target splits a product with work for more than one worker (dense_gemm.cu says
-// why, with its figures): into row panels of C, column panels, or K slices whose partial products
-// are added in slice order. Defined by the CPU half only.
+// How the CPU target splits a product with work for more than one of its `workers` (dense_gemm.cu
+// says why, with its figures): into row panels of C, column panels, or K slices whose partial
+// products are added in slice order. Defined by the CPU half only.
 enum class CpuGemmCut { rows, columns, k_slices };
-CpuGemmCut cpu_gemm_cut(const GemmOp& op);
+CpuGemmCut cpu_gemm_cut(const GemmOp& op, int workers);
 
 }  // namespace vae
