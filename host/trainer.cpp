@@ -122,7 +122,7 @@ const StepState* Trainer::eval_steps(int64_t chunks) {
   return eval_at_.data();
 }
 
-// Composed everywhere, by measurement (bench/RESULTS.md and RESULTS-cpu.md, 2026-11-26). On the CPU the composed
+// Composed everywhere, by measurement (bench/RESULTS.md and RESULTS-cpu-step.md, 2026-11-26). On the CPU the composed
 // step is 32x faster (OpenBLAS against the fused kernel's tiles under host execution). On an H200
 // (bench_step, fp32 µs/step, fused / composed): batch 32 187 / 205, 64 199 / 184, 128 231 / 199,
 // 1024 825 / 288, and end to end at batch 128 0.106 against 0.059 s per epoch (the composed step

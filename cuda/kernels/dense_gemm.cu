@@ -31,7 +31,7 @@ namespace vae {
 
 #if VAE_HOST_EXEC
 // The engine of each panel's product on the CPU, one thread each (the worker pool owns the
-// cores). Chosen by measurement (bench/bench_gemm.cpp; bench/RESULTS-cpu.md, 2026-12-06, 2 vCPUs
+// cores). Chosen by measurement (bench/bench_gemm.cpp; bench/RESULTS-cpu-step.md, 2026-12-06, 2 vCPUs
 // of an Intel Xeon with AVX-512): on the step's eleven GEMMs at batch 128, one thread, oneDNN
 // 2.6's dnnl_sgemm runs at 153 GFLOP/s, OpenBLAS 0.3.21 (SkylakeX kernels) at 130 and BLIS 0.9
 // (it picks its Haswell kernels here) at 84; at batch 4096, 152, 139 and 95. Eigen 3.4 ran at
