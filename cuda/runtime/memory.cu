@@ -37,7 +37,7 @@ Allocations& allocations() {
 
 #if defined(__x86_64__)
 // Writes back and invalidates the cache lines of [p, p + bytes) in every cache of the machine:
-// CLFLUSHOPT where the CPU has it (~0.04 ms a MiB on the Xeon of bench/RESULTS-cpu.md), else
+// CLFLUSHOPT where the CPU has it (~0.04 ms a MiB on the Xeon of bench/RESULTS-cpu-step.md), else
 // CLFLUSH (~0.6 ms a MiB: each waits for the one before).
 __attribute__((target("clflushopt"))) void evict_lines_opt(char* p, size_t bytes) {
   for (size_t i = 0; i < bytes; i += 64) _mm_clflushopt(p + i);
