@@ -1,6 +1,9 @@
 #include "commands.h"
 
+#include <charconv>
 #include <cmath>
+#include <cstdint>
+#include <system_error>
 
 namespace vae {
 
@@ -31,9 +34,14 @@ CLI::Validator non_negative_number() { return number_check("NONNEGATIVE", true);
 CLI::Validator non_negative_integer() {
   return CLI::Validator(
       [](std::string& text) -> std::string {
-        const bool digits =
-            !text.empty() && text.find_first_not_of("0123456789") == std::string::npos && text.size() <= 20;
-        return digits ? std::string() : "must be an integer >= 0, got '" + text + "'";
+        if (text.empty() || text.find_first_not_of("0123456789") != std::string::npos)
+          return "must be an integer >= 0, got '" + text + "'";
+        // CLI11 would saturate a larger value to 2^64 - 1 without a word.
+        uint64_t value = 0;
+        const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+        return ec == std::errc() && end == text.data() + text.size()
+                   ? std::string()
+                   : "must be an integer below 2^64, got '" + text + "'";
       },
       "NONNEGATIVE");
 }

@@ -353,6 +353,11 @@ TEST(Cli, BadFlagsGetOneLineAndExitTwo) {
         std::pair{"eval --checkpoint /dev/null --mi-draws 0", "--mi-draws: must be a finite number > 0"},
         std::pair{"train --lr nan", "--lr: must be a finite number > 0, got nan"},
         std::pair{"train --seed -1", "--seed: must be an integer >= 0, got '-1'"},
+        // (--out: were the seed taken, the run would stop at once, with exit 1)
+        std::pair{"train --seed 18446744073709551616 --out /dev/null/x",
+                  "--seed: must be an integer below 2^64, got '1844"},
+        std::pair{"sample --checkpoint /dev/null --n 1 --out x.png --seed 99999999999999999999",
+                  "--seed: must be an integer below 2^64"},
         std::pair{"train --test ''", "--test: empty value"}}) {
     const Result r = run_cli(args);
     EXPECT_EQ(r.code, 2) << args;
