@@ -2,6 +2,7 @@
 // command is an object of its own (commands.h); main parses and maps errors to exit statuses:
 // 0 done, 1 error, 2 bad flags, 3 training diverged (and train's 75 and 130, train_command.h).
 #include <cstdio>
+#include <string>
 
 #include "blas_core.h"
 #include "commands.h"
@@ -24,6 +25,20 @@ int main(int argc, char** argv) {
   for (auto* group : {make_code_commands, make_image_commands})
     for (auto& c : group()) commands.push_back(std::move(c));
   for (auto& c : commands) c->add(app);
+
+  // A first word that names no command: say so, with the commands (CLI11 says "A subcommand is required").
+  if (argc > 1 && argv[1][0] != '-') {
+    std::string names;
+    bool known = false;
+    for (CLI::App* sub : app.get_subcommands([](CLI::App*) { return true; })) {
+      names += (names.empty() ? "" : ", ") + sub->get_name();
+      known = known || sub->check_name(argv[1]);
+    }
+    if (!known) {
+      std::fprintf(stderr, "vae: no command '%s' (%s)\n", argv[1], names.c_str());
+      return 2;
+    }
+  }
 
   Command* chosen = nullptr;
   try {

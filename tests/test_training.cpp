@@ -358,7 +358,8 @@ TEST(Cli, BadFlagsGetOneLineAndExitTwo) {
                   "--seed: must be an integer below 2^64, got '1844"},
         std::pair{"sample --checkpoint /dev/null --n 1 --out x.png --seed 99999999999999999999",
                   "--seed: must be an integer below 2^64"},
-        std::pair{"train --test ''", "--test: empty value"}}) {
+        std::pair{"train --test ''", "--test: empty value"},
+        std::pair{"frobnicate --epochs 1", "vae: no command 'frobnicate' (train, sweep, eval"}}) {
     const Result r = run_cli(args);
     EXPECT_EQ(r.code, 2) << args;
     EXPECT_NE(r.err.find(says), std::string::npos) << args << ": " << r.err;
