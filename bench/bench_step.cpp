@@ -426,12 +426,14 @@ int run_sweep(const Options& o) {
       if (o.json) {
         std::printf(
             "{\"device\":\"%s\",\"batch\":%d,\"variant\":\"%s\",\"step\":\"%s\",\"steps_per_launch\":%d,"
-            "\"precision\":\"%s\",\"models\":%d,\"fused_math\":\"%s\",\"fused_grid\":%d,\"step_us\":%.3f,"
+            "\"precision\":\"%s\",\"models\":%d,\"fused_math\":\"%s\",\"fused_grid\":%d,\"half_grid\":%s,"
+            "\"step_us\":%.3f,"
             "\"epoch_s\":%.6f}\n",
             ctx.description().c_str(), batch, v.name, vo.step_kind.c_str(), v.steps_per_launch,
             v.tf32 ? "tf32" : "fp32", vo.models,
             v.fused_math >= 0 ? fused_math_name(static_cast<FusedMath>(v.fused_math)) : (v.tf32 ? "tf32" : "ffma"),
-            std::max(1, VAE_CALL(target, fused_step_grid) / (v.half_grid ? 2 : 1)), us, 60000.0 / batch * us / 1e6);
+            std::max(1, VAE_CALL(target, fused_step_grid) / (v.half_grid ? 2 : 1)), v.half_grid ? "true" : "false", us,
+            60000.0 / batch * us / 1e6);
       }
       if (!stack && us < best) best = us, best_name = v.name;
     }

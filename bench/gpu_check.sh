@@ -448,6 +448,15 @@ fi
     printf '%-12s %-6s %s\n' "$name" "$status" "$detail"
   done
   [ -f "$report/bench.log" ] && sed -n '/^throughput.py/,$p' "$report/bench.log"
+  # What the sweep makes of --step auto's rule (the table itself is written where the log comes back:
+  # bench/step_rule.py --log bench.log --date D --commit C updates host/step_rule_table.inc).
+  if [ -f "$report/bench.log" ] && grep -q '"variant"' "$report/bench.log"; then
+    echo
+    echo "step rule from the sweep (bench/step_rule.py):"
+    cp host/step_rule_table.inc /tmp/vae-step-rule.inc &&
+      python3 bench/step_rule.py --log "$report/bench.log" --date "$(date -u +%F)" --commit "${VAE_COMMIT:-?}" \
+        --table /tmp/vae-step-rule.inc 2>&1
+  fi
   for b in 128 4096; do
     want profile && [ -f "/tmp/vae-profile-$b.md" ] && { echo; cat "/tmp/vae-profile-$b.md"; }
   done

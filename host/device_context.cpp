@@ -14,8 +14,10 @@ DeviceContext::DeviceContext(Target target, bool tf32) : target_(target), tf32_(
     cudaDeviceProp prop{};
     VAE_CUDA_CHECK(cudaGetDevice(&dev));
     VAE_CUDA_CHECK(cudaGetDeviceProperties(&prop, dev));
-    description_ = std::string(prop.name) + " (sm_" + std::to_string(prop.major) + std::to_string(prop.minor) + ")";
+    card_ = prop.name;
+    description_ = card_ + " (sm_" + std::to_string(prop.major) + std::to_string(prop.minor) + ")";
   } else {
+    card_ = "cpu";
     description_ = "cpu (" + std::to_string(hx::workers()) + (hx::workers() == 1 ? " worker)" : " workers)");
   }
   stream_ = VAE_CALL(target_, create_stream);

@@ -26,8 +26,10 @@ class DeviceContext {
   cudaStream_t stream() const { return stream_; }
   GemmHandle* gemm() const { return gemm_; }
   bool tf32() const { return tf32_; }
-  // "cpu (2 workers)" or the GPU's name.
+  // "cpu (2 workers)" or the GPU's name with its architecture ("NVIDIA H200 (sm_90)").
   const std::string& description() const { return description_; }
+  // "cpu" or the GPU's name ("NVIDIA H200"): what the step rule's table is keyed by (host/step_rule.h).
+  const std::string& card() const { return card_; }
   void synchronize() const { VAE_CALL(target_, synchronize, stream_); }
   // Bytes held by the DeviceBuffers made on this context (what a model costs: vae sweep's check).
   long long allocated_bytes() const { return allocated_.load(); }
@@ -38,7 +40,7 @@ class DeviceContext {
   cudaStream_t stream_ = nullptr;
   GemmHandle* gemm_ = nullptr;
   bool tf32_;
-  std::string description_;
+  std::string description_, card_;
   mutable std::atomic<long long> allocated_{0};
 };
 

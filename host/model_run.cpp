@@ -18,6 +18,7 @@
 #include "run_folder.h"
 #include "runtime/check.h"
 #include "runtime/workers.h"
+#include "step_rule.h"
 
 namespace vae {
 
@@ -162,8 +163,20 @@ ModelRun::ModelRun(const DeviceContext& ctx, const TrainRun& run, RunStart start
   trainer_.set_process_group(&pg_);
   trainer_.set_use_graph(run.cuda_graph);
   if (run.detect_anomaly) trainer_.set_divergence_check_every(1);
-  trainer_.set_fused_step(
-      run.fused_step.value_or(fused_step_by_rule(ctx.target(), start_.config.batch_size, start_.config.model)));
+  // --step fused|composed, or auto: the rule's table (host/step_rule.h), measured per card, precision and batch.
+  bool fused = false;
+  if (run.fused_step) {
+    fused = *run.fused_step;
+    step_rule_ = fused ? "--step fused" : "--step composed";
+  } else {
+    const StepChoice c = step_by_rule(step_rule_table(), ctx.card(), ctx.tf32(), start_.config.batch_size);
+    fused = c.fused;
+    trainer_.set_fused_variant(c.math, c.half_grid);
+    step_rule_ = c.why;
+  }
+  trainer_.set_fused_step(fused);
+  if (fused && !trainer_.fused_step())
+    step_rule_ = "composed: outside the fused step's limits (hidden layers, ranks, objective); " + step_rule_;
   trainer_.set_fused_launch_steps(50, run.checkpoint_every);  // persistent launches end at the checkpoints
   if (start_.resuming) trainer_.restore(start_.resumed);
   metrics_path_ = (fs::path(start_.out_dir) / "metrics.jsonl").string();
@@ -286,6 +299,7 @@ void ModelRun::write_epoch_outputs(int epoch, const Epoch& e, const DeviceDatase
                       {"tf32", ctx_.tf32()},
                       {"cuda_graph", trainer_.graph_in_use()},
                       {"step_kernel", trainer_.fused_step() ? "fused" : "composed"},
+                      {"step_rule", step_rule_},
                       {"models", trainer_.stacked_models()},
                       {"ranks", pg_.size()},
                       {"objective", objective_name(config.objective)},

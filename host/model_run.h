@@ -109,6 +109,7 @@ class ModelRun {
   RunStart start_;
   ProcessGroup& pg_;
   Trainer trainer_;
+  std::string step_rule_;  // why this step kernel ran (the metrics' step_rule)
   std::string metrics_path_;
   std::unique_ptr<EventWriter> events_;  // rank 0, unless run.tensorboard is off
   int64_t logged_at_ = -1;               // the step of the last step-level scalars

@@ -122,14 +122,6 @@ const StepState* Trainer::eval_steps(int64_t chunks) {
   return eval_at_.data();
 }
 
-// Composed everywhere, by measurement (bench/RESULTS.md and RESULTS-cpu-step.md, 2026-11-26). On the CPU the composed
-// step is 32x faster (OpenBLAS against the fused kernel's tiles under host execution). On an H200
-// (bench_step, fp32 µs/step, fused / composed): batch 32 187 / 205, 64 199 / 184, 128 231 / 199,
-// 1024 825 / 288, and end to end at batch 128 0.106 against 0.059 s per epoch (the composed step
-// replays a CUDA graph); only batch 32 favours the fused step, by 9 %, inside the noise of one
-// run. Revisit when the fused kernel has faster tiles and fewer barriers.
-bool fused_step_by_rule(Target, int, const ModelConfig&) { return false; }
-
 void Trainer::gather_eval_rows(const DeviceDataset& d, int rows, const StepState* at, float* x) {
   VAE_CALL(ctx_.target(), gather_batch, d.bytes.data(), d.type, nullptr, rows, d.dim, x,
            config_.binarize == Binarize::dynamic, config_.seed, RandomStream::eval_binarize, at, ctx_.stream());

@@ -69,11 +69,6 @@ class Diverged : public Error {
 // --decoder bernoulli may do).
 std::string divergence_advice(const ModelConfig& model);
 
-// The rule `--step auto` follows: whether a training step of this model at this batch size runs
-// as the fused step kernel (one cooperative launch) rather than the composed step (GEMMs and
-// kernels). See trainer.cpp for the measurements it rests on.
-bool fused_step_by_rule(Target target, int batch_size, const ModelConfig& model);
-
 class ModelStack;
 
 // The L2 norms of the last step of model `model` (of vae's models): of its gradient, and of its
@@ -121,6 +116,8 @@ class Trainer {
     step_boundary_ = boundary < 0 ? 0 : boundary;
   }
   bool fused_step() const { return fused_step_ && !stack_; }
+  // The fused step's variant (Vae::set_fused_variant), as `--step auto`'s rule chose it.
+  void set_fused_variant(FusedMath math, bool half_grid) { vae_.set_fused_variant(math, half_grid); }
   bool graph_in_use() const;
   // vae sweep's batched step (host/model_stack.h): while attached, the stack trains this model
   // (its slot of the stack's buffers) and the trainer reads its running sums, gradient norm and

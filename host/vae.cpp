@@ -209,7 +209,7 @@ FusedStepArgs Vae::fused_step_args(int batch) {
   a.samples = samples_;
   a.gaussian = config_.decoder == DecoderKind::gaussian;
   a.activation = config_.activation;
-  a.math = ctx_.tf32() ? FusedMath::tf32 : FusedMath::ffma;
+  a.math = fused_variant_set_ ? fused_math_ : ctx_.tf32() ? FusedMath::tf32 : FusedMath::ffma;
   a.encoder_layers = static_cast<int>(layout_.encoder.size());
   a.decoder_layers = static_cast<int>(layout_.decoder.size());
   for (int l = 0; l < a.encoder_layers; ++l)
@@ -231,6 +231,7 @@ FusedStepArgs Vae::fused_step_args(int batch) {
                                                               config_.input_dim, a.gaussian));
     fused_x_next_ = DeviceBuffer<float>(ctx_, x_.size());
   }
+  if (fused_variant_set_ && fused_half_grid_) a.grid = std::max(1, VAE_CALL(ctx_.target(), fused_step_grid) / 2);
   a.x_next = fused_x_next_.data();
   a.workspace = fused_workspace_.data();
   a.workspace_floats = static_cast<long long>(fused_workspace_.size());

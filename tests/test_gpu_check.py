@@ -55,8 +55,10 @@ class GpuCheckBudget(unittest.TestCase):
     def setUp(self):
         self.dir = tempfile.mkdtemp(prefix="vae-gpu-check-")
         os.makedirs(os.path.join(self.dir, "repo", "bench"))
-        for f in ("gpu_check.sh", "summary_json.py"):
+        for f in ("gpu_check.sh", "summary_json.py", "step_rule.py"):
             shutil.copy(os.path.join(ROOT, "bench", f), os.path.join(self.dir, "repo", "bench", f))
+        os.makedirs(os.path.join(self.dir, "repo", "host"))
+        shutil.copy(os.path.join(ROOT, "host", "step_rule_table.inc"), os.path.join(self.dir, "repo", "host"))
         self.bin = os.path.join(self.dir, "bin")
         os.makedirs(self.bin)
         for name, text in STUBS.items():
@@ -153,6 +155,29 @@ echo "100% tests passed, 0 tests failed out of 3"
         self.assertIn(composed, log)
         after = log.split(composed, 1)[1].splitlines()[0] if log.split(composed, 1)[1] else ""
         self.assertFalse(after.startswith("BENCH_"), after)  # the composed step's run ran and passed
+
+    def test_the_summary_says_what_the_sweep_makes_of_the_step_rule(self):
+        # The stand-in sweep prints JSON rows as bench_step --sweep --json 1 does: at batch 128 the fused
+        # step 1.5x the composed, at 512 slower.
+        sweep = os.path.join(self.dir, "sweep.txt")
+        with open(sweep, "w") as f:
+            for batch, step, us in ((128, "composed", 150.0), (128, "fused", 100.0), (512, "composed", 200.0),
+                                    (512, "fused", 300.0)):
+                f.write(json.dumps({"device": "NVIDIA Stand-in GPU (sm_90)", "batch": batch, "variant": step,
+                                    "step": step, "precision": "fp32", "models": 1, "fused_math": "ffma",
+                                    "half_grid": False, "step_us": us}) + "\n")
+        self.stub("compute-sanitizer", "#!/bin/sh\nexit 0\n")
+        table = os.path.join(self.dir, "repo", "host", "step_rule_table.inc")
+        with open(table) as f:
+            before = f.read()
+        p, _ = self.run_check("300", SWEEP_ROWS=sweep, BENCH_STEP_STUB='case " $* " in *" --sweep "*) cat "$SWEEP_ROWS" ;; esac')
+        with open(os.path.join(self.report, "summary.txt")) as f:
+            summary = f.read()
+        self.assertIn("step rule from the sweep (bench/step_rule.py):", summary, p.stdout + p.stderr)
+        self.assertIn("NVIDIA Stand-in GPU fp32 batch 128: fused ffma (fused 100.0 us, composed 150.0 us)", summary)
+        self.assertIn("NVIDIA Stand-in GPU fp32 batch 512: composed (fused 300.0 us, composed 200.0 us)", summary)
+        with open(table) as f:
+            self.assertEqual(f.read(), before)  # the tree's table is written where the log comes back, not here
 
     def test_a_hang_bound_that_is_not_a_positive_whole_number_is_refused(self):
         for bad in ("0", "1.5", "x"):

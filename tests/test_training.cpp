@@ -14,6 +14,7 @@
 #include "checkpoint.h"
 #include "reference_vae.h"
 #include "runtime/workers.h"
+#include "step_rule.h"
 #include "support.h"
 #include "trainer.h"
 
@@ -328,6 +329,73 @@ TEST_F(Training, EveryOptimizerDecoderAndBinarizationTrains) {
 
 // ---- the CLI ---------------------------------------------------------------------------------
 
+// The rule of --step auto (host/step_rule.h) on a table of its own: the entry of the largest batch at most the
+// run's (the smallest batch's below them all), per card and precision; the composed step without one.
+TEST(StepRule, TakesTheEntryOfTheLargestMeasuredBatchAtMostTheRunsOfItsCardAndPrecision) {
+  const std::vector<StepRuleEntry> table = {
+      {"Card A", "fp32", 64, "composed", "", false, 120.0, 100.0, "2026-12-01", "aaa1111"},
+      {"Card A", "fp32", 256, "fused", "ffma", false, 80.0, 100.0, "2026-12-01", "aaa1111"},
+      {"Card A", "fp32", 1024, "fused", "3xtf32", true, 150.0, 300.0, "2026-12-01", "aaa1111"},
+      {"Card A", "tf32", 128, "fused", "tf32", false, 50.0, 90.0, "2026-12-02", "bbb2222"},
+      {"Card B", "fp32", 128, "fused", "ffma", true, 10.0, 90.0, "2026-12-03", "ccc3333"},
+  };
+  struct Case {
+    const char* card;
+    bool tf32;
+    int batch;
+    bool fused;
+    FusedMath math;
+    bool half;
+    const char* says;
+  };
+  for (const Case& c : {
+           Case{"Card A", false, 7, false, FusedMath::ffma, false, "composed: the sweep of Card A at fp32, batch 64"},
+           Case{"Card A", false, 255, false, FusedMath::ffma, false, "batch 64 (fused 120.0 us a step, composed 100.0"},
+           Case{"Card A", false, 256, true, FusedMath::ffma, false,
+                "fused ffma: the sweep of Card A at fp32, batch 256"},
+           Case{"Card A", false, 1000, true, FusedMath::ffma, false, "2026-12-01, commit aaa1111"},
+           Case{"Card A", false, 4096, true, FusedMath::tf32x3, true, "fused 3xtf32 half grid: the sweep"},
+           Case{"Card A", true, 33, true, FusedMath::tf32, false, "fused tf32: the sweep of Card A at tf32, batch 128"},
+           Case{"Card B", true, 128, false, FusedMath::ffma, false, "composed: no sweep of Card B at tf32"},
+           Case{"Card C", false, 128, false, FusedMath::ffma, false, "composed: no sweep of Card C at fp32"},
+       }) {
+    const StepChoice got = step_by_rule(table, c.card, c.tf32, c.batch);
+    const std::string at = std::string(c.card) + (c.tf32 ? " tf32" : " fp32") + " batch " + std::to_string(c.batch);
+    EXPECT_EQ(got.fused, c.fused) << at;
+    if (c.fused) {
+      EXPECT_EQ(got.math, c.math) << at;
+      EXPECT_EQ(got.half_grid, c.half) << at;
+    }
+    EXPECT_NE(got.why.find(c.says), std::string::npos) << at << ": " << got.why;
+  }
+}
+
+// The shipped table: well formed, and on the CPU the composed step at every measured batch (the fused
+// step's tiles under host execution are ~50x slower: bench_step --sweep, step_rule_table.inc).
+TEST(StepRule, TheShippedTableIsWellFormedAndRunsTheCpuComposed) {
+  int cpu = 0;
+  for (const StepRuleEntry& e : step_rule_table()) {
+    const std::string at = std::string(e.card) + " " + e.precision + " " + std::to_string(e.batch);
+    EXPECT_TRUE(std::string(e.precision) == "fp32" || std::string(e.precision) == "tf32") << at;
+    EXPECT_GT(e.batch, 0) << at;
+    EXPECT_GT(e.composed_us, 0) << at;
+    const std::string step = e.step, math = e.fused_math;
+    EXPECT_TRUE(step == "composed" || step == "fused") << at;
+    if (step == "fused") {
+      EXPECT_TRUE(math == "ffma" || math == "3xtf32" || (math == "tf32" && std::string(e.precision) == "tf32")) << at;
+      EXPECT_LT(e.fused_us, e.composed_us) << at;
+    }
+    EXPECT_EQ(std::string(e.date).size(), 10u) << at;
+    EXPECT_GE(std::string(e.commit).size(), 7u) << at;
+    if (std::string(e.card) == "cpu") {
+      ++cpu;
+      EXPECT_EQ(step, "composed") << at;
+    }
+  }
+  EXPECT_GT(cpu, 0) << "the table has no CPU entries";
+  EXPECT_FALSE(step_by_rule(step_rule_table(), "cpu", false, 128).fused);
+}
+
 using test::Result;
 using test::run_cli;
 
@@ -494,6 +562,9 @@ TEST(Cli, TrainEvalSampleReconstruct) {
                         "samples_per_second", "device"}) {
     EXPECT_TRUE(m.contains(k)) << k;
   }
+  // --step auto: the rule's table, which measured the CPU (batch 64: its entry of batch 64).
+  EXPECT_EQ(m.value("step_kernel", ""), "composed");
+  EXPECT_EQ(m.value("step_rule", "").rfind("composed: the sweep of cpu at fp32, batch 64 (", 0), 0u) << m.dump();
   // A new run into a folder that holds one is refused: the checkpoint is not overwritten.
   const auto ck_size = fs::file_size(dir / "checkpoint.safetensors");
   r = run_cli("train --quiet --epochs 1 --out " + dir.string() + common);

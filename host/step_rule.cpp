@@ -1,0 +1,46 @@
+#include "step_rule.h"
+
+#include <cstdio>
+#include <cstring>
+
+namespace vae {
+
+StepChoice step_by_rule(const std::vector<StepRuleEntry>& table, const std::string& card, bool tf32, int batch) {
+  const char* precision = tf32 ? "tf32" : "fp32";
+  const StepRuleEntry* below = nullptr;  // the largest batch <= batch
+  const StepRuleEntry* lowest = nullptr;
+  for (const StepRuleEntry& e : table) {
+    if (card != e.card || std::strcmp(precision, e.precision) != 0) continue;
+    if (e.batch <= batch && (!below || e.batch > below->batch)) below = &e;
+    if (!lowest || e.batch < lowest->batch) lowest = &e;
+  }
+  StepChoice c;
+  const StepRuleEntry* e = below ? below : lowest;
+  if (!e) {
+    c.why = "composed: no sweep of " + card + " at " + precision + " in the rule's table";
+    return c;
+  }
+  c.fused = std::strcmp(e->step, "fused") == 0;
+  if (c.fused) {
+    c.math = std::strcmp(e->fused_math, "tf32") == 0     ? FusedMath::tf32
+             : std::strcmp(e->fused_math, "3xtf32") == 0 ? FusedMath::tf32x3
+                                                         : FusedMath::ffma;
+    c.half_grid = e->half_grid;
+  }
+  char measured[160];
+  std::snprintf(measured, sizeof measured, " (fused %.1f us a step, composed %.1f; %s, commit %s)", e->fused_us,
+                e->composed_us, e->date, e->commit);
+  c.why = std::string(c.fused ? "fused " : "composed: ") + (c.fused ? fused_math_name(c.math) : "") +
+          (c.fused && c.half_grid ? " half grid" : "") + (c.fused ? ": " : "") + "the sweep of " + e->card + " at " +
+          precision + ", batch " + std::to_string(e->batch) + measured;
+  return c;
+}
+
+const std::vector<StepRuleEntry>& step_rule_table() {
+  static const std::vector<StepRuleEntry> table = {
+#include "step_rule_table.inc"
+  };
+  return table;
+}
+
+}  // namespace vae
