@@ -175,13 +175,19 @@ ModelRun::ModelRun(const DeviceContext& ctx, const TrainRun& run, RunStart start
     step_rule_ = c.why;
   }
   trainer_.set_fused_step(fused);
-  if (fused && !trainer_.fused_step())
-    step_rule_ = "composed: outside the fused step's limits (hidden layers, ranks, objective); " + step_rule_;
+  step_rule_fused_ = fused;
   trainer_.set_fused_launch_steps(50, run.checkpoint_every);  // persistent launches end at the checkpoints
   if (start_.resuming) trainer_.restore(start_.resumed);
   metrics_path_ = (fs::path(start_.out_dir) / "metrics.jsonl").string();
   // One metrics line per completed epoch: a run resumed from an older checkpoint repeats the epochs after it.
   if (pg_.rank() == 0 && start_.resuming) keep_metrics_through_epoch(metrics_path_, start_.resumed.epoch);
+}
+
+std::string ModelRun::step_rule() const {
+  if (step_rule_fused_ && !trainer_.fused_step())
+    return "composed: outside the fused step's limits (hidden layers, ranks, objective, a stack of models); " +
+           step_rule_;
+  return step_rule_;
 }
 
 void ModelRun::open_events() {
@@ -299,7 +305,7 @@ void ModelRun::write_epoch_outputs(int epoch, const Epoch& e, const DeviceDatase
                       {"tf32", ctx_.tf32()},
                       {"cuda_graph", trainer_.graph_in_use()},
                       {"step_kernel", trainer_.fused_step() ? "fused" : "composed"},
-                      {"step_rule", step_rule_},
+                      {"step_rule", step_rule()},
                       {"models", trainer_.stacked_models()},
                       {"ranks", pg_.size()},
                       {"objective", objective_name(config.objective)},

@@ -109,7 +109,11 @@ class ModelRun {
   RunStart start_;
   ProcessGroup& pg_;
   Trainer trainer_;
-  std::string step_rule_;  // why this step kernel ran (the metrics' step_rule)
+  // Why this step kernel runs (the metrics' step_rule): the rule's entry or the --step flag, and
+  // where the fused step was asked for but the trainer cannot take it, that first.
+  std::string step_rule() const;
+  std::string step_rule_;
+  bool step_rule_fused_ = false;  // the rule or --step asked for the fused step
   std::string metrics_path_;
   std::unique_ptr<EventWriter> events_;  // rank 0, unless run.tensorboard is off
   int64_t logged_at_ = -1;               // the step of the last step-level scalars

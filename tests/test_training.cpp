@@ -538,6 +538,31 @@ TEST(Cli, TrainsOnNpyFilesOfBothTypes) {
   fs::remove_all(dir);
 }
 
+// The metrics say why a step kernel ran: the --step flag, and where the fused step was asked for
+// but the run is outside its limits (here five hidden layers a side), that first.
+TEST(Cli, TheMetricsSayWhyTheStepKernelRan) {
+  if (!fs::is_directory(kFashionMnistDir)) FAIL() << kFashionMnistDir << " is missing: run cmake/setup.sh";
+  const fs::path dir = fs::temp_directory_path() / ("vae_step_rule_" + std::to_string(::getpid()));
+  for (const auto& [flags, kernel, rule] :
+       {std::tuple{"--step fused --hidden 8,8,8,8,8", "composed",
+                   "composed: outside the fused step's limits (hidden layers, ranks, objective, a stack of models); "
+                   "--step fused"},
+        std::tuple{"--step composed --hidden 8", "composed", "--step composed"},
+        std::tuple{"--step fused --hidden 8", "fused", "--step fused"}}) {
+    fs::remove_all(dir);
+    const Result r = run_cli("train --quiet --device cpu --epochs 1 --train-limit 64 --test-limit 32 --batch-size 32 " +
+                             std::string(flags) + " --out " + dir.string());
+    ASSERT_EQ(r.code, 0) << flags << ": " << r.err;
+    std::ifstream metrics(dir / "metrics.jsonl");
+    std::string line;
+    ASSERT_TRUE(std::getline(metrics, line)) << flags;
+    const auto m = nlohmann::json::parse(line);
+    EXPECT_EQ(m.value("step_kernel", ""), kernel) << flags;
+    EXPECT_EQ(m.value("step_rule", ""), rule) << flags;
+  }
+  fs::remove_all(dir);
+}
+
 TEST(Cli, TrainEvalSampleReconstruct) {
   if (!fs::is_directory(kFashionMnistDir)) FAIL() << kFashionMnistDir << " is missing: run cmake/setup.sh";
   const fs::path dir = fs::temp_directory_path() / ("vae_cli_run_" + std::to_string(::getpid()));
