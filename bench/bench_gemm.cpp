@@ -31,6 +31,7 @@
 
 #include "bench_timer.h"
 #include "blas_core.h"
+#include "fma_peak.h"
 #include "runtime/workers.h"
 #include "step_gemms.h"
 
@@ -160,6 +161,11 @@ int main(int argc, char** argv) {
   std::vector<Engine> list = engines(notes);
   std::printf("bench_gemm: the step's GEMMs (784-400-20 model, fp32), GFLOP/s; %d threads on %s\n%s", threads,
               ctx.description().c_str(), notes.c_str());
+  const bench::FmaPeak fma = bench::measure_fma_peak();
+  if (fma.gflops > 0) {
+    std::printf("the FMA peak (%s chains without loads): %.1f GFLOP/s on %d threads, %.1f a thread\n", fma.isa,
+                fma.gflops, fma.workers, fma.gflops / fma.workers);
+  }
   ModelConfig mc;
   const ParamLayout layout = make_layout(mc);
   int failures = 0;

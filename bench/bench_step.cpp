@@ -34,6 +34,7 @@
 #include <vector>
 
 #include "bench_timer.h"
+#include "fma_peak.h"
 #include "step_gemms.h"
 #include "device_context.h"
 #include "blas_core.h"
@@ -42,6 +43,8 @@
 #include "vae.h"
 
 using namespace vae;
+using bench::FmaPeak;
+using bench::measure_fma_peak;
 using bench::step_gemms;
 using bench::StepGemms;
 
@@ -225,6 +228,7 @@ struct Floor {
   StepGemms gemms;
   bench::Peaks peak;
   double peak_gflops = 0;  // the large GEMM's rate in the step's precision
+  FmaPeak fma;             // the CPU's FMA peak (not measured on the GPU)
   double gemm_ms = 0;      // the step's GEMMs back to back
   std::vector<double> cold_us, warm_us, epilogue_us;
 };
@@ -234,6 +238,7 @@ Floor measure_floor(const DeviceContext& ctx, const Vae& model, int batch) {
   bench::Timer timer(ctx);
   f.peak = bench::measure_peaks(ctx, timer);
   f.peak_gflops = ctx.tf32() ? f.peak.tf32_gflops : f.peak.sgemm_gflops;
+  if (ctx.target() == Target::cpu) f.fma = measure_fma_peak();
   f.gemms = step_gemms(ctx, model.layout(), batch, 1);
   const int reps = ctx.target() == Target::cuda ? 200 : 30;
   auto run = [&](const GemmOp& op) { VAE_CALL(ctx.target(), gemm, ctx.gemm(), op); };
@@ -300,6 +305,13 @@ void print_report(const Options& o, const DeviceContext& ctx, const PhaseTimes& 
       "%.2fx)\n",
       "peak floor", flops / (f.peak_gflops * 1e6), f.peak.gemm_side, f.peak_gflops,
       epoch_steps * flops / (f.peak_gflops * 1e9), step_ms * f.peak_gflops * 1e6 / flops);
+  if (f.fma.gflops > 0) {
+    std::printf(
+        "%-12s %10.4f  (its GEMM work at the FMA peak, %.1f GFLOP/s: %d workers' %s chains without loads; epoch "
+        "floor %.2f s, the step is %.2fx)\n",
+        "fma floor", flops / (f.fma.gflops * 1e6), f.fma.gflops, f.fma.workers, f.fma.isa,
+        epoch_steps * flops / (f.fma.gflops * 1e9), step_ms * f.fma.gflops * 1e6 / flops);
+  }
   std::printf(
       "\nthe step's GEMMs, each alone (epilogue: warm, with the step's bias + ReLU, bias gradient or ReLU "
       "derivative):\n%-28s %10s %10s %10s %10s %12s\n",
@@ -317,10 +329,15 @@ void print_report(const Options& o, const DeviceContext& ctx, const PhaseTimes& 
     std::printf(
         "{\"device\":\"%s\",\"step\":\"%s\",\"batch\":%d,\"models\":%d,\"step_ms\":%.6f,\"epoch_s\":%.6f,"
         "\"step_gemm_gflop\":%.6f,\"floor_step_gemms_s\":%.6f,\"floor_step_gemms_gflops\":%.3f,"
-        "\"floor_peak_gemm_s\":%.6f,\"floor_peak_gemm_gflops\":%.3f}\n",
+        "\"floor_peak_gemm_s\":%.6f,\"floor_peak_gemm_gflops\":%.3f",
         ctx.description().c_str(), o.step_kind.c_str(), o.batch, o.models, step_ms, epoch_steps * step_ms / 1e3,
         flops / 1e9, epoch_steps * gemm_ms / 1e3, step_gemm_gflops, epoch_steps * flops / (f.peak_gflops * 1e9),
         f.peak_gflops);
+    if (f.fma.gflops > 0) {
+      std::printf(",\"floor_fma_s\":%.6f,\"floor_fma_gflops\":%.3f,\"fma_isa\":\"%s\"",
+                  epoch_steps * flops / (f.fma.gflops * 1e9), f.fma.gflops, f.fma.isa);
+    }
+    std::printf("}\n");
   }
 }
 

@@ -254,7 +254,11 @@ def main():
             rows.append((c.impl, c.label, "failed", "", "", c.failure[:60]))
     if fl and ours_s:
         for seconds, rate, what in (("floor_step_gemms_s", "floor_step_gemms_gflops", "the step's GEMMs alone"),
-                                    ("floor_peak_gemm_s", "floor_peak_gemm_gflops", "at the peak SGEMM rate")):
+                                    ("floor_peak_gemm_s", "floor_peak_gemm_gflops", "at the peak SGEMM rate"),
+                                    ("floor_fma_s", "floor_fma_gflops",
+                                     f"at the {fl.get('fma_isa', '')} FMA peak (no loads)")):
+            if seconds not in fl:  # the FMA peak: the CPU only
+                continue
             floor_s = fl[seconds] * n_train / 60000  # bench_step's floors are for 60000 images
             rows.append(("GEMM floor", f"{what}, {fl[rate]:.0f} GFLOP/s", f"{floor_s:.3f}", "", "",
                          f"{floor_s / ours_s:.2f}"))
