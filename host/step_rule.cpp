@@ -28,8 +28,13 @@ StepChoice step_by_rule(const std::vector<StepRuleEntry>& table, const std::stri
     c.half_grid = e->half_grid;
   }
   char measured[160];
-  std::snprintf(measured, sizeof measured, " (fused %.1f us a step, composed %.1f; %s, commit %s)", e->fused_us,
-                e->composed_us, e->date, e->commit);
+  if (e->fused_us > 0) {
+    std::snprintf(measured, sizeof measured, " (fused %.1f us a step, composed %.1f; %s, commit %s)", e->fused_us,
+                  e->composed_us, e->date, e->commit);
+  } else {  // a sweep cut before the fused step's runs (bench/step_rule.py writes 0)
+    std::snprintf(measured, sizeof measured, " (fused not measured, composed %.1f us a step; %s, commit %s)",
+                  e->composed_us, e->date, e->commit);
+  }
   c.why = std::string(c.fused ? "fused " : "composed: ") + (c.fused ? fused_math_name(c.math) : "") +
           (c.fused && c.half_grid ? " half grid" : "") + (c.fused ? ": " : "") + "the sweep of " + e->card + " at " +
           precision + ", batch " + std::to_string(e->batch) + measured;

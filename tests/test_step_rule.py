@@ -35,6 +35,7 @@ LOG = "\n".join([
     row(128, "stack", "composed", 10.0, models=4),  # a stack of models: not a candidate
     row(512, "composed", "composed", 300.0), row(512, "fused x16 3xtf32", "fused", 150.0, math="3xtf32"),
     row(512, "fused x16 half", "fused", 140.0, half=True),
+    row(1024, "composed", "composed", 500.0),  # the sweep cut before this batch's fused runs
     row(128, "composed tf32", "composed", 90.0, precision="tf32", math="tf32"),
     row(128, "fused x16 tf32", "fused", 40.0, precision="tf32", math="tf32"),
     "{not json", "   512  fastest: fused x16 half (140.00 us/step)",
@@ -74,6 +75,7 @@ class StepRule(unittest.TestCase):
             '{"NVIDIA H100 80GB HBM3", "fp32", 32, "composed", "", false, 91.00, 100.00, "2026-12-08", "abc1234"},',
             '{"NVIDIA H100 80GB HBM3", "fp32", 128, "fused", "ffma", false, 100.00, 110.00, "2026-12-08", "abc1234"},',
             '{"NVIDIA H100 80GB HBM3", "fp32", 512, "fused", "ffma", true, 140.00, 300.00, "2026-12-08", "abc1234"},',
+            '{"NVIDIA H100 80GB HBM3", "fp32", 1024, "composed", "", false, 0.00, 500.00, "2026-12-08", "abc1234"},',
             '{"NVIDIA H100 80GB HBM3", "tf32", 128, "fused", "tf32", false, 40.00, 90.00, "2026-12-08", "abc1234"},',
         ])
         # The other card's entry and source stay; this card's old ones are gone.
@@ -98,7 +100,7 @@ class StepRule(unittest.TestCase):
         src = os.path.join(self.dir, "t.cpp")
         with open(src, "w") as f:
             f.write('#include "step_rule.h"\nconst std::vector<vae::StepRuleEntry> t = {\n#include "'
-                    + self.table + '"\n};\nint main() { return t.size() == 5 ? 0 : 1; }\n')
+                    + self.table + '"\n};\nint main() { return t.size() == 6 ? 0 : 1; }\n')
         exe = os.path.join(self.dir, "t")
         c = subprocess.run([cxx, "-std=c++17", "-Wall", "-Werror", "-I", os.path.join(ROOT, "host"), "-I",
                             os.path.join(ROOT, "cuda"), src, "-o", exe], capture_output=True, text=True)

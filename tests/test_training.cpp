@@ -338,6 +338,7 @@ TEST(StepRule, TakesTheEntryOfTheLargestMeasuredBatchAtMostTheRunsOfItsCardAndPr
       {"Card A", "fp32", 1024, "fused", "3xtf32", true, 150.0, 300.0, "2026-12-01", "aaa1111"},
       {"Card A", "tf32", 128, "fused", "tf32", false, 50.0, 90.0, "2026-12-02", "bbb2222"},
       {"Card B", "fp32", 128, "fused", "ffma", true, 10.0, 90.0, "2026-12-03", "ccc3333"},
+      {"Card D", "fp32", 128, "composed", "", false, 0.0, 70.0, "2026-12-04", "ddd4444"},
   };
   struct Case {
     const char* card;
@@ -358,6 +359,7 @@ TEST(StepRule, TakesTheEntryOfTheLargestMeasuredBatchAtMostTheRunsOfItsCardAndPr
            Case{"Card A", true, 33, true, FusedMath::tf32, false, "fused tf32: the sweep of Card A at tf32, batch 128"},
            Case{"Card B", true, 128, false, FusedMath::ffma, false, "composed: no sweep of Card B at tf32"},
            Case{"Card C", false, 128, false, FusedMath::ffma, false, "composed: no sweep of Card C at fp32"},
+           Case{"Card D", false, 512, false, FusedMath::ffma, false, "(fused not measured, composed 70.0 us a step"},
        }) {
     const StepChoice got = step_by_rule(table, c.card, c.tf32, c.batch);
     const std::string at = std::string(c.card) + (c.tf32 ? " tf32" : " fp32") + " batch " + std::to_string(c.batch);
