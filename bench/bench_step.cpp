@@ -175,7 +175,7 @@ PhaseTimes time_steps(const Options& o, const DeviceContext& ctx, Vae& model, Op
   const Models models{M, o.batch, 0, scalars.data()};
   PhaseTimes t;
   const int grid = VAE_CALL(ctx.target(), fused_step_grid);
-  const int launched = o.fused_grid > 0 ? o.fused_grid : o.fused_grid < 0 ? std::max(1, grid / 2) : grid;
+  const int launched = o.fused_grid > 0 ? o.fused_grid : o.fused_grid < 0 ? fused_step_half_grid(grid) : grid;
   DeviceBuffer<unsigned long long> phase_ns(ctx, o.phases ? static_cast<size_t>(grid) * kFusedPhaseSlots : 0);
   auto now = [&] {
     ctx.synchronize();
@@ -449,8 +449,8 @@ int run_sweep(const Options& o) {
             ctx.description().c_str(), batch, v.name, vo.step_kind.c_str(), v.steps_per_launch,
             v.tf32 ? "tf32" : "fp32", vo.models,
             v.fused_math >= 0 ? fused_math_name(static_cast<FusedMath>(v.fused_math)) : (v.tf32 ? "tf32" : "ffma"),
-            std::max(1, VAE_CALL(target, fused_step_grid) / (v.half_grid ? 2 : 1)), v.half_grid ? "true" : "false", us,
-            60000.0 / batch * us / 1e6);
+            v.half_grid ? fused_step_half_grid(VAE_CALL(target, fused_step_grid)) : VAE_CALL(target, fused_step_grid),
+            v.half_grid ? "true" : "false", us, 60000.0 / batch * us / 1e6);
       }
       if (!stack && us < best) best = us, best_name = v.name;
     }

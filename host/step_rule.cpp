@@ -35,9 +35,10 @@ StepChoice step_by_rule(const std::vector<StepRuleEntry>& table, const std::stri
     std::snprintf(measured, sizeof measured, " (fused not measured, composed %.1f us a step; %s, commit %s)",
                   e->composed_us, e->date, e->commit);
   }
-  c.why = std::string(c.fused ? "fused " : "composed: ") + (c.fused ? fused_math_name(c.math) : "") +
-          (c.fused && c.half_grid ? " half grid" : "") + (c.fused ? ": " : "") + "the sweep of " + e->card + " at " +
-          precision + ", batch " + std::to_string(e->batch) + measured;
+  const std::string entry =
+      std::string("the sweep of ") + e->card + " at " + precision + ", batch " + std::to_string(e->batch) + measured;
+  c.why = c.fused ? std::string("fused ") + fused_math_name(c.math) + (c.half_grid ? " half grid: " : ": ") + entry
+                  : "composed: " + entry;
   return c;
 }
 

@@ -76,7 +76,6 @@ class Vae {
   void set_fused_variant(FusedMath math, bool half_grid) {
     fused_math_ = math;
     fused_half_grid_ = half_grid;
-    fused_variant_set_ = true;
   }
 
   // The encoder alone over the first `batch` rows of input(): heads (μ, log σ²), z and KL per row.
@@ -155,10 +154,10 @@ class Vae {
   DeviceBuffer<float> weights_, objective_;             // iwae: w̃ (samples, rows) and the bound (rows)
   std::vector<DeviceBuffer<float>> d_enc_h_, d_dec_h_;  // their gradients (w.r.t. the pre-activations)
   DeviceBuffer<float> fused_workspace_;                 // the fused step's workspace (on first use)
-  DeviceBuffer<float> fused_x_next_;
-  FusedMath fused_math_ = FusedMath::ffma;                    // with fused_variant_set_
-  bool fused_half_grid_ = false, fused_variant_set_ = false;  // the fused step's second batch buffer (on first use)
-  DeviceBuffer<unsigned> reduce_tickets_;                     // scratch of the two-stage reductions
+  DeviceBuffer<float> fused_x_next_;                    // the fused step's second batch buffer (on first use)
+  FusedMath fused_math_;                                // the fused step's tiles (set_fused_variant)
+  bool fused_half_grid_ = false;                        // and its grid
+  DeviceBuffer<unsigned> reduce_tickets_;               // scratch of the two-stage reductions
   DeviceBuffer<float> reduce_partial_;
 };
 

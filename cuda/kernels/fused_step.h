@@ -71,6 +71,10 @@ struct FusedStepArgs {
   unsigned long long* phase_ns = nullptr;
 };
 
+// Half of a fused step grid of `grid` blocks (one block per SM where the full grid has two): the
+// variant bench_step --sweep calls "half", which the step rule may choose.
+constexpr int fused_step_half_grid(int grid) { return grid / 2 > 1 ? grid / 2 : 1; }
+
 // The fused step's phases in order, for its timers (FusedStepArgs::phase_ns).
 enum class FusedPhase : int {
   gather,            // the batch (and dynamic binarization), unless the step before gathered it
