@@ -6,7 +6,8 @@
 //              [--step composed|fused] [--tf32 0|1] [--json 0|1] [--phases] [--steps-per-launch K]
 // --step fused times the whole step as the one cooperative kernel (one phase: "fused step");
 // with --phases also each of its phases from the timers inside the kernel (the median and the
-// largest over blocks and steps, against the step's wall time) and its grid barriers; with
+// largest over blocks and steps, against the step's wall time), its grid barriers and its split-K
+// tickets (the sync points of a step); with
 // --steps-per-launch K, K steps in each launch (persistent; the timers then see each launch's last).
 // --fused-math ffma|tf32|3xtf32 sets the fused step's tile arithmetic (default: TF32 with --tf32 1,
 // else FFMA); --fused-grid N|half launches it on N blocks, or half of fused_step_grid() (the default
@@ -140,10 +141,13 @@ struct PhaseTimes {
   std::vector<double> fused_sum_us;                  // per block and step: its start to its end
   unsigned barriers = 0;                             // grid barriers a step (every block the same)
   bool barriers_agree = true;
+  long long tickets = -1;  // split-K tickets a step, over the blocks (-1: none read yet)
+  bool tickets_agree = true;
 };
 
 // Reads one step's timers (grid blocks of kFusedPhaseSlots) into t.
 void add_phase_times(const std::vector<unsigned long long>& ns, int grid, PhaseTimes& t) {
+  long long tickets = 0;
   for (int b = 0; b < grid; ++b) {
     const unsigned long long* row = ns.data() + static_cast<size_t>(b) * kFusedPhaseSlots;
     for (int p = 0; p < kFusedPhases; ++p)
@@ -152,7 +156,10 @@ void add_phase_times(const std::vector<unsigned long long>& ns, int grid, PhaseT
     const auto barriers = static_cast<unsigned>(row[1 + kFusedPhases]);
     if (b == 0 && t.barriers == 0) t.barriers = barriers;
     t.barriers_agree = t.barriers_agree && barriers == t.barriers;
+    tickets += static_cast<long long>(row[2 + kFusedPhases]);
   }
+  if (t.tickets < 0) t.tickets = tickets;
+  t.tickets_agree = t.tickets_agree && tickets == t.tickets;
 }
 
 // Runs 10 warm-up steps (at least) and o.steps timed ones, every step on its own rows of synthetic
@@ -273,6 +280,8 @@ void print_fused_phases(const Options& o, const PhaseTimes& t) {
   std::printf("%-18s %10.2f  (a block's start to its end: median %.2f; the step's wall time %.2f, %.2f outside)\n",
               "sum of medians", sum, bench::median(t.fused_sum_us), wall_us, wall_us - sum);
   std::printf("grid barriers a step: %u%s\n", t.barriers, t.barriers_agree ? "" : " (NOT the same on every block)");
+  std::printf("split-K tickets a step: %lld over the blocks (K slices meeting at per-tile tickets)%s\n", t.tickets,
+              t.tickets_agree ? "" : " (NOT the same every step)");
 }
 
 void print_report(const Options& o, const DeviceContext& ctx, const PhaseTimes& t, const Floor& f) {

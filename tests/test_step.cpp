@@ -3,7 +3,10 @@
 // kernel has its own test, the epoch loop EpochLoop) and the fused step kernel, optimizer update
 // included, for each optimizer (FusedStep).
 #include <cmath>
+#include <numeric>
 #include <optional>
+#include <random>
+#include <tuple>
 
 #include "checkpoint.h"
 #include "device_context.h"
@@ -297,15 +300,80 @@ TEST_P(FusedStep, EachTileArithmeticMatchesReferenceWithinItsPrecision) {
   EXPECT_LT(largest_difference(tf32x3, ref.grad), 0.1 * largest_difference(tf32, ref.grad));
 }
 
+// How a GEMM phase splits K (fused_split_plan), against every split within its bounds (at most
+// kFusedMaxSplit slices, at least kFusedMinSliceChunks chunks a slice, no more items than blocks),
+// on random phases of one and two GEMMs: its longest item is the shortest any such split reaches,
+// with the fewest items that reach it, and no slice is empty. Where the tiles are at least the
+// blocks nothing is split.
+struct SplitPlan {
+  int longest = 0, items = 0;
+};
+SplitPlan split_outcome(const std::vector<int>& tiles, const std::vector<int>& chunks, const std::vector<int>& slices) {
+  SplitPlan p;
+  for (size_t o = 0; o < tiles.size(); ++o) {
+    p.longest = std::max(p.longest, (chunks[o] + slices[o] - 1) / slices[o]);
+    p.items += slices[o] * tiles[o];
+  }
+  return p;
+}
+TEST(FusedSplitPlan, TheLongestItemIsTheShortestAnyAllowedSplitGives) {
+  std::mt19937 rng(29);
+  int split_phases = 0;
+  for (int trial = 0; trial < 3000; ++trial) {
+    const int count = 1 + static_cast<int>(rng() % 2), grid = 1 + static_cast<int>(rng() % 300);
+    std::vector<int> tiles(count), chunks(count);
+    for (int o = 0; o < count; ++o) {
+      tiles[o] = 1 + static_cast<int>(rng() % (trial % 3 ? 40 : 200));
+      chunks[o] = 1 + static_cast<int>(rng() % 60);
+    }
+    int got[2] = {0, 0};
+    const int items = fused_split_plan(tiles.data(), chunks.data(), count, grid, got);
+    const std::vector<int> plan(got, got + count);
+    SCOPED_TRACE("trial " + std::to_string(trial) + ", grid " + std::to_string(grid));
+    const SplitPlan outcome = split_outcome(tiles, chunks, plan);
+    ASSERT_EQ(items, outcome.items);
+    // Every split within the bounds, by brute force.
+    SplitPlan best{1 << 30, 1 << 30};
+    std::vector<int> s(count, 1);
+    for (;;) {
+      bool allowed = true;
+      for (int o = 0; o < count; ++o)
+        allowed = allowed && (s[o] == 1 || (chunks[o] + s[o] - 1) / s[o] >= kFusedMinSliceChunks);
+      const SplitPlan p = split_outcome(tiles, chunks, s);
+      const bool split = std::any_of(s.begin(), s.end(), [](int v) { return v > 1; });
+      if (allowed && (!split || p.items <= grid) &&
+          (p.longest < best.longest || (p.longest == best.longest && p.items < best.items))) {
+        best = p;
+      }
+      int o = 0;
+      while (o < count && ++s[o] > kFusedMaxSplit) s[o++] = 1;
+      if (o == count) break;
+    }
+    EXPECT_EQ(outcome.longest, best.longest);
+    EXPECT_EQ(outcome.items, best.items);
+    const int total = std::accumulate(tiles.begin(), tiles.end(), 0);
+    for (int o = 0; o < count; ++o) {
+      const int per = (chunks[o] + plan[o] - 1) / plan[o];
+      EXPECT_LT((plan[o] - 1) * per, chunks[o]) << "an empty slice";
+      if (total >= grid) {
+        EXPECT_EQ(plan[o], 1);
+      }
+    }
+    split_phases += items > total;
+  }
+  EXPECT_GT(split_phases, 300);
+}
+
 // The fused step's phase timers (FusedStepArgs::phase_ns, bench_step --phases) change nothing the
 // step computes; every block's times rise phase by phase, and every block counts the same grid
-// barriers: 2·(encoder + decoder layers) + 4 with one sample a row.
+// barriers: 2·(encoder + decoder layers) + 4 with one sample a row. The blocks' split-K tickets
+// add up to the K slices of the split tiles, phase by phase as fused_split_plan splits them.
 class FusedStepLaunch : public ::testing::TestWithParam<Target> {};
 TEST_P(FusedStepLaunch, TimeEachPhaseAndCountTheBarriersWithoutChangingTheStep) {
   const Target target = GetParam();
   VAE_SKIP_WITHOUT_DEVICE(target);
   const int batch = 29;
-  const ModelConfig c = small_config(DecoderKind::bernoulli, Activation::relu, {40, 17}, 3, 37);
+  const ModelConfig c = small_config(DecoderKind::bernoulli, Activation::relu, {70, 17}, 3, 37);
   const auto x = test::random_uniform(static_cast<size_t>(batch) * c.input_dim, 12, 0, 1);
   DeviceContext ctx(target, false);
   const DeviceBuffer<float> data(ctx, x);
@@ -331,12 +399,43 @@ TEST_P(FusedStepLaunch, TimeEachPhaseAndCountTheBarriersWithoutChangingTheStep) 
   // Split-K slices meet at tickets: no barrier beyond the phases' own, whatever the grid.
   const unsigned barriers = 2 * (2 + 2) + 4;  // L = 1: the latent backward in a GEMM's epilogue
   EXPECT_EQ(static_cast<int>(barriers), fused_step_barriers(2, 2, 1));
+  unsigned long long tickets = 0;
   for (int b = 0; b < grid; ++b) {
     const unsigned long long* row = ns.data() + static_cast<size_t>(b) * kFusedPhaseSlots;
     EXPECT_GT(row[0], 0u) << "block " << b;
     for (int p = 0; p < kFusedPhases; ++p)
       EXPECT_LE(row[p], row[p + 1]) << "block " << b << ", " << fused_phase_name(p);
     EXPECT_EQ(row[1 + kFusedPhases], barriers) << "block " << b;
+    tickets += row[2 + kFusedPhases];
+  }
+  // The step's GEMM phases, each GEMM as (tiles of 32 × 32, K chunks of 32): M = 29 rows, one row
+  // tile (the weight gradients: M = the layer's outputs, N = its inputs and the bias column, K = 29).
+  const std::vector<std::vector<std::pair<int, int>>> phases = {
+      {{3, 2}},          // encoder layer 1: N 70, K 37
+      {{1, 3}},          // encoder layer 2: N 17, K 70
+      {{1, 1}},          // heads: 3 pairs, K 17
+      {{1, 1}},          // decoder layer 1: N 17, K 3
+      {{3, 1}},          // decoder layer 2: N 70, K 17
+      {{2, 3}},          // output: N 37, K 70
+      {{3, 2}},          // output backward: dh (N 70, K 37)
+      {{1, 3}, {6, 1}},  // decoder layer 2 backward (N 17, K 70), the output's update (37 × 71)
+      {{1, 1}, {3, 1}},  // decoder layer 1 backward: dz (N 3, K 17); layer 2's update (70 × 18)
+      {{1, 1}, {1, 1}},  // heads backward (N 17, K 6); decoder layer 1's update (17 × 4)
+      {{3, 1}, {1, 1}},  // encoder layer 2 backward (N 70, K 17); the heads' update (6 × 18)
+      {{3, 1}, {6, 1}},  // layer 2's update (17 × 71), layer 1's (70 × 38)
+  };
+  unsigned long long want = 0;
+  for (const auto& phase : phases) {
+    int tiles[2] = {}, chunks[2] = {}, slices[2] = {};
+    const int count = static_cast<int>(phase.size());
+    for (int o = 0; o < count; ++o) std::tie(tiles[o], chunks[o]) = phase[o];
+    fused_split_plan(tiles, chunks, count, grid, slices);
+    for (int o = 0; o < count; ++o)
+      if (slices[o] > 1) want += static_cast<unsigned long long>(slices[o]) * tiles[o];
+  }
+  EXPECT_EQ(tickets, want);
+  if (grid == 7) {
+    EXPECT_GT(want, 0u) << "no phase of the test splits K";
   }
 }
 INSTANTIATE_TEST_SUITE_P(Targets, FusedStepLaunch, ::testing::ValuesIn(test::all_targets()), test::target_param_name);

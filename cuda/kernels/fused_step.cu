@@ -6,8 +6,8 @@
 // phase), one more between the steps of a persistent launch, whose later steps save the gather's
 // (their batches gathered during the step before, FusedStepArgs::x_next). Every block takes part in every
 // phase: GEMM phases hand out 32×32 output tiles (a layer's input gradient shares its phase with
-// the update of the layer above), split in K where tiles are fewer than blocks, the slices meeting
-// at per-tile tickets instead of a barrier; row and element phases stride over the grid's threads.
+// the update of the layer above), split in K where tiles are fewer than blocks (fused_split_plan), the
+// slices meeting at per-tile tickets instead of a barrier; row and element phases stride over the grid's threads.
 // Each output is summed by one thread in a fixed order, and the ELBO totals by one block: the same
 // seed gives the same bits. The element math is the composed step's (the headers it shares), and
 // so are the random numbers. For the latency-bound regime (small batches), where the composed
@@ -179,6 +179,7 @@ __device__ void train_step(const FusedStepArgs& a, const StepState& at, float* x
                x,       kl_scale_at(1.f / static_cast<float>(B), a.kl_term, &at)};
   if (threadIdx.x == 0) {
     sh.barriers = 0;
+    sh.tickets = 0;
     sh.pending_count = 0;
   }
   record_time(a, 0);
@@ -249,7 +250,10 @@ __device__ void train_step(const FusedStepArgs& a, const StepState& at, float* x
   if (next_x) gather_rows(a, next, next_x);
   backward_stack(s, a.encoder, a.encoder_layers, a.heads, x, nullptr, TileEpilogue::store, B, false, sh);
   phase_end(a, FusedPhase::encoder_backward);
-  if (a.phase_ns && threadIdx.x == 0) a.phase_ns[blockIdx.x * kFusedPhaseSlots + 1 + kFusedPhases] = sh.barriers;
+  if (a.phase_ns && threadIdx.x == 0) {
+    a.phase_ns[blockIdx.x * kFusedPhaseSlots + 1 + kFusedPhases] = sh.barriers;
+    a.phase_ns[blockIdx.x * kFusedPhaseSlots + 2 + kFusedPhases] = sh.tickets;
+  }
 }
 
 }  // namespace

@@ -93,8 +93,9 @@ inline const char* fused_phase_name(int p) {
 }
 // Timer slots per block (of the launch's last step): [0] the start, [1 + p] the end of phase p (when the block leaves
 // the grid barrier that closes it; the last phase's when the block is done), in ns of a clock all blocks share; [1 +
-// kFusedPhases] the grid barriers the block passed in the step.
-constexpr int kFusedPhaseSlots = kFusedPhases + 2;
+// kFusedPhases] the grid barriers the block passed in the step; [2 + kFusedPhases] the split-K tickets it took (one
+// per K slice it computed: the step's other sync points, summed over the blocks).
+constexpr int kFusedPhaseSlots = kFusedPhases + 3;
 
 // The grid barriers of one fused step of a model with these hidden layers and L samples, its batch
 // gathered in a phase of its own; one fewer for a step whose batch the step before gathered
@@ -109,7 +110,53 @@ constexpr int fused_step_barriers(int encoder_layers, int decoder_layers, int sa
 // tile of the output layer (its tiles hold kFusedTile columns, or the Gaussian's kFusedTile / 2
 // pairs of mean and log variance) for `rows` (L·B) rows.
 constexpr int kFusedTile = 32;
-constexpr long long fused_step_partial_floats(int grid) { return 2ll * grid * kFusedTile * kFusedTile; }
+constexpr int kFusedTileK = 32;  // the K chunk a tile stages in shared memory at a time
+
+// How a GEMM phase of `count` independent ops (op o: tiles[o] output tiles, each over chunks[o] K
+// chunks) splits K: slices[o] K slices of ⌈chunks[o] / slices[o]⌉ chunks each, a work item per
+// slice of a tile. Where the phase has fewer tiles than the grid has blocks, the longest item is
+// made as short as a split can make it while every item keeps a block of its own (each block runs
+// one item), a tile has at most kFusedMaxSplit slices and a slice at least kFusedMinSliceChunks
+// chunks, and each op takes the fewest slices that reach that length (none empty). Otherwise nothing
+// is split: the blocks take the tiles whole, round after round. The same on every block (shapes and
+// grid only): a binary search over the length, a few divisions. Returns the work items.
+constexpr int kFusedMaxSplit = 16;
+constexpr int kFusedMinSliceChunks = 2;
+constexpr int fused_slice_chunks(int chunks, int slices) { return (chunks + slices - 1) / slices; }
+// The items of a split whose items are at most `per` chunks long, or 0 where the bounds forbid it.
+constexpr int fused_split_items(const int* tiles, const int* chunks, int count, int per, int* slices) {
+  int items = 0;
+  for (int o = 0; o < count; ++o) {
+    slices[o] = chunks[o] <= per             ? 1
+                : per < kFusedMinSliceChunks ? kFusedMaxSplit + 1
+                                             : fused_slice_chunks(chunks[o], per);
+    if (slices[o] > kFusedMaxSplit) return 0;
+    items += slices[o] * tiles[o];
+  }
+  return items;
+}
+constexpr int fused_split_plan(const int* tiles, const int* chunks, int count, int grid, int* slices) {
+  int longest = 1, total = 0;
+  for (int o = 0; o < count; ++o) {
+    longest = chunks[o] > longest ? chunks[o] : longest;
+    total += tiles[o];
+  }
+  int lo = kFusedMinSliceChunks, hi = longest;  // the shortest length that fits lies in [lo, hi] (hi: no split)
+  if (total >= grid || lo >= hi) hi = lo = longest;
+  while (lo < hi) {
+    const int mid = (lo + hi) / 2, items = fused_split_items(tiles, chunks, count, mid, slices);
+    if (items > 0 && items <= grid) {
+      hi = mid;
+    } else {
+      lo = mid + 1;
+    }
+  }
+  return fused_split_items(tiles, chunks, count, hi, slices);
+}
+
+// The split-K partial sums of a phase: Σ slices · m · columns ≤ Σ slices · tiles · kFusedTile², at
+// most grid · kFusedTile² (fused_split_plan splits only while every item has a block).
+constexpr long long fused_step_partial_floats(int grid) { return 1ll * grid * kFusedTile * kFusedTile; }
 constexpr int fused_step_output_tiles(int dim, bool gaussian) {
   return gaussian ? (dim + kFusedTile / 2 - 1) / (kFusedTile / 2) : (dim + kFusedTile - 1) / kFusedTile;
 }

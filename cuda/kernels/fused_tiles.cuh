@@ -19,10 +19,10 @@ namespace vae::VAE_NS {
 
 namespace {
 
-constexpr int kStepThreads = 256;  // 8 warps; the GEMM tile's 16 × 16 threads
-constexpr int kTile = kFusedTile;  // output tiles of kTile × kTile
-constexpr int kTileK = 32;         // the K chunk staged in shared memory at a time
-constexpr int kStages = 4;         // K chunks of a work item in flight at once (cp.async groups)
+constexpr int kStepThreads = 256;    // 8 warps; the GEMM tile's 16 × 16 threads
+constexpr int kTile = kFusedTile;    // output tiles of kTile × kTile
+constexpr int kTileK = kFusedTileK;  // the K chunk staged in shared memory at a time
+constexpr int kStages = 4;           // K chunks of a work item in flight at once (cp.async groups)
 
 constexpr int kTilePad = kTile + 4;  // row stride: a multiple of 4 floats, as the warp matrix loads need
 
@@ -87,8 +87,11 @@ struct TileShared {
   } pending;
   int ops_count;
   int pending_count;
-  unsigned barriers;  // grid barriers passed this step (thread 0's count)
-  unsigned last;      // this block arrived last at a split tile's ticket
+  int slices[kMaxPhaseGemms];  // the phase's K slices per GEMM (fused_split_plan), by thread 0
+  int items;                   // the phase's work items
+  unsigned barriers;           // grid barriers passed this step (thread 0's count)
+  unsigned tickets;            // split-K tickets taken this step (thread 0's count)
+  unsigned last;               // this block arrived last at a split tile's ticket
 };
 
 // The optimizer's update of flat parameter i, its gradient just written (and checked for a non-finite value).
@@ -365,7 +368,10 @@ __device__ VAE_NOINLINE void gemm_tile(const Step s, const PhaseGemm& g, const W
     }
   __threadfence();  // this thread's sums are visible before the block's arrival is
   __syncthreads();
-  if (tid == 0) sh.last = arrives_last(item.ticket, static_cast<unsigned>(slices)) ? 1u : 0u;
+  if (tid == 0) {
+    sh.last = arrives_last(item.ticket, static_cast<unsigned>(slices)) ? 1u : 0u;
+    ++sh.tickets;
+  }
   __syncthreads();
   if (!sh.last) return;  // uniform over the block
   __threadfence();       // the other slices' sums, made visible before their arrivals, are read after ours
@@ -380,48 +386,47 @@ __device__ VAE_NOINLINE void gemm_tile(const Step s, const PhaseGemm& g, const W
   store_tile_outputs(s, g, i0, jt, ty, tx, sum, sh);
 }
 
-// K slices of an op in a phase of `total` tiles: where the phase has fewer tiles than the grid
-// has blocks, each tile's K is split so that every block gets work (at least two kTileK chunks a
-// slice, at most kMaxSplit slices). The same on every block: it depends on shapes and the grid.
-constexpr int kMaxSplit = 16;
-__device__ __forceinline__ int split_slices(const GemmOp& op, int total) {
-  if (total >= static_cast<int>(gridDim.x)) return 1;
-  int s = (static_cast<int>(gridDim.x) + total - 1) / total;
-  const int by_k = (op.k + 2 * kTileK - 1) / (2 * kTileK);
-  s = s < by_k ? s : by_k;
-  s = s < kMaxSplit ? s : kMaxSplit;
-  return s > 1 ? s : 1;
-}
-
-// The work items (tiles, or K slices of tiles) of the phase's independent GEMMs (sh.ops, written
-// by thread 0 before the call), handed out over the grid's blocks, with no grid barrier inside:
-// split tiles meet at their tickets (gemm_tile). The workspace holds Σ slices · m · columns ≤ (grid
-// + tiles) · kTile² < 2 · grid · kTile² floats of partial sums, then one ticket per tile of the
-// phase (split only where tiles < grid).
+// The work items of the phase's independent GEMMs (sh.slots.ops, written by thread 0 before the
+// call): their tiles, split in K by fused_split_plan, numbered op by op with the GEMM of the longest
+// items first, handed out over the grid's blocks in rounds, every other round in reverse block order
+// (a block with a long item of the first round gets a short one of the second, if any). No grid
+// barrier inside: split tiles meet at their tickets (gemm_tile). The workspace holds the split ops'
+// partial sums (fused_step_partial_floats), then one ticket per tile of the phase (split only where
+// the tiles are fewer than the blocks).
 __device__ void gemm_phase(const Step& s, TileShared& sh) {
-  __syncthreads();  // thread 0's descriptors are visible
   const PhaseGemm* ops = sh.slots.ops;
-  const int count = sh.ops_count;
-  int total = 0;
-  for (int o = 0; o < count; ++o) total += gemm_tiles(ops[o]);
-  int items = 0;
-  for (int o = 0; o < count; ++o) items += split_slices(ops[o].op, total) * gemm_tiles(ops[o]);
-  unsigned* tickets = fused_tickets(s.a.workspace, gridDim.x);
-  for (int t = static_cast<int>(blockIdx.x); t < items; t += static_cast<int>(gridDim.x)) {
-    int o = 0, local = t, ticket = 0;
-    long long offset = 0;  // this op's slices in the workspace
-    for (;; ++o) {
-      const int sl = split_slices(ops[o].op, total), tiles = gemm_tiles(ops[o]);
-      if (local < sl * tiles) break;
-      local -= sl * tiles;
-      ticket += tiles;
+  if (threadIdx.x == 0) {
+    int tiles[kMaxPhaseGemms] = {}, chunks[kMaxPhaseGemms] = {};
+    for (int o = 0; o < sh.ops_count; ++o) {
+      tiles[o] = gemm_tiles(ops[o]);
+      chunks[o] = (ops[o].op.k + kTileK - 1) / kTileK;
+    }
+    sh.items = fused_split_plan(tiles, chunks, sh.ops_count, static_cast<int>(gridDim.x), sh.slices);
+  }
+  __syncthreads();  // thread 0's descriptors and plan are visible
+  const int count = sh.ops_count, items = sh.items, grid = static_cast<int>(gridDim.x);
+  // The op of item numbers first: the one of the longer items (ops[0] where equal).
+  int chunks[kMaxPhaseGemms] = {};
+  for (int o = 0; o < count; ++o) chunks[o] = fused_slice_chunks((ops[o].op.k + kTileK - 1) / kTileK, sh.slices[o]);
+  const int first = count > 1 && chunks[1] > chunks[0] ? 1 : 0;
+  unsigned* tickets = fused_tickets(s.a.workspace, grid);
+  for (int round = 0;; ++round) {
+    const int b = static_cast<int>(blockIdx.x);
+    const int t = round * grid + (round % 2 ? grid - 1 - b : b);
+    if (t >= items) break;  // the next round's numbers are larger still
+    int local = t, ticket = 0;
+    long long offset = 0;  // the op's partial sums in the workspace
+    int o = first;
+    for (int n = 0;; ++n, o = (first + n) % count) {
+      const int sl = sh.slices[o], tl = gemm_tiles(ops[o]);
+      if (local < sl * tl) break;
+      local -= sl * tl;
+      ticket += tl;
       if (sl > 1) offset += static_cast<long long>(sl) * ops[o].op.m * gemm_columns(ops[o].op);
     }
-    const GemmOp& op = ops[o].op;
-    const int slices = split_slices(op, total), tiles = gemm_tiles(ops[o]);
-    const int slice = local / tiles, tile = local % tiles;
-    const int per = ((op.k + slices - 1) / slices + kTileK - 1) / kTileK * kTileK;
-    const int k_begin = slice * per, k_end = k_begin + per < op.k ? k_begin + per : op.k;
+    const int slices = sh.slices[o], tl = gemm_tiles(ops[o]);
+    const int slice = local / tl, tile = local % tl, per = chunks[o] * kTileK;
+    const int k_begin = slice * per, k_end = k_begin + per < ops[o].op.k ? k_begin + per : ops[o].op.k;
     gemm_tile(s, ops[o], {tile, k_begin, k_end, slice, slices, s.a.workspace + offset, tickets + ticket + tile}, sh);
   }
 }
