@@ -143,6 +143,12 @@ struct PhaseTimes {
   bool barriers_agree = true;
   long long tickets = -1;  // split-K tickets a step, over the blocks (-1: none read yet)
   bool tickets_agree = true;
+  // Per grid barrier of the step (and last, the phase that ends it), one entry per timed step.
+  struct Sync {
+    std::vector<double> span, work_median, work_max, barrier;
+  };
+  std::vector<Sync> sync;
+  unsigned long long tick_ns = 0;  // the smallest positive step between two stamps of a block
 };
 
 // Reads one step's timers (grid blocks of kFusedPhaseSlots) into t.
@@ -160,6 +166,40 @@ void add_phase_times(const std::vector<unsigned long long>& ns, int grid, PhaseT
   }
   if (t.tickets < 0) t.tickets = tickets;
   t.tickets_agree = t.tickets_agree && tickets == t.tickets;
+  // Barrier i: the blocks leave barrier i − 1 (or start), work, arrive at i, leave it; the phase
+  // after the last barrier ends where each block is done.
+  const int barriers = std::min(static_cast<int>(ns[1 + kFusedPhases]), kFusedMaxBarriers);
+  if (t.sync.empty()) t.sync.resize(barriers + 1);
+  if (static_cast<int>(t.sync.size()) != barriers + 1) return;  // counted apart (barriers_agree)
+  auto slot = [&](int b, int k) { return ns[static_cast<size_t>(b) * kFusedPhaseSlots + k]; };
+  auto leave = [&](int b, int i) { return i < 0 ? slot(b, 0) : slot(b, kFusedBarrierSlots + 2 * i + 1); };
+  auto arrive = [&](int b, int i) {
+    return i < barriers ? slot(b, kFusedBarrierSlots + 2 * i) : slot(b, kFusedPhases);
+  };
+  for (int i = 0; i <= barriers; ++i) {
+    unsigned long long last_before = 0, last_arrival = 0, last_leave = 0;
+    std::vector<double> work(grid);
+    for (int b = 0; b < grid; ++b) {
+      last_before = std::max(last_before, leave(b, i - 1));
+      last_arrival = std::max(last_arrival, arrive(b, i));
+      last_leave = std::max(last_leave, i < barriers ? leave(b, i) : arrive(b, i));
+      work[b] = 1e-3 * static_cast<double>(arrive(b, i) - leave(b, i - 1));
+    }
+    PhaseTimes::Sync& s = t.sync[i];
+    s.span.push_back(1e-3 * static_cast<double>(last_leave - last_before));
+    s.work_max.push_back(*std::max_element(work.begin(), work.end()));
+    s.work_median.push_back(bench::median(work));
+    s.barrier.push_back(1e-3 * static_cast<double>(last_leave - last_arrival));
+  }
+  for (int b = 0; b < grid; ++b) {
+    std::vector<unsigned long long> stamps{slot(b, 0)};
+    for (int i = 0; i < barriers; ++i) stamps.insert(stamps.end(), {arrive(b, i), leave(b, i)});
+    stamps.push_back(slot(b, kFusedPhases));
+    for (size_t k = 1; k < stamps.size(); ++k) {
+      const unsigned long long d = stamps[k] - stamps[k - 1];
+      if (stamps[k] > stamps[k - 1] && (t.tick_ns == 0 || d < t.tick_ns)) t.tick_ns = d;
+    }
+  }
 }
 
 // Runs 10 warm-up steps (at least) and o.steps timed ones, every step on its own rows of synthetic
@@ -282,6 +322,28 @@ void print_fused_phases(const Options& o, const PhaseTimes& t) {
   std::printf("grid barriers a step: %u%s\n", t.barriers, t.barriers_agree ? "" : " (NOT the same on every block)");
   std::printf("split-K tickets a step: %lld over the blocks (K slices meeting at per-tile tickets)%s\n", t.tickets,
               t.tickets_agree ? "" : " (NOT the same every step)");
+  if (t.sync.empty()) return;
+  // The samples above are of each launch's last step, which the step before gathered where a launch has several.
+  const bool gathers = o.steps_per_launch == 1;
+  std::printf(
+      "\nsync points (us, medians over the timed steps; span: from the last block's departure from the "
+      "barrier before\n(or the start) to the last one's from this one; work: a block's time between them, "
+      "median and max over\nthe blocks; barrier: from the last arrival to the last departure):\n");
+  std::printf("%-28s %9s %9s %9s %9s\n", "grid barrier after", "span", "work med", "work max", "barrier");
+  double sums[4] = {};
+  const int layers = 1;  // the benchmark's model: one hidden layer a side, L = 1
+  for (size_t i = 0; i < t.sync.size(); ++i) {
+    const PhaseTimes::Sync& s = t.sync[i];
+    const std::string name = i + 1 < t.sync.size() ? fused_barrier_name(static_cast<int>(i), layers, layers, 1, gathers)
+                                                   : "(the last phase, to the end)";
+    const double v[4] = {bench::median(s.span), bench::median(s.work_median), bench::median(s.work_max),
+                         bench::median(s.barrier)};
+    for (int k = 0; k < 4; ++k) sums[k] += v[k];
+    std::printf("%-28s %9.2f %9.2f %9.2f %9.2f\n", name.c_str(), v[0], v[1], v[2], v[3]);
+  }
+  std::printf("%-28s %9.2f %9.2f %9.2f %9.2f\n", "sum", sums[0], sums[1], sums[2], sums[3]);
+  std::printf("timer: the smallest step between two stamps of a block was %llu ns (its resolution is at most that)\n",
+              t.tick_ns);
 }
 
 void print_report(const Options& o, const DeviceContext& ctx, const PhaseTimes& t, const Floor& f) {

@@ -400,6 +400,7 @@ TEST_P(FusedStepLaunch, TimeEachPhaseAndCountTheBarriersWithoutChangingTheStep) 
   const unsigned barriers = 2 * (2 + 2) + 4;  // L = 1: the latent backward in a GEMM's epilogue
   EXPECT_EQ(static_cast<int>(barriers), fused_step_barriers(2, 2, 1));
   unsigned long long tickets = 0;
+  std::vector<unsigned long long> last_arrival(barriers, 0), first_departure(barriers, ~0ull);
   for (int b = 0; b < grid; ++b) {
     const unsigned long long* row = ns.data() + static_cast<size_t>(b) * kFusedPhaseSlots;
     EXPECT_GT(row[0], 0u) << "block " << b;
@@ -407,7 +408,24 @@ TEST_P(FusedStepLaunch, TimeEachPhaseAndCountTheBarriersWithoutChangingTheStep) 
       EXPECT_LE(row[p], row[p + 1]) << "block " << b << ", " << fused_phase_name(p);
     EXPECT_EQ(row[1 + kFusedPhases], barriers) << "block " << b;
     tickets += row[2 + kFusedPhases];
+    // Each barrier's arrival and departure, in order from the block's start to its end.
+    unsigned long long before = row[0];
+    for (unsigned i = 0; i < barriers; ++i) {
+      const unsigned long long arrive = row[kFusedBarrierSlots + 2 * i], leave = row[kFusedBarrierSlots + 2 * i + 1];
+      EXPECT_LE(before, arrive) << "block " << b << ", barrier " << i;
+      EXPECT_LE(arrive, leave) << "block " << b << ", barrier " << i;
+      last_arrival[i] = std::max(last_arrival[i], arrive);
+      first_departure[i] = std::min(first_departure[i], leave);
+      before = leave;
+    }
+    EXPECT_LE(before, row[kFusedPhases]) << "block " << b << ": the last barrier after the end";
   }
+  // No block leaves a barrier before every block has arrived.
+  for (unsigned i = 0; i < barriers; ++i) EXPECT_LE(last_arrival[i], first_departure[i]) << "barrier " << i;
+  for (unsigned i = 0; i < barriers; ++i) EXPECT_FALSE(fused_barrier_name(i, 2, 2, 1, true).empty()) << i;
+  EXPECT_EQ(fused_barrier_name(barriers, 2, 2, 1, true), "");
+  EXPECT_EQ(fused_barrier_name(0, 2, 2, 1, true), "gather");
+  EXPECT_EQ(fused_barrier_name(barriers - 1, 2, 2, 1, true), "encoder 2 backward");
   // The step's GEMM phases, each GEMM as (tiles of 32 × 32, K chunks of 32): M = 29 rows, one row
   // tile (the weight gradients: M = the layer's outputs, N = its inputs and the bias column, K = 29).
   const std::vector<std::vector<std::pair<int, int>>> phases = {
@@ -486,7 +504,13 @@ TEST_P(FusedStepLaunch, ThreeStepsInOneLaunchAreThreeLaunches) {
   EXPECT_EQ(result[1].at.offset, 3 * batch);
   EXPECT_EQ(result[0].at.step, 10u);
   const auto ns = timers.download();  // the launch's last step
-  EXPECT_EQ(ns[1 + kFusedPhases], static_cast<unsigned long long>(fused_step_barriers(1, 1, 2) - 1));
+  const int barriers = fused_step_barriers(1, 1, 2) - 1;
+  EXPECT_EQ(ns[1 + kFusedPhases], static_cast<unsigned long long>(barriers));
+  // Its barriers named without the gather, the latent backward among them (L = 2).
+  EXPECT_EQ(fused_barrier_name(0, 1, 1, 2, false), "encoder 1");
+  EXPECT_EQ(fused_barrier_name(barriers - 2, 1, 1, 2, false), "latent backward");
+  EXPECT_EQ(fused_barrier_name(barriers - 1, 1, 1, 2, false), "heads backward");
+  EXPECT_EQ(fused_barrier_name(barriers, 1, 1, 2, false), "");
 }
 
 const StepCase kFusedCases[] = {

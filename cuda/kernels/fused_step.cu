@@ -22,15 +22,21 @@ namespace vae::VAE_NS {
 
 namespace {
 
-// A grid barrier of the step, counted for the phase timers.
-__device__ __forceinline__ void step_barrier(TileShared& sh) {
-  if (threadIdx.x == 0) ++sh.barriers;
-  VAE_GRID_SYNC();
-}
-
 // With timers on, thread 0 of each block records the time into slot `slot` of its row.
 __device__ __forceinline__ void record_time(const FusedStepArgs& a, int slot) {
   if (a.phase_ns && threadIdx.x == 0) a.phase_ns[blockIdx.x * kFusedPhaseSlots + slot] = global_timer_ns();
+}
+
+// A grid barrier of the step, counted, and with timers on its arrival and departure recorded.
+__device__ __forceinline__ void step_barrier(const FusedStepArgs& a, TileShared& sh) {
+  int slot = 0;  // thread 0's
+  if (threadIdx.x == 0) {
+    const unsigned n = sh.barriers++;
+    slot = kFusedBarrierSlots + 2 * static_cast<int>(n < kFusedMaxBarriers ? n : kFusedMaxBarriers - 1);
+    record_time(a, slot);
+  }
+  VAE_GRID_SYNC();
+  if (threadIdx.x == 0) record_time(a, slot + 1);
 }
 __device__ __forceinline__ void phase_end(const FusedStepArgs& a, FusedPhase p) {
   record_time(a, 1 + static_cast<int>(p));
@@ -55,7 +61,7 @@ __device__ void forward_stack(const Step& s, const FusedLayer* layers, int count
       sh.ops_count = 1;
     }
     gemm_phase(s, sh);
-    step_barrier(sh);
+    step_barrier(s.a, sh);
     in = L.h;
   }
 }
@@ -99,7 +105,7 @@ __device__ void backward_stack(const Step& s, const FusedLayer* layers, int coun
       sh.ops_count = n;
     }
     gemm_phase(s, sh);
-    if (l > 0 || last_barrier) step_barrier(sh);
+    if (l > 0 || last_barrier) step_barrier(s.a, sh);
   }
 }
 
@@ -186,7 +192,7 @@ __device__ void train_step(const FusedStepArgs& a, const StepState& at, float* x
 
   if (!gathered) {
     gather_rows(a, at, x);
-    step_barrier(sh);
+    step_barrier(s.a, sh);
   }
   phase_end(a, FusedPhase::gather);
 
@@ -241,7 +247,7 @@ __device__ void train_step(const FusedStepArgs& a, const StepState& at, float* x
       sh.pending_count = 0;
     }
     gemm_phase(s, sh);
-    step_barrier(sh);
+    step_barrier(s.a, sh);
   }
   phase_end(a, FusedPhase::latent_backward);
 

@@ -2,6 +2,8 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
+#include <vector>
 
 #include "kernels/types.h"  // PixelType, StepState, Activation, NonFinite, OptimizerKind, OptimizerHyper
 
@@ -91,17 +93,42 @@ inline const char* fused_phase_name(int p) {
                                                   "decoder backward", "latent backward", "encoder backward"};
   return p >= 0 && p < kFusedPhases ? names[p] : "?";
 }
-// Timer slots per block (of the launch's last step): [0] the start, [1 + p] the end of phase p (when the block leaves
-// the grid barrier that closes it; the last phase's when the block is done), in ns of a clock all blocks share; [1 +
-// kFusedPhases] the grid barriers the block passed in the step; [2 + kFusedPhases] the split-K tickets it took (one
-// per K slice it computed: the step's other sync points, summed over the blocks).
-constexpr int kFusedPhaseSlots = kFusedPhases + 3;
-
 // The grid barriers of one fused step of a model with these hidden layers and L samples, its batch
 // gathered in a phase of its own; one fewer for a step whose batch the step before gathered
 // (FusedStepArgs::x_next), and one between the steps of a launch.
 constexpr int fused_step_barriers(int encoder_layers, int decoder_layers, int samples) {
   return 2 * (encoder_layers + decoder_layers) + 4 + (samples > 1 ? 1 : 0);
+}
+constexpr int kFusedMaxBarriers = fused_step_barriers(kMaxStepLayers, kMaxStepLayers, 2);
+
+// Timer slots per block (of the launch's last step): [0] the start, [1 + p] the end of phase p (when the block leaves
+// the grid barrier that closes it; the last phase's when the block is done), in ns of a clock all blocks share; [1 +
+// kFusedPhases] the grid barriers the block passed in the step; [2 + kFusedPhases] the split-K tickets it took (one
+// per K slice it computed: the step's other sync points, summed over the blocks); then for each grid barrier i of the
+// step, the time the block arrived at it ([kFusedBarrierSlots + 2i]) and the time it left ([kFusedBarrierSlots + 2i
+// + 1]).
+constexpr int kFusedBarrierSlots = kFusedPhases + 3;
+constexpr int kFusedPhaseSlots = kFusedBarrierSlots + 2 * kFusedMaxBarriers;
+
+// What the step has computed when it reaches grid barrier i (fused_step_barriers of them), in
+// order: the gather (where the step gathers its batch), each layer's forward (the encoder's, the
+// heads, the decoder's, the output layer), each backward phase from the output layer's down to
+// the heads' and the encoder's (a layer's input gradient, beside the update of the layer above),
+// with L > 1 the latent backward; the last phase (the first encoder layer's update) ends the
+// step without a barrier. Empty past the last.
+inline std::string fused_barrier_name(int i, int encoder_layers, int decoder_layers, int samples, bool gathers) {
+  std::vector<std::string> names;
+  if (gathers) names.push_back("gather");
+  for (int l = 1; l <= encoder_layers; ++l) names.push_back("encoder " + std::to_string(l));
+  names.push_back("heads");
+  for (int l = 1; l <= decoder_layers; ++l) names.push_back("decoder " + std::to_string(l));
+  names.push_back("output");
+  names.push_back("output backward");
+  for (int l = decoder_layers; l >= 1; --l) names.push_back("decoder " + std::to_string(l) + " backward");
+  if (samples > 1) names.push_back("latent backward");
+  names.push_back("heads backward");
+  for (int l = encoder_layers; l >= 2; --l) names.push_back("encoder " + std::to_string(l) + " backward");
+  return i >= 0 && i < static_cast<int>(names.size()) ? names[i] : std::string();
 }
 
 // The fused step's GEMM tiles (kFusedTile × kFusedTile outputs) and its workspace for a grid of
