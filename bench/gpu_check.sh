@@ -457,6 +457,12 @@ fi
       python3 bench/step_rule.py --log "$report/bench.log" --date "$(date -u +%F)" --commit "${VAE_COMMIT:-?}" \
         --table /tmp/vae-step-rule.inc 2>&1
   fi
+  # Where the fused step's time goes at batch 128: the sync points of the bench stage's first run.
+  if [ -f "$report/bench.log" ] && grep -q '^sync points' "$report/bench.log"; then
+    echo
+    echo "fused step, batch 128 (the bench stage's first run):"
+    sed -n '/^sync points/,/^timer:/p;/^timer:/q' "$report/bench.log"
+  fi
   for b in 128 4096; do
     want profile && [ -f "/tmp/vae-profile-$b.md" ] && { echo; cat "/tmp/vae-profile-$b.md"; }
   done

@@ -179,6 +179,20 @@ echo "100% tests passed, 0 tests failed out of 3"
         with open(table) as f:
             self.assertEqual(f.read(), before)  # the tree's table is written where the log comes back, not here
 
+    def test_the_summary_shows_the_sync_points_of_the_first_fused_run(self):
+        # Each stand-in run with --phases prints a sync-point table of its own batch; the summary shows
+        # the first run's (batch 128) and nothing of the later ones.
+        self.stub("compute-sanitizer", "#!/bin/sh\nexit 0\n")
+        stub = ('case " $* " in *" --phases "*) b=$(echo "$*" | sed "s/.*--batch \\([0-9]*\\).*/\\1/"); '
+                'printf "sync points (us)\\nencoder 1 at batch %s\\ntimer: 30 ns\\n" "$b" ;; esac')
+        p, _ = self.run_check("300", BENCH_STEP_STUB=stub)
+        with open(os.path.join(self.report, "summary.txt")) as f:
+            summary = f.read()
+        self.assertIn("fused step, batch 128 (the bench stage's first run):\nsync points (us)\nencoder 1 at batch 128\n"
+                      "timer: 30 ns\n", summary, p.stdout + p.stderr)
+        self.assertNotIn("at batch 32", summary)
+        self.assertNotIn("at batch 512", summary)
+
     def test_a_hang_bound_that_is_not_a_positive_whole_number_is_refused(self):
         for bad in ("0", "1.5", "x"):
             p, _ = self.run_check("300", VAE_GPU_HANG_S=bad)
