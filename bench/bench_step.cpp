@@ -30,6 +30,7 @@
 #include <cstring>
 #include <deque>
 #include <limits>
+#include <numeric>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -326,9 +327,10 @@ void print_fused_phases(const Options& o, const PhaseTimes& t) {
   // The samples above are of each launch's last step, which the step before gathered where a launch has several.
   const bool gathers = o.steps_per_launch == 1;
   std::printf(
-      "\nsync points (us, medians over the timed steps; span: from the last block's departure from the "
-      "barrier before\n(or the start) to the last one's from this one; work: a block's time between them, "
-      "median and max over\nthe blocks; barrier: from the last arrival to the last departure):\n");
+      "\nsync points (us, means over the timed steps, which a coarse clock's ticks do not bias; span: from the "
+      "last block's\ndeparture from the barrier before (or the start) to the last one's from this one; work: a "
+      "block's time\nbetween them, median and max over the blocks; barrier: from the last arrival to the last "
+      "departure):\n");
   std::printf("%-28s %9s %9s %9s %9s\n", "grid barrier after", "span", "work med", "work max", "barrier");
   double sums[4] = {};
   const int layers = 1;  // the benchmark's model: one hidden layer a side, L = 1
@@ -336,8 +338,8 @@ void print_fused_phases(const Options& o, const PhaseTimes& t) {
     const PhaseTimes::Sync& s = t.sync[i];
     const std::string name = i + 1 < t.sync.size() ? fused_barrier_name(static_cast<int>(i), layers, layers, 1, gathers)
                                                    : "(the last phase, to the end)";
-    const double v[4] = {bench::median(s.span), bench::median(s.work_median), bench::median(s.work_max),
-                         bench::median(s.barrier)};
+    auto mean = [](const std::vector<double>& v) { return std::accumulate(v.begin(), v.end(), 0.0) / v.size(); };
+    const double v[4] = {mean(s.span), mean(s.work_median), mean(s.work_max), mean(s.barrier)};
     for (int k = 0; k < 4; ++k) sums[k] += v[k];
     std::printf("%-28s %9.2f %9.2f %9.2f %9.2f\n", name.c_str(), v[0], v[1], v[2], v[3]);
   }
