@@ -26,6 +26,9 @@ class Command {
   virtual void check() {}
   // The command's work; returns the exit status. Errors are exceptions (vae::Error: 1, Diverged: 3).
   virtual int run() = 0;
+  // The flags that make the work smaller, for the message of an allocation the device cannot take
+  // (vae::OutOfMemory); empty where none does.
+  virtual std::string memory_flags() const { return ""; }
 
  protected:
   CLI::App* cmd_ = nullptr;

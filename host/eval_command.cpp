@@ -37,6 +37,8 @@ class EvalCommand : public ModelCommand {
     add_data_flags(cmd_, flags_, false);
   }
 
+  std::string memory_flags() const override { return "--iw-chunk or --mi-draws"; }
+
   int run() override {
     Loaded l = load();
     const Dataset test = test_set(l, flags_);

@@ -6,6 +6,7 @@
 
 #include "blas_core.h"
 #include "commands.h"
+#include "runtime/check.h"
 #include "train_command.h"
 
 int main(int argc, char** argv) {
@@ -67,6 +68,11 @@ int main(int argc, char** argv) {
   } catch (const Diverged& e) {
     std::fprintf(stderr, "vae: %s\n", e.what());
     return kExitDiverged;
+  } catch (const OutOfMemory& e) {  // before a buffer was touched: nothing was killed, nothing written half
+    const std::string flags = chosen->memory_flags();
+    std::fprintf(stderr, "vae: %s: the work does not fit the device's memory%s\n", e.what(),
+                 flags.empty() ? "" : (" (less with a smaller " + flags + ")").c_str());
+    return 1;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "vae: %s\n", e.what());
     return 1;

@@ -93,6 +93,10 @@ class SweepCommand : public Command {
     }
   }
 
+  std::string memory_flags() const override {
+    return "--hidden, --latent, --batch-size, --samples or --k, or fewer models (--models, the lists)";
+  }
+
   int run() override {
     if (resume_.empty() && world_from_environment().rank == 0) {  // the plan is rank 0's to write
       const fs::path plan_path = fs::path(out_) / "sweep.json";

@@ -194,6 +194,7 @@ class TrainCommand : public Command {
   }
 
   int run() override { return run_train(finish()); }
+  std::string memory_flags() const override { return "--hidden, --latent, --batch-size, --samples or --k"; }
 
   // The run the flags describe (after check()).
   TrainRun finish() {

@@ -2,11 +2,16 @@
 // same kernels on the GPU when there is one.
 #include <curand.h>
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
+#include <fstream>
 #include <numeric>
 
 #include "hostexec_kernels.h"
+#include "runtime/host_memory.h"
 #include "runtime/hostexec.h"
 #include "runtime/wmma_host.h"
 #include "support.h"
@@ -247,6 +252,57 @@ TEST(HostExecOnly, GridBarrierWithSeveralWorkers) {
   expect_grid_barrier_rounds(Target::cpu, 3, 33);
   expect_grid_barrier_rounds(Target::cpu, 2, 1);
   hx::set_workers(before);
+}
+
+// The host memory the CPU target's allocations check against (host_memory_available), on folders
+// laid out as / is: MemAvailable, and below it the headroom a control group's limit leaves (its
+// limit less its usage less the inactive file cache), at each level from the process's group up,
+// for cgroup v2 and v1, and at the mount's root (a container's own group).
+TEST(HostMemory, AvailableIsTheLeastOfMemAvailableAndEachControlGroupsHeadroom) {
+  namespace fs = std::filesystem;
+  const fs::path root = fs::temp_directory_path() / ("vae_host_memory_" + std::to_string(::getpid()));
+  constexpr size_t MiB = size_t{1} << 20;
+  auto write = [&](const std::string& path, const std::string& text) {
+    fs::create_directories((root / path).parent_path());
+    std::ofstream(root / path) << text;
+  };
+  auto reset = [&](size_t mem_available_mib, const std::string& cgroup) {
+    fs::remove_all(root);
+    write("proc/meminfo", "MemTotal:       99999999 kB\nMemFree:         1000 kB\nMemAvailable:   " +
+                              std::to_string(mem_available_mib * 1024) + " kB\n");
+    write("proc/self/cgroup", cgroup);
+  };
+  // No control group with a limit: MemAvailable.
+  reset(5000, "0::/user.slice/session-3.scope\n");
+  EXPECT_EQ(host_memory_available(root.string()), 5000 * MiB);
+  // cgroup v2, a job's limit two levels above the process's group (which has none): 2048 − (700 − 300).
+  reset(5000, "0::/job_17/step_0/task_3\n");
+  write("sys/fs/cgroup/job_17/memory.max", std::to_string(2048 * MiB) + "\n");
+  write("sys/fs/cgroup/job_17/memory.current", std::to_string(700 * MiB) + "\n");
+  write("sys/fs/cgroup/job_17/memory.stat", "anon 1\nfile 2\ninactive_file " + std::to_string(300 * MiB) + "\n");
+  write("sys/fs/cgroup/job_17/step_0/memory.max", "max\n");
+  write("sys/fs/cgroup/job_17/step_0/memory.current", std::to_string(650 * MiB) + "\n");
+  EXPECT_EQ(host_memory_available(root.string()), 1648 * MiB);
+  // A tighter limit lower down wins; MemAvailable wins where it is less still.
+  write("sys/fs/cgroup/job_17/step_0/task_3/memory.max", std::to_string(1000 * MiB) + "\n");
+  write("sys/fs/cgroup/job_17/step_0/task_3/memory.current", std::to_string(100 * MiB) + "\n");
+  EXPECT_EQ(host_memory_available(root.string()), 900 * MiB);
+  write("proc/meminfo", "MemAvailable:   " + std::to_string(800 * 1024) + " kB\n");
+  EXPECT_EQ(host_memory_available(root.string()), 800 * MiB);
+  // cgroup v1: the memory controller's line, and a container's group at the mount's root; a usage
+  // past the limit leaves nothing.
+  reset(5000, "12:pids:/docker/abc\n4:cpu,memory:/docker/abc\n0::/\n");
+  write("sys/fs/cgroup/memory/memory.limit_in_bytes", std::to_string(3000 * MiB) + "\n");
+  write("sys/fs/cgroup/memory/memory.usage_in_bytes", std::to_string(1200 * MiB) + "\n");
+  write("sys/fs/cgroup/memory/memory.stat", "cache 5\ntotal_inactive_file " + std::to_string(200 * MiB) + "\n");
+  EXPECT_EQ(host_memory_available(root.string()), 2000 * MiB);
+  write("sys/fs/cgroup/memory/docker/abc/memory.limit_in_bytes", "9223372036854771712\n");  // no limit
+  EXPECT_EQ(host_memory_available(root.string()), 2000 * MiB);
+  write("sys/fs/cgroup/memory/memory.usage_in_bytes", std::to_string(4000 * MiB) + "\n");
+  EXPECT_EQ(host_memory_available(root.string()), 0u);
+  fs::remove_all(root);
+  // This machine's: something, and no more than MemAvailable.
+  EXPECT_GT(host_memory_available(), 0u);
 }
 
 using HostExecDeathTest = ::testing::Test;

@@ -468,6 +468,32 @@ TEST(Cli, BadEnvironmentGetsOneLineAndExitOne) {
   fs::remove_all(out);
 }
 
+// A model too large for the device's memory: one line naming what could not be allocated and the
+// flags that make the work smaller, exit status 1, no checkpoint — where the CPU target's lazily
+// committed buffers had been killed by the kernel while they filled (train), or by the first model
+// of a sweep (sweep). The parameters alone (~650 GB) exceed any machine's memory: nothing is touched.
+TEST(Cli, AModelTooLargeForMemoryIsOneLineAndExitOne) {
+  const fs::path dir = fs::temp_directory_path() / ("vae_cli_oom_" + std::to_string(::getpid()));
+  for (const auto& [command, says] :
+       {std::pair{"train", "(less with a smaller --hidden, --latent, --batch-size, --samples or --k)"},
+        std::pair{"sweep --seed 1..2", "or fewer models"}}) {
+    fs::remove_all(dir);
+    const Result r = run_cli(std::string(command) +
+                             " --device cpu --hidden 100000000 --epochs 1 --train-limit 64 --test-limit 64 --quiet "
+                             "--out " +
+                             dir.string());
+    EXPECT_EQ(r.code, 1) << command << ": " << r.err;
+    EXPECT_EQ(lines(r.err), 1u) << command << ": " << r.err;
+    EXPECT_EQ(r.err.rfind("vae: cannot allocate ", 0), 0u) << r.err;
+    EXPECT_NE(r.err.find(" MiB of host memory: "), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find(says), std::string::npos) << r.err;
+    if (!fs::exists(dir)) continue;
+    for (const auto& e : fs::recursive_directory_iterator(dir))
+      EXPECT_NE(e.path().extension(), ".safetensors") << e.path();
+  }
+  fs::remove_all(dir);
+}
+
 // A diverging run exits with status 3 and one line naming the step, and writes no checkpoint.
 TEST(Cli, DivergenceExitsThreeWithoutACheckpoint) {
   const fs::path dir = fs::temp_directory_path() / ("vae_cli_diverge_" + std::to_string(::getpid()));

@@ -13,6 +13,11 @@ class Error : public std::runtime_error {
  public:
   using std::runtime_error::runtime_error;
 };
+// An allocation the device (the GPU, or the host's memory for the CPU target) cannot take.
+class OutOfMemory : public Error {
+ public:
+  using Error::Error;
+};
 
 [[noreturn]] void throw_error(const char* file, int line, const std::string& what);
 // Text from a file, fit for a one-line message: bytes outside printable ASCII as \xNN, at most 64

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "runtime/compat.cuh"
+#include "runtime/host_memory.h"
 
 #if VAE_HOST_EXEC && defined(__x86_64__)
 #include <cpuid.h>
@@ -54,13 +55,24 @@ void evict_lines(char* p, size_t bytes) {
   }
 }
 #endif
+
+// Allocations from this size on are checked against the memory left and touched at once (the
+// kernel commits host memory lazily: unchecked, a model too large for the machine would be killed
+// by it while its buffers fill, with no word; touched, the next check sees them).
+constexpr size_t kCheckedAllocation = size_t{16} << 20;
 }  // namespace
 
 void* device_alloc(size_t bytes) {
   if (bytes == 0) return nullptr;
   const size_t rounded = (bytes + 63) / 64 * 64;
+  const size_t available = rounded >= kCheckedAllocation ? host_memory_available() : 0;
+  if (rounded >= kCheckedAllocation && rounded > available) {
+    throw OutOfMemory("cannot allocate " + mebibytes(rounded) + " of host memory: " + mebibytes(available) +
+                      " available");
+  }
   void* p = std::aligned_alloc(64, rounded);
-  if (!p) throw Error("out of host memory allocating " + std::to_string(bytes) + " bytes");
+  if (!p) throw OutOfMemory("cannot allocate " + mebibytes(rounded) + " of host memory");
+  if (rounded >= kCheckedAllocation) std::memset(p, 0, rounded);
   Allocations& a = allocations();
   const std::lock_guard<std::mutex> lock(a.mutex);
   a.live.emplace(p, rounded);
@@ -91,18 +103,7 @@ void evict_caches(cudaStream_t) {
   std::memset(scratch.data(), 1, scratch.size());
 #endif
 }
-size_t memory_available() {
-  // MemAvailable (kB): free memory and what the kernel can reclaim without swapping.
-  std::ifstream meminfo("/proc/meminfo");
-  std::string key;
-  size_t kb = 0;
-  while (meminfo >> key >> kb) {
-    if (key == "MemAvailable:") return kb * 1024;
-    meminfo.ignore(256, '\n');
-  }
-  const long pages = sysconf(_SC_AVPHYS_PAGES), page = sysconf(_SC_PAGESIZE);
-  return pages > 0 && page > 0 ? static_cast<size_t>(pages) * static_cast<size_t>(page) : 0;
-}
+size_t memory_available() { return host_memory_available(); }
 void copy_to_device(void* dst, const void* src, size_t bytes, cudaStream_t) {
   if (bytes) std::memcpy(dst, src, bytes);
 }
@@ -130,7 +131,14 @@ LaunchPolicy& launch_policy() {
 void* device_alloc(size_t bytes) {
   if (bytes == 0) return nullptr;
   void* p = nullptr;
-  VAE_CUDA_CHECK(cudaMalloc(&p, bytes));
+  const cudaError_t err = cudaMalloc(&p, bytes);
+  if (err == cudaErrorMemoryAllocation) {
+    (void)cudaGetLastError();  // not sticky: the context goes on
+    size_t free = 0, total = 0;
+    cudaMemGetInfo(&free, &total);
+    throw OutOfMemory("cannot allocate " + mebibytes(bytes) + " of GPU memory: " + mebibytes(free) + " free");
+  }
+  VAE_CUDA_CHECK(err);
   return p;
 }
 void device_free(void* p) noexcept {
