@@ -55,7 +55,7 @@ class DecodeCommand : public ModelCommand {
   void add(CLI::App& app) override {
     cmd_ = app.add_subcommand("decode", "decoder means of given latent codes, as an NPY or a PNG grid");
     add_model_flags();
-    cmd_->add_option("--latents", latents_, "codes: float32 .npy of shape (N, J)")
+    cmd_->add_option("--latents", latents_, "codes: float32 or float64 .npy of shape (N, J)")
         ->required()
         ->check(CLI::ExistingFile);
     cmd_->add_option("--out", out_, "output: F.npy (float32 (N, D)) or F.png (an image grid)")->required();

@@ -56,7 +56,8 @@ void add_data_flags(CLI::App* cmd, DataOptions& d, bool with_train) {
   cmd->add_option("--data", d.data,
                   "fashion-mnist (Debian's dataset-fashion-mnist) or a folder of MNIST-format IDX files");
   if (with_train) {
-    cmd->add_option("--train", d.train_npy, "training images as .npy (uint8 or float32 in [0,1]; (N,D) or (N,H,W))");
+    cmd->add_option("--train", d.train_npy,
+                    "training images as .npy (uint8 0-255, or float32, float64 or bool in [0,1]; (N,D) or (N,H,W))");
     cmd->add_option("--train-limit", d.train_limit, "use only the first N training images")->check(positive_number());
   }
   cmd->add_option("--test", d.test_npy, "test images as .npy");

@@ -181,10 +181,18 @@ void write_idx_images(const std::string& path, const Dataset& d) {
 
 namespace {
 
+// The NPY element types read: uint8 kept as bytes; float32, float64 (NumPy's default, narrowed)
+// and bool (0 or 1) as floats.
+enum class NpyKind { u8, f32, f64, b1 };
+size_t npy_element_bytes(NpyKind k) { return k == NpyKind::f32 ? 4 : k == NpyKind::f64 ? 8 : 1; }
+const char* npy_kind_name(NpyKind k) {
+  return k == NpyKind::u8 ? "uint8" : k == NpyKind::f32 ? "float32" : k == NpyKind::f64 ? "float64" : "bool";
+}
+
 // An NPY file's dtype, shape and data, checked against each other (not yet against what the
 // caller wants).
 struct NpyFile {
-  PixelType type;
+  NpyKind kind;
   std::vector<int64_t> shape;
   std::string dims;  // the shape as written, for messages
   std::vector<uint8_t> bytes;
@@ -213,13 +221,17 @@ NpyFile parse_npy(const std::string& path) {
   const std::string header(bytes.begin() + header_at, bytes.begin() + header_at + header_len);
   const std::string descr = npy_header_value(header, "descr", '\'', '\'');
   if (descr.empty()) fail(path, "NPY header has no descr");
-  PixelType type;
+  NpyKind kind;
   if (descr == "|u1" || descr == "<u1")
-    type = PixelType::u8;
+    kind = NpyKind::u8;
   else if (descr == "<f4")
-    type = PixelType::f32;
+    kind = NpyKind::f32;
+  else if (descr == "<f8")
+    kind = NpyKind::f64;
+  else if (descr == "|b1")
+    kind = NpyKind::b1;
   else
-    fail(path, "NPY dtype '" + printable(descr) + "' is not uint8 (|u1) or float32 (<f4)");
+    fail(path, "NPY dtype '" + printable(descr) + "' is not uint8 (|u1), float32 (<f4), float64 (<f8) or bool (|b1)");
   if (npy_header_value(header, "fortran_order", ' ', ',') == "True") fail(path, "Fortran-order NPY is not supported");
   const std::string dims = npy_header_value(header, "shape", '(', ')');
   if (dims.empty()) fail(path, "NPY header has no shape");
@@ -240,11 +252,49 @@ NpyFile parse_npy(const std::string& path) {
   }
   if (shape.size() != 2 && shape.size() != 3)
     fail(path, "NPY array has rank " + std::to_string(shape.size()) + ", expected 2 (N, D) or 3 (N, H, W)");
-  f.type = type;
+  f.kind = kind;
   f.shape = shape;
   f.dims = printable(dims);  // shown in messages: one line, whatever the file holds
   f.data_at = header_at + header_len;
   return f;
+}
+
+// The body's size for `count` rows of `cols` elements, checked against the file.
+void check_npy_body(const std::string& path, const NpyFile& f, int64_t count, int64_t cols) {
+  size_t body = 0;
+  if (__builtin_mul_overflow(static_cast<size_t>(count), static_cast<size_t>(cols) * npy_element_bytes(f.kind),
+                             &body)) {
+    fail(path, "NPY shape (" + f.dims + ") is larger than any file");
+  }
+  if (f.bytes.size() - f.data_at != body) {
+    fail(path, "size mismatch: shape needs " + std::to_string(body) + " data bytes, file has " +
+                   std::to_string(f.bytes.size() - f.data_at));
+  }
+}
+
+// The body's elements as floats (float32, float64 or bool), each passing ok(value as double) or
+// named in an error with `why`.
+template <typename Ok>
+std::vector<float> npy_floats(const std::string& path, const NpyFile& f, size_t n, Ok ok, const char* why) {
+  std::vector<float> out(n);
+  const uint8_t* body = f.bytes.data() + f.data_at;
+  for (size_t i = 0; i < n; ++i) {
+    double v = 0;
+    if (f.kind == NpyKind::f32) {
+      float x;
+      std::memcpy(&x, body + 4 * i, 4);
+      v = x;
+    } else if (f.kind == NpyKind::f64) {
+      std::memcpy(&v, body + 8 * i, 8);
+    } else {
+      v = body[i] != 0 ? 1.0 : 0.0;
+    }
+    if (!ok(v))
+      fail(path, std::string(npy_kind_name(f.kind)) + " value " + std::to_string(v) + " at element " +
+                     std::to_string(i) + " is " + why);
+    out[i] = static_cast<float>(v);
+  }
+  return out;
 }
 
 }  // namespace
@@ -253,8 +303,6 @@ Dataset read_npy(const std::string& path) {
   NpyFile f = parse_npy(path);
   const std::vector<int64_t>& shape = f.shape;
   const std::string& dims = f.dims;
-  const PixelType type = f.type;
-  const std::vector<uint8_t>& bytes = f.bytes;
   int64_t pixels = 1;  // per image: an int (Dataset::dim), checked before any int arithmetic
   for (size_t k = 1; k < shape.size(); ++k) {
     if (__builtin_mul_overflow(pixels, shape[k], &pixels) || pixels > std::numeric_limits<int32_t>::max()) {
@@ -263,7 +311,7 @@ Dataset read_npy(const std::string& path) {
   }
   Dataset d;
   d.source = path;
-  d.type = type;
+  d.type = f.kind == NpyKind::u8 ? PixelType::u8 : PixelType::f32;
   d.count = shape[0];
   if (shape.size() == 3) {
     d.height = static_cast<int>(shape[1]);
@@ -276,53 +324,33 @@ Dataset read_npy(const std::string& path) {
     d.width = static_cast<int>(side * side == D ? side : D);
   }
   if (d.count <= 0 || d.dim() <= 0) fail(path, "NPY array is empty");
-  const size_t elem = type == PixelType::u8 ? 1 : 4;
-  size_t body = 0;
-  if (__builtin_mul_overflow(static_cast<size_t>(d.count), static_cast<size_t>(d.dim()) * elem, &body)) {
-    fail(path, "NPY shape (" + dims + ") is larger than any file");
-  }
-  const size_t at = f.data_at;
-  if (bytes.size() - at != body) {
-    fail(path, "size mismatch: shape needs " + std::to_string(body) + " data bytes, file has " +
-                   std::to_string(bytes.size() - at));
-  }
-  if (type == PixelType::u8) {
-    d.u8.assign(bytes.begin() + at, bytes.end());
+  check_npy_body(path, f, d.count, d.dim());
+  if (f.kind == NpyKind::u8) {
+    d.u8.assign(f.bytes.begin() + f.data_at, f.bytes.end());
   } else {
-    d.f32.resize(static_cast<size_t>(d.count) * d.dim());
-    std::memcpy(d.f32.data(), bytes.data() + at, body);
-    for (size_t i = 0; i < d.f32.size(); ++i) {
-      if (!(d.f32[i] >= 0.f && d.f32[i] <= 1.f)) {
-        fail(path,
-             "float32 value " + std::to_string(d.f32[i]) + " at element " + std::to_string(i) + " is outside [0, 1]");
-      }
-    }
+    d.f32 = npy_floats(
+        path, f, static_cast<size_t>(d.count) * d.dim(), [](double v) { return v >= 0 && v <= 1; }, "outside [0, 1]");
   }
   return d;
 }
 
 FloatMatrix read_npy_matrix(const std::string& path) {
   const NpyFile f = parse_npy(path);
-  if (f.type != PixelType::f32) fail(path, "NPY dtype is uint8; expected float32 (<f4)");
+  if (f.kind == NpyKind::u8 || f.kind == NpyKind::b1) {
+    fail(path, std::string("NPY dtype is ") + npy_kind_name(f.kind) + "; expected float32 (<f4) or float64 (<f8)");
+  }
   if (f.shape.size() != 2) fail(path, "NPY array has shape (" + f.dims + "); expected 2 dimensions (N, K)");
   FloatMatrix m;
   m.source = path;
   m.rows = f.shape[0];
   m.cols = static_cast<int>(f.shape[1]);
   if (m.rows <= 0 || m.cols <= 0) fail(path, "NPY array is empty");
-  size_t body = 0;
-  if (__builtin_mul_overflow(static_cast<size_t>(m.rows), static_cast<size_t>(m.cols) * 4, &body)) {
-    fail(path, "NPY shape (" + f.dims + ") is larger than any file");
-  }
-  if (f.bytes.size() - f.data_at != body) {
-    fail(path, "size mismatch: shape needs " + std::to_string(body) + " data bytes, file has " +
-                   std::to_string(f.bytes.size() - f.data_at));
-  }
-  m.values.resize(static_cast<size_t>(m.rows) * m.cols);
-  std::memcpy(m.values.data(), f.bytes.data() + f.data_at, body);
-  for (size_t i = 0; i < m.values.size(); ++i) {
-    if (!std::isfinite(m.values[i])) fail(path, "value at element " + std::to_string(i) + " is not finite");
-  }
+  check_npy_body(path, f, m.rows, m.cols);
+  // Finite as float32 too: a float64 past its range would be infinite.
+  m.values = npy_floats(
+      path, f, static_cast<size_t>(m.rows) * m.cols,
+      [](double v) { return std::isfinite(v) && std::fabs(v) <= std::numeric_limits<float>::max(); },
+      "not finite (as float32)");
   return m;
 }
 

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <functional>
 #include <fstream>
@@ -193,10 +194,10 @@ TEST_F(Io, NpyTwoDimensionalAndMalformed) {
   EXPECT_EQ(d.width, 4);
   write(path("short.npy"), file.substr(0, file.size() - 1));
   expect_error([&] { read_npy(path("short.npy")); }, {"short.npy", "size mismatch"});
-  std::string f64 = file;
-  f64.replace(f64.find("|u1"), 3, "<f8");
-  write(path("f64.npy"), f64);
-  expect_error([&] { read_npy(path("f64.npy")); }, {"f64.npy", "<f8"});
+  std::string big_endian = file;
+  big_endian.replace(big_endian.find("|u1"), 3, ">f4");
+  write(path("big.npy"), big_endian);
+  expect_error([&] { read_npy(path("big.npy")); }, {"big.npy", "'>f4'", "float64 (<f8)"});
   write(path("magic.npy"), "NUMPY" + file);
   expect_error([&] { read_npy(path("magic.npy")); }, {"magic"});
   Dataset out_of_range = random_images(2, 2, 2, PixelType::f32);
@@ -209,6 +210,44 @@ TEST_F(Io, NpyTwoDimensionalAndMalformed) {
   out_of_range.f32[3] = -INFINITY;
   write_npy(path("inf.npy"), out_of_range);
   expect_error([&] { read_npy(path("inf.npy")); }, {"inf.npy", "element 3", "outside [0, 1]"});
+}
+
+// NumPy's default float64 and bool arrays, written by hand: read as float32 pixels (float64
+// narrowed, bool 0 or 1), and checked for [0, 1] in float64 before they are narrowed; latent codes
+// from float64 too, finite as float32.
+TEST_F(Io, NpyFloat64AndBool) {
+  const std::vector<double> values = {0.0, 1.0, 0.1, 1.0 / 3, 0.999999999, 2e-9, 0.5, 0.25, 0.75, 1e-300, 0.6, 0.7};
+  std::string body(values.size() * 8, '\0');
+  std::memcpy(body.data(), values.data(), body.size());
+  write(path("f64.npy"), npy_file("{'descr': '<f8', 'fortran_order': False, 'shape': (3, 2, 2), }", body));
+  const Dataset d = read_npy(path("f64.npy"));
+  EXPECT_EQ(d.type, PixelType::f32);
+  EXPECT_EQ(d.count, 3);
+  EXPECT_EQ(d.height, 2);
+  ASSERT_EQ(d.f32.size(), values.size());
+  for (size_t i = 0; i < values.size(); ++i) EXPECT_EQ(d.f32[i], static_cast<float>(values[i])) << i;
+  write(path("z64.npy"), npy_file("{'descr': '<f8', 'fortran_order': False, 'shape': (4, 3), }", body));
+  const FloatMatrix m = read_npy_matrix(path("z64.npy"));
+  EXPECT_EQ(m.rows, 4);
+  EXPECT_EQ(m.cols, 3);
+  EXPECT_EQ(m.values[3], static_cast<float>(values[3]));
+  // Outside [0, 1] by less than float32 rounds away: refused all the same.
+  std::vector<double> over = values;
+  over[5] = 1.0 + 1e-12;
+  std::memcpy(body.data(), over.data(), body.size());
+  write(path("over.npy"), npy_file("{'descr': '<f8', 'fortran_order': False, 'shape': (3, 4), }", body));
+  expect_error([&] { read_npy(path("over.npy")); }, {"over.npy", "float64 value", "element 5", "outside [0, 1]"});
+  over[5] = 1e300;  // finite in float64, not in float32
+  std::memcpy(body.data(), over.data(), body.size());
+  write(path("huge.npy"), npy_file("{'descr': '<f8', 'fortran_order': False, 'shape': (3, 4), }", body));
+  expect_error([&] { read_npy_matrix(path("huge.npy")); }, {"huge.npy", "element 5", "not finite (as float32)"});
+  // bool: any non-zero byte is True.
+  const std::string bits = {0, 1, 1, 0, 2, 0};
+  write(path("b.npy"), npy_file("{'descr': '|b1', 'fortran_order': False, 'shape': (2, 3), }", bits));
+  const Dataset b = read_npy(path("b.npy"));
+  EXPECT_EQ(b.type, PixelType::f32);
+  EXPECT_EQ(b.f32, (std::vector<float>{0, 1, 1, 0, 1, 0}));
+  expect_error([&] { read_npy_matrix(path("b.npy")); }, {"b.npy", "bool", "expected float32"});
 }
 
 // Latent codes: float32 (N, K) of any finite values, round trip and every way to be wrong.
