@@ -95,7 +95,7 @@ class ManifoldCommand : public ModelCommand {
         "manifold",
         "the learned manifold (the paper's Fig. 4): a grid of codes through the inverse Gaussian CDF, decoded");
     add_model_flags();
-    cmd_->add_option("--out", out_, "output .png")->required();
+    cmd_->add_option("--out", out_, "output .png")->required()->check(png_file_name());
     cmd_->add_option("--grid", grid_, "tiles per side")->check(CLI::Range(1, 200))->capture_default_str();
     cmd_->add_option("--dims", dims_, "the two latent dimensions swept, as i,j (default 0,1; 0,0 for a 1-D latent)");
   }

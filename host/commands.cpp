@@ -1,9 +1,13 @@
 #include "commands.h"
 
+#include <cctype>
 #include <charconv>
 #include <cmath>
 #include <cstdint>
+#include <filesystem>
 #include <system_error>
+
+#include "run_folder.h"
 
 namespace vae {
 
@@ -64,14 +68,33 @@ void add_data_flags(CLI::App* cmd, DataOptions& d, bool with_train) {
   cmd->add_option("--test-limit", d.test_limit, "use only the first N test images")->check(positive_number());
 }
 
+CLI::Validator png_file_name() {
+  return CLI::Validator(
+      [](std::string& value) {
+        std::string ext = std::filesystem::path(value).extension().string();
+        for (char& c : ext) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+        return ext == ".png" ? std::string() : "expected a .png file name, got '" + value + "'";
+      },
+      "PNG");
+}
+
 void ModelCommand::add_model_flags() {
-  cmd_->add_option("--checkpoint", checkpoint_, "checkpoint.safetensors")->required()->check(CLI::ExistingFile);
+  cmd_->add_option("--checkpoint", checkpoint_,
+                   "a checkpoint (.safetensors), or a run folder: its newest checkpoint that loads")
+      ->required()
+      ->check(CLI::ExistingPath);
   add_device_flag(cmd_, device_);
+}
+
+Checkpoint ModelCommand::checkpoint() const {
+  FoundCheckpoint found = find_checkpoint(checkpoint_, "--checkpoint");
+  say_skipped(found);
+  return std::move(found.checkpoint);
 }
 
 Loaded ModelCommand::load() const {
   Loaded l;
-  l.ckpt = load_checkpoint(checkpoint_);
+  l.ckpt = checkpoint();
   l.ctx = std::make_unique<DeviceContext>(resolve_target(device_), l.ckpt.config.tf32);
   l.trainer = std::make_unique<Trainer>(*l.ctx, l.ckpt.config);
   l.trainer->restore(l.ckpt);

@@ -55,6 +55,9 @@ CLI::Validator non_negative_number();
 // Digits only (a seed: "-1" would otherwise wrap around to 2^64 − 1).
 CLI::Validator non_negative_integer();
 
+// An output file named *.png (what the image commands write): checked at parsing, exit 2.
+CLI::Validator png_file_name();
+
 // --device auto|cpu|cuda.
 void add_device_flag(CLI::App* cmd, std::string& device);
 // --data, --test, --test-limit, and with with_train --train, --train-limit.
@@ -71,6 +74,8 @@ struct Loaded {
 class ModelCommand : public Command {
  protected:
   void add_model_flags();
+  // The checkpoint --checkpoint names: the file, or the run folder's newest that loads.
+  Checkpoint checkpoint() const;
   Loaded load() const;
   // The test images as the command's data flags (added with add_data_flags(cmd_, flags, …)) and
   // the checkpoint's configuration say: the checkpoint's data set unless --data, --test or

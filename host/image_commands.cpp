@@ -16,12 +16,12 @@ class SampleCommand : public ModelCommand {
     cmd_ = app.add_subcommand("sample", "decoder means of samples from the prior, as a PNG grid");
     add_model_flags();
     cmd_->add_option("--n", n_, "number of samples")->check(CLI::Range(1, 4096))->capture_default_str();
-    cmd_->add_option("--out", out_, "output .png")->required();
+    cmd_->add_option("--out", out_, "output .png")->required()->check(png_file_name());
     cmd_->add_option("--seed", seed_, "noise seed (default: the checkpoint's)")->check(non_negative_integer());
   }
 
   int run() override {
-    Checkpoint ckpt = load_checkpoint(checkpoint_);
+    Checkpoint ckpt = checkpoint();
     if (cmd_->count("--seed")) ckpt.config.seed = seed_;
     DeviceContext ctx(resolve_target(device_), ckpt.config.tf32);
     Trainer trainer(ctx, ckpt.config);
@@ -44,7 +44,7 @@ class ReconstructCommand : public ModelCommand {
   void add(CLI::App& app) override {
     cmd_ = app.add_subcommand("reconstruct", "the first test images above their reconstructions, as a PNG");
     add_model_flags();
-    cmd_->add_option("--out", out_, "output .png")->required();
+    cmd_->add_option("--out", out_, "output .png")->required()->check(png_file_name());
     cmd_->add_option("--n", n_, "number of test images")->check(CLI::Range(1, 64))->capture_default_str();
     add_data_flags(cmd_, flags_, false);
   }

@@ -78,7 +78,7 @@ RunStart load_start(const TrainRun& run) {
   if (run.keep < 1) throw Error("--keep: expected at least 1");
   if (!s.resuming) return s;
   FoundCheckpoint found = find_checkpoint(run.resume);
-  for (const auto& why : found.skipped) std::fprintf(stderr, "vae: skipping %s\n", why.c_str());
+  say_skipped(found);
   s.resumed = std::move(found.checkpoint);
   // The run continues as it was configured; only the epoch target comes from the flags.
   s.config = s.resumed.config;

@@ -17,7 +17,7 @@ class ReportCommand : public Command {
                               "the learning curves of runs (test and train ELBO against epoch, a colour per run) as "
                               "a PNG");
     cmd_->add_option("runs", runs_, "run folders (a sweep's folder stands for its models)")->required();
-    cmd_->add_option("--out", out_, "the PNG to write")->capture_default_str();
+    cmd_->add_option("--out", out_, "the PNG to write")->capture_default_str()->check(png_file_name());
   }
 
   int run() override {

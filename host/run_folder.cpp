@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -57,7 +58,7 @@ std::string run_folder_of(const std::string& checkpoint_path) {
   return dir.empty() ? "." : dir.string();
 }
 
-FoundCheckpoint find_checkpoint(const std::string& path) {
+FoundCheckpoint find_checkpoint(const std::string& path, const std::string& flag) {
   std::error_code ec;
   FoundCheckpoint found;
   if (!fs::is_directory(path, ec)) {
@@ -94,11 +95,15 @@ FoundCheckpoint find_checkpoint(const std::string& path) {
   if (!have) {
     std::string names;
     for (const auto& t : tried) names += (names.empty() ? "" : ", ") + t;
-    throw Error("--resume: " + path + " holds no checkpoint that loads" +
+    throw Error(flag + ": " + path + " holds no checkpoint that loads" +
                 (names.empty() ? std::string(" (no checkpoint.safetensors, no checkpoints/step_*.safetensors)")
                                : " (tried " + names + ")"));
   }
   return found;
+}
+
+void say_skipped(const FoundCheckpoint& found) {
+  for (const auto& why : found.skipped) std::fprintf(stderr, "vae: skipping %s\n", why.c_str());
 }
 
 void keep_metrics_through_epoch(const std::string& metrics_path, int epochs) {

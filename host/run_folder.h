@@ -21,9 +21,12 @@ struct FoundCheckpoint {
   std::string path;
   std::vector<std::string> skipped;  // "PATH: why" for each newer file that did not load
 };
-// --resume PATH: a checkpoint file, or a run folder (then the newest checkpoint of it that loads,
-// by step). Throws vae::Error when none loads, naming each file tried.
-FoundCheckpoint find_checkpoint(const std::string& path);
+// --resume PATH (or another command's `flag`, --checkpoint): a checkpoint file, or a run folder
+// (then the newest checkpoint of it that loads, by step). Throws vae::Error when none loads,
+// naming the flag and each file tried.
+FoundCheckpoint find_checkpoint(const std::string& path, const std::string& flag = "--resume");
+// Names on stderr each newer checkpoint file that did not load ("vae: skipping PATH: why").
+void say_skipped(const FoundCheckpoint& found);
 // The run folder a checkpoint file belongs to (its folder, or above checkpoints/).
 std::string run_folder_of(const std::string& checkpoint_path);
 

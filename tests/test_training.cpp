@@ -645,9 +645,27 @@ TEST(Cli, TrainEvalSampleReconstruct) {
   EXPECT_TRUE(fs::exists(dir / "samples_3.png"));
   EXPECT_EQ(nlohmann::json::parse(run_cli("eval --device cpu --checkpoint " + ck).out)["n"].get<int>(), 200);
 
-  r = run_cli("sample --device cpu --n 10 --checkpoint " + ck + " --out " + (dir / "s.png").string());
+  // --checkpoint also takes the run folder (its newest checkpoint), as --resume does.
+  r = run_cli("eval --device cpu --checkpoint " + dir.string());
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(nlohmann::json::parse(r.out)["step"],
+            nlohmann::json::parse(run_cli("eval --device cpu --checkpoint " + ck).out)["step"]);
+  r = run_cli("eval --device cpu --checkpoint " + (dir / "checkpoints").string());
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("--checkpoint: " + (dir / "checkpoints").string() + " holds no checkpoint that loads"),
+            std::string::npos)
+      << r.err;
+
+  r = run_cli("sample --device cpu --n 10 --checkpoint " + dir.string() + " --out " + (dir / "s.png").string());
   EXPECT_EQ(r.code, 0) << r.err;
   EXPECT_TRUE(fs::exists(dir / "s.png"));
+  // The image commands write PNG files: another name is refused before anything runs.
+  for (const char* command : {"sample", "reconstruct", "manifold"}) {
+    r = run_cli(std::string(command) + " --device cpu --checkpoint " + ck + " --out " + (dir / "s.jpg").string());
+    EXPECT_EQ(r.code, 2) << command;
+    EXPECT_NE(r.err.find("--out: expected a .png file name"), std::string::npos) << r.err;
+    EXPECT_FALSE(fs::exists(dir / "s.jpg")) << command;
+  }
   r = run_cli("reconstruct --device cpu --checkpoint " + ck + " --out " + (dir / "r.png").string());
   EXPECT_EQ(r.code, 0) << r.err;
   EXPECT_TRUE(fs::exists(dir / "r.png"));
