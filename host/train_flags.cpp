@@ -14,6 +14,10 @@ std::vector<int> parse_hidden(const std::string& s) {
   if (s.empty() || s == "none") return out;
   std::stringstream ss(s);
   std::string item;
+  const auto bad = [&] {
+    return CLI::ValidationError("--hidden", "expected positive sizes like 400 or 500,500, got '" + s + "'");
+  };
+  if (s.back() == ',') throw bad();  // getline would drop the empty size after it
   while (std::getline(ss, item, ',')) {
     size_t used = 0;
     int v = 0;
@@ -22,8 +26,7 @@ std::vector<int> parse_hidden(const std::string& s) {
     } catch (const std::exception&) {
       used = 0;
     }
-    if (used != item.size() || v <= 0)
-      throw CLI::ValidationError("--hidden", "expected positive sizes like 400 or 500,500, got '" + s + "'");
+    if (used != item.size() || v <= 0) throw bad();
     out.push_back(v);
   }
   return out;

@@ -429,6 +429,7 @@ TEST(Cli, BadFlagsGetOneLineAndExitTwo) {
         std::pair{"sample --checkpoint /dev/null --n 1 --out x.png --seed 99999999999999999999",
                   "--seed: must be an integer below 2^64"},
         std::pair{"train --test ''", "--test: empty value"},
+        std::pair{"train --hidden 400,", "--hidden: expected positive sizes"},
         std::pair{"frobnicate --epochs 1", "vae: no command 'frobnicate' (train, sweep, eval"}}) {
     const Result r = run_cli(args);
     EXPECT_EQ(r.code, 2) << args;
