@@ -67,7 +67,7 @@ RunStart resolve_start(const TrainRun& run) {
   RunStart s = load_start(run);
   if (s.resuming && s.resumed.epoch >= s.config.epochs) {
     throw Error("--resume: " + run.resume + " has already completed " + std::to_string(s.resumed.epoch) +
-                " epochs; pass --epochs above that");
+                (s.resumed.epoch == 1 ? " epoch" : " epochs") + "; pass --epochs above that");
   }
   return s;
 }
