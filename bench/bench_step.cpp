@@ -147,6 +147,7 @@ struct PhaseTimes {
   // Per grid barrier of the step (and last, the phase that ends it), one entry per timed step.
   struct Sync {
     std::vector<double> span, work_median, work_max, barrier;
+    unsigned long long items = 0, chunks_max = 0;  // the GEMM work items over the blocks; the most K chunks a block ran
   };
   std::vector<Sync> sync;
   unsigned long long tick_ns = 0;  // the smallest positive step between two stamps of a block
@@ -187,6 +188,12 @@ void add_phase_times(const std::vector<unsigned long long>& ns, int grid, PhaseT
       work[b] = 1e-3 * static_cast<double>(arrive(b, i) - leave(b, i - 1));
     }
     PhaseTimes::Sync& s = t.sync[i];
+    s.items = s.chunks_max = 0;  // the same every step
+    for (int b = 0; b < grid; ++b) {
+      const unsigned long long ran = slot(b, kFusedWorkSlots + i);
+      s.items += ran >> 32;
+      s.chunks_max = std::max(s.chunks_max, ran & 0xffffffffull);
+    }
     s.span.push_back(1e-3 * static_cast<double>(last_leave - last_before));
     s.work_max.push_back(*std::max_element(work.begin(), work.end()));
     s.work_median.push_back(bench::median(work));
@@ -330,8 +337,11 @@ void print_fused_phases(const Options& o, const PhaseTimes& t) {
       "\nsync points (us, means over the timed steps, which a coarse clock's ticks do not bias; span: from the "
       "last block's\ndeparture from the barrier before (or the start) to the last one's from this one; work: a "
       "block's time\nbetween them, median and max over the blocks; barrier: from the last arrival to the last "
-      "departure):\n");
-  std::printf("%-28s %9s %9s %9s %9s\n", "grid barrier after", "span", "work med", "work max", "barrier");
+      "departure;\nitems: the GEMM work items (tiles or K slices of tiles) over the blocks; chunks: the most K chunks "
+      "of 32 a "
+      "block ran):\n");
+  std::printf("%-28s %9s %9s %9s %9s %6s %6s\n", "grid barrier after", "span", "work med", "work max", "barrier",
+              "items", "chunks");
   double sums[4] = {};
   const int layers = 1;  // the benchmark's model: one hidden layer a side, L = 1
   for (size_t i = 0; i < t.sync.size(); ++i) {
@@ -341,7 +351,8 @@ void print_fused_phases(const Options& o, const PhaseTimes& t) {
     auto mean = [](const std::vector<double>& v) { return std::accumulate(v.begin(), v.end(), 0.0) / v.size(); };
     const double v[4] = {mean(s.span), mean(s.work_median), mean(s.work_max), mean(s.barrier)};
     for (int k = 0; k < 4; ++k) sums[k] += v[k];
-    std::printf("%-28s %9.2f %9.2f %9.2f %9.2f\n", name.c_str(), v[0], v[1], v[2], v[3]);
+    std::printf("%-28s %9.2f %9.2f %9.2f %9.2f %6llu %6llu\n", name.c_str(), v[0], v[1], v[2], v[3], s.items,
+                s.chunks_max);
   }
   std::printf("%-28s %9.2f %9.2f %9.2f %9.2f\n", "sum", sums[0], sums[1], sums[2], sums[3]);
   std::printf("timer: the smallest step between two stamps of a block was %llu ns (its resolution is at most that)\n",

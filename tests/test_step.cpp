@@ -367,7 +367,8 @@ TEST(FusedSplitPlan, TheLongestItemIsTheShortestAnyAllowedSplitGives) {
 // The fused step's phase timers (FusedStepArgs::phase_ns, bench_step --phases) change nothing the
 // step computes; every block's times rise phase by phase, and every block counts the same grid
 // barriers: 2·(encoder + decoder layers) + 4 with one sample a row. The blocks' split-K tickets
-// add up to the K slices of the split tiles, phase by phase as fused_split_plan splits them.
+// add up to the K slices of the split tiles, and the blocks' GEMM work in each phase to its
+// planned items and all of its tiles' K chunks, phase by phase as fused_split_plan splits them.
 class FusedStepLaunch : public ::testing::TestWithParam<Target> {};
 TEST_P(FusedStepLaunch, TimeEachPhaseAndCountTheBarriersWithoutChangingTheStep) {
   const Target target = GetParam();
@@ -442,14 +443,33 @@ TEST_P(FusedStepLaunch, TimeEachPhaseAndCountTheBarriersWithoutChangingTheStep) 
       {{3, 1}, {1, 1}},  // encoder layer 2 backward (N 70, K 17); the heads' update (6 × 18)
       {{3, 1}, {6, 1}},  // layer 2's update (17 × 71), layer 1's (70 × 38)
   };
+  // Each phase's work items over the blocks, as planned, and all of its tiles' K chunks (the
+  // phases after the gather's barrier: timers' work slots 1 on).
+  ASSERT_EQ(phases.size(), barriers);
   unsigned long long want = 0;
-  for (const auto& phase : phases) {
+  for (size_t p = 0; p <= phases.size(); ++p) {
+    unsigned long long items = 0, chunks_run = 0;
+    for (int b = 0; b < grid; ++b) {
+      const unsigned long long ran = ns[static_cast<size_t>(b) * kFusedPhaseSlots + kFusedWorkSlots + p];
+      items += ran >> 32;
+      chunks_run += ran & 0xffffffffull;
+    }
+    if (p == 0) {
+      EXPECT_EQ(items, 0u) << "the gather ran GEMM work";
+      continue;
+    }
+    const auto& phase = phases[p - 1];
     int tiles[2] = {}, chunks[2] = {}, slices[2] = {};
     const int count = static_cast<int>(phase.size());
     for (int o = 0; o < count; ++o) std::tie(tiles[o], chunks[o]) = phase[o];
-    fused_split_plan(tiles, chunks, count, grid, slices);
-    for (int o = 0; o < count; ++o)
+    EXPECT_EQ(items, static_cast<unsigned long long>(fused_split_plan(tiles, chunks, count, grid, slices)))
+        << "phase " << p;
+    unsigned long long all_chunks = 0;
+    for (int o = 0; o < count; ++o) {
+      all_chunks += static_cast<unsigned long long>(tiles[o]) * chunks[o];
       if (slices[o] > 1) want += static_cast<unsigned long long>(slices[o]) * tiles[o];
+    }
+    EXPECT_EQ(chunks_run, all_chunks) << "phase " << p;
   }
   EXPECT_EQ(tickets, want);
   if (grid == 7) {

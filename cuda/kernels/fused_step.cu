@@ -27,11 +27,24 @@ __device__ __forceinline__ void record_time(const FusedStepArgs& a, int slot) {
   if (a.phase_ns && threadIdx.x == 0) a.phase_ns[blockIdx.x * kFusedPhaseSlots + slot] = global_timer_ns();
 }
 
-// A grid barrier of the step, counted, and with timers on its arrival and departure recorded.
+// With timers on, thread 0 records the GEMM work the block ran in phase n (the one before barrier
+// n) and starts the count of the next.
+__device__ __forceinline__ void record_work(const FusedStepArgs& a, TileShared& sh, unsigned n) {
+  if (threadIdx.x != 0) return;
+  if (a.phase_ns) {
+    a.phase_ns[blockIdx.x * kFusedPhaseSlots + kFusedWorkSlots + (n < kFusedMaxBarriers ? n : kFusedMaxBarriers)] =
+        static_cast<unsigned long long>(sh.work_items) << 32 | sh.work_chunks;
+  }
+  sh.work_items = sh.work_chunks = 0;
+}
+
+// A grid barrier of the step, counted, and with timers on the work before it, its arrival and
+// its departure recorded.
 __device__ __forceinline__ void step_barrier(const FusedStepArgs& a, TileShared& sh) {
   int slot = 0;  // thread 0's
   if (threadIdx.x == 0) {
     const unsigned n = sh.barriers++;
+    record_work(a, sh, n);
     slot = kFusedBarrierSlots + 2 * static_cast<int>(n < kFusedMaxBarriers ? n : kFusedMaxBarriers - 1);
     record_time(a, slot);
   }
@@ -186,6 +199,7 @@ __device__ void train_step(const FusedStepArgs& a, const StepState& at, float* x
   if (threadIdx.x == 0) {
     sh.barriers = 0;
     sh.tickets = 0;
+    sh.work_items = sh.work_chunks = 0;
     sh.pending_count = 0;
   }
   record_time(a, 0);
@@ -256,6 +270,7 @@ __device__ void train_step(const FusedStepArgs& a, const StepState& at, float* x
   if (next_x) gather_rows(a, next, next_x);
   backward_stack(s, a.encoder, a.encoder_layers, a.heads, x, nullptr, TileEpilogue::store, B, false, sh);
   phase_end(a, FusedPhase::encoder_backward);
+  record_work(a, sh, sh.barriers);  // the last phase's
   if (a.phase_ns && threadIdx.x == 0) {
     a.phase_ns[blockIdx.x * kFusedPhaseSlots + 1 + kFusedPhases] = sh.barriers;
     a.phase_ns[blockIdx.x * kFusedPhaseSlots + 2 + kFusedPhases] = sh.tickets;

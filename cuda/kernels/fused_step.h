@@ -106,9 +106,11 @@ constexpr int kFusedMaxBarriers = fused_step_barriers(kMaxStepLayers, kMaxStepLa
 // kFusedPhases] the grid barriers the block passed in the step; [2 + kFusedPhases] the split-K tickets it took (one
 // per K slice it computed: the step's other sync points, summed over the blocks); then for each grid barrier i of the
 // step, the time the block arrived at it ([kFusedBarrierSlots + 2i]) and the time it left ([kFusedBarrierSlots + 2i
-// + 1]).
+// + 1]); then for each phase i between them (i = 0 before the first barrier, i = the barriers' count after the last)
+// the GEMM work the block ran in it: its work items << 32 | their K chunks ([kFusedWorkSlots + i]).
 constexpr int kFusedBarrierSlots = kFusedPhases + 3;
-constexpr int kFusedPhaseSlots = kFusedBarrierSlots + 2 * kFusedMaxBarriers;
+constexpr int kFusedWorkSlots = kFusedBarrierSlots + 2 * kFusedMaxBarriers;
+constexpr int kFusedPhaseSlots = kFusedWorkSlots + kFusedMaxBarriers + 1;
 
 // What the step has computed when it reaches grid barrier i (fused_step_barriers of them), in
 // order: the gather (where the step gathers its batch), each layer's forward (the encoder's, the

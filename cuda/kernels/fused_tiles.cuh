@@ -91,7 +91,9 @@ struct TileShared {
   int items;                   // the phase's work items
   unsigned barriers;           // grid barriers passed this step (thread 0's count)
   unsigned tickets;            // split-K tickets taken this step (thread 0's count)
-  unsigned last;               // this block arrived last at a split tile's ticket
+  unsigned work_items;         // GEMM work items and their K chunks run since the last barrier (thread 0's count)
+  unsigned work_chunks;
+  unsigned last;  // this block arrived last at a split tile's ticket
 };
 
 // The optimizer's update of flat parameter i, its gradient just written (and checked for a non-finite value).
@@ -427,6 +429,10 @@ __device__ void gemm_phase(const Step& s, TileShared& sh) {
     const int slices = sh.slices[o], tl = gemm_tiles(ops[o]);
     const int slice = local / tl, tile = local % tl, per = chunks[o] * kTileK;
     const int k_begin = slice * per, k_end = k_begin + per < ops[o].op.k ? k_begin + per : ops[o].op.k;
+    if (threadIdx.x == 0) {
+      ++sh.work_items;
+      sh.work_chunks += static_cast<unsigned>((k_end - k_begin + kTileK - 1) / kTileK);
+    }
     gemm_tile(s, ops[o], {tile, k_begin, k_end, slice, slices, s.a.workspace + offset, tickets + ticket + tile}, sh);
   }
 }
