@@ -270,7 +270,7 @@ __device__ void train_step(const FusedStepArgs& a, const StepState& at, float* x
   if (next_x) gather_rows(a, next, next_x);
   backward_stack(s, a.encoder, a.encoder_layers, a.heads, x, nullptr, TileEpilogue::store, B, false, sh);
   phase_end(a, FusedPhase::encoder_backward);
-  record_work(a, sh, sh.barriers);  // the last phase's
+  if (threadIdx.x == 0) record_work(a, sh, sh.barriers);  // the last phase's
   if (a.phase_ns && threadIdx.x == 0) {
     a.phase_ns[blockIdx.x * kFusedPhaseSlots + 1 + kFusedPhases] = sh.barriers;
     a.phase_ns[blockIdx.x * kFusedPhaseSlots + 2 + kFusedPhases] = sh.tickets;
