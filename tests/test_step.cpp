@@ -421,8 +421,10 @@ TEST_P(FusedStepLaunch, TimeEachPhaseAndCountTheBarriersWithoutChangingTheStep) 
     }
     EXPECT_LE(before, row[kFusedPhases]) << "block " << b << ": the last barrier after the end";
   }
-  // No block leaves a barrier before every block has arrived.
-  for (unsigned i = 0; i < barriers; ++i) EXPECT_LE(last_arrival[i], first_departure[i]) << "barrier " << i;
+  // No block leaves a barrier before every block has arrived. Across the GPU's multiprocessors
+  // within a microsecond: %globaltimer ticks coarsely, and its ticks may reach them apart.
+  const unsigned long long skew = target == Target::cuda ? 1000 : 0;
+  for (unsigned i = 0; i < barriers; ++i) EXPECT_LE(last_arrival[i], first_departure[i] + skew) << "barrier " << i;
   for (unsigned i = 0; i < barriers; ++i) EXPECT_FALSE(fused_barrier_name(i, 2, 2, 1, true).empty()) << i;
   EXPECT_EQ(fused_barrier_name(barriers, 2, 2, 1, true), "");
   EXPECT_EQ(fused_barrier_name(0, 2, 2, 1, true), "gather");
