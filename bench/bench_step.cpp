@@ -344,11 +344,11 @@ void print_fused_phases(const Options& o, const PhaseTimes& t) {
               "items", "chunks");
   double sums[4] = {};
   const int layers = 1;  // the benchmark's model: one hidden layer a side, L = 1
+  auto mean = [](const std::vector<double>& v) { return std::accumulate(v.begin(), v.end(), 0.0) / v.size(); };
   for (size_t i = 0; i < t.sync.size(); ++i) {
     const PhaseTimes::Sync& s = t.sync[i];
     const std::string name = i + 1 < t.sync.size() ? fused_barrier_name(static_cast<int>(i), layers, layers, 1, gathers)
                                                    : "(the last phase, to the end)";
-    auto mean = [](const std::vector<double>& v) { return std::accumulate(v.begin(), v.end(), 0.0) / v.size(); };
     const double v[4] = {mean(s.span), mean(s.work_median), mean(s.work_max), mean(s.barrier)};
     for (int k = 0; k < 4; ++k) sums[k] += v[k];
     std::printf("%-28s %9.2f %9.2f %9.2f %9.2f %6llu %6llu\n", name.c_str(), v[0], v[1], v[2], v[3], s.items,

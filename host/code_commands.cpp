@@ -2,7 +2,6 @@
 // codes) and `vae manifold` (the paper's Fig. 4: a grid of Gaussian quantiles, decoded).
 #include <cmath>
 #include <cstdio>
-#include <filesystem>
 #include <sstream>
 
 #include "commands.h"
@@ -69,8 +68,8 @@ class DecodeCommand : public ModelCommand {
       throw Error(latents_ + ": codes have " + std::to_string(z.cols) + " columns but the model's latent space has " +
                   std::to_string(J) + " dimensions");
     }
-    const bool png = std::filesystem::path(out_).extension() == ".png";
-    if (!png && std::filesystem::path(out_).extension() != ".npy")
+    const bool png = lower_extension(out_) == ".png";
+    if (!png && lower_extension(out_) != ".npy")
       throw CLI::ValidationError("--out", "expected a .npy or .png file name, got '" + out_ + "'");
     const std::vector<float> means = l.trainer->decode(z.values);
     const int H = l.ckpt.config.model.image_height, W = l.ckpt.config.model.image_width;

@@ -68,12 +68,16 @@ void add_data_flags(CLI::App* cmd, DataOptions& d, bool with_train) {
   cmd->add_option("--test-limit", d.test_limit, "use only the first N test images")->check(positive_number());
 }
 
+std::string lower_extension(const std::string& path) {
+  std::string ext = std::filesystem::path(path).extension().string();
+  for (char& c : ext) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return ext;
+}
+
 CLI::Validator png_file_name() {
   return CLI::Validator(
       [](std::string& value) {
-        std::string ext = std::filesystem::path(value).extension().string();
-        for (char& c : ext) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-        return ext == ".png" ? std::string() : "expected a .png file name, got '" + value + "'";
+        return lower_extension(value) == ".png" ? std::string() : "expected a .png file name, got '" + value + "'";
       },
       "PNG");
 }

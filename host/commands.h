@@ -55,6 +55,8 @@ CLI::Validator non_negative_number();
 // Digits only (a seed: "-1" would otherwise wrap around to 2^64 − 1).
 CLI::Validator non_negative_integer();
 
+// A file name's extension in lower case (".png" for "a/B.PNG").
+std::string lower_extension(const std::string& path);
 // An output file named *.png (what the image commands write): checked at parsing, exit 2.
 CLI::Validator png_file_name();
 

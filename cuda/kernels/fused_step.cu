@@ -27,10 +27,9 @@ __device__ __forceinline__ void record_time(const FusedStepArgs& a, int slot) {
   if (a.phase_ns && threadIdx.x == 0) a.phase_ns[blockIdx.x * kFusedPhaseSlots + slot] = global_timer_ns();
 }
 
-// With timers on, thread 0 records the GEMM work the block ran in phase n (the one before barrier
-// n) and starts the count of the next.
+// By thread 0: with timers on, records the GEMM work the block ran in phase n (the one before
+// barrier n); starts the count of the next.
 __device__ __forceinline__ void record_work(const FusedStepArgs& a, TileShared& sh, unsigned n) {
-  if (threadIdx.x != 0) return;
   if (a.phase_ns) {
     a.phase_ns[blockIdx.x * kFusedPhaseSlots + kFusedWorkSlots + (n < kFusedMaxBarriers ? n : kFusedMaxBarriers)] =
         static_cast<unsigned long long>(sh.work_items) << 32 | sh.work_chunks;

@@ -2,7 +2,6 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
-#include <fstream>
 #include <mutex>
 #include <new>
 #include <string>
@@ -65,14 +64,17 @@ constexpr size_t kCheckedAllocation = size_t{16} << 20;
 void* device_alloc(size_t bytes) {
   if (bytes == 0) return nullptr;
   const size_t rounded = (bytes + 63) / 64 * 64;
-  const size_t available = rounded >= kCheckedAllocation ? host_memory_available() : 0;
-  if (rounded >= kCheckedAllocation && rounded > available) {
-    throw OutOfMemory("cannot allocate " + mebibytes(rounded) + " of host memory: " + mebibytes(available) +
-                      " available");
+  const bool checked = rounded >= kCheckedAllocation;
+  if (checked) {
+    const size_t available = host_memory_available();
+    if (rounded > available) {
+      throw OutOfMemory("cannot allocate " + mebibytes(rounded) + " of host memory: " + mebibytes(available) +
+                        " available");
+    }
   }
   void* p = std::aligned_alloc(64, rounded);
   if (!p) throw OutOfMemory("cannot allocate " + mebibytes(rounded) + " of host memory");
-  if (rounded >= kCheckedAllocation) std::memset(p, 0, rounded);
+  if (checked) std::memset(p, 0, rounded);
   Allocations& a = allocations();
   const std::lock_guard<std::mutex> lock(a.mutex);
   a.live.emplace(p, rounded);
