@@ -96,21 +96,26 @@ struct TileShared {
   unsigned last;  // this block arrived last at a split tile's ticket
 };
 
-// The optimizer's update of flat parameter i, its gradient just written (and checked for a non-finite value).
-__device__ __forceinline__ void apply_update(const Step& s, long long i) {
+// The optimizer's update of flat parameter i from its gradient (checked for a non-finite value),
+// its parameter and state as loaded (load_tile_inputs): the new ones stored.
+__device__ __forceinline__ void apply_update(const Step& s, long long i, float grad, const float (&in)[3]) {
   const FusedStepArgs& a = s.a;
-  if (a.watch && !finite_bits(a.grads[i])) record_non_finite(a.watch, s.step, NonFiniteTerm::gradient, i);
+  if (a.watch && !finite_bits(grad)) record_non_finite(a.watch, s.step, NonFiniteTerm::gradient, i);
+  float p = in[0], s1 = in[1], s2 = in[2];
   switch (a.optimizer) {
     case OptimizerKind::adam:
-      optimizer_element<OptimizerKind::adam>(a.hyper, s.k, a.params, a.grads, a.state1, a.state2, i);
+      optimizer_update<OptimizerKind::adam>(a.hyper, s.k, grad, p, s1, s2);
+      a.state2[i] = s2;
       break;
     case OptimizerKind::adagrad:
-      optimizer_element<OptimizerKind::adagrad>(a.hyper, s.k, a.params, a.grads, a.state1, a.state2, i);
+      optimizer_update<OptimizerKind::adagrad>(a.hyper, s.k, grad, p, s1, s2);
       break;
     case OptimizerKind::sgd:
-      optimizer_element<OptimizerKind::sgd>(a.hyper, s.k, a.params, a.grads, a.state1, a.state2, i);
+      optimizer_update<OptimizerKind::sgd>(a.hyper, s.k, grad, p, s1, s2);
       break;
   }
+  a.params[i] = p;
+  a.state1[i] = s1;
 }
 
 // C's columns, and one more for a bias gradient: a column of ones in op(B), whose output column
@@ -129,28 +134,72 @@ __device__ __forceinline__ int tile_column(const PhaseGemm& g, int jt, int c) {
   return j >= half ? g.op.n : c < kTile / 2 ? j : half + j;
 }
 
-// C[i, j] = v: the epilogue, or for the extra column, the bias gradient; then a weight gradient's update.
-// Returns what it stored (0 where it stored nothing).
-__device__ __forceinline__ float store_output(const Step& s, const PhaseGemm& g, int i, int j, float acc) {
+// What a tile's epilogue reads besides its sums, for each of a thread's four outputs (rows i0 +
+// ty + {0, 16}, tile columns tx + {0, 16}): the bias (bias_activation) or the activation output
+// (activation_grad) in [0]; for an update the parameter and its optimizer state in [0], [1], [2]
+// (the op has no epilogue of its own); for the reconstruction the pixel x in [1] (the mean's column
+// of a Gaussian pair); for latent_grad μ, log σ² and z in [0], [1], [2]. All loaded at once, with
+// no store between them (one memory round trip where loads between stores made one per output),
+// and before a split tile's ticket, so that they arrive while it is taken.
+struct TileInputs {
+  float v[2][2][3];
+};
+__device__ __forceinline__ void load_tile_inputs(const Step& s, const PhaseGemm& g, int i0, int jt, int ty, int tx,
+                                                 TileInputs& in) {
+  const GemmOp& op = g.op;
+  const FusedStepArgs& a = s.a;
+  const int cols = gemm_columns(op);
+  VAE_UNROLL
+  for (int u = 0; u < 2; ++u) {
+    VAE_UNROLL
+    for (int w = 0; w < 2; ++w) {
+      float* v = in.v[u][w];
+      v[0] = v[1] = v[2] = 0.f;
+      const int i = i0 + ty + 16 * u, j = tile_column(g, jt, tx + 16 * w);
+      if (i >= op.m || j >= cols) continue;
+      const long long at = static_cast<long long>(i) * op.ldc + j;
+      if (j < op.n && op.epilogue == Epilogue::bias_activation) v[0] = op.bias[j];
+      if (j < op.n && op.epilogue == Epilogue::activation_grad) v[0] = op.activation_output[at];
+      if (g.epilogue == TileEpilogue::update) {
+        const long long e = (j < op.n ? op.c + at : op.bias_grad + i) - a.grads;
+        v[0] = a.params[e];
+        v[1] = a.state1[e];
+        if (a.optimizer == OptimizerKind::adam) v[2] = a.state2[e];
+      } else if (g.epilogue == TileEpilogue::reconstruction && (!g.pairs || w == 0)) {
+        v[1] = s.x[static_cast<long long>(i % a.batch) * a.dim + j];
+      } else if (g.epilogue == TileEpilogue::latent_grad) {  // one sample a row: z at (i, j)
+        const long long row = static_cast<long long>(i) * 2 * a.latent;
+        v[0] = a.heads.h[row + j];
+        v[1] = a.heads.h[row + a.latent + j];
+        v[2] = a.z[static_cast<long long>(i) * a.latent + j];
+      }
+    }
+  }
+}
+
+// C[i, j] from its sum acc and inputs `in` (load_tile_inputs): the epilogue, or for the extra
+// column, the bias gradient; then a weight gradient's update. Returns what it stored (0 where it
+// stored nothing).
+__device__ __forceinline__ float store_output(const Step& s, const PhaseGemm& g, int i, int j, float acc,
+                                              const float (&in)[3]) {
   const GemmOp& op = g.op;
   float* out = nullptr;
   float stored = 0.f;
   if (j < op.n) {
     float v = op.alpha * acc;
-    const long long at = static_cast<long long>(i) * op.ldc + j;
     if (op.epilogue == Epilogue::bias_activation) {
-      v = activate(v + op.bias[j], op.activation);
+      v = activate(v + in[0], op.activation);
     } else if (op.epilogue == Epilogue::activation_grad) {
-      const float h = op.activation_output[at];
+      const float h = in[0];
       v = op.activation == Activation::relu ? (h > 0.f ? v : 0.f) : v * activation_grad(h, op.activation);
     }
-    out = op.c + at;
+    out = op.c + static_cast<long long>(i) * op.ldc + j;
     *out = stored = v;
   } else if (j == op.n && op.bias_grad) {
     out = op.bias_grad + i;
     *out = stored = acc;
   }
-  if (out && g.epilogue == TileEpilogue::update) apply_update(s, out - s.a.grads);
+  if (out && g.epilogue == TileEpilogue::update) apply_update(s, out - s.a.grads, stored, in);
   return stored;
 }
 
@@ -164,51 +213,73 @@ __device__ __forceinline__ void draw_latent(const Step& s, int i, int j, float m
   }
 }
 
-// The output layer's epilogue for row i (of L·B), pixel column j (the Gaussian's mean column; its
-// log variance's at dim + j), the row's outputs as stored: the term of log p(x|z) and, into
-// output.dh, its gradient.
-__device__ __forceinline__ float reconstruction_term(const Step& s, int i, int j) {
+// The output layer's epilogue for row i (of L·B), pixel column j, from the row's outputs there as
+// stored (o: the Bernoulli logit, or the Gaussian's mean and log variance, at dim + j) and the
+// pixel x: the term of log p(x|z) and, into output.dh, its gradient. The composed step's
+// functions, on values (one pixel at d = 0 of rows one pixel wide).
+__device__ __forceinline__ float reconstruction_term(const Step& s, int i, int j, const float (&o)[2], float x) {
   const FusedStepArgs& a = s.a;
-  const int width = a.gaussian ? 2 * a.dim : a.dim;
   const float grad_scale = 1.f / static_cast<float>(a.batch * a.samples);
-  const float* o = a.output.h + static_cast<long long>(i) * width;
-  const float* x = s.x + static_cast<long long>(i % a.batch) * a.dim;
-  float* g = a.output.dh + static_cast<long long>(i) * width;
-  return a.gaussian ? gaussian_term<true>(o, x, g, j, a.dim, grad_scale) : bernoulli_term<true>(o, x, g, j, grad_scale);
+  float* g = a.output.dh + static_cast<long long>(i) * (a.gaussian ? 2 * a.dim : a.dim);
+  float grad[2];
+  if (!a.gaussian) {
+    const float term = bernoulli_term<true>(o, &x, grad, 0, grad_scale);
+    g[j] = grad[0];
+    return term;
+  }
+  const float term = gaussian_term<true>(o, &x, grad, 0, 1, grad_scale);
+  g[j] = grad[0];
+  g[a.dim + j] = grad[1];
+  return term;
+}
+
+// With one sample a row (latent_grad), dμ_j and dlog σ²_j of row i into heads.dh from dz = dL/dz_j
+// as stored and in = (μ_j, log σ²_j, z_j): the composed step's latent_backward_element, on values
+// (a batch of one row, one latent dimension).
+__device__ __forceinline__ void latent_grad_element(const Step& s, int i, int j, float dz, const float (&in)[3]) {
+  const FusedStepArgs& a = s.a;
+  const float heads[2] = {in[0], in[1]}, z = in[2];
+  float grad[2];
+  latent_backward_element(heads, &z, &dz, grad, 0, 0, 1, 1, 1, s.kl_scale, a.kl_term.estimator,
+                          a.kl_term.gradient == KlGradient::dreg);
+  const long long row = static_cast<long long>(i) * 2 * a.latent;
+  a.heads.dh[row + j] = grad[0];
+  a.heads.dh[row + a.latent + j] = grad[1];
 }
 
 // A thread's four outputs of a tile, rows i0 + ty + {0, 16}, tile columns tx + {0, 16} of column
-// tile jt, final: stored with their epilogue. For the output layer, each row's terms of the tile
-// summed in a fixed order (the thread's columns, then the 16 threads of the row through shared
-// memory) into the workspace's row sums (column tile jt of (column tiles, rows)). By every thread
-// of the block.
+// tile jt, final: stored with their epilogue (its inputs in `in`). For the output layer, each
+// row's terms of the tile summed in a fixed order (the thread's columns, then the 16 threads of the
+// row through shared memory) into the workspace's row sums (column tile jt of (column tiles,
+// rows)). By every thread of the block.
 __device__ __forceinline__ void store_tile_outputs(const Step& s, const PhaseGemm& g, int i0, int jt, int ty, int tx,
-                                                   const float (&v)[2][2], TileShared& sh) {
+                                                   const float (&v)[2][2], const TileInputs& in, TileShared& sh) {
   const int cols = gemm_columns(g.op);
   float row_terms[2] = {0.f, 0.f};
+  VAE_UNROLL
   for (int u = 0; u < 2; ++u) {
     const int i = i0 + ty + 16 * u;
     if (i >= g.op.m) continue;
     float stored[2];
+    VAE_UNROLL
     for (int w = 0; w < 2; ++w) {
       const int j = tile_column(g, jt, tx + 16 * w);
-      stored[w] = j < cols ? store_output(s, g, i, j, v[u][w]) : 0.f;
+      stored[w] = j < cols ? store_output(s, g, i, j, v[u][w], in.v[u][w]) : 0.f;
     }
     const int j = tile_column(g, jt, tx);
     if (g.epilogue == TileEpilogue::latent && j < cols) draw_latent(s, i, j, stored[0], stored[1]);
     if (g.epilogue == TileEpilogue::latent_grad) {
+      VAE_UNROLL
       for (int w = 0; w < 2; ++w) {
         const int jw = tile_column(g, jt, tx + 16 * w);
-        if (jw < cols) {
-          latent_backward_element(s.a.heads.h, s.a.z, s.a.d_z, s.a.heads.dh, i, jw, s.a.batch, s.a.latent, 1,
-                                  s.kl_scale, s.a.kl_term.estimator, s.a.kl_term.gradient == KlGradient::dreg);
-        }
+        if (jw < cols) latent_grad_element(s, i, jw, stored[w], in.v[u][w]);
       }
     }
     if (g.epilogue == TileEpilogue::reconstruction) {
       for (int w = 0; w < (g.pairs ? 1 : 2); ++w) {
         const int jw = tile_column(g, jt, tx + 16 * w);
-        if (jw < cols) row_terms[u] += reconstruction_term(s, i, jw);
+        const float o[2] = {stored[w], stored[1]};  // a pair's mean and log variance (o[1] unused for Bernoulli)
+        if (jw < cols) row_terms[u] += reconstruction_term(s, i, jw, o, in.v[u][w][1]);
       }
     }
   }
@@ -358,8 +429,10 @@ __device__ VAE_NOINLINE void gemm_tile(const Step s, const PhaseGemm& g, const W
     __syncthreads();  // before the next tile's loads overwrite it
   }
 #endif
+  TileInputs in;  // requested now: a split tile's arrive while its ticket is taken
+  load_tile_inputs(s, g, i0, jt, ty, tx, in);
   if (slices == 1) {
-    store_tile_outputs(s, g, i0, jt, ty, tx, acc, sh);
+    store_tile_outputs(s, g, i0, jt, ty, tx, acc, in, sh);
     return;
   }
   const long long n = static_cast<long long>(op.m) * cols;
@@ -385,7 +458,7 @@ __device__ VAE_NOINLINE void gemm_tile(const Step s, const PhaseGemm& g, const W
       const long long e = static_cast<long long>(i) * cols + j;
       for (int sl = 0; sl < slices; ++sl) sum[u][w] += load_global_coherent(item.partials + sl * n + e);
     }
-  store_tile_outputs(s, g, i0, jt, ty, tx, sum, sh);
+  store_tile_outputs(s, g, i0, jt, ty, tx, sum, in, sh);
 }
 
 // The work items of the phase's independent GEMMs (sh.slots.ops, written by thread 0 before the

@@ -20,27 +20,35 @@ __host__ __device__ __forceinline__ OptimizerScalars optimizer_scalars(const Opt
   return {static_cast<float>(h.lr / bias1), static_cast<float>(1.0 / sqrt(bias2))};
 }
 
-// Element i. Adam: state1 = m, state2 = v. Adagrad: state1 = Σ g². SGD: state1 = velocity.
+// One parameter's update from its gradient, on values: p the parameter, s1 and s2 its state
+// (Adam: s1 = m, s2 = v; Adagrad: s1 = Σ g²; SGD: s1 = velocity; s2 only Adam's), all updated.
+template <OptimizerKind kind>
+__host__ __device__ __forceinline__ void optimizer_update(const OptimizerHyper& h, const OptimizerScalars& k,
+                                                          float grad, float& p, float& s1, float& s2) {
+  const float g = grad + h.weight_decay * p;
+  if constexpr (kind == OptimizerKind::adam) {
+    s1 = h.beta1 * s1 + (1.f - h.beta1) * g;
+    s2 = h.beta2 * s2 + (1.f - h.beta2) * g * g;
+    p -= k.step_size * s1 / (sqrtf(s2) * k.inv_sqrt_bias2 + h.eps);
+  } else if constexpr (kind == OptimizerKind::adagrad) {
+    s1 += g * g;
+    p -= h.lr * g / (sqrtf(s1) + h.eps);
+  } else {
+    s1 = h.momentum * s1 + g;
+    p -= h.lr * s1;
+  }
+}
+
+// Element i of flat buffers, in place (state2 read and written by Adam only).
 template <OptimizerKind kind>
 __device__ __forceinline__ void optimizer_element(const OptimizerHyper& h, const OptimizerScalars& k,
                                                   float* __restrict__ params, const float* __restrict__ grads,
                                                   float* __restrict__ state1, float* __restrict__ state2, long long i) {
-  const float g = grads[i] + h.weight_decay * params[i];
-  if constexpr (kind == OptimizerKind::adam) {
-    const float m = h.beta1 * state1[i] + (1.f - h.beta1) * g;
-    const float v = h.beta2 * state2[i] + (1.f - h.beta2) * g * g;
-    state1[i] = m;
-    state2[i] = v;
-    params[i] -= k.step_size * m / (sqrtf(v) * k.inv_sqrt_bias2 + h.eps);
-  } else if constexpr (kind == OptimizerKind::adagrad) {
-    const float acc = state1[i] + g * g;
-    state1[i] = acc;
-    params[i] -= h.lr * g / (sqrtf(acc) + h.eps);
-  } else {
-    const float vel = h.momentum * state1[i] + g;
-    state1[i] = vel;
-    params[i] -= h.lr * vel;
-  }
+  float p = params[i], s1 = state1[i], s2 = kind == OptimizerKind::adam ? state2[i] : 0.f;
+  optimizer_update<kind>(h, k, grads[i], p, s1, s2);
+  params[i] = p;
+  state1[i] = s1;
+  if constexpr (kind == OptimizerKind::adam) state2[i] = s2;
 }
 
 // What element i's last update subtracted from it, from the state after the update (k: the

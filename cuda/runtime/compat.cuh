@@ -32,6 +32,13 @@
 #define VAE_NOINLINE __noinline__
 #endif
 
+// Unroll the loop that follows (fixed trip count): an array it indexes stays in registers.
+#if VAE_HOST_EXEC
+#define VAE_UNROLL _Pragma("GCC unroll 4")
+#else
+#define VAE_UNROLL _Pragma("unroll")
+#endif
+
 // Warp matrix products in TF32 (tensor cores on sm_80 and newer; emulated under host execution).
 #if VAE_HOST_EXEC || !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
 #define VAE_HAS_TF32_MMA 1
