@@ -239,11 +239,11 @@ TEST_P(FusedStep, ThreeStepsOfEachOptimizerMatchReference) {
               want_kl += ref.kl[r];
             }
             test::reference_optimizer_step(kind, hyper, 18 + step, ref.grad, p, s1, s2);
-            // 3xTF32: three products summed per K step (FFMA: one) leave the parameters within 3e-6 where FFMA is
-            // within 1e-6 (the worst case: encoder.logvar.bias at batch 1, 2.2e-6 relative after three SGD steps).
-            const double params_rel = math == FusedMath::tf32x3 ? 3e-6 : 1e-6;
-            test::expect_tensors_near(vae.layout(), vae.params().download(), rl, p, 1e-6, params_rel,
-                                      "parameters, " + where);
+            // The parameters within 3e-6, FFMA and 3xTF32 alike. The worst case, encoder.logvar.bias at batch 1
+            // after three SGD steps, is 2.2e-6 relative with both: a small value left by larger updates, where
+            // the rounding of the gradients' sums shows (FFMA's K order decides it: within 1e-6 when a thread
+            // summed each output's K steps in order, 2.2e-6 with the four groups of K steps summed in turn).
+            test::expect_tensors_near(vae.layout(), vae.params().download(), rl, p, 1e-6, 3e-6, "parameters, " + where);
             test::expect_tensors_near(vae.layout(), opt.state(0).download(), rl, s1, 1e-6, 1e-4, "state 1, " + where);
             if (kind == OptimizerKind::adam) {
               test::expect_tensors_near(vae.layout(), opt.state(1).download(), rl, s2, 1e-6, 1e-4, "state 2, " + where);

@@ -72,7 +72,7 @@ constexpr int kMaxPhaseGemms = 2;
 // was ~0.7 KB of local memory per thread on sm_90).
 struct TileShared {
   // Stage s holds one K chunk: a[s][p][i] = op(A)[i0 + i, k0 + p] (transposed), b[s][p][j] = op(B)[k0 + p, j0 + j].
-  // After a TF32 tile, stages 0 of a and b hold C's two K halves.
+  // After the K loop, stage g of a holds K group g's sums of the tile (gemm_tile).
   alignas(32) float a[kStages][kTileK][kTilePad];
   alignas(32) float b[kStages][kTileK][kTilePad];
   // A __shared__ variable takes no dynamic initialization: the descriptors (PhaseGemm has default
@@ -342,18 +342,25 @@ struct WorkItem {
   unsigned* ticket;
 };
 
-// One kTile × kTile tile of C over K in [k_begin, k_end): thread (ty, tx) of 16 × 16 owns rows
-// i0 + ty + {0, 16} and tile columns tx + {0, 16} (tile_column). K in chunks through a ring of
-// kStages stages: the chunks of the next kStages − 1 steps requested before the wait for the
-// current one (a short work item has all its loads in flight at once). With FusedMath::ffma each
-// thread sums its four outputs with FFMA; on the tensor cores (tf32, tf32x3) each warp takes a
-// 16 × 16 quarter of the tile and half of each chunk's K steps (fp32 sums), and the two halves
-// meet, in a fixed order, through shared memory. Then, for a whole-K item, the epilogue. A split-K
-// item (slices > 1) writes its raw sums into its slice of the partial sums and takes a
-// ticket: the block that arrives last sums the tile's slices in slice order and runs the
-// epilogue (deterministic, no atomics on the data, no grid barrier). Out of line: inlined into the
-// step it spilled registers on sm_90 under the two-blocks-per-SM bound. The step and the work item
-// come by value (by reference they sat in each thread's local memory).
+// One kTile × kTile tile of C over K in [k_begin, k_end). K in chunks through a ring of kStages
+// stages: the chunks of the next kStages − 1 steps requested before the wait for the current one
+// (a short work item has all its loads in flight at once). Every thread works on every chunk,
+// over a part of its K steps: with FusedMath::ffma the block's 256 threads are kFfmaGroups groups
+// of 8 × 8, each group over a quarter of the chunk's K steps, each thread of a group summing a
+// 4 × 4 block of outputs (rows and columns 4 apart in the group's 8 × 8: four-float shared-memory
+// loads, 16 FFMA per two of them, where a 2 × 2 block per thread over all K steps loaded a float
+// per FFMA); on the tensor cores (tf32, tf32x3) each warp takes a 16 × 16 quarter of the tile and
+// half of the chunk's K steps (fp32 sums). The groups' sums meet, in group order, through shared
+// memory at thread (ty, tx) of 16 × 16, which owns rows i0 + ty + {0, 16} and tile columns tx + {0,
+// 16} (tile_column). Then, for a whole-K item, the epilogue. A split-K item (slices > 1) writes its
+// raw sums into its slice of the partial sums and takes a ticket: the block that arrives last sums
+// the tile's slices in slice order and runs the epilogue (deterministic, no atomics on the data,
+// no grid barrier). Out of line: inlined into the step it spilled registers on sm_90 under the
+// two-blocks-per-SM bound. The step and the work item come by value (by reference they sat in each
+// thread's local memory).
+constexpr int kFfmaGroups = kStepThreads / 64;  // FFMA: 8 × 8 threads a group, 4 × 4 outputs a thread
+static_assert(kFfmaGroups * 64 == kStepThreads && kFfmaGroups <= kStages && kTileK % kFfmaGroups == 0 && kTile == 32,
+              "the FFMA groups' sums meet in the stages of a");
 __device__ VAE_NOINLINE void gemm_tile(const Step s, const PhaseGemm& g, const WorkItem item, TileShared& sh) {
   const int tile = item.tile, k_begin = item.k_begin, k_end = item.k_end, slice = item.slice, slices = item.slices;
   namespace wmma = nvcuda::wmma;
@@ -364,13 +371,20 @@ __device__ VAE_NOINLINE void gemm_tile(const Step s, const PhaseGemm& g, const W
   const int i0 = (tile / tiles_n) * kTile, jt = tile % tiles_n;
   const int tid = static_cast<int>(threadIdx.x);
   const int ty = tid / 16, tx = tid % 16;
-  float acc[2][2] = {};
+  // FFMA: group kg's K steps in each chunk, and its thread's 4 × 4 block (rows 4 gy + p, columns 4 gx + q).
+  const int kg = tid / 64, gy = (tid % 64) / 8, gx = tid % 8;
+  constexpr int kGroupK = kTileK / kFfmaGroups;
+  float part[4][4] = {};
+  int groups = kFfmaGroups;  // whose sums meet in sh.a[0 .. groups)
 #if VAE_HAS_TF32_MMA
   // Warp w takes the 16 × 16 quarter (wi, wj) = ((w % 4) / 2, w % 2) of the tile over the K steps
   // of 8 numbered w / 4 (mod 2) in each chunk: all eight warps on the tensor cores.
   const int warp = tid / 32, wi = (warp % 4) / 2, wj = warp % 2, k_half = warp / 4;
   wmma::fragment<wmma::accumulator, 16, 16, 8, float> cf;
-  if (math != FusedMath::ffma) wmma::fill_fragment(cf, 0.f);
+  if (math != FusedMath::ffma) {
+    wmma::fill_fragment(cf, 0.f);
+    groups = 2;
+  }
 #else
   (void)math;  // no TF32 tensor cores before sm_80: FFMA
 #endif
@@ -408,28 +422,45 @@ __device__ VAE_NOINLINE void gemm_tile(const Step s, const PhaseGemm& g, const W
       continue;
     }
 #endif
-    for (int kk = 0; kk < kTileK; ++kk) {
-      const float a0 = sh.a[st][kk][ty], a1 = sh.a[st][kk][ty + 16];
-      const float b0 = sh.b[st][kk][tx], b1 = sh.b[st][kk][tx + 16];
-      acc[0][0] += a0 * b0;
-      acc[0][1] += a0 * b1;
-      acc[1][0] += a1 * b0;
-      acc[1][1] += a1 * b1;
+    VAE_UNROLL
+    for (int kk = kg * kGroupK; kk < (kg + 1) * kGroupK; ++kk) {
+      const float4 av = *reinterpret_cast<const float4*>(&sh.a[st][kk][4 * gy]);
+      const float4 bv = *reinterpret_cast<const float4*>(&sh.b[st][kk][4 * gx]);
+      const float ar[4] = {av.x, av.y, av.z, av.w}, br[4] = {bv.x, bv.y, bv.z, bv.w};
+      VAE_UNROLL
+      for (int p = 0; p < 4; ++p) {
+        VAE_UNROLL
+        for (int q = 0; q < 4; ++q) part[p][q] += ar[p] * br[q];
+      }
     }
     __syncthreads();
   }
+  // The groups' sums, through shared memory (group g's C row-major in stage g of a), to the owners.
 #if VAE_HAS_TF32_MMA
-  if (math != FusedMath::ffma) {  // the two K halves' sums, through shared memory (C row-major in stage 0 of a and b),
-                                  // to the owners
-    wmma::store_matrix_sync(k_half ? &sh.b[0][wi * 16][wj * 16] : &sh.a[0][wi * 16][wj * 16], cf, kTilePad,
-                            wmma::mem_row_major);
-    __syncthreads();
-    for (int u = 0; u < 2; ++u)
-      for (int w = 0; w < 2; ++w) acc[u][w] = sh.a[0][ty + 16 * u][tx + 16 * w] + sh.b[0][ty + 16 * u][tx + 16 * w];
-    __syncthreads();  // before the next tile's loads overwrite it
-  }
+  if (math != FusedMath::ffma) {
+    wmma::store_matrix_sync(&sh.a[k_half][wi * 16][wj * 16], cf, kTilePad, wmma::mem_row_major);
+  } else
 #endif
-  TileInputs in;  // requested now: a split tile's arrive while its ticket is taken
+  {
+    VAE_UNROLL
+    for (int p = 0; p < 4; ++p) {
+      *reinterpret_cast<float4*>(&sh.a[kg][4 * gy + p][4 * gx]) =
+          make_float4(part[p][0], part[p][1], part[p][2], part[p][3]);
+    }
+  }
+  __syncthreads();
+  float acc[2][2];
+  VAE_UNROLL
+  for (int u = 0; u < 2; ++u) {
+    VAE_UNROLL
+    for (int w = 0; w < 2; ++w) {
+      float sum = sh.a[0][ty + 16 * u][tx + 16 * w];
+      for (int h = 1; h < groups; ++h) sum += sh.a[h][ty + 16 * u][tx + 16 * w];
+      acc[u][w] = sum;
+    }
+  }
+  __syncthreads();  // before the next tile's loads overwrite them
+  TileInputs in;    // requested now: a split tile's arrive while its ticket is taken
   load_tile_inputs(s, g, i0, jt, ty, tx, in);
   if (slices == 1) {
     store_tile_outputs(s, g, i0, jt, ty, tx, acc, in, sh);
