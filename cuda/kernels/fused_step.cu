@@ -197,6 +197,7 @@ __device__ void train_step(const FusedStepArgs& a, const StepState& at, float* x
                x,       kl_scale_at(1.f / static_cast<float>(B), a.kl_term, &at)};
   if (threadIdx.x == 0) {
     sh.barriers = 0;
+    sh.phase = 0;
     sh.tickets = 0;
     sh.work_items = sh.work_chunks = 0;
     sh.pending_count = 0;
@@ -285,7 +286,10 @@ __device__ void train_step(const FusedStepArgs& a, const StepState& at, float* x
 __global__ void __launch_bounds__(kStepThreads, 2) fused_step_kernel(__grid_constant__ const FusedStepArgs a) {
   __shared__ TileShared sh;
   __shared__ StepState base;  // every block reads it before the first barrier; block 0 moves it on last
-  if (threadIdx.x == 0) base = *a.at;
+  if (threadIdx.x == 0) {
+    base = *a.at;
+    sh.planned = 0;
+  }
   __syncthreads();
   // With x_next, the batches alternate between a.x and x_next, each gathered during the step before.
   auto batch = [&](int i) { return i % 2 == 0 || !a.x_next ? a.x : a.x_next; };

@@ -87,11 +87,22 @@ struct TileShared {
   } pending;
   int ops_count;
   int pending_count;
-  int slices[kMaxPhaseGemms];  // the phase's K slices per GEMM (fused_split_plan), by thread 0
-  int items;                   // the phase's work items
-  unsigned barriers;           // grid barriers passed this step (thread 0's count)
-  unsigned tickets;            // split-K tickets taken this step (thread 0's count)
-  unsigned work_items;         // GEMM work items and their K chunks run since the last barrier (thread 0's count)
+  // A GEMM phase's plan (fused_split_plan): its work items, and per GEMM its K slices and their
+  // chunks. Made by thread 0 in the first step of a launch, and kept: the later steps run the same
+  // phases in the same order and read them back (a few dozen dependent divisions on one thread, where
+  // the block waits, after every grid barrier).
+  struct PhasePlan {
+    int items;
+    int slices[kMaxPhaseGemms];
+    int chunks[kMaxPhaseGemms];
+  };
+  PhasePlan plan;                      // the phase's
+  PhasePlan plans[kFusedMaxBarriers];  // the step's phases' (at most one more than its barriers, less the gather)
+  int planned;                         // plans kept since the launch's start
+  int phase;                           // the step's GEMM phases so far
+  unsigned barriers;                   // grid barriers passed this step (thread 0's count)
+  unsigned tickets;                    // split-K tickets taken this step (thread 0's count)
+  unsigned work_items;  // GEMM work items and their K chunks run since the last barrier (thread 0's count)
   unsigned work_chunks;
   unsigned last;  // this block arrived last at a split tile's ticket
 };
@@ -502,18 +513,27 @@ __device__ VAE_NOINLINE void gemm_tile(const Step s, const PhaseGemm& g, const W
 __device__ void gemm_phase(const Step& s, TileShared& sh) {
   const PhaseGemm* ops = sh.slots.ops;
   if (threadIdx.x == 0) {
-    int tiles[kMaxPhaseGemms] = {}, chunks[kMaxPhaseGemms] = {};
-    for (int o = 0; o < sh.ops_count; ++o) {
-      tiles[o] = gemm_tiles(ops[o]);
-      chunks[o] = (ops[o].op.k + kTileK - 1) / kTileK;
+    const int p = sh.phase++;
+    if (p < sh.planned) {
+      sh.plan = sh.plans[p];
+    } else {
+      int tiles[kMaxPhaseGemms] = {}, chunks[kMaxPhaseGemms] = {};
+      for (int o = 0; o < sh.ops_count; ++o) {
+        tiles[o] = gemm_tiles(ops[o]);
+        chunks[o] = (ops[o].op.k + kTileK - 1) / kTileK;
+      }
+      sh.plan.items = fused_split_plan(tiles, chunks, sh.ops_count, static_cast<int>(gridDim.x), sh.plan.slices);
+      for (int o = 0; o < sh.ops_count; ++o) sh.plan.chunks[o] = fused_slice_chunks(chunks[o], sh.plan.slices[o]);
+      if (p == sh.planned && p < kFusedMaxBarriers) {
+        sh.plans[p] = sh.plan;
+        sh.planned = p + 1;
+      }
     }
-    sh.items = fused_split_plan(tiles, chunks, sh.ops_count, static_cast<int>(gridDim.x), sh.slices);
   }
   __syncthreads();  // thread 0's descriptors and plan are visible
-  const int count = sh.ops_count, items = sh.items, grid = static_cast<int>(gridDim.x);
+  const int count = sh.ops_count, items = sh.plan.items, grid = static_cast<int>(gridDim.x);
+  const int* chunks = sh.plan.chunks;  // of each op's items
   // The op of item numbers first: the one of the longer items (ops[0] where equal).
-  int chunks[kMaxPhaseGemms] = {};
-  for (int o = 0; o < count; ++o) chunks[o] = fused_slice_chunks((ops[o].op.k + kTileK - 1) / kTileK, sh.slices[o]);
   const int first = count > 1 && chunks[1] > chunks[0] ? 1 : 0;
   unsigned* tickets = fused_tickets(s.a.workspace, grid);
   for (int round = 0;; ++round) {
@@ -524,13 +544,13 @@ __device__ void gemm_phase(const Step& s, TileShared& sh) {
     long long offset = 0;  // the op's partial sums in the workspace
     int o = first;
     for (int n = 0;; ++n, o = (first + n) % count) {
-      const int sl = sh.slices[o], tl = gemm_tiles(ops[o]);
+      const int sl = sh.plan.slices[o], tl = gemm_tiles(ops[o]);
       if (local < sl * tl) break;
       local -= sl * tl;
       ticket += tl;
       if (sl > 1) offset += static_cast<long long>(sl) * ops[o].op.m * gemm_columns(ops[o].op);
     }
-    const int slices = sh.slices[o], tl = gemm_tiles(ops[o]);
+    const int slices = sh.plan.slices[o], tl = gemm_tiles(ops[o]);
     const int slice = local / tl, tile = local % tl, per = chunks[o] * kTileK;
     const int k_begin = slice * per, k_end = k_begin + per < ops[o].op.k ? k_begin + per : ops[o].op.k;
     if (threadIdx.x == 0) {
