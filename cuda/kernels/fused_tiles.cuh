@@ -5,6 +5,9 @@
 // the heads' z, the output layer's log p(x|z) terms, and with L = 1 the latent backward.
 #pragma once
 
+#include <cstdint>
+#include <type_traits>
+
 #include "kernels/activation.cuh"
 #include "kernels/dense_gemm.h"
 #include "kernels/fused_step.h"
@@ -105,6 +108,15 @@ struct TileShared {
   unsigned work_items;  // GEMM work items and their K chunks run since the last barrier (thread 0's count)
   unsigned work_chunks;
   unsigned last;  // this block arrived last at a split tile's ticket
+  // The phase's Step but its arguments, for its tiles' epilogues: read from here after the K loop, not held in
+  // each thread's registers through it. (Not the arguments: under host execution they are each thread's own.)
+  struct StepValues {
+    uint64_t step;
+    long long row0;
+    OptimizerScalars k;
+    const float* x;
+    float kl_scale;
+  } step;
 };
 
 // The optimizer's update of flat parameter i from its gradient (checked for a non-finite value),
@@ -319,31 +331,102 @@ __device__ __forceinline__ void split_tf32(Fragment& hi, Fragment& lo) {
 }
 #endif
 
-// Requests K chunk [k0, k0 + kTileK) ∩ [k0, k_end) of the tile at (i0, j0) into stage `stage`:
-// zeros outside the matrices, ones in a bias gradient's extra column. Consecutive threads along K
-// where the operand is contiguous in K, along the tile's rows or columns where it is not.
+// Four consecutive floats of an operand line into shared memory (16-byte aligned): src[0 ..
+// count) and zeros after (count may be ≤ 0: all zeros, src not read). One 16-byte copy where all
+// four are in and src is aligned (the default model's shapes); else a float at a time.
+__device__ __forceinline__ void stage_four(float* dst, const float* src, int count) {
+  if (count >= 4 && (reinterpret_cast<uintptr_t>(src) & 15) == 0) {
+    async_copy_float4(dst, src);
+  } else if (count <= 0) {
+    *reinterpret_cast<float4*>(dst) = make_float4(0.f, 0.f, 0.f, 0.f);  // no copy of this stage writes here
+  } else {
+    for (int t = 0; t < 4; ++t) async_copy_float(dst + t, t < count ? src + t : src, t < count);
+  }
+}
+__device__ __forceinline__ int min_int(int x, int y) { return x < y ? x : y; }
+
+// How a stage holds a chunk of each operand: along the direction its rows are contiguous in
+// memory, so that each thread's four floats are one copy. A: K-fast (row-major A, the forward's
+// and the input gradient's activations: a[s][i][p] = op(A)[i0 + i, k0 + p]) or M-fast (trans_a, the
+// weight gradient's gᵀ: a[s][p][i]). B: K-fast (trans_b, the forward's Wᵀ: b[s][j][p] =
+// op(B)[k0 + p, tile column j]) or N-fast (b[s][p][j]).
+__device__ __forceinline__ bool a_k_fast(const GemmOp& op) { return !op.trans_a; }
+__device__ __forceinline__ bool b_k_fast(const GemmOp& op) { return op.trans_b; }
+
+// Requests K chunk [k0, k0 + kTileK) ∩ [k0, k_end) of the tile at (i0, column tile jt) into stage
+// `stage`, laid out as a_k_fast and b_k_fast say: zeros outside the matrices, ones in a bias
+// gradient's extra column. Thread t copies floats 4 (t % 8) .. + 3 of line t / 8 of each operand
+// (eight threads a 128-byte line).
 __device__ __forceinline__ void stage_chunk(const PhaseGemm& g, int i0, int jt, int k0, int k_end, int stage,
                                             TileShared& sh) {
   const GemmOp& op = g.op;
-  for (int e = static_cast<int>(threadIdx.x); e < kTile * kTileK; e += kStepThreads) {
-    const int r = op.trans_a ? e % kTile : e / kTileK, kk = op.trans_a ? e / kTile : e % kTileK;
-    const int i = i0 + r, p = k0 + kk;
-    const bool a_in = i < op.m && p < k_end;
-    async_copy_float(&sh.a[stage][kk][r],
-                     a_in ? (op.trans_a ? op.a + static_cast<long long>(p) * op.lda + i : op.a + i * op.lda + p) : op.a,
-                     a_in);
-    const int c = op.trans_b ? e / kTileK : e % kTile, q = op.trans_b ? e % kTileK : e / kTile;
-    const int j = tile_column(g, jt, c), pb = k0 + q;
-    if (pb < k_end && j < op.n) {
-      async_copy_float(
-          &sh.b[stage][q][c],
-          op.trans_b ? op.b + static_cast<long long>(j) * op.ldb + pb : op.b + static_cast<long long>(pb) * op.ldb + j,
-          true);
+  const int line = static_cast<int>(threadIdx.x) / 8, seg = 4 * (static_cast<int>(threadIdx.x) % 8);
+  if (a_k_fast(op)) {  // line: row i0 + line; seg: K steps
+    const int i = i0 + line, p = k0 + seg, count = i < op.m ? min_int(k_end - p, 4) : 0;
+    stage_four(&sh.a[stage][line][seg], count > 0 ? op.a + static_cast<long long>(i) * op.lda + p : op.a, count);
+  } else {  // line: K step k0 + line; seg: rows
+    const int p = k0 + line, i = i0 + seg, count = p < k_end ? min_int(op.m - i, 4) : 0;
+    stage_four(&sh.a[stage][line][seg], count > 0 ? op.a + static_cast<long long>(p) * op.lda + i : op.a, count);
+  }
+  float* dst = &sh.b[stage][line][seg];
+  if (b_k_fast(op)) {  // line: tile column `line`; seg: K steps
+    const int j = tile_column(g, jt, line), p = k0 + seg;
+    if (j == op.n && op.bias_grad) {
+      for (int t = 0; t < 4; ++t) dst[t] = p + t < k_end ? 1.f : 0.f;
     } else {
-      sh.b[stage][q][c] = pb < k_end && j == op.n && op.bias_grad ? 1.f : 0.f;
+      const int count = j < op.n ? min_int(k_end - p, 4) : 0;
+      stage_four(dst, count > 0 ? op.b + static_cast<long long>(j) * op.ldb + p : op.b, count);
+    }
+    return;
+  }
+  // line: K step k0 + line; seg: tile columns, contiguous in B unless paired or at the bias gradient's column.
+  const int p = k0 + line, j = tile_column(g, jt, seg);
+  if (!g.pairs && !(op.bias_grad && j <= op.n && op.n < j + 4)) {
+    const int count = p < k_end ? min_int(op.n - j, 4) : 0;
+    stage_four(dst, count > 0 ? op.b + static_cast<long long>(p) * op.ldb + j : op.b, count);
+    return;
+  }
+  for (int t = 0; t < 4; ++t) {
+    const int jc = tile_column(g, jt, seg + t);
+    if (p < k_end && jc < op.n) {
+      async_copy_float(dst + t, op.b + static_cast<long long>(p) * op.ldb + jc, true);
+    } else {
+      dst[t] = p < k_end && jc == op.n && op.bias_grad ? 1.f : 0.f;
     }
   }
 }
+
+#if VAE_HAS_TF32_MMA
+// The tensor cores' part of a chunk in stage st for warp (wi, wj, k_half) (gemm_tile), the
+// operands' fragments loaded in their stage layouts (LayoutA: row_major where A is K-fast;
+// LayoutB: col_major where B is K-fast).
+template <typename Layout>
+struct LayoutTag {
+  using type = Layout;
+};
+template <typename LayoutA, typename LayoutB, typename Accumulator>
+__device__ __forceinline__ void mma_chunk(FusedMath math, const TileShared& sh, int st, int wi, int wj, int k_half,
+                                          Accumulator& cf) {
+  namespace wmma = nvcuda::wmma;
+  constexpr bool a_k = std::is_same_v<LayoutA, wmma::row_major>, b_k = std::is_same_v<LayoutB, wmma::col_major>;
+  for (int k8 = 8 * k_half; k8 < kTileK; k8 += 16) {
+    wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, LayoutA> fa, fa_lo;
+    wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, LayoutB> fb, fb_lo;
+    wmma::load_matrix_sync(fa, a_k ? &sh.a[st][wi * 16][k8] : &sh.a[st][k8][wi * 16], kTilePad);
+    wmma::load_matrix_sync(fb, b_k ? &sh.b[st][wj * 16][k8] : &sh.b[st][k8][wj * 16], kTilePad);
+    if (math == FusedMath::tf32x3) {  // the small products first, then the large one
+      split_tf32(fa, fa_lo);
+      split_tf32(fb, fb_lo);
+      wmma::mma_sync(cf, fa_lo, fb, cf);
+      wmma::mma_sync(cf, fa, fb_lo, cf);
+    } else {
+      for (int e = 0; e < fa.num_elements; ++e) fa.x[e] = wmma::__float_to_tf32(fa.x[e]);
+      for (int e = 0; e < fb.num_elements; ++e) fb.x[e] = wmma::__float_to_tf32(fb.x[e]);
+    }
+    wmma::mma_sync(cf, fa, fb, cf);
+  }
+}
+#endif
 
 // A work item of a GEMM phase: tile `tile` of the op over K in [k_begin, k_end), slice `slice` of
 // `slices`; a split tile's partial sums (slices, m, columns) and its ticket.
@@ -353,52 +436,12 @@ struct WorkItem {
   unsigned* ticket;
 };
 
-// One kTile × kTile tile of C over K in [k_begin, k_end). K in chunks through a ring of kStages
-// stages: the chunks of the next kStages − 1 steps requested before the wait for the current one
-// (a short work item has all its loads in flight at once). Every thread works on every chunk,
-// over a part of its K steps: with FusedMath::ffma the block's 256 threads are kFfmaGroups groups
-// of 8 × 8, each group over a quarter of the chunk's K steps, each thread of a group summing a
-// 4 × 4 block of outputs (rows and columns 4 apart in the group's 8 × 8: four-float shared-memory
-// loads, 16 FFMA per two of them, where a 2 × 2 block per thread over all K steps loaded a float
-// per FFMA); on the tensor cores (tf32, tf32x3) each warp takes a 16 × 16 quarter of the tile and
-// half of the chunk's K steps (fp32 sums). The groups' sums meet, in group order, through shared
-// memory at thread (ty, tx) of 16 × 16, which owns rows i0 + ty + {0, 16} and tile columns tx + {0,
-// 16} (tile_column). Then, for a whole-K item, the epilogue. A split-K item (slices > 1) writes its
-// raw sums into its slice of the partial sums and takes a ticket: the block that arrives last sums
-// the tile's slices in slice order and runs the epilogue (deterministic, no atomics on the data,
-// no grid barrier). Out of line: inlined into the step it spilled registers on sm_90 under the
-// two-blocks-per-SM bound. The step and the work item come by value (by reference they sat in each
-// thread's local memory).
-constexpr int kFfmaGroups = kStepThreads / 64;  // FFMA: 8 × 8 threads a group, 4 × 4 outputs a thread
-static_assert(kFfmaGroups * 64 == kStepThreads && kFfmaGroups <= kStages && kTileK % kFfmaGroups == 0 && kTile == 32,
-              "the FFMA groups' sums meet in the stages of a");
-__device__ VAE_NOINLINE void gemm_tile(const Step s, const PhaseGemm& g, const WorkItem item, TileShared& sh) {
-  const int tile = item.tile, k_begin = item.k_begin, k_end = item.k_end, slice = item.slice, slices = item.slices;
-  namespace wmma = nvcuda::wmma;
-  const GemmOp& op = g.op;
-  const FusedMath math = s.a.math;
-  const int cols = gemm_columns(op);
-  const int tiles_n = gemm_column_tiles(g);
-  const int i0 = (tile / tiles_n) * kTile, jt = tile % tiles_n;
-  const int tid = static_cast<int>(threadIdx.x);
-  const int ty = tid / 16, tx = tid % 16;
-  // FFMA: group kg's K steps in each chunk, and its thread's 4 × 4 block (rows 4 gy + p, columns 4 gx + q).
-  const int kg = tid / 64, gy = (tid % 64) / 8, gx = tid % 8;
-  constexpr int kGroupK = kTileK / kFfmaGroups;
-  float part[4][4] = {};
-  int groups = kFfmaGroups;  // whose sums meet in sh.a[0 .. groups)
-#if VAE_HAS_TF32_MMA
-  // Warp w takes the 16 × 16 quarter (wi, wj) = ((w % 4) / 2, w % 2) of the tile over the K steps
-  // of 8 numbered w / 4 (mod 2) in each chunk: all eight warps on the tensor cores.
-  const int warp = tid / 32, wi = (warp % 4) / 2, wj = warp % 2, k_half = warp / 4;
-  wmma::fragment<wmma::accumulator, 16, 16, 8, float> cf;
-  if (math != FusedMath::ffma) {
-    wmma::fill_fragment(cf, 0.f);
-    groups = 2;
-  }
-#else
-  (void)math;  // no TF32 tensor cores before sm_80: FFMA
-#endif
+// The K loop of a work item: its chunks through a ring of kStages stages, the chunks of the next
+// kStages − 1 steps requested before the wait for the current one (a short work item has all its
+// loads in flight at once), then body(stage) on each chunk once every thread's copies have landed.
+template <typename Body>
+__device__ __forceinline__ void k_loop(const PhaseGemm& g, int i0, int jt, int k_begin, int k_end, TileShared& sh,
+                                       Body&& body) {
   const int chunks = (k_end - k_begin + kTileK - 1) / kTileK;
   for (int c = 0; c < kStages - 1; ++c) {
     if (c < chunks) stage_chunk(g, i0, jt, k_begin + c * kTileK, k_end, c, sh);
@@ -410,54 +453,109 @@ __device__ VAE_NOINLINE void gemm_tile(const Step s, const PhaseGemm& g, const W
     async_commit();
     async_wait<kStages - 1>();  // chunk c's group has landed
     __syncthreads();
-    const int st = c % kStages;
-#if VAE_HAS_TF32_MMA
-    if (math != FusedMath::ffma) {
-      for (int k8 = 8 * k_half; k8 < kTileK; k8 += 16) {
-        wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::col_major> fa, fa_lo;
-        wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::row_major> fb, fb_lo;
-        wmma::load_matrix_sync(fa, &sh.a[st][k8][wi * 16], kTilePad);
-        wmma::load_matrix_sync(fb, &sh.b[st][k8][wj * 16], kTilePad);
-        if (math == FusedMath::tf32x3) {  // the small products first, then the large one
-          split_tf32(fa, fa_lo);
-          split_tf32(fb, fb_lo);
-          wmma::mma_sync(cf, fa_lo, fb, cf);
-          wmma::mma_sync(cf, fa, fb_lo, cf);
-        } else {
-          for (int e = 0; e < fa.num_elements; ++e) fa.x[e] = wmma::__float_to_tf32(fa.x[e]);
-          for (int e = 0; e < fb.num_elements; ++e) fb.x[e] = wmma::__float_to_tf32(fb.x[e]);
-        }
-        wmma::mma_sync(cf, fa, fb, cf);
-      }
-      __syncthreads();
-      continue;
-    }
-#endif
-    VAE_UNROLL
-    for (int kk = kg * kGroupK; kk < (kg + 1) * kGroupK; ++kk) {
-      const float4 av = *reinterpret_cast<const float4*>(&sh.a[st][kk][4 * gy]);
-      const float4 bv = *reinterpret_cast<const float4*>(&sh.b[st][kk][4 * gx]);
-      const float ar[4] = {av.x, av.y, av.z, av.w}, br[4] = {bv.x, bv.y, bv.z, bv.w};
-      VAE_UNROLL
-      for (int p = 0; p < 4; ++p) {
-        VAE_UNROLL
-        for (int q = 0; q < 4; ++q) part[p][q] += ar[p] * br[q];
-      }
-    }
+    body(c % kStages);
     __syncthreads();
   }
-  // The groups' sums, through shared memory (group g's C row-major in stage g of a), to the owners.
+}
+
+// One kTile × kTile tile of C over K in [k_begin, k_end). K in chunks through a ring of kStages
+// stages: the chunks of the next kStages − 1 steps requested before the wait for the current one
+// (a short work item has all its loads in flight at once). Every thread works on every chunk,
+// over a part of its K steps: with FusedMath::ffma the block's 256 threads are kFfmaGroups groups
+// of 8 × 8, each group over a quarter of the chunk's K steps, each thread of a group summing a
+// 4 × 4 block of outputs (16 FFMA per K step from 2 to 8 shared-memory loads, by the stages'
+// layouts, where a 2 × 2 block per thread over all K steps loaded a float per FFMA); on the tensor cores (tf32, tf32x3)
+// each warp takes a 16 × 16 quarter of the tile and half of the chunk's K steps (fp32 sums). The groups' sums meet, in
+// group order, through shared memory at thread (ty, tx) of 16 × 16, which owns rows i0 + ty + {0, 16} and tile columns
+// tx + {0, 16} (tile_column). Then, for a whole-K item, the epilogue. A split-K item (slices > 1) writes its raw sums
+// into its slice of the partial sums and takes a ticket: the block that arrives last sums the tile's slices in slice
+// order and runs the epilogue (deterministic, no atomics on the data, no grid barrier). Out of line: inlined into the
+// step it spilled registers on sm_90 under the two-blocks-per-SM bound. The step and the work item come by value (by
+// reference they sat in each thread's local memory).
+constexpr int kFfmaGroups = kStepThreads / 64;  // FFMA: 8 × 8 threads a group, 4 × 4 outputs a thread
+static_assert(kFfmaGroups * 64 == kStepThreads && kFfmaGroups <= kStages && kTileK % kFfmaGroups == 0 && kTile == 32,
+              "the FFMA groups' sums meet in the stages of a");
+__device__ VAE_NOINLINE void gemm_tile(const FusedStepArgs& a, const PhaseGemm& g, const WorkItem item,
+                                       TileShared& sh) {
+  const int tile = item.tile, k_begin = item.k_begin, k_end = item.k_end, slice = item.slice, slices = item.slices;
+  namespace wmma = nvcuda::wmma;
+  const GemmOp& op = g.op;
+  const FusedMath math = a.math;
+  const int cols = gemm_columns(op);
+  const int tiles_n = gemm_column_tiles(g);
+  const int i0 = (tile / tiles_n) * kTile, jt = tile % tiles_n;
+  const int tid = static_cast<int>(threadIdx.x);
+  const int ty = tid / 16, tx = tid % 16;
+  // FFMA: group kg's K steps in each chunk, and its thread's 4 × 4 block: rows 4 gy + p where A is M-fast (one
+  // four-float load), gy + 8 p where it is K-fast (four loads, no bank conflict); columns alike with gx and B.
+  const int kg = tid / 64, gy = (tid % 64) / 8, gx = tid % 8;
+  const bool a_k = a_k_fast(op), b_k = b_k_fast(op);  // the stages' layouts (stage_chunk)
+  int groups;                                         // whose sums meet in sh.a[0 .. groups)
 #if VAE_HAS_TF32_MMA
   if (math != FusedMath::ffma) {
+    // Warp w takes the 16 × 16 quarter (wi, wj) = ((w % 4) / 2, w % 2) of the tile over the K steps
+    // of 8 numbered w / 4 (mod 2) in each chunk: all eight warps on the tensor cores.
+    const int warp = tid / 32, wi = (warp % 4) / 2, wj = warp % 2, k_half = warp / 4;
+    wmma::fragment<wmma::accumulator, 16, 16, 8, float> cf;
+    wmma::fill_fragment(cf, 0.f);
+    // A K loop per pair of layouts (one loop choosing among the four per chunk spilled registers on sm_90).
+    auto loop = [&](auto layout_a, auto layout_b) {
+      using LayoutA = typename decltype(layout_a)::type;
+      using LayoutB = typename decltype(layout_b)::type;
+      k_loop(g, i0, jt, k_begin, k_end, sh,
+             [&](int st) { mma_chunk<LayoutA, LayoutB>(math, sh, st, wi, wj, k_half, cf); });
+    };
+    const LayoutTag<wmma::row_major> row_major;
+    const LayoutTag<wmma::col_major> col_major;
+    if (a_k) {
+      if (b_k) {
+        loop(row_major, col_major);
+      } else {
+        loop(row_major, row_major);
+      }
+    } else if (b_k) {
+      loop(col_major, col_major);
+    } else {
+      loop(col_major, row_major);
+    }
     wmma::store_matrix_sync(&sh.a[k_half][wi * 16][wj * 16], cf, kTilePad, wmma::mem_row_major);
+    groups = 2;
   } else
 #endif
   {
+    (void)math;  // no TF32 tensor cores before sm_80: FFMA
+    constexpr int kGroupK = kTileK / kFfmaGroups;
+    float part[4][4] = {};
+    k_loop(g, i0, jt, k_begin, k_end, sh, [&](int st) {
+      VAE_UNROLL
+      for (int kk = kg * kGroupK; kk < (kg + 1) * kGroupK; ++kk) {
+        float ar[4], br[4];
+        if (a_k) {
+          for (int p = 0; p < 4; ++p) ar[p] = sh.a[st][gy + 8 * p][kk];
+        } else {
+          const float4 v = *reinterpret_cast<const float4*>(&sh.a[st][kk][4 * gy]);
+          ar[0] = v.x, ar[1] = v.y, ar[2] = v.z, ar[3] = v.w;
+        }
+        if (b_k) {
+          for (int q = 0; q < 4; ++q) br[q] = sh.b[st][gx + 8 * q][kk];
+        } else {
+          const float4 v = *reinterpret_cast<const float4*>(&sh.b[st][kk][4 * gx]);
+          br[0] = v.x, br[1] = v.y, br[2] = v.z, br[3] = v.w;
+        }
+        VAE_UNROLL
+        for (int p = 0; p < 4; ++p) {
+          VAE_UNROLL
+          for (int q = 0; q < 4; ++q) part[p][q] += ar[p] * br[q];
+        }
+      }
+    });
+    // The groups' sums, through shared memory (group g's C row-major in stage g of a), to the owners.
     VAE_UNROLL
     for (int p = 0; p < 4; ++p) {
-      *reinterpret_cast<float4*>(&sh.a[kg][4 * gy + p][4 * gx]) =
-          make_float4(part[p][0], part[p][1], part[p][2], part[p][3]);
+      VAE_UNROLL
+      for (int q = 0; q < 4; ++q) sh.a[kg][a_k ? gy + 8 * p : 4 * gy + p][b_k ? gx + 8 * q : 4 * gx + q] = part[p][q];
     }
+    groups = kFfmaGroups;
   }
   __syncthreads();
   float acc[2][2];
@@ -471,7 +569,8 @@ __device__ VAE_NOINLINE void gemm_tile(const Step s, const PhaseGemm& g, const W
     }
   }
   __syncthreads();  // before the next tile's loads overwrite them
-  TileInputs in;    // requested now: a split tile's arrive while its ticket is taken
+  const Step s{a, sh.step.step, sh.step.row0, sh.step.k, sh.step.x, sh.step.kl_scale};
+  TileInputs in;  // requested now: a split tile's arrive while its ticket is taken
   load_tile_inputs(s, g, i0, jt, ty, tx, in);
   if (slices == 1) {
     store_tile_outputs(s, g, i0, jt, ty, tx, acc, in, sh);
@@ -529,8 +628,9 @@ __device__ void gemm_phase(const Step& s, TileShared& sh) {
         sh.planned = p + 1;
       }
     }
+    sh.step = {s.step, s.row0, s.k, s.x, s.kl_scale};
   }
-  __syncthreads();  // thread 0's descriptors and plan are visible
+  __syncthreads();  // thread 0's descriptors, plan and step are visible
   const int count = sh.ops_count, items = sh.plan.items, grid = static_cast<int>(gridDim.x);
   const int* chunks = sh.plan.chunks;  // of each op's items
   // The op of item numbers first: the one of the longer items (ops[0] where equal).
@@ -557,7 +657,7 @@ __device__ void gemm_phase(const Step& s, TileShared& sh) {
       ++sh.work_items;
       sh.work_chunks += static_cast<unsigned>((k_end - k_begin + kTileK - 1) / kTileK);
     }
-    gemm_tile(s, ops[o], {tile, k_begin, k_end, slice, slices, s.a.workspace + offset, tickets + ticket + tile}, sh);
+    gemm_tile(s.a, ops[o], {tile, k_begin, k_end, slice, slices, s.a.workspace + offset, tickets + ticket + tile}, sh);
   }
 }
 

@@ -24,6 +24,17 @@ __device__ __forceinline__ void async_copy_float(float* dst, const float* src, b
 #endif
 }
 
+// dst[0..3] = src[0..3], four floats, both 16-byte aligned (L2 only: the operands of the fused
+// step's tiles are read once per block).
+__device__ __forceinline__ void async_copy_float4(float* dst, const float* src) {
+#if VAE_HAS_CP_ASYNC
+  const unsigned to = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(to), "l"(src) : "memory");
+#else
+  for (int t = 0; t < 4; ++t) dst[t] = src[t];
+#endif
+}
+
 // Closes the group of the copies this thread requested since the last commit.
 __device__ __forceinline__ void async_commit() {
 #if VAE_HAS_CP_ASYNC
