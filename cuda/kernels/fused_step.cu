@@ -121,7 +121,7 @@ __device__ void backward_stack(const Step& s, const FusedLayer* layers, int coun
   }
 }
 
-// Block 0: totals += (Σ_r (1/L) Σ_ℓ log p, Σ_r KL, B) in float64, a fixed order (elbo_totals').
+// One block: totals += (Σ_r (1/L) Σ_ℓ log p, Σ_r KL, B) in float64, a fixed order (elbo_totals').
 __device__ void block_totals(const FusedStepArgs& a, uint64_t step) {
   __shared__ double partial[2][kStepThreads];
   double recon = 0, kl_sum = 0;
@@ -244,8 +244,10 @@ __device__ void train_step(const FusedStepArgs& a, const StepState& at, float* x
                  latent_in_epilogue ? TileEpilogue::latent_grad : TileEpilogue::store, rows, true, sh);
   phase_end(a, FusedPhase::decoder_backward);
 
-  // The ELBO totals (block 0).
-  if (blockIdx.x == 0) block_totals(a, at.step);
+  // The ELBO totals, by the last block: the next phase's work items go to the first blocks, and it has fewer
+  // items than blocks at the batches where a step is short (at batch 128 on 264 blocks, 78), so the last block is
+  // idle there (block 0 added the totals to a work item of its own).
+  if (blockIdx.x == gridDim.x - 1) block_totals(a, at.step);
 
   // With several samples a row, the latent backward as a phase, an element per thread; the KL's
   // gradient weighted by β at this step. Beside it the update of the decoder's first layer (else
