@@ -197,18 +197,20 @@ TEST_P(FusedStep, ThreeStepsOfEachOptimizerMatchReference) {
   for (int workers : target == Target::cpu ? std::vector<int>{first_workers, 7} : std::vector<int>{0})
     for (FusedMath math : {FusedMath::ffma, FusedMath::tf32x3})
       for (OptimizerKind kind : {OptimizerKind::sgd, OptimizerKind::adam, OptimizerKind::adagrad})
-        for (auto [batch, hidden, latent, kl] :
-             {std::tuple{1, std::vector<int>{5}, 1, KlTerm{}},
-              {7, std::vector<int>{}, 3, KlTerm{KlEstimator::monte_carlo, 0.7f, 0, KlGradient::standard}},
-              {129, std::vector<int>{33, 5}, 20, KlTerm{KlEstimator::analytic, 0.4f, 30, KlGradient::standard}},
-              {7, std::vector<int>{33}, 3, KlTerm{}}}) {
+        // Input 37 and odd widths: operands staged a float at a time; the last case's rows are all multiples of
+        // four floats (input 36, hidden 32, latent 4), staged four floats to a copy, chunks cut at 36 and 4.
+        for (auto [batch, hidden, latent, kl, dim] :
+             {std::tuple{1, std::vector<int>{5}, 1, KlTerm{}, 37},
+              {7, std::vector<int>{}, 3, KlTerm{KlEstimator::monte_carlo, 0.7f, 0, KlGradient::standard}, 37},
+              {129, std::vector<int>{33, 5}, 20, KlTerm{KlEstimator::analytic, 0.4f, 30, KlGradient::standard}, 37},
+              {7, std::vector<int>{32}, 4, KlTerm{}, 36}}) {
           if (math == FusedMath::tf32x3 && workers != first_workers) continue;
           const test::ScopedWorkers grid_of(target, workers);
           SCOPED_TRACE(std::string(fused_math_name(math)) + ", " + optimizer_name(kind) + ", batch " +
                        std::to_string(batch) + ", " + std::to_string(hidden.size()) + " hidden layers, KL " +
                        estimator_name(kl.estimator) + " at beta " + std::to_string(kl.weight) + ", grid " +
                        std::to_string(VAE_CALL(ctx.target(), fused_step_grid)));
-          const ModelConfig c = small_config(sc.decoder, sc.activation, hidden, latent, 37);
+          const ModelConfig c = small_config(sc.decoder, sc.activation, hidden, latent, dim);
           Vae vae(ctx, c, batch + 3, sc.samples);
           ASSERT_TRUE(vae.fused_step_fits());
           const test::ReferenceLayout rl = test::reference_layout(c);
