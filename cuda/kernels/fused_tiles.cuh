@@ -74,7 +74,7 @@ constexpr int kMaxPhaseGemms = 2;
 // phases (its threads read them from here, not from copies of their own: a descriptor per thread
 // was ~0.7 KB of local memory per thread on sm_90).
 struct TileShared {
-  // Stage s holds one K chunk: a[s][p][i] = op(A)[i0 + i, k0 + p] (transposed), b[s][p][j] = op(B)[k0 + p, j0 + j].
+  // Stage s holds one K chunk of each operand, in the layout a_k_fast and b_k_fast give it (32 lines of 32 floats).
   // After the K loop, stage g of a holds K group g's sums of the tile (gemm_tile).
   alignas(32) float a[kStages][kTileK][kTilePad];
   alignas(32) float b[kStages][kTileK][kTilePad];
@@ -397,13 +397,15 @@ __device__ __forceinline__ void stage_chunk(const PhaseGemm& g, int i0, int jt, 
 }
 
 #if VAE_HAS_TF32_MMA
-// The tensor cores' part of a chunk in stage st for warp (wi, wj, k_half) (gemm_tile), the
-// operands' fragments loaded in their stage layouts (LayoutA: row_major where A is K-fast;
-// LayoutB: col_major where B is K-fast).
+// A fragment layout as a value (wmma's layout types are incomplete under host execution), for
+// gemm_tile's choice of a K loop.
 template <typename Layout>
 struct LayoutTag {
   using type = Layout;
 };
+// The tensor cores' part of a chunk in stage st for warp (wi, wj, k_half) (gemm_tile), the
+// operands' fragments loaded in their stage layouts (LayoutA: row_major where A is K-fast;
+// LayoutB: col_major where B is K-fast).
 template <typename LayoutA, typename LayoutB, typename Accumulator>
 __device__ __forceinline__ void mma_chunk(FusedMath math, const TileShared& sh, int st, int wi, int wj, int k_half,
                                           Accumulator& cf) {
@@ -458,20 +460,21 @@ __device__ __forceinline__ void k_loop(const PhaseGemm& g, int i0, int jt, int k
   }
 }
 
-// One kTile × kTile tile of C over K in [k_begin, k_end). K in chunks through a ring of kStages
-// stages: the chunks of the next kStages − 1 steps requested before the wait for the current one
-// (a short work item has all its loads in flight at once). Every thread works on every chunk,
-// over a part of its K steps: with FusedMath::ffma the block's 256 threads are kFfmaGroups groups
-// of 8 × 8, each group over a quarter of the chunk's K steps, each thread of a group summing a
-// 4 × 4 block of outputs (16 FFMA per K step from 2 to 8 shared-memory loads, by the stages'
-// layouts, where a 2 × 2 block per thread over all K steps loaded a float per FFMA); on the tensor cores (tf32, tf32x3)
-// each warp takes a 16 × 16 quarter of the tile and half of the chunk's K steps (fp32 sums). The groups' sums meet, in
-// group order, through shared memory at thread (ty, tx) of 16 × 16, which owns rows i0 + ty + {0, 16} and tile columns
-// tx + {0, 16} (tile_column). Then, for a whole-K item, the epilogue. A split-K item (slices > 1) writes its raw sums
-// into its slice of the partial sums and takes a ticket: the block that arrives last sums the tile's slices in slice
-// order and runs the epilogue (deterministic, no atomics on the data, no grid barrier). Out of line: inlined into the
-// step it spilled registers on sm_90 under the two-blocks-per-SM bound. The step and the work item come by value (by
-// reference they sat in each thread's local memory).
+// One kTile × kTile tile of C over K in [k_begin, k_end), its chunks through k_loop. Every thread
+// works on every chunk, over a part of its K steps: with FusedMath::ffma the block's 256 threads
+// are kFfmaGroups groups of 8 × 8, each group over a quarter of the chunk's K steps, each thread
+// summing a 4 × 4 block of outputs (16 FFMA per K step from 2 to 8 shared-memory loads, by the
+// stages' layouts, where a 2 × 2 block per thread over all K steps loaded a float per FFMA); on
+// the tensor cores (tf32, tf32x3) each warp takes a 16 × 16 quarter of the tile and half of the
+// chunk's K steps (fp32 sums). The groups' sums meet, in group order, through shared memory at
+// thread (ty, tx) of 16 × 16, which owns rows i0 + ty + {0, 16} and tile columns tx + {0, 16}
+// (tile_column). Then, for a whole-K item, the epilogue. A split-K item (slices > 1) writes its
+// raw sums into its slice of the partial sums and takes a ticket: the block that arrives last sums
+// the tile's slices in slice order and runs the epilogue (deterministic, no atomics on the data, no
+// grid barrier). Out of line: inlined into the step it spilled registers on sm_90 under the
+// two-blocks-per-SM bound. The work item comes by value, the step's scalars from shared memory
+// after the K loop (held through it, they cost registers the loop needs; by reference to a
+// caller's copy they sat in local memory).
 constexpr int kFfmaGroups = kStepThreads / 64;  // FFMA: 8 × 8 threads a group, 4 × 4 outputs a thread
 static_assert(kFfmaGroups * 64 == kStepThreads && kFfmaGroups <= kStages && kTileK % kFfmaGroups == 0 && kTile == 32,
               "the FFMA groups' sums meet in the stages of a");
