@@ -167,8 +167,10 @@ __device__ __forceinline__ int tile_column(const PhaseGemm& g, int jt, int c) {
 struct TileInputs {
   float v[2][2][3];
 };
-__device__ __forceinline__ void load_tile_inputs(const Step& s, const PhaseGemm& g, int i0, int jt, int ty, int tx,
-                                                 TileInputs& in) {
+// Visits the address of each of those inputs: f(u, w, slot, address) for in.v[u][w][slot].
+template <typename Visit>
+__device__ __forceinline__ void visit_tile_inputs(const Step& s, const PhaseGemm& g, int i0, int jt, int ty, int tx,
+                                                  Visit&& f) {
   const GemmOp& op = g.op;
   const FusedStepArgs& a = s.a;
   const int cols = gemm_columns(op);
@@ -176,28 +178,44 @@ __device__ __forceinline__ void load_tile_inputs(const Step& s, const PhaseGemm&
   for (int u = 0; u < 2; ++u) {
     VAE_UNROLL
     for (int w = 0; w < 2; ++w) {
-      float* v = in.v[u][w];
-      v[0] = v[1] = v[2] = 0.f;
       const int i = i0 + ty + 16 * u, j = tile_column(g, jt, tx + 16 * w);
       if (i >= op.m || j >= cols) continue;
       const long long at = static_cast<long long>(i) * op.ldc + j;
-      if (j < op.n && op.epilogue == Epilogue::bias_activation) v[0] = op.bias[j];
-      if (j < op.n && op.epilogue == Epilogue::activation_grad) v[0] = op.activation_output[at];
+      if (j < op.n && op.epilogue == Epilogue::bias_activation) f(u, w, 0, op.bias + j);
+      if (j < op.n && op.epilogue == Epilogue::activation_grad) f(u, w, 0, op.activation_output + at);
       if (g.epilogue == TileEpilogue::update) {
         const long long e = (j < op.n ? op.c + at : op.bias_grad + i) - a.grads;
-        v[0] = a.params[e];
-        v[1] = a.state1[e];
-        if (a.optimizer == OptimizerKind::adam) v[2] = a.state2[e];
+        f(u, w, 0, a.params + e);
+        f(u, w, 1, a.state1 + e);
+        if (a.optimizer == OptimizerKind::adam) f(u, w, 2, a.state2 + e);
       } else if (g.epilogue == TileEpilogue::reconstruction && (!g.pairs || w == 0)) {
-        v[1] = s.x[static_cast<long long>(i % a.batch) * a.dim + j];
+        f(u, w, 1, s.x + static_cast<long long>(i % a.batch) * a.dim + j);
       } else if (g.epilogue == TileEpilogue::latent_grad) {  // one sample a row: z at (i, j)
         const long long row = static_cast<long long>(i) * 2 * a.latent;
-        v[0] = a.heads.h[row + j];
-        v[1] = a.heads.h[row + a.latent + j];
-        v[2] = a.z[static_cast<long long>(i) * a.latent + j];
+        f(u, w, 0, a.heads.h + row + j);
+        f(u, w, 1, a.heads.h + row + a.latent + j);
+        f(u, w, 2, a.z + static_cast<long long>(i) * a.latent + j);
       }
     }
   }
+}
+__device__ __forceinline__ void load_tile_inputs(const Step& s, const PhaseGemm& g, int i0, int jt, int ty, int tx,
+                                                 TileInputs& in) {
+  VAE_UNROLL
+  for (int u = 0; u < 2; ++u) {
+    VAE_UNROLL
+    for (int w = 0; w < 2; ++w) in.v[u][w][0] = in.v[u][w][1] = in.v[u][w][2] = 0.f;
+  }
+  visit_tile_inputs(s, g, i0, jt, ty, tx, [&](int u, int w, int slot, const float* p) { in.v[u][w][slot] = *p; });
+}
+
+// Asks for a thread's tile inputs in L1 (prefetch_l1). Out of line: inlined, their addresses were
+// kept in registers through the K loop for the loads after it, and spilled.
+__device__ VAE_NOINLINE void prefetch_tile_inputs(const FusedStepArgs& a, const PhaseGemm& g, int i0, int jt,
+                                                  const TileShared& sh) {
+  const int tid = static_cast<int>(threadIdx.x);
+  visit_tile_inputs(Step{a, sh.step.step, sh.step.row0, sh.step.k, sh.step.x, sh.step.kl_scale}, g, i0, jt, tid / 16,
+                    tid % 16, [](int, int, int, const float* p) { prefetch_l1(p); });
 }
 
 // C[i, j] from its sum acc and inputs `in` (load_tile_inputs): the epilogue, or for the extra
@@ -493,7 +511,11 @@ __device__ VAE_NOINLINE void gemm_tile(const FusedStepArgs& a, const PhaseGemm& 
   // four-float load), gy + 8 p where it is K-fast (four loads, no bank conflict); columns alike with gx and B.
   const int kg = tid / 64, gy = (tid % 64) / 8, gx = tid % 8;
   const bool a_k = a_k_fast(op), b_k = b_k_fast(op);  // the stages' layouts (stage_chunk)
-  int groups;                                         // whose sums meet in sh.a[0 .. groups)
+  // The epilogue's inputs asked for in L1 now, so that a whole-K item's loads of them after its K
+  // loop hit there (a split item loads them before its ticket). Nothing writes them in this phase
+  // but this item's epilogue, and no fence comes before it.
+  prefetch_tile_inputs(a, g, i0, jt, sh);
+  int groups;  // whose sums meet in sh.a[0 .. groups)
 #if VAE_HAS_TF32_MMA
   if (math != FusedMath::ffma) {
     // Warp w takes the 16 × 16 quarter (wi, wj) = ((w % 4) / 2, w % 2) of the tile over the K steps

@@ -50,6 +50,16 @@ __device__ __forceinline__ void async_wait() {
 #endif
 }
 
+// Asks for the line holding *p in the SM's L1 (no register, no wait): a later load of it hits
+// there. Nothing under host execution.
+__device__ __forceinline__ void prefetch_l1(const float* p) {
+#if !VAE_HOST_EXEC && defined(__CUDA_ARCH__)
+  asm volatile("prefetch.global.L1 [%0];\n" ::"l"(p));
+#else
+  (void)p;
+#endif
+}
+
 // A load that bypasses the SM's L1 (another block wrote it during this launch and made it
 // visible with a fence; an L1 line from an earlier phase could be stale).
 __device__ __forceinline__ float load_global_coherent(const float* p) {
