@@ -23,6 +23,12 @@ using test::to_double;
 
 using test::small_config;
 
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool kSanitized = true;
+#else
+constexpr bool kSanitized = false;
+#endif
+
 // The KL terms the tests cover: estimator B and A at β = 1, and each with β = 0.6 warmed up over
 // 40 steps (at step 17 of the tests: β_t = 0.255).
 const KlTerm kKlTerms[] = {{KlEstimator::analytic, 1.f, 0},
@@ -205,6 +211,11 @@ TEST_P(FusedStep, ThreeStepsOfEachOptimizerMatchReference) {
               {129, std::vector<int>{33, 5}, 20, KlTerm{KlEstimator::analytic, 0.4f, 30, KlGradient::standard}, 37},
               {7, std::vector<int>{32}, 4, KlTerm{}, 36}}) {
           if (math == FusedMath::tf32x3 && workers != first_workers) continue;
+          // Under the sanitizers (CI's second build, whose task is memory and undefined behaviour; the values are
+          // checked in the first) the split-K grid and 3xTF32 with Adam only: the three optimizers' code runs in
+          // the first grid's FFMA steps. This test, fiber by fiber under ASan, was half of that build's test time.
+          if (kSanitized && (workers != first_workers || math != FusedMath::ffma) && kind != OptimizerKind::adam)
+            continue;
           const test::ScopedWorkers grid_of(target, workers);
           SCOPED_TRACE(std::string(fused_math_name(math)) + ", " + optimizer_name(kind) + ", batch " +
                        std::to_string(batch) + ", " + std::to_string(hidden.size()) + " hidden layers, KL " +
