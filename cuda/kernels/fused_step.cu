@@ -16,7 +16,7 @@
 
 #include "ops.h"  // the entry points this file defines
 #include "kernels/batch.cuh"
-#include "kernels/fused_tiles.cuh"  // the GEMM phases: tiles, staging, split-K tickets, epilogues
+#include "kernels/fused_tiles.cuh"  // the GEMM phases: tiles, staging, split-K tickets (and their epilogues)
 
 namespace vae::VAE_NS {
 
