@@ -118,6 +118,11 @@ struct TileShared {
   } step;
 };
 
+// The phase's Step from what gemm_phase left in shared memory and the arguments `a`.
+__device__ __forceinline__ Step shared_step(const FusedStepArgs& a, const TileShared& sh) {
+  return {a, sh.step.step, sh.step.row0, sh.step.k, sh.step.x, sh.step.kl_scale};
+}
+
 // The optimizer's update of flat parameter i from its gradient (checked for a non-finite value),
 // its parameter and state as loaded (load_tile_inputs): the new ones stored.
 __device__ __forceinline__ void apply_update(const Step& s, long long i, float grad, const float (&in)[3]) {
@@ -213,8 +218,8 @@ __device__ __forceinline__ void load_tile_inputs(const Step& s, const PhaseGemm&
 __device__ VAE_NOINLINE void prefetch_tile_inputs(const FusedStepArgs& a, const PhaseGemm& g, int i0, int jt,
                                                   const TileShared& sh) {
   const int tid = static_cast<int>(threadIdx.x);
-  visit_tile_inputs(Step{a, sh.step.step, sh.step.row0, sh.step.k, sh.step.x, sh.step.kl_scale}, g, i0, jt, tid / 16,
-                    tid % 16, [](int, int, int, const float* p) { prefetch_l1(p); });
+  visit_tile_inputs(shared_step(a, sh), g, i0, jt, tid / 16, tid % 16,
+                    [](int, int, int, const float* p) { prefetch_l1(p); });
 }
 
 // C[i, j] from its sum acc and inputs `in` (load_tile_inputs): the epilogue, or for the extra

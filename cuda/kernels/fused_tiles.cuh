@@ -272,7 +272,7 @@ __device__ VAE_NOINLINE void gemm_tile(const FusedStepArgs& a, const PhaseGemm& 
     }
   }
   __syncthreads();  // before the next tile's loads overwrite them
-  const Step s{a, sh.step.step, sh.step.row0, sh.step.k, sh.step.x, sh.step.kl_scale};
+  const Step s = shared_step(a, sh);
   TileInputs in;  // requested now: a split tile's arrive while its ticket is taken
   load_tile_inputs(s, g, i0, jt, ty, tx, in);
   if (slices == 1) {
