@@ -11,18 +11,20 @@
 // --steps-per-launch K, K steps in each launch (persistent; the timers then see each launch's last).
 // --fused-math ffma|tf32|3xtf32 sets the fused step's tile arithmetic (default: TF32 with --tf32 1,
 // else FFMA); --fused-grid N|half launches it on N blocks, or half of fused_step_grid() (the default
-// and most; on the GPU two blocks per SM, so half is one per SM).
+// and most; on the GPU two blocks per SM, so half is one per SM); --ticket-chunks N has its GEMM
+// phases split K only where that shortens their costliest item by more than N chunks, the cost of a
+// split-K ticket (FusedVariant::ticket_chunks; default 0).
 // --kernels (CPU) adds each kernel's and GEMM's time a step and its share of the step.
 // --models N times the composed step of N models as vae sweep's stack takes it (host/model_stack.h:
 // every GEMM one strided-batched call, every kernel one launch for all), µs per stacked step and
 // per model-step.
 //   bench_step --sweep [--batches 32,64,128,256,512,1024] [--steps N] [--json 1] [--models N]
 // times every variant (composed; fused one step a launch; fused 16 steps a launch; each in fp32
-// and, on the GPU, TF32; on the GPU also fused 16 steps a launch with 3xTF32 tiles and with half
-// the grid, one block per SM) at every batch, one line each, and names the fastest per batch: the
-// measurement `--step auto`'s rule is written from; with --models N (> 1) also the stack of N
-// models (composed), its µs per stacked step and per model-step.
-// With --tf32 1 (GPU) the GEMMs use TF32 tensor cores and the peak is the TF32 rate.
+// and, on the GPU, TF32; on the GPU also fused 16 steps a launch with 3xTF32 tiles, with half
+// the grid (one block per SM), and with tickets of 4 and 12 chunks (fewer split-K splits)) at every batch, one line
+// each, and names the fastest per batch: the measurement `--step auto`'s rule is written from; with --models N (> 1)
+// also the stack of N models (composed), its µs per stacked step and per model-step. With --tf32 1 (GPU) the GEMMs use
+// TF32 tensor cores and the peak is the TF32 rate.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -58,8 +60,9 @@ struct Options {
   int models = 1;        // --models: the composed step of a stack of this many models
   bool kernels = false;  // --kernels: the CPU's time per kernel and GEMM of the step
   bool phases = false, sweep = false;
-  int fused_math = -1;  // --fused-math: a FusedMath, or -1 for the context's
-  int fused_grid = 0;   // --fused-grid: blocks of the fused step (0: fused_step_grid(); -1: half)
+  int fused_math = -1;    // --fused-math: a FusedMath, or -1 for the context's
+  int fused_grid = 0;     // --fused-grid: blocks of the fused step (0: fused_step_grid(); -1: half)
+  int ticket_chunks = 0;  // --ticket-chunks: FusedStepArgs::ticket_chunks
   std::string batches = "32,64,128,256,512,1024";  // --sweep's
   bool fused() const { return step_kind == "fused"; }
 };
@@ -100,6 +103,8 @@ Options parse_options(int argc, char** argv) {
       o.tf32 = std::atoi(v);
     else if (k == "--models")
       o.models = std::atoi(v);
+    else if (k == "--ticket-chunks")
+      o.ticket_chunks = std::atoi(v);
     else if (k == "--fused-grid")
       o.fused_grid = std::strcmp(v, "half") == 0 ? -1 : std::atoi(v);
     else if (k == "--fused-math") {
@@ -124,6 +129,10 @@ Options parse_options(int argc, char** argv) {
   }
   if (o.models < 1 || (o.models > 1 && o.fused())) {
     std::fprintf(stderr, "bench_step: --models must be positive; a stack of models takes the composed step\n");
+    std::exit(2);
+  }
+  if (o.ticket_chunks < 0) {
+    std::fprintf(stderr, "bench_step: --ticket-chunks must be a count of K chunks, 0 or more\n");
     std::exit(2);
   }
   if (o.phases && !o.fused()) {
@@ -249,6 +258,7 @@ PhaseTimes time_steps(const Options& o, const DeviceContext& ctx, Vae& model, Op
     a.steps = K;
     a.grid = launched;
     if (o.fused_math >= 0) a.math = static_cast<FusedMath>(o.fused_math);
+    a.ticket_chunks = o.ticket_chunks;
     const auto t0 = now();
     VAE_CALL(ctx.target(), fused_step, a, ctx.stream());
     if (s >= 0) t.fused += ms(t0, now());
@@ -480,6 +490,7 @@ int run_sweep(const Options& o) {
     bool tf32;
     int fused_math = -1;     // the fused step's tiles, if not the context's
     bool half_grid = false;  // the fused step on half its grid
+    int ticket_chunks = 0;   // its split-K ticket's cost
   };
   std::vector<Variant> variants;
   const bool gpu = target == Target::cuda;
@@ -491,6 +502,11 @@ int run_sweep(const Options& o) {
     // On the GPU: fp32 on the tensor cores (3xTF32) against FFMA, and one block per SM against two.
     if (gpu && !tf32) variants.push_back({"fused x16 3xtf32", true, 16, false, static_cast<int>(FusedMath::tf32x3)});
     if (gpu) variants.push_back({tf32 ? "fused x16 tf32 half" : "fused x16 half", true, 16, tf32, -1, true});
+    // On the GPU: fewer split-K tickets (a phase splits only where that saves more than 4 or 12 chunks).
+    if (gpu) {
+      variants.push_back({tf32 ? "fused x16 tf32 ticket 4" : "fused x16 ticket 4", true, 16, tf32, -1, false, 4});
+      variants.push_back({tf32 ? "fused x16 tf32 ticket 12" : "fused x16 ticket 12", true, 16, tf32, -1, false, 12});
+    }
     if (o.models > 1) variants.push_back({tf32 ? "stack tf32" : "stack", false, 1, tf32});
   }
   std::vector<int> batches;
@@ -518,6 +534,7 @@ int run_sweep(const Options& o) {
       vo.phases = false;
       vo.fused_math = v.fused_math;
       vo.fused_grid = v.half_grid ? -1 : 0;
+      vo.ticket_chunks = v.ticket_chunks;
       const bool stack = std::strncmp(v.name, "stack", 5) == 0;
       vo.models = stack ? o.models : 1;
       const double us = step_us(vo, ctx);
@@ -528,13 +545,14 @@ int run_sweep(const Options& o) {
         std::printf(
             "{\"device\":\"%s\",\"batch\":%d,\"variant\":\"%s\",\"step\":\"%s\",\"steps_per_launch\":%d,"
             "\"precision\":\"%s\",\"models\":%d,\"fused_math\":\"%s\",\"fused_grid\":%d,\"half_grid\":%s,"
+            "\"ticket_chunks\":%d,"
             "\"step_us\":%.3f,"
             "\"epoch_s\":%.6f}\n",
             ctx.description().c_str(), batch, v.name, vo.step_kind.c_str(), v.steps_per_launch,
             v.tf32 ? "tf32" : "fp32", vo.models,
             v.fused_math >= 0 ? fused_math_name(static_cast<FusedMath>(v.fused_math)) : (v.tf32 ? "tf32" : "ffma"),
             v.half_grid ? fused_step_half_grid(VAE_CALL(target, fused_step_grid)) : VAE_CALL(target, fused_step_grid),
-            v.half_grid ? "true" : "false", us, 60000.0 / batch * us / 1e6);
+            v.half_grid ? "true" : "false", v.ticket_chunks, us, 60000.0 / batch * us / 1e6);
       }
       if (!stack && us < best) best = us, best_name = v.name;
     }

@@ -3,7 +3,7 @@
 
 Reads the JSON lines of `bench_step --sweep --json 1` (a gpu_check.sh bench.log holds them among
 other output) and, for each card, precision and batch measured there, writes one entry: the fused
-step (its fastest variant's tiles and grid) where that variant beat the composed step by at least
+step (its fastest variant's tiles, grid and split-K ticket) where that variant beat the composed step by at least
 --margin (the composed step is the one every path of the trainer has run for longest), else the
 composed step. The entries of the cards this sweep measured replace theirs in the table; other
 cards' stay. Each entry keeps both steps' µs a step, the date and the commit.
@@ -27,11 +27,11 @@ HEADER = """\
 // and batch of a `bench_step --sweep --json 1` run, written by bench/step_rule.py (do not edit by hand:
 // run it on the sweep's log). The fused step only where its fastest variant beat the composed step by
 // the margin named below; both steps' microseconds a step, the date and the commit beside each entry.
-// {card, precision, batch, step, fused tiles, half grid, fused us, composed us, date, commit}
+// {card, precision, batch, step, fused tiles, half grid, ticket chunks, fused us, composed us, date, commit}
 """
 ENTRY = re.compile(
     r'^\s*\{"(?P<card>[^"]*)", "(?P<precision>fp32|tf32)", (?P<batch>\d+), "(?P<step>fused|composed)", '
-    r'"(?P<math>[^"]*)", (?P<half>true|false), (?P<fused>[0-9.]+), (?P<composed>[0-9.]+), '
+    r'"(?P<math>[^"]*)", (?P<half>true|false), (?P<ticket>\d+), (?P<fused>[0-9.]+), (?P<composed>[0-9.]+), '
     r'"(?P<date>[^"]*)", "(?P<commit>[^"]*)"\},\s*$')
 
 
@@ -79,6 +79,7 @@ def entries_from(rows, margin, date, commit):
         out.append({
             "card": card, "precision": precision, "batch": batch, "step": "fused" if use_fused else "composed",
             "math": f["fused_math"] if use_fused else "", "half": bool(use_fused and f.get("half_grid", False)),
+            "ticket": int(f.get("ticket_chunks", 0)) if use_fused else 0,
             "fused": f["step_us"] if f else 0.0, "composed": c["step_us"], "date": date, "commit": commit})
     return out
 
@@ -93,6 +94,7 @@ def read_table(path):
             if m:
                 kept.append({"card": m["card"], "precision": m["precision"], "batch": int(m["batch"]),
                              "step": m["step"], "math": m["math"], "half": m["half"] == "true",
+                             "ticket": int(m["ticket"]),
                              "fused": float(m["fused"]), "composed": float(m["composed"]), "date": m["date"],
                              "commit": m["commit"]})
             elif line.startswith("// source:"):
@@ -102,7 +104,7 @@ def read_table(path):
 
 def format_entry(e):
     return (f'{{"{e["card"]}", "{e["precision"]}", {e["batch"]}, "{e["step"]}", "{e["math"]}", '
-            f'{"true" if e["half"] else "false"}, {e["fused"]:.2f}, {e["composed"]:.2f}, "{e["date"]}", '
+            f'{"true" if e["half"] else "false"}, {e["ticket"]}, {e["fused"]:.2f}, {e["composed"]:.2f}, "{e["date"]}", '
             f'"{e["commit"]}"}},')
 
 
@@ -142,7 +144,8 @@ def main():
     os.replace(f.name, a.table)
     for e in new:
         print(f'{e["card"]} {e["precision"]} batch {e["batch"]}: {e["step"]}'
-              f'{" " + e["math"] if e["math"] else ""}{" half grid" if e["half"] else ""} '
+              f'{" " + e["math"] if e["math"] else ""}{" half grid" if e["half"] else ""}'
+              f'{" ticket " + str(e["ticket"]) if e["ticket"] else ""} '
               f'(fused {e["fused"]:.1f} us, composed {e["composed"]:.1f} us)')
     return 0
 

@@ -171,7 +171,7 @@ ModelRun::ModelRun(const DeviceContext& ctx, const TrainRun& run, RunStart start
   } else {
     const StepChoice c = step_by_rule(step_rule_table(), ctx.card(), ctx.tf32(), start_.config.batch_size);
     fused = c.fused;
-    if (fused) trainer_.set_fused_variant(c.math, c.half_grid);
+    if (fused) trainer_.set_fused_variant(c.variant);
     step_rule_ = c.why;
   }
   trainer_.set_fused_step(fused);

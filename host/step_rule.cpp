@@ -22,10 +22,11 @@ StepChoice step_by_rule(const std::vector<StepRuleEntry>& table, const std::stri
   }
   c.fused = std::strcmp(e->step, "fused") == 0;
   if (c.fused) {
-    c.math = std::strcmp(e->fused_math, "tf32") == 0     ? FusedMath::tf32
-             : std::strcmp(e->fused_math, "3xtf32") == 0 ? FusedMath::tf32x3
-                                                         : FusedMath::ffma;
-    c.half_grid = e->half_grid;
+    c.variant.math = std::strcmp(e->fused_math, "tf32") == 0     ? FusedMath::tf32
+                     : std::strcmp(e->fused_math, "3xtf32") == 0 ? FusedMath::tf32x3
+                                                                 : FusedMath::ffma;
+    c.variant.half_grid = e->half_grid;
+    c.variant.ticket_chunks = e->ticket_chunks;
   }
   char measured[160];
   if (e->fused_us > 0) {
@@ -37,8 +38,7 @@ StepChoice step_by_rule(const std::vector<StepRuleEntry>& table, const std::stri
   }
   const std::string entry =
       std::string("the sweep of ") + e->card + " at " + precision + ", batch " + std::to_string(e->batch) + measured;
-  c.why = c.fused ? std::string("fused ") + fused_math_name(c.math) + (c.half_grid ? " half grid: " : ": ") + entry
-                  : "composed: " + entry;
+  c.why = c.fused ? "fused " + fused_variant_name(c.variant) + ": " + entry : "composed: " + entry;
   return c;
 }
 

@@ -117,7 +117,7 @@ class Trainer {
   }
   bool fused_step() const { return fused_step_ && !stack_; }
   // The fused step's variant (Vae::set_fused_variant), as `--step auto`'s rule chose it.
-  void set_fused_variant(FusedMath math, bool half_grid) { vae_.set_fused_variant(math, half_grid); }
+  void set_fused_variant(const FusedVariant& v) { vae_.set_fused_variant(v); }
   bool graph_in_use() const;
   // vae sweep's batched step (host/model_stack.h): while attached, the stack trains this model
   // (its slot of the stack's buffers) and the trainer reads its running sums, gradient norm and

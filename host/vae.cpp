@@ -13,7 +13,7 @@ Vae::Vae(const DeviceContext& ctx, const ModelConfig& config, int row_capacity, 
       samples_(samples),
       sample_capacity_(samples),
       models_(models),
-      fused_math_(ctx.tf32() ? FusedMath::tf32 : FusedMath::ffma) {
+      fused_variant_{ctx.tf32() ? FusedMath::tf32 : FusedMath::ffma} {
   VAE_REQUIRE(row_capacity > 0, "Vae: row_capacity must be positive");
   VAE_REQUIRE(samples > 0, "Vae: samples must be positive");
   VAE_REQUIRE(models > 0, "Vae: models must be positive");
@@ -210,7 +210,8 @@ FusedStepArgs Vae::fused_step_args(int batch) {
   a.samples = samples_;
   a.gaussian = config_.decoder == DecoderKind::gaussian;
   a.activation = config_.activation;
-  a.math = fused_math_;
+  a.math = fused_variant_.math;
+  a.ticket_chunks = fused_variant_.ticket_chunks;
   a.encoder_layers = static_cast<int>(layout_.encoder.size());
   a.decoder_layers = static_cast<int>(layout_.decoder.size());
   for (int l = 0; l < a.encoder_layers; ++l)
@@ -232,7 +233,7 @@ FusedStepArgs Vae::fused_step_args(int batch) {
                                                               config_.input_dim, a.gaussian));
     fused_x_next_ = DeviceBuffer<float>(ctx_, x_.size());
   }
-  if (fused_half_grid_) a.grid = fused_step_half_grid(VAE_CALL(ctx_.target(), fused_step_grid));
+  if (fused_variant_.half_grid) a.grid = fused_step_half_grid(VAE_CALL(ctx_.target(), fused_step_grid));
   a.x_next = fused_x_next_.data();
   a.workspace = fused_workspace_.data();
   a.workspace_floats = static_cast<long long>(fused_workspace_.size());

@@ -71,12 +71,9 @@ class Vae {
   // model has no more hidden layers than the fused step takes (kMaxStepLayers per side).
   bool fused_step_fits() const;
   FusedStepArgs fused_step_args(int batch);
-  // The fused step's tiles and grid (fused_step_args): by default FFMA, or TF32 with the context's
-  // --tf32, on the whole grid; the step rule may choose another variant (host/step_rule.h).
-  void set_fused_variant(FusedMath math, bool half_grid) {
-    fused_math_ = math;
-    fused_half_grid_ = half_grid;
-  }
+  // The fused step's variant (fused_step_args): by default FFMA, or TF32 with the context's --tf32,
+  // on the whole grid; the step rule may choose another (host/step_rule.h).
+  void set_fused_variant(const FusedVariant& v) { fused_variant_ = v; }
 
   // The encoder alone over the first `batch` rows of input(): heads (μ, log σ²), z and KL per row.
   void encode(int batch, const NoiseKey& key);
@@ -155,8 +152,7 @@ class Vae {
   std::vector<DeviceBuffer<float>> d_enc_h_, d_dec_h_;  // their gradients (w.r.t. the pre-activations)
   DeviceBuffer<float> fused_workspace_;                 // the fused step's workspace (on first use)
   DeviceBuffer<float> fused_x_next_;                    // the fused step's second batch buffer (on first use)
-  FusedMath fused_math_;                                // the fused step's tiles (set_fused_variant)
-  bool fused_half_grid_ = false;                        // and its grid
+  FusedVariant fused_variant_;                          // the fused step's tiles, grid and split (set_fused_variant)
   DeviceBuffer<unsigned> reduce_tickets_;               // scratch of the two-stage reductions
   DeviceBuffer<float> reduce_partial_;
 };

@@ -315,35 +315,39 @@ TEST_P(FusedStep, EachTileArithmeticMatchesReferenceWithinItsPrecision) {
 
 // How a GEMM phase splits K (fused_split_plan), against every split within its bounds (at most
 // kFusedMaxSplit slices, at least kFusedMinSliceChunks chunks a slice, no more items than blocks),
-// on random phases of one and two GEMMs: its longest item is the shortest any such split reaches,
-// with the fewest items that reach it, and no slice is empty. Where the tiles are at least the
-// blocks nothing is split.
+// on random phases of one and two GEMMs and random ticket costs (none in a third of them): its most
+// costly item (chunks, plus the ticket where split) is the cheapest any such split reaches, with
+// the fewest items that reach it, and no slice is empty. Where the tiles are at least the blocks
+// nothing is split.
 struct SplitPlan {
-  int longest = 0, items = 0;
+  int cost = 0, items = 0;
 };
-SplitPlan split_outcome(const std::vector<int>& tiles, const std::vector<int>& chunks, const std::vector<int>& slices) {
+SplitPlan split_outcome(const std::vector<int>& tiles, const std::vector<int>& chunks, const std::vector<int>& slices,
+                        int ticket) {
   SplitPlan p;
   for (size_t o = 0; o < tiles.size(); ++o) {
-    p.longest = std::max(p.longest, (chunks[o] + slices[o] - 1) / slices[o]);
+    p.cost = std::max(p.cost, (chunks[o] + slices[o] - 1) / slices[o] + (slices[o] > 1 ? ticket : 0));
     p.items += slices[o] * tiles[o];
   }
   return p;
 }
-TEST(FusedSplitPlan, TheLongestItemIsTheShortestAnyAllowedSplitGives) {
+TEST(FusedSplitPlan, TheCostliestItemIsTheCheapestAnyAllowedSplitGives) {
   std::mt19937 rng(29);
-  int split_phases = 0;
+  int split_phases = 0, ticket_phases = 0;
   for (int trial = 0; trial < 3000; ++trial) {
     const int count = 1 + static_cast<int>(rng() % 2), grid = 1 + static_cast<int>(rng() % 300);
+    const int ticket = trial % 3 == 1 ? 0 : static_cast<int>(rng() % 30);
     std::vector<int> tiles(count), chunks(count);
     for (int o = 0; o < count; ++o) {
       tiles[o] = 1 + static_cast<int>(rng() % (trial % 3 ? 40 : 200));
       chunks[o] = 1 + static_cast<int>(rng() % 60);
     }
     int got[2] = {0, 0};
-    const int items = fused_split_plan(tiles.data(), chunks.data(), count, grid, got);
+    const int items = fused_split_plan(tiles.data(), chunks.data(), count, grid, got, ticket);
     const std::vector<int> plan(got, got + count);
-    SCOPED_TRACE("trial " + std::to_string(trial) + ", grid " + std::to_string(grid));
-    const SplitPlan outcome = split_outcome(tiles, chunks, plan);
+    SCOPED_TRACE("trial " + std::to_string(trial) + ", grid " + std::to_string(grid) + ", ticket " +
+                 std::to_string(ticket));
+    const SplitPlan outcome = split_outcome(tiles, chunks, plan, ticket);
     ASSERT_EQ(items, outcome.items);
     // Every split within the bounds, by brute force.
     SplitPlan best{1 << 30, 1 << 30};
@@ -352,17 +356,17 @@ TEST(FusedSplitPlan, TheLongestItemIsTheShortestAnyAllowedSplitGives) {
       bool allowed = true;
       for (int o = 0; o < count; ++o)
         allowed = allowed && (s[o] == 1 || (chunks[o] + s[o] - 1) / s[o] >= kFusedMinSliceChunks);
-      const SplitPlan p = split_outcome(tiles, chunks, s);
+      const SplitPlan p = split_outcome(tiles, chunks, s, ticket);
       const bool split = std::any_of(s.begin(), s.end(), [](int v) { return v > 1; });
       if (allowed && (!split || p.items <= grid) &&
-          (p.longest < best.longest || (p.longest == best.longest && p.items < best.items))) {
+          (p.cost < best.cost || (p.cost == best.cost && p.items < best.items))) {
         best = p;
       }
       int o = 0;
       while (o < count && ++s[o] > kFusedMaxSplit) s[o++] = 1;
       if (o == count) break;
     }
-    EXPECT_EQ(outcome.longest, best.longest);
+    EXPECT_EQ(outcome.cost, best.cost);
     EXPECT_EQ(outcome.items, best.items);
     const int total = std::accumulate(tiles.begin(), tiles.end(), 0);
     for (int o = 0; o < count; ++o) {
@@ -373,8 +377,10 @@ TEST(FusedSplitPlan, TheLongestItemIsTheShortestAnyAllowedSplitGives) {
       }
     }
     split_phases += items > total;
+    ticket_phases += ticket > 0 && items > total;
   }
   EXPECT_GT(split_phases, 300);
+  EXPECT_GT(ticket_phases, 100);
 }
 
 // The fused step's phase timers (FusedStepArgs::phase_ns, bench_step --phases) change nothing the
@@ -393,9 +399,11 @@ TEST_P(FusedStepLaunch, TimeEachPhaseAndCountTheBarriersWithoutChangingTheStep) 
   const DeviceBuffer<float> data(ctx, x);
   const test::ScopedWorkers grid_of(target, 7);  // on the CPU too, phases with fewer tiles than blocks split K
   const int grid = VAE_CALL(target, fused_step_grid);
+  // Untimed, timed, and timed with a ticket of a chunk (FusedStepArgs::ticket_chunks): no split in this model then.
   std::vector<float> params[2];
-  std::vector<unsigned long long> ns;
-  for (const bool timed : {false, true}) {
+  std::vector<unsigned long long> timed_ns[2];
+  for (const int run : {0, 1, 2}) {
+    const bool timed = run > 0;
     Vae vae(ctx, c, batch, 1);
     vae.params().upload(init_parameters(c, vae.layout(), 3));
     Optimizer opt(ctx, vae.layout().total, OptimizerKind::adam, OptimizerHyper{});
@@ -404,91 +412,99 @@ TEST_P(FusedStepLaunch, TimeEachPhaseAndCountTheBarriersWithoutChangingTheStep) 
     DeviceBuffer<unsigned long long> timers(ctx, static_cast<size_t>(grid) * kFusedPhaseSlots);
     FusedStepArgs a = fused_args(vae, opt, batch, data.data(), 4, at.data(), totals.data());
     a.phase_ns = timed ? timers.data() : nullptr;
+    a.ticket_chunks = run == 2 ? 1 : 0;
     VAE_CALL(target, fused_step, a, ctx.stream());
     ctx.synchronize();
-    params[timed] = vae.params().download();
-    if (timed) ns = timers.download();
+    if (run < 2) params[run] = vae.params().download();
+    if (timed) timed_ns[run - 1] = timers.download();
   }
   EXPECT_EQ(params[0], params[1]) << "the timers changed the step";
-  // Split-K slices meet at tickets: no barrier beyond the phases' own, whatever the grid.
-  const unsigned barriers = 2 * (2 + 2) + 4;  // L = 1: the latent backward in a GEMM's epilogue
-  EXPECT_EQ(static_cast<int>(barriers), fused_step_barriers(2, 2, 1));
-  unsigned long long tickets = 0;
-  std::vector<unsigned long long> last_arrival(barriers, 0), first_departure(barriers, ~0ull);
-  for (int b = 0; b < grid; ++b) {
-    const unsigned long long* row = ns.data() + static_cast<size_t>(b) * kFusedPhaseSlots;
-    EXPECT_GT(row[0], 0u) << "block " << b;
-    for (int p = 0; p < kFusedPhases; ++p)
-      EXPECT_LE(row[p], row[p + 1]) << "block " << b << ", " << fused_phase_name(p);
-    EXPECT_EQ(row[1 + kFusedPhases], barriers) << "block " << b;
-    tickets += row[2 + kFusedPhases];
-    // Each barrier's arrival and departure, in order from the block's start to its end.
-    unsigned long long before = row[0];
-    for (unsigned i = 0; i < barriers; ++i) {
-      const unsigned long long arrive = row[kFusedBarrierSlots + 2 * i], leave = row[kFusedBarrierSlots + 2 * i + 1];
-      EXPECT_LE(before, arrive) << "block " << b << ", barrier " << i;
-      EXPECT_LE(arrive, leave) << "block " << b << ", barrier " << i;
-      last_arrival[i] = std::max(last_arrival[i], arrive);
-      first_departure[i] = std::min(first_departure[i], leave);
-      before = leave;
-    }
-    EXPECT_LE(before, row[kFusedPhases]) << "block " << b << ": the last barrier after the end";
-  }
-  // No block leaves a barrier before every block has arrived. Across the GPU's multiprocessors
-  // within a microsecond: %globaltimer ticks coarsely, and its ticks may reach them apart.
-  const unsigned long long skew = target == Target::cuda ? 1000 : 0;
-  for (unsigned i = 0; i < barriers; ++i) EXPECT_LE(last_arrival[i], first_departure[i] + skew) << "barrier " << i;
-  for (unsigned i = 0; i < barriers; ++i) EXPECT_FALSE(fused_barrier_name(i, 2, 2, 1, true).empty()) << i;
-  EXPECT_EQ(fused_barrier_name(barriers, 2, 2, 1, true), "");
-  EXPECT_EQ(fused_barrier_name(0, 2, 2, 1, true), "gather");
-  EXPECT_EQ(fused_barrier_name(barriers - 1, 2, 2, 1, true), "encoder 2 backward");
-  // The step's GEMM phases, each GEMM as (tiles of 32 × 32, K chunks of 32): M = 29 rows, one row
-  // tile (the weight gradients: M = the layer's outputs, N = its inputs and the bias column, K = 29).
-  const std::vector<std::vector<std::pair<int, int>>> phases = {
-      {{3, 2}},          // encoder layer 1: N 70, K 37
-      {{1, 3}},          // encoder layer 2: N 17, K 70
-      {{1, 1}},          // heads: 3 pairs, K 17
-      {{1, 1}},          // decoder layer 1: N 17, K 3
-      {{3, 1}},          // decoder layer 2: N 70, K 17
-      {{2, 3}},          // output: N 37, K 70
-      {{3, 2}},          // output backward: dh (N 70, K 37)
-      {{1, 3}, {6, 1}},  // decoder layer 2 backward (N 17, K 70), the output's update (37 × 71)
-      {{1, 1}, {3, 1}},  // decoder layer 1 backward: dz (N 3, K 17); layer 2's update (70 × 18)
-      {{1, 1}, {1, 1}},  // heads backward (N 17, K 6); decoder layer 1's update (17 × 4)
-      {{3, 1}, {1, 1}},  // encoder layer 2 backward (N 70, K 17); the heads' update (6 × 18)
-      {{3, 1}, {6, 1}},  // layer 2's update (17 × 71), layer 1's (70 × 38)
-  };
-  // Each phase's work items over the blocks, as planned, and all of its tiles' K chunks (the
-  // phases after the gather's barrier: timers' work slots 1 on).
-  ASSERT_EQ(phases.size(), barriers);
-  unsigned long long want = 0;
-  for (size_t p = 0; p <= phases.size(); ++p) {
-    unsigned long long items = 0, chunks_run = 0;
+  for (const int ticket : {0, 1}) {
+    SCOPED_TRACE("ticket_chunks " + std::to_string(ticket));
+    const std::vector<unsigned long long>& ns = timed_ns[ticket];
+    // Split-K slices meet at tickets: no barrier beyond the phases' own, whatever the grid.
+    const unsigned barriers = 2 * (2 + 2) + 4;  // L = 1: the latent backward in a GEMM's epilogue
+    EXPECT_EQ(static_cast<int>(barriers), fused_step_barriers(2, 2, 1));
+    unsigned long long tickets = 0;
+    std::vector<unsigned long long> last_arrival(barriers, 0), first_departure(barriers, ~0ull);
     for (int b = 0; b < grid; ++b) {
-      const unsigned long long ran = ns[static_cast<size_t>(b) * kFusedPhaseSlots + kFusedWorkSlots + p];
-      items += ran >> 32;
-      chunks_run += ran & 0xffffffffull;
+      const unsigned long long* row = ns.data() + static_cast<size_t>(b) * kFusedPhaseSlots;
+      EXPECT_GT(row[0], 0u) << "block " << b;
+      for (int p = 0; p < kFusedPhases; ++p)
+        EXPECT_LE(row[p], row[p + 1]) << "block " << b << ", " << fused_phase_name(p);
+      EXPECT_EQ(row[1 + kFusedPhases], barriers) << "block " << b;
+      tickets += row[2 + kFusedPhases];
+      // Each barrier's arrival and departure, in order from the block's start to its end.
+      unsigned long long before = row[0];
+      for (unsigned i = 0; i < barriers; ++i) {
+        const unsigned long long arrive = row[kFusedBarrierSlots + 2 * i], leave = row[kFusedBarrierSlots + 2 * i + 1];
+        EXPECT_LE(before, arrive) << "block " << b << ", barrier " << i;
+        EXPECT_LE(arrive, leave) << "block " << b << ", barrier " << i;
+        last_arrival[i] = std::max(last_arrival[i], arrive);
+        first_departure[i] = std::min(first_departure[i], leave);
+        before = leave;
+      }
+      EXPECT_LE(before, row[kFusedPhases]) << "block " << b << ": the last barrier after the end";
     }
-    if (p == 0) {
-      EXPECT_EQ(items, 0u) << "the gather ran GEMM work";
-      continue;
+    // No block leaves a barrier before every block has arrived. Across the GPU's multiprocessors
+    // within a microsecond: %globaltimer ticks coarsely, and its ticks may reach them apart.
+    const unsigned long long skew = target == Target::cuda ? 1000 : 0;
+    for (unsigned i = 0; i < barriers; ++i) EXPECT_LE(last_arrival[i], first_departure[i] + skew) << "barrier " << i;
+    for (unsigned i = 0; i < barriers; ++i) EXPECT_FALSE(fused_barrier_name(i, 2, 2, 1, true).empty()) << i;
+    EXPECT_EQ(fused_barrier_name(barriers, 2, 2, 1, true), "");
+    EXPECT_EQ(fused_barrier_name(0, 2, 2, 1, true), "gather");
+    EXPECT_EQ(fused_barrier_name(barriers - 1, 2, 2, 1, true), "encoder 2 backward");
+    // The step's GEMM phases, each GEMM as (tiles of 32 × 32, K chunks of 32): M = 29 rows, one row
+    // tile (the weight gradients: M = the layer's outputs, N = its inputs and the bias column, K = 29).
+    const std::vector<std::vector<std::pair<int, int>>> phases = {
+        {{3, 2}},          // encoder layer 1: N 70, K 37
+        {{1, 3}},          // encoder layer 2: N 17, K 70
+        {{1, 1}},          // heads: 3 pairs, K 17
+        {{1, 1}},          // decoder layer 1: N 17, K 3
+        {{3, 1}},          // decoder layer 2: N 70, K 17
+        {{2, 3}},          // output: N 37, K 70
+        {{3, 2}},          // output backward: dh (N 70, K 37)
+        {{1, 3}, {6, 1}},  // decoder layer 2 backward (N 17, K 70), the output's update (37 × 71)
+        {{1, 1}, {3, 1}},  // decoder layer 1 backward: dz (N 3, K 17); layer 2's update (70 × 18)
+        {{1, 1}, {1, 1}},  // heads backward (N 17, K 6); decoder layer 1's update (17 × 4)
+        {{3, 1}, {1, 1}},  // encoder layer 2 backward (N 70, K 17); the heads' update (6 × 18)
+        {{3, 1}, {6, 1}},  // layer 2's update (17 × 71), layer 1's (70 × 38)
+    };
+    // Each phase's work items over the blocks, as planned, and all of its tiles' K chunks (the
+    // phases after the gather's barrier: timers' work slots 1 on).
+    ASSERT_EQ(phases.size(), barriers);
+    unsigned long long want = 0;
+    for (size_t p = 0; p <= phases.size(); ++p) {
+      unsigned long long items = 0, chunks_run = 0;
+      for (int b = 0; b < grid; ++b) {
+        const unsigned long long ran = ns[static_cast<size_t>(b) * kFusedPhaseSlots + kFusedWorkSlots + p];
+        items += ran >> 32;
+        chunks_run += ran & 0xffffffffull;
+      }
+      if (p == 0) {
+        EXPECT_EQ(items, 0u) << "the gather ran GEMM work";
+        continue;
+      }
+      const auto& phase = phases[p - 1];
+      int tiles[2] = {}, chunks[2] = {}, slices[2] = {};
+      const int count = static_cast<int>(phase.size());
+      for (int o = 0; o < count; ++o) std::tie(tiles[o], chunks[o]) = phase[o];
+      EXPECT_EQ(items, static_cast<unsigned long long>(fused_split_plan(tiles, chunks, count, grid, slices, ticket)))
+          << "phase " << p;
+      unsigned long long all_chunks = 0;
+      for (int o = 0; o < count; ++o) {
+        all_chunks += static_cast<unsigned long long>(tiles[o]) * chunks[o];
+        if (slices[o] > 1) want += static_cast<unsigned long long>(slices[o]) * tiles[o];
+      }
+      EXPECT_EQ(chunks_run, all_chunks) << "phase " << p;
     }
-    const auto& phase = phases[p - 1];
-    int tiles[2] = {}, chunks[2] = {}, slices[2] = {};
-    const int count = static_cast<int>(phase.size());
-    for (int o = 0; o < count; ++o) std::tie(tiles[o], chunks[o]) = phase[o];
-    EXPECT_EQ(items, static_cast<unsigned long long>(fused_split_plan(tiles, chunks, count, grid, slices)))
-        << "phase " << p;
-    unsigned long long all_chunks = 0;
-    for (int o = 0; o < count; ++o) {
-      all_chunks += static_cast<unsigned long long>(tiles[o]) * chunks[o];
-      if (slices[o] > 1) want += static_cast<unsigned long long>(slices[o]) * tiles[o];
+    EXPECT_EQ(tickets, want);
+    if (grid == 7 && ticket == 0) {
+      EXPECT_GT(want, 0u) << "no phase of the test splits K";
     }
-    EXPECT_EQ(chunks_run, all_chunks) << "phase " << p;
-  }
-  EXPECT_EQ(tickets, want);
-  if (grid == 7) {
-    EXPECT_GT(want, 0u) << "no phase of the test splits K";
+    if (ticket == 1) {
+      EXPECT_EQ(want, 0u) << "a split saving one chunk (of at most 3) pays for a ticket of one";
+    }
   }
 }
 INSTANTIATE_TEST_SUITE_P(Targets, FusedStepLaunch, ::testing::ValuesIn(test::all_targets()), test::target_param_name);

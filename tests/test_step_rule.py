@@ -17,10 +17,10 @@ TOOL = os.path.join(ROOT, "bench", "step_rule.py")
 DEVICE = "NVIDIA H100 80GB HBM3 (sm_90)"
 
 
-def row(batch, variant, step, us, precision="fp32", math="ffma", half=False, models=1):
+def row(batch, variant, step, us, precision="fp32", math="ffma", half=False, models=1, ticket=0):
     return json.dumps({"device": DEVICE, "batch": batch, "variant": variant, "step": step, "steps_per_launch": 16,
                        "precision": precision, "models": models, "fused_math": math, "fused_grid": 66 if half else 132,
-                       "half_grid": half, "step_us": us, "epoch_s": 60000 / batch * us / 1e6})
+                       "half_grid": half, "ticket_chunks": ticket, "step_us": us, "epoch_s": 60000 / batch * us / 1e6})
 
 
 LOG = "\n".join([
@@ -38,11 +38,13 @@ LOG = "\n".join([
     row(1024, "composed", "composed", 500.0),  # the sweep cut before this batch's fused runs
     row(128, "composed tf32", "composed", 90.0, precision="tf32", math="tf32"),
     row(128, "fused x16 tf32", "fused", 40.0, precision="tf32", math="tf32"),
+    row(128, "fused x16 tf32 ticket 12", "fused", 35.0, precision="tf32", math="tf32", ticket=12),
+    row(128, "fused x16 tf32 ticket 4", "fused", 38.0, precision="tf32", math="tf32", ticket=4),
     "{not json", "   512  fastest: fused x16 half (140.00 us/step)",
 ])
 
-OTHER = ('{"NVIDIA H200", "fp32", 128, "composed", "", false, 231.00, 199.00, "2026-11-26", "ae0a79c"},\n'
-         '{"NVIDIA H100 80GB HBM3", "fp32", 64, "fused", "ffma", false, 1.00, 9.00, "2026-01-01", "0000000"},\n')
+OTHER = ('{"NVIDIA H200", "fp32", 128, "fused", "3xtf32", false, 8, 150.00, 199.00, "2026-11-26", "ae0a79c"},\n'
+         '{"NVIDIA H100 80GB HBM3", "fp32", 64, "fused", "ffma", false, 0, 1.00, 9.00, "2026-01-01", "0000000"},\n')
 
 
 class StepRule(unittest.TestCase):
@@ -72,11 +74,11 @@ class StepRule(unittest.TestCase):
         lines, _ = self.entries()
         h100 = [x for x in lines if x.startswith('{"NVIDIA H100 80GB HBM3"')]
         self.assertEqual(h100, [
-            '{"NVIDIA H100 80GB HBM3", "fp32", 32, "composed", "", false, 91.00, 100.00, "2026-12-08", "abc1234"},',
-            '{"NVIDIA H100 80GB HBM3", "fp32", 128, "fused", "ffma", false, 100.00, 110.00, "2026-12-08", "abc1234"},',
-            '{"NVIDIA H100 80GB HBM3", "fp32", 512, "fused", "ffma", true, 140.00, 300.00, "2026-12-08", "abc1234"},',
-            '{"NVIDIA H100 80GB HBM3", "fp32", 1024, "composed", "", false, 0.00, 500.00, "2026-12-08", "abc1234"},',
-            '{"NVIDIA H100 80GB HBM3", "tf32", 128, "fused", "tf32", false, 40.00, 90.00, "2026-12-08", "abc1234"},',
+            '{"NVIDIA H100 80GB HBM3", "fp32", 32, "composed", "", false, 0, 91.00, 100.00, "2026-12-08", "abc1234"},',
+            '{"NVIDIA H100 80GB HBM3", "fp32", 128, "fused", "ffma", false, 0, 100.00, 110.00, "2026-12-08", "abc1234"},',
+            '{"NVIDIA H100 80GB HBM3", "fp32", 512, "fused", "ffma", true, 0, 140.00, 300.00, "2026-12-08", "abc1234"},',
+            '{"NVIDIA H100 80GB HBM3", "fp32", 1024, "composed", "", false, 0, 0.00, 500.00, "2026-12-08", "abc1234"},',
+            '{"NVIDIA H100 80GB HBM3", "tf32", 128, "fused", "tf32", false, 12, 35.00, 90.00, "2026-12-08", "abc1234"},',
         ])
         # The other card's entry and source stay; this card's old ones are gone.
         self.assertIn(OTHER.splitlines()[0], lines)
@@ -90,7 +92,7 @@ class StepRule(unittest.TestCase):
         self.assertEqual(self.run_tool("--margin", "0.2").returncode, 0)
         self.assertIn('"fp32", 128, "composed", ""', "\n".join(self.entries()[0]))
         self.assertEqual(self.run_tool("--margin", "0").returncode, 0)
-        self.assertIn('"fp32", 32, "fused", "ffma", false, 91.00', "\n".join(self.entries()[0]))
+        self.assertIn('"fp32", 32, "fused", "ffma", false, 0, 91.00', "\n".join(self.entries()[0]))
 
     def test_the_table_compiles_as_the_trainer_includes_it(self):
         cxx = shutil.which("g++") or shutil.which("c++")

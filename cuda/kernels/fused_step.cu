@@ -330,6 +330,7 @@ void fused_step(const FusedStepArgs& args, cudaStream_t stream) {
   VAE_REQUIRE(args.encoder_layers <= kMaxStepLayers && args.decoder_layers <= kMaxStepLayers,
               "fused_step: too many hidden layers");
   VAE_REQUIRE(args.batch > 0 && args.samples > 0 && args.latent > 0 && args.steps > 0, "fused_step: bad shape");
+  VAE_REQUIRE(args.ticket_chunks >= 0, "fused_step: a negative ticket cost");
   const int most = fused_step_grid(), grid = args.grid > 0 ? args.grid : most;
   VAE_REQUIRE(grid <= most, "fused_step: more blocks than can be resident at once");
   VAE_REQUIRE(args.workspace && args.workspace_floats >= fused_step_workspace_floats(grid, args.batch * args.samples,

@@ -60,6 +60,7 @@ struct FusedStepArgs {
   double* totals = nullptr;    // += (Σ recon, Σ KL, B), as elbo_totals
   NonFinite* watch = nullptr;  // the first non-finite loss term or gradient, or null
   FusedMath math = FusedMath::ffma;  // the GEMM tiles' arithmetic
+  int ticket_chunks = 0;             // a split-K ticket's cost in K chunks, for fused_split_plan (FusedVariant)
   float* workspace = nullptr;  // fused_step_workspace_floats(fused_step_grid(), L·B, dim, gaussian), zeros at first
   long long workspace_floats = 0;
   // The optimizer, applied to each weight and bias where its gradient is final (its state at the
@@ -76,6 +77,20 @@ struct FusedStepArgs {
 // Half of a fused step grid of `grid` blocks (one block per SM where the full grid has two): the
 // variant bench_step --sweep calls "half", which the step rule may choose.
 constexpr int fused_step_half_grid(int grid) { return grid / 2 > 1 ? grid / 2 : 1; }
+
+// A variant of the fused step: what bench_step --sweep times beside the defaults, and the step rule
+// (host/step_rule.h) picks per card, precision and batch. The defaults: the context's tiles (FFMA,
+// or TF32 with --tf32), the whole grid, every split-K split that shortens a phase.
+struct FusedVariant {
+  FusedMath math = FusedMath::ffma;  // FusedStepArgs::math
+  bool half_grid = false;            // on fused_step_half_grid blocks (FusedStepArgs::grid)
+  int ticket_chunks = 0;             // FusedStepArgs::ticket_chunks (fused_split_plan)
+};
+// Its name in the step rule's words: "ffma", "3xtf32 half grid", "tf32 ticket 12".
+inline std::string fused_variant_name(const FusedVariant& v) {
+  return std::string(fused_math_name(v.math)) + (v.half_grid ? " half grid" : "") +
+         (v.ticket_chunks > 0 ? " ticket " + std::to_string(v.ticket_chunks) : "");
+}
 
 // The fused step's phases in order, for its timers (FusedStepArgs::phase_ns).
 enum class FusedPhase : int {
@@ -143,20 +158,27 @@ constexpr int kFusedTileK = 32;  // the K chunk a tile stages in shared memory a
 
 // How a GEMM phase of `count` independent ops (op o: tiles[o] output tiles, each over chunks[o] K
 // chunks) splits K: slices[o] K slices of ⌈chunks[o] / slices[o]⌉ chunks each, a work item per
-// slice of a tile. Where the phase has fewer tiles than the grid has blocks, the longest item is
-// made as short as a split can make it while every item keeps a block of its own (each block runs
+// slice of a tile. A split tile's slices meet at a ticket (partial sums out, a fence, an atomic,
+// the partials back in), which costs the slice that finishes the tile about `ticket_chunks` chunks'
+// time (FusedVariant::ticket_chunks ≥ 0; 0: free). An item's cost is its chunks, plus that if its
+// tile is split. Where the phase has fewer tiles than the grid has blocks, its most costly item is
+// made as cheap as a split can make it while every item keeps a block of its own (each block runs
 // one item), a tile has at most kFusedMaxSplit slices and a slice at least kFusedMinSliceChunks
-// chunks, and each op takes the fewest slices that reach that length (none empty). Otherwise nothing
-// is split: the blocks take the tiles whole, round after round. The same on every block (shapes and
-// grid only): a binary search over the length, a few divisions. Returns the work items.
+// chunks, with the fewest items at that cost: an op whose tiles cost no more whole stays whole, the
+// others take the fewest slices that reach it (none empty). Otherwise, or where no split is
+// cheaper than none, nothing is split: the blocks take the tiles whole, round after round. The
+// same on every block (shapes, grid and ticket only): a binary search over the cost, a few
+// divisions. Returns the work items.
 constexpr int kFusedMaxSplit = 16;
 constexpr int kFusedMinSliceChunks = 2;
 constexpr int fused_slice_chunks(int chunks, int slices) { return (chunks + slices - 1) / slices; }
-// The items of a split whose items are at most `per` chunks long, or 0 where the bounds forbid it.
-constexpr int fused_split_items(const int* tiles, const int* chunks, int count, int per, int* slices) {
+// The items of a split whose items cost at most `cost`, or 0 where the bounds forbid it.
+constexpr int fused_split_items(const int* tiles, const int* chunks, int count, int cost, int ticket_chunks,
+                                int* slices) {
+  const int per = cost - ticket_chunks;  // a split item's chunks
   int items = 0;
   for (int o = 0; o < count; ++o) {
-    slices[o] = chunks[o] <= per             ? 1
+    slices[o] = chunks[o] <= cost            ? 1
                 : per < kFusedMinSliceChunks ? kFusedMaxSplit + 1
                                              : fused_slice_chunks(chunks[o], per);
     if (slices[o] > kFusedMaxSplit) return 0;
@@ -164,23 +186,25 @@ constexpr int fused_split_items(const int* tiles, const int* chunks, int count, 
   }
   return items;
 }
-constexpr int fused_split_plan(const int* tiles, const int* chunks, int count, int grid, int* slices) {
+constexpr int fused_split_plan(const int* tiles, const int* chunks, int count, int grid, int* slices,
+                               int ticket_chunks = 0) {
   int longest = 1, total = 0;
   for (int o = 0; o < count; ++o) {
     longest = chunks[o] > longest ? chunks[o] : longest;
     total += tiles[o];
   }
-  int lo = kFusedMinSliceChunks, hi = longest;  // the shortest length that fits lies in [lo, hi] (hi: no split)
+  // The least cost that fits lies in [lo, hi] (hi: no split).
+  int lo = kFusedMinSliceChunks + ticket_chunks, hi = longest;
   if (total >= grid || lo >= hi) hi = lo = longest;
   while (lo < hi) {
-    const int mid = (lo + hi) / 2, items = fused_split_items(tiles, chunks, count, mid, slices);
+    const int mid = (lo + hi) / 2, items = fused_split_items(tiles, chunks, count, mid, ticket_chunks, slices);
     if (items > 0 && items <= grid) {
       hi = mid;
     } else {
       lo = mid + 1;
     }
   }
-  return fused_split_items(tiles, chunks, count, hi, slices);
+  return fused_split_items(tiles, chunks, count, hi, ticket_chunks, slices);
 }
 
 // The split-K partial sums of a phase: Σ slices · m · columns ≤ Σ slices · tiles · kFusedTile², at

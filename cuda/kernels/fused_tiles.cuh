@@ -324,7 +324,8 @@ __device__ void gemm_phase(const Step& s, TileShared& sh) {
         tiles[o] = gemm_tiles(ops[o]);
         chunks[o] = (ops[o].op.k + kTileK - 1) / kTileK;
       }
-      sh.plan.items = fused_split_plan(tiles, chunks, sh.ops_count, static_cast<int>(gridDim.x), sh.plan.slices);
+      sh.plan.items =
+          fused_split_plan(tiles, chunks, sh.ops_count, static_cast<int>(gridDim.x), sh.plan.slices, s.a.ticket_chunks);
       for (int o = 0; o < sh.ops_count; ++o) sh.plan.chunks[o] = fused_slice_chunks(chunks[o], sh.plan.slices[o]);
       if (p == sh.planned && p < kFusedMaxBarriers) {
         sh.plans[p] = sh.plan;
