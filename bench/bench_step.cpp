@@ -13,7 +13,8 @@
 // else FFMA); --fused-grid N|half launches it on N blocks, or half of fused_step_grid() (the default
 // and most; on the GPU two blocks per SM, so half is one per SM); --ticket-chunks N has its GEMM
 // phases split K only where that shortens their costliest item by more than N chunks, the cost of a
-// split-K ticket (FusedVariant::ticket_chunks; default 0).
+// split-K ticket (FusedVariant::ticket_chunks; default 0); --row-flags 1 has the forward's phases meet at
+// per-row-block counters instead of grid barriers (FusedVariant::row_flags).
 // --kernels (CPU) adds each kernel's and GEMM's time a step and its share of the step.
 // --models N times the composed step of N models as vae sweep's stack takes it (host/model_stack.h:
 // every GEMM one strided-batched call, every kernel one launch for all), µs per stacked step and
@@ -21,7 +22,8 @@
 //   bench_step --sweep [--batches 32,64,128,256,512,1024] [--steps N] [--json 1] [--models N]
 // times every variant (composed; fused one step a launch; fused 16 steps a launch; each in fp32
 // and, on the GPU, TF32; on the GPU also fused 16 steps a launch with 3xTF32 tiles, with half
-// the grid (one block per SM), and with tickets of 4 and 12 chunks (fewer split-K splits)) at every batch, one line
+// the grid (one block per SM), with tickets of 4 and 12 chunks (fewer split-K splits), and with row
+// flags) at every batch, one line
 // each, and names the fastest per batch: the measurement `--step auto`'s rule is written from; with --models N (> 1)
 // also the stack of N models (composed), its µs per stacked step and per model-step. With --tf32 1 (GPU) the GEMMs use
 // TF32 tensor cores and the peak is the TF32 rate.
@@ -63,6 +65,7 @@ struct Options {
   int fused_math = -1;    // --fused-math: a FusedMath, or -1 for the context's
   int fused_grid = 0;     // --fused-grid: blocks of the fused step (0: fused_step_grid(); -1: half)
   int ticket_chunks = 0;  // --ticket-chunks: FusedStepArgs::ticket_chunks
+  int row_flags = 0;      // --row-flags: FusedStepArgs::row_flags
   std::string batches = "32,64,128,256,512,1024";  // --sweep's
   bool fused() const { return step_kind == "fused"; }
 };
@@ -105,6 +108,8 @@ Options parse_options(int argc, char** argv) {
       o.models = std::atoi(v);
     else if (k == "--ticket-chunks")
       o.ticket_chunks = std::atoi(v);
+    else if (k == "--row-flags")
+      o.row_flags = std::atoi(v);
     else if (k == "--fused-grid")
       o.fused_grid = std::strcmp(v, "half") == 0 ? -1 : std::atoi(v);
     else if (k == "--fused-math") {
@@ -129,6 +134,10 @@ Options parse_options(int argc, char** argv) {
   }
   if (o.models < 1 || (o.models > 1 && o.fused())) {
     std::fprintf(stderr, "bench_step: --models must be positive; a stack of models takes the composed step\n");
+    std::exit(2);
+  }
+  if (o.row_flags != 0 && o.row_flags != 1) {
+    std::fprintf(stderr, "bench_step: --row-flags must be 0 or 1\n");
     std::exit(2);
   }
   if (o.ticket_chunks < 0) {
@@ -259,6 +268,7 @@ PhaseTimes time_steps(const Options& o, const DeviceContext& ctx, Vae& model, Op
     a.grid = launched;
     if (o.fused_math >= 0) a.math = static_cast<FusedMath>(o.fused_math);
     a.ticket_chunks = o.ticket_chunks;
+    a.row_flags = o.row_flags != 0;
     const auto t0 = now();
     VAE_CALL(ctx.target(), fused_step, a, ctx.stream());
     if (s >= 0) t.fused += ms(t0, now());
@@ -357,8 +367,9 @@ void print_fused_phases(const Options& o, const PhaseTimes& t) {
   auto mean = [](const std::vector<double>& v) { return std::accumulate(v.begin(), v.end(), 0.0) / v.size(); };
   for (size_t i = 0; i < t.sync.size(); ++i) {
     const PhaseTimes::Sync& s = t.sync[i];
-    const std::string name = i + 1 < t.sync.size() ? fused_barrier_name(static_cast<int>(i), layers, layers, 1, gathers)
-                                                   : "(the last phase, to the end)";
+    const std::string name = i + 1 < t.sync.size()
+                                 ? fused_barrier_name(static_cast<int>(i), layers, layers, 1, gathers, o.row_flags != 0)
+                                 : "(the last phase, to the end)";
     const double v[4] = {mean(s.span), mean(s.work_median), mean(s.work_max), mean(s.barrier)};
     for (int k = 0; k < 4; ++k) sums[k] += v[k];
     std::printf("%-28s %9.2f %9.2f %9.2f %9.2f %6llu %6llu\n", name.c_str(), v[0], v[1], v[2], v[3], s.items,
@@ -491,6 +502,7 @@ int run_sweep(const Options& o) {
     int fused_math = -1;     // the fused step's tiles, if not the context's
     bool half_grid = false;  // the fused step on half its grid
     int ticket_chunks = 0;   // its split-K ticket's cost
+    bool row_flags = false;  // its forward's phases meeting at row flags
   };
   std::vector<Variant> variants;
   const bool gpu = target == Target::cuda;
@@ -506,6 +518,7 @@ int run_sweep(const Options& o) {
     if (gpu) {
       variants.push_back({tf32 ? "fused x16 tf32 ticket 4" : "fused x16 ticket 4", true, 16, tf32, -1, false, 4});
       variants.push_back({tf32 ? "fused x16 tf32 ticket 12" : "fused x16 ticket 12", true, 16, tf32, -1, false, 12});
+      variants.push_back({tf32 ? "fused x16 tf32 flags" : "fused x16 flags", true, 16, tf32, -1, false, 0, true});
     }
     if (o.models > 1) variants.push_back({tf32 ? "stack tf32" : "stack", false, 1, tf32});
   }
@@ -535,6 +548,7 @@ int run_sweep(const Options& o) {
       vo.fused_math = v.fused_math;
       vo.fused_grid = v.half_grid ? -1 : 0;
       vo.ticket_chunks = v.ticket_chunks;
+      vo.row_flags = v.row_flags ? 1 : 0;
       const bool stack = std::strncmp(v.name, "stack", 5) == 0;
       vo.models = stack ? o.models : 1;
       const double us = step_us(vo, ctx);
@@ -545,14 +559,15 @@ int run_sweep(const Options& o) {
         std::printf(
             "{\"device\":\"%s\",\"batch\":%d,\"variant\":\"%s\",\"step\":\"%s\",\"steps_per_launch\":%d,"
             "\"precision\":\"%s\",\"models\":%d,\"fused_math\":\"%s\",\"fused_grid\":%d,\"half_grid\":%s,"
-            "\"ticket_chunks\":%d,"
+            "\"ticket_chunks\":%d,\"row_flags\":%s,"
             "\"step_us\":%.3f,"
             "\"epoch_s\":%.6f}\n",
             ctx.description().c_str(), batch, v.name, vo.step_kind.c_str(), v.steps_per_launch,
             v.tf32 ? "tf32" : "fp32", vo.models,
             v.fused_math >= 0 ? fused_math_name(static_cast<FusedMath>(v.fused_math)) : (v.tf32 ? "tf32" : "ffma"),
             v.half_grid ? fused_step_half_grid(VAE_CALL(target, fused_step_grid)) : VAE_CALL(target, fused_step_grid),
-            v.half_grid ? "true" : "false", v.ticket_chunks, us, 60000.0 / batch * us / 1e6);
+            v.half_grid ? "true" : "false", v.ticket_chunks, v.row_flags ? "true" : "false", us,
+            60000.0 / batch * us / 1e6);
       }
       if (!stack && us < best) best = us, best_name = v.name;
     }

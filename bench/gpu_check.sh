@@ -354,9 +354,12 @@ if [ -x build-gpu/host/vae ] && want bench && in_budget bench; then
       --fused-math 3xtf32 --phases
     bench build-gpu/bench/bench_step --device cuda --batch 128 --steps 300 --step fused --steps-per-launch 20 \
       --fused-grid half --phases
-    # Fewer split-K splits: a phase splits only where that saves more than 12 chunks (the tickets' cost).
+    # Fewer split-K splits: a phase splits only where that saves more than 12 chunks (the tickets' cost);
+    # the forward's phases meeting at row flags instead of grid barriers.
     bench build-gpu/bench/bench_step --device cuda --batch 128 --steps 300 --step fused --steps-per-launch 20 \
       --ticket-chunks 12 --phases
+    bench build-gpu/bench/bench_step --device cuda --batch 128 --steps 300 --step fused --steps-per-launch 20 \
+      --row-flags 1 --phases
     bench build-gpu/bench/bench_kernels --device cuda
     bench build-gpu/bench/bench_kernels --device cuda --cache warm --reps 500
     # The fused step (one cooperative kernel) against the composed step: the rule of `--step auto`.

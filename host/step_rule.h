@@ -12,7 +12,7 @@ namespace vae {
 
 // One measured (card, precision, batch) of the table: the step the sweep found fastest (the fused
 // step only where it beat the composed step by the margin bench/step_rule.py names), with the
-// fused variant's tiles, grid and split-K ticket, both steps' µs a step, and the run it came from.
+// fused variant (tiles, grid, split-K ticket, row flags), both steps' µs a step, and the run it came from.
 struct StepRuleEntry {
   const char* card;       // the device's name ("NVIDIA H200"), or "cpu"
   const char* precision;  // "fp32" or "tf32"
@@ -21,6 +21,7 @@ struct StepRuleEntry {
   const char* fused_math;        // the fused step's tiles: "ffma", "tf32" or "3xtf32" ("" with composed)
   bool half_grid;                // the fused step on half its grid (one block per SM)
   int ticket_chunks;             // its split-K ticket's cost in K chunks (FusedVariant::ticket_chunks)
+  bool row_flags;                // its forward's phases meeting at row flags (FusedVariant::row_flags)
   double fused_us, composed_us;  // the fastest fused variant's and the composed step's µs a step
   const char* date;
   const char* commit;

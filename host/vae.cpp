@@ -212,6 +212,7 @@ FusedStepArgs Vae::fused_step_args(int batch) {
   a.activation = config_.activation;
   a.math = fused_variant_.math;
   a.ticket_chunks = fused_variant_.ticket_chunks;
+  a.row_flags = fused_variant_.row_flags;
   a.encoder_layers = static_cast<int>(layout_.encoder.size());
   a.decoder_layers = static_cast<int>(layout_.decoder.size());
   for (int l = 0; l < a.encoder_layers; ++l)
@@ -228,9 +229,9 @@ FusedStepArgs Vae::fused_step_args(int batch) {
   a.kl = kl_.data();
   a.log_prob = log_prob_.data();
   if (fused_workspace_.size() == 0) {  // on first use (the trainer's first step runs outside graph capture)
-    fused_workspace_ =
-        DeviceBuffer<float>(ctx_, fused_step_workspace_floats(VAE_CALL(ctx_.target(), fused_step_grid), sample_rows(),
-                                                              config_.input_dim, a.gaussian));
+    fused_workspace_ = DeviceBuffer<float>(
+        ctx_, fused_step_workspace_floats(VAE_CALL(ctx_.target(), fused_step_grid), sample_rows(), config_.input_dim,
+                                          a.gaussian, fused_forward_phases(a.encoder_layers, a.decoder_layers)));
     fused_x_next_ = DeviceBuffer<float>(ctx_, x_.size());
   }
   if (fused_variant_.half_grid) a.grid = fused_step_half_grid(VAE_CALL(ctx_.target(), fused_step_grid));

@@ -3,6 +3,7 @@
 #include <vector>
 
 #include "hostexec_kernels.h"
+#include "kernels/ticket.cuh"  // count_done, wait_done
 
 namespace vae::VAE_NS {
 
@@ -161,6 +162,25 @@ __global__ void grid_barrier_rounds_kernel(float* a, float* b, int rounds) {
   }
 }
 
+// The blocks in reverse order through counters (the workers start them in order, so most wait).
+__global__ void counter_chain_kernel(float* out, unsigned* counters) {
+  const unsigned b = blockIdx.x, n = blockDim.x, t = threadIdx.x;
+  const bool last = b + 1 == gridDim.x;
+  if (!last) {
+    if (t == 0) wait_done(&counters[b + 1], 1);
+    __syncthreads();
+  }
+  out[b * n + t] = (last ? 0.f : out[(b + 1) * n + (t + 1) % n]) + 1.f;
+  __syncthreads();
+  if (t == 0) count_done(&counters[b]);
+}
+
+__global__ void counter_wait_with_exited_block_kernel(unsigned* counter) {
+  if (blockIdx.x == 1) return;  // without counting in
+  if (threadIdx.x == 0) wait_done(counter, 1);
+  __syncthreads();
+}
+
 __global__ void grid_barrier_with_exited_block_kernel(unsigned exiting_block) {
   if (blockIdx.x == exiting_block) return;
   VAE_GRID_SYNC();
@@ -256,6 +276,19 @@ std::vector<float> grid_barrier_rounds(const std::vector<float>& x, int grid, in
 }
 
 int grid_barrier_max_blocks(int block) { return cooperative_max_blocks(grid_barrier_rounds_kernel, block, 0); }
+
+std::vector<float> counter_chain(int grid, int block) {
+  Buffer<float> out(static_cast<size_t>(grid) * block);
+  Buffer<unsigned> counters(static_cast<size_t>(grid));
+  VAE_LAUNCH_COOPERATIVE(counter_chain_kernel, grid, block, 0, nullptr, out.p, counters.p);
+  return out.host();
+}
+
+void counter_wait_with_exited_block() {
+  Buffer<unsigned> counter(1);
+  VAE_LAUNCH_COOPERATIVE(counter_wait_with_exited_block_kernel, 2, 5, 0, nullptr, counter.p);
+  synchronize(nullptr);
+}
 
 void grid_barrier_with_exited_block() {
   VAE_LAUNCH_COOPERATIVE(grid_barrier_with_exited_block_kernel, 2, 7, 0, nullptr, 1u);

@@ -31,10 +31,14 @@
   /* between rounds; returns the values; the largest cooperative grid of this kernel */                 \
   std::vector<float> grid_barrier_rounds(const std::vector<float>& x, int grid, int block, int rounds); \
   int grid_barrier_max_blocks(int block);                                                               \
+  /* cooperative: block b waits for block b + 1's counter (count_done / wait_done), then each thread */ \
+  /* takes block b + 1's value next to it plus 1 (the last block's: 1): grid − b everywhere */        \
+  std::vector<float> counter_chain(int grid, int block);                                                \
   /* kernels that must abort under host execution */                                                    \
   void divergent_barrier(int block);                                                                    \
   void warp_op_with_exited_lane();                                                                      \
   void grid_barrier_with_exited_block();                                                                \
+  void counter_wait_with_exited_block();                                                                \
   void grid_sync_without_cooperative_launch();
 
 namespace vae::cpu {

@@ -122,6 +122,18 @@ TEST_P(HostExec, GridBarrierKeepsBlocksInStep) {
   }
 }
 
+// Blocks that wait for each other's counters (ticket.cuh: count_done, wait_done, the fused step's
+// row flags) see what the counted blocks wrote, in a chain through the whole grid.
+TEST_P(HostExec, CountersOrderBlocks) {
+  for (int block : {1, 33, 128}) {
+    const int grid = std::min(VAE_CALL(GetParam(), grid_barrier_max_blocks, block), 9);
+    const auto got = VAE_CALL(GetParam(), counter_chain, grid, block);
+    for (int i = 0; i < grid * block; ++i)
+      ASSERT_EQ(got[i], static_cast<float>(grid - i / block))
+          << "grid " << grid << " block " << block << " thread " << i;
+  }
+}
+
 TEST_P(HostExec, ManyBarriersKeepThreadsInStep) {
   const auto counters = VAE_CALL(GetParam(), barrier_rounds, 9, 65, 10);
   for (size_t i = 0; i < counters.size(); ++i) ASSERT_EQ(counters[i], 10) << "thread " << i;
@@ -315,6 +327,16 @@ TEST(HostExecDeathTest, GridBarrierWithAnExitedBlockAborts) {
         cpu::grid_barrier_with_exited_block();
       },
       "deadlock at the grid barrier at .*hostexec_kernels.cu:[0-9]+: 1 of 2 blocks arrived, 1 exited");
+}
+
+TEST(HostExecDeathTest, CounterWaitWithAnExitedBlockAborts) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_DEATH(
+      {
+        hx::set_workers(2);
+        cpu::counter_wait_with_exited_block();
+      },
+      "block \\(0,0,0\\): deadlock at a wait for a counter: it is at 0 of 1, and every block waits or has exited");
 }
 
 TEST(HostExecDeathTest, GridSyncWithoutCooperativeLaunchAborts) {

@@ -3,6 +3,7 @@
 // kernel has its own test, the epoch loop EpochLoop) and the fused step kernel, optimizer update
 // included, for each optimizer (FusedStep).
 #include <cmath>
+#include <cstring>
 #include <numeric>
 #include <optional>
 #include <random>
@@ -388,6 +389,9 @@ TEST(FusedSplitPlan, TheCostliestItemIsTheCheapestAnyAllowedSplitGives) {
 // barriers: 2·(encoder + decoder layers) + 4 with one sample a row. The blocks' split-K tickets
 // add up to the K slices of the split tiles, and the blocks' GEMM work in each phase to its
 // planned items and all of its tiles' K chunks, phase by phase as fused_split_plan splits them.
+// Also with a ticket of a chunk (FusedStepArgs::ticket_chunks: no split in this model then), and
+// with row flags (FusedStepArgs::row_flags): the same bits, the forward's phases before one
+// barrier, encoder + decoder layers + 1 barriers fewer.
 class FusedStepLaunch : public ::testing::TestWithParam<Target> {};
 TEST_P(FusedStepLaunch, TimeEachPhaseAndCountTheBarriersWithoutChangingTheStep) {
   const Target target = GetParam();
@@ -399,11 +403,14 @@ TEST_P(FusedStepLaunch, TimeEachPhaseAndCountTheBarriersWithoutChangingTheStep) 
   const DeviceBuffer<float> data(ctx, x);
   const test::ScopedWorkers grid_of(target, 7);  // on the CPU too, phases with fewer tiles than blocks split K
   const int grid = VAE_CALL(target, fused_step_grid);
-  // Untimed, timed, and timed with a ticket of a chunk (FusedStepArgs::ticket_chunks): no split in this model then.
-  std::vector<float> params[2];
-  std::vector<unsigned long long> timed_ns[2];
-  for (const int run : {0, 1, 2}) {
-    const bool timed = run > 0;
+  struct Run {
+    bool timed;
+    int ticket;
+    bool row_flags;
+    std::vector<float> params;
+    std::vector<unsigned long long> ns;
+  } runs[] = {{false, 0, false, {}, {}}, {true, 0, false, {}, {}}, {true, 1, false, {}, {}}, {true, 0, true, {}, {}}};
+  for (Run& run : runs) {
     Vae vae(ctx, c, batch, 1);
     vae.params().upload(init_parameters(c, vae.layout(), 3));
     Optimizer opt(ctx, vae.layout().total, OptimizerKind::adam, OptimizerHyper{});
@@ -411,20 +418,40 @@ TEST_P(FusedStepLaunch, TimeEachPhaseAndCountTheBarriersWithoutChangingTheStep) 
     DeviceBuffer<double> totals(ctx, 3);
     DeviceBuffer<unsigned long long> timers(ctx, static_cast<size_t>(grid) * kFusedPhaseSlots);
     FusedStepArgs a = fused_args(vae, opt, batch, data.data(), 4, at.data(), totals.data());
-    a.phase_ns = timed ? timers.data() : nullptr;
-    a.ticket_chunks = run == 2 ? 1 : 0;
+    a.phase_ns = run.timed ? timers.data() : nullptr;
+    a.ticket_chunks = run.ticket;
+    a.row_flags = run.row_flags;
     VAE_CALL(target, fused_step, a, ctx.stream());
     ctx.synchronize();
-    if (run < 2) params[run] = vae.params().download();
-    if (timed) timed_ns[run - 1] = timers.download();
+    run.params = vae.params().download();
+    if (run.timed) run.ns = timers.download();
   }
-  EXPECT_EQ(params[0], params[1]) << "the timers changed the step";
-  for (const int ticket : {0, 1}) {
-    SCOPED_TRACE("ticket_chunks " + std::to_string(ticket));
-    const std::vector<unsigned long long>& ns = timed_ns[ticket];
+  EXPECT_EQ(runs[0].params, runs[1].params) << "the timers changed the step";
+  EXPECT_EQ(runs[0].params, runs[3].params) << "row flags changed the step";
+  // The step's GEMM phases, each GEMM as (tiles of 32 × 32, K chunks of 32): M = 29 rows, one row
+  // tile (the weight gradients: M = the layer's outputs, N = its inputs and the bias column, K = 29).
+  const std::vector<std::vector<std::pair<int, int>>> phases = {
+      {{3, 2}},          // encoder layer 1: N 70, K 37
+      {{1, 3}},          // encoder layer 2: N 17, K 70
+      {{1, 1}},          // heads: 3 pairs, K 17
+      {{1, 1}},          // decoder layer 1: N 17, K 3
+      {{3, 1}},          // decoder layer 2: N 70, K 17
+      {{2, 3}},          // output: N 37, K 70
+      {{3, 2}},          // output backward: dh (N 70, K 37)
+      {{1, 3}, {6, 1}},  // decoder layer 2 backward (N 17, K 70), the output's update (37 × 71)
+      {{1, 1}, {3, 1}},  // decoder layer 1 backward: dz (N 3, K 17); layer 2's update (70 × 18)
+      {{1, 1}, {1, 1}},  // heads backward (N 17, K 6); decoder layer 1's update (17 × 4)
+      {{3, 1}, {1, 1}},  // encoder layer 2 backward (N 70, K 17); the heads' update (6 × 18)
+      {{3, 1}, {6, 1}},  // layer 2's update (17 × 71), layer 1's (70 × 38)
+  };
+  const int forward_phases = fused_forward_phases(2, 2);
+  for (const Run& run : runs) {
+    if (!run.timed) continue;
+    SCOPED_TRACE("ticket_chunks " + std::to_string(run.ticket) + (run.row_flags ? ", row flags" : ""));
+    const std::vector<unsigned long long>& ns = run.ns;
     // Split-K slices meet at tickets: no barrier beyond the phases' own, whatever the grid.
-    const unsigned barriers = 2 * (2 + 2) + 4;  // L = 1: the latent backward in a GEMM's epilogue
-    EXPECT_EQ(static_cast<int>(barriers), fused_step_barriers(2, 2, 1));
+    const unsigned barriers = run.row_flags ? 1 + 1 + 5 : 2 * (2 + 2) + 4;  // L = 1: the latent backward in an epilogue
+    EXPECT_EQ(static_cast<int>(barriers), fused_step_barriers(2, 2, 1, run.row_flags));
     unsigned long long tickets = 0;
     std::vector<unsigned long long> last_arrival(barriers, 0), first_departure(barriers, ~0ull);
     for (int b = 0; b < grid; ++b) {
@@ -450,61 +477,120 @@ TEST_P(FusedStepLaunch, TimeEachPhaseAndCountTheBarriersWithoutChangingTheStep) 
     // within a microsecond: %globaltimer ticks coarsely, and its ticks may reach them apart.
     const unsigned long long skew = target == Target::cuda ? 1000 : 0;
     for (unsigned i = 0; i < barriers; ++i) EXPECT_LE(last_arrival[i], first_departure[i] + skew) << "barrier " << i;
-    for (unsigned i = 0; i < barriers; ++i) EXPECT_FALSE(fused_barrier_name(i, 2, 2, 1, true).empty()) << i;
-    EXPECT_EQ(fused_barrier_name(barriers, 2, 2, 1, true), "");
-    EXPECT_EQ(fused_barrier_name(0, 2, 2, 1, true), "gather");
-    EXPECT_EQ(fused_barrier_name(barriers - 1, 2, 2, 1, true), "encoder 2 backward");
-    // The step's GEMM phases, each GEMM as (tiles of 32 × 32, K chunks of 32): M = 29 rows, one row
-    // tile (the weight gradients: M = the layer's outputs, N = its inputs and the bias column, K = 29).
-    const std::vector<std::vector<std::pair<int, int>>> phases = {
-        {{3, 2}},          // encoder layer 1: N 70, K 37
-        {{1, 3}},          // encoder layer 2: N 17, K 70
-        {{1, 1}},          // heads: 3 pairs, K 17
-        {{1, 1}},          // decoder layer 1: N 17, K 3
-        {{3, 1}},          // decoder layer 2: N 70, K 17
-        {{2, 3}},          // output: N 37, K 70
-        {{3, 2}},          // output backward: dh (N 70, K 37)
-        {{1, 3}, {6, 1}},  // decoder layer 2 backward (N 17, K 70), the output's update (37 × 71)
-        {{1, 1}, {3, 1}},  // decoder layer 1 backward: dz (N 3, K 17); layer 2's update (70 × 18)
-        {{1, 1}, {1, 1}},  // heads backward (N 17, K 6); decoder layer 1's update (17 × 4)
-        {{3, 1}, {1, 1}},  // encoder layer 2 backward (N 70, K 17); the heads' update (6 × 18)
-        {{3, 1}, {6, 1}},  // layer 2's update (17 × 71), layer 1's (70 × 38)
-    };
-    // Each phase's work items over the blocks, as planned, and all of its tiles' K chunks (the
-    // phases after the gather's barrier: timers' work slots 1 on).
-    ASSERT_EQ(phases.size(), barriers);
+    for (unsigned i = 0; i < barriers; ++i)
+      EXPECT_FALSE(fused_barrier_name(i, 2, 2, 1, true, run.row_flags).empty()) << i;
+    EXPECT_EQ(fused_barrier_name(barriers, 2, 2, 1, true, run.row_flags), "");
+    EXPECT_EQ(fused_barrier_name(0, 2, 2, 1, true, run.row_flags), "gather");
+    EXPECT_EQ(fused_barrier_name(1, 2, 2, 1, true, run.row_flags), run.row_flags ? "forward" : "encoder 1");
+    EXPECT_EQ(fused_barrier_name(barriers - 1, 2, 2, 1, true, run.row_flags), "encoder 2 backward");
+    // Each barrier's phases' work items over the blocks, as planned, and all of their tiles' K chunks (the phases
+    // after the gather's barrier: timers' work slots 1 on); with row flags the forward's all before its one barrier.
     unsigned long long want = 0;
-    for (size_t p = 0; p <= phases.size(); ++p) {
+    size_t next = 0;  // of phases
+    for (unsigned i = 0; i <= barriers; ++i) {
       unsigned long long items = 0, chunks_run = 0;
       for (int b = 0; b < grid; ++b) {
-        const unsigned long long ran = ns[static_cast<size_t>(b) * kFusedPhaseSlots + kFusedWorkSlots + p];
+        const unsigned long long ran = ns[static_cast<size_t>(b) * kFusedPhaseSlots + kFusedWorkSlots + i];
         items += ran >> 32;
         chunks_run += ran & 0xffffffffull;
       }
-      if (p == 0) {
+      if (i == 0) {
         EXPECT_EQ(items, 0u) << "the gather ran GEMM work";
         continue;
       }
-      const auto& phase = phases[p - 1];
-      int tiles[2] = {}, chunks[2] = {}, slices[2] = {};
-      const int count = static_cast<int>(phase.size());
-      for (int o = 0; o < count; ++o) std::tie(tiles[o], chunks[o]) = phase[o];
-      EXPECT_EQ(items, static_cast<unsigned long long>(fused_split_plan(tiles, chunks, count, grid, slices, ticket)))
-          << "phase " << p;
-      unsigned long long all_chunks = 0;
-      for (int o = 0; o < count; ++o) {
-        all_chunks += static_cast<unsigned long long>(tiles[o]) * chunks[o];
-        if (slices[o] > 1) want += static_cast<unsigned long long>(slices[o]) * tiles[o];
+      unsigned long long planned = 0, all_chunks = 0;
+      const size_t end = run.row_flags && i == 1 ? forward_phases : next + 1;
+      for (; next < end; ++next) {
+        const auto& phase = phases[next];
+        int tiles[2] = {}, chunks[2] = {}, slices[2] = {};
+        const int count = static_cast<int>(phase.size());
+        for (int o = 0; o < count; ++o) std::tie(tiles[o], chunks[o]) = phase[o];
+        planned += static_cast<unsigned long long>(fused_split_plan(tiles, chunks, count, grid, slices, run.ticket));
+        for (int o = 0; o < count; ++o) {
+          all_chunks += static_cast<unsigned long long>(tiles[o]) * chunks[o];
+          if (slices[o] > 1) want += static_cast<unsigned long long>(slices[o]) * tiles[o];
+        }
       }
-      EXPECT_EQ(chunks_run, all_chunks) << "phase " << p;
+      EXPECT_EQ(items, planned) << "barrier " << i;
+      EXPECT_EQ(chunks_run, all_chunks) << "barrier " << i;
     }
+    EXPECT_EQ(next, phases.size());
     EXPECT_EQ(tickets, want);
-    if (grid == 7 && ticket == 0) {
+    if (grid == 7 && run.ticket == 0) {
       EXPECT_GT(want, 0u) << "no phase of the test splits K";
     }
-    if (ticket == 1) {
+    if (run.ticket == 1) {
       EXPECT_EQ(want, 0u) << "a split saving one chunk (of at most 3) pays for a ticket of one";
     }
+  }
+}
+
+// Row flags (FusedStepArgs::row_flags) compute what grid barriers do, bit for bit — parameters,
+// Adam's moments, the totals — over launches of changing batches on one workspace (where the
+// flags lie in it moves with the batch): two steps in a launch, a partial batch, two more; with
+// two hidden layers a side, L = 2 (the decoder's first tiles wait for all of the heads' rows) and
+// L = 1, on 7 blocks (phases with fewer tiles split K, their slices meeting at tickets in the
+// forward phases' regions). The flags start as garbage (a launch clears them), and after the last
+// launch (its last step leaves them) each forward phase's count a row block is its column tiles
+// (the output layer's, followed by a barrier, none).
+TEST_P(FusedStepLaunch, RowFlagsComputeWhatBarriersDo) {
+  const Target target = GetParam();
+  VAE_SKIP_WITHOUT_DEVICE(target);
+  const int batch = 41, partial = 9;
+  const int launches[][2] = {{batch, 2}, {partial, 1}, {batch, 2}};  // (rows, steps)
+  const int rows = 2 * batch + partial + 2 * batch;
+  DeviceContext ctx(target, false);
+  const test::ScopedWorkers grid_of(target, 7);
+  for (const int samples : {2, 1}) {
+    SCOPED_TRACE("L = " + std::to_string(samples));
+    ModelConfig c = small_config(DecoderKind::bernoulli, Activation::relu, {43, 33}, 5, 37);
+    const auto x = test::random_uniform(static_cast<size_t>(rows) * c.input_dim, 17 + samples, 0, 1);
+    const DeviceBuffer<float> data(ctx, x);
+    struct Result {
+      std::vector<float> params, m, v;
+      std::vector<double> totals;
+    } result[2];
+    // The flags run's workspace: zeros (the split-K tickets), garbage from the flags on.
+    const int grid = VAE_CALL(target, fused_step_grid), phases = fused_forward_phases(2, 2);
+    const long long flags_at = phases * fused_step_region_floats(grid);
+    std::vector<float> init(fused_step_workspace_floats(grid, samples * batch, c.input_dim, false, phases), 0.f);
+    std::fill(init.begin() + flags_at, init.end(), -3.25e7f);
+    DeviceBuffer<float> workspace(ctx, init);
+    for (const bool flags : {false, true}) {
+      Vae vae(ctx, c, batch, samples);
+      vae.set_fused_variant({FusedMath::ffma, false, 0, flags});
+      vae.params().upload(init_parameters(c, vae.layout(), 8));
+      Optimizer opt(ctx, vae.layout().total, OptimizerKind::adam, OptimizerHyper{});
+      DeviceBuffer<StepState> at(ctx, std::vector<StepState>{{5, 0}});
+      DeviceBuffer<double> totals(ctx, 3);
+      for (const auto& launch : launches) {
+        FusedStepArgs a = fused_args(vae, opt, launch[0], data.data(), 4, at.data(), totals.data());
+        a.steps = launch[1];
+        EXPECT_EQ(a.row_flags, flags);
+        if (flags) {
+          a.workspace = workspace.data();
+          a.workspace_floats = static_cast<long long>(init.size());
+        }
+        VAE_CALL(target, fused_step, a, ctx.stream());
+      }
+      ctx.synchronize();
+      result[flags] = {vae.params().download(), opt.state(0).download(), opt.state(1).download(), totals.download()};
+    }
+    // The counts: encoder 1 and 2 (43 and 33 columns), the heads (5 pairs), decoder 1 and 2 (33, 43), the output.
+    const std::vector<float> after = workspace.download();
+    const int stride = fused_row_blocks(samples * batch), tiles[] = {2, 2, 1, 2, 2, 0};
+    for (int f = 0; f < phases; ++f)
+      for (int r = 0; r < stride; ++r) {
+        unsigned got = 0;
+        std::memcpy(&got, &after[flags_at + f * stride + r], sizeof got);
+        const bool in_rows = r < fused_row_blocks(f <= 2 ? batch : samples * batch);  // the encoder's: B rows
+        EXPECT_EQ(got, in_rows ? static_cast<unsigned>(tiles[f]) : 0u) << "forward phase " << f << ", row block " << r;
+      }
+    EXPECT_EQ(result[1].params, result[0].params);
+    EXPECT_EQ(result[1].m, result[0].m);
+    EXPECT_EQ(result[1].v, result[0].v);
+    EXPECT_EQ(result[1].totals, result[0].totals);
+    EXPECT_EQ(result[1].totals[2], static_cast<double>(rows));
   }
 }
 INSTANTIATE_TEST_SUITE_P(Targets, FusedStepLaunch, ::testing::ValuesIn(test::all_targets()), test::target_param_name);

@@ -17,10 +17,10 @@ TOOL = os.path.join(ROOT, "bench", "step_rule.py")
 DEVICE = "NVIDIA H100 80GB HBM3 (sm_90)"
 
 
-def row(batch, variant, step, us, precision="fp32", math="ffma", half=False, models=1, ticket=0):
+def row(batch, variant, step, us, precision="fp32", math="ffma", half=False, models=1, ticket=0, flags=False):
     return json.dumps({"device": DEVICE, "batch": batch, "variant": variant, "step": step, "steps_per_launch": 16,
                        "precision": precision, "models": models, "fused_math": math, "fused_grid": 66 if half else 132,
-                       "half_grid": half, "ticket_chunks": ticket, "step_us": us, "epoch_s": 60000 / batch * us / 1e6})
+                       "half_grid": half, "ticket_chunks": ticket, "row_flags": flags, "step_us": us, "epoch_s": 60000 / batch * us / 1e6})
 
 
 LOG = "\n".join([
@@ -35,6 +35,7 @@ LOG = "\n".join([
     row(128, "stack", "composed", 10.0, models=4),  # a stack of models: not a candidate
     row(512, "composed", "composed", 300.0), row(512, "fused x16 3xtf32", "fused", 150.0, math="3xtf32"),
     row(512, "fused x16 half", "fused", 140.0, half=True),
+    row(512, "fused x16 flags", "fused", 139.0, flags=True),
     row(1024, "composed", "composed", 500.0),  # the sweep cut before this batch's fused runs
     row(128, "composed tf32", "composed", 90.0, precision="tf32", math="tf32"),
     row(128, "fused x16 tf32", "fused", 40.0, precision="tf32", math="tf32"),
@@ -43,8 +44,8 @@ LOG = "\n".join([
     "{not json", "   512  fastest: fused x16 half (140.00 us/step)",
 ])
 
-OTHER = ('{"NVIDIA H200", "fp32", 128, "fused", "3xtf32", false, 8, 150.00, 199.00, "2026-11-26", "ae0a79c"},\n'
-         '{"NVIDIA H100 80GB HBM3", "fp32", 64, "fused", "ffma", false, 0, 1.00, 9.00, "2026-01-01", "0000000"},\n')
+OTHER = ('{"NVIDIA H200", "fp32", 128, "fused", "3xtf32", false, 8, true, 150.00, 199.00, "2026-11-26", "ae0a79c"},\n'
+         '{"NVIDIA H100 80GB HBM3", "fp32", 64, "fused", "ffma", false, 0, false, 1.00, 9.00, "2026-01-01", "0000000"},\n')
 
 
 class StepRule(unittest.TestCase):
@@ -74,11 +75,11 @@ class StepRule(unittest.TestCase):
         lines, _ = self.entries()
         h100 = [x for x in lines if x.startswith('{"NVIDIA H100 80GB HBM3"')]
         self.assertEqual(h100, [
-            '{"NVIDIA H100 80GB HBM3", "fp32", 32, "composed", "", false, 0, 91.00, 100.00, "2026-12-08", "abc1234"},',
-            '{"NVIDIA H100 80GB HBM3", "fp32", 128, "fused", "ffma", false, 0, 100.00, 110.00, "2026-12-08", "abc1234"},',
-            '{"NVIDIA H100 80GB HBM3", "fp32", 512, "fused", "ffma", true, 0, 140.00, 300.00, "2026-12-08", "abc1234"},',
-            '{"NVIDIA H100 80GB HBM3", "fp32", 1024, "composed", "", false, 0, 0.00, 500.00, "2026-12-08", "abc1234"},',
-            '{"NVIDIA H100 80GB HBM3", "tf32", 128, "fused", "tf32", false, 12, 35.00, 90.00, "2026-12-08", "abc1234"},',
+            '{"NVIDIA H100 80GB HBM3", "fp32", 32, "composed", "", false, 0, false, 91.00, 100.00, "2026-12-08", "abc1234"},',
+            '{"NVIDIA H100 80GB HBM3", "fp32", 128, "fused", "ffma", false, 0, false, 100.00, 110.00, "2026-12-08", "abc1234"},',
+            '{"NVIDIA H100 80GB HBM3", "fp32", 512, "fused", "ffma", false, 0, true, 139.00, 300.00, "2026-12-08", "abc1234"},',
+            '{"NVIDIA H100 80GB HBM3", "fp32", 1024, "composed", "", false, 0, false, 0.00, 500.00, "2026-12-08", "abc1234"},',
+            '{"NVIDIA H100 80GB HBM3", "tf32", 128, "fused", "tf32", false, 12, false, 35.00, 90.00, "2026-12-08", "abc1234"},',
         ])
         # The other card's entry and source stay; this card's old ones are gone.
         self.assertIn(OTHER.splitlines()[0], lines)
@@ -92,7 +93,7 @@ class StepRule(unittest.TestCase):
         self.assertEqual(self.run_tool("--margin", "0.2").returncode, 0)
         self.assertIn('"fp32", 128, "composed", ""', "\n".join(self.entries()[0]))
         self.assertEqual(self.run_tool("--margin", "0").returncode, 0)
-        self.assertIn('"fp32", 32, "fused", "ffma", false, 0, 91.00', "\n".join(self.entries()[0]))
+        self.assertIn('"fp32", 32, "fused", "ffma", false, 0, false, 91.00', "\n".join(self.entries()[0]))
 
     def test_the_table_compiles_as_the_trainer_includes_it(self):
         cxx = shutil.which("g++") or shutil.which("c++")

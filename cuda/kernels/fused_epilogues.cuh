@@ -28,13 +28,20 @@ constexpr int kStages = 4;           // K chunks of a work item in flight at onc
 
 constexpr int kTilePad = kTile + 4;  // row stride: a multiple of 4 floats, as the warp matrix loads need
 
-// The workspace (FusedStepArgs::workspace, fused_step_workspace_floats): the split-K partial sums,
-// a ticket per tile of a phase, then the reconstruction's row sums (output column tiles, L·B rows).
-__device__ __forceinline__ unsigned* fused_tickets(float* workspace, int grid) {
-  return reinterpret_cast<unsigned*>(workspace + fused_step_partial_floats(grid));
+// The workspace (FusedStepArgs::workspace, fused_step_workspace_floats): a region per forward
+// phase (the split-K partial sums, then a ticket per tile of the phase), each forward phase's row
+// flags (a counter per row block: its tiles finished there), then the reconstruction's row sums
+// (output column tiles, L·B rows).
+__device__ __forceinline__ float* fused_region(const FusedStepArgs& a, int region) {
+  return a.workspace + region * fused_step_region_floats(static_cast<int>(gridDim.x));
 }
-__device__ __forceinline__ float* fused_row_sums(float* workspace, int grid) {
-  return workspace + fused_step_partial_floats(grid) + grid;
+__device__ __forceinline__ unsigned* fused_row_flags(const FusedStepArgs& a, int phase) {
+  const int phases = fused_forward_phases(a.encoder_layers, a.decoder_layers);
+  return reinterpret_cast<unsigned*>(fused_region(a, phases)) + phase * fused_row_blocks(a.batch * a.samples);
+}
+__device__ __forceinline__ float* fused_row_sums(const FusedStepArgs& a) {
+  const int phases = fused_forward_phases(a.encoder_layers, a.decoder_layers);
+  return reinterpret_cast<float*>(fused_row_flags(a, phases));
 }
 
 // What every phase of one step shares: the arguments, the step and the optimizer's scalars at it.
@@ -89,6 +96,17 @@ struct TileShared {
   } pending;
   int ops_count;
   int pending_count;
+  // How the phase meets the others besides grid barriers: the workspace region of its split-K sums and tickets;
+  // with row flags, the counters its tiles wait on (wait: the phase before's, each reaching wait_count, the column
+  // tiles of its op of wait_rows rows) and the ones they count in at when finished (signal: of signal_rows rows,
+  // signal_count tiles a row block), or null. Set by thread 0 (set_phase_sync in fused_step.cu).
+  struct PhaseSync {
+    int region;
+    const unsigned* wait;
+    int wait_rows, wait_count;
+    unsigned* signal;
+    int signal_rows, signal_count;
+  } sync;
   // A GEMM phase's plan (fused_split_plan): its work items, and per GEMM its K slices and their
   // chunks. Made by thread 0 in the first step of a launch, and kept: the later steps run the same
   // phases in the same order and read them back (a few dozen dependent divisions on one thread, where
@@ -336,7 +354,7 @@ __device__ __forceinline__ void store_tile_outputs(const Step& s, const PhaseGem
   if (r < kTile && i0 + r < g.op.m) {
     float sum = 0.f;
     for (int t = 0; t < 16; ++t) sum += sh.a[1][r][t];
-    fused_row_sums(s.a.workspace, gridDim.x)[static_cast<long long>(jt) * g.op.m + i0 + r] = sum;
+    fused_row_sums(s.a)[static_cast<long long>(jt) * g.op.m + i0 + r] = sum;
   }
   __syncthreads();  // before the next tile's loads overwrite stage 1
 }

@@ -3,15 +3,16 @@
 // latent stage and the encoder, each weight gradient taking its optimizer update where it is
 // final (no optimizer pass). A grid-wide barrier only where a phase needs all of the one before:
 // 2·(encoder + decoder layers) + 4 a step, 5 with L > 1 (FusedStepArgs::phase_ns counts them and times each
-// phase), one more between the steps of a persistent launch, whose later steps save the gather's
-// (their batches gathered during the step before, FusedStepArgs::x_next). Every block takes part in every
-// phase: GEMM phases hand out 32×32 output tiles (a layer's input gradient shares its phase with
-// the update of the layer above), split in K where tiles are fewer than blocks (fused_split_plan), the
-// slices meeting at per-tile tickets instead of a barrier; row and element phases stride over the grid's threads.
-// Each output is summed by one thread in a fixed order, and the ELBO totals by one block: the same
-// seed gives the same bits. The element math is the composed step's (the headers it shares), and
-// so are the random numbers. For the latency-bound regime (small batches), where the composed
-// step is a string of small kernels; launches of many steps, captured in the trainer's CUDA graph.
+// phase); with row flags (FusedStepArgs::row_flags) the forward's phases but the last meet at per-row-block
+// counters instead (a tile starts once the rows it reads are final); one more between the steps of a persistent launch,
+// whose later steps save the gather's (their batches gathered during the step before, FusedStepArgs::x_next). Every
+// block takes part in every phase: GEMM phases hand out 32×32 output tiles (a layer's input gradient shares its phase
+// with the update of the layer above), split in K where tiles are fewer than blocks (fused_split_plan), the slices
+// meeting at per-tile tickets instead of a barrier; row and element phases stride over the grid's threads. Each output
+// is summed by one thread in a fixed order, and the ELBO totals by one block: the same seed gives the same bits. The
+// element math is the composed step's (the headers it shares), and so are the random numbers. For the latency-bound
+// regime (small batches), where the composed step is a string of small kernels; launches of many steps, captured in the
+// trainer's CUDA graph.
 #include <algorithm>
 
 #include "ops.h"  // the entry points this file defines
@@ -59,21 +60,50 @@ __device__ __forceinline__ const float* weight(const FusedStepArgs& a, const Fus
 }
 __device__ __forceinline__ const float* bias(const FusedStepArgs& a, const FusedLayer& l) { return a.params + l.bias; }
 
+// By thread 0, before a GEMM phase (its op in sh.slots.ops[0]): how it meets the others besides grid barriers
+// (sh.sync). Forward phase f ≥ 0 (the encoder's layers, the heads, the decoder's layers, the output layer) keeps its
+// split-K sums in region f and, with row flags, waits for phase f − 1's (set by the call before) and counts in at
+// its own unless a grid barrier follows it (`counted` false). The backward's phases (f < 0): region 0, no flags.
+__device__ void set_phase_sync(const FusedStepArgs& a, TileShared& sh, int f, bool counted) {
+  TileShared::PhaseSync& y = sh.sync;
+  if (f < 0) {
+    y = {0, nullptr, 0, 0, nullptr, 0, 0};
+    return;
+  }
+  const PhaseGemm& g = sh.slots.ops[0];
+  y.region = f;
+  y.wait = a.row_flags && f > 0 ? y.signal : nullptr;
+  y.wait_rows = y.signal_rows;
+  y.wait_count = y.signal_count;
+  y.signal = a.row_flags && counted ? fused_row_flags(a, f) : nullptr;
+  y.signal_rows = g.op.m;
+  y.signal_count = gemm_column_tiles(g);
+}
+
 // Hidden layers (activation act) from `in`, then the top layer (identity) into top.h with its
-// tile epilogue (paired columns or not), a grid barrier after each: the encoder with the heads on
-// top (z drawn in their epilogue), or the decoder with the output layer (the reconstruction's).
+// tile epilogue (paired columns or not), forward phases first_phase.. (set_phase_sync): the encoder
+// with the heads on top (z drawn in their epilogue), or the decoder with the output layer (the
+// reconstruction's). A grid barrier after each; with row flags (a tile waits for the rows it
+// reads) only after the top of a stack with last_barrier.
 __device__ void forward_stack(const Step& s, const FusedLayer* layers, int count, const FusedLayer& top,
-                              TileEpilogue top_epilogue, bool top_pairs, const float* in, int rows, TileShared& sh) {
+                              TileEpilogue top_epilogue, bool top_pairs, const float* in, int rows, int first_phase,
+                              bool last_barrier, TileShared& sh) {
   for (int l = 0; l <= count; ++l) {
     const FusedLayer& L = l < count ? layers[l] : top;
+    const bool barrier = !s.a.row_flags || (l == count && last_barrier);
     if (threadIdx.x == 0) {
       sh.slots.ops[0] = {dense_forward_gemm(L.out, L.in, in, weight(s.a, L), bias(s.a, L), L.h, rows,
                                             l < count ? s.a.activation : Activation::identity),
                          l < count ? TileEpilogue::store : top_epilogue, l == count && top_pairs};
       sh.ops_count = 1;
+      set_phase_sync(s.a, sh, first_phase + l, !barrier);
     }
     gemm_phase(s, sh);
-    step_barrier(s.a, sh);
+    if (barrier) {
+      step_barrier(s.a, sh);
+    } else {
+      __syncthreads();  // every thread is done with this phase's descriptors before thread 0 writes the next's
+    }
     in = L.h;
   }
 }
@@ -100,6 +130,7 @@ __device__ void backward_stack(const Step& s, const FusedLayer* layers, int coun
     const float* below = l ? layers[l - 1].h : bottom;
     float* grad_in = l ? layers[l - 1].dh : bottom_grad;
     if (threadIdx.x == 0) {
+      set_phase_sync(s.a, sh, -1, false);
       int n = 0;
       if (grad_in) {  // first: the next phase waits for it, nothing waits for an update within the step
         sh.slots.ops[n++] = {dense_input_grad_gemm(L.out, L.in, L.dh, weight(s.a, L), grad_in, rows,
@@ -184,6 +215,16 @@ __device__ VAE_NOINLINE void gather_rows(const FusedStepArgs& a, const StepState
   }
 }
 
+// The forward's row flags (for a step of `rows` L·B rows) to zero, strided over the grid's threads.
+__device__ void clear_row_flags(const FusedStepArgs& a, int rows) {
+  const long long first = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const long long stride = static_cast<long long>(gridDim.x) * blockDim.x;
+  unsigned* flags = fused_row_flags(a, 0);
+  const long long n =
+      static_cast<long long>(fused_forward_phases(a.encoder_layers, a.decoder_layers)) * fused_row_blocks(rows);
+  for (long long i = first; i < n; i += stride) flags[i] = 0;
+}
+
 // One training step at `at`, by every block, on the batch in x: gathered first (a phase and its
 // barrier) unless `gathered` (the step before gathered it). With next_x, the next step's batch
 // (at `next`) is gathered into it during this step's last phase, which reads x but not next_x.
@@ -206,24 +247,31 @@ __device__ void train_step(const FusedStepArgs& a, const StepState& at, float* x
 
   if (!gathered) {
     gather_rows(a, at, x);
+    if (a.row_flags) clear_row_flags(a, rows);  // their place in the workspace changes with the batch
     step_barrier(s.a, sh);
   }
   phase_end(a, FusedPhase::gather);
 
   // Encoder and heads, with ε and z = μ + σ ε drawn in the heads' epilogue.
-  forward_stack(s, a.encoder, a.encoder_layers, a.heads, TileEpilogue::latent, true, x, B, sh);
+  forward_stack(s, a.encoder, a.encoder_layers, a.heads, TileEpilogue::latent, true, x, B, 0, false, sh);
   phase_end(a, FusedPhase::encoder);
 
   // Decoder and output layer, with each pixel's log p(x|z) term and its gradient in the output
   // layer's epilogue (the terms of a row summed per column tile).
-  forward_stack(s, a.decoder, a.decoder_layers, a.output, TileEpilogue::reconstruction, a.gaussian, a.z, rows, sh);
+  forward_stack(s, a.decoder, a.decoder_layers, a.output, TileEpilogue::reconstruction, a.gaussian, a.z, rows,
+                a.encoder_layers + 1, true, sh);
   phase_end(a, FusedPhase::decoder);
+
+  // The row flags back to zero for the next step of the launch, if it does not gather its batch
+  // (which clears them): nothing waits on them after the grid barrier that closed the forward, and
+  // the next step's first count comes after the one between the steps.
+  if (a.row_flags && next_x) clear_row_flags(a, rows);
 
   // Each row's log p (its column tiles' sums in order, a thread per row) and KL (analytic, or the
   // Monte-Carlo mean over the row's samples); beside them the backward of the output layer and
   // the decoder, the output layer's update beside the decoder's last input gradient.
   {
-    const float* row_sums = fused_row_sums(a.workspace, gridDim.x);
+    const float* row_sums = fused_row_sums(a);
     const int tiles = fused_step_output_tiles(a.dim, a.gaussian);
     for (long long r = first; r < rows; r += stride) {
       float sum = 0.f;
@@ -261,6 +309,7 @@ __device__ void train_step(const FusedStepArgs& a, const StepState& at, float* x
       sh.slots.ops[0] = sh.pending.op;
       sh.ops_count = sh.pending_count;
       sh.pending_count = 0;
+      set_phase_sync(s.a, sh, -1, false);
     }
     gemm_phase(s, sh);
     step_barrier(s.a, sh);
@@ -333,9 +382,11 @@ void fused_step(const FusedStepArgs& args, cudaStream_t stream) {
   VAE_REQUIRE(args.ticket_chunks >= 0, "fused_step: a negative ticket cost");
   const int most = fused_step_grid(), grid = args.grid > 0 ? args.grid : most;
   VAE_REQUIRE(grid <= most, "fused_step: more blocks than can be resident at once");
-  VAE_REQUIRE(args.workspace && args.workspace_floats >= fused_step_workspace_floats(grid, args.batch * args.samples,
-                                                                                     args.dim, args.gaussian),
-              "fused_step: the workspace is smaller than the grid and the batch need");
+  VAE_REQUIRE(
+      args.workspace && args.workspace_floats >=
+                            fused_step_workspace_floats(grid, args.batch * args.samples, args.dim, args.gaussian,
+                                                        fused_forward_phases(args.encoder_layers, args.decoder_layers)),
+      "fused_step: the workspace is smaller than the grid, the model and the batch need");
   VAE_LAUNCH_COOPERATIVE(fused_step_kernel, grid, kStepThreads, 0, stream, args);
 }
 

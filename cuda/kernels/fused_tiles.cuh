@@ -305,13 +305,26 @@ __device__ VAE_NOINLINE void gemm_tile(const FusedStepArgs& a, const PhaseGemm& 
   store_tile_outputs(s, g, i0, jt, ty, tx, sum, in, sh);
 }
 
+// By thread 0, before a tile of row block `row_block` (of m rows) starts with row flags: waits until the phase
+// before has finished every tile of the rows it reads there (of L·B rows, the heads' B: all of them).
+__device__ __forceinline__ void wait_for_rows(const TileShared::PhaseSync& sync, int row_block, int m) {
+  const unsigned count = static_cast<unsigned>(sync.wait_count);
+  if (m == sync.wait_rows) {
+    wait_done(sync.wait + row_block, count);
+    return;
+  }
+  for (int r = 0; r < fused_row_blocks(sync.wait_rows); ++r) wait_done(sync.wait + r, count);
+}
+
 // The work items of the phase's independent GEMMs (sh.slots.ops, written by thread 0 before the
 // call): their tiles, split in K by fused_split_plan, numbered op by op with the GEMM of the longest
 // items first, handed out over the grid's blocks in rounds, every other round in reverse block order
 // (a block with a long item of the first round gets a short one of the second, if any). No grid
-// barrier inside: split tiles meet at their tickets (gemm_tile). The workspace holds the split ops'
-// partial sums (fused_step_partial_floats), then one ticket per tile of the phase (split only where
-// the tiles are fewer than the blocks).
+// barrier inside: split tiles meet at their tickets (gemm_tile). The phase's workspace region
+// (sh.sync.region) holds the split ops' partial sums (fused_step_partial_floats), then one ticket
+// per tile of the phase (split only where the tiles are fewer than the blocks). With row flags
+// (sh.sync) a tile first waits until the rows it reads are final in the phase before, and once
+// finished (whole, or by the last of its slices) counts in at its row block's flag.
 __device__ void gemm_phase(const Step& s, TileShared& sh) {
   const PhaseGemm* ops = sh.slots.ops;
   if (threadIdx.x == 0) {
@@ -339,7 +352,7 @@ __device__ void gemm_phase(const Step& s, TileShared& sh) {
   const int* chunks = sh.plan.chunks;  // of each op's items
   // The op of item numbers first: the one of the longer items (ops[0] where equal).
   const int first = count > 1 && chunks[1] > chunks[0] ? 1 : 0;
-  unsigned* tickets = fused_tickets(s.a.workspace, grid);
+  const TileShared::PhaseSync& sync = sh.sync;
   for (int round = 0;; ++round) {
     const int b = static_cast<int>(blockIdx.x);
     const int t = round * grid + (round % 2 ? grid - 1 - b : b);
@@ -361,7 +374,17 @@ __device__ void gemm_phase(const Step& s, TileShared& sh) {
       ++sh.work_items;
       sh.work_chunks += static_cast<unsigned>((k_end - k_begin + kTileK - 1) / kTileK);
     }
-    gemm_tile(s.a, ops[o], {tile, k_begin, k_end, slice, slices, s.a.workspace + offset, tickets + ticket + tile}, sh);
+    if (sync.wait) {
+      if (threadIdx.x == 0) wait_for_rows(sync, tile / gemm_column_tiles(ops[o]), ops[o].op.m);
+      __syncthreads();
+    }
+    float* region = fused_region(s.a, sync.region);
+    unsigned* tickets = reinterpret_cast<unsigned*>(region + fused_step_partial_floats(grid));
+    gemm_tile(s.a, ops[o], {tile, k_begin, k_end, slice, slices, region + offset, tickets + ticket + tile}, sh);
+    if (sync.signal) {
+      __syncthreads();  // every thread's outputs are written (and sh.last is set)
+      if (threadIdx.x == 0 && (slices == 1 || sh.last)) count_done(sync.signal + tile / gemm_column_tiles(ops[o]));
+    }
   }
 }
 

@@ -1,5 +1,6 @@
-// The election of the two-stage reductions (see ReduceScratch in types.h): the block that
-// arrives last at a ticket finishes the job, with every other block's part written.
+// How blocks of a launch meet without a grid barrier: the election of the two-stage reductions
+// (see ReduceScratch in types.h), where the block that arrives last at a ticket finishes the job
+// with every other block's part written; and counters of finished work that blocks wait on.
 #pragma once
 
 #include "kernels/types.h"
@@ -14,6 +15,27 @@ __device__ __forceinline__ bool arrives_last(unsigned* ticket, unsigned blocks) 
   if (atomicAdd(ticket, 1u) != blocks - 1) return false;
   *ticket = 0;
   return true;
+}
+
+// Counters that say how much of a phase is done, for blocks of a cooperative launch that wait for
+// part of it instead of a grid barrier (the fused step's row flags). Called by one thread of a
+// block once every thread's writes are issued (after __syncthreads): they are visible before the
+// count is, as at a grid barrier's arrival.
+__device__ __forceinline__ void count_done(unsigned* counter) {
+  __threadfence();
+  atomicAdd(counter, 1u);
+}
+// By one thread: returns once *counter has reached `count`; what the counted blocks wrote is then
+// visible to this block's threads after a __syncthreads, as after a grid barrier. Every block of
+// the launch is resident, so the counted ones run.
+__device__ __forceinline__ void wait_done(const unsigned* counter, unsigned count) {
+#if VAE_HOST_EXEC
+  ::vae::hx::wait_count(counter, count);  // the counted blocks are other workers' threads
+#else
+  while (*static_cast<const volatile unsigned*>(counter) < count) {
+  }
+#endif
+  __threadfence();
 }
 
 }  // namespace vae::VAE_NS

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
@@ -50,7 +51,8 @@ struct CooperativeLaunch {
   int site_line = 0;
   std::atomic<unsigned> generation{0};
   std::atomic<unsigned> exited{0};
-  std::atomic<unsigned> waiting{0};  // blocks arrived at the current barrier (for the deadlock check)
+  std::atomic<unsigned> waiting{0};   // blocks arrived at the current barrier (for the deadlock checks)
+  std::atomic<unsigned> counting{0};  // blocks waiting for a counter (wait_count)
 };
 
 thread_local Worker tls_worker;
@@ -259,6 +261,19 @@ void run_block_job(int index, void* ctx) {
   if (job.cooperative) job.cooperative->exited.fetch_add(1, std::memory_order_acq_rel);
 }
 
+// A turn of a wait loop: a pause for its first 4096 spins, then the core yielded (true: the
+// caller's deadlock check may follow).
+inline bool spin_turn(int spins) {
+  if (spins < 4096) {
+#if defined(__x86_64__)
+    __builtin_ia32_pause();
+#endif
+    return false;
+  }
+  std::this_thread::yield();
+  return true;
+}
+
 // Thread 0 of a block at a grid barrier, its block's other threads parked at the block barrier
 // that follows: arrive, then wait (spinning, then yielding the core) for the last block.
 void grid_arrive_and_wait(CooperativeLaunch& c, const char* file, int line) {
@@ -281,13 +296,7 @@ void grid_arrive_and_wait(CooperativeLaunch& c, const char* file, int line) {
     c.waiting.fetch_add(1, std::memory_order_relaxed);
   }
   for (int spins = 0; c.generation.load(std::memory_order_acquire) == gen; ++spins) {
-    if (spins < 4096) {
-#if defined(__x86_64__)
-      __builtin_ia32_pause();
-#endif
-      continue;
-    }
-    std::this_thread::yield();
+    if (!spin_turn(spins)) continue;
     const unsigned exited = c.exited.load(std::memory_order_acquire);
     std::lock_guard<std::mutex> lk(c.m);
     if (c.generation.load(std::memory_order_acquire) == gen && exited > 0 && c.arrived + exited >= c.blocks) {
@@ -367,6 +376,34 @@ void sync_block(const char* file, int line) {
     prepare_resume(w, next);
   }
   w.switch_from(self, next);
+}
+
+void wait_count(const unsigned* counter, unsigned count) {
+  Worker& w = tls_worker;
+  if (!w.cooperative) die(block_name(w) + ": a wait for a counter in a kernel not launched cooperatively");
+  CooperativeLaunch& c = *w.cooperative;
+  if (__atomic_load_n(counter, __ATOMIC_ACQUIRE) >= count) return;
+  c.counting.fetch_add(1, std::memory_order_acq_rel);
+  // A deadlock: every block waiting (here or at a barrier) or exited, and nothing moving for a while (a block that
+  // was just counted in may not have noticed yet).
+  std::chrono::steady_clock::time_point stuck_since{};
+  bool stuck = false;
+  for (int spins = 0; __atomic_load_n(counter, __ATOMIC_ACQUIRE) < count; ++spins) {
+    if (!spin_turn(spins)) continue;
+    const unsigned idle = c.exited.load(std::memory_order_acquire) + c.waiting.load(std::memory_order_acquire) +
+                          c.counting.load(std::memory_order_acquire);
+    if (idle < c.blocks) {
+      stuck = false;
+    } else if (!stuck) {
+      stuck = true;
+      stuck_since = std::chrono::steady_clock::now();
+    } else if (std::chrono::steady_clock::now() - stuck_since > std::chrono::seconds(2)) {
+      die(block_name(w) + ": deadlock at a wait for a counter: it is at " +
+          std::to_string(__atomic_load_n(counter, __ATOMIC_ACQUIRE)) + " of " + std::to_string(count) +
+          ", and every block waits or has exited");
+    }
+  }
+  c.counting.fetch_sub(1, std::memory_order_acq_rel);
 }
 
 void sync_grid(const char* file, int line) {

@@ -68,6 +68,9 @@ void sync_block(const char* file, int line);
 // A grid barrier of a cooperative launch: the block's threads, then every block. A block that
 // exits while others wait, or blocks at different barriers, abort with the file and line.
 void sync_grid(const char* file, int line);
+// By one thread of a block of a cooperative launch: returns once *counter (which other blocks
+// raise atomically) reaches `count`. Every block waiting or exited for seconds aborts as a deadlock.
+void wait_count(const unsigned* counter, unsigned count);
 void sync_warp(unsigned mask);
 uint64_t warp_exchange(unsigned mask, uint64_t value, int src_lane);  // value of src_lane
 unsigned warp_ballot(unsigned mask, bool predicate);
