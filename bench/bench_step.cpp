@@ -13,8 +13,8 @@
 // else FFMA); --fused-grid N|half launches it on N blocks, or half of fused_step_grid() (the default
 // and most; on the GPU two blocks per SM, so half is one per SM); --ticket-chunks N has its GEMM
 // phases split K only where that shortens their costliest item by more than N chunks, the cost of a
-// split-K ticket (FusedVariant::ticket_chunks; default 0); --row-flags 1 has the forward's phases meet at
-// per-row-block counters instead of grid barriers (FusedVariant::row_flags).
+// split-K ticket (FusedVariant::ticket_chunks; default 0); --row-flags 1 has the forward's phases and the
+// output layer's backward meet at per-row-block counters instead of grid barriers (FusedVariant::row_flags).
 // --kernels (CPU) adds each kernel's and GEMM's time a step and its share of the step.
 // --models N times the composed step of N models as vae sweep's stack takes it (host/model_stack.h:
 // every GEMM one strided-batched call, every kernel one launch for all), µs per stacked step and

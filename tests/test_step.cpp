@@ -390,8 +390,8 @@ TEST(FusedSplitPlan, TheCostliestItemIsTheCheapestAnyAllowedSplitGives) {
 // add up to the K slices of the split tiles, and the blocks' GEMM work in each phase to its
 // planned items and all of its tiles' K chunks, phase by phase as fused_split_plan splits them.
 // Also with a ticket of a chunk (FusedStepArgs::ticket_chunks: no split in this model then), and
-// with row flags (FusedStepArgs::row_flags): the same bits, the forward's phases before one
-// barrier, encoder + decoder layers + 1 barriers fewer.
+// with row flags (FusedStepArgs::row_flags): the same bits, the forward's phases and the output
+// layer's backward before one barrier, encoder + decoder layers + 2 barriers fewer.
 class FusedStepLaunch : public ::testing::TestWithParam<Target> {};
 TEST_P(FusedStepLaunch, TimeEachPhaseAndCountTheBarriersWithoutChangingTheStep) {
   const Target target = GetParam();
@@ -450,7 +450,7 @@ TEST_P(FusedStepLaunch, TimeEachPhaseAndCountTheBarriersWithoutChangingTheStep) 
     SCOPED_TRACE("ticket_chunks " + std::to_string(run.ticket) + (run.row_flags ? ", row flags" : ""));
     const std::vector<unsigned long long>& ns = run.ns;
     // Split-K slices meet at tickets: no barrier beyond the phases' own, whatever the grid.
-    const unsigned barriers = run.row_flags ? 1 + 1 + 5 : 2 * (2 + 2) + 4;  // L = 1: the latent backward in an epilogue
+    const unsigned barriers = run.row_flags ? 1 + 1 + 4 : 2 * (2 + 2) + 4;  // L = 1: the latent backward in an epilogue
     EXPECT_EQ(static_cast<int>(barriers), fused_step_barriers(2, 2, 1, run.row_flags));
     unsigned long long tickets = 0;
     std::vector<unsigned long long> last_arrival(barriers, 0), first_departure(barriers, ~0ull);
@@ -481,10 +481,12 @@ TEST_P(FusedStepLaunch, TimeEachPhaseAndCountTheBarriersWithoutChangingTheStep) 
       EXPECT_FALSE(fused_barrier_name(i, 2, 2, 1, true, run.row_flags).empty()) << i;
     EXPECT_EQ(fused_barrier_name(barriers, 2, 2, 1, true, run.row_flags), "");
     EXPECT_EQ(fused_barrier_name(0, 2, 2, 1, true, run.row_flags), "gather");
-    EXPECT_EQ(fused_barrier_name(1, 2, 2, 1, true, run.row_flags), run.row_flags ? "forward" : "encoder 1");
+    EXPECT_EQ(fused_barrier_name(1, 2, 2, 1, true, run.row_flags),
+              run.row_flags ? "forward, output backward" : "encoder 1");
     EXPECT_EQ(fused_barrier_name(barriers - 1, 2, 2, 1, true, run.row_flags), "encoder 2 backward");
     // Each barrier's phases' work items over the blocks, as planned, and all of their tiles' K chunks (the phases
-    // after the gather's barrier: timers' work slots 1 on); with row flags the forward's all before its one barrier.
+    // after the gather's barrier: timers' work slots 1 on); with row flags the forward's and the output backward's
+    // all before their one barrier.
     unsigned long long want = 0;
     size_t next = 0;  // of phases
     for (unsigned i = 0; i <= barriers; ++i) {
@@ -499,7 +501,7 @@ TEST_P(FusedStepLaunch, TimeEachPhaseAndCountTheBarriersWithoutChangingTheStep) 
         continue;
       }
       unsigned long long planned = 0, all_chunks = 0;
-      const size_t end = run.row_flags && i == 1 ? forward_phases : next + 1;
+      const size_t end = run.row_flags && i == 1 ? forward_phases + 1 : next + 1;
       for (; next < end; ++next) {
         const auto& phase = phases[next];
         int tiles[2] = {}, chunks[2] = {}, slices[2] = {};
@@ -528,11 +530,12 @@ TEST_P(FusedStepLaunch, TimeEachPhaseAndCountTheBarriersWithoutChangingTheStep) 
 // Row flags (FusedStepArgs::row_flags) compute what grid barriers do, bit for bit — parameters,
 // Adam's moments, the totals — over launches of changing batches on one workspace (where the
 // flags lie in it moves with the batch): two steps in a launch, a partial batch, two more; with
-// two hidden layers a side, L = 2 (the decoder's first tiles wait for all of the heads' rows) and
-// L = 1, on 7 blocks (phases with fewer tiles split K, their slices meeting at tickets in the
-// forward phases' regions). The flags start as garbage (a launch clears them), and after the last
-// launch (its last step leaves them) each forward phase's count a row block is its column tiles
-// (the output layer's, followed by a barrier, none).
+// two hidden layers a side (the output layer's backward at the output's flags too) and none (a
+// barrier after the output layer), L = 2 (the decoder's first tiles wait for all of the heads'
+// rows) and L = 1, on 7 blocks (phases with fewer tiles split K, their slices meeting at tickets
+// in the phases' own regions). The flags start as garbage (a launch clears them), and after the
+// last launch (its last step leaves them) each forward phase's count a row block is its column
+// tiles (none where a barrier follows the phase).
 TEST_P(FusedStepLaunch, RowFlagsComputeWhatBarriersDo) {
   const Target target = GetParam();
   VAE_SKIP_WITHOUT_DEVICE(target);
@@ -541,57 +544,64 @@ TEST_P(FusedStepLaunch, RowFlagsComputeWhatBarriersDo) {
   const int rows = 2 * batch + partial + 2 * batch;
   DeviceContext ctx(target, false);
   const test::ScopedWorkers grid_of(target, 7);
-  for (const int samples : {2, 1}) {
-    SCOPED_TRACE("L = " + std::to_string(samples));
-    ModelConfig c = small_config(DecoderKind::bernoulli, Activation::relu, {43, 33}, 5, 37);
-    const auto x = test::random_uniform(static_cast<size_t>(rows) * c.input_dim, 17 + samples, 0, 1);
-    const DeviceBuffer<float> data(ctx, x);
-    struct Result {
-      std::vector<float> params, m, v;
-      std::vector<double> totals;
-    } result[2];
-    // The flags run's workspace: zeros (the split-K tickets), garbage from the flags on.
-    const int grid = VAE_CALL(target, fused_step_grid), phases = fused_forward_phases(2, 2);
-    const long long flags_at = phases * fused_step_region_floats(grid);
-    std::vector<float> init(fused_step_workspace_floats(grid, samples * batch, c.input_dim, false, phases), 0.f);
-    std::fill(init.begin() + flags_at, init.end(), -3.25e7f);
-    DeviceBuffer<float> workspace(ctx, init);
-    for (const bool flags : {false, true}) {
-      Vae vae(ctx, c, batch, samples);
-      vae.set_fused_variant({FusedMath::ffma, false, 0, flags});
-      vae.params().upload(init_parameters(c, vae.layout(), 8));
-      Optimizer opt(ctx, vae.layout().total, OptimizerKind::adam, OptimizerHyper{});
-      DeviceBuffer<StepState> at(ctx, std::vector<StepState>{{5, 0}});
-      DeviceBuffer<double> totals(ctx, 3);
-      for (const auto& launch : launches) {
-        FusedStepArgs a = fused_args(vae, opt, launch[0], data.data(), 4, at.data(), totals.data());
-        a.steps = launch[1];
-        EXPECT_EQ(a.row_flags, flags);
-        if (flags) {
-          a.workspace = workspace.data();
-          a.workspace_floats = static_cast<long long>(init.size());
+  const int grid = VAE_CALL(target, fused_step_grid);
+  for (const bool hidden : {true, false})
+    for (const int samples : {2, 1}) {
+      SCOPED_TRACE(std::string(hidden ? "hidden 43, 33" : "no hidden layers") + ", L = " + std::to_string(samples));
+      const std::vector<int> sizes = hidden ? std::vector<int>{43, 33} : std::vector<int>{};
+      const ModelConfig c = small_config(DecoderKind::bernoulli, Activation::relu, sizes, 5, 37);
+      const int layers = static_cast<int>(sizes.size()), phases = fused_forward_phases(layers, layers);
+      const auto x = test::random_uniform(static_cast<size_t>(rows) * c.input_dim, 17 + samples, 0, 1);
+      const DeviceBuffer<float> data(ctx, x);
+      struct Result {
+        std::vector<float> params, m, v;
+        std::vector<double> totals;
+      } result[2];
+      // The flags run's workspace: zeros (the split-K tickets), garbage from the flags on.
+      const long long flags_at = (phases + 1) * fused_step_region_floats(grid);
+      std::vector<float> init(fused_step_workspace_floats(grid, samples * batch, c.input_dim, false, phases), 0.f);
+      std::fill(init.begin() + flags_at, init.end(), -3.25e7f);
+      DeviceBuffer<float> workspace(ctx, init);
+      for (const bool flags : {false, true}) {
+        Vae vae(ctx, c, batch, samples);
+        vae.set_fused_variant({FusedMath::ffma, false, 0, flags});
+        vae.params().upload(init_parameters(c, vae.layout(), 8));
+        Optimizer opt(ctx, vae.layout().total, OptimizerKind::adam, OptimizerHyper{});
+        DeviceBuffer<StepState> at(ctx, std::vector<StepState>{{5, 0}});
+        DeviceBuffer<double> totals(ctx, 3);
+        for (const auto& launch : launches) {
+          FusedStepArgs a = fused_args(vae, opt, launch[0], data.data(), 4, at.data(), totals.data());
+          a.steps = launch[1];
+          EXPECT_EQ(a.row_flags, flags);
+          if (flags) {
+            a.workspace = workspace.data();
+            a.workspace_floats = static_cast<long long>(init.size());
+          }
+          VAE_CALL(target, fused_step, a, ctx.stream());
         }
-        VAE_CALL(target, fused_step, a, ctx.stream());
+        ctx.synchronize();
+        result[flags] = {vae.params().download(), opt.state(0).download(), opt.state(1).download(), totals.download()};
       }
-      ctx.synchronize();
-      result[flags] = {vae.params().download(), opt.state(0).download(), opt.state(1).download(), totals.download()};
+      EXPECT_EQ(result[1].params, result[0].params);
+      EXPECT_EQ(result[1].m, result[0].m);
+      EXPECT_EQ(result[1].v, result[0].v);
+      EXPECT_EQ(result[1].totals, result[0].totals);
+      EXPECT_EQ(result[1].totals[2], static_cast<double>(rows));
+      // The counts: the encoder's layers (43, 33 columns) and the heads (5 pairs) on B rows, the decoder's (33, 43)
+      // and the output layer (37 columns: counted where its backward follows at its flags) on L·B.
+      const std::vector<int> tiles = hidden ? std::vector<int>{2, 2, 1, 2, 2, 2} : std::vector<int>{1, 0};
+      ASSERT_EQ(static_cast<int>(tiles.size()), phases);
+      const std::vector<float> after = workspace.download();
+      const int stride = fused_row_blocks(samples * batch);
+      for (int f = 0; f < phases; ++f)
+        for (int r = 0; r < stride; ++r) {
+          unsigned got = 0;
+          std::memcpy(&got, &after[flags_at + f * stride + r], sizeof got);
+          const bool in_rows = r < fused_row_blocks(f <= layers ? batch : samples * batch);
+          EXPECT_EQ(got, in_rows ? static_cast<unsigned>(tiles[f]) : 0u)
+              << "forward phase " << f << ", row block " << r;
+        }
     }
-    // The counts: encoder 1 and 2 (43 and 33 columns), the heads (5 pairs), decoder 1 and 2 (33, 43), the output.
-    const std::vector<float> after = workspace.download();
-    const int stride = fused_row_blocks(samples * batch), tiles[] = {2, 2, 1, 2, 2, 0};
-    for (int f = 0; f < phases; ++f)
-      for (int r = 0; r < stride; ++r) {
-        unsigned got = 0;
-        std::memcpy(&got, &after[flags_at + f * stride + r], sizeof got);
-        const bool in_rows = r < fused_row_blocks(f <= 2 ? batch : samples * batch);  // the encoder's: B rows
-        EXPECT_EQ(got, in_rows ? static_cast<unsigned>(tiles[f]) : 0u) << "forward phase " << f << ", row block " << r;
-      }
-    EXPECT_EQ(result[1].params, result[0].params);
-    EXPECT_EQ(result[1].m, result[0].m);
-    EXPECT_EQ(result[1].v, result[0].v);
-    EXPECT_EQ(result[1].totals, result[0].totals);
-    EXPECT_EQ(result[1].totals[2], static_cast<double>(rows));
-  }
 }
 INSTANTIATE_TEST_SUITE_P(Targets, FusedStepLaunch, ::testing::ValuesIn(test::all_targets()), test::target_param_name);
 

@@ -29,15 +29,15 @@ constexpr int kStages = 4;           // K chunks of a work item in flight at onc
 constexpr int kTilePad = kTile + 4;  // row stride: a multiple of 4 floats, as the warp matrix loads need
 
 // The workspace (FusedStepArgs::workspace, fused_step_workspace_floats): a region per forward
-// phase (the split-K partial sums, then a ticket per tile of the phase), each forward phase's row
-// flags (a counter per row block: its tiles finished there), then the reconstruction's row sums
-// (output column tiles, L·B rows).
+// phase and one for the output layer's backward (the split-K partial sums, then a ticket per tile
+// of the phase), each forward phase's row flags (a counter per row block: its tiles finished
+// there), then the reconstruction's row sums (output column tiles, L·B rows).
 __device__ __forceinline__ float* fused_region(const FusedStepArgs& a, int region) {
   return a.workspace + region * fused_step_region_floats(static_cast<int>(gridDim.x));
 }
 __device__ __forceinline__ unsigned* fused_row_flags(const FusedStepArgs& a, int phase) {
   const int phases = fused_forward_phases(a.encoder_layers, a.decoder_layers);
-  return reinterpret_cast<unsigned*>(fused_region(a, phases)) + phase * fused_row_blocks(a.batch * a.samples);
+  return reinterpret_cast<unsigned*>(fused_region(a, phases + 1)) + phase * fused_row_blocks(a.batch * a.samples);
 }
 __device__ __forceinline__ float* fused_row_sums(const FusedStepArgs& a) {
   const int phases = fused_forward_phases(a.encoder_layers, a.decoder_layers);

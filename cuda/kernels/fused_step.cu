@@ -2,17 +2,19 @@
 // decoder → output layer with log p(x|z) and its gradient → backward through the decoder, the
 // latent stage and the encoder, each weight gradient taking its optimizer update where it is
 // final (no optimizer pass). A grid-wide barrier only where a phase needs all of the one before:
-// 2·(encoder + decoder layers) + 4 a step, 5 with L > 1 (FusedStepArgs::phase_ns counts them and times each
-// phase); with row flags (FusedStepArgs::row_flags) the forward's phases but the last meet at per-row-block
-// counters instead (a tile starts once the rows it reads are final); one more between the steps of a persistent launch,
-// whose later steps save the gather's (their batches gathered during the step before, FusedStepArgs::x_next). Every
-// block takes part in every phase: GEMM phases hand out 32×32 output tiles (a layer's input gradient shares its phase
-// with the update of the layer above), split in K where tiles are fewer than blocks (fused_split_plan), the slices
-// meeting at per-tile tickets instead of a barrier; row and element phases stride over the grid's threads. Each output
-// is summed by one thread in a fixed order, and the ELBO totals by one block: the same seed gives the same bits. The
-// element math is the composed step's (the headers it shares), and so are the random numbers. For the latency-bound
-// regime (small batches), where the composed step is a string of small kernels; launches of many steps, captured in the
-// trainer's CUDA graph.
+// 2·(encoder + decoder layers) + 4 a step, 5 with L > 1 (FusedStepArgs::phase_ns counts them and
+// times each phase); with row flags (FusedStepArgs::row_flags) the forward's phases and the output
+// layer's backward meet at per-row-block counters instead (a tile starts once the rows it reads
+// are final); one more between the steps of a persistent launch, whose later steps save the
+// gather's (their batches gathered during the step before, FusedStepArgs::x_next). Every block
+// takes part in every phase: GEMM phases hand out 32×32 output tiles (a layer's input gradient
+// shares its phase with the update of the layer above), split in K where tiles are fewer than
+// blocks (fused_split_plan), the slices meeting at per-tile tickets instead of a barrier; row and
+// element phases stride over the grid's threads. Each output is summed by one thread in a fixed
+// order, and the ELBO totals by one block: the same seed gives the same bits. The element math is
+// the composed step's (the headers it shares), and so are the random numbers. For the
+// latency-bound regime (small batches), where the composed step is a string of small kernels;
+// launches of many steps, captured in the trainer's CUDA graph.
 #include <algorithm>
 
 #include "ops.h"  // the entry points this file defines
@@ -60,10 +62,11 @@ __device__ __forceinline__ const float* weight(const FusedStepArgs& a, const Fus
 }
 __device__ __forceinline__ const float* bias(const FusedStepArgs& a, const FusedLayer& l) { return a.params + l.bias; }
 
-// By thread 0, before a GEMM phase (its op in sh.slots.ops[0]): how it meets the others besides grid barriers
-// (sh.sync). Forward phase f ≥ 0 (the encoder's layers, the heads, the decoder's layers, the output layer) keeps its
-// split-K sums in region f and, with row flags, waits for phase f − 1's (set by the call before) and counts in at
-// its own unless a grid barrier follows it (`counted` false). The backward's phases (f < 0): region 0, no flags.
+// By thread 0, before a GEMM phase (its ops in sh.slots.ops): how it meets the others besides grid barriers
+// (sh.sync). Forward phase f ≥ 0 (the encoder's layers, the heads, the decoder's layers, the output layer; then the
+// output layer's backward, where it follows the output layer without a barrier) keeps its split-K sums in region f
+// and, with row flags, waits for phase f − 1's (set by the call before) and counts in at its own unless a grid
+// barrier follows it (`counted` false). The backward's phases (f < 0): region 0, no flags.
 __device__ void set_phase_sync(const FusedStepArgs& a, TileShared& sh, int f, bool counted) {
   TileShared::PhaseSync& y = sh.sync;
   if (f < 0) {
@@ -84,7 +87,7 @@ __device__ void set_phase_sync(const FusedStepArgs& a, TileShared& sh, int f, bo
 // tile epilogue (paired columns or not), forward phases first_phase.. (set_phase_sync): the encoder
 // with the heads on top (z drawn in their epilogue), or the decoder with the output layer (the
 // reconstruction's). A grid barrier after each; with row flags (a tile waits for the rows it
-// reads) only after the top of a stack with last_barrier.
+// reads) only after the top of a stack with last_barrier, which counts in at its flags without.
 __device__ void forward_stack(const Step& s, const FusedLayer* layers, int count, const FusedLayer& top,
                               TileEpilogue top_epilogue, bool top_pairs, const float* in, int rows, int first_phase,
                               bool last_barrier, TileShared& sh) {
@@ -121,16 +124,19 @@ __device__ PhaseGemm weight_update(const FusedStepArgs& a, const FusedLayer& l, 
 // pending: a layer's parameters change only once no phase reads them any more, i.e. in the phase
 // after the one that computed the gradient of its input. A layer whose input gradient is not
 // needed (bottom_grad null) takes its own update in its phase too, and leaves none. A grid barrier
-// after each phase, but after the last one only with last_barrier.
+// after each phase, but after the last one only with last_barrier; after the first one,
+// after_first(). With chained_phase ≥ 0 the first phase, forward phase chained_phase to
+// set_phase_sync, waits at the row flags of the phase before (the top layer's forward) instead of a
+// barrier before it (its only op the top layer's input gradient: no update is pending).
+template <typename AfterFirst>
 __device__ void backward_stack(const Step& s, const FusedLayer* layers, int count, const FusedLayer& top,
                                const float* bottom, float* bottom_grad, TileEpilogue bottom_epilogue, int rows,
-                               bool last_barrier, TileShared& sh) {
+                               bool last_barrier, int chained_phase, AfterFirst&& after_first, TileShared& sh) {
   for (int l = count; l >= 0; --l) {
     const FusedLayer& L = l < count ? layers[l] : top;
     const float* below = l ? layers[l - 1].h : bottom;
     float* grad_in = l ? layers[l - 1].dh : bottom_grad;
     if (threadIdx.x == 0) {
-      set_phase_sync(s.a, sh, -1, false);
       int n = 0;
       if (grad_in) {  // first: the next phase waits for it, nothing waits for an update within the step
         sh.slots.ops[n++] = {dense_input_grad_gemm(L.out, L.in, L.dh, weight(s.a, L), grad_in, rows,
@@ -146,9 +152,11 @@ __device__ void backward_stack(const Step& s, const FusedLayer* layers, int coun
         sh.slots.ops[n++] = weight_update(s.a, L, below, rows);
       }
       sh.ops_count = n;
+      set_phase_sync(s.a, sh, l == count ? chained_phase : -1, false);
     }
     gemm_phase(s, sh);
     if (l > 0 || last_barrier) step_barrier(s.a, sh);
+    if (l == count) after_first();
   }
 }
 
@@ -215,6 +223,36 @@ __device__ VAE_NOINLINE void gather_rows(const FusedStepArgs& a, const StepState
   }
 }
 
+// With row flags and decoder layers the output layer's backward waits at the output layer's flags
+// (no grid barrier between them; without decoder layers the last block's totals would follow its
+// barrier at once, and they need every row's log p and KL).
+__device__ __forceinline__ bool output_backward_chained(const FusedStepArgs& a) {
+  return a.row_flags && a.decoder_layers > 0;
+}
+
+// Each row's log p (its column tiles' sums in order, a thread per row) and KL (analytic, or the
+// Monte-Carlo mean over the row's samples), strided over the grid's threads. Out of line: inlined
+// into the step it spilled registers on sm_90.
+__device__ VAE_NOINLINE void row_terms(const FusedStepArgs& a, const StepState at) {
+  const long long first = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const long long stride = static_cast<long long>(gridDim.x) * blockDim.x;
+  const int rows = a.batch * a.samples, J = a.latent;
+  const float* row_sums = fused_row_sums(a);
+  const int tiles = fused_step_output_tiles(a.dim, a.gaussian);
+  for (long long r = first; r < rows; r += stride) {
+    float sum = 0.f;
+    for (int t = 0; t < tiles; ++t) sum += row_sums[t * rows + r];
+    a.log_prob[r] = sum;
+  }
+  for (long long r = first; r < a.batch; r += stride) {
+    const float* mu = a.heads.h + r * 2 * J;
+    a.kl[r] = a.kl_term.estimator == KlEstimator::analytic
+                  ? analytic_kl_row(mu, mu + J, J)
+                  : mc_kl_row(mu, mu + J, J, static_cast<int>(at.row0 + r), a.samples, a.seed,
+                              RandomStream::latent_noise, at.step);
+  }
+}
+
 // The forward's row flags (for a step of `rows` L·B rows) to zero, strided over the grid's threads.
 __device__ void clear_row_flags(const FusedStepArgs& a, int rows) {
   const long long first = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -257,40 +295,34 @@ __device__ void train_step(const FusedStepArgs& a, const StepState& at, float* x
   phase_end(a, FusedPhase::encoder);
 
   // Decoder and output layer, with each pixel's log p(x|z) term and its gradient in the output
-  // layer's epilogue (the terms of a row summed per column tile).
+  // layer's epilogue (the terms of a row summed per column tile). With row flags and decoder layers
+  // the output layer's backward follows at its flags (no barrier between them).
   forward_stack(s, a.decoder, a.decoder_layers, a.output, TileEpilogue::reconstruction, a.gaussian, a.z, rows,
-                a.encoder_layers + 1, true, sh);
+                a.encoder_layers + 1, !output_backward_chained(a), sh);
   phase_end(a, FusedPhase::decoder);
 
-  // The row flags back to zero for the next step of the launch, if it does not gather its batch
-  // (which clears them): nothing waits on them after the grid barrier that closed the forward, and
-  // the next step's first count comes after the one between the steps.
-  if (a.row_flags && next_x) clear_row_flags(a, rows);
-
-  // Each row's log p (its column tiles' sums in order, a thread per row) and KL (analytic, or the
-  // Monte-Carlo mean over the row's samples); beside them the backward of the output layer and
-  // the decoder, the output layer's update beside the decoder's last input gradient.
-  {
-    const float* row_sums = fused_row_sums(a);
-    const int tiles = fused_step_output_tiles(a.dim, a.gaussian);
-    for (long long r = first; r < rows; r += stride) {
-      float sum = 0.f;
-      for (int t = 0; t < tiles; ++t) sum += row_sums[t * rows + r];
-      a.log_prob[r] = sum;
-    }
-  }
-  for (long long r = first; r < B; r += stride) {
-    const float* mu = a.heads.h + r * 2 * J;
-    a.kl[r] = a.kl_term.estimator == KlEstimator::analytic
-                  ? analytic_kl_row(mu, mu + J, J)
-                  : mc_kl_row(mu, mu + J, J, static_cast<int>(at.row0 + r), a.samples, a.seed,
-                              RandomStream::latent_noise, at.step);
-  }
-  // With one sample a row the latent backward runs in the epilogue of the GEMM that computes dL/dz.
+  // Each row's log p and KL once the output layer's barrier has passed: after it, or where the
+  // output layer's backward follows it at its flags, after that one's barrier (a later barrier
+  // closes the decoder's backward before the last block's totals read them).
+  if (!output_backward_chained(a)) row_terms(a, at);
+  // The backward of the output layer and the decoder, the output layer's update beside the
+  // decoder's last input gradient. With one sample a row the latent backward runs in the epilogue
+  // of the GEMM that computes dL/dz.
   const bool latent_in_epilogue = a.samples == 1;
-  backward_stack(s, a.decoder, a.decoder_layers, a.output, a.z, a.d_z,
-                 latent_in_epilogue ? TileEpilogue::latent_grad : TileEpilogue::store, rows, true, sh);
+  backward_stack(
+      s, a.decoder, a.decoder_layers, a.output, a.z, a.d_z,
+      latent_in_epilogue ? TileEpilogue::latent_grad : TileEpilogue::store, rows, true,
+      output_backward_chained(a) ? fused_forward_phases(a.encoder_layers, a.decoder_layers) : -1,
+      [&] {
+        if (output_backward_chained(a)) row_terms(a, at);
+      },
+      sh);
   phase_end(a, FusedPhase::decoder_backward);
+
+  // The row flags back to zero for the next step of the launch, if it does not gather its batch
+  // (which clears them): nothing waits on them after the grid barrier that closed the decoder's
+  // backward, and the next step's first count comes after the one between the steps.
+  if (a.row_flags && next_x) clear_row_flags(a, rows);
 
   // The ELBO totals, by the last block: the next phase's work items go to the first blocks, and it has fewer
   // items than blocks at the batches where a step is short (at batch 128 on 264 blocks, 78), so the last block is
@@ -319,7 +351,8 @@ __device__ void train_step(const FusedStepArgs& a, const StepState& at, float* x
   // Heads and encoder backward (dL/dx is not needed), the last phase with the first layer's update
   // and the one above it. No barrier after it: the next step's starts the launch's next step.
   if (next_x) gather_rows(a, next, next_x);
-  backward_stack(s, a.encoder, a.encoder_layers, a.heads, x, nullptr, TileEpilogue::store, B, false, sh);
+  backward_stack(
+      s, a.encoder, a.encoder_layers, a.heads, x, nullptr, TileEpilogue::store, B, false, -1, [] {}, sh);
   phase_end(a, FusedPhase::encoder_backward);
   if (threadIdx.x == 0) record_work(a, sh, sh.barriers);  // the last phase's
   if (a.phase_ns && threadIdx.x == 0) {

@@ -61,9 +61,10 @@ struct FusedStepArgs {
   NonFinite* watch = nullptr;  // the first non-finite loss term or gradient, or null
   FusedMath math = FusedMath::ffma;  // the GEMM tiles' arithmetic
   int ticket_chunks = 0;             // a split-K ticket's cost in K chunks, for fused_split_plan (FusedVariant)
-  // The forward's phases (encoder, heads, decoder, output layer) meet at per-row-block counters in
-  // the workspace instead of grid barriers: a tile starts once the rows it reads are final
-  // (FusedVariant::row_flags). The same sums in the same order: the same bits.
+  // The forward's phases (encoder, heads, decoder, output layer) and, with decoder layers, the
+  // output layer's backward meet at per-row-block counters in the workspace instead of grid
+  // barriers: a tile starts once the rows it reads are final (FusedVariant::row_flags). The same
+  // sums in the same order: the same bits.
   bool row_flags = false;
   float* workspace = nullptr;  // fused_step_workspace_floats(fused_step_grid(), L·B, dim, gaussian), zeros at first
   long long workspace_floats = 0;
@@ -116,11 +117,13 @@ inline const char* fused_phase_name(int p) {
 // The grid barriers of one fused step of a model with these hidden layers and L samples, its batch
 // gathered in a phase of its own; one fewer for a step whose batch the step before gathered
 // (FusedStepArgs::x_next), and one between the steps of a launch. With row flags the forward's
-// phases meet at row-block counters but the last, the output layer's: encoder + decoder layers + 2
-// fewer.
+// phases meet at row-block counters, and so does the output layer's backward with decoder layers
+// (without, the barrier after the output layer stays: the last block's totals follow the output
+// layer's backward at once, and need every row's log p and KL): encoder + decoder layers + 2
+// fewer (+ 1 without decoder layers).
 constexpr int fused_step_barriers(int encoder_layers, int decoder_layers, int samples, bool row_flags = false) {
   return 2 * (encoder_layers + decoder_layers) + 4 + (samples > 1 ? 1 : 0) -
-         (row_flags ? encoder_layers + decoder_layers + 1 : 0);
+         (row_flags ? encoder_layers + decoder_layers + 1 + (decoder_layers > 0 ? 1 : 0) : 0);
 }
 // The forward's GEMM phases: the encoder's layers, the heads, the decoder's layers, the output layer.
 constexpr int fused_forward_phases(int encoder_layers, int decoder_layers) {
@@ -141,23 +144,27 @@ constexpr int kFusedPhaseSlots = kFusedWorkSlots + kFusedMaxBarriers + 1;
 
 // What the step has computed when it reaches grid barrier i (fused_step_barriers of them), in
 // order: the gather (where the step gathers its batch), each layer's forward (the encoder's, the
-// heads, the decoder's, the output layer; with row flags the whole forward, "forward"), each
-// backward phase from the output layer's down to the heads' and the encoder's (a layer's input
-// gradient, beside the update of the layer above), with L > 1 the latent backward; the last phase
-// (the first encoder layer's update) ends the step without a barrier. Empty past the last.
+// heads, the decoder's, the output layer; with row flags the whole forward, "forward", and with
+// decoder layers the output layer's backward too, "forward, output backward"), each backward phase
+// from the output layer's down to the heads' and the encoder's (a layer's input gradient, beside
+// the update of the layer above), with L > 1 the latent backward; the last phase (the first encoder
+// layer's update) ends the step without a barrier. Empty past the last.
 inline std::string fused_barrier_name(int i, int encoder_layers, int decoder_layers, int samples, bool gathers,
                                       bool row_flags = false) {
   std::vector<std::string> names;
   if (gathers) names.push_back("gather");
-  if (row_flags) {
+  if (row_flags && decoder_layers > 0) {
+    names.push_back("forward, output backward");
+  } else if (row_flags) {
     names.push_back("forward");
+    names.push_back("output backward");
   } else {
     for (int l = 1; l <= encoder_layers; ++l) names.push_back("encoder " + std::to_string(l));
     names.push_back("heads");
     for (int l = 1; l <= decoder_layers; ++l) names.push_back("decoder " + std::to_string(l));
     names.push_back("output");
+    names.push_back("output backward");
   }
-  names.push_back("output backward");
   for (int l = decoder_layers; l >= 1; --l) names.push_back("decoder " + std::to_string(l) + " backward");
   if (samples > 1) names.push_back("latent backward");
   names.push_back("heads backward");
@@ -226,8 +233,9 @@ constexpr int fused_split_plan(const int* tiles, const int* chunks, int count, i
 
 // The split-K partial sums of a phase: Σ slices · m · columns ≤ Σ slices · tiles · kFusedTile², at
 // most grid · kFusedTile² (fused_split_plan splits only while every item has a block). A region
-// holds them and the phase's tickets; each forward phase has one of its own (with row flags two
-// of them run at once), the backward's phases share the first.
+// holds them and the phase's tickets; each forward phase has one of its own and so does the output
+// layer's backward (with row flags two of them run at once), the backward's later phases share the
+// first.
 constexpr long long fused_step_partial_floats(int grid) { return 1ll * grid * kFusedTile * kFusedTile; }
 constexpr long long fused_step_region_floats(int grid) { return fused_step_partial_floats(grid) + grid; }
 constexpr int fused_step_output_tiles(int dim, bool gaussian) {
@@ -235,9 +243,10 @@ constexpr int fused_step_output_tiles(int dim, bool gaussian) {
 }
 // The row blocks of `rows` rows: each forward phase's row flags, a counter per block of kFusedTile rows.
 constexpr int fused_row_blocks(int rows) { return (rows + kFusedTile - 1) / kFusedTile; }
-// The regions of the forward's phases, their row flags, and the reconstruction's row sums for L·B rows.
+// The regions of the forward's phases and the output layer's backward, the forward phases' row
+// flags, and the reconstruction's row sums for L·B rows.
 inline long long fused_step_workspace_floats(int grid, int rows, int dim, bool gaussian, int forward_phases) {
-  return forward_phases * (fused_step_region_floats(grid) + fused_row_blocks(rows)) +
+  return (forward_phases + 1) * fused_step_region_floats(grid) + forward_phases * fused_row_blocks(rows) +
          static_cast<long long>(fused_step_output_tiles(dim, gaussian)) * rows;
 }
 
