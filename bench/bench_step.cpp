@@ -13,8 +13,9 @@
 // else FFMA); --fused-grid N|half launches it on N blocks, or half of fused_step_grid() (the default
 // and most; on the GPU two blocks per SM, so half is one per SM); --ticket-chunks N has its GEMM
 // phases split K only where that shortens their costliest item by more than N chunks, the cost of a
-// split-K ticket (FusedVariant::ticket_chunks; default 0); --row-flags 1 has the forward's phases and the
-// output layer's backward meet at per-row-block counters instead of grid barriers (FusedVariant::row_flags).
+// split-K ticket (FusedVariant::ticket_chunks; default 0); --row-flags 1 has the forward's phases
+// and the output layer's backward meet at per-row-block counters instead of grid barriers
+// (FusedVariant::row_flags).
 // --kernels (CPU) adds each kernel's and GEMM's time a step and its share of the step.
 // --models N times the composed step of N models as vae sweep's stack takes it (host/model_stack.h:
 // every GEMM one strided-batched call, every kernel one launch for all), µs per stacked step and
@@ -22,11 +23,11 @@
 //   bench_step --sweep [--batches 32,64,128,256,512,1024] [--steps N] [--json 1] [--models N]
 // times every variant (composed; fused one step a launch; fused 16 steps a launch; each in fp32
 // and, on the GPU, TF32; on the GPU also fused 16 steps a launch with 3xTF32 tiles, with half
-// the grid (one block per SM), with tickets of 4 and 12 chunks (fewer split-K splits), and with row
-// flags) at every batch, one line
-// each, and names the fastest per batch: the measurement `--step auto`'s rule is written from; with --models N (> 1)
-// also the stack of N models (composed), its µs per stacked step and per model-step. With --tf32 1 (GPU) the GEMMs use
-// TF32 tensor cores and the peak is the TF32 rate.
+// the grid (one block per SM), with tickets of 4 and 12 chunks (fewer split-K splits), and with
+// row flags) at every batch, one line each, and names the fastest per batch: the measurement
+// `--step auto`'s rule is written from; with --models N (> 1) also the stack of N models
+// (composed), its µs per stacked step and per model-step.
+// With --tf32 1 (GPU) the GEMMs use TF32 tensor cores and the peak is the TF32 rate.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -502,7 +503,7 @@ int run_sweep(const Options& o) {
     int fused_math = -1;     // the fused step's tiles, if not the context's
     bool half_grid = false;  // the fused step on half its grid
     int ticket_chunks = 0;   // its split-K ticket's cost
-    bool row_flags = false;  // its forward's phases meeting at row flags
+    bool row_flags = false;  // its forward's phases meeting at row flags (FusedStepArgs::row_flags)
   };
   std::vector<Variant> variants;
   const bool gpu = target == Target::cuda;
@@ -514,7 +515,8 @@ int run_sweep(const Options& o) {
     // On the GPU: fp32 on the tensor cores (3xTF32) against FFMA, and one block per SM against two.
     if (gpu && !tf32) variants.push_back({"fused x16 3xtf32", true, 16, false, static_cast<int>(FusedMath::tf32x3)});
     if (gpu) variants.push_back({tf32 ? "fused x16 tf32 half" : "fused x16 half", true, 16, tf32, -1, true});
-    // On the GPU: fewer split-K tickets (a phase splits only where that saves more than 4 or 12 chunks).
+    // On the GPU: fewer split-K tickets (a phase splits only where that saves more than 4 or 12
+    // chunks), and row flags instead of the forward's grid barriers.
     if (gpu) {
       variants.push_back({tf32 ? "fused x16 tf32 ticket 4" : "fused x16 ticket 4", true, 16, tf32, -1, false, 4});
       variants.push_back({tf32 ? "fused x16 tf32 ticket 12" : "fused x16 ticket 12", true, 16, tf32, -1, false, 12});

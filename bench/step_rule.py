@@ -3,10 +3,10 @@
 
 Reads the JSON lines of `bench_step --sweep --json 1` (a gpu_check.sh bench.log holds them among
 other output) and, for each card, precision and batch measured there, writes one entry: the fused
-step (its fastest variant's tiles, grid, split-K ticket and row flags) where that variant beat the composed step by at least
---margin (the composed step is the one every path of the trainer has run for longest), else the
-composed step. The entries of the cards this sweep measured replace theirs in the table; other
-cards' stay. Each entry keeps both steps' µs a step, the date and the commit.
+step (its fastest variant's tiles, grid, split-K ticket and row flags) where that variant beat the
+composed step by at least --margin (the composed step is the one every path of the trainer has run
+for longest), else the composed step. The entries of the cards this sweep measured replace theirs
+in the table; other cards' stay. Each entry keeps both steps' µs a step, the date and the commit.
 
   python3 bench/step_rule.py --log REPORT/bench.log --date 2026-12-08 --commit abc1234 \\
       [--margin 0.10] [--table host/step_rule_table.inc]
@@ -31,7 +31,8 @@ HEADER = """\
 """
 ENTRY = re.compile(
     r'^\s*\{"(?P<card>[^"]*)", "(?P<precision>fp32|tf32)", (?P<batch>\d+), "(?P<step>fused|composed)", '
-    r'"(?P<math>[^"]*)", (?P<half>true|false), (?P<ticket>\d+), (?P<flags>true|false), (?P<fused>[0-9.]+), (?P<composed>[0-9.]+), '
+    r'"(?P<math>[^"]*)", (?P<half>true|false), (?P<ticket>\d+), (?P<flags>true|false), '
+    r'(?P<fused>[0-9.]+), (?P<composed>[0-9.]+), '
     r'"(?P<date>[^"]*)", "(?P<commit>[^"]*)"\},\s*$')
 
 
@@ -105,7 +106,8 @@ def read_table(path):
 
 def format_entry(e):
     return (f'{{"{e["card"]}", "{e["precision"]}", {e["batch"]}, "{e["step"]}", "{e["math"]}", '
-            f'{"true" if e["half"] else "false"}, {e["ticket"]}, {"true" if e["flags"] else "false"}, {e["fused"]:.2f}, {e["composed"]:.2f}, "{e["date"]}", '
+            f'{"true" if e["half"] else "false"}, {e["ticket"]}, {"true" if e["flags"] else "false"}, '
+            f'{e["fused"]:.2f}, {e["composed"]:.2f}, "{e["date"]}", '
             f'"{e["commit"]}"}},')
 
 

@@ -57,6 +57,13 @@ __device__ __forceinline__ void phase_end(const FusedStepArgs& a, FusedPhase p) 
   record_time(a, 1 + static_cast<int>(p));
 }
 
+// This thread's index in the grid, and the grid's threads: the first element and the stride of a
+// loop that strides over the grid.
+__device__ __forceinline__ long long grid_thread() {
+  return static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
+}
+__device__ __forceinline__ long long grid_threads() { return static_cast<long long>(gridDim.x) * blockDim.x; }
+
 __device__ __forceinline__ const float* weight(const FusedStepArgs& a, const FusedLayer& l) {
   return a.params + l.weight;
 }
@@ -199,8 +206,7 @@ __device__ void block_totals(const FusedStepArgs& a, uint64_t step) {
 // gather_batch, strided over the grid's threads. Out of line: inlined twice into the step it
 // spilled registers on sm_90.
 __device__ VAE_NOINLINE void gather_rows(const FusedStepArgs& a, const StepState at, float* x) {
-  const long long first = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
-  const long long stride = static_cast<long long>(gridDim.x) * blockDim.x;
+  const long long first = grid_thread(), stride = grid_threads();
   const int B = a.batch;
   if (a.binarize) {
     const int groups = (a.dim + 3) / 4;
@@ -234,8 +240,7 @@ __device__ __forceinline__ bool output_backward_chained(const FusedStepArgs& a) 
 // Monte-Carlo mean over the row's samples), strided over the grid's threads. Out of line: inlined
 // into the step it spilled registers on sm_90.
 __device__ VAE_NOINLINE void row_terms(const FusedStepArgs& a, const StepState at) {
-  const long long first = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
-  const long long stride = static_cast<long long>(gridDim.x) * blockDim.x;
+  const long long first = grid_thread(), stride = grid_threads();
   const int rows = a.batch * a.samples, J = a.latent;
   const float* row_sums = fused_row_sums(a);
   const int tiles = fused_step_output_tiles(a.dim, a.gaussian);
@@ -255,8 +260,7 @@ __device__ VAE_NOINLINE void row_terms(const FusedStepArgs& a, const StepState a
 
 // The forward's row flags (for a step of `rows` L·B rows) to zero, strided over the grid's threads.
 __device__ void clear_row_flags(const FusedStepArgs& a, int rows) {
-  const long long first = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
-  const long long stride = static_cast<long long>(gridDim.x) * blockDim.x;
+  const long long first = grid_thread(), stride = grid_threads();
   unsigned* flags = fused_row_flags(a, 0);
   const long long n =
       static_cast<long long>(fused_forward_phases(a.encoder_layers, a.decoder_layers)) * fused_row_blocks(rows);
@@ -268,8 +272,7 @@ __device__ void clear_row_flags(const FusedStepArgs& a, int rows) {
 // (at `next`) is gathered into it during this step's last phase, which reads x but not next_x.
 __device__ void train_step(const FusedStepArgs& a, const StepState& at, float* x, bool gathered, float* next_x,
                            const StepState& next, TileShared& sh) {
-  const long long first = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
-  const long long stride = static_cast<long long>(gridDim.x) * blockDim.x;
+  const long long first = grid_thread(), stride = grid_threads();
   const int B = a.batch, rows = a.batch * a.samples, J = a.latent;
   const Step s{a,       at.step,
                at.row0, optimizer_scalars(a.hyper, at.step),
