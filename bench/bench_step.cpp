@@ -13,9 +13,9 @@
 // else FFMA); --fused-grid N|half launches it on N blocks, or half of fused_step_grid() (the default
 // and most; on the GPU two blocks per SM, so half is one per SM); --ticket-chunks N has its GEMM
 // phases split K only where that shortens their costliest item by more than N chunks, the cost of a
-// split-K ticket (FusedVariant::ticket_chunks; default 0); --row-flags 1 has the forward's phases
-// and the output layer's backward meet at per-row-block counters instead of grid barriers
-// (FusedVariant::row_flags).
+// split-K ticket (FusedVariant::ticket_chunks; default 0); --row-flags 1 has its GEMM phases meet
+// at per-row-block counters instead of grid barriers, and prints the blocks' waits there with
+// --phases (FusedVariant::row_flags).
 // --kernels (CPU) adds each kernel's and GEMM's time a step and its share of the step.
 // --models N times the composed step of N models as vae sweep's stack takes it (host/model_stack.h:
 // every GEMM one strided-batched call, every kernel one launch for all), µs per stacked step and
@@ -159,6 +159,7 @@ struct PhaseTimes {
   double total() const { return gather + forward + backward + optimizer + fused; }
   std::vector<double> fused_phase_us[kFusedPhases];  // one entry per block and step
   std::vector<double> fused_sum_us;                  // per block and step: its start to its end
+  std::vector<double> wait_us;                       // per block and step: its waits at row flags and counters
   unsigned barriers = 0;                             // grid barriers a step (every block the same)
   bool barriers_agree = true;
   long long tickets = -1;  // split-K tickets a step, over the blocks (-1: none read yet)
@@ -180,6 +181,7 @@ void add_phase_times(const std::vector<unsigned long long>& ns, int grid, PhaseT
     for (int p = 0; p < kFusedPhases; ++p)
       t.fused_phase_us[p].push_back(1e-3 * static_cast<double>(row[1 + p] - row[p]));
     t.fused_sum_us.push_back(1e-3 * static_cast<double>(row[kFusedPhases] - row[0]));
+    t.wait_us.push_back(1e-3 * static_cast<double>(row[3 + kFusedPhases]));
     const auto barriers = static_cast<unsigned>(row[1 + kFusedPhases]);
     if (b == 0 && t.barriers == 0) t.barriers = barriers;
     t.barriers_agree = t.barriers_agree && barriers == t.barriers;
@@ -351,6 +353,10 @@ void print_fused_phases(const Options& o, const PhaseTimes& t) {
   std::printf("grid barriers a step: %u%s\n", t.barriers, t.barriers_agree ? "" : " (NOT the same on every block)");
   std::printf("split-K tickets a step: %lld over the blocks (K slices meeting at per-tile tickets)%s\n", t.tickets,
               t.tickets_agree ? "" : " (NOT the same every step)");
+  if (o.row_flags) {
+    std::printf("waits at row flags and counters a step: median %.2f us, max %.2f us over the blocks\n",
+                bench::median(t.wait_us), *std::max_element(t.wait_us.begin(), t.wait_us.end()));
+  }
   if (t.sync.empty()) return;
   // The samples above are of each launch's last step, which the step before gathered where a launch has several.
   const bool gathers = o.steps_per_launch == 1;
@@ -503,7 +509,7 @@ int run_sweep(const Options& o) {
     int fused_math = -1;     // the fused step's tiles, if not the context's
     bool half_grid = false;  // the fused step on half its grid
     int ticket_chunks = 0;   // its split-K ticket's cost
-    bool row_flags = false;  // its forward's phases meeting at row flags (FusedStepArgs::row_flags)
+    bool row_flags = false;  // its phases meeting at row flags (FusedStepArgs::row_flags)
   };
   std::vector<Variant> variants;
   const bool gpu = target == Target::cuda;
@@ -516,7 +522,7 @@ int run_sweep(const Options& o) {
     if (gpu && !tf32) variants.push_back({"fused x16 3xtf32", true, 16, false, static_cast<int>(FusedMath::tf32x3)});
     if (gpu) variants.push_back({tf32 ? "fused x16 tf32 half" : "fused x16 half", true, 16, tf32, -1, true});
     // On the GPU: fewer split-K tickets (a phase splits only where that saves more than 4 or 12
-    // chunks), and row flags instead of the forward's grid barriers.
+    // chunks), and row flags instead of grid barriers.
     if (gpu) {
       variants.push_back({tf32 ? "fused x16 tf32 ticket 4" : "fused x16 ticket 4", true, 16, tf32, -1, false, 4});
       variants.push_back({tf32 ? "fused x16 tf32 ticket 12" : "fused x16 ticket 12", true, 16, tf32, -1, false, 12});

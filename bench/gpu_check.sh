@@ -355,7 +355,7 @@ if [ -x build-gpu/host/vae ] && want bench && in_budget bench; then
     bench build-gpu/bench/bench_step --device cuda --batch 128 --steps 300 --step fused --steps-per-launch 20 \
       --fused-grid half --phases
     # Fewer split-K splits: a phase splits only where that saves more than 12 chunks (the tickets' cost);
-    # the forward's phases and the output backward meeting at row flags instead of grid barriers.
+    # the GEMM phases meeting at row flags and counters instead of grid barriers (one left a step).
     bench build-gpu/bench/bench_step --device cuda --batch 128 --steps 300 --step fused --steps-per-launch 20 \
       --ticket-chunks 12 --phases
     bench build-gpu/bench/bench_step --device cuda --batch 128 --steps 300 --step fused --steps-per-launch 20 \

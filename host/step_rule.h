@@ -21,7 +21,7 @@ struct StepRuleEntry {
   const char* fused_math;        // the fused step's tiles: "ffma", "tf32" or "3xtf32" ("" with composed)
   bool half_grid;                // the fused step on half its grid (one block per SM)
   int ticket_chunks;             // its split-K ticket's cost in K chunks (FusedVariant::ticket_chunks)
-  bool row_flags;                // its forward's phases meeting at row flags (FusedVariant::row_flags)
+  bool row_flags;                // its phases meeting at row flags (FusedVariant::row_flags)
   double fused_us, composed_us;  // the fastest fused variant's and the composed step's µs a step
   const char* date;
   const char* commit;

@@ -230,8 +230,9 @@ FusedStepArgs Vae::fused_step_args(int batch) {
   a.log_prob = log_prob_.data();
   if (fused_workspace_.size() == 0) {  // on first use (the trainer's first step runs outside graph capture)
     fused_workspace_ = DeviceBuffer<float>(
-        ctx_, fused_step_workspace_floats(VAE_CALL(ctx_.target(), fused_step_grid), sample_rows(), config_.input_dim,
-                                          a.gaussian, fused_forward_phases(a.encoder_layers, a.decoder_layers)));
+        ctx_,
+        fused_step_workspace_floats(VAE_CALL(ctx_.target(), fused_step_grid), sample_rows(), config_.input_dim,
+                                    a.gaussian, fused_step_gemm_phases(a.encoder_layers, a.decoder_layers, a.samples)));
     fused_x_next_ = DeviceBuffer<float>(ctx_, x_.size());
   }
   if (fused_variant_.half_grid) a.grid = fused_step_half_grid(VAE_CALL(ctx_.target(), fused_step_grid));

@@ -390,8 +390,8 @@ TEST(FusedSplitPlan, TheCostliestItemIsTheCheapestAnyAllowedSplitGives) {
 // add up to the K slices of the split tiles, and the blocks' GEMM work in each phase to its
 // planned items and all of its tiles' K chunks, phase by phase as fused_split_plan splits them.
 // Also with a ticket of a chunk (FusedStepArgs::ticket_chunks: no split in this model then), and
-// with row flags (FusedStepArgs::row_flags): the same bits, the forward's phases and the output
-// layer's backward before one barrier, encoder + decoder layers + 2 barriers fewer.
+// with row flags (FusedStepArgs::row_flags): the same bits, every GEMM phase after the gather's
+// barrier, the only one; without them no block waits at a counter.
 class FusedStepLaunch : public ::testing::TestWithParam<Target> {};
 TEST_P(FusedStepLaunch, TimeEachPhaseAndCountTheBarriersWithoutChangingTheStep) {
   const Target target = GetParam();
@@ -444,13 +444,13 @@ TEST_P(FusedStepLaunch, TimeEachPhaseAndCountTheBarriersWithoutChangingTheStep) 
       {{3, 1}, {1, 1}},  // encoder layer 2 backward (N 70, K 17); the heads' update (6 × 18)
       {{3, 1}, {6, 1}},  // layer 2's update (17 × 71), layer 1's (70 × 38)
   };
-  const int forward_phases = fused_forward_phases(2, 2);
+  ASSERT_EQ(static_cast<int>(phases.size()), fused_step_gemm_phases(2, 2, 1));
   for (const Run& run : runs) {
     if (!run.timed) continue;
     SCOPED_TRACE("ticket_chunks " + std::to_string(run.ticket) + (run.row_flags ? ", row flags" : ""));
     const std::vector<unsigned long long>& ns = run.ns;
     // Split-K slices meet at tickets: no barrier beyond the phases' own, whatever the grid.
-    const unsigned barriers = run.row_flags ? 1 + 1 + 4 : 2 * (2 + 2) + 4;  // L = 1: the latent backward in an epilogue
+    const unsigned barriers = run.row_flags ? 1 : 2 * (2 + 2) + 4;  // L = 1: the latent backward in an epilogue
     EXPECT_EQ(static_cast<int>(barriers), fused_step_barriers(2, 2, 1, run.row_flags));
     unsigned long long tickets = 0;
     std::vector<unsigned long long> last_arrival(barriers, 0), first_departure(barriers, ~0ull);
@@ -461,6 +461,9 @@ TEST_P(FusedStepLaunch, TimeEachPhaseAndCountTheBarriersWithoutChangingTheStep) 
         EXPECT_LE(row[p], row[p + 1]) << "block " << b << ", " << fused_phase_name(p);
       EXPECT_EQ(row[1 + kFusedPhases], barriers) << "block " << b;
       tickets += row[2 + kFusedPhases];
+      if (!run.row_flags) {
+        EXPECT_EQ(row[3 + kFusedPhases], 0u) << "block " << b << " waited at a counter";
+      }
       // Each barrier's arrival and departure, in order from the block's start to its end.
       unsigned long long before = row[0];
       for (unsigned i = 0; i < barriers; ++i) {
@@ -481,12 +484,12 @@ TEST_P(FusedStepLaunch, TimeEachPhaseAndCountTheBarriersWithoutChangingTheStep) 
       EXPECT_FALSE(fused_barrier_name(i, 2, 2, 1, true, run.row_flags).empty()) << i;
     EXPECT_EQ(fused_barrier_name(barriers, 2, 2, 1, true, run.row_flags), "");
     EXPECT_EQ(fused_barrier_name(0, 2, 2, 1, true, run.row_flags), "gather");
-    EXPECT_EQ(fused_barrier_name(1, 2, 2, 1, true, run.row_flags),
-              run.row_flags ? "forward, output backward" : "encoder 1");
-    EXPECT_EQ(fused_barrier_name(barriers - 1, 2, 2, 1, true, run.row_flags), "encoder 2 backward");
+    if (!run.row_flags) {
+      EXPECT_EQ(fused_barrier_name(1, 2, 2, 1, true), "encoder 1");
+      EXPECT_EQ(fused_barrier_name(barriers - 1, 2, 2, 1, true), "encoder 2 backward");
+    }
     // Each barrier's phases' work items over the blocks, as planned, and all of their tiles' K chunks (the phases
-    // after the gather's barrier: timers' work slots 1 on); with row flags the forward's and the output backward's
-    // all before their one barrier.
+    // after the gather's barrier: timers' work slots 1 on); with row flags all of them after the gather's.
     unsigned long long want = 0;
     size_t next = 0;  // of phases
     for (unsigned i = 0; i <= barriers; ++i) {
@@ -501,7 +504,7 @@ TEST_P(FusedStepLaunch, TimeEachPhaseAndCountTheBarriersWithoutChangingTheStep) 
         continue;
       }
       unsigned long long planned = 0, all_chunks = 0;
-      const size_t end = run.row_flags && i == 1 ? forward_phases + 1 : next + 1;
+      const size_t end = run.row_flags ? phases.size() : next + 1;
       for (; next < end; ++next) {
         const auto& phase = phases[next];
         int tiles[2] = {}, chunks[2] = {}, slices[2] = {};
@@ -530,12 +533,13 @@ TEST_P(FusedStepLaunch, TimeEachPhaseAndCountTheBarriersWithoutChangingTheStep) 
 // Row flags (FusedStepArgs::row_flags) compute what grid barriers do, bit for bit — parameters,
 // Adam's moments, the totals — over launches of changing batches on one workspace (where the
 // flags lie in it moves with the batch): two steps in a launch, a partial batch, two more; with
-// two hidden layers a side (the output layer's backward at the output's flags too) and none (a
-// barrier after the output layer), L = 2 (the decoder's first tiles wait for all of the heads'
-// rows) and L = 1, on 7 blocks (phases with fewer tiles split K, their slices meeting at tickets
-// in the phases' own regions). The flags start as garbage (a launch clears them), and after the
-// last launch (its last step leaves them) each forward phase's count a row block is its column
-// tiles (none where a barrier follows the phase).
+// two hidden layers a side and none, L = 2 (the decoder's first tiles wait for all of the heads'
+// rows; the latent backward's elements for every row of dL/dz, the heads' backward for every
+// block's elements) and L = 1, on 7 blocks (phases with fewer tiles split K, their slices meeting
+// at tickets in the phases' own regions). The flags start as garbage (a launch's first step clears
+// them), and after the last launch of two steps each GEMM phase's count a row block is twice the
+// column tiles of its first GEMM (none where that is a weight update), and each grid counter's
+// twice the blocks (the latent backward's none with L = 1).
 TEST_P(FusedStepLaunch, RowFlagsComputeWhatBarriersDo) {
   const Target target = GetParam();
   VAE_SKIP_WITHOUT_DEVICE(target);
@@ -550,7 +554,7 @@ TEST_P(FusedStepLaunch, RowFlagsComputeWhatBarriersDo) {
       SCOPED_TRACE(std::string(hidden ? "hidden 43, 33" : "no hidden layers") + ", L = " + std::to_string(samples));
       const std::vector<int> sizes = hidden ? std::vector<int>{43, 33} : std::vector<int>{};
       const ModelConfig c = small_config(DecoderKind::bernoulli, Activation::relu, sizes, 5, 37);
-      const int layers = static_cast<int>(sizes.size()), phases = fused_forward_phases(layers, layers);
+      const int layers = static_cast<int>(sizes.size()), phases = fused_step_gemm_phases(layers, layers, samples);
       const auto x = test::random_uniform(static_cast<size_t>(rows) * c.input_dim, 17 + samples, 0, 1);
       const DeviceBuffer<float> data(ctx, x);
       struct Result {
@@ -558,7 +562,7 @@ TEST_P(FusedStepLaunch, RowFlagsComputeWhatBarriersDo) {
         std::vector<double> totals;
       } result[2];
       // The flags run's workspace: zeros (the split-K tickets), garbage from the flags on.
-      const long long flags_at = (phases + 1) * fused_step_region_floats(grid);
+      const long long flags_at = phases * fused_step_region_floats(grid);
       std::vector<float> init(fused_step_workspace_floats(grid, samples * batch, c.input_dim, false, phases), 0.f);
       std::fill(init.begin() + flags_at, init.end(), -3.25e7f);
       DeviceBuffer<float> workspace(ctx, init);
@@ -587,20 +591,30 @@ TEST_P(FusedStepLaunch, RowFlagsComputeWhatBarriersDo) {
       EXPECT_EQ(result[1].v, result[0].v);
       EXPECT_EQ(result[1].totals, result[0].totals);
       EXPECT_EQ(result[1].totals[2], static_cast<double>(rows));
-      // The counts: the encoder's layers (43, 33 columns) and the heads (5 pairs) on B rows, the decoder's (33, 43)
-      // and the output layer (37 columns: counted where its backward follows at its flags) on L·B.
-      const std::vector<int> tiles = hidden ? std::vector<int>{2, 2, 1, 2, 2, 2} : std::vector<int>{1, 0};
+      // The column tiles of each phase's first GEMM: the encoder's layers (43, 33 columns) and the heads (5 pairs),
+      // the decoder's (33, 43) and the output layer (37); the input gradients (of 43, 33 and 5 columns; with L > 1
+      // the latent backward's only GEMM an update), the heads' (33) and the encoder's (43), the last phase's updates.
+      std::vector<int> tiles =
+          hidden ? std::vector<int>{2, 2, 1, 2, 2, 2, 2, 2, 1, 2, 2, 0} : std::vector<int>{1, 2, 1, 0};
+      if (samples > 1) tiles.insert(tiles.begin() + (hidden ? 9 : 3), 0);
       ASSERT_EQ(static_cast<int>(tiles.size()), phases);
       const std::vector<float> after = workspace.download();
       const int stride = fused_row_blocks(samples * batch);
-      for (int f = 0; f < phases; ++f)
+      auto count_at = [&](long long i) {
+        unsigned got = 0;
+        std::memcpy(&got, &after[flags_at + i], sizeof got);
+        return got;
+      };
+      for (int f = 0; f < phases; ++f) {
+        const bool sampled = f > layers && f <= 3 * layers + 2;  // the decoder's phases: L·B rows, else B
         for (int r = 0; r < stride; ++r) {
-          unsigned got = 0;
-          std::memcpy(&got, &after[flags_at + f * stride + r], sizeof got);
-          const bool in_rows = r < fused_row_blocks(f <= layers ? batch : samples * batch);
-          EXPECT_EQ(got, in_rows ? static_cast<unsigned>(tiles[f]) : 0u)
-              << "forward phase " << f << ", row block " << r;
+          const bool in_rows = r < fused_row_blocks(sampled ? samples * batch : batch);
+          EXPECT_EQ(count_at(f * stride + r), in_rows ? 2u * tiles[f] : 0u)
+              << "GEMM phase " << f << ", row block " << r;
         }
+      }
+      EXPECT_EQ(count_at(phases * stride), 2u * grid) << "the rows' terms";
+      EXPECT_EQ(count_at(phases * stride + 1), samples > 1 ? 2u * grid : 0u) << "the latent backward";
     }
 }
 INSTANTIATE_TEST_SUITE_P(Targets, FusedStepLaunch, ::testing::ValuesIn(test::all_targets()), test::target_param_name);

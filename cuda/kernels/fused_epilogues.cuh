@@ -28,20 +28,25 @@ constexpr int kStages = 4;           // K chunks of a work item in flight at onc
 
 constexpr int kTilePad = kTile + 4;  // row stride: a multiple of 4 floats, as the warp matrix loads need
 
-// The workspace (FusedStepArgs::workspace, fused_step_workspace_floats): a region per forward
-// phase and one for the output layer's backward (the split-K partial sums, then a ticket per tile
-// of the phase), each forward phase's row flags (a counter per row block: its tiles finished
-// there), then the reconstruction's row sums (output column tiles, L·B rows).
+// The workspace (FusedStepArgs::workspace, fused_step_workspace_floats): a region per GEMM phase
+// of the step (the split-K partial sums, then a ticket per tile of the phase), each GEMM phase's
+// row flags (a counter per row block: its tiles finished there), the grid counters, then the
+// reconstruction's row sums (output column tiles, L·B rows).
+__device__ __forceinline__ int fused_gemm_phases(const FusedStepArgs& a) {
+  return fused_step_gemm_phases(a.encoder_layers, a.decoder_layers, a.samples);
+}
 __device__ __forceinline__ float* fused_region(const FusedStepArgs& a, int region) {
   return a.workspace + region * fused_step_region_floats(static_cast<int>(gridDim.x));
 }
 __device__ __forceinline__ unsigned* fused_row_flags(const FusedStepArgs& a, int phase) {
-  const int phases = fused_forward_phases(a.encoder_layers, a.decoder_layers);
-  return reinterpret_cast<unsigned*>(fused_region(a, phases + 1)) + phase * fused_row_blocks(a.batch * a.samples);
+  return reinterpret_cast<unsigned*>(fused_region(a, fused_gemm_phases(a))) +
+         phase * fused_row_blocks(a.batch * a.samples);
+}
+__device__ __forceinline__ unsigned* fused_grid_counter(const FusedStepArgs& a, int counter) {
+  return fused_row_flags(a, fused_gemm_phases(a)) + counter;
 }
 __device__ __forceinline__ float* fused_row_sums(const FusedStepArgs& a) {
-  const int phases = fused_forward_phases(a.encoder_layers, a.decoder_layers);
-  return reinterpret_cast<float*>(fused_row_flags(a, phases));
+  return reinterpret_cast<float*>(fused_grid_counter(a, kFusedGridCounters));
 }
 
 // What every phase of one step shares: the arguments, the step and the optimizer's scalars at it.
@@ -96,17 +101,25 @@ struct TileShared {
   } pending;
   int ops_count;
   int pending_count;
-  // How the phase meets the others besides grid barriers: the workspace region of its split-K sums and tickets;
-  // with row flags, the counters its tiles wait on (wait: the phase before's, each reaching wait_count, the column
-  // tiles of its op of wait_rows rows) and the ones they count in at when finished (signal: of signal_rows rows,
-  // signal_count tiles a row block), or null. Set by thread 0 (set_phase_sync in fused_step.cu).
+  // Counters a phase's tiles wait on or count in at (with row flags): `blocks` counters from `at`, one per row block of
+  // `rows` rows (a grid counter: one, rows 0), each reaching `count` when the phase that counts there has finished
+  // (in this step of the launch: the counts rise step by step).
+  struct Counters {
+    unsigned* at;
+    int rows, blocks;
+    unsigned count;
+  };
+  // How the phase meets the others besides grid barriers: the workspace region of its split-K sums and tickets; with
+  // row flags, the counters its tiles wait on (wait: the phase before's signal; a tile of m == wait.rows rows waits at
+  // its own row block's, any other (a weight update's, the decoder's with L > 1) at every one) and those its first
+  // GEMM's tiles count in at once finished (signal: null where that GEMM is an update, which nothing waits on). Set by
+  // thread 0 (set_phase_sync in fused_step.cu).
   struct PhaseSync {
     int region;
-    const unsigned* wait;
-    int wait_rows, wait_count;
-    unsigned* signal;
-    int signal_rows, signal_count;
+    Counters wait, signal;
   } sync;
+  unsigned launch_step;        // the step's number in the launch (the counts it waits for: launch_step + 1 times)
+  unsigned long long wait_ns;  // thread 0's time waiting at counters this step (with timers on)
   // A GEMM phase's plan (fused_split_plan): its work items, and per GEMM its K slices and their
   // chunks. Made by thread 0 in the first step of a launch, and kept: the later steps run the same
   // phases in the same order and read them back (a few dozen dependent divisions on one thread, where
@@ -116,12 +129,12 @@ struct TileShared {
     int slices[kMaxPhaseGemms];
     int chunks[kMaxPhaseGemms];
   };
-  PhasePlan plan;                      // the phase's
-  PhasePlan plans[kFusedMaxBarriers];  // the step's phases' (at most one more than its barriers, less the gather)
-  int planned;                         // plans kept since the launch's start
-  int phase;                           // the step's GEMM phases so far
-  unsigned barriers;                   // grid barriers passed this step (thread 0's count)
-  unsigned tickets;                    // split-K tickets taken this step (thread 0's count)
+  PhasePlan plan;                        // the phase's
+  PhasePlan plans[kFusedMaxGemmPhases];  // the step's GEMM phases'
+  int planned;                           // plans kept since the launch's start
+  int phase;                             // the step's GEMM phases so far
+  unsigned barriers;                     // grid barriers passed this step (thread 0's count)
+  unsigned tickets;                      // split-K tickets taken this step (thread 0's count)
   unsigned work_items;  // GEMM work items and their K chunks run since the last barrier (thread 0's count)
   unsigned work_chunks;
   unsigned last;  // this block arrived last at a split tile's ticket

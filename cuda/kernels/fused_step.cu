@@ -3,11 +3,11 @@
 // latent stage and the encoder, each weight gradient taking its optimizer update where it is
 // final (no optimizer pass). A grid-wide barrier only where a phase needs all of the one before:
 // 2·(encoder + decoder layers) + 4 a step, 5 with L > 1 (FusedStepArgs::phase_ns counts them and
-// times each phase); with row flags (FusedStepArgs::row_flags) the forward's phases and the output
-// layer's backward meet at per-row-block counters instead (a tile starts once the rows it reads
-// are final); one more between the steps of a persistent launch, whose later steps save the
-// gather's (their batches gathered during the step before, FusedStepArgs::x_next). Every block
-// takes part in every phase: GEMM phases hand out 32×32 output tiles (a layer's input gradient
+// times each phase); with row flags (FusedStepArgs::row_flags) the phases meet at counters instead
+// (a tile starts once the rows it reads are final, a weight update once nothing reads the weights),
+// only the gather's barrier left; one more between the steps of a persistent launch, whose later
+// steps save the gather's (their batches gathered during the step before, FusedStepArgs::x_next).
+// Every block takes part in every phase: GEMM phases hand out 32×32 output tiles (a layer's input gradient
 // shares its phase with the update of the layer above), split in K where tiles are fewer than
 // blocks (fused_split_plan), the slices meeting at per-tile tickets instead of a barrier; row and
 // element phases stride over the grid's threads. Each output is summed by one thread in a fixed
@@ -51,7 +51,19 @@ __device__ __forceinline__ void step_barrier(const FusedStepArgs& a, TileShared&
     record_time(a, slot);
   }
   VAE_GRID_SYNC();
-  if (threadIdx.x == 0) record_time(a, slot + 1);
+  if (threadIdx.x == 0) {
+    record_time(a, slot + 1);
+    sh.sync.signal.at = nullptr;  // the next phase waits for nothing before the barrier
+  }
+}
+// After a GEMM phase: a grid barrier, or with row flags only a __syncthreads (every thread is done
+// with the phase's descriptors before thread 0 writes the next's).
+__device__ __forceinline__ void phase_sync(const FusedStepArgs& a, TileShared& sh) {
+  if (a.row_flags) {
+    __syncthreads();
+  } else {
+    step_barrier(a, sh);
+  }
 }
 __device__ __forceinline__ void phase_end(const FusedStepArgs& a, FusedPhase p) {
   record_time(a, 1 + static_cast<int>(p));
@@ -69,51 +81,50 @@ __device__ __forceinline__ const float* weight(const FusedStepArgs& a, const Fus
 }
 __device__ __forceinline__ const float* bias(const FusedStepArgs& a, const FusedLayer& l) { return a.params + l.bias; }
 
-// By thread 0, before a GEMM phase (its ops in sh.slots.ops): how it meets the others besides grid barriers
-// (sh.sync). Forward phase f ≥ 0 (the encoder's layers, the heads, the decoder's layers, the output layer; then the
-// output layer's backward, where it follows the output layer without a barrier) keeps its split-K sums in region f
-// and, with row flags, waits for phase f − 1's (set by the call before) and counts in at its own unless a grid
-// barrier follows it (`counted` false). The backward's phases (f < 0): region 0, no flags.
-__device__ void set_phase_sync(const FusedStepArgs& a, TileShared& sh, int f, bool counted) {
+// With row flags: grid counter k (fused_grid_counter) as something to wait for, every block of the
+// launch counted in there once in each of its steps so far and in this one; and the block's count
+// there, once every thread's writes are issued.
+__device__ __forceinline__ TileShared::Counters grid_counter(const FusedStepArgs& a, const TileShared& sh, int k) {
+  return {fused_grid_counter(a, k), 0, 1, (sh.launch_step + 1) * gridDim.x};
+}
+__device__ __forceinline__ void count_grid(const FusedStepArgs& a, const TileShared& sh, int k) {
+  __syncthreads();
+  if (threadIdx.x == 0) count_done(fused_grid_counter(a, k));
+}
+
+// By thread 0, before GEMM phase sh.phase of the step (its ops in sh.slots.ops): how it meets the others besides
+// grid barriers (sh.sync). Its split-K sums in region sh.phase; with row flags, its tiles wait at the counters the
+// phase before signalled (none after a grid barrier: step_barrier clears the signal), and its first GEMM's tiles
+// count in at its own row flags unless that GEMM is a weight update.
+__device__ void set_phase_sync(const FusedStepArgs& a, TileShared& sh) {
   TileShared::PhaseSync& y = sh.sync;
-  if (f < 0) {
-    y = {0, nullptr, 0, 0, nullptr, 0, 0};
-    return;
-  }
   const PhaseGemm& g = sh.slots.ops[0];
-  y.region = f;
-  y.wait = a.row_flags && f > 0 ? y.signal : nullptr;
-  y.wait_rows = y.signal_rows;
-  y.wait_count = y.signal_count;
-  y.signal = a.row_flags && counted ? fused_row_flags(a, f) : nullptr;
-  y.signal_rows = g.op.m;
-  y.signal_count = gemm_column_tiles(g);
+  y.region = sh.phase;
+  y.wait = y.signal;
+  y.signal = {nullptr, 0, 0, 0};
+  if (a.row_flags && g.epilogue != TileEpilogue::update) {
+    y.signal = {fused_row_flags(a, sh.phase), g.op.m, fused_row_blocks(g.op.m),
+                (sh.launch_step + 1) * static_cast<unsigned>(gemm_column_tiles(g))};
+  }
 }
 
 // Hidden layers (activation act) from `in`, then the top layer (identity) into top.h with its
-// tile epilogue (paired columns or not), forward phases first_phase.. (set_phase_sync): the encoder
-// with the heads on top (z drawn in their epilogue), or the decoder with the output layer (the
-// reconstruction's). A grid barrier after each; with row flags (a tile waits for the rows it
-// reads) only after the top of a stack with last_barrier, which counts in at its flags without.
+// tile epilogue (paired columns or not): the encoder with the heads on top (z drawn in their
+// epilogue), or the decoder with the output layer (the reconstruction's). A grid barrier after
+// each, or with row flags none (a tile waits for the rows it reads).
 __device__ void forward_stack(const Step& s, const FusedLayer* layers, int count, const FusedLayer& top,
-                              TileEpilogue top_epilogue, bool top_pairs, const float* in, int rows, int first_phase,
-                              bool last_barrier, TileShared& sh) {
+                              TileEpilogue top_epilogue, bool top_pairs, const float* in, int rows, TileShared& sh) {
   for (int l = 0; l <= count; ++l) {
     const FusedLayer& L = l < count ? layers[l] : top;
-    const bool barrier = !s.a.row_flags || (l == count && last_barrier);
     if (threadIdx.x == 0) {
       sh.slots.ops[0] = {dense_forward_gemm(L.out, L.in, in, weight(s.a, L), bias(s.a, L), L.h, rows,
                                             l < count ? s.a.activation : Activation::identity),
                          l < count ? TileEpilogue::store : top_epilogue, l == count && top_pairs};
       sh.ops_count = 1;
-      set_phase_sync(s.a, sh, first_phase + l, !barrier);
+      set_phase_sync(s.a, sh);
     }
     gemm_phase(s, sh);
-    if (barrier) {
-      step_barrier(s.a, sh);
-    } else {
-      __syncthreads();  // every thread is done with this phase's descriptors before thread 0 writes the next's
-    }
+    phase_sync(s.a, sh);
     in = L.h;
   }
 }
@@ -130,15 +141,13 @@ __device__ PhaseGemm weight_update(const FusedStepArgs& a, const FusedLayer& l, 
 // update left pending by the layer above (sh.pending), which then leaves this layer's update
 // pending: a layer's parameters change only once no phase reads them any more, i.e. in the phase
 // after the one that computed the gradient of its input. A layer whose input gradient is not
-// needed (bottom_grad null) takes its own update in its phase too, and leaves none. A grid barrier
-// after each phase, but after the last one only with last_barrier; after the first one,
-// after_first(). With chained_phase ≥ 0 the first phase, forward phase chained_phase to
-// set_phase_sync, waits at the row flags of the phase before (the top layer's forward) instead of a
-// barrier before it (its only op the top layer's input gradient: no update is pending).
+// needed (bottom_grad null) takes its own update in its phase too, and leaves none. After each
+// phase phase_sync (a grid barrier, or with row flags none), but after the last one only with
+// last_barrier; after the first one, after_first().
 template <typename AfterFirst>
 __device__ void backward_stack(const Step& s, const FusedLayer* layers, int count, const FusedLayer& top,
                                const float* bottom, float* bottom_grad, TileEpilogue bottom_epilogue, int rows,
-                               bool last_barrier, int chained_phase, AfterFirst&& after_first, TileShared& sh) {
+                               bool last_barrier, AfterFirst&& after_first, TileShared& sh) {
   for (int l = count; l >= 0; --l) {
     const FusedLayer& L = l < count ? layers[l] : top;
     const float* below = l ? layers[l - 1].h : bottom;
@@ -159,17 +168,22 @@ __device__ void backward_stack(const Step& s, const FusedLayer* layers, int coun
         sh.slots.ops[n++] = weight_update(s.a, L, below, rows);
       }
       sh.ops_count = n;
-      set_phase_sync(s.a, sh, l == count ? chained_phase : -1, false);
+      set_phase_sync(s.a, sh);
     }
     gemm_phase(s, sh);
-    if (l > 0 || last_barrier) step_barrier(s.a, sh);
+    if (l > 0 || last_barrier) phase_sync(s.a, sh);
     if (l == count) after_first();
   }
 }
 
-// One block: totals += (Σ_r (1/L) Σ_ℓ log p, Σ_r KL, B) in float64, a fixed order (elbo_totals').
-__device__ void block_totals(const FusedStepArgs& a, uint64_t step) {
+// One block: totals += (Σ_r (1/L) Σ_ℓ log p, Σ_r KL, B) in float64, a fixed order (elbo_totals'); with
+// row flags once every block has counted its rows' terms in.
+__device__ void block_totals(const FusedStepArgs& a, uint64_t step, TileShared& sh) {
   __shared__ double partial[2][kStepThreads];
+  if (a.row_flags) {  // every block has written its rows' log p and KL (row_terms)
+    if (threadIdx.x == 0) wait_counters(a, sh, grid_counter(a, sh, 0));
+    __syncthreads();
+  }
   double recon = 0, kl_sum = 0;
   for (int r = static_cast<int>(threadIdx.x); r < a.batch; r += kStepThreads) {
     double row = 0;
@@ -229,21 +243,25 @@ __device__ VAE_NOINLINE void gather_rows(const FusedStepArgs& a, const StepState
   }
 }
 
-// With row flags and decoder layers the output layer's backward waits at the output layer's flags
-// (no grid barrier between them; without decoder layers the last block's totals would follow its
-// barrier at once, and they need every row's log p and KL).
-__device__ __forceinline__ bool output_backward_chained(const FusedStepArgs& a) {
-  return a.row_flags && a.decoder_layers > 0;
-}
-
 // Each row's log p (its column tiles' sums in order, a thread per row) and KL (analytic, or the
-// Monte-Carlo mean over the row's samples), strided over the grid's threads. Out of line: inlined
-// into the step it spilled registers on sm_90.
-__device__ VAE_NOINLINE void row_terms(const FusedStepArgs& a, const StepState at) {
+// Monte-Carlo mean over the row's samples), strided over the grid's threads. With row flags, first
+// until the output layer's forward has finished every row (its row flags), and the block counts in
+// at grid counter 0 after (the ELBO totals wait for every block's). Out of line: inlined into the
+// step it spilled registers on sm_90.
+__device__ VAE_NOINLINE void row_terms(const FusedStepArgs& a, const StepState at, TileShared& sh) {
   const long long first = grid_thread(), stride = grid_threads();
   const int rows = a.batch * a.samples, J = a.latent;
   const float* row_sums = fused_row_sums(a);
   const int tiles = fused_step_output_tiles(a.dim, a.gaussian);
+  if (a.row_flags) {
+    if (threadIdx.x == 0) {
+      const int output = fused_forward_phases(a.encoder_layers, a.decoder_layers) - 1;
+      wait_counters(a, sh,
+                    {fused_row_flags(a, output), rows, fused_row_blocks(rows),
+                     (sh.launch_step + 1) * static_cast<unsigned>(tiles)});
+    }
+    __syncthreads();
+  }
   for (long long r = first; r < rows; r += stride) {
     float sum = 0.f;
     for (int t = 0; t < tiles; ++t) sum += row_sums[t * rows + r];
@@ -256,22 +274,25 @@ __device__ VAE_NOINLINE void row_terms(const FusedStepArgs& a, const StepState a
                   : mc_kl_row(mu, mu + J, J, static_cast<int>(at.row0 + r), a.samples, a.seed,
                               RandomStream::latent_noise, at.step);
   }
+  if (a.row_flags) count_grid(a, sh, 0);
 }
 
-// The forward's row flags (for a step of `rows` L·B rows) to zero, strided over the grid's threads.
+// The row flags and the grid counters (for a step of `rows` L·B rows) to zero, strided over the
+// grid's threads.
 __device__ void clear_row_flags(const FusedStepArgs& a, int rows) {
   const long long first = grid_thread(), stride = grid_threads();
   unsigned* flags = fused_row_flags(a, 0);
-  const long long n =
-      static_cast<long long>(fused_forward_phases(a.encoder_layers, a.decoder_layers)) * fused_row_blocks(rows);
+  const long long n = static_cast<long long>(fused_gemm_phases(a)) * fused_row_blocks(rows) + kFusedGridCounters;
   for (long long i = first; i < n; i += stride) flags[i] = 0;
 }
 
-// One training step at `at`, by every block, on the batch in x: gathered first (a phase and its
-// barrier) unless `gathered` (the step before gathered it). With next_x, the next step's batch
-// (at `next`) is gathered into it during this step's last phase, which reads x but not next_x.
-__device__ void train_step(const FusedStepArgs& a, const StepState& at, float* x, bool gathered, float* next_x,
-                           const StepState& next, TileShared& sh) {
+// One training step at `at`, step `launch_step` of its launch, by every block, on the batch in x:
+// gathered first (a phase and its barrier) unless `gathered` (the step before gathered it; with row
+// flags the launch's first step clears them there, and the counts rise from step to step). With
+// next_x, the next step's batch (at `next`) is gathered into it during this step's last phase,
+// which reads x but not next_x.
+__device__ void train_step(const FusedStepArgs& a, const StepState& at, int launch_step, float* x, bool gathered,
+                           float* next_x, const StepState& next, TileShared& sh) {
   const long long first = grid_thread(), stride = grid_threads();
   const int B = a.batch, rows = a.batch * a.samples, J = a.latent;
   const Step s{a,       at.step,
@@ -283,31 +304,31 @@ __device__ void train_step(const FusedStepArgs& a, const StepState& at, float* x
     sh.tickets = 0;
     sh.work_items = sh.work_chunks = 0;
     sh.pending_count = 0;
+    sh.launch_step = static_cast<unsigned>(launch_step);
+    sh.wait_ns = 0;
+    sh.sync.signal.at = nullptr;  // a grid barrier came before (between the steps, or the launch's start)
   }
   record_time(a, 0);
 
   if (!gathered) {
     gather_rows(a, at, x);
-    if (a.row_flags) clear_row_flags(a, rows);  // their place in the workspace changes with the batch
+    if (a.row_flags && launch_step == 0) clear_row_flags(a, rows);  // their place in the workspace moves with the batch
     step_barrier(s.a, sh);
   }
   phase_end(a, FusedPhase::gather);
 
   // Encoder and heads, with ε and z = μ + σ ε drawn in the heads' epilogue.
-  forward_stack(s, a.encoder, a.encoder_layers, a.heads, TileEpilogue::latent, true, x, B, 0, false, sh);
+  forward_stack(s, a.encoder, a.encoder_layers, a.heads, TileEpilogue::latent, true, x, B, sh);
   phase_end(a, FusedPhase::encoder);
 
   // Decoder and output layer, with each pixel's log p(x|z) term and its gradient in the output
-  // layer's epilogue (the terms of a row summed per column tile). With row flags and decoder layers
-  // the output layer's backward follows at its flags (no barrier between them).
-  forward_stack(s, a.decoder, a.decoder_layers, a.output, TileEpilogue::reconstruction, a.gaussian, a.z, rows,
-                a.encoder_layers + 1, !output_backward_chained(a), sh);
+  // layer's epilogue (the terms of a row summed per column tile).
+  forward_stack(s, a.decoder, a.decoder_layers, a.output, TileEpilogue::reconstruction, a.gaussian, a.z, rows, sh);
   phase_end(a, FusedPhase::decoder);
 
-  // Each row's log p and KL once the output layer's barrier has passed: after it, or where the
-  // output layer's backward follows it at its flags, after that one's barrier (a later barrier
-  // closes the decoder's backward before the last block's totals read them).
-  if (!output_backward_chained(a)) row_terms(a, at);
+  // Each row's log p and KL: after the output layer's barrier, or with row flags after the block's
+  // part of the output layer's backward (then its tiles need not wait for every row).
+  if (!a.row_flags) row_terms(a, at, sh);
   // The backward of the output layer and the decoder, the output layer's update beside the
   // decoder's last input gradient. With one sample a row the latent backward runs in the epilogue
   // of the GEMM that computes dL/dz.
@@ -315,39 +336,41 @@ __device__ void train_step(const FusedStepArgs& a, const StepState& at, float* x
   backward_stack(
       s, a.decoder, a.decoder_layers, a.output, a.z, a.d_z,
       latent_in_epilogue ? TileEpilogue::latent_grad : TileEpilogue::store, rows, true,
-      output_backward_chained(a) ? fused_forward_phases(a.encoder_layers, a.decoder_layers) : -1,
       [&] {
-        if (output_backward_chained(a)) row_terms(a, at);
+        if (a.row_flags) row_terms(a, at, sh);
       },
       sh);
   phase_end(a, FusedPhase::decoder_backward);
 
-  // The row flags back to zero for the next step of the launch, if it does not gather its batch
-  // (which clears them): nothing waits on them after the grid barrier that closed the decoder's
-  // backward, and the next step's first count comes after the one between the steps.
-  if (a.row_flags && next_x) clear_row_flags(a, rows);
-
   // The ELBO totals, by the last block: the next phase's work items go to the first blocks, and it has fewer
   // items than blocks at the batches where a step is short (at batch 128 on 264 blocks, 78), so the last block is
   // idle there (block 0 added the totals to a work item of its own).
-  if (blockIdx.x == gridDim.x - 1) block_totals(a, at.step);
+  if (blockIdx.x == gridDim.x - 1) block_totals(a, at.step, sh);
 
   // With several samples a row, the latent backward as a phase, an element per thread; the KL's
   // gradient weighted by β at this step. Beside it the update of the decoder's first layer (else
-  // in the next phase).
+  // in the next phase). With row flags the elements wait for every row of dL/dz (a row's samples lie
+  // in different row blocks), and the heads' backward waits for every block's elements (grid
+  // counter 1).
   if (!latent_in_epilogue) {
+    if (a.row_flags) {
+      if (threadIdx.x == 0) wait_counters(a, sh, sh.sync.signal);
+      __syncthreads();
+    }
     for (long long i = first; i < static_cast<long long>(B) * J; i += stride) {
       latent_backward_element(a.heads.h, a.z, a.d_z, a.heads.dh, static_cast<int>(i / J), static_cast<int>(i % J), B, J,
                               a.samples, s.kl_scale, a.kl_term.estimator, a.kl_term.gradient == KlGradient::dreg);
     }
+    if (a.row_flags) count_grid(a, sh, 1);
     if (threadIdx.x == 0) {
       sh.slots.ops[0] = sh.pending.op;
       sh.ops_count = sh.pending_count;
       sh.pending_count = 0;
-      set_phase_sync(s.a, sh, -1, false);
+      set_phase_sync(s.a, sh);
     }
     gemm_phase(s, sh);
-    step_barrier(s.a, sh);
+    phase_sync(s.a, sh);
+    if (a.row_flags && threadIdx.x == 0) sh.sync.signal = grid_counter(a, sh, 1);
   }
   phase_end(a, FusedPhase::latent_backward);
 
@@ -355,12 +378,13 @@ __device__ void train_step(const FusedStepArgs& a, const StepState& at, float* x
   // and the one above it. No barrier after it: the next step's starts the launch's next step.
   if (next_x) gather_rows(a, next, next_x);
   backward_stack(
-      s, a.encoder, a.encoder_layers, a.heads, x, nullptr, TileEpilogue::store, B, false, -1, [] {}, sh);
+      s, a.encoder, a.encoder_layers, a.heads, x, nullptr, TileEpilogue::store, B, false, [] {}, sh);
   phase_end(a, FusedPhase::encoder_backward);
   if (threadIdx.x == 0) record_work(a, sh, sh.barriers);  // the last phase's
   if (a.phase_ns && threadIdx.x == 0) {
     a.phase_ns[blockIdx.x * kFusedPhaseSlots + 1 + kFusedPhases] = sh.barriers;
     a.phase_ns[blockIdx.x * kFusedPhaseSlots + 2 + kFusedPhases] = sh.tickets;
+    a.phase_ns[blockIdx.x * kFusedPhaseSlots + 3 + kFusedPhases] = sh.wait_ns;
   }
 }
 
@@ -386,7 +410,7 @@ __global__ void __launch_bounds__(kStepThreads, 2) fused_step_kernel(__grid_cons
   for (int i = 0; i < a.steps; ++i) {
     if (i > 0) VAE_GRID_SYNC();
     const bool ahead = a.x_next && i + 1 < a.steps;
-    train_step(a, state(i), batch(i), a.x_next && i > 0, ahead ? batch(i + 1) : nullptr, state(i + 1), sh);
+    train_step(a, state(i), i, batch(i), a.x_next && i > 0, ahead ? batch(i + 1) : nullptr, state(i + 1), sh);
   }
   if (blockIdx.x == 0 && threadIdx.x == 0) {
     a.at->step = base.step + a.steps;
@@ -418,11 +442,11 @@ void fused_step(const FusedStepArgs& args, cudaStream_t stream) {
   VAE_REQUIRE(args.ticket_chunks >= 0, "fused_step: a negative ticket cost");
   const int most = fused_step_grid(), grid = args.grid > 0 ? args.grid : most;
   VAE_REQUIRE(grid <= most, "fused_step: more blocks than can be resident at once");
-  VAE_REQUIRE(
-      args.workspace && args.workspace_floats >=
-                            fused_step_workspace_floats(grid, args.batch * args.samples, args.dim, args.gaussian,
-                                                        fused_forward_phases(args.encoder_layers, args.decoder_layers)),
-      "fused_step: the workspace is smaller than the grid, the model and the batch need");
+  VAE_REQUIRE(args.workspace && args.workspace_floats >=
+                                    fused_step_workspace_floats(
+                                        grid, args.batch * args.samples, args.dim, args.gaussian,
+                                        fused_step_gemm_phases(args.encoder_layers, args.decoder_layers, args.samples)),
+              "fused_step: the workspace is smaller than the grid, the model and the batch need");
   VAE_LAUNCH_COOPERATIVE(fused_step_kernel, grid, kStepThreads, 0, stream, args);
 }
 

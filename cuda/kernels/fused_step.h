@@ -61,12 +61,15 @@ struct FusedStepArgs {
   NonFinite* watch = nullptr;  // the first non-finite loss term or gradient, or null
   FusedMath math = FusedMath::ffma;  // the GEMM tiles' arithmetic
   int ticket_chunks = 0;             // a split-K ticket's cost in K chunks, for fused_split_plan (FusedVariant)
-  // The forward's phases (encoder, heads, decoder, output layer) and, with decoder layers, the
-  // output layer's backward meet at per-row-block counters in the workspace instead of grid
-  // barriers: a tile starts once the rows it reads are final (FusedVariant::row_flags). The same
-  // sums in the same order: the same bits.
+  // Every GEMM phase meets the phase before at counters in the workspace instead of a grid barrier
+  // (FusedVariant::row_flags): a tile of a layer's forward or input gradient starts once the phase
+  // before has finished the rows it reads (their row block's counter), a weight update once that
+  // phase has finished (every row block's: no phase reads the weights any more), the ELBO totals
+  // once every block has summed its rows' log p and KL. A grid barrier only after a gather and
+  // between the steps of a launch. The same sums in the same order: the same bits.
   bool row_flags = false;
-  float* workspace = nullptr;  // fused_step_workspace_floats(fused_step_grid(), L·B, dim, gaussian), zeros at first
+  float* workspace = nullptr;  // fused_step_workspace_floats(fused_step_grid(), L·B, dim, gaussian, GEMM phases),
+                               // zeros at first
   long long workspace_floats = 0;
   // The optimizer, applied to each weight and bias where its gradient is final (its state at the
   // same offsets of the flat buffer as the parameters).
@@ -114,61 +117,60 @@ inline const char* fused_phase_name(int p) {
                                                   "decoder backward", "latent backward", "encoder backward"};
   return p >= 0 && p < kFusedPhases ? names[p] : "?";
 }
-// The grid barriers of one fused step of a model with these hidden layers and L samples, its batch
-// gathered in a phase of its own; one fewer for a step whose batch the step before gathered
-// (FusedStepArgs::x_next), and one between the steps of a launch. With row flags the forward's
-// phases meet at row-block counters, and so does the output layer's backward with decoder layers
-// (without, the barrier after the output layer stays: the last block's totals follow the output
-// layer's backward at once, and need every row's log p and KL): encoder + decoder layers + 2
-// fewer (+ 1 without decoder layers).
-constexpr int fused_step_barriers(int encoder_layers, int decoder_layers, int samples, bool row_flags = false) {
-  return 2 * (encoder_layers + decoder_layers) + 4 + (samples > 1 ? 1 : 0) -
-         (row_flags ? encoder_layers + decoder_layers + 1 + (decoder_layers > 0 ? 1 : 0) : 0);
+// The GEMM phases of one fused step: each layer's forward (the encoder's, the heads, the decoder's,
+// the output layer), each backward phase from the output layer's down to the heads' and the
+// encoder's (a layer's input gradient, beside the update of the layer above; the first encoder
+// layer's update last), with L > 1 the latent backward's (the decoder's first layer's update).
+constexpr int fused_step_gemm_phases(int encoder_layers, int decoder_layers, int samples) {
+  return 2 * (encoder_layers + decoder_layers) + 4 + (samples > 1 ? 1 : 0);
 }
-// The forward's GEMM phases: the encoder's layers, the heads, the decoder's layers, the output layer.
+// The forward's GEMM phases, the first of the step's (the output layer's the last of them).
 constexpr int fused_forward_phases(int encoder_layers, int decoder_layers) {
   return encoder_layers + decoder_layers + 2;
 }
+// The grid barriers of one fused step of a model with these hidden layers and L samples, its batch
+// gathered in a phase of its own: one after each GEMM phase but the last; one fewer for a step
+// whose batch the step before gathered (FusedStepArgs::x_next), and one between the steps of a
+// launch. With row flags the phases meet at counters: only the gather's barrier is left.
+constexpr int fused_step_barriers(int encoder_layers, int decoder_layers, int samples, bool row_flags = false) {
+  return row_flags ? 1 : fused_step_gemm_phases(encoder_layers, decoder_layers, samples);
+}
 constexpr int kFusedMaxBarriers = fused_step_barriers(kMaxStepLayers, kMaxStepLayers, 2);
+constexpr int kFusedMaxGemmPhases = fused_step_gemm_phases(kMaxStepLayers, kMaxStepLayers, 2);
 
 // Timer slots per block (of the launch's last step): [0] the start, [1 + p] the end of phase p (when the block leaves
 // the grid barrier that closes it; the last phase's when the block is done), in ns of a clock all blocks share; [1 +
 // kFusedPhases] the grid barriers the block passed in the step; [2 + kFusedPhases] the split-K tickets it took (one
-// per K slice it computed: the step's other sync points, summed over the blocks); then for each grid barrier i of the
+// per K slice it computed: the step's other sync points, summed over the blocks); [3 + kFusedPhases] the ns it waited
+// at row flags and counters (FusedStepArgs::row_flags); then for each grid barrier i of the
 // step, the time the block arrived at it ([kFusedBarrierSlots + 2i]) and the time it left ([kFusedBarrierSlots + 2i
 // + 1]); then for each phase i between them (i = 0 before the first barrier, i = the barriers' count after the last)
 // the GEMM work the block ran in it: its work items << 32 | their K chunks ([kFusedWorkSlots + i]).
-constexpr int kFusedBarrierSlots = kFusedPhases + 3;
+constexpr int kFusedBarrierSlots = kFusedPhases + 4;
 constexpr int kFusedWorkSlots = kFusedBarrierSlots + 2 * kFusedMaxBarriers;
 constexpr int kFusedPhaseSlots = kFusedWorkSlots + kFusedMaxBarriers + 1;
 
 // What the step has computed when it reaches grid barrier i (fused_step_barriers of them), in
-// order: the gather (where the step gathers its batch), each layer's forward (the encoder's, the
-// heads, the decoder's, the output layer; with row flags the whole forward, "forward", and with
-// decoder layers the output layer's backward too, "forward, output backward"), each backward phase
-// from the output layer's down to the heads' and the encoder's (a layer's input gradient, beside
-// the update of the layer above), with L > 1 the latent backward; the last phase (the first encoder
-// layer's update) ends the step without a barrier. Empty past the last.
+// order: the gather (where the step gathers its batch), each GEMM phase but the last
+// (fused_step_gemm_phases: each layer's forward, "encoder 1" .. "output", then "output backward",
+// the decoder's layers' backward, with L > 1 "latent backward", "heads backward", the encoder's
+// layers' backward but the first's); the last phase (the first encoder layer's update) ends the
+// step without a barrier. With row flags only the gather. Empty past the last.
 inline std::string fused_barrier_name(int i, int encoder_layers, int decoder_layers, int samples, bool gathers,
                                       bool row_flags = false) {
   std::vector<std::string> names;
   if (gathers) names.push_back("gather");
-  if (row_flags && decoder_layers > 0) {
-    names.push_back("forward, output backward");
-  } else if (row_flags) {
-    names.push_back("forward");
-    names.push_back("output backward");
-  } else {
+  if (!row_flags) {
     for (int l = 1; l <= encoder_layers; ++l) names.push_back("encoder " + std::to_string(l));
     names.push_back("heads");
     for (int l = 1; l <= decoder_layers; ++l) names.push_back("decoder " + std::to_string(l));
     names.push_back("output");
     names.push_back("output backward");
+    for (int l = decoder_layers; l >= 1; --l) names.push_back("decoder " + std::to_string(l) + " backward");
+    if (samples > 1) names.push_back("latent backward");
+    names.push_back("heads backward");
+    for (int l = encoder_layers; l >= 2; --l) names.push_back("encoder " + std::to_string(l) + " backward");
   }
-  for (int l = decoder_layers; l >= 1; --l) names.push_back("decoder " + std::to_string(l) + " backward");
-  if (samples > 1) names.push_back("latent backward");
-  names.push_back("heads backward");
-  for (int l = encoder_layers; l >= 2; --l) names.push_back("encoder " + std::to_string(l) + " backward");
   return i >= 0 && i < static_cast<int>(names.size()) ? names[i] : std::string();
 }
 
@@ -233,20 +235,22 @@ constexpr int fused_split_plan(const int* tiles, const int* chunks, int count, i
 
 // The split-K partial sums of a phase: Σ slices · m · columns ≤ Σ slices · tiles · kFusedTile², at
 // most grid · kFusedTile² (fused_split_plan splits only while every item has a block). A region
-// holds them and the phase's tickets; each forward phase has one of its own and so does the output
-// layer's backward (with row flags two of them run at once), the backward's later phases share the
-// first.
+// holds them and the phase's tickets; each GEMM phase of the step has one of its own (with row
+// flags several run at once).
 constexpr long long fused_step_partial_floats(int grid) { return 1ll * grid * kFusedTile * kFusedTile; }
 constexpr long long fused_step_region_floats(int grid) { return fused_step_partial_floats(grid) + grid; }
 constexpr int fused_step_output_tiles(int dim, bool gaussian) {
   return gaussian ? (dim + kFusedTile / 2 - 1) / (kFusedTile / 2) : (dim + kFusedTile - 1) / kFusedTile;
 }
-// The row blocks of `rows` rows: each forward phase's row flags, a counter per block of kFusedTile rows.
+// The row blocks of `rows` rows: each GEMM phase's row flags, a counter per block of kFusedTile rows.
 constexpr int fused_row_blocks(int rows) { return (rows + kFusedTile - 1) / kFusedTile; }
-// The regions of the forward's phases and the output layer's backward, the forward phases' row
-// flags, and the reconstruction's row sums for L·B rows.
-inline long long fused_step_workspace_floats(int grid, int rows, int dim, bool gaussian, int forward_phases) {
-  return (forward_phases + 1) * fused_step_region_floats(grid) + forward_phases * fused_row_blocks(rows) +
+// With row flags, counters every block counts in at once a step: its rows' log p and KL summed (the
+// ELBO totals wait for them), with L > 1 its part of the latent backward (the heads' backward waits).
+constexpr int kFusedGridCounters = 2;
+// The GEMM phases' regions and row flags, the grid counters, and the reconstruction's row sums for
+// L·B rows.
+inline long long fused_step_workspace_floats(int grid, int rows, int dim, bool gaussian, int gemm_phases) {
+  return gemm_phases * (fused_step_region_floats(grid) + fused_row_blocks(rows)) + kFusedGridCounters +
          static_cast<long long>(fused_step_output_tiles(dim, gaussian)) * rows;
 }
 

@@ -305,15 +305,13 @@ __device__ VAE_NOINLINE void gemm_tile(const FusedStepArgs& a, const PhaseGemm& 
   store_tile_outputs(s, g, i0, jt, ty, tx, sum, in, sh);
 }
 
-// By thread 0, before a tile of row block `row_block` (of m rows) starts with row flags: waits until the phase
-// before has finished every tile of the rows it reads there (of L·B rows, the heads' B: all of them).
-__device__ __forceinline__ void wait_for_rows(const TileShared::PhaseSync& sync, int row_block, int m) {
-  const unsigned count = static_cast<unsigned>(sync.wait_count);
-  if (m == sync.wait_rows) {
-    wait_done(sync.wait + row_block, count);
-    return;
-  }
-  for (int r = 0; r < fused_row_blocks(sync.wait_rows); ++r) wait_done(sync.wait + r, count);
+// By thread 0: waits until counter `only` of c (or, with only < 0, every one of them) has reached its count; with
+// timers on, adds the time it waited to sh.wait_ns. What the counted blocks wrote is then visible to the block's
+// threads after a __syncthreads.
+__device__ void wait_counters(const FusedStepArgs& a, TileShared& sh, const TileShared::Counters& c, int only = -1) {
+  const unsigned long long start = a.phase_ns ? global_timer_ns() : 0;
+  for (int r = only < 0 ? 0 : only; r < (only < 0 ? c.blocks : only + 1); ++r) wait_done(c.at + r, c.count);
+  if (a.phase_ns) sh.wait_ns += global_timer_ns() - start;
 }
 
 // The work items of the phase's independent GEMMs (sh.slots.ops, written by thread 0 before the
@@ -323,8 +321,9 @@ __device__ __forceinline__ void wait_for_rows(const TileShared::PhaseSync& sync,
 // barrier inside: split tiles meet at their tickets (gemm_tile). The phase's workspace region
 // (sh.sync.region) holds the split ops' partial sums (fused_step_partial_floats), then one ticket
 // per tile of the phase (split only where the tiles are fewer than the blocks). With row flags
-// (sh.sync) a tile first waits until the rows it reads are final in the phase before, and once
-// finished (whole, or by the last of its slices) counts in at its row block's flag.
+// (sh.sync) a tile first waits until the rows it reads are final in the phase before (a weight
+// update's: until that phase has finished), and a tile of the first GEMM, once finished (whole, or
+// by the last of its slices), counts in at its row block's flag.
 __device__ void gemm_phase(const Step& s, TileShared& sh) {
   const PhaseGemm* ops = sh.slots.ops;
   if (threadIdx.x == 0) {
@@ -340,7 +339,7 @@ __device__ void gemm_phase(const Step& s, TileShared& sh) {
       sh.plan.items =
           fused_split_plan(tiles, chunks, sh.ops_count, static_cast<int>(gridDim.x), sh.plan.slices, s.a.ticket_chunks);
       for (int o = 0; o < sh.ops_count; ++o) sh.plan.chunks[o] = fused_slice_chunks(chunks[o], sh.plan.slices[o]);
-      if (p == sh.planned && p < kFusedMaxBarriers) {
+      if (p == sh.planned && p < kFusedMaxGemmPhases) {
         sh.plans[p] = sh.plan;
         sh.planned = p + 1;
       }
@@ -374,16 +373,17 @@ __device__ void gemm_phase(const Step& s, TileShared& sh) {
       ++sh.work_items;
       sh.work_chunks += static_cast<unsigned>((k_end - k_begin + kTileK - 1) / kTileK);
     }
-    if (sync.wait) {
-      if (threadIdx.x == 0) wait_for_rows(sync, tile / gemm_column_tiles(ops[o]), ops[o].op.m);
+    if (sync.wait.at) {  // a tile of the rows the phase before counts at waits for them, any other for all
+      const bool rows = ops[o].epilogue != TileEpilogue::update && ops[o].op.m == sync.wait.rows;
+      if (threadIdx.x == 0) wait_counters(s.a, sh, sync.wait, rows ? tile / gemm_column_tiles(ops[o]) : -1);
       __syncthreads();
     }
     float* region = fused_region(s.a, sync.region);
     unsigned* tickets = reinterpret_cast<unsigned*>(region + fused_step_partial_floats(grid));
     gemm_tile(s.a, ops[o], {tile, k_begin, k_end, slice, slices, region + offset, tickets + ticket + tile}, sh);
-    if (sync.signal) {
+    if (sync.signal.at && o == 0) {
       __syncthreads();  // every thread's outputs are written (and sh.last is set)
-      if (threadIdx.x == 0 && (slices == 1 || sh.last)) count_done(sync.signal + tile / gemm_column_tiles(ops[o]));
+      if (threadIdx.x == 0 && (slices == 1 || sh.last)) count_done(sync.signal.at + tile / gemm_column_tiles(ops[o]));
     }
   }
 }
