@@ -63,16 +63,24 @@ struct Options {
   int models = 1;        // --models: the composed step of a stack of this many models
   bool kernels = false;  // --kernels: the CPU's time per kernel and GEMM of the step
   bool phases = false, sweep = false;
-  int fused_math = -1;    // --fused-math: a FusedMath, or -1 for the context's
-  int fused_grid = 0;     // --fused-grid: blocks of the fused step (0: fused_step_grid(); -1: half)
-  int ticket_chunks = 0;  // --ticket-chunks: FusedStepArgs::ticket_chunks
-  int row_flags = 0;      // --row-flags: FusedStepArgs::row_flags
+  // The fused step's variant (Vae::set_fused_variant): --fused-math (else the context's tiles),
+  // --fused-grid half, --ticket-chunks, --row-flags; --fused-grid N: N blocks (0: fused_step_grid()).
+  FusedVariant fused_variant;
+  bool fused_math_given = false;
+  int fused_grid = 0;
   std::string batches = "32,64,128,256,512,1024";  // --sweep's
   bool fused() const { return step_kind == "fused"; }
 };
 
 Options parse_options(int argc, char** argv) {
   Options o;
+  auto flag = [](const char* v, const char* name) {
+    if (std::strcmp(v, "0") != 0 && std::strcmp(v, "1") != 0) {
+      std::fprintf(stderr, "bench_step: %s must be 0 or 1, not '%s'\n", name, v);
+      std::exit(2);
+    }
+    return v[0] == '1';
+  };
   for (int i = 1; i < argc; i += 2) {
     const std::string k = argv[i];
     if (k == "--phases" || k == "--sweep" || k == "--kernels") {
@@ -108,15 +116,15 @@ Options parse_options(int argc, char** argv) {
     else if (k == "--models")
       o.models = std::atoi(v);
     else if (k == "--ticket-chunks")
-      o.ticket_chunks = std::atoi(v);
+      o.fused_variant.ticket_chunks = std::atoi(v);
     else if (k == "--row-flags")
-      o.row_flags = std::atoi(v);
-    else if (k == "--fused-grid")
-      o.fused_grid = std::strcmp(v, "half") == 0 ? -1 : std::atoi(v);
-    else if (k == "--fused-math") {
-      for (FusedMath m : {FusedMath::ffma, FusedMath::tf32, FusedMath::tf32x3})
-        if (std::strcmp(v, fused_math_name(m)) == 0) o.fused_math = static_cast<int>(m);
-      if (o.fused_math < 0) {
+      o.fused_variant.row_flags = flag(v, "--row-flags");
+    else if (k == "--fused-grid") {
+      o.fused_variant.half_grid = std::strcmp(v, "half") == 0;
+      o.fused_grid = o.fused_variant.half_grid ? 0 : std::atoi(v);
+    } else if (k == "--fused-math") {
+      o.fused_math_given = fused_math_from_name(v, &o.fused_variant.math);
+      if (!o.fused_math_given) {
         std::fprintf(stderr, "bench_step: --fused-math must be ffma, tf32 or 3xtf32, not '%s'\n", v);
         std::exit(2);
       }
@@ -137,11 +145,7 @@ Options parse_options(int argc, char** argv) {
     std::fprintf(stderr, "bench_step: --models must be positive; a stack of models takes the composed step\n");
     std::exit(2);
   }
-  if (o.row_flags != 0 && o.row_flags != 1) {
-    std::fprintf(stderr, "bench_step: --row-flags must be 0 or 1\n");
-    std::exit(2);
-  }
-  if (o.ticket_chunks < 0) {
+  if (o.fused_variant.ticket_chunks < 0) {
     std::fprintf(stderr, "bench_step: --ticket-chunks must be a count of K chunks, 0 or more\n");
     std::exit(2);
   }
@@ -250,8 +254,11 @@ PhaseTimes time_steps(const Options& o, const DeviceContext& ctx, Vae& model, Op
   opt.set_model_scalars(scalars.data());
   const Models models{M, o.batch, 0, scalars.data()};
   PhaseTimes t;
+  FusedVariant variant = o.fused_variant;  // the context's tiles unless --fused-math
+  if (!o.fused_math_given) variant.math = ctx.tf32() ? FusedMath::tf32 : FusedMath::ffma;
+  model.set_fused_variant(variant);
   const int grid = VAE_CALL(ctx.target(), fused_step_grid);
-  const int launched = o.fused_grid > 0 ? o.fused_grid : o.fused_grid < 0 ? fused_step_half_grid(grid) : grid;
+  const int launched = o.fused_grid > 0 ? o.fused_grid : variant.half_grid ? fused_step_half_grid(grid) : grid;
   DeviceBuffer<unsigned long long> phase_ns(ctx, o.phases ? static_cast<size_t>(grid) * kFusedPhaseSlots : 0);
   auto now = [&] {
     ctx.synchronize();
@@ -269,9 +276,6 @@ PhaseTimes time_steps(const Options& o, const DeviceContext& ctx, Vae& model, Op
     a.phase_ns = o.phases ? phase_ns.data() : nullptr;
     a.steps = K;
     a.grid = launched;
-    if (o.fused_math >= 0) a.math = static_cast<FusedMath>(o.fused_math);
-    a.ticket_chunks = o.ticket_chunks;
-    a.row_flags = o.row_flags != 0;
     const auto t0 = now();
     VAE_CALL(ctx.target(), fused_step, a, ctx.stream());
     if (s >= 0) t.fused += ms(t0, now());
@@ -353,7 +357,7 @@ void print_fused_phases(const Options& o, const PhaseTimes& t) {
   std::printf("grid barriers a step: %u%s\n", t.barriers, t.barriers_agree ? "" : " (NOT the same on every block)");
   std::printf("split-K tickets a step: %lld over the blocks (K slices meeting at per-tile tickets)%s\n", t.tickets,
               t.tickets_agree ? "" : " (NOT the same every step)");
-  if (o.row_flags) {
+  if (o.fused_variant.row_flags) {
     std::printf("waits at row flags and counters a step: median %.2f us, max %.2f us over the blocks\n",
                 bench::median(t.wait_us), *std::max_element(t.wait_us.begin(), t.wait_us.end()));
   }
@@ -374,9 +378,9 @@ void print_fused_phases(const Options& o, const PhaseTimes& t) {
   auto mean = [](const std::vector<double>& v) { return std::accumulate(v.begin(), v.end(), 0.0) / v.size(); };
   for (size_t i = 0; i < t.sync.size(); ++i) {
     const PhaseTimes::Sync& s = t.sync[i];
-    const std::string name = i + 1 < t.sync.size()
-                                 ? fused_barrier_name(static_cast<int>(i), layers, layers, 1, gathers, o.row_flags != 0)
-                                 : "(the last phase, to the end)";
+    const std::string name = i + 1 < t.sync.size() ? fused_barrier_name(static_cast<int>(i), layers, layers, 1, gathers,
+                                                                        o.fused_variant.row_flags)
+                                                   : "(the last phase, to the end)";
     const double v[4] = {mean(s.span), mean(s.work_median), mean(s.work_max), mean(s.barrier)};
     for (int k = 0; k < 4; ++k) sums[k] += v[k];
     std::printf("%-28s %9.2f %9.2f %9.2f %9.2f %6llu %6llu\n", name.c_str(), v[0], v[1], v[2], v[3], s.items,
@@ -506,29 +510,30 @@ int run_sweep(const Options& o) {
     bool fused;
     int steps_per_launch;
     bool tf32;
-    int fused_math = -1;     // the fused step's tiles, if not the context's
-    bool half_grid = false;  // the fused step on half its grid
-    int ticket_chunks = 0;   // its split-K ticket's cost
-    bool row_flags = false;  // its phases meeting at row flags (FusedStepArgs::row_flags)
+    FusedVariant fused_variant;  // its tiles (the context's: FFMA, or TF32 with tf32), grid, ticket, row flags
   };
   std::vector<Variant> variants;
   const bool gpu = target == Target::cuda;
   for (const bool tf32 : {false, true}) {
     if (tf32 && !gpu) break;  // TF32 is a GPU option: the CPU computes fp32 either way
-    variants.push_back({tf32 ? "composed tf32" : "composed", false, 1, tf32});
-    variants.push_back({tf32 ? "fused tf32" : "fused", true, 1, tf32});
-    variants.push_back({tf32 ? "fused x16 tf32" : "fused x16", true, 16, tf32});
+    const FusedMath tiles = tf32 ? FusedMath::tf32 : FusedMath::ffma;
+    auto fused = [&](const char* name, int steps_per_launch, const FusedVariant& v) {
+      variants.push_back({name, true, steps_per_launch, tf32, v});
+    };
+    variants.push_back({tf32 ? "composed tf32" : "composed", false, 1, tf32, {tiles}});
+    fused(tf32 ? "fused tf32" : "fused", 1, {tiles});
+    fused(tf32 ? "fused x16 tf32" : "fused x16", 16, {tiles});
     // On the GPU: fp32 on the tensor cores (3xTF32) against FFMA, and one block per SM against two.
-    if (gpu && !tf32) variants.push_back({"fused x16 3xtf32", true, 16, false, static_cast<int>(FusedMath::tf32x3)});
-    if (gpu) variants.push_back({tf32 ? "fused x16 tf32 half" : "fused x16 half", true, 16, tf32, -1, true});
+    if (gpu && !tf32) fused("fused x16 3xtf32", 16, {FusedMath::tf32x3});
+    if (gpu) fused(tf32 ? "fused x16 tf32 half" : "fused x16 half", 16, {tiles, true});
     // On the GPU: fewer split-K tickets (a phase splits only where that saves more than 4 or 12
     // chunks), and row flags instead of grid barriers.
     if (gpu) {
-      variants.push_back({tf32 ? "fused x16 tf32 ticket 4" : "fused x16 ticket 4", true, 16, tf32, -1, false, 4});
-      variants.push_back({tf32 ? "fused x16 tf32 ticket 12" : "fused x16 ticket 12", true, 16, tf32, -1, false, 12});
-      variants.push_back({tf32 ? "fused x16 tf32 flags" : "fused x16 flags", true, 16, tf32, -1, false, 0, true});
+      fused(tf32 ? "fused x16 tf32 ticket 4" : "fused x16 ticket 4", 16, {tiles, false, 4});
+      fused(tf32 ? "fused x16 tf32 ticket 12" : "fused x16 ticket 12", 16, {tiles, false, 12});
+      fused(tf32 ? "fused x16 tf32 flags" : "fused x16 flags", 16, {tiles, false, 0, true});
     }
-    if (o.models > 1) variants.push_back({tf32 ? "stack tf32" : "stack", false, 1, tf32});
+    if (o.models > 1) variants.push_back({tf32 ? "stack tf32" : "stack", false, 1, tf32, {tiles}});
   }
   std::vector<int> batches;
   std::stringstream in(o.batches);
@@ -553,10 +558,9 @@ int run_sweep(const Options& o) {
       vo.steps_per_launch = v.steps_per_launch;
       vo.steps = (o.steps + v.steps_per_launch - 1) / v.steps_per_launch * v.steps_per_launch;
       vo.phases = false;
-      vo.fused_math = v.fused_math;
-      vo.fused_grid = v.half_grid ? -1 : 0;
-      vo.ticket_chunks = v.ticket_chunks;
-      vo.row_flags = v.row_flags ? 1 : 0;
+      vo.fused_variant = v.fused_variant;
+      vo.fused_math_given = true;
+      vo.fused_grid = 0;
       const bool stack = std::strncmp(v.name, "stack", 5) == 0;
       vo.models = stack ? o.models : 1;
       const double us = step_us(vo, ctx);
@@ -564,6 +568,7 @@ int run_sweep(const Options& o) {
       if (stack) std::printf("  (%d models: %.2f us a model-step)", vo.models, us / vo.models);
       std::printf("\n");
       if (o.json) {
+        const FusedVariant& f = v.fused_variant;
         std::printf(
             "{\"device\":\"%s\",\"batch\":%d,\"variant\":\"%s\",\"step\":\"%s\",\"steps_per_launch\":%d,"
             "\"precision\":\"%s\",\"models\":%d,\"fused_math\":\"%s\",\"fused_grid\":%d,\"half_grid\":%s,"
@@ -571,10 +576,9 @@ int run_sweep(const Options& o) {
             "\"step_us\":%.3f,"
             "\"epoch_s\":%.6f}\n",
             ctx.description().c_str(), batch, v.name, vo.step_kind.c_str(), v.steps_per_launch,
-            v.tf32 ? "tf32" : "fp32", vo.models,
-            v.fused_math >= 0 ? fused_math_name(static_cast<FusedMath>(v.fused_math)) : (v.tf32 ? "tf32" : "ffma"),
-            v.half_grid ? fused_step_half_grid(VAE_CALL(target, fused_step_grid)) : VAE_CALL(target, fused_step_grid),
-            v.half_grid ? "true" : "false", v.ticket_chunks, v.row_flags ? "true" : "false", us,
+            v.tf32 ? "tf32" : "fp32", vo.models, fused_math_name(f.math),
+            f.half_grid ? fused_step_half_grid(VAE_CALL(target, fused_step_grid)) : VAE_CALL(target, fused_step_grid),
+            f.half_grid ? "true" : "false", f.ticket_chunks, f.row_flags ? "true" : "false", us,
             60000.0 / batch * us / 1e6);
       }
       if (!stack && us < best) best = us, best_name = v.name;

@@ -22,9 +22,8 @@ StepChoice step_by_rule(const std::vector<StepRuleEntry>& table, const std::stri
   }
   c.fused = std::strcmp(e->step, "fused") == 0;
   if (c.fused) {
-    c.variant.math = std::strcmp(e->fused_math, "tf32") == 0     ? FusedMath::tf32
-                     : std::strcmp(e->fused_math, "3xtf32") == 0 ? FusedMath::tf32x3
-                                                                 : FusedMath::ffma;
+    c.variant.math = FusedMath::ffma;  // where the table names none it knows
+    fused_math_from_name(e->fused_math, &c.variant.math);
     c.variant.half_grid = e->half_grid;
     c.variant.ticket_chunks = e->ticket_chunks;
     c.variant.row_flags = e->row_flags;

@@ -133,12 +133,13 @@ FusedStepArgs fused_args(Vae& vae, Optimizer& opt, int batch, const float* data,
 
 // One fused step of them; with `math`, its tiles' arithmetic instead of the context's.
 void run_fused_step(const DeviceContext& ctx, Vae& vae, Optimizer& opt, int batch, const float* data, uint64_t seed,
-                    StepState* at, double* totals, const KlTerm& kl = {},
-                    std::optional<FusedMath> math = std::nullopt) {
+                    StepState* at, double* totals, const KlTerm& kl = {}, std::optional<FusedMath> math = std::nullopt,
+                    bool row_flags = false) {
   FusedStepArgs a = fused_args(vae, opt, batch, data, seed, at, totals);
   a.kl_term = kl;
   EXPECT_EQ(a.math == FusedMath::tf32, ctx.tf32());
   if (math) a.math = *math;
+  a.row_flags = row_flags;
   VAE_CALL(ctx.target(), fused_step, a, ctx.stream());
   ctx.synchronize();
 }
@@ -190,18 +191,23 @@ TEST_P(WholeStep, LossAndEveryGradientMatchReference) {
 // step state. Batches 1, 7, 129 with L = 1 or 3, no, one and two hidden layers, both decoders,
 // ReLU and tanh; the analytic KL at β = 1, at β = 0.4 in a 30-step warm-up, and the Monte-Carlo
 // KL (estimator A) at β = 0.7. The steps start at t = 18: Adam's bias correction is not at its
-// first values, and the warm-up's ramp is at 17/30..19/30.
+// first values, and the warm-up's ramp is at 17/30..19/30. With grid barriers, and with row flags
+// (FusedStepArgs::row_flags: on the CPU's grid of 7 with Adam and Adagrad, on the GPU with each).
 class FusedStep : public ::testing::TestWithParam<std::tuple<Target, StepCase>> {};
 
 TEST_P(FusedStep, ThreeStepsOfEachOptimizerMatchReference) {
   const auto [target, sc] = GetParam();
   VAE_SKIP_WITHOUT_DEVICE(target);
   DeviceContext ctx(target, false);
-  // On the CPU also a grid of 7 blocks (7 workers): phases with fewer tiles than blocks split K.
-  // The fp32 tiles by FFMA, and by 3xTF32 on the first grid (how a tile multiplies and how its K
-  // slices meet are apart; the sanitizers' CI time is kept).
+  // On the CPU also a grid of 7 blocks (7 workers): phases with fewer tiles than blocks split K;
+  // there the phases meet at row flags (with SGD at barriers). On the GPU its grid, with barriers and
+  // with row flags. The fp32 tiles by FFMA, and by 3xTF32 in the first run (how a tile multiplies
+  // and how its K slices meet are apart; the sanitizers' CI time is kept).
   const int first_workers = target == Target::cpu ? hx::workers() : 0;
-  for (int workers : target == Target::cpu ? std::vector<int>{first_workers, 7} : std::vector<int>{0})
+  const std::vector<std::pair<int, bool>> runs =
+      target == Target::cpu ? std::vector<std::pair<int, bool>>{{first_workers, false}, {7, true}}
+                            : std::vector<std::pair<int, bool>>{{0, false}, {0, true}};
+  for (size_t run = 0; run < runs.size(); ++run)
     for (FusedMath math : {FusedMath::ffma, FusedMath::tf32x3})
       for (OptimizerKind kind : {OptimizerKind::sgd, OptimizerKind::adam, OptimizerKind::adagrad})
         // Input 37 and odd widths: operands staged a float at a time; the last case's rows are all multiples of
@@ -211,16 +217,18 @@ TEST_P(FusedStep, ThreeStepsOfEachOptimizerMatchReference) {
               {7, std::vector<int>{}, 3, KlTerm{KlEstimator::monte_carlo, 0.7f, 0, KlGradient::standard}, 37},
               {129, std::vector<int>{33, 5}, 20, KlTerm{KlEstimator::analytic, 0.4f, 30, KlGradient::standard}, 37},
               {7, std::vector<int>{32}, 4, KlTerm{}, 36}}) {
-          if (math == FusedMath::tf32x3 && workers != first_workers) continue;
+          if (math == FusedMath::tf32x3 && run > 0) continue;
           // Under the sanitizers (CI's second build, whose task is memory and undefined behaviour; the values are
           // checked in the first) the split-K grid and 3xTF32 with Adam only: the three optimizers' code runs in
           // the first grid's FFMA steps. This test, fiber by fiber under ASan, was half of that build's test time.
-          if (kSanitized && (workers != first_workers || math != FusedMath::ffma) && kind != OptimizerKind::adam)
-            continue;
+          if (kSanitized && (run > 0 || math != FusedMath::ffma) && kind != OptimizerKind::adam) continue;
+          const auto [workers, flags] = runs[run];
+          const bool row_flags = flags && (target == Target::cuda || kind != OptimizerKind::sgd);
           const test::ScopedWorkers grid_of(target, workers);
-          SCOPED_TRACE(std::string(fused_math_name(math)) + ", " + optimizer_name(kind) + ", batch " +
-                       std::to_string(batch) + ", " + std::to_string(hidden.size()) + " hidden layers, KL " +
-                       estimator_name(kl.estimator) + " at beta " + std::to_string(kl.weight) + ", grid " +
+          SCOPED_TRACE(std::string(fused_math_name(math)) + (row_flags ? ", row flags, " : ", ") +
+                       optimizer_name(kind) + ", batch " + std::to_string(batch) + ", " +
+                       std::to_string(hidden.size()) + " hidden layers, KL " + estimator_name(kl.estimator) +
+                       " at beta " + std::to_string(kl.weight) + ", grid " +
                        std::to_string(VAE_CALL(ctx.target(), fused_step_grid)));
           const ModelConfig c = small_config(sc.decoder, sc.activation, hidden, latent, dim);
           Vae vae(ctx, c, batch + 3, sc.samples);
@@ -238,7 +246,7 @@ TEST_P(FusedStep, ThreeStepsOfEachOptimizerMatchReference) {
 
           double want_recon = 0, want_kl = 0;
           for (int step = 0; step < steps; ++step) {
-            run_fused_step(ctx, vae, opt, batch, data_dev.data(), 5, at.data(), totals.data(), kl, math);
+            run_fused_step(ctx, vae, opt, batch, data_dev.data(), 5, at.data(), totals.data(), kl, math, row_flags);
 
             const std::vector<double> x(data.begin() + static_cast<size_t>(step) * batch * c.input_dim,
                                         data.begin() + static_cast<size_t>(step + 1) * batch * c.input_dim);

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <initializer_list>
 #include <string>
 #include <vector>
 
@@ -20,6 +21,16 @@ constexpr int kMaxStepLayers = 4;  // hidden layers per side
 enum class FusedMath : int { ffma = 0, tf32 = 1, tf32x3 = 2 };
 inline const char* fused_math_name(FusedMath m) {
   return m == FusedMath::tf32 ? "tf32" : m == FusedMath::tf32x3 ? "3xtf32" : "ffma";
+}
+// The FusedMath of that name into *m; false (and *m as it was) for any other name.
+inline bool fused_math_from_name(const char* name, FusedMath* m) {
+  for (const FusedMath k : {FusedMath::ffma, FusedMath::tf32, FusedMath::tf32x3}) {
+    if (std::string(name) == fused_math_name(k)) {
+      *m = k;
+      return true;
+    }
+  }
+  return false;
 }
 struct FusedLayer {
   int in = 0, out = 0;
