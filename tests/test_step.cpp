@@ -544,10 +544,10 @@ TEST_P(FusedStepLaunch, TimeEachPhaseAndCountTheBarriersWithoutChangingTheStep) 
 // two hidden layers a side and none, L = 2 (the decoder's first tiles wait for all of the heads'
 // rows; the latent backward's elements for every row of dL/dz, the heads' backward for every
 // block's elements) and L = 1, on 7 blocks (phases with fewer tiles split K, their slices meeting
-// at tickets in the phases' own regions). The flags start as garbage (a launch's first step clears
-// them), and after the last launch of two steps each GEMM phase's count a row block is twice the
-// column tiles of its first GEMM (none where that is a weight update), and each grid counter's
-// twice the blocks (the latent backward's none with L = 1).
+// at tickets in the phases' own regions). The workspace starts as garbage (a launch's first step
+// clears its tickets and flags), and after the last launch of two steps each GEMM phase's count a row block is twice
+// the column tiles of its first GEMM (none where that is a weight update), and each grid counter's twice the blocks
+// (the latent backward's none with L = 1).
 TEST_P(FusedStepLaunch, RowFlagsComputeWhatBarriersDo) {
   const Target target = GetParam();
   VAE_SKIP_WITHOUT_DEVICE(target);
@@ -569,10 +569,10 @@ TEST_P(FusedStepLaunch, RowFlagsComputeWhatBarriersDo) {
         std::vector<float> params, m, v;
         std::vector<double> totals;
       } result[2];
-      // The flags run's workspace: zeros (the split-K tickets), garbage from the flags on.
+      // The flags run's workspace: garbage (a launch clears its tickets and flags).
       const long long flags_at = phases * fused_step_region_floats(grid);
-      std::vector<float> init(fused_step_workspace_floats(grid, samples * batch, c.input_dim, false, phases), 0.f);
-      std::fill(init.begin() + flags_at, init.end(), -3.25e7f);
+      const std::vector<float> init(fused_step_workspace_floats(grid, samples * batch, c.input_dim, false, phases),
+                                    -3.25e7f);
       DeviceBuffer<float> workspace(ctx, init);
       for (const bool flags : {false, true}) {
         Vae vae(ctx, c, batch, samples);
@@ -624,6 +624,56 @@ TEST_P(FusedStepLaunch, RowFlagsComputeWhatBarriersDo) {
       EXPECT_EQ(count_at(phases * stride), 2u * grid) << "the rows' terms";
       EXPECT_EQ(count_at(phases * stride + 1), samples > 1 ? 2u * grid : 0u) << "the latent backward";
     }
+}
+// Launches of different grids on one workspace compute what each launch does on a fresh workspace
+// of its own, bit for bit: where a split-K ticket lies moves with the grid, and a launch clears its
+// tickets before it takes one (it finds no earlier launch's partial sums there). Grids of 7, 2 and
+// 5 blocks (each splits K its own way; uncleared, the grid of 2 found its first phase's ticket on
+// the partial sums of the grid of 7's), two steps a launch, with grid barriers and with row flags;
+// the fresh workspaces start as garbage.
+TEST_P(FusedStepLaunch, LaunchesOfDifferentGridsShareTheWorkspace) {
+  const Target target = GetParam();
+  if (target != Target::cpu) GTEST_SKIP() << "the grids are the CPU's worker counts";
+  const int batch = 29;
+  const test::ScopedWorkers grid_of(target, 7);
+  DeviceContext ctx(target, false);
+  const ModelConfig c = small_config(DecoderKind::gaussian, Activation::tanh, {29, 45}, 6, 300);
+  const int grids[] = {7, 2, 5};
+  const auto x = test::random_uniform(static_cast<size_t>(std::size(grids)) * 2 * batch * c.input_dim, 23, 0, 1);
+  const DeviceBuffer<float> data(ctx, x);
+  const int phases = fused_step_gemm_phases(2, 2, 1);
+  for (const bool flags : {false, true}) {
+    SCOPED_TRACE(flags ? "row flags" : "grid barriers");
+    std::vector<float> params[2];
+    std::vector<double> totals_of[2];
+    for (const bool shared : {true, false}) {
+      Vae vae(ctx, c, batch, 1);
+      vae.set_fused_variant({FusedMath::ffma, false, 0, flags});
+      vae.params().upload(init_parameters(c, vae.layout(), 4));
+      Optimizer opt(ctx, vae.layout().total, OptimizerKind::adam, OptimizerHyper{});
+      DeviceBuffer<StepState> at(ctx, std::vector<StepState>{{3, 0}});
+      DeviceBuffer<double> totals(ctx, 3);
+      for (const int grid : grids) {
+        FusedStepArgs a = fused_args(vae, opt, batch, data.data(), 6, at.data(), totals.data());
+        a.grid = grid;
+        a.steps = 2;
+        const std::vector<float> garbage(
+            shared ? 0 : fused_step_workspace_floats(grid, batch, c.input_dim, true, phases), 1.5e9f);
+        DeviceBuffer<float> own(ctx, garbage);
+        if (!shared) {
+          a.workspace = own.data();
+          a.workspace_floats = static_cast<long long>(own.size());
+        }
+        VAE_CALL(target, fused_step, a, ctx.stream());
+        ctx.synchronize();
+      }
+      params[shared] = vae.params().download();
+      totals_of[shared] = totals.download();
+    }
+    EXPECT_EQ(params[1], params[0]);
+    EXPECT_EQ(totals_of[1], totals_of[0]);
+    EXPECT_EQ(totals_of[1][2], static_cast<double>(std::size(grids) * 2 * batch));
+  }
 }
 INSTANTIATE_TEST_SUITE_P(Targets, FusedStepLaunch, ::testing::ValuesIn(test::all_targets()), test::target_param_name);
 

@@ -216,10 +216,28 @@ __device__ void block_totals(const FusedStepArgs& a, uint64_t step, TileShared& 
   }
 }
 
+// The workspace's sync points to zero, strided over the grid's threads: each GEMM phase's split-K
+// tickets (where they lie moves with the grid: an earlier launch's partial sums may lie there) and
+// with row flags the row flags and the grid counters (for a step of `rows` L·B rows; they move
+// with the batch). By each launch's first step, before its first grid barrier: the workspace may
+// hold anything before a launch.
+__device__ void clear_sync_points(const FusedStepArgs& a, int rows) {
+  const long long first = grid_thread(), stride = grid_threads();
+  const int grid = static_cast<int>(gridDim.x), phases = fused_gemm_phases(a);
+  for (long long i = first; i < static_cast<long long>(phases) * grid; i += stride) {
+    const int region = static_cast<int>(i / grid);
+    reinterpret_cast<unsigned*>(fused_region(a, region) + fused_step_partial_floats(grid))[i - region * grid] = 0;
+  }
+  if (!a.row_flags) return;
+  unsigned* flags = fused_row_flags(a, 0);
+  const long long n = static_cast<long long>(phases) * fused_row_blocks(rows) + kFusedGridCounters;
+  for (long long i = first; i < n; i += stride) flags[i] = 0;
+}
+
 // The batch at `at` (its rows at.offset.. of the permutation) into x (and dynamic binarization), as
-// gather_batch, strided over the grid's threads. Out of line: inlined twice into the step it
-// spilled registers on sm_90.
-__device__ VAE_NOINLINE void gather_rows(const FusedStepArgs& a, const StepState at, float* x) {
+// gather_batch, strided over the grid's threads; with `clear` (a launch's first step) the sync
+// points too. Out of line: inlined twice into the step it spilled registers on sm_90.
+__device__ VAE_NOINLINE void gather_rows(const FusedStepArgs& a, const StepState at, float* x, bool clear) {
   const long long first = grid_thread(), stride = grid_threads();
   const int B = a.batch;
   if (a.binarize) {
@@ -241,6 +259,7 @@ __device__ VAE_NOINLINE void gather_rows(const FusedStepArgs& a, const StepState
                                      : pixel_value(static_cast<const float*>(a.data)[src]);
     }
   }
+  if (clear) clear_sync_points(a, a.batch * a.samples);
 }
 
 // Each row's log p (its column tiles' sums in order, a thread per row) and KL (analytic, or the
@@ -277,18 +296,10 @@ __device__ VAE_NOINLINE void row_terms(const FusedStepArgs& a, const StepState a
   if (a.row_flags) count_grid(a, sh, 0);
 }
 
-// The row flags and the grid counters (for a step of `rows` L·B rows) to zero, strided over the
-// grid's threads.
-__device__ void clear_row_flags(const FusedStepArgs& a, int rows) {
-  const long long first = grid_thread(), stride = grid_threads();
-  unsigned* flags = fused_row_flags(a, 0);
-  const long long n = static_cast<long long>(fused_gemm_phases(a)) * fused_row_blocks(rows) + kFusedGridCounters;
-  for (long long i = first; i < n; i += stride) flags[i] = 0;
-}
-
 // One training step at `at`, step `launch_step` of its launch, by every block, on the batch in x:
-// gathered first (a phase and its barrier) unless `gathered` (the step before gathered it; with row
-// flags the launch's first step clears them there, and the counts rise from step to step). With
+// gathered first (a phase and its barrier) unless `gathered` (the step before gathered it; the
+// launch's first step clears the sync points there, and the row flags' counts rise from step to
+// step). With
 // next_x, the next step's batch (at `next`) is gathered into it during this step's last phase,
 // which reads x but not next_x.
 __device__ void train_step(const FusedStepArgs& a, const StepState& at, int launch_step, float* x, bool gathered,
@@ -311,8 +322,7 @@ __device__ void train_step(const FusedStepArgs& a, const StepState& at, int laun
   record_time(a, 0);
 
   if (!gathered) {
-    gather_rows(a, at, x);
-    if (a.row_flags && launch_step == 0) clear_row_flags(a, rows);  // their place in the workspace moves with the batch
+    gather_rows(a, at, x, launch_step == 0);
     step_barrier(s.a, sh);
   }
   phase_end(a, FusedPhase::gather);
@@ -376,7 +386,7 @@ __device__ void train_step(const FusedStepArgs& a, const StepState& at, int laun
 
   // Heads and encoder backward (dL/dx is not needed), the last phase with the first layer's update
   // and the one above it. No barrier after it: the next step's starts the launch's next step.
-  if (next_x) gather_rows(a, next, next_x);
+  if (next_x) gather_rows(a, next, next_x, false);
   backward_stack(
       s, a.encoder, a.encoder_layers, a.heads, x, nullptr, TileEpilogue::store, B, false, [] {}, sh);
   phase_end(a, FusedPhase::encoder_backward);

@@ -79,8 +79,8 @@ struct FusedStepArgs {
   // once every block has summed its rows' log p and KL. A grid barrier only after a gather and
   // between the steps of a launch. The same sums in the same order: the same bits.
   bool row_flags = false;
-  float* workspace = nullptr;  // fused_step_workspace_floats(fused_step_grid(), L·B, dim, gaussian, GEMM phases),
-                               // zeros at first
+  float* workspace = nullptr;  // fused_step_workspace_floats(fused_step_grid(), L·B, dim, gaussian, GEMM phases):
+                               // anything at first (a launch clears its tickets and flags)
   long long workspace_floats = 0;
   // The optimizer, applied to each weight and bias where its gradient is final (its state at the
   // same offsets of the flat buffer as the parameters).
