@@ -20,11 +20,11 @@
 // --models N times the composed step of N models as vae sweep's stack takes it (host/model_stack.h:
 // every GEMM one strided-batched call, every kernel one launch for all), µs per stacked step and
 // per model-step.
-//   bench_step --sweep [--batches 32,64,128,256,512,1024] [--steps N] [--json 1] [--models N]
+//   bench_step --sweep [--batches 32,64,128,256,512,1024] [--steps N] [--json 1] [--models N] [--sweep-flags 0]
 // times every variant (composed; fused one step a launch; fused 16 steps a launch; each in fp32
 // and, on the GPU, TF32; on the GPU also fused 16 steps a launch with 3xTF32 tiles, with half
 // the grid (one block per SM), with tickets of 4 and 12 chunks (fewer split-K splits), and with
-// row flags) at every batch, one line each, and names the fastest per batch: the measurement
+// row flags, unless --sweep-flags 0) at every batch, one line each, and names the fastest per batch: the measurement
 // `--step auto`'s rule is written from; with --models N (> 1) also the stack of N models
 // (composed), its µs per stacked step and per model-step.
 // With --tf32 1 (GPU) the GEMMs use TF32 tensor cores and the peak is the TF32 rate.
@@ -69,6 +69,7 @@ struct Options {
   bool fused_math_given = false;
   int fused_grid = 0;
   std::string batches = "32,64,128,256,512,1024";  // --sweep's
+  bool sweep_flags = true;                         // --sweep-flags: the sweep's row-flags variants (GPU)
   bool fused() const { return step_kind == "fused"; }
 };
 
@@ -117,6 +118,8 @@ Options parse_options(int argc, char** argv) {
       o.models = std::atoi(v);
     else if (k == "--ticket-chunks")
       o.fused_variant.ticket_chunks = std::atoi(v);
+    else if (k == "--sweep-flags")
+      o.sweep_flags = flag(v, "--sweep-flags");
     else if (k == "--row-flags")
       o.fused_variant.row_flags = flag(v, "--row-flags");
     else if (k == "--fused-grid") {
@@ -531,7 +534,7 @@ int run_sweep(const Options& o) {
     if (gpu) {
       fused(tf32 ? "fused x16 tf32 ticket 4" : "fused x16 ticket 4", 16, {tiles, false, 4});
       fused(tf32 ? "fused x16 tf32 ticket 12" : "fused x16 ticket 12", 16, {tiles, false, 12});
-      fused(tf32 ? "fused x16 tf32 flags" : "fused x16 flags", 16, {tiles, false, 0, true});
+      if (o.sweep_flags) fused(tf32 ? "fused x16 tf32 flags" : "fused x16 flags", 16, {tiles, false, 0, true});
     }
     if (o.models > 1) variants.push_back({tf32 ? "stack tf32" : "stack", false, 1, tf32, {tiles}});
   }

@@ -341,8 +341,20 @@ if [ -x build-gpu/host/vae ] && want bench && in_budget bench; then
     # Where the fused step's time goes at batch 128 (issue 17): its phase timers and grid barriers
     # (first: a short run, bounded by VAE_GPU_HANG_S, before the sweep's long one).
     bench build-gpu/bench/bench_step --device cuda --batch 128 --steps 300 --step fused --phases
+    # The GEMM phases meeting at row flags and counters instead of grid barriers (one left a step),
+    # also before the sweep: a launch that fails there (a counter never reached traps on the GPU) or
+    # hangs leaves the sweep without its row-flags variants, not without its later batches.
+    failures_before=$bench_failures hung_before=$fused_hung
+    bench build-gpu/bench/bench_step --device cuda --batch 128 --steps 300 --step fused --steps-per-launch 20 \
+      --row-flags 1 --phases
+    sweep_flags=1
+    [ "$bench_failures" -eq "$failures_before" ] || sweep_flags=0
+    if [ "$fused_hung" -ne "$hung_before" ]; then  # the row flags hung, not the fused step with barriers
+      fused_hung=$hung_before
+      sweep_flags=0
+    fi
     # Every step variant at batch 32-1024 in one process, the fastest per batch (issue 17's rule).
-    bench build-gpu/bench/bench_step --device cuda --sweep --steps 320 --json 1
+    bench build-gpu/bench/bench_step --device cuda --sweep --steps 320 --json 1 --sweep-flags "$sweep_flags"
     for b in 32 512; do
       bench build-gpu/bench/bench_step --device cuda --batch "$b" --steps 300 --step fused --phases
     done
@@ -354,12 +366,9 @@ if [ -x build-gpu/host/vae ] && want bench && in_budget bench; then
       --fused-math 3xtf32 --phases
     bench build-gpu/bench/bench_step --device cuda --batch 128 --steps 300 --step fused --steps-per-launch 20 \
       --fused-grid half --phases
-    # Fewer split-K splits: a phase splits only where that saves more than 12 chunks (the tickets' cost);
-    # the GEMM phases meeting at row flags and counters instead of grid barriers (one left a step).
+    # Fewer split-K splits: a phase splits only where that saves more than 12 chunks (the tickets' cost).
     bench build-gpu/bench/bench_step --device cuda --batch 128 --steps 300 --step fused --steps-per-launch 20 \
       --ticket-chunks 12 --phases
-    bench build-gpu/bench/bench_step --device cuda --batch 128 --steps 300 --step fused --steps-per-launch 20 \
-      --row-flags 1 --phases
     bench build-gpu/bench/bench_kernels --device cuda
     bench build-gpu/bench/bench_kernels --device cuda --cache warm --reps 500
     # The fused step (one cooperative kernel) against the composed step: the rule of `--step auto`.

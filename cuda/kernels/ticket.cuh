@@ -27,12 +27,20 @@ __device__ __forceinline__ void count_done(unsigned* counter) {
 }
 // By one thread: returns once *counter has reached `count`; what the counted blocks wrote is then
 // visible to this block's threads after a __syncthreads, as after a grid barrier. Every block of
-// the launch is resident, so the counted ones run.
+// the launch is resident, so the counted ones run. A wait that never ends is a bug (a count never
+// made): the host layer aborts naming the block and the counter; the GPU traps after
+// kCounterWaitLimitNs, so that the launch fails (an error at its stream's next check) instead of
+// hanging the process, and a benchmark's or a test's later runs go on.
+constexpr unsigned long long kCounterWaitLimitNs = 5'000'000'000ull;
 __device__ __forceinline__ void wait_done(const unsigned* counter, unsigned count) {
 #if VAE_HOST_EXEC
   ::vae::hx::wait_count(counter, count);  // the counted blocks are other workers' threads
 #else
-  while (*static_cast<const volatile unsigned*>(counter) < count) {
+  if (*static_cast<const volatile unsigned*>(counter) < count) {
+    const unsigned long long start = global_timer_ns();
+    while (*static_cast<const volatile unsigned*>(counter) < count) {
+      if (global_timer_ns() - start > kCounterWaitLimitNs) __trap();
+    }
   }
 #endif
   __threadfence();
