@@ -7,10 +7,10 @@
 // (a tile starts once the rows it reads are final, a weight update once nothing reads the weights),
 // only the gather's barrier left; one more between the steps of a persistent launch, whose later
 // steps save the gather's (their batches gathered during the step before, FusedStepArgs::x_next).
-// Every block takes part in every phase: GEMM phases hand out 32×32 output tiles (a layer's input gradient
-// shares its phase with the update of the layer above), split in K where tiles are fewer than
-// blocks (fused_split_plan), the slices meeting at per-tile tickets instead of a barrier; row and
-// element phases stride over the grid's threads. Each output is summed by one thread in a fixed
+// Every block takes part in every phase: GEMM phases hand out 32×32 output tiles (a layer's input
+// gradient shares its phase with the update of the layer above), split in K where tiles are fewer
+// than blocks (fused_split_plan), the slices meeting at per-tile tickets instead of a barrier; row
+// and element phases stride over the grid's threads. Each output is summed by one thread in a fixed
 // order, and the ELBO totals by one block: the same seed gives the same bits. The element math is
 // the composed step's (the headers it shares), and so are the random numbers. For the
 // latency-bound regime (small batches), where the composed step is a string of small kernels;
@@ -299,9 +299,8 @@ __device__ VAE_NOINLINE void row_terms(const FusedStepArgs& a, const StepState a
 // One training step at `at`, step `launch_step` of its launch, by every block, on the batch in x:
 // gathered first (a phase and its barrier) unless `gathered` (the step before gathered it; the
 // launch's first step clears the sync points there, and the row flags' counts rise from step to
-// step). With
-// next_x, the next step's batch (at `next`) is gathered into it during this step's last phase,
-// which reads x but not next_x.
+// step). With next_x, the next step's batch (at `next`) is gathered into it during this step's
+// last phase, which reads x but not next_x.
 __device__ void train_step(const FusedStepArgs& a, const StepState& at, int launch_step, float* x, bool gathered,
                            float* next_x, const StepState& next, TileShared& sh) {
   const long long first = grid_thread(), stride = grid_threads();
