@@ -177,8 +177,14 @@ struct PhaseTimes {
     unsigned long long items = 0, chunks_max = 0;  // the GEMM work items over the blocks; the most K chunks a block ran
   };
   std::vector<Sync> sync;
+  // Per GEMM phase of the step, one entry per timed step: when the last block and the median block
+  // were done with their work items there, from the step's start (the first block's).
+  std::vector<std::vector<double>> gemm_done_last, gemm_done_median;
   unsigned long long tick_ns = 0;  // the smallest positive step between two stamps of a block
 };
+// The benchmark's model: one hidden layer a side, L = 1.
+constexpr int kBenchLayers = 1;
+constexpr int kBenchGemmPhases = fused_step_gemm_phases(kBenchLayers, kBenchLayers, 1);
 
 // Reads one step's timers (grid blocks of kFusedPhaseSlots) into t.
 void add_phase_times(const std::vector<unsigned long long>& ns, int grid, PhaseTimes& t) {
@@ -226,6 +232,16 @@ void add_phase_times(const std::vector<unsigned long long>& ns, int grid, PhaseT
     s.work_max.push_back(*std::max_element(work.begin(), work.end()));
     s.work_median.push_back(bench::median(work));
     s.barrier.push_back(1e-3 * static_cast<double>(last_leave - last_arrival));
+  }
+  unsigned long long start = ~0ull;
+  for (int b = 0; b < grid; ++b) start = std::min(start, slot(b, 0));
+  t.gemm_done_last.resize(kBenchGemmPhases);
+  t.gemm_done_median.resize(kBenchGemmPhases);
+  for (int p = 0; p < kBenchGemmPhases; ++p) {
+    std::vector<double> done(grid);
+    for (int b = 0; b < grid; ++b) done[b] = 1e-3 * static_cast<double>(slot(b, kFusedGemmSlots + p) - start);
+    t.gemm_done_last[p].push_back(*std::max_element(done.begin(), done.end()));
+    t.gemm_done_median[p].push_back(bench::median(done));
   }
   for (int b = 0; b < grid; ++b) {
     std::vector<unsigned long long> stamps{slot(b, 0)};
@@ -377,7 +393,7 @@ void print_fused_phases(const Options& o, const PhaseTimes& t) {
   std::printf("%-28s %9s %9s %9s %9s %6s %6s\n", "grid barrier after", "span", "work med", "work max", "barrier",
               "items", "chunks");
   double sums[4] = {};
-  const int layers = 1;  // the benchmark's model: one hidden layer a side, L = 1
+  const int layers = kBenchLayers;
   auto mean = [](const std::vector<double>& v) { return std::accumulate(v.begin(), v.end(), 0.0) / v.size(); };
   for (size_t i = 0; i < t.sync.size(); ++i) {
     const PhaseTimes::Sync& s = t.sync[i];
@@ -390,6 +406,15 @@ void print_fused_phases(const Options& o, const PhaseTimes& t) {
                 s.chunks_max);
   }
   std::printf("%-28s %9.2f %9.2f %9.2f %9.2f\n", "sum", sums[0], sums[1], sums[2], sums[3]);
+  // Where the phases end (with row flags they overlap: no barrier shows it).
+  std::printf(
+      "\nGEMM phases (us from the step's start, the first block's, to when the last block and the median block "
+      "were done\nwith their work items there; means over the timed steps):\n");
+  std::printf("%-28s %9s %9s\n", "GEMM phase", "last", "median");
+  for (int p = 0; p < kBenchGemmPhases; ++p) {
+    std::printf("%-28s %9.2f %9.2f\n", fused_gemm_phase_name(p, layers, layers, 1).c_str(), mean(t.gemm_done_last[p]),
+                mean(t.gemm_done_median[p]));
+  }
   std::printf("timer: the smallest step between two stamps of a block was %llu ns (its resolution is at most that)\n",
               t.tick_ns);
 }

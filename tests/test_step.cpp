@@ -7,6 +7,7 @@
 #include <numeric>
 #include <optional>
 #include <random>
+#include <set>
 #include <tuple>
 
 #include "checkpoint.h"
@@ -483,6 +484,15 @@ TEST_P(FusedStepLaunch, TimeEachPhaseAndCountTheBarriersWithoutChangingTheStep) 
         before = leave;
       }
       EXPECT_LE(before, row[kFusedPhases]) << "block " << b << ": the last barrier after the end";
+      // The block done with each GEMM phase in order, before the barrier after it (the gather's first).
+      for (size_t p = 0; p < phases.size(); ++p) {
+        const unsigned long long done = row[kFusedGemmSlots + p];
+        EXPECT_LE(p ? row[kFusedGemmSlots + p - 1] : row[0], done) << "block " << b << ", GEMM phase " << p;
+        EXPECT_LE(done, row[kFusedPhases]) << "block " << b << ", GEMM phase " << p;
+        if (!run.row_flags && p + 1 < phases.size()) {
+          EXPECT_LE(done, row[kFusedBarrierSlots + 2 * (p + 1)]) << "block " << b << ", GEMM phase " << p;
+        }
+      }
     }
     // No block leaves a barrier before every block has arrived. Across the GPU's multiprocessors
     // within a microsecond: %globaltimer ticks coarsely, and its ticks may reach them apart.
@@ -536,6 +546,33 @@ TEST_P(FusedStepLaunch, TimeEachPhaseAndCountTheBarriersWithoutChangingTheStep) 
       EXPECT_EQ(want, 0u) << "a split saving one chunk (of at most 3) pays for a ticket of one";
     }
   }
+}
+
+// The names of the fused step's grid barriers and GEMM phases (bench_step's tables): one per
+// barrier (fused_step_barriers) and one per GEMM phase (fused_step_gemm_phases), none twice, for
+// 0-2 hidden layers a side and L = 1, 2; with row flags only the gather's barrier.
+TEST(FusedStepNames, OnePerBarrierAndPerGemmPhase) {
+  for (int e = 0; e <= 2; ++e)
+    for (int d = 0; d <= 2; ++d)
+      for (int samples = 1; samples <= 2; ++samples)
+        for (const bool flags : {false, true}) {
+          SCOPED_TRACE(std::to_string(e) + " encoder and " + std::to_string(d) +
+                       " decoder layers, L = " + std::to_string(samples) + (flags ? ", row flags" : ""));
+          const int barriers = fused_step_barriers(e, d, samples, flags);
+          std::set<std::string> names;
+          for (int i = 0; i < barriers; ++i) names.insert(fused_barrier_name(i, e, d, samples, true, flags));
+          EXPECT_EQ(static_cast<int>(names.size()), barriers);
+          EXPECT_EQ(names.count(""), 0u);
+          EXPECT_EQ(fused_barrier_name(barriers, e, d, samples, true, flags), "");
+          EXPECT_EQ(fused_barrier_name(0, e, d, samples, true, flags), "gather");
+          const int phases = fused_step_gemm_phases(e, d, samples);
+          std::set<std::string> gemm;
+          for (int p = 0; p < phases; ++p) gemm.insert(fused_gemm_phase_name(p, e, d, samples));
+          EXPECT_EQ(static_cast<int>(gemm.size()), phases);
+          EXPECT_EQ(gemm.count(""), 0u);
+          EXPECT_EQ(fused_gemm_phase_name(phases, e, d, samples), "");
+          EXPECT_EQ(fused_gemm_phase_name(phases - 1, e, d, samples), e ? "encoder 1 backward" : "heads backward");
+        }
 }
 
 // Row flags (FusedStepArgs::row_flags) compute what grid barriers do, bit for bit — parameters,

@@ -156,17 +156,21 @@ constexpr int kFusedMaxGemmPhases = fused_step_gemm_phases(kMaxStepLayers, kMaxS
 // at row flags and counters (FusedStepArgs::row_flags); then for each grid barrier i of the
 // step, the time the block arrived at it ([kFusedBarrierSlots + 2i]) and the time it left ([kFusedBarrierSlots + 2i
 // + 1]); then for each phase i between them (i = 0 before the first barrier, i = the barriers' count after the last)
-// the GEMM work the block ran in it: its work items << 32 | their K chunks ([kFusedWorkSlots + i]).
+// the GEMM work the block ran in it: its work items << 32 | their K chunks ([kFusedWorkSlots + i]); then for each
+// GEMM phase p of the step (fused_gemm_phase_name), the time the block was done with its work items there
+// ([kFusedGemmSlots + p]).
 constexpr int kFusedBarrierSlots = kFusedPhases + 4;
 constexpr int kFusedWorkSlots = kFusedBarrierSlots + 2 * kFusedMaxBarriers;
-constexpr int kFusedPhaseSlots = kFusedWorkSlots + kFusedMaxBarriers + 1;
+constexpr int kFusedGemmSlots = kFusedWorkSlots + kFusedMaxBarriers + 1;
+constexpr int kFusedPhaseSlots = kFusedGemmSlots + kFusedMaxGemmPhases;
 
 // What the step has computed when it reaches grid barrier i (fused_step_barriers of them), in
 // order: the gather (where the step gathers its batch), each GEMM phase but the last
 // (fused_step_gemm_phases: each layer's forward, "encoder 1" .. "output", then "output backward",
 // the decoder's layers' backward, with L > 1 "latent backward", "heads backward", the encoder's
-// layers' backward but the first's); the last phase (the first encoder layer's update) ends the
-// step without a barrier. With row flags only the gather. Empty past the last.
+// layers' backward but the first's); the last phase (the first encoder layer's update, or without
+// encoder layers the heads') ends the step without a barrier. With row flags only the gather.
+// Empty past the last.
 inline std::string fused_barrier_name(int i, int encoder_layers, int decoder_layers, int samples, bool gathers,
                                       bool row_flags = false) {
   std::vector<std::string> names;
@@ -179,10 +183,17 @@ inline std::string fused_barrier_name(int i, int encoder_layers, int decoder_lay
     names.push_back("output backward");
     for (int l = decoder_layers; l >= 1; --l) names.push_back("decoder " + std::to_string(l) + " backward");
     if (samples > 1) names.push_back("latent backward");
-    names.push_back("heads backward");
+    if (encoder_layers > 0) names.push_back("heads backward");  // without, the heads' backward is the last phase
     for (int l = encoder_layers; l >= 2; --l) names.push_back("encoder " + std::to_string(l) + " backward");
   }
   return i >= 0 && i < static_cast<int>(names.size()) ? names[i] : std::string();
+}
+// GEMM phase p of the step (fused_step_gemm_phases of them): as the grid barrier after it, and the
+// last "encoder 1 backward" ("heads backward" without encoder layers). Empty past the last.
+inline std::string fused_gemm_phase_name(int p, int encoder_layers, int decoder_layers, int samples) {
+  const int last = fused_step_gemm_phases(encoder_layers, decoder_layers, samples) - 1;
+  if (p == last) return encoder_layers > 0 ? "encoder 1 backward" : "heads backward";
+  return p >= 0 && p < last ? fused_barrier_name(p, encoder_layers, decoder_layers, samples, false) : std::string();
 }
 
 // The fused step's GEMM tiles (kFusedTile × kFusedTile outputs) and its workspace for a grid of

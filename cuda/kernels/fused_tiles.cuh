@@ -386,6 +386,10 @@ __device__ void gemm_phase(const Step& s, TileShared& sh) {
       if (threadIdx.x == 0 && (slices == 1 || sh.last)) count_done(sync.signal.at + tile / gemm_column_tiles(ops[o]));
     }
   }
+  if (s.a.phase_ns && threadIdx.x == 0) {  // the block is done with the phase
+    s.a.phase_ns[blockIdx.x * kFusedPhaseSlots + kFusedGemmSlots + min_int(sh.phase, kFusedMaxGemmPhases) - 1] =
+        global_timer_ns();
+  }
 }
 
 }  // namespace
