@@ -310,7 +310,8 @@ __device__ VAE_NOINLINE void gemm_tile(const FusedStepArgs& a, const PhaseGemm& 
 // threads after a __syncthreads.
 __device__ void wait_counters(const FusedStepArgs& a, TileShared& sh, const TileShared::Counters& c, int only = -1) {
   const unsigned long long start = a.phase_ns ? global_timer_ns() : 0;
-  for (int r = only < 0 ? 0 : only; r < (only < 0 ? c.blocks : only + 1); ++r) wait_done(c.at + r, c.count);
+  for (int r = only < 0 ? 0 : only; r < (only < 0 ? c.blocks : only + 1); ++r) wait_reached(c.at + r, c.count);
+  __threadfence();  // once, after the last
   if (a.phase_ns) sh.wait_ns += global_timer_ns() - start;
 }
 

@@ -25,14 +25,16 @@ __device__ __forceinline__ void count_done(unsigned* counter) {
   __threadfence();
   atomicAdd(counter, 1u);
 }
-// By one thread: returns once *counter has reached `count`; what the counted blocks wrote is then
-// visible to this block's threads after a __syncthreads, as after a grid barrier. Every block of
-// the launch is resident, so the counted ones run. A wait that never ends is a bug (a count never
-// made): the host layer aborts naming the block and the counter; the GPU traps after
-// kCounterWaitLimitNs, so that the launch fails (an error at its stream's next check) instead of
-// hanging the process, and a benchmark's or a test's later runs go on.
+// By one thread (wait_done): returns once *counter has reached `count`; what the counted blocks
+// wrote is then visible to this block's threads after a __syncthreads, as after a grid barrier.
+// Every block of the launch is resident, so the counted ones run. wait_reached is its spin without
+// the fence: a thread waiting at several counters (an update tile of batch 1024 waits at 32 row
+// blocks) fences once, after the last. A wait that never ends is a bug (a count never made): the
+// host layer aborts naming the block and the counter; the GPU traps after kCounterWaitLimitNs, so
+// that the launch fails (an error at its stream's next check) instead of hanging the process, and
+// a benchmark's or a test's later runs go on.
 constexpr unsigned long long kCounterWaitLimitNs = 5'000'000'000ull;
-__device__ __forceinline__ void wait_done(const unsigned* counter, unsigned count) {
+__device__ __forceinline__ void wait_reached(const unsigned* counter, unsigned count) {
 #if VAE_HOST_EXEC
   ::vae::hx::wait_count(counter, count);  // the counted blocks are other workers' threads
 #else
@@ -43,6 +45,9 @@ __device__ __forceinline__ void wait_done(const unsigned* counter, unsigned coun
     }
   }
 #endif
+}
+__device__ __forceinline__ void wait_done(const unsigned* counter, unsigned count) {
+  wait_reached(counter, count);
   __threadfence();
 }
 
