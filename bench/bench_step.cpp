@@ -42,6 +42,7 @@
 
 #include "bench_timer.h"
 #include "fma_peak.h"
+#include "fused_timers.h"
 #include "step_gemms.h"
 #include "device_context.h"
 #include "blas_core.h"
@@ -164,95 +165,8 @@ Options parse_options(int argc, char** argv) {
 struct PhaseTimes {
   double gather = 0, forward = 0, backward = 0, optimizer = 0, fused = 0;
   double total() const { return gather + forward + backward + optimizer + fused; }
-  std::vector<double> fused_phase_us[kFusedPhases];  // one entry per block and step
-  std::vector<double> fused_sum_us;                  // per block and step: its start to its end
-  std::vector<double> wait_us;                       // per block and step: its waits at row flags and counters
-  unsigned barriers = 0;                             // grid barriers a step (every block the same)
-  bool barriers_agree = true;
-  long long tickets = -1;  // split-K tickets a step, over the blocks (-1: none read yet)
-  bool tickets_agree = true;
-  // Per grid barrier of the step (and last, the phase that ends it), one entry per timed step.
-  struct Sync {
-    std::vector<double> span, work_median, work_max, barrier;
-    unsigned long long items = 0, chunks_max = 0;  // the GEMM work items over the blocks; the most K chunks a block ran
-  };
-  std::vector<Sync> sync;
-  // Per GEMM phase of the step, one entry per timed step: when the last block and the median block
-  // were done with their work items there, from the step's start (the first block's).
-  std::vector<std::vector<double>> gemm_done_last, gemm_done_median;
-  unsigned long long tick_ns = 0;  // the smallest positive step between two stamps of a block
+  bench::FusedTimes timers;
 };
-// The benchmark's model: one hidden layer a side, L = 1.
-constexpr int kBenchLayers = 1;
-constexpr int kBenchGemmPhases = fused_step_gemm_phases(kBenchLayers, kBenchLayers, 1);
-
-// Reads one step's timers (grid blocks of kFusedPhaseSlots) into t.
-void add_phase_times(const std::vector<unsigned long long>& ns, int grid, PhaseTimes& t) {
-  long long tickets = 0;
-  for (int b = 0; b < grid; ++b) {
-    const unsigned long long* row = ns.data() + static_cast<size_t>(b) * kFusedPhaseSlots;
-    for (int p = 0; p < kFusedPhases; ++p)
-      t.fused_phase_us[p].push_back(1e-3 * static_cast<double>(row[1 + p] - row[p]));
-    t.fused_sum_us.push_back(1e-3 * static_cast<double>(row[kFusedPhases] - row[0]));
-    t.wait_us.push_back(1e-3 * static_cast<double>(row[3 + kFusedPhases]));
-    const auto barriers = static_cast<unsigned>(row[1 + kFusedPhases]);
-    if (b == 0 && t.barriers == 0) t.barriers = barriers;
-    t.barriers_agree = t.barriers_agree && barriers == t.barriers;
-    tickets += static_cast<long long>(row[2 + kFusedPhases]);
-  }
-  if (t.tickets < 0) t.tickets = tickets;
-  t.tickets_agree = t.tickets_agree && tickets == t.tickets;
-  // Barrier i: the blocks leave barrier i − 1 (or start), work, arrive at i, leave it; the phase
-  // after the last barrier ends where each block is done.
-  const int barriers = std::min(static_cast<int>(ns[1 + kFusedPhases]), kFusedMaxBarriers);
-  if (t.sync.empty()) t.sync.resize(barriers + 1);
-  if (static_cast<int>(t.sync.size()) != barriers + 1) return;  // counted apart (barriers_agree)
-  auto slot = [&](int b, int k) { return ns[static_cast<size_t>(b) * kFusedPhaseSlots + k]; };
-  auto leave = [&](int b, int i) { return i < 0 ? slot(b, 0) : slot(b, kFusedBarrierSlots + 2 * i + 1); };
-  auto arrive = [&](int b, int i) {
-    return i < barriers ? slot(b, kFusedBarrierSlots + 2 * i) : slot(b, kFusedPhases);
-  };
-  for (int i = 0; i <= barriers; ++i) {
-    unsigned long long last_before = 0, last_arrival = 0, last_leave = 0;
-    std::vector<double> work(grid);
-    for (int b = 0; b < grid; ++b) {
-      last_before = std::max(last_before, leave(b, i - 1));
-      last_arrival = std::max(last_arrival, arrive(b, i));
-      last_leave = std::max(last_leave, i < barriers ? leave(b, i) : arrive(b, i));
-      work[b] = 1e-3 * static_cast<double>(arrive(b, i) - leave(b, i - 1));
-    }
-    PhaseTimes::Sync& s = t.sync[i];
-    s.items = s.chunks_max = 0;  // the same every step
-    for (int b = 0; b < grid; ++b) {
-      const unsigned long long ran = slot(b, kFusedWorkSlots + i);
-      s.items += ran >> 32;
-      s.chunks_max = std::max(s.chunks_max, ran & 0xffffffffull);
-    }
-    s.span.push_back(1e-3 * static_cast<double>(last_leave - last_before));
-    s.work_max.push_back(*std::max_element(work.begin(), work.end()));
-    s.work_median.push_back(bench::median(work));
-    s.barrier.push_back(1e-3 * static_cast<double>(last_leave - last_arrival));
-  }
-  unsigned long long start = ~0ull;
-  for (int b = 0; b < grid; ++b) start = std::min(start, slot(b, 0));
-  t.gemm_done_last.resize(kBenchGemmPhases);
-  t.gemm_done_median.resize(kBenchGemmPhases);
-  for (int p = 0; p < kBenchGemmPhases; ++p) {
-    std::vector<double> done(grid);
-    for (int b = 0; b < grid; ++b) done[b] = 1e-3 * static_cast<double>(slot(b, kFusedGemmSlots + p) - start);
-    t.gemm_done_last[p].push_back(*std::max_element(done.begin(), done.end()));
-    t.gemm_done_median[p].push_back(bench::median(done));
-  }
-  for (int b = 0; b < grid; ++b) {
-    std::vector<unsigned long long> stamps{slot(b, 0)};
-    for (int i = 0; i < barriers; ++i) stamps.insert(stamps.end(), {arrive(b, i), leave(b, i)});
-    stamps.push_back(slot(b, kFusedPhases));
-    for (size_t k = 1; k < stamps.size(); ++k) {
-      const unsigned long long d = stamps[k] - stamps[k - 1];
-      if (stamps[k] > stamps[k - 1] && (t.tick_ns == 0 || d < t.tick_ns)) t.tick_ns = d;
-    }
-  }
-}
 
 // Runs 10 warm-up steps (at least) and o.steps timed ones, every step on its own rows of synthetic
 // data; the fused step o.steps_per_launch at a time.
@@ -298,7 +212,7 @@ PhaseTimes time_steps(const Options& o, const DeviceContext& ctx, Vae& model, Op
     const auto t0 = now();
     VAE_CALL(ctx.target(), fused_step, a, ctx.stream());
     if (s >= 0) t.fused += ms(t0, now());
-    if (s >= 0 && o.phases) add_phase_times(phase_ns.download(), launched, t);
+    if (s >= 0 && o.phases) bench::add_fused_times(phase_ns.download(), launched, t.timers);
   }
   for (int s = -10; s < o.steps && !o.fused(); ++s) {
     if (s == 0 && o.kernels) hx::set_profiling(true);  // the timed steps' launches and GEMMs
@@ -357,68 +271,6 @@ Floor measure_floor(const DeviceContext& ctx, const Vae& model, int batch) {
   return f;
 }
 
-// The fused step's phases: median and largest over blocks and steps, and their sum against the
-// step's wall time (the rest is the launch, the wait for the GPU, and the clock reads).
-void print_fused_phases(const Options& o, const PhaseTimes& t) {
-  const double wall_us = 1e3 * t.fused / o.steps;
-  std::printf("\nfused step phases (us; over %zu block-steps, thread 0 of each block at each phase's end):\n",
-              t.fused_sum_us.size());
-  std::printf("%-18s %10s %10s %8s\n", "phase", "median", "max", "share");
-  double sum = 0;
-  for (int p = 0; p < kFusedPhases; ++p) {
-    const double m = bench::median(t.fused_phase_us[p]);
-    sum += m;
-    std::printf("%-18s %10.2f %10.2f %7.1f%%\n", fused_phase_name(p), m,
-                *std::max_element(t.fused_phase_us[p].begin(), t.fused_phase_us[p].end()), 100 * m / wall_us);
-  }
-  std::printf("%-18s %10.2f  (a block's start to its end: median %.2f; the step's wall time %.2f, %.2f outside)\n",
-              "sum of medians", sum, bench::median(t.fused_sum_us), wall_us, wall_us - sum);
-  std::printf("grid barriers a step: %u%s\n", t.barriers, t.barriers_agree ? "" : " (NOT the same on every block)");
-  std::printf("split-K tickets a step: %lld over the blocks (K slices meeting at per-tile tickets)%s\n", t.tickets,
-              t.tickets_agree ? "" : " (NOT the same every step)");
-  if (o.fused_variant.row_flags) {
-    std::printf("waits at row flags and counters a step: median %.2f us, max %.2f us over the blocks\n",
-                bench::median(t.wait_us), *std::max_element(t.wait_us.begin(), t.wait_us.end()));
-  }
-  if (t.sync.empty()) return;
-  // The samples above are of each launch's last step, which the step before gathered where a launch has several.
-  const bool gathers = o.steps_per_launch == 1;
-  std::printf(
-      "\nsync points (us, means over the timed steps, which a coarse clock's ticks do not bias; span: from the "
-      "last block's\ndeparture from the barrier before (or the start) to the last one's from this one; work: a "
-      "block's time\nbetween them, median and max over the blocks; barrier: from the last arrival to the last "
-      "departure;\nitems: the GEMM work items (tiles or K slices of tiles) over the blocks; chunks: the most K chunks "
-      "of 32 a "
-      "block ran):\n");
-  std::printf("%-28s %9s %9s %9s %9s %6s %6s\n", "grid barrier after", "span", "work med", "work max", "barrier",
-              "items", "chunks");
-  double sums[4] = {};
-  const int layers = kBenchLayers;
-  auto mean = [](const std::vector<double>& v) { return std::accumulate(v.begin(), v.end(), 0.0) / v.size(); };
-  for (size_t i = 0; i < t.sync.size(); ++i) {
-    const PhaseTimes::Sync& s = t.sync[i];
-    const std::string name = i + 1 < t.sync.size() ? fused_barrier_name(static_cast<int>(i), layers, layers, 1, gathers,
-                                                                        o.fused_variant.row_flags)
-                                                   : "(the last phase, to the end)";
-    const double v[4] = {mean(s.span), mean(s.work_median), mean(s.work_max), mean(s.barrier)};
-    for (int k = 0; k < 4; ++k) sums[k] += v[k];
-    std::printf("%-28s %9.2f %9.2f %9.2f %9.2f %6llu %6llu\n", name.c_str(), v[0], v[1], v[2], v[3], s.items,
-                s.chunks_max);
-  }
-  std::printf("%-28s %9.2f %9.2f %9.2f %9.2f\n", "sum", sums[0], sums[1], sums[2], sums[3]);
-  // Where the phases end (with row flags they overlap: no barrier shows it).
-  std::printf(
-      "\nGEMM phases (us from the step's start, the first block's, to when the last block and the median block "
-      "were done\nwith their work items there; means over the timed steps):\n");
-  std::printf("%-28s %9s %9s\n", "GEMM phase", "last", "median");
-  for (int p = 0; p < kBenchGemmPhases; ++p) {
-    std::printf("%-28s %9.2f %9.2f\n", fused_gemm_phase_name(p, layers, layers, 1).c_str(), mean(t.gemm_done_last[p]),
-                mean(t.gemm_done_median[p]));
-  }
-  std::printf("timer: the smallest step between two stamps of a block was %llu ns (its resolution is at most that)\n",
-              t.tick_ns);
-}
-
 void print_report(const Options& o, const DeviceContext& ctx, const PhaseTimes& t, const Floor& f) {
   const double total = t.total(), step_ms = total / o.steps, epoch_steps = 60000.0 / o.batch;
   // A stack's GEMM work is its models'; its GEMM floor, one model's GEMMs o.models times over.
@@ -438,7 +290,9 @@ void print_report(const Options& o, const DeviceContext& ctx, const PhaseTimes& 
                           {"fused step", t.fused}}) {
     if (ms > 0) std::printf("%-12s %10.4f %7.1f%%\n", name, ms / o.steps, 100 * ms / total);
   }
-  if (o.phases) print_fused_phases(o, t);
+  if (o.phases) {  // the timers hold each launch's last step, gathered by the step before where a launch has several
+    bench::print_fused_times(t.timers, 1e3 * t.fused / o.steps, o.steps_per_launch == 1, o.fused_variant.row_flags);
+  }
   std::printf("%-12s %10.4f  (%.0f samples/s, GEMM work %.1f GFLOP/s, 60000-image epoch %.2f s)\n", "step", step_ms,
               o.models * o.batch / (step_ms / 1e3), flops / (step_ms * 1e6), epoch_steps * step_ms / 1e3);
   std::printf("%-12s %10.4f  (the step's %zu GEMMs alone, %.1f GFLOP/s: epoch floor %.2f s, the step is %.2fx)\n",
