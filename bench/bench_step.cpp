@@ -15,19 +15,23 @@
 // phases split K only where that shortens their costliest item by more than N chunks, the cost of a
 // split-K ticket (FusedVariant::ticket_chunks; default 0); --row-flags 1 has its GEMM phases meet
 // at per-row-block counters instead of grid barriers, and prints the blocks' waits there with
-// --phases (FusedVariant::row_flags).
+// --phases (FusedVariant::row_flags); --cluster N (2-8; sm_90) launches it in thread-block clusters
+// of N blocks, a split tile's K slices meeting in the cluster's shared memory instead of at tickets
+// (FusedVariant::cluster).
 // --kernels (CPU) adds each kernel's and GEMM's time a step and its share of the step.
 // --models N times the composed step of N models as vae sweep's stack takes it (host/model_stack.h:
 // every GEMM one strided-batched call, every kernel one launch for all), µs per stacked step and
 // per model-step.
 //   bench_step --sweep [--batches 32,64,128,256,512,1024] [--steps N] [--json 1] [--models N] [--sweep-flags 0]
+//              [--sweep-clusters 0]
 // times every variant (composed; fused one step a launch; fused 16 steps a launch; each in fp32
 // and, on the GPU, TF32; on the GPU also fused 16 steps a launch with 3xTF32 tiles, with half
-// the grid (one block per SM), with tickets of 4 and 12 chunks (fewer split-K splits), and with
-// row flags, unless --sweep-flags 0) at every batch, one line each, and names the fastest per batch: the measurement
-// `--step auto`'s rule is written from; with --models N (> 1) also the stack of N models
-// (composed), its µs per stacked step and per model-step.
-// With --tf32 1 (GPU) the GEMMs use TF32 tensor cores and the peak is the TF32 rate.
+// the grid (one block per SM), with tickets of 4 and 12 chunks (fewer split-K splits), with row
+// flags unless --sweep-flags 0, and where the GPU has thread-block clusters in clusters of 2, 4
+// and 8 and with row flags in clusters of 4 unless --sweep-clusters 0) at every batch, one line
+// each, and names the fastest per batch: the measurement `--step auto`'s rule is written from; with --models N (> 1)
+// also the stack of N models (composed), its µs per stacked step and per model-step. With --tf32 1 (GPU) the GEMMs use
+// TF32 tensor cores and the peak is the TF32 rate.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -65,12 +69,13 @@ struct Options {
   bool kernels = false;  // --kernels: the CPU's time per kernel and GEMM of the step
   bool phases = false, sweep = false;
   // The fused step's variant (Vae::set_fused_variant): --fused-math (else the context's tiles),
-  // --fused-grid half, --ticket-chunks, --row-flags; --fused-grid N: N blocks (0: fused_step_grid()).
+  // --fused-grid half, --ticket-chunks, --row-flags, --cluster; --fused-grid N: N blocks (0: the most).
   FusedVariant fused_variant;
   bool fused_math_given = false;
   int fused_grid = 0;
   std::string batches = "32,64,128,256,512,1024";  // --sweep's
   bool sweep_flags = true;                         // --sweep-flags: the sweep's row-flags variants (GPU)
+  bool sweep_clusters = true;                      // --sweep-clusters: its variants in clusters (GPU, sm_90)
   bool fused() const { return step_kind == "fused"; }
 };
 
@@ -123,6 +128,10 @@ Options parse_options(int argc, char** argv) {
       o.sweep_flags = flag(v, "--sweep-flags");
     else if (k == "--row-flags")
       o.fused_variant.row_flags = flag(v, "--row-flags");
+    else if (k == "--sweep-clusters")
+      o.sweep_clusters = flag(v, "--sweep-clusters");
+    else if (k == "--cluster")
+      o.fused_variant.cluster = std::atoi(v);
     else if (k == "--fused-grid") {
       o.fused_variant.half_grid = std::strcmp(v, "half") == 0;
       o.fused_grid = o.fused_variant.half_grid ? 0 : std::atoi(v);
@@ -149,6 +158,10 @@ Options parse_options(int argc, char** argv) {
     std::fprintf(stderr, "bench_step: --models must be positive; a stack of models takes the composed step\n");
     std::exit(2);
   }
+  if (o.fused_variant.cluster < 1 || o.fused_variant.cluster > kFusedMaxCluster) {
+    std::fprintf(stderr, "bench_step: --cluster must be a count of blocks from 1 to %d\n", kFusedMaxCluster);
+    std::exit(2);
+  }
   if (o.fused_variant.ticket_chunks < 0) {
     std::fprintf(stderr, "bench_step: --ticket-chunks must be a count of K chunks, 0 or more\n");
     std::exit(2);
@@ -167,6 +180,12 @@ struct PhaseTimes {
   double total() const { return gather + forward + backward + optimizer + fused; }
   bench::FusedTimes timers;
 };
+
+// The blocks the fused step's variant launches (0: its clusters do not fit the device).
+int launched_grid(Target target, const FusedVariant& v) {
+  return fused_variant_grid(v, VAE_CALL(target, fused_step_grid),
+                            v.cluster > 1 ? VAE_CALL(target, fused_step_cluster_grid, v.cluster) : 0);
+}
 
 // Runs 10 warm-up steps (at least) and o.steps timed ones, every step on its own rows of synthetic
 // data; the fused step o.steps_per_launch at a time.
@@ -191,7 +210,12 @@ PhaseTimes time_steps(const Options& o, const DeviceContext& ctx, Vae& model, Op
   if (!o.fused_math_given) variant.math = ctx.tf32() ? FusedMath::tf32 : FusedMath::ffma;
   model.set_fused_variant(variant);
   const int grid = VAE_CALL(ctx.target(), fused_step_grid);
-  const int launched = o.fused_grid > 0 ? o.fused_grid : variant.half_grid ? fused_step_half_grid(grid) : grid;
+  const int launched = o.fused_grid > 0 ? o.fused_grid : launched_grid(ctx.target(), variant);
+  if (o.fused() && launched == 0) {
+    std::fprintf(stderr, "bench_step: --cluster %d: this device has no thread-block clusters of that size (sm_90+)\n",
+                 variant.cluster);
+    std::exit(2);
+  }
   DeviceBuffer<unsigned long long> phase_ns(ctx, o.phases ? static_cast<size_t>(grid) * kFusedPhaseSlots : 0);
   auto now = [&] {
     ctx.synchronize();
@@ -415,6 +439,17 @@ int run_sweep(const Options& o) {
       fused(tf32 ? "fused x16 tf32 ticket 12" : "fused x16 ticket 12", 16, {tiles, false, 12});
       if (o.sweep_flags) fused(tf32 ? "fused x16 tf32 flags" : "fused x16 flags", 16, {tiles, false, 0, true});
     }
+    // On the GPU from sm_90: split tiles' K slices meeting in thread-block clusters, not at tickets.
+    if (gpu && o.sweep_clusters && VAE_CALL(target, fused_step_cluster_grid, 4) > 0) {
+      if (!tf32) {
+        fused("fused x16 cluster 2", 16, {tiles, false, 0, false, 2});
+        fused("fused x16 cluster 8", 16, {tiles, false, 0, false, 8});
+      }
+      fused(tf32 ? "fused x16 tf32 cluster 4" : "fused x16 cluster 4", 16, {tiles, false, 0, false, 4});
+      if (o.sweep_flags) {
+        fused(tf32 ? "fused x16 tf32 flags cluster 4" : "fused x16 flags cluster 4", 16, {tiles, false, 0, true, 4});
+      }
+    }
     if (o.models > 1) variants.push_back({tf32 ? "stack tf32" : "stack", false, 1, tf32, {tiles}});
   }
   std::vector<int> batches;
@@ -454,13 +489,12 @@ int run_sweep(const Options& o) {
         std::printf(
             "{\"device\":\"%s\",\"batch\":%d,\"variant\":\"%s\",\"step\":\"%s\",\"steps_per_launch\":%d,"
             "\"precision\":\"%s\",\"models\":%d,\"fused_math\":\"%s\",\"fused_grid\":%d,\"half_grid\":%s,"
-            "\"ticket_chunks\":%d,\"row_flags\":%s,"
+            "\"ticket_chunks\":%d,\"row_flags\":%s,\"cluster\":%d,"
             "\"step_us\":%.3f,"
             "\"epoch_s\":%.6f}\n",
             ctx.description().c_str(), batch, v.name, vo.step_kind.c_str(), v.steps_per_launch,
-            v.tf32 ? "tf32" : "fp32", vo.models, fused_math_name(f.math),
-            f.half_grid ? fused_step_half_grid(VAE_CALL(target, fused_step_grid)) : VAE_CALL(target, fused_step_grid),
-            f.half_grid ? "true" : "false", f.ticket_chunks, f.row_flags ? "true" : "false", us,
+            v.tf32 ? "tf32" : "fp32", vo.models, fused_math_name(f.math), launched_grid(target, f),
+            f.half_grid ? "true" : "false", f.ticket_chunks, f.row_flags ? "true" : "false", std::max(1, f.cluster), us,
             60000.0 / batch * us / 1e6);
       }
       if (!stack && us < best) best = us, best_name = v.name;

@@ -24,7 +24,8 @@
 # the call: VAE_GPU_HANG_S (default 60) bounds each of its GPU tests and benchmark runs (the sweep
 # 4x, its sanitizer runs 4x); its GPU tests run first on their own, and after one hang every later
 # run of the fused step is skipped (the summary's `fused` row says so) while the composed step's go
-# on.
+# on. Its variants in thread-block clusters (sm_90) are tested apart after that, bounded alike: a
+# fault or hang there drops only the cluster variants from the benchmarks (the `clusters` row).
 #
 # Where the machine lacks the Debian packages the build needs and cannot fetch them, prepare
 # .gpu-deps/ here with bench/gpu_deps.sh and carry it along: this script unpacks it under /tmp
@@ -72,7 +73,8 @@ if ! [[ $hang =~ ^[0-9]+$ ]] || [ "$hang" -eq 0 ]; then
   echo "gpu_check.sh: VAE_GPU_HANG_S must be a positive number of whole seconds" >&2
   exit 2
 fi
-fused_hung=0  # set once a run of the fused step outlived its bound
+fused_hung=0     # set once a run of the fused step outlived its bound
+clusters_bad=0  # set once its GPU tests in thread-block clusters failed or hung: no cluster variants after
 time_left() {
   if [ -n "$budget" ]; then echo $((budget - reserve - $(elapsed "$t_start"))); else echo 1000000; fi
 }
@@ -200,8 +202,33 @@ if [ -x build-gpu/host/vae ] && want check && in_budget tests; then
   else
     record fused FAIL "its GPU tests failed (tests.log)"
   fi
+  # Then its variants in thread-block clusters, apart and bounded alike (FusedClusters, FusedClustersLaunch).
+  cluster_tests='FusedClusters.*/cuda'
+  excluded=()
+  if [ "$fused_hung" -eq 1 ]; then
+    excluded=("$fused_tests" "$cluster_tests")
+  else
+    t_clusters=$(date +%s)
+    capped $((2 * hang)) ctest --test-dir build-gpu --output-on-failure -j 4 -R "$cluster_tests" --timeout "$hang" \
+      --stop-on-failure >/tmp/vae-cluster-tests.log 2>&1
+    crc=$?
+    cat /tmp/vae-cluster-tests.log >>/tmp/vae-fused-tests.log
+    if [ "$capped_out" -eq 1 ] || grep -qE '\(Timeout\)' /tmp/vae-cluster-tests.log; then
+      clusters_bad=1
+      excluded=("$cluster_tests")
+      record clusters FAIL "the fused step's GPU tests in clusters ran past VAE_GPU_HANG_S=$hang s: no cluster variants"
+    elif [ "$crc" -eq 0 ]; then
+      record clusters ok "$(grep -oE 'out of [0-9]+' /tmp/vae-cluster-tests.log | tail -1 | grep -oE '[0-9]+') GPU tests of the fused step in clusters, $(elapsed "$t_clusters") s"
+    else
+      clusters_bad=1
+      record clusters FAIL "the fused step's GPU tests in clusters failed (tests.log): no cluster variants"
+    fi
+  fi
   exclude=()
-  [ "$fused_hung" -eq 0 ] || exclude=(-E "$fused_tests")
+  if [ "${#excluded[@]}" -gt 0 ]; then
+    joined=$(IFS='|'; echo "${excluded[*]}")
+    exclude=(-E "$joined")
+  fi
   bounded ctest --test-dir build-gpu --output-on-failure -j 4 --timeout "${VAE_TEST_TIMEOUT:-300}" "${exclude[@]}" \
     >"$report/tests.log" 2>&1
   rc=$?
@@ -353,8 +380,23 @@ if [ -x build-gpu/host/vae ] && want bench && in_budget bench; then
       fused_hung=$hung_before
       sweep_flags=0
     fi
+    # Split tiles' K slices meeting in thread-block clusters (sm_90) instead of at tickets: also before
+    # the sweep, for the same reason (a cluster barrier cannot time out: a hang costs its bound once).
+    sweep_clusters=0
+    if [ "$clusters_bad" -eq 0 ]; then
+      failures_before=$bench_failures hung_before=$fused_hung
+      bench build-gpu/bench/bench_step --device cuda --batch 128 --steps 300 --step fused --steps-per-launch 20 \
+        --cluster 4 --phases
+      sweep_clusters=1
+      [ "$bench_failures" -eq "$failures_before" ] || sweep_clusters=0
+      if [ "$fused_hung" -ne "$hung_before" ]; then  # the clusters hung, not the fused step without them
+        fused_hung=$hung_before
+        sweep_clusters=0
+      fi
+    fi
     # Every step variant at batch 32-1024 in one process, the fastest per batch (issue 17's rule).
-    bench build-gpu/bench/bench_step --device cuda --sweep --steps 320 --json 1 --sweep-flags "$sweep_flags"
+    bench build-gpu/bench/bench_step --device cuda --sweep --steps 320 --json 1 --sweep-flags "$sweep_flags" \
+      --sweep-clusters "$sweep_clusters"
     for b in 32 512; do
       bench build-gpu/bench/bench_step --device cuda --batch "$b" --steps 300 --step fused --phases
     done

@@ -3,7 +3,7 @@
 
 Reads the JSON lines of `bench_step --sweep --json 1` (a gpu_check.sh bench.log holds them among
 other output) and, for each card, precision and batch measured there, writes one entry: the fused
-step (its fastest variant's tiles, grid, split-K ticket and row flags) where that variant beat the
+step (its fastest variant's tiles, grid, split-K ticket, row flags and cluster) where that variant beat the
 composed step by at least --margin (the composed step is the one every path of the trainer has run
 for longest), else the composed step. The entries of the cards this sweep measured replace theirs
 in the table; other cards' stay. Each entry keeps both steps' µs a step, the date and the commit.
@@ -27,11 +27,12 @@ HEADER = """\
 // and batch of a `bench_step --sweep --json 1` run, written by bench/step_rule.py (do not edit by hand:
 // run it on the sweep's log). The fused step only where its fastest variant beat the composed step by
 // the margin named below; both steps' microseconds a step, the date and the commit beside each entry.
-// {card, precision, batch, step, fused tiles, half grid, ticket chunks, row flags, fused us, composed us, date, commit}
+// {card, precision, batch, step, fused tiles, half grid, ticket chunks, row flags, cluster, fused us, composed us,
+//  date, commit}
 """
 ENTRY = re.compile(
     r'^\s*\{"(?P<card>[^"]*)", "(?P<precision>fp32|tf32)", (?P<batch>\d+), "(?P<step>fused|composed)", '
-    r'"(?P<math>[^"]*)", (?P<half>true|false), (?P<ticket>\d+), (?P<flags>true|false), '
+    r'"(?P<math>[^"]*)", (?P<half>true|false), (?P<ticket>\d+), (?P<flags>true|false), (?P<cluster>\d+), '
     r'(?P<fused>[0-9.]+), (?P<composed>[0-9.]+), '
     r'"(?P<date>[^"]*)", "(?P<commit>[^"]*)"\},\s*$')
 
@@ -82,6 +83,7 @@ def entries_from(rows, margin, date, commit):
             "math": f["fused_math"] if use_fused else "", "half": bool(use_fused and f.get("half_grid", False)),
             "ticket": int(f.get("ticket_chunks", 0)) if use_fused else 0,
             "flags": bool(use_fused and f.get("row_flags", False)),
+            "cluster": max(1, int(f.get("cluster", 1))) if use_fused else 1,
             "fused": f["step_us"] if f else 0.0, "composed": c["step_us"], "date": date, "commit": commit})
     return out
 
@@ -96,7 +98,7 @@ def read_table(path):
             if m:
                 kept.append({"card": m["card"], "precision": m["precision"], "batch": int(m["batch"]),
                              "step": m["step"], "math": m["math"], "half": m["half"] == "true",
-                             "ticket": int(m["ticket"]), "flags": m["flags"] == "true",
+                             "ticket": int(m["ticket"]), "flags": m["flags"] == "true", "cluster": int(m["cluster"]),
                              "fused": float(m["fused"]), "composed": float(m["composed"]), "date": m["date"],
                              "commit": m["commit"]})
             elif line.startswith("// source:"):
@@ -106,7 +108,7 @@ def read_table(path):
 
 def format_entry(e):
     return (f'{{"{e["card"]}", "{e["precision"]}", {e["batch"]}, "{e["step"]}", "{e["math"]}", '
-            f'{"true" if e["half"] else "false"}, {e["ticket"]}, {"true" if e["flags"] else "false"}, '
+            f'{"true" if e["half"] else "false"}, {e["ticket"]}, {"true" if e["flags"] else "false"}, {e["cluster"]}, '
             f'{e["fused"]:.2f}, {e["composed"]:.2f}, "{e["date"]}", '
             f'"{e["commit"]}"}},')
 
@@ -148,7 +150,8 @@ def main():
     for e in new:
         print(f'{e["card"]} {e["precision"]} batch {e["batch"]}: {e["step"]}'
               f'{" " + e["math"] if e["math"] else ""}{" half grid" if e["half"] else ""}'
-              f'{" ticket " + str(e["ticket"]) if e["ticket"] else ""}{" row flags" if e["flags"] else ""} '
+              f'{" ticket " + str(e["ticket"]) if e["ticket"] else ""}{" row flags" if e["flags"] else ""}'
+              f'{" cluster " + str(e["cluster"]) if e["cluster"] > 1 else ""} '
               f'(fused {e["fused"]:.1f} us, composed {e["composed"]:.1f} us)')
     return 0
 

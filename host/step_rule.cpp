@@ -27,6 +27,7 @@ StepChoice step_by_rule(const std::vector<StepRuleEntry>& table, const std::stri
     c.variant.half_grid = e->half_grid;
     c.variant.ticket_chunks = e->ticket_chunks;
     c.variant.row_flags = e->row_flags;
+    c.variant.cluster = e->cluster;
   }
   char measured[160];
   if (e->fused_us > 0) {

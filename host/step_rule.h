@@ -12,7 +12,7 @@ namespace vae {
 
 // One measured (card, precision, batch) of the table: the step the sweep found fastest (the fused
 // step only where it beat the composed step by the margin bench/step_rule.py names), with the
-// fused variant (tiles, grid, split-K ticket, row flags), both steps' µs a step, and the run it came from.
+// fused variant (tiles, grid, split-K ticket, row flags, cluster), both steps' µs a step, and the run it came from.
 struct StepRuleEntry {
   const char* card;       // the device's name ("NVIDIA H200"), or "cpu"
   const char* precision;  // "fp32" or "tf32"
@@ -22,6 +22,7 @@ struct StepRuleEntry {
   bool half_grid;                // the fused step on half its grid (one block per SM)
   int ticket_chunks;             // its split-K ticket's cost in K chunks (FusedVariant::ticket_chunks)
   bool row_flags;                // its phases meeting at row flags (FusedVariant::row_flags)
+  int cluster;                   // its blocks a thread-block cluster (FusedVariant::cluster; 1: none)
   double fused_us, composed_us;  // the fastest fused variant's and the composed step's µs a step
   const char* date;
   const char* commit;

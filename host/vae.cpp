@@ -1,5 +1,7 @@
 #include "vae.h"
 
+#include <algorithm>
+
 #include "named_enum.h"
 #include "runtime/check.h"
 
@@ -235,7 +237,11 @@ FusedStepArgs Vae::fused_step_args(int batch) {
                                     a.gaussian, fused_step_gemm_phases(a.encoder_layers, a.decoder_layers, a.samples)));
     fused_x_next_ = DeviceBuffer<float>(ctx_, x_.size());
   }
-  if (fused_variant_.half_grid) a.grid = fused_step_half_grid(VAE_CALL(ctx_.target(), fused_step_grid));
+  a.cluster = std::max(1, fused_variant_.cluster);
+  if (fused_variant_.half_grid || a.cluster > 1) {
+    a.grid = fused_variant_grid(fused_variant_, VAE_CALL(ctx_.target(), fused_step_grid),
+                                a.cluster > 1 ? VAE_CALL(ctx_.target(), fused_step_cluster_grid, a.cluster) : 0);
+  }
   a.x_next = fused_x_next_.data();
   a.workspace = fused_workspace_.data();
   a.workspace_floats = static_cast<long long>(fused_workspace_.size());

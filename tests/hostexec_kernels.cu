@@ -4,6 +4,7 @@
 
 #include "hostexec_kernels.h"
 #include "kernels/ticket.cuh"  // count_done, wait_done
+#include "runtime/cluster.cuh"
 
 namespace vae::VAE_NS {
 
@@ -181,6 +182,33 @@ __global__ void counter_wait_with_exited_block_kernel(unsigned* counter) {
   __syncthreads();
 }
 
+// Clusters of `cluster` blocks, `rounds` rounds: each thread puts its value in the block's dynamic
+// shared memory, and after the cluster's barrier takes the value of thread t + 1 (mod the block) of
+// the next block of the cluster (mod the cluster) there, plus 1. The barrier's halves apart: a
+// block waits for every reader of the round before before it writes again.
+__global__ void cluster_rounds_kernel(float* values, unsigned cluster, int rounds) {
+  VAE_DYNAMIC_SHARED(float, buf);
+  const unsigned t = threadIdx.x, n = blockDim.x, rank = blockIdx.x % cluster;
+  float v = values[blockIdx.x * n + t];
+  VAE_CLUSTER_ARRIVE();  // "the readers of round −1 are done"
+  for (int r = 0; r < rounds; ++r) {
+    VAE_CLUSTER_WAIT();  // every reader of the last round is done
+    buf[t] = v;
+    VAE_CLUSTER_ARRIVE();
+    VAE_CLUSTER_WAIT();  // every block has written
+    v = cluster_peer(buf, (rank + 1) % cluster)[(t + 1) % n] + 1.f;
+    VAE_CLUSTER_ARRIVE();
+  }
+  VAE_CLUSTER_WAIT();  // no block leaves while a peer may read its shared memory
+  values[blockIdx.x * n + t] = v;
+}
+
+__global__ void cluster_barrier_with_exited_block_kernel(unsigned exiting_block) {
+  if (blockIdx.x == exiting_block) return;  // without arriving
+  VAE_CLUSTER_ARRIVE();
+  VAE_CLUSTER_WAIT();
+}
+
 __global__ void grid_barrier_with_exited_block_kernel(unsigned exiting_block) {
   if (blockIdx.x == exiting_block) return;
   VAE_GRID_SYNC();
@@ -287,6 +315,22 @@ std::vector<float> counter_chain(int grid, int block) {
 void counter_wait_with_exited_block() {
   Buffer<unsigned> counter(1);
   VAE_LAUNCH_COOPERATIVE(counter_wait_with_exited_block_kernel, 2, 5, 0, nullptr, counter.p);
+  synchronize(nullptr);
+}
+
+std::vector<float> cluster_rounds(const std::vector<float>& x, int grid, int cluster, int block, int rounds) {
+  Buffer<float> values(x);
+  VAE_LAUNCH_COOPERATIVE_CLUSTERS(cluster_rounds_kernel, grid, cluster, block, block * sizeof(float), nullptr, values.p,
+                                  static_cast<unsigned>(cluster), rounds);
+  return values.host();
+}
+
+int cluster_rounds_max_clusters(int block, int cluster) {
+  return cooperative_max_clusters(cluster_rounds_kernel, block, block * sizeof(float), cluster);
+}
+
+void cluster_barrier_with_exited_block() {
+  VAE_LAUNCH_COOPERATIVE_CLUSTERS(cluster_barrier_with_exited_block_kernel, 2, 2, 3, 0, nullptr, 1u);
   synchronize(nullptr);
 }
 

@@ -134,6 +134,29 @@ TEST_P(HostExec, CountersOrderBlocks) {
   }
 }
 
+// Clusters of 2, 3 and 4 blocks (on the GPU from sm_90) pass values around through each other's
+// shared memory between the halves of cluster barriers, blocks of odd sizes: every round's value
+// comes from the peer's write of that round.
+TEST_P(HostExec, ClustersShareSharedMemoryBetweenBarriers) {
+  const test::ScopedWorkers workers(GetParam(), 12);  // on the CPU: three clusters of four at once
+  for (int cluster : {2, 3, 4}) {
+    for (int block : {1, 33, 128}) {
+      const int most = VAE_CALL(GetParam(), cluster_rounds_max_clusters, block, cluster);
+      if (most == 0 && GetParam() == Target::cuda) GTEST_SKIP() << "this GPU has no thread-block clusters (sm_90+)";
+      ASSERT_GE(most, 1) << "cluster " << cluster;
+      const int grid = std::min(most, 3) * cluster, rounds = 5, n = grid * block;
+      const auto x = random_uniform(n, 7 + n);
+      const auto got = VAE_CALL(GetParam(), cluster_rounds, x, grid, cluster, block, rounds);
+      for (int i = 0; i < n; ++i) {
+        const int b = i / block, t = i % block, first = b / cluster * cluster;
+        float want = x[(first + (b - first + rounds) % cluster) * block + (t + rounds) % block];
+        for (int r = 0; r < rounds; ++r) want += 1.f;  // as the kernel adds, in float
+        ASSERT_EQ(got[i], want) << "cluster " << cluster << " block " << block << " thread " << i;
+      }
+    }
+  }
+}
+
 TEST_P(HostExec, ManyBarriersKeepThreadsInStep) {
   const auto counters = VAE_CALL(GetParam(), barrier_rounds, 9, 65, 10);
   for (size_t i = 0; i < counters.size(); ++i) ASSERT_EQ(counters[i], 10) << "thread " << i;
@@ -337,6 +360,17 @@ TEST(HostExecDeathTest, CounterWaitWithAnExitedBlockAborts) {
         cpu::counter_wait_with_exited_block();
       },
       "block \\(0,0,0\\): deadlock at a wait for a counter: it is at 0 of 1, and every block waits or has exited");
+}
+
+TEST(HostExecDeathTest, ClusterBarrierWithAnExitedBlockAborts) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_DEATH(
+      {
+        hx::set_workers(2);
+        cpu::cluster_barrier_with_exited_block();
+      },
+      "block \\(0,0,0\\): deadlock at the cluster barrier at .*hostexec_kernels.cu:[0-9]+, and every block waits or "
+      "has exited");
 }
 
 TEST(HostExecDeathTest, GridSyncWithoutCooperativeLaunchAborts) {

@@ -2,6 +2,7 @@
 // forward and backward passes (log p, KL and every parameter gradient: WholeStep; the optimizer
 // kernel has its own test, the epoch loop EpochLoop) and the fused step kernel, optimizer update
 // included, for each optimizer (FusedStep).
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <numeric>
@@ -132,15 +133,18 @@ FusedStepArgs fused_args(Vae& vae, Optimizer& opt, int batch, const float* data,
   return a;
 }
 
-// One fused step of them; with `math`, its tiles' arithmetic instead of the context's.
+// One fused step of them; with `math`, its tiles' arithmetic instead of the context's; with row flags, in
+// clusters of `cluster` blocks (the most whole clusters).
 void run_fused_step(const DeviceContext& ctx, Vae& vae, Optimizer& opt, int batch, const float* data, uint64_t seed,
                     StepState* at, double* totals, const KlTerm& kl = {}, std::optional<FusedMath> math = std::nullopt,
-                    bool row_flags = false) {
+                    bool row_flags = false, int cluster = 1) {
   FusedStepArgs a = fused_args(vae, opt, batch, data, seed, at, totals);
   a.kl_term = kl;
   EXPECT_EQ(a.math == FusedMath::tf32, ctx.tf32());
   if (math) a.math = *math;
   a.row_flags = row_flags;
+  a.cluster = cluster;
+  if (cluster > 1) a.grid = VAE_CALL(ctx.target(), fused_step_cluster_grid, cluster);
   VAE_CALL(ctx.target(), fused_step, a, ctx.stream());
   ctx.synchronize();
 }
@@ -196,18 +200,47 @@ TEST_P(WholeStep, LossAndEveryGradientMatchReference) {
 // (FusedStepArgs::row_flags: on the CPU's grid of 7 with Adam and Adagrad, on the GPU with each).
 class FusedStep : public ::testing::TestWithParam<std::tuple<Target, StepCase>> {};
 
+// A run of the reference test: the CPU's workers (0: as they are), row flags (not with SGD on the CPU), blocks a
+// thread-block cluster.
+struct ReferenceRun {
+  int workers;
+  bool flags;
+  int cluster;
+};
+void expect_three_steps_match_reference(Target target, const StepCase& sc, const std::vector<ReferenceRun>& runs);
+
 TEST_P(FusedStep, ThreeStepsOfEachOptimizerMatchReference) {
   const auto [target, sc] = GetParam();
   VAE_SKIP_WITHOUT_DEVICE(target);
-  DeviceContext ctx(target, false);
   // On the CPU also a grid of 7 blocks (7 workers): phases with fewer tiles than blocks split K;
   // there the phases meet at row flags (with SGD at barriers). On the GPU its grid, with barriers and
   // with row flags. The fp32 tiles by FFMA, and by 3xTF32 in the first run (how a tile multiplies
   // and how its K slices meet are apart; the sanitizers' CI time is kept).
-  const int first_workers = target == Target::cpu ? hx::workers() : 0;
-  const std::vector<std::pair<int, bool>> runs =
-      target == Target::cpu ? std::vector<std::pair<int, bool>>{{first_workers, false}, {7, true}}
-                            : std::vector<std::pair<int, bool>>{{0, false}, {0, true}};
+  expect_three_steps_match_reference(target, sc,
+                                     target == Target::cpu
+                                         ? std::vector<ReferenceRun>{{hx::workers(), false, 1}, {7, true, 1}}
+                                         : std::vector<ReferenceRun>{{0, false, 1}, {0, true, 1}});
+}
+
+// In thread-block clusters (FusedStepArgs::cluster): split tiles' K slices summed through the cluster's shared memory
+// instead of at tickets, against the reference as above: on the CPU two clusters of 4 with row flags (Adam and
+// Adagrad), on the GPU (sm_90 and newer) clusters of 4 with row flags and of 2 with grid barriers. A suite of its own:
+// bench/gpu_check.sh runs it apart, so that a fault of the clusters costs the cluster variants only.
+class FusedClusters : public ::testing::TestWithParam<std::tuple<Target, StepCase>> {};
+
+TEST_P(FusedClusters, ThreeStepsOfEachOptimizerMatchReference) {
+  const auto [target, sc] = GetParam();
+  VAE_SKIP_WITHOUT_DEVICE(target);
+  if (target == Target::cuda && VAE_CALL(target, fused_step_cluster_grid, 4) == 0) {
+    GTEST_SKIP() << "this GPU has no thread-block clusters (sm_90+)";
+  }
+  expect_three_steps_match_reference(target, sc,
+                                     target == Target::cpu ? std::vector<ReferenceRun>{{8, true, 4}}
+                                                           : std::vector<ReferenceRun>{{0, true, 4}, {0, false, 2}});
+}
+
+void expect_three_steps_match_reference(Target target, const StepCase& sc, const std::vector<ReferenceRun>& runs) {
+  DeviceContext ctx(target, false);
   for (size_t run = 0; run < runs.size(); ++run)
     for (FusedMath math : {FusedMath::ffma, FusedMath::tf32x3})
       for (OptimizerKind kind : {OptimizerKind::sgd, OptimizerKind::adam, OptimizerKind::adagrad})
@@ -218,19 +251,21 @@ TEST_P(FusedStep, ThreeStepsOfEachOptimizerMatchReference) {
               {7, std::vector<int>{}, 3, KlTerm{KlEstimator::monte_carlo, 0.7f, 0, KlGradient::standard}, 37},
               {129, std::vector<int>{33, 5}, 20, KlTerm{KlEstimator::analytic, 0.4f, 30, KlGradient::standard}, 37},
               {7, std::vector<int>{32}, 4, KlTerm{}, 36}}) {
-          if (math == FusedMath::tf32x3 && run > 0) continue;
+          const auto [workers, flags, cluster] = runs[run];
+          if (math == FusedMath::tf32x3 && (run > 0 || cluster > 1)) continue;
           // Under the sanitizers (CI's second build, whose task is memory and undefined behaviour; the values are
           // checked in the first) the split-K grid and 3xTF32 with Adam only: the three optimizers' code runs in
           // the first grid's FFMA steps. This test, fiber by fiber under ASan, was half of that build's test time.
-          if (kSanitized && (run > 0 || math != FusedMath::ffma) && kind != OptimizerKind::adam) continue;
-          const auto [workers, flags] = runs[run];
+          if (kSanitized && (run > 0 || cluster > 1 || math != FusedMath::ffma) && kind != OptimizerKind::adam)
+            continue;
           const bool row_flags = flags && (target == Target::cuda || kind != OptimizerKind::sgd);
+          if (cluster > 1 && flags && !row_flags) continue;
           const test::ScopedWorkers grid_of(target, workers);
           SCOPED_TRACE(std::string(fused_math_name(math)) + (row_flags ? ", row flags, " : ", ") +
-                       optimizer_name(kind) + ", batch " + std::to_string(batch) + ", " +
-                       std::to_string(hidden.size()) + " hidden layers, KL " + estimator_name(kl.estimator) +
-                       " at beta " + std::to_string(kl.weight) + ", grid " +
-                       std::to_string(VAE_CALL(ctx.target(), fused_step_grid)));
+                       (cluster > 1 ? "clusters of " + std::to_string(cluster) + ", " : "") + optimizer_name(kind) +
+                       ", batch " + std::to_string(batch) + ", " + std::to_string(hidden.size()) +
+                       " hidden layers, KL " + estimator_name(kl.estimator) + " at beta " + std::to_string(kl.weight) +
+                       ", grid " + std::to_string(VAE_CALL(ctx.target(), fused_step_cluster_grid, cluster)));
           const ModelConfig c = small_config(sc.decoder, sc.activation, hidden, latent, dim);
           Vae vae(ctx, c, batch + 3, sc.samples);
           ASSERT_TRUE(vae.fused_step_fits());
@@ -247,7 +282,8 @@ TEST_P(FusedStep, ThreeStepsOfEachOptimizerMatchReference) {
 
           double want_recon = 0, want_kl = 0;
           for (int step = 0; step < steps; ++step) {
-            run_fused_step(ctx, vae, opt, batch, data_dev.data(), 5, at.data(), totals.data(), kl, math, row_flags);
+            run_fused_step(ctx, vae, opt, batch, data_dev.data(), 5, at.data(), totals.data(), kl, math, row_flags,
+                           cluster);
 
             const std::vector<double> x(data.begin() + static_cast<size_t>(step) * batch * c.input_dim,
                                         data.begin() + static_cast<size_t>(step + 1) * batch * c.input_dim);
@@ -391,6 +427,73 @@ TEST(FusedSplitPlan, TheCostliestItemIsTheCheapestAnyAllowedSplitGives) {
   }
   EXPECT_GT(split_phases, 300);
   EXPECT_GT(ticket_phases, 100);
+}
+
+// In thread-block clusters (FusedStepArgs::cluster) a phase splits K only within clusters, in one
+// round: the costliest item is the cheapest any allowed split gives — each op's slices at most the
+// cluster's blocks, a slice at least kFusedMinSliceChunks chunks, the ops' clusters (⌈tiles /
+// ⌊cluster / slices⌋⌉ each) at most the grid's — with the fewest clusters at that cost; nothing
+// split (0) where no split is cheaper than whole tiles. By brute force, clusters of 2 to 8.
+TEST(FusedClusterPlan, TheCostliestItemIsTheCheapestAnyAllowedSplitGives) {
+  std::mt19937 rng(31);
+  int split_phases = 0;
+  for (int trial = 0; trial < 3000; ++trial) {
+    const int count = 1 + static_cast<int>(rng() % 2), cluster = 2 + static_cast<int>(rng() % 7);
+    const int clusters = 1 + static_cast<int>(rng() % 40);
+    std::vector<int> tiles(count), chunks(count);
+    for (int o = 0; o < count; ++o) {
+      tiles[o] = 1 + static_cast<int>(rng() % (trial % 3 ? 20 : 100));
+      chunks[o] = 1 + static_cast<int>(rng() % 60);
+    }
+    SCOPED_TRACE("trial " + std::to_string(trial) + ", " + std::to_string(clusters) + " clusters of " +
+                 std::to_string(cluster));
+    struct Outcome {
+      int cost, used;
+    };
+    auto outcome = [&](const std::vector<int>& sl) {
+      Outcome r{0, 0};
+      for (int o = 0; o < count; ++o) {
+        r.cost = std::max(r.cost, (chunks[o] + sl[o] - 1) / sl[o]);
+        const int per = cluster / sl[o];
+        r.used += (tiles[o] + per - 1) / per;
+      }
+      return r;
+    };
+    int got[2] = {0, 0};
+    const int used = fused_cluster_plan(tiles.data(), chunks.data(), count, clusters, cluster, got);
+    const std::vector<int> plan(got, got + count);
+    const int longest = *std::max_element(chunks.begin(), chunks.end());
+    Outcome best{longest, 1 << 30};  // whole tiles in rounds: always allowed
+    std::vector<int> sl(count, 1);
+    for (;;) {
+      bool allowed = std::any_of(sl.begin(), sl.end(), [](int v) { return v > 1; });
+      for (int o = 0; o < count; ++o)
+        allowed = allowed && (sl[o] == 1 || (chunks[o] + sl[o] - 1) / sl[o] >= kFusedMinSliceChunks);
+      const Outcome p = outcome(sl);
+      if (allowed && p.used <= clusters && (p.cost < best.cost || (p.cost == best.cost && p.used < best.used))) {
+        best = p;
+      }
+      int o = 0;
+      while (o < count && ++sl[o] > cluster) sl[o++] = 1;
+      if (o == count) break;
+    }
+    if (best.cost == longest) {
+      EXPECT_EQ(used, 0);
+      EXPECT_EQ(plan, std::vector<int>(count, 1));
+      continue;
+    }
+    ++split_phases;
+    const Outcome p = outcome(plan);
+    EXPECT_EQ(p.cost, best.cost);
+    EXPECT_EQ(used, p.used);
+    EXPECT_EQ(used, best.used);
+    for (int o = 0; o < count; ++o) {
+      EXPECT_LE(plan[o], cluster);
+      const int per = (chunks[o] + plan[o] - 1) / plan[o];
+      EXPECT_LT((plan[o] - 1) * per, chunks[o]) << "an empty slice";
+    }
+  }
+  EXPECT_GT(split_phases, 500);
 }
 
 // The fused step's phase timers (FusedStepArgs::phase_ns, bench_step --phases) change nothing the
@@ -585,18 +688,36 @@ TEST(FusedStepNames, OnePerBarrierAndPerGemmPhase) {
 // clears its tickets and flags), and after the last launch of two steps each GEMM phase's count a row block is twice
 // the column tiles of its first GEMM (none where that is a weight update), and each grid counter's twice the blocks
 // (the latent backward's none with L = 1).
+void expect_row_flags_compute_what_barriers_do(Target target, int cluster);
 TEST_P(FusedStepLaunch, RowFlagsComputeWhatBarriersDo) {
-  const Target target = GetParam();
-  VAE_SKIP_WITHOUT_DEVICE(target);
+  VAE_SKIP_WITHOUT_DEVICE(GetParam());
+  expect_row_flags_compute_what_barriers_do(GetParam(), 1);
+}
+// The same in thread-block clusters (FusedStepArgs::cluster; on the CPU two clusters of 4 blocks, on the GPU clusters
+// of 4 from sm_90), both runs: split tiles' K slices meet in the cluster's shared memory. Apart from FusedStepLaunch,
+// as FusedClusters.
+class FusedClustersLaunch : public ::testing::TestWithParam<Target> {};
+TEST_P(FusedClustersLaunch, RowFlagsComputeWhatBarriersDo) {
+  VAE_SKIP_WITHOUT_DEVICE(GetParam());
+  if (GetParam() == Target::cuda && VAE_CALL(GetParam(), fused_step_cluster_grid, 4) == 0) {
+    GTEST_SKIP() << "this GPU has no thread-block clusters (sm_90+)";
+  }
+  expect_row_flags_compute_what_barriers_do(GetParam(), 4);
+}
+INSTANTIATE_TEST_SUITE_P(Targets, FusedClustersLaunch, ::testing::ValuesIn(test::all_targets()),
+                         test::target_param_name);
+
+void expect_row_flags_compute_what_barriers_do(Target target, int cluster) {
   const int batch = 41, partial = 9;
   const int launches[][2] = {{batch, 2}, {partial, 1}, {batch, 2}};  // (rows, steps)
   const int rows = 2 * batch + partial + 2 * batch;
   DeviceContext ctx(target, false);
-  const test::ScopedWorkers grid_of(target, 7);
-  const int grid = VAE_CALL(target, fused_step_grid);
+  const test::ScopedWorkers grid_of(target, cluster > 1 ? 2 * cluster : 7);
+  const int grid = VAE_CALL(target, fused_step_cluster_grid, cluster);
   for (const bool hidden : {true, false})
     for (const int samples : {2, 1}) {
-      SCOPED_TRACE(std::string(hidden ? "hidden 43, 33" : "no hidden layers") + ", L = " + std::to_string(samples));
+      SCOPED_TRACE(std::string(hidden ? "hidden 43, 33" : "no hidden layers") + ", L = " + std::to_string(samples) +
+                   (cluster > 1 ? ", clusters of " + std::to_string(cluster) : ""));
       const std::vector<int> sizes = hidden ? std::vector<int>{43, 33} : std::vector<int>{};
       const ModelConfig c = small_config(DecoderKind::bernoulli, Activation::relu, sizes, 5, 37);
       const int layers = static_cast<int>(sizes.size()), phases = fused_step_gemm_phases(layers, layers, samples);
@@ -613,7 +734,7 @@ TEST_P(FusedStepLaunch, RowFlagsComputeWhatBarriersDo) {
       DeviceBuffer<float> workspace(ctx, init);
       for (const bool flags : {false, true}) {
         Vae vae(ctx, c, batch, samples);
-        vae.set_fused_variant({FusedMath::ffma, false, 0, flags});
+        vae.set_fused_variant({FusedMath::ffma, false, 0, flags, cluster});
         vae.params().upload(init_parameters(c, vae.layout(), 8));
         Optimizer opt(ctx, vae.layout().total, OptimizerKind::adam, OptimizerHyper{});
         DeviceBuffer<StepState> at(ctx, std::vector<StepState>{{5, 0}});
@@ -622,6 +743,8 @@ TEST_P(FusedStepLaunch, RowFlagsComputeWhatBarriersDo) {
           FusedStepArgs a = fused_args(vae, opt, launch[0], data.data(), 4, at.data(), totals.data());
           a.steps = launch[1];
           EXPECT_EQ(a.row_flags, flags);
+          EXPECT_EQ(a.cluster, cluster);
+          EXPECT_EQ(a.grid, cluster > 1 ? grid : 0);
           if (flags) {
             a.workspace = workspace.data();
             a.workspace_floats = static_cast<long long>(init.size());
@@ -790,6 +913,10 @@ std::string step_case_name(const ::testing::TestParamInfo<std::tuple<Target, Ste
 }
 
 INSTANTIATE_TEST_SUITE_P(Cases, FusedStep,
+                         ::testing::Combine(::testing::ValuesIn(test::all_targets()), ::testing::ValuesIn(kFusedCases)),
+                         step_case_name);
+
+INSTANTIATE_TEST_SUITE_P(Cases, FusedClusters,
                          ::testing::Combine(::testing::ValuesIn(test::all_targets()), ::testing::ValuesIn(kFusedCases)),
                          step_case_name);
 

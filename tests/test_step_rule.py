@@ -17,10 +17,11 @@ TOOL = os.path.join(ROOT, "bench", "step_rule.py")
 DEVICE = "NVIDIA H100 80GB HBM3 (sm_90)"
 
 
-def row(batch, variant, step, us, precision="fp32", math="ffma", half=False, models=1, ticket=0, flags=False):
+def row(batch, variant, step, us, precision="fp32", math="ffma", half=False, models=1, ticket=0, flags=False,
+        cluster=1):
     return json.dumps({"device": DEVICE, "batch": batch, "variant": variant, "step": step, "steps_per_launch": 16,
                        "precision": precision, "models": models, "fused_math": math, "fused_grid": 66 if half else 132,
-                       "half_grid": half, "ticket_chunks": ticket, "row_flags": flags, "step_us": us, "epoch_s": 60000 / batch * us / 1e6})
+                       "half_grid": half, "ticket_chunks": ticket, "row_flags": flags, "cluster": cluster, "step_us": us, "epoch_s": 60000 / batch * us / 1e6})
 
 
 LOG = "\n".join([
@@ -36,7 +37,10 @@ LOG = "\n".join([
     row(512, "composed", "composed", 300.0), row(512, "fused x16 3xtf32", "fused", 150.0, math="3xtf32"),
     row(512, "fused x16 half", "fused", 140.0, half=True),
     row(512, "fused x16 flags", "fused", 139.0, flags=True),
+    row(512, "fused x16 cluster 4", "fused", 141.0, cluster=4),
     row(1024, "composed", "composed", 500.0),  # the sweep cut before this batch's fused runs
+    row(2048, "composed", "composed", 900.0),
+    row(2048, "fused x16 flags cluster 4", "fused", 400.0, flags=True, cluster=4),
     row(128, "composed tf32", "composed", 90.0, precision="tf32", math="tf32"),
     row(128, "fused x16 tf32", "fused", 40.0, precision="tf32", math="tf32"),
     row(128, "fused x16 tf32 ticket 12", "fused", 35.0, precision="tf32", math="tf32", ticket=12),
@@ -44,8 +48,8 @@ LOG = "\n".join([
     "{not json", "   512  fastest: fused x16 half (140.00 us/step)",
 ])
 
-OTHER = ('{"NVIDIA H200", "fp32", 128, "fused", "3xtf32", false, 8, true, 150.00, 199.00, "2026-11-26", "ae0a79c"},\n'
-         '{"NVIDIA H100 80GB HBM3", "fp32", 64, "fused", "ffma", false, 0, false, 1.00, 9.00, "2026-01-01", "0000000"},\n')
+OTHER = ('{"NVIDIA H200", "fp32", 128, "fused", "3xtf32", false, 8, true, 1, 150.00, 199.00, "2026-11-26", "ae0a79c"},\n'
+         '{"NVIDIA H100 80GB HBM3", "fp32", 64, "fused", "ffma", false, 0, false, 1, 1.00, 9.00, "2026-01-01", "0000000"},\n')
 
 
 class StepRule(unittest.TestCase):
@@ -75,11 +79,12 @@ class StepRule(unittest.TestCase):
         lines, _ = self.entries()
         h100 = [x for x in lines if x.startswith('{"NVIDIA H100 80GB HBM3"')]
         self.assertEqual(h100, [
-            '{"NVIDIA H100 80GB HBM3", "fp32", 32, "composed", "", false, 0, false, 91.00, 100.00, "2026-12-08", "abc1234"},',
-            '{"NVIDIA H100 80GB HBM3", "fp32", 128, "fused", "ffma", false, 0, false, 100.00, 110.00, "2026-12-08", "abc1234"},',
-            '{"NVIDIA H100 80GB HBM3", "fp32", 512, "fused", "ffma", false, 0, true, 139.00, 300.00, "2026-12-08", "abc1234"},',
-            '{"NVIDIA H100 80GB HBM3", "fp32", 1024, "composed", "", false, 0, false, 0.00, 500.00, "2026-12-08", "abc1234"},',
-            '{"NVIDIA H100 80GB HBM3", "tf32", 128, "fused", "tf32", false, 12, false, 35.00, 90.00, "2026-12-08", "abc1234"},',
+            '{"NVIDIA H100 80GB HBM3", "fp32", 32, "composed", "", false, 0, false, 1, 91.00, 100.00, "2026-12-08", "abc1234"},',
+            '{"NVIDIA H100 80GB HBM3", "fp32", 128, "fused", "ffma", false, 0, false, 1, 100.00, 110.00, "2026-12-08", "abc1234"},',
+            '{"NVIDIA H100 80GB HBM3", "fp32", 512, "fused", "ffma", false, 0, true, 1, 139.00, 300.00, "2026-12-08", "abc1234"},',
+            '{"NVIDIA H100 80GB HBM3", "fp32", 1024, "composed", "", false, 0, false, 1, 0.00, 500.00, "2026-12-08", "abc1234"},',
+            '{"NVIDIA H100 80GB HBM3", "fp32", 2048, "fused", "ffma", false, 0, true, 4, 400.00, 900.00, "2026-12-08", "abc1234"},',
+            '{"NVIDIA H100 80GB HBM3", "tf32", 128, "fused", "tf32", false, 12, false, 1, 35.00, 90.00, "2026-12-08", "abc1234"},',
         ])
         # The other card's entry and source stay; this card's old ones are gone.
         self.assertIn(OTHER.splitlines()[0], lines)
@@ -93,7 +98,7 @@ class StepRule(unittest.TestCase):
         self.assertEqual(self.run_tool("--margin", "0.2").returncode, 0)
         self.assertIn('"fp32", 128, "composed", ""', "\n".join(self.entries()[0]))
         self.assertEqual(self.run_tool("--margin", "0").returncode, 0)
-        self.assertIn('"fp32", 32, "fused", "ffma", false, 0, false, 91.00', "\n".join(self.entries()[0]))
+        self.assertIn('"fp32", 32, "fused", "ffma", false, 0, false, 1, 91.00', "\n".join(self.entries()[0]))
 
     def test_the_table_compiles_as_the_trainer_includes_it(self):
         cxx = shutil.which("g++") or shutil.which("c++")
@@ -103,7 +108,7 @@ class StepRule(unittest.TestCase):
         src = os.path.join(self.dir, "t.cpp")
         with open(src, "w") as f:
             f.write('#include "step_rule.h"\nconst std::vector<vae::StepRuleEntry> t = {\n#include "'
-                    + self.table + '"\n};\nint main() { return t.size() == 6 ? 0 : 1; }\n')
+                    + self.table + '"\n};\nint main() { return t.size() == 7 ? 0 : 1; }\n')
         exe = os.path.join(self.dir, "t")
         c = subprocess.run([cxx, "-std=c++17", "-Wall", "-Werror", "-I", os.path.join(ROOT, "host"), "-I",
                             os.path.join(ROOT, "cuda"), src, "-o", exe], capture_output=True, text=True)

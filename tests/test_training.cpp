@@ -333,12 +333,13 @@ TEST_F(Training, EveryOptimizerDecoderAndBinarizationTrains) {
 // run's (the smallest batch's below them all), per card and precision; the composed step without one.
 TEST(StepRule, TakesTheEntryOfTheLargestMeasuredBatchAtMostTheRunsOfItsCardAndPrecision) {
   const std::vector<StepRuleEntry> table = {
-      {"Card A", "fp32", 64, "composed", "", false, 0, false, 120.0, 100.0, "2026-12-01", "aaa1111"},
-      {"Card A", "fp32", 256, "fused", "ffma", false, 0, false, 80.0, 100.0, "2026-12-01", "aaa1111"},
-      {"Card A", "fp32", 1024, "fused", "3xtf32", true, 0, false, 150.0, 300.0, "2026-12-01", "aaa1111"},
-      {"Card A", "tf32", 128, "fused", "tf32", false, 12, true, 50.0, 90.0, "2026-12-02", "bbb2222"},
-      {"Card B", "fp32", 128, "fused", "ffma", true, 4, false, 10.0, 90.0, "2026-12-03", "ccc3333"},
-      {"Card D", "fp32", 128, "composed", "", false, 0, false, 0.0, 70.0, "2026-12-04", "ddd4444"},
+      {"Card A", "fp32", 64, "composed", "", false, 0, false, 1, 120.0, 100.0, "2026-12-01", "aaa1111"},
+      {"Card A", "fp32", 256, "fused", "ffma", false, 0, false, 1, 80.0, 100.0, "2026-12-01", "aaa1111"},
+      {"Card A", "fp32", 1024, "fused", "3xtf32", true, 0, false, 1, 150.0, 300.0, "2026-12-01", "aaa1111"},
+      {"Card A", "tf32", 128, "fused", "tf32", false, 12, true, 1, 50.0, 90.0, "2026-12-02", "bbb2222"},
+      {"Card B", "fp32", 128, "fused", "ffma", true, 4, false, 1, 10.0, 90.0, "2026-12-03", "ccc3333"},
+      {"Card B", "fp32", 2048, "fused", "3xtf32", false, 0, true, 4, 40.0, 90.0, "2026-12-03", "ccc3333"},
+      {"Card D", "fp32", 128, "composed", "", false, 0, false, 1, 0.0, 70.0, "2026-12-04", "ddd4444"},
   };
   struct Case {
     const char* card;
@@ -349,7 +350,7 @@ TEST(StepRule, TakesTheEntryOfTheLargestMeasuredBatchAtMostTheRunsOfItsCardAndPr
     const char* says;
   };
   const FusedVariant ffma{FusedMath::ffma, false, 0, false}, tf32_12_flags{FusedMath::tf32, false, 12, true},
-      ffma_half_4{FusedMath::ffma, true, 4, false};
+      ffma_half_4{FusedMath::ffma, true, 4, false}, flags_cluster_4{FusedMath::tf32x3, false, 0, true, 4};
   for (const Case& c : {
            Case{"Card A", false, 7, false, ffma, "composed: the sweep of Card A at fp32, batch 64"},
            Case{"Card A", false, 255, false, ffma, "batch 64 (fused 120.0 us a step, composed 100.0"},
@@ -358,6 +359,7 @@ TEST(StepRule, TakesTheEntryOfTheLargestMeasuredBatchAtMostTheRunsOfItsCardAndPr
            Case{"Card A", false, 4096, true, {FusedMath::tf32x3, true, 0, false}, "fused 3xtf32 half grid: the sweep"},
            Case{"Card A", true, 33, true, tf32_12_flags, "fused tf32 ticket 12 row flags: the sweep of Card A at tf32"},
            Case{"Card B", false, 500, true, ffma_half_4, "fused ffma half grid ticket 4: the sweep"},
+           Case{"Card B", false, 3000, true, flags_cluster_4, "fused 3xtf32 row flags cluster 4: the sweep"},
            Case{"Card B", true, 128, false, ffma, "composed: no sweep of Card B at tf32"},
            Case{"Card C", false, 128, false, ffma, "composed: no sweep of Card C at fp32"},
            Case{"Card D", false, 512, false, ffma, "(fused not measured, composed 70.0 us a step"},
@@ -370,6 +372,7 @@ TEST(StepRule, TakesTheEntryOfTheLargestMeasuredBatchAtMostTheRunsOfItsCardAndPr
       EXPECT_EQ(got.variant.half_grid, c.variant.half_grid) << at;
       EXPECT_EQ(got.variant.ticket_chunks, c.variant.ticket_chunks) << at;
       EXPECT_EQ(got.variant.row_flags, c.variant.row_flags) << at;
+      EXPECT_EQ(got.variant.cluster, c.variant.cluster) << at;
     }
     EXPECT_NE(got.why.find(c.says), std::string::npos) << at << ": " << got.why;
   }
@@ -390,6 +393,7 @@ TEST(StepRule, TheShippedTableIsWellFormedAndRunsTheCpuComposed) {
       EXPECT_TRUE(math == "ffma" || math == "3xtf32" || (math == "tf32" && std::string(e.precision) == "tf32")) << at;
       EXPECT_LT(e.fused_us, e.composed_us) << at;
       EXPECT_GE(e.ticket_chunks, 0) << at;
+      EXPECT_TRUE(e.cluster >= 1 && e.cluster <= kFusedMaxCluster) << at;
     }
     EXPECT_EQ(std::string(e.date).size(), 10u) << at;
     EXPECT_GE(std::string(e.commit).size(), 7u) << at;

@@ -128,6 +128,7 @@ struct TileShared {
     int items;
     int slices[kMaxPhaseGemms];
     int chunks[kMaxPhaseGemms];
+    int clusters;  // with clusters (FusedStepArgs::cluster): those a split phase takes (fused_cluster_plan), else 0
   };
   PhasePlan plan;                        // the phase's
   PhasePlan plans[kFusedMaxGemmPhases];  // the step's GEMM phases'

@@ -16,6 +16,7 @@
 // latency-bound regime (small batches), where the composed step is a string of small kernels;
 // launches of many steps, captured in the trainer's CUDA graph.
 #include <algorithm>
+#include <vector>
 
 #include "ops.h"  // the entry points this file defines
 #include "kernels/batch.cuh"
@@ -411,6 +412,7 @@ __global__ void __launch_bounds__(kStepThreads, 2) fused_step_kernel(__grid_cons
     sh.planned = 0;
   }
   __syncthreads();
+  if (a.cluster > 1) VAE_CLUSTER_ARRIVE();  // as a phase the clusters split leaves it (finish_in_cluster)
   // With x_next, the batches alternate between a.x and x_next, each gathered during the step before.
   auto batch = [&](int i) { return i % 2 == 0 || !a.x_next ? a.x : a.x_next; };
   auto state = [&](int i) {
@@ -421,10 +423,33 @@ __global__ void __launch_bounds__(kStepThreads, 2) fused_step_kernel(__grid_cons
     const bool ahead = a.x_next && i + 1 < a.steps;
     train_step(a, state(i), i, batch(i), a.x_next && i > 0, ahead ? batch(i + 1) : nullptr, state(i + 1), sh);
   }
+  if (a.cluster > 1) VAE_CLUSTER_WAIT();  // no block leaves while a peer may read its shared memory
   if (blockIdx.x == 0 && threadIdx.x == 0) {
     a.at->step = base.step + a.steps;
     a.at->offset = base.offset + static_cast<long long>(a.steps) * a.batch;
   }
+}
+
+// The dynamic shared memory of a launch in clusters: a tile's sums, for the cluster's peers.
+constexpr size_t kFusedExchangeBytes = sizeof(float) * kTile * kTile;
+
+int fused_step_cluster_grid(int cluster) {
+  if (cluster <= 1) return fused_step_grid();
+  VAE_REQUIRE(cluster <= kFusedMaxCluster, "fused_step_cluster_grid: a cluster of 1 to 8 blocks");
+  auto most = [](int c) {
+    const int clusters = cooperative_max_clusters(fused_step_kernel, kStepThreads, kFusedExchangeBytes, c);
+    return std::min(clusters, fused_step_grid() / c) * c;
+  };
+#if VAE_HOST_EXEC
+  return most(cluster);  // tests change the worker count
+#else
+  static const std::vector<int> grids = [&] {  // found once per run, as fused_step_grid
+    std::vector<int> g(kFusedMaxCluster + 1, 0);
+    for (int c = 2; c <= kFusedMaxCluster; ++c) g[c] = most(c);
+    return g;
+  }();
+  return grids[cluster];
+#endif
 }
 
 int fused_step_grid() {
@@ -449,14 +474,22 @@ void fused_step(const FusedStepArgs& args, cudaStream_t stream) {
               "fused_step: too many hidden layers");
   VAE_REQUIRE(args.batch > 0 && args.samples > 0 && args.latent > 0 && args.steps > 0, "fused_step: bad shape");
   VAE_REQUIRE(args.ticket_chunks >= 0, "fused_step: a negative ticket cost");
-  const int most = fused_step_grid(), grid = args.grid > 0 ? args.grid : most;
+  VAE_REQUIRE(args.cluster >= 1 && args.cluster <= kFusedMaxCluster, "fused_step: a cluster of 1 to 8 blocks");
+  const int most = fused_step_cluster_grid(args.cluster), grid = args.grid > 0 ? args.grid : most;
+  VAE_REQUIRE(most > 0, "fused_step: clusters of that many blocks do not fit this device (sm_90 or newer)");
   VAE_REQUIRE(grid <= most, "fused_step: more blocks than can be resident at once");
+  VAE_REQUIRE(grid % args.cluster == 0, "fused_step: a grid that is not whole clusters");
   VAE_REQUIRE(args.workspace && args.workspace_floats >=
                                     fused_step_workspace_floats(
                                         grid, args.batch * args.samples, args.dim, args.gaussian,
                                         fused_step_gemm_phases(args.encoder_layers, args.decoder_layers, args.samples)),
               "fused_step: the workspace is smaller than the grid, the model and the batch need");
-  VAE_LAUNCH_COOPERATIVE(fused_step_kernel, grid, kStepThreads, 0, stream, args);
+  if (args.cluster > 1) {
+    VAE_LAUNCH_COOPERATIVE_CLUSTERS(fused_step_kernel, grid, args.cluster, kStepThreads, kFusedExchangeBytes, stream,
+                                    args);
+  } else {
+    VAE_LAUNCH_COOPERATIVE(fused_step_kernel, grid, kStepThreads, 0, stream, args);
+  }
 }
 
 }  // namespace vae::VAE_NS

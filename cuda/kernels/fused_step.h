@@ -13,7 +13,8 @@ namespace vae {
 // The whole training step as one cooperative kernel (cuda/kernels/fused_step.cu): the model's
 // layers, buffers and optimizer, all in device memory. Layer l's parameters are at
 // params + weight (out, in) and params + bias (out); its gradients at the same offsets of grads.
-constexpr int kMaxStepLayers = 4;  // hidden layers per side
+constexpr int kMaxStepLayers = 4;    // hidden layers per side
+constexpr int kFusedMaxCluster = 8;  // blocks a thread-block cluster (the portable most)
 // How the GEMM tiles multiply: fp32 FFMA; TF32 tensor cores (--tf32); or fp32 accuracy on the
 // tensor cores from three TF32 products (each operand split into a TF32 high part and the TF32
 // rounding of the rest: a_hi b_hi + a_hi b_lo + a_lo b_hi, as CUTLASS's 3xTF32). The tensor-core
@@ -79,6 +80,11 @@ struct FusedStepArgs {
   // once every block has summed its rows' log p and KL. A grid barrier only after a gather and
   // between the steps of a launch. The same sums in the same order: the same bits.
   bool row_flags = false;
+  // Blocks in thread-block clusters of this many (FusedVariant::cluster; sm_90, or host execution):
+  // a split tile's K slices lie in one cluster and meet in distributed shared memory (its partial
+  // sums summed by the block of slice 0, from its peers' shared memory, after a cluster barrier),
+  // not at tickets in the workspace (fused_cluster_plan). 1: no clusters. The grid a multiple of it.
+  int cluster = 1;             // at most kFusedMaxCluster
   float* workspace = nullptr;  // fused_step_workspace_floats(fused_step_grid(), L·B, dim, gaussian, GEMM phases):
                                // anything at first (a launch clears its tickets and flags)
   long long workspace_floats = 0;
@@ -105,11 +111,23 @@ struct FusedVariant {
   bool half_grid = false;            // on fused_step_half_grid blocks (FusedStepArgs::grid)
   int ticket_chunks = 0;             // FusedStepArgs::ticket_chunks (fused_split_plan)
   bool row_flags = false;            // FusedStepArgs::row_flags
+  int cluster = 1;                   // FusedStepArgs::cluster (the grid: the most whole clusters resident at once)
 };
-// Its name in the step rule's words: "ffma", "3xtf32 half grid", "tf32 ticket 12 row flags".
+// Its name in the step rule's words: "ffma", "3xtf32 half grid", "tf32 ticket 12 row flags cluster 4".
 inline std::string fused_variant_name(const FusedVariant& v) {
   return std::string(fused_math_name(v.math)) + (v.half_grid ? " half grid" : "") +
-         (v.ticket_chunks > 0 ? " ticket " + std::to_string(v.ticket_chunks) : "") + (v.row_flags ? " row flags" : "");
+         (v.ticket_chunks > 0 ? " ticket " + std::to_string(v.ticket_chunks) : "") + (v.row_flags ? " row flags" : "") +
+         (v.cluster > 1 ? " cluster " + std::to_string(v.cluster) : "");
+}
+
+// The blocks a variant launches, where the grid is `grid` blocks (fused_step_grid) and in clusters
+// of v.cluster `cluster_grid` (fused_step_cluster_grid): half of it with half_grid (whole clusters,
+// at least one).
+inline int fused_variant_grid(const FusedVariant& v, int grid, int cluster_grid) {
+  const int cluster = v.cluster > 1 ? v.cluster : 1, most = cluster > 1 ? cluster_grid : grid;
+  if (!v.half_grid) return most;
+  const int half = fused_step_half_grid(most) / cluster * cluster;
+  return half > 0 ? half : most;
 }
 
 // The fused step's phases in order, for its timers (FusedStepArgs::phase_ns).
@@ -253,6 +271,48 @@ constexpr int fused_split_plan(const int* tiles, const int* chunks, int count, i
     }
   }
   return fused_split_items(tiles, chunks, count, hi, ticket_chunks, slices);
+}
+
+// With thread-block clusters of `cluster` blocks (FusedStepArgs::cluster), `clusters` of them: a
+// phase splits K only within clusters, in one round. Op o's tiles take slices[o] ≤ cluster slices
+// each, ⌊cluster / slices[o]⌋ tiles a cluster (a tile's slices on consecutive blocks of one
+// cluster), the ops' clusters one after the other. The least cost (an item's chunks) for which the
+// ops' clusters fit, with a slice at least kFusedMinSliceChunks chunks, an op whose tiles cost no
+// more whole staying whole, the others taking the fewest slices that reach it. Returns the clusters
+// the split takes, or 0 where nothing is split (the tiles fill more than one round, or no split is
+// cheaper): then the phase's tiles go whole, round after round, as fused_split_plan's do.
+constexpr int fused_cluster_items(const int* tiles, const int* chunks, int count, int cluster, int cost, int* slices) {
+  int used = 0;
+  for (int o = 0; o < count; ++o) {
+    slices[o] = chunks[o] <= cost ? 1 : fused_slice_chunks(chunks[o], cost);
+    if (slices[o] > cluster) return 0;
+    const int per = cluster / slices[o];
+    used += (tiles[o] + per - 1) / per;
+  }
+  return used;
+}
+constexpr int fused_cluster_plan(const int* tiles, const int* chunks, int count, int clusters, int cluster,
+                                 int* slices) {
+  int longest = 1;
+  for (int o = 0; o < count; ++o) longest = chunks[o] > longest ? chunks[o] : longest;
+  int lo = kFusedMinSliceChunks, hi = longest;
+  if (lo >= hi) lo = hi;
+  const int whole = fused_cluster_items(tiles, chunks, count, cluster, hi, slices);
+  if (whole == 0 || whole > clusters) lo = hi;  // not one round even whole
+  while (lo < hi) {
+    const int mid = (lo + hi) / 2, used = fused_cluster_items(tiles, chunks, count, cluster, mid, slices);
+    if (used > 0 && used <= clusters) {
+      hi = mid;
+    } else {
+      lo = mid + 1;
+    }
+  }
+  const int used = fused_cluster_items(tiles, chunks, count, cluster, hi, slices);
+  bool split = false;
+  for (int o = 0; o < count; ++o) split = split || slices[o] > 1;
+  if (split && used > 0 && used <= clusters) return used;
+  for (int o = 0; o < count; ++o) slices[o] = 1;
+  return 0;
 }
 
 // The split-K partial sums of a phase: Σ slices · m · columns ≤ Σ slices · tiles · kFusedTile², at

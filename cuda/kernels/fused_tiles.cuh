@@ -10,6 +10,7 @@
 #include "kernels/fused_epilogues.cuh"  // Step, PhaseGemm, TileShared, the tiles' columns and epilogues
 #include "kernels/ticket.cuh"
 #include "runtime/async_copy.cuh"
+#include "runtime/cluster.cuh"
 
 namespace vae::VAE_NS {
 
@@ -127,7 +128,8 @@ __device__ __forceinline__ void mma_chunk(FusedMath math, const TileShared& sh, 
 #endif
 
 // A work item of a GEMM phase: tile `tile` of the op over K in [k_begin, k_end), slice `slice` of
-// `slices`; a split tile's partial sums (slices, m, columns) and its ticket.
+// `slices`; a split tile's partial sums (slices, m, columns) and its ticket, or with clusters
+// (FusedStepArgs::cluster, a phase the clusters split) neither: its slices meet in the cluster.
 struct WorkItem {
   int tile, k_begin, k_end, slice, slices;
   float* partials;
@@ -171,6 +173,48 @@ __device__ __forceinline__ void k_loop(const PhaseGemm& g, int i0, int jt, int k
 // two-blocks-per-SM bound. The work item comes by value, the step's scalars from shared memory
 // after the K loop (held through it, they cost registers the loop needs; by reference to a
 // caller's copy they sat in local memory).
+// The cluster's part of a GEMM phase the clusters split (fused_cluster_plan), by every block of the
+// grid (one work item or none: `slices` 0), the halves of two cluster barriers: (wait: every reader
+// of the last such phase is done) each slice's sums into the block's exchange buffer (the dynamic
+// shared memory), (arrive, wait: every block's are there) the block of a split tile's slice 0 sums
+// the slices in slice order from its peers' buffers, as the tickets' last block does from the
+// workspace (the same bits for the same slices), and runs the epilogue; a whole tile's block runs it
+// on its own sums; (arrive: the readers are done). The kernel arrives once before its first step
+// and waits once after its last (no block leaves while a peer may read its buffer).
+__device__ __forceinline__ void finish_in_cluster(const Step& s, const PhaseGemm& g, int i0, int jt, int ty, int tx,
+                                                  const float (&acc)[2][2], const TileInputs& in, int slice, int slices,
+                                                  TileShared& sh) {
+  VAE_DYNAMIC_SHARED(float, exchange);  // kTile × kTile sums
+  VAE_CLUSTER_WAIT();
+  if (slices > 1) {
+    for (int u = 0; u < 2; ++u)
+      for (int w = 0; w < 2; ++w) exchange[(ty + 16 * u) * kTile + tx + 16 * w] = acc[u][w];
+    if (threadIdx.x == 0) ++sh.tickets;
+  }
+  VAE_CLUSTER_ARRIVE();
+  VAE_CLUSTER_WAIT();
+  if (slices == 1) {
+    store_tile_outputs(s, g, i0, jt, ty, tx, acc, in, sh);
+  } else if (slice == 0) {
+    const unsigned first = blockIdx.x % static_cast<unsigned>(s.a.cluster);  // slice 0's block: this one
+    float sum[2][2] = {};
+    for (int sl = 0; sl < slices; ++sl) {
+      const float* peer = cluster_peer(exchange, first + static_cast<unsigned>(sl));
+      for (int u = 0; u < 2; ++u)
+        for (int w = 0; w < 2; ++w) sum[u][w] += peer[(ty + 16 * u) * kTile + tx + 16 * w];
+    }
+    store_tile_outputs(s, g, i0, jt, ty, tx, sum, in, sh);
+  }
+  VAE_CLUSTER_ARRIVE();
+}
+// A block without a work item in such a phase: the same barriers.
+__device__ VAE_NOINLINE void idle_in_cluster() {
+  VAE_CLUSTER_WAIT();
+  VAE_CLUSTER_ARRIVE();
+  VAE_CLUSTER_WAIT();
+  VAE_CLUSTER_ARRIVE();
+}
+
 constexpr int kFfmaGroups = kStepThreads / 64;  // FFMA: 8 × 8 threads a group, 4 × 4 outputs a thread
 static_assert(kFfmaGroups * 64 == kStepThreads && kFfmaGroups <= kStages && kTileK % kFfmaGroups == 0 && kTile == 32,
               "the FFMA groups' sums meet in the stages of a");
@@ -275,6 +319,10 @@ __device__ VAE_NOINLINE void gemm_tile(const FusedStepArgs& a, const PhaseGemm& 
   const Step s = shared_step(a, sh);
   TileInputs in;  // requested now: a split tile's arrive while its ticket is taken
   load_tile_inputs(s, g, i0, jt, ty, tx, in);
+  if (!item.ticket) {
+    finish_in_cluster(s, g, i0, jt, ty, tx, acc, in, slice, slices, sh);
+    return;
+  }
   if (slices == 1) {
     store_tile_outputs(s, g, i0, jt, ty, tx, acc, in, sh);
     return;
@@ -315,39 +363,63 @@ __device__ void wait_counters(const FusedStepArgs& a, TileShared& sh, const Tile
   if (a.phase_ns) sh.wait_ns += global_timer_ns() - start;
 }
 
-// The work items of the phase's independent GEMMs (sh.slots.ops, written by thread 0 before the
-// call): their tiles, split in K by fused_split_plan, numbered op by op with the GEMM of the longest
-// items first, handed out over the grid's blocks in rounds, every other round in reverse block order
-// (a block with a long item of the first round gets a short one of the second, if any). No grid
-// barrier inside: split tiles meet at their tickets (gemm_tile). The phase's workspace region
-// (sh.sync.region) holds the split ops' partial sums (fused_step_partial_floats), then one ticket
-// per tile of the phase (split only where the tiles are fewer than the blocks). With row flags
-// (sh.sync) a tile first waits until the rows it reads are final in the phase before (a weight
-// update's: until that phase has finished), and a tile of the first GEMM, once finished (whole, or
-// by the last of its slices), counts in at its row block's flag.
-__device__ void gemm_phase(const Step& s, TileShared& sh) {
+// With row flags (sh.sync), before a work item of op `o` of the phase on tile `tile`: a tile of the rows the phase
+// before counts at waits for them, any other for all.
+__device__ __forceinline__ void wait_for_rows(const FusedStepArgs& a, TileShared& sh, int o, int tile) {
+  const TileShared::PhaseSync& sync = sh.sync;
+  const PhaseGemm& g = sh.slots.ops[o];
+  if (!sync.wait.at) return;
+  const bool rows = g.epilogue != TileEpilogue::update && g.op.m == sync.wait.rows;
+  if (threadIdx.x == 0) wait_counters(a, sh, sync.wait, rows ? tile / gemm_column_tiles(g) : -1);
+  __syncthreads();
+}
+// After it: a tile of the first GEMM, once `finished` (whole, or by the block that summed its slices), counts in at
+// its row block's flag.
+__device__ __forceinline__ void count_rows(TileShared& sh, int o, int tile, bool finished) {
+  if (!sh.sync.signal.at || o != 0) return;
+  __syncthreads();  // every thread's outputs are written (and sh.last is set)
+  if (threadIdx.x == 0 && finished) count_done(sh.sync.signal.at + tile / gemm_column_tiles(sh.slots.ops[0]));
+}
+
+// The block's work item, if any, of a GEMM phase the clusters split (sh.plan.clusters of them, fused_cluster_plan):
+// block r of cluster c takes slice r % slices of tile c' · per + r / slices of op o, where c' is c less the clusters
+// of the ops before and per = ⌊cluster / slices⌋ tiles a cluster; the cluster's blocks meet at finish_in_cluster (or
+// idle_in_cluster without an item).
+// The arguments only (the step's values come from sh, shared_step): a Step by reference to this call put the caller's
+// on the stack.
+__device__ VAE_NOINLINE void cluster_work_item(const FusedStepArgs& a, TileShared& sh) {
   const PhaseGemm* ops = sh.slots.ops;
-  if (threadIdx.x == 0) {
-    const int p = sh.phase++;
-    if (p < sh.planned) {
-      sh.plan = sh.plans[p];
-    } else {
-      int tiles[kMaxPhaseGemms] = {}, chunks[kMaxPhaseGemms] = {};
-      for (int o = 0; o < sh.ops_count; ++o) {
-        tiles[o] = gemm_tiles(ops[o]);
-        chunks[o] = (ops[o].op.k + kTileK - 1) / kTileK;
-      }
-      sh.plan.items =
-          fused_split_plan(tiles, chunks, sh.ops_count, static_cast<int>(gridDim.x), sh.plan.slices, s.a.ticket_chunks);
-      for (int o = 0; o < sh.ops_count; ++o) sh.plan.chunks[o] = fused_slice_chunks(chunks[o], sh.plan.slices[o]);
-      if (p == sh.planned && p < kFusedMaxGemmPhases) {
-        sh.plans[p] = sh.plan;
-        sh.planned = p + 1;
-      }
+  const int cluster = a.cluster, rank = static_cast<int>(blockIdx.x) % cluster;
+  int c = static_cast<int>(blockIdx.x) / cluster, o = 0, slices = 0, slice = 0, tile = 0;
+  for (; o < sh.ops_count; ++o) {
+    const int per = cluster / sh.plan.slices[o], need = (gemm_tiles(ops[o]) + per - 1) / per;
+    if (c < need) {
+      slices = sh.plan.slices[o];
+      tile = c * per + rank / slices;
+      slice = rank % slices;
+      if (rank / slices >= per || tile >= gemm_tiles(ops[o])) slices = 0;
+      break;
     }
-    sh.step = {s.step, s.row0, s.k, s.x, s.kl_scale};
+    c -= need;
   }
-  __syncthreads();  // thread 0's descriptors, plan and step are visible
+  if (slices == 0) {
+    idle_in_cluster();
+    return;
+  }
+  const int span = sh.plan.chunks[o] * kTileK, k_begin = slice * span;
+  const int k_end = min_int(k_begin + span, ops[o].op.k);
+  if (threadIdx.x == 0) {
+    ++sh.work_items;
+    sh.work_chunks += static_cast<unsigned>((k_end - k_begin + kTileK - 1) / kTileK);
+  }
+  wait_for_rows(a, sh, o, tile);
+  gemm_tile(a, ops[o], {tile, k_begin, k_end, slice, slices, nullptr, nullptr}, sh);
+  count_rows(sh, o, tile, slice == 0);
+}
+
+// The work items of a phase in rounds (gemm_phase).
+__device__ __forceinline__ void phase_rounds(const Step& s, TileShared& sh) {
+  const PhaseGemm* ops = sh.slots.ops;
   const int count = sh.ops_count, items = sh.plan.items, grid = static_cast<int>(gridDim.x);
   const int* chunks = sh.plan.chunks;  // of each op's items
   // The op of item numbers first: the one of the longer items (ops[0] where equal).
@@ -374,18 +446,60 @@ __device__ void gemm_phase(const Step& s, TileShared& sh) {
       ++sh.work_items;
       sh.work_chunks += static_cast<unsigned>((k_end - k_begin + kTileK - 1) / kTileK);
     }
-    if (sync.wait.at) {  // a tile of the rows the phase before counts at waits for them, any other for all
-      const bool rows = ops[o].epilogue != TileEpilogue::update && ops[o].op.m == sync.wait.rows;
-      if (threadIdx.x == 0) wait_counters(s.a, sh, sync.wait, rows ? tile / gemm_column_tiles(ops[o]) : -1);
-      __syncthreads();
-    }
+    wait_for_rows(s.a, sh, o, tile);
     float* region = fused_region(s.a, sync.region);
     unsigned* tickets = reinterpret_cast<unsigned*>(region + fused_step_partial_floats(grid));
     gemm_tile(s.a, ops[o], {tile, k_begin, k_end, slice, slices, region + offset, tickets + ticket + tile}, sh);
-    if (sync.signal.at && o == 0) {
-      __syncthreads();  // every thread's outputs are written (and sh.last is set)
-      if (threadIdx.x == 0 && (slices == 1 || sh.last)) count_done(sync.signal.at + tile / gemm_column_tiles(ops[o]));
+    count_rows(sh, o, tile, slices == 1 || sh.last);
+  }
+}
+
+// The work items of the phase's independent GEMMs (sh.slots.ops, written by thread 0 before the
+// call): their tiles, split in K by fused_split_plan, numbered op by op with the GEMM of the longest
+// items first, handed out over the grid's blocks in rounds, every other round in reverse block order
+// (a block with a long item of the first round gets a short one of the second, if any). No grid
+// barrier inside: split tiles meet at their tickets (gemm_tile). The phase's workspace region
+// (sh.sync.region) holds the split ops' partial sums (fused_step_partial_floats), then one ticket
+// per tile of the phase (split only where the tiles are fewer than the blocks). With row flags
+// (sh.sync) a tile first waits until the rows it reads are final in the phase before (a weight
+// update's: until that phase has finished), and a tile of the first GEMM, once finished (whole, or
+// by the last of its slices), counts in at its row block's flag. With clusters (FusedStepArgs::cluster)
+// a phase splits K only within clusters, in one round (fused_cluster_plan, cluster_work_item), or
+// not at all.
+__device__ void gemm_phase(const Step& s, TileShared& sh) {
+  const PhaseGemm* ops = sh.slots.ops;
+  if (threadIdx.x == 0) {
+    const int p = sh.phase++;
+    if (p < sh.planned) {
+      sh.plan = sh.plans[p];
+    } else {
+      int tiles[kMaxPhaseGemms] = {}, chunks[kMaxPhaseGemms] = {};
+      for (int o = 0; o < sh.ops_count; ++o) {
+        tiles[o] = gemm_tiles(ops[o]);
+        chunks[o] = (ops[o].op.k + kTileK - 1) / kTileK;
+      }
+      const int grid = static_cast<int>(gridDim.x), cluster = s.a.cluster;
+      sh.plan.clusters = 0;
+      if (cluster > 1) {  // split only within clusters (one round), else whole tiles in rounds
+        sh.plan.clusters = fused_cluster_plan(tiles, chunks, sh.ops_count, grid / cluster, cluster, sh.plan.slices);
+        sh.plan.items = 0;
+        for (int o = 0; o < sh.ops_count; ++o) sh.plan.items += tiles[o];
+      } else {
+        sh.plan.items = fused_split_plan(tiles, chunks, sh.ops_count, grid, sh.plan.slices, s.a.ticket_chunks);
+      }
+      for (int o = 0; o < sh.ops_count; ++o) sh.plan.chunks[o] = fused_slice_chunks(chunks[o], sh.plan.slices[o]);
+      if (p == sh.planned && p < kFusedMaxGemmPhases) {
+        sh.plans[p] = sh.plan;
+        sh.planned = p + 1;
+      }
     }
+    sh.step = {s.step, s.row0, s.k, s.x, s.kl_scale};
+  }
+  __syncthreads();  // thread 0's descriptors, plan and step are visible
+  if (sh.plan.clusters > 0) {
+    cluster_work_item(s.a, sh);
+  } else {
+    phase_rounds(s, sh);
   }
   if (s.a.phase_ns && threadIdx.x == 0) {  // the block is done with the phase
     s.a.phase_ns[blockIdx.x * kFusedPhaseSlots + kFusedGemmSlots + min_int(sh.phase, kFusedMaxGemmPhases) - 1] =

@@ -113,11 +113,14 @@ inline int elementwise_grid(long long n, int block) {
 }
 
 // Launches kernel<<<grid, block, smem, stream>>>(args...) and returns the launch status; with
-// kCooperative, a cooperative launch (every block resident at once: grid barriers allowed).
+// kCooperative, a cooperative launch (every block resident at once: grid barriers allowed), and
+// with cluster > 1 (cooperative launches only) in thread-block clusters of `cluster` consecutive
+// blocks of a 1-D grid (sm_90 or host execution; runtime/cluster.cuh).
 template <bool kCooperative = false, typename... Params, typename... Args>
-cudaError_t launch_kernel(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
-                          cudaStream_t stream, Args&&... args) {
+cudaError_t launch_kernel_in_clusters(const char* name, void (*kernel)(Params...), dim3 grid, unsigned cluster,
+                                      dim3 block, size_t smem, cudaStream_t stream, Args&&... args) {
   static_assert(sizeof...(Params) == sizeof...(Args), "kernel argument count");
+  if (cluster != 1 && !kCooperative) return cudaErrorInvalidClusterSize;
   using Bound = std::tuple<std::decay_t<Params>...>;
   Bound bound(std::forward<Args>(args)...);
 #if VAE_HOST_EXEC
@@ -131,7 +134,7 @@ cudaError_t launch_kernel(const char* name, void (*kernel)(Params...), dim3 grid
                                  std::apply(c->kernel, *c->bound);
                                },
                                &call, name};
-  return kCooperative ? ::vae::hx::launch_cooperative(thunk, grid, block, smem)
+  return kCooperative ? ::vae::hx::launch_cooperative(thunk, grid, block, smem, cluster)
                       : ::vae::hx::launch(thunk, grid, block, smem);
 #else
   (void)name;
@@ -142,11 +145,35 @@ cudaError_t launch_kernel(const char* name, void (*kernel)(Params...), dim3 grid
         ((ptrs[i++] = static_cast<void*>(&v)), ...);
       },
       bound);
-  cudaError_t err =
-      kCooperative ? cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), grid, block, ptrs, smem, stream)
-                   : cudaLaunchKernel(reinterpret_cast<const void*>(kernel), grid, block, ptrs, smem, stream);
+  cudaError_t err = cudaSuccess;
+  if (cluster > 1) {
+    cudaLaunchConfig_t config = {};
+    config.gridDim = grid;
+    config.blockDim = block;
+    config.dynamicSmemBytes = smem;
+    config.stream = stream;
+    cudaLaunchAttribute attrs[2] = {};
+    attrs[0].id = cudaLaunchAttributeClusterDimension;
+    attrs[0].val.clusterDim.x = cluster;
+    attrs[0].val.clusterDim.y = attrs[0].val.clusterDim.z = 1;
+    attrs[1].id = cudaLaunchAttributeCooperative;
+    attrs[1].val.cooperative = 1;
+    config.attrs = attrs;
+    config.numAttrs = 2;
+    err = cudaLaunchKernelExC(&config, reinterpret_cast<const void*>(kernel), ptrs);
+  } else if (kCooperative) {
+    err = cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), grid, block, ptrs, smem, stream);
+  } else {
+    err = cudaLaunchKernel(reinterpret_cast<const void*>(kernel), grid, block, ptrs, smem, stream);
+  }
   return err != cudaSuccess ? err : cudaGetLastError();
 #endif
+}
+template <bool kCooperative = false, typename... Params, typename... Args>
+cudaError_t launch_kernel(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
+                          cudaStream_t stream, Args&&... args) {
+  return launch_kernel_in_clusters<kCooperative>(name, kernel, grid, 1, block, smem, stream,
+                                                 std::forward<Args>(args)...);
 }
 
 // The most blocks of `block_threads` threads and `smem` bytes of dynamic shared memory that can be
@@ -167,6 +194,34 @@ int cooperative_max_blocks(void (*kernel)(Params...), int block_threads, size_t 
 #endif
 }
 
+// The most clusters of `cluster` blocks (of `block_threads` threads and `smem` bytes of dynamic
+// shared memory) that can be resident at once; 0 where the device has no clusters (before sm_90).
+// CPU: the workers' blocks in clusters.
+template <typename... Params>
+int cooperative_max_clusters(void (*kernel)(Params...), int block_threads, size_t smem, int cluster) {
+#if VAE_HOST_EXEC
+  (void)kernel, (void)block_threads, (void)smem;
+  return ::vae::hx::workers() / cluster;
+#else
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(static_cast<unsigned>(cluster));
+  config.blockDim = dim3(static_cast<unsigned>(block_threads));
+  config.dynamicSmemBytes = smem;
+  cudaLaunchAttribute attr = {};
+  attr.id = cudaLaunchAttributeClusterDimension;
+  attr.val.clusterDim.x = static_cast<unsigned>(cluster);
+  attr.val.clusterDim.y = attr.val.clusterDim.z = 1;
+  config.attrs = &attr;
+  config.numAttrs = 1;
+  int clusters = 0;
+  if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &config) != cudaSuccess) {
+    (void)cudaGetLastError();  // no clusters on this device
+    return 0;
+  }
+  return clusters;
+#endif
+}
+
 }  // namespace vae::VAE_NS
 
 // Launch with a check that names the kernel, file and line.
@@ -174,6 +229,9 @@ int cooperative_max_blocks(void (*kernel)(Params...), int block_threads, size_t 
   VAE_CUDA_CHECK(::vae::VAE_NS::launch_kernel(#kernel, kernel, grid, block, smem, stream, __VA_ARGS__))
 #define VAE_LAUNCH_COOPERATIVE(kernel, grid, block, smem, stream, ...) \
   VAE_CUDA_CHECK(::vae::VAE_NS::launch_kernel<true>(#kernel, kernel, grid, block, smem, stream, __VA_ARGS__))
+#define VAE_LAUNCH_COOPERATIVE_CLUSTERS(kernel, grid, cluster, block, smem, stream, ...)                             \
+  VAE_CUDA_CHECK(::vae::VAE_NS::launch_kernel_in_clusters<true>(#kernel, kernel, grid, cluster, block, smem, stream, \
+                                                                __VA_ARGS__))
 
 // Nanoseconds on a clock every block of a launch shares, for timers inside kernels: the GPU's
 // %globaltimer, or the steady clock under host execution.

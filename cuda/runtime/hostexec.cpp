@@ -37,7 +37,10 @@ struct Worker : FiberHome {
   std::vector<unsigned> warp_ops;        // per thread: warp exchanges done (buffer parity)
   std::vector<uint64_t> warp_values[2];  // per thread: value offered to the warp
   std::vector<unsigned char> smem;
+  size_t smem_bytes = 0;                            // the running block's dynamic shared memory
   struct CooperativeLaunch* cooperative = nullptr;  // set while running a block of one
+  bool cluster_arrived = false;                     // the block arrived at its cluster's barrier, not yet waited
+  unsigned cluster_target = 0;                      // the generation of the cluster's barrier it waits for
 };
 
 // The blocks of a cooperative launch, all resident at once (each on its own worker), and the
@@ -52,7 +55,13 @@ struct CooperativeLaunch {
   std::atomic<unsigned> generation{0};
   std::atomic<unsigned> exited{0};
   std::atomic<unsigned> waiting{0};   // blocks arrived at the current barrier (for the deadlock checks)
-  std::atomic<unsigned> counting{0};  // blocks waiting for a counter (wait_count)
+  std::atomic<unsigned> counting{0};  // blocks waiting for a counter (wait_count) or at a cluster barrier
+  // Thread-block clusters of `cluster` consecutive blocks: each block's dynamic shared memory, and
+  // per cluster the blocks arrived at its barrier and the barrier's generation (guarded by m).
+  unsigned cluster = 1;
+  std::vector<unsigned char*> smem;
+  std::vector<unsigned> cluster_arrived;
+  std::unique_ptr<std::atomic<unsigned>[]> cluster_generation;
 };
 
 thread_local Worker tls_worker;
@@ -207,6 +216,12 @@ void run_block(Worker& w, const KernelThunk& thunk, unsigned nthreads, size_t sm
     if (w.smem.size() < smem_bytes) w.smem.resize(smem_bytes);
     std::memset(w.smem.data(), 0xff, smem_bytes);  // NaN in every float: reads before writes show
   }
+  w.smem_bytes = smem_bytes;
+  w.cluster_arrived = false;
+  if (w.cooperative) {
+    const dim3 b = tls_block_idx, g = tls_grid_dim;
+    w.cooperative->smem[b.x + g.x * (b.y + g.y * b.z)] = smem_bytes ? w.smem.data() : nullptr;
+  }
   for (;;) {
     Fiber* f = nullptr;
     if (w.ready_head < w.ready.size()) {
@@ -339,16 +354,24 @@ cudaError_t launch(const KernelThunk& thunk, dim3 grid, dim3 block, size_t dynam
   return cudaSuccess;
 }
 
-cudaError_t launch_cooperative(const KernelThunk& thunk, dim3 grid, dim3 block, size_t dynamic_smem_bytes) {
+cudaError_t launch_cooperative(const KernelThunk& thunk, dim3 grid, dim3 block, size_t dynamic_smem_bytes,
+                               unsigned cluster) {
   const unsigned long long blocks = 1ull * grid.x * grid.y * grid.z;
   if (blocks > static_cast<unsigned long long>(workers())) return cudaErrorCooperativeLaunchTooLarge;
   const unsigned long long threads = 1ull * block.x * block.y * block.z;
   if (threads == 0 || threads > 1024 || block.z > 64 || blocks == 0) return cudaErrorInvalidConfiguration;
+  if (cluster == 0 || (cluster > 1 && (grid.y != 1 || grid.z != 1 || grid.x % cluster != 0))) {
+    return cudaErrorInvalidClusterSize;
+  }
   if (dynamic_smem_bytes > (227u << 10)) return cudaErrorInvalidValue;
   if (tls_worker.thunk) die("kernel launch from inside a kernel is not supported");
   count_kernel_launch();
   CooperativeLaunch c;
   c.blocks = static_cast<unsigned>(blocks);
+  c.cluster = cluster;
+  c.smem.assign(blocks, nullptr);
+  c.cluster_arrived.assign(blocks / cluster, 0);
+  c.cluster_generation = std::make_unique<std::atomic<unsigned>[]>(blocks / cluster);
   LaunchJob job{&thunk, grid, block, dynamic_smem_bytes, &c};
   run_profiled(thunk.name, [&] { parallel_for(static_cast<int>(blocks), run_block_job, &job); });
   return cudaSuccess;
@@ -378,17 +401,19 @@ void sync_block(const char* file, int line) {
   w.switch_from(self, next);
 }
 
-void wait_count(const unsigned* counter, unsigned count) {
-  Worker& w = tls_worker;
-  if (!w.cooperative) die(block_name(w) + ": a wait for a counter in a kernel not launched cooperatively");
-  CooperativeLaunch& c = *w.cooperative;
-  if (__atomic_load_n(counter, __ATOMIC_ACQUIRE) >= count) return;
+namespace {
+
+// By thread 0 of a block of a cooperative launch: spins until done() (a counter reached, a cluster
+// barrier passed). A deadlock: every block waiting (here, at a grid barrier) or exited, and nothing
+// moving for a while (a block that was just counted in may not have noticed yet): aborts with
+// what() said.
+template <typename Done, typename What>
+void wait_until(CooperativeLaunch& c, Done&& done, What&& what) {
+  if (done()) return;
   c.counting.fetch_add(1, std::memory_order_acq_rel);
-  // A deadlock: every block waiting (here or at a barrier) or exited, and nothing moving for a while (a block that
-  // was just counted in may not have noticed yet).
   std::chrono::steady_clock::time_point stuck_since{};
   bool stuck = false;
-  for (int spins = 0; __atomic_load_n(counter, __ATOMIC_ACQUIRE) < count; ++spins) {
+  for (int spins = 0; !done(); ++spins) {
     if (!spin_turn(spins)) continue;
     const unsigned idle = c.exited.load(std::memory_order_acquire) + c.waiting.load(std::memory_order_acquire) +
                           c.counting.load(std::memory_order_acquire);
@@ -398,12 +423,83 @@ void wait_count(const unsigned* counter, unsigned count) {
       stuck = true;
       stuck_since = std::chrono::steady_clock::now();
     } else if (std::chrono::steady_clock::now() - stuck_since > std::chrono::seconds(2)) {
-      die(block_name(w) + ": deadlock at a wait for a counter: it is at " +
-          std::to_string(__atomic_load_n(counter, __ATOMIC_ACQUIRE)) + " of " + std::to_string(count) +
-          ", and every block waits or has exited");
+      die(block_name(tls_worker) + ": deadlock at " + what() + ", and every block waits or has exited");
     }
   }
   c.counting.fetch_sub(1, std::memory_order_acq_rel);
+}
+
+CooperativeLaunch& cluster_launch(Worker& w, const char* what, const char* file, int line) {
+  if (!w.cooperative || w.cooperative->cluster < 2) {
+    die(block_name(w) + ": " + what + " at " + file + ":" + std::to_string(line) +
+        " in a kernel not launched in clusters");
+  }
+  return *w.cooperative;
+}
+
+}  // namespace
+
+void wait_count(const unsigned* counter, unsigned count) {
+  Worker& w = tls_worker;
+  if (!w.cooperative) die(block_name(w) + ": a wait for a counter in a kernel not launched cooperatively");
+  wait_until(
+      *w.cooperative, [&] { return __atomic_load_n(counter, __ATOMIC_ACQUIRE) >= count; },
+      [&] {
+        return "a wait for a counter: it is at " + std::to_string(__atomic_load_n(counter, __ATOMIC_ACQUIRE)) + " of " +
+               std::to_string(count);
+      });
+}
+
+void cluster_arrive(const char* file, int line) {
+  Worker& w = tls_worker;
+  Fiber* self = current_fiber("cluster arrive");
+  CooperativeLaunch& c = cluster_launch(w, "a cluster barrier", file, line);
+  sync_block(file, line);  // every thread of the block has arrived
+  if (self->tid != 0) return;
+  if (w.cluster_arrived) {
+    die(block_name(w) + ": arrives at its cluster's barrier at " + file + ":" + std::to_string(line) +
+        " twice without a wait");
+  }
+  const unsigned k = tls_block_idx.x / c.cluster;
+  std::lock_guard<std::mutex> lk(c.m);
+  w.cluster_target = c.cluster_generation[k].load(std::memory_order_acquire) + 1;
+  w.cluster_arrived = true;
+  if (++c.cluster_arrived[k] == c.cluster) {
+    c.cluster_arrived[k] = 0;
+    c.cluster_generation[k].fetch_add(1, std::memory_order_acq_rel);
+  }
+}
+
+void cluster_wait(const char* file, int line) {
+  Worker& w = tls_worker;
+  Fiber* self = current_fiber("cluster wait");
+  CooperativeLaunch& c = cluster_launch(w, "a cluster barrier", file, line);
+  if (self->tid == 0) {
+    if (!w.cluster_arrived) {
+      die(block_name(w) + ": waits at its cluster's barrier at " + file + ":" + std::to_string(line) +
+          " without an arrival");
+    }
+    const std::atomic<unsigned>& generation = c.cluster_generation[tls_block_idx.x / c.cluster];
+    const unsigned target = w.cluster_target;
+    wait_until(
+        c, [&] { return static_cast<int>(generation.load(std::memory_order_acquire) - target) >= 0; },
+        [&] { return std::string("the cluster barrier at ") + file + ":" + std::to_string(line); });
+    w.cluster_arrived = false;
+  }
+  sync_block(file, line);  // and the block's threads leave once thread 0 has seen the cluster arrive
+}
+
+void* cluster_peer_shared(const void* p, unsigned rank) {
+  Worker& w = tls_worker;
+  CooperativeLaunch& c = cluster_launch(w, "a map of shared memory", "?", 0);
+  const unsigned char* base = w.smem.data();
+  const unsigned char* q = static_cast<const unsigned char*>(p);
+  if (!w.smem_bytes || q < base || q >= base + w.smem_bytes) {
+    die(block_name(w) + ": maps an address outside its dynamic shared memory to a peer's");
+  }
+  if (rank >= c.cluster)
+    die(block_name(w) + ": maps to block " + std::to_string(rank) + " of a cluster of " + std::to_string(c.cluster));
+  return c.smem[tls_block_idx.x / c.cluster * c.cluster + rank] + (q - base);
 }
 
 void sync_grid(const char* file, int line) {

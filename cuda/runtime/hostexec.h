@@ -46,7 +46,12 @@ cudaError_t launch(const KernelThunk& thunk, dim3 grid, dim3 block, size_t dynam
 // A cooperative launch: every block resident at once, each on its own worker, so that the
 // blocks can wait for each other at grid barriers (sync_grid). At most workers() blocks
 // (cudaErrorCooperativeLaunchTooLarge otherwise).
-cudaError_t launch_cooperative(const KernelThunk& thunk, dim3 grid, dim3 block, size_t dynamic_smem_bytes);
+// With cluster > 1, the blocks form thread-block clusters of `cluster` consecutive blocks along x
+// (a 1-D grid of a multiple of `cluster` blocks; cudaErrorInvalidClusterSize otherwise): they meet
+// at cluster barriers (cluster_arrive, cluster_wait) and read each other's dynamic shared memory
+// (cluster_peer_shared), as sm_90's clusters do.
+cudaError_t launch_cooperative(const KernelThunk& thunk, dim3 grid, dim3 block, size_t dynamic_smem_bytes,
+                               unsigned cluster = 1);
 
 // This thread's share [begin, *end) of n elements: an equal share per block, then chunks of a
 // multiple of `granule` per thread (the element loops of compat.cuh).
@@ -72,6 +77,16 @@ void sync_grid(const char* file, int line);
 // raise atomically) reaches `count`. Every block waiting or exited for seconds aborts as a deadlock.
 void wait_count(const unsigned* counter, unsigned count);
 void sync_warp(unsigned mask);
+// A cluster barrier in two halves (barrier.cluster.arrive / .wait), by every thread of the block: the
+// block arrives once all its threads have (what they wrote before is then visible to the cluster's
+// blocks after their wait), and a wait returns once every block of the cluster has arrived since
+// the block's own arrival. Arrivals and waits alternate; a block that exits while a peer waits for
+// it, or a wait without an arrival, aborts with the file and line.
+void cluster_arrive(const char* file, int line);
+void cluster_wait(const char* file, int line);
+// The address in the dynamic shared memory of block `rank` of this block's cluster that p has in
+// this block's (mapa): p must lie in this block's dynamic shared memory.
+void* cluster_peer_shared(const void* p, unsigned rank);
 uint64_t warp_exchange(unsigned mask, uint64_t value, int src_lane);  // value of src_lane
 unsigned warp_ballot(unsigned mask, bool predicate);
 
