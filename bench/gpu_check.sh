@@ -202,8 +202,9 @@ if [ -x build-gpu/host/vae ] && want check && in_budget tests; then
   else
     record fused FAIL "its GPU tests failed (tests.log)"
   fi
-  # Then its variants in thread-block clusters, apart and bounded alike (FusedClusters, FusedClustersLaunch).
-  cluster_tests='FusedClusters.*/cuda'
+  # Then its variants in thread-block clusters, apart and bounded alike (FusedClusters, FusedClustersLaunch, and
+  # the host layer's test of clusters on the GPU).
+  cluster_tests='FusedClusters.*/cuda|HostExec.Clusters.*/cuda'
   excluded=()
   if [ "$fused_hung" -eq 1 ]; then
     excluded=("$fused_tests" "$cluster_tests")
@@ -262,26 +263,31 @@ if [ -x build-gpu/host/vae ] && want check && in_budget sanitizer; then
     for tool in memcheck racecheck; do
       for bin in test_kernels test_hostexec test_gemm; do
         echo "== compute-sanitizer --tool $tool $bin"
-        bounded compute-sanitizer --tool "$tool" --error-exitcode 99 "build-gpu/tests/$bin" --gtest_filter='*cuda*'
+        filter='*cuda*'
+        [ "$clusters_bad" -eq 0 ] || filter='*cuda*:-*Clusters*'  # their GPU tests failed or hung
+        bounded compute-sanitizer --tool "$tool" --error-exitcode 99 "build-gpu/tests/$bin" --gtest_filter="$filter"
         sanitizer_outcome $? "$tool $bin"
       done
     done
     # The fused step kernel (cp.async stages, split-K tickets, grid barriers): one step of each tile
     # arithmetic and the launch tests, under every tool that reads shared memory and barriers.
     # Skipped after a hang; each run bounded by 4x VAE_GPU_HANG_S (the tools slow kernels down).
+    # Its launch tests in clusters too (distributed shared memory), unless their GPU tests failed.
+    fused_filter='*EachTileArithmetic*cuda*:*FusedStepLaunch*cuda*'
+    [ "$clusters_bad" -eq 1 ] || fused_filter="$fused_filter:*FusedClustersLaunch*cuda*"
     for tool in memcheck racecheck synccheck; do
-      echo "== compute-sanitizer --tool $tool test_step (fused)"
+      echo "== compute-sanitizer --tool $tool test_fused_step"
       if [ "$fused_hung" -eq 1 ]; then
-        echo "SANITIZER_SKIPPED $tool test_step: the fused step hung earlier"
+        echo "SANITIZER_SKIPPED $tool test_fused_step: the fused step hung earlier"
         continue
       fi
-      capped $((4 * hang)) compute-sanitizer --tool "$tool" --error-exitcode 99 build-gpu/tests/test_step \
-        --gtest_filter='*EachTileArithmetic*cuda*:*FusedStepLaunch*cuda*'
+      capped $((4 * hang)) compute-sanitizer --tool "$tool" --error-exitcode 99 build-gpu/tests/test_fused_step \
+        --gtest_filter="$fused_filter"
       rc=$?
       if [ "$capped_out" -eq 1 ]; then
-        echo "SANITIZER_FAILED $tool test_step: ran past $((4 * hang)) s (VAE_GPU_HANG_S=$hang)"
+        echo "SANITIZER_FAILED $tool test_fused_step: ran past $((4 * hang)) s (VAE_GPU_HANG_S=$hang)"
       else
-        sanitizer_outcome $rc "$tool test_step"
+        sanitizer_outcome $rc "$tool test_fused_step"
       fi
     done
   } >"$report/check.log" 2>&1

@@ -35,7 +35,7 @@ case " $* " in
   *" --build "*|*" --version "*) exit 0 ;;
 esac
 mkdir -p build-gpu/host build-gpu/bench build-gpu/tests
-for f in host/vae bench/bench_kernels tests/test_kernels tests/test_hostexec tests/test_gemm tests/test_step; do
+for f in host/vae bench/bench_kernels tests/test_kernels tests/test_hostexec tests/test_gemm tests/test_fused_step; do
   printf '#!/bin/sh\\nexit 0\\n' >"build-gpu/$f" && chmod +x "build-gpu/$f"
 done
 printf '#!/bin/sh\\n%s\\nexit 0\\n' "${BENCH_STEP_STUB:-}" >build-gpu/bench/bench_step

@@ -134,7 +134,7 @@ TEST(IwaeReference, DregKeepsTheMeanAndLowersTheVariance) {
 // log w differences, so it carries that error relative to itself; and a gradient is Σ_k w̃_k g_k,
 // whose terms cancel where the samples disagree: its error is the weights' times the per-sample
 // gradients, which may exceed the sum — the absolute tolerance (relative to the tensor's largest
-// gradient) is 25x the ELBO step's (test_step.cpp) for that.
+// gradient) is 25x the ELBO step's (step_checks.cpp) for that.
 constexpr double kBoundAbs = 3e-5, kBoundRel = 3e-6;
 constexpr double kWeightAbs = 2e-6, kWeightRel = 2e-5;
 constexpr double kGradAbs = 5e-5, kGradRel = 1e-4;
