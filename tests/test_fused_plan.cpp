@@ -17,8 +17,9 @@ namespace {
 // kFusedMaxSplit slices, at least kFusedMinSliceChunks chunks a slice, no more items than blocks),
 // on random phases of one and two GEMMs and random ticket costs (none in a third of them): its most
 // costly item (chunks, plus the ticket where split) is the cheapest any such split reaches, with
-// the fewest items that reach it, and no slice is empty. Where the tiles are at least the blocks
-// nothing is split.
+// the fewest items that reach it, and no slice is empty. Where the tiles are at least the blocks,
+// one GEMM is not split, and of two only the one of the costlier tiles, by the same measure among
+// its splits whose items stay within the blocks and whose rounds over the blocks do not grow.
 struct SplitPlan {
   int cost = 0, items = 0;
 };
@@ -33,7 +34,7 @@ SplitPlan split_outcome(const std::vector<int>& tiles, const std::vector<int>& c
 }
 TEST(FusedSplitPlan, TheCostliestItemIsTheCheapestAnyAllowedSplitGives) {
   std::mt19937 rng(29);
-  int split_phases = 0, ticket_phases = 0;
+  int split_phases = 0, ticket_phases = 0, rounds_split = 0;
   for (int trial = 0; trial < 3000; ++trial) {
     const int count = 1 + static_cast<int>(rng() % 2), grid = 1 + static_cast<int>(rng() % 300);
     const int ticket = trial % 3 == 1 ? 0 : static_cast<int>(rng() % 30);
@@ -50,6 +51,9 @@ TEST(FusedSplitPlan, TheCostliestItemIsTheCheapestAnyAllowedSplitGives) {
     const SplitPlan outcome = split_outcome(tiles, chunks, plan, ticket);
     ASSERT_EQ(items, outcome.items);
     // Every split within the bounds, by brute force.
+    const int total = std::accumulate(tiles.begin(), tiles.end(), 0);
+    const int longer = count == 2 && chunks[1] > chunks[0] ? 1 : 0;
+    auto rounds = [&](int n) { return (n + grid - 1) / grid; };
     SplitPlan best{1 << 30, 1 << 30};
     std::vector<int> s(count, 1);
     for (;;) {
@@ -58,29 +62,36 @@ TEST(FusedSplitPlan, TheCostliestItemIsTheCheapestAnyAllowedSplitGives) {
         allowed = allowed && (s[o] == 1 || (chunks[o] + s[o] - 1) / s[o] >= kFusedMinSliceChunks);
       const SplitPlan p = split_outcome(tiles, chunks, s, ticket);
       const bool split = std::any_of(s.begin(), s.end(), [](int v) { return v > 1; });
-      if (allowed && (!split || p.items <= grid) &&
-          (p.cost < best.cost || (p.cost == best.cost && p.items < best.items))) {
-        best = p;
+      if (split && total >= grid) {  // the costlier GEMM of two alone, its items within the grid, no more rounds
+        allowed = allowed && count == 2 && s[1 - longer] == 1 && s[longer] * tiles[longer] <= grid &&
+                  rounds(p.items) <= rounds(total);
+      } else if (split) {
+        allowed = allowed && p.items <= grid;
       }
+      if (allowed && (p.cost < best.cost || (p.cost == best.cost && p.items < best.items))) best = p;
       int o = 0;
       while (o < count && ++s[o] > kFusedMaxSplit) s[o++] = 1;
       if (o == count) break;
     }
     EXPECT_EQ(outcome.cost, best.cost);
     EXPECT_EQ(outcome.items, best.items);
-    const int total = std::accumulate(tiles.begin(), tiles.end(), 0);
+    int split_tiles = 0;  // their tickets and partial sums fit the workspace's region
     for (int o = 0; o < count; ++o) {
       const int per = (chunks[o] + plan[o] - 1) / plan[o];
       EXPECT_LT((plan[o] - 1) * per, chunks[o]) << "an empty slice";
-      if (total >= grid) {
+      if (plan[o] > 1) split_tiles += plan[o] * tiles[o];
+      if (total >= grid && (count == 1 || o != longer)) {
         EXPECT_EQ(plan[o], 1);
       }
     }
+    EXPECT_LE(split_tiles, grid);
     split_phases += items > total;
+    rounds_split += items > total && total >= grid;
     ticket_phases += ticket > 0 && items > total;
   }
   EXPECT_GT(split_phases, 300);
   EXPECT_GT(ticket_phases, 100);
+  EXPECT_GT(rounds_split, 30);
 }
 
 // In thread-block clusters (FusedStepArgs::cluster) a phase splits K only within clusters, in one

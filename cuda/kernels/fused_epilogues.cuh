@@ -29,7 +29,7 @@ constexpr int kStages = 4;           // K chunks of a work item in flight at onc
 constexpr int kTilePad = kTile + 4;  // row stride: a multiple of 4 floats, as the warp matrix loads need
 
 // The workspace (FusedStepArgs::workspace, fused_step_workspace_floats): a region per GEMM phase
-// of the step (the split-K partial sums, then a ticket per tile of the phase), each GEMM phase's
+// of the step (the split-K partial sums, then a ticket per tile of its split GEMMs), each GEMM phase's
 // row flags (a counter per row block: its tiles finished there), the grid counters, then the
 // reconstruction's row sums (output column tiles, L·B rows).
 __device__ __forceinline__ int fused_gemm_phases(const FusedStepArgs& a) {

@@ -231,10 +231,15 @@ constexpr int kFusedTileK = 32;  // the K chunk a tile stages in shared memory a
 // made as cheap as a split can make it while every item keeps a block of its own (each block runs
 // one item), a tile has at most kFusedMaxSplit slices and a slice at least kFusedMinSliceChunks
 // chunks, with the fewest items at that cost: an op whose tiles cost no more whole stays whole, the
-// others take the fewest slices that reach it (none empty). Otherwise, or where no split is
-// cheaper than none, nothing is split: the blocks take the tiles whole, round after round. The
-// same on every block (shapes, grid and ticket only): a binary search over the cost, a few
-// divisions. Returns the work items.
+// others take the fewest slices that reach it (none empty). Where the tiles fill the grid and the
+// phase has two GEMMs (a layer's input gradient beside the update of the layer above: the backward
+// at small batches, 4 tiles of 13 chunks beside 325 of 4 at batch 128), the one of the costlier
+// tiles alone may split (fused_split_longer): into the fewest slices that make its items as cheap
+// as a split can, down to the other's chunks, as long as its items stay within the grid and the
+// rounds of items over the grid do not grow. Otherwise, or where no split is cheaper than none,
+// nothing is split: the blocks take the tiles whole, round after round. The same on every block
+// (shapes, grid and ticket only): a binary search over the cost, a few divisions. Returns the work
+// items.
 constexpr int kFusedMaxSplit = 16;
 constexpr int kFusedMinSliceChunks = 2;
 constexpr int fused_slice_chunks(int chunks, int slices) { return (chunks + slices - 1) / slices; }
@@ -251,6 +256,21 @@ constexpr int fused_split_items(const int* tiles, const int* chunks, int count, 
     items += slices[o] * tiles[o];
   }
   return items;
+}
+// Tiles that fill the grid, two GEMMs (`items` of them, whole): the split of the costlier one that
+// fused_split_plan describes, or none (its items and slices as they are).
+constexpr int fused_split_longer(const int* tiles, const int* chunks, int grid, int ticket_chunks, int* slices,
+                                 int items) {
+  const int l = chunks[1] > chunks[0] ? 1 : 0, other = 1 - l, rounds = (items + grid - 1) / grid;
+  int best = chunks[l], best_slices = 1;
+  for (int s = 2; s <= kFusedMaxSplit; ++s) {
+    const int per = fused_slice_chunks(chunks[l], s), split_items = s * tiles[l] + tiles[other];
+    if (per < kFusedMinSliceChunks || s * tiles[l] > grid || (split_items + grid - 1) / grid > rounds) break;
+    const int cost = per + ticket_chunks > chunks[other] ? per + ticket_chunks : chunks[other];
+    if (cost < best) best = cost, best_slices = s;
+  }
+  slices[l] = best_slices;
+  return items + (best_slices - 1) * tiles[l];
 }
 constexpr int fused_split_plan(const int* tiles, const int* chunks, int count, int grid, int* slices,
                                int ticket_chunks = 0) {
@@ -270,7 +290,8 @@ constexpr int fused_split_plan(const int* tiles, const int* chunks, int count, i
       lo = mid + 1;
     }
   }
-  return fused_split_items(tiles, chunks, count, hi, ticket_chunks, slices);
+  const int items = fused_split_items(tiles, chunks, count, hi, ticket_chunks, slices);
+  return total >= grid && count == 2 ? fused_split_longer(tiles, chunks, grid, ticket_chunks, slices, items) : items;
 }
 
 // With thread-block clusters of `cluster` blocks (FusedStepArgs::cluster), `clusters` of them: a
@@ -315,8 +336,9 @@ constexpr int fused_cluster_plan(const int* tiles, const int* chunks, int count,
   return 0;
 }
 
-// The split-K partial sums of a phase: Σ slices · m · columns ≤ Σ slices · tiles · kFusedTile², at
-// most grid · kFusedTile² (fused_split_plan splits only while every item has a block). A region
+// The split-K partial sums of a phase: Σ slices · m · columns ≤ Σ slices · tiles · kFusedTile² over
+// the split GEMMs, at most grid · kFusedTile² (fused_split_plan splits only while every item of a
+// split GEMM has a block), and a ticket per tile of a split GEMM. A region
 // holds them and the phase's tickets; each GEMM phase of the step has one of its own (with row
 // flags several run at once).
 constexpr long long fused_step_partial_floats(int grid) { return 1ll * grid * kFusedTile * kFusedTile; }

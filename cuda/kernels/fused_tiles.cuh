@@ -422,8 +422,9 @@ __device__ __forceinline__ void phase_rounds(const Step& s, TileShared& sh) {
   const PhaseGemm* ops = sh.slots.ops;
   const int count = sh.ops_count, items = sh.plan.items, grid = static_cast<int>(gridDim.x);
   const int* chunks = sh.plan.chunks;  // of each op's items
-  // The op of item numbers first: the one of the longer items (ops[0] where equal).
-  const int first = count > 1 && chunks[1] > chunks[0] ? 1 : 0;
+  // The op of item numbers first: the one of the costlier items, a split one's ticket counted (ops[0] where equal).
+  auto cost = [&](int o) { return chunks[o] + (sh.plan.slices[o] > 1 ? s.a.ticket_chunks : 0); };
+  const int first = count > 1 && cost(1) > cost(0) ? 1 : 0;
   const TileShared::PhaseSync& sync = sh.sync;
   for (int round = 0;; ++round) {
     const int b = static_cast<int>(blockIdx.x);
@@ -436,8 +437,10 @@ __device__ __forceinline__ void phase_rounds(const Step& s, TileShared& sh) {
       const int sl = sh.plan.slices[o], tl = gemm_tiles(ops[o]);
       if (local < sl * tl) break;
       local -= sl * tl;
-      ticket += tl;
-      if (sl > 1) offset += static_cast<long long>(sl) * ops[o].op.m * gemm_columns(ops[o].op);
+      if (sl > 1) {  // tickets and partial sums for split ops only
+        ticket += tl;
+        offset += static_cast<long long>(sl) * ops[o].op.m * gemm_columns(ops[o].op);
+      }
     }
     const int slices = sh.plan.slices[o], tl = gemm_tiles(ops[o]);
     const int slice = local / tl, tile = local % tl, per = chunks[o] * kTileK;
@@ -455,12 +458,12 @@ __device__ __forceinline__ void phase_rounds(const Step& s, TileShared& sh) {
 }
 
 // The work items of the phase's independent GEMMs (sh.slots.ops, written by thread 0 before the
-// call): their tiles, split in K by fused_split_plan, numbered op by op with the GEMM of the longest
+// call): their tiles, split in K by fused_split_plan, numbered op by op with the GEMM of the costliest
 // items first, handed out over the grid's blocks in rounds, every other round in reverse block order
 // (a block with a long item of the first round gets a short one of the second, if any). No grid
 // barrier inside: split tiles meet at their tickets (gemm_tile). The phase's workspace region
 // (sh.sync.region) holds the split ops' partial sums (fused_step_partial_floats), then one ticket
-// per tile of the phase (split only where the tiles are fewer than the blocks). With row flags
+// per tile of a split op (at most the blocks: fused_split_plan). With row flags
 // (sh.sync) a tile first waits until the rows it reads are final in the phase before (a weight
 // update's: until that phase has finished), and a tile of the first GEMM, once finished (whole, or
 // by the last of its slices), counts in at its row block's flag. With clusters (FusedStepArgs::cluster)
