@@ -83,7 +83,8 @@ struct FusedStepArgs {
   // Blocks in thread-block clusters of this many (FusedVariant::cluster; sm_90, or host execution):
   // a split tile's K slices lie in one cluster and meet in distributed shared memory (its partial
   // sums summed by the block of slice 0, from its peers' shared memory, after a cluster barrier),
-  // not at tickets in the workspace (fused_cluster_plan). 1: no clusters. The grid a multiple of it.
+  // not at tickets in the workspace (fused_cluster_plan; a phase it does not split is planned as
+  // without clusters). 1: no clusters. The grid a multiple of it.
   int cluster = 1;             // at most kFusedMaxCluster
   float* workspace = nullptr;  // fused_step_workspace_floats(fused_step_grid(), L·B, dim, gaussian, GEMM phases):
                                // anything at first (a launch clears its tickets and flags)
@@ -301,7 +302,8 @@ constexpr int fused_split_plan(const int* tiles, const int* chunks, int count, i
 // ops' clusters fit, with a slice at least kFusedMinSliceChunks chunks, an op whose tiles cost no
 // more whole staying whole, the others taking the fewest slices that reach it. Returns the clusters
 // the split takes, or 0 where nothing is split (the tiles fill more than one round, or no split is
-// cheaper): then the phase's tiles go whole, round after round, as fused_split_plan's do.
+// cheaper): then the phase is planned as without clusters (fused_split_plan: whole tiles in rounds,
+// or where the tiles fill the grid its costlier GEMM split at tickets).
 constexpr int fused_cluster_items(const int* tiles, const int* chunks, int count, int cluster, int cost, int* slices) {
   int used = 0;
   for (int o = 0; o < count; ++o) {

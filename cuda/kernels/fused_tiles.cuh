@@ -467,8 +467,8 @@ __device__ __forceinline__ void phase_rounds(const Step& s, TileShared& sh) {
 // (sh.sync) a tile first waits until the rows it reads are final in the phase before (a weight
 // update's: until that phase has finished), and a tile of the first GEMM, once finished (whole, or
 // by the last of its slices), counts in at its row block's flag. With clusters (FusedStepArgs::cluster)
-// a phase splits K only within clusters, in one round (fused_cluster_plan, cluster_work_item), or
-// not at all.
+// a phase splits K within clusters, in one round (fused_cluster_plan, cluster_work_item), where that
+// is cheaper than whole tiles; else as without clusters (a phase whose tiles fill the grid).
 __device__ void gemm_phase(const Step& s, TileShared& sh) {
   const PhaseGemm* ops = sh.slots.ops;
   if (threadIdx.x == 0) {
@@ -482,12 +482,10 @@ __device__ void gemm_phase(const Step& s, TileShared& sh) {
         chunks[o] = (ops[o].op.k + kTileK - 1) / kTileK;
       }
       const int grid = static_cast<int>(gridDim.x), cluster = s.a.cluster;
-      sh.plan.clusters = 0;
-      if (cluster > 1) {  // split only within clusters (one round), else whole tiles in rounds
-        sh.plan.clusters = fused_cluster_plan(tiles, chunks, sh.ops_count, grid / cluster, cluster, sh.plan.slices);
-        sh.plan.items = 0;
-        for (int o = 0; o < sh.ops_count; ++o) sh.plan.items += tiles[o];
-      } else {
+      // In clusters, split within them where that is cheaper than whole tiles (one round), else as without.
+      sh.plan.clusters =
+          cluster > 1 ? fused_cluster_plan(tiles, chunks, sh.ops_count, grid / cluster, cluster, sh.plan.slices) : 0;
+      if (sh.plan.clusters == 0) {
         sh.plan.items = fused_split_plan(tiles, chunks, sh.ops_count, grid, sh.plan.slices, s.a.ticket_chunks);
       }
       for (int o = 0; o < sh.ops_count; ++o) sh.plan.chunks[o] = fused_slice_chunks(chunks[o], sh.plan.slices[o]);
