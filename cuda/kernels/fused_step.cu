@@ -15,6 +15,10 @@
 // the composed step's (the headers it shares), and so are the random numbers. For the
 // latency-bound regime (small batches), where the composed step is a string of small kernels;
 // launches of many steps, captured in the trainer's CUDA graph.
+//
+// Where a phase's tiles fill the grid, the costlier of its two GEMMs may split K too; with
+// FusedStepArgs::cluster (sm_90) split tiles' slices meet in thread-block clusters, summed through
+// their shared memory, instead of at tickets.
 #include <algorithm>
 #include <vector>
 
