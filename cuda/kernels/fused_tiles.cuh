@@ -158,29 +158,14 @@ __device__ __forceinline__ void k_loop(const PhaseGemm& g, int i0, int jt, int k
   }
 }
 
-// One kTile × kTile tile of C over K in [k_begin, k_end), its chunks through k_loop. Every thread
-// works on every chunk, over a part of its K steps: with FusedMath::ffma the block's 256 threads
-// are kFfmaGroups groups of 8 × 8, each group over a quarter of the chunk's K steps, each thread
-// summing a 4 × 4 block of outputs (16 FFMA per K step from 2 to 8 shared-memory loads, by the
-// stages' layouts, where a 2 × 2 block per thread over all K steps loaded a float per FFMA); on
-// the tensor cores (tf32, tf32x3) each warp takes a 16 × 16 quarter of the tile and half of the
-// chunk's K steps (fp32 sums). The groups' sums meet, in group order, through shared memory at
-// thread (ty, tx) of 16 × 16, which owns rows i0 + ty + {0, 16} and tile columns tx + {0, 16}
-// (tile_column). Then, for a whole-K item, the epilogue. A split-K item (slices > 1) writes its
-// raw sums into its slice of the partial sums and takes a ticket: the block that arrives last sums
-// the tile's slices in slice order and runs the epilogue (deterministic, no atomics on the data, no
-// grid barrier). Out of line: inlined into the step it spilled registers on sm_90 under the
-// two-blocks-per-SM bound. The work item comes by value, the step's scalars from shared memory
-// after the K loop (held through it, they cost registers the loop needs; by reference to a
-// caller's copy they sat in local memory).
 // The cluster's part of a GEMM phase the clusters split (fused_cluster_plan), by every block of the
 // grid (one work item or none: `slices` 0), the halves of two cluster barriers: (wait: every reader
 // of the last such phase is done) each slice's sums into the block's exchange buffer (the dynamic
 // shared memory), (arrive, wait: every block's are there) the block of a split tile's slice 0 sums
 // the slices in slice order from its peers' buffers, as the tickets' last block does from the
-// workspace (the same bits for the same slices), and runs the epilogue; a whole tile's block runs it
-// on its own sums; (arrive: the readers are done). The kernel arrives once before its first step
-// and waits once after its last (no block leaves while a peer may read its buffer).
+// workspace (the same bits for the same slices), (arrive: the readers are done) and runs the
+// epilogue; a whole tile's block runs it on its own sums. The kernel arrives once before its
+// first step and waits once after its last (no block leaves while a peer may read its buffer).
 __device__ __forceinline__ void finish_in_cluster(const Step& s, const PhaseGemm& g, int i0, int jt, int ty, int tx,
                                                   const float (&acc)[2][2], const TileInputs& in, int slice, int slices,
                                                   TileShared& sh) {
@@ -193,19 +178,19 @@ __device__ __forceinline__ void finish_in_cluster(const Step& s, const PhaseGemm
   }
   VAE_CLUSTER_ARRIVE();
   VAE_CLUSTER_WAIT();
-  if (slices == 1) {
-    store_tile_outputs(s, g, i0, jt, ty, tx, acc, in, sh);
-  } else if (slice == 0) {
+  float out[2][2];
+  for (int u = 0; u < 2; ++u)
+    for (int w = 0; w < 2; ++w) out[u][w] = slices == 1 ? acc[u][w] : 0.f;
+  if (slices > 1 && slice == 0) {
     const unsigned first = blockIdx.x % static_cast<unsigned>(s.a.cluster);  // slice 0's block: this one
-    float sum[2][2] = {};
     for (int sl = 0; sl < slices; ++sl) {
       const float* peer = cluster_peer(exchange, first + static_cast<unsigned>(sl));
       for (int u = 0; u < 2; ++u)
-        for (int w = 0; w < 2; ++w) sum[u][w] += peer[(ty + 16 * u) * kTile + tx + 16 * w];
+        for (int w = 0; w < 2; ++w) out[u][w] += peer[(ty + 16 * u) * kTile + tx + 16 * w];
     }
-    store_tile_outputs(s, g, i0, jt, ty, tx, sum, in, sh);
   }
-  VAE_CLUSTER_ARRIVE();
+  VAE_CLUSTER_ARRIVE();  // done reading: the epilogue after it
+  if (slices == 1 || slice == 0) store_tile_outputs(s, g, i0, jt, ty, tx, out, in, sh);
 }
 // A block without a work item in such a phase: the same barriers.
 __device__ VAE_NOINLINE void idle_in_cluster() {
@@ -215,6 +200,22 @@ __device__ VAE_NOINLINE void idle_in_cluster() {
   VAE_CLUSTER_ARRIVE();
 }
 
+// One kTile × kTile tile of C over K in [k_begin, k_end), its chunks through k_loop. Every thread
+// works on every chunk, over a part of its K steps: with FusedMath::ffma the block's 256 threads
+// are kFfmaGroups groups of 8 × 8, each group over a quarter of the chunk's K steps, each thread
+// summing a 4 × 4 block of outputs (16 FFMA per K step from 2 to 8 shared-memory loads, by the
+// stages' layouts, where a 2 × 2 block per thread over all K steps loaded a float per FFMA); on
+// the tensor cores (tf32, tf32x3) each warp takes a 16 × 16 quarter of the tile and half of the
+// chunk's K steps (fp32 sums). The groups' sums meet, in group order, through shared memory at
+// thread (ty, tx) of 16 × 16, which owns rows i0 + ty + {0, 16} and tile columns tx + {0, 16}
+// (tile_column). Then, for a whole-K item, the epilogue. A split-K item (slices > 1) writes its
+// raw sums into its slice of the partial sums and takes a ticket: the block that arrives last sums
+// the tile's slices in slice order and runs the epilogue (deterministic, no atomics on the data, no
+// grid barrier); in a phase the clusters split (an item without a ticket), finish_in_cluster
+// instead. Out of line: inlined into the step it spilled registers on sm_90 under the
+// two-blocks-per-SM bound. The work item comes by value, the step's scalars from shared memory
+// after the K loop (held through it, they cost registers the loop needs; by reference to a
+// caller's copy they sat in local memory).
 constexpr int kFfmaGroups = kStepThreads / 64;  // FFMA: 8 × 8 threads a group, 4 × 4 outputs a thread
 static_assert(kFfmaGroups * 64 == kStepThreads && kFfmaGroups <= kStages && kTileK % kFfmaGroups == 0 && kTile == 32,
               "the FFMA groups' sums meet in the stages of a");
