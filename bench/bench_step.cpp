@@ -181,12 +181,6 @@ struct PhaseTimes {
   bench::FusedTimes timers;
 };
 
-// The blocks the fused step's variant launches (0: its clusters do not fit the device).
-int launched_grid(Target target, const FusedVariant& v) {
-  return fused_variant_grid(v, VAE_CALL(target, fused_step_grid),
-                            v.cluster > 1 ? VAE_CALL(target, fused_step_cluster_grid, v.cluster) : 0);
-}
-
 // Runs 10 warm-up steps (at least) and o.steps timed ones, every step on its own rows of synthetic
 // data; the fused step o.steps_per_launch at a time.
 PhaseTimes time_steps(const Options& o, const DeviceContext& ctx, Vae& model, Optimizer& opt) {
@@ -210,7 +204,7 @@ PhaseTimes time_steps(const Options& o, const DeviceContext& ctx, Vae& model, Op
   if (!o.fused_math_given) variant.math = ctx.tf32() ? FusedMath::tf32 : FusedMath::ffma;
   model.set_fused_variant(variant);
   const int grid = VAE_CALL(ctx.target(), fused_step_grid);
-  const int launched = o.fused_grid > 0 ? o.fused_grid : launched_grid(ctx.target(), variant);
+  const int launched = o.fused_grid > 0 ? o.fused_grid : VAE_CALL(ctx.target(), fused_step_variant_grid, variant);
   if (o.fused() && launched == 0) {
     std::fprintf(stderr, "bench_step: --cluster %d: this device has no thread-block clusters of that size (sm_90+)\n",
                  variant.cluster);
@@ -493,7 +487,7 @@ int run_sweep(const Options& o) {
             "\"step_us\":%.3f,"
             "\"epoch_s\":%.6f}\n",
             ctx.description().c_str(), batch, v.name, vo.step_kind.c_str(), v.steps_per_launch,
-            v.tf32 ? "tf32" : "fp32", vo.models, fused_math_name(f.math), launched_grid(target, f),
+            v.tf32 ? "tf32" : "fp32", vo.models, fused_math_name(f.math), VAE_CALL(target, fused_step_variant_grid, f),
             f.half_grid ? "true" : "false", f.ticket_chunks, f.row_flags ? "true" : "false", std::max(1, f.cluster), us,
             60000.0 / batch * us / 1e6);
       }

@@ -238,10 +238,8 @@ FusedStepArgs Vae::fused_step_args(int batch) {
     fused_x_next_ = DeviceBuffer<float>(ctx_, x_.size());
   }
   a.cluster = std::max(1, fused_variant_.cluster);
-  if (fused_variant_.half_grid || a.cluster > 1) {
-    a.grid = fused_variant_grid(fused_variant_, VAE_CALL(ctx_.target(), fused_step_grid),
-                                a.cluster > 1 ? VAE_CALL(ctx_.target(), fused_step_cluster_grid, a.cluster) : 0);
-  }
+  if (fused_variant_.half_grid || a.cluster > 1)
+    a.grid = VAE_CALL(ctx_.target(), fused_step_variant_grid, fused_variant_);
   a.x_next = fused_x_next_.data();
   a.workspace = fused_workspace_.data();
   a.workspace_floats = static_cast<long long>(fused_workspace_.size());

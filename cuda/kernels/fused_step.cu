@@ -456,6 +456,13 @@ int fused_step_cluster_grid(int cluster) {
 #endif
 }
 
+int fused_step_variant_grid(const FusedVariant& v) {
+  const int cluster = std::max(1, v.cluster), most = fused_step_cluster_grid(cluster);
+  if (!v.half_grid) return most;
+  const int half = fused_step_half_grid(most) / cluster * cluster;
+  return half > 0 ? half : most;
+}
+
 int fused_step_grid() {
   // Every block resident at once: on the GPU up to two per SM (a batch-128 phase has tens of
   // tiles, split-K makes them enough, and more blocks would only make the barriers dearer), found

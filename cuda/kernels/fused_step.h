@@ -121,16 +121,6 @@ inline std::string fused_variant_name(const FusedVariant& v) {
          (v.cluster > 1 ? " cluster " + std::to_string(v.cluster) : "");
 }
 
-// The blocks a variant launches, where the grid is `grid` blocks (fused_step_grid) and in clusters
-// of v.cluster `cluster_grid` (fused_step_cluster_grid): half of it with half_grid (whole clusters,
-// at least one).
-inline int fused_variant_grid(const FusedVariant& v, int grid, int cluster_grid) {
-  const int cluster = v.cluster > 1 ? v.cluster : 1, most = cluster > 1 ? cluster_grid : grid;
-  if (!v.half_grid) return most;
-  const int half = fused_step_half_grid(most) / cluster * cluster;
-  return half > 0 ? half : most;
-}
-
 // The fused step's phases in order, for its timers (FusedStepArgs::phase_ns).
 enum class FusedPhase : int {
   gather,            // the batch (and dynamic binarization), unless the step before gathered it
@@ -244,6 +234,20 @@ constexpr int kFusedTileK = 32;  // the K chunk a tile stages in shared memory a
 constexpr int kFusedMaxSplit = 16;
 constexpr int kFusedMinSliceChunks = 2;
 constexpr int fused_slice_chunks(int chunks, int slices) { return (chunks + slices - 1) / slices; }
+// The least cost in [lo, hi] at which fits(cost) holds, fits holding from some cost on: hi where no
+// lower cost fits (hi itself not tried). A binary search, a few divisions on one thread.
+template <typename Fits>
+constexpr int fused_least_cost(int lo, int hi, Fits&& fits) {
+  while (lo < hi) {
+    const int mid = (lo + hi) / 2;
+    if (fits(mid)) {
+      hi = mid;
+    } else {
+      lo = mid + 1;
+    }
+  }
+  return hi;
+}
 // The items of a split whose items cost at most `cost`, or 0 where the bounds forbid it.
 constexpr int fused_split_items(const int* tiles, const int* chunks, int count, int cost, int ticket_chunks,
                                 int* slices) {
@@ -280,18 +284,13 @@ constexpr int fused_split_plan(const int* tiles, const int* chunks, int count, i
     longest = chunks[o] > longest ? chunks[o] : longest;
     total += tiles[o];
   }
-  // The least cost that fits lies in [lo, hi] (hi: no split).
-  int lo = kFusedMinSliceChunks + ticket_chunks, hi = longest;
-  if (total >= grid || lo >= hi) hi = lo = longest;
-  while (lo < hi) {
-    const int mid = (lo + hi) / 2, items = fused_split_items(tiles, chunks, count, mid, ticket_chunks, slices);
-    if (items > 0 && items <= grid) {
-      hi = mid;
-    } else {
-      lo = mid + 1;
-    }
-  }
-  const int items = fused_split_items(tiles, chunks, count, hi, ticket_chunks, slices);
+  // No split where the tiles fill the grid: the least cost lies in [lo, longest] (longest: no split).
+  const int lo = total >= grid ? longest : kFusedMinSliceChunks + ticket_chunks;
+  const int cost = fused_least_cost(lo, longest, [&](int c) {
+    const int items = fused_split_items(tiles, chunks, count, c, ticket_chunks, slices);
+    return items > 0 && items <= grid;
+  });
+  const int items = fused_split_items(tiles, chunks, count, cost, ticket_chunks, slices);
   return total >= grid && count == 2 ? fused_split_longer(tiles, chunks, grid, ticket_chunks, slices, items) : items;
 }
 
@@ -318,19 +317,14 @@ constexpr int fused_cluster_plan(const int* tiles, const int* chunks, int count,
                                  int* slices) {
   int longest = 1;
   for (int o = 0; o < count; ++o) longest = chunks[o] > longest ? chunks[o] : longest;
-  int lo = kFusedMinSliceChunks, hi = longest;
-  if (lo >= hi) lo = hi;
-  const int whole = fused_cluster_items(tiles, chunks, count, cluster, hi, slices);
-  if (whole == 0 || whole > clusters) lo = hi;  // not one round even whole
-  while (lo < hi) {
-    const int mid = (lo + hi) / 2, used = fused_cluster_items(tiles, chunks, count, cluster, mid, slices);
-    if (used > 0 && used <= clusters) {
-      hi = mid;
-    } else {
-      lo = mid + 1;
-    }
-  }
-  const int used = fused_cluster_items(tiles, chunks, count, cluster, hi, slices);
+  // Where the tiles take more than one round even whole, the least cost is longest (no split).
+  const int whole = fused_cluster_items(tiles, chunks, count, cluster, longest, slices);
+  const int lo = whole == 0 || whole > clusters ? longest : kFusedMinSliceChunks;
+  const int cost = fused_least_cost(lo, longest, [&](int c) {
+    const int used = fused_cluster_items(tiles, chunks, count, cluster, c, slices);
+    return used > 0 && used <= clusters;
+  });
+  const int used = fused_cluster_items(tiles, chunks, count, cluster, cost, slices);
   bool split = false;
   for (int o = 0; o < count; ++o) split = split || slices[o] > 1;
   if (split && used > 0 && used <= clusters) return used;

@@ -112,6 +112,17 @@ inline int elementwise_grid(long long n, int block) {
   return blocks < 1 ? 1 : static_cast<int>(blocks);
 }
 
+#if !VAE_HOST_EXEC
+// The launch attribute of thread-block clusters of `cluster` blocks along x.
+inline cudaLaunchAttribute cluster_attribute(unsigned cluster) {
+  cudaLaunchAttribute a = {};
+  a.id = cudaLaunchAttributeClusterDimension;
+  a.val.clusterDim.x = cluster;
+  a.val.clusterDim.y = a.val.clusterDim.z = 1;
+  return a;
+}
+#endif
+
 // Launches kernel<<<grid, block, smem, stream>>>(args...) and returns the launch status; with
 // kCooperative, a cooperative launch (every block resident at once: grid barriers allowed), and
 // with cluster > 1 (cooperative launches only) in thread-block clusters of `cluster` consecutive
@@ -152,10 +163,7 @@ cudaError_t launch_kernel_in_clusters(const char* name, void (*kernel)(Params...
     config.blockDim = block;
     config.dynamicSmemBytes = smem;
     config.stream = stream;
-    cudaLaunchAttribute attrs[2] = {};
-    attrs[0].id = cudaLaunchAttributeClusterDimension;
-    attrs[0].val.clusterDim.x = cluster;
-    attrs[0].val.clusterDim.y = attrs[0].val.clusterDim.z = 1;
+    cudaLaunchAttribute attrs[2] = {cluster_attribute(cluster), {}};
     attrs[1].id = cudaLaunchAttributeCooperative;
     attrs[1].val.cooperative = 1;
     config.attrs = attrs;
@@ -207,10 +215,7 @@ int cooperative_max_clusters(void (*kernel)(Params...), int block_threads, size_
   config.gridDim = dim3(static_cast<unsigned>(cluster));
   config.blockDim = dim3(static_cast<unsigned>(block_threads));
   config.dynamicSmemBytes = smem;
-  cudaLaunchAttribute attr = {};
-  attr.id = cudaLaunchAttributeClusterDimension;
-  attr.val.clusterDim.x = static_cast<unsigned>(cluster);
-  attr.val.clusterDim.y = attr.val.clusterDim.z = 1;
+  cudaLaunchAttribute attr = cluster_attribute(static_cast<unsigned>(cluster));
   config.attrs = &attr;
   config.numAttrs = 1;
   int clusters = 0;

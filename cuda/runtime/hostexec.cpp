@@ -429,12 +429,14 @@ void wait_until(CooperativeLaunch& c, Done&& done, What&& what) {
   c.counting.fetch_sub(1, std::memory_order_acq_rel);
 }
 
-CooperativeLaunch& cluster_launch(Worker& w, const char* what, const char* file, int line) {
-  if (!w.cooperative || w.cooperative->cluster < 2) {
-    die(block_name(w) + ": " + what + " at " + file + ":" + std::to_string(line) +
-        " in a kernel not launched in clusters");
-  }
+// The running block's launch, which `what` (a cluster barrier, a map of shared memory) needs to be in clusters.
+CooperativeLaunch& cluster_launch(Worker& w, const std::string& what) {
+  if (!w.cooperative || w.cooperative->cluster < 2)
+    die(block_name(w) + ": " + what + " in a kernel not launched in clusters");
   return *w.cooperative;
+}
+std::string site(const char* what, const char* file, int line) {
+  return std::string(what) + " at " + file + ":" + std::to_string(line);
 }
 
 }  // namespace
@@ -453,7 +455,7 @@ void wait_count(const unsigned* counter, unsigned count) {
 void cluster_arrive(const char* file, int line) {
   Worker& w = tls_worker;
   Fiber* self = current_fiber("cluster arrive");
-  CooperativeLaunch& c = cluster_launch(w, "a cluster barrier", file, line);
+  CooperativeLaunch& c = cluster_launch(w, site("a cluster barrier", file, line));
   sync_block(file, line);  // every thread of the block has arrived
   if (self->tid != 0) return;
   if (w.cluster_arrived) {
@@ -473,7 +475,7 @@ void cluster_arrive(const char* file, int line) {
 void cluster_wait(const char* file, int line) {
   Worker& w = tls_worker;
   Fiber* self = current_fiber("cluster wait");
-  CooperativeLaunch& c = cluster_launch(w, "a cluster barrier", file, line);
+  CooperativeLaunch& c = cluster_launch(w, site("a cluster barrier", file, line));
   if (self->tid == 0) {
     if (!w.cluster_arrived) {
       die(block_name(w) + ": waits at its cluster's barrier at " + file + ":" + std::to_string(line) +
@@ -483,7 +485,7 @@ void cluster_wait(const char* file, int line) {
     const unsigned target = w.cluster_target;
     wait_until(
         c, [&] { return static_cast<int>(generation.load(std::memory_order_acquire) - target) >= 0; },
-        [&] { return std::string("the cluster barrier at ") + file + ":" + std::to_string(line); });
+        [&] { return site("the cluster barrier", file, line); });
     w.cluster_arrived = false;
   }
   sync_block(file, line);  // and the block's threads leave once thread 0 has seen the cluster arrive
@@ -491,7 +493,7 @@ void cluster_wait(const char* file, int line) {
 
 void* cluster_peer_shared(const void* p, unsigned rank) {
   Worker& w = tls_worker;
-  CooperativeLaunch& c = cluster_launch(w, "a map of shared memory", "?", 0);
+  CooperativeLaunch& c = cluster_launch(w, "a map of shared memory");
   const unsigned char* base = w.smem.data();
   const unsigned char* q = static_cast<const unsigned char*>(p);
   if (!w.smem_bytes || q < base || q >= base + w.smem_bytes) {
