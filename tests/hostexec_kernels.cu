@@ -151,7 +151,10 @@ __global__ void philox_bits_kernel(uint64_t seed, int rows, int per_row, uint64_
 
 // Double-buffered rounds through global memory: a grid barrier that lets a block through early
 // shows as a value from the wrong round.
-__global__ void grid_barrier_rounds_kernel(float* a, float* b, int rounds) {
+// With `split`, the barrier in its halves, and between them each thread adds 1 to a value of its
+// own (`own`, which no other thread reads).
+__global__ void grid_barrier_rounds_kernel(float* a, float* b, float* own, int rounds, bool split) {
+  __shared__ unsigned token;
   const int n = static_cast<int>(gridDim.x * blockDim.x);
   const int t = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
   const int from = (t + static_cast<int>(blockDim.x) + 1) % n;
@@ -159,7 +162,13 @@ __global__ void grid_barrier_rounds_kernel(float* a, float* b, int rounds) {
     const float* in = r % 2 ? b : a;
     float* out = r % 2 ? a : b;
     out[t] = in[from] + 1.f;
-    VAE_GRID_SYNC();
+    if (split) {
+      VAE_GRID_ARRIVE(token);
+      own[t] += 1.f;
+      VAE_GRID_WAIT(token);
+    } else {
+      VAE_GRID_SYNC();
+    }
   }
 }
 
@@ -212,6 +221,12 @@ __global__ void cluster_barrier_with_exited_block_kernel(unsigned exiting_block)
 __global__ void grid_barrier_with_exited_block_kernel(unsigned exiting_block) {
   if (blockIdx.x == exiting_block) return;
   VAE_GRID_SYNC();
+}
+
+__global__ void grid_arrivals_kernel(int arrivals) {
+  __shared__ unsigned token;
+  for (int i = 0; i < arrivals; ++i) VAE_GRID_ARRIVE(token);
+  VAE_GRID_WAIT(token);
 }
 
 __global__ void divergent_barrier_kernel(int split) {
@@ -297,10 +312,15 @@ std::vector<uint32_t> philox_bits(uint64_t seed, int rows, int per_row, uint64_t
   return out.host();
 }
 
-std::vector<float> grid_barrier_rounds(const std::vector<float>& x, int grid, int block, int rounds) {
-  Buffer<float> a(x), b(x);
-  VAE_LAUNCH_COOPERATIVE(grid_barrier_rounds_kernel, grid, block, 0, nullptr, a.p, b.p, rounds);
-  return rounds % 2 ? b.host() : a.host();
+std::vector<float> grid_barrier_rounds(const std::vector<float>& x, int grid, int block, int rounds, bool split) {
+  Buffer<float> a(x), b(x), own(x);
+  VAE_LAUNCH_COOPERATIVE(grid_barrier_rounds_kernel, grid, block, 0, nullptr, a.p, b.p, own.p, rounds, split);
+  std::vector<float> values = rounds % 2 ? b.host() : a.host();
+  if (split) {  // each thread's own value after it, which took `rounds` additions
+    const std::vector<float> mine = own.host();
+    values.insert(values.end(), mine.begin(), mine.end());
+  }
+  return values;
 }
 
 int grid_barrier_max_blocks(int block) { return cooperative_max_blocks(grid_barrier_rounds_kernel, block, 0); }
@@ -336,6 +356,11 @@ void cluster_barrier_with_exited_block() {
 
 void grid_barrier_with_exited_block() {
   VAE_LAUNCH_COOPERATIVE(grid_barrier_with_exited_block_kernel, 2, 7, 0, nullptr, 1u);
+  synchronize(nullptr);
+}
+
+void grid_arrive_twice() {
+  VAE_LAUNCH_COOPERATIVE(grid_arrivals_kernel, 2, 5, 0, nullptr, 2);
   synchronize(nullptr);
 }
 

@@ -101,16 +101,23 @@ TEST_P(HostExec, DynamicSharedMemory) {
   }
 }
 
-// Rounds through global memory with a grid barrier between them, for a grid of one block and of
-// as many as can be resident (on the CPU, one per worker), blocks of odd sizes.
+// Rounds through global memory with a grid barrier between them (or the barrier in its halves, each
+// thread working on its own value between them), for a grid of one block and of as many as can be
+// resident (on the CPU, one per worker), blocks of odd sizes.
 void expect_grid_barrier_rounds(Target t, int grid, int block) {
   const int rounds = 5, n = grid * block;
   const auto x = random_uniform(n, 11 + n);
-  const auto got = VAE_CALL(t, grid_barrier_rounds, x, grid, block, rounds);
-  for (int i = 0; i < n; ++i) {
-    float want = x[(i + static_cast<long long>(rounds) * (block + 1)) % n];
-    for (int r = 0; r < rounds; ++r) want += 1.f;  // as the kernel adds, in float
-    ASSERT_EQ(got[i], want) << "grid " << grid << " block " << block << " thread " << i;
+  for (bool split : {false, true}) {
+    const auto got = VAE_CALL(t, grid_barrier_rounds, x, grid, block, rounds, split);
+    ASSERT_EQ(got.size(), static_cast<size_t>(split ? 2 * n : n));
+    for (int i = 0; i < n; ++i) {
+      float want = x[(i + static_cast<long long>(rounds) * (block + 1)) % n], mine = x[i];
+      for (int r = 0; r < rounds; ++r) want += 1.f, mine += 1.f;  // as the kernel adds, in float
+      ASSERT_EQ(got[i], want) << "grid " << grid << " block " << block << " thread " << i << " split " << split;
+      if (split) {
+        ASSERT_EQ(got[n + i], mine) << "grid " << grid << " block " << block << " thread " << i;
+      }
+    }
   }
 }
 
@@ -350,6 +357,16 @@ TEST(HostExecDeathTest, GridBarrierWithAnExitedBlockAborts) {
         cpu::grid_barrier_with_exited_block();
       },
       "deadlock at the grid barrier at .*hostexec_kernels.cu:[0-9]+: 1 of 2 blocks arrived, 1 exited");
+}
+
+TEST(HostExecDeathTest, GridArrivalTwiceWithoutAWaitAborts) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_DEATH(
+      {
+        hx::set_workers(2);
+        cpu::grid_arrive_twice();
+      },
+      "arrives at the grid barrier at .*hostexec_kernels.cu:[0-9]+ twice without a wait");
 }
 
 TEST(HostExecDeathTest, CounterWaitWithAnExitedBlockAborts) {

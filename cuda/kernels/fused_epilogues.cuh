@@ -134,8 +134,13 @@ struct TileShared {
   PhasePlan plans[kFusedMaxGemmPhases];  // the step's GEMM phases'
   int planned;                           // plans kept since the launch's start
   int phase;                             // the step's GEMM phases so far
-  unsigned barriers;                     // grid barriers passed this step (thread 0's count)
-  unsigned tickets;                      // split-K tickets taken this step (thread 0's count)
+  unsigned barriers;                     // grid barriers arrived at this step (thread 0's count)
+  // A grid barrier the block arrived at and has yet to wait at (step_barrier, settle_grid_barrier): 1 or 0, thread 0's
+  // token for it, and its departure's timer slot.
+  int grid_owed;
+  unsigned grid_token;
+  int grid_slot;
+  unsigned tickets;     // split-K tickets taken this step (thread 0's count)
   unsigned work_items;  // GEMM work items and their K chunks run since the last barrier (thread 0's count)
   unsigned work_chunks;
   unsigned last;  // this block arrived last at a split tile's ticket

@@ -3,18 +3,19 @@
 // latent stage and the encoder, each weight gradient taking its optimizer update where it is
 // final (no optimizer pass). A grid-wide barrier only where a phase needs all of the one before:
 // 2·(encoder + decoder layers) + 4 a step, 5 with L > 1 (FusedStepArgs::phase_ns counts them and
-// times each phase); with row flags (FusedStepArgs::row_flags) the phases meet at counters instead
-// (a tile starts once the rows it reads are final, a weight update once nothing reads the weights),
-// only the gather's barrier left; one more between the steps of a persistent launch, whose later
-// steps save the gather's (their batches gathered during the step before, FusedStepArgs::x_next).
-// Every block takes part in every phase: GEMM phases hand out 32×32 output tiles (a layer's input
-// gradient shares its phase with the update of the layer above), split in K where tiles are fewer
-// than blocks (fused_split_plan), the slices meeting at per-tile tickets instead of a barrier; row
-// and element phases stride over the grid's threads. Each output is summed by one thread in a fixed
-// order, and the ELBO totals by one block: the same seed gives the same bits. The element math is
-// the composed step's (the headers it shares), and so are the random numbers. For the
-// latency-bound regime (small batches), where the composed step is a string of small kernels;
-// launches of many steps, captured in the trainer's CUDA graph.
+// times each phase), in its two halves: a block arrives once done with the phase, and waits only
+// where it next reads what the others wrote, a work item once the first K chunks of its layer's
+// weights are in flight (the next phase's operands requested before the wait); with row flags
+// (FusedStepArgs::row_flags) the phases meet at counters instead (a tile starts once the rows it reads are final, a
+// weight update once nothing reads the weights), only the gather's barrier left; one more between the steps of a
+// persistent launch, whose later steps save the gather's (their batches gathered during the step before,
+// FusedStepArgs::x_next). Every block takes part in every phase: GEMM phases hand out 32×32 output tiles (a layer's
+// input gradient shares its phase with the update of the layer above), split in K where tiles are fewer than blocks
+// (fused_split_plan), the slices meeting at per-tile tickets instead of a barrier; row and element phases stride over
+// the grid's threads. Each output is summed by one thread in a fixed order, and the ELBO totals by one block: the same
+// seed gives the same bits. The element math is the composed step's (the headers it shares), and so are the random
+// numbers. For the latency-bound regime (small batches), where the composed step is a string of small kernels; launches
+// of many steps, captured in the trainer's CUDA graph.
 //
 // Where a phase's tiles fill the grid, the costlier of its two GEMMs may split K too; with
 // FusedStepArgs::cluster (sm_90) split tiles' slices meet in thread-block clusters, summed through
@@ -45,24 +46,25 @@ __device__ __forceinline__ void record_work(const FusedStepArgs& a, TileShared& 
   sh.work_items = sh.work_chunks = 0;
 }
 
-// A grid barrier of the step, counted, and with timers on the work before it, its arrival and
-// its departure recorded.
+// A grid barrier of the step, counted, in its halves: the block arrives here (with timers on, the
+// work before it and its arrival recorded) and waits where it next reads what the others wrote
+// (settle_grid_barrier): a GEMM phase's work item once its weights' first chunks are requested
+// (gemm_tile), the element phases at their start, or its next arrival.
 __device__ __forceinline__ void step_barrier(const FusedStepArgs& a, TileShared& sh) {
-  int slot = 0;  // thread 0's
+  settle_grid_barrier(a, sh);
+  __syncthreads();  // every thread has read sh.grid_owed
   if (threadIdx.x == 0) {
     const unsigned n = sh.barriers++;
     record_work(a, sh, n);
-    slot = kFusedBarrierSlots + 2 * static_cast<int>(n < kFusedMaxBarriers ? n : kFusedMaxBarriers - 1);
-    record_time(a, slot);
-  }
-  VAE_GRID_SYNC();
-  if (threadIdx.x == 0) {
-    record_time(a, slot + 1);
+    sh.grid_slot = kFusedBarrierSlots + 2 * static_cast<int>(n < kFusedMaxBarriers ? n : kFusedMaxBarriers - 1);
+    record_time(a, sh.grid_slot);
+    sh.grid_owed = 1;
     sh.sync.signal.at = nullptr;  // the next phase waits for nothing before the barrier
   }
+  VAE_GRID_ARRIVE(sh.grid_token);
 }
-// After a GEMM phase: a grid barrier, or with row flags only a __syncthreads (every thread is done
-// with the phase's descriptors before thread 0 writes the next's).
+// After a GEMM phase: the arrival at a grid barrier, or with row flags only a __syncthreads (every
+// thread is done with the phase's descriptors before thread 0 writes the next's).
 __device__ __forceinline__ void phase_sync(const FusedStepArgs& a, TileShared& sh) {
   if (a.row_flags) {
     __syncthreads();
@@ -185,6 +187,7 @@ __device__ void backward_stack(const Step& s, const FusedLayer* layers, int coun
 // row flags once every block has counted its rows' terms in.
 __device__ void block_totals(const FusedStepArgs& a, uint64_t step, TileShared& sh) {
   __shared__ double partial[2][kStepThreads];
+  settle_grid_barrier(a, sh);
   if (a.row_flags) {  // every block has written its rows' log p and KL (row_terms)
     if (threadIdx.x == 0) wait_counters(a, sh, grid_counter(a, sh, 0));
     __syncthreads();
@@ -277,6 +280,7 @@ __device__ VAE_NOINLINE void row_terms(const FusedStepArgs& a, const StepState a
   const int rows = a.batch * a.samples, J = a.latent;
   const float* row_sums = fused_row_sums(a);
   const int tiles = fused_step_output_tiles(a.dim, a.gaussian);
+  settle_grid_barrier(a, sh);
   if (a.row_flags) {
     if (threadIdx.x == 0) {
       const int output = fused_forward_phases(a.encoder_layers, a.decoder_layers) - 1;
@@ -367,6 +371,7 @@ __device__ void train_step(const FusedStepArgs& a, const StepState& at, int laun
   // in different row blocks), and the heads' backward waits for every block's elements (grid
   // counter 1).
   if (!latent_in_epilogue) {
+    settle_grid_barrier(s.a, sh);
     if (a.row_flags) {
       if (threadIdx.x == 0) wait_counters(a, sh, sh.sync.signal);
       __syncthreads();
@@ -393,6 +398,7 @@ __device__ void train_step(const FusedStepArgs& a, const StepState& at, int laun
   if (next_x) gather_rows(a, next, next_x, false);
   backward_stack(
       s, a.encoder, a.encoder_layers, a.heads, x, nullptr, TileEpilogue::store, B, false, [] {}, sh);
+  settle_grid_barrier(s.a, sh);  // where the block had no work item in the last phase
   phase_end(a, FusedPhase::encoder_backward);
   if (threadIdx.x == 0) record_work(a, sh, sh.barriers);  // the last phase's
   if (a.phase_ns && threadIdx.x == 0) {
@@ -414,6 +420,7 @@ __global__ void __launch_bounds__(kStepThreads, 2) fused_step_kernel(__grid_cons
   if (threadIdx.x == 0) {
     base = *a.at;
     sh.planned = 0;
+    sh.grid_owed = 0;
   }
   __syncthreads();
   if (a.cluster > 1) VAE_CLUSTER_ARRIVE();  // as a phase the clusters split leaves it (finish_in_cluster)

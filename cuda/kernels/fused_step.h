@@ -158,16 +158,17 @@ constexpr int fused_step_barriers(int encoder_layers, int decoder_layers, int sa
 constexpr int kFusedMaxBarriers = fused_step_barriers(kMaxStepLayers, kMaxStepLayers, 2);
 constexpr int kFusedMaxGemmPhases = fused_step_gemm_phases(kMaxStepLayers, kMaxStepLayers, 2);
 
-// Timer slots per block (of the launch's last step): [0] the start, [1 + p] the end of phase p (when the block leaves
-// the grid barrier that closes it; the last phase's when the block is done), in ns of a clock all blocks share; [1 +
-// kFusedPhases] the grid barriers the block passed in the step; [2 + kFusedPhases] the split-K tickets it took (one
+// Timer slots per block (of the launch's last step): [0] the start, [1 + p] the end of phase p (when the block arrives
+// at the grid barrier that closes it; the last phase's when the block is done), in ns of a clock all blocks share; [1 +
+// kFusedPhases] the grid barriers the block arrived at in the step; [2 + kFusedPhases] the split-K tickets it took (one
 // per K slice it computed: the step's other sync points, summed over the blocks); [3 + kFusedPhases] the ns it waited
 // at row flags and counters (FusedStepArgs::row_flags); then for each grid barrier i of the
 // step, the time the block arrived at it ([kFusedBarrierSlots + 2i]) and the time it left ([kFusedBarrierSlots + 2i
-// + 1]); then for each phase i between them (i = 0 before the first barrier, i = the barriers' count after the last)
-// the GEMM work the block ran in it: its work items << 32 | their K chunks ([kFusedWorkSlots + i]); then for each
-// GEMM phase p of the step (fused_gemm_phase_name), the time the block was done with its work items there
-// ([kFusedGemmSlots + p]).
+// + 1]: once it had waited there, which it does where it next needs the other blocks' results: a work item's wait
+// comes after its weights' first chunks are requested); then for each phase i between them (i = 0 before the first
+// barrier, i = the barriers' count after the last) the GEMM work the block ran in it: its work items << 32 | their K
+// chunks ([kFusedWorkSlots + i]); then for each GEMM phase p of the step (fused_gemm_phase_name), the time the block
+// was done with its work items there ([kFusedGemmSlots + p]).
 constexpr int kFusedBarrierSlots = kFusedPhases + 4;
 constexpr int kFusedWorkSlots = kFusedBarrierSlots + 2 * kFusedMaxBarriers;
 constexpr int kFusedGemmSlots = kFusedWorkSlots + kFusedMaxBarriers + 1;

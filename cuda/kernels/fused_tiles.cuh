@@ -53,9 +53,8 @@ __device__ __forceinline__ bool b_k_fast(const GemmOp& op) { return op.trans_b; 
 // Requests K chunk [k0, k0 + kTileK) ∩ [k0, k_end) of the tile at (i0, column tile jt) into stage
 // `stage`, laid out as a_k_fast and b_k_fast say: zeros outside the matrices, ones in a bias
 // gradient's extra column. Thread t copies floats 4 (t % 8) .. + 3 of line t / 8 of each operand
-// (eight threads a 128-byte line).
-__device__ __forceinline__ void stage_chunk(const PhaseGemm& g, int i0, int jt, int k0, int k_end, int stage,
-                                            TileShared& sh) {
+// (eight threads a 128-byte line). stage_a and stage_b: one operand's part.
+__device__ __forceinline__ void stage_a(const PhaseGemm& g, int i0, int k0, int k_end, int stage, TileShared& sh) {
   const GemmOp& op = g.op;
   const int line = static_cast<int>(threadIdx.x) / 8, seg = 4 * (static_cast<int>(threadIdx.x) % 8);
   if (a_k_fast(op)) {  // line: row i0 + line; seg: K steps
@@ -65,6 +64,10 @@ __device__ __forceinline__ void stage_chunk(const PhaseGemm& g, int i0, int jt, 
     const int p = k0 + line, i = i0 + seg, count = p < k_end ? min_int(op.m - i, 4) : 0;
     stage_four(&sh.a[stage][line][seg], count > 0 ? op.a + static_cast<long long>(p) * op.lda + i : op.a, count);
   }
+}
+__device__ __forceinline__ void stage_b(const PhaseGemm& g, int jt, int k0, int k_end, int stage, TileShared& sh) {
+  const GemmOp& op = g.op;
+  const int line = static_cast<int>(threadIdx.x) / 8, seg = 4 * (static_cast<int>(threadIdx.x) % 8);
   float* dst = &sh.b[stage][line][seg];
   if (b_k_fast(op)) {  // line: tile column `line`; seg: K steps
     const int j = tile_column(g, jt, line), p = k0 + seg;
@@ -139,17 +142,25 @@ struct WorkItem {
 // The K loop of a work item: its chunks through a ring of kStages stages, the chunks of the next
 // kStages − 1 steps requested before the wait for the current one (a short work item has all its
 // loads in flight at once), then body(stage) on each chunk once every thread's copies have landed.
+// Where B's first chunks are in flight already (b_staged: gemm_tile requested them before its wait
+// for A), its prologue requests A's.
 template <typename Body>
-__device__ __forceinline__ void k_loop(const PhaseGemm& g, int i0, int jt, int k_begin, int k_end, TileShared& sh,
-                                       Body&& body) {
+__device__ __forceinline__ void k_loop(const PhaseGemm& g, int i0, int jt, int k_begin, int k_end, bool b_staged,
+                                       TileShared& sh, Body&& body) {
   const int chunks = (k_end - k_begin + kTileK - 1) / kTileK;
   for (int c = 0; c < kStages - 1; ++c) {
-    if (c < chunks) stage_chunk(g, i0, jt, k_begin + c * kTileK, k_end, c, sh);
-    async_commit();
+    if (c < chunks) {
+      stage_a(g, i0, k_begin + c * kTileK, k_end, c, sh);
+      if (!b_staged) stage_b(g, jt, k_begin + c * kTileK, k_end, c, sh);
+    }
+    async_commit();  // B's chunks requested before: in the first group
   }
   for (int c = 0; c < chunks; ++c) {
     const int ahead = c + kStages - 1;  // into the stage chunk c − 1 left (every thread is past it)
-    if (ahead < chunks) stage_chunk(g, i0, jt, k_begin + ahead * kTileK, k_end, ahead % kStages, sh);
+    if (ahead < chunks) {
+      stage_a(g, i0, k_begin + ahead * kTileK, k_end, ahead % kStages, sh);
+      stage_b(g, jt, k_begin + ahead * kTileK, k_end, ahead % kStages, sh);
+    }
     async_commit();
     async_wait<kStages - 1>();  // chunk c's group has landed
     __syncthreads();
@@ -200,6 +211,39 @@ __device__ VAE_NOINLINE void idle_in_cluster() {
   VAE_CLUSTER_ARRIVE();
 }
 
+// By thread 0: waits until counter `only` of c (or, with only < 0, every one of them) has reached its count; with
+// timers on, adds the time it waited to sh.wait_ns. What the counted blocks wrote is then visible to the block's
+// threads after a __syncthreads.
+__device__ void wait_counters(const FusedStepArgs& a, TileShared& sh, const TileShared::Counters& c, int only = -1) {
+  const unsigned long long start = a.phase_ns ? global_timer_ns() : 0;
+  for (int r = only < 0 ? 0 : only; r < (only < 0 ? c.blocks : only + 1); ++r) wait_reached(c.at + r, c.count);
+  __threadfence();  // once, after the last
+  if (a.phase_ns) sh.wait_ns += global_timer_ns() - start;
+}
+
+// By every thread: where the block arrived at a grid barrier (step_barrier in fused_step.cu) and has
+// not waited there yet, it waits now (before it reads what other blocks wrote before the barrier,
+// or arrives at the next); with timers on, its departure recorded.
+__device__ __forceinline__ void settle_grid_barrier(const FusedStepArgs& a, TileShared& sh) {
+  if (!sh.grid_owed) return;  // the same for every thread: thread 0 wrote it before a __syncthreads
+  __syncthreads();            // every thread has read it
+  if (threadIdx.x == 0) sh.grid_owed = 0;
+  VAE_GRID_WAIT(sh.grid_token);
+  if (a.phase_ns && threadIdx.x == 0) a.phase_ns[blockIdx.x * kFusedPhaseSlots + sh.grid_slot + 1] = global_timer_ns();
+}
+
+// Before a work item of GEMM g of the phase on tile `tile` reads A: the grid barrier before, or
+// with row flags (sh.sync) a tile of the rows the phase before counts at waits for them, any other
+// for all.
+__device__ __forceinline__ void wait_for_inputs(const FusedStepArgs& a, TileShared& sh, const PhaseGemm& g, int tile) {
+  settle_grid_barrier(a, sh);
+  const TileShared::PhaseSync& sync = sh.sync;
+  if (!sync.wait.at) return;
+  const bool rows = g.epilogue != TileEpilogue::update && g.op.m == sync.wait.rows;
+  if (threadIdx.x == 0) wait_counters(a, sh, sync.wait, rows ? tile / gemm_column_tiles(g) : -1);
+  __syncthreads();
+}
+
 // One kTile × kTile tile of C over K in [k_begin, k_end), its chunks through k_loop. Every thread
 // works on every chunk, over a part of its K steps: with FusedMath::ffma the block's 256 threads
 // are kFfmaGroups groups of 8 × 8, each group over a quarter of the chunk's K steps, each thread
@@ -233,7 +277,18 @@ __device__ VAE_NOINLINE void gemm_tile(const FusedStepArgs& a, const PhaseGemm& 
   // FFMA: group kg's K steps in each chunk, and its thread's 4 × 4 block: rows 4 gy + p where A is M-fast (one
   // four-float load), gy + 8 p where it is K-fast (four loads, no bank conflict); columns alike with gx and B.
   const int kg = tid / 64, gy = (tid % 64) / 8, gx = tid % 8;
-  const bool a_k = a_k_fast(op), b_k = b_k_fast(op);  // the stages' layouts (stage_chunk)
+  const bool a_k = a_k_fast(op), b_k = b_k_fast(op);  // the stages' layouts (stage_a, stage_b)
+  // Where B is a layer's weights (a forward's or an input gradient's GEMM: no block writes them
+  // before every reader of them is done), its first chunks are requested before the wait for what A
+  // reads (the grid barrier before, or with row flags the rows): in flight during it. A weight
+  // update's operands (the layer's output gradient and its input) wait with A.
+  const bool b_staged = g.epilogue != TileEpilogue::update;
+  if (b_staged) {
+    for (int c = 0; c < kStages - 1 && k_begin + c * kTileK < k_end; ++c) {
+      stage_b(g, jt, k_begin + c * kTileK, k_end, c, sh);
+    }
+  }
+  wait_for_inputs(a, sh, g, tile);
   // The epilogue's inputs asked for in L1 now, so that a whole-K item's loads of them after its K
   // loop hit there (a split item loads them before its ticket). Nothing writes them in this phase
   // but this item's epilogue, and no fence comes before it.
@@ -250,7 +305,7 @@ __device__ VAE_NOINLINE void gemm_tile(const FusedStepArgs& a, const PhaseGemm& 
     auto loop = [&](auto layout_a, auto layout_b) {
       using LayoutA = typename decltype(layout_a)::type;
       using LayoutB = typename decltype(layout_b)::type;
-      k_loop(g, i0, jt, k_begin, k_end, sh,
+      k_loop(g, i0, jt, k_begin, k_end, b_staged, sh,
              [&](int st) { mma_chunk<LayoutA, LayoutB>(math, sh, st, wi, wj, k_half, cf); });
     };
     const LayoutTag<wmma::row_major> row_major;
@@ -274,7 +329,7 @@ __device__ VAE_NOINLINE void gemm_tile(const FusedStepArgs& a, const PhaseGemm& 
     (void)math;  // no TF32 tensor cores before sm_80: FFMA
     constexpr int kGroupK = kTileK / kFfmaGroups;
     float part[4][4] = {};
-    k_loop(g, i0, jt, k_begin, k_end, sh, [&](int st) {
+    k_loop(g, i0, jt, k_begin, k_end, b_staged, sh, [&](int st) {
       VAE_UNROLL
       for (int kk = kg * kGroupK; kk < (kg + 1) * kGroupK; ++kk) {
         float ar[4], br[4];
@@ -354,26 +409,6 @@ __device__ VAE_NOINLINE void gemm_tile(const FusedStepArgs& a, const PhaseGemm& 
   store_tile_outputs(s, g, i0, jt, ty, tx, sum, in, sh);
 }
 
-// By thread 0: waits until counter `only` of c (or, with only < 0, every one of them) has reached its count; with
-// timers on, adds the time it waited to sh.wait_ns. What the counted blocks wrote is then visible to the block's
-// threads after a __syncthreads.
-__device__ void wait_counters(const FusedStepArgs& a, TileShared& sh, const TileShared::Counters& c, int only = -1) {
-  const unsigned long long start = a.phase_ns ? global_timer_ns() : 0;
-  for (int r = only < 0 ? 0 : only; r < (only < 0 ? c.blocks : only + 1); ++r) wait_reached(c.at + r, c.count);
-  __threadfence();  // once, after the last
-  if (a.phase_ns) sh.wait_ns += global_timer_ns() - start;
-}
-
-// With row flags (sh.sync), before a work item of op `o` of the phase on tile `tile`: a tile of the rows the phase
-// before counts at waits for them, any other for all.
-__device__ __forceinline__ void wait_for_rows(const FusedStepArgs& a, TileShared& sh, int o, int tile) {
-  const TileShared::PhaseSync& sync = sh.sync;
-  const PhaseGemm& g = sh.slots.ops[o];
-  if (!sync.wait.at) return;
-  const bool rows = g.epilogue != TileEpilogue::update && g.op.m == sync.wait.rows;
-  if (threadIdx.x == 0) wait_counters(a, sh, sync.wait, rows ? tile / gemm_column_tiles(g) : -1);
-  __syncthreads();
-}
 // After it: a tile of the first GEMM, once `finished` (whole, or by the block that summed its slices), counts in at
 // its row block's flag.
 __device__ __forceinline__ void count_rows(TileShared& sh, int o, int tile, bool finished) {
@@ -413,7 +448,6 @@ __device__ VAE_NOINLINE void cluster_work_item(const FusedStepArgs& a, TileShare
     ++sh.work_items;
     sh.work_chunks += static_cast<unsigned>((k_end - k_begin + kTileK - 1) / kTileK);
   }
-  wait_for_rows(a, sh, o, tile);
   gemm_tile(a, ops[o], {tile, k_begin, k_end, slice, slices, nullptr, nullptr}, sh);
   count_rows(sh, o, tile, slice == 0);
 }
@@ -450,7 +484,6 @@ __device__ __forceinline__ void phase_rounds(const Step& s, TileShared& sh) {
       ++sh.work_items;
       sh.work_chunks += static_cast<unsigned>((k_end - k_begin + kTileK - 1) / kTileK);
     }
-    wait_for_rows(s.a, sh, o, tile);
     float* region = fused_region(s.a, sync.region);
     unsigned* tickets = reinterpret_cast<unsigned*>(region + fused_step_partial_floats(grid));
     gemm_tile(s.a, ops[o], {tile, k_begin, k_end, slice, slices, region + offset, tickets + ticket + tile}, sh);

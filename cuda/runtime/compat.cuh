@@ -254,9 +254,22 @@ __device__ __forceinline__ unsigned long long global_timer_ns() {
 }
 }  // namespace vae::VAE_NS
 
-// A grid-wide barrier in a kernel launched with VAE_LAUNCH_COOPERATIVE.
+// A grid-wide barrier in a kernel launched with VAE_LAUNCH_COOPERATIVE; and the same barrier in its
+// two halves, by every thread of the block: VAE_GRID_ARRIVE(token) (the block's writes before it
+// are released; thread 0's `token`, an unsigned lvalue, says which barrier) and later
+// VAE_GRID_WAIT(token) (returns once every block has arrived; their writes acquired). Between
+// them the block may work on what no other block writes before the barrier. Arrivals and waits
+// alternate, and every block arrives at the same barriers in the same order.
 #if VAE_HOST_EXEC
 #define VAE_GRID_SYNC() ::vae::hx::sync_grid(__FILE__, __LINE__)
+#define VAE_GRID_ARRIVE(token) ((void)(token), ::vae::hx::grid_arrive(__FILE__, __LINE__))
+#define VAE_GRID_WAIT(token) ((void)(token), ::vae::hx::grid_wait(__FILE__, __LINE__))
 #else
 #define VAE_GRID_SYNC() ::cooperative_groups::this_grid().sync()
+#define VAE_GRID_ARRIVE(token)                                                           \
+  do {                                                                                   \
+    const unsigned vae_grid_token_ = ::cooperative_groups::this_grid().barrier_arrive(); \
+    if (threadIdx.x == 0) (token) = vae_grid_token_;                                     \
+  } while (0)
+#define VAE_GRID_WAIT(token) ::cooperative_groups::this_grid().barrier_wait(static_cast<unsigned>(token))
 #endif

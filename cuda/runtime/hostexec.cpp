@@ -40,6 +40,8 @@ struct Worker : FiberHome {
   size_t smem_bytes = 0;                            // the running block's dynamic shared memory
   struct CooperativeLaunch* cooperative = nullptr;  // set while running a block of one
   bool cluster_arrived = false;                     // the block arrived at its cluster's barrier, not yet waited
+  bool grid_arrived = false;                        // the block arrived at a grid barrier (grid_arrive), not yet waited
+  unsigned grid_target = 0;                         // the generation of the grid barrier it waits for
   unsigned cluster_target = 0;                      // the generation of the cluster's barrier it waits for
 };
 
@@ -218,6 +220,7 @@ void run_block(Worker& w, const KernelThunk& thunk, unsigned nthreads, size_t sm
   }
   w.smem_bytes = smem_bytes;
   w.cluster_arrived = false;
+  w.grid_arrived = false;
   if (w.cooperative) {
     const dim3 b = tls_block_idx, g = tls_grid_dim;
     w.cooperative->smem[b.x + g.x * (b.y + g.y * b.z)] = smem_bytes ? w.smem.data() : nullptr;
@@ -289,25 +292,30 @@ inline bool spin_turn(int spins) {
   return true;
 }
 
+// Thread 0's arrival at the launch's grid barrier, under c.m: at the same site as the other blocks'
+// (else it aborts); the last block's releases the barrier's generation (and returns true).
+bool arrive_at_grid(CooperativeLaunch& c, const char* file, int line) {
+  if (c.arrived == 0) {
+    c.site_file = file;
+    c.site_line = line;
+  } else if (c.site_line != line || std::strcmp(c.site_file, file) != 0) {
+    die(block_name(tls_worker) + ": divergent grid barrier: this block arrives at " + file + ":" +
+        std::to_string(line) + ", another at " + c.site_file + ":" + std::to_string(c.site_line));
+  }
+  if (++c.arrived < c.blocks) return false;
+  c.arrived = 0;
+  c.waiting.store(0, std::memory_order_relaxed);
+  c.generation.fetch_add(1, std::memory_order_acq_rel);
+  return true;
+}
+
 // Thread 0 of a block at a grid barrier, its block's other threads parked at the block barrier
 // that follows: arrive, then wait (spinning, then yielding the core) for the last block.
 void grid_arrive_and_wait(CooperativeLaunch& c, const char* file, int line) {
   const unsigned gen = c.generation.load(std::memory_order_acquire);
   {
     std::lock_guard<std::mutex> lk(c.m);
-    if (c.arrived == 0) {
-      c.site_file = file;
-      c.site_line = line;
-    } else if (c.site_line != line || std::strcmp(c.site_file, file) != 0) {
-      die(block_name(tls_worker) + ": divergent grid barrier: this block waits at " + file + ":" +
-          std::to_string(line) + ", another at " + c.site_file + ":" + std::to_string(c.site_line));
-    }
-    if (++c.arrived == c.blocks) {
-      c.arrived = 0;
-      c.waiting.store(0, std::memory_order_relaxed);
-      c.generation.fetch_add(1, std::memory_order_acq_rel);
-      return;
-    }
+    if (arrive_at_grid(c, file, line)) return;
     c.waiting.fetch_add(1, std::memory_order_relaxed);
   }
   for (int spins = 0; c.generation.load(std::memory_order_acquire) == gen; ++spins) {
@@ -512,8 +520,44 @@ void sync_grid(const char* file, int line) {
         " in a kernel not launched cooperatively");
   }
   sync_block(file, line);  // the whole block is here
-  if (self->tid == 0) grid_arrive_and_wait(*w.cooperative, file, line);
+  if (self->tid == 0) {
+    if (w.grid_arrived)
+      die(block_name(w) + ": " + site("a grid sync", file, line) + " before the wait of a grid barrier it arrived at");
+    grid_arrive_and_wait(*w.cooperative, file, line);
+  }
   sync_block(file, line);  // and leaves when thread 0 has seen every block arrive
+}
+
+void grid_arrive(const char* file, int line) {
+  Worker& w = tls_worker;
+  Fiber* self = current_fiber("grid arrive");
+  if (!w.cooperative)
+    die(block_name(w) + ": " + site("a grid barrier", file, line) + " in a kernel not launched cooperatively");
+  sync_block(file, line);  // every thread of the block has arrived
+  if (self->tid != 0) return;
+  if (w.grid_arrived)
+    die(block_name(w) + ": arrives at " + site("the grid barrier", file, line) + " twice without a wait");
+  CooperativeLaunch& c = *w.cooperative;
+  std::lock_guard<std::mutex> lk(c.m);
+  w.grid_target = c.generation.load(std::memory_order_acquire) + 1;
+  w.grid_arrived = true;
+  arrive_at_grid(c, file, line);
+}
+
+void grid_wait(const char* file, int line) {
+  Worker& w = tls_worker;
+  Fiber* self = current_fiber("grid wait");
+  if (self->tid == 0) {
+    if (!w.grid_arrived)
+      die(block_name(w) + ": waits at " + site("the grid barrier", file, line) + " without an arrival");
+    const unsigned target = w.grid_target;
+    const CooperativeLaunch& c = *w.cooperative;
+    wait_until(
+        *w.cooperative, [&] { return static_cast<int>(c.generation.load(std::memory_order_acquire) - target) >= 0; },
+        [&] { return site("the grid barrier", file, line); });
+    w.grid_arrived = false;
+  }
+  sync_block(file, line);  // and the block's threads leave once thread 0 has seen every block arrive
 }
 
 void sync_warp(unsigned mask) {

@@ -73,6 +73,13 @@ void sync_block(const char* file, int line);
 // A grid barrier of a cooperative launch: the block's threads, then every block. A block that
 // exits while others wait, or blocks at different barriers, abort with the file and line.
 void sync_grid(const char* file, int line);
+// The grid barrier in two halves, by every thread of the block: the block arrives once all its
+// threads have, and grid_wait returns once every block has arrived at the barrier the block
+// arrived at last. Arrivals and waits alternate (a second arrival or a full barrier before the
+// wait, or a wait without an arrival, aborts with the file and line); a wait at a barrier that
+// a block exited without reaching aborts as a deadlock.
+void grid_arrive(const char* file, int line);
+void grid_wait(const char* file, int line);
 // By one thread of a block of a cooperative launch: returns once *counter (which other blocks
 // raise atomically) reaches `count`. Every block waiting or exited for seconds aborts as a deadlock.
 void wait_count(const unsigned* counter, unsigned count);
