@@ -75,6 +75,9 @@ struct PhaseGemm {
   GemmOp op;
   TileEpilogue epilogue = TileEpilogue::store;
   bool pairs = false;
+  // A weight update left for the phase after the one that computed its input gradient (backward_stack): its operands
+  // are final before the phase before; only its epilogue, which changes weights that phase read, waits for it.
+  bool deferred = false;
 };
 
 // The GEMMs of a phase (at most two: a layer's input gradient and the update of the layer above,

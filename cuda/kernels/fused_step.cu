@@ -5,7 +5,8 @@
 // 2·(encoder + decoder layers) + 4 a step, 5 with L > 1 (FusedStepArgs::phase_ns counts them and
 // times each phase), in its two halves: a block arrives once done with the phase, and waits only
 // where it next reads what the others wrote, a work item once the first K chunks of its layer's
-// weights are in flight (the next phase's operands requested before the wait); with row flags
+// weights are in flight (the next phase's operands requested before the wait), a weight update
+// left from the phase before (its operands final before that) after its K loop; with row flags
 // (FusedStepArgs::row_flags) the phases meet at counters instead (a tile starts once the rows it reads are final, a
 // weight update once nothing reads the weights), only the gather's barrier left; one more between the steps of a
 // persistent launch, whose later steps save the gather's (their batches gathered during the step before,
@@ -48,8 +49,9 @@ __device__ __forceinline__ void record_work(const FusedStepArgs& a, TileShared& 
 
 // A grid barrier of the step, counted, in its halves: the block arrives here (with timers on, the
 // work before it and its arrival recorded) and waits where it next reads what the others wrote
-// (settle_grid_barrier): a GEMM phase's work item once its weights' first chunks are requested
-// (gemm_tile), the element phases at their start, or its next arrival.
+// (settle_grid_barrier): a GEMM phase's work item once its weights' first chunks are requested,
+// a deferred weight update's before its epilogue (gemm_tile), the element phases at their start,
+// or its next arrival.
 __device__ __forceinline__ void step_barrier(const FusedStepArgs& a, TileShared& sh) {
   settle_grid_barrier(a, sh);
   __syncthreads();  // every thread has read sh.grid_owed
@@ -170,6 +172,7 @@ __device__ void backward_stack(const Step& s, const FusedLayer* layers, int coun
       sh.pending_count = 0;
       if (grad_in) {
         sh.pending.op = weight_update(s.a, L, below, rows);
+        sh.pending.op.deferred = true;
         sh.pending_count = 1;
       } else {
         sh.slots.ops[n++] = weight_update(s.a, L, below, rows);

@@ -165,10 +165,10 @@ constexpr int kFusedMaxGemmPhases = fused_step_gemm_phases(kMaxStepLayers, kMaxS
 // at row flags and counters (FusedStepArgs::row_flags); then for each grid barrier i of the
 // step, the time the block arrived at it ([kFusedBarrierSlots + 2i]) and the time it left ([kFusedBarrierSlots + 2i
 // + 1]: once it had waited there, which it does where it next needs the other blocks' results: a work item's wait
-// comes after its weights' first chunks are requested); then for each phase i between them (i = 0 before the first
-// barrier, i = the barriers' count after the last) the GEMM work the block ran in it: its work items << 32 | their K
-// chunks ([kFusedWorkSlots + i]); then for each GEMM phase p of the step (fused_gemm_phase_name), the time the block
-// was done with its work items there ([kFusedGemmSlots + p]).
+// comes after its weights' first chunks are requested, a deferred weight update's after its K loop); then for each
+// phase i between them (i = 0 before the first barrier, i = the barriers' count after the last) the GEMM work the block
+// ran in it: its work items << 32 | their K chunks ([kFusedWorkSlots + i]); then for each GEMM phase p of the step
+// (fused_gemm_phase_name), the time the block was done with its work items there ([kFusedGemmSlots + p]).
 constexpr int kFusedBarrierSlots = kFusedPhases + 4;
 constexpr int kFusedWorkSlots = kFusedBarrierSlots + 2 * kFusedMaxBarriers;
 constexpr int kFusedGemmSlots = kFusedWorkSlots + kFusedMaxBarriers + 1;

@@ -281,17 +281,21 @@ __device__ VAE_NOINLINE void gemm_tile(const FusedStepArgs& a, const PhaseGemm& 
   // Where B is a layer's weights (a forward's or an input gradient's GEMM: no block writes them
   // before every reader of them is done), its first chunks are requested before the wait for what A
   // reads (the grid barrier before, or with row flags the rows): in flight during it. A weight
-  // update's operands (the layer's output gradient and its input) wait with A.
+  // update's operands (the layer's output gradient and its input) wait with A; but with grid
+  // barriers a deferred update's (PhaseGemm::deferred) are final before the barrier the block
+  // waited at last: its K loop runs before the wait, which only its epilogue needs.
   const bool b_staged = g.epilogue != TileEpilogue::update;
   if (b_staged) {
     for (int c = 0; c < kStages - 1 && k_begin + c * kTileK < k_end; ++c) {
       stage_b(g, jt, k_begin + c * kTileK, k_end, c, sh);
     }
   }
-  wait_for_inputs(a, sh, g, tile);
+  const bool wait_late = g.deferred && !a.row_flags;
+  if (!wait_late) wait_for_inputs(a, sh, g, tile);
   // The epilogue's inputs asked for in L1 now, so that a whole-K item's loads of them after its K
   // loop hit there (a split item loads them before its ticket). Nothing writes them in this phase
-  // but this item's epilogue, and no fence comes before it.
+  // but this item's epilogue, and no fence comes before it (a deferred update's: its weights and
+  // their optimizer state, last written in the step before).
   prefetch_tile_inputs(a, g, i0, jt, sh);
   int groups;  // whose sums meet in sh.a[0 .. groups)
 #if VAE_HAS_TF32_MMA
@@ -372,6 +376,7 @@ __device__ VAE_NOINLINE void gemm_tile(const FusedStepArgs& a, const PhaseGemm& 
     }
   }
   __syncthreads();  // before the next tile's loads overwrite them
+  if (wait_late) settle_grid_barrier(a, sh);
   const Step s = shared_step(a, sh);
   TileInputs in;  // requested now: a split tile's arrive while its ticket is taken
   load_tile_inputs(s, g, i0, jt, ty, tx, in);
