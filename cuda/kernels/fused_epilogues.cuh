@@ -115,11 +115,12 @@ struct TileShared {
   // How the phase meets the others besides grid barriers: the workspace region of its split-K sums and tickets; with
   // row flags, the counters its tiles wait on (wait: the phase before's signal; a tile of m == wait.rows rows waits at
   // its own row block's, any other (a weight update's, the decoder's with L > 1) at every one) and those its first
-  // GEMM's tiles count in at once finished (signal: null where that GEMM is an update, which nothing waits on). Set by
-  // thread 0 (set_phase_sync in fused_step.cu).
+  // GEMM's tiles count in at once finished (signal: null where that GEMM is an update, which nothing waits on); and
+  // the signal of the phase before that (before: where a deferred update's operands are final). Set by thread 0
+  // (set_phase_sync in fused_step.cu).
   struct PhaseSync {
     int region;
-    Counters wait, signal;
+    Counters before, wait, signal;
   } sync;
   unsigned launch_step;        // the step's number in the launch (the counts it waits for: launch_step + 1 times)
   unsigned long long wait_ns;  // thread 0's time waiting at counters this step (with timers on)

@@ -8,8 +8,8 @@
 // weights are in flight (the next phase's operands requested before the wait), a weight update
 // left from the phase before (its operands final before that) after its K loop; with row flags
 // (FusedStepArgs::row_flags) the phases meet at counters instead (a tile starts once the rows it reads are final, a
-// weight update once nothing reads the weights), only the gather's barrier left; one more between the steps of a
-// persistent launch, whose later steps save the gather's (their batches gathered during the step before,
+// weight update's epilogue once nothing reads the weights), only the gather's barrier left; one more between the steps
+// of a persistent launch, whose later steps save the gather's (their batches gathered during the step before,
 // FusedStepArgs::x_next). Every block takes part in every phase: GEMM phases hand out 32×32 output tiles (a layer's
 // input gradient shares its phase with the update of the layer above), split in K where tiles are fewer than blocks
 // (fused_split_plan), the slices meeting at per-tile tickets instead of a barrier; row and element phases stride over
@@ -109,6 +109,7 @@ __device__ void set_phase_sync(const FusedStepArgs& a, TileShared& sh) {
   TileShared::PhaseSync& y = sh.sync;
   const PhaseGemm& g = sh.slots.ops[0];
   y.region = sh.phase;
+  y.before = y.wait;
   y.wait = y.signal;
   y.signal = {nullptr, 0, 0, 0};
   if (a.row_flags && g.epilogue != TileEpilogue::update) {
@@ -328,7 +329,7 @@ __device__ void train_step(const FusedStepArgs& a, const StepState& at, int laun
     sh.pending_count = 0;
     sh.launch_step = static_cast<unsigned>(launch_step);
     sh.wait_ns = 0;
-    sh.sync.signal.at = nullptr;  // a grid barrier came before (between the steps, or the launch's start)
+    sh.sync.signal.at = sh.sync.wait.at = nullptr;  // a grid barrier came before (between the steps, or the start)
   }
   record_time(a, 0);
 

@@ -278,20 +278,26 @@ __device__ VAE_NOINLINE void gemm_tile(const FusedStepArgs& a, const PhaseGemm& 
   // four-float load), gy + 8 p where it is K-fast (four loads, no bank conflict); columns alike with gx and B.
   const int kg = tid / 64, gy = (tid % 64) / 8, gx = tid % 8;
   const bool a_k = a_k_fast(op), b_k = b_k_fast(op);  // the stages' layouts (stage_a, stage_b)
-  // Where B is a layer's weights (a forward's or an input gradient's GEMM: no block writes them
-  // before every reader of them is done), its first chunks are requested before the wait for what A
-  // reads (the grid barrier before, or with row flags the rows): in flight during it. A weight
-  // update's operands (the layer's output gradient and its input) wait with A; but with grid
-  // barriers a deferred update's (PhaseGemm::deferred) are final before the barrier the block
-  // waited at last: its K loop runs before the wait, which only its epilogue needs.
-  const bool b_staged = g.epilogue != TileEpilogue::update;
+  // Where B is final before the wait for what A reads (the grid barrier before, or with row flags
+  // the rows), its first chunks are requested before it: in flight during it. So are a layer's
+  // weights (a forward's or an input gradient's B: no block writes them before every reader of them
+  // is done), and with grid barriers a weight update's input (written in the forward). A deferred
+  // update's operands (PhaseGemm::deferred) are final before the phase before: its K loop runs
+  // before the wait (with row flags after one at the phase before that's counters), which only its
+  // epilogue needs (it changes weights the phase before read).
+  const bool b_staged = g.epilogue != TileEpilogue::update || !a.row_flags;
   if (b_staged) {
     for (int c = 0; c < kStages - 1 && k_begin + c * kTileK < k_end; ++c) {
       stage_b(g, jt, k_begin + c * kTileK, k_end, c, sh);
     }
   }
-  const bool wait_late = g.deferred && !a.row_flags;
-  if (!wait_late) wait_for_inputs(a, sh, g, tile);
+  const bool wait_late = g.deferred;
+  if (!wait_late) {
+    wait_for_inputs(a, sh, g, tile);
+  } else if (sh.sync.before.at) {
+    if (threadIdx.x == 0) wait_counters(a, sh, sh.sync.before);
+    __syncthreads();
+  }
   // The epilogue's inputs asked for in L1 now, so that a whole-K item's loads of them after its K
   // loop hit there (a split item loads them before its ticket). Nothing writes them in this phase
   // but this item's epilogue, and no fence comes before it (a deferred update's: its weights and
@@ -376,7 +382,7 @@ __device__ VAE_NOINLINE void gemm_tile(const FusedStepArgs& a, const PhaseGemm& 
     }
   }
   __syncthreads();  // before the next tile's loads overwrite them
-  if (wait_late) settle_grid_barrier(a, sh);
+  if (wait_late) wait_for_inputs(a, sh, g, tile);
   const Step s = shared_step(a, sh);
   TileInputs in;  // requested now: a split tile's arrive while its ticket is taken
   load_tile_inputs(s, g, i0, jt, ty, tx, in);
