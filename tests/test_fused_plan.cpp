@@ -15,10 +15,10 @@ namespace {
 
 // How a GEMM phase splits K (fused_split_plan), against every split within its bounds (at most
 // kFusedMaxSplit slices, at least kFusedMinSliceChunks chunks a slice, no more items than blocks),
-// on random phases of one and two GEMMs and random ticket costs (none in a third of them): its most
+// on random phases of one to three GEMMs and random ticket costs (none in a third of them): its most
 // costly item (chunks, plus the ticket where split) is the cheapest any such split reaches, with
 // the fewest items that reach it, and no slice is empty. Where the tiles are at least the blocks,
-// one GEMM is not split, and of two only the one of the costlier tiles, by the same measure among
+// one GEMM (or three) is not split, and of two only the one of the costlier tiles, by the same measure among
 // its splits whose items stay within the blocks and whose rounds over the blocks do not grow.
 struct SplitPlan {
   int cost = 0, items = 0;
@@ -36,14 +36,14 @@ TEST(FusedSplitPlan, TheCostliestItemIsTheCheapestAnyAllowedSplitGives) {
   std::mt19937 rng(29);
   int split_phases = 0, ticket_phases = 0, rounds_split = 0;
   for (int trial = 0; trial < 3000; ++trial) {
-    const int count = 1 + static_cast<int>(rng() % 2), grid = 1 + static_cast<int>(rng() % 300);
+    const int count = 1 + static_cast<int>(rng() % kFusedMaxPhaseGemms), grid = 1 + static_cast<int>(rng() % 300);
     const int ticket = trial % 3 == 1 ? 0 : static_cast<int>(rng() % 30);
     std::vector<int> tiles(count), chunks(count);
     for (int o = 0; o < count; ++o) {
       tiles[o] = 1 + static_cast<int>(rng() % (trial % 3 ? 40 : 200));
       chunks[o] = 1 + static_cast<int>(rng() % 60);
     }
-    int got[2] = {0, 0};
+    int got[kFusedMaxPhaseGemms] = {};
     const int items = fused_split_plan(tiles.data(), chunks.data(), count, grid, got, ticket);
     const std::vector<int> plan(got, got + count);
     SCOPED_TRACE("trial " + std::to_string(trial) + ", grid " + std::to_string(grid) + ", ticket " +
@@ -94,6 +94,80 @@ TEST(FusedSplitPlan, TheCostliestItemIsTheCheapestAnyAllowedSplitGives) {
   EXPECT_GT(rounds_split, 30);
 }
 
+// The rows of a deferred weight update its phase keeps (fused_update_rows_kept), the rest carried
+// to the next phase: all where the phase fits whole in one round over the grid (fused_split_plan's
+// items at most the blocks) with no item costlier than the update's whole tiles or the other GEMMs'
+// costliest item planned without it, or not even with one row of the update's tiles; else the most
+// rows with which it fits so, found by trying every count, on random phases of one to three GEMMs
+// (fewer rows kept than that fit so would not be found). And the
+// default model's dL/dz phase at batch 128 on an H100's or H200's 264 blocks: dz's 4 tiles of 13 K
+// chunks beside the output layer's update (784 × 401: 25 rows of 13 tiles, 4 chunks) keeps 19
+// rows and fits one round; so does the next phase with the 6 rows carried to it.
+TEST(FusedUpdateRowsKept, TheMostRowsWithWhichThePhaseFitsInOneRound) {
+  std::mt19937 rng(37);
+  int carried = 0;
+  for (int trial = 0; trial < 3000; ++trial) {
+    const int count = 1 + static_cast<int>(rng() % kFusedMaxPhaseGemms), grid = 1 + static_cast<int>(rng() % 300);
+    const int ticket = trial % 3 == 1 ? 0 : static_cast<int>(rng() % 30);
+    int tiles[kFusedMaxPhaseGemms] = {}, chunks[kFusedMaxPhaseGemms] = {};
+    for (int o = 0; o < count; ++o) {
+      tiles[o] = 1 + static_cast<int>(rng() % (trial % 3 ? 40 : 200));
+      chunks[o] = 1 + static_cast<int>(rng() % 60);
+    }
+    const int u = static_cast<int>(rng() % count), row_tiles = 1 + static_cast<int>(rng() % 40);
+    const int columns = 1 + static_cast<int>(rng() % 20);
+    tiles[u] = row_tiles * columns;
+    SCOPED_TRACE("trial " + std::to_string(trial) + ", grid " + std::to_string(grid) + ", ticket " +
+                 std::to_string(ticket));
+    // The costliest item of the ops' plan (fused_split_plan), and its items.
+    auto plan_cost = [&](const std::vector<int>& t, const std::vector<int>& c, int* items) {
+      int slices[kFusedMaxPhaseGemms] = {};
+      *items = fused_split_plan(t.data(), c.data(), static_cast<int>(t.size()), grid, slices, ticket);
+      int cost = 0;
+      for (size_t o = 0; o < t.size(); ++o) {
+        cost = std::max(cost, (c[o] + slices[o] - 1) / slices[o] + (slices[o] > 1 ? ticket : 0));
+      }
+      return cost;
+    };
+    std::vector<int> other_tiles, other_chunks;
+    for (int o = 0; o < count; ++o) {
+      if (o == u) continue;
+      other_tiles.push_back(tiles[o]);
+      other_chunks.push_back(chunks[o]);
+    }
+    int items = 0;
+    const int bound = std::max(chunks[u], other_tiles.empty() ? 0 : plan_cost(other_tiles, other_chunks, &items));
+    auto fits = [&](int rows) {
+      std::vector<int> t(tiles, tiles + count);
+      t[u] = rows * columns;
+      const int cost = plan_cost(t, std::vector<int>(chunks, chunks + count), &items);
+      return items > 0 && items <= grid && cost <= bound;
+    };
+    int want = row_tiles;
+    if (!fits(row_tiles)) {
+      for (int r = row_tiles - 1; r >= 1; --r) {
+        if (fits(r)) {
+          want = r;
+          break;
+        }
+      }
+    }
+    const int kept = fused_update_rows_kept(tiles, chunks, count, u, row_tiles, grid, ticket);
+    EXPECT_EQ(kept, want);
+    carried += kept < row_tiles;
+  }
+  EXPECT_GT(carried, 300);
+
+  const int grid = 264, dz[2] = {4, 325}, dz_chunks[2] = {13, 4};
+  EXPECT_EQ(fused_update_rows_kept(dz, dz_chunks, 2, 1, 25, grid, 0), 19);
+  int slices[kFusedMaxPhaseGemms] = {};
+  const int kept[2] = {4, 19 * 13};
+  EXPECT_LE(fused_split_plan(kept, dz_chunks, 2, grid, slices, 0), grid);
+  // The heads' input gradient (4 × 13 tiles of 2 chunks), the decoder layer's update (13 × 1 of 4), the rows carried.
+  const int next[3] = {52, 13, 6 * 13}, next_chunks[3] = {2, 4, 4};
+  EXPECT_LE(fused_split_plan(next, next_chunks, 3, grid, slices, 0), grid);
+}
+
 // In thread-block clusters (FusedStepArgs::cluster) a phase splits K only within clusters, in one
 // round: the costliest item is the cheapest any allowed split gives — each op's slices at most the
 // cluster's blocks, a slice at least kFusedMinSliceChunks chunks, the ops' clusters (⌈tiles /
@@ -103,7 +177,7 @@ TEST(FusedClusterPlan, TheCostliestItemIsTheCheapestAnyAllowedSplitGives) {
   std::mt19937 rng(31);
   int split_phases = 0;
   for (int trial = 0; trial < 3000; ++trial) {
-    const int count = 1 + static_cast<int>(rng() % 2), cluster = 2 + static_cast<int>(rng() % 7);
+    const int count = 1 + static_cast<int>(rng() % kFusedMaxPhaseGemms), cluster = 2 + static_cast<int>(rng() % 7);
     const int clusters = 1 + static_cast<int>(rng() % 40);
     std::vector<int> tiles(count), chunks(count);
     for (int o = 0; o < count; ++o) {
@@ -124,7 +198,7 @@ TEST(FusedClusterPlan, TheCostliestItemIsTheCheapestAnyAllowedSplitGives) {
       }
       return r;
     };
-    int got[2] = {0, 0};
+    int got[kFusedMaxPhaseGemms] = {};
     const int used = fused_cluster_plan(tiles.data(), chunks.data(), count, clusters, cluster, got);
     const std::vector<int> plan(got, got + count);
     const int longest = *std::max_element(chunks.begin(), chunks.end());

@@ -245,7 +245,7 @@ TEST_P(FusedStepLaunch, TimeEachPhaseAndCountTheBarriersWithoutChangingTheStep) 
   const Target target = GetParam();
   VAE_SKIP_WITHOUT_DEVICE(target);
   const int batch = 29;
-  const ModelConfig c = small_config(DecoderKind::bernoulli, Activation::relu, {70, 17}, 3, 37);
+  const ModelConfig c = small_config(DecoderKind::bernoulli, Activation::relu, {70, 17}, 3, 70);
   const auto x = test::random_uniform(static_cast<size_t>(batch) * c.input_dim, 12, 0, 1);
   DeviceContext ctx(target, false);
   const DeviceBuffer<float> data(ctx, x);
@@ -276,27 +276,67 @@ TEST_P(FusedStepLaunch, TimeEachPhaseAndCountTheBarriersWithoutChangingTheStep) 
   }
   EXPECT_EQ(runs[0].params, runs[1].params) << "the timers changed the step";
   EXPECT_EQ(runs[0].params, runs[3].params) << "row flags changed the step";
-  // The step's GEMM phases, each GEMM as (tiles of 32 × 32, K chunks of 32): M = 29 rows, one row
-  // tile (the weight gradients: M = the layer's outputs, N = its inputs and the bias column, K = 29).
-  const std::vector<std::vector<std::pair<int, int>>> phases = {
-      {{3, 2}},          // encoder layer 1: N 70, K 37
-      {{1, 3}},          // encoder layer 2: N 17, K 70
-      {{1, 1}},          // heads: 3 pairs, K 17
-      {{1, 1}},          // decoder layer 1: N 17, K 3
-      {{3, 1}},          // decoder layer 2: N 70, K 17
-      {{2, 3}},          // output: N 37, K 70
-      {{3, 2}},          // output backward: dh (N 70, K 37)
-      {{1, 3}, {6, 1}},  // decoder layer 2 backward (N 17, K 70), the output's update (37 × 71)
-      {{1, 1}, {3, 1}},  // decoder layer 1 backward: dz (N 3, K 17); layer 2's update (70 × 18)
-      {{1, 1}, {1, 1}},  // heads backward (N 17, K 6); decoder layer 1's update (17 × 4)
-      {{3, 1}, {1, 1}},  // encoder layer 2 backward (N 70, K 17); the heads' update (6 × 18)
-      {{3, 1}, {6, 1}},  // layer 2's update (17 × 71), layer 1's (70 × 38)
+  // The step's GEMM phases, each GEMM as (tiles of 32 × 32, K chunks of 32, rows of tiles where it is a weight
+  // update left from the phase before, else 0): M = 29 rows, one row tile (the weight gradients: M = the layer's
+  // outputs, N = its inputs and the bias column, K = 29).
+  struct Gemm {
+    int tiles, chunks, deferred_rows;
+  };
+  const std::vector<std::vector<Gemm>> phases = {
+      {{3, 3, 0}},             // encoder layer 1: N 70, K 70
+      {{1, 3, 0}},             // encoder layer 2: N 17, K 70
+      {{1, 1, 0}},             // heads: 3 pairs, K 17
+      {{1, 1, 0}},             // decoder layer 1: N 17, K 3
+      {{3, 1, 0}},             // decoder layer 2: N 70, K 17
+      {{3, 3, 0}},             // output: N 70, K 70
+      {{3, 3, 0}},             // output backward: dh (N 70, K 70)
+      {{1, 3, 0}, {9, 1, 3}},  // decoder layer 2 backward (N 17, K 70), the output's update (70 × 71)
+      {{1, 1, 0}, {3, 1, 3}},  // decoder layer 1 backward: dz (N 3, K 17); layer 2's update (70 × 18)
+      {{1, 1, 0}, {1, 1, 1}},  // heads backward (N 17, K 6); decoder layer 1's update (17 × 4)
+      {{3, 1, 0}, {1, 1, 1}},  // encoder layer 2 backward (N 70, K 17); the heads' update (6 × 18)
+      {{3, 1, 1}, {9, 1, 0}},  // layer 2's update (17 × 71), layer 1's (70 × 38)
   };
   ASSERT_EQ(static_cast<int>(phases.size()), fused_step_gemm_phases(2, 2, 1));
+  // Each phase's GEMMs as (tiles, K chunks): a deferred update's rows that do not fit in one round
+  // of its phase go to the next (fused_update_rows_kept: on 7 blocks the output layer's update keeps
+  // 1 of its 3 rows of tiles beside dz split in two, 2 with a ticket of a chunk beside dz whole);
+  // `carried` counts the phases that carry rows.
+  auto plan_phases = [&](int ticket, int* carried) {
+    std::vector<std::vector<std::pair<int, int>>> planned(phases.size());
+    std::pair<int, int> carry{0, 0};
+    *carried = 0;
+    for (size_t p = 0; p < phases.size(); ++p) {
+      auto& ops = planned[p];
+      for (const Gemm& g : phases[p]) ops.emplace_back(g.tiles, g.chunks);
+      if (carry.first > 0) ops.push_back(carry);
+      carry = {0, 0};
+      int tiles[kFusedMaxPhaseGemms] = {}, chunks[kFusedMaxPhaseGemms] = {};
+      for (size_t o = 0; o < ops.size(); ++o) std::tie(tiles[o], chunks[o]) = ops[o];
+      for (size_t u = 0; u < phases[p].size() && p + 1 < phases.size(); ++u) {
+        const int rows = phases[p][u].deferred_rows;
+        if (rows == 0) continue;
+        const int kept = fused_update_rows_kept(tiles, chunks, static_cast<int>(ops.size()), static_cast<int>(u), rows,
+                                                grid, ticket);
+        const int columns = tiles[u] / rows;
+        if (kept < rows) {
+          ops[u].first = kept * columns;
+          carry = {(rows - kept) * columns, ops[u].second};
+          ++*carried;
+        }
+        break;
+      }
+    }
+    return planned;
+  };
   for (const Run& run : runs) {
     if (!run.timed) continue;
     SCOPED_TRACE("ticket_chunks " + std::to_string(run.ticket) + (run.row_flags ? ", row flags" : ""));
     const std::vector<unsigned long long>& ns = run.ns;
+    int carried = 0;
+    const auto planned_phases = plan_phases(run.ticket, &carried);
+    if (grid == 7) {
+      EXPECT_EQ(carried, 1);
+    }
     // Split-K slices meet at tickets: no barrier beyond the phases' own, whatever the grid.
     const unsigned barriers = run.row_flags ? 1 : 2 * (2 + 2) + 4;  // L = 1: the latent backward in an epilogue
     EXPECT_EQ(static_cast<int>(barriers), fused_step_barriers(2, 2, 1, run.row_flags));
@@ -363,8 +403,8 @@ TEST_P(FusedStepLaunch, TimeEachPhaseAndCountTheBarriersWithoutChangingTheStep) 
       unsigned long long planned = 0, all_chunks = 0;
       const size_t end = run.row_flags ? phases.size() : next + 1;
       for (; next < end; ++next) {
-        const auto& phase = phases[next];
-        int tiles[2] = {}, chunks[2] = {}, slices[2] = {};
+        const auto& phase = planned_phases[next];
+        int tiles[kFusedMaxPhaseGemms] = {}, chunks[kFusedMaxPhaseGemms] = {}, slices[kFusedMaxPhaseGemms] = {};
         const int count = static_cast<int>(phase.size());
         for (int o = 0; o < count; ++o) std::tie(tiles[o], chunks[o]) = phase[o];
         planned += static_cast<unsigned long long>(fused_split_plan(tiles, chunks, count, grid, slices, run.ticket));

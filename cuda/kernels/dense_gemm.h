@@ -59,6 +59,17 @@ struct GemmOp {
     if (op.bias_grad) op.bias_grad += i * stride_bias;
     return op;
   }
+  // Rows [r0, r0 + rows) of C (of a single GEMM) as an op of its own: the same sums for those rows,
+  // from A's rows (op(A)'s) and into C's, h's and the bias gradient's from r0.
+  __host__ __device__ GemmOp row_range(int r0, int rows) const {
+    GemmOp op = *this;
+    op.m = rows;
+    op.a += trans_a ? r0 : static_cast<long long>(r0) * lda;
+    op.c += static_cast<long long>(r0) * ldc;
+    if (op.activation_output) op.activation_output += static_cast<long long>(r0) * ldc;
+    if (op.bias_grad) op.bias_grad += r0;
+    return op;
+  }
 };
 
 __host__ __device__ inline GemmOp dense_forward_gemm(int out, int in, const float* x, const float* w, const float* b,

@@ -76,13 +76,16 @@ struct PhaseGemm {
   TileEpilogue epilogue = TileEpilogue::store;
   bool pairs = false;
   // A weight update left for the phase after the one that computed its input gradient (backward_stack): its operands
-  // are final before the phase before; only its epilogue, which changes weights that phase read, waits for it.
+  // are final before the phase before; only its epilogue, which changes weights that phase read, waits for it. So
+  // are the rows of one carried from the phase before (carried: fused_update_rows_kept), which are carried no further.
   bool deferred = false;
+  bool carried = false;
 };
 
-// The GEMMs of a phase (at most two: a layer's input gradient and the update of the layer above,
-// or a layer's own update) and the update left for the next phase (backward_stack).
-constexpr int kMaxPhaseGemms = 2;
+// The GEMMs of a phase (a layer's input gradient, the update of the layer above, and rows of an
+// update carried from the phase before; or a layer's own update), the update left for the next
+// phase (backward_stack) and the rows carried to it (gemm_phase).
+constexpr int kMaxPhaseGemms = kFusedMaxPhaseGemms;
 
 // A block's shared memory. The phase's GEMM descriptors live here, written by thread 0 between
 // phases (its threads read them from here, not from copies of their own: a descriptor per thread
@@ -99,11 +102,11 @@ struct TileShared {
     __host__ __device__ Slots() {}
   } slots;
   union Slot {
-    PhaseGemm op;  // a weight update left for the next phase, when pending_count is 1
+    PhaseGemm op;
     __host__ __device__ Slot() {}
-  } pending;
+  } pending, carry;  // a weight update left for the next phase, and rows of one carried to it (where the counts are 1)
   int ops_count;
-  int pending_count;
+  int pending_count, carry_count;
   // Counters a phase's tiles wait on or count in at (with row flags): `blocks` counters from `at`, one per row block of
   // `rows` rows (a grid counter: one, rows 0), each reaching `count` when the phase that counts there has finished
   // (in this step of the launch: the counts rise step by step).
@@ -124,11 +127,12 @@ struct TileShared {
   } sync;
   unsigned launch_step;        // the step's number in the launch (the counts it waits for: launch_step + 1 times)
   unsigned long long wait_ns;  // thread 0's time waiting at counters this step (with timers on)
-  // A GEMM phase's plan (fused_split_plan): its work items, and per GEMM its K slices and their
-  // chunks. Made by thread 0 in the first step of a launch, and kept: the later steps run the same
-  // phases in the same order and read them back (a few dozen dependent divisions on one thread, where
-  // the block waits, after every grid barrier).
+  // A GEMM phase's plan (fused_update_rows_kept, fused_split_plan): the rows its deferred update keeps, its work
+  // items, and per GEMM its K slices and their chunks. Made by thread 0 in the first step of a launch, and kept: the
+  // later steps run the same phases in the same order and read them back (a few dozen dependent divisions on one
+  // thread, where the block waits, after every grid barrier).
   struct PhasePlan {
+    int kept_rows;  // of the phase's deferred update, where the rest is carried to the next phase (else 0)
     int items;
     int slices[kMaxPhaseGemms];
     int chunks[kMaxPhaseGemms];

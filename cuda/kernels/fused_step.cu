@@ -20,7 +20,9 @@
 //
 // Where a phase's tiles fill the grid, the costlier of its two GEMMs may split K too; with
 // FusedStepArgs::cluster (sm_90) split tiles' slices meet in thread-block clusters, summed through
-// their shared memory, instead of at tickets.
+// their shared memory, instead of at tickets. Where a weight update makes its phase take two rounds
+// (the output layer's beside dL/dz at batch 128), the rows that do not fit in one go to the next
+// phase.
 #include <algorithm>
 #include <vector>
 
@@ -139,6 +141,16 @@ __device__ void forward_stack(const Step& s, const FusedLayer* layers, int count
   }
 }
 
+// By thread 0, building a backward phase's GEMMs from ops[n] on: the weight update left pending by
+// the phase before (backward_stack), and the rows of one it carried here (gemm_phase). Returns the
+// phase's GEMMs. Every GEMM phase after a backward one is built so: nothing carried is left out.
+__device__ int add_left_updates(TileShared& sh, int n) {
+  if (sh.pending_count) sh.slots.ops[n++] = sh.pending.op;
+  if (sh.carry_count) sh.slots.ops[n++] = sh.carry.op;
+  sh.pending_count = sh.carry_count = 0;
+  return n;
+}
+
 // A layer's dW and db with the optimizer's update of its parameters (input `in`, rows of them).
 __device__ PhaseGemm weight_update(const FusedStepArgs& a, const FusedLayer& l, const float* in, int rows) {
   return {dense_weight_grad_gemm(l.out, l.in, l.dh, in, a.grads + l.weight, a.grads + l.bias, rows),
@@ -150,7 +162,8 @@ __device__ PhaseGemm weight_update(const FusedStepArgs& a, const FusedLayer& l, 
 // below, or into bottom_grad for the stack's input `bottom`, with bottom_epilogue — beside the
 // update left pending by the layer above (sh.pending), which then leaves this layer's update
 // pending: a layer's parameters change only once no phase reads them any more, i.e. in the phase
-// after the one that computed the gradient of its input. A layer whose input gradient is not
+// after the one that computed the gradient of its input (or, for the rows of it that do not fit in
+// that phase's round, the phase after: gemm_phase). A layer whose input gradient is not
 // needed (bottom_grad null) takes its own update in its phase too, and leaves none. After each
 // phase phase_sync (a grid barrier, or with row flags none), but after the last one only with
 // last_barrier; after the first one, after_first().
@@ -169,8 +182,7 @@ __device__ void backward_stack(const Step& s, const FusedLayer* layers, int coun
                                                    l ? below : nullptr, s.a.activation),
                              l ? TileEpilogue::store : bottom_epilogue};
       }
-      if (sh.pending_count) sh.slots.ops[n++] = sh.pending.op;
-      sh.pending_count = 0;
+      n = add_left_updates(sh, n);
       if (grad_in) {
         sh.pending.op = weight_update(s.a, L, below, rows);
         sh.pending.op.deferred = true;
@@ -326,7 +338,7 @@ __device__ void train_step(const FusedStepArgs& a, const StepState& at, int laun
     sh.phase = 0;
     sh.tickets = 0;
     sh.work_items = sh.work_chunks = 0;
-    sh.pending_count = 0;
+    sh.pending_count = sh.carry_count = 0;
     sh.launch_step = static_cast<unsigned>(launch_step);
     sh.wait_ns = 0;
     sh.sync.signal.at = sh.sync.wait.at = nullptr;  // a grid barrier came before (between the steps, or the start)
@@ -386,9 +398,7 @@ __device__ void train_step(const FusedStepArgs& a, const StepState& at, int laun
     }
     if (a.row_flags) count_grid(a, sh, 1);
     if (threadIdx.x == 0) {
-      sh.slots.ops[0] = sh.pending.op;
-      sh.ops_count = sh.pending_count;
-      sh.pending_count = 0;
+      sh.ops_count = add_left_updates(sh, 0);
       set_phase_sync(s.a, sh);
     }
     gemm_phase(s, sh);

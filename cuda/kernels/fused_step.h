@@ -295,6 +295,63 @@ constexpr int fused_split_plan(const int* tiles, const int* chunks, int count, i
   return total >= grid && count == 2 ? fused_split_longer(tiles, chunks, grid, ticket_chunks, slices, items) : items;
 }
 
+// The GEMMs of a fused step's phase: a layer's input gradient, the update left from the phase
+// before, and rows of one carried from the phase before that (fused_update_rows_kept).
+constexpr int kFusedMaxPhaseGemms = 3;
+// The costliest item of a phase split so (fused_split_plan's slices): its chunks, and the ticket where it is split.
+constexpr int fused_plan_cost(const int* chunks, const int* slices, int count, int ticket_chunks) {
+  int cost = 0;
+  for (int o = 0; o < count; ++o) {
+    const int c = fused_slice_chunks(chunks[o], slices[o]) + (slices[o] > 1 ? ticket_chunks : 0);
+    cost = c > cost ? c : cost;
+  }
+  return cost;
+}
+// A weight update left for the phase after the one that read its weights last (the output layer's
+// beside dL/dz, 325 tiles of 4 K chunks at batch 128) may make that phase take two rounds of work
+// items over the grid where the next phase takes a fraction of one. Its rows are independent and
+// its operands stay final: those that do not fit in one round are carried to the next GEMM phase
+// of the step (gemm_phase). Of op u (tiles[u]: row_tiles rows of tiles) of the phase's `count` (as
+// fused_split_plan's), the rows of tiles kept: the most with which fused_split_plan fits the phase
+// in one round with no item costlier than the update's whole tiles or the other GEMMs' costliest
+// item split on their own (so the others still split: dz's 13 chunks into 4 slices beside 19 rows
+// of the update at batch 128, not whole beside 20) — all of them where the whole phase fits so, or
+// not even one row does (then nothing is carried). A binary search.
+constexpr int fused_update_rows_kept(const int* tiles, const int* chunks, int count, int u, int row_tiles, int grid,
+                                     int ticket_chunks) {
+  int t[kFusedMaxPhaseGemms] = {}, c[kFusedMaxPhaseGemms] = {}, slices[kFusedMaxPhaseGemms] = {};
+  int others = 0;  // the other GEMMs, in t and c
+  for (int o = 0; o < count; ++o) {
+    if (o == u) continue;
+    t[others] = tiles[o];
+    c[others++] = chunks[o];
+  }
+  int bound = chunks[u];
+  if (others > 0) {
+    fused_split_plan(t, c, others, grid, slices, ticket_chunks);
+    const int alone = fused_plan_cost(c, slices, others, ticket_chunks);
+    bound = alone > bound ? alone : bound;
+  }
+  for (int o = 0; o < count; ++o) t[o] = tiles[o];  // the phase, in its order
+  const int columns = tiles[u] / row_tiles;
+  auto fits = [&](int rows) {
+    t[u] = rows * columns;
+    const int items = fused_split_plan(t, chunks, count, grid, slices, ticket_chunks);
+    return items > 0 && items <= grid && fused_plan_cost(chunks, slices, count, ticket_chunks) <= bound;
+  };
+  if (row_tiles <= 1 || fits(row_tiles) || !fits(1)) return row_tiles;
+  int lo = 1, hi = row_tiles - 1;  // fits(lo); the answer in [lo, hi]
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (fits(mid)) {
+      lo = mid;
+    } else {
+      hi = mid - 1;
+    }
+  }
+  return lo;
+}
+
 // With thread-block clusters of `cluster` blocks (FusedStepArgs::cluster), `clusters` of them: a
 // phase splits K only within clusters, in one round. Op o's tiles take slices[o] ≤ cluster slices
 // each, ⌊cluster / slices[o]⌋ tiles a cluster (a tile's slices on consecutive blocks of one

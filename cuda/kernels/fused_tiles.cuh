@@ -511,34 +511,65 @@ __device__ __forceinline__ void phase_rounds(const Step& s, TileShared& sh) {
 // per tile of a split op (at most the blocks: fused_split_plan). With row flags
 // (sh.sync) a tile first waits until the rows it reads are final in the phase before (a weight
 // update's: until that phase has finished), and a tile of the first GEMM, once finished (whole, or
-// by the last of its slices), counts in at its row block's flag. With clusters (FusedStepArgs::cluster)
-// a phase splits K within clusters, in one round (fused_cluster_plan, cluster_work_item), where that
-// is cheaper than whole tiles; else as without clusters (a phase whose tiles fill the grid).
-__device__ void gemm_phase(const Step& s, TileShared& sh) {
-  const PhaseGemm* ops = sh.slots.ops;
-  if (threadIdx.x == 0) {
-    const int p = sh.phase++;
-    if (p < sh.planned) {
-      sh.plan = sh.plans[p];
-    } else {
-      int tiles[kMaxPhaseGemms] = {}, chunks[kMaxPhaseGemms] = {};
-      for (int o = 0; o < sh.ops_count; ++o) {
-        tiles[o] = gemm_tiles(ops[o]);
-        chunks[o] = (ops[o].op.k + kTileK - 1) / kTileK;
-      }
-      const int grid = static_cast<int>(gridDim.x), cluster = s.a.cluster;
-      // In clusters, split within them where that is cheaper than whole tiles (one round), else as without.
-      sh.plan.clusters =
-          cluster > 1 ? fused_cluster_plan(tiles, chunks, sh.ops_count, grid / cluster, cluster, sh.plan.slices) : 0;
-      if (sh.plan.clusters == 0) {
-        sh.plan.items = fused_split_plan(tiles, chunks, sh.ops_count, grid, sh.plan.slices, s.a.ticket_chunks);
-      }
-      for (int o = 0; o < sh.ops_count; ++o) sh.plan.chunks[o] = fused_slice_chunks(chunks[o], sh.plan.slices[o]);
-      if (p == sh.planned && p < kFusedMaxGemmPhases) {
-        sh.plans[p] = sh.plan;
-        sh.planned = p + 1;
-      }
+// by the last of its slices), counts in at its row block's flag. Where a weight update left from the phase before
+// (PhaseGemm::deferred) makes the phase take more than one round, its rows that do not fit in one
+// (fused_update_rows_kept) are carried to the next GEMM phase (sh.carry: its builder adds them). With clusters
+// (FusedStepArgs::cluster) a phase splits K within clusters, in one round (fused_cluster_plan, cluster_work_item),
+// where that is cheaper than whole tiles; else as without clusters (a phase whose tiles fill the grid). By thread 0,
+// before the work of GEMM phase p (its GEMMs in sh.slots.ops): its plan into sh.plan, kept from the launch's first step
+// or made — the rows of its deferred update (PhaseGemm::deferred, not rows carried from the phase before) carried to
+// the next GEMM phase (fused_update_rows_kept: where they do not fit in one round; the last phase carries none), then
+// the K split (in clusters where that is cheaper than whole tiles, fused_cluster_plan, else fused_split_plan) — and
+// those rows moved from the update into sh.carry. Out of line: inlined at the step's GEMM phases the carry spilled
+// registers on sm_90.
+__device__ VAE_NOINLINE void plan_phase(const FusedStepArgs& a, TileShared& sh, int p) {
+  PhaseGemm* ops = sh.slots.ops;
+  const int count = sh.ops_count, grid = static_cast<int>(gridDim.x);
+  const bool kept = p < sh.planned;
+  if (kept) sh.plan = sh.plans[p];
+  int tiles[kMaxPhaseGemms] = {}, chunks[kMaxPhaseGemms] = {};
+  auto shapes = [&] {
+    for (int o = 0; o < count; ++o) {
+      tiles[o] = gemm_tiles(ops[o]);
+      chunks[o] = (ops[o].op.k + kTileK - 1) / kTileK;
     }
+  };
+  int u = 0;
+  while (u < count && !(ops[u].deferred && !ops[u].carried)) ++u;
+  if (!kept) {
+    sh.plan.kept_rows = 0;
+    if (u < count && p + 1 < fused_gemm_phases(a)) {
+      shapes();
+      const int row_tiles = (ops[u].op.m + kTile - 1) / kTile;
+      const int rows = fused_update_rows_kept(tiles, chunks, count, u, row_tiles, grid, a.ticket_chunks);
+      if (rows < row_tiles) sh.plan.kept_rows = rows * kTile;
+    }
+  }
+  if (sh.plan.kept_rows > 0) {
+    const int kept_rows = sh.plan.kept_rows;
+    sh.carry.op = ops[u];
+    sh.carry.op.op = ops[u].op.row_range(kept_rows, ops[u].op.m - kept_rows);
+    sh.carry.op.carried = true;
+    sh.carry_count = 1;
+    ops[u].op = ops[u].op.row_range(0, kept_rows);
+  }
+  if (kept) return;
+  shapes();
+  const int cluster = a.cluster;
+  sh.plan.clusters =
+      cluster > 1 ? fused_cluster_plan(tiles, chunks, count, grid / cluster, cluster, sh.plan.slices) : 0;
+  if (sh.plan.clusters == 0)
+    sh.plan.items = fused_split_plan(tiles, chunks, count, grid, sh.plan.slices, a.ticket_chunks);
+  for (int o = 0; o < count; ++o) sh.plan.chunks[o] = fused_slice_chunks(chunks[o], sh.plan.slices[o]);
+  if (p == sh.planned && p < kFusedMaxGemmPhases) {
+    sh.plans[p] = sh.plan;
+    sh.planned = p + 1;
+  }
+}
+
+__device__ void gemm_phase(const Step& s, TileShared& sh) {
+  if (threadIdx.x == 0) {
+    plan_phase(s.a, sh, sh.phase++);
     sh.step = {s.step, s.row0, s.k, s.x, s.kl_scale};
   }
   __syncthreads();  // thread 0's descriptors, plan and step are visible
