@@ -5,7 +5,7 @@
 set -euo pipefail
 
 packages=(
-  cmake g++ make pkg-config python3 python3-venv
+  cmake g++ make ninja-build pkg-config python3 python3-venv  # ninja: the test script's builds
   libboost-context-dev   # fibers of the host execution layer
   libopenblas-dev        # CPU GEMM
   libblis4-openmp libdnnl-dev  # the other CPU GEMM engines bench/bench_gemm measures

@@ -14,12 +14,20 @@ cmake/venv.sh tensorboard-venv tensorboard tensorboard >/dev/null  # TensorBoard
 with_cuda=ON
 command -v nvcc >/dev/null 2>&1 || with_cuda=OFF
 
+# Ninja for a new build folder: it compiles a target's sources while the libraries they link are
+# still building, where make waits; the two builds took 224 and 396 s with it, 258 and 465 s with
+# make (one after the other, 2-vCPU Xeon, 2026-12-07). A folder configured before keeps its generator.
+generator() {
+  local cache="$1/CMakeCache.txt"
+  if [ -f "$cache" ]; then sed -n 's/^CMAKE_GENERATOR:INTERNAL=//p' "$cache"; else echo Ninja; fi
+}
+
 echo "== build (VAE_WITH_CUDA=$with_cuda)"
 # The GPU half for sm_75 and sm_90 only: the kernels' code differs only below and from sm_80
 # (__CUDA_ARCH__ >= 800), so sm_80 and sm_86 compile what sm_90 does. Each added architecture
 # costs ~26 s of nvcc time on this project's 13 .cu files (165 s for four, 88 s for sm_90 alone,
 # each file timed in turn on a 2-vCPU Xeon, 2026-12-07). The quick start's build keeps all four.
-cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DVAE_WERROR=ON -DVAE_WITH_CUDA=$with_cuda \
+cmake -G "$(generator build)" -S . -B build -DCMAKE_BUILD_TYPE=Release -DVAE_WERROR=ON -DVAE_WITH_CUDA=$with_cuda \
   -DVAE_CUDA_ARCHITECTURES="75;90" >/dev/null
 cmake --build build -j "$jobs"
 echo "== tests"
@@ -33,7 +41,7 @@ echo "== tests under ASan + UBSan (CPU half)"
 # data-parallel tests say so as they skip; they run in the build above).
 # Line tables only (-g1): the sanitizers' reports keep each frame's file and line, and the build
 # takes 314 s instead of 440 with full -g (2 cores, one build each, 2026-12-06).
-cmake -S . -B build-sanitize -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O2 -g1 -DNDEBUG" \
+cmake -G "$(generator build-sanitize)" -S . -B build-sanitize -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O2 -g1 -DNDEBUG" \
   -DCMAKE_C_FLAGS_RELWITHDEBINFO="-O2 -g1 -DNDEBUG" -DVAE_SANITIZE=ON -DVAE_WERROR=ON -DVAE_WITH_CUDA=OFF \
   -DVAE_WITH_MPI=OFF -DVAE_BUILD_BENCH=OFF >/dev/null
 cmake --build build-sanitize -j "$jobs"
