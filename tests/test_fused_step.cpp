@@ -48,16 +48,17 @@ FusedStepArgs fused_args(Vae& vae, Optimizer& opt, int batch, const float* data,
 }
 
 // One fused step of them; with `math`, its tiles' arithmetic instead of the context's; with row flags, in
-// clusters of `cluster` blocks (the most whole clusters).
+// clusters of `cluster` blocks (the most whole clusters), on `grid` blocks (0: the most).
 void run_fused_step(const DeviceContext& ctx, Vae& vae, Optimizer& opt, int batch, const float* data, uint64_t seed,
                     StepState* at, double* totals, const KlTerm& kl = {}, std::optional<FusedMath> math = std::nullopt,
-                    bool row_flags = false, int cluster = 1) {
+                    bool row_flags = false, int cluster = 1, int grid = 0) {
   FusedStepArgs a = fused_args(vae, opt, batch, data, seed, at, totals);
   a.kl_term = kl;
   EXPECT_EQ(a.math == FusedMath::tf32, ctx.tf32());
   if (math) a.math = *math;
   a.row_flags = row_flags;
   a.cluster = cluster;
+  a.grid = grid;
   if (cluster > 1) a.grid = VAE_CALL(ctx.target(), fused_step_cluster_grid, cluster);
   VAE_CALL(ctx.target(), fused_step, a, ctx.stream());
   ctx.synchronize();
@@ -73,10 +74,10 @@ void run_fused_step(const DeviceContext& ctx, Vae& vae, Optimizer& opt, int batc
 // (FusedStepArgs::row_flags: on the CPU's grid of 7 with Adam and Adagrad, on the GPU with each).
 class FusedStep : public ::testing::TestWithParam<std::tuple<Target, StepCase>> {};
 
-// A run of the reference test: the CPU's workers (0: as they are), row flags (not with SGD on the CPU), blocks a
-// thread-block cluster.
+// A run of the reference test: its blocks (the CPU's workers, 0: as they are; on the GPU 0: the most), row flags (not
+// with SGD on the CPU), blocks a thread-block cluster.
 struct ReferenceRun {
-  int workers;
+  int grid;
   bool flags;
   int cluster;
 };
@@ -85,14 +86,16 @@ void expect_three_steps_match_reference(Target target, const StepCase& sc, const
 TEST_P(FusedStep, ThreeStepsOfEachOptimizerMatchReference) {
   const auto [target, sc] = GetParam();
   VAE_SKIP_WITHOUT_DEVICE(target);
-  // On the CPU also a grid of 7 blocks (7 workers): phases with fewer tiles than blocks split K;
-  // there the phases meet at row flags (with SGD at barriers). On the GPU its grid, with barriers and
-  // with row flags. The fp32 tiles by FFMA, and by 3xTF32 in the first run (how a tile multiplies
-  // and how its K slices meet are apart; the sanitizers' CI time is kept).
-  expect_three_steps_match_reference(target, sc,
-                                     target == Target::cpu
-                                         ? std::vector<ReferenceRun>{{hx::workers(), false, 1}, {7, true, 1}}
-                                         : std::vector<ReferenceRun>{{0, false, 1}, {0, true, 1}});
+  // On the CPU also a grid of 7 blocks (7 workers): phases with fewer tiles than blocks split K, and
+  // a weight update's rows beyond a round go to the next phase (fused_update_rows_kept); there the
+  // phases meet at row flags (with SGD at barriers). On the GPU its grid, with barriers and with row
+  // flags, and 7 blocks with each (the CPU's splits and carried rows: on the GPU's grid these models'
+  // phases fit one round). The fp32 tiles by FFMA, and by 3xTF32 in the first run (how a tile
+  // multiplies and how its K slices meet are apart; the sanitizers' CI time is kept).
+  expect_three_steps_match_reference(
+      target, sc,
+      target == Target::cpu ? std::vector<ReferenceRun>{{hx::workers(), false, 1}, {7, true, 1}}
+                            : std::vector<ReferenceRun>{{0, false, 1}, {0, true, 1}, {7, false, 1}, {7, true, 1}});
 }
 
 // In thread-block clusters (FusedStepArgs::cluster): split tiles' K slices summed through the cluster's shared memory
@@ -124,7 +127,7 @@ void expect_three_steps_match_reference(Target target, const StepCase& sc, const
               {7, std::vector<int>{}, 3, KlTerm{KlEstimator::monte_carlo, 0.7f, 0, KlGradient::standard}, 37},
               {129, std::vector<int>{33, 5}, 20, KlTerm{KlEstimator::analytic, 0.4f, 30, KlGradient::standard}, 37},
               {7, std::vector<int>{32}, 4, KlTerm{}, 36}}) {
-          const auto [workers, flags, cluster] = runs[run];
+          const auto [blocks, flags, cluster] = runs[run];
           if (math == FusedMath::tf32x3 && (run > 0 || cluster > 1)) continue;
           // Under the sanitizers (CI's second build, whose task is memory and undefined behaviour; the values are
           // checked in the first) the split-K grid and 3xTF32 with Adam only: the three optimizers' code runs in
@@ -133,12 +136,14 @@ void expect_three_steps_match_reference(Target target, const StepCase& sc, const
             continue;
           const bool row_flags = flags && (target == Target::cuda || kind != OptimizerKind::sgd);
           if (cluster > 1 && flags && !row_flags) continue;
-          const test::ScopedWorkers grid_of(target, workers);
+          const test::ScopedWorkers grid_of(target, blocks);
+          const int grid = target == Target::cuda ? blocks : 0;  // on the CPU the workers'
+          const int launched = grid > 0 ? grid : VAE_CALL(ctx.target(), fused_step_cluster_grid, cluster);
           SCOPED_TRACE(std::string(fused_math_name(math)) + (row_flags ? ", row flags, " : ", ") +
                        (cluster > 1 ? "clusters of " + std::to_string(cluster) + ", " : "") + optimizer_name(kind) +
                        ", batch " + std::to_string(batch) + ", " + std::to_string(hidden.size()) +
                        " hidden layers, KL " + estimator_name(kl.estimator) + " at beta " + std::to_string(kl.weight) +
-                       ", grid " + std::to_string(VAE_CALL(ctx.target(), fused_step_cluster_grid, cluster)));
+                       ", grid " + std::to_string(launched));
           const ModelConfig c = small_config(sc.decoder, sc.activation, hidden, latent, dim);
           Vae vae(ctx, c, batch + 3, sc.samples);
           ASSERT_TRUE(vae.fused_step_fits());
@@ -156,7 +161,7 @@ void expect_three_steps_match_reference(Target target, const StepCase& sc, const
           double want_recon = 0, want_kl = 0;
           for (int step = 0; step < steps; ++step) {
             run_fused_step(ctx, vae, opt, batch, data_dev.data(), 5, at.data(), totals.data(), kl, math, row_flags,
-                           cluster);
+                           cluster, grid);
 
             const std::vector<double> x(data.begin() + static_cast<size_t>(step) * batch * c.input_dim,
                                         data.begin() + static_cast<size_t>(step + 1) * batch * c.input_dim);
