@@ -9,7 +9,8 @@
 # VAE_COMMIT names the tree's commit where the copy's git metadata is not the tree's (a device
 # machine that receives a copy of a working tree): the summaries print it.
 #
-# Stages: check (build, tests, compute-sanitizer, GPU against CPU), bench (bench_kernels,
+# Stages: check (build, tests, compute-sanitizer, GPU against CPU, the fused step's 10-epoch test ELBO
+# against the composed step's and its bits from the same seed), bench (bench_kernels,
 # bench_step, throughput.py), profile (ncu: per-kernel GPU times of one training step at batch
 # 128 and 4096, as a table in the summary), peers (bench/peers/compare.py: PyTorch eager,
 # torch.compile and JAX, jitted per step and scanned per epoch, on the same card). Default: all. Each stage fits a 10-minute call on its own; a
@@ -325,6 +326,55 @@ PY
     record gpu_vs_cpu ok "200 steps: test ELBO GPU $gpu_elbo, CPU $cpu_elbo (tolerance 1 nat)"
   else
     record gpu_vs_cpu FAIL "200 steps: test ELBO GPU ${gpu_elbo:-?}, CPU ${cpu_elbo:-?} (tolerance 1 nat)"
+  fi
+fi
+
+# ---- the fused step's training against the composed step's (issue 17's targets) -------------
+# 10 epochs of the default model (batch 128, fp32) with each step: the test ELBOs within 0.2 nats;
+# and the fused step twice with the same seed: the same checkpoint, byte for byte. Each fused run
+# bounded by 2·VAE_GPU_HANG_S (a hang there skips the fused step's later runs, as in the tests).
+if [ -x build-gpu/host/vae ] && want check && in_budget fused_elbo; then
+  t=$(date +%s)
+  if [ "$fused_hung" -eq 1 ]; then
+    record fused_elbo skip "the fused step hung earlier"
+  else
+    runs_ok=1
+    for run in composed fused fused-again; do
+      rm -rf "/tmp/vae-10-$run"
+      echo "== vae train --step ${run%-again} --epochs 10" >>"$report/check.log"
+      capped $((2 * hang)) build-gpu/host/vae train --device cuda --step "${run%-again}" --epochs 10 --quiet \
+        --no-tensorboard --out "/tmp/vae-10-$run" >>"$report/check.log" 2>&1 || runs_ok=0
+      if [ "$capped_out" -eq 1 ] && [ "$run" != composed ]; then
+        fused_hung=1
+        break
+      fi
+    done
+    if [ "$fused_hung" -eq 1 ]; then
+      record fused_elbo FAIL "10 epochs of the fused step ran past $((2 * hang)) s (VAE_GPU_HANG_S=$hang): its later runs skipped"
+    else
+      # "ok|detail" or "FAIL|detail": the last epoch's test ELBO of each, and which step each ran.
+      verdict=$(python3 - <<'PY' 2>>"$report/check.log"
+import json
+def last(run):
+    with open(f"/tmp/vae-10-{run}/metrics.jsonl") as f:
+        return json.loads([l for l in f if l.strip()][-1])
+c, f = last("composed"), last("fused")
+gap = f["test_elbo"] - c["test_elbo"]
+ok = f["step_kernel"] == "fused" and c["step_kernel"] == "composed" and f["epoch"] == c["epoch"] == 10 and abs(gap) <= 0.2
+print(f"{'ok' if ok else 'FAIL'}|10 epochs, test ELBO fused {f['test_elbo']:.3f} ({f['step_kernel']}), "
+      f"composed {c['test_elbo']:.3f} ({c['step_kernel']}): {gap:+.3f} nats (target within 0.2)")
+PY
+      )
+      [ -n "$verdict" ] || verdict="FAIL|10 epochs: no metrics of a run (check.log)"
+      if cmp -s /tmp/vae-10-fused/checkpoint.safetensors /tmp/vae-10-fused-again/checkpoint.safetensors; then
+        same="the same seed twice: the same checkpoint"
+      else
+        same="the same seed twice: checkpoints DIFFER (or missing)"
+        verdict="FAIL|${verdict#*|}"
+      fi
+      [ "$runs_ok" -eq 1 ] || verdict="FAIL|${verdict#*|}; a run failed (check.log)"
+      record fused_elbo "${verdict%%|*}" "${verdict#*|}; $same; $(elapsed "$t") s"
+    fi
   fi
 fi
 

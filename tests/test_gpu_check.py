@@ -38,6 +38,7 @@ mkdir -p build-gpu/host build-gpu/bench build-gpu/tests
 for f in host/vae bench/bench_kernels tests/test_kernels tests/test_hostexec tests/test_gemm tests/test_fused_step; do
   printf '#!/bin/sh\\nexit 0\\n' >"build-gpu/$f" && chmod +x "build-gpu/$f"
 done
+[ -z "${VAE_STUB:-}" ] || printf '#!/bin/sh\\n%s\\nexit 0\\n' "$VAE_STUB" >build-gpu/host/vae
 printf '#!/bin/sh\\n%s\\nexit 0\\n' "${BENCH_STEP_STUB:-}" >build-gpu/bench/bench_step
 chmod +x build-gpu/bench/bench_step
 echo "vae: MPI OFF, NCCL OFF"
@@ -95,7 +96,7 @@ class GpuCheckBudget(unittest.TestCase):
         self.assertEqual(rows["tests"][0], "ok")
         self.assertEqual(rows["sanitizer"][0], "FAIL")
         self.assertIn("cut off by the time budget", rows["sanitizer"][1])
-        for stage in ("gpu_vs_cpu", "bench", "profile", "peers"):
+        for stage in ("gpu_vs_cpu", "fused_elbo", "bench", "profile", "peers"):
             self.assertEqual(rows[stage][0], "skip", stage)
             self.assertIn("VAE_GPU_BUDGET_S=8", rows[stage][1])
         with open(os.path.join(self.report, "summary.json")) as f:
@@ -124,6 +125,7 @@ echo "100% tests passed, 0 tests failed out of 3"
         rows = self.summary_rows()
         self.assertEqual(rows["fused"][0], "FAIL", rows)
         self.assertIn("VAE_GPU_HANG_S=2", rows["fused"][1])
+        self.assertEqual(rows["fused_elbo"], ["skip", "the fused step hung earlier\n"], rows)
         self.assertEqual(rows["tests"][0], "ok", rows)
         self.assertEqual(rows["sanitizer"][0], "part", rows)
         log = self.bench_log()
@@ -192,6 +194,24 @@ echo "100% tests passed, 0 tests failed out of 3"
                       "timer: 30 ns\n", summary, p.stdout + p.stderr)
         self.assertNotIn("at batch 32", summary)
         self.assertNotIn("at batch 512", summary)
+
+    def test_the_fused_steps_ten_epochs_against_the_composed_steps(self):
+        # The stand-in vae train writes, for --epochs 10, the last epoch's metrics (test ELBO -250 composed,
+        # $FUSED_ELBO fused) and a checkpoint (the same bytes each run, or with $VARY its process id).
+        self.stub("compute-sanitizer", "#!/bin/sh\nexit 0\n")
+        vae = ('out=""; step=""; prev=""; for a in "$@"; do case $prev in --out) out=$a ;; --step) step=$a ;; esac; '
+               'prev=$a; done; case " $* " in *" --epochs 10 "*) mkdir -p "$out"; elbo=-250.0; '
+               '[ "$step" = fused ] && elbo=$FUSED_ELBO; '
+               'echo "{\\"epoch\\": 10, \\"test_elbo\\": $elbo, \\"step_kernel\\": \\"$step\\"}" >"$out/metrics.jsonl"; '
+               'echo "weights ${VARY:+$$}" >"$out/checkpoint.safetensors" ;; esac')
+        for fused, vary, status, words in (("-250.15", "", "ok", "-0.150 nats"), ("-250.3", "", "FAIL", "-0.300 nats"),
+                                           ("-249.9", "1", "FAIL", "checkpoints DIFFER")):
+            p, _ = self.run_check("300", VAE_STUB=vae, FUSED_ELBO=fused, VARY=vary)
+            row = self.summary_rows()["fused_elbo"]
+            self.assertEqual(row[0], status, (fused, vary, row, p.stdout + p.stderr))
+            self.assertIn(words, row[1])
+            self.assertIn("test ELBO fused %.3f (fused), composed -250.000 (composed)" % float(fused), row[1])
+            shutil.rmtree(self.report)
 
     def test_a_hang_bound_that_is_not_a_positive_whole_number_is_refused(self):
         for bad in ("0", "1.5", "x"):
