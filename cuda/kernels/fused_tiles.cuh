@@ -502,26 +502,13 @@ __device__ __forceinline__ void phase_rounds(const Step& s, TileShared& sh) {
   }
 }
 
-// The work items of the phase's independent GEMMs (sh.slots.ops, written by thread 0 before the
-// call): their tiles, split in K by fused_split_plan, numbered op by op with the GEMM of the costliest
-// items first, handed out over the grid's blocks in rounds, every other round in reverse block order
-// (a block with a long item of the first round gets a short one of the second, if any). No grid
-// barrier inside: split tiles meet at their tickets (gemm_tile). The phase's workspace region
-// (sh.sync.region) holds the split ops' partial sums (fused_step_partial_floats), then one ticket
-// per tile of a split op (at most the blocks: fused_split_plan). With row flags
-// (sh.sync) a tile first waits until the rows it reads are final in the phase before (a weight
-// update's: until that phase has finished), and a tile of the first GEMM, once finished (whole, or
-// by the last of its slices), counts in at its row block's flag. Where a weight update left from the phase before
-// (PhaseGemm::deferred) makes the phase take more than one round, its rows that do not fit in one
-// (fused_update_rows_kept) are carried to the next GEMM phase (sh.carry: its builder adds them). With clusters
-// (FusedStepArgs::cluster) a phase splits K within clusters, in one round (fused_cluster_plan, cluster_work_item),
-// where that is cheaper than whole tiles; else as without clusters (a phase whose tiles fill the grid). By thread 0,
-// before the work of GEMM phase p (its GEMMs in sh.slots.ops): its plan into sh.plan, kept from the launch's first step
-// or made — the rows of its deferred update (PhaseGemm::deferred, not rows carried from the phase before) carried to
-// the next GEMM phase (fused_update_rows_kept: where they do not fit in one round; the last phase carries none), then
-// the K split (in clusters where that is cheaper than whole tiles, fused_cluster_plan, else fused_split_plan) — and
-// those rows moved from the update into sh.carry. Out of line: inlined at the step's GEMM phases the carry spilled
-// registers on sm_90.
+// By thread 0, before the work of GEMM phase p (its GEMMs in sh.slots.ops): its plan into sh.plan,
+// kept from the launch's first step or made — the rows of its deferred update (PhaseGemm::deferred,
+// not rows carried from the phase before) carried to the next GEMM phase (fused_update_rows_kept:
+// where they do not fit in one round; the last phase carries none), then the K split (in clusters
+// where that is cheaper than whole tiles, fused_cluster_plan, else fused_split_plan) — and those
+// rows moved from the update into sh.carry. Out of line: inlined at the step's GEMM phases, the
+// carry spilled registers on sm_90.
 __device__ VAE_NOINLINE void plan_phase(const FusedStepArgs& a, TileShared& sh, int p) {
   PhaseGemm* ops = sh.slots.ops;
   const int count = sh.ops_count, grid = static_cast<int>(gridDim.x);
@@ -558,8 +545,9 @@ __device__ VAE_NOINLINE void plan_phase(const FusedStepArgs& a, TileShared& sh, 
   const int cluster = a.cluster;
   sh.plan.clusters =
       cluster > 1 ? fused_cluster_plan(tiles, chunks, count, grid / cluster, cluster, sh.plan.slices) : 0;
-  if (sh.plan.clusters == 0)
+  if (sh.plan.clusters == 0) {
     sh.plan.items = fused_split_plan(tiles, chunks, count, grid, sh.plan.slices, a.ticket_chunks);
+  }
   for (int o = 0; o < count; ++o) sh.plan.chunks[o] = fused_slice_chunks(chunks[o], sh.plan.slices[o]);
   if (p == sh.planned && p < kFusedMaxGemmPhases) {
     sh.plans[p] = sh.plan;
@@ -567,6 +555,21 @@ __device__ VAE_NOINLINE void plan_phase(const FusedStepArgs& a, TileShared& sh, 
   }
 }
 
+// The work items of the phase's independent GEMMs (sh.slots.ops, written by thread 0 before the
+// call): their tiles, split in K by fused_split_plan, numbered op by op with the GEMM of the costliest
+// items first, handed out over the grid's blocks in rounds, every other round in reverse block order
+// (a block with a long item of the first round gets a short one of the second, if any). No grid
+// barrier inside: split tiles meet at their tickets (gemm_tile). The phase's workspace region
+// (sh.sync.region) holds the split ops' partial sums (fused_step_partial_floats), then one ticket
+// per tile of a split op (at most the blocks: fused_split_plan). With row flags
+// (sh.sync) a tile first waits until the rows it reads are final in the phase before (a weight
+// update's: until that phase has finished), and a tile of the first GEMM, once finished (whole, or
+// by the last of its slices), counts in at its row block's flag. Where a weight update left from
+// the phase before (PhaseGemm::deferred) makes the phase take more than one round, its rows that do
+// not fit in one (fused_update_rows_kept) are carried to the next GEMM phase (sh.carry: its builder
+// adds them; plan_phase). With clusters (FusedStepArgs::cluster) a phase splits K within clusters,
+// in one round (fused_cluster_plan, cluster_work_item), where that is cheaper than whole tiles; else
+// as without clusters (a phase whose tiles fill the grid).
 __device__ void gemm_phase(const Step& s, TileShared& sh) {
   if (threadIdx.x == 0) {
     plan_phase(s.a, sh, sh.phase++);
