@@ -299,13 +299,13 @@ TEST_P(FusedStepLaunch, TimeEachPhaseAndCountTheBarriersWithoutChangingTheStep) 
       {{1, 1, 0}, {3, 1, 3}},  // decoder layer 1 backward: dz (N 3, K 17); layer 2's update (70 × 18)
       {{1, 1, 0}, {1, 1, 1}},  // heads backward (N 17, K 6); decoder layer 1's update (17 × 4)
       {{3, 1, 0}, {1, 1, 1}},  // encoder layer 2 backward (N 70, K 17); the heads' update (6 × 18)
-      {{3, 1, 1}, {9, 1, 0}},  // layer 2's update (17 × 71), layer 1's (70 × 38)
+      {{3, 1, 1}, {9, 1, 0}},  // layer 2's update (17 × 71), layer 1's (70 × 71)
   };
   ASSERT_EQ(static_cast<int>(phases.size()), fused_step_gemm_phases(2, 2, 1));
   // Each phase's GEMMs as (tiles, K chunks): a deferred update's rows that do not fit in one round
   // of its phase go to the next (fused_update_rows_kept: on 7 blocks the output layer's update keeps
-  // 1 of its 3 rows of tiles beside dz split in two, 2 with a ticket of a chunk beside dz whole);
-  // `carried` counts the phases that carry rows.
+  // 1 of its 3 rows of tiles beside decoder layer 2's input gradient split in two, 2 with a ticket of
+  // a chunk beside it whole); `carried` counts the phases that carry rows.
   auto plan_phases = [&](int ticket, int* carried) {
     std::vector<std::vector<std::pair<int, int>>> planned(phases.size());
     std::pair<int, int> carry{0, 0};
