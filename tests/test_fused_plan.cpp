@@ -168,6 +168,102 @@ TEST(FusedUpdateRowsKept, TheMostRowsWithWhichThePhaseFitsInOneRound) {
   EXPECT_LE(fused_split_plan(next, next_chunks, 3, grid, slices, 0), grid);
 }
 
+// Where a phase's whole tiles take rounds and the last is partly empty, its tiles split in K
+// (fused_remainder_split): the last rows of one GEMM's tiles a GEMM of their own, numbered after
+// the others as phase_rounds numbers them and handed out over the blocks as it does (rounds, every
+// other one in reverse block order), block by block: the costliest block (its items' chunks, and a
+// ticket per split item) costs at most ⌊N / grid⌋·c + ⌈c / slices⌉ + ticket, less than without the
+// split, and no other split of an allowed GEMM's last rows (any rows, at least one kept, 2 to
+// kFusedMaxSplit slices of at least kFusedMinSliceChunks chunks, the split items within the
+// blocks: their partial sums and tickets fit the phase's region) gives a cheaper costliest block,
+// nor fewer split items at its cost; where it splits nothing, none of them is cheaper than no
+// split. On random phases of one or two GEMMs of the same chunks (some of three, or of different
+// chunks, split nothing), and the step's last phase at batch 128 on 264 blocks: the heads' update
+// (26 tiles) and the first encoder layer's (13 rows of 25 tiles), 4 chunks: 4 of its rows in 2
+// slices, 6 chunk-times instead of 8.
+// The costliest block of a phase whose GEMMs (items, each item's cost) are numbered in this order.
+int rounds_cost(const std::vector<std::pair<int, int>>& numbered, int grid) {
+  std::vector<int> block(grid, 0);
+  int n = 0;
+  for (const auto& [items, cost] : numbered)
+    for (int i = 0; i < items; ++i, ++n) {
+      const int round = n / grid, at = n % grid;
+      block[round % 2 ? grid - 1 - at : at] += cost;
+    }
+  return *std::max_element(block.begin(), block.end());
+}
+TEST(FusedRemainderSplit, TheLastRoundsTilesSplitWhereThatMakesTheCostliestBlockCheaper) {
+  std::mt19937 rng(41);
+  int split_phases = 0;
+  for (int trial = 0; trial < 3000; ++trial) {
+    const int count = trial % 10 == 0 ? 3 : 1 + static_cast<int>(rng() % 2), grid = 1 + static_cast<int>(rng() % 300);
+    const int ticket = trial % 3 == 1 ? 0 : static_cast<int>(rng() % 4);
+    const int every = 1 + static_cast<int>(rng() % 40);
+    int tiles[kFusedMaxPhaseGemms] = {}, chunks[kFusedMaxPhaseGemms] = {}, columns[kFusedMaxPhaseGemms] = {};
+    for (int o = 0; o < count; ++o) {
+      columns[o] = rng() % 4 == 0 ? 0 : 1 + static_cast<int>(rng() % 30);
+      tiles[o] = (1 + static_cast<int>(rng() % 20)) * std::max(columns[o], 1);
+      chunks[o] = trial % 7 == 0 ? 1 + static_cast<int>(rng() % 40) : every;
+    }
+    const int c = chunks[0];
+    SCOPED_TRACE("trial " + std::to_string(trial) + ", grid " + std::to_string(grid) + ", ticket " +
+                 std::to_string(ticket));
+    int op = -1, slices = 0;
+    const int rows = fused_remainder_split(tiles, chunks, columns, count, grid, ticket, &op, &slices);
+    const bool same = std::all_of(chunks, chunks + count, [&](int k) { return k == chunks[0]; });
+    const int total = std::accumulate(tiles, tiles + count, 0);
+    if (count == kFusedMaxPhaseGemms || !same) {
+      EXPECT_EQ(rows, 0);
+      continue;
+    }
+    // The phase's numbering (phase_rounds): its GEMMs in order, the split rows last.
+    auto cost_of = [&](int o, int r, int s) {
+      std::vector<std::pair<int, int>> numbered;
+      for (int g = 0; g < count; ++g) numbered.emplace_back(tiles[g] - (g == o ? r * columns[g] : 0), c);
+      if (r > 0) numbered.emplace_back(s * r * columns[o], (c + s - 1) / s + ticket);
+      return rounds_cost(numbered, grid);
+    };
+    const int whole = cost_of(-1, 0, 1);
+    int best = whole, best_items = 0;
+    for (int o = 0; o < count; ++o) {
+      if (columns[o] == 0) continue;
+      for (int r = 1; r < tiles[o] / columns[o]; ++r)
+        for (int s = 2; s <= kFusedMaxSplit; ++s) {
+          if ((c + s - 1) / s < kFusedMinSliceChunks || s * r * columns[o] > grid) continue;
+          const int cost = cost_of(o, r, s), items = s * r * columns[o];
+          if (cost < best || (cost == best && best_items > 0 && items < best_items)) best = cost, best_items = items;
+        }
+    }
+    if (rows == 0) {
+      EXPECT_EQ(best, whole) << "a split of the last rows was cheaper";
+      continue;
+    }
+    ++split_phases;
+    ASSERT_TRUE(op >= 0 && op < count && columns[op] > 0);
+    EXPECT_LT(rows, tiles[op] / columns[op]) << "the GEMM kept no row";
+    const int per = (c + slices - 1) / slices, items = slices * rows * columns[op];
+    EXPECT_GE(per, kFusedMinSliceChunks);
+    EXPECT_LT((slices - 1) * per, c) << "an empty slice";
+    EXPECT_LE(slices, kFusedMaxSplit);
+    EXPECT_LE(items, grid);
+    const int cost = cost_of(op, rows, slices);
+    EXPECT_LE(cost, total / grid * c + per + ticket);
+    EXPECT_LT(cost, whole);
+    EXPECT_EQ(cost, best);
+    EXPECT_EQ(items, best_items);
+  }
+  EXPECT_GT(split_phases, 300);
+
+  const int last[2] = {26, 325}, last_chunks[2] = {4, 4}, columns[2] = {13, 25};
+  int op = -1, slices = 0;
+  EXPECT_EQ(fused_remainder_split(last, last_chunks, columns, 2, 264, 0, &op, &slices), 4);
+  EXPECT_EQ(op, 1);
+  EXPECT_EQ(slices, 2);
+  EXPECT_EQ(rounds_cost({{26, 4}, {225, 4}, {200, 2}}, 264), 6);
+  EXPECT_EQ(rounds_cost({{26, 4}, {325, 4}}, 264), 8);
+  EXPECT_EQ(fused_remainder_split(last, last_chunks, columns, 2, 264, 2, &op, &slices), 0) << "a ticket of 2 chunks";
+}
+
 // In thread-block clusters (FusedStepArgs::cluster) a phase splits K only within clusters, in one
 // round: the costliest item is the cheapest any allowed split gives — each op's slices at most the
 // cluster's blocks, a slice at least kFusedMinSliceChunks chunks, the ops' clusters (⌈tiles /

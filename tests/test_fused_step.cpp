@@ -64,6 +64,32 @@ void run_fused_step(const DeviceContext& ctx, Vae& vae, Optimizer& opt, int batc
   ctx.synchronize();
 }
 
+// One fused step with Adam of model c (initial parameters of seed 3, at step 2) on `batch` rows of
+// `data` (keyed by seed 4), on `grid` blocks (0: the most), its arguments changed by `adjust`, with
+// the phase timers on where `timed`: the parameters after it, and the timers (grid rows).
+struct TimedStep {
+  std::vector<float> params;
+  std::vector<unsigned long long> ns;
+};
+template <typename Adjust>
+TimedStep timed_step(const DeviceContext& ctx, const ModelConfig& c, int batch, const float* data, int grid, bool timed,
+                     Adjust&& adjust) {
+  Vae vae(ctx, c, batch, 1);
+  vae.params().upload(init_parameters(c, vae.layout(), 3));
+  Optimizer opt(ctx, vae.layout().total, OptimizerKind::adam, OptimizerHyper{});
+  DeviceBuffer<StepState> at(ctx, std::vector<StepState>{{2, 0}});
+  DeviceBuffer<double> totals(ctx, 3);
+  const int rows = grid > 0 ? grid : VAE_CALL(ctx.target(), fused_step_grid);
+  DeviceBuffer<unsigned long long> timers(ctx, static_cast<size_t>(rows) * kFusedPhaseSlots);
+  FusedStepArgs a = fused_args(vae, opt, batch, data, 4, at.data(), totals.data());
+  a.grid = grid;
+  a.phase_ns = timed ? timers.data() : nullptr;
+  adjust(a);
+  VAE_CALL(ctx.target(), fused_step, a, ctx.stream());
+  ctx.synchronize();
+  return {vae.params().download(), timed ? timers.download() : std::vector<unsigned long long>{}};
+}
+
 // The fused step kernel (one cooperative launch: gather, forward, losses, backward, optimizer)
 // for three steps against the float64 reference with each optimizer: log p and KL, every
 // gradient, the parameters and the optimizer state after each update, the ELBO totals and the
@@ -87,7 +113,9 @@ TEST_P(FusedStep, ThreeStepsOfEachOptimizerMatchReference) {
   const auto [target, sc] = GetParam();
   VAE_SKIP_WITHOUT_DEVICE(target);
   // On the CPU also a grid of 7 blocks (7 workers): phases with fewer tiles than blocks split K, and
-  // a weight update's rows beyond a round go to the next phase (fused_update_rows_kept); there the
+  // a weight update's rows beyond a round go to the next phase (fused_update_rows_kept), or in the
+  // last phase split in K (fused_remainder_split: batch 129, the first encoder layer's last row of
+  // tiles in 3 slices; also on 8 blocks in clusters, whose full phases meet at tickets); there the
   // phases meet at row flags (with SGD at barriers). On the GPU its grid, with barriers and with row
   // flags, and 7 blocks with each (the CPU's splits and carried rows: on the GPU's grid these models'
   // phases fit one round). The fp32 tiles by FFMA, and by 3xTF32 in the first run (how a tile
@@ -125,7 +153,7 @@ void expect_three_steps_match_reference(Target target, const StepCase& sc, const
         for (auto [batch, hidden, latent, kl, dim] :
              {std::tuple{1, std::vector<int>{5}, 1, KlTerm{}, 37},
               {7, std::vector<int>{}, 3, KlTerm{KlEstimator::monte_carlo, 0.7f, 0, KlGradient::standard}, 37},
-              {129, std::vector<int>{33, 5}, 20, KlTerm{KlEstimator::analytic, 0.4f, 30, KlGradient::standard}, 37},
+              {129, std::vector<int>{65, 5}, 20, KlTerm{KlEstimator::analytic, 0.4f, 30, KlGradient::standard}, 37},
               {7, std::vector<int>{32}, 4, KlTerm{}, 36}}) {
           const auto [blocks, flags, cluster] = runs[run];
           if (math == FusedMath::tf32x3 && (run > 0 || cluster > 1)) continue;
@@ -264,20 +292,12 @@ TEST_P(FusedStepLaunch, TimeEachPhaseAndCountTheBarriersWithoutChangingTheStep) 
     std::vector<unsigned long long> ns;
   } runs[] = {{false, 0, false, {}, {}}, {true, 0, false, {}, {}}, {true, 1, false, {}, {}}, {true, 0, true, {}, {}}};
   for (Run& run : runs) {
-    Vae vae(ctx, c, batch, 1);
-    vae.params().upload(init_parameters(c, vae.layout(), 3));
-    Optimizer opt(ctx, vae.layout().total, OptimizerKind::adam, OptimizerHyper{});
-    DeviceBuffer<StepState> at(ctx, std::vector<StepState>{{2, 0}});
-    DeviceBuffer<double> totals(ctx, 3);
-    DeviceBuffer<unsigned long long> timers(ctx, static_cast<size_t>(grid) * kFusedPhaseSlots);
-    FusedStepArgs a = fused_args(vae, opt, batch, data.data(), 4, at.data(), totals.data());
-    a.phase_ns = run.timed ? timers.data() : nullptr;
-    a.ticket_chunks = run.ticket;
-    a.row_flags = run.row_flags;
-    VAE_CALL(target, fused_step, a, ctx.stream());
-    ctx.synchronize();
-    run.params = vae.params().download();
-    if (run.timed) run.ns = timers.download();
+    TimedStep step = timed_step(ctx, c, batch, data.data(), 0, run.timed, [&](FusedStepArgs& a) {
+      a.ticket_chunks = run.ticket;
+      a.row_flags = run.row_flags;
+    });
+    run.params = std::move(step.params);
+    run.ns = std::move(step.ns);
   }
   EXPECT_EQ(runs[0].params, runs[1].params) << "the timers changed the step";
   EXPECT_EQ(runs[0].params, runs[3].params) << "row flags changed the step";
@@ -430,6 +450,52 @@ TEST_P(FusedStepLaunch, TimeEachPhaseAndCountTheBarriersWithoutChangingTheStep) 
       EXPECT_EQ(want, 0u) << "a split saving one chunk (of at most 3) pays for a ticket of one";
     }
   }
+}
+
+// Where the step's last phase would take a second round over the grid for a few tiles, the last
+// round's rows split in K (fused_remainder_split): on 7 blocks at batch 97 (an update's K: 4
+// chunks), hidden 65, the heads' update (6 × 66: 3 tiles) beside the first encoder layer's (65 ×
+// 38: 3 rows of 2 tiles), 9 tiles: that layer's last row in 2 slices, 11 work items, no block
+// running more than 6 of the phase's 36 K chunks (whole tiles: 8, two on one block; counted with
+// grid barriers, the phase after the last). The same bits with row flags as with grid barriers
+// (the split rows wait as their update does).
+TEST_P(FusedStepLaunch, TheLastRoundsTilesSplitInK) {
+  const Target target = GetParam();
+  VAE_SKIP_WITHOUT_DEVICE(target);
+  const int batch = 97;
+  const ModelConfig c = small_config(DecoderKind::bernoulli, Activation::tanh, {65}, 3, 37);
+  const auto x = test::random_uniform(static_cast<size_t>(batch) * c.input_dim, 14, 0, 1);
+  DeviceContext ctx(target, false);
+  const DeviceBuffer<float> data(ctx, x);
+  const test::ScopedWorkers grid_of(target, 7);
+  const int grid = 7;
+  const int tiles[2] = {3, 6}, chunks[2] = {4, 4}, columns[2] = {3, 2};
+  int op = -1, slices = 0;
+  ASSERT_EQ(fused_remainder_split(tiles, chunks, columns, 2, grid, 0, &op, &slices), 1);
+  ASSERT_EQ(op, 1);
+  ASSERT_EQ(slices, 2);
+  std::vector<float> params[2];
+  for (const bool flags : {false, true}) {
+    SCOPED_TRACE(flags ? "row flags" : "grid barriers");
+    const TimedStep step = timed_step(ctx, c, batch, data.data(), target == Target::cuda ? grid : 0, true,
+                                      [&](FusedStepArgs& a) { a.row_flags = flags; });  // on the CPU the workers'
+    params[flags] = step.params;
+    const std::vector<unsigned long long>& ns = step.ns;
+    if (flags) continue;  // its GEMM phases all after the one barrier, the gather's
+    // The last phase's work, block by block: after the step's last barrier.
+    unsigned long long items = 0, all = 0, most = 0;
+    for (int b = 0; b < grid; ++b) {
+      const unsigned long long* row = ns.data() + static_cast<size_t>(b) * kFusedPhaseSlots;
+      const unsigned long long ran = row[kFusedWorkSlots + row[1 + kFusedPhases]];
+      items += ran >> 32;
+      all += ran & 0xffffffffull;
+      most = std::max(most, ran & 0xffffffffull);
+    }
+    EXPECT_EQ(items, 11u);
+    EXPECT_EQ(all, 36u);
+    EXPECT_EQ(most, 6u);
+  }
+  EXPECT_EQ(params[1], params[0]);
 }
 
 // The names of the fused step's grid barriers and GEMM phases (bench_step's tables): one per

@@ -133,6 +133,9 @@ struct TileShared {
   // thread, where the block waits, after every grid barrier).
   struct PhasePlan {
     int kept_rows;  // of the phase's deferred update, where the rest is carried to the next phase (else 0)
+    // Where the tiles of its last round split in K (fused_remainder_split): of GEMM split_op the rows kept whole, the
+    // rest the phase's last GEMM (else 0).
+    int split_op, split_kept;
     int items;
     int slices[kMaxPhaseGemms];
     int chunks[kMaxPhaseGemms];

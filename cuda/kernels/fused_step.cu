@@ -22,7 +22,7 @@
 // FusedStepArgs::cluster (sm_90) split tiles' slices meet in thread-block clusters, summed through
 // their shared memory, instead of at tickets. Where a weight update makes its phase take two rounds
 // (the output layer's beside dL/dz at batch 128), the rows that do not fit in one go to the next
-// phase.
+// phase; in the last phase, which has no next, they split in K (fused_remainder_split).
 #include <algorithm>
 #include <vector>
 

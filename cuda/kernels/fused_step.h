@@ -352,6 +352,56 @@ constexpr int fused_update_rows_kept(const int* tiles, const int* chunks, int co
   return lo;
 }
 
+// Where a phase's whole tiles take more than one round over the grid and the last round is partly
+// empty (the step's last phase at batch 128: the first encoder layer's update and the heads', 351
+// tiles of 4 K chunks on 264 blocks, 87 of them in a second round: 8 chunk-times), and nothing
+// later in the step can take its rows (the last phase carries none), the last round's tiles are
+// split in K instead: the last rows of tiles of one of its GEMMs (rows of an update are
+// independent, GemmOp::row_range) become a GEMM of their own, split into the fewest slices that
+// make their items as cheap as slices can while the split items stay within the blocks (each at
+// least kFusedMinSliceChunks chunks, at most kFusedMaxSplit slices). Numbered after the whole
+// tiles (phase_rounds), the split items go to the blocks the whole tiles leave idle in their last
+// round and then, in reverse order, to those with the fewest whole tiles: no block takes more than
+// ⌊N / grid⌋ whole tiles and one split item, or one whole tile fewer and two — the phase costs
+// ⌊N / grid⌋·c + ⌈c / slices⌉ + ticket instead of (⌊N / grid⌋ + 1)·c (N tiles of c chunks; 6 instead
+// of 8 at batch 128: 4 rows of the first layer's update, 100 tiles, in 2 slices). Only where every
+// GEMM of the phase has the same chunks (then fused_split_plan splits none of tiles that fill the
+// grid), one more GEMM fits the phase (kFusedMaxPhaseGemms), and a split item is cheaper than a
+// whole tile. Of the GEMMs whose rows may split (row_columns[o]: its tiles a row; 0: its rows may
+// not), the one whose fewest rows that cover the last round's tiles give the cheapest items, then
+// the fewest of them (the lowest index where equal); the GEMM keeps a row at least. Returns the
+// rows of tiles split, 0 for none; their GEMM into *op and their slices into *slices.
+constexpr int fused_remainder_split(const int* tiles, const int* chunks, const int* row_columns, int count, int grid,
+                                    int ticket_chunks, int* op, int* slices) {
+  if (count >= kFusedMaxPhaseGemms) return 0;
+  int total = 0;
+  for (int o = 0; o < count; ++o) {
+    if (chunks[o] != chunks[0]) return 0;
+    total += tiles[o];
+  }
+  const int c = chunks[0], rounds = total / grid, left = total - rounds * grid;
+  if (rounds < 1 || left == 0) return 0;
+  int best_rows = 0, best_cost = c, best_items = 0;  // a split item must cost less than a whole tile
+  for (int o = 0; o < count; ++o) {
+    if (row_columns[o] <= 0) continue;
+    const int rows = (left + row_columns[o] - 1) / row_columns[o], split = rows * row_columns[o];
+    if (rows >= tiles[o] / row_columns[o]) continue;  // the GEMM keeps a row
+    const int most = grid / split < kFusedMaxSplit ? grid / split : kFusedMaxSplit;
+    if (most < 2) continue;
+    // The cheapest slice most slices allow, no thinner than kFusedMinSliceChunks; the fewest slices that reach it.
+    const int least = fused_slice_chunks(c, most);
+    const int per = least > kFusedMinSliceChunks ? least : kFusedMinSliceChunks, s = fused_slice_chunks(c, per);
+    if (s < 2) continue;
+    const int cost = fused_slice_chunks(c, s) + ticket_chunks;
+    if (cost < best_cost || (best_rows > 0 && cost == best_cost && s * split < best_items)) {
+      best_rows = rows, best_cost = cost, best_items = s * split;
+      *op = o;
+      *slices = s;
+    }
+  }
+  return best_rows;
+}
+
 // With thread-block clusters of `cluster` blocks (FusedStepArgs::cluster), `clusters` of them: a
 // phase splits K only within clusters, in one round. Op o's tiles take slices[o] ≤ cluster slices
 // each, ⌊cluster / slices[o]⌋ tiles a cluster (a tile's slices on consecutive blocks of one

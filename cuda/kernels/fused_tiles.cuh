@@ -469,6 +469,7 @@ __device__ __forceinline__ void phase_rounds(const Step& s, TileShared& sh) {
   const int count = sh.ops_count, items = sh.plan.items, grid = static_cast<int>(gridDim.x);
   const int* chunks = sh.plan.chunks;  // of each op's items
   // The op of item numbers first: the one of the costlier items, a split one's ticket counted (ops[0] where equal).
+  // A last round's split rows (fused_remainder_split) come last: their GEMMs' items all cost the same whole.
   auto cost = [&](int o) { return chunks[o] + (sh.plan.slices[o] > 1 ? s.a.ticket_chunks : 0); };
   const int first = count > 1 && cost(1) > cost(0) ? 1 : 0;
   const TileShared::PhaseSync& sync = sh.sync;
@@ -506,12 +507,14 @@ __device__ __forceinline__ void phase_rounds(const Step& s, TileShared& sh) {
 // kept from the launch's first step or made — the rows of its deferred update (PhaseGemm::deferred,
 // not rows carried from the phase before) carried to the next GEMM phase (fused_update_rows_kept:
 // where they do not fit in one round; the last phase carries none), then the K split (in clusters
-// where that is cheaper than whole tiles, fused_cluster_plan, else fused_split_plan) — and those
-// rows moved from the update into sh.carry. Out of line: inlined at the step's GEMM phases, the
-// carry spilled registers on sm_90.
+// where that is cheaper than whole tiles, fused_cluster_plan, else fused_split_plan, and where the
+// tiles still take rounds the last round's split, fused_remainder_split, an update's rows only) —
+// and those rows moved from the update into sh.carry, or into a GEMM of the phase's own after the
+// others. Out of line: inlined at the step's GEMM phases, the carry spilled registers on sm_90.
 __device__ VAE_NOINLINE void plan_phase(const FusedStepArgs& a, TileShared& sh, int p) {
   PhaseGemm* ops = sh.slots.ops;
-  const int count = sh.ops_count, grid = static_cast<int>(gridDim.x);
+  const int grid = static_cast<int>(gridDim.x);
+  int count = sh.ops_count;
   const bool kept = p < sh.planned;
   if (kept) sh.plan = sh.plans[p];
   int tiles[kMaxPhaseGemms] = {}, chunks[kMaxPhaseGemms] = {};
@@ -540,13 +543,39 @@ __device__ VAE_NOINLINE void plan_phase(const FusedStepArgs& a, TileShared& sh, 
     sh.carry_count = 1;
     ops[u].op = ops[u].op.row_range(0, kept_rows);
   }
-  if (kept) return;
+  // The rows of GEMM split_op past split_kept as the phase's last GEMM (planned in its last slot).
+  auto split_rows = [&] {
+    PhaseGemm& g = ops[sh.plan.split_op];
+    const int whole = sh.plan.split_kept;
+    ops[count] = g;
+    ops[count].op = g.op.row_range(whole, g.op.m - whole);
+    g.op = g.op.row_range(0, whole);
+    sh.ops_count = ++count;
+  };
+  if (kept) {
+    if (sh.plan.split_kept > 0) split_rows();
+    return;
+  }
   shapes();
   const int cluster = a.cluster;
   sh.plan.clusters =
       cluster > 1 ? fused_cluster_plan(tiles, chunks, count, grid / cluster, cluster, sh.plan.slices) : 0;
+  sh.plan.split_kept = 0;
   if (sh.plan.clusters == 0) {
     sh.plan.items = fused_split_plan(tiles, chunks, count, grid, sh.plan.slices, a.ticket_chunks);
+    int columns[kMaxPhaseGemms] = {}, o = 0, slices = 1;  // an update's rows may split
+    for (int g = 0; g < count; ++g)
+      columns[g] = ops[g].epilogue == TileEpilogue::update ? gemm_column_tiles(ops[g]) : 0;
+    const int rows = fused_remainder_split(tiles, chunks, columns, count, grid, a.ticket_chunks, &o, &slices);
+    if (rows > 0) {
+      const int split = rows * columns[o];
+      sh.plan.split_op = o;
+      sh.plan.split_kept = (tiles[o] / columns[o] - rows) * kTile;
+      sh.plan.items += (slices - 1) * split;
+      sh.plan.slices[count] = slices;
+      split_rows();
+      shapes();
+    }
   }
   for (int o = 0; o < count; ++o) sh.plan.chunks[o] = fused_slice_chunks(chunks[o], sh.plan.slices[o]);
   if (p == sh.planned && p < kFusedMaxGemmPhases) {
@@ -567,7 +596,9 @@ __device__ VAE_NOINLINE void plan_phase(const FusedStepArgs& a, TileShared& sh, 
 // by the last of its slices), counts in at its row block's flag. Where a weight update left from
 // the phase before (PhaseGemm::deferred) makes the phase take more than one round, its rows that do
 // not fit in one (fused_update_rows_kept) are carried to the next GEMM phase (sh.carry: its builder
-// adds them; plan_phase). With clusters (FusedStepArgs::cluster) a phase splits K within clusters,
+// adds them; plan_phase); where the tiles still take rounds (the last phase, which carries none), the
+// rows of an update's tiles past the last whole round split in K as a GEMM of their own, numbered
+// last (fused_remainder_split). With clusters (FusedStepArgs::cluster) a phase splits K within clusters,
 // in one round (fused_cluster_plan, cluster_work_item), where that is cheaper than whole tiles; else
 // as without clusters (a phase whose tiles fill the grid).
 __device__ void gemm_phase(const Step& s, TileShared& sh) {
