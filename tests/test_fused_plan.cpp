@@ -13,7 +13,8 @@
 namespace vae {
 namespace {
 
-// How a GEMM phase splits K (fused_split_plan), against every split within its bounds (at most
+// How a GEMM phase splits K in one round of items (fused_split_one_round, fused_split_plan's but
+// for a phase of one GEMM), against every split within its bounds (at most
 // kFusedMaxSplit slices, at least kFusedMinSliceChunks chunks a slice, no more items than blocks),
 // on random phases of one to three GEMMs and random ticket costs (none in a third of them): its most
 // costly item (chunks, plus the ticket where split) is the cheapest any such split reaches, with
@@ -44,7 +45,7 @@ TEST(FusedSplitPlan, TheCostliestItemIsTheCheapestAnyAllowedSplitGives) {
       chunks[o] = 1 + static_cast<int>(rng() % 60);
     }
     int got[kFusedMaxPhaseGemms] = {};
-    const int items = fused_split_plan(tiles.data(), chunks.data(), count, grid, got, ticket);
+    const int items = fused_split_one_round(tiles.data(), chunks.data(), count, grid, got, ticket);
     const std::vector<int> plan(got, got + count);
     SCOPED_TRACE("trial " + std::to_string(trial) + ", grid " + std::to_string(grid) + ", ticket " +
                  std::to_string(ticket));
@@ -94,10 +95,56 @@ TEST(FusedSplitPlan, TheCostliestItemIsTheCheapestAnyAllowedSplitGives) {
   EXPECT_GT(rounds_split, 30);
 }
 
+// A phase of one GEMM (fused_split_plan): its split in one round of items (fused_split_one_round)
+// or, where a block's work — its rounds of items over the grid times an item's chunks and ticket —
+// is less so, in at most kFusedSplitRounds rounds, against every allowed split by brute force
+// (slices of at least kFusedMinSliceChunks chunks, at most kFusedMaxSplit): the least such work
+// with one round's plan kept where it is as little, else the fewest slices; none empty. At batch
+// 256 on 264 blocks the first encoder layer's forward (104 tiles of 25 chunks): 5 slices in two
+// rounds (10 chunks a block) instead of 2 in one (13); the output layer's (200 tiles of 13) whole.
+TEST(FusedSplitPlan, OneGemmTakesTwoRoundsWhereABlocksWorkIsLess) {
+  std::mt19937 rng(43);
+  int two_rounds = 0;
+  for (int trial = 0; trial < 3000; ++trial) {
+    const int grid = 1 + static_cast<int>(rng() % 300), ticket = trial % 3 == 1 ? 0 : static_cast<int>(rng() % 6);
+    const int tiles = 1 + static_cast<int>(rng() % (trial % 2 ? 40 : 300)), chunks = 1 + static_cast<int>(rng() % 60);
+    SCOPED_TRACE("trial " + std::to_string(trial) + ", grid " + std::to_string(grid) + ", ticket " +
+                 std::to_string(ticket) + ", " + std::to_string(tiles) + " tiles of " + std::to_string(chunks));
+    auto work = [&](int s) { return (s * tiles + grid - 1) / grid * ((chunks + s - 1) / s + (s > 1 ? ticket : 0)); };
+    int one = 0;
+    const int one_items = fused_split_one_round(&tiles, &chunks, 1, grid, &one, ticket);
+    int best = work(one), best_slices = one;
+    for (int s = 2; s <= kFusedMaxSplit; ++s) {
+      if ((chunks + s - 1) / s < kFusedMinSliceChunks || s * tiles > kFusedSplitRounds * grid) continue;
+      if (work(s) < best) best = work(s), best_slices = s;
+    }
+    int got = 0;
+    const int items = fused_split_plan(&tiles, &chunks, 1, grid, &got, ticket);
+    EXPECT_EQ(work(got), best);
+    EXPECT_EQ(got, best_slices);
+    EXPECT_EQ(items, got == one ? one_items : got * tiles);
+    if (got > 1) {
+      EXPECT_LE(items, kFusedSplitRounds * grid) << "split items past the partial sums' region";
+    }
+    const int per = (chunks + got - 1) / got;
+    EXPECT_LT((got - 1) * per, chunks) << "an empty slice";
+    two_rounds += got > 1 && items > grid;
+  }
+  EXPECT_GT(two_rounds, 200);
+  const int forward[2] = {104, 200}, forward_chunks[2] = {25, 13};
+  int slices = 0;
+  EXPECT_EQ(fused_split_plan(&forward[0], &forward_chunks[0], 1, 264, &slices, 0), 520);
+  EXPECT_EQ(slices, 5);
+  EXPECT_EQ(fused_split_one_round(&forward[0], &forward_chunks[0], 1, 264, &slices, 0), 208);
+  EXPECT_EQ(slices, 2);
+  EXPECT_EQ(fused_split_plan(&forward[1], &forward_chunks[1], 1, 264, &slices, 0), 200);
+  EXPECT_EQ(slices, 1);
+}
+
 // The rows of a deferred weight update its phase keeps (fused_update_rows_kept), the rest carried
-// to the next phase: all where the phase fits whole in one round over the grid (fused_split_plan's
+// to the next phase: all where the phase fits whole in one round over the grid (fused_split_one_round's
 // items at most the blocks) with no item costlier than the update's whole tiles or the other GEMMs'
-// costliest item planned without it, or not even with one row of the update's tiles; else the most
+// costliest item planned without it in one round, or not even with one row of the update's tiles; else the most
 // rows with which it fits so, found by trying every count, on random phases of one to three GEMMs
 // (fewer rows kept than that fit so would not be found). And the
 // default model's dL/dz phase at batch 128 on an H100's or H200's 264 blocks: dz's 4 tiles of 13 K
@@ -119,10 +166,10 @@ TEST(FusedUpdateRowsKept, TheMostRowsWithWhichThePhaseFitsInOneRound) {
     tiles[u] = row_tiles * columns;
     SCOPED_TRACE("trial " + std::to_string(trial) + ", grid " + std::to_string(grid) + ", ticket " +
                  std::to_string(ticket));
-    // The costliest item of the ops' plan (fused_split_plan), and its items.
+    // The costliest item of the ops' plan in one round (fused_split_one_round), and its items.
     auto plan_cost = [&](const std::vector<int>& t, const std::vector<int>& c, int* items) {
       int slices[kFusedMaxPhaseGemms] = {};
-      *items = fused_split_plan(t.data(), c.data(), static_cast<int>(t.size()), grid, slices, ticket);
+      *items = fused_split_one_round(t.data(), c.data(), static_cast<int>(t.size()), grid, slices, ticket);
       int cost = 0;
       for (size_t o = 0; o < t.size(); ++o) {
         cost = std::max(cost, (c[o] + slices[o] - 1) / slices[o] + (slices[o] > 1 ? ticket : 0));
@@ -135,8 +182,13 @@ TEST(FusedUpdateRowsKept, TheMostRowsWithWhichThePhaseFitsInOneRound) {
       other_tiles.push_back(tiles[o]);
       other_chunks.push_back(chunks[o]);
     }
-    int items = 0;
-    const int bound = std::max(chunks[u], other_tiles.empty() ? 0 : plan_cost(other_tiles, other_chunks, &items));
+    int items = 0, alone[kFusedMaxPhaseGemms] = {};  // the others split on their own in one round
+    fused_split_one_round(other_tiles.data(), other_chunks.data(), static_cast<int>(other_tiles.size()), grid, alone,
+                          ticket);
+    int bound = chunks[u];
+    for (size_t o = 0; o < other_tiles.size(); ++o) {
+      bound = std::max(bound, (other_chunks[o] + alone[o] - 1) / alone[o] + (alone[o] > 1 ? ticket : 0));
+    }
     auto fits = [&](int rows) {
       std::vector<int> t(tiles, tiles + count);
       t[u] = rows * columns;
@@ -162,10 +214,10 @@ TEST(FusedUpdateRowsKept, TheMostRowsWithWhichThePhaseFitsInOneRound) {
   EXPECT_EQ(fused_update_rows_kept(dz, dz_chunks, 2, 1, 25, grid, 0), 19);
   int slices[kFusedMaxPhaseGemms] = {};
   const int kept[2] = {4, 19 * 13};
-  EXPECT_LE(fused_split_plan(kept, dz_chunks, 2, grid, slices, 0), grid);
+  EXPECT_LE(fused_split_one_round(kept, dz_chunks, 2, grid, slices, 0), grid);
   // The heads' input gradient (4 × 13 tiles of 2 chunks), the decoder layer's update (13 × 1 of 4), the rows carried.
   const int next[3] = {52, 13, 6 * 13}, next_chunks[3] = {2, 4, 4};
-  EXPECT_LE(fused_split_plan(next, next_chunks, 3, grid, slices, 0), grid);
+  EXPECT_LE(fused_split_one_round(next, next_chunks, 3, grid, slices, 0), grid);
 }
 
 // Where a phase's whole tiles take rounds and the last is partly empty, its tiles split in K

@@ -452,6 +452,48 @@ TEST_P(FusedStepLaunch, TimeEachPhaseAndCountTheBarriersWithoutChangingTheStep) 
   }
 }
 
+// The GEMM work blocks ran in phase `slot` of a step's timers (grid rows): its work items and K chunks over the
+// blocks, and the most chunks one block ran.
+struct PhaseWork {
+  unsigned long long items = 0, chunks = 0, most = 0;
+};
+PhaseWork phase_work(const std::vector<unsigned long long>& ns, int grid, unsigned long long slot) {
+  PhaseWork w;
+  for (int b = 0; b < grid; ++b) {
+    const unsigned long long ran = ns[static_cast<size_t>(b) * kFusedPhaseSlots + kFusedWorkSlots + slot];
+    w.items += ran >> 32;
+    w.chunks += ran & 0xffffffffull;
+    w.most = std::max(w.most, ran & 0xffffffffull);
+  }
+  return w;
+}
+
+// Steps of a model on 7 blocks (the CPU's workers, on the GPU the launch's grid) on `batch` rows
+// of random pixels (keyed by `seed`), timed (timed_step), their arguments changed by `adjust`.
+class SevenBlocks {
+ public:
+  static constexpr int kGrid = 7;
+  SevenBlocks(Target target, const ModelConfig& c, int batch, uint64_t seed)
+      : target_(target),
+        c_(c),
+        batch_(batch),
+        ctx_(target, false),
+        data_(ctx_, test::random_uniform(static_cast<size_t>(batch) * c.input_dim, seed, 0, 1)),
+        workers_(target, kGrid) {}
+  template <typename Adjust>
+  TimedStep run(Adjust&& adjust) {
+    return timed_step(ctx_, c_, batch_, data_.data(), target_ == Target::cuda ? kGrid : 0, true, adjust);
+  }
+
+ private:
+  Target target_;
+  ModelConfig c_;
+  int batch_;
+  DeviceContext ctx_;
+  DeviceBuffer<float> data_;
+  test::ScopedWorkers workers_;
+};
+
 // Where the step's last phase would take a second round over the grid for a few tiles, the last
 // round's rows split in K (fused_remainder_split): on 7 blocks at batch 97 (an update's K: 4
 // chunks), hidden 65, the heads' update (6 × 66: 3 tiles) beside the first encoder layer's (65 ×
@@ -462,13 +504,8 @@ TEST_P(FusedStepLaunch, TimeEachPhaseAndCountTheBarriersWithoutChangingTheStep) 
 TEST_P(FusedStepLaunch, TheLastRoundsTilesSplitInK) {
   const Target target = GetParam();
   VAE_SKIP_WITHOUT_DEVICE(target);
-  const int batch = 97;
-  const ModelConfig c = small_config(DecoderKind::bernoulli, Activation::tanh, {65}, 3, 37);
-  const auto x = test::random_uniform(static_cast<size_t>(batch) * c.input_dim, 14, 0, 1);
-  DeviceContext ctx(target, false);
-  const DeviceBuffer<float> data(ctx, x);
-  const test::ScopedWorkers grid_of(target, 7);
-  const int grid = 7;
+  SevenBlocks blocks(target, small_config(DecoderKind::bernoulli, Activation::tanh, {65}, 3, 37), 97, 14);
+  const int grid = SevenBlocks::kGrid;
   const int tiles[2] = {3, 6}, chunks[2] = {4, 4}, columns[2] = {3, 2};
   int op = -1, slices = 0;
   ASSERT_EQ(fused_remainder_split(tiles, chunks, columns, 2, grid, 0, &op, &slices), 1);
@@ -477,25 +514,56 @@ TEST_P(FusedStepLaunch, TheLastRoundsTilesSplitInK) {
   std::vector<float> params[2];
   for (const bool flags : {false, true}) {
     SCOPED_TRACE(flags ? "row flags" : "grid barriers");
-    const TimedStep step = timed_step(ctx, c, batch, data.data(), target == Target::cuda ? grid : 0, true,
-                                      [&](FusedStepArgs& a) { a.row_flags = flags; });  // on the CPU the workers'
+    const TimedStep step = blocks.run([&](FusedStepArgs& a) { a.row_flags = flags; });
     params[flags] = step.params;
-    const std::vector<unsigned long long>& ns = step.ns;
     if (flags) continue;  // its GEMM phases all after the one barrier, the gather's
-    // The last phase's work, block by block: after the step's last barrier.
-    unsigned long long items = 0, all = 0, most = 0;
-    for (int b = 0; b < grid; ++b) {
-      const unsigned long long* row = ns.data() + static_cast<size_t>(b) * kFusedPhaseSlots;
-      const unsigned long long ran = row[kFusedWorkSlots + row[1 + kFusedPhases]];
-      items += ran >> 32;
-      all += ran & 0xffffffffull;
-      most = std::max(most, ran & 0xffffffffull);
-    }
-    EXPECT_EQ(items, 11u);
-    EXPECT_EQ(all, 36u);
-    EXPECT_EQ(most, 6u);
+    const PhaseWork last = phase_work(step.ns, grid, step.ns[1 + kFusedPhases]);  // after the step's last barrier
+    EXPECT_EQ(last.items, 11u);
+    EXPECT_EQ(last.chunks, 36u);
+    EXPECT_EQ(last.most, 6u);
   }
   EXPECT_EQ(params[1], params[0]);
+}
+
+// A phase of one GEMM split into two rounds of items where a block's work is less so
+// (fused_split_rounds): on 7 blocks at batch 128, input 150 (5 K chunks), hidden 32, the first
+// encoder layer's forward and the output layer's input gradient (4 whole tiles each): 3 slices of
+// 2 chunks, 12 items, no block running more than 4 of the phase's 20 chunks (one round: whole
+// tiles, 5); their partial sums (3 · 128 · 32 floats) more than one round's items would write. The
+// step computes what it computes without any K split (a ticket costing 100 chunks) within float
+// sums' rounding, and the same bits with row flags.
+TEST_P(FusedStepLaunch, AOneGemmPhaseSplitsInTwoRounds) {
+  const Target target = GetParam();
+  VAE_SKIP_WITHOUT_DEVICE(target);
+  SevenBlocks blocks(target, small_config(DecoderKind::bernoulli, Activation::relu, {32}, 3, 150), 128, 15);
+  const int grid = SevenBlocks::kGrid, tiles = 4, chunks = 5;
+  int slices = 0;
+  ASSERT_EQ(fused_split_plan(&tiles, &chunks, 1, grid, &slices, 0), 12);
+  ASSERT_EQ(slices, 3);
+  std::vector<float> params[3];
+  for (const int run : {0, 1, 2}) {  // grid barriers, row flags, no split
+    SCOPED_TRACE(run == 0 ? "grid barriers" : run == 1 ? "row flags" : "no split");
+    const TimedStep step = blocks.run([&](FusedStepArgs& a) {
+      a.row_flags = run == 1;
+      a.ticket_chunks = run == 2 ? 100 : 0;
+    });
+    params[run] = step.params;
+    if (run != 0) continue;
+    // The GEMM phases after the gather's barrier: the first encoder layer's forward, and the output layer's input
+    // gradient (the first backward phase: after the encoder's, the heads', the decoder's and the output layer's).
+    for (const unsigned long long slot : {1ull, 1ull + 4}) {
+      SCOPED_TRACE("work slot " + std::to_string(slot));
+      const PhaseWork w = phase_work(step.ns, grid, slot);
+      EXPECT_EQ(w.items, 12u);
+      EXPECT_EQ(w.chunks, 20u);
+      EXPECT_EQ(w.most, 4u);
+    }
+  }
+  EXPECT_EQ(params[1], params[0]);
+  ASSERT_EQ(params[2].size(), params[0].size());
+  for (size_t i = 0; i < params[0].size(); ++i) {
+    ASSERT_NEAR(params[2][i], params[0][i], 1e-6f + 1e-6f * std::fabs(params[0][i])) << "parameter " << i;
+  }
 }
 
 // The names of the fused step's grid barriers and GEMM phases (bench_step's tables): one per

@@ -229,9 +229,11 @@ constexpr int kFusedTileK = 32;  // the K chunk a tile stages in shared memory a
 // tiles alone may split (fused_split_longer): into the fewest slices that make its items as cheap
 // as a split can, down to the other's chunks, as long as its items stay within the grid and the
 // rounds of items over the grid do not grow. Otherwise, or where no split is cheaper than none,
-// nothing is split: the blocks take the tiles whole, round after round. The same on every block
-// (shapes, grid and ticket only): a binary search over the cost, a few divisions. Returns the work
-// items.
+// nothing is split: the blocks take the tiles whole, round after round. A phase of one GEMM (a
+// layer's forward or input gradient alone) may instead take two rounds of items where a block's
+// work is less so (fused_split_rounds). The same on every block (shapes, grid and ticket only): a
+// binary search over the cost, a few divisions. Returns the work items (at most kFusedSplitRounds
+// times the blocks where split).
 constexpr int kFusedMaxSplit = 16;
 constexpr int kFusedMinSliceChunks = 2;
 constexpr int fused_slice_chunks(int chunks, int slices) { return (chunks + slices - 1) / slices; }
@@ -278,8 +280,30 @@ constexpr int fused_split_longer(const int* tiles, const int* chunks, int grid, 
   slices[l] = best_slices;
   return items + (best_slices - 1) * tiles[l];
 }
-constexpr int fused_split_plan(const int* tiles, const int* chunks, int count, int grid, int* slices,
-                               int ticket_chunks = 0) {
+// Where a phase is one GEMM, a split into more items than blocks: a block's work is then its rounds
+// of items over the grid times an item's cost (the items are alike, handed out in rounds). The
+// fewest slices (each at least kFusedMinSliceChunks chunks, at most kFusedMaxSplit) whose items
+// take at most kFusedSplitRounds rounds and make a block's work less than the one-round plan's
+// (slices[0], `items` of them) — at batch 256 the first encoder layer's forward, 104 tiles of 25
+// chunks on 264 blocks: 5 slices of 5 chunks in two rounds (10) instead of 2 of 13 in one (13) —
+// or that plan. Returns the items.
+constexpr int kFusedSplitRounds = 2;
+constexpr int fused_split_rounds(int tiles, int chunks, int grid, int ticket_chunks, int* slices, int items) {
+  auto work = [&](int s, int n) {
+    return (n + grid - 1) / grid * (fused_slice_chunks(chunks, s) + (s > 1 ? ticket_chunks : 0));
+  };
+  int best = work(slices[0], items), best_slices = slices[0], best_items = items;
+  for (int s = 2; s <= kFusedMaxSplit; ++s) {
+    const int n = s * tiles;
+    if (fused_slice_chunks(chunks, s) < kFusedMinSliceChunks || n > kFusedSplitRounds * grid) break;
+    if (work(s, n) < best) best = work(s, n), best_slices = s, best_items = n;  // the fewest slices for its chunks
+  }
+  slices[0] = best_slices;
+  return best_items;
+}
+// fused_split_plan with every split's items within the blocks (one round of them).
+constexpr int fused_split_one_round(const int* tiles, const int* chunks, int count, int grid, int* slices,
+                                    int ticket_chunks = 0) {
   int longest = 1, total = 0;
   for (int o = 0; o < count; ++o) {
     longest = chunks[o] > longest ? chunks[o] : longest;
@@ -293,6 +317,11 @@ constexpr int fused_split_plan(const int* tiles, const int* chunks, int count, i
   });
   const int items = fused_split_items(tiles, chunks, count, cost, ticket_chunks, slices);
   return total >= grid && count == 2 ? fused_split_longer(tiles, chunks, grid, ticket_chunks, slices, items) : items;
+}
+constexpr int fused_split_plan(const int* tiles, const int* chunks, int count, int grid, int* slices,
+                               int ticket_chunks = 0) {
+  const int items = fused_split_one_round(tiles, chunks, count, grid, slices, ticket_chunks);
+  return count == 1 ? fused_split_rounds(tiles[0], chunks[0], grid, ticket_chunks, slices, items) : items;
 }
 
 // The GEMMs of a fused step's phase: a layer's input gradient, the update left from the phase
@@ -312,11 +341,11 @@ constexpr int fused_plan_cost(const int* chunks, const int* slices, int count, i
 // items over the grid where the next phase takes a fraction of one. Its rows are independent and
 // its operands stay final: those that do not fit in one round are carried to the next GEMM phase
 // of the step (gemm_phase). Of op u (tiles[u]: row_tiles rows of tiles) of the phase's `count` (as
-// fused_split_plan's), the rows of tiles kept: the most with which fused_split_plan fits the phase
-// in one round with no item costlier than the update's whole tiles or the other GEMMs' costliest
-// item split on their own (so the others still split: dz's 13 chunks into 4 slices beside 19 rows
-// of the update at batch 128, not whole beside 20) — all of them where the whole phase fits so, or
-// not even one row does (then nothing is carried). A binary search.
+// fused_split_plan's), the rows of tiles kept: the most with which the phase fits in one round
+// (fused_split_one_round) with no item costlier than the update's whole tiles or the other GEMMs'
+// costliest item split on their own so (so the others still split: dz's 13 chunks into 4 slices
+// beside 19 rows of the update at batch 128, not whole beside 20) — all of them where the whole phase fits so, or not
+// even one row does (then nothing is carried). A binary search.
 constexpr int fused_update_rows_kept(const int* tiles, const int* chunks, int count, int u, int row_tiles, int grid,
                                      int ticket_chunks) {
   int t[kFusedMaxPhaseGemms] = {}, c[kFusedMaxPhaseGemms] = {}, slices[kFusedMaxPhaseGemms] = {};
@@ -328,7 +357,7 @@ constexpr int fused_update_rows_kept(const int* tiles, const int* chunks, int co
   }
   int bound = chunks[u];
   if (others > 0) {
-    fused_split_plan(t, c, others, grid, slices, ticket_chunks);
+    fused_split_one_round(t, c, others, grid, slices, ticket_chunks);
     const int alone = fused_plan_cost(c, slices, others, ticket_chunks);
     bound = alone > bound ? alone : bound;
   }
@@ -336,7 +365,7 @@ constexpr int fused_update_rows_kept(const int* tiles, const int* chunks, int co
   const int columns = tiles[u] / row_tiles;
   auto fits = [&](int rows) {
     t[u] = rows * columns;
-    const int items = fused_split_plan(t, chunks, count, grid, slices, ticket_chunks);
+    const int items = fused_split_one_round(t, chunks, count, grid, slices, ticket_chunks);
     return items > 0 && items <= grid && fused_plan_cost(chunks, slices, count, ticket_chunks) <= bound;
   };
   if (row_tiles <= 1 || fits(row_tiles) || !fits(1)) return row_tiles;
@@ -441,11 +470,14 @@ constexpr int fused_cluster_plan(const int* tiles, const int* chunks, int count,
 }
 
 // The split-K partial sums of a phase: Σ slices · m · columns ≤ Σ slices · tiles · kFusedTile² over
-// the split GEMMs, at most grid · kFusedTile² (fused_split_plan splits only while every item of a
-// split GEMM has a block), and a ticket per tile of a split GEMM. A region
+// the split GEMMs, at most kFusedSplitRounds · grid · kFusedTile² (the split items take at most that
+// many rounds over the grid: fused_split_plan, fused_remainder_split), and a ticket per tile of a
+// split GEMM (at most the blocks: a split tile has two slices at least). A region
 // holds them and the phase's tickets; each GEMM phase of the step has one of its own (with row
 // flags several run at once).
-constexpr long long fused_step_partial_floats(int grid) { return 1ll * grid * kFusedTile * kFusedTile; }
+constexpr long long fused_step_partial_floats(int grid) {
+  return 1ll * kFusedSplitRounds * grid * kFusedTile * kFusedTile;
+}
 constexpr long long fused_step_region_floats(int grid) { return fused_step_partial_floats(grid) + grid; }
 constexpr int fused_step_output_tiles(int dim, bool gaussian) {
   return gaussian ? (dim + kFusedTile / 2 - 1) / (kFusedTile / 2) : (dim + kFusedTile - 1) / kFusedTile;

@@ -563,9 +563,11 @@ __device__ VAE_NOINLINE void plan_phase(const FusedStepArgs& a, TileShared& sh, 
   sh.plan.split_kept = 0;
   if (sh.plan.clusters == 0) {
     sh.plan.items = fused_split_plan(tiles, chunks, count, grid, sh.plan.slices, a.ticket_chunks);
-    int columns[kMaxPhaseGemms] = {}, o = 0, slices = 1;  // an update's rows may split
+    int columns[kMaxPhaseGemms] = {}, o = 0, slices = 1;  // an update's rows may split, where nothing is split
+    bool whole = true;
+    for (int g = 0; g < count; ++g) whole = whole && sh.plan.slices[g] == 1;
     for (int g = 0; g < count; ++g)
-      columns[g] = ops[g].epilogue == TileEpilogue::update ? gemm_column_tiles(ops[g]) : 0;
+      columns[g] = whole && ops[g].epilogue == TileEpilogue::update ? gemm_column_tiles(ops[g]) : 0;
     const int rows = fused_remainder_split(tiles, chunks, columns, count, grid, a.ticket_chunks, &o, &slices);
     if (rows > 0) {
       const int split = rows * columns[o];
@@ -585,7 +587,8 @@ __device__ VAE_NOINLINE void plan_phase(const FusedStepArgs& a, TileShared& sh, 
 }
 
 // The work items of the phase's independent GEMMs (sh.slots.ops, written by thread 0 before the
-// call): their tiles, split in K by fused_split_plan, numbered op by op with the GEMM of the costliest
+// call): their tiles, split in K by fused_split_plan (in one round of items over the grid, or a
+// phase of one GEMM in two where that is less work a block), numbered op by op with the GEMM of the costliest
 // items first, handed out over the grid's blocks in rounds, every other round in reverse block order
 // (a block with a long item of the first round gets a short one of the second, if any). No grid
 // barrier inside: split tiles meet at their tickets (gemm_tile). The phase's workspace region
