@@ -344,8 +344,8 @@ constexpr int fused_plan_cost(const int* chunks, const int* slices, int count, i
 // fused_split_plan's), the rows of tiles kept: the most with which the phase fits in one round
 // (fused_split_one_round) with no item costlier than the update's whole tiles or the other GEMMs'
 // costliest item split on their own so (so the others still split: dz's 13 chunks into 4 slices
-// beside 19 rows of the update at batch 128, not whole beside 20) — all of them where the whole phase fits so, or not
-// even one row does (then nothing is carried). A binary search.
+// beside 19 rows of the update at batch 128, not whole beside 20) — all of them where the whole
+// phase fits so, or not even one row does (then nothing is carried). A binary search.
 constexpr int fused_update_rows_kept(const int* tiles, const int* chunks, int count, int u, int row_tiles, int grid,
                                      int ticket_chunks) {
   int t[kFusedMaxPhaseGemms] = {}, c[kFusedMaxPhaseGemms] = {}, slices[kFusedMaxPhaseGemms] = {};

@@ -588,22 +588,22 @@ __device__ VAE_NOINLINE void plan_phase(const FusedStepArgs& a, TileShared& sh, 
 
 // The work items of the phase's independent GEMMs (sh.slots.ops, written by thread 0 before the
 // call): their tiles, split in K by fused_split_plan (in one round of items over the grid, or a
-// phase of one GEMM in two where that is less work a block), numbered op by op with the GEMM of the costliest
-// items first, handed out over the grid's blocks in rounds, every other round in reverse block order
-// (a block with a long item of the first round gets a short one of the second, if any). No grid
-// barrier inside: split tiles meet at their tickets (gemm_tile). The phase's workspace region
-// (sh.sync.region) holds the split ops' partial sums (fused_step_partial_floats), then one ticket
-// per tile of a split op (at most the blocks: fused_split_plan). With row flags
+// phase of one GEMM in two where that is less work a block), numbered op by op with the GEMM of
+// the costliest items first, handed out over the grid's blocks in rounds, every other round in
+// reverse block order (a block with a long item of the first round gets a short one of the second,
+// if any). No grid barrier inside: split tiles meet at their tickets (gemm_tile). The phase's
+// workspace region (sh.sync.region) holds the split ops' partial sums (fused_step_partial_floats),
+// then one ticket per tile of a split op (at most the blocks: fused_split_plan). With row flags
 // (sh.sync) a tile first waits until the rows it reads are final in the phase before (a weight
 // update's: until that phase has finished), and a tile of the first GEMM, once finished (whole, or
 // by the last of its slices), counts in at its row block's flag. Where a weight update left from
 // the phase before (PhaseGemm::deferred) makes the phase take more than one round, its rows that do
 // not fit in one (fused_update_rows_kept) are carried to the next GEMM phase (sh.carry: its builder
-// adds them; plan_phase); where the tiles still take rounds (the last phase, which carries none), the
-// rows of an update's tiles past the last whole round split in K as a GEMM of their own, numbered
-// last (fused_remainder_split). With clusters (FusedStepArgs::cluster) a phase splits K within clusters,
-// in one round (fused_cluster_plan, cluster_work_item), where that is cheaper than whole tiles; else
-// as without clusters (a phase whose tiles fill the grid).
+// adds them; plan_phase); where the tiles still take rounds (the last phase, which carries none),
+// the rows of an update's tiles past the last whole round split in K as a GEMM of their own,
+// numbered last (fused_remainder_split). With clusters (FusedStepArgs::cluster) a phase splits K
+// within clusters, in one round (fused_cluster_plan, cluster_work_item), where that is cheaper
+// than whole tiles; else as without clusters (a phase whose tiles fill the grid).
 __device__ void gemm_phase(const Step& s, TileShared& sh) {
   if (threadIdx.x == 0) {
     plan_phase(s.a, sh, sh.phase++);
