@@ -2,7 +2,7 @@
 // model shape, on the CPU or the GPU, and the floor under it: the step's GEMMs (the same shapes
 // and transposes the step issues) timed alone, and its GEMM work at the rate of a large square
 // SGEMM measured in the same run. Prints a table; `--json 1` adds one JSON line.
-//   bench_step [--device cpu|cuda] [--batch 128] [--hidden 400] [--latent 20] [--steps 200]
+//   bench_step [--device cpu|cuda] [--batch 128] [--dim 784] [--hidden 400] [--latent 20] [--steps 200]
 //              [--step composed|fused] [--tf32 0|1] [--json 0|1] [--phases] [--steps-per-launch K]
 // --step fused times the whole step as the one cooperative kernel (one phase: "fused step");
 // with --phases also each of its phases from the timers inside the kernel (the median and the
@@ -104,6 +104,8 @@ Options parse_options(int argc, char** argv) {
       o.device = v;
     else if (k == "--batch")
       o.batch = std::atoi(v);
+    else if (k == "--dim")
+      o.dim = std::atoi(v);
     else if (k == "--hidden")
       o.hidden = std::atoi(v);
     else if (k == "--latent")
@@ -160,6 +162,10 @@ Options parse_options(int argc, char** argv) {
   }
   if (o.fused_variant.cluster < 1 || o.fused_variant.cluster > kFusedMaxCluster) {
     std::fprintf(stderr, "bench_step: --cluster must be a count of blocks from 1 to %d\n", kFusedMaxCluster);
+    std::exit(2);
+  }
+  if (o.batch < 1 || o.dim < 1 || o.hidden < 1 || o.latent < 1) {
+    std::fprintf(stderr, "bench_step: --batch, --dim, --hidden and --latent must be positive\n");
     std::exit(2);
   }
   if (o.fused_variant.ticket_chunks < 0) {
