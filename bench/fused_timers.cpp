@@ -10,6 +10,7 @@
 namespace vae::bench {
 
 void add_fused_times(const std::vector<unsigned long long>& ns, int grid, FusedTimes& t) {
+  t.grid = grid;
   long long tickets = 0;
   for (int b = 0; b < grid; ++b) {
     const unsigned long long* row = ns.data() + static_cast<size_t>(b) * kFusedPhaseSlots;
@@ -89,6 +90,8 @@ void print_fused_times(const FusedTimes& t, double wall_us, bool gathers, bool r
   }
   std::printf("%-18s %10.2f  (a block's start to its end: median %.2f; the step's wall time %.2f, %.2f outside)\n",
               "sum of medians", sum, median(t.fused_sum_us), wall_us, wall_us - sum);
+  std::printf("blocks: %d (bench/fused_plan --grid %d: the plan of the GEMM phases' items and chunks)\n", t.grid,
+              t.grid);
   std::printf("grid barriers a step: %u%s\n", t.barriers, t.barriers_agree ? "" : " (NOT the same on every block)");
   std::printf("split-K tickets a step: %lld over the blocks (K slices meeting at per-tile tickets)%s\n", t.tickets,
               t.tickets_agree ? "" : " (NOT the same every step)");

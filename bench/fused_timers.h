@@ -27,6 +27,7 @@ struct FusedTimes {
   // were done with their work items there, from the step's start (the first block's).
   std::vector<std::vector<double>> gemm_done_last, gemm_done_median;
   unsigned long long tick_ns = 0;  // the smallest positive step between two stamps of a block
+  int grid = 0;                    // the launches' blocks
 };
 // The benchmark's model (bench_step): one hidden layer a side, L = 1.
 constexpr int kBenchLayers = 1;
