@@ -28,7 +28,7 @@
 
 #include "ops.h"  // the entry points this file defines
 #include "kernels/batch.cuh"
-#include "kernels/fused_tiles.cuh"  // the GEMM phases: tiles, staging, split-K tickets (and their epilogues)
+#include "kernels/fused_phases.cuh"  // the GEMM phases: their plans and work items (fused_tiles.cuh: the tiles)
 
 namespace vae::VAE_NS {
 
