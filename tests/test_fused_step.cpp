@@ -68,7 +68,7 @@ void run_fused_step(const DeviceContext& ctx, Vae& vae, Optimizer& opt, int batc
 // `data` (keyed by seed 4), on `grid` blocks (0: the most), its arguments changed by `adjust`, with
 // the phase timers on where `timed`: the parameters after it, and the timers (grid rows).
 struct TimedStep {
-  std::vector<float> params;
+  std::vector<float> params, grads;  // after the step; its gradients (each weight's, written where it is final)
   std::vector<unsigned long long> ns;
 };
 template <typename Adjust>
@@ -87,7 +87,8 @@ TimedStep timed_step(const DeviceContext& ctx, const ModelConfig& c, int batch, 
   adjust(a);
   VAE_CALL(ctx.target(), fused_step, a, ctx.stream());
   ctx.synchronize();
-  return {vae.params().download(), timed ? timers.download() : std::vector<unsigned long long>{}};
+  return {vae.params().download(), vae.grads().download(),
+          timed ? timers.download() : std::vector<unsigned long long>{}};
 }
 
 // The fused step kernel (one cooperative launch: gather, forward, losses, backward, optimizer)
@@ -531,7 +532,9 @@ TEST_P(FusedStepLaunch, TheLastRoundsTilesSplitInK) {
 // 2 chunks, 12 items, no block running more than 4 of the phase's 20 chunks (one round: whole
 // tiles, 5); their partial sums (3 · 128 · 32 floats) more than one round's items would write. The
 // step computes what it computes without any K split (a ticket costing 100 chunks) within float
-// sums' rounding, and the same bits with row flags.
+// sums' rounding — its gradients, which a slice summed wrongly would change (a first Adam step
+// moves each parameter by about the rate whatever the gradient's size), and its parameters — and
+// the same bits with row flags.
 TEST_P(FusedStepLaunch, AOneGemmPhaseSplitsInTwoRounds) {
   const Target target = GetParam();
   VAE_SKIP_WITHOUT_DEVICE(target);
@@ -540,7 +543,7 @@ TEST_P(FusedStepLaunch, AOneGemmPhaseSplitsInTwoRounds) {
   int slices = 0;
   ASSERT_EQ(fused_split_plan(&tiles, &chunks, 1, grid, &slices, 0), 12);
   ASSERT_EQ(slices, 3);
-  std::vector<float> params[3];
+  std::vector<float> params[3], grads[3];
   for (const int run : {0, 1, 2}) {  // grid barriers, row flags, no split
     SCOPED_TRACE(run == 0 ? "grid barriers" : run == 1 ? "row flags" : "no split");
     const TimedStep step = blocks.run([&](FusedStepArgs& a) {
@@ -548,6 +551,7 @@ TEST_P(FusedStepLaunch, AOneGemmPhaseSplitsInTwoRounds) {
       a.ticket_chunks = run == 2 ? 100 : 0;
     });
     params[run] = step.params;
+    grads[run] = step.grads;
     if (run != 0) continue;
     // The GEMM phases after the gather's barrier: the first encoder layer's forward, and the output layer's input
     // gradient (the first backward phase: after the encoder's, the heads', the decoder's and the output layer's).
@@ -560,8 +564,13 @@ TEST_P(FusedStepLaunch, AOneGemmPhaseSplitsInTwoRounds) {
     }
   }
   EXPECT_EQ(params[1], params[0]);
+  EXPECT_EQ(grads[1], grads[0]);
   ASSERT_EQ(params[2].size(), params[0].size());
+  float largest = 0.f;
+  for (const float g : grads[0]) largest = std::max(largest, std::fabs(g));
+  ASSERT_GT(largest, 0.f);
   for (size_t i = 0; i < params[0].size(); ++i) {
+    ASSERT_NEAR(grads[2][i], grads[0][i], 1e-5f * largest) << "gradient " << i;
     ASSERT_NEAR(params[2][i], params[0][i], 1e-6f + 1e-6f * std::fabs(params[0][i])) << "parameter " << i;
   }
 }
