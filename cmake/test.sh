@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: installs what is missing, builds with warnings as errors
 # (CPU and GPU halves of every kernel), runs ctest, checks formatting, then builds and runs the
-# suite again under AddressSanitizer + UndefinedBehaviorSanitizer, and fuzzes the file readers.
+# suite again under AddressSanitizer + UndefinedBehaviorSanitizer, the tests of kernels whose blocks
+# share data under ThreadSanitizer, and fuzzes the file readers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/cuda/bin"
@@ -47,6 +48,21 @@ cmake -G "$(generator build-sanitize)" -S . -B build-sanitize -DCMAKE_BUILD_TYPE
 cmake --build build-sanitize -j "$jobs"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   ctest --test-dir build-sanitize --output-on-failure -j "$jobs"
+
+echo "== the kernels' synchronization between blocks under ThreadSanitizer (CPU half)"
+# A block that reads what another wrote without the barrier, counter or ticket that orders it, or
+# without the fence that makes the counter an order (ticket.cuh), races on the GPU; x86's strong
+# ordering hides it from the runs above, TSan does not (hostexec.h tells it what the GPU's fences
+# order). The tests of the kernels whose blocks share data: the host layer's, the kernels' and the
+# composed and fused steps'. Not the four float64 reference cases of the fused step on 7 blocks
+# (155 s under TSan): its synchronization runs in the launch tests and the cluster cases here.
+cmake -G "$(generator build-tsan)" -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O2 -g1 -DNDEBUG" \
+  -DCMAKE_C_FLAGS_RELWITHDEBINFO="-O2 -g1 -DNDEBUG" -DVAE_TSAN=ON -DVAE_WERROR=ON -DVAE_WITH_CUDA=OFF \
+  -DVAE_WITH_MPI=OFF -DVAE_BUILD_BENCH=OFF >/dev/null
+tsan_tests="test_hostexec test_kernels test_step test_fused_step"
+cmake --build build-tsan -j "$jobs" --target $tsan_tests
+ctest --test-dir build-tsan --output-on-failure -j "$jobs" -L "^(${tsan_tests// /|})\$" \
+  -E '^Cases/FusedStep\.ThreeStepsOfEachOptimizerMatchReference/'
 
 echo "== fuzz: the IDX, NPY, checkpoint and PSF font readers under libFuzzer, 20 s each"
 fuzz/run.sh 20

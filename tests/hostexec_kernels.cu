@@ -173,16 +173,19 @@ __global__ void grid_barrier_rounds_kernel(float* a, float* b, float* own, int r
 }
 
 // The blocks in reverse order through counters (the workers start them in order, so most wait).
-__global__ void counter_chain_kernel(float* out, unsigned* counters) {
+// unfenced: 1 counts without the fence before (a release no more), 2 waits without the one after.
+__global__ void counter_chain_kernel(float* out, unsigned* counters, int unfenced) {
   const unsigned b = blockIdx.x, n = blockDim.x, t = threadIdx.x;
   const bool last = b + 1 == gridDim.x;
   if (!last) {
-    if (t == 0) wait_done(&counters[b + 1], 1);
+    if (t == 0 && unfenced == 2) wait_reached(&counters[b + 1], 1);
+    if (t == 0 && unfenced != 2) wait_done(&counters[b + 1], 1);
     __syncthreads();
   }
   out[b * n + t] = (last ? 0.f : out[(b + 1) * n + (t + 1) % n]) + 1.f;
   __syncthreads();
-  if (t == 0) count_done(&counters[b]);
+  if (t == 0 && unfenced == 1) atomicAdd(&counters[b], 1u);
+  if (t == 0 && unfenced != 1) count_done(&counters[b]);
 }
 
 __global__ void counter_wait_with_exited_block_kernel(unsigned* counter) {
@@ -325,10 +328,10 @@ std::vector<float> grid_barrier_rounds(const std::vector<float>& x, int grid, in
 
 int grid_barrier_max_blocks(int block) { return cooperative_max_blocks(grid_barrier_rounds_kernel, block, 0); }
 
-std::vector<float> counter_chain(int grid, int block) {
+std::vector<float> counter_chain(int grid, int block, int unfenced) {
   Buffer<float> out(static_cast<size_t>(grid) * block);
   Buffer<unsigned> counters(static_cast<size_t>(grid));
-  VAE_LAUNCH_COOPERATIVE(counter_chain_kernel, grid, block, 0, nullptr, out.p, counters.p);
+  VAE_LAUNCH_COOPERATIVE(counter_chain_kernel, grid, block, 0, nullptr, out.p, counters.p, unfenced);
   return out.host();
 }
 

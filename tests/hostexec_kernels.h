@@ -33,8 +33,9 @@
   std::vector<float> grid_barrier_rounds(const std::vector<float>& x, int grid, int block, int rounds, bool split); \
   int grid_barrier_max_blocks(int block);                                                                           \
   /* cooperative: block b waits for block b + 1's counter (count_done / wait_done), then each thread */             \
-  /* takes block b + 1's value next to it plus 1 (the last block's: 1): grid − b everywhere */                    \
-  std::vector<float> counter_chain(int grid, int block);                                                            \
+  /* takes block b + 1's value next to it plus 1 (the last block's: 1): grid − b everywhere; with */              \
+  /* `unfenced` 1 the counters are raised without count_done's fence, 2 read without wait_done's */                 \
+  std::vector<float> counter_chain(int grid, int block, int unfenced);                                              \
   /* cooperative, in clusters of `cluster` blocks: `rounds` times each thread takes thread t + 1's */               \
   /* value (mod block) of the next block of its cluster (mod cluster) plus 1, through distributed */                \
   /* shared memory and cluster barriers; the most clusters resident at once (0: no clusters) */                     \

@@ -408,8 +408,7 @@ __device__ VAE_NOINLINE void gemm_tile(const FusedStepArgs& a, const PhaseGemm& 
     ++sh.tickets;
   }
   __syncthreads();
-  if (!sh.last) return;  // uniform over the block
-  __threadfence();       // the other slices' sums, made visible before their arrivals, are read after ours
+  if (!sh.last) return;  // uniform over the block: the other slices' sums are visible (arrives_last)
   float sum[2][2] = {};
   for (int u = 0; u < 2; ++u)
     for (int w = 0; w < 2; ++w) {

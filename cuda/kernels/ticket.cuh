@@ -8,12 +8,17 @@
 
 namespace vae::VAE_NS {
 
-// Called by one thread of a block once the block's part is written: true in the block that
-// arrives last (of `blocks`), which also resets the ticket for the next launch.
+// Called by one thread of a block once the block's part is written (after a __syncthreads): true
+// in the block that arrives last (of `blocks`), which also resets the ticket for the next launch.
+// What the other blocks wrote before their arrivals is visible to the last block's threads after a
+// __syncthreads: the fence that makes the ticket's read an acquire comes right after it, in the
+// thread that read it (PTX's acquire pattern; fences in the other threads after the __syncthreads
+// would not follow that read).
 __device__ __forceinline__ bool arrives_last(unsigned* ticket, unsigned blocks) {
   __threadfence();  // this block's writes are visible before its arrival is
   if (atomicAdd(ticket, 1u) != blocks - 1) return false;
-  *ticket = 0;
+  __threadfence();         // the others' writes, visible before their arrivals, are read after ours
+  atomicExch(ticket, 0u);  // atomic as the others' arrivals (a plain store would race with them)
   return true;
 }
 

@@ -43,6 +43,9 @@ struct Worker : FiberHome {
   bool grid_arrived = false;                        // the block arrived at a grid barrier (grid_arrive), not yet waited
   unsigned grid_target = 0;                         // the generation of the grid barrier it waits for
   unsigned cluster_target = 0;                      // the generation of the cluster's barrier it waits for
+#ifdef VAE_HX_TSAN
+  std::vector<TsanFences> tsan_fences;  // per thread of the running block
+#endif
 };
 
 // The blocks of a cooperative launch, all resident at once (each on its own worker), and the
@@ -55,6 +58,9 @@ struct CooperativeLaunch {
   const char* site_file = nullptr;
   int site_line = 0;
   std::atomic<unsigned> generation{0};
+  // The deadlock checks' counts, relaxed: they order nothing between blocks (a block's data reaches
+  // another only through a barrier or a counter the kernel waits at; a TSan build would otherwise
+  // see the blocks synchronize here, and a kernel's missing fence would go unseen).
   std::atomic<unsigned> exited{0};
   std::atomic<unsigned> waiting{0};   // blocks arrived at the current barrier (for the deadlock checks)
   std::atomic<unsigned> counting{0};  // blocks waiting for a counter (wait_count) or at a cluster barrier
@@ -69,6 +75,9 @@ struct CooperativeLaunch {
 thread_local Worker tls_worker;
 
 inline void set_thread(unsigned tid) {
+#ifdef VAE_HX_TSAN
+  tls_tsan_fences = &tls_worker.tsan_fences[tid];
+#endif
   const dim3& b = tls_block_dim;
   if (b.y == 1 && b.z == 1) {  // the common 1-D block: no divisions
     tls_thread_idx = {tid, 0, 0};
@@ -108,6 +117,9 @@ void fiber_main(fc::transfer_t t) {
       w.thread_exited[tid] = 1;
       ++w.exited;
     }
+#ifdef VAE_HX_TSAN
+    tls_tsan_fences = nullptr;
+#endif
     self->state = FiberState::finished;
     w.switch_from(self, nullptr);
   }
@@ -214,6 +226,9 @@ void run_block(Worker& w, const KernelThunk& thunk, unsigned nthreads, size_t sm
   w.warp_ops.assign(nthreads, 0);
   w.warp_values[0].resize(nthreads);
   w.warp_values[1].resize(nthreads);
+#ifdef VAE_HX_TSAN
+  w.tsan_fences.assign(nthreads, {});
+#endif
   if (smem_bytes) {
     if (w.smem.size() < smem_bytes) w.smem.resize(smem_bytes);
     std::memset(w.smem.data(), 0xff, smem_bytes);  // NaN in every float: reads before writes show
@@ -276,7 +291,7 @@ void run_block_job(int index, void* ctx) {
   tls_worker.cooperative = job.cooperative;
   run_block(tls_worker, *job.thunk, job.block.x * job.block.y * job.block.z, job.smem);
   tls_worker.cooperative = nullptr;
-  if (job.cooperative) job.cooperative->exited.fetch_add(1, std::memory_order_acq_rel);
+  if (job.cooperative) job.cooperative->exited.fetch_add(1, std::memory_order_relaxed);
 }
 
 // A turn of a wait loop: a pause for its first 4096 spins, then the core yielded (true: the
@@ -320,7 +335,7 @@ void grid_arrive_and_wait(CooperativeLaunch& c, const char* file, int line) {
   }
   for (int spins = 0; c.generation.load(std::memory_order_acquire) == gen; ++spins) {
     if (!spin_turn(spins)) continue;
-    const unsigned exited = c.exited.load(std::memory_order_acquire);
+    const unsigned exited = c.exited.load(std::memory_order_relaxed);
     std::lock_guard<std::mutex> lk(c.m);
     if (c.generation.load(std::memory_order_acquire) == gen && exited > 0 && c.arrived + exited >= c.blocks) {
       die(block_name(tls_worker) + ": deadlock at the grid barrier at " + file + ":" + std::to_string(line) + ": " +
@@ -418,13 +433,13 @@ namespace {
 template <typename Done, typename What>
 void wait_until(CooperativeLaunch& c, Done&& done, What&& what) {
   if (done()) return;
-  c.counting.fetch_add(1, std::memory_order_acq_rel);
+  c.counting.fetch_add(1, std::memory_order_relaxed);
   std::chrono::steady_clock::time_point stuck_since{};
   bool stuck = false;
   for (int spins = 0; !done(); ++spins) {
     if (!spin_turn(spins)) continue;
-    const unsigned idle = c.exited.load(std::memory_order_acquire) + c.waiting.load(std::memory_order_acquire) +
-                          c.counting.load(std::memory_order_acquire);
+    const unsigned idle = c.exited.load(std::memory_order_relaxed) + c.waiting.load(std::memory_order_relaxed) +
+                          c.counting.load(std::memory_order_relaxed);
     if (idle < c.blocks) {
       stuck = false;
     } else if (!stuck) {
@@ -434,7 +449,7 @@ void wait_until(CooperativeLaunch& c, Done&& done, What&& what) {
       die(block_name(tls_worker) + ": deadlock at " + what() + ", and every block waits or has exited");
     }
   }
-  c.counting.fetch_sub(1, std::memory_order_acq_rel);
+  c.counting.fetch_sub(1, std::memory_order_relaxed);
 }
 
 // The running block's launch, which `what` (a cluster barrier, a map of shared memory) needs to be in clusters.
@@ -452,12 +467,15 @@ std::string site(const char* what, const char* file, int line) {
 void wait_count(const unsigned* counter, unsigned count) {
   Worker& w = tls_worker;
   if (!w.cooperative) die(block_name(w) + ": a wait for a counter in a kernel not launched cooperatively");
+  // Relaxed, as the GPU's volatile reads: what the counted blocks wrote is ordered by the fence
+  // that follows the wait (wait_done), not by the wait itself.
   wait_until(
-      *w.cooperative, [&] { return __atomic_load_n(counter, __ATOMIC_ACQUIRE) >= count; },
+      *w.cooperative, [&] { return __atomic_load_n(counter, __ATOMIC_RELAXED) >= count; },
       [&] {
-        return "a wait for a counter: it is at " + std::to_string(__atomic_load_n(counter, __ATOMIC_ACQUIRE)) + " of " +
+        return "a wait for a counter: it is at " + std::to_string(__atomic_load_n(counter, __ATOMIC_RELAXED)) + " of " +
                std::to_string(count);
       });
+  tsan_atomic_read(counter);
 }
 
 void cluster_arrive(const char* file, int line) {

@@ -23,6 +23,8 @@
 
 #include "runtime/workers.h"
 
+#include "runtime/sanitizers.h"
+
 namespace vae::hx {
 
 // Built-in variables of the CUDA thread now running on this OS thread. Inline and constant-
@@ -82,6 +84,7 @@ void grid_arrive(const char* file, int line);
 void grid_wait(const char* file, int line);
 // By one thread of a block of a cooperative launch: returns once *counter (which other blocks
 // raise atomically) reaches `count`. Every block waiting or exited for seconds aborts as a deadlock.
+// A relaxed read, as the GPU's: the caller's __threadfence after it orders the reads that follow.
 void wait_count(const unsigned* counter, unsigned count);
 void sync_warp(unsigned mask);
 // A cluster barrier in two halves (barrier.cluster.arrive / .wait), by every thread of the block: the
@@ -113,9 +116,58 @@ inline T shfl_to(unsigned mask, T v, int src) {
   return out;
 }
 
+// The GPU's fences told to ThreadSanitizer. Kernels order what blocks share as CUDA does: relaxed
+// atomics, made ordering by __threadfence (writes, a fence, then the atomic that publishes them: a
+// release; an atomic read of a counter, then a fence, then reads of what it counts: an acquire).
+// TSan does not model fences, so a TSan build (VAE_TSAN=ON; cmake/test.sh builds one) tells it
+// these pairs, per CUDA thread: a fence makes the thread's next atomic write a release of all that
+// came before it, and acquires what was released to every atomic the thread read (or wrote) since
+// its last fence. A block that reads another's data without the counter, the counter without the
+// fence, or publishes before it writes, is then a race that TSan reports. A block's threads share
+// its worker's OS thread, one TSan thread: races within a block are not what this finds.
+#ifdef VAE_HX_TSAN
+struct TsanFences {
+  bool release_next = false;  // a fence came after the thread's last atomic write
+  int reads = 0;              // atomics read since the last fence (past kMax, the first kMax)
+  static constexpr int kMax = 64;
+  const void* read[kMax] = {};
+};
+inline thread_local TsanFences* tls_tsan_fences = nullptr;  // the running CUDA thread's (hostexec.cpp)
+inline void tsan_fence() {
+  TsanFences* f = tls_tsan_fences;
+  if (!f) return;
+  for (int i = 0; i < f->reads; ++i) __tsan_acquire(const_cast<void*>(f->read[i]));
+  f->reads = 0;
+  f->release_next = true;
+}
+inline void tsan_atomic_read(const void* p) {
+  TsanFences* f = tls_tsan_fences;
+  if (f && f->reads < TsanFences::kMax) f->read[f->reads++] = p;
+}
+// Before the atomic write (a release after it could come after another thread's acquire that saw it).
+inline void tsan_atomic_write(void* p) {
+  TsanFences* f = tls_tsan_fences;
+  if (!f) return;
+  if (f->release_next) __tsan_release(p);
+  f->release_next = false;
+  tsan_atomic_read(p);
+}
+// A TSan build's fence: the annotations, and the compiler kept from moving memory accesses across
+// it (TSan warns of a real fence, which it would not see; the atomics are its calls anyway).
+inline void fence() {
+  __atomic_signal_fence(__ATOMIC_SEQ_CST);
+  tsan_fence();
+}
+#else
+inline void tsan_atomic_read(const void*) {}
+inline void tsan_atomic_write(void*) {}
+inline void fence() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+#endif
+
 // Read-modify-write as a compare-and-swap loop: blocks run in parallel on the worker pool.
 template <typename T, typename F>
 inline T atomic_update(T* p, F f) {
+  tsan_atomic_write(p);
   T old;
   __atomic_load(p, &old, __ATOMIC_RELAXED);
   T desired = f(old);
@@ -124,10 +176,23 @@ inline T atomic_update(T* p, F f) {
 }
 template <typename T>
 inline T atomic_add(T* p, T v) {
-  if constexpr (std::is_integral_v<T>)
+  if constexpr (std::is_integral_v<T>) {
+    tsan_atomic_write(p);
     return __atomic_fetch_add(p, v, __ATOMIC_RELAXED);
-  else
+  } else {
     return atomic_update(p, [v](T o) { return o + v; });
+  }
+}
+template <typename T>
+inline T atomic_exchange(T* p, T v) {
+  tsan_atomic_write(p);
+  return __atomic_exchange_n(p, v, __ATOMIC_RELAXED);
+}
+template <typename T>
+inline T atomic_cas(T* p, T expected, T desired) {
+  tsan_atomic_write(p);
+  __atomic_compare_exchange_n(p, &expected, desired, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
+  return expected;
 }
 
 }  // namespace vae::hx
@@ -159,8 +224,8 @@ inline T atomic_add(T* p, T v) {
 
 #define __syncthreads() ::vae::hx::sync_block(__FILE__, __LINE__)
 inline void __syncwarp(unsigned mask = 0xffffffffu) { ::vae::hx::sync_warp(mask); }
-inline void __threadfence() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
-inline void __threadfence_block() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+inline void __threadfence() { ::vae::hx::fence(); }
+inline void __threadfence_block() { ::vae::hx::fence(); }
 
 template <typename T>
 inline T __shfl_sync(unsigned mask, T v, int src_lane, int width = 32) {
@@ -204,18 +269,14 @@ inline int atomicMax(int* p, int v) {
 inline int atomicMin(int* p, int v) {
   return ::vae::hx::atomic_update(p, [v](int o) { return o < v ? o : v; });
 }
-inline int atomicExch(int* p, int v) { return __atomic_exchange_n(p, v, __ATOMIC_RELAXED); }
-inline int atomicCAS(int* p, int expected, int desired) {
-  __atomic_compare_exchange_n(p, &expected, desired, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
-  return expected;
-}
+inline int atomicExch(int* p, int v) { return ::vae::hx::atomic_exchange(p, v); }
+inline unsigned atomicExch(unsigned* p, unsigned v) { return ::vae::hx::atomic_exchange(p, v); }
+inline int atomicCAS(int* p, int expected, int desired) { return ::vae::hx::atomic_cas(p, expected, desired); }
 inline unsigned long long atomicCAS(unsigned long long* p, unsigned long long expected, unsigned long long desired) {
-  __atomic_compare_exchange_n(p, &expected, desired, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
-  return expected;
+  return ::vae::hx::atomic_cas(p, expected, desired);
 }
 inline unsigned atomicCAS(unsigned* p, unsigned expected, unsigned desired) {
-  __atomic_compare_exchange_n(p, &expected, desired, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
-  return expected;
+  return ::vae::hx::atomic_cas(p, expected, desired);
 }
 
 inline int __clz(unsigned x) { return x ? __builtin_clz(x) : 32; }
