@@ -4,6 +4,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <atomic>
 #include <cmath>
 #include <csignal>
 #include <cstdio>
@@ -25,18 +26,22 @@ namespace vae {
 namespace fs = std::filesystem;
 
 namespace {
-volatile std::sig_atomic_t g_stop_request = 0;
+// Atomic (lock-free, so a handler may store it): the handler also runs on threads of OpenBLAS's
+// pool, which do not block the signals, and two of them may store at once (ThreadSanitizer).
+std::atomic<int> g_stop_request{0};
+static_assert(std::atomic<int>::is_always_lock_free);
 constexpr size_t kSignalStackBytes = 64 << 10;  // a frame with the AVX-512 state is ~3.5 KB
-extern "C" void on_stop_signal(int sig) { g_stop_request = sig == SIGINT ? 2 : 1; }
+extern "C" void on_stop_signal(int sig) { g_stop_request.store(sig == SIGINT ? 2 : 1, std::memory_order_relaxed); }
 }  // namespace
 
 void install_stop_signals() {
-  g_stop_request = 0;
+  g_stop_request.store(0, std::memory_order_relaxed);
   // The handlers run on an alternate stack of this thread (the worker pool's helpers block these
-  // signals: they come here). Not on the interrupted code's: oneDNN's JIT sgemm kernels (Debian
-  // 12's 2.6.3; fixed upstream in 3.11) point the stack pointer into a heap buffer, and a handler
-  // frame pushed there overwrote the heap (glibc aborted in a later free(); tests/test_gemm.cpp's
-  // GemmOnTheCpu test). A stack the thread already has is kept (a sanitizer's: it unmaps its own).
+  // signals: they come here, or to OpenBLAS's threads, which run no JIT code). Not on the
+  // interrupted code's: oneDNN's JIT sgemm kernels (Debian 12's 2.6.3; fixed upstream in 3.11)
+  // point the stack pointer into a heap buffer, and a handler frame pushed there overwrote the heap
+  // (glibc aborted in a later free(); tests/test_gemm.cpp's GemmOnTheCpu test). A stack the thread
+  // already has is kept (a sanitizer's: it unmaps its own).
   stack_t current{};
   if (sigaltstack(nullptr, &current) != 0 || (current.ss_flags & SS_DISABLE)) {
     // Never freed: a signal may still arrive while the process exits, after thread-local storage is gone.
@@ -52,7 +57,7 @@ void install_stop_signals() {
   sigemptyset(&sa.sa_mask);
   for (int sig : {SIGUSR1, SIGTERM, SIGINT}) sigaction(sig, &sa, nullptr);
 }
-int stop_request() { return static_cast<int>(g_stop_request); }
+int stop_request() { return g_stop_request.load(std::memory_order_relaxed); }
 
 std::string timestamp() {
   const std::time_t t = std::time(nullptr);
