@@ -1,4 +1,4 @@
-// Fibers of the host execution layer (internal to cuda/runtime/hostexec.cpp): a stack with a
+// Fibers of the host execution layer (internal to its scheduler, hostexec.cpp): a stack with a
 // guard page and the jumps between stacks (Boost.Context), told to AddressSanitizer and Valgrind.
 // hostexec.cpp runs a block's CUDA threads on them; this file knows nothing of blocks.
 #pragma once
