@@ -23,6 +23,15 @@ generator() {
   if [ -f "$cache" ]; then sed -n 's/^CMAKE_GENERATOR:INTERNAL=//p' "$cache"; else echo Ninja; fi
 }
 
+# The CPU half in folder $1 under the sanitizer option $2 (VAE_SANITIZE: ASan + UBSan; VAE_TSAN),
+# without MPI and the benchmarks. Line tables only (-g1): the sanitizers' reports keep each frame's
+# file and line, and the ASan build takes 314 s instead of 440 with full -g (2 cores, 2026-12-06).
+configure_sanitized() {
+  cmake -G "$(generator "$1")" -S . -B "$1" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+    -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O2 -g1 -DNDEBUG" -DCMAKE_C_FLAGS_RELWITHDEBINFO="-O2 -g1 -DNDEBUG" \
+    "-D$2=ON" -DVAE_WERROR=ON -DVAE_WITH_CUDA=OFF -DVAE_WITH_MPI=OFF -DVAE_BUILD_BENCH=OFF >/dev/null
+}
+
 echo "== build (VAE_WITH_CUDA=$with_cuda)"
 # The GPU half for sm_75 and sm_90 only: the kernels' code differs only below and from sm_80
 # (__CUDA_ARCH__ >= 800), so sm_80 and sm_86 compile what sm_90 does. Each added architecture
@@ -40,11 +49,7 @@ git ls-files '*.cpp' '*.h' '*.cu' '*.cuh' | xargs clang-format --dry-run --Werro
 echo "== tests under ASan + UBSan (CPU half)"
 # Without MPI: Open MPI's own allocations at MPI_Finalize read as leaks to LeakSanitizer (the
 # data-parallel tests say so as they skip; they run in the build above).
-# Line tables only (-g1): the sanitizers' reports keep each frame's file and line, and the build
-# takes 314 s instead of 440 with full -g (2 cores, one build each, 2026-12-06).
-cmake -G "$(generator build-sanitize)" -S . -B build-sanitize -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O2 -g1 -DNDEBUG" \
-  -DCMAKE_C_FLAGS_RELWITHDEBINFO="-O2 -g1 -DNDEBUG" -DVAE_SANITIZE=ON -DVAE_WERROR=ON -DVAE_WITH_CUDA=OFF \
-  -DVAE_WITH_MPI=OFF -DVAE_BUILD_BENCH=OFF >/dev/null
+configure_sanitized build-sanitize VAE_SANITIZE
 cmake --build build-sanitize -j "$jobs"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   ctest --test-dir build-sanitize --output-on-failure -j "$jobs"
@@ -57,9 +62,7 @@ echo "== the kernels' synchronization between blocks under ThreadSanitizer (CPU 
 # composed and fused steps'. Of the float64 reference cases of the fused step on 7 blocks, one (13 s
 # under TSan, 70 s the four): each optimizer at batch 1, 7 and 129 (a last phase split in K), at
 # barriers and row flags; two rounds and clusters run in the launch tests and the cluster cases.
-cmake -G "$(generator build-tsan)" -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O2 -g1 -DNDEBUG" \
-  -DCMAKE_C_FLAGS_RELWITHDEBINFO="-O2 -g1 -DNDEBUG" -DVAE_TSAN=ON -DVAE_WERROR=ON -DVAE_WITH_CUDA=OFF \
-  -DVAE_WITH_MPI=OFF -DVAE_BUILD_BENCH=OFF >/dev/null
+configure_sanitized build-tsan VAE_TSAN
 tsan_tests="test_hostexec test_kernels test_step test_fused_step"
 cmake --build build-tsan -j "$jobs" --target $tsan_tests
 ctest --test-dir build-tsan --output-on-failure -j "$jobs" -L "^(${tsan_tests// /|})\$" \
